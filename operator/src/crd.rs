@@ -1,0 +1,325 @@
+//! The `PushChannel` custom resource (`wxpush.io/v1alpha1`).
+//!
+//! Its policy sections are the pusher's own [`wxpush_pusher::policy`] types, so the CRD and the
+//! pusher's config file cannot drift apart. `crds/pushchannel.yaml` is generated from these types
+//! by `crdgen` ([`crd_yaml`]); a test fails when the committed file differs.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, CustomResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use wxpush_pusher::policy::{
+    Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
+    SecretKeyRef, Timeouts, TokenPolicy,
+};
+
+/// Default WeChat API endpoint.
+pub const DEFAULT_API_BASE_URL: &str = "https://api.weixin.qq.com";
+
+/// Default pusher image.
+pub const DEFAULT_IMAGE: &str = "ghcr.io/wxpush/wxpush-pusher:0.1.0";
+
+/// One WeChat account's delivery channel: where its credentials are, how to reach WeChat, and
+/// the policies of the pusher that the operator runs for it.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "wxpush.io",
+    version = "v1alpha1",
+    kind = "PushChannel",
+    plural = "pushchannels",
+    shortname = "pch",
+    namespaced,
+    status = "PushChannelStatus",
+    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!self.autoscaling.enabled || has(self.queue.redis)",
+        "message": "autoscaling needs queue.redis: an embedded store belongs to one pod",
+        "fieldPath": ".autoscaling.enabled",
+    },
+    {
+        "rule": "!has(self.replicas) || self.replicas <= 1 || has(self.queue.redis)",
+        "message": "more than one replica needs queue.redis: an embedded store belongs to one pod",
+        "fieldPath": ".replicas",
+    },
+]))]
+pub struct PushChannelSpec {
+    /// Which WeChat product the channel sends through. Default `wechatOfficialAccount`.
+    #[serde(default)]
+    pub provider: Provider,
+    /// Where the account's appid and secret are kept. Values are never copied into this
+    /// resource, its status, or the pusher's ConfigMap.
+    pub credentials: ChannelCredentials,
+    /// Base URL of the WeChat API. Default `https://api.weixin.qq.com`; point it at a
+    /// `wxpush-sandbox` for tests.
+    #[serde(default = "default_api_base_url")]
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    pub api_base_url: String,
+    /// The bearer token producers must present to the pusher.
+    pub auth: ChannelAuth,
+    /// Timeouts of each request to WeChat.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// The pooled HTTP client.
+    #[serde(default)]
+    pub pool: Pool,
+    /// Retries with exponential backoff and jitter.
+    #[serde(default)]
+    pub retry: Retry,
+    /// The circuit breaker in front of WeChat.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+    /// Sending rate limits.
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+    /// Requests in flight per pusher.
+    #[serde(default)]
+    pub concurrency: Concurrency,
+    /// access_token management.
+    #[serde(default)]
+    pub token: TokenPolicy,
+    /// Where accepted messages wait. Default: the embedded store.
+    #[serde(default)]
+    pub queue: QueuePolicy<SecretKeyRef>,
+    /// Outcome callbacks to producers.
+    #[serde(default)]
+    pub callbacks: Callbacks<SecretKeyRef>,
+    /// Replicas when autoscaling is off. Default `1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: Option<i32>,
+    /// Horizontal autoscaling of the pusher.
+    #[serde(default)]
+    pub autoscaling: Autoscaling,
+    /// Settings of the pusher's pods.
+    #[serde(default)]
+    pub pod: PodSettings,
+}
+
+fn default_api_base_url() -> String {
+    DEFAULT_API_BASE_URL.into()
+}
+
+/// The account's credentials, by reference to a Secret in the same namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChannelCredentials {
+    /// The Secret and the names of its keys.
+    pub secret_ref: CredentialsSecretRef,
+}
+
+/// A Secret holding the account's credentials, and which key holds what.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Key holding the appid. Default `appId`.
+    #[serde(default = "default_app_id_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub app_id_key: String,
+    /// Key holding the app secret. Default `appSecret`.
+    #[serde(default = "default_app_secret_key")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub app_secret_key: String,
+    /// Key holding the server-URL token for WeChat's delivery events; events are off without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub event_token_key: Option<String>,
+    /// Key holding the EncodingAESKey, for events in safe mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub encoding_aes_key_key: Option<String>,
+}
+
+fn default_app_id_key() -> String {
+    "appId".into()
+}
+fn default_app_secret_key() -> String {
+    "appSecret".into()
+}
+
+/// How producers authenticate to the pusher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ChannelAuth {
+    /// The Secret key holding the bearer token.
+    pub secret_ref: SecretKeyRef,
+}
+
+/// Which autoscaler the operator creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AutoscalingProvider {
+    /// An `autoscaling/v2` HorizontalPodAutoscaler (needs a metrics adapter for the custom
+    /// metrics). The default.
+    #[default]
+    Hpa,
+    /// A KEDA `ScaledObject` (needs KEDA installed).
+    Keda,
+}
+
+/// Horizontal autoscaling on the metrics the pusher exports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.minReplicas <= self.maxReplicas",
+    "message": "minReplicas must not exceed maxReplicas",
+    "fieldPath": ".minReplicas",
+}]))]
+pub struct Autoscaling {
+    /// Whether the operator creates an autoscaler (and stops writing `replicas`). Needs the
+    /// redis queue. Default `false`.
+    pub enabled: bool,
+    /// `hpa` or `keda`. Default `hpa`.
+    pub provider: AutoscalingProvider,
+    /// Fewest replicas. Default `1`.
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: i32,
+    /// Most replicas. Default `10`.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Target of `wxpush_inflight_requests` per pod. Default `32`.
+    #[schemars(range(min = 1, max = 100000))]
+    pub target_inflight_per_pod: i32,
+    /// Target backlog (`wxpush_queue_messages{state="ready"}`) per pod. Default `1000`.
+    #[schemars(range(min = 1))]
+    pub target_backlog_per_pod: i64,
+    /// CPU utilisation target, as the fallback metric. Default `80` (percent).
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+    /// Scale-up and scale-down behaviour, passed to the HPA as is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+}
+
+impl Default for Autoscaling {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            provider: AutoscalingProvider::Hpa,
+            min_replicas: 1,
+            max_replicas: 10,
+            target_inflight_per_pod: 32,
+            target_backlog_per_pod: 1000,
+            target_cpu_utilization: 80,
+            behavior: None,
+        }
+    }
+}
+
+/// Settings of the pusher's pods.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSettings {
+    /// The pusher image. Default `ghcr.io/wxpush/wxpush-pusher:0.1.0`.
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// `Always`, `IfNotPresent` or `Never`. Default `IfNotPresent`.
+    #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
+    pub image_pull_policy: String,
+    /// CPU and memory. Default: requests 100m / 128Mi, limit 512Mi memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels the pods must run on.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Extra annotations on the pods.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Default for PodSettings {
+    fn default() -> Self {
+        Self {
+            image: DEFAULT_IMAGE.into(),
+            image_pull_policy: "IfNotPresent".into(),
+            resources: None,
+            node_selector: BTreeMap::new(),
+            tolerations: Vec::new(),
+            annotations: BTreeMap::new(),
+        }
+    }
+}
+
+/// What the operator observed and did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PushChannelStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `CredentialsValid`, `Reconciled`, `AutoscalingActive`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// In-cluster URL of the pusher's API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Replicas wanted (by `replicas` or the autoscaler).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    /// Replicas ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+}
+
+/// The CRD as Kubernetes takes it: kube's generated definition with what the API server would
+/// refuse or not understand taken out (schemars' number formats such as `uint32`, and
+/// `additionalProperties: false`, which structural schemas forbid beside `properties`).
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    let mut value = serde_json::to_value(PushChannel::crd()).expect("a CRD serialises to JSON");
+    clean_schema(&mut value);
+    serde_json::from_value(value).expect("cleaning keeps the CRD's shape")
+}
+
+/// `crds/pushchannel.yaml`, exactly as committed.
+pub fn crd_yaml() -> String {
+    let body = serde_yaml_ng::to_string(&crd()).expect("a CRD serialises to YAML");
+    format!("# Generated by `cargo run -p wxpush-operator --bin crdgen`; do not edit.\n{body}")
+}
+
+const KUBERNETES_FORMATS: &[&str] = &[
+    "int32",
+    "int64",
+    "float",
+    "double",
+    "byte",
+    "date",
+    "date-time",
+    "password",
+];
+
+fn clean_schema(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::String(f)) = map.get("format")
+                && !KUBERNETES_FORMATS.contains(&f.as_str())
+            {
+                map.remove("format");
+            }
+            if map.get("additionalProperties") == Some(&serde_json::Value::Bool(false)) {
+                map.remove("additionalProperties");
+            }
+            map.values_mut().for_each(clean_schema);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(clean_schema),
+        _ => {}
+    }
+}

@@ -1,0 +1,10 @@
+//! wxpush's pusher: accepts WeChat messages over HTTP, stores them durably, and delivers them
+//! to the WeChat API (or the bundled sandbox) reliably.
+//!
+//! - [`policy`]: the policy types shared with the operator's `PushChannel` resource.
+//! - [`config`]: the pusher's config file.
+//! - [`sandbox`]: a faithful stand-in for the WeChat API, used by tests, demos and benchmarks.
+
+pub mod config;
+pub mod policy;
+pub mod sandbox;

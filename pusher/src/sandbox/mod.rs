@@ -1,0 +1,1 @@
+//! Placeholder: the WeChat API sandbox lands here.

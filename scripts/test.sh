@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: install what is missing, check formatting and lints,
+# build every binary, run every test (unit, CRD/examples, end-to-end against real processes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+export WXPUSH_PYTHON="$PWD/.venv/bin/python"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
