@@ -6,5 +6,8 @@
 //! - [`sandbox`]: a faithful stand-in for the WeChat API, used by tests, demos and benchmarks.
 
 pub mod config;
+pub mod metrics;
 pub mod policy;
+pub mod resilience;
 pub mod sandbox;
+pub mod wechat;

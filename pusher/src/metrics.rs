@@ -1,0 +1,233 @@
+//! The pusher's Prometheus metrics, with the names agreed in DESIGN.md (the operator's HPA and
+//! the chart's adapter rules depend on them). Every metric carries a `channel` label.
+
+use std::borrow::Cow;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A message's final outcome, for `wxpush_messages_completed_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// WeChat accepted it (errcode 0).
+    delivered,
+    /// A permanent errcode.
+    failed,
+    /// `expires_at` or the retry budget passed.
+    expired,
+    /// Moved to the dead-letter queue.
+    dead_lettered,
+}
+
+/// Label set `{outcome}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// See [`Outcome`].
+    pub outcome: Outcome,
+}
+
+/// How one HTTP attempt ended, for `wxpush_send_attempts_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum AttemptResult {
+    /// errcode 0.
+    ok,
+    /// A retryable errcode or HTTP status.
+    retryable,
+    /// A permanent errcode.
+    permanent,
+    /// One of the four timeouts ran out.
+    timeout,
+    /// Connection refused or reset, DNS, TLS and other transport errors.
+    transport,
+}
+
+/// Label set `{result}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct AttemptLabels {
+    /// See [`AttemptResult`].
+    pub result: AttemptResult,
+}
+
+/// Queue states, for `wxpush_queue_messages{state}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum QueueState {
+    /// Due now, waiting for a worker.
+    ready,
+    /// Waiting for a retry time.
+    delayed,
+    /// Leased to a worker.
+    inflight,
+    /// In the dead-letter queue.
+    dead,
+}
+
+/// Label set `{state}`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct QueueLabels {
+    /// See [`QueueState`].
+    pub state: QueueState,
+}
+
+/// Label set `{api, result}` of `wxpush_token_requests_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// `stable` or `classic`.
+    pub api: Cow<'static, str>,
+    /// `ok`, or the errcode / failure kind (`40013`, `timeout`, `transport`...).
+    pub result: Cow<'static, str>,
+}
+
+/// Circuit breaker states, the values of `wxpush_circuit_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Sending normally.
+    Closed = 0,
+    /// Letting probes through.
+    HalfOpen = 1,
+    /// Not sending.
+    Open = 2,
+}
+
+/// Every metric of one pusher, registered under one channel label.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// `wxpush_messages_accepted_total`: answered 202.
+    pub accepted: Counter,
+    /// `wxpush_messages_completed_total{outcome}`.
+    pub completed: Family<OutcomeLabels, Counter>,
+    /// `wxpush_send_attempts_total{result}`.
+    pub send_attempts: Family<AttemptLabels, Counter>,
+    /// `wxpush_send_duration_seconds`: one HTTP attempt to WeChat.
+    pub send_duration: Histogram,
+    /// `wxpush_delivery_latency_seconds`: accepted → delivered.
+    pub delivery_latency: Histogram,
+    /// `wxpush_inflight_requests`: HTTP requests to WeChat in flight.
+    pub inflight: Gauge,
+    /// `wxpush_queue_messages{state}`.
+    pub queue_messages: Family<QueueLabels, Gauge>,
+    /// `wxpush_token_requests_total{api,result}`.
+    pub token_requests: Family<TokenLabels, Counter>,
+    /// `wxpush_circuit_state`: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: Gauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric with the label `channel="<channel>"`.
+    pub fn new(channel: &str) -> Self {
+        let mut registry = Registry::with_prefix_and_labels(
+            "wxpush",
+            [(Cow::Borrowed("channel"), Cow::Owned(channel.to_string()))].into_iter(),
+        );
+        let accepted = Counter::default();
+        registry.register("messages_accepted", "Messages answered 202", accepted.clone());
+        let completed = Family::<OutcomeLabels, Counter>::default();
+        registry.register("messages_completed", "Messages that reached a final state", completed.clone());
+        let send_attempts = Family::<AttemptLabels, Counter>::default();
+        registry.register("send_attempts", "HTTP attempts to WeChat by result", send_attempts.clone());
+        // 1 ms .. ~33 s
+        let send_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register("send_duration_seconds", "Duration of one HTTP attempt to WeChat", send_duration.clone());
+        // 5 ms .. ~45 min
+        let delivery_latency = Histogram::new(exponential_buckets(0.005, 2.0, 20));
+        registry.register(
+            "delivery_latency_seconds",
+            "Time from accepted to delivered",
+            delivery_latency.clone(),
+        );
+        let inflight = Gauge::default();
+        registry.register("inflight_requests", "HTTP requests to WeChat in flight", inflight.clone());
+        let queue_messages = Family::<QueueLabels, Gauge>::default();
+        registry.register("queue_messages", "Messages in the queue by state", queue_messages.clone());
+        let token_requests = Family::<TokenLabels, Counter>::default();
+        registry.register("token_requests", "access_token fetches by API and result", token_requests.clone());
+        let circuit_state = Gauge::default();
+        registry.register("circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", circuit_state.clone());
+        Self {
+            registry,
+            accepted,
+            completed,
+            send_attempts,
+            send_duration,
+            delivery_latency,
+            inflight,
+            queue_messages,
+            token_requests,
+            circuit_state,
+        }
+    }
+
+    /// Records a final outcome.
+    pub fn complete(&self, outcome: Outcome) {
+        self.completed.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Records one HTTP attempt and how long it took.
+    pub fn attempt(&self, result: AttemptResult, seconds: f64) {
+        self.send_attempts.get_or_create(&AttemptLabels { result }).inc();
+        self.send_duration.observe(seconds);
+    }
+
+    /// Records one token fetch.
+    pub fn token_request(&self, api: &'static str, result: impl Into<Cow<'static, str>>) {
+        self.token_requests
+            .get_or_create(&TokenLabels { api: Cow::Borrowed(api), result: result.into() })
+            .inc();
+    }
+
+    /// Sets a queue gauge.
+    pub fn set_queue(&self, state: QueueState, value: i64) {
+        self.queue_messages.get_or_create(&QueueLabels { state }).set(value);
+    }
+
+    /// Sets the breaker gauge.
+    pub fn set_circuit(&self, state: CircuitState) {
+        self.circuit_state.set(state as i64);
+    }
+
+    /// The OpenMetrics text exposition, for `GET /metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_the_agreed_names_with_the_channel_label() {
+        let m = Metrics::new("order-notify");
+        m.accepted.inc();
+        m.complete(Outcome::delivered);
+        m.attempt(AttemptResult::timeout, 0.5);
+        m.token_request("stable", "ok");
+        m.set_queue(QueueState::ready, 7);
+        m.set_circuit(CircuitState::Open);
+        m.inflight.set(3);
+        let text = m.encode();
+        for line in [
+            r#"wxpush_messages_accepted_total{channel="order-notify"} 1"#,
+            r#"wxpush_messages_completed_total{channel="order-notify",outcome="delivered"} 1"#,
+            r#"wxpush_send_attempts_total{channel="order-notify",result="timeout"} 1"#,
+            r#"wxpush_token_requests_total{channel="order-notify",api="stable",result="ok"} 1"#,
+            r#"wxpush_queue_messages{channel="order-notify",state="ready"} 7"#,
+            r#"wxpush_circuit_state{channel="order-notify"} 2"#,
+            r#"wxpush_inflight_requests{channel="order-notify"} 3"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
+        assert!(text.contains("wxpush_send_duration_seconds_bucket"));
+        assert!(text.contains("wxpush_delivery_latency_seconds_count"));
+    }
+}

@@ -1,0 +1,4 @@
+//! Resilience building blocks around the WeChat API: backoff with jitter, the circuit breaker,
+//! and rate limiting.
+
+pub mod backoff;
