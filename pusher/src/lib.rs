@@ -11,3 +11,4 @@ pub mod policy;
 pub mod resilience;
 pub mod sandbox;
 pub mod wechat;
+pub mod wxcrypto;

@@ -1,1 +1,316 @@
-fn main() {}
+//! `wxpush-sandbox`: the WeChat API stand-in, as a program. A thin wrapper around
+//! `wxpush_pusher::sandbox`; see `docs/sandbox.md`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use wxpush_pusher::sandbox::{
+    EventConfig, EventMode, FaultConfig, OutageSpec, Sandbox, SandboxConfig, parse_list,
+};
+
+/// A quota or limit: a number, or `unlimited`.
+#[derive(Debug, Clone, Copy)]
+struct Limit(Option<u64>);
+
+fn parse_limit(s: &str) -> Result<Limit, String> {
+    match s {
+        "unlimited" | "none" => Ok(Limit(None)),
+        n => n
+            .parse()
+            .map(|n| Limit(Some(n)))
+            .map_err(|e| format!("{e}: expected a number or `unlimited`")),
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
+/// `CODE=SHARE`, e.g. `-1=0.1` or `45011=0.05`.
+fn parse_errcode_share(s: &str) -> Result<(i64, f64), String> {
+    let (code, share) = s
+        .split_once('=')
+        .ok_or("expected CODE=SHARE, e.g. -1=0.1")?;
+    let code: i64 = code.trim().parse().map_err(|e| format!("errcode: {e}"))?;
+    Ok((code, parse_share(share.trim())?))
+}
+
+fn parse_set(s: &str) -> Result<HashSet<String>, String> {
+    parse_list(s).map_err(|e| format!("cannot read {s}: {e}"))
+}
+
+/// A faithful, fast stand-in for the WeChat API: access_token (classic and stable), template
+/// and subscribe message sends, TEMPLATESENDJOBFINISH events, and fault injection.
+///
+/// Prints `wxpush-sandbox listening on http://ADDR` on stdout once it accepts connections.
+/// Admin routes: GET /__stats, POST /__reset, GET|PUT|PATCH /__faults,
+/// POST /__tokens/invalidate, GET /__config, GET /__health.
+#[derive(Debug, Parser)]
+#[command(name = "wxpush-sandbox", version, max_term_width = 100)]
+struct Cli {
+    /// Address to listen on; port 0 lets the OS pick (the chosen address is printed).
+    #[arg(long, env = "WXPUSH_SANDBOX_LISTEN", default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// The account's appid (wrong appid → 40013).
+    #[arg(
+        long,
+        env = "WXPUSH_SANDBOX_APPID",
+        default_value = "wxsandbox00000000"
+    )]
+    appid: String,
+    /// The account's secret (wrong secret → 40125).
+    #[arg(
+        long,
+        env = "WXPUSH_SANDBOX_SECRET",
+        default_value = "sandboxsecret",
+        hide_env_values = true
+    )]
+    secret: String,
+    /// The account's original id (`gh_…`), sent as the events' ToUserName.
+    #[arg(long, default_value = "gh_sandbox000000")]
+    account_id: String,
+
+    // --- access_token ---
+    /// Lifetime of every access_token (after it: 42001).
+    #[arg(long, default_value = "7200s", value_parser = parse_duration, help_heading = "Tokens")]
+    token_expires_in: Duration,
+    /// How long a classic token keeps working after a newer one is issued (then: 40001).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "Tokens")]
+    classic_grace: Duration,
+    /// The stable API issues a new token when the current one has less than this left
+    /// (capped at half of --token-expires-in).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "Tokens")]
+    stable_renew_before: Duration,
+    /// Classic token calls per day (then 45009); a number or `unlimited`.
+    #[arg(long, default_value = "2000", value_parser = parse_limit, help_heading = "Tokens")]
+    classic_token_daily_quota: Limit,
+    /// Stable token calls per minute (then 45011).
+    #[arg(long, default_value = "10000", value_parser = parse_limit, help_heading = "Tokens")]
+    stable_token_minute_quota: Limit,
+    /// Stable token calls per day (then 45009).
+    #[arg(long, default_value = "500000", value_parser = parse_limit, help_heading = "Tokens")]
+    stable_token_daily_quota: Limit,
+    /// `force_refresh: true` calls allowed per day (then 45009).
+    #[arg(long, default_value_t = 20, help_heading = "Tokens")]
+    force_refresh_daily_limit: u32,
+    /// Minimum time between two `force_refresh: true` calls (else 45011).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = "Tokens")]
+    force_refresh_interval: Duration,
+
+    // --- sends ---
+    /// How long (touser, client_msg_id) de-duplicates.
+    #[arg(long, default_value = "10m", value_parser = parse_duration, help_heading = "Sends")]
+    dedup_window: Duration,
+    /// Sends per day per send API (then 45009); a number or `unlimited`.
+    #[arg(long, default_value = "100000", value_parser = parse_limit, help_heading = "Sends")]
+    daily_quota: Limit,
+    /// Sends per minute per send API (then 45011); a number or `unlimited`.
+    #[arg(long, default_value = "unlimited", value_parser = parse_limit, help_heading = "Sends")]
+    minute_quota: Limit,
+    /// Sends per minute to one openid (then 43117); a number or `unlimited`.
+    #[arg(long, default_value = "unlimited", value_parser = parse_limit, help_heading = "Sends")]
+    openid_minute_limit: Limit,
+    /// Known openids, `a,b,c` or `@FILE` (one per line); others get 40003. Default: any.
+    #[arg(long, value_parser = parse_set, help_heading = "Sends")]
+    users: Option<HashSet<String>>,
+    /// Openids that do not follow the account: 43004 on template and bizsend sends.
+    #[arg(long, value_parser = parse_set, help_heading = "Sends")]
+    non_followers: Option<HashSet<String>>,
+    /// Openids that refused subscription messages: 43101 on subscribe and bizsend sends.
+    #[arg(long, value_parser = parse_set, help_heading = "Sends")]
+    refused_subscribers: Option<HashSet<String>>,
+    /// Known template ids, `a,b` or `@FILE`; others get 40037. Default: any.
+    #[arg(long, value_parser = parse_set, help_heading = "Sends")]
+    templates: Option<HashSet<String>>,
+
+    // --- events ---
+    /// Server URL to POST TEMPLATESENDJOBFINISH events to (none: no events).
+    #[arg(long, help_heading = "Events")]
+    event_url: Option<String>,
+    /// Server-URL token for `signature` / `msg_signature`.
+    #[arg(
+        long,
+        env = "WXPUSH_SANDBOX_EVENT_TOKEN",
+        default_value = "sandboxtoken",
+        hide_env_values = true,
+        help_heading = "Events"
+    )]
+    event_token: String,
+    /// 43-character EncodingAESKey (needed by compat and safe modes).
+    #[arg(
+        long,
+        env = "WXPUSH_SANDBOX_EVENT_AES_KEY",
+        hide_env_values = true,
+        help_heading = "Events"
+    )]
+    event_aes_key: Option<String>,
+    /// Message mode: plain, compat (plain + <Encrypt>) or safe (only <Encrypt>). Default: safe
+    /// when --event-aes-key is set, else plain.
+    #[arg(long, value_enum, help_heading = "Events")]
+    event_mode: Option<EventMode>,
+    /// Share of events with Status `failed:user block`.
+    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Events")]
+    event_user_block_share: f64,
+    /// Share of events with Status `failed: system failed`.
+    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Events")]
+    event_system_failed_share: f64,
+    /// Delay between a send's answer and its event.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Events")]
+    event_delay: Duration,
+    /// How long to wait for the server's answer before retrying.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = "Events")]
+    event_timeout: Duration,
+    /// Retries after a timeout, transport error or non-2xx answer.
+    #[arg(long, default_value_t = 3, help_heading = "Events")]
+    event_retries: u32,
+    /// Send MsgID 0 in events of sends that carried a client_msg_id (unconfirmed behaviour).
+    #[arg(long, help_heading = "Events")]
+    event_msgid_zero_with_client_msg_id: bool,
+
+    // --- faults ---
+    /// Fixed latency added to every WeChat API request.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Faults")]
+    fault_latency: Duration,
+    /// Extra latency drawn uniformly from [0, JITTER].
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Faults")]
+    fault_jitter: Duration,
+    /// Share of requests processed but answered only after --fault-hang.
+    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
+    fault_hang_share: f64,
+    /// How long hanging requests hang.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = "Faults")]
+    fault_hang: Duration,
+    /// Share of sends answered with an errcode, as CODE=SHARE (repeatable), e.g. -1=0.1.
+    #[arg(long = "fault-errcode", value_parser = parse_errcode_share, help_heading = "Faults")]
+    fault_errcodes: Vec<(i64, f64)>,
+    /// Share of requests answered with HTTP --fault-5xx-status.
+    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
+    fault_5xx_share: f64,
+    /// Status for --fault-5xx-share.
+    #[arg(long, default_value_t = 502, help_heading = "Faults")]
+    fault_5xx_status: u16,
+    /// Share of requests whose connection is reset (TCP RST).
+    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
+    fault_reset_share: f64,
+    /// Outage (connections refused) lasting this long...
+    #[arg(long, value_parser = parse_duration, help_heading = "Faults")]
+    fault_outage_for: Option<Duration>,
+    /// ...starting this long after start-up.
+    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Faults")]
+    fault_outage_after: Duration,
+    /// Revoke every access_token this often (sends then get 40001).
+    #[arg(long, value_parser = parse_duration, help_heading = "Faults")]
+    fault_token_invalidate_every: Option<Duration>,
+}
+
+impl Cli {
+    fn into_config(self) -> SandboxConfig {
+        let mode = self.event_mode.unwrap_or(if self.event_aes_key.is_some() {
+            EventMode::Safe
+        } else {
+            EventMode::Plain
+        });
+        SandboxConfig {
+            listen: self.listen,
+            appid: self.appid,
+            secret: self.secret,
+            account_id: self.account_id,
+            token_expires_in: self.token_expires_in,
+            classic_grace: self.classic_grace,
+            stable_renew_before: self.stable_renew_before,
+            classic_daily_quota: self.classic_token_daily_quota.0,
+            stable_minute_quota: self.stable_token_minute_quota.0,
+            stable_daily_quota: self.stable_token_daily_quota.0,
+            force_refresh_daily_limit: self.force_refresh_daily_limit,
+            force_refresh_interval: self.force_refresh_interval,
+            dedup_window: self.dedup_window,
+            daily_quota: self.daily_quota.0,
+            minute_quota: self.minute_quota.0,
+            openid_minute_limit: self.openid_minute_limit.0,
+            users: self.users,
+            non_followers: self.non_followers.unwrap_or_default(),
+            refused_subscribers: self.refused_subscribers.unwrap_or_default(),
+            templates: self.templates,
+            events: EventConfig {
+                url: self.event_url,
+                token: self.event_token,
+                aes_key: self.event_aes_key,
+                mode,
+                user_block_share: self.event_user_block_share,
+                system_failed_share: self.event_system_failed_share,
+                delay: self.event_delay,
+                timeout: self.event_timeout,
+                retries: self.event_retries,
+                msgid_zero_with_client_msg_id: self.event_msgid_zero_with_client_msg_id,
+            },
+            faults: FaultConfig {
+                latency: self.fault_latency,
+                jitter: self.fault_jitter,
+                hang_share: self.fault_hang_share,
+                hang: self.fault_hang,
+                errcodes: self.fault_errcodes.into_iter().collect::<BTreeMap<_, _>>(),
+                http_5xx_share: self.fault_5xx_share,
+                http_5xx_status: self.fault_5xx_status,
+                reset_share: self.fault_reset_share,
+                outage: self.fault_outage_for.map(|duration| OutageSpec {
+                    after: self.fault_outage_after,
+                    duration,
+                }),
+                token_invalidate_every: self.fault_token_invalidate_every,
+            },
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,wxpush_pusher::sandbox=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Cli::parse().into_config();
+    let sandbox = Sandbox::start(config)
+        .await
+        .context("starting wxpush-sandbox")?;
+    println!("wxpush-sandbox listening on {}", sandbox.base_url());
+    tokio::select! {
+        () = sandbox_wait(sandbox) => anyhow::bail!("the sandbox server stopped"),
+        r = tokio::signal::ctrl_c() => r.context("waiting for ctrl-c")?,
+        () = terminate() => {}
+    }
+    Ok(())
+}
+
+async fn sandbox_wait(sandbox: wxpush_pusher::sandbox::SandboxHandle) {
+    sandbox.wait().await;
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending().await
+}

@@ -1,1 +1,45 @@
-//! Placeholder: the WeChat API sandbox lands here.
+//! A faithful, fast stand-in for the WeChat API (`wxpush-sandbox`), used by tests, demos and
+//! benchmarks. It follows `shared/WECHAT_API.md`; see `docs/sandbox.md` for the full story.
+//!
+//! Start one from a test on a port the OS picks:
+//! ```no_run
+//! # async fn demo() -> Result<(), wxpush_pusher::sandbox::SandboxError> {
+//! use std::time::Duration;
+//! use wxpush_pusher::sandbox::{Sandbox, SandboxConfig};
+//! let sandbox = Sandbox::start(SandboxConfig {
+//!     token_expires_in: Duration::from_secs(2),
+//!     dedup_window: Duration::from_millis(500),
+//!     ..SandboxConfig::new("wxappid", "secret")
+//! })
+//! .await?;
+//! let base_url = sandbox.base_url(); // point the pusher's apiBaseUrl here
+//! # let _ = base_url;
+//! assert_eq!(sandbox.stats().delivered_unique, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, one job each: [`tokens`] (classic and stable access_token), [`messages`] (send
+//! validation, quotas, de-duplication), [`validate`] (subscribe data rules), [`events`]
+//! (TEMPLATESENDJOBFINISH delivery), [`faults`] (what to inject), [`stats`] (counters),
+//! [`codes`] (errcodes), [`quota`] (calendar-window counters), and the private HTTP side:
+//! `api` (WeChat routes), `admin` (`/__` routes), `net` (outages and resets), `server`.
+
+mod admin;
+mod api;
+pub mod codes;
+pub mod config;
+pub mod events;
+pub mod faults;
+pub mod messages;
+mod net;
+pub mod quota;
+mod server;
+pub mod stats;
+pub mod tokens;
+pub mod validate;
+
+pub use codes::WxCode;
+pub use config::{EventConfig, EventMode, SandboxConfig, parse_list};
+pub use faults::{FaultConfig, FaultConfigError, OutageSpec};
+pub use server::{Sandbox, SandboxError, SandboxHandle};
+pub use stats::{EventCounts, OpenidCounts, StatsSnapshot, TokenCounts};

@@ -1,0 +1,283 @@
+//! The WeChat API routes: access_token (classic and stable), the three send APIs, and the
+//! fault-injection layer in front of them.
+
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::codes::WxCode;
+use super::faults::Decision;
+use super::messages::SendKind;
+use super::net::ConnInfo;
+use super::quota::{beijing_day, minute, unix_secs};
+use super::server::Shared;
+use super::stats::{Endpoint, FaultKind};
+use super::tokens::Issued;
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json; encoding=utf-8");
+
+fn json(body: impl Into<Bytes>) -> Response {
+    ([(header::CONTENT_TYPE, JSON)], body.into()).into_response()
+}
+
+/// Answers an errcode, counting it.
+fn wx_error(state: &Shared, code: WxCode) -> Response {
+    state.stats.errcode(code);
+    json(code.body())
+}
+
+fn token_body(issued: &Issued) -> Response {
+    json(format!(
+        r#"{{"access_token":"{}","expires_in":{}}}"#,
+        issued.token, issued.expires_in
+    ))
+}
+
+/// Fault injection in front of every WeChat route: counts the request, adds latency, then
+/// resets, fails, hangs or answers an injected errcode as the fault config says.
+pub(crate) async fn fault_layer(
+    State(state): State<Shared>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let endpoint = Endpoint::from_path(req.uri().path());
+    state.stats.request(endpoint);
+    let latency = state.faults.latency();
+    if !latency.is_zero() {
+        state.stats.fault(FaultKind::Latency);
+        tokio::select! {
+            () = tokio::time::sleep(latency) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+    }
+    let send = matches!(
+        endpoint,
+        Endpoint::TemplateSend | Endpoint::SubscribeSend | Endpoint::Bizsend
+    );
+    match state.faults.decide(send) {
+        Decision::Pass => next.run(req).await,
+        Decision::Reset => {
+            state.stats.fault(FaultKind::Reset);
+            conn.reset();
+            // Never written: the connection fails with an RST when hyper tries.
+            StatusCode::OK.into_response()
+        }
+        Decision::Http(status) => {
+            state.stats.fault(FaultKind::Http5xx);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let body = format!("<html><body><h1>{status}</h1></body></html>");
+            (status, [(header::CONTENT_TYPE, "text/html")], body).into_response()
+        }
+        Decision::Hang(hang) => {
+            state.stats.fault(FaultKind::Hang);
+            let response = next.run(req).await;
+            tokio::select! {
+                () = tokio::time::sleep(hang) => {}
+                () = state.shutdown.cancelled() => {}
+            }
+            response
+        }
+        Decision::Errcode(code) => {
+            state.stats.injected(code);
+            wx_error(&state, code)
+        }
+    }
+}
+
+/// Query of `GET /cgi-bin/token`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct ClassicQuery {
+    grant_type: Option<String>,
+    appid: Option<String>,
+    secret: Option<String>,
+}
+
+/// Checks grant_type, appid and secret in WeChat's order.
+fn check_credentials(
+    state: &Shared,
+    grant_type: Option<&str>,
+    appid: Option<&str>,
+    secret: Option<&str>,
+) -> Result<(), WxCode> {
+    if grant_type != Some("client_credential") {
+        return Err(WxCode::InvalidGrantType);
+    }
+    let appid = appid
+        .filter(|a| !a.is_empty())
+        .ok_or(WxCode::AppidMissing)?;
+    let secret = secret
+        .filter(|s| !s.is_empty())
+        .ok_or(WxCode::SecretMissing)?;
+    if appid != state.cfg.appid {
+        return Err(WxCode::InvalidAppid);
+    }
+    if secret != state.cfg.secret {
+        return Err(WxCode::InvalidSecret);
+    }
+    Ok(())
+}
+
+/// `GET /cgi-bin/token`: a new token on every call.
+pub(crate) async fn classic_token(
+    State(state): State<Shared>,
+    Query(q): Query<ClassicQuery>,
+) -> Response {
+    let now = Instant::now();
+    state.maybe_invalidate(now);
+    let checked = check_credentials(
+        &state,
+        q.grant_type.as_deref(),
+        q.appid.as_deref(),
+        q.secret.as_deref(),
+    );
+    state.stats.token_call(false, false, checked.is_ok());
+    if let Err(code) = checked {
+        return wx_error(&state, code);
+    }
+    let day = beijing_day(unix_secs());
+    if !state
+        .token_quota
+        .classic_daily
+        .hit(day, state.cfg.classic_daily_quota)
+    {
+        return wx_error(&state, WxCode::DailyQuota);
+    }
+    state.stats.errcode(WxCode::Ok);
+    token_body(&state.tokens.issue_classic(now))
+}
+
+/// Body of `POST /cgi-bin/stable_token`.
+#[derive(Debug, Deserialize)]
+struct StableBody {
+    grant_type: Option<String>,
+    appid: Option<String>,
+    secret: Option<String>,
+    #[serde(default)]
+    force_refresh: bool,
+}
+
+/// `POST /cgi-bin/stable_token`: the same token while valid; `force_refresh` rotates it.
+pub(crate) async fn stable_token(State(state): State<Shared>, body: Bytes) -> Response {
+    let now = Instant::now();
+    state.maybe_invalidate(now);
+    let Ok(b) = serde_json::from_slice::<StableBody>(&body) else {
+        state.stats.token_call(true, false, false);
+        return wx_error(&state, WxCode::DataFormat);
+    };
+    let checked = check_credentials(
+        &state,
+        b.grant_type.as_deref(),
+        b.appid.as_deref(),
+        b.secret.as_deref(),
+    );
+    if let Err(code) = checked {
+        state.stats.token_call(true, b.force_refresh, false);
+        return wx_error(&state, code);
+    }
+    let unix = unix_secs();
+    let q = &state.token_quota;
+    if !q
+        .stable_minute
+        .hit(minute(unix), state.cfg.stable_minute_quota)
+    {
+        state.stats.token_call(true, b.force_refresh, false);
+        return wx_error(&state, WxCode::MinuteQuota);
+    }
+    if !q
+        .stable_daily
+        .hit(beijing_day(unix), state.cfg.stable_daily_quota)
+    {
+        state.stats.token_call(true, b.force_refresh, false);
+        return wx_error(&state, WxCode::DailyQuota);
+    }
+    match state
+        .tokens
+        .issue_stable(now, b.force_refresh, beijing_day(unix))
+    {
+        Ok(issued) => {
+            state.stats.token_call(true, b.force_refresh, issued.new);
+            state.stats.errcode(WxCode::Ok);
+            token_body(&issued)
+        }
+        Err(code) => {
+            state.stats.token_call(true, b.force_refresh, false);
+            wx_error(&state, code)
+        }
+    }
+}
+
+/// The `access_token` query parameter of the send APIs.
+#[derive(Debug, Deserialize)]
+pub(crate) struct TokenQuery {
+    access_token: Option<String>,
+}
+
+async fn send(state: Shared, kind: SendKind, q: TokenQuery, body: Bytes) -> Response {
+    let now = Instant::now();
+    state.maybe_invalidate(now);
+    if let Err(code) = state.tokens.validate(q.access_token.as_deref(), now) {
+        return wx_error(&state, code);
+    }
+    let unix = unix_secs();
+    match state
+        .messages
+        .send(&state.cfg, &state.stats, kind, &body, now, unix)
+    {
+        Ok(accepted) => {
+            state.stats.errcode(WxCode::Ok);
+            if accepted.unique && kind == SendKind::Template {
+                state
+                    .events
+                    .dispatch(accepted.touser, accepted.msgid, accepted.had_client_msg_id);
+            }
+            json(format!(
+                r#"{{"errcode":0,"errmsg":"ok","msgid":{}}}"#,
+                accepted.msgid
+            ))
+        }
+        Err(code) => wx_error(&state, code),
+    }
+}
+
+/// `POST /cgi-bin/message/template/send`.
+pub(crate) async fn template_send(
+    State(state): State<Shared>,
+    Query(q): Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    send(state, SendKind::Template, q, body).await
+}
+
+/// `POST /cgi-bin/message/subscribe/send`.
+pub(crate) async fn subscribe_send(
+    State(state): State<Shared>,
+    Query(q): Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    send(state, SendKind::Subscribe, q, body).await
+}
+
+/// `POST /cgi-bin/message/subscribe/bizsend`.
+pub(crate) async fn bizsend(
+    State(state): State<Shared>,
+    Query(q): Query<TokenQuery>,
+    body: Bytes,
+) -> Response {
+    send(state, SendKind::Bizsend, q, body).await
+}
+
+/// Any other path: WeChat answers unknown APIs with HTTP 200 and an errcode; 404 is clearer for
+/// a sandbox and lets a misconfigured base URL fail loudly.
+pub(crate) async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        json(r#"{"errcode":404,"errmsg":"unknown API in wxpush-sandbox"}"#),
+    )
+        .into_response()
+}

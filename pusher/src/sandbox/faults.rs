@@ -1,0 +1,380 @@
+//! Fault injection: what can go wrong between the pusher and WeChat, on demand.
+//!
+//! A [`FaultConfig`] is set at start-up (flags) and replaced or patched at run time through
+//! `PUT`/`PATCH /__faults`. Per request, one uniform draw picks at most one of: connection reset,
+//! HTTP 5xx, hang, or an injected errcode (in that order of precedence, each taking its share of
+//! the unit interval); latency applies on top. Outages and forced token invalidation are
+//! scheduled by the server and the token store.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use serde::{Deserialize, Serialize};
+
+use super::codes::WxCode;
+
+/// Serde for `Duration` as a human string ("250ms", "5s") via `humantime`.
+pub mod human_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `d` as a humantime string.
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    /// Reads a humantime string.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+
+    /// The same for `Option<Duration>` (`null` or absent = none).
+    pub mod option {
+        use std::time::Duration;
+
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// Writes `Some(d)` as a humantime string, `None` as null.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// Reads null or a humantime string.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
+
+/// A window during which the sandbox refuses connections: its listener is closed and open
+/// connections are dropped, so clients see "connection refused" as with a real outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutageSpec {
+    /// How long after the faults are applied the outage starts.
+    #[serde(default, with = "human_duration")]
+    pub after: Duration,
+    /// How long it lasts.
+    #[serde(with = "human_duration")]
+    pub duration: Duration,
+}
+
+/// Every fault the sandbox can inject. The default injects nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FaultConfig {
+    /// Fixed delay added to every WeChat API request.
+    #[serde(with = "human_duration")]
+    pub latency: Duration,
+    /// Extra delay drawn uniformly from `[0, jitter]` per request.
+    #[serde(with = "human_duration")]
+    pub jitter: Duration,
+    /// Share (0..=1) of requests answered only after `hang` (processed first, so a client that
+    /// times out does not know the message was delivered).
+    pub hang_share: f64,
+    /// How long a hanging request hangs.
+    #[serde(with = "human_duration")]
+    pub hang: Duration,
+    /// Share of message sends answered with an errcode, by errcode (-1, 45009, 45011, 43117, or
+    /// any code in the sandbox's table), before any processing.
+    pub errcodes: BTreeMap<i64, f64>,
+    /// Share of requests answered with HTTP `http_5xx_status` before any processing.
+    pub http_5xx_share: f64,
+    /// The status code for `http_5xx_share` (500..=599).
+    pub http_5xx_status: u16,
+    /// Share of requests whose connection is reset (TCP RST) instead of answered, before any
+    /// processing.
+    pub reset_share: f64,
+    /// An outage window (connections refused), scheduled when the faults are applied.
+    pub outage: Option<OutageSpec>,
+    /// Revoke every access_token (classic and stable) this often; sends then get 40001.
+    #[serde(with = "human_duration::option")]
+    pub token_invalidate_every: Option<Duration>,
+}
+
+impl Default for FaultConfig {
+    fn default() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            jitter: Duration::ZERO,
+            hang_share: 0.0,
+            hang: Duration::from_secs(30),
+            errcodes: BTreeMap::new(),
+            http_5xx_share: 0.0,
+            http_5xx_status: 502,
+            reset_share: 0.0,
+            outage: None,
+            token_invalidate_every: None,
+        }
+    }
+}
+
+/// Why a fault config was rejected.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FaultConfigError {
+    /// A share is outside 0..=1 (or not a number).
+    #[error("{field} must be between 0 and 1, got {value}")]
+    Share {
+        /// Which field.
+        field: String,
+        /// The value given.
+        value: f64,
+    },
+    /// An errcode the sandbox does not know.
+    #[error("unknown errcode {0}")]
+    UnknownErrcode(i64),
+    /// `http_5xx_status` is not a 5xx.
+    #[error("http_5xx_status must be 500..=599, got {0}")]
+    Status(u16),
+    /// A zero token invalidation period.
+    #[error("token_invalidate_every must be positive")]
+    ZeroPeriod,
+}
+
+impl FaultConfig {
+    /// Checks shares, codes and periods.
+    pub fn validate(&self) -> Result<(), FaultConfigError> {
+        let share = |field: &str, value: f64| {
+            if (0.0..=1.0).contains(&value) {
+                Ok(())
+            } else {
+                Err(FaultConfigError::Share {
+                    field: field.to_string(),
+                    value,
+                })
+            }
+        };
+        share("hang_share", self.hang_share)?;
+        share("http_5xx_share", self.http_5xx_share)?;
+        share("reset_share", self.reset_share)?;
+        for (code, s) in &self.errcodes {
+            if WxCode::from_code(*code).is_none() || *code == 0 {
+                return Err(FaultConfigError::UnknownErrcode(*code));
+            }
+            share(&format!("errcodes[{code}]"), *s)?;
+        }
+        if !(500..=599).contains(&self.http_5xx_status) {
+            return Err(FaultConfigError::Status(self.http_5xx_status));
+        }
+        if self.token_invalidate_every == Some(Duration::ZERO) {
+            return Err(FaultConfigError::ZeroPeriod);
+        }
+        Ok(())
+    }
+
+    fn is_noop(&self) -> bool {
+        self.latency.is_zero()
+            && self.jitter.is_zero()
+            && self.hang_share <= 0.0
+            && self.errcodes.values().all(|s| *s <= 0.0)
+            && self.http_5xx_share <= 0.0
+            && self.reset_share <= 0.0
+    }
+}
+
+/// What to do with one request, decided by [`FaultState::decide`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Process normally.
+    Pass,
+    /// Reset the connection.
+    Reset,
+    /// Answer with this HTTP status.
+    Http(u16),
+    /// Process, then hold the answer this long.
+    Hang(Duration),
+    /// Answer with this errcode (sends only; other endpoints pass).
+    Errcode(WxCode),
+}
+
+/// The live fault configuration, cheap to consult on every request.
+#[derive(Debug)]
+pub struct FaultState {
+    config: RwLock<Arc<FaultConfig>>,
+    /// False when the config injects no per-request fault: the hot path skips the lock.
+    active: AtomicBool,
+    /// Next forced token invalidation, in ms since `base` (0 = none).
+    next_invalidation_ms: AtomicU64,
+    base: Instant,
+}
+
+impl FaultState {
+    /// A state holding `config` (validated by the caller).
+    pub fn new(config: FaultConfig) -> Self {
+        let state = Self {
+            config: RwLock::new(Arc::new(FaultConfig::default())),
+            active: AtomicBool::new(false),
+            next_invalidation_ms: AtomicU64::new(0),
+            base: Instant::now(),
+        };
+        state.set(config);
+        state
+    }
+
+    /// The current config.
+    pub fn get(&self) -> Arc<FaultConfig> {
+        self.config.read().clone()
+    }
+
+    /// Replaces the config. The token invalidation schedule restarts only when its period
+    /// changes, so patching another field does not postpone it.
+    pub fn set(&self, config: FaultConfig) {
+        self.active.store(!config.is_noop(), Ordering::Release);
+        let mut current = self.config.write();
+        if current.token_invalidate_every != config.token_invalidate_every
+            || self.next_invalidation_ms.load(Ordering::Acquire) == 0
+        {
+            let next = config
+                .token_invalidate_every
+                .map(|every| self.ms_since_base(Instant::now() + every).max(1))
+                .unwrap_or(0);
+            self.next_invalidation_ms.store(next, Ordering::Release);
+        }
+        *current = Arc::new(config);
+    }
+
+    /// Replaces the config and restarts the token invalidation schedule from now.
+    pub fn restart(&self, config: FaultConfig) {
+        self.next_invalidation_ms.store(0, Ordering::Release);
+        self.set(config);
+    }
+
+    fn ms_since_base(&self, t: Instant) -> u64 {
+        u64::try_from(t.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether a forced token invalidation is due at `now`; if so, schedules the next one.
+    /// Exactly one caller sees `true` per due period.
+    pub fn take_due_invalidation(&self, now: Instant) -> bool {
+        let due = self.next_invalidation_ms.load(Ordering::Acquire);
+        if due == 0 {
+            return false;
+        }
+        let now_ms = self.ms_since_base(now);
+        if now_ms < due {
+            return false;
+        }
+        let Some(every) = self.config.read().token_invalidate_every else {
+            return false;
+        };
+        let every_ms = u64::try_from(every.as_millis()).unwrap_or(u64::MAX).max(1);
+        // Skip missed periods rather than firing a burst of invalidations.
+        let next = due + ((now_ms - due) / every_ms + 1) * every_ms;
+        self.next_invalidation_ms
+            .compare_exchange(due, next, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Latency to add to this request (zero when none is configured).
+    pub fn latency(&self) -> Duration {
+        if !self.active.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
+        let cfg = self.config.read();
+        if cfg.jitter.is_zero() {
+            return cfg.latency;
+        }
+        cfg.latency + cfg.jitter.mul_f64(rand::random::<f64>())
+    }
+
+    /// Rolls the dice for one request; `send` says whether errcode faults apply.
+    pub fn decide(&self, send: bool) -> Decision {
+        if !self.active.load(Ordering::Acquire) {
+            return Decision::Pass;
+        }
+        let cfg = self.config.read();
+        let roll: f64 = rand::random();
+        let mut edge = cfg.reset_share;
+        if roll < edge {
+            return Decision::Reset;
+        }
+        edge += cfg.http_5xx_share;
+        if roll < edge {
+            return Decision::Http(cfg.http_5xx_status);
+        }
+        edge += cfg.hang_share;
+        if roll < edge {
+            return Decision::Hang(cfg.hang);
+        }
+        if send {
+            for (code, share) in &cfg.errcodes {
+                edge += share;
+                if roll < edge {
+                    return WxCode::from_code(*code).map_or(Decision::Pass, Decision::Errcode);
+                }
+            }
+        }
+        Decision::Pass
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_human_json_and_validates() {
+        let cfg: FaultConfig = serde_json::from_str(
+            r#"{"latency":"5ms","errcodes":{"-1":0.5,"45011":0.25},"outage":{"duration":"2s"},
+                "token_invalidate_every":"1s"}"#,
+        )
+        .expect("valid fault JSON");
+        assert_eq!(cfg.latency, Duration::from_millis(5));
+        assert_eq!(cfg.errcodes.get(&-1), Some(&0.5));
+        assert_eq!(cfg.outage.map(|o| o.after), Some(Duration::ZERO));
+        assert_eq!(cfg.validate(), Ok(()));
+        let bad = FaultConfig {
+            reset_share: 1.5,
+            ..FaultConfig::default()
+        };
+        assert!(bad.validate().is_err());
+        let bad = FaultConfig {
+            errcodes: [(12, 0.1)].into(),
+            ..FaultConfig::default()
+        };
+        assert_eq!(bad.validate(), Err(FaultConfigError::UnknownErrcode(12)));
+        assert!(serde_json::from_str::<FaultConfig>(r#"{"nope":1}"#).is_err());
+    }
+
+    #[test]
+    fn certain_shares_always_fire_in_precedence_order() {
+        let s = FaultState::new(FaultConfig {
+            errcodes: [(-1, 1.0)].into(),
+            ..FaultConfig::default()
+        });
+        assert_eq!(s.decide(true), Decision::Errcode(WxCode::SystemBusy));
+        assert_eq!(s.decide(false), Decision::Pass);
+        s.set(FaultConfig {
+            reset_share: 1.0,
+            http_5xx_share: 1.0,
+            ..FaultConfig::default()
+        });
+        assert_eq!(s.decide(true), Decision::Reset);
+        s.set(FaultConfig::default());
+        assert_eq!(s.decide(true), Decision::Pass);
+    }
+
+    #[test]
+    fn invalidation_fires_once_per_period() {
+        let s = FaultState::new(FaultConfig {
+            token_invalidate_every: Some(Duration::from_millis(100)),
+            ..FaultConfig::default()
+        });
+        let now = Instant::now();
+        assert!(!s.take_due_invalidation(now));
+        let later = now + Duration::from_millis(150);
+        assert!(s.take_due_invalidation(later));
+        assert!(!s.take_due_invalidation(later));
+        assert!(s.take_due_invalidation(later + Duration::from_millis(100)));
+    }
+}

@@ -1,0 +1,276 @@
+//! Starting and stopping the sandbox: shared state, the router, and the handle tests hold.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::admin;
+use super::api;
+use super::config::SandboxConfig;
+use super::events::{EventSetupError, Events};
+use super::faults::{FaultConfig, FaultConfigError, FaultState};
+use super::messages::Messages;
+use super::net::{ConnInfo, NetControl, SandboxListener};
+use super::quota::WindowCounter;
+use super::stats::{FaultKind, Stats, StatsSnapshot};
+use super::tokens::TokenStore;
+
+/// Why the sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The initial fault config is invalid.
+    #[error("invalid faults: {0}")]
+    Faults(#[from] FaultConfigError),
+    /// Event delivery is misconfigured.
+    #[error(transparent)]
+    Events(#[from] EventSetupError),
+}
+
+/// Token-endpoint call counters.
+#[derive(Debug, Default)]
+pub(crate) struct TokenQuota {
+    pub(crate) classic_daily: WindowCounter,
+    pub(crate) stable_minute: WindowCounter,
+    pub(crate) stable_daily: WindowCounter,
+}
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) cfg: SandboxConfig,
+    pub(crate) tokens: TokenStore,
+    pub(crate) token_quota: TokenQuota,
+    pub(crate) messages: Messages,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) faults: FaultState,
+    pub(crate) events: Arc<Events>,
+    pub(crate) net: Arc<NetControl>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+/// The state as handlers hold it.
+pub(crate) type Shared = Arc<State>;
+
+impl State {
+    /// Applies a forced token invalidation if one is due.
+    pub(crate) fn maybe_invalidate(&self, now: Instant) {
+        if self.faults.take_due_invalidation(now) {
+            self.tokens.revoke_all(now);
+            self.stats.fault(FaultKind::TokenInvalidation);
+            tracing::info!("fault: every access_token invalidated");
+        }
+    }
+
+    /// Revokes every token now; returns how many were live.
+    pub(crate) fn invalidate_tokens(&self) -> usize {
+        self.stats.fault(FaultKind::TokenInvalidation);
+        self.tokens.revoke_all(Instant::now())
+    }
+
+    /// Validates and applies a fault config; schedules its outage when `schedule_outage`.
+    pub(crate) fn apply_faults(
+        &self,
+        cfg: FaultConfig,
+        schedule_outage: bool,
+    ) -> Result<(), FaultConfigError> {
+        cfg.validate()?;
+        if schedule_outage {
+            let window = cfg.outage.map(|o| {
+                let from = tokio::time::Instant::now() + o.after;
+                (from, from + o.duration)
+            });
+            self.net.schedule_outage(window);
+        }
+        tracing::info!(faults = ?cfg, "faults applied");
+        self.faults.set(cfg);
+        Ok(())
+    }
+
+    /// Back to the start-up state (message ids keep increasing so they stay unique).
+    pub(crate) fn reset(&self) {
+        self.stats.reset();
+        self.tokens.reset();
+        self.messages.reset();
+        self.token_quota.classic_daily.reset();
+        self.token_quota.stable_minute.reset();
+        self.token_quota.stable_daily.reset();
+        self.net.schedule_outage(None);
+        self.faults.restart(self.cfg.faults.clone());
+        if let Some(o) = self.cfg.faults.outage {
+            let from = tokio::time::Instant::now() + o.after;
+            self.net.schedule_outage(Some((from, from + o.duration)));
+        }
+    }
+}
+
+fn router(state: Shared) -> Router {
+    let wechat = Router::new()
+        .route("/cgi-bin/token", get(api::classic_token))
+        .route("/cgi-bin/stable_token", post(api::stable_token))
+        .route("/cgi-bin/message/template/send", post(api::template_send))
+        .route("/cgi-bin/message/subscribe/send", post(api::subscribe_send))
+        .route("/cgi-bin/message/subscribe/bizsend", post(api::bizsend))
+        .fallback(api::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            api::fault_layer,
+        ));
+    let admin = Router::new()
+        .route("/__stats", get(admin::stats))
+        .route("/__reset", post(admin::reset))
+        .route(
+            "/__faults",
+            get(admin::get_faults)
+                .put(admin::put_faults)
+                .patch(admin::patch_faults),
+        )
+        .route("/__tokens/invalidate", post(admin::invalidate_tokens))
+        .route("/__config", get(admin::config))
+        .route("/__health", get(admin::health))
+        .layer(axum::middleware::from_fn(admin::admin_layer));
+    admin.merge(wechat).with_state(state)
+}
+
+/// The WeChat API sandbox.
+#[derive(Debug)]
+pub struct Sandbox;
+
+impl Sandbox {
+    /// Binds `config.listen` and serves in a background task until the handle is shut down or
+    /// dropped. Must be called inside a Tokio runtime.
+    pub async fn start(config: SandboxConfig) -> Result<SandboxHandle, SandboxError> {
+        config.faults.validate()?;
+        let stats = Arc::new(Stats::default());
+        let shutdown = CancellationToken::new();
+        let events = Arc::new(Events::new(&config, Arc::clone(&stats), shutdown.clone())?);
+        let net = NetControl::new(Arc::clone(&stats));
+        let listener = SandboxListener::bind(config.listen, Arc::clone(&net))
+            .await
+            .map_err(|source| SandboxError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr =
+            axum::serve::Listener::local_addr(&listener).map_err(|source| SandboxError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let state = Arc::new(State {
+            tokens: TokenStore::new(&config),
+            token_quota: TokenQuota::default(),
+            messages: Messages::new(&config),
+            faults: FaultState::new(FaultConfig::default()),
+            stats,
+            events,
+            net,
+            shutdown: shutdown.clone(),
+            cfg: config,
+        });
+        state.apply_faults(state.cfg.faults.clone(), true)?;
+        let app = router(Arc::clone(&state)).into_make_service_with_connect_info::<ConnInfo>();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "sandbox server failed");
+            }
+        });
+        tracing::info!(%addr, "wxpush-sandbox listening");
+        Ok(SandboxHandle {
+            addr,
+            state,
+            shutdown,
+            task: Some(task),
+        })
+    }
+}
+
+/// A running sandbox. Dropping it stops the server (without waiting).
+#[derive(Debug)]
+pub struct SandboxHandle {
+    addr: SocketAddr,
+    state: Shared,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SandboxHandle {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, the `apiBaseUrl` to give a pusher.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The same document as `GET /__stats`.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.state.stats.snapshot()
+    }
+
+    /// Unique deliveries so far (cheaper than a snapshot).
+    pub fn delivered_unique(&self) -> u64 {
+        self.state.stats.delivered_unique()
+    }
+
+    /// The current fault config.
+    pub fn faults(&self) -> FaultConfig {
+        (*self.state.faults.get()).clone()
+    }
+
+    /// Replaces the fault config, as `PUT /__faults` does.
+    pub fn set_faults(&self, faults: FaultConfig) -> Result<(), FaultConfigError> {
+        self.state.apply_faults(faults, true)
+    }
+
+    /// Revokes every access_token now; returns how many were live.
+    pub fn invalidate_tokens(&self) -> usize {
+        self.state.invalidate_tokens()
+    }
+
+    /// As `POST /__reset`.
+    pub fn reset(&self) {
+        self.state.reset();
+    }
+
+    /// Stops accepting, lets in-flight requests finish (at most `grace`), then stops.
+    pub async fn shutdown(mut self, grace: Duration) {
+        self.shutdown.cancel();
+        if let Some(mut task) = self.task.take()
+            && tokio::time::timeout(grace, &mut task).await.is_err()
+        {
+            task.abort();
+        }
+    }
+
+    /// Waits until the server stops (for the binary: forever, unless it fails).
+    pub async fn wait(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SandboxHandle {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
