@@ -5,10 +5,16 @@
 //! - [`config`]: the pusher's config file.
 //! - [`sandbox`]: a faithful stand-in for the WeChat API, used by tests, demos and benchmarks.
 
+pub mod api;
 pub mod config;
+pub mod demo;
+pub mod dispatch;
+pub mod message;
 pub mod metrics;
 pub mod policy;
 pub mod resilience;
 pub mod sandbox;
+pub mod server;
+pub mod store;
 pub mod wechat;
 pub mod wxcrypto;

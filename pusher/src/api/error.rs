@@ -1,0 +1,102 @@
+//! The API's error answers: `{"error": {"code", "message", "field"}}` with a fitting status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::message::FieldError;
+use crate::store::StoreError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An answer with `status`, a snake_case `code` and a sentence.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+            retry_after: None,
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 500.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// Adds `Retry-After: secs`.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        Self {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: e.code,
+            message: e.message,
+            field: Some(e.field),
+            retry_after: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match &e {
+            StoreError::Full { retry_after, .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+                    .retry_after(retry_after.as_secs().max(1))
+            }
+            StoreError::NotFound(_) => Self::not_found(e.to_string()),
+            StoreError::NotDeadLetter(_) => {
+                Self::new(StatusCode::CONFLICT, "not_dead_letter", e.to_string())
+            }
+            StoreError::PastExpiry(..) => {
+                Self::new(StatusCode::CONFLICT, "past_expiry", e.to_string())
+            }
+            StoreError::Storage(_) | StoreError::Closed => {
+                tracing::error!(error = %e, "store unavailable");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the queue cannot take this now; retry shortly",
+                )
+                .retry_after(1)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut error = json!({"code": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            error["field"] = json!(field);
+        }
+        let mut resp = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        if let Some(secs) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        resp
+    }
+}

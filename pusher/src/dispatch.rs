@@ -1,0 +1,542 @@
+//! The dispatcher: a bounded pool of workers (`concurrency.maxInFlight`) that lease due
+//! messages from the store, make one attempt each through [`WeChatSender::send`], and record
+//! what happens next: delivered, a retry at a backoff time, the dead-letter set, or a requeue
+//! without burning the retry budget (channel paused, circuit open).
+//!
+//! The decision is the pure function [`next_state`]; I/O stays in [`Dispatcher::run`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::message::{MessageRecord, Status};
+use crate::metrics::{Metrics, Outcome};
+use crate::policy::Retry;
+use crate::resilience::backoff;
+use crate::store::{Leased, Store};
+use crate::wechat::{SendError, SendOutcome, SendRequest, WeChatSender};
+
+/// How long one lease call waits for work before looking at shutdown and pauses again.
+const LEASE_WAIT: Duration = Duration::from_secs(1);
+
+/// The result of one attempt, for the store and the metrics.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Next {
+    /// The message's new state.
+    pub record: MessageRecord,
+    /// The final outcome, when the message reached one.
+    pub completed: Option<Outcome>,
+    /// Hold every send until then (channel paused or circuit open).
+    pub hold_until: Option<Timestamp>,
+}
+
+fn add(now: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn finish(record: &mut MessageRecord, status: Status, now: Timestamp) -> Option<Outcome> {
+    record.status = status;
+    record.next_attempt_at = None;
+    record.finished_at = Some(now);
+    record.updated_at = now;
+    record.dead_letter = !matches!(status, Status::Delivered);
+    Some(match status {
+        Status::Delivered => Outcome::delivered,
+        Status::Failed => Outcome::failed,
+        Status::Expired => Outcome::expired,
+        _ => Outcome::dead_lettered,
+    })
+}
+
+/// Whether a leased message must not be attempted at all (its `expires_at`, its `maxAge` or
+/// its attempts are used up), and its final state if so.
+pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) -> Option<Next> {
+    let mut record = record.clone();
+    let status = if record.message.expires_at.is_some_and(|e| e <= now)
+        || add(record.budget_from, policy.max_age.get()) <= now
+    {
+        Status::Expired
+    } else if record.attempts >= policy.max_attempts {
+        Status::DeadLettered
+    } else {
+        return None;
+    };
+    if record.last_error.is_none() && status == Status::Expired {
+        record.last_error = Some(SendError {
+            kind: "expired".into(),
+            errcode: None,
+            message: "expired before it could be sent".into(),
+        });
+    }
+    let completed = finish(&mut record, status, now);
+    Some(Next {
+        record,
+        completed,
+        hold_until: None,
+    })
+}
+
+/// The message's next state after an attempt ended with `outcome`. `unit` is a uniform random
+/// number in `[0, 1)` for the backoff's jitter.
+pub fn next_state(
+    record: &MessageRecord,
+    outcome: SendOutcome,
+    policy: &Retry,
+    now: Timestamp,
+    unit: f64,
+) -> Next {
+    let mut record = record.clone();
+    record.updated_at = now;
+    let waiting = if record.attempts == 0 {
+        Status::Queued
+    } else {
+        Status::Retrying
+    };
+    let mut hold_until = None;
+    let completed = match outcome {
+        SendOutcome::Delivered { msgid } => {
+            record.attempts += 1;
+            record.msgid = msgid;
+            finish(&mut record, Status::Delivered, now)
+        }
+        SendOutcome::Permanent { error } => {
+            record.attempts += 1;
+            record.last_error = Some(error);
+            finish(&mut record, Status::Failed, now)
+        }
+        SendOutcome::Retry { error, not_before } => {
+            record.attempts += 1;
+            record.last_error = Some(error);
+            if record.attempts >= policy.max_attempts {
+                finish(&mut record, Status::DeadLettered, now)
+            } else {
+                let delay = backoff::delay(policy, record.attempts, unit)
+                    .max(not_before.unwrap_or_default());
+                let at = add(now, delay);
+                let deadline = add(record.budget_from, policy.max_age.get());
+                if at >= deadline || record.message.expires_at.is_some_and(|e| at >= e) {
+                    finish(&mut record, Status::Expired, now)
+                } else {
+                    record.status = Status::Retrying;
+                    record.next_attempt_at = Some(at);
+                    None
+                }
+            }
+        }
+        SendOutcome::Paused { error, until } => {
+            let at = until
+                .and_then(|u| Timestamp::try_from(u).ok())
+                .filter(|&u| u > now)
+                .unwrap_or_else(|| add(now, policy.throttled_backoff.get()));
+            record.last_error = Some(error);
+            record.status = waiting;
+            record.next_attempt_at = Some(at);
+            hold_until = Some(at);
+            None
+        }
+        SendOutcome::CircuitOpen { retry_after } => {
+            let at = add(now, retry_after.max(Duration::from_millis(10)));
+            record.status = waiting;
+            record.next_attempt_at = Some(at);
+            hold_until = Some(at);
+            None
+        }
+    };
+    Next {
+        record,
+        completed,
+        hold_until,
+    }
+}
+
+/// Why sending is on hold, for `/healthz` and logs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hold {
+    /// Until when.
+    pub until: Timestamp,
+    /// What WeChat or the breaker said.
+    pub reason: String,
+}
+
+/// State the dispatcher shares with the API.
+#[derive(Debug, Default)]
+pub struct DispatchState {
+    hold: Mutex<Option<Hold>>,
+}
+
+impl DispatchState {
+    /// The current hold, if still in force.
+    pub fn hold(&self) -> Option<Hold> {
+        let hold = self.hold.lock();
+        hold.as_ref()
+            .filter(|h| h.until > Timestamp::now())
+            .cloned()
+    }
+
+    fn set_hold(&self, until: Timestamp, reason: String) {
+        let mut hold = self.hold.lock();
+        if hold.as_ref().is_none_or(|h| h.until < until) {
+            *hold = Some(Hold { until, reason });
+        }
+    }
+}
+
+/// The worker pool.
+#[derive(Debug)]
+pub struct Dispatcher<S> {
+    store: S,
+    sender: Arc<WeChatSender>,
+    metrics: Arc<Metrics>,
+    policy: Retry,
+    max_in_flight: usize,
+    state: Arc<DispatchState>,
+}
+
+impl<S: Store + Clone> Dispatcher<S> {
+    /// A pool of `max_in_flight` workers.
+    pub fn new(
+        store: S,
+        sender: Arc<WeChatSender>,
+        metrics: Arc<Metrics>,
+        policy: Retry,
+        max_in_flight: usize,
+        state: Arc<DispatchState>,
+    ) -> Self {
+        Self {
+            store,
+            sender,
+            metrics,
+            policy,
+            max_in_flight: max_in_flight.max(1),
+            state,
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then lets attempts in flight finish for at most
+    /// `drain`; any still running are abandoned (their messages stay durable and are due again
+    /// at the next start).
+    pub async fn run(self, stop: CancellationToken, drain: Duration) {
+        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let mut tasks = JoinSet::new();
+        let this = Arc::new(self);
+        loop {
+            while tasks.try_join_next().is_some() {}
+            let permit = tokio::select! {
+                p = Arc::clone(&permits).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+                () = stop.cancelled() => break,
+            };
+            if let Some(hold) = this.state.hold() {
+                let wait = hold
+                    .until
+                    .duration_since(Timestamp::now())
+                    .unsigned_abs()
+                    .min(Duration::from_secs(60));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => break,
+                }
+                continue;
+            }
+            let room = permits.available_permits() + 1;
+            let leased = tokio::select! {
+                r = this.store.lease(room, LEASE_WAIT) => r,
+                () = stop.cancelled() => break,
+            };
+            let leased = match leased {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot lease messages");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = stop.cancelled() => break,
+                    }
+                    continue;
+                }
+            };
+            let mut first = Some(permit);
+            for lease in leased {
+                let permit = match first.take() {
+                    Some(p) => p,
+                    // Only this loop takes permits, so the ones counted above are still free
+                    // and this does not wait.
+                    None => match Arc::clone(&permits).acquire_owned().await {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                };
+                let worker = Arc::clone(&this);
+                let span = tracing::debug_span!("attempt", id = %lease.record.id);
+                tasks.spawn(
+                    async move {
+                        worker.attempt(lease, permit).await;
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+        tracing::info!(in_flight = tasks.len(), "dispatcher draining");
+        let drained =
+            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = tasks.len(),
+                "drain timeout: attempts still in flight are abandoned; their messages stay queued"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    async fn attempt(&self, lease: Leased, permit: tokio::sync::OwnedSemaphorePermit) {
+        let now = Timestamp::now();
+        let next = match before_attempt(&lease.record, &self.policy, now) {
+            Some(next) => {
+                drop(permit);
+                next
+            }
+            None => {
+                let body = lease
+                    .record
+                    .message
+                    .wechat_body(&lease.record.client_msg_id);
+                let outcome = self
+                    .sender
+                    .send(SendRequest {
+                        kind: lease.record.message.kind,
+                        body: &body,
+                    })
+                    .await;
+                drop(permit);
+                tracing::debug!(outcome = ?outcome, "attempt finished");
+                next_state(
+                    &lease.record,
+                    outcome,
+                    &self.policy,
+                    Timestamp::now(),
+                    rand::random::<f64>(),
+                )
+            }
+        };
+        if let Some(until) = next.hold_until {
+            let reason = next
+                .record
+                .last_error
+                .as_ref()
+                .map_or_else(|| "circuit open".to_string(), |e| e.message.clone());
+            tracing::warn!(%until, %reason, "sending on hold");
+            self.state.set_hold(until, reason);
+        }
+        let completed = next.completed;
+        let id = next.record.id;
+        let accepted_at = next.record.accepted_at;
+        if let Some(outcome) = completed
+            && outcome != Outcome::delivered
+        {
+            tracing::info!(
+                %id,
+                status = next.record.status.as_str(),
+                attempts = next.record.attempts,
+                error = ?next.record.last_error,
+                "message dead-lettered"
+            );
+        }
+        match self.store.complete(lease.slot, next.record).await {
+            Ok(()) => {
+                if let Some(outcome) = completed {
+                    self.metrics.complete(outcome);
+                    if outcome == Outcome::delivered {
+                        let latency = Timestamp::now()
+                            .duration_since(accepted_at)
+                            .unsigned_abs()
+                            .as_secs_f64();
+                        self.metrics.delivery_latency.observe(latency);
+                    }
+                }
+            }
+            Err(e) => {
+                // The lease went back: the message is attempted again (same client_msg_id).
+                tracing::error!(%id, error = %e, "cannot record an attempt's outcome");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{MessageId, parse_message};
+    use crate::policy::HumanDuration;
+    use std::time::SystemTime;
+
+    fn record(now: Timestamp) -> MessageRecord {
+        let msg =
+            parse_message(&serde_json::json!({"touser": "o", "template_id": "T"})).expect("valid");
+        MessageRecord::new(MessageId::new(), msg, None, now)
+    }
+
+    fn err(kind: &str) -> SendError {
+        SendError {
+            kind: kind.into(),
+            errcode: None,
+            message: kind.into(),
+        }
+    }
+
+    fn policy() -> Retry {
+        Retry {
+            max_attempts: 3,
+            initial_backoff: HumanDuration::millis(100),
+            max_backoff: HumanDuration::secs(1),
+            jitter: 0.0,
+            max_age: HumanDuration::secs(60),
+            ..Retry::default()
+        }
+    }
+
+    #[test]
+    fn outcomes_map_to_states() {
+        let now = Timestamp::now();
+        let r = record(now);
+        let p = policy();
+        let n = next_state(&r, SendOutcome::Delivered { msgid: Some(7) }, &p, now, 0.0);
+        assert_eq!(
+            (n.record.status, n.record.msgid, n.completed),
+            (Status::Delivered, Some(7), Some(Outcome::delivered))
+        );
+        assert!(!n.record.dead_letter);
+
+        let n = next_state(
+            &r,
+            SendOutcome::Permanent {
+                error: err("errcode"),
+            },
+            &p,
+            now,
+            0.0,
+        );
+        assert_eq!(
+            (n.record.status, n.record.dead_letter, n.completed),
+            (Status::Failed, true, Some(Outcome::failed))
+        );
+
+        let n = next_state(
+            &r,
+            SendOutcome::Retry {
+                error: err("timeout_request"),
+                not_before: None,
+            },
+            &p,
+            now,
+            0.0,
+        );
+        assert_eq!((n.record.status, n.record.attempts), (Status::Retrying, 1));
+        assert_eq!(
+            n.record.next_attempt_at,
+            Some(add(now, Duration::from_millis(100)))
+        );
+        assert_eq!(n.record.client_msg_id, r.client_msg_id);
+
+        let n2 = next_state(
+            &n.record,
+            SendOutcome::Retry {
+                error: err("errcode"),
+                not_before: Some(Duration::from_secs(5)),
+            },
+            &p,
+            now,
+            0.0,
+        );
+        assert_eq!(
+            n2.record.next_attempt_at,
+            Some(add(now, Duration::from_secs(5)))
+        );
+        let n3 = next_state(
+            &n2.record,
+            SendOutcome::Retry {
+                error: err("errcode"),
+                not_before: None,
+            },
+            &p,
+            now,
+            0.0,
+        );
+        assert_eq!(
+            (n3.record.status, n3.completed),
+            (Status::DeadLettered, Some(Outcome::dead_lettered))
+        );
+    }
+
+    #[test]
+    fn pauses_and_open_circuits_keep_the_budget() {
+        let now = Timestamp::now();
+        let r = record(now);
+        let p = policy();
+        let until = SystemTime::from(add(now, Duration::from_secs(30)));
+        let n = next_state(
+            &r,
+            SendOutcome::Paused {
+                error: err("config"),
+                until: Some(until),
+            },
+            &p,
+            now,
+            0.0,
+        );
+        assert_eq!((n.record.status, n.record.attempts), (Status::Queued, 0));
+        assert_eq!(n.hold_until, Some(add(now, Duration::from_secs(30))));
+        let n = next_state(
+            &r,
+            SendOutcome::CircuitOpen {
+                retry_after: Duration::from_secs(2),
+            },
+            &p,
+            now,
+            0.0,
+        );
+        assert_eq!(n.record.attempts, 0);
+        assert_eq!(
+            n.record.next_attempt_at,
+            Some(add(now, Duration::from_secs(2)))
+        );
+        assert!(n.completed.is_none());
+    }
+
+    #[test]
+    fn budgets_expire_messages() {
+        let now = Timestamp::now();
+        let p = policy();
+        let mut r = record(now);
+        assert!(before_attempt(&r, &p, now).is_none());
+        let later = add(now, Duration::from_secs(61));
+        let n = before_attempt(&r, &p, later).expect("too old");
+        assert_eq!(n.record.status, Status::Expired);
+        r.message.expires_at = Some(add(now, Duration::from_millis(50)));
+        let n = next_state(
+            &r,
+            SendOutcome::Retry {
+                error: err("timeout"),
+                not_before: None,
+            },
+            &p,
+            now,
+            0.0,
+        );
+        assert_eq!(
+            (n.record.status, n.completed),
+            (Status::Expired, Some(Outcome::expired))
+        );
+    }
+}

@@ -1,0 +1,698 @@
+//! The API's message types: what a producer sends (validated strictly, each error naming its
+//! field), what the store keeps, and the status a producer reads back (DESIGN.md, "A message's
+//! life").
+
+use std::fmt;
+use std::str::FromStr;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::wechat::{MessageKind, SendError};
+
+/// Longest `touser` (WeChat openids are 28 characters; leave room for other providers).
+pub const MAX_TOUSER: usize = 128;
+/// Longest `template_id`.
+pub const MAX_TEMPLATE_ID: usize = 128;
+/// Longest URL (`url`, `callback_url`).
+pub const MAX_URL: usize = 2048;
+/// Longest `client_msg_id`.
+pub const MAX_CLIENT_MSG_ID: usize = 64;
+/// Longest Mini Program appid.
+pub const MAX_APPID: usize = 64;
+/// Longest `miniprogram.pagepath` / `page`.
+pub const MAX_PAGE: usize = 1024;
+/// Most keys in `data`.
+pub const MAX_DATA_KEYS: usize = 64;
+/// Longest `data` key.
+pub const MAX_DATA_KEY: usize = 64;
+/// Longest `data.<key>.value` (WeChat trims values itself; this only stops abuse).
+pub const MAX_DATA_VALUE: usize = 1024;
+/// Longest `Idempotency-Key` header.
+pub const MAX_IDEMPOTENCY_KEY: usize = 200;
+
+/// A message's id: a ULID, shown as its 26-character string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub ulid::Ulid);
+
+impl MessageId {
+    /// A new id, ordered by creation time.
+    pub fn new() -> Self {
+        Self(ulid::Ulid::new())
+    }
+
+    /// The id as the store's key.
+    pub fn as_u128(self) -> u128 {
+        self.0.0
+    }
+
+    /// From the store's key.
+    pub fn from_u128(v: u128) -> Self {
+        Self(ulid::Ulid(v))
+    }
+
+    /// The `client_msg_id` used when the producer gave none: derived from the id, so it is
+    /// stable across attempts and restarts.
+    pub fn default_client_msg_id(self) -> String {
+        format!("wxp-{}", self.0)
+    }
+}
+
+impl Default for MessageId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl FromStr for MessageId {
+    type Err = ulid::DecodeError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ulid::Ulid::from_string(s).map(Self)
+    }
+}
+
+impl Serialize for MessageId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `miniprogram` of a template message: open a Mini Program page instead of `url`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MiniProgram {
+    /// The Mini Program's appid.
+    pub appid: String,
+    /// The page to open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pagepath: Option<String>,
+}
+
+/// A validated message, as accepted from a producer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Which WeChat API it goes to.
+    pub kind: MessageKind,
+    /// The recipient's openid.
+    pub touser: String,
+    /// The template.
+    pub template_id: String,
+    /// Page opened on tap (template messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Mini Program opened on tap (wins over `url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miniprogram: Option<MiniProgram>,
+    /// Mini Program page (subscribe messages and subscription notices).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<String>,
+    /// `developer`, `trial` or `formal` (subscribe messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub miniprogram_state: Option<String>,
+    /// Language (subscribe messages), e.g. `zh_CN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
+    /// The template's fields: `{"keyword1": {"value": "..."}}`.
+    pub data: Map<String, Value>,
+    /// The producer's `client_msg_id`, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    /// Give up after this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// Where to POST the final outcome (overrides the channel's callback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback_url: Option<String>,
+}
+
+impl Message {
+    /// The JSON body WeChat takes, with the message's one `client_msg_id`.
+    pub fn wechat_body(&self, client_msg_id: &str) -> Value {
+        let mut body = Map::new();
+        body.insert("touser".into(), Value::String(self.touser.clone()));
+        body.insert(
+            "template_id".into(),
+            Value::String(self.template_id.clone()),
+        );
+        if let Some(url) = &self.url {
+            body.insert("url".into(), Value::String(url.clone()));
+        }
+        if let Some(mp) = &self.miniprogram
+            && let Ok(v) = serde_json::to_value(mp)
+        {
+            body.insert("miniprogram".into(), v);
+        }
+        if let Some(page) = &self.page {
+            body.insert("page".into(), Value::String(page.clone()));
+        }
+        if let Some(state) = &self.miniprogram_state {
+            body.insert("miniprogram_state".into(), Value::String(state.clone()));
+        }
+        if let Some(lang) = &self.lang {
+            body.insert("lang".into(), Value::String(lang.clone()));
+        }
+        body.insert("client_msg_id".into(), Value::String(client_msg_id.into()));
+        body.insert("data".into(), Value::Object(self.data.clone()));
+        Value::Object(body)
+    }
+}
+
+/// A request problem, naming the field (`{"error": {"code", "message", "field"}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// `missing_field`, `unknown_field`, `invalid_field`, `too_long`.
+    pub code: &'static str,
+    /// What is wrong, for people.
+    pub message: String,
+    /// The field, as a path (`data.keyword1.value`, `messages[3].touser`).
+    pub field: String,
+}
+
+impl FieldError {
+    fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error inside a batch item (`messages[i].field`).
+    pub fn in_item(mut self, index: usize) -> Self {
+        self.field = if self.field.is_empty() {
+            format!("messages[{index}]")
+        } else {
+            format!("messages[{index}].{}", self.field)
+        };
+        self
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "kind",
+    "touser",
+    "template_id",
+    "url",
+    "miniprogram",
+    "page",
+    "miniprogram_state",
+    "lang",
+    "data",
+    "client_msg_id",
+    "expires_at",
+    "callback_url",
+];
+
+fn opt_str(
+    obj: &Map<String, Value>,
+    field: &str,
+    max: usize,
+) -> Result<Option<String>, FieldError> {
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => {
+            if s.chars().count() > max {
+                Err(FieldError::new(
+                    "too_long",
+                    field,
+                    format!("at most {max} characters"),
+                ))
+            } else {
+                Ok(Some(s.clone()))
+            }
+        }
+        Some(_) => Err(FieldError::new("invalid_field", field, "must be a string")),
+    }
+}
+
+fn required_str(obj: &Map<String, Value>, field: &str, max: usize) -> Result<String, FieldError> {
+    match opt_str(obj, field, max)? {
+        Some(s) if !s.trim().is_empty() => Ok(s),
+        Some(_) => Err(FieldError::new("invalid_field", field, "must not be empty")),
+        None => Err(FieldError::new("missing_field", field, "is required")),
+    }
+}
+
+fn check_url(field: &str, value: &str) -> Result<(), FieldError> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
+        _ => Err(FieldError::new(
+            "invalid_field",
+            field,
+            "must be an absolute http(s) URL",
+        )),
+    }
+}
+
+fn no_control(field: &str, value: &str) -> Result<(), FieldError> {
+    if value.chars().any(char::is_control) {
+        Err(FieldError::new(
+            "invalid_field",
+            field,
+            "must not contain control characters",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Validates one message body (already parsed as JSON) strictly: unknown fields, missing
+/// `touser`/`template_id`, wrong types, over-long values and bad URLs are refused, naming the
+/// field.
+pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
+    let Value::Object(obj) = value else {
+        return Err(FieldError::new(
+            "invalid_field",
+            "",
+            "a message must be a JSON object",
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+        return Err(FieldError::new(
+            "unknown_field",
+            unknown.clone(),
+            format!("unknown field; expected one of: {}", FIELDS.join(", ")),
+        ));
+    }
+    let kind = match obj.get("kind") {
+        None | Some(Value::Null) => MessageKind::Template,
+        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+            FieldError::new(
+                "invalid_field",
+                "kind",
+                "must be one of template, subscribe, bizsend",
+            )
+        })?,
+    };
+    let touser = required_str(obj, "touser", MAX_TOUSER)?;
+    no_control("touser", &touser)?;
+    let template_id = required_str(obj, "template_id", MAX_TEMPLATE_ID)?;
+    no_control("template_id", &template_id)?;
+    let url = opt_str(obj, "url", MAX_URL)?;
+    if let Some(u) = &url {
+        check_url("url", u)?;
+    }
+    let miniprogram = match obj.get("miniprogram") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(mp)) => {
+            if let Some(unknown) = mp
+                .keys()
+                .find(|k| !matches!(k.as_str(), "appid" | "pagepath"))
+            {
+                return Err(FieldError::new(
+                    "unknown_field",
+                    format!("miniprogram.{unknown}"),
+                    "unknown field; expected appid, pagepath",
+                ));
+            }
+            let appid = required_str(mp, "appid", MAX_APPID)
+                .map_err(|e| FieldError::new(e.code, "miniprogram.appid", e.message))?;
+            let pagepath = opt_str(mp, "pagepath", MAX_PAGE)
+                .map_err(|e| FieldError::new(e.code, "miniprogram.pagepath", e.message))?;
+            Some(MiniProgram { appid, pagepath })
+        }
+        Some(_) => {
+            return Err(FieldError::new(
+                "invalid_field",
+                "miniprogram",
+                "must be an object {appid, pagepath}",
+            ));
+        }
+    };
+    let page = opt_str(obj, "page", MAX_PAGE)?;
+    let miniprogram_state = opt_str(obj, "miniprogram_state", 16)?;
+    if let Some(s) = &miniprogram_state
+        && !matches!(s.as_str(), "developer" | "trial" | "formal")
+    {
+        return Err(FieldError::new(
+            "invalid_field",
+            "miniprogram_state",
+            "must be one of developer, trial, formal",
+        ));
+    }
+    let lang = opt_str(obj, "lang", 16)?;
+    let data = parse_data(obj.get("data"))?;
+    let client_msg_id = opt_str(obj, "client_msg_id", MAX_CLIENT_MSG_ID)?;
+    if let Some(c) = &client_msg_id {
+        if c.is_empty() {
+            return Err(FieldError::new(
+                "invalid_field",
+                "client_msg_id",
+                "must not be empty",
+            ));
+        }
+        no_control("client_msg_id", c)?;
+    }
+    let expires_at = match obj.get("expires_at") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.parse::<Timestamp>().map_err(|_| {
+            FieldError::new(
+                "invalid_field",
+                "expires_at",
+                "must be an RFC 3339 timestamp such as 2026-11-28T12:00:00Z",
+            )
+        })?),
+        Some(_) => {
+            return Err(FieldError::new(
+                "invalid_field",
+                "expires_at",
+                "must be an RFC 3339 timestamp string",
+            ));
+        }
+    };
+    let callback_url = opt_str(obj, "callback_url", MAX_URL)?;
+    if let Some(u) = &callback_url {
+        check_url("callback_url", u)?;
+    }
+    Ok(Message {
+        kind,
+        touser,
+        template_id,
+        url,
+        miniprogram,
+        page,
+        miniprogram_state,
+        lang,
+        data,
+        client_msg_id,
+        expires_at,
+        callback_url,
+    })
+}
+
+fn parse_data(value: Option<&Value>) -> Result<Map<String, Value>, FieldError> {
+    let obj = match value {
+        None | Some(Value::Null) => return Ok(Map::new()),
+        Some(Value::Object(o)) => o,
+        Some(_) => {
+            return Err(FieldError::new(
+                "invalid_field",
+                "data",
+                "must be an object of {\"key\": {\"value\": \"...\"}}",
+            ));
+        }
+    };
+    if obj.len() > MAX_DATA_KEYS {
+        return Err(FieldError::new(
+            "too_long",
+            "data",
+            format!("at most {MAX_DATA_KEYS} keys"),
+        ));
+    }
+    for (key, item) in obj {
+        let field = format!("data.{key}");
+        if key.is_empty() || key.chars().count() > MAX_DATA_KEY {
+            return Err(FieldError::new(
+                "invalid_field",
+                field,
+                format!("keys must have 1 to {MAX_DATA_KEY} characters"),
+            ));
+        }
+        let Value::Object(item) = item else {
+            return Err(FieldError::new(
+                "invalid_field",
+                field,
+                "must be an object {\"value\": \"...\"}",
+            ));
+        };
+        if let Some(unknown) = item
+            .keys()
+            .find(|k| !matches!(k.as_str(), "value" | "color"))
+        {
+            return Err(FieldError::new(
+                "unknown_field",
+                format!("{field}.{unknown}"),
+                "unknown field; expected value, color",
+            ));
+        }
+        match item.get("value") {
+            Some(Value::String(s)) if s.chars().count() <= MAX_DATA_VALUE => {}
+            Some(Value::String(_)) => {
+                return Err(FieldError::new(
+                    "too_long",
+                    format!("{field}.value"),
+                    format!("at most {MAX_DATA_VALUE} characters"),
+                ));
+            }
+            Some(_) => {
+                return Err(FieldError::new(
+                    "invalid_field",
+                    format!("{field}.value"),
+                    "must be a string",
+                ));
+            }
+            None => {
+                return Err(FieldError::new(
+                    "missing_field",
+                    format!("{field}.value"),
+                    "is required",
+                ));
+            }
+        }
+        if let Some(color) = item.get("color")
+            && !matches!(color, Value::String(c) if c.len() <= 16)
+        {
+            return Err(FieldError::new(
+                "invalid_field",
+                format!("{field}.color"),
+                "must be a short string such as #173177",
+            ));
+        }
+    }
+    Ok(obj.clone())
+}
+
+/// Where a message is in its life (DESIGN.md, "A message's life").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Accepted, waiting for its first attempt.
+    Queued,
+    /// Leased to a worker; an attempt is under way.
+    Sending,
+    /// An attempt failed; the next one is scheduled.
+    Retrying,
+    /// WeChat answered errcode 0 and a `msgid`.
+    Delivered,
+    /// The TEMPLATESENDJOBFINISH event reported success.
+    Confirmed,
+    /// The TEMPLATESENDJOBFINISH event reported the user blocked it.
+    RejectedByUser,
+    /// A permanent errcode (e.g. 43004); kept in the dead-letter set.
+    Failed,
+    /// `expires_at` or `retry.maxAge` passed; kept in the dead-letter set.
+    Expired,
+    /// The retry budget (`retry.maxAttempts`) ran out; kept in the dead-letter set.
+    DeadLettered,
+}
+
+impl Status {
+    /// Whether the message has reached a final state.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Self::Queued | Self::Sending | Self::Retrying)
+    }
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sending => "sending",
+            Self::Retrying => "retrying",
+            Self::Delivered => "delivered",
+            Self::Confirmed => "confirmed",
+            Self::RejectedByUser => "rejected_by_user",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// Everything the store keeps about one message; also the status document of
+/// `GET /v1/messages/{id}` (with `status` `sending` while leased).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// The id.
+    pub id: MessageId,
+    /// Where it is in its life.
+    pub status: Status,
+    /// The one `client_msg_id` every attempt carries.
+    pub client_msg_id: String,
+    /// Attempts made so far (those that reached WeChat or might have).
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<SendError>,
+    /// WeChat's `msgid`, once delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub msgid: Option<i64>,
+    /// When it was accepted (answered 202).
+    pub accepted_at: Timestamp,
+    /// When its retry budget started (acceptance, or the last replay from the dead letters).
+    pub budget_from: Timestamp,
+    /// When the next attempt is due (queued and retrying messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    /// When it reached its final state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// When the record last changed.
+    pub updated_at: Timestamp,
+    /// Whether it sits in the dead-letter set (and can be replayed).
+    #[serde(default)]
+    pub dead_letter: bool,
+    /// How many times it was replayed from the dead letters.
+    #[serde(default)]
+    pub replays: u32,
+    /// The producer's `Idempotency-Key`, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// The message itself.
+    pub message: Message,
+}
+
+impl MessageRecord {
+    /// A freshly accepted message.
+    pub fn new(
+        id: MessageId,
+        message: Message,
+        idempotency_key: Option<String>,
+        now: Timestamp,
+    ) -> Self {
+        let client_msg_id = message
+            .client_msg_id
+            .clone()
+            .unwrap_or_else(|| id.default_client_msg_id());
+        Self {
+            id,
+            status: Status::Queued,
+            client_msg_id,
+            attempts: 0,
+            last_error: None,
+            msgid: None,
+            accepted_at: now,
+            budget_from: now,
+            next_attempt_at: Some(now),
+            finished_at: None,
+            updated_at: now,
+            dead_letter: false,
+            replays: 0,
+            idempotency_key,
+            message,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ok() -> Value {
+        json!({"touser": "o1", "template_id": "T", "data": {"k": {"value": "v"}}})
+    }
+
+    #[test]
+    fn minimal_message_parses_with_template_default() {
+        let m = parse_message(&ok()).expect("valid");
+        assert_eq!(m.kind, MessageKind::Template);
+        let body = m.wechat_body("c1");
+        assert_eq!(body["client_msg_id"], "c1");
+        assert_eq!(body["data"]["k"]["value"], "v");
+    }
+
+    #[test]
+    fn errors_name_their_field() {
+        let cases = [
+            (json!({"template_id": "T"}), "missing_field", "touser"),
+            (json!({"touser": "o"}), "missing_field", "template_id"),
+            (
+                json!({"touser": "o", "template_id": "T", "colour": 1}),
+                "unknown_field",
+                "colour",
+            ),
+            (
+                json!({"touser": "x".repeat(MAX_TOUSER + 1), "template_id": "T"}),
+                "too_long",
+                "touser",
+            ),
+            (
+                json!({"touser": "o", "template_id": "T", "url": "ftp://x"}),
+                "invalid_field",
+                "url",
+            ),
+            (
+                json!({"touser": "o", "template_id": "T", "callback_url": "not a url"}),
+                "invalid_field",
+                "callback_url",
+            ),
+            (
+                json!({"touser": "o", "template_id": "T", "data": {"k": {"value": 3}}}),
+                "invalid_field",
+                "data.k.value",
+            ),
+            (
+                json!({"touser": "o", "template_id": "T", "data": {"k": {"valu": "x"}}}),
+                "unknown_field",
+                "data.k.valu",
+            ),
+            (
+                json!({"touser": "o", "template_id": "T", "miniprogram": {"pagepath": "p"}}),
+                "missing_field",
+                "miniprogram.appid",
+            ),
+            (
+                json!({"touser": "o", "template_id": "T", "expires_at": "tomorrow"}),
+                "invalid_field",
+                "expires_at",
+            ),
+            (
+                json!({"touser": "o", "template_id": "T", "kind": "sms"}),
+                "invalid_field",
+                "kind",
+            ),
+            (
+                json!({"touser": "o", "template_id": "T", "client_msg_id": "x".repeat(65)}),
+                "too_long",
+                "client_msg_id",
+            ),
+        ];
+        for (body, code, field) in cases {
+            let err = parse_message(&body).expect_err("invalid");
+            assert_eq!((err.code, err.field.as_str()), (code, field), "{body}");
+        }
+        let err = parse_message(&json!({"template_id": "T"}))
+            .expect_err("invalid")
+            .in_item(3);
+        assert_eq!(err.field, "messages[3].touser");
+    }
+
+    #[test]
+    fn default_client_msg_id_comes_from_the_id() {
+        let id = MessageId::new();
+        let rec = MessageRecord::new(
+            id,
+            parse_message(&ok()).expect("valid"),
+            None,
+            Timestamp::now(),
+        );
+        assert_eq!(rec.client_msg_id, id.default_client_msg_id());
+        assert!(rec.client_msg_id.len() <= MAX_CLIENT_MSG_ID);
+        let parsed: MessageId = id.to_string().parse().expect("round trip");
+        assert_eq!(parsed, id);
+    }
+}

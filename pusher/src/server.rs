@@ -1,0 +1,207 @@
+//! Wiring: the store, the WeChat sender, the dispatcher and the HTTP API of one pusher, and its
+//! graceful shutdown.
+//!
+//! Shutdown (SIGTERM, or [`Pusher::shutdown`]): `/readyz` turns 503 and new messages get 503
+//! `draining` at once; the dispatcher stops leasing and lets attempts in flight finish within
+//! `shutdown.drainTimeout`; the store commits what is pending and closes; then the HTTP server
+//! stops. Messages not yet delivered stay in the store for the next start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState, AuthToken};
+use crate::config::PusherConfig;
+use crate::dispatch::{DispatchState, Dispatcher};
+use crate::metrics::Metrics;
+use crate::policy::QueueKind;
+use crate::store::embedded::EmbeddedOptions;
+use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::wechat::{SenderError, WeChatSender};
+
+/// Why a pusher could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The auth token cannot be read.
+    #[error("auth token: {0}")]
+    Auth(#[source] crate::policy::SecretError),
+    /// The config names no auth token.
+    #[error("auth: set exactly one of token and tokenFile")]
+    NoAuth,
+    /// The queue kind is not available in this build.
+    #[error("queue: {0}")]
+    Queue(String),
+    /// The store cannot be opened.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The WeChat sender cannot be built.
+    #[error("wechat sender: {0}")]
+    Sender(#[from] SenderError),
+    /// An address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running pusher.
+#[derive(Debug)]
+pub struct Pusher {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    stop: CancellationToken,
+    done: JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+impl Pusher {
+    /// Opens the store, builds the sender, binds the listeners and starts serving and
+    /// dispatching. Must run inside a Tokio runtime.
+    pub async fn start(config: PusherConfig) -> Result<Self, ServerError> {
+        let metrics = Arc::new(Metrics::new(&config.channel));
+        let auth = AuthToken::new(config.auth.token().ok_or(ServerError::NoAuth)?)
+            .map_err(ServerError::Auth)?;
+        let store = match config.queue.kind() {
+            Some(QueueKind::Embedded(e)) => EmbeddedStore::open(&EmbeddedOptions {
+                path: PathBuf::from(&e.path),
+                max_messages: e.max_messages,
+                retention: e.retention.get(),
+            })?,
+            Some(QueueKind::Redis(_)) => {
+                return Err(ServerError::Queue(
+                    "the redis queue is not available yet; use queue.embedded".into(),
+                ));
+            }
+            None => {
+                return Err(ServerError::Queue(
+                    "set exactly one queue kind: embedded or redis".into(),
+                ));
+            }
+        };
+        let sender = Arc::new(WeChatSender::new(&config, Arc::clone(&metrics))?);
+        let listener = bind(config.listen).await?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+
+        let draining = Arc::new(AtomicBool::new(false));
+        let dispatch_state = Arc::new(DispatchState::default());
+        let state = Arc::new(ApiState {
+            store: store.clone(),
+            metrics: Arc::clone(&metrics),
+            auth,
+            limits: config.api.clone(),
+            draining: Arc::clone(&draining),
+            dispatch: Arc::clone(&dispatch_state),
+        });
+
+        let stop = CancellationToken::new();
+        let http_stop = CancellationToken::new();
+        let mut servers = Vec::new();
+        let app = api::router(Arc::clone(&state), metrics_listener.is_none());
+        servers.push(spawn_server("api", listener, app, http_stop.clone()));
+        if let Some(l) = metrics_listener {
+            let app = api::metrics_router(Arc::clone(&state));
+            servers.push(spawn_server("metrics", l, app, http_stop.clone()));
+        }
+
+        let dispatch_stop = CancellationToken::new();
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            sender,
+            Arc::clone(&metrics),
+            config.retry.clone(),
+            config.concurrency.max_in_flight as usize,
+            dispatch_state,
+        );
+        let drain = config.shutdown.drain_timeout.get();
+        let dispatching = tokio::spawn(dispatcher.run(dispatch_stop.clone(), drain));
+
+        let supervisor_stop = stop.clone();
+        let done = tokio::spawn(async move {
+            supervisor_stop.cancelled().await;
+            tracing::info!("shutting down: not ready, refusing new messages, draining");
+            draining.store(true, Ordering::Relaxed);
+            dispatch_stop.cancel();
+            // The dispatcher bounds its own drain; the margin covers its bookkeeping.
+            let _ = tokio::time::timeout(drain + Duration::from_secs(5), dispatching).await;
+            store.close().await;
+            http_stop.cancel();
+            for s in servers {
+                let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+            }
+            tracing::info!("stopped");
+        });
+        tracing::info!(%addr, ?metrics_addr, channel = %config.channel, "wxpush-pusher serving");
+        Ok(Self {
+            addr,
+            metrics_addr,
+            stop,
+            done,
+            metrics,
+        })
+    }
+
+    /// The API's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The separate metrics address, when `metricsListen` is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// The pusher's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Starts the graceful shutdown (returns at once).
+    pub fn shutdown(&self) {
+        self.stop.cancel();
+    }
+
+    /// Waits until the pusher has stopped.
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+fn spawn_server(
+    name: &'static str,
+    listener: TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(server = name, error = %e, "HTTP server failed");
+        }
+    })
+}

@@ -1,0 +1,188 @@
+//! The durable queue behind the API and the dispatcher.
+//!
+//! [`Store`] is what both sides need from a queue: accept a group of messages durably (all or
+//! nothing), lease due messages to workers, record the outcome of an attempt, read a message's
+//! status, list and replay dead letters, and count messages by state. [`embedded::EmbeddedStore`]
+//! implements it on local disk with `redb`; a Redis Streams implementation can implement the same
+//! trait (accept = `XADD` in a `MULTI`, lease = `XREADGROUP`/`XAUTOCLAIM`, complete = `XACK` +
+//! status hash, retry schedule = a sorted set).
+
+pub mod embedded;
+mod index;
+
+use std::future::Future;
+use std::time::Duration;
+
+use jiff::Timestamp;
+
+use crate::message::{Message, MessageId, MessageRecord, Status};
+
+pub use embedded::EmbeddedStore;
+
+/// One message to accept.
+#[derive(Debug, Clone)]
+pub struct AcceptItem {
+    /// The validated message.
+    pub message: Message,
+    /// The producer's `Idempotency-Key` for this message, if any.
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer for one accepted message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// The message's id (the first one, when the idempotency key was seen before).
+    pub id: MessageId,
+    /// Its status now (`queued` for a new message).
+    pub status: Status,
+    /// Whether the idempotency key was seen before (nothing new was stored).
+    pub duplicate: bool,
+}
+
+/// A message leased to a worker. The lease lives in memory only: when the process dies, the
+/// message is due again at the next start.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// The message as stored when leased.
+    pub record: MessageRecord,
+    /// The schedule slot it was leased from (the store needs it to move the message on).
+    pub slot: u64,
+}
+
+/// Messages by state, for `wxpush_queue_messages{state}` and backpressure.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Due now, not leased.
+    pub ready: u64,
+    /// Waiting for a retry time.
+    pub delayed: u64,
+    /// Leased to a worker.
+    pub inflight: u64,
+    /// In the dead-letter set.
+    pub dead: u64,
+}
+
+impl QueueCounts {
+    /// Messages not yet final (what `maxMessages` limits).
+    pub fn pending(&self) -> u64 {
+        self.ready + self.delayed + self.inflight
+    }
+}
+
+/// A page of dead letters, oldest first.
+#[derive(Debug, Clone)]
+pub struct DeadLetterPage {
+    /// The records.
+    pub items: Vec<MessageRecord>,
+    /// The cursor for the next page, when there may be more.
+    pub next: Option<MessageId>,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The queue holds `maxMessages` pending messages: nothing of the request was written.
+    #[error("the queue is full ({pending} of {max} messages pending)")]
+    Full {
+        /// Pending messages now.
+        pending: u64,
+        /// The limit.
+        max: u64,
+        /// A hint for `Retry-After`.
+        retry_after: Duration,
+    },
+    /// No such message.
+    #[error("no message with id {0}")]
+    NotFound(MessageId),
+    /// The message is not in the dead-letter set.
+    #[error("message {0} is not a dead letter")]
+    NotDeadLetter(MessageId),
+    /// The message's `expires_at` has passed, so replaying it would only expire it again.
+    #[error("message {0} expired at {1}; it cannot be replayed")]
+    PastExpiry(MessageId, Timestamp),
+    /// The store cannot be opened, read or written.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// The store is shutting down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// A short label for logs and metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Full { .. } => "full",
+            Self::NotFound(_) => "not_found",
+            Self::NotDeadLetter(_) => "not_dead_letter",
+            Self::PastExpiry(..) => "past_expiry",
+            Self::Storage(_) => "storage",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+/// The durable queue.
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Stores `items` in one durable write and answers only once it is durable. All or
+    /// nothing: when they do not all fit under `maxMessages`, nothing is written
+    /// ([`StoreError::Full`]). Items whose idempotency key was seen before get the first id.
+    fn accept(
+        &self,
+        items: Vec<AcceptItem>,
+    ) -> impl Future<Output = Result<Vec<Accepted>, StoreError>> + Send;
+
+    /// Leases up to `max` due messages, waiting at most `wait` for one to become due (waking
+    /// as soon as new work arrives). May return an empty list.
+    fn lease(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Leased>, StoreError>> + Send;
+
+    /// Records the outcome of an attempt on a leased message and ends the lease: `record`
+    /// is the message's new state (queued/retrying with `next_attempt_at`, or final).
+    /// Durable once the returned future resolves.
+    fn complete(
+        &self,
+        slot: u64,
+        record: MessageRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The message's record (status `sending` while leased).
+    fn get(
+        &self,
+        id: MessageId,
+    ) -> impl Future<Output = Result<Option<MessageRecord>, StoreError>> + Send;
+
+    /// Dead letters after `after` (exclusive), at most `limit`.
+    fn dead_letters(
+        &self,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<DeadLetterPage, StoreError>> + Send;
+
+    /// Moves a dead letter back to the queue with a fresh retry budget and the same
+    /// `client_msg_id`.
+    fn replay(
+        &self,
+        id: MessageId,
+    ) -> impl Future<Output = Result<MessageRecord, StoreError>> + Send;
+
+    /// Messages by state.
+    fn counts(&self) -> QueueCounts;
+
+    /// Whether the store can take writes now.
+    fn is_healthy(&self) -> bool;
+
+    /// Finishes pending writes and stops; later calls fail with [`StoreError::Closed`].
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// Milliseconds since the Unix epoch, for schedule keys (never negative).
+pub fn millis(t: Timestamp) -> u64 {
+    u64::try_from(t.as_millisecond()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
