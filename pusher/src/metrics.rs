@@ -84,6 +84,14 @@ pub struct TokenLabels {
     pub result: Cow<'static, str>,
 }
 
+/// Label set `{phase}` of `wxpush_send_timeouts_total`: `connect`, `tls_handshake`,
+/// `response_header` or `request`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TimeoutLabels {
+    /// Which of the four timeouts ran out.
+    pub phase: &'static str,
+}
+
 /// Circuit breaker states, the values of `wxpush_circuit_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
@@ -117,6 +125,12 @@ pub struct Metrics {
     pub token_requests: Family<TokenLabels, Counter>,
     /// `wxpush_circuit_state`: 0 closed, 1 half-open, 2 open.
     pub circuit_state: Gauge,
+    /// `wxpush_send_timeouts_total{phase}`: attempts (those counted as `result="timeout"`) by
+    /// the timeout that ran out.
+    pub send_timeouts: Family<TimeoutLabels, Counter>,
+    /// `wxpush_channel_paused`: 1 while the channel cannot send (configuration fault, daily
+    /// quota), else 0.
+    pub channel_paused: Gauge,
 }
 
 impl Metrics {
@@ -150,6 +164,10 @@ impl Metrics {
         registry.register("token_requests", "access_token fetches by API and result", token_requests.clone());
         let circuit_state = Gauge::default();
         registry.register("circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", circuit_state.clone());
+        let send_timeouts = Family::<TimeoutLabels, Counter>::default();
+        registry.register("send_timeouts", "HTTP attempts to WeChat that timed out, by phase", send_timeouts.clone());
+        let channel_paused = Gauge::default();
+        registry.register("channel_paused", "1 while the channel is paused (configuration fault or quota)", channel_paused.clone());
         Self {
             registry,
             accepted,
@@ -161,6 +179,8 @@ impl Metrics {
             queue_messages,
             token_requests,
             circuit_state,
+            send_timeouts,
+            channel_paused,
         }
     }
 
@@ -173,6 +193,11 @@ impl Metrics {
     pub fn attempt(&self, result: AttemptResult, seconds: f64) {
         self.send_attempts.get_or_create(&AttemptLabels { result }).inc();
         self.send_duration.observe(seconds);
+    }
+
+    /// Counts a timed-out attempt by phase (in addition to [`Metrics::attempt`]).
+    pub fn timeout(&self, phase: &'static str) {
+        self.send_timeouts.get_or_create(&TimeoutLabels { phase }).inc();
     }
 
     /// Records one token fetch.

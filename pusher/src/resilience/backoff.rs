@@ -9,8 +9,82 @@ use crate::policy::Retry;
 /// pure and testable.
 pub fn delay(policy: &Retry, attempt: u32, unit: f64) -> Duration {
     let base = policy.initial_backoff.get().as_secs_f64()
-        * policy.multiplier.powi(attempt.saturating_sub(1).min(64) as i32);
+        * policy
+            .multiplier
+            .powi(attempt.saturating_sub(1).min(64) as i32);
     let capped = base.min(policy.max_backoff.get().as_secs_f64());
     let jittered = capped * (1.0 - policy.jitter * unit.clamp(0.0, 1.0));
     Duration::from_secs_f64(jittered.max(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::HumanDuration;
+
+    fn policy(jitter: f64) -> Retry {
+        Retry {
+            initial_backoff: HumanDuration::millis(200),
+            max_backoff: HumanDuration::secs(30),
+            multiplier: 2.0,
+            jitter,
+            ..Retry::default()
+        }
+    }
+
+    #[test]
+    fn grows_exponentially_then_caps() {
+        let p = policy(0.0);
+        let table = [
+            (0, 200), // attempt 0 is treated as the first failure
+            (1, 200),
+            (2, 400),
+            (3, 800),
+            (4, 1600),
+            (8, 25_600),
+            (9, 30_000), // 51.2 s capped at maxBackoff
+            (64, 30_000),
+            (u32::MAX, 30_000),
+        ];
+        for (attempt, ms) in table {
+            assert_eq!(
+                delay(&p, attempt, 0.7),
+                Duration::from_millis(ms),
+                "attempt {attempt}"
+            );
+        }
+    }
+
+    #[test]
+    fn jitter_takes_a_share_of_the_delay() {
+        let p = policy(0.5);
+        let table = [
+            (0.0, 800),   // no randomness drawn: the full delay
+            (0.5, 600),   // a quarter off
+            (0.999, 400), // at most half off
+            (7.0, 400),   // out-of-range units are clamped
+            (-1.0, 800),
+        ];
+        for (unit, ms) in table {
+            let d = delay(&p, 3, unit);
+            let want = Duration::from_millis(ms);
+            assert!(
+                d.abs_diff(want) <= Duration::from_millis(1),
+                "unit {unit}: {d:?} vs {want:?}"
+            );
+        }
+        let full = policy(1.0);
+        assert!(delay(&full, 3, 0.999_999) < Duration::from_millis(1));
+    }
+
+    #[test]
+    fn multiplier_one_is_constant() {
+        let p = Retry {
+            multiplier: 1.0,
+            ..policy(0.0)
+        };
+        for attempt in 1..10 {
+            assert_eq!(delay(&p, attempt, 0.3), Duration::from_millis(200));
+        }
+    }
 }

@@ -2,3 +2,5 @@
 //! and rate limiting.
 
 pub mod backoff;
+pub mod breaker;
+pub mod ratelimit;

@@ -2,15 +2,24 @@
 //! access_token manager, errcode classification, and [`WeChatSender`], which performs one send
 //! attempt of one message and says what should happen next ([`SendOutcome`]).
 //!
-//! The dispatcher (queue side) only ever calls [`WeChatSender::send`] and acts on the outcome.
+//! The dispatcher (queue side) only ever calls [`WeChatSender::send`] and acts on the outcome;
+//! the API reads [`WeChatSender::health`] for `/readyz` and status.
+//!
+//! Modules, one job each: [`client`] (pooled HTTP client, the four timeouts, caching DNS),
+//! [`token`] (access_token manager), [`errcode`] (pure classification of WeChat's answers),
+//! [`sender`] (composition with the breaker and rate limiter of [`crate::resilience`]).
+//! `docs/wechat-client.md` tells the whole story.
 
-use std::sync::Arc;
+pub mod client;
+pub mod errcode;
+pub mod sender;
+pub mod token;
+
+pub use sender::WeChatSender;
+
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-
-use crate::config::PusherConfig;
-use crate::metrics::Metrics;
 
 /// Which WeChat send API a message goes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -50,7 +59,10 @@ pub struct SendRequest<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendError {
     /// Short machine-readable kind: `timeout_connect`, `timeout_tls`, `timeout_response_header`,
-    /// `timeout_request`, `transport`, `http_5xx`, `errcode`, `token`, `circuit_open`, ...
+    /// `timeout_request`, `transport` (DNS, refused, reset, TLS errors), `http_5xx`,
+    /// `http_status` (another non-200), `bad_response` (200 without JSON), `errcode` (WeChat
+    /// answered one; see `errcode`), `token` (no valid access_token), `throttled` (45011
+    /// slow-down), `rate_limited`, `quota` (daily quota), `body`, `circuit_open`.
     pub kind: String,
     /// WeChat's errcode, when it answered one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -96,14 +108,6 @@ pub enum SendOutcome {
     },
 }
 
-/// Sends messages to WeChat for one channel. Cheap to share (`Arc`); safe to call from many
-/// workers at once.
-#[derive(Debug)]
-pub struct WeChatSender {
-    #[allow(dead_code)]
-    metrics: Arc<Metrics>,
-}
-
 /// Why a sender could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum SenderError {
@@ -115,23 +119,59 @@ pub enum SenderError {
     Client(String),
 }
 
-impl WeChatSender {
-    /// Builds the sender from the config (HTTP client, token manager, breaker, rate limiter).
-    pub fn new(config: &PusherConfig, metrics: Arc<Metrics>) -> Result<Self, SenderError> {
-        let _ = config;
-        Ok(Self { metrics })
-    }
+/// Whether the channel can send, for `/readyz`, status and alerts. Never holds a secret.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelHealth {
+    /// access_token fetching: paused on a configuration fault (40013, 40125, 40164, bad
+    /// credentials) or a token quota while no valid token is cached.
+    pub token: Health,
+    /// Sending: paused after 48001 or 45009 on a send, or when `rateLimit.dailyQuota` is spent.
+    pub sending: Health,
+    /// The circuit breaker.
+    pub circuit: Circuit,
+}
 
-    /// Performs one attempt (with at most one token refresh inside it on 40001/40014/42001).
-    pub async fn send(&self, request: SendRequest<'_>) -> SendOutcome {
-        let _ = request;
-        SendOutcome::Retry {
-            error: SendError {
-                kind: "unimplemented".into(),
-                errcode: None,
-                message: "the WeChat sender is not built yet".into(),
-            },
-            not_before: None,
+impl ChannelHealth {
+    /// Whether sends can go out now (the breaker aside, which heals itself).
+    pub fn can_send(&self) -> bool {
+        self.token == Health::Ok && self.sending == Health::Ok
+    }
+}
+
+/// One part of [`ChannelHealth`]. Serialised as `{"state": "ok"}` or
+/// `{"state": "paused", "reason": {...}, "until": "2026-11-28T16:00:00Z"}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Health {
+    /// Working.
+    Ok,
+    /// Paused.
+    Paused {
+        /// Why.
+        reason: SendError,
+        /// When it will be tried again (a probe), if known.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        until: Option<jiff::Timestamp>,
+    },
+}
+
+impl Health {
+    fn paused(reason: SendError, until: Option<SystemTime>) -> Self {
+        Self::Paused {
+            reason,
+            until: until.and_then(|t| jiff::Timestamp::try_from(t).ok()),
         }
     }
+}
+
+/// The breaker's state, as `wxpush_circuit_state` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Circuit {
+    /// Sending normally.
+    Closed,
+    /// Letting probes through.
+    HalfOpen,
+    /// Not sending.
+    Open,
 }

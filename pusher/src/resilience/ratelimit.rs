@@ -1,0 +1,244 @@
+//! Rate limiting towards WeChat: a token bucket (`rateLimit.perSecond` / `burst`, from the
+//! `governor` crate) and the local daily quota counter (`rateLimit.dailyQuota`), which resets
+//! at midnight Beijing time (UTC+8) as WeChat's own quota does.
+//!
+//! Calendar arithmetic is pure ([`beijing_day`], [`next_beijing_midnight`]) so it can be
+//! table-tested without waiting for midnight.
+
+use std::num::NonZeroU32;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::{DefaultDirectRateLimiter, Quota};
+use parking_lot::Mutex;
+
+use crate::policy::RateLimit;
+
+/// Beijing time is UTC+8 all year (no daylight saving).
+const BEIJING_OFFSET_SECS: u64 = 8 * 3600;
+const DAY_SECS: u64 = 86_400;
+
+/// The day number (days since 1970-01-01, Beijing time) that `now` falls on.
+pub fn beijing_day(now: SystemTime) -> u64 {
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    (secs + BEIJING_OFFSET_SECS) / DAY_SECS
+}
+
+/// The next midnight in Beijing after `now` (strictly later), when WeChat's daily quotas reset.
+pub fn next_beijing_midnight(now: SystemTime) -> SystemTime {
+    let next_day = beijing_day(now) + 1;
+    UNIX_EPOCH + Duration::from_secs(next_day * DAY_SECS - BEIJING_OFFSET_SECS)
+}
+
+/// The local daily quota: sends counted per Beijing day. Pure state; the caller passes the
+/// time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DailyCounter {
+    quota: u64,
+    day: u64,
+    used: u64,
+    /// WeChat itself said the quota is spent (45009) on this day, whatever we counted.
+    exhausted_day: Option<u64>,
+}
+
+impl DailyCounter {
+    /// A counter allowing `quota` sends a day; `0` means no local limit (a 45009 from WeChat
+    /// still parks the channel until midnight).
+    pub fn new(quota: u64) -> Self {
+        Self {
+            quota,
+            day: 0,
+            used: 0,
+            exhausted_day: None,
+        }
+    }
+
+    fn roll(&mut self, now: SystemTime) -> u64 {
+        let day = beijing_day(now);
+        if day != self.day {
+            self.day = day;
+            self.used = 0;
+        }
+        day
+    }
+
+    /// Reserves one send. `Err(midnight)` when today's quota is spent.
+    pub fn try_take(&mut self, now: SystemTime) -> Result<(), SystemTime> {
+        let day = self.roll(now);
+        if self.exhausted_day == Some(day) || (self.quota > 0 && self.used >= self.quota) {
+            return Err(next_beijing_midnight(now));
+        }
+        self.used += 1;
+        Ok(())
+    }
+
+    /// Gives back a reservation for a send WeChat did not count (it answered an errcode, or the
+    /// connection never opened).
+    pub fn give_back(&mut self, now: SystemTime) {
+        self.roll(now);
+        self.used = self.used.saturating_sub(1);
+    }
+
+    /// Records WeChat's 45009: nothing more today. Returns when the quota resets.
+    pub fn exhaust(&mut self, now: SystemTime) -> SystemTime {
+        self.exhausted_day = Some(self.roll(now));
+        next_beijing_midnight(now)
+    }
+
+    /// If today's quota is spent, when it resets.
+    pub fn exhausted_until(&self, now: SystemTime) -> Option<SystemTime> {
+        let day = beijing_day(now);
+        let counted = day == self.day && self.quota > 0 && self.used >= self.quota;
+        (counted || self.exhausted_day == Some(day)).then(|| next_beijing_midnight(now))
+    }
+
+    /// Sends counted today.
+    pub fn used(&self, now: SystemTime) -> u64 {
+        if beijing_day(now) == self.day {
+            self.used
+        } else {
+            0
+        }
+    }
+}
+
+/// The channel's rate limiter: the token bucket plus the daily counter.
+#[derive(Debug)]
+pub struct RateLimiter {
+    bucket: DefaultDirectRateLimiter,
+    daily: Mutex<DailyCounter>,
+}
+
+impl RateLimiter {
+    /// Builds the limiter from the policy (zero rates are treated as 1; the config validation
+    /// refuses them anyway).
+    pub fn new(policy: &RateLimit) -> Self {
+        let per_second = NonZeroU32::new(policy.per_second).unwrap_or(NonZeroU32::MIN);
+        let burst = NonZeroU32::new(policy.burst).unwrap_or(NonZeroU32::MIN);
+        Self {
+            bucket: DefaultDirectRateLimiter::direct(
+                Quota::per_second(per_second).allow_burst(burst),
+            ),
+            daily: Mutex::new(DailyCounter::new(policy.daily_quota)),
+        }
+    }
+
+    /// Waits for a send permit from the token bucket, at most `max_wait`. `false` when the
+    /// wait ran out.
+    pub async fn acquire(&self, max_wait: Duration) -> bool {
+        if self.bucket.check().is_ok() {
+            return true;
+        }
+        tokio::time::timeout(max_wait, self.bucket.until_ready())
+            .await
+            .is_ok()
+    }
+
+    /// Reserves one send from today's quota; `Err(midnight)` when it is spent.
+    pub fn take_daily(&self, now: SystemTime) -> Result<(), SystemTime> {
+        self.daily.lock().try_take(now)
+    }
+
+    /// Returns a reservation WeChat did not count.
+    pub fn give_back_daily(&self, now: SystemTime) {
+        self.daily.lock().give_back(now);
+    }
+
+    /// WeChat answered 45009: park until midnight Beijing time, which is returned.
+    pub fn exhaust_daily(&self, now: SystemTime) -> SystemTime {
+        self.daily.lock().exhaust(now)
+    }
+
+    /// When today's quota resets, if it is spent.
+    pub fn daily_exhausted_until(&self, now: SystemTime) -> Option<SystemTime> {
+        self.daily.lock().exhausted_until(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn beijing_midnight_table() {
+        // 2026-11-28T00:00:00Z = 1795824000, i.e. 08:00 in Beijing.
+        let utc_midnight = 1_795_824_000;
+        let cases = [
+            // (now, next Beijing midnight as unix seconds)
+            // 08:00 Beijing → next midnight is 16:00Z the same UTC day.
+            (utc_midnight, utc_midnight + 16 * 3600),
+            // 15:59:59Z = 23:59:59 Beijing → one second later.
+            (utc_midnight + 16 * 3600 - 1, utc_midnight + 16 * 3600),
+            // exactly midnight Beijing (16:00Z) → the following one, a day later.
+            (utc_midnight + 16 * 3600, utc_midnight + 40 * 3600),
+            // 23:00Z the day before = 07:00 Beijing the same Beijing day as utc_midnight.
+            (utc_midnight - 3600, utc_midnight + 16 * 3600),
+            // the epoch itself: 08:00 Beijing on 1970-01-01.
+            (0, 16 * 3600),
+        ];
+        for (now, want) in cases {
+            assert_eq!(next_beijing_midnight(at(now)), at(want), "now = {now}");
+            assert!(next_beijing_midnight(at(now)) > at(now));
+        }
+        assert_eq!(
+            beijing_day(at(utc_midnight + 16 * 3600 - 1)) + 1,
+            beijing_day(at(utc_midnight + 16 * 3600))
+        );
+    }
+
+    #[test]
+    fn daily_counter_resets_at_beijing_midnight() {
+        let midnight = 1_795_881_600; // 2026-11-28T16:00:00Z = 2026-11-29 00:00 Beijing
+        let mut c = DailyCounter::new(2);
+        let before = at(midnight - 10);
+        assert_eq!(c.try_take(before), Ok(()));
+        assert_eq!(c.try_take(before), Ok(()));
+        assert_eq!(c.try_take(before), Err(at(midnight)));
+        assert_eq!(c.exhausted_until(before), Some(at(midnight)));
+        c.give_back(before);
+        assert_eq!(c.used(before), 1);
+        assert_eq!(c.try_take(before), Ok(()));
+        let after = at(midnight);
+        assert_eq!(c.exhausted_until(after), None);
+        assert_eq!(c.try_take(after), Ok(()));
+        assert_eq!(c.used(after), 1);
+    }
+
+    #[test]
+    fn wechat_45009_parks_even_without_a_local_quota() {
+        let mut c = DailyCounter::new(0);
+        let now = at(1_795_824_000);
+        for _ in 0..1000 {
+            assert_eq!(c.try_take(now), Ok(()));
+        }
+        let until = c.exhaust(now);
+        assert_eq!(c.try_take(now), Err(until));
+        assert_eq!(c.try_take(until), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn bucket_allows_the_burst_then_paces() {
+        let limiter = RateLimiter::new(&RateLimit {
+            per_second: 10,
+            burst: 3,
+            daily_quota: 0,
+        });
+        for _ in 0..3 {
+            assert!(limiter.acquire(Duration::ZERO).await, "burst");
+        }
+        assert!(
+            !limiter.acquire(Duration::from_millis(5)).await,
+            "bucket empty"
+        );
+        let start = std::time::Instant::now();
+        assert!(limiter.acquire(Duration::from_secs(1)).await);
+        assert!(
+            start.elapsed() >= Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+}

@@ -1,0 +1,605 @@
+//! The HTTP client towards WeChat: one pooled, keep-alive client per channel, with the four
+//! timeouts of [`Timeouts`] each enforced on its own phase, so an error says which ran out.
+//!
+//! reqwest cannot tell a TCP connect from a TLS handshake, nor time "request sent → headers"
+//! apart from the connection set-up, so this client is built one layer down, on the same
+//! pieces reqwest uses: hyper-util's pooled client, rustls (ring, webpki roots) and hickory's
+//! caching DNS resolver, with a connector of our own:
+//!
+//! | phase | timeout | measured from → to |
+//! |---|---|---|
+//! | connect | `timeouts.connect` | DNS lookup (cached by TTL) + TCP connect |
+//! | TLS | `timeouts.tlsHandshake` | TCP connected → TLS handshake done |
+//! | response headers | `timeouts.responseHeader` | request handed to a connection → headers received (connection set-up time is excluded) |
+//! | request | `timeouts.request` | the whole attempt, body included |
+//!
+//! The response-header clock excludes connection set-up by noting, through a task-local
+//! [`PhaseClock`], how long the connector ran on this request's behalf; set-up has its own two
+//! timeouts. A request that was given a pooled connection while the connect it started
+//! finishes in the background may get up to `connect + tlsHandshake` more; the whole-request
+//! timeout bounds every case.
+
+use std::error::Error as StdError;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Uri;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+
+use crate::policy::{Pool, Timeouts};
+
+/// WeChat's answers are a few hundred bytes; anything past this is not WeChat.
+const MAX_BODY: usize = 256 * 1024;
+
+/// The phase of an HTTP attempt whose timeout ran out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// DNS + TCP connect (`timeouts.connect`).
+    Connect,
+    /// TLS handshake (`timeouts.tlsHandshake`).
+    TlsHandshake,
+    /// Waiting for the response headers (`timeouts.responseHeader`).
+    ResponseHeader,
+    /// The whole attempt (`timeouts.request`).
+    Request,
+}
+
+impl Phase {
+    /// The [`super::SendError::kind`] of this timeout.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Connect => "timeout_connect",
+            Self::TlsHandshake => "timeout_tls",
+            Self::ResponseHeader => "timeout_response_header",
+            Self::Request => "timeout_request",
+        }
+    }
+
+    /// The `phase` label of `wxpush_send_timeouts_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::TlsHandshake => "tls_handshake",
+            Self::ResponseHeader => "response_header",
+            Self::Request => "request",
+        }
+    }
+}
+
+/// Why an HTTP attempt failed. Messages never hold the URL (it carries the access_token or
+/// the secret).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpError {
+    /// One of the four timeouts ran out.
+    #[error("{} timeout ran out after {after:?}", .phase.label())]
+    Timeout {
+        /// Which.
+        phase: Phase,
+        /// Its configured length.
+        after: Duration,
+    },
+    /// The connection could not be set up (DNS, refused, TLS failure): the request was
+    /// certainly not sent.
+    #[error("connection failed: {0}")]
+    Connect(String),
+    /// The connection broke while the request was under way (reset, closed early, bad HTTP):
+    /// whether WeChat got it is unknown.
+    #[error("transport error: {0}")]
+    Transport(String),
+}
+
+impl HttpError {
+    /// The [`super::SendError::kind`] of this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Timeout { phase, .. } => phase.kind(),
+            Self::Connect(_) | Self::Transport(_) => "transport",
+        }
+    }
+
+    /// Whether the request certainly never reached WeChat.
+    pub fn never_sent(&self) -> bool {
+        matches!(
+            self,
+            Self::Connect(_)
+                | Self::Timeout {
+                    phase: Phase::Connect | Phase::TlsHandshake,
+                    ..
+                }
+        )
+    }
+}
+
+/// An HTTP answer: status and (small) body.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// Why a client could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBuildError {
+    /// The base URL is not an http(s) URL with a host.
+    #[error("invalid apiBaseUrl: {0}")]
+    BaseUrl(String),
+    /// TLS or DNS set-up failed.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// The pooled HTTP client of one channel. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct HttpClient {
+    client: Client<Connector, Full<Bytes>>,
+    /// `scheme://authority` plus any path prefix, without a trailing slash.
+    base: String,
+    header_timeout: Duration,
+    request_timeout: Duration,
+}
+
+impl HttpClient {
+    /// A client for `base_url` with the system's DNS configuration.
+    pub fn new(base_url: &str, timeouts: &Timeouts, pool: &Pool) -> Result<Self, ClientBuildError> {
+        Self::build(base_url, timeouts, pool, None)
+    }
+
+    /// A client resolving names through the given DNS configuration (tests, special set-ups).
+    pub fn with_dns(
+        base_url: &str,
+        timeouts: &Timeouts,
+        pool: &Pool,
+        dns: (ResolverConfig, ResolverOpts),
+    ) -> Result<Self, ClientBuildError> {
+        Self::build(base_url, timeouts, pool, Some(dns))
+    }
+
+    fn build(
+        base_url: &str,
+        timeouts: &Timeouts,
+        pool: &Pool,
+        dns: Option<(ResolverConfig, ResolverOpts)>,
+    ) -> Result<Self, ClientBuildError> {
+        let url =
+            url::Url::parse(base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
+        let https = match url.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(ClientBuildError::BaseUrl(format!("scheme {other}"))),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| ClientBuildError::BaseUrl("no host".into()))?;
+        let is_ip = host.trim_matches(['[', ']']).parse::<IpAddr>().is_ok();
+        let resolver = match (is_ip, dns) {
+            (true, _) => None,
+            (false, Some((config, opts))) => Some(
+                TokioResolver::builder_with_config(config, TokioConnectionProvider::default())
+                    .with_options(opts)
+                    .build(),
+            ),
+            (false, None) => Some(
+                TokioResolver::builder_tokio()
+                    .map_err(|e| ClientBuildError::Setup(format!("DNS configuration: {e}")))?
+                    .build(),
+            ),
+        };
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let mut tls = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| ClientBuildError::Setup(format!("TLS: {e}")))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = Connector {
+            inner: Arc::new(ConnectorInner {
+                resolver,
+                tls: TlsConnector::from(Arc::new(tls)),
+                https,
+                connect_timeout: timeouts.connect.get(),
+                tls_timeout: timeouts.tls_handshake.get(),
+                keepalive: pool.tcp_keepalive.get(),
+            }),
+        };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(pool.idle_timeout.get())
+            .pool_max_idle_per_host(usize::try_from(pool.max_idle_per_host).unwrap_or(usize::MAX))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let mut base = format!("{}://{}", url.scheme(), url.authority());
+        base.push_str(url.path().trim_end_matches('/'));
+        Ok(Self {
+            client,
+            base,
+            header_timeout: timeouts.response_header.get(),
+            request_timeout: timeouts.request.get(),
+        })
+    }
+
+    /// `GET base + path_and_query`.
+    pub async fn get(&self, path_and_query: &str) -> Result<HttpResponse, HttpError> {
+        self.execute(hyper::Method::GET, path_and_query, Bytes::new())
+            .await
+    }
+
+    /// `POST base + path_and_query` with a JSON body.
+    pub async fn post_json(
+        &self,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<HttpResponse, HttpError> {
+        self.execute(hyper::Method::POST, path_and_query, body)
+            .await
+    }
+
+    async fn execute(
+        &self,
+        method: hyper::Method,
+        path_and_query: &str,
+        body: Bytes,
+    ) -> Result<HttpResponse, HttpError> {
+        let mut request = hyper::Request::builder()
+            .method(method.clone())
+            .uri(format!("{}{path_and_query}", self.base))
+            .header(hyper::header::USER_AGENT, "wxpush");
+        if method == hyper::Method::POST {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(body))
+            .map_err(|_| HttpError::Transport("invalid request (path or query)".into()))?;
+        let clock = Arc::new(PhaseClock::default());
+        let start = Instant::now();
+        let work = async {
+            let response = with_header_timeout(
+                self.client.request(request),
+                &clock,
+                self.header_timeout,
+                start,
+            )
+            .await?
+            .map_err(|e| classify_client_error(&e))?;
+            let status = response.status().as_u16();
+            let body = Limited::new(response.into_body(), MAX_BODY)
+                .collect()
+                .await
+                .map_err(|e| HttpError::Transport(format!("reading the body: {e}")))?
+                .to_bytes();
+            Ok(HttpResponse { status, body })
+        };
+        match tokio::time::timeout(self.request_timeout, PHASE_CLOCK.scope(clock.clone(), work))
+            .await
+        {
+            Ok(result) => result,
+            Err(_) => Err(HttpError::Timeout {
+                phase: Phase::Request,
+                after: self.request_timeout,
+            }),
+        }
+    }
+}
+
+/// Waits for `fut` (the response headers) at most `limit` after `start`, not counting the time
+/// the connector spent setting up a connection for it.
+async fn with_header_timeout<F: Future>(
+    fut: F,
+    clock: &PhaseClock,
+    limit: Duration,
+    start: Instant,
+) -> Result<F::Output, HttpError> {
+    tokio::pin!(fut);
+    loop {
+        let deadline = start + limit + clock.connecting(Instant::now());
+        tokio::select! {
+            biased;
+            out = &mut fut => return Ok(out),
+            () = tokio::time::sleep_until(deadline.into()) => {
+                let now = Instant::now();
+                if now >= start + limit + clock.connecting(now) {
+                    return Err(HttpError::Timeout { phase: Phase::ResponseHeader, after: limit });
+                }
+            }
+        }
+    }
+}
+
+fn classify_client_error(error: &hyper_util::client::legacy::Error) -> HttpError {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    let mut chain = Vec::new();
+    while let Some(e) = source {
+        if let Some(connect) = e.downcast_ref::<ConnectError>() {
+            return match connect {
+                ConnectError::Timeout { phase, after } => HttpError::Timeout {
+                    phase: *phase,
+                    after: *after,
+                },
+                other => HttpError::Connect(other.to_string()),
+            };
+        }
+        chain.push(e.to_string());
+        source = e.source();
+    }
+    chain.dedup();
+    let text = chain.join(": ");
+    if error.is_connect() {
+        HttpError::Connect(text)
+    } else {
+        HttpError::Transport(text)
+    }
+}
+
+tokio::task_local! {
+    static PHASE_CLOCK: Arc<PhaseClock>;
+}
+
+/// How long the connector has worked on behalf of one request.
+#[derive(Debug, Default)]
+struct PhaseClock {
+    inner: Mutex<ClockInner>,
+}
+
+#[derive(Debug, Default)]
+struct ClockInner {
+    started: Option<Instant>,
+    spent: Duration,
+}
+
+impl PhaseClock {
+    fn begin(&self) {
+        self.inner.lock().started = Some(Instant::now());
+    }
+
+    fn end(&self) {
+        let mut inner = self.inner.lock();
+        if let Some(started) = inner.started.take() {
+            inner.spent += started.elapsed();
+        }
+    }
+
+    fn connecting(&self, now: Instant) -> Duration {
+        let inner = self.inner.lock();
+        inner.spent
+            + inner
+                .started
+                .map_or(Duration::ZERO, |s| now.saturating_duration_since(s))
+    }
+}
+
+/// Ends the connector's stint on a [`PhaseClock`] however the connect future finishes.
+struct ConnectStint(Option<Arc<PhaseClock>>);
+
+impl Drop for ConnectStint {
+    fn drop(&mut self) {
+        if let Some(clock) = &self.0 {
+            clock.end();
+        }
+    }
+}
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("{} timeout ran out after {after:?}", .phase.label())]
+    Timeout { phase: Phase, after: Duration },
+    #[error("DNS lookup of {host} failed: {message}")]
+    Dns { host: String, message: String },
+    #[error("TCP connect failed: {0}")]
+    Tcp(std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+#[derive(Debug, Clone)]
+struct Connector {
+    inner: Arc<ConnectorInner>,
+}
+
+struct ConnectorInner {
+    resolver: Option<TokioResolver>,
+    tls: TlsConnector,
+    https: bool,
+    connect_timeout: Duration,
+    tls_timeout: Duration,
+    keepalive: Duration,
+}
+
+impl std::fmt::Debug for ConnectorInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectorInner")
+            .field("https", &self.https)
+            .field("caching_dns", &self.resolver.is_some())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tls_timeout", &self.tls_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl tower::Service<Uri> for Connector {
+    type Response = TokioIo<Io>;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        // Called from inside the request's task: note whose request this connect serves.
+        let clock = PHASE_CLOCK.try_with(Arc::clone).ok();
+        if let Some(clock) = &clock {
+            clock.begin();
+        }
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move {
+            let _stint = ConnectStint(clock);
+            inner.connect(&uri).await.map(TokioIo::new)
+        })
+    }
+}
+
+impl ConnectorInner {
+    async fn connect(&self, uri: &Uri) -> Result<Io, ConnectError> {
+        let host = uri
+            .host()
+            .ok_or_else(|| ConnectError::Other("URL without a host".into()))?
+            .trim_matches(['[', ']'])
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if self.https { 443 } else { 80 });
+        let tcp = tokio::time::timeout(self.connect_timeout, self.tcp(&host, port))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                phase: Phase::Connect,
+                after: self.connect_timeout,
+            })??;
+        // Best effort: failing to tune the socket does not stop a send.
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(self.keepalive);
+        #[cfg(any(target_os = "linux", target_os = "macos"))]
+        let keepalive = keepalive.with_interval(self.keepalive);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        if !self.https {
+            return Ok(Io::Plain(tcp));
+        }
+        let name = ServerName::try_from(host)
+            .map_err(|e| ConnectError::Other(format!("TLS server name: {e}")))?;
+        let tls = tokio::time::timeout(self.tls_timeout, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| ConnectError::Timeout {
+                phase: Phase::TlsHandshake,
+                after: self.tls_timeout,
+            })?
+            .map_err(ConnectError::Tls)?;
+        Ok(Io::Tls(Box::new(tls)))
+    }
+
+    async fn tcp(&self, host: &str, port: u16) -> Result<TcpStream, ConnectError> {
+        let addrs: Vec<IpAddr> = match (host.parse::<IpAddr>(), &self.resolver) {
+            (Ok(ip), _) => vec![ip],
+            (Err(_), Some(resolver)) => resolver
+                .lookup_ip(host)
+                .await
+                .map_err(|e| ConnectError::Dns {
+                    host: host.to_string(),
+                    message: e.to_string(),
+                })?
+                .iter()
+                .collect(),
+            (Err(_), None) => {
+                return Err(ConnectError::Other(format!("no DNS resolver for {host}")));
+            }
+        };
+        let mut last = None;
+        for ip in addrs {
+            match TcpStream::connect((ip, port)).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.map_or_else(
+            || ConnectError::Dns {
+                host: host.to_string(),
+                message: "no addresses".into(),
+            },
+            ConnectError::Tcp,
+        ))
+    }
+}
+
+/// A connection: plain TCP or TLS over TCP.
+#[derive(Debug)]
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection for Io {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "client_tests.rs"]
+mod tests;

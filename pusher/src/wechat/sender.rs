@@ -1,0 +1,500 @@
+//! [`WeChatSender`]: one send attempt of one message, composed of the pieces around it.
+//!
+//! In order: the channel's own pauses (a configuration fault or the daily quota seen on a
+//! send, a 45011 slow-down, a paused token) → the circuit breaker (`CircuitOpen` when open) →
+//! an access_token → a rate-limit permit (token bucket, then the local daily quota) → the HTTP
+//! request (counted in `wxpush_inflight_requests`, timed in `wxpush_send_duration_seconds`,
+//! counted in `wxpush_send_attempts_total{result}`) → WeChat's JSON answer, classified by
+//! [`super::errcode`]. On 40001/40014/42001 the token that failed is invalidated
+//! (compare-and-swap) and the send is retried once with a fresh token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::Deserialize;
+
+use super::client::{HttpClient, HttpError};
+use super::errcode::{SendAction, classify_http_status, classify_send, describe};
+use super::token::{AccessToken, TokenError, TokenManager, TokenSettings, TokenState};
+use super::{ChannelHealth, Circuit, Health, SendError, SendOutcome, SendRequest, SenderError};
+use crate::config::PusherConfig;
+use crate::metrics::{AttemptResult, CircuitState, Metrics};
+use crate::policy::Retry;
+use crate::resilience::breaker::{Outcome, SharedBreaker};
+use crate::resilience::ratelimit::RateLimiter;
+
+/// Sends messages to WeChat for one channel. Cheap to share (`Arc`); safe to call from many
+/// workers at once.
+#[derive(Debug)]
+pub struct WeChatSender {
+    http: Arc<HttpClient>,
+    tokens: Arc<TokenManager>,
+    breaker: SharedBreaker,
+    limiter: RateLimiter,
+    metrics: Arc<Metrics>,
+    retry: Retry,
+    rate_wait: Duration,
+    gates: Mutex<Gates>,
+}
+
+/// Channel-wide stops learnt from send answers.
+#[derive(Debug, Default)]
+struct Gates {
+    /// 48001 (or another configuration fault) or 45009 on a send.
+    pause: Option<SendPause>,
+    /// 45011: the account's per-minute quota.
+    throttled_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+struct SendPause {
+    error: SendError,
+    until: Instant,
+    wall_until: SystemTime,
+}
+
+/// How one HTTP attempt ended.
+#[derive(Debug)]
+enum Attempt {
+    Answered {
+        errcode: i64,
+        errmsg: String,
+        msgid: Option<i64>,
+        action: SendAction,
+    },
+    Status {
+        status: u16,
+        action: SendAction,
+    },
+    Failed(HttpError),
+    BadBody,
+}
+
+#[derive(Debug, Deserialize)]
+struct Answer {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+    msgid: Option<i64>,
+}
+
+fn token_outcome(error: TokenError) -> SendOutcome {
+    match error {
+        TokenError::Paused { error, until } => SendOutcome::Paused { error, until },
+        TokenError::Unavailable { error, retry_after } => SendOutcome::Retry {
+            error,
+            not_before: retry_after,
+        },
+    }
+}
+
+fn errcode_error(errcode: i64, errmsg: &str) -> SendError {
+    SendError {
+        kind: "errcode".into(),
+        errcode: Some(errcode),
+        message: format!("errcode {errcode} ({}): {errmsg}", describe(errcode)),
+    }
+}
+
+impl WeChatSender {
+    /// Builds the sender from the config (HTTP client, token manager, breaker, rate limiter).
+    /// The credentials are read once here so that a missing file fails at start-up.
+    pub fn new(config: &PusherConfig, metrics: Arc<Metrics>) -> Result<Self, SenderError> {
+        let http = Arc::new(
+            HttpClient::new(&config.api_base_url, &config.timeouts, &config.pool)
+                .map_err(|e| SenderError::Client(e.to_string()))?,
+        );
+        let app_id = config
+            .credentials
+            .app_id()
+            .ok_or_else(|| SenderError::Credentials("set one of appId and appIdFile".into()))?;
+        let app_secret = config.credentials.app_secret().ok_or_else(|| {
+            SenderError::Credentials("set one of appSecret and appSecretFile".into())
+        })?;
+        app_id
+            .read()
+            .map_err(|e| SenderError::Credentials(format!("appId: {e}")))?;
+        app_secret
+            .read()
+            .map_err(|e| SenderError::Credentials(format!("appSecret: {e}")))?;
+        let tokens = Arc::new(TokenManager::new(
+            Arc::clone(&http),
+            TokenSettings {
+                api: config.token.api,
+                refresh_before: config.token.refresh_before.get(),
+                app_id,
+                app_secret,
+                retry: config.retry.clone(),
+                request_timeout: config.timeouts.request.get(),
+            },
+            Arc::clone(&metrics),
+        ));
+        metrics.channel_paused.set(0);
+        Ok(Self {
+            http,
+            tokens,
+            breaker: SharedBreaker::new(&config.circuit_breaker, Arc::clone(&metrics)),
+            limiter: RateLimiter::new(&config.rate_limit),
+            retry: config.retry.clone(),
+            rate_wait: config.retry.max_backoff.get(),
+            gates: Mutex::new(Gates::default()),
+            metrics,
+        })
+    }
+
+    /// Performs one attempt (with at most one token refresh inside it on 40001/40014/42001).
+    pub async fn send(&self, request: SendRequest<'_>) -> SendOutcome {
+        let outcome = self.send_inner(request).await;
+        self.update_paused_gauge();
+        outcome
+    }
+
+    async fn send_inner(&self, request: SendRequest<'_>) -> SendOutcome {
+        if let Some(stop) = self.check_gates() {
+            return stop;
+        }
+        if let Some(error) = self.tokens.paused() {
+            return token_outcome(error);
+        }
+        let permit = match self.breaker.admit() {
+            Ok(permit) => permit,
+            Err(retry_after) => return SendOutcome::CircuitOpen { retry_after },
+        };
+        let mut token = match self.tokens.get().await {
+            Ok(token) => token,
+            Err(error) => return token_outcome(error),
+        };
+        if !self.limiter.acquire(self.rate_wait).await {
+            return SendOutcome::Retry {
+                error: SendError {
+                    kind: "rate_limited".into(),
+                    errcode: None,
+                    message: format!("no rate-limit permit within {:?}", self.rate_wait),
+                },
+                not_before: None,
+            };
+        }
+        if let Err(until) = self.limiter.take_daily(SystemTime::now()) {
+            return SendOutcome::Paused {
+                error: SendError {
+                    kind: "quota".into(),
+                    errcode: None,
+                    message: "the channel's rateLimit.dailyQuota is spent for today".into(),
+                },
+                until: Some(until),
+            };
+        }
+        let body = match serde_json::to_vec(request.body) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                self.limiter.give_back_daily(SystemTime::now());
+                return SendOutcome::Permanent {
+                    error: SendError {
+                        kind: "body".into(),
+                        errcode: None,
+                        message: format!("the message body cannot be encoded: {e}"),
+                    },
+                };
+            }
+        };
+        let mut attempt = self.attempt(request, &token, body.clone()).await;
+        if matches!(
+            attempt,
+            Attempt::Answered {
+                action: SendAction::RefreshToken,
+                ..
+            }
+        ) {
+            self.tokens.invalidate(&token);
+            token = match self.tokens.get().await {
+                Ok(fresh) => fresh,
+                Err(error) => {
+                    self.limiter.give_back_daily(SystemTime::now());
+                    permit.record(Outcome::Success);
+                    return token_outcome(error);
+                }
+            };
+            if self.limiter.acquire(self.rate_wait).await {
+                attempt = self.attempt(request, &token, body).await;
+            }
+        }
+        let (outcome, breaker) = self.conclude(attempt);
+        permit.record(breaker);
+        outcome
+    }
+
+    /// One HTTP request, with its metrics.
+    async fn attempt(&self, request: SendRequest<'_>, token: &AccessToken, body: Bytes) -> Attempt {
+        let encoded: String =
+            url::form_urlencoded::byte_serialize(token.as_str().as_bytes()).collect();
+        let path = format!("{}?access_token={encoded}", request.kind.path());
+        self.metrics.inflight.inc();
+        let started = Instant::now();
+        let answer = self.http.post_json(&path, body).await;
+        let seconds = started.elapsed().as_secs_f64();
+        self.metrics.inflight.dec();
+        let attempt = match answer {
+            Err(e) => Attempt::Failed(e),
+            Ok(r) if r.status != 200 => Attempt::Status {
+                status: r.status,
+                action: classify_http_status(r.status, &self.retry),
+            },
+            Ok(r) => match serde_json::from_slice::<Answer>(&r.body) {
+                Ok(a) => Attempt::Answered {
+                    action: classify_send(a.errcode, SystemTime::now(), &self.retry),
+                    errcode: a.errcode,
+                    errmsg: a.errmsg,
+                    msgid: a.msgid,
+                },
+                Err(_) => Attempt::BadBody,
+            },
+        };
+        let result = match &attempt {
+            Attempt::Answered { action, .. } | Attempt::Status { action, .. } => {
+                action.attempt_result()
+            }
+            Attempt::Failed(HttpError::Timeout { phase, .. }) => {
+                self.metrics.timeout(phase.label());
+                AttemptResult::timeout
+            }
+            Attempt::Failed(_) => AttemptResult::transport,
+            Attempt::BadBody => AttemptResult::retryable,
+        };
+        self.metrics.attempt(result, seconds);
+        attempt
+    }
+
+    /// What the attempt means for the message, the breaker and the channel.
+    fn conclude(&self, attempt: Attempt) -> (SendOutcome, Outcome) {
+        let now = SystemTime::now();
+        match attempt {
+            Attempt::Answered {
+                errcode,
+                errmsg,
+                msgid,
+                action,
+            } => {
+                let error = errcode_error(errcode, &errmsg);
+                if action != SendAction::Delivered {
+                    self.limiter.give_back_daily(now);
+                }
+                let breaker = if errcode == -1 {
+                    Outcome::Failure
+                } else {
+                    Outcome::Success
+                };
+                let outcome = match action {
+                    SendAction::Delivered => {
+                        self.clear_pause();
+                        SendOutcome::Delivered { msgid }
+                    }
+                    SendAction::Retry { not_before } => SendOutcome::Retry { error, not_before },
+                    SendAction::RefreshToken => SendOutcome::Retry {
+                        error: SendError {
+                            kind: "token".into(),
+                            ..error
+                        },
+                        not_before: None,
+                    },
+                    SendAction::Permanent { alert } => {
+                        if alert {
+                            tracing::error!(errcode, "{}", error.message);
+                        }
+                        SendOutcome::Permanent { error }
+                    }
+                    SendAction::Pause { until } => self.pause(error, until),
+                    SendAction::Throttle { for_at_least } => {
+                        self.gates.lock().throttled_until = Some(Instant::now() + for_at_least);
+                        tracing::warn!(
+                            "WeChat per-minute quota reached (45011): slowing down for {for_at_least:?}"
+                        );
+                        SendOutcome::Retry {
+                            error,
+                            not_before: Some(for_at_least),
+                        }
+                    }
+                };
+                (outcome, breaker)
+            }
+            Attempt::Status { status, action } => {
+                let not_before = match action {
+                    SendAction::Retry { not_before } => not_before,
+                    _ => None,
+                };
+                let kind = if status >= 500 {
+                    "http_5xx"
+                } else {
+                    "http_status"
+                };
+                let error = SendError {
+                    kind: kind.into(),
+                    errcode: None,
+                    message: format!("WeChat answered HTTP {status}"),
+                };
+                let breaker = if status == 429 {
+                    Outcome::Success
+                } else {
+                    Outcome::Failure
+                };
+                (SendOutcome::Retry { error, not_before }, breaker)
+            }
+            Attempt::Failed(e) => {
+                if e.never_sent() {
+                    self.limiter.give_back_daily(now);
+                }
+                let error = SendError {
+                    kind: e.kind().into(),
+                    errcode: None,
+                    message: e.to_string(),
+                };
+                (
+                    SendOutcome::Retry {
+                        error,
+                        not_before: None,
+                    },
+                    Outcome::Failure,
+                )
+            }
+            Attempt::BadBody => (
+                SendOutcome::Retry {
+                    error: SendError {
+                        kind: "bad_response".into(),
+                        errcode: None,
+                        message: "WeChat answered 200 without a JSON errcode".into(),
+                    },
+                    not_before: None,
+                },
+                Outcome::Failure,
+            ),
+        }
+    }
+
+    /// Pauses the channel: until `until` (45009: midnight Beijing time), or until a probe
+    /// after `retry.throttledBackoff` for configuration faults.
+    fn pause(&self, error: SendError, until: Option<SystemTime>) -> SendOutcome {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let wall_until = match until {
+            Some(midnight) => {
+                self.limiter.exhaust_daily(wall);
+                midnight
+            }
+            None => wall + self.retry.throttled_backoff.get(),
+        };
+        let wait = wall_until.duration_since(wall).unwrap_or_default();
+        tracing::error!(
+            errcode = error.errcode,
+            "{}; channel paused for {wait:?}",
+            error.message
+        );
+        self.gates.lock().pause = Some(SendPause {
+            error: error.clone(),
+            until: now + wait,
+            wall_until,
+        });
+        SendOutcome::Paused {
+            error,
+            until: Some(wall_until),
+        }
+    }
+
+    fn clear_pause(&self) {
+        if self.gates.lock().pause.take().is_some() {
+            tracing::info!("a send went through again; channel resumed");
+        }
+    }
+
+    /// The channel-wide stops, without waiting. A pause whose time is up lets exactly one
+    /// probe through (the others stay paused for another interval until it succeeds).
+    fn check_gates(&self) -> Option<SendOutcome> {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let mut gates = self.gates.lock();
+        if let Some(pause) = gates.pause.as_mut() {
+            if now < pause.until {
+                return Some(SendOutcome::Paused {
+                    error: pause.error.clone(),
+                    until: Some(pause.wall_until),
+                });
+            }
+            let probe = self.retry.throttled_backoff.get();
+            pause.until = now + probe;
+            pause.wall_until = wall + probe;
+        }
+        if let Some(until) = gates.throttled_until {
+            if now < until {
+                let left = until - now;
+                return Some(SendOutcome::Retry {
+                    error: SendError {
+                        kind: "throttled".into(),
+                        errcode: Some(45011),
+                        message: format!("per-minute quota (45011): waiting {left:?} more"),
+                    },
+                    not_before: Some(left),
+                });
+            }
+            gates.throttled_until = None;
+        }
+        drop(gates);
+        self.limiter
+            .daily_exhausted_until(wall)
+            .map(|until| SendOutcome::Paused {
+                error: SendError {
+                    kind: "quota".into(),
+                    errcode: None,
+                    message: "today's send quota is spent".into(),
+                },
+                until: Some(until),
+            })
+    }
+
+    fn update_paused_gauge(&self) {
+        let paused = !self.health().can_send();
+        self.metrics.channel_paused.set(i64::from(paused));
+    }
+
+    /// The channel's health, for `/readyz` and status: token, send pauses, breaker.
+    pub fn health(&self) -> ChannelHealth {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        let token = match self.tokens.state() {
+            TokenState::Ok => Health::Ok,
+            TokenState::Paused { error, until } => Health::paused(error, until),
+        };
+        let sending = {
+            let gates = self.gates.lock();
+            match &gates.pause {
+                Some(p) if now < p.until => Health::paused(p.error.clone(), Some(p.wall_until)),
+                _ => match self.limiter.daily_exhausted_until(wall) {
+                    Some(until) => Health::paused(
+                        SendError {
+                            kind: "quota".into(),
+                            errcode: None,
+                            message: "today's send quota is spent".into(),
+                        },
+                        Some(until),
+                    ),
+                    None => Health::Ok,
+                },
+            }
+        };
+        let circuit = match self.breaker.state() {
+            CircuitState::Closed => Circuit::Closed,
+            CircuitState::HalfOpen => Circuit::HalfOpen,
+            CircuitState::Open => Circuit::Open,
+        };
+        ChannelHealth {
+            token,
+            sending,
+            circuit,
+        }
+    }
+
+    /// The shared HTTP client (for callers that need the same pool, e.g. diagnostics).
+    pub fn http(&self) -> &Arc<HttpClient> {
+        &self.http
+    }
+}

@@ -1,0 +1,1 @@
+//! The token manager against the in-process sandbox.
