@@ -148,9 +148,20 @@ def now_rfc3339() -> str:
     return datetime.datetime.now(tz=datetime.UTC).strftime('%Y-%m-%dT%H:%M:%SZ')
 
 
-def present(obj: dict[str, Any], api_version: str) -> dict[str, Any]:
-    """The object as served at `api_version` (no conversion: only `apiVersion` changes)."""
+def present(obj: dict[str, Any], api_version: str, meta_only: bool = False) -> dict[str, Any]:
+    """The object as served at `api_version` (no conversion: only `apiVersion` changes), or as
+    a `PartialObjectMetadata` when the client asked for metadata only."""
+    if meta_only:
+        return {'kind': 'PartialObjectMetadata', 'apiVersion': 'meta.k8s.io/v1', 'metadata': obj['metadata']}
     return obj if obj.get('apiVersion') == api_version else {**obj, 'apiVersion': api_version}
+
+
+def wants_metadata_only(request: kmock.Request) -> bool:
+    """Whether the Accept header asks for `PartialObjectMetadata[List]` (kube-rs's
+    `metadata_watcher`, `kubectl get -o name` and the like)."""
+    accept = next((v for k, v in request.headers.items() if k.lower() == 'accept'), '')
+    first = accept.split(',')[0]
+    return 'as=PartialObjectMetadata' in first
 
 
 def apply_defaults(value: Any, schema: dict[str, Any]) -> None:
@@ -238,9 +249,14 @@ class ApiServer(kmock.KubernetesEmulator):
         if method == 'GET' and params.get('watch') in ('true', '1'):
             return await self._watch(request, route, info, params)
         if method == 'GET' and route.name is None:
-            return self._json(self._list(route, info, params))
+            listed = self._list(route, info, params)
+            if wants_metadata_only(request):
+                listed = {'kind': 'PartialObjectMetadataList', 'apiVersion': 'meta.k8s.io/v1',
+                          'metadata': listed['metadata'],
+                          'items': [present(o, '', True) for o in listed['items']]}
+            return self._json(listed)
         if method == 'GET':
-            return self._json(present(self._get(route), route.group_version))
+            return self._json(present(self._get(route), route.group_version, wants_metadata_only(request)))
         if method == 'DELETE' and route.name is None:
             return self._json(self._delete_collection(route, info, params))
         body = request.data
@@ -742,6 +758,7 @@ class ApiServer(kmock.KubernetesEmulator):
         bookmarks = params.get('allowWatchBookmarks') in ('true', '1')
         send_initial = params.get('sendInitialEvents') in ('true', '1')
         rv = params.get('resourceVersion') or ''
+        meta_only = wants_metadata_only(request)
         gone: str | None = None
         initial: list[tuple[str, dict[str, Any]]] = []
         # Everything up to the registration below is synchronous: no event can fall in between.
@@ -774,7 +791,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 err = ApiError(410, 'Expired', gone).status()
                 await response.write(self._line('ERROR', err))
                 return response
-            chunk = b''.join(self._line(t, present(o, route.group_version)) for t, o in initial)
+            chunk = b''.join(self._line(t, present(o, route.group_version, meta_only)) for t, o in initial)
             if send_initial:
                 chunk += self._bookmark(route, info, initial_end=True)
             if chunk:
@@ -795,7 +812,7 @@ class ApiServer(kmock.KubernetesEmulator):
                 for ev in events:
                     kind = watch.translate(ev)
                     if kind:
-                        lines.append(self._line(kind, present(ev.obj, route.group_version)))
+                        lines.append(self._line(kind, present(ev.obj, route.group_version, meta_only)))
                 if lines:
                     await response.write(b''.join(lines))
         except (ConnectionResetError, ConnectionError, asyncio.CancelledError):

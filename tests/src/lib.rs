@@ -120,3 +120,4 @@ impl Drop for ChildGuard {
 }
 
 pub mod crd_schema;
+pub mod kube;
