@@ -14,6 +14,7 @@ write is atomic without locks.
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import dataclasses
 import datetime
@@ -179,6 +180,15 @@ def apply_defaults(value: Any, schema: dict[str, Any]) -> None:
     elif isinstance(value, list) and isinstance(schema.get('items'), dict):
         for child in value:
             apply_defaults(child, schema['items'])
+
+
+def fold_string_data(gr: GroupResource, obj: dict[str, Any]) -> None:
+    """A Secret's `stringData` is written into `data` (base64) and dropped, as the API server does."""
+    if gr == ('', 'secrets') and isinstance(obj.get('stringData'), dict):
+        data = obj.setdefault('data', {}) or {}
+        for key, value in obj.pop('stringData').items():
+            data[key] = base64.b64encode(str(value).encode()).decode()
+        obj['data'] = data
 
 
 def _version_priority(version: str) -> tuple[int, int, int]:
@@ -443,6 +453,7 @@ class ApiServer(kmock.KubernetesEmulator):
         obj['apiVersion'] = route.group_version
         obj['kind'] = info.kind
         self._schema_defaults(route, obj)
+        fold_string_data(gr, obj)
         paths = fields.leaf_paths(body, include_status=not has_status)
         managers: Managers = {(manager, operation, ''): ManagedEntry(paths, route.group_version, now_rfc3339())}
         if params.get('dryRun'):
@@ -593,6 +604,7 @@ class ApiServer(kmock.KubernetesEmulator):
         new['apiVersion'] = route.group_version
         new['kind'] = info.kind
         self._schema_defaults(route, new)
+        fold_string_data((route.group, route.plural), new)
 
         def body_of(o: dict[str, Any]) -> dict[str, Any]:
             skip = {'metadata', 'apiVersion', 'kind'} | ({'status'} if has_status else set())

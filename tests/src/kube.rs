@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::{wait_for, workspace_root};
+use crate::{binary, wait_for, workspace_root};
 
 /// How long the emulator may take to start (Python import plus binding a port).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -143,6 +143,91 @@ impl KubeEmulator {
     /// The emulator's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+}
+
+/// A running `wxpush-operator` (the real binary) pointed at an emulator; killed when dropped.
+#[derive(Debug)]
+pub struct OperatorProcess {
+    child: Child,
+    /// Where it serves `/metrics`, `/healthz` and `/readyz`.
+    pub addr: std::net::SocketAddr,
+}
+
+impl OperatorProcess {
+    /// Starts `wxpush-operator --listen 127.0.0.1:0 ARGS` with `KUBECONFIG` pointing at `api`
+    /// and the extra environment `env`, and waits for its "listening" line.
+    ///
+    /// Panics when it exits before that (use [`OperatorProcess::run_to_exit`] to test refusals).
+    pub async fn start(api: &KubeEmulator, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut cmd = Self::command(api, args, env);
+        cmd.stdout(Stdio::piped()).kill_on_drop(true);
+        let mut child = cmd.spawn().expect("wxpush-operator starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(START_TIMEOUT, lines.next_line())
+            .await
+            .expect("the operator reports its address within 30s")
+            .expect("the operator's stdout is readable")
+            .expect("the operator printed its address before exiting");
+        let addr = line
+            .strip_prefix("wxpush-operator listening on http://")
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line from the operator: {line}"));
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self { child, addr }
+    }
+
+    /// Runs the operator until it exits (at most `timeout`); returns its exit code and stderr.
+    pub async fn run_to_exit(
+        api: &KubeEmulator,
+        args: &[&str],
+        timeout: Duration,
+    ) -> (Option<i32>, String) {
+        let mut cmd = Self::command(api, args, &[]);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+        let child = cmd.spawn().expect("wxpush-operator starts");
+        let out = tokio::time::timeout(timeout, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("the operator did not exit within {timeout:?}"))
+            .expect("the operator's output is readable");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn command(api: &KubeEmulator, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new(binary("wxpush-operator"));
+        cmd.arg("--listen")
+            .arg("127.0.0.1:0")
+            .args(args)
+            .env("KUBECONFIG", api.kubeconfig())
+            .env("HOME", api.dir.path())
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// The operator's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for a graceful exit; returns the exit code.
+    pub async fn terminate(mut self, timeout: Duration) -> Option<i32> {
+        let pid = self.child.id()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await;
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) => status.code(),
+            _ => None,
+        }
     }
 }
 
