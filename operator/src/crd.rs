@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use wxpush_pusher::config::Shutdown;
 use wxpush_pusher::policy::{
     Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
     SecretKeyRef, Timeouts, TokenPolicy,
@@ -103,6 +104,10 @@ pub struct PushChannelSpec {
     /// Settings of the pusher's pods.
     #[serde(default)]
     pub pod: PodSettings,
+    /// Graceful shutdown of the pusher (its `shutdown` config section). The operator sets the
+    /// pods' `terminationGracePeriodSeconds` to `drainTimeout` plus a margin.
+    #[serde(default)]
+    pub shutdown: Shutdown,
 }
 
 fn default_api_base_url() -> String {
@@ -204,7 +209,30 @@ pub struct Autoscaling {
     /// Scale-up and scale-down behaviour, passed to the HPA as is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+    /// Settings used when `provider` is `keda`.
+    pub keda: KedaSettings,
 }
+
+/// The KEDA `ScaledObject`'s triggers read the pusher's metrics from Prometheus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct KedaSettings {
+    /// URL of the Prometheus server that scrapes the pushers. Default
+    /// `http://prometheus-operated.monitoring.svc:9090`.
+    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+    pub prometheus_server_address: String,
+}
+
+impl Default for KedaSettings {
+    fn default() -> Self {
+        Self {
+            prometheus_server_address: DEFAULT_PROMETHEUS_ADDRESS.into(),
+        }
+    }
+}
+
+/// Default Prometheus server the KEDA triggers query.
+pub const DEFAULT_PROMETHEUS_ADDRESS: &str = "http://prometheus-operated.monitoring.svc:9090";
 
 impl Default for Autoscaling {
     fn default() -> Self {
@@ -217,6 +245,7 @@ impl Default for Autoscaling {
             target_backlog_per_pod: 1000,
             target_cpu_utilization: 80,
             behavior: None,
+            keda: KedaSettings::default(),
         }
     }
 }
@@ -225,9 +254,11 @@ impl Default for Autoscaling {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodSettings {
-    /// The pusher image. Default `ghcr.io/wxpush/wxpush-pusher:0.1.0`.
+    /// The pusher image. Default: the operator's `--pusher-image`
+    /// (`ghcr.io/wxpush/wxpush-pusher:0.1.0` unless the operator was started with another).
+    #[serde(skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
-    pub image: String,
+    pub image: Option<String>,
     /// `Always`, `IfNotPresent` or `Never`. Default `IfNotPresent`.
     #[schemars(regex(pattern = r"^(Always|IfNotPresent|Never)$"))]
     pub image_pull_policy: String,
@@ -248,7 +279,7 @@ pub struct PodSettings {
 impl Default for PodSettings {
     fn default() -> Self {
         Self {
-            image: DEFAULT_IMAGE.into(),
+            image: None,
             image_pull_policy: "IfNotPresent".into(),
             resources: None,
             node_selector: BTreeMap::new(),
@@ -277,6 +308,10 @@ pub struct PushChannelStatus {
     /// Replicas ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready_replicas: Option<i32>,
+    /// Hash of the pusher's config and of the referenced Secrets' versions that the running
+    /// pods were rolled out with (the pod template's `wxpush.io/config-hash`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 /// The CRD as Kubernetes takes it: kube's generated definition with what the API server would

@@ -1,5 +1,14 @@
 //! wxpush's Kubernetes operator: turns a `PushChannel` into a running, autoscaled pusher.
 //!
 //! - [`crd`]: the `PushChannel` resource and the generated CRD.
+//! - [`reconcile`]: the pipeline dereference → validate → build → apply → status.
+//! - [`controller`]: the watches that drive it.
+//! - [`leader`]: leader election through a `coordination.k8s.io/v1` Lease.
+//! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
+pub mod controller;
 pub mod crd;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod server;

@@ -1,1 +1,236 @@
-fn main() {}
+//! `wxpush-operator`: runs the PushChannel controller.
+//!
+//! It reads its kubeconfig like kubectl (`KUBECONFIG`, else `~/.kube/config`, else the
+//! in-cluster service account), serves `/metrics`, `/healthz` and `/readyz` on `--listen`
+//! (and prints `wxpush-operator listening on http://ADDR` once bound), and with leader election
+//! on reconciles only while it holds the Lease.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio::sync::watch;
+use tracing::{error, info};
+use wxpush_operator::leader::{Ended, LeaderElection};
+use wxpush_operator::metrics::Metrics;
+use wxpush_operator::reconcile::{Context, Settings};
+use wxpush_operator::server::{Health, router};
+use wxpush_operator::{controller, crd};
+use wxpush_pusher::policy::HumanDuration;
+
+/// The wxpush operator: turns PushChannels into running, autoscaled pushers.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WXPUSH_OPERATOR_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of /metrics, /healthz and /readyz (`127.0.0.1:0` picks a free port).
+    #[arg(long, env = "WXPUSH_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Elect a leader through a Lease, so that only one replica reconciles.
+    #[arg(long, env = "WXPUSH_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "WXPUSH_OPERATOR_LEASE_NAME",
+        default_value = "wxpush-operator"
+    )]
+    lease_name: String,
+    /// Namespace of the Lease (default: `POD_NAMESPACE`, else `--namespace`, else `default`).
+    #[arg(long, env = "WXPUSH_OPERATOR_LEASE_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// How long a Lease stays valid without renewal.
+    #[arg(long, env = "WXPUSH_OPERATOR_LEASE_DURATION", default_value = "15s")]
+    lease_duration: HumanDuration,
+    /// This replica's identity in the Lease and in Events (default: `POD_NAME`, else the host name).
+    #[arg(long, env = "WXPUSH_OPERATOR_IDENTITY")]
+    identity: Option<String>,
+    /// Re-check every reconciled PushChannel this often.
+    #[arg(long, env = "WXPUSH_OPERATOR_REQUEUE", default_value = "5m")]
+    requeue: HumanDuration,
+    /// Re-check a PushChannel waiting for its Secrets this often.
+    #[arg(long, env = "WXPUSH_OPERATOR_REQUEUE_WAITING", default_value = "1m")]
+    requeue_waiting: HumanDuration,
+    /// First retry delay after a failed reconcile (doubles per failure of the same object).
+    #[arg(long, env = "WXPUSH_OPERATOR_BACKOFF_BASE", default_value = "1s")]
+    backoff_base: HumanDuration,
+    /// Longest retry delay after failures.
+    #[arg(long, env = "WXPUSH_OPERATOR_BACKOFF_MAX", default_value = "5m")]
+    backoff_max: HumanDuration,
+    /// Image of the pusher for PushChannels that name none.
+    #[arg(long, env = "WXPUSH_OPERATOR_PUSHER_IMAGE", default_value = crd::DEFAULT_IMAGE)]
+    pusher_image: String,
+    /// PushChannels reconciled at once.
+    #[arg(long, env = "WXPUSH_OPERATOR_CONCURRENCY", default_value_t = 8)]
+    concurrency: u16,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "WXPUSH_OPERATOR_LOG_JSON")]
+    log_json: bool,
+}
+
+fn identity(args: &Args) -> String {
+    args.identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("wxpush-operator-{}", std::process::id()))
+}
+
+async fn shutdown_signal(tx: watch::Sender<bool>) {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    info!("shutdown requested");
+    let _ = tx.send(true);
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    match run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("wxpush-operator: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
+    controller::check_crd(&client, args.namespace.as_deref()).await?;
+    let keda = controller::keda_available(&client).await;
+    info!(
+        keda,
+        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        "starting"
+    );
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Health {
+        metrics: metrics.clone(),
+        ..Health::default()
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let bound = listener.local_addr()?;
+    println!("wxpush-operator listening on http://{bound}");
+    info!(%bound, "serving /metrics, /healthz, /readyz");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(shutdown_signal(stop_tx.clone()));
+    let server = {
+        let mut stop = stop_rx.clone();
+        let app = router(health.clone());
+        tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                error!(error = %e, "metrics server failed");
+            }
+        })
+    };
+    health.ready.store(true, Ordering::Relaxed);
+
+    let me = identity(&args);
+    let settings = Settings {
+        default_image: args.pusher_image.clone(),
+        requeue_after: args.requeue.get(),
+        requeue_waiting: args.requeue_waiting.get(),
+        backoff_base: args.backoff_base.get(),
+        backoff_max: args.backoff_max.get(),
+        keda_available: keda,
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        settings,
+        metrics.clone(),
+        Some(me.clone()),
+    ));
+
+    let mut code = std::process::ExitCode::SUCCESS;
+    if args.leader_election {
+        let lease_ns = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| args.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let elector = LeaderElection::new(
+            client.clone(),
+            &lease_ns,
+            &args.lease_name,
+            &me,
+            args.lease_duration.get(),
+        );
+        let mut stop = stop_rx.clone();
+        if elector.acquire(&mut stop).await {
+            health.leader.store(true, Ordering::Relaxed);
+            metrics.set_leader(true);
+            // The controller stops on shutdown or when leadership is lost.
+            let (lost_tx, mut lost_rx) = watch::channel(false);
+            let keeper = {
+                let elector = elector.clone();
+                let mut stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    let ended = elector.keep(&mut stop).await;
+                    let _ = lost_tx.send(true);
+                    ended
+                })
+            };
+            controller::run(ctx, args.namespace.clone(), args.concurrency, async move {
+                let _ = lost_rx.wait_for(|s| *s).await;
+            })
+            .await;
+            let ended = keeper.await.unwrap_or(Ended::Lost);
+            health.leader.store(false, Ordering::Relaxed);
+            metrics.set_leader(false);
+            if ended == Ended::Lost {
+                error!("lost the leader Lease: exiting so that a restart campaigns again");
+                code = std::process::ExitCode::FAILURE;
+            } else {
+                elector.release().await;
+            }
+        }
+    } else {
+        health.leader.store(true, Ordering::Relaxed);
+        metrics.set_leader(true);
+        let mut stop = stop_rx.clone();
+        controller::run(ctx, args.namespace.clone(), args.concurrency, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })
+        .await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
+    info!("stopped");
+    Ok(code)
+}

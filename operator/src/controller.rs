@@ -1,0 +1,150 @@
+//! The watches that drive reconciles: PushChannels, the children they own (metadata only,
+//! selected by the operator's label) and the Secrets they reference (metadata only: Secret
+//! values never enter the operator's memory through a watch).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{DynamicObject, ListParams, PartialObjectMeta};
+use kube::core::NamespaceResourceScope;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{debug, warn};
+
+use crate::crd::PushChannel;
+use crate::reconcile::build::{MANAGED_BY, keda_api_resource};
+use crate::reconcile::dereference::referenced_keys;
+use crate::reconcile::{Context, error_policy, reconcile};
+
+/// Why the operator cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// The PushChannel CRD is not installed.
+    #[error(
+        "the PushChannel CRD (pushchannels.wxpush.io) is not installed in this cluster: \
+         install it with `kubectl apply -f crds/pushchannel.yaml` (or the Helm chart) and restart"
+    )]
+    CrdMissing,
+    /// Listing PushChannels failed for another reason (RBAC, connectivity).
+    #[error("cannot list PushChannels: {0}")]
+    List(#[source] kube::Error),
+}
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Fails fast, with a message that says what to do, when the CRD is missing.
+pub async fn check_crd(client: &Client, namespace: Option<&str>) -> Result<(), StartupError> {
+    match api::<PushChannel>(client, namespace)
+        .list(&ListParams::default().limit(1))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(StartupError::CrdMissing),
+        Err(e) => Err(StartupError::List(e)),
+    }
+}
+
+/// Whether KEDA's `ScaledObject` is served (then the operator watches and prunes them).
+pub async fn keda_available(client: &Client) -> bool {
+    client
+        .list_api_group_resources("keda.sh/v1alpha1")
+        .await
+        .is_ok_and(|l| l.resources.iter().any(|r| r.name == "scaledobjects"))
+}
+
+/// The PushChannels (from the controller's cache) that reference Secret `namespace/name`.
+pub fn channels_referencing(
+    store: &Store<PushChannel>,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<PushChannel>> {
+    store
+        .state()
+        .into_iter()
+        .filter(|pc| pc.namespace().as_deref() == Some(namespace))
+        .filter(|pc| referenced_keys(&pc.spec).contains_key(name))
+        .map(|pc| ObjectRef::from_obj(pc.as_ref()))
+        .collect()
+}
+
+/// Runs the controller until `shutdown` completes (then lets running reconciles finish).
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
+    let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
+    let controller = Controller::new(api::<PushChannel>(&client, ns), watcher::Config::default());
+    let store = controller.store();
+    macro_rules! owned_meta {
+        ($k:ty) => {
+            watcher(api::<PartialObjectMeta<$k>>(&client, ns), owned.clone())
+                .default_backoff()
+                .touched_objects()
+        };
+    }
+    let mut controller = controller
+        .owns_stream(owned_meta!(ConfigMap))
+        .owns_stream(owned_meta!(PersistentVolumeClaim))
+        .owns_stream(owned_meta!(Deployment))
+        .owns_stream(owned_meta!(Service))
+        .owns_stream(owned_meta!(PodDisruptionBudget))
+        .owns_stream(owned_meta!(HorizontalPodAutoscaler))
+        .watches_stream(
+            watcher(
+                api::<PartialObjectMeta<Secret>>(&client, ns),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .touched_objects(),
+            move |secret: PartialObjectMeta<Secret>| {
+                let ns = secret.namespace().unwrap_or_default();
+                channels_referencing(&store, &ns, &secret.name_any())
+            },
+        );
+    if ctx.settings.keda_available {
+        let ar = keda_api_resource();
+        let so_api: Api<PartialObjectMeta<DynamicObject>> = match ns {
+            Some(n) => Api::namespaced_with(client.clone(), n, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_stream_with(
+            watcher(so_api, owned.clone())
+                .default_backoff()
+                .touched_objects(),
+            ar,
+        );
+    }
+    controller
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => debug!(namespace = obj.namespace.as_deref().unwrap_or_default(), name = %obj.name, "reconciled"),
+                Err(e) => warn!(error = %e, "controller"),
+            }
+        })
+        .await;
+}

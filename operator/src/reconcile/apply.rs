@@ -1,0 +1,210 @@
+//! *Apply*: the only step that writes children. Server-side apply, one field manager, `force`
+//! (the operator is the source of truth for every field it sets).
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::Error;
+use super::build::{Autoscaler, Desired, child_name, keda_api_resource};
+
+/// The field manager of everything the operator writes.
+pub const FIELD_MANAGER: &str = "wxpush-operator";
+/// The manager that holds `spec.replicas` for a moment while the HPA takes it over.
+pub const HANDOVER_MANAGER: &str = "wxpush-operator-handover";
+
+/// What the applied objects report back (their status, as the API server returned it).
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    /// The Deployment after apply.
+    pub deployment: Deployment,
+    /// The HPA after apply, when one is wanted.
+    pub hpa: Option<HorizontalPodAutoscaler>,
+    /// The ScaledObject after apply, when one is wanted.
+    pub scaled_object: Option<DynamicObject>,
+}
+
+fn params() -> PatchParams {
+    PatchParams::apply(FIELD_MANAGER).force()
+}
+
+async fn apply<K>(api: &Api<K>, kind: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource + Serialize + DeserializeOwned + Clone + Debug,
+{
+    let name = obj.name_any();
+    api.patch(&name, &params(), &Patch::Apply(obj))
+        .await
+        .map_err(|source| Error::Apply {
+            kind: kind.to_string(),
+            name,
+            source,
+        })
+}
+
+async fn delete_if_present<K>(api: &Api<K>, kind: &str, name: &str) -> Result<(), Error>
+where
+    K: Resource + DeserializeOwned + Clone + Debug,
+{
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(source) => Err(Error::Delete {
+            kind: kind.to_string(),
+            name: name.to_string(),
+            source,
+        }),
+    }
+}
+
+/// Whether `manager` set `spec.replicas` of the live Deployment by apply.
+pub fn applies_replicas(live: &Deployment, manager: &str) -> bool {
+    live.metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.manager.as_deref() == Some(manager) && m.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|m| m.fields_v1.as_ref())
+        .any(|f| {
+            f.0.get("f:spec")
+                .and_then(|s| s.get("f:replicas"))
+                .is_some()
+        })
+}
+
+/// The documented hand-over of `spec.replicas` to an autoscaler: if the operator's manager
+/// still owns it, a second manager first applies the live value, so that the apply without
+/// `replicas` that follows releases the operator's claim without resetting the field to 1.
+/// The HPA's next scale update then takes it from the hand-over manager.
+async fn hand_over_replicas(api: &Api<Deployment>, name: &str) -> Result<(), Error> {
+    let live = api.get_opt(name).await.map_err(|source| Error::Apply {
+        kind: "Deployment".into(),
+        name: name.into(),
+        source,
+    })?;
+    let Some(live) = live else { return Ok(()) };
+    if !applies_replicas(&live, FIELD_MANAGER) {
+        return Ok(());
+    }
+    let replicas = live.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    tracing::info!(
+        deployment = name,
+        replicas,
+        "handing spec.replicas over to the autoscaler"
+    );
+    let patch = json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas},
+    });
+    api.patch(
+        name,
+        &PatchParams::apply(HANDOVER_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: "Deployment".into(),
+        name: name.into(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Which stale autoscalers to look for and delete.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Prune {
+    /// KEDA's CRD is served, so a ScaledObject may exist.
+    pub keda_available: bool,
+    /// The last status already said autoscaling was off (so nothing is left to delete).
+    pub autoscalers_gone: bool,
+}
+
+/// Applies every desired object in dependency order (config and volume before the Deployment
+/// that mounts them) and removes an autoscaler that is no longer wanted.
+pub async fn apply_all(
+    client: &Client,
+    namespace: &str,
+    channel: &str,
+    desired: &Desired,
+    prune: Prune,
+) -> Result<Applied, Error> {
+    let keda_available = prune.keda_available;
+    let ns = |c: &Client| c.clone();
+    apply(
+        &Api::<ConfigMap>::namespaced(ns(client), namespace),
+        "ConfigMap",
+        &desired.config_map,
+    )
+    .await?;
+    if let Some(pvc) = &desired.volume_claim {
+        apply(
+            &Api::<PersistentVolumeClaim>::namespaced(ns(client), namespace),
+            "PersistentVolumeClaim",
+            pvc,
+        )
+        .await?;
+    }
+    let deployments = Api::<Deployment>::namespaced(ns(client), namespace);
+    let wants_replicas = desired
+        .deployment
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.replicas.is_some());
+    if !wants_replicas {
+        hand_over_replicas(&deployments, &child_name(channel)).await?;
+    }
+    let deployment = apply(&deployments, "Deployment", &desired.deployment).await?;
+    apply(
+        &Api::<Service>::namespaced(ns(client), namespace),
+        "Service",
+        &desired.service,
+    )
+    .await?;
+    apply(
+        &Api::<PodDisruptionBudget>::namespaced(ns(client), namespace),
+        "PodDisruptionBudget",
+        &desired.disruption_budget,
+    )
+    .await?;
+
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ns(client), namespace);
+    let keda: ApiResource = keda_api_resource();
+    let scaled_objects = Api::<DynamicObject>::namespaced_with(ns(client), namespace, &keda);
+    let name = child_name(channel);
+    let mut applied = Applied {
+        deployment,
+        ..Applied::default()
+    };
+    match &desired.autoscaler {
+        Some(Autoscaler::Hpa(hpa)) => {
+            applied.hpa = Some(apply(&hpas, "HorizontalPodAutoscaler", hpa).await?);
+            if keda_available {
+                delete_if_present(&scaled_objects, "ScaledObject", &name).await?;
+            }
+        }
+        Some(Autoscaler::Keda(so)) => {
+            applied.scaled_object = Some(apply(&scaled_objects, "ScaledObject", so).await?);
+            delete_if_present(&hpas, "HorizontalPodAutoscaler", &name).await?;
+        }
+        None if prune.autoscalers_gone => {}
+        None => {
+            delete_if_present(&hpas, "HorizontalPodAutoscaler", &name).await?;
+            if keda_available {
+                delete_if_present(&scaled_objects, "ScaledObject", &name).await?;
+            }
+        }
+    }
+    Ok(applied)
+}

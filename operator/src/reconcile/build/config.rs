@@ -1,0 +1,109 @@
+//! The pusher's config file, written with the pusher's own [`PusherConfig`] type so that what
+//! the operator writes always parses. Secret values are never in it: each is a file path where
+//! the Deployment mounts the referenced Secret key.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use wxpush_pusher::config::{ApiLimits, Auth, Credentials, Events, PusherConfig};
+use wxpush_pusher::policy::{Callbacks, LocalSecret, QueuePolicy, RedisQueue};
+
+use super::workload::{HTTP_PORT, METRICS_PORT, mounts};
+use super::{BuildError, BuildInput, child_name, meta};
+use crate::crd::PushChannelSpec;
+
+/// Key of the config file in the ConfigMap (and its name in the mounted folder).
+pub const CONFIG_FILE: &str = "pusher.yaml";
+
+fn file(dir: &str, name: &str) -> PathBuf {
+    PathBuf::from(format!("{dir}/{name}"))
+}
+
+fn file_secret(dir: &str, name: &str) -> LocalSecret {
+    LocalSecret::File {
+        file: file(dir, name),
+    }
+}
+
+/// The pusher config for a channel named `channel` (pure; validated by the caller).
+pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
+    let creds = &spec.credentials.secret_ref;
+    let queue = QueuePolicy {
+        embedded: spec.queue.embedded.clone(),
+        redis: spec.queue.redis.as_ref().map(|r| RedisQueue {
+            url: file_secret(mounts::REDIS, mounts::REDIS_URL),
+            key_prefix: r.key_prefix.clone(),
+            consumer_group: r.consumer_group.clone(),
+            claim_idle: r.claim_idle,
+            max_messages: r.max_messages,
+        }),
+    };
+    PusherConfig {
+        listen: SocketAddr::from((Ipv4Addr::UNSPECIFIED, HTTP_PORT)),
+        metrics_listen: Some(SocketAddr::from((Ipv4Addr::UNSPECIFIED, METRICS_PORT))),
+        channel: channel.into(),
+        provider: spec.provider,
+        api_base_url: spec.api_base_url.clone(),
+        credentials: Credentials {
+            app_id: None,
+            app_id_file: Some(file(mounts::CREDENTIALS, mounts::APP_ID)),
+            app_secret: None,
+            app_secret_file: Some(file(mounts::CREDENTIALS, mounts::APP_SECRET)),
+        },
+        auth: Auth {
+            token: None,
+            token_file: Some(file(mounts::AUTH, mounts::AUTH_TOKEN)),
+        },
+        events: Events {
+            token: creds
+                .event_token_key
+                .as_ref()
+                .map(|_| file_secret(mounts::CREDENTIALS, mounts::EVENT_TOKEN)),
+            encoding_aes_key: creds
+                .encoding_aes_key_key
+                .as_ref()
+                .map(|_| file_secret(mounts::CREDENTIALS, mounts::ENCODING_AES_KEY)),
+        },
+        queue,
+        timeouts: spec.timeouts.clone(),
+        pool: spec.pool.clone(),
+        retry: spec.retry.clone(),
+        circuit_breaker: spec.circuit_breaker.clone(),
+        rate_limit: spec.rate_limit.clone(),
+        concurrency: spec.concurrency.clone(),
+        token: spec.token.clone(),
+        callbacks: Callbacks {
+            url: spec.callbacks.url.clone(),
+            signing_key: spec
+                .callbacks
+                .signing_key
+                .as_ref()
+                .map(|_| file_secret(mounts::CALLBACKS, mounts::SIGNING_KEY)),
+            timeouts: spec.callbacks.timeouts.clone(),
+            retry: spec.callbacks.retry.clone(),
+        },
+        api: ApiLimits::default(),
+        shutdown: spec.shutdown.clone(),
+    }
+}
+
+/// `NAME-pusher`: the config file under [`CONFIG_FILE`].
+pub fn config_map(
+    input: &BuildInput<'_>,
+    name: &str,
+    namespace: &str,
+) -> Result<ConfigMap, BuildError> {
+    let config = pusher_config(&input.channel.spec, name);
+    let body = serde_yaml_ng::to_string(&config).map_err(BuildError::Serialize)?;
+    let text = format!(
+        "# Written by wxpush-operator from PushChannel {namespace}/{name}; edits are overwritten.\n\
+         # Secret values are not here: each *File / {{file: ...}} is a mounted Secret key.\n{body}"
+    );
+    Ok(ConfigMap {
+        metadata: meta(input, child_name(name), namespace, name),
+        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), text)])),
+        ..ConfigMap::default()
+    })
+}

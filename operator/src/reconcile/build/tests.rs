@@ -1,0 +1,163 @@
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use wxpush_pusher::config::PusherConfig;
+
+use super::*;
+use crate::crd::PushChannelSpec;
+
+fn channel(spec_yaml: &str) -> PushChannel {
+    let spec: PushChannelSpec = serde_yaml_ng::from_str(spec_yaml).expect("spec parses");
+    let mut pc = PushChannel::new("order-notify", spec);
+    pc.metadata.namespace = Some("shop".into());
+    pc.metadata.uid = Some("0000-1111".into());
+    pc
+}
+
+fn owner() -> OwnerReference {
+    OwnerReference {
+        api_version: "wxpush.io/v1alpha1".into(),
+        kind: "PushChannel".into(),
+        name: "order-notify".into(),
+        uid: "0000-1111".into(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+fn build_with(pc: &PushChannel, versions: &BTreeMap<String, String>) -> Desired {
+    build(&BuildInput {
+        channel: pc,
+        owner: owner(),
+        secret_versions: versions,
+        default_image: "example/pusher:test",
+    })
+    .expect("builds")
+}
+
+const BASE: &str = "
+credentials: {secretRef: {name: wx}}
+auth: {secretRef: {name: auth, key: token}}
+";
+
+const REDIS: &str = "
+credentials: {secretRef: {name: wx}}
+auth: {secretRef: {name: auth, key: token}}
+queue: {redis: {url: {name: redis, key: url}}}
+autoscaling: {enabled: true, minReplicas: 2, maxReplicas: 5}
+";
+
+fn versions() -> BTreeMap<String, String> {
+    BTreeMap::from([("wx".into(), "1".into()), ("auth".into(), "2".into())])
+}
+
+#[test]
+fn config_map_holds_a_valid_pusher_config_with_file_references_only() {
+    let d = build_with(&channel(BASE), &versions());
+    let text = &d.config_map.data.as_ref().expect("data")[CONFIG_FILE];
+    let config = PusherConfig::from_yaml(text).expect("the pusher parses what the operator writes");
+    config.validate().expect("and finds it valid");
+    assert_eq!(config.channel, "order-notify");
+    assert_eq!(
+        config.credentials.app_secret_file.as_deref(),
+        Some(std::path::Path::new("/etc/wxpush/credentials/appSecret"))
+    );
+    assert!(config.credentials.app_secret.is_none() && config.auth.token.is_none());
+}
+
+#[test]
+fn embedded_queue_gets_one_replica_a_volume_and_recreate() {
+    let d = build_with(&channel(BASE), &versions());
+    let spec = d.deployment.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, Some(1));
+    assert_eq!(
+        spec.strategy.as_ref().and_then(|s| s.type_.as_deref()),
+        Some("Recreate")
+    );
+    let pvc = d.volume_claim.expect("a claim for the store");
+    assert_eq!(
+        pvc.metadata.name.as_deref(),
+        Some("order-notify-pusher-data")
+    );
+    assert!(d.autoscaler.is_none());
+}
+
+#[test]
+fn autoscaling_leaves_replicas_to_the_hpa() {
+    let d = build_with(&channel(REDIS), &versions());
+    let spec = d.deployment.spec.as_ref().expect("spec");
+    assert_eq!(spec.replicas, None);
+    let json = serde_json::to_value(&d.deployment).expect("json");
+    assert!(
+        json["spec"].get("replicas").is_none(),
+        "replicas must not be serialised"
+    );
+    assert!(d.volume_claim.is_none());
+    let Some(Autoscaler::Hpa(hpa)) = &d.autoscaler else {
+        panic!("an HPA")
+    };
+    let hs = hpa.spec.as_ref().expect("hpa spec");
+    assert_eq!((hs.min_replicas, hs.max_replicas), (Some(2), 5));
+    let names: Vec<String> = hs
+        .metrics
+        .iter()
+        .flatten()
+        .map(|m| m.type_.clone())
+        .collect();
+    assert_eq!(names, ["Pods", "External", "Resource"]);
+}
+
+#[test]
+fn secret_versions_and_config_change_the_hash() {
+    let pc = channel(BASE);
+    let a = build_with(&pc, &versions()).config_hash;
+    let mut rotated = versions();
+    rotated.insert("wx".into(), "9".into());
+    let b = build_with(&pc, &rotated).config_hash;
+    let c = build_with(
+        &channel(&format!("{BASE}concurrency: {{maxInFlight: 3}}\n")),
+        &versions(),
+    )
+    .config_hash;
+    assert_ne!(a, b);
+    assert_ne!(a, c);
+    assert_eq!(a, build_with(&pc, &versions()).config_hash, "stable");
+    let annotations = build_with(&pc, &rotated)
+        .deployment
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .expect("annotations");
+    assert_eq!(annotations[CONFIG_HASH_ANNOTATION], b);
+}
+
+#[test]
+fn grace_period_follows_the_drain_timeout() {
+    let d = build_with(
+        &channel(&format!("{BASE}shutdown: {{drainTimeout: 45s}}\n")),
+        &versions(),
+    );
+    let pod = d
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(
+        pod.termination_grace_period_seconds,
+        Some(45 + GRACE_MARGIN_SECS)
+    );
+}
+
+#[test]
+fn default_image_is_used_when_the_spec_names_none() {
+    let d = build_with(&channel(BASE), &versions());
+    let pod = d
+        .deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod");
+    assert_eq!(
+        pod.containers[0].image.as_deref(),
+        Some("example/pusher:test")
+    );
+}

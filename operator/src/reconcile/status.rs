@@ -1,0 +1,430 @@
+//! *Status*: the conditions a person reads (pure), the Events on their transitions (pure), and
+//! the one write of the status subresource (server-side apply).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType};
+use kube::{Api, Client};
+use serde_json::json;
+
+use super::Error;
+use super::apply::{Applied, FIELD_MANAGER};
+use super::validate::Problem;
+use crate::crd::{PushChannel, PushChannelStatus};
+
+/// Condition types.
+pub mod types {
+    /// The pusher's pods are up and serving at the endpoint.
+    pub const READY: &str = "Ready";
+    /// Every referenced Secret and key exists.
+    pub const CREDENTIALS_VALID: &str = "CredentialsValid";
+    /// The children match the spec.
+    pub const RECONCILED: &str = "Reconciled";
+    /// An autoscaler drives the replicas and can read its metrics.
+    pub const AUTOSCALING_ACTIVE: &str = "AutoscalingActive";
+}
+
+/// Reason of `AutoscalingActive=False` when autoscaling is off.
+pub const REASON_DISABLED: &str = "Disabled";
+
+/// How far this reconcile got.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The spec is invalid; nothing was applied.
+    Invalid(Vec<Problem>),
+    /// A referenced Secret or key is missing; nothing was applied.
+    WaitingForSecrets,
+    /// Everything was applied.
+    Applied(Box<Applied>),
+    /// Applying failed (transient or refused); the message is the API server's.
+    ApplyFailed(String),
+}
+
+/// Everything the status is computed from.
+#[derive(Debug, Clone)]
+pub struct Observation<'a> {
+    /// The resource as last seen (its status holds the previous conditions).
+    pub channel: &'a PushChannel,
+    /// `Ok` or the missing Secrets and keys, in words.
+    pub credentials: Result<(), Vec<String>>,
+    /// See [`Outcome`].
+    pub outcome: Outcome,
+    /// In-cluster URL of the pusher.
+    pub endpoint: String,
+    /// The config hash, when objects were built.
+    pub config_hash: Option<String>,
+}
+
+struct Cond {
+    type_: &'static str,
+    status: &'static str,
+    reason: String,
+    message: String,
+}
+
+fn cond(type_: &'static str, ok: Option<bool>, reason: &str, message: String) -> Cond {
+    Cond {
+        type_,
+        status: match ok {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        },
+        reason: reason.into(),
+        message,
+    }
+}
+
+fn truncate(mut s: String) -> String {
+    // The API server refuses condition messages over 32768 bytes.
+    if s.len() > 4000 {
+        let mut end = 4000;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        s.push('…');
+    }
+    s
+}
+
+fn deployment_counts(d: &Deployment) -> (i32, i32) {
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let ready = d
+        .status
+        .as_ref()
+        .and_then(|s| s.ready_replicas)
+        .unwrap_or(0);
+    (desired, ready)
+}
+
+fn autoscaling_condition(pc: &PushChannel, applied: &Applied, ns: &str) -> Cond {
+    let t = types::AUTOSCALING_ACTIVE;
+    let name = format!(
+        "{ns}/{}-pusher",
+        pc.metadata.name.as_deref().unwrap_or_default()
+    );
+    if let Some(hpa) = &applied.hpa {
+        let found = hpa
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "ScalingActive"));
+        return match found {
+            None => cond(
+                t,
+                None,
+                "Pending",
+                format!("HorizontalPodAutoscaler {name} has not evaluated its metrics yet"),
+            ),
+            Some(c) => {
+                let ok = c.status == "True";
+                let mut message = format!(
+                    "HorizontalPodAutoscaler {name}: {}",
+                    c.message.as_deref().unwrap_or("")
+                );
+                if !ok {
+                    message.push_str(
+                        " — check that the metrics adapter serves wxpush_inflight_requests \
+                         (pods) and wxpush_queue_messages (external); see docs/operator.md",
+                    );
+                }
+                cond(
+                    t,
+                    Some(ok),
+                    c.reason.as_deref().unwrap_or("ScalingActive"),
+                    message,
+                )
+            }
+        };
+    }
+    if let Some(so) = &applied.scaled_object {
+        let ready = so.data["status"]["conditions"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["type"] == "Ready"));
+        return match ready {
+            None => cond(
+                t,
+                None,
+                "Pending",
+                format!("KEDA has not reported on ScaledObject {name} yet; is KEDA running?"),
+            ),
+            Some(c) => {
+                let ok = c["status"] == "True";
+                cond(
+                    t,
+                    Some(ok),
+                    c["reason"].as_str().unwrap_or("ScaledObjectReady"),
+                    format!(
+                        "ScaledObject {name}: {}",
+                        c["message"].as_str().unwrap_or("")
+                    ),
+                )
+            }
+        };
+    }
+    let (desired, _) = deployment_counts(&applied.deployment);
+    cond(
+        t,
+        Some(false),
+        REASON_DISABLED,
+        format!(
+            "autoscaling.enabled is false: the Deployment runs spec.replicas ({desired}); set \
+             autoscaling.enabled (with queue.redis) to scale on load"
+        ),
+    )
+}
+
+/// The status this observation calls for. `lastTransitionTime` is kept from `previous` for
+/// conditions whose status did not change.
+pub fn desired_status(obs: &Observation<'_>, now: Timestamp) -> PushChannelStatus {
+    let pc = obs.channel;
+    let ns = pc.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pc.metadata.name.as_deref().unwrap_or_default();
+    let deployment = format!("{ns}/{name}-pusher");
+    let creds = match &obs.credentials {
+        Ok(()) => cond(
+            types::CREDENTIALS_VALID,
+            Some(true),
+            "SecretsFound",
+            "every referenced Secret and key exists".into(),
+        ),
+        Err(missing) => cond(
+            types::CREDENTIALS_VALID,
+            Some(false),
+            "SecretsMissing",
+            format!(
+                "{}; the operator applies nothing until they exist and retries on their creation",
+                missing.join("; ")
+            ),
+        ),
+    };
+    let mut replicas = None;
+    let mut ready_replicas = None;
+    let (reconciled, ready, autoscaling) = match &obs.outcome {
+        Outcome::Invalid(problems) => {
+            let list = problems
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ");
+            (
+                cond(
+                    types::RECONCILED,
+                    Some(false),
+                    "InvalidSpec",
+                    format!("{list}. Fix the spec: nothing is applied until it changes"),
+                ),
+                cond(
+                    types::READY,
+                    Some(false),
+                    "InvalidSpec",
+                    "the spec is invalid: see the Reconciled condition".into(),
+                ),
+                cond(
+                    types::AUTOSCALING_ACTIVE,
+                    None,
+                    "InvalidSpec",
+                    "the spec is invalid: see the Reconciled condition".into(),
+                ),
+            )
+        }
+        Outcome::WaitingForSecrets => (
+            cond(
+                types::RECONCILED,
+                Some(false),
+                "WaitingForSecrets",
+                "a referenced Secret or key is missing: see the CredentialsValid condition".into(),
+            ),
+            cond(
+                types::READY,
+                Some(false),
+                "SecretsMissing",
+                "see the CredentialsValid condition".into(),
+            ),
+            cond(
+                types::AUTOSCALING_ACTIVE,
+                None,
+                "SecretsMissing",
+                "see the CredentialsValid condition".into(),
+            ),
+        ),
+        Outcome::ApplyFailed(message) => (
+            cond(
+                types::RECONCILED,
+                Some(false),
+                "ApplyFailed",
+                format!("{message}; retrying with backoff"),
+            ),
+            cond(
+                types::READY,
+                None,
+                "ApplyFailed",
+                "see the Reconciled condition".into(),
+            ),
+            cond(
+                types::AUTOSCALING_ACTIVE,
+                None,
+                "ApplyFailed",
+                "see the Reconciled condition".into(),
+            ),
+        ),
+        Outcome::Applied(applied) => {
+            let (desired, ready) = deployment_counts(&applied.deployment);
+            replicas = Some(desired);
+            ready_replicas = Some(ready);
+            let ready_cond = if ready >= 1 {
+                cond(
+                    types::READY,
+                    Some(true),
+                    "PodsReady",
+                    format!(
+                        "{ready}/{desired} pusher pods ready; producers send to {}",
+                        obs.endpoint
+                    ),
+                )
+            } else if desired == 0 {
+                cond(
+                    types::READY,
+                    Some(false),
+                    "ScaledToZero",
+                    format!("Deployment {deployment} has 0 replicas"),
+                )
+            } else {
+                cond(
+                    types::READY,
+                    Some(false),
+                    "PodsNotReady",
+                    format!(
+                        "0/{desired} pusher pods ready: see `kubectl -n {ns} describe deployment \
+                         {name}-pusher` and its pods' events and logs"
+                    ),
+                )
+            };
+            (
+                cond(
+                    types::RECONCILED,
+                    Some(true),
+                    "Applied",
+                    "ConfigMap, Deployment, Service, PodDisruptionBudget and autoscaler match the spec".into(),
+                ),
+                ready_cond,
+                autoscaling_condition(pc, applied, ns),
+            )
+        }
+    };
+    let previous = pc
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let conditions = [ready, creds, reconciled, autoscaling]
+        .into_iter()
+        .map(|c| {
+            let kept = previous
+                .iter()
+                .find(|p| p.type_ == c.type_ && p.status == c.status)
+                .map(|p| p.last_transition_time.clone());
+            Condition {
+                type_: c.type_.into(),
+                status: c.status.into(),
+                reason: c.reason,
+                message: truncate(c.message),
+                observed_generation: pc.metadata.generation,
+                last_transition_time: kept.unwrap_or(Time(now)),
+            }
+        })
+        .collect();
+    let applied = matches!(obs.outcome, Outcome::Applied(_));
+    let previous_status = pc.status.clone().unwrap_or_default();
+    PushChannelStatus {
+        observed_generation: pc.metadata.generation,
+        conditions,
+        endpoint: Some(obs.endpoint.clone()),
+        replicas: replicas.or(previous_status.replicas.filter(|_| !applied)),
+        ready_replicas: ready_replicas.or(previous_status.ready_replicas.filter(|_| !applied)),
+        config_hash: if applied {
+            obs.config_hash.clone()
+        } else {
+            previous_status.config_hash
+        },
+    }
+}
+
+/// The Events that the change from `previous` to `next` deserves: a condition changing status
+/// (or `Reconciled` changing reason), a first `Reconciled`, a first failure, a new config.
+pub fn transitions(previous: Option<&PushChannelStatus>, next: &PushChannelStatus) -> Vec<Event> {
+    let mut events = Vec::new();
+    let before = |t: &str| previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == t));
+    for c in &next.conditions {
+        let emit = match before(&c.type_) {
+            Some(p) => {
+                p.status != c.status || (c.type_ == types::RECONCILED && p.reason != c.reason)
+            }
+            None => {
+                c.type_ == types::RECONCILED
+                    || (c.status == "False"
+                        && c.type_ != types::READY
+                        && c.reason != REASON_DISABLED)
+            }
+        };
+        if emit {
+            events.push(Event {
+                type_: if c.status == "False" && c.reason != REASON_DISABLED {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: c.reason.clone(),
+                note: Some(format!("{}={}: {}", c.type_, c.status, c.message)),
+                action: "Reconcile".into(),
+                secondary: None,
+            });
+        }
+    }
+    if let (Some(old), Some(new)) = (
+        previous.and_then(|p| p.config_hash.as_ref()),
+        &next.config_hash,
+    ) && old != new
+    {
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: "ConfigChanged".into(),
+            note: Some(format!(
+                "pusher config or a referenced Secret changed (hash {old} -> {new}): rolling the pods"
+            )),
+            action: "RollOut".into(),
+            secondary: None,
+        });
+    }
+    events
+}
+
+/// Writes the status subresource by server-side apply (skipped when nothing changed).
+pub async fn write(
+    client: &Client,
+    pc: &PushChannel,
+    status: &PushChannelStatus,
+) -> Result<bool, Error> {
+    if pc.status.as_ref() == Some(status) {
+        return Ok(false);
+    }
+    let ns = pc.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pc.metadata.name.as_deref().unwrap_or_default();
+    let api: Api<PushChannel> = Api::namespaced(client.clone(), ns);
+    let patch = json!({
+        "apiVersion": "wxpush.io/v1alpha1",
+        "kind": "PushChannel",
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(|source| Error::Status { source })?;
+    Ok(true)
+}

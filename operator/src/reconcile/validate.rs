@@ -1,0 +1,166 @@
+//! *Validate*: what the CRD's schema and CEL rules cannot check (or what a cluster that does not
+//! enforce them let through), as a pure function returning every problem at once.
+
+use wxpush_pusher::config::ConfigError;
+
+use super::build::pusher_config;
+use crate::crd::{AutoscalingProvider, PushChannel};
+
+/// Longest PushChannel name: children are `NAME-pusher-data` and Service names are DNS-1035
+/// labels of at most 63 characters.
+pub const MAX_NAME_LEN: usize = 63 - "-pusher-data".len();
+
+/// One thing wrong with a PushChannel, naming the field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The field, as a path (`spec.autoscaling.enabled`).
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem with the PushChannel; empty when it can be built.
+pub fn validate(pc: &PushChannel) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    let mut bad = |field: &str, message: String| {
+        problems.push(Problem {
+            field: field.into(),
+            message,
+        })
+    };
+    let name = pc.metadata.name.as_deref().unwrap_or_default();
+    let dns1035 = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if !dns1035 || name.len() > MAX_NAME_LEN {
+        bad(
+            "metadata.name",
+            format!(
+                "must start with a letter, hold only a-z, 0-9 and '-', and be at most \
+                 {MAX_NAME_LEN} characters (it names the pusher's Service); recreate the \
+                 PushChannel under such a name"
+            ),
+        );
+    }
+    let spec = &pc.spec;
+    let redis = spec.queue.redis.is_some();
+    let a = &spec.autoscaling;
+    if a.enabled && !redis {
+        bad(
+            "spec.autoscaling.enabled",
+            "autoscaling needs queue.redis: an embedded store belongs to one pod".into(),
+        );
+    }
+    if spec.replicas.is_some_and(|r| r > 1) && !redis {
+        bad(
+            "spec.replicas",
+            "more than one replica needs queue.redis: an embedded store belongs to one pod".into(),
+        );
+    }
+    if a.enabled && a.min_replicas > a.max_replicas {
+        bad(
+            "spec.autoscaling.minReplicas",
+            format!("{} exceeds maxReplicas {}", a.min_replicas, a.max_replicas),
+        );
+    }
+    if a.enabled && a.provider == AutoscalingProvider::Keda {
+        let addr = &a.keda.prometheus_server_address;
+        if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+            bad(
+                "spec.autoscaling.keda.prometheusServerAddress",
+                "must be an http(s) URL".into(),
+            );
+        }
+    }
+    if let Some(e) = &spec.queue.embedded
+        && !e.path.starts_with('/')
+    {
+        bad(
+            "spec.queue.embedded.path",
+            "must be an absolute path (the volume is mounted there)".into(),
+        );
+    }
+    // The pusher's own checks, on the very config the operator would write.
+    if dns1035 {
+        match pusher_config(spec, name).validate() {
+            Ok(()) => {}
+            Err(ConfigError::Invalid(list)) => {
+                for p in list {
+                    bad(&format!("spec.{}", p.field), p.message);
+                }
+            }
+            Err(other) => bad("spec", other.to_string()),
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::PushChannelSpec;
+
+    fn channel(name: &str, spec_yaml: &str) -> PushChannel {
+        let spec: PushChannelSpec = serde_yaml_ng::from_str(spec_yaml).expect("spec parses");
+        let mut pc = PushChannel::new(name, spec);
+        pc.metadata.namespace = Some("shop".into());
+        pc
+    }
+
+    const BASE: &str = "
+credentials: {secretRef: {name: wx}}
+auth: {secretRef: {name: auth, key: token}}
+";
+
+    #[test]
+    fn minimal_spec_is_valid() {
+        assert_eq!(validate(&channel("order-notify", BASE)), vec![]);
+    }
+
+    #[test]
+    fn problems_name_the_field_and_are_all_reported() {
+        let pc = channel(
+            "9.bad",
+            &format!(
+                "{BASE}replicas: 3\nautoscaling: {{enabled: true, minReplicas: 5, maxReplicas: 2}}\n"
+            ),
+        );
+        let fields: Vec<String> = validate(&pc).into_iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "metadata.name",
+                "spec.autoscaling.enabled",
+                "spec.replicas",
+                "spec.autoscaling.minReplicas"
+            ]
+        );
+    }
+
+    #[test]
+    fn pusher_config_checks_are_reported_under_spec() {
+        let pc = channel(
+            "a",
+            &format!("{BASE}retry: {{initialBackoff: 1m, maxBackoff: 1s}}\n"),
+        );
+        let problems = validate(&pc);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.retry.initialBackoff");
+    }
+
+    #[test]
+    fn long_names_are_refused() {
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        assert_eq!(validate(&channel(&long, BASE))[0].field, "metadata.name");
+        let ok = "a".repeat(MAX_NAME_LEN);
+        assert!(validate(&channel(&ok, BASE)).is_empty());
+    }
+}

@@ -1,0 +1,271 @@
+//! Builder tier: every object the operator builds for the example PushChannels, compared with
+//! golden files and validated against the Kubernetes 1.33 schemas in strict mode by the PyPI
+//! package `kubernetes-validate` (installed into `.venv` by `scripts/setup.sh`).
+//!
+//! `UPDATE_GOLDEN=1 cargo test -p wxpush-operator --test builders` rewrites the golden files.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use wxpush_operator::crd::{AutoscalingProvider, PushChannel};
+use wxpush_operator::reconcile::build::{Autoscaler, BuildInput, Desired, build};
+use wxpush_operator::reconcile::dereference::referenced_keys;
+use wxpush_operator::reconcile::validate::validate;
+
+/// The Kubernetes version the project targets (k8s-openapi's `v1_33` feature).
+const KUBERNETES_VERSION: &str = "1.33.0";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("operator/ has a parent")
+        .to_path_buf()
+}
+
+fn example(name: &str) -> PushChannel {
+    let path = workspace().join("examples").join(name);
+    let text = std::fs::read_to_string(&path).expect("example readable");
+    let mut pc: PushChannel = serde_yaml_ng::from_str(&text).expect("example parses");
+    // What the API server adds.
+    pc.metadata.uid = Some("5f1c0e5e-0000-4000-8000-000000000001".into());
+    pc.metadata.generation = Some(1);
+    pc
+}
+
+fn build_all(pc: &PushChannel) -> Desired {
+    assert_eq!(validate(pc), vec![], "the example is valid");
+    let versions: BTreeMap<String, String> = referenced_keys(&pc.spec)
+        .into_keys()
+        .enumerate()
+        .map(|(i, name)| (name, format!("{}", 1001 + i)))
+        .collect();
+    let owner = OwnerReference {
+        api_version: "wxpush.io/v1alpha1".into(),
+        kind: "PushChannel".into(),
+        name: pc.metadata.name.clone().expect("name"),
+        uid: pc.metadata.uid.clone().expect("uid"),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    build(&BuildInput {
+        channel: pc,
+        owner,
+        secret_versions: &versions,
+        default_image: wxpush_operator::crd::DEFAULT_IMAGE,
+    })
+    .expect("builds")
+}
+
+/// Every object as a JSON value, in apply order.
+fn objects(d: &Desired) -> Vec<serde_json::Value> {
+    let mut out = vec![serde_json::to_value(&d.config_map).expect("json")];
+    if let Some(pvc) = &d.volume_claim {
+        out.push(serde_json::to_value(pvc).expect("json"));
+    }
+    out.push(serde_json::to_value(&d.deployment).expect("json"));
+    out.push(serde_json::to_value(&d.service).expect("json"));
+    out.push(serde_json::to_value(&d.disruption_budget).expect("json"));
+    match &d.autoscaler {
+        Some(Autoscaler::Hpa(h)) => out.push(serde_json::to_value(h).expect("json")),
+        Some(Autoscaler::Keda(k)) => out.push(serde_json::to_value(k).expect("json")),
+        None => {}
+    }
+    out
+}
+
+fn check_golden(name: &str, objs: &[serde_json::Value]) {
+    let text: String = objs
+        .iter()
+        .map(|o| format!("---\n{}", serde_yaml_ng::to_string(o).expect("yaml")))
+        .collect();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.yaml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &text).expect("write golden");
+        return;
+    }
+    let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+            path.display()
+        )
+    });
+    if golden != text {
+        let first = golden
+            .lines()
+            .zip(text.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(golden.lines().count().min(text.lines().count()));
+        panic!(
+            "{} drifted from what the builders produce (first difference at line {}: golden {:?}, built {:?}); \
+             review and run `UPDATE_GOLDEN=1 cargo test -p wxpush-operator --test builders`",
+            path.display(),
+            first + 1,
+            golden.lines().nth(first),
+            text.lines().nth(first)
+        );
+    }
+}
+
+fn kubernetes_validate() -> PathBuf {
+    let bin = workspace().join(".venv/bin/kubernetes-validate");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/setup.sh (it installs tests/requirements.txt into .venv)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs `kubernetes-validate --strict` on every core object (not the KEDA ScaledObject, whose
+/// schema it does not have).
+fn strict_validate(name: &str, objs: &[serde_json::Value]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    for (i, o) in objs.iter().enumerate() {
+        if o["apiVersion"] == "keda.sh/v1alpha1" {
+            continue;
+        }
+        let path = dir.path().join(format!(
+            "{name}-{i}-{}.yaml",
+            o["kind"].as_str().unwrap_or("x")
+        ));
+        std::fs::write(&path, serde_yaml_ng::to_string(o).expect("yaml")).expect("write");
+        files.push(path);
+    }
+    let out = Command::new(kubernetes_validate())
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .args(&files)
+        .output()
+        .expect("kubernetes-validate runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{name}: kubernetes-validate refused:\n{stdout}\n{stderr}"
+    );
+    // One "passed" line per file, so nothing was skipped.
+    let valid = stdout
+        .lines()
+        .filter(|l| l.contains(" passed for resource "))
+        .count();
+    assert_eq!(
+        valid,
+        files.len(),
+        "{name}: expected every file reported valid:\n{stdout}\n{stderr}"
+    );
+}
+
+fn kinds(objs: &[serde_json::Value]) -> Vec<String> {
+    objs.iter()
+        .map(|o| o["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+#[test]
+fn minimal_example() {
+    let d = build_all(&example("pushchannel-minimal.yaml"));
+    let objs = objects(&d);
+    assert_eq!(
+        kinds(&objs),
+        [
+            "ConfigMap",
+            "PersistentVolumeClaim",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget"
+        ]
+    );
+    for o in &objs {
+        let owner = &o["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "PushChannel");
+        assert_eq!(owner["controller"], true);
+    }
+    check_golden("minimal", &objs);
+    strict_validate("minimal", &objs);
+}
+
+#[test]
+fn full_example() {
+    let d = build_all(&example("pushchannel-full.yaml"));
+    let objs = objects(&d);
+    assert_eq!(
+        kinds(&objs),
+        [
+            "ConfigMap",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "HorizontalPodAutoscaler"
+        ]
+    );
+    assert!(
+        objs[1]["spec"].get("replicas").is_none(),
+        "the HPA owns replicas"
+    );
+    check_golden("full", &objs);
+    strict_validate("full", &objs);
+}
+
+/// KEDA is not a core API: kubernetes-validate has no schema for it, so the ScaledObject is
+/// checked here by shape (and by its golden file); the other objects still go through
+/// kubernetes-validate.
+#[test]
+fn full_example_with_keda() {
+    let mut pc = example("pushchannel-full.yaml");
+    pc.spec.autoscaling.provider = AutoscalingProvider::Keda;
+    let d = build_all(&pc);
+    let objs = objects(&d);
+    let so = objs.last().expect("a ScaledObject");
+    assert_eq!(so["apiVersion"], "keda.sh/v1alpha1");
+    assert_eq!(so["kind"], "ScaledObject");
+    assert_eq!(
+        so["spec"]["scaleTargetRef"]["name"],
+        "payment-notify-pusher"
+    );
+    assert_eq!(so["spec"]["minReplicaCount"], 2);
+    assert_eq!(so["spec"]["maxReplicaCount"], 20);
+    let triggers: Vec<&str> = so["spec"]["triggers"]
+        .as_array()
+        .expect("triggers")
+        .iter()
+        .map(|t| t["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(triggers, ["prometheus", "prometheus", "cpu"]);
+    assert!(objs[1]["spec"].get("replicas").is_none());
+    check_golden("full-keda", &objs);
+    strict_validate("full-keda", &objs);
+}
+
+/// The validator really is strict: an unknown field in a built object is refused.
+#[test]
+fn strict_validation_refuses_unknown_fields() {
+    let d = build_all(&example("pushchannel-minimal.yaml"));
+    let mut deployment = serde_json::to_value(&d.deployment).expect("json");
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = serde_json::json!({});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.yaml");
+    std::fs::write(&path, serde_yaml_ng::to_string(&deployment).expect("yaml")).expect("write");
+    let out = Command::new(kubernetes_validate())
+        .args(["--strict", "--kubernetes-version", KUBERNETES_VERSION])
+        .arg(&path)
+        .output()
+        .expect("kubernetes-validate runs");
+    assert!(!out.status.success(), "a typo'd field must be refused");
+}
+
+#[test]
+fn no_secret_value_or_inline_credential_is_written() {
+    for name in ["pushchannel-minimal.yaml", "pushchannel-full.yaml"] {
+        let d = build_all(&example(name));
+        let cm = &d.config_map.data.as_ref().expect("data")["pusher.yaml"];
+        let config = wxpush_pusher::config::PusherConfig::from_yaml(cm).expect("parses");
+        config.validate().expect("valid");
+        assert!(config.credentials.app_id.is_none() && config.credentials.app_secret.is_none());
+        assert!(config.auth.token.is_none());
+        assert!(!cm.contains("redis://"), "the Redis URL is a mounted file");
+    }
+}
