@@ -498,3 +498,7 @@ impl WeChatSender {
         &self.http
     }
 }
+
+#[cfg(test)]
+#[path = "sender_tests.rs"]
+mod tests;

@@ -211,8 +211,9 @@ impl TokenManager {
                 return Err(b.to_error(now));
             }
             match &st.inflight {
-                Some(rx) => rx.clone(),
-                None => self.start_fetch(&mut st),
+                // A fetch task that died without a result (a panic) must not block forever.
+                Some(rx) if rx.has_changed().is_ok() => rx.clone(),
+                _ => self.start_fetch(&mut st),
             }
         };
         // A fetch is at most two HTTP calls (stable + force) plus reading the credentials.
