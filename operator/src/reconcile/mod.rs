@@ -192,7 +192,7 @@ fn key(pc: &PushChannel) -> String {
 #[instrument(skip_all, fields(namespace = pc.namespace().unwrap_or_default(), name = pc.name_any()))]
 pub async fn reconcile(pc: Arc<PushChannel>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
-    let result = run(&pc, &ctx).await;
+    let result = Box::pin(run(&pc, &ctx)).await;
     let seconds = started.elapsed().as_secs_f64();
     match &result {
         Ok((label, _)) => {
@@ -208,6 +208,8 @@ pub async fn reconcile(pc: Arc<PushChannel>, ctx: Arc<Context>) -> Result<Action
 }
 
 /// Maps a failure to a retry: exponential per object, from `backoff_base` to `backoff_max`.
+// The signature is the one `Controller::run` calls.
+#[allow(clippy::needless_pass_by_value)]
 pub fn error_policy(pc: Arc<PushChannel>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.next_backoff(&key(&pc));
     warn!(
