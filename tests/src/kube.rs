@@ -185,7 +185,9 @@ impl OperatorProcess {
         timeout: Duration,
     ) -> (Option<i32>, String) {
         let mut cmd = Self::command(api, args, &[]);
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped()).kill_on_drop(true);
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
         let child = cmd.spawn().expect("wxpush-operator starts");
         let out = tokio::time::timeout(timeout, child.wait_with_output())
             .await
@@ -245,8 +247,17 @@ pub struct KubectlError {
 impl std::fmt::Display for KubectlError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.status {
-            Some(code) => write!(f, "kubectl {} exited with {code}: {}", self.args.join(" "), self.stderr),
-            None => write!(f, "kubectl {} timed out after {KUBECTL_TIMEOUT:?}", self.args.join(" ")),
+            Some(code) => write!(
+                f,
+                "kubectl {} exited with {code}: {}",
+                self.args.join(" "),
+                self.stderr
+            ),
+            None => write!(
+                f,
+                "kubectl {} timed out after {KUBECTL_TIMEOUT:?}",
+                self.args.join(" ")
+            ),
         }
     }
 }
@@ -281,7 +292,11 @@ impl Kubectl {
             .arg("--cache-dir")
             .arg(&self.cache_dir)
             .args(args)
-            .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -329,12 +344,18 @@ impl Kubectl {
     }
 
     /// `kubectl get RESOURCE NAME -o json`; `None` when it does not exist.
-    pub async fn get_json(&self, resource: &str, name: &str) -> Result<Option<Value>, KubectlError> {
+    pub async fn get_json(
+        &self,
+        resource: &str,
+        name: &str,
+    ) -> Result<Option<Value>, KubectlError> {
         match self.run(&["get", resource, name, "-o", "json"], None).await {
-            Ok(out) => Ok(Some(serde_json::from_str(&out).map_err(|e| KubectlError {
-                args: vec!["get".into(), resource.into(), name.into()],
-                status: Some(0),
-                stderr: format!("kubectl printed something that is not JSON: {e}"),
+            Ok(out) => Ok(Some(serde_json::from_str(&out).map_err(|e| {
+                KubectlError {
+                    args: vec!["get".into(), resource.into(), name.into()],
+                    status: Some(0),
+                    stderr: format!("kubectl printed something that is not JSON: {e}"),
+                }
             })?)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
@@ -368,7 +389,8 @@ impl Kubectl {
         expr: &str,
     ) -> Result<String, KubectlError> {
         let output = format!("jsonpath={expr}");
-        self.run(&["get", resource, name, "-o", &output], None).await
+        self.run(&["get", resource, name, "-o", &output], None)
+            .await
     }
 
     /// `kubectl delete RESOURCE NAME --wait=false`.

@@ -40,34 +40,68 @@ async fn kubectl_apply_sets_server_fields_and_selects_by_label() {
         )
     };
     kubectl.apply(&cm("one", "a")).await.expect("create");
-    let first = kubectl.get_json("configmap", "demo").await.expect("get").expect("exists");
+    let first = kubectl
+        .get_json("configmap", "demo")
+        .await
+        .expect("get")
+        .expect("exists");
     let meta = &first["metadata"];
-    assert!(meta["uid"].as_str().is_some_and(|u| u.len() == 36), "{meta}");
+    assert!(
+        meta["uid"].as_str().is_some_and(|u| u.len() == 36),
+        "{meta}"
+    );
     assert_eq!(meta["generation"], 1);
     assert_eq!(meta["namespace"], "default");
-    assert!(meta["creationTimestamp"].as_str().is_some_and(|t| t.ends_with('Z')));
+    assert!(
+        meta["creationTimestamp"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
 
     kubectl.apply(&cm("two", "b")).await.expect("update");
-    let second = kubectl.get_json("cm", "demo").await.expect("get").expect("exists");
+    let second = kubectl
+        .get_json("cm", "demo")
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(second["data"]["key"], "two");
     assert_eq!(second["metadata"]["uid"], first["metadata"]["uid"]);
     assert!(rv(&second) > rv(&first), "resourceVersion grows on change");
-    assert_eq!(second["metadata"]["generation"], 2, "a data change bumps generation");
+    assert_eq!(
+        second["metadata"]["generation"], 2,
+        "a data change bumps generation"
+    );
 
     // Re-applying the same manifest changes nothing, not even the resourceVersion.
     kubectl.apply(&cm("two", "b")).await.expect("no-op apply");
-    let third = kubectl.get_json("cm", "demo").await.expect("get").expect("exists");
+    let third = kubectl
+        .get_json("cm", "demo")
+        .await
+        .expect("get")
+        .expect("exists");
     assert_eq!(rv(&third), rv(&second));
 
-    let list = kubectl.list_json("configmaps", Some("tier=b")).await.expect("list");
+    let list = kubectl
+        .list_json("configmaps", Some("tier=b"))
+        .await
+        .expect("list");
     assert_eq!(list.len(), 1);
-    assert!(kubectl.list_json("configmaps", Some("tier in (a,c)")).await.expect("list").is_empty());
+    assert!(
+        kubectl
+            .list_json("configmaps", Some("tier in (a,c)"))
+            .await
+            .expect("list")
+            .is_empty()
+    );
     assert!(kubectl.get_json("cm", "nope").await.expect("get").is_none());
 
     // Lists carry kind/apiVersion (kube-rs needs them).
     let client = api.client().await;
     let cms: Api<ConfigMap> = Api::default_namespaced(client);
-    let listed = cms.list(&ListParams::default().labels("tier=b")).await.expect("kube-rs list");
+    let listed = cms
+        .list(&ListParams::default().labels("tier=b"))
+        .await
+        .expect("kube-rs list");
     assert_eq!(listed.items.len(), 1);
     assert!(listed.metadata.resource_version.is_some());
 }
@@ -77,12 +111,14 @@ async fn server_side_apply_creates_merges_removes_and_conflicts() {
     let api = KubeEmulator::start().await;
     let cms: Api<ConfigMap> = Api::default_namespaced(api.client().await);
     let pp = PatchParams::apply("wxpush-operator").force();
-    let applied = |data: Value| {
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": data})
-    };
+    let applied = |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ssa"}, "data": data});
     // Apply of a missing object creates it.
     let created = cms
-        .patch("ssa", &pp, &Patch::Apply(applied(json!({"a": "1", "b": "2"}))))
+        .patch(
+            "ssa",
+            &pp,
+            &Patch::Apply(applied(json!({"a": "1", "b": "2"}))),
+        )
         .await
         .expect("apply creates");
     assert_eq!(created.data.as_ref().map(|d| d.len()), Some(2));
@@ -126,7 +162,10 @@ async fn server_side_apply_creates_merges_removes_and_conflicts() {
     assert_eq!(api_status(err).0, 409);
     // And with the current one it goes through.
     let mut fresh = cms.get("ssa").await.expect("get");
-    fresh.data.get_or_insert_default().insert("d".into(), "4".into());
+    fresh
+        .data
+        .get_or_insert_default()
+        .insert("d".into(), "4".into());
     cms.replace("ssa", &PostParams::default(), &fresh)
         .await
         .expect("replace with the current version");
@@ -147,7 +186,10 @@ async fn crd_discovery_status_subresource_generation_and_gc() {
     let channels: Api<PushChannel> = Api::default_namespaced(client.clone());
 
     // Before the CRD: the resource does not exist.
-    let err = channels.list(&ListParams::default()).await.expect_err("no CRD yet");
+    let err = channels
+        .list(&ListParams::default())
+        .await
+        .expect_err("no CRD yet");
     assert_eq!(api_status(err).0, 404);
 
     kubectl
@@ -164,7 +206,10 @@ async fn crd_discovery_status_subresource_generation_and_gc() {
         .expect("crd status");
     assert_eq!(established, "True");
     let resources = kubectl
-        .run(&["api-resources", "--api-group=wxpush.io", "-o", "name"], None)
+        .run(
+            &["api-resources", "--api-group=wxpush.io", "-o", "name"],
+            None,
+        )
         .await
         .expect("discovery");
     assert_eq!(resources.trim(), "pushchannels.wxpush.io");
@@ -185,11 +230,19 @@ async fn crd_discovery_status_subresource_generation_and_gc() {
         "status": {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True",
         "reason": "Reconciled", "message": "ok", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}});
     channels
-        .patch_status("orders", &PatchParams::apply("op").force(), &Patch::Apply(&status))
+        .patch_status(
+            "orders",
+            &PatchParams::apply("op").force(),
+            &Patch::Apply(&status),
+        )
         .await
         .expect("status apply");
     let ready = kubectl
-        .jsonpath("pch", "orders", r#"{.status.conditions[?(@.type=="Ready")].status}"#)
+        .jsonpath(
+            "pch",
+            "orders",
+            r#"{.status.conditions[?(@.type=="Ready")].status}"#,
+        )
         .await
         .expect("kubectl reads the condition");
     assert_eq!(ready, "True");
@@ -218,12 +271,23 @@ async fn crd_discovery_status_subresource_generation_and_gc() {
     kubectl.apply(&child).await.expect("child");
     kubectl.delete("pch", "orders").await.expect("delete");
     kubectl
-        .wait_for_absent("the owned ConfigMap to be collected", "cm", "orders-pusher", WAIT)
+        .wait_for_absent(
+            "the owned ConfigMap to be collected",
+            "cm",
+            "orders-pusher",
+            WAIT,
+        )
         .await;
 
     // Deleting the CRD removes its resource from discovery.
-    kubectl.delete("crd", "pushchannels.wxpush.io").await.expect("delete crd");
-    let err = channels.list(&ListParams::default()).await.expect_err("CRD gone");
+    kubectl
+        .delete("crd", "pushchannels.wxpush.io")
+        .await
+        .expect("delete crd");
+    let err = channels
+        .list(&ListParams::default())
+        .await
+        .expect_err("CRD gone");
     assert_eq!(api_status(err).0, 404);
 }
 
@@ -270,6 +334,8 @@ async fn kube_runtime_watcher_sees_adds_changes_and_deletes() {
     .await
     .expect("relabel");
     assert_eq!(next().await, "delete after");
-    cms.delete("before", &DeleteParams::default()).await.expect("delete");
+    cms.delete("before", &DeleteParams::default())
+        .await
+        .expect("delete");
     assert_eq!(next().await, "delete before");
 }

@@ -63,7 +63,10 @@ const CHILDREN: [(&str, &str); 5] = [
     ("deployment.apps", "payment-notify-pusher"),
     ("service", "payment-notify-pusher"),
     ("poddisruptionbudget.policy", "payment-notify-pusher"),
-    ("horizontalpodautoscaler.v2.autoscaling", "payment-notify-pusher"),
+    (
+        "horizontalpodautoscaler.v2.autoscaling",
+        "payment-notify-pusher",
+    ),
 ];
 
 #[tokio::test]
@@ -98,8 +101,13 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
     )
     .await;
 
-    kubectl.apply(&full_example()).await.expect("apply the PushChannel");
-    let pch = get(&kubectl, "pch", "payment-notify").await.expect("the PushChannel exists");
+    kubectl
+        .apply(&full_example())
+        .await
+        .expect("apply the PushChannel");
+    let pch = get(&kubectl, "pch", "payment-notify")
+        .await
+        .expect("the PushChannel exists");
     let uid = pch["metadata"]["uid"].as_str().expect("uid").to_string();
 
     // Every child appears, owned by the PushChannel.
@@ -117,12 +125,17 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
     };
 
     // The ConfigMap holds a pusher config that parses and validates, and no secret values.
-    let config_text = config_map["data"]["pusher.yaml"].as_str().expect("pusher.yaml");
+    let config_text = config_map["data"]["pusher.yaml"]
+        .as_str()
+        .expect("pusher.yaml");
     let config = PusherConfig::from_yaml(config_text).expect("the ConfigMap holds a pusher config");
     assert_eq!(config.channel, "payment-notify");
     let whole = serde_json::to_string(config_map).expect("json");
     for secret in [APP_SECRET, AUTH_TOKEN, "s3cr3t-redis-password", SIGNING_KEY] {
-        assert!(!whole.contains(secret), "a secret value leaked into the ConfigMap");
+        assert!(
+            !whole.contains(secret),
+            "a secret value leaked into the ConfigMap"
+        );
         for child in &children {
             assert!(
                 !serde_json::to_string(child).expect("json").contains(secret),
@@ -133,8 +146,12 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
     }
 
     // The Deployment: hardened pod, config hash, no replicas while the HPA drives it.
-    let hash = annotation(deployment, &["spec", "template", "metadata"], "wxpush.io/config-hash")
-        .expect("the pod template carries the config hash");
+    let hash = annotation(
+        deployment,
+        &["spec", "template", "metadata"],
+        "wxpush.io/config-hash",
+    )
+    .expect("the pod template carries the config hash");
     // The emulator defaults nothing, so an absent field means nobody wrote it.
     assert!(
         deployment["spec"]["replicas"].is_null(),
@@ -142,13 +159,22 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
     );
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
-    assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"][0],
+        "ALL"
+    );
     assert!(container["readinessProbe"].is_object() && container["livenessProbe"].is_object());
-    assert_eq!(service["spec"]["selector"]["app.kubernetes.io/instance"], "payment-notify");
+    assert_eq!(
+        service["spec"]["selector"]["app.kubernetes.io/instance"],
+        "payment-notify"
+    );
     assert!(pdb["spec"]["selector"].is_object());
     assert_eq!(hpa["spec"]["minReplicas"], 2);
     assert_eq!(hpa["spec"]["maxReplicas"], 20);
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "payment-notify-pusher");
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"],
+        "payment-notify-pusher"
+    );
 
     // Status, read back with kubectl.
     let status_of = |cond: &'static str| {
@@ -176,10 +202,15 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
         "False",
         "no pods run in the emulator, so the pusher is not ready"
     );
-    let pch = get(&kubectl, "pch", "payment-notify").await.expect("exists");
+    let pch = get(&kubectl, "pch", "payment-notify")
+        .await
+        .expect("exists");
     let status_text = serde_json::to_string(&pch["status"]).expect("json");
     for secret in [APP_SECRET, AUTH_TOKEN, SIGNING_KEY] {
-        assert!(!status_text.contains(secret), "a secret value leaked into the status");
+        assert!(
+            !status_text.contains(secret),
+            "a secret value leaked into the status"
+        );
     }
 
     // A spec change rolls the pods: the config hash on the pod template changes.
@@ -204,13 +235,19 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
             "payment-notify-pusher",
             wait(),
             |d| {
-                annotation(d, &["spec", "template", "metadata"], "wxpush.io/config-hash")
-                    .is_some_and(|h| h != hash)
+                annotation(
+                    d,
+                    &["spec", "template", "metadata"],
+                    "wxpush.io/config-hash",
+                )
+                .is_some_and(|h| h != hash)
             },
         )
         .await;
     assert!(rolled["metadata"]["resourceVersion"] != deployment["metadata"]["resourceVersion"]);
-    let cm = get(&kubectl, "configmap", "payment-notify-pusher").await.expect("cm");
+    let cm = get(&kubectl, "configmap", "payment-notify-pusher")
+        .await
+        .expect("cm");
     let config = PusherConfig::from_yaml(cm["data"]["pusher.yaml"].as_str().expect("text"))
         .expect("still a pusher config");
     assert_eq!(config.retry.max_attempts, 4);
@@ -227,16 +264,28 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
         .await
         .expect("delete the Service");
     kubectl
-        .wait_for_object("the Service restored", "service", "payment-notify-pusher", wait(), |s| {
-            s["metadata"]["uid"] != old_uid && owned_by(s, &uid)
-        })
+        .wait_for_object(
+            "the Service restored",
+            "service",
+            "payment-notify-pusher",
+            wait(),
+            |s| s["metadata"]["uid"] != old_uid && owned_by(s, &uid),
+        )
         .await;
 
     // Deleting the PushChannel removes every child (owner references + GC).
-    kubectl.delete("pch", "payment-notify").await.expect("delete");
+    kubectl
+        .delete("pch", "payment-notify")
+        .await
+        .expect("delete");
     for (resource, name) in CHILDREN {
         kubectl
-            .wait_for_absent(&format!("{resource}/{name} removed"), resource, name, wait())
+            .wait_for_absent(
+                &format!("{resource}/{name} removed"),
+                resource,
+                name,
+                wait(),
+            )
             .await;
     }
 
@@ -257,17 +306,25 @@ async fn missing_secret_is_reported_in_status_and_fixed_by_creating_it() {
         .apply_file(&workspace_root().join("crds/pushchannel.yaml"))
         .await
         .expect("apply the CRD");
-    let _operator =
-        OperatorProcess::start(&api, &["--leader-election", "false", "--requeue-waiting", "1s"], &[])
-            .await;
-    let minimal = std::fs::read_to_string(workspace_root().join("examples/pushchannel-minimal.yaml"))
-        .expect("the minimal example")
-        .replace("namespace: shop", "namespace: default");
+    let _operator = OperatorProcess::start(
+        &api,
+        &["--leader-election", "false", "--requeue-waiting", "1s"],
+        &[],
+    )
+    .await;
+    let minimal =
+        std::fs::read_to_string(workspace_root().join("examples/pushchannel-minimal.yaml"))
+            .expect("the minimal example")
+            .replace("namespace: shop", "namespace: default");
     kubectl.apply(&minimal).await.expect("apply");
     let pch = kubectl
-        .wait_for_object("CredentialsValid=False", "pch", "order-notify", wait(), |o| {
-            condition_status(o, "CredentialsValid") == Some("False")
-        })
+        .wait_for_object(
+            "CredentialsValid=False",
+            "pch",
+            "order-notify",
+            wait(),
+            |o| condition_status(o, "CredentialsValid") == Some("False"),
+        )
         .await;
     let message = pch["status"]["conditions"]
         .as_array()
@@ -275,9 +332,14 @@ async fn missing_secret_is_reported_in_status_and_fixed_by_creating_it() {
         .and_then(|c| c["message"].as_str())
         .unwrap_or_default()
         .to_string();
-    assert!(message.contains("order-notify-wechat"), "the message names the Secret: {message}");
     assert!(
-        get(&kubectl, "deployment.apps", "order-notify-pusher").await.is_none(),
+        message.contains("order-notify-wechat"),
+        "the message names the Secret: {message}"
+    );
+    assert!(
+        get(&kubectl, "deployment.apps", "order-notify-pusher")
+            .await
+            .is_none(),
         "nothing is applied while credentials are missing"
     );
     kubectl
@@ -288,11 +350,21 @@ async fn missing_secret_is_reported_in_status_and_fixed_by_creating_it() {
         .await
         .expect("create the Secrets");
     kubectl
-        .wait_for_object("CredentialsValid=True", "pch", "order-notify", wait(), |o| {
-            condition_status(o, "CredentialsValid") == Some("True")
-        })
+        .wait_for_object(
+            "CredentialsValid=True",
+            "pch",
+            "order-notify",
+            wait(),
+            |o| condition_status(o, "CredentialsValid") == Some("True"),
+        )
         .await;
     kubectl
-        .wait_for_object("the Deployment", "deployment.apps", "order-notify-pusher", wait(), |_| true)
+        .wait_for_object(
+            "the Deployment",
+            "deployment.apps",
+            "order-notify-pusher",
+            wait(),
+            |_| true,
+        )
         .await;
 }

@@ -93,7 +93,10 @@ async fn operator_reconciles_many_pushchannels() {
                              "auth": {"secretRef": {"name": "scale-auth", "key": "token"}}}
                 }))
                 .expect("a PushChannel");
-                channels.create(&PostParams::default(), &pc).await.map(|_| ())
+                channels
+                    .create(&PostParams::default(), &pc)
+                    .await
+                    .map(|_| ())
             }
         })
         .buffer_unordered(8)
