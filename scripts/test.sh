@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export WXPUSH_PYTHON="$PWD/.venv/bin/python"
+# Tools installed into the venv (kubectl where the machine has none) come after the system ones.
+export PATH="$PATH:$PWD/.venv/bin"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
