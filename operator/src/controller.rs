@@ -143,8 +143,54 @@ pub async fn run(
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => debug!(namespace = obj.namespace.as_deref().unwrap_or_default(), name = %obj.name, "reconciled"),
+                // A reconcile queued for an object deleted meanwhile: nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(object = %obj, "already deleted")
+                }
                 Err(e) => warn!(error = %e, "controller"),
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
+    fn channel(ns: &str, name: &str, creds: &str) -> PushChannel {
+        let spec = serde_yaml_ng::from_str(&format!(
+            "credentials: {{secretRef: {{name: {creds}}}}}\nauth: {{secretRef: {{name: shared-auth, key: token}}}}\n"
+        ))
+        .expect("spec");
+        let mut pc = PushChannel::new(name, spec);
+        pc.metadata.namespace = Some(ns.into());
+        pc
+    }
+
+    #[test]
+    fn a_secret_maps_to_the_channels_that_reference_it_in_its_namespace() {
+        let mut writer: Writer<PushChannel> = Writer::default();
+        for pc in [
+            channel("shop", "a", "wx-a"),
+            channel("shop", "b", "wx-b"),
+            channel("other", "c", "wx-a"),
+        ] {
+            writer.apply_watcher_event(&Event::Apply(pc));
+        }
+        let store = writer.as_reader();
+        let names = |ns: &str, secret: &str| {
+            let mut v: Vec<String> = channels_referencing(&store, ns, secret)
+                .into_iter()
+                .map(|r| r.name)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names("shop", "wx-a"), ["a"]);
+        assert_eq!(names("shop", "shared-auth"), ["a", "b"]);
+        assert_eq!(names("other", "wx-a"), ["c"]);
+        assert!(names("shop", "unrelated").is_empty());
+    }
 }

@@ -359,17 +359,19 @@ pub fn transitions(previous: Option<&PushChannelStatus>, next: &PushChannelStatu
     let mut events = Vec::new();
     let before = |t: &str| previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == t));
     for c in &next.conditions {
-        let emit = match before(&c.type_) {
-            Some(p) => {
-                p.status != c.status || (c.type_ == types::RECONCILED && p.reason != c.reason)
-            }
-            None => {
-                c.type_ == types::RECONCILED
-                    || (c.status == "False"
-                        && c.type_ != types::READY
-                        && c.reason != REASON_DISABLED)
-            }
-        };
+        // Unknown says "see another condition": that one carries the event.
+        let emit = c.status != "Unknown"
+            && match before(&c.type_) {
+                Some(p) => {
+                    p.status != c.status || (c.type_ == types::RECONCILED && p.reason != c.reason)
+                }
+                None => {
+                    c.type_ == types::RECONCILED
+                        || (c.status == "False"
+                            && c.type_ != types::READY
+                            && c.reason != REASON_DISABLED)
+                }
+            };
         if emit {
             events.push(Event {
                 type_: if c.status == "False" && c.reason != REASON_DISABLED {
@@ -427,4 +429,89 @@ pub async fn write(
     .await
     .map_err(|source| Error::Status { source })?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::PushChannelSpec;
+
+    fn channel() -> PushChannel {
+        let spec: PushChannelSpec = serde_yaml_ng::from_str(
+            "credentials: {secretRef: {name: wx}}\nauth: {secretRef: {name: a, key: t}}\n",
+        )
+        .expect("spec");
+        let mut pc = PushChannel::new("order-notify", spec);
+        pc.metadata.namespace = Some("shop".into());
+        pc.metadata.generation = Some(2);
+        pc
+    }
+
+    fn observe(pc: &PushChannel, outcome: Outcome) -> PushChannelStatus {
+        let obs = Observation {
+            channel: pc,
+            credentials: Ok(()),
+            outcome,
+            endpoint: "http://x".into(),
+            config_hash: Some("h1".into()),
+        };
+        desired_status(&obs, Timestamp::UNIX_EPOCH)
+    }
+
+    fn get<'a>(s: &'a PushChannelStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition")
+    }
+
+    #[test]
+    fn transition_time_is_kept_while_the_status_stays() {
+        let mut pc = channel();
+        let first = observe(&pc, Outcome::WaitingForSecrets);
+        pc.status = Some(first.clone());
+        let later = Timestamp::UNIX_EPOCH + k8s_openapi::jiff::SignedDuration::from_secs(60);
+        let obs = Observation {
+            channel: &pc,
+            credentials: Ok(()),
+            outcome: Outcome::Applied(Box::default()),
+            endpoint: "http://x".into(),
+            config_hash: Some("h1".into()),
+        };
+        let second = desired_status(&obs, later);
+        // CredentialsValid stayed True: same time. Reconciled went False -> True: new time.
+        assert_eq!(
+            get(&second, types::CREDENTIALS_VALID).last_transition_time,
+            get(&first, types::CREDENTIALS_VALID).last_transition_time
+        );
+        assert_eq!(
+            get(&second, types::RECONCILED).last_transition_time,
+            Time(later)
+        );
+        assert_eq!(second.observed_generation, Some(2));
+        assert_eq!(second.config_hash.as_deref(), Some("h1"));
+    }
+
+    #[test]
+    fn events_follow_transitions_only() {
+        let mut pc = channel();
+        let first = observe(&pc, Outcome::Applied(Box::default()));
+        let reasons = |evs: Vec<Event>| evs.into_iter().map(|e| e.reason).collect::<Vec<_>>();
+        assert_eq!(reasons(transitions(None, &first)), ["Applied"]);
+        pc.status = Some(first.clone());
+        assert!(
+            transitions(Some(&first), &first).is_empty(),
+            "no change, no event"
+        );
+        let mut rehashed = first.clone();
+        rehashed.config_hash = Some("h2".into());
+        assert_eq!(
+            reasons(transitions(Some(&first), &rehashed)),
+            ["ConfigChanged"]
+        );
+        let invalid = observe(&pc, Outcome::Invalid(vec![]));
+        let evs = transitions(Some(&first), &invalid);
+        assert!(evs.iter().all(|e| e.type_ == EventType::Warning));
+        assert!(reasons(evs).contains(&"InvalidSpec".to_string()));
+    }
 }
