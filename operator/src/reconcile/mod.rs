@@ -129,7 +129,7 @@ impl Context {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading a referenced Secret failed (not: it does not exist).
-    #[error("cannot read Secret {name}")]
+    #[error("cannot read Secret {name}: {source}")]
     ReadSecret {
         /// The Secret.
         name: String,
