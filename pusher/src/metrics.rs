@@ -141,14 +141,30 @@ impl Metrics {
             [(Cow::Borrowed("channel"), Cow::Owned(channel.to_string()))].into_iter(),
         );
         let accepted = Counter::default();
-        registry.register("messages_accepted", "Messages answered 202", accepted.clone());
+        registry.register(
+            "messages_accepted",
+            "Messages answered 202",
+            accepted.clone(),
+        );
         let completed = Family::<OutcomeLabels, Counter>::default();
-        registry.register("messages_completed", "Messages that reached a final state", completed.clone());
+        registry.register(
+            "messages_completed",
+            "Messages that reached a final state",
+            completed.clone(),
+        );
         let send_attempts = Family::<AttemptLabels, Counter>::default();
-        registry.register("send_attempts", "HTTP attempts to WeChat by result", send_attempts.clone());
+        registry.register(
+            "send_attempts",
+            "HTTP attempts to WeChat by result",
+            send_attempts.clone(),
+        );
         // 1 ms .. ~33 s
         let send_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        registry.register("send_duration_seconds", "Duration of one HTTP attempt to WeChat", send_duration.clone());
+        registry.register(
+            "send_duration_seconds",
+            "Duration of one HTTP attempt to WeChat",
+            send_duration.clone(),
+        );
         // 5 ms .. ~45 min
         let delivery_latency = Histogram::new(exponential_buckets(0.005, 2.0, 20));
         registry.register(
@@ -157,17 +173,41 @@ impl Metrics {
             delivery_latency.clone(),
         );
         let inflight = Gauge::default();
-        registry.register("inflight_requests", "HTTP requests to WeChat in flight", inflight.clone());
+        registry.register(
+            "inflight_requests",
+            "HTTP requests to WeChat in flight",
+            inflight.clone(),
+        );
         let queue_messages = Family::<QueueLabels, Gauge>::default();
-        registry.register("queue_messages", "Messages in the queue by state", queue_messages.clone());
+        registry.register(
+            "queue_messages",
+            "Messages in the queue by state",
+            queue_messages.clone(),
+        );
         let token_requests = Family::<TokenLabels, Counter>::default();
-        registry.register("token_requests", "access_token fetches by API and result", token_requests.clone());
+        registry.register(
+            "token_requests",
+            "access_token fetches by API and result",
+            token_requests.clone(),
+        );
         let circuit_state = Gauge::default();
-        registry.register("circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", circuit_state.clone());
+        registry.register(
+            "circuit_state",
+            "Circuit breaker: 0 closed, 1 half-open, 2 open",
+            circuit_state.clone(),
+        );
         let send_timeouts = Family::<TimeoutLabels, Counter>::default();
-        registry.register("send_timeouts", "HTTP attempts to WeChat that timed out, by phase", send_timeouts.clone());
+        registry.register(
+            "send_timeouts",
+            "HTTP attempts to WeChat that timed out, by phase",
+            send_timeouts.clone(),
+        );
         let channel_paused = Gauge::default();
-        registry.register("channel_paused", "1 while the channel is paused (configuration fault or quota)", channel_paused.clone());
+        registry.register(
+            "channel_paused",
+            "1 while the channel is paused (configuration fault or quota)",
+            channel_paused.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -186,30 +226,41 @@ impl Metrics {
 
     /// Records a final outcome.
     pub fn complete(&self, outcome: Outcome) {
-        self.completed.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.completed
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     /// Records one HTTP attempt and how long it took.
     pub fn attempt(&self, result: AttemptResult, seconds: f64) {
-        self.send_attempts.get_or_create(&AttemptLabels { result }).inc();
+        self.send_attempts
+            .get_or_create(&AttemptLabels { result })
+            .inc();
         self.send_duration.observe(seconds);
     }
 
     /// Counts a timed-out attempt by phase (in addition to [`Metrics::attempt`]).
     pub fn timeout(&self, phase: &'static str) {
-        self.send_timeouts.get_or_create(&TimeoutLabels { phase }).inc();
+        self.send_timeouts
+            .get_or_create(&TimeoutLabels { phase })
+            .inc();
     }
 
     /// Records one token fetch.
     pub fn token_request(&self, api: &'static str, result: impl Into<Cow<'static, str>>) {
         self.token_requests
-            .get_or_create(&TokenLabels { api: Cow::Borrowed(api), result: result.into() })
+            .get_or_create(&TokenLabels {
+                api: Cow::Borrowed(api),
+                result: result.into(),
+            })
             .inc();
     }
 
     /// Sets a queue gauge.
     pub fn set_queue(&self, state: QueueState, value: i64) {
-        self.queue_messages.get_or_create(&QueueLabels { state }).set(value);
+        self.queue_messages
+            .get_or_create(&QueueLabels { state })
+            .set(value);
     }
 
     /// Sets the breaker gauge.

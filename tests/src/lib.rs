@@ -120,6 +120,6 @@ impl Drop for ChildGuard {
 }
 
 pub mod crd_schema;
-pub mod sandbox;
 pub mod kube;
 pub mod pusher;
+pub mod sandbox;
