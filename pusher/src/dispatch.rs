@@ -183,11 +183,15 @@ impl DispatchState {
             .cloned()
     }
 
-    fn set_hold(&self, until: Timestamp, reason: String) {
+    /// Extends the hold; true when sending was not on hold before (worth a log line).
+    fn set_hold(&self, until: Timestamp, reason: String) -> bool {
+        let now = Timestamp::now();
         let mut hold = self.hold.lock();
+        let fresh = hold.as_ref().is_none_or(|h| h.until <= now);
         if hold.as_ref().is_none_or(|h| h.until < until) {
             *hold = Some(Hold { until, reason });
         }
+        fresh
     }
 }
 
@@ -302,6 +306,7 @@ impl<S: Store + Clone> Dispatcher<S> {
 
     async fn attempt(&self, lease: Leased, permit: tokio::sync::OwnedSemaphorePermit) {
         let now = Timestamp::now();
+        let mut hold_reason = None;
         let next = match before_attempt(&lease.record, &self.policy, now) {
             Some(next) => {
                 drop(permit);
@@ -321,6 +326,11 @@ impl<S: Store + Clone> Dispatcher<S> {
                     .await;
                 drop(permit);
                 tracing::debug!(outcome = ?outcome, "attempt finished");
+                hold_reason = match &outcome {
+                    SendOutcome::Paused { error, .. } => Some(error.message.clone()),
+                    SendOutcome::CircuitOpen { .. } => Some("circuit breaker open".to_string()),
+                    _ => None,
+                };
                 next_state(
                     &lease.record,
                     outcome,
@@ -330,14 +340,12 @@ impl<S: Store + Clone> Dispatcher<S> {
                 )
             }
         };
-        if let Some(until) = next.hold_until {
-            let reason = next
-                .record
-                .last_error
-                .as_ref()
-                .map_or_else(|| "circuit open".to_string(), |e| e.message.clone());
-            tracing::warn!(%until, %reason, "sending on hold");
-            self.state.set_hold(until, reason);
+        if let Some((until, reason)) = next.hold_until.zip(hold_reason) {
+            if self.state.set_hold(until, reason.clone()) {
+                tracing::warn!(%until, %reason, "sending on hold");
+            } else {
+                tracing::debug!(%until, %reason, "sending still on hold");
+            }
         }
         let completed = next.completed;
         let id = next.record.id;

@@ -173,7 +173,7 @@ async fn classic_tokens_invalidated_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn system_busy_and_an_outage_then_all_delivered() {
     const N: usize = 3000;
-    let (_sb, sb_url) = sandbox::spawn(&["--fault-errcode", "-1=0.05"]);
+    let (_sb, sb_url) = sandbox::spawn(&["--fault-errcode=-1=0.05"]);
     let wx = WxClient::new(sb_url.clone());
     let dir = tempdir();
     let cfg = config(

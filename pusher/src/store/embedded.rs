@@ -461,6 +461,8 @@ impl Writer {
     /// Applies a group of operations in one transaction and commits once.
     fn apply(&self, ops: Vec<Op>) {
         let mut ops: std::collections::VecDeque<Op> = ops.into();
+        let group = ops.len();
+        let started = Instant::now();
         let now = Timestamp::now();
         let now_ms = millis(now);
         let mut effects = Vec::with_capacity(ops.len());
@@ -644,6 +646,7 @@ impl Writer {
             txn.commit().map_err(storage)?;
             Ok(())
         })();
+        tracing::trace!(group, took = ?started.elapsed(), "group committed");
         match result {
             Ok(()) => {
                 self.shared.healthy.store(true, Ordering::Relaxed);
