@@ -10,6 +10,17 @@ use wxpush_tests::pusher::{Api, PusherProc, TOKEN, config, config_path, tempdir,
 use wxpush_tests::sandbox::{self, WxClient};
 use wxpush_tests::{binary, wait_for};
 
+/// What, token, content type, body, expected status, code and field.
+type Case<'a> = (
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    String,
+    u16,
+    &'a str,
+    Option<&'a str>,
+);
+
 async fn raw(
     api: &Api,
     token: Option<&str>,
@@ -51,7 +62,7 @@ async fn bad_requests_get_documented_codes_and_change_nothing() {
     let api = &pusher.api;
     let good = template("u1").to_string();
     let json_ct = Some("application/json");
-    let cases: Vec<(&str, Option<&str>, Option<&str>, String, u16, &str, Option<&str>)> = vec![
+    let cases: Vec<Case> = vec![
         ("no token", None, json_ct, good.clone(), 401, "unauthorized", None),
         ("wrong token", Some("not-the-token-at-all"), json_ct, good.clone(), 401, "unauthorized", None),
         ("wrong content type", Some(TOKEN), Some("text/plain"), good.clone(), 415, "unsupported_media_type", None),
