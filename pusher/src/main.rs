@@ -245,9 +245,13 @@ async fn demo(opts: DemoOptions, json: bool, keep_running: bool) -> anyhow::Resu
             l["max"].as_f64().unwrap_or(0.0),
             l["sampled"]
         );
-        println!("look around (bearer token: {}):", demo.token);
+        println!("look around:");
         for url in &report.urls {
             println!("  {url}");
+        }
+        if keep_running {
+            // A throwaway token of this demo only, printed so that the URLs can be opened.
+            println!("bearer token for /v1 (this demo only): {}", demo.token);
         }
     }
     if keep_running {

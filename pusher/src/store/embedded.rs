@@ -410,13 +410,15 @@ impl Writer {
     fn run(&self, rx: &mpsc::Receiver<Op>) -> Option<oneshot::Sender<()>> {
         let sweep_every =
             (self.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-        let mut last_sweep = Instant::now();
+        // When a sweep hit its batch limit, the next one is due at once (after the operations
+        // waiting by then), so that removal keeps up with any inflow without long commits.
+        let mut next_sweep = Instant::now() + sweep_every;
         loop {
-            let first = match rx.recv_timeout(sweep_every) {
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
                 Ok(op) => op,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.sweep();
-                    last_sweep = Instant::now();
+                    next_sweep = self.sweep_and_schedule(sweep_every);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
@@ -451,9 +453,8 @@ impl Writer {
                 tracing::info!("embedded queue closed");
                 return Some(reply);
             }
-            if last_sweep.elapsed() >= sweep_every {
-                self.sweep();
-                last_sweep = Instant::now();
+            if Instant::now() >= next_sweep {
+                next_sweep = self.sweep_and_schedule(sweep_every);
             }
         }
     }
@@ -725,8 +726,17 @@ impl Writer {
         }
     }
 
-    /// Removes finished messages older than the retention, with their idempotency keys.
-    fn sweep(&self) {
+    fn sweep_and_schedule(&self, every: Duration) -> Instant {
+        if self.sweep() >= SWEEP_BATCH {
+            Instant::now()
+        } else {
+            Instant::now() + every
+        }
+    }
+
+    /// Removes finished messages older than the retention, with their idempotency keys;
+    /// returns how many.
+    fn sweep(&self) -> usize {
         let cutoff = millis(Timestamp::now())
             .saturating_sub(u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX));
         let result = (|| -> Result<(usize, u64), StoreError> {
@@ -769,13 +779,17 @@ impl Writer {
             Ok((removed, dead_removed))
         })();
         match result {
-            Ok((0, _)) => {}
+            Ok((0, _)) => 0,
             Ok((removed, dead_removed)) => {
                 let mut index = self.shared.index.lock();
                 index.dead = index.dead.saturating_sub(dead_removed);
                 tracing::debug!(removed, "retention sweep");
+                removed
             }
-            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "retention sweep failed");
+                0
+            }
         }
     }
 }
