@@ -164,6 +164,12 @@ async fn classic_tokens_invalidated_under_load() {
         fetched <= revocations + 2,
         "{fetched} token calls for {revocations} revocations: more than one refresh per revocation"
     );
+    // Every token call takes the injected 2 ms at the sandbox, so overlapping refreshes show.
+    assert!(
+        stats.token_calls.max_in_flight <= 1,
+        "{} token requests were in flight at once",
+        stats.token_calls.max_in_flight
+    );
     assert_eq!(stats.delivered_unique, N as u64);
 }
 

@@ -273,3 +273,24 @@ async fn classic_daily_quota() {
         "reset clears quotas"
     );
 }
+
+/// `token_calls.max_in_flight` sees overlapping token requests (so a "one refresh in flight"
+/// assertion built on it can fail), and counts one at a time as one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_token_requests_are_counted() {
+    let sb = start(config()).await;
+    let c = &sb.api;
+    let (status, _) = sb.admin.patch_faults(&json!({"latency": "100ms"})).await;
+    assert_eq!(status, 200);
+    c.stable_token(false).await;
+    assert_eq!(sb.admin.stats().await.token_calls.max_in_flight, 1);
+    let calls = (0..6).map(|_| c.stable_token(false));
+    futures::future::join_all(calls).await;
+    let max = sb.admin.stats().await.token_calls.max_in_flight;
+    assert!(
+        max >= 2,
+        "6 concurrent calls with 100 ms latency overlapped, max seen {max}"
+    );
+    sb.admin.reset().await;
+    assert_eq!(sb.admin.stats().await.token_calls.max_in_flight, 0);
+}

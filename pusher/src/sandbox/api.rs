@@ -48,6 +48,8 @@ pub(crate) async fn fault_layer(
 ) -> Response {
     let endpoint = Endpoint::from_path(req.uri().path());
     state.stats.request(endpoint);
+    let _token_guard = matches!(endpoint, Endpoint::ClassicToken | Endpoint::StableToken)
+        .then(|| state.stats.token_in_flight());
     let latency = state.faults.latency();
     if !latency.is_zero() {
         state.stats.fault(FaultKind::Latency);

@@ -141,6 +141,11 @@ pub struct TokenCounts {
     pub stable_force_refresh: u64,
     /// New tokens issued (both APIs).
     pub issued: u64,
+    /// Most token requests (both APIs) that were in flight at the sandbox at one time, from
+    /// arrival to answer, injected latency included: how a "single refresh in flight" claim is
+    /// checked from outside.
+    #[serde(default)]
+    pub max_in_flight: u64,
 }
 
 /// The `GET /__stats` document.
@@ -168,6 +173,16 @@ pub struct StatsSnapshot {
     pub per_openid: BTreeMap<String, OpenidCounts>,
 }
 
+/// A token request in flight; dropping it ends it.
+#[derive(Debug)]
+pub struct TokenInFlight<'a>(&'a AtomicU64);
+
+impl Drop for TokenInFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Live counters.
 #[derive(Debug)]
 pub struct Stats {
@@ -181,6 +196,8 @@ pub struct Stats {
     stable: AtomicU64,
     stable_force: AtomicU64,
     issued: AtomicU64,
+    token_in_flight: AtomicU64,
+    token_max_in_flight: AtomicU64,
     ev_generated: AtomicU64,
     ev_attempts: AtomicU64,
     ev_acked: AtomicU64,
@@ -214,6 +231,8 @@ impl Default for Stats {
             stable: AtomicU64::new(0),
             stable_force: AtomicU64::new(0),
             issued: AtomicU64::new(0),
+            token_in_flight: AtomicU64::new(0),
+            token_max_in_flight: AtomicU64::new(0),
             ev_generated: AtomicU64::new(0),
             ev_attempts: AtomicU64::new(0),
             ev_acked: AtomicU64::new(0),
@@ -240,6 +259,14 @@ impl Stats {
     /// Counts a request to an API endpoint.
     pub fn request(&self, endpoint: Endpoint) {
         add(&self.requests[endpoint.index()]);
+    }
+
+    /// Marks a token request as in flight until the returned guard is dropped, and keeps the
+    /// highest number seen at once.
+    pub fn token_in_flight(&self) -> TokenInFlight<'_> {
+        let now = self.token_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.token_max_in_flight.fetch_max(now, Ordering::AcqRel);
+        TokenInFlight(&self.token_in_flight)
     }
 
     /// Counts an answer's errcode.
@@ -381,6 +408,7 @@ impl Stats {
                 stable: read(&self.stable),
                 stable_force_refresh: read(&self.stable_force),
                 issued: read(&self.issued),
+                max_in_flight: read(&self.token_max_in_flight),
             },
             faults,
             events: EventCounts {
@@ -414,6 +442,7 @@ impl Stats {
                 &self.stable,
                 &self.stable_force,
                 &self.issued,
+                &self.token_max_in_flight,
                 &self.ev_generated,
                 &self.ev_attempts,
                 &self.ev_acked,
