@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
+pub mod events;
 pub mod message;
 pub mod metrics;
 pub mod policy;

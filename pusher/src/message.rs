@@ -561,8 +561,33 @@ pub struct MessageRecord {
     /// The producer's `Idempotency-Key`, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// TEMPLATESENDJOBFINISH events recorded for it (oldest first, at most
+    /// [`MAX_EVENTS_PER_MESSAGE`]), whether or not they changed its status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventRecord>,
     /// The message itself.
     pub message: Message,
+}
+
+/// Most events kept on one message (WeChat sends one per delivery; more means a mismatch).
+pub const MAX_EVENTS_PER_MESSAGE: usize = 8;
+
+/// A TEMPLATESENDJOBFINISH event as recorded on a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// WeChat's `Status` text as sent (`success`, `failed:user block`, `failed: system failed`).
+    pub status: String,
+    /// WeChat's `MsgID` (0 when WeChat did not say).
+    pub msgid: i64,
+    /// WeChat's `CreateTime` (Unix seconds).
+    pub create_time: u64,
+    /// When the pusher received it.
+    pub received_at: Timestamp,
+    /// `msgid` when found through the msgid index, `openid_fallback` when `MsgID` was 0 or
+    /// unknown and the most recent delivered message to that openid was taken.
+    pub matched_by: String,
+    /// Whether it changed the message's status.
+    pub applied: bool,
 }
 
 impl MessageRecord {
@@ -592,6 +617,7 @@ impl MessageRecord {
             dead_letter: false,
             replays: 0,
             idempotency_key,
+            events: Vec::new(),
             message,
         }
     }

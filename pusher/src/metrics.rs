@@ -92,6 +92,16 @@ pub struct TimeoutLabels {
     pub phase: &'static str,
 }
 
+/// Label set `{event, result}` of `wxpush_events_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct EventLabels {
+    /// The WeChat event (`TEMPLATESENDJOBFINISH`, `other`, or `-` when none was read).
+    pub event: &'static str,
+    /// What became of it: `confirmed`, `rejected_by_user`, `recorded`, `duplicate`,
+    /// `unmatched`, `ignored`, `bad_signature`, `bad_request`, `decrypt_failed`, `error`.
+    pub result: &'static str,
+}
+
 /// Circuit breaker states, the values of `wxpush_circuit_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
@@ -131,6 +141,8 @@ pub struct Metrics {
     /// `wxpush_channel_paused`: 1 while the channel cannot send (configuration fault, daily
     /// quota), else 0.
     pub channel_paused: Gauge,
+    /// `wxpush_events_total{event,result}`: requests to `/wechat/events` by outcome.
+    pub events: Family<EventLabels, Counter>,
 }
 
 impl Metrics {
@@ -208,6 +220,12 @@ impl Metrics {
             "1 while the channel is paused (configuration fault or quota)",
             channel_paused.clone(),
         );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "WeChat server-URL callbacks (delivery events) by event and result",
+            events.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -221,7 +239,15 @@ impl Metrics {
             circuit_state,
             send_timeouts,
             channel_paused,
+            events,
         }
+    }
+
+    /// Counts one request to `/wechat/events`.
+    pub fn event(&self, event: &'static str, result: &'static str) {
+        self.events
+            .get_or_create(&EventLabels { event, result })
+            .inc();
     }
 
     /// Records a final outcome.

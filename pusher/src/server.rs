@@ -19,11 +19,13 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState, AuthToken};
 use crate::config::PusherConfig;
 use crate::dispatch::{DispatchState, Dispatcher};
+use crate::events::http::EventsState;
 use crate::metrics::Metrics;
 use crate::policy::QueueKind;
 use crate::store::embedded::EmbeddedOptions;
 use crate::store::{EmbeddedStore, Store, StoreError};
 use crate::wechat::{SenderError, WeChatSender};
+use crate::wxcrypto::Cipher;
 
 /// Why a pusher could not start.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +45,10 @@ pub enum ServerError {
     /// The WeChat sender cannot be built.
     #[error("wechat sender: {0}")]
     Sender(#[from] SenderError),
+    /// The `events` settings cannot be used (token, EncodingAESKey or appid unreadable or
+    /// invalid).
+    #[error("events: {0}")]
+    Events(String),
     /// An address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -120,7 +126,10 @@ impl Pusher {
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
         let mut servers = Vec::new();
-        let app = api::router(Arc::clone(&state), metrics_listener.is_none());
+        let mut app = api::router(Arc::clone(&state), metrics_listener.is_none());
+        if let Some(events) = events_state(&config, store.clone(), Arc::clone(&metrics))? {
+            app = app.merge(crate::events::http::router(Arc::new(events)));
+        }
         servers.push(spawn_server("api", listener, app, http_stop.clone()));
         if let Some(l) = metrics_listener {
             let app = api::metrics_router(Arc::clone(&state));
@@ -189,6 +198,49 @@ impl Pusher {
         let _ = self.done.await;
     }
 }
+
+/// The `/wechat/events` state, or `None` while no events token is configured (the route then
+/// answers 404).
+fn events_state<S: Store>(
+    config: &PusherConfig,
+    store: S,
+    metrics: Arc<Metrics>,
+) -> Result<Option<EventsState<S>>, ServerError> {
+    let Some(token) = &config.events.token else {
+        return Ok(None);
+    };
+    let token = token
+        .read()
+        .map_err(|e| ServerError::Events(format!("token: {e}")))?;
+    let cipher = match &config.events.encoding_aes_key {
+        None => None,
+        Some(key) => {
+            let key = key
+                .read()
+                .map_err(|e| ServerError::Events(format!("encodingAesKey: {e}")))?;
+            let appid = config
+                .credentials
+                .app_id()
+                .ok_or_else(|| ServerError::Events("safe mode needs credentials.appId".into()))?
+                .read()
+                .map_err(|e| ServerError::Events(format!("credentials.appId: {e}")))?;
+            Some(
+                Cipher::new(key.trim(), appid.trim())
+                    .map_err(|e| ServerError::Events(format!("encodingAesKey: {e}")))?,
+            )
+        }
+    };
+    Ok(Some(EventsState {
+        store,
+        metrics,
+        token: token.trim().to_string(),
+        cipher,
+        match_wait: EVENT_MATCH_WAIT,
+    }))
+}
+
+/// How long an event whose message is not (yet) found is re-tried before it is acknowledged.
+const EVENT_MATCH_WAIT: Duration = Duration::from_millis(1500);
 
 fn spawn_server(
     name: &'static str,

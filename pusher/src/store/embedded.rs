@@ -14,7 +14,8 @@
 //!
 //! Tables: `messages` (id → JSON record), `schedule` ((due ms, id) for pending messages),
 //! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
-//! (key → id).
+//! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
+//! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio::sync::{Notify, oneshot};
 
 use super::index::Index;
 use super::{AcceptItem, Accepted, DeadLetterPage, Leased, QueueCounts, Store, StoreError, millis};
+use crate::events::{DeliveryEvent, EventOutcome, MatchedBy, apply_event};
 use crate::message::{MessageId, MessageRecord, Status};
 
 const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
@@ -36,6 +38,13 @@ const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedul
 const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
 const DEAD: TableDefinition<u128, ()> = TableDefinition::new("dead");
 const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency");
+/// WeChat `msgid` → message id, written when a message is completed as `delivered`.
+const MSGIDS: TableDefinition<i64, u128> = TableDefinition::new("msgids");
+/// `(openid, delivered_ms, id)` of delivered messages with no event yet (the `MsgID` 0
+/// fallback).
+const AWAITING: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("awaiting_event");
+/// `(openid, CreateTime, MsgID)` of recorded events → the message (de-duplication).
+const EVENTS_SEEN: TableDefinition<(&str, u64, i64), u128> = TableDefinition::new("events_seen");
 
 /// Most operations applied in one commit.
 const MAX_GROUP: usize = 8192;
@@ -97,6 +106,10 @@ enum Op {
         id: MessageId,
         reply: oneshot::Sender<Result<MessageRecord, StoreError>>,
     },
+    Event {
+        event: Box<DeliveryEvent>,
+        reply: oneshot::Sender<Result<EventOutcome, StoreError>>,
+    },
     Close {
         reply: oneshot::Sender<()>,
     },
@@ -122,6 +135,10 @@ enum Effect {
         due: u64,
         reply: oneshot::Sender<Result<MessageRecord, StoreError>>,
     },
+    Evented {
+        outcome: EventOutcome,
+        reply: oneshot::Sender<Result<EventOutcome, StoreError>>,
+    },
 }
 
 impl Effect {
@@ -136,6 +153,9 @@ impl Effect {
                 let _ = reply.send(Err(e()));
             }
             Self::Replayed { reply, .. } => {
+                let _ = reply.send(Err(e()));
+            }
+            Self::Evented { reply, .. } => {
                 let _ = reply.send(Err(e()));
             }
         }
@@ -218,6 +238,9 @@ fn load_index(db: &Database) -> Result<Index, StoreError> {
         txn.open_table(FINISHED).map_err(storage)?;
         txn.open_table(DEAD).map_err(storage)?;
         txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        txn.open_table(MSGIDS).map_err(storage)?;
+        txn.open_table(AWAITING).map_err(storage)?;
+        txn.open_table(EVENTS_SEEN).map_err(storage)?;
     }
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
@@ -374,6 +397,15 @@ impl Store for EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn record_event(&self, event: DeliveryEvent) -> Result<EventOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Event {
+            event: Box::new(event),
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     fn counts(&self) -> QueueCounts {
         let index = self.shared.index.lock();
         let (ready, delayed, inflight) = index.counts(millis(Timestamp::now()));
@@ -476,6 +508,9 @@ impl Writer {
                 let mut finished = txn.open_table(FINISHED).map_err(storage)?;
                 let mut dead = txn.open_table(DEAD).map_err(storage)?;
                 let mut idem = txn.open_table(IDEMPOTENCY).map_err(storage)?;
+                let mut msgids = txn.open_table(MSGIDS).map_err(storage)?;
+                let mut awaiting = txn.open_table(AWAITING).map_err(storage)?;
+                let mut seen = txn.open_table(EVENTS_SEEN).map_err(storage)?;
                 while let Some(op) = ops.pop_front() {
                     match op {
                         Op::Accept { items, reply } => {
@@ -581,9 +616,77 @@ impl Writer {
                                     schedule.insert((at, id), ()).map_err(storage)?;
                                 }
                             }
+                            if record.status == Status::Delivered {
+                                let at = millis(record.finished_at.unwrap_or(now));
+                                awaiting
+                                    .insert((record.message.touser.as_str(), at, id), ())
+                                    .map_err(storage)?;
+                                if let Some(m) = record.msgid.filter(|&m| m != 0) {
+                                    msgids.insert(m, id).map_err(storage)?;
+                                }
+                            }
                             messages
                                 .insert(id, encode(&record)?.as_slice())
                                 .map_err(storage)?;
+                        }
+                        Op::Event { event, reply } => {
+                            let key = (event.openid.as_str(), event.create_time, event.msgid);
+                            if seen.get(key).map_err(storage)?.is_some() {
+                                effects.push(Effect::Evented {
+                                    outcome: EventOutcome::Duplicate,
+                                    reply,
+                                });
+                                continue;
+                            }
+                            let mut found = None;
+                            if event.msgid != 0
+                                && let Some(v) = msgids.get(event.msgid).map_err(storage)?
+                            {
+                                found = Some((v.value(), MatchedBy::Msgid));
+                            }
+                            if found.is_none() {
+                                let openid = event.openid.as_str();
+                                let last = awaiting
+                                    .range((openid, 0, 0)..=(openid, u64::MAX, u128::MAX))
+                                    .map_err(storage)?
+                                    .next_back()
+                                    .transpose()
+                                    .map_err(storage)?
+                                    .map(|(k, _)| k.value().2);
+                                found = last.map(|id| (id, MatchedBy::OpenidFallback));
+                            }
+                            let record = match found {
+                                Some((id, by)) => messages
+                                    .get(id)
+                                    .map_err(storage)?
+                                    .map(|v| decode(v.value()))
+                                    .transpose()?
+                                    .map(|r| (r, by)),
+                                None => None,
+                            };
+                            let Some((mut record, by)) = record else {
+                                effects.push(Effect::Evented {
+                                    outcome: EventOutcome::Unmatched,
+                                    reply,
+                                });
+                                continue;
+                            };
+                            let id = record.id.as_u128();
+                            let had_events = !record.events.is_empty();
+                            let outcome = apply_event(&mut record, &event, by);
+                            if outcome != EventOutcome::Duplicate {
+                                if !had_events {
+                                    let at = millis(record.finished_at.unwrap_or(now));
+                                    awaiting
+                                        .remove((record.message.touser.as_str(), at, id))
+                                        .map_err(storage)?;
+                                }
+                                seen.insert(key, id).map_err(storage)?;
+                                messages
+                                    .insert(id, encode(&record)?.as_slice())
+                                    .map_err(storage)?;
+                            }
+                            effects.push(Effect::Evented { outcome, reply });
                         }
                         Op::Replay { id, reply } => {
                             let key = id.as_u128();
@@ -674,6 +777,7 @@ impl Writer {
                                 index.dead = index.dead.saturating_sub(1);
                                 woke = true;
                             }
+                            Effect::Evented { .. } => {}
                         }
                     }
                 }
@@ -690,6 +794,9 @@ impl Writer {
                         }
                         Effect::Replayed { record, reply, .. } => {
                             let _ = reply.send(Ok(*record));
+                        }
+                        Effect::Evented { outcome, reply } => {
+                            let _ = reply.send(Ok(outcome));
                         }
                     }
                 }
@@ -715,6 +822,9 @@ impl Writer {
                             let _ = reply.send(Err(err()));
                         }
                         Op::Replay { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Op::Event { reply, .. } => {
                             let _ = reply.send(Err(err()));
                         }
                         Op::Close { reply } => {
@@ -748,6 +858,9 @@ impl Writer {
                 let mut finished = txn.open_table(FINISHED).map_err(storage)?;
                 let mut dead = txn.open_table(DEAD).map_err(storage)?;
                 let mut idem = txn.open_table(IDEMPOTENCY).map_err(storage)?;
+                let mut msgids = txn.open_table(MSGIDS).map_err(storage)?;
+                let mut awaiting = txn.open_table(AWAITING).map_err(storage)?;
+                let mut seen = txn.open_table(EVENTS_SEEN).map_err(storage)?;
                 let old: Vec<(u64, u128)> = finished
                     .range(..(cutoff, 0))
                     .map_err(storage)?
@@ -765,10 +878,22 @@ impl Writer {
                         .map_err(storage)?
                         .map(|v| decode(v.value()))
                         .transpose();
-                    if let Ok(Some(r)) = record
-                        && let Some(k) = &r.idempotency_key
-                    {
-                        idem.remove(k.as_str()).map_err(storage)?;
+                    if let Ok(Some(r)) = record {
+                        if let Some(k) = &r.idempotency_key {
+                            idem.remove(k.as_str()).map_err(storage)?;
+                        }
+                        if let Some(m) = r.msgid {
+                            msgids.remove(m).map_err(storage)?;
+                        }
+                        let openid = r.message.touser.as_str();
+                        if r.status == Status::Delivered && r.events.is_empty() {
+                            let at = millis(r.finished_at.unwrap_or_default());
+                            awaiting.remove((openid, at, id)).map_err(storage)?;
+                        }
+                        for e in &r.events {
+                            seen.remove((openid, e.create_time, e.msgid))
+                                .map_err(storage)?;
+                        }
                     }
                     removed += 1;
                 }

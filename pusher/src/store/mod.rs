@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 
+use crate::events::{DeliveryEvent, EventOutcome};
 use crate::message::{Message, MessageId, MessageRecord, Status};
 
 pub use embedded::EmbeddedStore;
@@ -168,6 +169,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         &self,
         id: MessageId,
     ) -> impl Future<Output = Result<MessageRecord, StoreError>> + Send;
+
+    /// Records a TEMPLATESENDJOBFINISH event, atomically: an event seen before (same openid,
+    /// `CreateTime` and `MsgID`) is a [`EventOutcome::Duplicate`]; otherwise the message is
+    /// found through the msgid → message index (written when a message is completed as
+    /// `delivered`), or, when `MsgID` is 0 or unknown, as the most recent `delivered` message to
+    /// that openid with no event yet; then [`crate::events::apply_event`] decides. A Redis
+    /// implementation keeps the index in a hash, the per-openid awaiting set in a sorted set and
+    /// the seen keys with `SET NX`, and runs this in one script.
+    fn record_event(
+        &self,
+        event: DeliveryEvent,
+    ) -> impl Future<Output = Result<EventOutcome, StoreError>> + Send;
 
     /// Messages by state.
     fn counts(&self) -> QueueCounts;

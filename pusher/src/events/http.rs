@@ -1,0 +1,207 @@
+//! `GET,POST /wechat/events`: WeChat's server-URL callback.
+//!
+//! - `GET ?signature&timestamp&nonce&echostr`: the URL check; answers `echostr` (text/plain)
+//!   when `signature` is right, else 403.
+//! - `POST` plain mode: `signature` must be right (else 403); the body is the event XML.
+//! - `POST` safe mode (`encrypt_type=aes`): `msg_signature` over the `<Encrypt>` text must be
+//!   right (else 403); the payload is decrypted and must name the channel's appid (else 400).
+//! - A TEMPLATESENDJOBFINISH event is recorded through [`Store::record_event`]; any other
+//!   message or event is acknowledged and ignored. Every accepted request is answered `success`
+//!   (text/plain) at once; only a store failure answers 503, so that WeChat retries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use jiff::Timestamp;
+
+use super::{DeliveryEvent, EventOutcome, is_template_event, parse_xml};
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::wxcrypto::{Cipher, verify_msg_signature, verify_signature};
+
+/// Largest event body accepted (WeChat's events are well under 2 KiB).
+pub const MAX_EVENT_BODY: usize = 64 * 1024;
+
+/// What the event handlers share.
+pub struct EventsState<S> {
+    /// The queue (finds messages, de-duplicates, applies transitions).
+    pub store: S,
+    /// The metrics.
+    pub metrics: Arc<Metrics>,
+    /// The server-URL token.
+    pub token: String,
+    /// The safe-mode cipher (EncodingAESKey + the channel's appid), when a key is configured.
+    pub cipher: Option<Cipher>,
+    /// How long an event whose message is not found yet is re-tried before it is acknowledged
+    /// as unmatched (covers an event that overtakes the store's `delivered` commit).
+    pub match_wait: Duration,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for EventsState<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never print it.
+        f.debug_struct("EventsState")
+            .field("store", &self.store)
+            .field("cipher", &self.cipher)
+            .field("match_wait", &self.match_wait)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `/wechat/events` router (mount it only when a token is configured).
+pub fn router<S: Store + Clone>(state: Arc<EventsState<S>>) -> Router {
+    Router::new()
+        .route("/wechat/events", get(verify_url::<S>).post(receive::<S>))
+        .layer(DefaultBodyLimit::max(MAX_EVENT_BODY))
+        .with_state(state)
+}
+
+type Params = Query<HashMap<String, String>>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body.into(),
+    )
+        .into_response()
+}
+
+fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> &'a str {
+    q.get(name).map_or("", String::as_str)
+}
+
+fn signed<S>(state: &EventsState<S>, q: &HashMap<String, String>) -> bool {
+    let sig = param(q, "signature");
+    !sig.is_empty() && verify_signature(&state.token, param(q, "timestamp"), param(q, "nonce"), sig)
+}
+
+async fn verify_url<S: Store>(
+    State(state): State<Arc<EventsState<S>>>,
+    Query(q): Params,
+) -> Response {
+    if !signed(&state, &q) {
+        state.metrics.event("-", "bad_signature");
+        return text(StatusCode::FORBIDDEN, "invalid signature");
+    }
+    state.metrics.event("-", "echostr");
+    text(StatusCode::OK, param(&q, "echostr"))
+}
+
+/// The answer for a request whose payload has been checked.
+fn success() -> Response {
+    text(StatusCode::OK, "success")
+}
+
+async fn receive<S: Store>(
+    State(state): State<Arc<EventsState<S>>>,
+    Query(q): Params,
+    body: Bytes,
+) -> Response {
+    let metrics = &state.metrics;
+    let safe = param(&q, "encrypt_type").eq_ignore_ascii_case("aes");
+    let plain_xml = if safe {
+        let Some(cipher) = &state.cipher else {
+            metrics.event("-", "bad_request");
+            return text(
+                StatusCode::BAD_REQUEST,
+                "safe mode needs events.encodingAesKey",
+            );
+        };
+        let outer = match parse_xml(&body) {
+            Ok(x) => x,
+            Err(_) => {
+                metrics.event("-", "bad_request");
+                return text(StatusCode::BAD_REQUEST, "malformed XML");
+            }
+        };
+        let Some(encrypt) = outer.encrypt.as_deref().map(str::trim) else {
+            metrics.event("-", "bad_request");
+            return text(StatusCode::BAD_REQUEST, "no <Encrypt> element");
+        };
+        let sig = param(&q, "msg_signature");
+        if sig.is_empty()
+            || !verify_msg_signature(
+                &state.token,
+                param(&q, "timestamp"),
+                param(&q, "nonce"),
+                encrypt,
+                sig,
+            )
+        {
+            metrics.event("-", "bad_signature");
+            return text(StatusCode::FORBIDDEN, "invalid msg_signature");
+        }
+        match cipher.decrypt(encrypt) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(reason = e.metric_label(), "event payload cannot be opened");
+                metrics.event("-", "decrypt_failed");
+                return text(StatusCode::BAD_REQUEST, "cannot decrypt");
+            }
+        }
+    } else {
+        if !signed(&state, &q) {
+            metrics.event("-", "bad_signature");
+            return text(StatusCode::FORBIDDEN, "invalid signature");
+        }
+        body.to_vec()
+    };
+    let xml = match parse_xml(&plain_xml) {
+        Ok(x) => x,
+        Err(_) => {
+            metrics.event("-", "bad_request");
+            return text(StatusCode::BAD_REQUEST, "malformed XML");
+        }
+    };
+    if !is_template_event(&xml) {
+        metrics.event("other", "ignored");
+        return success();
+    }
+    let event = match DeliveryEvent::from_xml(&xml, Timestamp::now()) {
+        Ok(e) => e,
+        Err(e) => {
+            metrics.event(super::TEMPLATE_EVENT, "bad_request");
+            return text(StatusCode::BAD_REQUEST, e.to_string());
+        }
+    };
+    match record(&state, event).await {
+        Ok(outcome) => {
+            metrics.event(super::TEMPLATE_EVENT, outcome.metric_label());
+            success()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "event not recorded");
+            metrics.event(super::TEMPLATE_EVENT, "error");
+            text(StatusCode::SERVICE_UNAVAILABLE, "retry later")
+        }
+    }
+}
+
+/// Records the event, re-trying an unmatched one for up to `match_wait` (WeChat's own wait is
+/// 5 s, so the answer stays well inside it).
+async fn record<S: Store>(
+    state: &EventsState<S>,
+    event: DeliveryEvent,
+) -> Result<EventOutcome, crate::store::StoreError> {
+    let deadline = tokio::time::Instant::now() + state.match_wait;
+    let mut pause = Duration::from_millis(20);
+    loop {
+        let outcome = state.store.record_event(event.clone()).await?;
+        if outcome != EventOutcome::Unmatched || tokio::time::Instant::now() + pause > deadline {
+            if outcome == EventOutcome::Unmatched {
+                tracing::debug!(msgid = event.msgid, "event matches no message");
+            }
+            return Ok(outcome);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(250));
+    }
+}
