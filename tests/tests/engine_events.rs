@@ -1,0 +1,374 @@
+//! The pusher's `/wechat/events` end to end: the real `wxpush-sandbox` POSTs
+//! TEMPLATESENDJOBFINISH events (plain and safe mode) to the real `wxpush-pusher`, whose
+//! messages move from `delivered` to `confirmed` / `rejected_by_user`; signatures, the echostr
+//! check, duplicates and the MsgID 0 fallback.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use wxpush_pusher::wxcrypto::{Cipher, msg_signature, signature};
+use wxpush_tests::pusher::{Api, PusherProc, config, send_all, tempdir, template};
+use wxpush_tests::sandbox::{self, APPID, WxClient};
+use wxpush_tests::{ChildGuard, free_port, wait_for};
+
+const EV_TOKEN: &str = "events-token-abc";
+const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+/// Messages per end-to-end run (`WXPUSH_EVENTS_N` overrides).
+fn n() -> usize {
+    std::env::var("WXPUSH_EVENTS_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+struct Setup {
+    _sandbox: ChildGuard,
+    wx: WxClient,
+    pusher: PusherProc,
+    _dir: tempfile::TempDir,
+}
+
+/// A sandbox that POSTs events to a pusher on a port chosen beforehand, and that pusher.
+async fn setup(sandbox_args: &[&str], events: Value) -> Setup {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/wechat/events");
+    let mut args = vec![
+        "--daily-quota",
+        "unlimited",
+        "--event-url",
+        &url,
+        "--event-token",
+        EV_TOKEN,
+    ];
+    args.extend_from_slice(sandbox_args);
+    let (guard, sb_url) = sandbox::spawn(&args);
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"listen": format!("127.0.0.1:{port}"), "events": events}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    Setup {
+        _sandbox: guard,
+        wx: WxClient::new(sb_url),
+        pusher,
+        _dir: dir,
+    }
+}
+
+/// Statuses of `ids`, counted.
+async fn statuses(api: &Api, ids: &[String]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for id in ids {
+        let (code, doc) = api.status(id).await;
+        assert_eq!(code, 200, "{doc}");
+        let s = doc["status"].as_str().unwrap_or("?").to_string();
+        *out.entry(s).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Sends `n` messages to distinct openids and waits until every one is confirmed or rejected;
+/// checks the counts against the sandbox's event statistics and the pusher's metrics.
+async fn run_and_check(s: &Setup, n: usize, prefix: &str) -> BTreeMap<String, u64> {
+    let api = &s.pusher.api;
+    let msgs: Vec<_> = (0..n).map(|i| template(&format!("{prefix}{i}"))).collect();
+    let start = Instant::now();
+    let ids = send_all(api, &msgs, 100, 2).await;
+    assert_eq!(ids.len(), n);
+    let me = api.clone();
+    wait_for("every event applied", Duration::from_secs(20), || {
+        let me = me.clone();
+        async move {
+            let c = me.metric("wxpush_events_total", &[]).await;
+            (c as usize >= n).then_some(())
+        }
+    })
+    .await;
+    let counts = statuses(api, &ids).await;
+    let confirmed = counts.get("confirmed").copied().unwrap_or(0);
+    let rejected = counts.get("rejected_by_user").copied().unwrap_or(0);
+    assert_eq!(
+        confirmed + rejected,
+        n as u64,
+        "every message ends confirmed or rejected_by_user: {counts:?}"
+    );
+    let stats = s.wx.stats().await;
+    let ev = &stats.events;
+    assert_eq!(ev.generated, n as u64);
+    assert_eq!(ev.acknowledged, n as u64, "{ev:?}");
+    assert_eq!(ev.failed, 0);
+    assert_eq!(
+        ev.attempts, n as u64,
+        "each event acknowledged on its first attempt"
+    );
+    assert_eq!(ev.by_status.get("success").copied(), Some(confirmed));
+    assert_eq!(
+        ev.by_status.get("failed:user block").copied(),
+        Some(rejected)
+    );
+    assert!(
+        rejected > 0 && confirmed > 0,
+        "both outcomes occur: {counts:?}"
+    );
+    let m = |r: &str| {
+        let api = api.clone();
+        let r = r.to_string();
+        async move {
+            api.metric(
+                "wxpush_events_total",
+                &[("event", "TEMPLATESENDJOBFINISH"), ("result", &r)],
+            )
+            .await as u64
+        }
+    };
+    assert_eq!(m("confirmed").await, confirmed);
+    assert_eq!(m("rejected_by_user").await, rejected);
+    assert_eq!(m("unmatched").await, 0);
+    eprintln!(
+        "{n} messages confirmed/rejected ({confirmed}/{rejected}) in {:?}",
+        start.elapsed()
+    );
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_mode_events_confirm_and_reject() {
+    let s = setup(
+        &["--event-mode", "plain", "--event-user-block-share", "0.25"],
+        json!({"token": EV_TOKEN}),
+    )
+    .await;
+    run_and_check(&s, n(), "p").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn safe_mode_events_confirm_and_reject() {
+    let s = setup(
+        &[
+            "--event-mode",
+            "safe",
+            "--event-aes-key",
+            AES_KEY,
+            "--event-user-block-share",
+            "0.25",
+        ],
+        json!({"token": EV_TOKEN, "encodingAesKey": AES_KEY}),
+    )
+    .await;
+    run_and_check(&s, n(), "s").await;
+}
+
+/// WeChat's unconfirmed `MsgID` 0 (the pusher always sets `client_msg_id`): every event falls
+/// back to the latest delivered message of its openid, which with one message per openid is
+/// exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msgid_zero_events_fall_back_to_the_openid() {
+    let s = setup(
+        &[
+            "--event-mode",
+            "plain",
+            "--event-user-block-share",
+            "0.25",
+            "--event-msgid-zero-with-client-msg-id",
+        ],
+        json!({"token": EV_TOKEN}),
+    )
+    .await;
+    run_and_check(&s, 50, "z").await;
+}
+
+fn query(ts: &str, nonce: &str, sig: &str) -> String {
+    format!("timestamp={ts}&nonce={nonce}&signature={sig}")
+}
+
+fn event_xml(openid: &str, create_time: u64, msgid: i64, status: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_sandbox000000]]></ToUserName>\
+         <FromUserName><![CDATA[{openid}]]></FromUserName><CreateTime>{create_time}</CreateTime>\
+         <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event>\
+         <MsgID>{msgid}</MsgID><Status><![CDATA[{status}]]></Status></xml>"
+    )
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: String) -> (u16, String) {
+    let r = http
+        .post(url)
+        .header("content-type", "text/xml")
+        .body(body)
+        .send()
+        .await
+        .expect("the pusher answers");
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// Bad signatures are refused and change nothing; the echostr check; a duplicate changes
+/// nothing; an event for a confirmed message is recorded, not applied; other events are
+/// acknowledged; no token → 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_echostr_duplicates_and_other_events() {
+    // No --event-url: this test plays WeChat itself.
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"events": {"token": EV_TOKEN, "encodingAesKey": AES_KEY}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let api = &pusher.api;
+    let http = reqwest::Client::new();
+    let base = format!("{}/wechat/events", pusher.base);
+
+    // The URL check.
+    let sig = signature(EV_TOKEN, "1700000000", "42");
+    let r = http
+        .get(format!(
+            "{base}?{}&echostr=hello-echo",
+            query("1700000000", "42", &sig)
+        ))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|c| c.starts_with("text/plain"))
+    );
+    assert_eq!(r.text().await.expect("body"), "hello-echo");
+    let r = http
+        .get(format!(
+            "{base}?{}&echostr=hello-echo",
+            query("1700000000", "43", &sig)
+        ))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 403);
+    assert_ne!(r.text().await.expect("body"), "hello-echo");
+
+    // One delivered message.
+    let ids = send_all(api, &[template("sig-user")], 1, 1).await;
+    api.wait_delivered(1, Duration::from_secs(10)).await;
+    let (_, doc) = api.status(&ids[0]).await;
+    assert_eq!(doc["status"], "delivered", "{doc}");
+    let msgid = doc["msgid"].as_i64().expect("a msgid");
+    let status = |api: Api, id: String| async move { api.status(&id).await.1 };
+
+    // Bad signatures: refused, nothing changes.
+    let ev = event_xml("sig-user", 1_700_000_100, msgid, "success");
+    let (code, _) = post(
+        &http,
+        &format!("{base}?{}", query("1700000100", "7", "0000deadbeef")),
+        ev.clone(),
+    )
+    .await;
+    assert_eq!(code, 403);
+    let (code, _) = post(&http, &base, ev.clone()).await;
+    assert_eq!(code, 403, "no signature at all");
+    let cipher = Cipher::new(AES_KEY, APPID).expect("key");
+    let enc = cipher.encrypt(ev.as_bytes());
+    let safe_body =
+        format!("<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>");
+    let sig = signature(EV_TOKEN, "1700000100", "7");
+    let (code, _) = post(
+        &http,
+        &format!(
+            "{base}?{}&encrypt_type=aes&msg_signature=badbad",
+            query("1700000100", "7", &sig)
+        ),
+        safe_body.clone(),
+    )
+    .await;
+    assert_eq!(code, 403, "bad msg_signature");
+    // Sealed for another appid: refused after a valid msg_signature.
+    let other = Cipher::new(AES_KEY, "wxsomeoneelse").expect("key");
+    let enc_other = other.encrypt(ev.as_bytes());
+    let msig = msg_signature(EV_TOKEN, "1700000100", "7", &enc_other);
+    let (code, _) = post(
+        &http,
+        &format!(
+            "{base}?{}&encrypt_type=aes&msg_signature={msig}",
+            query("1700000100", "7", &sig)
+        ),
+        format!("<xml><Encrypt><![CDATA[{enc_other}]]></Encrypt></xml>"),
+    )
+    .await;
+    assert_eq!(code, 400, "wrong appid");
+    assert_eq!(
+        status(api.clone(), ids[0].clone()).await["status"],
+        "delivered"
+    );
+    assert_eq!(
+        api.metric("wxpush_events_total", &[("result", "bad_signature")])
+            .await,
+        4.0
+    );
+
+    // A good safe-mode event confirms; the same event again (WeChat's retry) changes nothing.
+    let msig = msg_signature(EV_TOKEN, "1700000100", "7", &enc);
+    let safe_url = format!(
+        "{base}?{}&encrypt_type=aes&msg_signature={msig}",
+        query("1700000100", "7", &sig)
+    );
+    assert_eq!(
+        post(&http, &safe_url, safe_body.clone()).await,
+        (200, "success".to_string())
+    );
+    let first = status(api.clone(), ids[0].clone()).await;
+    assert_eq!(first["status"], "confirmed", "{first}");
+    assert_eq!(first["events"][0]["matched_by"], "msgid");
+    let plain_url = format!("{base}?{}", query("1700000100", "7", &sig));
+    assert_eq!(
+        post(&http, &plain_url, ev.clone()).await,
+        (200, "success".to_string()),
+        "the duplicate, in plain mode this time"
+    );
+    assert_eq!(status(api.clone(), ids[0].clone()).await, first);
+    assert_eq!(
+        api.metric("wxpush_events_total", &[("result", "duplicate")])
+            .await,
+        1.0
+    );
+
+    // A different event for the confirmed message: recorded, not applied.
+    let late = event_xml("sig-user", 1_700_000_200, msgid, "failed:user block");
+    assert_eq!(post(&http, &plain_url, late).await.0, 200);
+    let doc = status(api.clone(), ids[0].clone()).await;
+    assert_eq!(doc["status"], "confirmed");
+    assert_eq!(doc["events"].as_array().map(Vec::len), Some(2), "{doc}");
+    assert_eq!(doc["events"][1]["applied"], false);
+
+    // Other messages and events: acknowledged, ignored.
+    let sub = "<xml><FromUserName>sig-user</FromUserName><CreateTime>1</CreateTime>\
+               <MsgType>event</MsgType><Event>subscribe</Event></xml>";
+    assert_eq!(
+        post(&http, &plain_url, sub.to_string()).await,
+        (200, "success".to_string())
+    );
+    assert_eq!(
+        api.metric("wxpush_events_total", &[("result", "ignored")])
+            .await,
+        1.0
+    );
+    // Malformed XML with a good signature: 400.
+    assert_eq!(post(&http, &plain_url, "<xml><a>".into()).await.0, 400);
+
+    // A pusher without an events token has no /wechat/events.
+    let dir2 = tempdir();
+    let plain = PusherProc::start(dir2.path(), &config(&sb_url, dir2.path(), &json!({}))).await;
+    let r = http
+        .get(format!(
+            "{}/wechat/events?{}&echostr=x",
+            plain.base,
+            query("1700000000", "42", &signature(EV_TOKEN, "1700000000", "42"))
+        ))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 404);
+}
