@@ -21,26 +21,12 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 
-use crate::{binary, wait_for, workspace_root};
+use crate::{binary, python, wait_for, workspace_root};
 
 /// How long the emulator may take to start (Python import plus binding a port).
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one kubectl invocation may take.
 const KUBECTL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The Python interpreter for the emulator: `$WXPUSH_PYTHON`, else the workspace's `.venv`,
-/// else `python3`.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WXPUSH_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = workspace_root().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
-    }
-}
 
 /// The kubectl binary: `$KUBECTL`, else `kubectl` from `PATH`.
 pub fn kubectl_binary() -> PathBuf {

@@ -40,6 +40,21 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The Python interpreter for the tests' Python tools (verifiers, the Kubernetes API
+/// emulator): `$WXPUSH_PYTHON`, else the workspace's `.venv` (made by `scripts/setup.sh`), else
+/// `python3`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("WXPUSH_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = workspace_root().join(".venv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
 /// A port on 127.0.0.1 that was free a moment ago. Prefer letting a server bind port 0 and
 /// report its address; use this only for programs that cannot.
 pub fn free_port() -> u16 {

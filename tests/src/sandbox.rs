@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Mutex;
 use wxpush_pusher::sandbox::{Sandbox, SandboxConfig, SandboxHandle, StatsSnapshot};
 
-use crate::{ChildGuard, binary, workspace_root};
+use crate::{ChildGuard, binary, python, workspace_root};
 
 /// The appid every sandbox test uses.
 pub const APPID: &str = "wxtestappid000001";
@@ -383,20 +382,6 @@ impl EventReceiver {
             (got.len() >= n).then(|| got.clone())
         })
         .await
-    }
-}
-
-/// The Python interpreter for verifiers: `$WXPUSH_PYTHON`, else the workspace's `.venv`, else
-/// `python3`.
-pub fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("WXPUSH_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = workspace_root().join(".venv/bin/python");
-    if venv.exists() {
-        venv
-    } else {
-        PathBuf::from("python3")
     }
 }
 
