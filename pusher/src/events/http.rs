@@ -185,8 +185,11 @@ async fn receive<S: Store>(
     }
 }
 
-/// Records the event, re-trying an unmatched one for up to `match_wait` (WeChat's own wait is
-/// 5 s, so the answer stays well inside it).
+/// Records the event. An event whose message is not found yet is re-tried for up to
+/// `match_wait` (WeChat's own wait is 5 s, so the answer stays well inside it): it can overtake
+/// the store's `delivered` commit. A known (non-zero) `MsgID` is looked up in the msgid index
+/// only until the wait is over, and only then falls back to the openid, so that an early event
+/// is not attributed to another message of the same user.
 async fn record<S: Store>(
     state: &EventsState<S>,
     event: DeliveryEvent,
@@ -194,8 +197,10 @@ async fn record<S: Store>(
     let deadline = tokio::time::Instant::now() + state.match_wait;
     let mut pause = Duration::from_millis(20);
     loop {
-        let outcome = state.store.record_event(event.clone()).await?;
-        if outcome != EventOutcome::Unmatched || tokio::time::Instant::now() + pause > deadline {
+        let last = tokio::time::Instant::now() + pause > deadline;
+        let fallback = event.msgid == 0 || last;
+        let outcome = state.store.record_event(event.clone(), fallback).await?;
+        if outcome != EventOutcome::Unmatched || last {
             if outcome == EventOutcome::Unmatched {
                 tracing::debug!(msgid = event.msgid, "event matches no message");
             }

@@ -258,7 +258,7 @@ async fn store_matches_by_msgid_dedups_and_survives_restart() {
             received_at: Timestamp::now(),
         };
         let out = store
-            .record_event(ev("o1", 10, 1000, "success"))
+            .record_event(ev("o1", 10, 1000, "success"), true)
             .await
             .expect("records");
         assert_eq!(
@@ -270,17 +270,17 @@ async fn store_matches_by_msgid_dedups_and_survives_restart() {
         );
         assert_eq!(
             store
-                .record_event(ev("o1", 10, 1000, "success"))
+                .record_event(ev("o1", 10, 1000, "success"), true)
                 .await
                 .expect("records"),
             EventOutcome::Duplicate
         );
         store
-            .record_event(ev("o2", 10, 1001, "failed:user block"))
+            .record_event(ev("o2", 10, 1001, "failed:user block"), false)
             .await
             .expect("records");
         let out = store
-            .record_event(ev("o3", 10, 1002, "failed: system failed"))
+            .record_event(ev("o3", 10, 1002, "failed: system failed"), true)
             .await
             .expect("records");
         assert_eq!(
@@ -292,7 +292,7 @@ async fn store_matches_by_msgid_dedups_and_survives_restart() {
         );
         assert_eq!(
             store
-                .record_event(ev("o9", 10, 777, "success"))
+                .record_event(ev("o9", 10, 777, "success"), true)
                 .await
                 .expect("records"),
             EventOutcome::Unmatched
@@ -316,7 +316,7 @@ async fn store_matches_by_msgid_dedups_and_survives_restart() {
         received_at: Timestamp::now(),
     };
     assert_eq!(
-        store.record_event(dup).await.expect("records"),
+        store.record_event(dup, true).await.expect("records"),
         EventOutcome::Duplicate
     );
     store.close().await;
@@ -336,7 +336,7 @@ async fn store_falls_back_to_the_latest_delivered_message_of_the_openid() {
     };
     // MsgID 0: the most recent delivered message to o1 without an event (ids[1]).
     assert_eq!(
-        store.record_event(ev(20, 0)).await.expect("records"),
+        store.record_event(ev(20, 0), true).await.expect("records"),
         EventOutcome::Applied {
             id: ids[1],
             status: Status::Confirmed
@@ -344,19 +344,30 @@ async fn store_falls_back_to_the_latest_delivered_message_of_the_openid() {
     );
     // A retry of that event is a duplicate, not a match for the other message.
     assert_eq!(
-        store.record_event(ev(20, 0)).await.expect("records"),
+        store.record_event(ev(20, 0), true).await.expect("records"),
         EventOutcome::Duplicate
     );
-    // An unknown msgid falls back too: now ids[0], the only one left awaiting.
+    // An unknown msgid without the fallback matches nothing (the caller is still waiting for
+    // that msgid's commit); with it, ids[0], the only one left awaiting.
     assert_eq!(
-        store.record_event(ev(21, 424_242)).await.expect("records"),
+        store
+            .record_event(ev(21, 424_242), false)
+            .await
+            .expect("records"),
+        EventOutcome::Unmatched
+    );
+    assert_eq!(
+        store
+            .record_event(ev(21, 424_242), true)
+            .await
+            .expect("records"),
         EventOutcome::Applied {
             id: ids[0],
             status: Status::Confirmed
         }
     );
     assert_eq!(
-        store.record_event(ev(22, 0)).await.expect("records"),
+        store.record_event(ev(22, 0), true).await.expect("records"),
         EventOutcome::Unmatched
     );
     assert_eq!(status(&store, ids[2]).await, Status::Delivered);

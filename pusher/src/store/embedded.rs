@@ -108,6 +108,7 @@ enum Op {
     },
     Event {
         event: Box<DeliveryEvent>,
+        fallback: bool,
         reply: oneshot::Sender<Result<EventOutcome, StoreError>>,
     },
     Close {
@@ -397,10 +398,15 @@ impl Store for EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn record_event(&self, event: DeliveryEvent) -> Result<EventOutcome, StoreError> {
+    async fn record_event(
+        &self,
+        event: DeliveryEvent,
+        fallback: bool,
+    ) -> Result<EventOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Event {
             event: Box::new(event),
+            fallback,
             reply,
         })?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -629,7 +635,11 @@ impl Writer {
                                 .insert(id, encode(&record)?.as_slice())
                                 .map_err(storage)?;
                         }
-                        Op::Event { event, reply } => {
+                        Op::Event {
+                            event,
+                            fallback,
+                            reply,
+                        } => {
                             let key = (event.openid.as_str(), event.create_time, event.msgid);
                             if seen.get(key).map_err(storage)?.is_some() {
                                 effects.push(Effect::Evented {
@@ -644,7 +654,7 @@ impl Writer {
                             {
                                 found = Some((v.value(), MatchedBy::Msgid));
                             }
-                            if found.is_none() {
+                            if found.is_none() && fallback {
                                 let openid = event.openid.as_str();
                                 let last = awaiting
                                     .range((openid, 0, 0)..=(openid, u64::MAX, u128::MAX))

@@ -174,12 +174,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `CreateTime` and `MsgID`) is a [`EventOutcome::Duplicate`]; otherwise the message is
     /// found through the msgid → message index (written when a message is completed as
     /// `delivered`), or, when `MsgID` is 0 or unknown, as the most recent `delivered` message to
-    /// that openid with no event yet; then [`crate::events::apply_event`] decides. A Redis
+    /// that openid with no event yet (only when `fallback` is true, so that a caller can first
+    /// wait for a known msgid's `delivered` commit); then [`crate::events::apply_event`]
+    /// decides. A Redis
     /// implementation keeps the index in a hash, the per-openid awaiting set in a sorted set and
     /// the seen keys with `SET NX`, and runs this in one script.
     fn record_event(
         &self,
         event: DeliveryEvent,
+        fallback: bool,
     ) -> impl Future<Output = Result<EventOutcome, StoreError>> + Send;
 
     /// Messages by state.
