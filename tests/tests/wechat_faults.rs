@@ -4,28 +4,11 @@
 
 mod wechat_support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use wechat_support::{config, sandbox, sandbox_config, template};
-use wxpush_pusher::metrics::Metrics;
+use wechat_support::{config, sandbox, sandbox_config, send, sender, template};
 use wxpush_pusher::sandbox::{FaultConfig, OutageSpec, SandboxConfig};
-use wxpush_pusher::wechat::{Circuit, MessageKind, SendOutcome, SendRequest, WeChatSender};
-
-fn sender(config: &wxpush_pusher::config::PusherConfig) -> (Arc<WeChatSender>, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::new("t"));
-    let sender = WeChatSender::new(config, Arc::clone(&metrics)).expect("sender builds");
-    (Arc::new(sender), metrics)
-}
-
-async fn send(sender: &WeChatSender, body: &serde_json::Value) -> SendOutcome {
-    sender
-        .send(SendRequest {
-            kind: MessageKind::Template,
-            body,
-        })
-        .await
-}
+use wxpush_pusher::wechat::{Circuit, SendOutcome};
 
 #[tokio::test]
 async fn a_hang_hits_the_response_header_timeout_and_the_retry_is_deduplicated() {

@@ -8,25 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use wechat_support::{config, counting_proxy, sandbox, sandbox_config, template};
-use wxpush_pusher::metrics::Metrics;
+use wechat_support::{config, counting_proxy, sandbox, sandbox_config, send, sender, template};
 use wxpush_pusher::sandbox::{FaultConfig, SandboxConfig};
-use wxpush_pusher::wechat::{Health, MessageKind, SendOutcome, SendRequest, WeChatSender};
-
-fn sender(config: &wxpush_pusher::config::PusherConfig) -> (Arc<WeChatSender>, Arc<Metrics>) {
-    let metrics = Arc::new(Metrics::new("t"));
-    let sender = WeChatSender::new(config, Arc::clone(&metrics)).expect("sender builds");
-    (Arc::new(sender), metrics)
-}
-
-async fn send(sender: &WeChatSender, body: &serde_json::Value) -> SendOutcome {
-    sender
-        .send(SendRequest {
-            kind: MessageKind::Template,
-            body,
-        })
-        .await
-}
+use wxpush_pusher::wechat::{Health, SendOutcome};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn token_storm_with_64_senders_keeps_one_token_request_in_flight() {

@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wxpush_pusher::config::PusherConfig;
+use wxpush_pusher::metrics::Metrics;
 use wxpush_pusher::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use wxpush_pusher::wechat::{MessageKind, SendOutcome, SendRequest, WeChatSender};
 
 /// The test account.
 pub const APPID: &str = "wxwechattest00001";
@@ -117,4 +119,21 @@ async fn pump(mut client: TcpStream, mut server: TcpStream, c: &Counters) {
         }
     }
     finish(&mut token);
+}
+
+/// A sender for `config` with its own metrics, shared as the dispatcher shares it.
+pub fn sender(config: &PusherConfig) -> (Arc<WeChatSender>, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new("t"));
+    let sender = WeChatSender::new(config, Arc::clone(&metrics)).expect("sender builds");
+    (Arc::new(sender), metrics)
+}
+
+/// One template send attempt.
+pub async fn send(sender: &WeChatSender, body: &Value) -> SendOutcome {
+    sender
+        .send(SendRequest {
+            kind: MessageKind::Template,
+            body,
+        })
+        .await
 }
