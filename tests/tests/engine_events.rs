@@ -378,3 +378,62 @@ async fn signatures_echostr_duplicates_and_other_events() {
         .expect("answers");
     assert_eq!(r.status().as_u16(), 404);
 }
+
+/// Compatible mode (plain fields plus `<Encrypt>`, handled as safe mode) with all three
+/// statuses: `failed: system failed` leaves the message `delivered` with the event recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compat_mode_system_failures_stay_delivered_with_the_event() {
+    const N: usize = 60;
+    let s = setup(
+        &[
+            "--event-mode",
+            "compat",
+            "--event-aes-key",
+            AES_KEY,
+            "--event-user-block-share",
+            "0.2",
+            "--event-system-failed-share",
+            "0.3",
+        ],
+        json!({"token": EV_TOKEN, "encodingAesKey": AES_KEY}),
+    )
+    .await;
+    let api = &s.pusher.api;
+    let msgs: Vec<_> = (0..N).map(|i| template(&format!("c{i}"))).collect();
+    let ids = send_all(api, &msgs, 100, 1).await;
+    let me = api.clone();
+    wait_for("every event recorded", Duration::from_secs(20), || {
+        let me = me.clone();
+        async move {
+            let c = me.metric("wxpush_events_total", &[]).await;
+            (c as usize >= N).then_some(())
+        }
+    })
+    .await;
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    for id in &ids {
+        let (_, doc) = api.status(id).await;
+        let st = doc["status"].as_str().unwrap_or("?").to_string();
+        assert_eq!(doc["events"].as_array().map(Vec::len), Some(1), "{doc}");
+        let ev = doc["events"][0]["status"].as_str().unwrap_or("?");
+        let expected = match ev {
+            "success" => "confirmed",
+            "failed:user block" => "rejected_by_user",
+            "failed: system failed" => "delivered",
+            other => panic!("unexpected event status {other}"),
+        };
+        assert_eq!(st, expected, "{doc}");
+        *counts.entry(ev.to_string()).or_insert(0) += 1;
+    }
+    let stats = s.wx.stats().await;
+    for (k, v) in &stats.events.by_status {
+        assert_eq!(counts.get(k).copied().unwrap_or(0), *v, "{k}: {counts:?}");
+    }
+    let system = counts.get("failed: system failed").copied().unwrap_or(0);
+    assert!(system > 0, "{counts:?}");
+    assert_eq!(
+        api.metric("wxpush_events_total", &[("result", "recorded")])
+            .await as u64,
+        system
+    );
+}
