@@ -361,8 +361,9 @@ async fn signatures_echostr_duplicates_and_other_events() {
             .await,
         1.0
     );
-    // Malformed XML with a good signature: 400.
+    // Malformed XML with a good signature: 400; a body above 64 KiB: 413.
     assert_eq!(post(&http, &plain_url, "<xml><a>".into()).await.0, 400);
+    assert_eq!(post(&http, &plain_url, "x".repeat(70 * 1024)).await.0, 413);
 
     // A pusher without an events token has no /wechat/events.
     let dir2 = tempdir();
