@@ -9,4 +9,7 @@ export WXPUSH_PYTHON="$PWD/.venv/bin/python"
 export PATH="$PATH:$PWD/.venv/bin"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The end-to-end tests spawn the pusher, sandbox and operator binaries; `cargo test` builds
+# only the bins of packages with integration tests of their own, so build them all first.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked

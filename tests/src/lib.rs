@@ -26,15 +26,16 @@ pub fn target_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Path of a workspace binary built by `cargo test --workspace` (or `cargo build --workspace`).
+/// Path of a workspace binary, built by `cargo build --workspace --bins` (`scripts/test.sh` does
+/// it before `cargo test`: cargo builds a package's binaries only for its own integration tests).
 ///
 /// Panics with a clear message when the binary was not built, instead of running a stale one.
 pub fn binary(name: &str) -> PathBuf {
     let path = target_dir().join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (it builds every binary), \
-         or `cargo build --workspace --bins` first",
+        "{} is missing: run `cargo build --workspace --bins` before the tests \
+         (scripts/test.sh does)",
         path.display()
     );
     path
