@@ -60,10 +60,14 @@ fn finish(record: &mut MessageRecord, status: Status, now: Timestamp) -> Option<
 
 /// Whether a leased message must not be attempted at all (its `expires_at`, its `maxAge` or
 /// its attempts are used up), and its final state if so.
+///
+/// `maxAge` only runs once a message has been attempted: it exists to keep every retry inside
+/// WeChat's 10-minute `client_msg_id` window, and a message that was never sent (say, queued
+/// behind a paused channel) has no earlier attempt to collide with, so it is kept.
 pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) -> Option<Next> {
     let mut record = record.clone();
     let status = if record.message.expires_at.is_some_and(|e| e <= now)
-        || add(record.budget_from, policy.max_age.get()) <= now
+        || (record.attempts > 0 && add(record.budget_from, policy.max_age.get()) <= now)
     {
         Status::Expired
     } else if record.attempts >= policy.max_attempts {
@@ -115,6 +119,10 @@ pub fn next_state(
             finish(&mut record, Status::Failed, now)
         }
         SendOutcome::Retry { error, not_before } => {
+            if record.attempts == 0 {
+                // The first attempt with an unknown or transient outcome starts the budget.
+                record.budget_from = now;
+            }
             record.attempts += 1;
             record.last_error = Some(error);
             if record.attempts >= policy.max_attempts {
@@ -529,8 +537,26 @@ mod tests {
         let mut r = record(now);
         assert!(before_attempt(&r, &p, now).is_none());
         let later = add(now, Duration::from_secs(61));
-        let n = before_attempt(&r, &p, later).expect("too old");
+        // Never attempted (e.g. queued behind a paused channel): maxAge has not started.
+        assert!(before_attempt(&r, &p, later).is_none());
+        // The first retryable attempt starts it.
+        let n = next_state(
+            &r,
+            SendOutcome::Retry {
+                error: err("timeout"),
+                not_before: None,
+            },
+            &p,
+            later,
+            0.0,
+        );
+        assert_eq!((n.record.budget_from, n.record.attempts), (later, 1));
+        r = n.record;
+        assert!(before_attempt(&r, &p, add(later, Duration::from_secs(59))).is_none());
+        let n = before_attempt(&r, &p, add(later, Duration::from_secs(61))).expect("too old");
         assert_eq!(n.record.status, Status::Expired);
+        r.attempts = 0;
+        r.budget_from = now;
         r.message.expires_at = Some(add(now, Duration::from_millis(50)));
         let n = next_state(
             &r,

@@ -542,7 +542,8 @@ pub struct MessageRecord {
     pub msgid: Option<i64>,
     /// When it was accepted (answered 202).
     pub accepted_at: Timestamp,
-    /// When its retry budget started (acceptance, or the last replay from the dead letters).
+    /// When its `retry.maxAge` budget started: the end of its first attempt that did not settle
+    /// it (before that, acceptance or the last replay; the budget does not run until then).
     pub budget_from: Timestamp,
     /// When the next attempt is due (queued and retrying messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -99,8 +99,10 @@ pub struct Retry {
     /// Share of each delay that is randomised (0 = none, 1 = full jitter). Default `0.5`.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub jitter: f64,
-    /// Give up (state `expired`) once a message is this old. Default `9m`, inside WeChat's
-    /// 10-minute `client_msg_id` window so that a retry can never deliver twice.
+    /// Give up (state `expired`) this long after a message's first unsettled attempt (timeout,
+    /// reset, retryable errcode). Default `9m`, inside WeChat's 10-minute `client_msg_id`
+    /// window so that a retry can never deliver twice. Messages never attempted (a paused
+    /// channel) are kept; bound them with the message's `expires_at`.
     pub max_age: HumanDuration,
     /// Delay after WeChat's quota and per-user throttles (45011, 43117). Default `60s`.
     pub throttled_backoff: HumanDuration,
