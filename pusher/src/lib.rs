@@ -6,6 +6,7 @@
 //! - [`sandbox`]: a faithful stand-in for the WeChat API, used by tests, demos and benchmarks.
 
 pub mod api;
+pub mod callbacks;
 pub mod config;
 pub mod demo;
 pub mod dispatch;

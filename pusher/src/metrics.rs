@@ -102,6 +102,14 @@ pub struct EventLabels {
     pub result: &'static str,
 }
 
+/// Label set `{result}` of `wxpush_callbacks_total`: `ok` (2xx), `retry` (failed, another
+/// attempt is scheduled) or `gave_up` (dropped after `callbacks.retry` ran out).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct CallbackLabels {
+    /// `ok`, `retry` or `gave_up`.
+    pub result: &'static str,
+}
+
 /// Circuit breaker states, the values of `wxpush_circuit_state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CircuitState {
@@ -143,6 +151,8 @@ pub struct Metrics {
     pub channel_paused: Gauge,
     /// `wxpush_events_total{event,result}`: requests to `/wechat/events` by outcome.
     pub events: Family<EventLabels, Counter>,
+    /// `wxpush_callbacks_total{result}`: outcome-callback attempts by result.
+    pub callbacks: Family<CallbackLabels, Counter>,
 }
 
 impl Metrics {
@@ -226,6 +236,12 @@ impl Metrics {
             "WeChat server-URL callbacks (delivery events) by event and result",
             events.clone(),
         );
+        let callbacks = Family::<CallbackLabels, Counter>::default();
+        registry.register(
+            "callbacks",
+            "Outcome callbacks to producers by result (ok, retry, gave_up)",
+            callbacks.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -240,6 +256,7 @@ impl Metrics {
             send_timeouts,
             channel_paused,
             events,
+            callbacks,
         }
     }
 

@@ -49,6 +49,9 @@ pub enum ServerError {
     /// invalid).
     #[error("events: {0}")]
     Events(String),
+    /// The `callbacks` settings cannot be used (signing key unreadable, client set-up).
+    #[error("{0}")]
+    Callbacks(#[from] crate::callbacks::CallbackError),
     /// An address cannot be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -88,6 +91,7 @@ impl Pusher {
                 path: PathBuf::from(&e.path),
                 max_messages: e.max_messages,
                 retention: e.retention.get(),
+                default_callback: config.callbacks.url.is_some(),
             })?,
             Some(QueueKind::Redis(_)) => {
                 return Err(ServerError::Queue(
@@ -147,6 +151,14 @@ impl Pusher {
         );
         let drain = config.shutdown.drain_timeout.get();
         let dispatching = tokio::spawn(dispatcher.run(dispatch_stop.clone(), drain));
+        // Outcome callbacks: their own task and HTTP client, never in the way of delivery.
+        let callback_stop = CancellationToken::new();
+        let callbacks = crate::callbacks::CallbackWorker::new(
+            store.clone(),
+            &config.callbacks,
+            Arc::clone(&metrics),
+        )?;
+        let calling = tokio::spawn(callbacks.run(callback_stop.clone()));
 
         let supervisor_stop = stop.clone();
         let done = tokio::spawn(async move {
@@ -156,6 +168,10 @@ impl Pusher {
             dispatch_stop.cancel();
             // The dispatcher bounds its own drain; the margin covers its bookkeeping.
             let _ = tokio::time::timeout(drain + Duration::from_secs(5), dispatching).await;
+            // Final states reached while draining are in the store; pending callbacks stay
+            // there for the next start.
+            callback_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), calling).await;
             store.close().await;
             http_stop.cancel();
             for s in servers {

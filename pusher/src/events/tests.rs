@@ -202,6 +202,7 @@ fn open(dir: &std::path::Path) -> EmbeddedStore {
         path: dir.to_path_buf(),
         max_messages: 100,
         retention: Duration::from_secs(3600),
+        default_callback: false,
     })
     .expect("opens")
 }

@@ -15,7 +15,9 @@
 //! Tables: `messages` (id → JSON record), `schedule` ((due ms, id) for pending messages),
 //! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
 //! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
-//! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id).
+//! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
+//! `callbacks` ((due ms, callback id) → JSON [`PendingCallback`], written in the same
+//! transaction as the state change that causes the callback).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -29,7 +31,10 @@ use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::{Notify, oneshot};
 
 use super::index::Index;
-use super::{AcceptItem, Accepted, DeadLetterPage, Leased, QueueCounts, Store, StoreError, millis};
+use super::{
+    AcceptItem, Accepted, CallbackKey, DeadLetterPage, Leased, PendingCallback, QueueCounts, Store,
+    StoreError, millis,
+};
 use crate::events::{DeliveryEvent, EventOutcome, MatchedBy, apply_event};
 use crate::message::{MessageId, MessageRecord, Status};
 
@@ -45,6 +50,10 @@ const MSGIDS: TableDefinition<i64, u128> = TableDefinition::new("msgids");
 const AWAITING: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("awaiting_event");
 /// `(openid, CreateTime, MsgID)` of recorded events → the message (de-duplication).
 const EVENTS_SEEN: TableDefinition<(&str, u64, i64), u128> = TableDefinition::new("events_seen");
+/// `(due_ms, callback id)` → JSON [`PendingCallback`].
+const CALLBACKS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("callbacks");
+/// Longest wait between looks at the callbacks table (new ones wake the worker at once).
+const CALLBACK_POLL: Duration = Duration::from_millis(100);
 
 /// Most operations applied in one commit.
 const MAX_GROUP: usize = 8192;
@@ -60,6 +69,9 @@ pub struct EmbeddedOptions {
     pub max_messages: u64,
     /// How long finished messages (and dead letters) are kept.
     pub retention: Duration,
+    /// Whether the channel has a default callback URL (`callbacks.url`): then every final
+    /// state gets a pending callback, else only messages with their own `callback_url`.
+    pub default_callback: bool,
 }
 
 fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -68,6 +80,26 @@ fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
 
 fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(record).map_err(|e| StoreError::Storage(format!("encode record: {e}")))
+}
+
+/// Writes a pending callback about `record` when it has somewhere to go; returns whether.
+fn add_callback(
+    cbs: &mut redb::Table<(u64, u128), &[u8]>,
+    default_callback: bool,
+    record: &MessageRecord,
+    now: Timestamp,
+) -> Result<bool, StoreError> {
+    if !(default_callback || record.message.callback_url.is_some()) {
+        return Ok(false);
+    }
+    let cb = PendingCallback::new(record, now);
+    cbs.insert((cb.key.due_ms, cb.key.id), encode_cb(&cb)?.as_slice())
+        .map_err(storage)?;
+    Ok(true)
+}
+
+fn encode_cb(cb: &PendingCallback) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(cb).map_err(|e| StoreError::Storage(format!("encode callback: {e}")))
 }
 
 fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
@@ -82,6 +114,10 @@ struct Shared {
     work: Notify,
     healthy: AtomicBool,
     closed: AtomicBool,
+    /// Callback ids leased to the callback worker.
+    callbacks_leased: Mutex<std::collections::HashSet<u128>>,
+    /// Woken when callbacks were added.
+    callback_work: Notify,
 }
 
 /// The embedded store. Cheap to clone; all clones share one writer.
@@ -110,6 +146,11 @@ enum Op {
         event: Box<DeliveryEvent>,
         fallback: bool,
         reply: oneshot::Sender<Result<EventOutcome, StoreError>>,
+    },
+    FinishCallback {
+        key: CallbackKey,
+        next: Option<(Timestamp, u32)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -140,6 +181,10 @@ enum Effect {
         outcome: EventOutcome,
         reply: oneshot::Sender<Result<EventOutcome, StoreError>>,
     },
+    CallbackFinished {
+        id: u128,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
 }
 
 impl Effect {
@@ -157,6 +202,10 @@ impl Effect {
                 let _ = reply.send(Err(e()));
             }
             Self::Evented { reply, .. } => {
+                let _ = reply.send(Err(e()));
+            }
+            Self::CallbackFinished { id, reply } => {
+                shared.callbacks_leased.lock().remove(&id);
                 let _ = reply.send(Err(e()));
             }
         }
@@ -185,12 +234,15 @@ impl EmbeddedStore {
             work: Notify::new(),
             healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            callbacks_leased: Mutex::new(std::collections::HashSet::new()),
+            callback_work: Notify::new(),
         });
         let (tx, rx) = mpsc::channel();
         let writer = Writer {
             shared: Arc::clone(&shared),
             max_messages: options.max_messages,
             retention: options.retention,
+            default_callback: options.default_callback,
         };
         std::thread::Builder::new()
             .name("wxpush-store-writer".into())
@@ -242,6 +294,7 @@ fn load_index(db: &Database) -> Result<Index, StoreError> {
         txn.open_table(MSGIDS).map_err(storage)?;
         txn.open_table(AWAITING).map_err(storage)?;
         txn.open_table(EVENTS_SEEN).map_err(storage)?;
+        txn.open_table(CALLBACKS).map_err(storage)?;
     }
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
@@ -412,6 +465,78 @@ impl Store for EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn lease_callbacks(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<PendingCallback>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.shared.callback_work.notified();
+            let now_ms = millis(Timestamp::now());
+            let (due, next) = self
+                .read(move |shared| {
+                    let txn = shared.db.begin_read().map_err(storage)?;
+                    let table = txn.open_table(CALLBACKS).map_err(storage)?;
+                    let mut leased = shared.callbacks_leased.lock();
+                    let mut out = Vec::new();
+                    let mut next = None;
+                    for entry in table.iter().map_err(storage)? {
+                        let (k, v) = entry.map_err(storage)?;
+                        let (due_ms, id) = k.value();
+                        if leased.contains(&id) {
+                            continue;
+                        }
+                        if due_ms > now_ms || out.len() == max {
+                            next = Some(due_ms);
+                            break;
+                        }
+                        match serde_json::from_slice::<PendingCallback>(v.value()) {
+                            Ok(mut cb) => {
+                                cb.key = CallbackKey { due_ms, id };
+                                leased.insert(id);
+                                out.push(cb);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "undecodable pending callback skipped");
+                            }
+                        }
+                    }
+                    Ok((out, next))
+                })
+                .await?;
+            if !due.is_empty() {
+                return Ok(due);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let mut until = deadline.min(now + CALLBACK_POLL);
+            if let Some(next) = next {
+                let in_ms = next.saturating_sub(now_ms).max(1);
+                until = until.min(now + Duration::from_millis(in_ms));
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    async fn finish_callback(
+        &self,
+        key: CallbackKey,
+        next: Option<(Timestamp, u32)>,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.send(Op::FinishCallback { key, next, reply }) {
+            self.shared.callbacks_leased.lock().remove(&key.id);
+            return Err(e);
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     fn counts(&self) -> QueueCounts {
         let index = self.shared.index.lock();
         let (ready, delayed, inflight) = index.counts(millis(Timestamp::now()));
@@ -441,6 +566,7 @@ struct Writer {
     shared: Arc<Shared>,
     max_messages: u64,
     retention: Duration,
+    default_callback: bool,
 }
 
 impl Writer {
@@ -506,6 +632,7 @@ impl Writer {
         let now_ms = millis(now);
         let mut effects = Vec::with_capacity(ops.len());
         let mut pending = self.shared.index.lock().pending();
+        let mut callbacks_added = false;
         let result = (|| -> Result<(), StoreError> {
             let txn = self.shared.db.begin_write().map_err(storage)?;
             {
@@ -517,6 +644,8 @@ impl Writer {
                 let mut msgids = txn.open_table(MSGIDS).map_err(storage)?;
                 let mut awaiting = txn.open_table(AWAITING).map_err(storage)?;
                 let mut seen = txn.open_table(EVENTS_SEEN).map_err(storage)?;
+                let mut cbs = txn.open_table(CALLBACKS).map_err(storage)?;
+                let default_callback = self.default_callback;
                 while let Some(op) = ops.pop_front() {
                     match op {
                         Op::Accept { items, reply } => {
@@ -631,6 +760,10 @@ impl Writer {
                                     msgids.insert(m, id).map_err(storage)?;
                                 }
                             }
+                            if crate::callbacks::wants_callback(record.status) {
+                                callbacks_added |=
+                                    add_callback(&mut cbs, default_callback, &record, now)?;
+                            }
                             messages
                                 .insert(id, encode(&record)?.as_slice())
                                 .map_err(storage)?;
@@ -695,6 +828,10 @@ impl Writer {
                                 messages
                                     .insert(id, encode(&record)?.as_slice())
                                     .map_err(storage)?;
+                                if matches!(outcome, EventOutcome::Applied { .. }) {
+                                    callbacks_added |=
+                                        add_callback(&mut cbs, default_callback, &record, now)?;
+                                }
                             }
                             effects.push(Effect::Evented { outcome, reply });
                         }
@@ -753,6 +890,22 @@ impl Writer {
                                 reply,
                             });
                         }
+                        Op::FinishCallback { key, next, reply } => {
+                            effects.push(Effect::CallbackFinished { id: key.id, reply });
+                            let old = cbs
+                                .remove((key.due_ms, key.id))
+                                .map_err(storage)?
+                                .map(|v| v.value().to_vec());
+                            if let (Some(old), Some((at, attempts))) = (old, next) {
+                                let mut cb: PendingCallback = serde_json::from_slice(&old)
+                                    .map_err(|e| {
+                                        StoreError::Storage(format!("decode callback: {e}"))
+                                    })?;
+                                cb.attempts = attempts;
+                                cbs.insert((millis(at), key.id), encode_cb(&cb)?.as_slice())
+                                    .map_err(storage)?;
+                            }
+                        }
                         Op::Close { .. } => {}
                     }
                 }
@@ -787,12 +940,15 @@ impl Writer {
                                 index.dead = index.dead.saturating_sub(1);
                                 woke = true;
                             }
-                            Effect::Evented { .. } => {}
+                            Effect::Evented { .. } | Effect::CallbackFinished { .. } => {}
                         }
                     }
                 }
                 if woke {
                     self.shared.work.notify_one();
+                }
+                if callbacks_added {
+                    self.shared.callback_work.notify_one();
                 }
                 for effect in effects {
                     match effect {
@@ -807,6 +963,10 @@ impl Writer {
                         }
                         Effect::Evented { outcome, reply } => {
                             let _ = reply.send(Ok(outcome));
+                        }
+                        Effect::CallbackFinished { id, reply } => {
+                            self.shared.callbacks_leased.lock().remove(&id);
+                            let _ = reply.send(Ok(()));
                         }
                     }
                 }
@@ -835,6 +995,10 @@ impl Writer {
                             let _ = reply.send(Err(err()));
                         }
                         Op::Event { reply, .. } => {
+                            let _ = reply.send(Err(err()));
+                        }
+                        Op::FinishCallback { key, reply, .. } => {
+                            self.shared.callbacks_leased.lock().remove(&key.id);
                             let _ = reply.send(Err(err()));
                         }
                         Op::Close { reply } => {

@@ -79,6 +79,61 @@ pub struct DeadLetterPage {
     pub next: Option<MessageId>,
 }
 
+/// Where a pending callback sits: its due time and its own id (one message can have several
+/// callbacks, e.g. `delivered` then `confirmed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CallbackKey {
+    /// When the next attempt is due, in Unix milliseconds.
+    pub due_ms: u64,
+    /// The callback's id (a ULID).
+    pub id: u128,
+}
+
+/// A pending outcome callback (see [`crate::callbacks`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PendingCallback {
+    /// Where it sits (not stored in the value).
+    #[serde(skip, default = "no_key")]
+    pub key: CallbackKey,
+    /// The message it is about.
+    pub message: u128,
+    /// The message's own `callback_url`; `None` means the channel's `callbacks.url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The JSON body, fixed when the state changed.
+    pub body: String,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// When it was created (`callbacks.retry.maxAge` counts from here).
+    pub created_at: Timestamp,
+}
+
+fn no_key() -> CallbackKey {
+    CallbackKey { due_ms: 0, id: 0 }
+}
+
+impl PendingCallback {
+    /// A new callback about `record` as it stands, due now.
+    pub fn new(record: &MessageRecord, now: Timestamp) -> Self {
+        Self {
+            key: CallbackKey {
+                due_ms: millis(now),
+                id: ulid::Ulid::new().0,
+            },
+            message: record.id.as_u128(),
+            url: record.message.callback_url.clone(),
+            body: crate::callbacks::CallbackPayload::of(record, now).to_body(),
+            attempts: 0,
+            created_at: now,
+        }
+    }
+
+    /// The message's id.
+    pub fn message_id(&self) -> MessageId {
+        MessageId::from_u128(self.message)
+    }
+}
+
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -184,6 +239,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         event: DeliveryEvent,
         fallback: bool,
     ) -> impl Future<Output = Result<EventOutcome, StoreError>> + Send;
+
+    /// Leases up to `max` due outcome callbacks, waiting at most `wait` for one (may return
+    /// an empty list). Callbacks are written by [`Store::complete`] (final states) and
+    /// [`Store::record_event`] (confirmed / rejected) in the same transaction as the state
+    /// change, when the message has a `callback_url` or the channel has a default URL. The
+    /// lease is in memory only: after a crash a leased callback is due again. A Redis
+    /// implementation keeps them in a sorted set by due time plus a hash, written in the
+    /// same `MULTI`/script as the state change.
+    fn lease_callbacks(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<PendingCallback>, StoreError>> + Send;
+
+    /// Ends a callback's lease: removes it (`next` = `None`: sent, or given up) or moves it
+    /// to `next = (due, attempts)`. Durable once the returned future resolves.
+    fn finish_callback(
+        &self,
+        key: CallbackKey,
+        next: Option<(Timestamp, u32)>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Messages by state.
     fn counts(&self) -> QueueCounts;

@@ -23,6 +23,7 @@ fn open(dir: &std::path::Path, max: u64, retention: Duration) -> EmbeddedStore {
         path: dir.to_path_buf(),
         max_messages: max,
         retention,
+        default_callback: false,
     })
     .expect("opens")
 }
