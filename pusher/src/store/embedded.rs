@@ -476,9 +476,12 @@ impl Store for EmbeddedStore {
             let now_ms = millis(Timestamp::now());
             let (due, next) = self
                 .read(move |shared| {
+                    // Take the lease set before the snapshot: the writer drops a lease only
+                    // after its commit, so a snapshot older than that commit still sees the
+                    // callback leased and skips it (no double send).
+                    let mut leased = shared.callbacks_leased.lock();
                     let txn = shared.db.begin_read().map_err(storage)?;
                     let table = txn.open_table(CALLBACKS).map_err(storage)?;
-                    let mut leased = shared.callbacks_leased.lock();
                     let mut out = Vec::new();
                     let mut next = None;
                     for entry in table.iter().map_err(storage)? {

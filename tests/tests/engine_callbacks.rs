@@ -1,0 +1,311 @@
+//! Outcome callbacks end to end: the real `wxpush-pusher` against the real `wxpush-sandbox`,
+//! with small HTTP receivers standing in for producers. Signatures are checked here
+//! independently (hmac + sha2), against the documented scheme:
+//! `X-Wxpush-Signature: sha256=hex(HMAC-SHA256(key, "<X-Wxpush-Timestamp>.<body>"))`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use wxpush_tests::pusher::{PusherProc, config, send_all, tempdir, template};
+use wxpush_tests::sandbox;
+use wxpush_tests::wait_for;
+
+const KEY: &str = "callback-signing-key-for-tests";
+
+/// One request a receiver got, and what it answered.
+#[derive(Debug, Clone)]
+struct Got {
+    headers: HashMap<String, String>,
+    body: String,
+    answered: u16,
+}
+
+/// A tiny HTTP/1.1 producer endpoint: records every request with its headers; answers 500 to
+/// the first `fail_first` requests, 200 afterwards.
+#[derive(Debug, Clone)]
+struct Receiver {
+    addr: SocketAddr,
+    got: Arc<Mutex<Vec<Got>>>,
+    fail_first: Arc<AtomicUsize>,
+}
+
+impl Receiver {
+    async fn start(fail_first: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let me = Self {
+            addr: listener.local_addr().expect("addr"),
+            got: Arc::default(),
+            fail_first: Arc::new(AtomicUsize::new(fail_first)),
+        };
+        let this = me.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let this = this.clone();
+                tokio::spawn(async move {
+                    let _ = this.serve(&mut stream).await;
+                });
+            }
+        });
+        me
+    }
+
+    async fn serve(&self, stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let header_end = loop {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+        let headers: HashMap<String, String> = head
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            })
+            .collect();
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        while buf.len() < header_end + len {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let body = String::from_utf8_lossy(&buf[header_end..]).into_owned();
+        let fail = self
+            .fail_first
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        let answered = if fail { 500 } else { 200 };
+        self.got.lock().await.push(Got {
+            headers,
+            body,
+            answered,
+        });
+        let reply: &[u8] = if fail {
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        } else {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
+        };
+        stream.write_all(reply).await?;
+        stream.shutdown().await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits until `n` requests were answered 200; returns every request.
+    async fn wait_ok(&self, n: usize, timeout: Duration) -> Vec<Got> {
+        wait_for(&format!("{n} callbacks answered 200"), timeout, || async {
+            let got = self.got.lock().await;
+            (got.iter().filter(|g| g.answered == 200).count() >= n).then(|| got.clone())
+        })
+        .await
+    }
+}
+
+/// Checks the signature headers of `g` independently; returns the parsed body.
+fn verified(g: &Got) -> Value {
+    let ts = g
+        .headers
+        .get("x-wxpush-timestamp")
+        .expect("timestamp header");
+    let sig = g
+        .headers
+        .get("x-wxpush-signature")
+        .expect("signature header");
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY.as_bytes()).expect("key");
+    mac.update(format!("{ts}.{}", g.body).as_bytes());
+    let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    assert_eq!(sig, &want, "signature of {}", g.body);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64;
+    let ts: i64 = ts.parse().expect("numeric timestamp");
+    assert!((now - ts).abs() < 120, "timestamp {ts} is recent");
+    assert_eq!(
+        g.headers.get("content-type").map(String::as_str),
+        Some("application/json")
+    );
+    serde_json::from_str(&g.body).expect("JSON body")
+}
+
+/// 100 delivered messages and one permanently failing one (40003) each get exactly one
+/// successful callback at the channel's URL, signed; one message with its own `callback_url`
+/// gets it there instead; the channel receiver fails its first 5 requests, which are retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_gets_one_signed_callback() {
+    const N: usize = 100;
+    const FAIL_FIRST: usize = 5;
+    let users: Vec<String> = (0..N)
+        .map(|i| format!("u{i}"))
+        .chain(["own".to_string()])
+        .collect();
+    let (_sb, sb_url) = sandbox::spawn(&["--users", &users.join(",")]);
+    let channel_rx = Receiver::start(FAIL_FIRST).await;
+    let own_rx = Receiver::start(0).await;
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"callbacks": {
+            "url": channel_rx.url("/hooks/wxpush"),
+            "signingKey": KEY,
+            "timeouts": {"connect": "1s", "request": "2s"},
+            "retry": {"initialBackoff": "50ms", "maxBackoff": "200ms", "maxAttempts": 10,
+                      "maxAge": "1m"},
+        }}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let start = Instant::now();
+
+    let msgs: Vec<Value> = (0..N).map(|i| template(&format!("u{i}"))).collect();
+    let ids = send_all(&pusher.api, &msgs, 25, 4).await;
+    assert_eq!(ids.len(), N);
+    let (code, bad) = pusher.api.send(&template("nobody")).await;
+    assert_eq!(code, 202, "{bad}");
+    let bad_id = bad["id"].as_str().expect("id").to_string();
+    let mut own = template("own");
+    own["callback_url"] = json!(own_rx.url("/mine"));
+    let (code, own) = pusher.api.send(&own).await;
+    assert_eq!(code, 202, "{own}");
+    let own_id = own["id"].as_str().expect("id").to_string();
+
+    let got = channel_rx.wait_ok(N + 1, Duration::from_secs(20)).await;
+    let mine = own_rx.wait_ok(1, Duration::from_secs(20)).await;
+    eprintln!("{} callbacks in {:?}", N + 2, start.elapsed());
+
+    // The channel receiver: 5 refused requests, then exactly one 200 per message.
+    assert_eq!(
+        got.iter().filter(|g| g.answered == 500).count(),
+        FAIL_FIRST,
+        "the first requests were refused"
+    );
+    let mut ok_by_id: HashMap<String, Value> = HashMap::new();
+    for g in &got {
+        let body = verified(g);
+        if g.answered == 200 {
+            let id = body["id"].as_str().expect("id").to_string();
+            assert!(
+                ok_by_id.insert(id.clone(), body).is_none(),
+                "{id} got a second successful callback"
+            );
+        }
+    }
+    let want: HashSet<String> = ids.iter().cloned().chain([bad_id.clone()]).collect();
+    let have: HashSet<String> = ok_by_id.keys().cloned().collect();
+    assert_eq!(
+        have, want,
+        "one callback per message, none for the own-URL message"
+    );
+    for id in &ids {
+        let b = &ok_by_id[id];
+        assert_eq!(b["status"], "delivered", "{b}");
+        assert!(b["msgid"].as_i64().is_some(), "{b}");
+        assert_eq!(b["attempts"], 1, "{b}");
+        assert_eq!(b["client_msg_id"], format!("wxp-{id}"), "{b}");
+        assert!(b["touser"].as_str().is_some_and(|t| t.starts_with('u')));
+        assert!(b["accepted_at"].is_string() && b["finished_at"].is_string());
+        assert!(b.get("last_error").is_none(), "{b}");
+    }
+    let b = &ok_by_id[&bad_id];
+    assert_eq!(b["status"], "failed", "{b}");
+    assert_eq!(b["touser"], "nobody");
+    assert_eq!(b["last_error"]["errcode"], 40003, "{b}");
+    assert!(b.get("msgid").is_none(), "{b}");
+
+    // The per-message URL won over the channel's.
+    assert_eq!(mine.len(), 1);
+    let b = verified(&mine[0]);
+    assert_eq!(b["id"], own_id);
+    assert_eq!(b["status"], "delivered");
+
+    // The metric agrees (ok is counted after the store recorded it, so wait for it).
+    let api = pusher.api.clone();
+    wait_for("callback metrics", Duration::from_secs(5), || {
+        let api = api.clone();
+        async move {
+            let ok = api
+                .metric("wxpush_callbacks_total", &[("result", "ok")])
+                .await;
+            (ok as usize == N + 2).then_some(())
+        }
+    })
+    .await;
+    let retry = pusher
+        .api
+        .metric("wxpush_callbacks_total", &[("result", "retry")])
+        .await;
+    assert_eq!(retry as usize, FAIL_FIRST);
+    let gave_up = pusher
+        .api
+        .metric("wxpush_callbacks_total", &[("result", "gave_up")])
+        .await;
+    assert_eq!(gave_up, 0.0);
+}
+
+/// A receiver that never succeeds: the callback is retried `maxAttempts` times, then given
+/// up (metric), and message delivery is not held up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_receiver_is_given_up_after_max_attempts() {
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let rx = Receiver::start(usize::MAX).await;
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"callbacks": {
+            "url": rx.url("/down"),
+            "retry": {"initialBackoff": "20ms", "maxBackoff": "50ms", "maxAttempts": 3},
+        }}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let msgs: Vec<Value> = (0..20).map(|i| template(&format!("d{i}"))).collect();
+    send_all(&pusher.api, &msgs, 20, 1).await;
+    pusher.api.wait_delivered(20, Duration::from_secs(10)).await;
+    let api = pusher.api.clone();
+    wait_for("20 callbacks given up", Duration::from_secs(15), || {
+        let api = api.clone();
+        async move {
+            let n = api
+                .metric("wxpush_callbacks_total", &[("result", "gave_up")])
+                .await;
+            (n as u64 == 20).then_some(())
+        }
+    })
+    .await;
+    let got = rx.got.lock().await.clone();
+    assert_eq!(got.len(), 60, "3 attempts each");
+    assert!(
+        got.iter()
+            .all(|g| !g.headers.contains_key("x-wxpush-signature")),
+        "no signing key, no signature"
+    );
+    let retry = pusher
+        .api
+        .metric("wxpush_callbacks_total", &[("result", "retry")])
+        .await;
+    assert_eq!(retry as u64, 40);
+}
