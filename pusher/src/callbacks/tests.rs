@@ -85,3 +85,154 @@ fn only_final_states_want_callbacks() {
         assert!(wants_callback(s));
     }
 }
+
+mod store {
+    use std::time::Duration;
+
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::events::DeliveryEvent;
+    use crate::message::parse_message;
+    use crate::store::embedded::EmbeddedOptions;
+    use crate::store::{AcceptItem, EmbeddedStore};
+
+    fn open(dir: &std::path::Path, default_callback: bool) -> EmbeddedStore {
+        EmbeddedStore::open(&EmbeddedOptions {
+            path: dir.to_path_buf(),
+            max_messages: 100,
+            retention: Duration::from_secs(3600),
+            default_callback,
+        })
+        .expect("opens")
+    }
+
+    /// Accepts `msgs` and completes each as delivered (msgid 7000+n).
+    async fn deliver(store: &EmbeddedStore, msgs: &[Value]) {
+        let items = msgs
+            .iter()
+            .map(|m| AcceptItem {
+                message: parse_message(m).expect("valid"),
+                idempotency_key: None,
+            })
+            .collect();
+        store.accept(items).await.expect("accepts");
+        let leased = store
+            .lease(msgs.len(), Duration::from_secs(1))
+            .await
+            .expect("leases");
+        assert_eq!(leased.len(), msgs.len());
+        for (n, l) in leased.into_iter().enumerate() {
+            let mut done = l.record.clone();
+            done.status = Status::Delivered;
+            done.msgid = Some(7000 + n as i64);
+            done.finished_at = Some(Timestamp::now());
+            done.next_attempt_at = None;
+            store.complete(l.slot, done).await.expect("completes");
+        }
+    }
+
+    fn body(cb: &PendingCallback) -> Value {
+        serde_json::from_str(&cb.body).expect("json")
+    }
+
+    #[tokio::test]
+    async fn final_states_write_callbacks_that_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            // No channel URL: only the message with its own callback_url gets one.
+            let store = open(dir.path(), false);
+            deliver(
+                &store,
+                &[
+                    json!({"touser": "a", "template_id": "T"}),
+                    json!({"touser": "b", "template_id": "T", "callback_url": "http://x/cb"}),
+                ],
+            )
+            .await;
+            let due = store
+                .lease_callbacks(10, Duration::from_millis(200))
+                .await
+                .expect("leases");
+            assert_eq!(due.len(), 1);
+            assert_eq!(due[0].url.as_deref(), Some("http://x/cb"));
+            assert_eq!(body(&due[0])["status"], "delivered");
+            assert_eq!(body(&due[0])["touser"], "b");
+            // Leased: not handed out twice.
+            let again = store
+                .lease_callbacks(10, Duration::from_millis(50))
+                .await
+                .expect("leases");
+            assert!(again.is_empty());
+            // A failed attempt moves it to a later time with its attempt count.
+            let later = Timestamp::now() + jiff::SignedDuration::from_millis(300);
+            store
+                .finish_callback(due[0].key, Some((later, 1)))
+                .await
+                .expect("reschedules");
+            store.close().await;
+        }
+        // After a restart (the lease is gone), it is still there with its attempts.
+        let store = open(dir.path(), false);
+        let started = std::time::Instant::now();
+        let due = store
+            .lease_callbacks(10, Duration::from_secs(2))
+            .await
+            .expect("leases");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].attempts, 1);
+        assert!(
+            started.elapsed() >= Duration::from_millis(100),
+            "due only at its retry time"
+        );
+        store.finish_callback(due[0].key, None).await.expect("done");
+        let none = store
+            .lease_callbacks(10, Duration::from_millis(100))
+            .await
+            .expect("leases");
+        assert!(none.is_empty(), "a finished callback is gone");
+    }
+
+    #[tokio::test]
+    async fn a_confirming_event_writes_a_second_callback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path(), true);
+        deliver(&store, &[json!({"touser": "c", "template_id": "T"})]).await;
+        let first = store
+            .lease_callbacks(10, Duration::from_millis(200))
+            .await
+            .expect("leases");
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].url, None, "the channel's URL");
+        store
+            .finish_callback(first[0].key, None)
+            .await
+            .expect("done");
+        let outcome = store
+            .record_event(
+                DeliveryEvent {
+                    openid: "c".into(),
+                    create_time: 1,
+                    msgid: 7000,
+                    status: "success".into(),
+                    received_at: Timestamp::now(),
+                },
+                true,
+            )
+            .await
+            .expect("records");
+        assert!(matches!(
+            outcome,
+            crate::events::EventOutcome::Applied { .. }
+        ));
+        let second = store
+            .lease_callbacks(10, Duration::from_millis(200))
+            .await
+            .expect("leases");
+        assert_eq!(second.len(), 1);
+        let b = body(&second[0]);
+        assert_eq!(b["status"], "confirmed");
+        assert_eq!(b["msgid"], 7000);
+        assert_eq!(b["id"], body(&first[0])["id"]);
+    }
+}
