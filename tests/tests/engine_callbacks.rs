@@ -309,3 +309,57 @@ async fn a_failing_receiver_is_given_up_after_max_attempts() {
         .await;
     assert_eq!(retry as u64, 40);
 }
+
+/// Pending callbacks survive `kill -9`: the receiver refuses everything, the pusher is killed
+/// with callbacks pending, the receiver recovers, and after a restart on the same store every
+/// message's callback arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_callbacks_survive_kill_9() {
+    const N: usize = 20;
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let rx = Receiver::start(usize::MAX).await;
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"callbacks": {
+            "url": rx.url("/later"),
+            "signingKey": KEY,
+            "retry": {"initialBackoff": "300ms", "maxBackoff": "300ms", "maxAttempts": 100},
+        }}),
+    );
+    let mut pusher = PusherProc::start(dir.path(), &cfg).await;
+    let msgs: Vec<Value> = (0..N).map(|i| template(&format!("k{i}"))).collect();
+    let ids = send_all(&pusher.api, &msgs, N, 1).await;
+    pusher
+        .api
+        .wait_delivered(N as u64, Duration::from_secs(10))
+        .await;
+    let got = rx.got.clone();
+    wait_for(
+        "every callback refused once",
+        Duration::from_secs(10),
+        || {
+            let got = got.clone();
+            async move { (got.lock().await.len() >= N).then_some(()) }
+        },
+    )
+    .await;
+    pusher.kill9();
+    rx.fail_first.store(0, Ordering::SeqCst);
+    rx.got.lock().await.clear();
+
+    let pusher = PusherProc::start_with(&wxpush_tests::pusher::config_path(dir.path()), &[]).await;
+    let got = rx.wait_ok(N, Duration::from_secs(10)).await;
+    let have: HashSet<String> = got
+        .iter()
+        .filter(|g| g.answered == 200)
+        .map(|g| verified(g)["id"].as_str().expect("id").to_string())
+        .collect();
+    let want: HashSet<String> = ids.into_iter().collect();
+    assert_eq!(
+        have, want,
+        "every pending callback was sent after the restart"
+    );
+    drop(pusher);
+}
