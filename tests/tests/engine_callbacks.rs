@@ -363,3 +363,66 @@ async fn pending_callbacks_survive_kill_9() {
     );
     drop(pusher);
 }
+
+/// With `/wechat/events` wired to the sandbox, each message gets two callbacks: `delivered`,
+/// then `confirmed` or `rejected_by_user` (as its status says).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_give_a_second_callback_confirmed_or_rejected() {
+    const N: usize = 40;
+    const EV_TOKEN: &str = "events-token-callbacks";
+    let port = wxpush_tests::free_port();
+    let event_url = format!("http://127.0.0.1:{port}/wechat/events");
+    let (_sb, sb_url) = sandbox::spawn(&[
+        "--event-url",
+        &event_url,
+        "--event-token",
+        EV_TOKEN,
+        "--event-mode",
+        "plain",
+        "--event-user-block-share",
+        "0.25",
+    ]);
+    let rx = Receiver::start(0).await;
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({
+            "listen": format!("127.0.0.1:{port}"),
+            "events": {"token": EV_TOKEN},
+            "callbacks": {"url": rx.url("/ev"), "signingKey": KEY},
+        }),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let msgs: Vec<Value> = (0..N).map(|i| template(&format!("e{i}"))).collect();
+    let ids = send_all(&pusher.api, &msgs, N, 1).await;
+    let got = rx.wait_ok(2 * N, Duration::from_secs(20)).await;
+    let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
+    for g in &got {
+        let b = verified(g);
+        by_id
+            .entry(b["id"].as_str().expect("id").to_string())
+            .or_default()
+            .push(b["status"].as_str().expect("status").to_string());
+    }
+    let mut confirmed = 0;
+    let mut rejected = 0;
+    for id in &ids {
+        let mut s = by_id.remove(id).unwrap_or_default();
+        s.sort();
+        let (_, doc) = pusher.api.status(id).await;
+        let last = doc["status"].as_str().expect("status").to_string();
+        assert!(
+            s == ["delivered".to_string(), last.clone()]
+                || s == [last.clone(), "delivered".to_string()],
+            "{id}: callbacks {s:?}, status {last}"
+        );
+        match last.as_str() {
+            "confirmed" => confirmed += 1,
+            "rejected_by_user" => rejected += 1,
+            other => panic!("{id} ended {other}"),
+        }
+    }
+    assert!(by_id.is_empty(), "no callbacks for unknown ids");
+    assert!(confirmed > 0 && rejected > 0, "{confirmed}/{rejected}");
+}
