@@ -139,6 +139,9 @@ mod store {
     #[tokio::test]
     async fn final_states_write_callbacks_that_survive_a_restart() {
         let dir = tempfile::tempdir().expect("tempdir");
+        // Whole milliseconds, as the store keeps them.
+        let later =
+            Timestamp::from_millisecond(Timestamp::now().as_millisecond() + 300).expect("a time");
         {
             // No channel URL: only the message with its own callback_url gets one.
             let store = open(dir.path(), false);
@@ -165,7 +168,6 @@ mod store {
                 .expect("leases");
             assert!(again.is_empty());
             // A failed attempt moves it to a later time with its attempt count.
-            let later = Timestamp::now() + jiff::SignedDuration::from_millis(300);
             store
                 .finish_callback(due[0].key, Some((later, 1)))
                 .await
@@ -174,16 +176,20 @@ mod store {
         }
         // After a restart (the lease is gone), it is still there with its attempts.
         let store = open(dir.path(), false);
-        let started = std::time::Instant::now();
         let due = store
             .lease_callbacks(10, Duration::from_secs(2))
             .await
             .expect("leases");
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].attempts, 1);
+        assert_eq!(
+            due[0].key.due_ms,
+            crate::store::millis(later),
+            "rescheduled"
+        );
         assert!(
-            started.elapsed() >= Duration::from_millis(100),
-            "due only at its retry time"
+            Timestamp::now() >= later,
+            "not handed out before its retry time"
         );
         store.finish_callback(due[0].key, None).await.expect("done");
         let none = store
