@@ -173,7 +173,7 @@ async fn every_outcome_gets_one_signed_callback() {
         &json!({"callbacks": {
             "url": channel_rx.url("/hooks/wxpush"),
             "signingKey": KEY,
-            "timeouts": {"connect": "1s", "request": "2s"},
+            "timeouts": {"connect": "2s", "request": "5s"},
             "retry": {"initialBackoff": "50ms", "maxBackoff": "200ms", "maxAttempts": 10,
                       "maxAge": "1m"},
         }}),
