@@ -248,12 +248,17 @@ pub fn spawn(args: &[&str]) -> (ChildGuard, String) {
 pub struct Received {
     /// Decoded query parameters.
     pub query: HashMap<String, String>,
+    /// Request headers, names in lower case.
+    pub headers: HashMap<String, String>,
     /// The body.
     pub body: String,
+    /// The HTTP status the receiver answered (500 for the first `fail_first`, else 200).
+    pub answered: u16,
 }
 
-/// A tiny HTTP/1.1 server standing in for the pusher's `/wechat/events`: records every
-/// request, answers `success` (or 500 for the first `fail_first` requests).
+/// A tiny HTTP/1.1 server standing in for the pusher's `/wechat/events` (or a producer's
+/// callback endpoint): records every request with its headers, answers `success` (or 500 for
+/// the first `fail_first` requests).
 #[derive(Debug, Clone)]
 pub struct EventReceiver {
     /// Its address.
@@ -337,13 +342,17 @@ impl EventReceiver {
         };
         let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
         let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let len: usize = head
+        let headers: HashMap<String, String> = head
             .lines()
-            .find_map(|l| {
+            .skip(1)
+            .filter_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
+                Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
             })
+            .collect();
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         while buf.len() < header_end + len {
             let n = stream.read(&mut chunk).await?;
@@ -359,7 +368,9 @@ impl EventReceiver {
             .is_ok();
         self.received.lock().await.push(Received {
             query: parse_query(&target),
+            headers,
             body,
+            answered: if fail { 500 } else { 200 },
         });
         let reply: &[u8] = if fail {
             b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -368,6 +379,11 @@ impl EventReceiver {
         };
         stream.write_all(reply).await?;
         stream.shutdown().await
+    }
+
+    /// From now on, fail the next `n` requests with 500 (0: answer every request 200).
+    pub fn set_fail_first(&self, n: usize) {
+        self.fail_first.store(n, Ordering::SeqCst);
     }
 
     /// The server URL to configure in the sandbox.

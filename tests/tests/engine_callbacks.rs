@@ -4,125 +4,30 @@
 //! `X-Wxpush-Signature: sha256=hex(HMAC-SHA256(key, "<X-Wxpush-Timestamp>.<body>"))`.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio::sync::Mutex;
 use wxpush_tests::pusher::{PusherProc, config, send_all, tempdir, template};
 use wxpush_tests::sandbox;
+use wxpush_tests::sandbox::{EventReceiver as Receiver, Received as Got};
 use wxpush_tests::wait_for;
 
 const KEY: &str = "callback-signing-key-for-tests";
 
-/// One request a receiver got, and what it answered.
-#[derive(Debug, Clone)]
-struct Got {
-    headers: HashMap<String, String>,
-    body: String,
-    answered: u16,
+/// The receiver's URL at `path` (it records any path).
+fn url(rx: &Receiver, path: &str) -> String {
+    format!("http://{}{path}", rx.addr)
 }
 
-/// A tiny HTTP/1.1 producer endpoint: records every request with its headers; answers 500 to
-/// the first `fail_first` requests, 200 afterwards.
-#[derive(Debug, Clone)]
-struct Receiver {
-    addr: SocketAddr,
-    got: Arc<Mutex<Vec<Got>>>,
-    fail_first: Arc<AtomicUsize>,
-}
-
-impl Receiver {
-    async fn start(fail_first: usize) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let me = Self {
-            addr: listener.local_addr().expect("addr"),
-            got: Arc::default(),
-            fail_first: Arc::new(AtomicUsize::new(fail_first)),
-        };
-        let this = me.clone();
-        tokio::spawn(async move {
-            while let Ok((mut stream, _)) = listener.accept().await {
-                let this = this.clone();
-                tokio::spawn(async move {
-                    let _ = this.serve(&mut stream).await;
-                });
-            }
-        });
-        me
-    }
-
-    async fn serve(&self, stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let header_end = loop {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
-        let headers: HashMap<String, String> = head
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                Some((k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            })
-            .collect();
-        let len: usize = headers
-            .get("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        while buf.len() < header_end + len {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        let body = String::from_utf8_lossy(&buf[header_end..]).into_owned();
-        let fail = self
-            .fail_first
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
-            .is_ok();
-        let answered = if fail { 500 } else { 200 };
-        self.got.lock().await.push(Got {
-            headers,
-            body,
-            answered,
-        });
-        let reply: &[u8] = if fail {
-            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-        } else {
-            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok"
-        };
-        stream.write_all(reply).await?;
-        stream.shutdown().await
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// Waits until `n` requests were answered 200; returns every request.
-    async fn wait_ok(&self, n: usize, timeout: Duration) -> Vec<Got> {
-        wait_for(&format!("{n} callbacks answered 200"), timeout, || async {
-            let got = self.got.lock().await;
-            (got.iter().filter(|g| g.answered == 200).count() >= n).then(|| got.clone())
-        })
-        .await
-    }
+/// Waits until `n` requests were answered 200; returns every request.
+async fn wait_ok(rx: &Receiver, n: usize, timeout: Duration) -> Vec<Got> {
+    wait_for(&format!("{n} callbacks answered 200"), timeout, || async {
+        let got = rx.received.lock().await;
+        (got.iter().filter(|g| g.answered == 200).count() >= n).then(|| got.clone())
+    })
+    .await
 }
 
 /// Checks the signature headers of `g` independently; returns the parsed body.
@@ -171,7 +76,7 @@ async fn every_outcome_gets_one_signed_callback() {
         &sb_url,
         dir.path(),
         &json!({"callbacks": {
-            "url": channel_rx.url("/hooks/wxpush"),
+            "url": url(&channel_rx, "/hooks/wxpush"),
             "signingKey": KEY,
             "timeouts": {"connect": "2s", "request": "5s"},
             "retry": {"initialBackoff": "50ms", "maxBackoff": "200ms", "maxAttempts": 10,
@@ -188,13 +93,13 @@ async fn every_outcome_gets_one_signed_callback() {
     assert_eq!(code, 202, "{bad}");
     let bad_id = bad["id"].as_str().expect("id").to_string();
     let mut own = template("own");
-    own["callback_url"] = json!(own_rx.url("/mine"));
+    own["callback_url"] = json!(url(&own_rx, "/mine"));
     let (code, own) = pusher.api.send(&own).await;
     assert_eq!(code, 202, "{own}");
     let own_id = own["id"].as_str().expect("id").to_string();
 
-    let got = channel_rx.wait_ok(N + 1, Duration::from_secs(20)).await;
-    let mine = own_rx.wait_ok(1, Duration::from_secs(20)).await;
+    let got = wait_ok(&channel_rx, N + 1, Duration::from_secs(20)).await;
+    let mine = wait_ok(&own_rx, 1, Duration::from_secs(20)).await;
     eprintln!("{} callbacks in {:?}", N + 2, start.elapsed());
 
     // The channel receiver: 5 refused requests, then exactly one 200 per message.
@@ -277,7 +182,7 @@ async fn a_failing_receiver_is_given_up_after_max_attempts() {
         &sb_url,
         dir.path(),
         &json!({"callbacks": {
-            "url": rx.url("/down"),
+            "url": url(&rx, "/down"),
             "retry": {"initialBackoff": "20ms", "maxBackoff": "50ms", "maxAttempts": 3},
         }}),
     );
@@ -296,7 +201,7 @@ async fn a_failing_receiver_is_given_up_after_max_attempts() {
         }
     })
     .await;
-    let got = rx.got.lock().await.clone();
+    let got = rx.received.lock().await.clone();
     assert_eq!(got.len(), 60, "3 attempts each");
     assert!(
         got.iter()
@@ -323,7 +228,7 @@ async fn pending_callbacks_survive_kill_9() {
         &sb_url,
         dir.path(),
         &json!({"callbacks": {
-            "url": rx.url("/later"),
+            "url": url(&rx, "/later"),
             "signingKey": KEY,
             "retry": {"initialBackoff": "300ms", "maxBackoff": "300ms", "maxAttempts": 100},
         }}),
@@ -335,7 +240,7 @@ async fn pending_callbacks_survive_kill_9() {
         .api
         .wait_delivered(N as u64, Duration::from_secs(10))
         .await;
-    let got = rx.got.clone();
+    let got = rx.received.clone();
     wait_for(
         "every callback refused once",
         Duration::from_secs(10),
@@ -346,11 +251,11 @@ async fn pending_callbacks_survive_kill_9() {
     )
     .await;
     pusher.kill9();
-    rx.fail_first.store(0, Ordering::SeqCst);
-    rx.got.lock().await.clear();
+    rx.set_fail_first(0);
+    rx.received.lock().await.clear();
 
     let pusher = PusherProc::start_with(&wxpush_tests::pusher::config_path(dir.path()), &[]).await;
-    let got = rx.wait_ok(N, Duration::from_secs(10)).await;
+    let got = wait_ok(&rx, N, Duration::from_secs(10)).await;
     let have: HashSet<String> = got
         .iter()
         .filter(|g| g.answered == 200)
@@ -390,13 +295,13 @@ async fn events_give_a_second_callback_confirmed_or_rejected() {
         &json!({
             "listen": format!("127.0.0.1:{port}"),
             "events": {"token": EV_TOKEN},
-            "callbacks": {"url": rx.url("/ev"), "signingKey": KEY},
+            "callbacks": {"url": url(&rx, "/ev"), "signingKey": KEY},
         }),
     );
     let pusher = PusherProc::start(dir.path(), &cfg).await;
     let msgs: Vec<Value> = (0..N).map(|i| template(&format!("e{i}"))).collect();
     let ids = send_all(&pusher.api, &msgs, N, 1).await;
-    let got = rx.wait_ok(2 * N, Duration::from_secs(20)).await;
+    let got = wait_ok(&rx, 2 * N, Duration::from_secs(20)).await;
     let mut by_id: HashMap<String, Vec<String>> = HashMap::new();
     for g in &got {
         let b = verified(g);
