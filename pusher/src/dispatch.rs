@@ -411,6 +411,14 @@ mod tests {
         }
     }
 
+    /// A retryable outcome with no extra delay.
+    fn retry(kind: &str) -> SendOutcome {
+        SendOutcome::Retry {
+            error: err(kind),
+            not_before: None,
+        }
+    }
+
     fn policy() -> Retry {
         Retry {
             max_attempts: 3,
@@ -448,16 +456,7 @@ mod tests {
             (Status::Failed, true, Some(Outcome::failed))
         );
 
-        let n = next_state(
-            &r,
-            SendOutcome::Retry {
-                error: err("timeout_request"),
-                not_before: None,
-            },
-            &p,
-            now,
-            0.0,
-        );
+        let n = next_state(&r, retry("timeout_request"), &p, now, 0.0);
         assert_eq!((n.record.status, n.record.attempts), (Status::Retrying, 1));
         assert_eq!(
             n.record.next_attempt_at,
@@ -479,16 +478,7 @@ mod tests {
             n2.record.next_attempt_at,
             Some(add(now, Duration::from_secs(5)))
         );
-        let n3 = next_state(
-            &n2.record,
-            SendOutcome::Retry {
-                error: err("errcode"),
-                not_before: None,
-            },
-            &p,
-            now,
-            0.0,
-        );
+        let n3 = next_state(&n2.record, retry("errcode"), &p, now, 0.0);
         assert_eq!(
             (n3.record.status, n3.completed),
             (Status::DeadLettered, Some(Outcome::dead_lettered))
@@ -540,16 +530,7 @@ mod tests {
         // Never attempted (e.g. queued behind a paused channel): maxAge has not started.
         assert!(before_attempt(&r, &p, later).is_none());
         // The first retryable attempt starts it.
-        let n = next_state(
-            &r,
-            SendOutcome::Retry {
-                error: err("timeout"),
-                not_before: None,
-            },
-            &p,
-            later,
-            0.0,
-        );
+        let n = next_state(&r, retry("timeout"), &p, later, 0.0);
         assert_eq!((n.record.budget_from, n.record.attempts), (later, 1));
         r = n.record;
         assert!(before_attempt(&r, &p, add(later, Duration::from_secs(59))).is_none());
@@ -558,16 +539,7 @@ mod tests {
         r.attempts = 0;
         r.budget_from = now;
         r.message.expires_at = Some(add(now, Duration::from_millis(50)));
-        let n = next_state(
-            &r,
-            SendOutcome::Retry {
-                error: err("timeout"),
-                not_before: None,
-            },
-            &p,
-            now,
-            0.0,
-        );
+        let n = next_state(&r, retry("timeout"), &p, now, 0.0);
         assert_eq!(
             (n.record.status, n.completed),
             (Status::Expired, Some(Outcome::expired))

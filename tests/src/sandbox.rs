@@ -55,20 +55,27 @@ impl WxClient {
         }
     }
 
+    /// `GET <base><path_and_query>`; the JSON answer.
+    pub async fn get_json(&self, path_and_query: &str) -> Value {
+        let url = format!("{}{path_and_query}", self.base);
+        let resp = self.http.get(url).send().await.expect("GET");
+        resp.json().await.expect("JSON answer")
+    }
+
+    /// `POST <base><path>` with `body` sent as is (it may be malformed on purpose); the JSON
+    /// answer.
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Value {
+        let url = format!("{}{path}", self.base);
+        let resp = self.http.post(url).body(body).send().await.expect("POST");
+        resp.json().await.expect("JSON answer")
+    }
+
     /// `GET /cgi-bin/token` with these credentials; the JSON answer.
     pub async fn classic_token_with(&self, appid: &str, secret: &str) -> Value {
-        let url = format!(
-            "{}/cgi-bin/token?grant_type=client_credential&appid={appid}&secret={secret}",
-            self.base
-        );
-        self.http
-            .get(url)
-            .send()
-            .await
-            .expect("token call")
-            .json()
-            .await
-            .expect("token JSON")
+        self.get_json(&format!(
+            "/cgi-bin/token?grant_type=client_credential&appid={appid}&secret={secret}"
+        ))
+        .await
     }
 
     /// A classic token for the test account.

@@ -17,33 +17,17 @@ async fn classic_credential_errors() {
         40013
     );
     assert_eq!(errcode(&c.classic_token_with(APPID, "wrong").await), 40125);
-    let url = format!(
-        "{}/cgi-bin/token?grant_type=password&appid={APPID}&secret={SECRET}",
-        c.base
-    );
-    let v: serde_json::Value = c
-        .http
-        .get(url)
-        .send()
-        .await
-        .expect("call")
-        .json()
-        .await
-        .expect("json");
+    let v = c
+        .get_json(&format!(
+            "/cgi-bin/token?grant_type=password&appid={APPID}&secret={SECRET}"
+        ))
+        .await;
     assert_eq!(errcode(&v), 40002);
-    let url = format!(
-        "{}/cgi-bin/token?grant_type=client_credential&secret={SECRET}",
-        c.base
-    );
-    let v: serde_json::Value = c
-        .http
-        .get(url)
-        .send()
-        .await
-        .expect("call")
-        .json()
-        .await
-        .expect("json");
+    let v = c
+        .get_json(&format!(
+            "/cgi-bin/token?grant_type=client_credential&secret={SECRET}"
+        ))
+        .await;
     assert_eq!(errcode(&v), 41002);
     let ok = c.classic_token_with(APPID, SECRET).await;
     assert_eq!(ok["expires_in"], 7200);
@@ -116,17 +100,7 @@ async fn tokens_expire_with_42001_and_bad_tokens_get_their_codes() {
         40001
     );
     let body = json!({"touser": "o1", "template_id": "T"}).to_string();
-    let url = format!("{}/cgi-bin/message/template/send", c.base);
-    let v: serde_json::Value = c
-        .http
-        .post(url)
-        .body(body)
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json");
+    let v = c.post_raw("/cgi-bin/message/template/send", body).await;
     assert_eq!(errcode(&v), 41001);
 }
 
@@ -232,17 +206,7 @@ async fn stable_token_errors() {
     })
     .await;
     let c = &sb.api;
-    let url = format!("{}/cgi-bin/stable_token", c.base);
-    let v: serde_json::Value = c
-        .http
-        .post(url)
-        .body("{oops")
-        .send()
-        .await
-        .expect("call")
-        .json()
-        .await
-        .expect("json");
+    let v = c.post_raw("/cgi-bin/stable_token", "{oops").await;
     assert_eq!(errcode(&v), 47001);
     let wrong = json!({"grant_type": "client_credential", "appid": "wxnope", "secret": SECRET});
     assert_eq!(errcode(&c.stable_token_body(&wrong).await), 40013);

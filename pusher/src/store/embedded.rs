@@ -320,6 +320,32 @@ fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, Store
     got.map(|v| decode(v.value())).transpose()
 }
 
+/// The wait of the two lease loops: until `notified` fires (new work), the next scheduled entry
+/// is due (`next_ms`, in store milliseconds, read at `now_ms`), `wake` passes, or `deadline`
+/// passes. Returns `false`, without waiting, once the deadline has passed.
+async fn wait_for_work(
+    notified: impl std::future::Future<Output = ()>,
+    deadline: tokio::time::Instant,
+    wake: tokio::time::Instant,
+    next_ms: Option<u64>,
+    now_ms: u64,
+) -> bool {
+    let now = tokio::time::Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    let mut until = deadline.min(wake);
+    if let Some(next) = next_ms {
+        let in_ms = next.saturating_sub(now_ms).max(1);
+        until = until.min(now + Duration::from_millis(in_ms));
+    }
+    tokio::select! {
+        () = notified => {}
+        () = tokio::time::sleep_until(until) => {}
+    }
+    true
+}
+
 impl Store for EmbeddedStore {
     async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
         let (reply, rx) = oneshot::channel();
@@ -370,18 +396,8 @@ impl Store for EmbeddedStore {
                     })
                     .await;
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
+            if !wait_for_work(notified, deadline, deadline, next, now_ms).await {
                 return Ok(Vec::new());
-            }
-            let mut until = deadline;
-            if let Some(next) = next {
-                let in_ms = next.saturating_sub(now_ms).max(1);
-                until = until.min(now + Duration::from_millis(in_ms));
-            }
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep_until(until) => {}
             }
         }
     }
@@ -511,18 +527,9 @@ impl Store for EmbeddedStore {
             if !due.is_empty() {
                 return Ok(due);
             }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
+            let poll = tokio::time::Instant::now() + CALLBACK_POLL;
+            if !wait_for_work(notified, deadline, poll, next, now_ms).await {
                 return Ok(Vec::new());
-            }
-            let mut until = deadline.min(now + CALLBACK_POLL);
-            if let Some(next) = next {
-                let in_ms = next.saturating_sub(now_ms).max(1);
-                until = until.min(now + Duration::from_millis(in_ms));
-            }
-            tokio::select! {
-                () = notified => {}
-                () = tokio::time::sleep_until(until) => {}
             }
         }
     }
