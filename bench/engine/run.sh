@@ -23,7 +23,7 @@ APPID=wxbench000000000
 SECRET=bench-secret
 
 command -v wrk >/dev/null || { echo "wrk is needed (apt-get install wrk)" >&2; exit 1; }
-cargo build --release -p wxpush-pusher --bins >&2
+cargo build --release -p wxpush-pusher -p wxpush-sandbox --bins >&2
 BIN="${CARGO_TARGET_DIR:-target}/release"
 
 work=$(mktemp -d)

@@ -11,7 +11,7 @@ TARGET=${CARGO_TARGET_DIR:-target}
 # WXPUSH_SANDBOX_BIN=path skips the build and uses that binary.
 BIN=${WXPUSH_SANDBOX_BIN:-}
 if [ -z "$BIN" ]; then
-  cargo build --release -q -p wxpush-pusher --bin wxpush-sandbox
+  cargo build --release -q -p wxpush-sandbox --bin wxpush-sandbox
   BIN="$TARGET/release/wxpush-sandbox"
 fi
 OUT=$(mktemp)

@@ -7,7 +7,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p wxpush-pusher --bin wxpush-sandbox \
+    cargo build --release --locked -p wxpush-sandbox --bin wxpush-sandbox \
     && install -D target/release/wxpush-sandbox /out/wxpush-sandbox
 
 FROM gcr.io/distroless/cc-debian12:nonroot

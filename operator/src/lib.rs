@@ -7,7 +7,7 @@
 //! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
 pub mod controller;
-pub mod crd;
+pub use wxpush_api::crd;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;

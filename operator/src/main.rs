@@ -13,12 +13,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::sync::watch;
 use tracing::{error, info};
+use wxpush_api::policy::HumanDuration;
 use wxpush_operator::leader::{Ended, LeaderElection};
 use wxpush_operator::metrics::Metrics;
 use wxpush_operator::reconcile::{Context, Settings};
 use wxpush_operator::server::{Health, router};
 use wxpush_operator::{controller, crd};
-use wxpush_pusher::policy::HumanDuration;
 
 /// The wxpush operator: turns PushChannels into running, autoscaled pushers.
 #[derive(Debug, Parser)]

@@ -262,7 +262,7 @@ fn no_secret_value_or_inline_credential_is_written() {
     for name in ["pushchannel-minimal.yaml", "pushchannel-full.yaml"] {
         let d = build_all(&example(name));
         let cm = &d.config_map.data.as_ref().expect("data")["pusher.yaml"];
-        let config = wxpush_pusher::config::PusherConfig::from_yaml(cm).expect("parses");
+        let config = wxpush_api::config::PusherConfig::from_yaml(cm).expect("parses");
         config.validate().expect("valid");
         assert!(config.credentials.app_id.is_none() && config.credentials.app_secret.is_none());
         assert!(config.auth.token.is_none());

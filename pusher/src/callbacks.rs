@@ -25,6 +25,7 @@ use sha2::Sha256;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ReadSecret as _;
 use crate::message::{MessageRecord, Status};
 use crate::metrics::{CallbackLabels, Metrics};
 use crate::policy::{Callbacks, LocalSecret, Retry};

@@ -1,473 +1,76 @@
-//! The pusher's config file (`wxpush-pusher serve --config pusher.yaml`).
-//!
-//! The operator writes it into the pusher's ConfigMap; people write it by hand for local runs.
-//! Its policy sections are the [`crate::policy`] types, the same as the `PushChannel` spec.
-//! Environment variables override a few fields (see [`ENV_OVERRIDES`]), so that a container can
-//! be pointed elsewhere without a new file.
+//! The pusher's config file: its types live in [`wxpush_api::config`] (the operator writes the
+//! same file); this module adds what needs I/O: reading the file and reading secret values.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+pub use wxpush_api::config::*;
 
-use crate::policy::{
-    Callbacks, CircuitBreaker, Concurrency, HumanDuration, LocalSecret, Pool, Provider, QueueKind,
-    QueuePolicy, RateLimit, Retry, Timeouts, TokenPolicy,
-};
+use crate::policy::{LocalSecret, SecretError};
 
-/// Environment variables that override the file, with the field each replaces.
-pub const ENV_OVERRIDES: &[(&str, &str)] = &[
-    ("WXPUSH_LISTEN", "listen"),
-    ("WXPUSH_METRICS_LISTEN", "metricsListen"),
-    ("WXPUSH_CHANNEL", "channel"),
-    ("WXPUSH_API_BASE_URL", "apiBaseUrl"),
-    ("WXPUSH_APP_ID", "credentials.appId"),
-    ("WXPUSH_APP_SECRET", "credentials.appSecret"),
-    ("WXPUSH_AUTH_TOKEN", "auth.token"),
-    ("WXPUSH_QUEUE_PATH", "queue.embedded.path"),
-];
-
-/// The whole config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PusherConfig {
-    /// Address of the HTTP API, WeChat's event callback, health checks and (unless
-    /// `metricsListen` is set) metrics. Required.
-    pub listen: SocketAddr,
-    /// A separate address for `/metrics`, if wanted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Name of the channel: a label on every metric and a prefix in the store. Default `default`.
-    #[serde(default = "default_channel")]
-    pub channel: String,
-    /// Which WeChat product this channel sends through. Default `wechatOfficialAccount`.
-    #[serde(default)]
-    pub provider: Provider,
-    /// Base URL of the WeChat API (`https://api.weixin.qq.com`, or a sandbox). Required.
-    pub api_base_url: String,
-    /// The account's appid and secret. Required.
-    pub credentials: Credentials,
-    /// The bearer token producers must present. Required.
-    pub auth: Auth,
-    /// WeChat's server-URL callback (delivery events). Off unless a token is given.
-    #[serde(default)]
-    pub events: Events,
-    /// Where accepted messages wait. Default `{embedded: {path: /var/lib/wxpush}}`.
-    #[serde(default)]
-    pub queue: QueuePolicy<LocalSecret>,
-    /// See [`Timeouts`].
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    /// See [`Pool`].
-    #[serde(default)]
-    pub pool: Pool,
-    /// See [`Retry`].
-    #[serde(default)]
-    pub retry: Retry,
-    /// See [`CircuitBreaker`].
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreaker,
-    /// See [`RateLimit`].
-    #[serde(default)]
-    pub rate_limit: RateLimit,
-    /// See [`Concurrency`].
-    #[serde(default)]
-    pub concurrency: Concurrency,
-    /// See [`TokenPolicy`].
-    #[serde(default)]
-    pub token: TokenPolicy,
-    /// See [`Callbacks`].
-    #[serde(default)]
-    pub callbacks: Callbacks<LocalSecret>,
-    /// Limits of the HTTP API.
-    #[serde(default)]
-    pub api: ApiLimits,
-    /// Graceful shutdown.
-    #[serde(default)]
-    pub shutdown: Shutdown,
+/// Reads `path`, applies the environment overrides and validates the result.
+pub fn load(path: &Path) -> Result<PusherConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut config = PusherConfig::from_yaml(&text)?;
+    config.apply_env(|k| std::env::var(k).ok())?;
+    config.validate()?;
+    Ok(config)
 }
 
-fn default_channel() -> String {
-    "default".into()
+/// Reading a [`LocalSecret`]'s value, which the API crate only describes.
+pub trait ReadSecret {
+    /// Reads the value now (files are re-read on each call, so rotation is picked up).
+    fn read(&self) -> Result<String, SecretError>;
 }
 
-/// The account's credentials: each value inline (local runs only) or from a file.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Credentials {
-    /// The appid, inline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_id: Option<String>,
-    /// A file holding the appid.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_id_file: Option<PathBuf>,
-    /// The app secret, inline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_secret: Option<String>,
-    /// A file holding the app secret.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub app_secret_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credentials")
-            .field("app_id", &self.app_id)
-            .field("app_id_file", &self.app_id_file)
-            .field(
-                "app_secret",
-                &self.app_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("app_secret_file", &self.app_secret_file)
-            .finish()
-    }
-}
-
-impl Credentials {
-    /// The appid as a [`LocalSecret`] (inline or file).
-    pub fn app_id(&self) -> Option<LocalSecret> {
-        one_of(&self.app_id, &self.app_id_file)
-    }
-
-    /// The app secret as a [`LocalSecret`] (inline or file).
-    pub fn app_secret(&self) -> Option<LocalSecret> {
-        one_of(&self.app_secret, &self.app_secret_file)
-    }
-}
-
-/// The producers' bearer token: inline (local runs only) or from a file.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Auth {
-    /// The token, inline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    /// A file holding the token (re-read when it changes, so a Secret can rotate it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token_file: Option<PathBuf>,
-}
-
-impl std::fmt::Debug for Auth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth")
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("token_file", &self.token_file)
-            .finish()
-    }
-}
-
-impl Auth {
-    /// The token as a [`LocalSecret`] (inline or file).
-    pub fn token(&self) -> Option<LocalSecret> {
-        one_of(&self.token, &self.token_file)
-    }
-}
-
-fn one_of(inline: &Option<String>, file: &Option<PathBuf>) -> Option<LocalSecret> {
-    match (inline, file) {
-        (Some(v), None) => Some(LocalSecret::Inline(v.clone())),
-        (None, Some(p)) => Some(LocalSecret::File { file: p.clone() }),
-        _ => None,
-    }
-}
-
-/// WeChat's server-URL callback, which brings TEMPLATESENDJOBFINISH events.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct Events {
-    /// The server-URL token configured at WeChat; signatures are checked with it. Events are
-    /// refused (404) while it is unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub token: Option<LocalSecret>,
-    /// The EncodingAESKey (43 characters), for safe mode (`encrypt_type=aes`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub encoding_aes_key: Option<LocalSecret>,
-}
-
-/// Limits of the pusher's HTTP API.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-pub struct ApiLimits {
-    /// Largest request body accepted; larger ones get 413. Default `1048576` (1 MiB).
-    pub max_body_bytes: u64,
-    /// Most messages in one batch. Default `1000`.
-    pub max_batch: u32,
-}
-
-impl Default for ApiLimits {
-    fn default() -> Self {
-        Self {
-            max_body_bytes: 1 << 20,
-            max_batch: 1000,
-        }
-    }
-}
-
-/// Graceful shutdown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
-pub struct Shutdown {
-    /// After SIGTERM, how long in-flight sends may take to finish; the rest stays queued.
-    /// Default `20s` (the operator sets the pod's grace period a little above it).
-    pub drain_timeout: HumanDuration,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self {
-            drain_timeout: HumanDuration::secs(20),
-        }
-    }
-}
-
-/// Why a config could not be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The YAML does not match the schema (unknown field, wrong type, bad duration...).
-    #[error("invalid config: {0}")]
-    Parse(String),
-    /// An environment override holds a bad value.
-    #[error("environment variable {var} (overrides {field}): {message}")]
-    Env {
-        /// The variable.
-        var: &'static str,
-        /// The field it overrides.
-        field: &'static str,
-        /// What is wrong.
-        message: String,
-    },
-    /// The values parse but do not make sense together.
-    #[error("invalid config: {}", .0.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; "))]
-    Invalid(Vec<Problem>),
-}
-
-/// One thing wrong with a config, naming the field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The field, as a path (`retry.initialBackoff`).
-    pub field: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl PusherConfig {
-    /// Parses YAML text, without environment overrides or validation.
-    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
-    }
-
-    /// Reads `path`, applies environment overrides and validates the result.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut config = Self::from_yaml(&text)?;
-        config.apply_env(|k| std::env::var(k).ok())?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Applies the [`ENV_OVERRIDES`], reading variables through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        let addr = |var: &'static str, field: &'static str, v: String| {
-            v.parse::<SocketAddr>().map_err(|e| ConfigError::Env {
-                var,
-                field,
-                message: e.to_string(),
-            })
+impl ReadSecret for LocalSecret {
+    fn read(&self) -> Result<String, SecretError> {
+        let (value, from) = match self {
+            Self::Inline(v) => (v.clone(), "inline value".to_string()),
+            Self::File { file } => {
+                let v = std::fs::read_to_string(file).map_err(|source| SecretError::File {
+                    path: file.clone(),
+                    source,
+                })?;
+                (v.trim().to_string(), file.display().to_string())
+            }
+            Self::Env { env } => {
+                let v = std::env::var(env).map_err(|_| SecretError::Env(env.clone()))?;
+                (v.trim().to_string(), format!("${env}"))
+            }
         };
-        if let Some(v) = get("WXPUSH_LISTEN") {
-            self.listen = addr("WXPUSH_LISTEN", "listen", v)?;
+        if value.is_empty() {
+            return Err(SecretError::Empty(from));
         }
-        if let Some(v) = get("WXPUSH_METRICS_LISTEN") {
-            self.metrics_listen = Some(addr("WXPUSH_METRICS_LISTEN", "metricsListen", v)?);
-        }
-        if let Some(v) = get("WXPUSH_CHANNEL") {
-            self.channel = v;
-        }
-        if let Some(v) = get("WXPUSH_API_BASE_URL") {
-            self.api_base_url = v;
-        }
-        if let Some(v) = get("WXPUSH_APP_ID") {
-            self.credentials.app_id = Some(v);
-            self.credentials.app_id_file = None;
-        }
-        if let Some(v) = get("WXPUSH_APP_SECRET") {
-            self.credentials.app_secret = Some(v);
-            self.credentials.app_secret_file = None;
-        }
-        if let Some(v) = get("WXPUSH_AUTH_TOKEN") {
-            self.auth.token = Some(v);
-            self.auth.token_file = None;
-        }
-        if let Some(v) = get("WXPUSH_QUEUE_PATH") {
-            match self.queue.embedded.as_mut() {
-                Some(e) => e.path = v,
-                None => {
-                    return Err(ConfigError::Env {
-                        var: "WXPUSH_QUEUE_PATH",
-                        field: "queue.embedded.path",
-                        message: "the queue is not embedded".into(),
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Checks what the types alone cannot: rules across fields, exactly-one choices, URLs.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut problems = Vec::new();
-        let mut bad = |field: &str, message: &str| {
-            problems.push(Problem {
-                field: field.into(),
-                message: message.into(),
-            });
-        };
-        if self.channel.is_empty()
-            || !self
-                .channel
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bad("channel", "use letters, digits, '-' and '_'");
-        }
-        match url::Url::parse(&self.api_base_url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
-            _ => bad("apiBaseUrl", "must be an http(s) URL"),
-        }
-        let c = &self.credentials;
-        if c.app_id.is_some() == c.app_id_file.is_some() {
-            bad("credentials", "set exactly one of appId and appIdFile");
-        }
-        if c.app_secret.is_some() == c.app_secret_file.is_some() {
-            bad(
-                "credentials",
-                "set exactly one of appSecret and appSecretFile",
-            );
-        }
-        if self.auth.token.is_some() == self.auth.token_file.is_some() {
-            bad("auth", "set exactly one of token and tokenFile");
-        }
-        if self.auth.token.as_deref().is_some_and(|t| t.len() < 16) {
-            bad("auth.token", "use at least 16 characters");
-        }
-        if self.queue.kind().is_none() {
-            bad("queue", "set exactly one queue kind: embedded or redis");
-        }
-        if let Some(QueueKind::Embedded(e)) = self.queue.kind()
-            && e.path.is_empty()
-        {
-            bad("queue.embedded.path", "must not be empty");
-        }
-        for (name, r) in [
-            ("retry", &self.retry),
-            ("callbacks.retry", &self.callbacks.retry),
-        ] {
-            if r.initial_backoff > r.max_backoff {
-                bad(
-                    &format!("{name}.initialBackoff"),
-                    "must not exceed maxBackoff",
-                );
-            }
-            if r.max_attempts == 0 {
-                bad(&format!("{name}.maxAttempts"), "must be at least 1");
-            }
-            if !(1.0..=10.0).contains(&r.multiplier) {
-                bad(&format!("{name}.multiplier"), "must be between 1 and 10");
-            }
-            if !(0.0..=1.0).contains(&r.jitter) {
-                bad(&format!("{name}.jitter"), "must be between 0 and 1");
-            }
-        }
-        if self.rate_limit.per_second == 0 || self.rate_limit.burst == 0 {
-            bad("rateLimit", "perSecond and burst must be at least 1");
-        }
-        if self.concurrency.max_in_flight == 0 {
-            bad("concurrency.maxInFlight", "must be at least 1");
-        }
-        let cb = &self.circuit_breaker;
-        if !(0.0..=1.0).contains(&cb.failure_ratio) || cb.failure_ratio == 0.0 {
-            bad("circuitBreaker.failureRatio", "must be in (0, 1]");
-        }
-        if self.api.max_batch == 0 || self.api.max_batch > 10_000 {
-            bad("api.maxBatch", "must be between 1 and 10000");
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
+        Ok(value)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const MINIMAL: &str = "
-listen: 127.0.0.1:8080
-apiBaseUrl: http://127.0.0.1:9000
-credentials: {appId: wx123, appSecret: s3cret}
-auth: {token: a-long-enough-token}
-";
+    use crate::policy::LocalSecret;
 
     #[test]
-    fn minimal_config_takes_defaults() {
-        let c = PusherConfig::from_yaml(MINIMAL).expect("parses");
-        c.validate().expect("valid");
-        assert_eq!(c.channel, "default");
-        assert_eq!(c.retry, Retry::default());
-        assert!(matches!(c.queue.kind(), Some(QueueKind::Embedded(_))));
+    fn three_forms_parse_and_debug_hides_inline_values() {
+        let s: LocalSecret = serde_json::from_str(r#""hunter2""#).expect("inline");
+        assert_eq!(s.read().expect("inline reads"), "hunter2");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let f: LocalSecret = serde_json::from_str(r#"{"file": "/nonexistent/x"}"#).expect("file");
+        assert!(matches!(f.read(), Err(SecretError::File { .. })));
+        let e: LocalSecret =
+            serde_json::from_str(r#"{"env": "WXPUSH_TEST_UNSET_VAR"}"#).expect("env");
+        assert!(matches!(e.read(), Err(SecretError::Env(_))));
     }
 
     #[test]
-    fn env_overrides_replace_fields() {
-        let mut c = PusherConfig::from_yaml(MINIMAL).expect("parses");
-        c.apply_env(|k| match k {
-            "WXPUSH_API_BASE_URL" => Some("http://10.0.0.1:1".into()),
-            "WXPUSH_APP_SECRET" => Some("other".into()),
-            _ => None,
-        })
-        .expect("applies");
-        assert_eq!(c.api_base_url, "http://10.0.0.1:1");
-        assert_eq!(c.credentials.app_secret.as_deref(), Some("other"));
-        let err = c
-            .apply_env(|k| (k == "WXPUSH_LISTEN").then(|| "nope".to_string()))
-            .expect_err("bad address");
-        assert!(err.to_string().contains("WXPUSH_LISTEN"), "{err}");
-    }
-
-    #[test]
-    fn problems_name_their_field() {
-        let text = format!("{MINIMAL}retry: {{initialBackoff: 1m, maxBackoff: 1s}}\n");
-        let c = PusherConfig::from_yaml(&text).expect("parses");
-        let err = c.validate().expect_err("initial > max").to_string();
-        assert!(err.contains("retry.initialBackoff"), "{err}");
-        let err = PusherConfig::from_yaml(&format!("{MINIMAL}tiemouts: {{}}\n"))
-            .expect_err("unknown field")
-            .to_string();
-        assert!(err.contains("tiemouts"), "{err}");
-    }
-
-    #[test]
-    fn debug_output_hides_secrets() {
-        let c = PusherConfig::from_yaml(MINIMAL).expect("parses");
-        let dbg = format!("{c:?}");
-        assert!(
-            !dbg.contains("s3cret") && !dbg.contains("a-long-enough-token"),
-            "{dbg}"
-        );
+    fn file_values_are_trimmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        std::fs::write(&path, "abc\n").expect("write");
+        let s = LocalSecret::File { file: path };
+        assert_eq!(s.read().expect("reads"), "abc");
     }
 }

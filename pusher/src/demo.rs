@@ -14,8 +14,8 @@ use serde_json::{Value, json};
 
 use crate::config::PusherConfig;
 use crate::metrics::{Outcome, OutcomeLabels};
-use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use crate::server::{Pusher, ServerError};
+use wxpush_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ pub struct DemoReport {
 pub enum DemoError {
     /// The sandbox did not start.
     #[error("sandbox: {0}")]
-    Sandbox(#[from] crate::sandbox::SandboxError),
+    Sandbox(#[from] wxpush_sandbox::SandboxError),
     /// The pusher did not start.
     #[error("pusher: {0}")]
     Pusher(#[from] ServerError),

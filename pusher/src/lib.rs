@@ -8,15 +8,14 @@
 pub mod api;
 pub mod callbacks;
 pub mod config;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dispatch;
 pub mod events;
 pub mod message;
 pub mod metrics;
-pub mod policy;
+pub use wxpush_api::policy;
 pub mod resilience;
-pub mod sandbox;
 pub mod server;
 pub mod store;
 pub mod wechat;
-pub mod wxcrypto;

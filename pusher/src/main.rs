@@ -5,11 +5,13 @@
 //! - `demo`: sandbox + pusher in one process, a few thousand messages end to end.
 
 use std::path::PathBuf;
+#[cfg(feature = "demo")]
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use wxpush_pusher::config::PusherConfig;
+use wxpush_pusher::config::{PusherConfig, ReadSecret as _};
+#[cfg(feature = "demo")]
 use wxpush_pusher::demo::{Demo, DemoOptions};
 use wxpush_pusher::policy::LocalSecret;
 use wxpush_pusher::server::Pusher;
@@ -88,7 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => {
             init_tracing("info");
-            let config = PusherConfig::load(&config)
+            let config = wxpush_pusher::config::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
             runtime()?.block_on(serve(config))
         }
@@ -104,19 +106,30 @@ fn main() -> anyhow::Result<()> {
             json,
             keep_running,
         } => {
-            init_tracing("warn");
-            let opts = DemoOptions {
-                count,
-                concurrency,
-                batch,
-                max_in_flight,
-                rate_limit,
-                sandbox_url,
-                appid,
-                secret,
-                ..DemoOptions::default()
-            };
-            runtime()?.block_on(demo(opts, json, keep_running))
+            #[cfg(not(feature = "demo"))]
+            {
+                let _ = (count, concurrency, batch, max_in_flight, rate_limit);
+                let _ = (sandbox_url, appid, secret, json, keep_running);
+                anyhow::bail!(
+                    "this wxpush-pusher was built without the `demo` feature (production builds leave the WeChat sandbox out); run: cargo run --release -p wxpush-pusher --features demo -- demo"
+                )
+            }
+            #[cfg(feature = "demo")]
+            {
+                init_tracing("warn");
+                let opts = DemoOptions {
+                    count,
+                    concurrency,
+                    batch,
+                    max_in_flight,
+                    rate_limit,
+                    sandbox_url,
+                    appid,
+                    secret,
+                    ..DemoOptions::default()
+                };
+                runtime()?.block_on(demo(opts, json, keep_running))
+            }
         }
     }
 }
@@ -172,7 +185,7 @@ fn redact_secret(s: &mut Option<LocalSecret>) {
 }
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
-    let mut config = match PusherConfig::load(path) {
+    let mut config = match wxpush_pusher::config::load(path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{}: {e}", path.display());
@@ -209,6 +222,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "demo")]
 async fn demo(opts: DemoOptions, json: bool, keep_running: bool) -> anyhow::Result<()> {
     eprintln!(
         "starting {} and a pusher…",

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState, AuthToken};
 use crate::config::PusherConfig;
+use crate::config::ReadSecret as _;
 use crate::dispatch::{DispatchState, Dispatcher};
 use crate::events::http::EventsState;
 use crate::metrics::Metrics;
@@ -25,7 +26,7 @@ use crate::policy::QueueKind;
 use crate::store::embedded::EmbeddedOptions;
 use crate::store::{EmbeddedStore, Store, StoreError};
 use crate::wechat::{SenderError, WeChatSender};
-use crate::wxcrypto::Cipher;
+use wxcrypto::Cipher;
 
 /// Why a pusher could not start.
 #[derive(Debug, thiserror::Error)]

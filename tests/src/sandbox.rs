@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Mutex;
-use wxpush_pusher::sandbox::{Sandbox, SandboxConfig, SandboxHandle, StatsSnapshot};
+use wxpush_sandbox::{Sandbox, SandboxConfig, SandboxHandle, StatsSnapshot};
 
 use crate::{ChildGuard, binary, python, workspace_root};
 

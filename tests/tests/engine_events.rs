@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wxpush_pusher::wxcrypto::{Cipher, msg_signature, signature};
+use wxcrypto::{Cipher, msg_signature, signature};
 use wxpush_tests::pusher::{Api, PusherProc, config, send_all, tempdir, template};
 use wxpush_tests::sandbox::{self, APPID, WxClient};
 use wxpush_tests::{ChildGuard, free_port, wait_for};

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use wxpush_pusher::sandbox::{EventConfig, EventMode, SandboxConfig};
+use wxpush_sandbox::{EventConfig, EventMode, SandboxConfig};
 use wxpush_tests::sandbox::{APPID, EventReceiver, config, errcode, python_verify, start};
 use wxpush_tests::wait_for;
 
@@ -132,7 +132,7 @@ async fn safe_mode_events_decrypt_with_an_independent_implementation() {
         );
     }
     // The crate's own wxcrypto (reused by the pusher) agrees with Python.
-    let cipher = wxpush_pusher::wxcrypto::Cipher::new(AES_KEY, APPID).expect("key");
+    let cipher = wxcrypto::Cipher::new(AES_KEY, APPID).expect("key");
     let enc = got[0]
         .body
         .split("<Encrypt><![CDATA[")

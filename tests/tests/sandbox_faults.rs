@@ -312,8 +312,5 @@ async fn fault_admin_validates_and_patches() {
     assert_eq!(got["faults"], v["faults"]);
     // Reset restores the start-up faults (none here).
     sb.admin.reset().await;
-    assert_eq!(
-        sb.handle.faults(),
-        wxpush_pusher::sandbox::FaultConfig::default()
-    );
+    assert_eq!(sb.handle.faults(), wxpush_sandbox::FaultConfig::default());
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use serde_json::json;
-use wxpush_pusher::sandbox::SandboxConfig;
+use wxpush_sandbox::SandboxConfig;
 use wxpush_tests::sandbox::{config, errcode, start};
 use wxpush_tests::wait_for;
 

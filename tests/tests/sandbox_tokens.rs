@@ -41,7 +41,7 @@ async fn classic_credential_errors() {
 #[tokio::test]
 async fn classic_issues_new_tokens_and_old_ones_live_only_for_the_grace_period() {
     let grace = Duration::from_millis(400);
-    let sb = start(wxpush_pusher::sandbox::SandboxConfig {
+    let sb = start(wxpush_sandbox::SandboxConfig {
         classic_grace: grace,
         ..config()
     })
@@ -75,7 +75,7 @@ async fn classic_issues_new_tokens_and_old_ones_live_only_for_the_grace_period()
 
 #[tokio::test]
 async fn tokens_expire_with_42001_and_bad_tokens_get_their_codes() {
-    let sb = start(wxpush_pusher::sandbox::SandboxConfig {
+    let sb = start(wxpush_sandbox::SandboxConfig {
         token_expires_in: Duration::from_millis(600),
         ..config()
     })
@@ -106,7 +106,7 @@ async fn tokens_expire_with_42001_and_bad_tokens_get_their_codes() {
 
 #[tokio::test]
 async fn stable_token_is_reused_until_renewal_and_independent_of_classic() {
-    let sb = start(wxpush_pusher::sandbox::SandboxConfig {
+    let sb = start(wxpush_sandbox::SandboxConfig {
         token_expires_in: Duration::from_secs(3),
         stable_renew_before: Duration::from_millis(1500),
         ..config()
@@ -153,7 +153,7 @@ async fn stable_token_is_reused_until_renewal_and_independent_of_classic() {
 
 #[tokio::test]
 async fn force_refresh_rotates_with_limits() {
-    let sb = start(wxpush_pusher::sandbox::SandboxConfig {
+    let sb = start(wxpush_sandbox::SandboxConfig {
         force_refresh_daily_limit: 2,
         force_refresh_interval: Duration::from_millis(300),
         ..config()
@@ -200,7 +200,7 @@ async fn force_refresh_rotates_with_limits() {
 
 #[tokio::test]
 async fn stable_token_errors() {
-    let sb = start(wxpush_pusher::sandbox::SandboxConfig {
+    let sb = start(wxpush_sandbox::SandboxConfig {
         stable_minute_quota: Some(3),
         ..config()
     })
@@ -221,7 +221,7 @@ async fn stable_token_errors() {
 
 #[tokio::test]
 async fn classic_daily_quota() {
-    let sb = start(wxpush_pusher::sandbox::SandboxConfig {
+    let sb = start(wxpush_sandbox::SandboxConfig {
         classic_daily_quota: Some(2),
         ..config()
     })

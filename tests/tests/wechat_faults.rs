@@ -7,8 +7,8 @@ mod wechat_support;
 use std::time::{Duration, Instant, SystemTime};
 
 use wechat_support::{config, sandbox, sandbox_config, send, sender, template};
-use wxpush_pusher::sandbox::{FaultConfig, OutageSpec, SandboxConfig};
 use wxpush_pusher::wechat::{Circuit, SendOutcome};
+use wxpush_sandbox::{FaultConfig, OutageSpec, SandboxConfig};
 
 #[tokio::test]
 async fn a_hang_hits_the_response_header_timeout_and_the_retry_is_deduplicated() {

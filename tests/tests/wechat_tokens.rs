@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use wechat_support::{config, counting_proxy, sandbox, sandbox_config, send, sender, template};
-use wxpush_pusher::sandbox::{FaultConfig, SandboxConfig};
 use wxpush_pusher::wechat::{Health, SendOutcome};
+use wxpush_sandbox::{FaultConfig, SandboxConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn token_storm_with_64_senders_keeps_one_token_request_in_flight() {

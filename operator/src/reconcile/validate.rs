@@ -1,7 +1,7 @@
 //! *Validate*: what the CRD's schema and CEL rules cannot check (or what a cluster that does not
 //! enforce them let through), as a pure function returning every problem at once.
 
-use wxpush_pusher::config::ConfigError;
+use wxpush_api::config::ConfigError;
 
 use super::build::pusher_config;
 use crate::crd::{AutoscalingProvider, PushChannel};

@@ -13,6 +13,7 @@ use parking_lot::RwLock;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use crate::config::ReadSecret as _;
 use crate::policy::{LocalSecret, SecretError};
 
 /// The expected bearer token.

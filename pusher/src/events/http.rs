@@ -24,7 +24,7 @@ use jiff::Timestamp;
 use super::{DeliveryEvent, EventOutcome, is_template_event, parse_xml};
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::wxcrypto::{Cipher, verify_msg_signature, verify_signature};
+use wxcrypto::{Cipher, verify_msg_signature, verify_signature};
 
 /// Largest event body accepted (WeChat's events are well under 2 KiB).
 pub const MAX_EVENT_BODY: usize = 64 * 1024;

@@ -20,6 +20,7 @@ use super::errcode::{SendAction, classify_http_status, classify_send, describe};
 use super::token::{AccessToken, TokenError, TokenManager, TokenSettings, TokenState};
 use super::{ChannelHealth, Circuit, Health, SendError, SendOutcome, SendRequest, SenderError};
 use crate::config::PusherConfig;
+use crate::config::ReadSecret as _;
 use crate::metrics::{AttemptResult, CircuitState, Metrics};
 use crate::policy::Retry;
 use crate::resilience::breaker::{Outcome, SharedBreaker};

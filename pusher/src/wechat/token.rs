@@ -30,6 +30,7 @@ use tracing::Instrument as _;
 use super::SendError;
 use super::client::{HttpClient, HttpError};
 use super::errcode::{FetchAction, classify_fetch, describe};
+use crate::config::ReadSecret as _;
 use crate::metrics::Metrics;
 use crate::policy::{LocalSecret, Retry, TokenApi};
 use crate::resilience::backoff;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::policy::{HumanDuration, Pool, Timeouts};
-use crate::sandbox::{FaultConfig, Sandbox, SandboxConfig};
+use wxpush_sandbox::{FaultConfig, Sandbox, SandboxConfig};
 
 const APPID: &str = "wxtokentest000001";
 const SECRET: &str = "token-test-secret";

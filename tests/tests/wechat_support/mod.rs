@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wxpush_pusher::config::PusherConfig;
 use wxpush_pusher::metrics::Metrics;
-use wxpush_pusher::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use wxpush_pusher::wechat::{MessageKind, SendOutcome, SendRequest, WeChatSender};
+use wxpush_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 
 /// The test account.
 pub const APPID: &str = "wxwechattest00001";

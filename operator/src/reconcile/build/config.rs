@@ -7,8 +7,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use wxpush_pusher::config::{ApiLimits, Auth, Credentials, Events, PusherConfig};
-use wxpush_pusher::policy::{Callbacks, LocalSecret, QueuePolicy, RedisQueue};
+use wxpush_api::config::{ApiLimits, Auth, Credentials, Events, PusherConfig};
+use wxpush_api::policy::{Callbacks, LocalSecret, QueuePolicy, RedisQueue};
 
 use super::workload::{HTTP_PORT, METRICS_PORT, mounts};
 use super::{BuildError, BuildInput, child_name, meta};

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use wxpush_pusher::config::PusherConfig;
+use wxpush_api::config::PusherConfig;
 
 use super::*;
 use crate::crd::PushChannelSpec;

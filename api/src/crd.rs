@@ -6,17 +6,17 @@
 
 use std::collections::BTreeMap;
 
+use crate::config::Shutdown;
+use crate::policy::{
+    Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
+    SecretKeyRef, Timeouts, TokenPolicy,
+};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use wxpush_pusher::config::Shutdown;
-use wxpush_pusher::policy::{
-    Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
-    SecretKeyRef, Timeouts, TokenPolicy,
-};
 
 /// Default WeChat API endpoint.
 pub const DEFAULT_API_BASE_URL: &str = "https://api.weixin.qq.com";

@@ -3,9 +3,9 @@
 //!
 //! Start one from a test on a port the OS picks:
 //! ```no_run
-//! # async fn demo() -> Result<(), wxpush_pusher::sandbox::SandboxError> {
+//! # async fn demo() -> Result<(), wxpush_sandbox::SandboxError> {
 //! use std::time::Duration;
-//! use wxpush_pusher::sandbox::{Sandbox, SandboxConfig};
+//! use wxpush_sandbox::{Sandbox, SandboxConfig};
 //! let sandbox = Sandbox::start(SandboxConfig {
 //!     token_expires_in: Duration::from_secs(2),
 //!     dedup_window: Duration::from_millis(500),

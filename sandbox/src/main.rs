@@ -1,5 +1,5 @@
 //! `wxpush-sandbox`: the WeChat API stand-in, as a program. A thin wrapper around
-//! `wxpush_pusher::sandbox`; see `docs/sandbox.md`.
+//! `wxpush_sandbox`; see `docs/sandbox.md`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use wxpush_pusher::sandbox::{
+use wxpush_sandbox::{
     EventConfig, EventMode, FaultConfig, OutageSpec, Sandbox, SandboxConfig, parse_list,
 };
 
@@ -279,7 +279,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,wxpush_pusher::sandbox=info".into()),
+                .unwrap_or_else(|_| "warn,wxpush_sandbox=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -296,7 +296,7 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn sandbox_wait(sandbox: wxpush_pusher::sandbox::SandboxHandle) {
+async fn sandbox_wait(sandbox: wxpush_sandbox::SandboxHandle) {
     sandbox.wait().await;
 }
 

@@ -10,7 +10,7 @@ use url::Url;
 
 use super::config::{EventConfig, EventMode, SandboxConfig};
 use super::stats::{EVENT_STATUSES, Stats};
-use crate::wxcrypto::{self, Cipher};
+use wxcrypto::{self, Cipher};
 
 /// Why event delivery could not be set up.
 #[derive(Debug, thiserror::Error)]
