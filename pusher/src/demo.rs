@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::config::PusherConfig;
 use crate::metrics::{Outcome, OutcomeLabels};
-use crate::server::{Pusher, ServerError};
+use crate::wiring::{Pusher, ServerError};
 use wxpush_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 
 /// What to run.

@@ -1,9 +1,19 @@
 //! wxpush's pusher: accepts WeChat messages over HTTP, stores them durably, and delivers them
-//! to the WeChat API (or the bundled sandbox) reliably.
+//! to the WeChat API reliably. `docs/architecture.md` draws a message's path through these
+//! modules; from the bottom up:
 //!
-//! - [`policy`]: the policy types shared with the operator's `PushChannel` resource.
-//! - [`config`]: the pusher's config file.
-//! - [`sandbox`]: a faithful stand-in for the WeChat API, used by tests, demos and benchmarks.
+//! - [`policy`] and [`config`]: the policy types and config file (types from `wxpush-api`;
+//!   [`config`] adds reading files and secrets).
+//! - [`send`]: the vocabulary of one attempt and the [`send::Sender`] trait of a provider;
+//!   [`message`]: a message, its validation, record and status.
+//! - [`providers`]: one module per `provider` (wire protocol, errcode table);
+//!   [`resilience`]: backoff, breaker and rate limit, pure decisions;
+//!   [`metrics`]: the Prometheus registry.
+//! - [`wechat`]: the engine that performs one attempt (HTTP client, tokens, breaker, limits);
+//!   [`store`]: the durable queue; [`dispatch`]: leases, attempts and the next state;
+//!   [`callbacks`] and [`events`]: outcome callbacks to producers and WeChat's delivery events.
+//! - [`api`]: the HTTP API; [`wiring`]: assembles all of it into one running pusher.
+//! - `demo` (feature `demo`): the WeChat sandbox and a pusher in one process.
 
 pub mod api;
 pub mod callbacks;
@@ -15,7 +25,9 @@ pub mod events;
 pub mod message;
 pub mod metrics;
 pub use wxpush_api::policy;
+pub mod providers;
 pub mod resilience;
-pub mod server;
+pub mod send;
 pub mod store;
 pub mod wechat;
+pub mod wiring;

@@ -14,7 +14,7 @@ use wxpush_pusher::config::{PusherConfig, ReadSecret as _};
 #[cfg(feature = "demo")]
 use wxpush_pusher::demo::{Demo, DemoOptions};
 use wxpush_pusher::policy::LocalSecret;
-use wxpush_pusher::server::Pusher;
+use wxpush_pusher::wiring::Pusher;
 
 /// Reliable WeChat template-message delivery.
 #[derive(Debug, Parser)]

@@ -1,5 +1,5 @@
 //! The API's message types: what a producer sends (validated strictly, each error naming its
-//! field), what the store keeps, and the status a producer reads back (DESIGN.md, "A message's
+//! field), what the store keeps, and the status a producer reads back (docs/architecture.md, "A message's
 //! life").
 
 use std::fmt;
@@ -9,7 +9,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::wechat::{MessageKind, SendError};
+use crate::send::{MessageKind, SendError};
 
 /// Longest `touser` (WeChat openids are 28 characters; leave room for other providers).
 pub const MAX_TOUSER: usize = 128;
@@ -476,7 +476,7 @@ fn parse_data(value: Option<&Value>) -> Result<Map<String, Value>, FieldError> {
     Ok(obj.clone())
 }
 
-/// Where a message is in its life (DESIGN.md, "A message's life").
+/// Where a message is in its life (docs/architecture.md, "A message's life").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {

@@ -1,4 +1,4 @@
-//! The pusher's Prometheus metrics, with the names agreed in DESIGN.md (the operator's HPA and
+//! The pusher's Prometheus metrics, with the names agreed in docs/architecture.md (the operator's HPA and
 //! the chart's adapter rules depend on them). Every metric carries a `channel` label.
 
 use std::borrow::Cow;
@@ -110,16 +110,7 @@ pub struct CallbackLabels {
     pub result: &'static str,
 }
 
-/// Circuit breaker states, the values of `wxpush_circuit_state`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CircuitState {
-    /// Sending normally.
-    Closed = 0,
-    /// Letting probes through.
-    HalfOpen = 1,
-    /// Not sending.
-    Open = 2,
-}
+pub use crate::resilience::breaker::CircuitState;
 
 /// Every metric of one pusher, registered under one channel label.
 #[derive(Debug)]

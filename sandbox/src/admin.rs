@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::faults::FaultConfig;
 use super::net::ConnInfo;
-use super::server::Shared;
+use super::state::Shared;
 use super::stats::StatsSnapshot;
 
 /// Marks the connection as an admin one before serving the route.

@@ -15,7 +15,7 @@ use super::faults::Decision;
 use super::messages::SendKind;
 use super::net::ConnInfo;
 use super::quota::{beijing_day, minute, unix_secs};
-use super::server::Shared;
+use super::state::Shared;
 use super::stats::{Endpoint, FaultKind};
 use super::tokens::Issued;
 

@@ -1,6 +1,6 @@
 //! The WeChat error codes the sandbox answers with, and their `errmsg` texts.
 //!
-//! Codes and wording follow `shared/WECHAT_API.md` and WeChat's documentation. Every code has a
+//! Codes and wording follow `docs/wechat-api.md` and WeChat's documentation. Every code has a
 //! dense index so statistics can count them in a fixed array of atomics.
 
 use bytes::Bytes;

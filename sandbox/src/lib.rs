@@ -1,5 +1,5 @@
 //! A faithful, fast stand-in for the WeChat API (`wxpush-sandbox`), used by tests, demos and
-//! benchmarks. It follows `shared/WECHAT_API.md`; see `docs/sandbox.md` for the full story.
+//! benchmarks. It follows `docs/wechat-api.md`; see `docs/sandbox.md` for the full story.
 //!
 //! Start one from a test on a port the OS picks:
 //! ```no_run
@@ -22,7 +22,8 @@
 //! validation, quotas, de-duplication), [`validate`] (subscribe data rules), [`events`]
 //! (TEMPLATESENDJOBFINISH delivery), [`faults`] (what to inject), [`stats`] (counters),
 //! [`codes`] (errcodes), [`quota`] (calendar-window counters), and the private HTTP side:
-//! `api` (WeChat routes), `admin` (`/__` routes), `net` (outages and resets), `server`.
+//! `state` (what the handlers share), `api` (WeChat routes), `admin` (`/__` routes), `net`
+//! (outages and resets), `server` (start, stop, router).
 
 mod admin;
 mod api;
@@ -34,6 +35,7 @@ pub mod messages;
 mod net;
 pub mod quota;
 mod server;
+mod state;
 pub mod stats;
 pub mod tokens;
 pub mod validate;

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -16,8 +16,8 @@ use super::events::{EventSetupError, Events};
 use super::faults::{FaultConfig, FaultConfigError, FaultState};
 use super::messages::Messages;
 use super::net::{ConnInfo, NetControl, SandboxListener};
-use super::quota::WindowCounter;
-use super::stats::{FaultKind, Stats, StatsSnapshot};
+use super::state::{Shared, State, TokenQuota};
+use super::stats::{Stats, StatsSnapshot};
 use super::tokens::TokenStore;
 
 /// Why the sandbox could not start.
@@ -38,83 +38,6 @@ pub enum SandboxError {
     /// Event delivery is misconfigured.
     #[error(transparent)]
     Events(#[from] EventSetupError),
-}
-
-/// Token-endpoint call counters.
-#[derive(Debug, Default)]
-pub(crate) struct TokenQuota {
-    pub(crate) classic_daily: WindowCounter,
-    pub(crate) stable_minute: WindowCounter,
-    pub(crate) stable_daily: WindowCounter,
-}
-
-/// Everything the handlers share.
-#[derive(Debug)]
-pub(crate) struct State {
-    pub(crate) cfg: SandboxConfig,
-    pub(crate) tokens: TokenStore,
-    pub(crate) token_quota: TokenQuota,
-    pub(crate) messages: Messages,
-    pub(crate) stats: Arc<Stats>,
-    pub(crate) faults: FaultState,
-    pub(crate) events: Arc<Events>,
-    pub(crate) net: Arc<NetControl>,
-    pub(crate) shutdown: CancellationToken,
-}
-
-/// The state as handlers hold it.
-pub(crate) type Shared = Arc<State>;
-
-impl State {
-    /// Applies a forced token invalidation if one is due.
-    pub(crate) fn maybe_invalidate(&self, now: Instant) {
-        if self.faults.take_due_invalidation(now) {
-            self.tokens.revoke_all(now);
-            self.stats.fault(FaultKind::TokenInvalidation);
-            tracing::info!("fault: every access_token invalidated");
-        }
-    }
-
-    /// Revokes every token now; returns how many were live.
-    pub(crate) fn invalidate_tokens(&self) -> usize {
-        self.stats.fault(FaultKind::TokenInvalidation);
-        self.tokens.revoke_all(Instant::now())
-    }
-
-    /// Validates and applies a fault config; schedules its outage when `schedule_outage`.
-    pub(crate) fn apply_faults(
-        &self,
-        cfg: FaultConfig,
-        schedule_outage: bool,
-    ) -> Result<(), FaultConfigError> {
-        cfg.validate()?;
-        if schedule_outage {
-            let window = cfg.outage.map(|o| {
-                let from = tokio::time::Instant::now() + o.after;
-                (from, from + o.duration)
-            });
-            self.net.schedule_outage(window);
-        }
-        tracing::info!(faults = ?cfg, "faults applied");
-        self.faults.set(cfg);
-        Ok(())
-    }
-
-    /// Back to the start-up state (message ids keep increasing so they stay unique).
-    pub(crate) fn reset(&self) {
-        self.stats.reset();
-        self.tokens.reset();
-        self.messages.reset();
-        self.token_quota.classic_daily.reset();
-        self.token_quota.stable_minute.reset();
-        self.token_quota.stable_daily.reset();
-        self.net.schedule_outage(None);
-        self.faults.restart(self.cfg.faults.clone());
-        if let Some(o) = self.cfg.faults.outage {
-            let from = tokio::time::Instant::now() + o.after;
-            self.net.schedule_outage(Some((from, from + o.duration)));
-        }
-    }
 }
 
 fn router(state: Shared) -> Router {

@@ -1,6 +1,6 @@
 //! The WeChat sender against the sandbox's faults over real HTTP: hangs hit the response-header
 //! timeout and are retried safely with the same client_msg_id; an outage opens the breaker,
-//! which probes and closes; quotas and permanent errcodes are classified as WECHAT_API.md says.
+//! which probes and closes; quotas and permanent errcodes are classified as docs/wechat-api.md says.
 
 mod wechat_support;
 

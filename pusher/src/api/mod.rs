@@ -1,4 +1,4 @@
-//! The pusher's HTTP API (DESIGN.md, "The pusher's HTTP API"): accept messages, read their
+//! The pusher's HTTP API (docs/architecture.md, "The pusher's HTTP API"): accept messages, read their
 //! status, inspect and replay dead letters, health, readiness and metrics.
 //!
 //! Checks run in a fixed order so each bad request gets one clear answer: bearer token (401) →

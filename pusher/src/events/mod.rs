@@ -1,5 +1,5 @@
-//! WeChat's server-URL callback: TEMPLATESENDJOBFINISH delivery events (DESIGN.md, "A message's
-//! life"; WECHAT_API.md, "Delivery event").
+//! WeChat's server-URL callback: TEMPLATESENDJOBFINISH delivery events (docs/architecture.md, "A message's
+//! life"; docs/wechat-api.md, "Delivery event").
 //!
 //! - [`parse_xml`]: the event XML (plain mode, or the decrypted safe-mode payload).
 //! - [`DeliveryEvent`] / [`EventStatus`]: one TEMPLATESENDJOBFINISH event.

@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::metrics::{CircuitState, Metrics};
 use crate::policy::CircuitBreaker;
 
 const BUCKETS: usize = 10;
@@ -224,29 +223,59 @@ impl Breaker {
     }
 }
 
-/// A breaker shared by all workers, keeping `wxpush_circuit_state` up to date.
-#[derive(Debug)]
+/// Circuit breaker states, the values of `wxpush_circuit_state`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    /// Sending normally.
+    Closed = 0,
+    /// Letting probes through.
+    HalfOpen = 1,
+    /// Not sending.
+    Open = 2,
+}
+
+/// Called with the breaker's state after each change-worthy event (an admission or a record),
+/// so that the caller can keep its gauge (`wxpush_circuit_state`) up to date: the breaker itself
+/// records no metrics.
+pub type StateObserver = Arc<dyn Fn(CircuitState) + Send + Sync>;
+
+/// A breaker shared by all workers; it reports its state to an observer.
 pub struct SharedBreaker {
     inner: Arc<Mutex<Breaker>>,
-    metrics: Arc<Metrics>,
+    observe: StateObserver,
 }
 
 /// An admitted attempt. Record its outcome with [`Permit::record`]; dropping it records
 /// [`Outcome::Ignored`], so an early return never strands a probe slot.
-#[derive(Debug)]
 pub struct Permit {
     ticket: Option<Ticket>,
     inner: Arc<Mutex<Breaker>>,
-    metrics: Arc<Metrics>,
+    observe: StateObserver,
+}
+
+impl std::fmt::Debug for SharedBreaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedBreaker")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("ticket", &self.ticket)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SharedBreaker {
     /// A closed breaker for this policy.
-    pub fn new(policy: &CircuitBreaker, metrics: Arc<Metrics>) -> Self {
-        metrics.set_circuit(CircuitState::Closed);
+    pub fn new(policy: &CircuitBreaker, observe: StateObserver) -> Self {
+        observe(CircuitState::Closed);
         Self {
             inner: Arc::new(Mutex::new(Breaker::new(policy, Instant::now()))),
-            metrics,
+            observe,
         }
     }
 
@@ -257,11 +286,11 @@ impl SharedBreaker {
             let mut b = self.inner.lock();
             (b.admit(now), b.state(now))
         };
-        self.metrics.set_circuit(state);
+        (self.observe)(state);
         admitted.map(|ticket| Permit {
             ticket: Some(ticket),
             inner: Arc::clone(&self.inner),
-            metrics: Arc::clone(&self.metrics),
+            observe: Arc::clone(&self.observe),
         })
     }
 
@@ -290,7 +319,7 @@ impl Permit {
                 b.record(ticket, outcome, now);
                 b.state(now)
             };
-            self.metrics.set_circuit(state);
+            (self.observe)(state);
         }
     }
 }
@@ -443,7 +472,8 @@ mod tests {
 
     #[test]
     fn shared_breaker_keeps_the_gauge_and_drop_means_ignored() {
-        let metrics = Arc::new(Metrics::new("t"));
+        let metrics = Arc::new(crate::metrics::Metrics::new("t"));
+        let gauge = Arc::clone(&metrics);
         let shared = SharedBreaker::new(
             &CircuitBreaker {
                 minimum_requests: 1,
@@ -451,7 +481,7 @@ mod tests {
                 open_duration: HumanDuration::millis(1),
                 ..policy()
             },
-            Arc::clone(&metrics),
+            Arc::new(move |state| gauge.set_circuit(state)),
         );
         shared.admit().expect("closed").record(Outcome::Failure);
         assert!(

@@ -6,70 +6,21 @@
 //! the API reads [`WeChatSender::health`] for `/readyz` and status.
 //!
 //! Modules, one job each: [`client`] (pooled HTTP client, the four timeouts, caching DNS),
-//! [`token`] (access_token manager), [`errcode`] (pure classification of WeChat's answers),
-//! [`sender`] (composition with the breaker and rate limiter of [`crate::resilience`]).
+//! [`token`] (access_token manager), [`sender`] (the engine: one attempt through the channel's
+//! provider — `crate::providers`, which also holds the errcode table — with the breaker and
+//! rate limiter of [`crate::resilience`]).
 //! `docs/wechat-client.md` tells the whole story.
 
 pub mod client;
-pub mod errcode;
 pub mod sender;
 pub mod token;
 
+pub use crate::send::{MessageKind, SendError, SendRequest};
 pub use sender::WeChatSender;
 
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
-
-/// Which WeChat send API a message goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MessageKind {
-    /// `POST /cgi-bin/message/template/send` (Official Account template message). The default.
-    #[default]
-    Template,
-    /// `POST /cgi-bin/message/subscribe/send` (Mini Program subscribe message).
-    Subscribe,
-    /// `POST /cgi-bin/message/subscribe/bizsend` (Official Account subscription notice).
-    Bizsend,
-}
-
-impl MessageKind {
-    /// The API path, without the access_token query.
-    pub fn path(self) -> &'static str {
-        match self {
-            Self::Template => "/cgi-bin/message/template/send",
-            Self::Subscribe => "/cgi-bin/message/subscribe/send",
-            Self::Bizsend => "/cgi-bin/message/subscribe/bizsend",
-        }
-    }
-}
-
-/// One attempt to send: the JSON body exactly as WeChat takes it (`touser`, `template_id`,
-/// `data`, ..., and the message's one `client_msg_id`, the same for every attempt).
-#[derive(Debug, Clone, Copy)]
-pub struct SendRequest<'a> {
-    /// Which API.
-    pub kind: MessageKind,
-    /// The body.
-    pub body: &'a serde_json::Value,
-}
-
-/// What went wrong in an attempt, in a form fit for status, logs and metrics (never a secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SendError {
-    /// Short machine-readable kind: `timeout_connect`, `timeout_tls`, `timeout_response_header`,
-    /// `timeout_request`, `transport` (DNS, refused, reset, TLS errors), `http_5xx`,
-    /// `http_status` (another non-200), `bad_response` (200 without JSON), `errcode` (WeChat
-    /// answered one; see `errcode`), `token` (no valid access_token), `throttled` (45011
-    /// slow-down), `rate_limited`, `quota` (daily quota), `body`, `circuit_open`.
-    pub kind: String,
-    /// WeChat's errcode, when it answered one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errcode: Option<i64>,
-    /// A sentence for people.
-    pub message: String,
-}
+use serde::Serialize;
 
 /// What the dispatcher should do after an attempt.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,25 +11,27 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::Deserialize;
 
 use super::client::{HttpClient, HttpError};
-use super::errcode::{SendAction, classify_http_status, classify_send, describe};
 use super::token::{AccessToken, TokenError, TokenManager, TokenSettings, TokenState};
 use super::{ChannelHealth, Circuit, Health, SendError, SendOutcome, SendRequest, SenderError};
 use crate::config::PusherConfig;
 use crate::config::ReadSecret as _;
 use crate::metrics::{AttemptResult, CircuitState, Metrics};
 use crate::policy::Retry;
+use crate::providers::errcode::{SendAction, classify_http_status, describe};
+use crate::providers::sender_for;
 use crate::resilience::breaker::{Outcome, SharedBreaker};
 use crate::resilience::ratelimit::RateLimiter;
+use crate::send::{Outgoing, Sender, TokenScope};
 
 /// Sends messages to WeChat for one channel. Cheap to share (`Arc`); safe to call from many
 /// workers at once.
 #[derive(Debug)]
 pub struct WeChatSender {
+    provider: Arc<dyn Sender>,
     http: Arc<HttpClient>,
     tokens: Arc<TokenManager>,
     breaker: SharedBreaker,
@@ -104,6 +106,15 @@ impl WeChatSender {
     /// Builds the sender from the config (HTTP client, token manager, breaker, rate limiter).
     /// The credentials are read once here so that a missing file fails at start-up.
     pub fn new(config: &PusherConfig, metrics: Arc<Metrics>) -> Result<Self, SenderError> {
+        Self::with_provider(config, metrics, sender_for(config.provider))
+    }
+
+    /// Like [`Self::new`], with the provider given rather than chosen by `config.provider`.
+    pub fn with_provider(
+        config: &PusherConfig,
+        metrics: Arc<Metrics>,
+        provider: Arc<dyn Sender>,
+    ) -> Result<Self, SenderError> {
         let http = Arc::new(
             HttpClient::new(&config.api_base_url, &config.timeouts, &config.pool)
                 .map_err(|e| SenderError::Client(e.to_string()))?,
@@ -121,23 +132,31 @@ impl WeChatSender {
         app_secret
             .read()
             .map_err(|e| SenderError::Credentials(format!("appSecret: {e}")))?;
-        let tokens = Arc::new(TokenManager::new(
-            Arc::clone(&http),
-            TokenSettings {
-                api: config.token.api,
-                refresh_before: config.token.refresh_before.get(),
-                app_id,
-                app_secret,
-                retry: config.retry.clone(),
-                request_timeout: config.timeouts.request.get(),
-            },
-            Arc::clone(&metrics),
-        ));
+        // Every provider today uses the account's WeChat token; a provider with another token
+        // API adds its scope here.
+        let tokens = match provider.token_scope() {
+            TokenScope::WeChatApp => Arc::new(TokenManager::new(
+                Arc::clone(&http),
+                TokenSettings {
+                    api: config.token.api,
+                    refresh_before: config.token.refresh_before.get(),
+                    app_id,
+                    app_secret,
+                    retry: config.retry.clone(),
+                    request_timeout: config.timeouts.request.get(),
+                },
+                Arc::clone(&metrics),
+            )),
+        };
         metrics.channel_paused.set(0);
         Ok(Self {
+            provider,
             http,
             tokens,
-            breaker: SharedBreaker::new(&config.circuit_breaker, Arc::clone(&metrics)),
+            breaker: SharedBreaker::new(&config.circuit_breaker, {
+                let metrics = Arc::clone(&metrics);
+                Arc::new(move |state| metrics.set_circuit(state))
+            }),
             limiter: RateLimiter::new(&config.rate_limit),
             retry: config.retry.clone(),
             rate_wait: config.retry.max_backoff.get(),
@@ -188,20 +207,14 @@ impl WeChatSender {
                 until: Some(until),
             };
         }
-        let body = match serde_json::to_vec(request.body) {
-            Ok(body) => Bytes::from(body),
-            Err(e) => {
+        let outgoing = match self.provider.build(request) {
+            Ok(outgoing) => outgoing,
+            Err(error) => {
                 self.limiter.give_back_daily(SystemTime::now());
-                return SendOutcome::Permanent {
-                    error: SendError {
-                        kind: "body".into(),
-                        errcode: None,
-                        message: format!("the message body cannot be encoded: {e}"),
-                    },
-                };
+                return SendOutcome::Permanent { error };
             }
         };
-        let mut attempt = self.attempt(request, &token, body.clone()).await;
+        let mut attempt = self.attempt(&token, outgoing.clone()).await;
         if matches!(
             attempt,
             Attempt::Answered {
@@ -219,7 +232,7 @@ impl WeChatSender {
                 }
             };
             if self.limiter.acquire(self.rate_wait).await {
-                attempt = self.attempt(request, &token, body).await;
+                attempt = self.attempt(&token, outgoing).await;
             }
         }
         let (outcome, breaker) = self.conclude(attempt);
@@ -228,13 +241,13 @@ impl WeChatSender {
     }
 
     /// One HTTP request, with its metrics.
-    async fn attempt(&self, request: SendRequest<'_>, token: &AccessToken, body: Bytes) -> Attempt {
+    async fn attempt(&self, token: &AccessToken, outgoing: Outgoing) -> Attempt {
         let encoded: String =
             url::form_urlencoded::byte_serialize(token.as_str().as_bytes()).collect();
-        let path = format!("{}?access_token={encoded}", request.kind.path());
+        let path = format!("{}?access_token={encoded}", outgoing.path);
         self.metrics.inflight.inc();
         let started = Instant::now();
-        let answer = self.http.post_json(&path, body).await;
+        let answer = self.http.post_json(&path, outgoing.body).await;
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.inflight.dec();
         let attempt = match answer {
@@ -245,7 +258,9 @@ impl WeChatSender {
             },
             Ok(r) => match serde_json::from_slice::<Answer>(&r.body) {
                 Ok(a) => Attempt::Answered {
-                    action: classify_send(a.errcode, SystemTime::now(), &self.retry),
+                    action: self
+                        .provider
+                        .classify(a.errcode, SystemTime::now(), &self.retry),
                     errcode: a.errcode,
                     errmsg: a.errmsg,
                     msgid: a.msgid,

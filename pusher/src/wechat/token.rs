@@ -29,10 +29,10 @@ use tracing::Instrument as _;
 
 use super::SendError;
 use super::client::{HttpClient, HttpError};
-use super::errcode::{FetchAction, classify_fetch, describe};
 use crate::config::ReadSecret as _;
 use crate::metrics::Metrics;
 use crate::policy::{LocalSecret, Retry, TokenApi};
+use crate::providers::errcode::{FetchAction, classify_fetch, describe};
 use crate::resilience::backoff;
 
 /// WeChat allows a `force_refresh` of the stable token at most every 30 s.

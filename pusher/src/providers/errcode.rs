@@ -1,5 +1,5 @@
 //! What each WeChat answer means for the message and the channel: a pure function of the
-//! errcode (or HTTP status), following the table in `shared/WECHAT_API.md` exactly.
+//! errcode (or HTTP status), following the table in `docs/wechat-api.md` exactly.
 //!
 //! Unknown non-zero errcodes are **retried with backoff** (counted against the message's retry
 //! budget, so they end in the dead-letter queue with the errcode if they persist): WeChat
@@ -7,42 +7,13 @@
 //! deliver twice. Treating an unknown code as permanent would lose messages on a new transient
 //! code; retrying costs at most `retry.maxAttempts` attempts.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::metrics::AttemptResult;
 use crate::policy::Retry;
 use crate::resilience::ratelimit::next_beijing_midnight;
 
-/// What to do after a send answered with an errcode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SendAction {
-    /// errcode 0: delivered.
-    Delivered,
-    /// Retry with the policy's backoff, or not before `not_before` when set.
-    Retry {
-        /// A minimum delay WeChat asked for (45011, 43117).
-        not_before: Option<Duration>,
-    },
-    /// The access_token was refused (40001, 40014, 42001): invalidate that token, refresh once,
-    /// retry once.
-    RefreshToken,
-    /// The message can never be sent as it is.
-    Permanent {
-        /// Whether it points at a channel-wide problem an operator should look at (40037).
-        alert: bool,
-    },
-    /// The channel cannot send: configuration fault (48001, 40013, 40125, 40164; `until` is
-    /// `None`, probe later) or the daily quota (45009; `until` = next midnight Beijing time).
-    Pause {
-        /// When sending may resume, when known.
-        until: Option<SystemTime>,
-    },
-    /// 45011: the account's per-minute quota. Slow the whole channel down for `for_at_least`.
-    Throttle {
-        /// How long.
-        for_at_least: Duration,
-    },
-}
+pub use crate::send::SendAction;
 
 impl SendAction {
     /// The `wxpush_send_attempts_total{result}` label of an attempt that ended this way.
@@ -159,6 +130,7 @@ pub fn describe(errcode: i64) -> &'static str {
 mod tests {
     use super::*;
     use crate::policy::HumanDuration;
+    use std::time::Duration;
     use std::time::UNIX_EPOCH;
 
     fn policy() -> Retry {

@@ -1,0 +1,131 @@
+//! The vocabulary of one send attempt, and [`Sender`], the trait a provider implements.
+//!
+//! This module sits below everything that sends: the message model names a [`MessageKind`], the
+//! dispatcher hands a [`SendRequest`] to the channel's engine (`wechat::WeChatSender`), and the
+//! engine asks the channel's [`Sender`] — one per kind the `provider` field names, in
+//! `providers/` — what to call and what the answer means. The engine owns everything providers
+//! share (pooled HTTP client, access_token manager, breaker, rate limit, quota); a provider owns
+//! only its wire protocol: token scope, request building and errcode classification.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Retry;
+
+/// Which WeChat send API a message goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageKind {
+    /// `POST /cgi-bin/message/template/send` (Official Account template message). The default.
+    #[default]
+    Template,
+    /// `POST /cgi-bin/message/subscribe/send` (Mini Program subscribe message).
+    Subscribe,
+    /// `POST /cgi-bin/message/subscribe/bizsend` (Official Account subscription notice).
+    Bizsend,
+}
+
+impl MessageKind {
+    /// The API path, without the access_token query.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Template => "/cgi-bin/message/template/send",
+            Self::Subscribe => "/cgi-bin/message/subscribe/send",
+            Self::Bizsend => "/cgi-bin/message/subscribe/bizsend",
+        }
+    }
+}
+
+/// One attempt to send: the JSON body exactly as WeChat takes it (`touser`, `template_id`,
+/// `data`, ..., and the message's one `client_msg_id`, the same for every attempt).
+#[derive(Debug, Clone, Copy)]
+pub struct SendRequest<'a> {
+    /// Which API.
+    pub kind: MessageKind,
+    /// The body.
+    pub body: &'a serde_json::Value,
+}
+
+/// What went wrong in an attempt, in a form fit for status, logs and metrics (never a secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendError {
+    /// Short machine-readable kind: `timeout_connect`, `timeout_tls`, `timeout_response_header`,
+    /// `timeout_request`, `transport` (DNS, refused, reset, TLS errors), `http_5xx`,
+    /// `http_status` (another non-200), `bad_response` (200 without JSON), `errcode` (WeChat
+    /// answered one; see `errcode`), `token` (no valid access_token), `throttled` (45011
+    /// slow-down), `rate_limited`, `quota` (daily quota), `body`, `circuit_open`.
+    pub kind: String,
+    /// WeChat's errcode, when it answered one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errcode: Option<i64>,
+    /// A sentence for people.
+    pub message: String,
+}
+
+/// What to do after a send answered with an errcode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendAction {
+    /// errcode 0: delivered.
+    Delivered,
+    /// Retry with the policy's backoff, or not before `not_before` when set.
+    Retry {
+        /// A minimum delay WeChat asked for (45011, 43117).
+        not_before: Option<Duration>,
+    },
+    /// The access_token was refused (40001, 40014, 42001): invalidate that token, refresh once,
+    /// retry once.
+    RefreshToken,
+    /// The message can never be sent as it is.
+    Permanent {
+        /// Whether it points at a channel-wide problem an operator should look at (40037).
+        alert: bool,
+    },
+    /// The channel cannot send: configuration fault (48001, 40013, 40125, 40164; `until` is
+    /// `None`, probe later) or the daily quota (45009; `until` = next midnight Beijing time).
+    Pause {
+        /// When sending may resume, when known.
+        until: Option<SystemTime>,
+    },
+    /// 45011: the account's per-minute quota. Slow the whole channel down for `for_at_least`.
+    Throttle {
+        /// How long.
+        for_at_least: Duration,
+    },
+}
+
+/// Which access_token a provider's sends carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenScope {
+    /// The account's token for its appid, from WeChat's `stable_token` (or classic `token`)
+    /// API, as `token.api` chooses. Official Accounts and Mini Programs both use it.
+    WeChatApp,
+}
+
+/// The HTTP request of one attempt, as a provider builds it.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Path of the send API, without the access_token query.
+    pub path: &'static str,
+    /// The JSON body.
+    pub body: Bytes,
+}
+
+/// A provider's wire protocol. The engine calls it once per attempt; it has no I/O.
+///
+/// Adding a provider takes one module implementing this trait and one arm in
+/// `providers::sender_for` for its `provider` enum variant; the dispatcher, store, engine and
+/// API stay as they are (`tests/tests/provider_plugin.rs` plugs in a provider of its own).
+pub trait Sender: Send + Sync + std::fmt::Debug + 'static {
+    /// The provider's name, as the `provider` field spells it.
+    fn name(&self) -> &'static str;
+    /// Which access_token the sends need.
+    fn token_scope(&self) -> TokenScope;
+    /// The request for one attempt of `request`, or why this provider cannot send it at all
+    /// (a permanent failure of the message).
+    fn build(&self, request: SendRequest<'_>) -> Result<Outgoing, SendError>;
+    /// What an answer with `errcode` means for the message and the channel. `now` fixes time
+    /// dependent answers (the daily quota resets at midnight, Beijing time).
+    fn classify(&self, errcode: i64, now: SystemTime, retry: &Retry) -> SendAction;
+}
