@@ -285,11 +285,15 @@ impl Permit {
     fn finish(&mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
             let now = Instant::now();
-            let state = {
+            let (before, state) = {
                 let mut b = self.inner.lock();
+                let before = b.state(now);
                 b.record(ticket, outcome, now);
-                b.state(now)
+                (before, b.state(now))
             };
+            if state == CircuitState::Open && before != CircuitState::Open {
+                self.metrics.circuit_opens.inc();
+            }
             self.metrics.set_circuit(state);
         }
     }
