@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what wxpush's tests and demo need on a fresh Debian machine, and nothing that is
-# already there: Debian packages (redis-server, prometheus, wrk, tmux for the demo's terminal test) and the Python tools of the
-# end-to-end tests in a local venv (.venv). Safe to run again.
+# already there: Debian packages (redis-server, prometheus, wrk, tmux for the demo's terminal
+# test) and the Python tools of the end-to-end tests in a local venv (.venv). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
