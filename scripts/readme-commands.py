@@ -87,7 +87,7 @@ def kind_of(index, body):
         return "first"
     if cmds and all(" demo " in c + " " and c.startswith("cargo run") for c in cmds):
         return "demo"
-    if cmds and cmds[0].startswith("cargo build --release"):
+    if cmds and cmds[0].startswith("cargo build"):
         return "hand"
     if cmds and all("crdgen" in c for c in cmds):
         return "crdgen"
@@ -234,10 +234,12 @@ def run_hand(body):
     script = [
         "set -eo pipefail",
         'tmp=$(mktemp -d)',
-        "trap 'kill $(jobs -p) 2>/dev/null; rm -rf \"$tmp\"' EXIT",
+        "trap 'jobs -p | xargs -r kill 2>/dev/null || true; rm -rf \"$tmp\"' EXIT",
         "wait_port() { for _ in $(seq 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null "
         "&& return 0; sleep 0.1; done; echo \"nothing listens on port $1\"; return 1; }",
         "rm -rf target/wxpush-data",
+        "untracked() { git status --porcelain --untracked-files=all | { grep '^??' || true; } | sort; }",
+        "before=$(untracked)",
     ]
     ports = []
     for cmd in commands(body):
@@ -269,8 +271,8 @@ def run_hand(body):
             script += [bare, "wait || true"]
         else:
             script.append(bare)
-    script.append("[ -z \"$(git status --porcelain --untracked-files=all -- . ':!target')\" ] "
-                  "|| { echo 'the run left files in the repository:'; git status --short; exit 1; }")
+    script.append('[ "$(untracked)" = "$before" ] || { echo "the run left new files in the '
+                  'repository:"; diff <(echo "$before") <(untracked); exit 1; }')
     log("running the hand-run block (ports " + ", ".join(map(str, ports)) + ")")
     p = subprocess.run(["bash", "-c", "\n".join(script)], cwd=ROOT, capture_output=True,
                        text=True, timeout=3600)
@@ -301,8 +303,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--list", action="store_true", help="only list the blocks")
     ap.add_argument("--only", choices=sorted(RUNNERS), help="run only blocks of this kind")
+    ap.add_argument("--readme", default=README, help="another copy of the README (to try edits)")
     args = ap.parse_args()
-    text = open(README).read()
+    text = open(args.readme).read()
     found = list(blocks(text))
     if not found:
         fail("README.md has no ```sh block")
