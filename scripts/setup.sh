@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what wxpush's tests and demo need on a fresh Debian machine, and nothing that is
-# already there: Debian packages (redis-server, prometheus, wrk) and the Python tools of the
-# end-to-end tests in a local venv (.venv). Safe to run again.
+# already there: Debian packages (redis-server, prometheus, wrk, tmux for the demo's terminal
+# test) and the Python tools of the end-to-end tests in a local venv (.venv). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg_bin in redis-server:redis-server prometheus:prometheus wrk:wrk python3-venv:; do
+for pkg_bin in redis-server:redis-server prometheus:prometheus wrk:wrk tmux:tmux python3-venv:; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin#*:}
   if [ -n "$bin" ]; then command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
   else dpkg -s "$pkg" >/dev/null 2>&1 || python3 -m venv --help >/dev/null 2>&1 || need+=("$pkg"); fi

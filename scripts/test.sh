@@ -13,3 +13,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # only the bins of packages with integration tests of their own, so build them all first.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The README's command blocks, copied from README.md as written (its first command builds and
+# runs the release pusher's demo); blocks that need a cluster are only listed.
+scripts/readme-commands.py

@@ -2,8 +2,13 @@
 //!
 //! - `serve --config FILE`: run the pusher (prints `wxpush-pusher listening on http://ADDR`).
 //! - `check-config --config FILE`: validate a config, print it resolved (secrets redacted).
-//! - `demo`: sandbox + pusher in one process, a few thousand messages end to end.
+//! - `demo`: sandbox + pusher in one process, a few thousand messages end to end, with a live
+//!   progress line, a closing table, and `--faults MODE` to watch it survive a bad WeChat.
+//!
+//! Logs go to stderr: coloured text on a terminal, plain text otherwise, JSON lines with
+//! `--log-json` (as the operator).
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 #[cfg(feature = "demo")]
 use std::time::Duration;
@@ -12,7 +17,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use wxpush_pusher::config::{PusherConfig, ReadSecret as _};
 #[cfg(feature = "demo")]
-use wxpush_pusher::demo::{Demo, DemoOptions};
+use wxpush_pusher::demo::progress::LogWriter;
+#[cfg(feature = "demo")]
+use wxpush_pusher::demo::{Demo, DemoOptions, FaultMode, ProgressStyle};
 use wxpush_pusher::policy::LocalSecret;
 use wxpush_pusher::wiring::Pusher;
 
@@ -20,6 +27,9 @@ use wxpush_pusher::wiring::Pusher;
 #[derive(Debug, Parser)]
 #[command(name = "wxpush-pusher", version, max_term_width = 100)]
 struct Cli {
+    /// Log as JSON lines instead of text (stderr).
+    #[arg(long, global = true, env = "WXPUSH_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,47 +51,83 @@ enum Command {
     },
     /// Start the sandbox and a pusher in this process, send messages through the HTTP API,
     /// wait for delivery and report count, rate and latency.
-    Demo {
-        /// Messages to send.
-        #[arg(long, default_value_t = 2000)]
-        count: usize,
-        /// Concurrent HTTP requests to the pusher.
-        #[arg(long, default_value_t = 32)]
-        concurrency: usize,
-        /// Messages per request (1 = single accepts; more = the batch route).
-        #[arg(long, default_value_t = 1)]
-        batch: usize,
-        /// The pusher's concurrency.maxInFlight.
-        #[arg(long, default_value_t = 64)]
-        max_in_flight: u32,
-        /// The pusher's rateLimit.perSecond.
-        #[arg(long, default_value_t = 100_000)]
-        rate_limit: u32,
-        /// Use a running sandbox instead of starting one.
-        #[arg(long)]
-        sandbox_url: Option<String>,
-        /// The sandbox account's appid.
-        #[arg(long, default_value = "wxdemo0000000000")]
-        appid: String,
-        /// The sandbox account's secret.
-        #[arg(long, default_value = "demo-secret", hide_default_value = true)]
-        secret: String,
-        /// Print the report as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Keep the sandbox and pusher running afterwards (until Ctrl-C), to look around.
-        #[arg(long)]
-        keep_running: bool,
-    },
+    Demo(DemoArgs),
 }
 
-fn init_tracing(default: &str) {
+/// The demo's flags.
+#[cfg(feature = "demo")]
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Messages to send.
+    #[arg(long, default_value_t = 2000)]
+    count: usize,
+    /// Concurrent HTTP requests to the pusher.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Messages per request (1 = single accepts; more = the batch route).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// The pusher's concurrency.maxInFlight.
+    #[arg(long, default_value_t = 64)]
+    max_in_flight: u32,
+    /// The pusher's rateLimit.perSecond [default: 100000; with --faults, count/4 so the run
+    /// lasts about 4 s and the faults meet traffic].
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Run the same load with the WeChat sandbox misbehaving, then show what wxpush did
+    /// about it: `tail` (slow answers past the timeout), `flaky` (resets, 502, errcode -1),
+    /// `outage` (connections refused for 3 s), `tokens` (access_tokens revoked every 0.7 s).
+    #[arg(long, value_enum)]
+    faults: Option<FaultMode>,
+    /// Give up waiting for deliveries after this long.
+    #[arg(long, default_value = "120s")]
+    timeout: humantime::Duration,
+    /// Use a running sandbox instead of starting one.
+    #[arg(long)]
+    sandbox_url: Option<String>,
+    /// The sandbox account's appid.
+    #[arg(long, default_value = "wxdemo0000000000")]
+    appid: String,
+    /// The sandbox account's secret.
+    #[arg(long, default_value = "demo-secret", hide_default_value = true)]
+    secret: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Keep the sandbox and pusher running afterwards (until Ctrl-C), and print curl lines
+    /// (with this run's bearer token) to look around.
+    #[arg(long)]
+    keep_running: bool,
+    /// No progress line (by default: a live line on a terminal, else a plain line a second).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+/// Without the `demo` feature the subcommand only says how to get it.
+#[cfg(not(feature = "demo"))]
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _args: Vec<String>,
+}
+
+/// Logs to stderr: JSON lines with `--log-json`, else text, coloured only on a terminal.
+/// `RUST_LOG` overrides the level. Lines are printed above the demo's progress bar.
+fn init_tracing(default: &str, json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    #[cfg(feature = "demo")]
+    let writer = LogWriter;
+    #[cfg(not(feature = "demo"))]
+    let writer = std::io::stderr;
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(writer);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,12 +135,18 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::CheckConfig { config } => check_config(&config),
         Command::Serve { config } => {
-            init_tracing("info");
+            init_tracing("info", cli.log_json);
             let config = wxpush_pusher::config::load(&config)
                 .with_context(|| format!("loading {}", config.display()))?;
             runtime()?.block_on(serve(config))
         }
-        Command::Demo {
+        #[cfg(not(feature = "demo"))]
+        Command::Demo(_) => anyhow::bail!(
+            "this wxpush-pusher was built without the `demo` feature (production builds leave the \
+             WeChat sandbox out); run: cargo run --release -p wxpush-pusher --features demo -- demo"
+        ),
+        #[cfg(feature = "demo")]
+        Command::Demo(DemoArgs {
             count,
             concurrency,
             batch,
@@ -103,33 +155,37 @@ fn main() -> anyhow::Result<()> {
             sandbox_url,
             appid,
             secret,
+            faults,
+            timeout,
             json,
             keep_running,
-        } => {
-            #[cfg(not(feature = "demo"))]
-            {
-                let _ = (count, concurrency, batch, max_in_flight, rate_limit);
-                let _ = (sandbox_url, appid, secret, json, keep_running);
-                anyhow::bail!(
-                    "this wxpush-pusher was built without the `demo` feature (production builds leave the WeChat sandbox out); run: cargo run --release -p wxpush-pusher --features demo -- demo"
-                )
-            }
-            #[cfg(feature = "demo")]
-            {
-                init_tracing("warn");
-                let opts = DemoOptions {
-                    count,
-                    concurrency,
-                    batch,
-                    max_in_flight,
-                    rate_limit,
-                    sandbox_url,
-                    appid,
-                    secret,
-                    ..DemoOptions::default()
-                };
-                runtime()?.block_on(demo(opts, json, keep_running))
-            }
+            no_progress,
+        }) => {
+            init_tracing("warn", cli.log_json);
+            let rate_limit = rate_limit.unwrap_or(if faults.is_some() {
+                FaultMode::paced_rate(count)
+            } else {
+                100_000
+            });
+            let opts = DemoOptions {
+                count,
+                concurrency,
+                batch,
+                max_in_flight,
+                rate_limit,
+                sandbox_url,
+                appid,
+                secret,
+                faults,
+                timeout: timeout.into(),
+                progress: if no_progress {
+                    ProgressStyle::Quiet
+                } else {
+                    ProgressStyle::auto()
+                },
+                ..DemoOptions::default()
+            };
+            runtime()?.block_on(demo(opts, json, keep_running))
         }
     }
 }
@@ -230,54 +286,55 @@ async fn demo(opts: DemoOptions, json: bool, keep_running: bool) -> anyhow::Resu
     );
     let demo = Demo::start(&opts).await?;
     eprintln!(
-        "pusher on {}; sending {} messages ({} concurrent requests)…",
+        "pusher on {}; sending {} messages ({} concurrent requests of {}){}…",
         demo.base(),
         opts.count,
-        opts.concurrency
+        opts.concurrency,
+        opts.batch.max(1),
+        opts.faults
+            .map(|f| format!(" with faults: {}", f.describe()))
+            .unwrap_or_default()
     );
-    let report = demo.run(&opts).await?;
+    let report = demo.run(&opts).await;
+    let report = match report {
+        Ok(r) => r,
+        Err(e) => {
+            stop(demo).await;
+            return Err(e.into());
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        let l = &report.latency_ms;
-        println!(
-            "delivered {} of {} accepted ({} not delivered); the sandbox counted {} unique deliveries",
-            report.delivered,
-            report.accepted,
-            report.not_delivered,
-            report.sandbox_delivered_unique
-        );
-        println!(
-            "accepted in {:.2} s ({:.0}/s); all delivered after {:.2} s: {:.0} messages/s end to end",
-            report.accept_seconds, report.accept_rate, report.total_seconds, report.delivery_rate
-        );
-        println!(
-            "latency accepted → delivered: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} sampled)",
-            l["p50"].as_f64().unwrap_or(0.0),
-            l["p90"].as_f64().unwrap_or(0.0),
-            l["p99"].as_f64().unwrap_or(0.0),
-            l["max"].as_f64().unwrap_or(0.0),
-            l["sampled"]
-        );
-        println!("look around:");
-        for url in &report.urls {
-            println!("  {url}");
-        }
-        if keep_running {
-            // A throwaway token of this demo only, printed so that the URLs can be opened.
-            println!("bearer token for /v1 (this demo only): {}", demo.token);
-        }
+        println!("{}", report.table());
     }
     if keep_running {
-        eprintln!("running until Ctrl-C…");
+        println!("still running (Ctrl-C stops it); try, with this run's bearer token:");
+        for line in demo.curl_lines(&report) {
+            println!("  {line}");
+        }
         shutdown_signal().await;
+    } else if !json {
+        println!(
+            "(add --keep-running to keep the pusher and sandbox up and get curl lines to try)"
+        );
     }
-    let stop = demo.stop();
-    if tokio::time::timeout(Duration::from_secs(15), stop)
+    stop(demo).await;
+    if !report.ok() {
+        anyhow::bail!(
+            "not every accepted message was delivered: {}",
+            report.summary()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "demo")]
+async fn stop(demo: Demo) {
+    if tokio::time::timeout(Duration::from_secs(15), demo.stop())
         .await
         .is_err()
     {
         eprintln!("shutdown took too long");
     }
-    Ok(())
 }

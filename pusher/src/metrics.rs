@@ -134,6 +134,8 @@ pub struct Metrics {
     pub token_requests: Family<TokenLabels, Counter>,
     /// `wxpush_circuit_state`: 0 closed, 1 half-open, 2 open.
     pub circuit_state: Gauge,
+    /// `wxpush_circuit_opens_total`: times the breaker went (back) to open.
+    pub circuit_opens: Counter,
     /// `wxpush_send_timeouts_total{phase}`: attempts (those counted as `result="timeout"`) by
     /// the timeout that ran out.
     pub send_timeouts: Family<TimeoutLabels, Counter>,
@@ -209,6 +211,12 @@ impl Metrics {
             "Circuit breaker: 0 closed, 1 half-open, 2 open",
             circuit_state.clone(),
         );
+        let circuit_opens = Counter::default();
+        registry.register(
+            "circuit_opens",
+            "Times the circuit breaker opened (from closed or half-open)",
+            circuit_opens.clone(),
+        );
         let send_timeouts = Family::<TimeoutLabels, Counter>::default();
         registry.register(
             "send_timeouts",
@@ -244,6 +252,7 @@ impl Metrics {
             queue_messages,
             token_requests,
             circuit_state,
+            circuit_opens,
             send_timeouts,
             channel_paused,
             events,

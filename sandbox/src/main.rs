@@ -282,6 +282,8 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "warn,wxpush_sandbox=info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour only on a terminal: no escape codes in log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let config = Cli::parse().into_config();
     let sandbox = Sandbox::start(config)

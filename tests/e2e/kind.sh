@@ -77,6 +77,7 @@ done
 log "installing the CRD and the operator"
 kubectl apply -f crds/pushchannel.yaml
 kubectl wait --for=condition=Established crd/pushchannels.wxpush.io --timeout="$TIMEOUT"
+kubectl apply -f operator/rbac.yaml          # namespace, ServiceAccount, ClusterRole, binding
 sed -e "s|WXPUSH_OPERATOR_IMAGE|$OPERATOR_IMAGE|" -e "s|WXPUSH_PUSHER_IMAGE|$PUSHER_IMAGE|" \
   deploy/kind/operator.yaml | kubectl apply -f -
 kubectl -n wxpush-system rollout status deployment/wxpush-operator --timeout="$TIMEOUT"

@@ -234,10 +234,10 @@ pub enum CircuitState {
     Open = 2,
 }
 
-/// Called with the breaker's state after each change-worthy event (an admission or a record),
-/// so that the caller can keep its gauge (`wxpush_circuit_state`) up to date: the breaker itself
+/// Called with the breaker's state before and after each admission or record, so that the
+/// caller can keep its gauge (`wxpush_circuit_state`) and count openings: the breaker itself
 /// records no metrics.
-pub type StateObserver = Arc<dyn Fn(CircuitState) + Send + Sync>;
+pub type StateObserver = Arc<dyn Fn(CircuitState, CircuitState) + Send + Sync>;
 
 /// A breaker shared by all workers; it reports its state to an observer.
 pub struct SharedBreaker {
@@ -272,7 +272,7 @@ impl std::fmt::Debug for Permit {
 impl SharedBreaker {
     /// A closed breaker for this policy.
     pub fn new(policy: &CircuitBreaker, observe: StateObserver) -> Self {
-        observe(CircuitState::Closed);
+        observe(CircuitState::Closed, CircuitState::Closed);
         Self {
             inner: Arc::new(Mutex::new(Breaker::new(policy, Instant::now()))),
             observe,
@@ -282,11 +282,12 @@ impl SharedBreaker {
     /// Admits an attempt, or says how long until the breaker lets one through.
     pub fn admit(&self) -> Result<Permit, Duration> {
         let now = Instant::now();
-        let (admitted, state) = {
+        let (before, admitted, state) = {
             let mut b = self.inner.lock();
-            (b.admit(now), b.state(now))
+            let before = b.state(now);
+            (before, b.admit(now), b.state(now))
         };
-        (self.observe)(state);
+        (self.observe)(before, state);
         admitted.map(|ticket| Permit {
             ticket: Some(ticket),
             inner: Arc::clone(&self.inner),
@@ -314,12 +315,13 @@ impl Permit {
     fn finish(&mut self, outcome: Outcome) {
         if let Some(ticket) = self.ticket.take() {
             let now = Instant::now();
-            let state = {
+            let (before, state) = {
                 let mut b = self.inner.lock();
+                let before = b.state(now);
                 b.record(ticket, outcome, now);
-                b.state(now)
+                (before, b.state(now))
             };
-            (self.observe)(state);
+            (self.observe)(before, state);
         }
     }
 }
@@ -481,7 +483,7 @@ mod tests {
                 open_duration: HumanDuration::millis(1),
                 ..policy()
             },
-            Arc::new(move |state| gauge.set_circuit(state)),
+            Arc::new(move |_, state| gauge.set_circuit(state)),
         );
         shared.admit().expect("closed").record(Outcome::Failure);
         assert!(

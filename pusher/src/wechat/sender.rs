@@ -155,7 +155,12 @@ impl WeChatSender {
             tokens,
             breaker: SharedBreaker::new(&config.circuit_breaker, {
                 let metrics = Arc::clone(&metrics);
-                Arc::new(move |state| metrics.set_circuit(state))
+                Arc::new(move |before, after| {
+                    if after == CircuitState::Open && before != CircuitState::Open {
+                        metrics.circuit_opens.inc();
+                    }
+                    metrics.set_circuit(after);
+                })
             }),
             limiter: RateLimiter::new(&config.rate_limit),
             retry: config.retry.clone(),

@@ -2,6 +2,13 @@
 //! process (or uses one at `--sandbox-url`), a pusher on a temporary store, sends messages
 //! through the pusher's real HTTP API, waits until they are delivered and reports the count,
 //! the rate and the accepted → delivered latency percentiles. The bench script uses it too.
+//!
+//! Modules: [`faults`] (`--faults MODE`: what the sandbox does wrong), [`progress`] (the live
+//! progress line), [`report`] (the closing table).
+
+pub mod faults;
+pub mod progress;
+pub mod report;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,13 +16,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::PusherConfig;
-use crate::metrics::{Outcome, OutcomeLabels};
+use crate::metrics::{AttemptLabels, AttemptResult, Outcome, OutcomeLabels, TokenLabels};
 use crate::wiring::{Pusher, ServerError};
 use wxpush_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+
+pub use faults::FaultMode;
+pub use progress::Style as ProgressStyle;
+pub use report::{Attempts, DemoReport};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -40,6 +50,10 @@ pub struct DemoOptions {
     pub latency_sample: usize,
     /// Give up waiting for deliveries after this long.
     pub timeout: Duration,
+    /// Make the sandbox misbehave (and tighten the pusher's timeouts, backoff and breaker).
+    pub faults: Option<FaultMode>,
+    /// How progress is shown while the run lasts.
+    pub progress: ProgressStyle,
 }
 
 impl Default for DemoOptions {
@@ -55,33 +69,10 @@ impl Default for DemoOptions {
             secret: "demo-secret".into(),
             latency_sample: 2000,
             timeout: Duration::from_secs(120),
+            faults: None,
+            progress: ProgressStyle::Quiet,
         }
     }
-}
-
-/// What happened.
-#[derive(Debug, Clone, Serialize)]
-pub struct DemoReport {
-    /// Messages answered 202.
-    pub accepted: usize,
-    /// Messages the pusher reports delivered.
-    pub delivered: u64,
-    /// Messages that ended otherwise (failed, expired, dead-lettered).
-    pub not_delivered: u64,
-    /// Unique deliveries the sandbox counted during the run.
-    pub sandbox_delivered_unique: u64,
-    /// Seconds spent accepting.
-    pub accept_seconds: f64,
-    /// Seconds from the first request until the last delivery.
-    pub total_seconds: f64,
-    /// Accepted messages per second.
-    pub accept_rate: f64,
-    /// Delivered messages per second, end to end.
-    pub delivery_rate: f64,
-    /// Accepted → delivered latency percentiles in milliseconds (p50, p90, p99, max).
-    pub latency_ms: Value,
-    /// Where to look: the API, some status URLs, metrics, the sandbox's stats.
-    pub urls: Vec<String>,
 }
 
 /// Why the demo failed.
@@ -148,7 +139,7 @@ impl Demo {
         };
         let dir = std::env::temp_dir().join(format!("wxpush-demo-{}", ulid::Ulid::new()));
         let token = format!("demo-{}", ulid::Ulid::new());
-        let yaml = json!({
+        let mut yaml = json!({
             "listen": "127.0.0.1:0",
             "channel": "demo",
             "apiBaseUrl": sandbox_url,
@@ -159,6 +150,9 @@ impl Demo {
             "rateLimit": {"perSecond": opts.rate_limit, "burst": opts.rate_limit, "dailyQuota": 0},
             "shutdown": {"drainTimeout": "5s"},
         });
+        if opts.faults.is_some() {
+            crate::demo::merge(&mut yaml, &FaultMode::pusher_overrides());
+        }
         let config = PusherConfig::from_yaml(&yaml.to_string())?;
         config.validate()?;
         let pusher = Pusher::start(config).await?;
@@ -183,38 +177,62 @@ impl Demo {
         format!("http://{}", self.pusher.addr())
     }
 
-    async fn sandbox_delivered(&self) -> Result<u64, DemoError> {
+    /// The sandbox's statistics as JSON (in-process, or `GET /__stats`).
+    async fn sandbox_stats(&self) -> Result<Value, DemoError> {
         if let Some(s) = &self.sandbox {
-            return Ok(s.delivered_unique());
+            return serde_json::to_value(s.stats()).map_err(http_err);
         }
-        let v: Value = self
-            .http
+        self.http
             .get(format!("{}/__stats", self.sandbox_url))
             .send()
             .await
             .map_err(http_err)?
             .json()
             .await
+            .map_err(http_err)
+    }
+
+    /// Applies the faults of `mode` to the sandbox (in-process, or `PUT /__faults`).
+    async fn apply_faults(&self, mode: FaultMode) -> Result<(), DemoError> {
+        let faults = mode.sandbox_faults();
+        if let Some(s) = &self.sandbox {
+            return s
+                .set_faults(faults)
+                .map_err(|e| DemoError::Http(format!("sandbox faults: {e}")));
+        }
+        let resp = self
+            .http
+            .put(format!("{}/__faults", self.sandbox_url))
+            .json(&faults)
+            .send()
+            .await
             .map_err(http_err)?;
-        Ok(v["delivered_unique"].as_u64().unwrap_or(0))
+        if !resp.status().is_success() {
+            return Err(DemoError::Http(format!("PUT /__faults: {}", resp.status())));
+        }
+        Ok(())
     }
 
-    fn finished(&self) -> (u64, u64) {
-        let m = self.pusher.metrics();
-        let get = |outcome| m.completed.get_or_create(&OutcomeLabels { outcome }).get();
-        let delivered = get(Outcome::delivered);
-        let other = get(Outcome::failed) + get(Outcome::expired) + get(Outcome::dead_lettered);
-        (delivered, other)
-    }
-
-    /// Sends `opts.count` messages, waits for them and reports.
+    /// Sends `opts.count` messages, waits for them to settle (or `opts.timeout`) and reports.
     pub async fn run(&self, opts: &DemoOptions) -> Result<DemoReport, DemoError> {
-        let sandbox_before = self.sandbox_delivered().await?;
-        let (delivered_before, other_before) = self.finished();
+        let stats_before = self.sandbox_stats().await?;
+        let metrics = Arc::clone(self.pusher.metrics());
+        let before = MetricCounts::read(&metrics);
+        let sent = Arc::new(AtomicUsize::new(0));
+        let probe = progress::Probe::new(Arc::clone(&metrics), Arc::clone(&sent));
+        if let Some(mode) = opts.faults {
+            self.apply_faults(mode).await?;
+        }
         let start = Instant::now();
+        let shown = progress::Progress::start(
+            opts.progress,
+            probe
+                .clone()
+                .with_scrape(self.http.clone(), format!("{}/metrics", self.base())),
+            opts.count,
+        );
         let batch = opts.batch.max(1);
         let requests = opts.count.div_ceil(batch);
-        let sent = Arc::new(AtomicUsize::new(0));
         let ids: Vec<Result<Vec<String>, DemoError>> = futures::stream::iter(0..requests)
             .map(|r| {
                 let sent = Arc::clone(&sent);
@@ -242,51 +260,167 @@ impl Demo {
             .await;
         let accept_seconds = start.elapsed().as_secs_f64();
         let mut all = Vec::with_capacity(opts.count);
+        let mut first_error = None;
         for r in ids {
-            all.extend(r?);
+            match r {
+                Ok(v) => all.extend(v),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            shown.finish().await;
+            return Err(e);
         }
         let accepted = all.len();
         let deadline = start + opts.timeout;
-        let (delivered, other) = loop {
-            let (d, o) = self.finished();
-            let (d, o) = (d - delivered_before, o - other_before);
-            if d + o >= accepted as u64 {
-                break (d, o);
+        let settled = loop {
+            let c = probe.read();
+            if c.delivered + c.not_delivered >= accepted as u64 {
+                break true;
             }
             if Instant::now() > deadline {
-                return Err(DemoError::Timeout {
-                    delivered: d,
-                    accepted,
-                    waited: opts.timeout,
-                });
+                break false;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         let total_seconds = start.elapsed().as_secs_f64();
-        let sandbox_delivered_unique = self.sandbox_delivered().await? - sandbox_before;
+        shown.finish().await;
+        if opts.faults.is_some() {
+            // Back to a healthy sandbox for --keep-running and the status look-ups below.
+            if let Some(s) = &self.sandbox {
+                let _ = s.set_faults(wxpush_sandbox::FaultConfig::default());
+            }
+        }
+        let after = MetricCounts::read(&metrics);
+        let stats_after = self.sandbox_stats().await?;
         let latency_ms = self.latencies(&all, opts).await?;
+        Ok(self.report(ReportInputs {
+            opts,
+            ids: &all,
+            settled,
+            accept_seconds,
+            total_seconds,
+            before: &before,
+            after: &after,
+            stats_before: &stats_before,
+            stats_after: &stats_after,
+            latency_ms,
+        }))
+    }
+
+    fn report(&self, i: ReportInputs<'_>) -> DemoReport {
+        let d = |f: fn(&MetricCounts) -> u64| f(i.after).saturating_sub(f(i.before));
+        let delivered = d(|m| m.delivered);
+        let failed = d(|m| m.failed);
+        let expired = d(|m| m.expired);
+        let dead_lettered = d(|m| m.dead_lettered);
+        let not_delivered = failed + expired + dead_lettered;
+        let attempts = Attempts {
+            ok: d(|m| m.attempts[0]),
+            retryable: d(|m| m.attempts[1]),
+            permanent: d(|m| m.attempts[2]),
+            timeout: d(|m| m.attempts[3]),
+            transport: d(|m| m.attempts[4]),
+        };
+        let s = |path: &[&str]| {
+            let get = |v: &Value| {
+                path.iter()
+                    .fold(v, |v, k| &v[*k])
+                    .as_u64()
+                    .unwrap_or_default()
+            };
+            get(i.stats_after).saturating_sub(get(i.stats_before))
+        };
+        let map_delta = |key: &str| -> std::collections::BTreeMap<String, u64> {
+            let before = &i.stats_before[key];
+            i.stats_after[key]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| {
+                    let n = v
+                        .as_u64()?
+                        .saturating_sub(before[k].as_u64().unwrap_or_default());
+                    (n > 0 && k != "0").then(|| (k.clone(), n))
+                })
+                .collect()
+        };
+        let accepted = i.ids.len();
+        let sandbox_delivered_unique = s(&["delivered_unique"]);
+        let settled_count = delivered + not_delivered;
+        let pending = (accepted as u64).saturating_sub(settled_count);
+        // Lost: accepted (202) but neither received by WeChat (the sandbox's own count of
+        // unique deliveries) nor reported as ended otherwise, nor still pending.
+        let lost = (accepted as u64)
+            .saturating_sub(sandbox_delivered_unique.min(delivered))
+            .saturating_sub(not_delivered)
+            .saturating_sub(pending);
+        let settled_attempts = attempts.ok + attempts.permanent;
         let base = self.base();
         let mut urls = vec![
             format!("{base}/metrics"),
             format!("{}/__stats", self.sandbox_url),
         ];
         urls.extend(
-            all.iter()
+            i.ids
+                .iter()
                 .take(3)
                 .map(|id| format!("{base}/v1/messages/{id}")),
         );
-        Ok(DemoReport {
+        DemoReport {
+            faults: i.opts.faults,
+            fault_description: i.opts.faults.map(FaultMode::describe),
             accepted,
             delivered,
-            not_delivered: other,
+            not_delivered,
+            failed,
+            expired,
+            dead_lettered,
+            pending,
+            lost,
+            settled: i.settled,
             sandbox_delivered_unique,
-            accept_seconds,
-            total_seconds,
-            accept_rate: accepted as f64 / accept_seconds.max(1e-9),
-            delivery_rate: delivered as f64 / total_seconds.max(1e-9),
-            latency_ms,
+            duplicates_suppressed: s(&["duplicates_suppressed"]),
+            attempts,
+            retries: attempts
+                .total()
+                .saturating_sub(settled_attempts.min(settled_count)),
+            hedges: None,
+            breaker_opens: d(|m| m.breaker_opens),
+            token_requests: d(|m| m.token_ok),
+            sandbox_token_calls: s(&["token_calls", "classic"]) + s(&["token_calls", "stable"]),
+            sandbox_errcodes: map_delta("errcodes"),
+            sandbox_faults: map_delta("faults"),
+            accept_seconds: i.accept_seconds,
+            total_seconds: i.total_seconds,
+            accept_rate: accepted as f64 / i.accept_seconds.max(1e-9),
+            delivery_rate: delivered as f64 / i.total_seconds.max(1e-9),
+            latency_ms: i.latency_ms,
             urls,
-        })
+            sample_ids: i.ids.iter().take(3).cloned().collect(),
+        }
+    }
+
+    /// Shell lines that work against this demo while it runs (`--keep-running`).
+    pub fn curl_lines(&self, report: &DemoReport) -> Vec<String> {
+        let base = self.base();
+        let auth = format!("-H 'Authorization: Bearer {}'", self.token);
+        let mut lines = vec![format!(
+            "curl -sS -i -X POST {base}/v1/messages {auth} -H 'Content-Type: application/json' \\\n    \
+             -d '{{\"touser\": \"o-user-1\", \"template_id\": \"TPL\", \"data\": {{\"keyword1\": {{\"value\": \"Shipped\"}}}}}}'"
+        )];
+        lines.extend(
+            report
+                .sample_ids
+                .iter()
+                .take(1)
+                .map(|id| format!("curl -sS {auth} {base}/v1/messages/{id}")),
+        );
+        lines.push(format!("curl -sS {base}/metrics | grep '^wxpush_'"));
+        lines.push(format!("curl -sS {}/__stats", self.sandbox_url));
+        lines
     }
 
     async fn post(&self, msgs: Vec<Value>) -> Result<Vec<String>, DemoError> {
@@ -384,4 +518,76 @@ impl Demo {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Merges `patch` into `base` (objects recursively; anything else replaces).
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// The pusher counters the report is made of, read once before and once after the run.
+#[derive(Debug, Clone, Default)]
+struct MetricCounts {
+    delivered: u64,
+    failed: u64,
+    expired: u64,
+    dead_lettered: u64,
+    /// ok, retryable, permanent, timeout, transport.
+    attempts: [u64; 5],
+    breaker_opens: u64,
+    token_ok: u64,
+}
+
+impl MetricCounts {
+    fn read(m: &crate::metrics::Metrics) -> Self {
+        let outcome = |outcome| m.completed.get_or_create(&OutcomeLabels { outcome }).get();
+        let attempt = |result| {
+            m.send_attempts
+                .get_or_create(&AttemptLabels { result })
+                .get()
+        };
+        let token = |api: &'static str| {
+            m.token_requests
+                .get_or_create(&TokenLabels {
+                    api: api.into(),
+                    result: "ok".into(),
+                })
+                .get()
+        };
+        Self {
+            delivered: outcome(Outcome::delivered),
+            failed: outcome(Outcome::failed),
+            expired: outcome(Outcome::expired),
+            dead_lettered: outcome(Outcome::dead_lettered),
+            attempts: [
+                attempt(AttemptResult::ok),
+                attempt(AttemptResult::retryable),
+                attempt(AttemptResult::permanent),
+                attempt(AttemptResult::timeout),
+                attempt(AttemptResult::transport),
+            ],
+            breaker_opens: m.circuit_opens.get(),
+            token_ok: token("stable") + token("classic"),
+        }
+    }
+}
+
+struct ReportInputs<'a> {
+    opts: &'a DemoOptions,
+    ids: &'a [String],
+    settled: bool,
+    accept_seconds: f64,
+    total_seconds: f64,
+    before: &'a MetricCounts,
+    after: &'a MetricCounts,
+    stats_before: &'a Value,
+    stats_after: &'a Value,
+    latency_ms: Value,
 }
