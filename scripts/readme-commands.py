@@ -9,7 +9,7 @@ line right before its fence:
 
 Unmarked blocks are recognised by what they do and run as written:
 
-- the first block: its command (`cargo run --release -p wxpush-pusher -- demo`) runs verbatim;
+- the first block: its command (`cargo run --release -p wxpush-pusher --features demo -- demo`) runs verbatim;
   it must exit 0 and print `delivered N/N, 0 lost`;
 - demo variants (`demo --faults …`, `demo --keep-running`): each line runs verbatim; a
   `--faults` run must end delivered N/N, 0 lost with a breaker opening for `outage`; a

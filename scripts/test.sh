@@ -16,3 +16,4 @@ cargo test --workspace --locked
 # The README's command blocks, copied from README.md as written (its first command builds and
 # runs the release pusher's demo); blocks that need a cluster are only listed.
 scripts/readme-commands.py
+scripts/check-layout.sh
