@@ -1,5 +1,6 @@
 use super::*;
-use crate::message::{Message, MessageId};
+use crate::message::{Message, MessageId, MessageRecord, Status};
+use crate::wechat::SendError;
 use serde_json::{Value, json};
 
 fn record(status: Status) -> MessageRecord {

@@ -7,7 +7,7 @@ use jiff::Timestamp;
 use serde_json::json;
 
 use super::*;
-use crate::message::{MessageRecord, Status, parse_message};
+use crate::message::{MessageId, MessageRecord, Status, parse_message};
 use crate::store::embedded::EmbeddedOptions;
 use crate::store::{AcceptItem, EmbeddedStore, Store};
 

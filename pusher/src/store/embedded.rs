@@ -35,7 +35,7 @@ use super::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, Leased, PendingCallback, QueueCounts, Store,
     StoreError, millis,
 };
-use crate::events::{DeliveryEvent, EventOutcome, MatchedBy, apply_event};
+use super::{DeliveryEvent, EventOutcome, MatchedBy, apply_event};
 use crate::message::{MessageId, MessageRecord, Status};
 
 const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
@@ -770,7 +770,7 @@ impl Writer {
                                     msgids.insert(m, id).map_err(storage)?;
                                 }
                             }
-                            if crate::callbacks::wants_callback(record.status) {
+                            if super::wants_callback(record.status) {
                                 callbacks_added |=
                                     add_callback(&mut cbs, default_callback, &record, now)?;
                             }
