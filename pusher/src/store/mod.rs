@@ -7,6 +7,8 @@
 //! trait (accept = `XADD` in a `MULTI`, lease = `XREADGROUP`/`XAUTOCLAIM`, complete = `XACK` +
 //! status hash, retry schedule = a sorted set).
 
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 pub mod embedded;
 mod index;
 pub mod types;
@@ -219,6 +221,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Finishes pending writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// A dead letter's state when replayed: queued now, with a fresh retry budget and the same
+/// `client_msg_id`.
+pub fn reset_for_replay(record: &mut MessageRecord, now: Timestamp) {
+    record.status = Status::Queued;
+    record.attempts = 0;
+    record.budget_from = now;
+    record.next_attempt_at = Some(now);
+    record.finished_at = None;
+    record.updated_at = now;
+    record.dead_letter = false;
+    record.replays += 1;
 }
 
 /// Milliseconds since the Unix epoch, for schedule keys (never negative).
