@@ -669,3 +669,68 @@ macro_rules! store_contract {
         )*
     };
 }
+
+/// The Redis store under a key prefix of its own on a running server.
+#[derive(Debug)]
+pub struct Redis {
+    /// The server's URL.
+    pub url: String,
+    /// A prefix no other backend uses.
+    pub prefix: String,
+    /// `claimIdle` (short in tests, so that a dead process's leases come back soon).
+    pub claim_idle: Duration,
+    /// Use the cluster client.
+    pub cluster: bool,
+}
+
+impl Redis {
+    /// A backend with a fresh key prefix on the server at `url`.
+    pub fn new(url: &str, cluster: bool) -> Self {
+        Self {
+            url: url.to_string(),
+            prefix: format!("contract-{}", ulid::Ulid::new()),
+            claim_idle: Duration::from_millis(500),
+            cluster,
+        }
+    }
+
+    async fn connect(&self, o: Options) -> super::RedisStore {
+        super::RedisStore::connect(super::redis::RedisOptions {
+            url: self.url.clone(),
+            cluster: self.cluster,
+            key_prefix: self.prefix.clone(),
+            channel: "contract".into(),
+            consumer_group: "pushers".into(),
+            consumer: format!("contract-{}", ulid::Ulid::new()),
+            claim_idle: self.claim_idle,
+            max_messages: o.max_messages,
+            retention: o.retention,
+            default_callback: o.default_callback,
+            min_replicas_acked: 0,
+        })
+        .await
+        .expect("connects to redis")
+    }
+}
+
+impl Backend for Redis {
+    type S = super::RedisStore;
+
+    async fn open(&self, o: Options) -> super::RedisStore {
+        self.connect(o).await
+    }
+
+    async fn reopen(&self, o: Options, old: super::RedisStore) -> super::RedisStore {
+        old.close().await;
+        drop(old);
+        self.connect(o).await
+    }
+
+    async fn counts(&self, store: &super::RedisStore) -> QueueCounts {
+        store.refresh().await.expect("counts")
+    }
+
+    fn takeover(&self) -> Duration {
+        self.claim_idle
+    }
+}

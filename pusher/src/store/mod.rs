@@ -11,6 +11,7 @@
 pub mod contract;
 pub mod embedded;
 mod index;
+pub mod redis;
 pub mod types;
 
 use std::future::Future;
@@ -26,6 +27,7 @@ pub use types::{
 };
 
 pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
 
 /// One message to accept.
 #[derive(Debug, Clone)]
