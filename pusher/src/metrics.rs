@@ -153,6 +153,68 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// `wxpush_callbacks_total{result}`: outcome-callback attempts by result.
     pub callbacks: Family<CallbackLabels, Counter>,
+    /// `wxpush_queue_group_lag`: entries of the Redis stream not yet read by the consumer
+    /// group (the shared backlog; 0 with the embedded store).
+    pub queue_group_lag: Gauge,
+    /// `wxpush_queue_consumer_pending{consumer}`: Redis stream entries leased by each consumer
+    /// (pod), as seen by this pod.
+    pub queue_consumer_pending: Family<ConsumerLabels, Gauge>,
+    /// `wxpush_redis_up`: 1 while Redis answers (Redis queue only).
+    pub redis_up: Gauge,
+}
+
+/// Labels of `wxpush_queue_consumer_pending`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// The consumer (pod host name and process id).
+    pub consumer: String,
+}
+
+/// How often the Redis figures are copied into the gauges (the store refreshes them from
+/// Redis on its own schedule and caches them; no request of `/metrics` reaches Redis).
+const REDIS_GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the Redis gauges (`wxpush_queue_messages{state}`, the group lag, pending entries per
+/// consumer, `wxpush_redis_up`) up to date from the store's cached figures, while the store
+/// lives.
+pub fn watch_redis(store: &crate::store::RedisStore, metrics: std::sync::Arc<Metrics>) {
+    use crate::store::Store;
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut shown: Vec<String> = Vec::new();
+        loop {
+            tokio::time::sleep(REDIS_GAUGES_EVERY).await;
+            if std::sync::Arc::strong_count(&metrics) == 1 {
+                return;
+            }
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let c = store.counts();
+            metrics.set_queue(QueueState::ready, gauge(c.ready));
+            metrics.set_queue(QueueState::delayed, gauge(c.delayed));
+            metrics.set_queue(QueueState::inflight, gauge(c.inflight));
+            metrics.set_queue(QueueState::dead, gauge(c.dead));
+            metrics.queue_group_lag.set(gauge(c.ready));
+            metrics.redis_up.set(i64::from(store.is_healthy()));
+            let consumers = store.consumers();
+            for gone in shown
+                .iter()
+                .filter(|name| !consumers.iter().any(|c| &c.consumer == *name))
+            {
+                metrics.queue_consumer_pending.remove(&ConsumerLabels {
+                    consumer: gone.clone(),
+                });
+            }
+            for c in &consumers {
+                metrics
+                    .queue_consumer_pending
+                    .get_or_create(&ConsumerLabels {
+                        consumer: c.consumer.clone(),
+                    })
+                    .set(gauge(c.pending));
+            }
+            shown = consumers.into_iter().map(|c| c.consumer).collect();
+        }
+    });
 }
 
 impl Metrics {
@@ -242,6 +304,24 @@ impl Metrics {
             "Outcome callbacks to producers by result (ok, retry, gave_up)",
             callbacks.clone(),
         );
+        let queue_group_lag = Gauge::default();
+        registry.register(
+            "queue_group_lag",
+            "Redis stream entries not yet read by the consumer group",
+            queue_group_lag.clone(),
+        );
+        let queue_consumer_pending = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "queue_consumer_pending",
+            "Redis stream entries leased by each consumer (pod)",
+            queue_consumer_pending.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 while Redis answers (Redis queue only)",
+            redis_up.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -257,6 +337,9 @@ impl Metrics {
             channel_paused,
             events,
             callbacks,
+            queue_group_lag,
+            queue_consumer_pending,
+            redis_up,
         }
     }
 

@@ -21,9 +21,10 @@ use crate::config::PusherConfig;
 use crate::dispatch::{DispatchState, Dispatcher};
 use crate::events::http::EventsState;
 use crate::metrics::Metrics;
-use crate::policy::QueueKind;
+use crate::policy::{LocalSecret, QueueKind, RedisQueue};
 use crate::store::embedded::EmbeddedOptions;
-use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::store::redis::{RedisOptions, consumer_name};
+use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
 use crate::wechat::{SenderError, WeChatSender};
 use crate::wxcrypto::Cipher;
 
@@ -86,24 +87,34 @@ impl Pusher {
         let metrics = Arc::new(Metrics::new(&config.channel));
         let auth = AuthToken::new(config.auth.token().ok_or(ServerError::NoAuth)?)
             .map_err(ServerError::Auth)?;
-        let store = match config.queue.kind() {
-            Some(QueueKind::Embedded(e)) => EmbeddedStore::open(&EmbeddedOptions {
-                path: PathBuf::from(&e.path),
-                max_messages: e.max_messages,
-                retention: e.retention.get(),
-                default_callback: config.callbacks.url.is_some(),
-            })?,
-            Some(QueueKind::Redis(_)) => {
-                return Err(ServerError::Queue(
-                    "the redis queue is not available yet; use queue.embedded".into(),
-                ));
+        match config.queue.kind() {
+            Some(QueueKind::Embedded(e)) => {
+                let store = EmbeddedStore::open(&EmbeddedOptions {
+                    path: PathBuf::from(&e.path),
+                    max_messages: e.max_messages,
+                    retention: e.retention.get(),
+                    default_callback: config.callbacks.url.is_some(),
+                })?;
+                Self::start_with(config, metrics, auth, store).await
             }
-            None => {
-                return Err(ServerError::Queue(
-                    "set exactly one queue kind: embedded or redis".into(),
-                ));
+            Some(QueueKind::Redis(r)) => {
+                let store = RedisStore::connect(redis_options(&config, r)?).await?;
+                crate::metrics::watch_redis(&store, Arc::clone(&metrics));
+                Self::start_with(config, metrics, auth, store).await
             }
-        };
+            None => Err(ServerError::Queue(
+                "set exactly one queue kind: embedded or redis".into(),
+            )),
+        }
+    }
+
+    /// Builds the sender, binds the listeners and starts serving and dispatching on `store`.
+    async fn start_with<S: Store + Clone>(
+        config: PusherConfig,
+        metrics: Arc<Metrics>,
+        auth: AuthToken,
+        store: S,
+    ) -> Result<Self, ServerError> {
         let sender = Arc::new(WeChatSender::new(&config, Arc::clone(&metrics))?);
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
@@ -213,6 +224,30 @@ impl Pusher {
     pub async fn wait(self) {
         let _ = self.done.await;
     }
+}
+
+/// The Redis store's settings from the config (the URL secret is read here).
+pub fn redis_options(
+    config: &PusherConfig,
+    r: &RedisQueue<LocalSecret>,
+) -> Result<RedisOptions, ServerError> {
+    let url = r
+        .url
+        .read()
+        .map_err(|e| ServerError::Queue(format!("queue.redis.url: {e}")))?;
+    Ok(RedisOptions {
+        url: url.trim().to_string(),
+        cluster: r.cluster,
+        key_prefix: r.key_prefix.clone(),
+        channel: config.channel.clone(),
+        consumer_group: r.consumer_group.clone(),
+        consumer: consumer_name(),
+        claim_idle: r.claim_idle.get(),
+        max_messages: r.max_messages,
+        retention: r.retention.get(),
+        default_callback: config.callbacks.url.is_some(),
+        min_replicas_acked: r.min_replicas_acked,
+    })
 }
 
 /// The `/wechat/events` state, or `None` while no events token is configured (the route then
