@@ -95,12 +95,13 @@ impl Pusher {
                     retention: e.retention.get(),
                     default_callback: config.callbacks.url.is_some(),
                 })?;
-                Self::start_with(config, metrics, auth, store).await
+                Self::start_with(config, metrics, auth, store, None).await
             }
             Some(QueueKind::Redis(r)) => {
                 let store = RedisStore::connect(redis_options(&config, r)?).await?;
                 crate::metrics::watch_redis(&store, Arc::clone(&metrics));
-                Self::start_with(config, metrics, auth, store).await
+                let shared = crate::store::redis::SharedClient::new(&store);
+                Self::start_with(config, metrics, auth, store, Some(shared)).await
             }
             None => Err(ServerError::Queue(
                 "set exactly one queue kind: embedded or redis".into(),
@@ -114,8 +115,13 @@ impl Pusher {
         metrics: Arc<Metrics>,
         auth: AuthToken,
         store: S,
+        shared: Option<crate::store::redis::SharedClient>,
     ) -> Result<Self, ServerError> {
-        let sender = Arc::new(WeChatSender::new(&config, Arc::clone(&metrics))?);
+        let sender = Arc::new(WeChatSender::with_shared(
+            &config,
+            Arc::clone(&metrics),
+            shared,
+        )?);
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.listen,

@@ -103,6 +103,16 @@ impl WeChatSender {
     /// Builds the sender from the config (HTTP client, token manager, breaker, rate limiter).
     /// The credentials are read once here so that a missing file fails at start-up.
     pub fn new(config: &PusherConfig, metrics: Arc<Metrics>) -> Result<Self, SenderError> {
+        Self::with_shared(config, metrics, None)
+    }
+
+    /// As [`WeChatSender::new`], sharing the token, the rate limit, the daily quota and the
+    /// channel's pauses with the other pods through Redis when `shared` is given.
+    pub fn with_shared(
+        config: &PusherConfig,
+        metrics: Arc<Metrics>,
+        shared: Option<crate::store::redis::SharedClient>,
+    ) -> Result<Self, SenderError> {
         let http = Arc::new(
             HttpClient::new(&config.api_base_url, &config.timeouts, &config.pool)
                 .map_err(|e| SenderError::Client(e.to_string()))?,
@@ -120,24 +130,27 @@ impl WeChatSender {
         app_secret
             .read()
             .map_err(|e| SenderError::Credentials(format!("appSecret: {e}")))?;
-        let tokens = Arc::new(TokenManager::new(
-            Arc::clone(&http),
-            TokenSettings {
-                api: config.token.api,
-                refresh_before: config.token.refresh_before.get(),
-                app_id,
-                app_secret,
-                retry: config.retry.clone(),
-                request_timeout: config.timeouts.request.get(),
-            },
-            Arc::clone(&metrics),
-        ));
+        let tokens = Arc::new(
+            TokenManager::new(
+                Arc::clone(&http),
+                TokenSettings {
+                    api: config.token.api,
+                    refresh_before: config.token.refresh_before.get(),
+                    app_id,
+                    app_secret,
+                    retry: config.retry.clone(),
+                    request_timeout: config.timeouts.request.get(),
+                },
+                Arc::clone(&metrics),
+            )
+            .with_shared(shared.clone()),
+        );
         metrics.channel_paused.set(0);
         Ok(Self {
             http,
             tokens,
             breaker: SharedBreaker::new(&config.circuit_breaker, Arc::clone(&metrics)),
-            limiter: RateLimiter::new(&config.rate_limit),
+            limiter: RateLimiter::new(&config.rate_limit).with_shared(&config.rate_limit, shared),
             retry: config.retry.clone(),
             rate_wait: config.retry.max_backoff.get(),
             gates: Mutex::new(Gates::default()),

@@ -32,6 +32,7 @@
 
 mod conn;
 pub mod scripts;
+pub mod shared;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -44,6 +45,7 @@ use redis::{RedisError, Script, Value};
 use tokio::sync::Notify;
 
 pub use conn::{Conn, connect, nodes, redact};
+pub use shared::{Permit, SharedClient, SharedToken};
 
 use super::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, DeliveryEvent, EventOutcome, Leased,
