@@ -390,12 +390,13 @@ async fn deliver<S: Store>(store: &S, msgs: &[Value], base: i64) -> Vec<MessageI
         .collect();
     let leased = lease_n(store, msgs.len(), Duration::from_secs(2)).await;
     assert_eq!(leased.len(), msgs.len());
+    let start = Timestamp::now().as_millisecond() - 10_000;
     for l in leased {
         let n = ids.iter().position(|&i| i == l.record.id).expect("ours");
         let mut done = l.record.clone();
         done.status = Status::Delivered;
         done.msgid = Some(base + n as i64);
-        let at = Timestamp::now().as_millisecond() - 10_000 + n as i64;
+        let at = start + n as i64;
         done.finished_at = Some(Timestamp::from_millisecond(at).expect("ts"));
         done.next_attempt_at = None;
         store.complete(l.slot, done).await.expect("completes");

@@ -121,6 +121,7 @@ struct Scripts {
     event: Script,
     lease_callbacks: Script,
     finish_callback: Script,
+    keep_leases: Script,
 }
 
 /// A consumer's pending entries.
@@ -150,6 +151,8 @@ struct Inner {
     work: Notify,
     snapshot: Mutex<Snapshot>,
     last_claim: Mutex<Option<Instant>>,
+    /// This process's leases: message id → stream entry id.
+    leases: Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// The Redis store. Cheap to clone.
@@ -239,6 +242,7 @@ impl RedisStore {
                 event: Script::new(scripts::EVENT),
                 lease_callbacks: Script::new(scripts::LEASE_CALLBACKS),
                 finish_callback: Script::new(scripts::FINISH_CALLBACK),
+                keep_leases: Script::new(scripts::KEEP_LEASES),
             },
             options,
             healthy: AtomicBool::new(true),
@@ -246,6 +250,7 @@ impl RedisStore {
             work: Notify::new(),
             snapshot: Mutex::new(Snapshot::default()),
             last_claim: Mutex::new(None),
+            leases: Mutex::new(std::collections::HashMap::new()),
         });
         let store = Self { inner };
         store.create_group().await?;
@@ -257,6 +262,7 @@ impl RedisStore {
             "redis queue connected"
         );
         tokio::spawn(refresher(Arc::downgrade(&store.inner)));
+        tokio::spawn(lease_keeper(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
@@ -439,6 +445,10 @@ impl RedisStore {
         let mut leased = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
             let record = decode(pair[1].as_bytes())?;
+            self.inner
+                .leases
+                .lock()
+                .insert(record.id.to_string(), pair[0].clone());
             let slot = pair[0]
                 .split('-')
                 .next()
@@ -528,6 +538,35 @@ async fn refresher(inner: Weak<Inner>) {
         let store = RedisStore { inner };
         if let Err(e) = store.refresh().await {
             tracing::debug!(error = %e, "redis counts refresh failed");
+        }
+    }
+}
+
+/// Keeps this process's leases from looking idle (see [`scripts::KEEP_LEASES`]), every third
+/// of `claimIdle`, while the store is alive.
+async fn lease_keeper(inner: Weak<Inner>) {
+    let every = match inner.upgrade() {
+        Some(i) => (i.options.claim_idle / 3).max(Duration::from_millis(100)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let eids: Vec<String> = inner.leases.lock().values().cloned().collect();
+        for chunk in eids.chunks(500) {
+            let mut inv = inner.scripts.keep_leases.key(&inner.stream);
+            inv.arg(&inner.options.consumer_group)
+                .arg(&inner.options.consumer);
+            for eid in chunk {
+                inv.arg(eid);
+            }
+            if let Err(e) = inv.invoke_async::<i64>(&mut inner.conn.clone()).await {
+                tracing::debug!(error = %conn::clean(&e), "cannot keep leases alive");
+                break;
+            }
         }
     }
 }
@@ -666,10 +705,11 @@ impl Store for RedisStore {
             .arg(cb_due)
             .arg(cb_json)
             .arg(millis(now));
-        let _: i64 = inv
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| self.fail("complete", &e))?;
+        let done: Result<i64, _> = inv.invoke_async(&mut self.conn()).await;
+        // Kept alive no longer either way: after a failed write the entry goes idle and is
+        // claimed again after claimIdle (by this pod or another).
+        self.inner.leases.lock().remove(&record.id.to_string());
+        done.map_err(|e| self.fail("complete", &e))?;
         if !is_final && due <= millis(now) {
             self.inner.work.notify_waiters();
         }

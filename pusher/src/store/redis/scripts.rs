@@ -53,12 +53,16 @@ for i = 0, n - 1 do
 end
 local pending = tonumber(redis.call('GET', base .. 'n') or '0')
 if pending + #fresh > max then return {'full', tostring(pending)} end
+local added = 0
 for _, f in ipairs(fresh) do
-  redis.call('SET', base .. 'm:' .. f[2], f[3])
-  if f[1] ~= '' then redis.call('SET', base .. 'i:' .. f[1], f[2]) end
-  redis.call('XADD', KEYS[1], '*', 'id', f[2])
+  -- NX: a client that re-sends this very script (after a lost answer) adds nothing twice.
+  if redis.call('SET', base .. 'm:' .. f[2], f[3], 'NX') then
+    if f[1] ~= '' then redis.call('SET', base .. 'i:' .. f[1], f[2]) end
+    redis.call('XADD', KEYS[1], '*', 'id', f[2])
+    added = added + 1
+  end
 end
-if #fresh > 0 then redis.call('INCRBY', base .. 'n', #fresh) end
+if added > 0 then redis.call('INCRBY', base .. 'n', added) end
 return out
 "
     )
@@ -181,6 +185,23 @@ return 1
 "
     )
 }
+
+/// Keep-alive of this consumer's leases: ARGV group, consumer, entry ids. Resets the idle time
+/// of each entry this consumer still holds (`XCLAIM ... JUSTID` to itself), so that a pod
+/// that is slow with a message (waiting for a rate permit, say) does not see it claimed by
+/// another pod; entries another pod already claimed are left alone.
+pub(crate) const KEEP_LEASES: &str = r"
+local group, consumer = ARGV[1], ARGV[2]
+local kept = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], group, ARGV[i], ARGV[i], 1, consumer)
+  if #p == 1 then
+    redis.call('XCLAIM', KEYS[1], group, consumer, 0, ARGV[i], 'JUSTID')
+    kept = kept + 1
+  end
+end
+return kept
+";
 
 /// Replay: ARGV base, id, record JSON, max, idempotency key or ''. Returns `{'ok'}`,
 /// `{'full', pending}` or `{'not_dead'}`.
