@@ -281,10 +281,8 @@ impl RedisStore {
     /// Turns a Redis error into a store error, marking the store unhealthy when Redis cannot
     /// be reached.
     fn fail(&self, what: &str, e: &RedisError) -> StoreError {
-        if is_connection_error(e) {
-            if self.inner.healthy.swap(false, Ordering::Relaxed) {
-                tracing::warn!(error = %conn::clean(e), "redis unreachable");
-            }
+        if is_connection_error(e) && self.inner.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %conn::clean(e), "redis unreachable");
         }
         StoreError::Storage(format!("redis {what}: {}", conn::clean(e)))
     }
@@ -713,7 +711,8 @@ impl Store for RedisStore {
         if !is_final && due <= millis(now) {
             self.inner.work.notify_waiters();
         }
-        Ok(self.ok(()))
+        self.ok(());
+        Ok(())
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
@@ -966,7 +965,8 @@ impl Store for RedisStore {
             .invoke_async(&mut self.conn())
             .await
             .map_err(|e| self.fail("finish callback", &e))?;
-        Ok(self.ok(()))
+        self.ok(());
+        Ok(())
     }
 
     fn counts(&self) -> QueueCounts {
@@ -993,7 +993,7 @@ mod tests {
     #[test]
     fn slots_follow_the_hash_tag() {
         // Values from the Redis Cluster specification's reference implementation.
-        assert_eq!(hash_slot("123456789"), 0x31C3 % 16384);
+        assert_eq!(hash_slot("123456789"), 0x31C3);
         assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
         assert_eq!(
             hash_slot(&format!("{}q", key_base("wxpush", "orders"))),
