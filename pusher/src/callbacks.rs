@@ -20,18 +20,16 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use jiff::Timestamp;
-use serde::Serialize;
 use sha2::Sha256;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReadSecret as _;
-use crate::message::{MessageRecord, Status};
 use crate::metrics::{CallbackLabels, Metrics};
 use crate::policy::{Callbacks, LocalSecret, Retry};
 use crate::resilience::backoff;
+pub use crate::store::types::{CallbackPayload, wants_callback};
 use crate::store::{CallbackKey, PendingCallback, Store};
-use crate::wechat::SendError;
 
 /// Most callback requests in flight at once.
 pub const CALLBACK_CONCURRENCY: usize = 8;
@@ -44,65 +42,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub const SIGNATURE_HEADER: &str = "X-Wxpush-Signature";
 /// The header carrying the signed timestamp.
 pub const TIMESTAMP_HEADER: &str = "X-Wxpush-Timestamp";
-
-/// The JSON body of a callback.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CallbackPayload<'a> {
-    /// The message id.
-    pub id: String,
-    /// The status reached (`delivered`, `failed`, `expired`, `dead_lettered`, `confirmed`,
-    /// `rejected_by_user`).
-    pub status: Status,
-    /// The `client_msg_id` every attempt carried.
-    pub client_msg_id: &'a str,
-    /// The recipient's openid.
-    pub touser: &'a str,
-    /// WeChat's msgid, once delivered.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub msgid: Option<i64>,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Why the last attempt failed, if one did.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<&'a SendError>,
-    /// When the message was accepted.
-    pub accepted_at: Timestamp,
-    /// When it reached this status.
-    pub finished_at: Timestamp,
-}
-
-impl<'a> CallbackPayload<'a> {
-    /// The payload for `record` as it stands (`finished_at` is `now` when the record has none,
-    /// and the event time is `now` for confirmed / rejected messages).
-    pub fn of(record: &'a MessageRecord, now: Timestamp) -> Self {
-        let finished_at = match record.status {
-            Status::Confirmed | Status::RejectedByUser => now,
-            _ => record.finished_at.unwrap_or(now),
-        };
-        Self {
-            id: record.id.to_string(),
-            status: record.status,
-            client_msg_id: &record.client_msg_id,
-            touser: &record.message.touser,
-            msgid: record.msgid,
-            attempts: record.attempts,
-            last_error: record.last_error.as_ref(),
-            accepted_at: record.accepted_at,
-            finished_at,
-        }
-    }
-
-    /// The JSON body.
-    pub fn to_body(&self) -> String {
-        // Serializing plain strings, numbers and timestamps cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-}
-
-/// Whether a record in `status` gets a callback.
-pub fn wants_callback(status: Status) -> bool {
-    status.is_final()
-}
 
 /// `sha256=<hex>` of HMAC-SHA256(`key`, `"<timestamp>.<body>"`).
 pub fn sign(key: &[u8], timestamp: i64, body: &[u8]) -> String {

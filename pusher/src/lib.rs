@@ -16,6 +16,7 @@
 //! - `demo` (feature `demo`): the WeChat sandbox and a pusher in one process.
 
 pub mod api;
+pub mod calendar;
 pub mod callbacks;
 pub mod config;
 #[cfg(feature = "demo")]

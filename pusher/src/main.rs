@@ -259,6 +259,23 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             problems.push(format!("{field}: {e}"));
         }
     }
+    if let Some(r) = config.queue.redis.as_ref() {
+        // The queue must be reachable now, not at the first accept: one line naming the URL
+        // (without its password) and why.
+        match wxpush_pusher::wiring::redis_options(&config, r) {
+            Err(e) => problems.push(e.to_string()),
+            Ok(o) => {
+                let checked = runtime()?.block_on(async {
+                    let conn = wxpush_pusher::store::redis::connect(&o.url, o.cluster).await?;
+                    let mut conn = conn;
+                    redis_ping(&mut conn).await
+                });
+                if let Err(e) = checked {
+                    problems.push(format!("queue.redis.url: {e}"));
+                }
+            }
+        }
+    }
     if !problems.is_empty() {
         eprintln!("{}: {}", path.display(), problems.join("; "));
         std::process::exit(1);
@@ -276,6 +293,16 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let yaml = serde_yaml_ng::to_string(&config).context("printing the config")?;
     println!("# {}: valid\n{yaml}", path.display());
     Ok(())
+}
+
+async fn redis_ping(conn: &mut wxpush_pusher::store::redis::Conn) -> Result<(), String> {
+    let answer: Result<String, _> = redis::cmd("PING").query_async(conn).await;
+    answer.map(|_| ()).map_err(|e| {
+        format!(
+            "Redis answered PING with an error: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        )
+    })
 }
 
 #[cfg(feature = "demo")]

@@ -146,6 +146,21 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// `wxpush_callbacks_total{result}`: outcome-callback attempts by result.
     pub callbacks: Family<CallbackLabels, Counter>,
+    /// `wxpush_queue_group_lag`: entries of the Redis stream not yet read by the consumer
+    /// group (the shared backlog; 0 with the embedded store).
+    pub queue_group_lag: Gauge,
+    /// `wxpush_queue_consumer_pending{consumer}`: Redis stream entries leased by each consumer
+    /// (pod), as seen by this pod.
+    pub queue_consumer_pending: Family<ConsumerLabels, Gauge>,
+    /// `wxpush_redis_up`: 1 while Redis answers (Redis queue only).
+    pub redis_up: Gauge,
+}
+
+/// Labels of `wxpush_queue_consumer_pending`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabels {
+    /// The consumer (pod host name and process id).
+    pub consumer: String,
 }
 
 impl Metrics {
@@ -241,6 +256,24 @@ impl Metrics {
             "Outcome callbacks to producers by result (ok, retry, gave_up)",
             callbacks.clone(),
         );
+        let queue_group_lag = Gauge::default();
+        registry.register(
+            "queue_group_lag",
+            "Redis stream entries not yet read by the consumer group",
+            queue_group_lag.clone(),
+        );
+        let queue_consumer_pending = Family::<ConsumerLabels, Gauge>::default();
+        registry.register(
+            "queue_consumer_pending",
+            "Redis stream entries leased by each consumer (pod)",
+            queue_consumer_pending.clone(),
+        );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 while Redis answers (Redis queue only)",
+            redis_up.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -257,6 +290,9 @@ impl Metrics {
             channel_paused,
             events,
             callbacks,
+            queue_group_lag,
+            queue_consumer_pending,
+            redis_up,
         }
     }
 

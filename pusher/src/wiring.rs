@@ -22,9 +22,10 @@ use crate::config::ReadSecret as _;
 use crate::dispatch::{DispatchState, Dispatcher};
 use crate::events::http::EventsState;
 use crate::metrics::Metrics;
-use crate::policy::QueueKind;
+use crate::policy::{LocalSecret, QueueKind, RedisQueue};
 use crate::store::embedded::EmbeddedOptions;
-use crate::store::{EmbeddedStore, Store, StoreError};
+use crate::store::redis::{RedisOptions, consumer_name};
+use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
 use crate::wechat::{SenderError, WeChatSender};
 use wxcrypto::Cipher;
 
@@ -87,25 +88,41 @@ impl Pusher {
         let metrics = Arc::new(Metrics::new(&config.channel));
         let auth = AuthToken::new(config.auth.token().ok_or(ServerError::NoAuth)?)
             .map_err(ServerError::Auth)?;
-        let store = match config.queue.kind() {
-            Some(QueueKind::Embedded(e)) => EmbeddedStore::open(&EmbeddedOptions {
-                path: PathBuf::from(&e.path),
-                max_messages: e.max_messages,
-                retention: e.retention.get(),
-                default_callback: config.callbacks.url.is_some(),
-            })?,
-            Some(QueueKind::Redis(_)) => {
-                return Err(ServerError::Queue(
-                    "the redis queue is not available yet; use queue.embedded".into(),
-                ));
+        match config.queue.kind() {
+            Some(QueueKind::Embedded(e)) => {
+                let store = EmbeddedStore::open(&EmbeddedOptions {
+                    path: PathBuf::from(&e.path),
+                    max_messages: e.max_messages,
+                    retention: e.retention.get(),
+                    default_callback: config.callbacks.url.is_some(),
+                })?;
+                Self::start_with(config, metrics, auth, store, None).await
             }
-            None => {
-                return Err(ServerError::Queue(
-                    "set exactly one queue kind: embedded or redis".into(),
-                ));
+            Some(QueueKind::Redis(r)) => {
+                let store = RedisStore::connect(redis_options(&config, r)?).await?;
+                watch_redis(&store, Arc::clone(&metrics));
+                let shared = crate::store::redis::SharedClient::new(&store);
+                Self::start_with(config, metrics, auth, store, Some(shared)).await
             }
-        };
-        let sender = Arc::new(WeChatSender::new(&config, Arc::clone(&metrics))?);
+            None => Err(ServerError::Queue(
+                "set exactly one queue kind: embedded or redis".into(),
+            )),
+        }
+    }
+
+    /// Builds the sender, binds the listeners and starts serving and dispatching on `store`.
+    async fn start_with<S: Store + Clone>(
+        config: PusherConfig,
+        metrics: Arc<Metrics>,
+        auth: AuthToken,
+        store: S,
+        shared: Option<crate::store::redis::SharedClient>,
+    ) -> Result<Self, ServerError> {
+        let sender = Arc::new(WeChatSender::with_shared(
+            &config,
+            Arc::clone(&metrics),
+            shared,
+        )?);
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.listen,
@@ -216,6 +233,30 @@ impl Pusher {
     }
 }
 
+/// The Redis store's settings from the config (the URL secret is read here).
+pub fn redis_options(
+    config: &PusherConfig,
+    r: &RedisQueue<LocalSecret>,
+) -> Result<RedisOptions, ServerError> {
+    let url = r
+        .url
+        .read()
+        .map_err(|e| ServerError::Queue(format!("queue.redis.url: {e}")))?;
+    Ok(RedisOptions {
+        url: url.trim().to_string(),
+        cluster: r.cluster,
+        key_prefix: r.key_prefix.clone(),
+        channel: config.channel.clone(),
+        consumer_group: r.consumer_group.clone(),
+        consumer: consumer_name(),
+        claim_idle: r.claim_idle.get(),
+        max_messages: r.max_messages,
+        retention: r.retention.get(),
+        default_callback: config.callbacks.url.is_some(),
+        min_replicas_acked: r.min_replicas_acked,
+    })
+}
+
 /// The `/wechat/events` state, or `None` while no events token is configured (the route then
 /// answers 404).
 fn events_state<S: Store>(
@@ -273,4 +314,52 @@ fn spawn_server(
             tracing::error!(server = name, error = %e, "HTTP server failed");
         }
     })
+}
+
+/// How often the Redis figures are copied into the gauges (the store refreshes them from
+/// Redis on its own schedule and caches them; no request of `/metrics` reaches Redis).
+const REDIS_GAUGES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the Redis gauges (`wxpush_queue_messages{state}`, the group lag, pending entries per
+/// consumer, `wxpush_redis_up`) up to date from the store's cached figures, while the store
+/// lives.
+fn watch_redis(store: &crate::store::RedisStore, metrics: std::sync::Arc<Metrics>) {
+    use crate::metrics::{ConsumerLabels, QueueState};
+    use crate::store::Store;
+    let store = store.clone();
+    tokio::spawn(async move {
+        let mut shown: Vec<String> = Vec::new();
+        loop {
+            tokio::time::sleep(REDIS_GAUGES_EVERY).await;
+            if std::sync::Arc::strong_count(&metrics) == 1 {
+                return;
+            }
+            let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+            let c = store.counts();
+            metrics.set_queue(QueueState::ready, gauge(c.ready));
+            metrics.set_queue(QueueState::delayed, gauge(c.delayed));
+            metrics.set_queue(QueueState::inflight, gauge(c.inflight));
+            metrics.set_queue(QueueState::dead, gauge(c.dead));
+            metrics.queue_group_lag.set(gauge(c.ready));
+            metrics.redis_up.set(i64::from(store.is_healthy()));
+            let consumers = store.consumers();
+            for gone in shown
+                .iter()
+                .filter(|name| !consumers.iter().any(|c| &c.consumer == *name))
+            {
+                metrics.queue_consumer_pending.remove(&ConsumerLabels {
+                    consumer: gone.clone(),
+                });
+            }
+            for c in &consumers {
+                metrics
+                    .queue_consumer_pending
+                    .get_or_create(&ConsumerLabels {
+                        consumer: c.consumer.clone(),
+                    })
+                    .set(gauge(c.pending));
+            }
+            shown = consumers.into_iter().map(|c| c.consumer).collect();
+        }
+    });
 }

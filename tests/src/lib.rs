@@ -138,4 +138,5 @@ impl Drop for ChildGuard {
 pub mod crd_schema;
 pub mod kube;
 pub mod pusher;
+pub mod redis;
 pub mod sandbox;

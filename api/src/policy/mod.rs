@@ -333,8 +333,27 @@ pub struct RedisQueue<S> {
     #[serde(default = "default_max_messages")]
     #[schemars(range(min = 1))]
     pub max_messages: u64,
+    /// How long finished messages (their status, dead letters, the msgid index) are kept in
+    /// Redis, as the keys' TTL. Default `24h`.
+    #[serde(default = "default_retention")]
+    pub retention: HumanDuration,
+    /// Replicas that must have an accepted message before the pusher answers 202 (Redis
+    /// `WAIT`). Default `0`: Redis's own answer is enough (and with `appendfsync everysec` a
+    /// Redis host failure may lose up to a second of acknowledged messages; with `always`,
+    /// none). When fewer replicas answer within 2 s the producer gets 503 and retries (with an
+    /// `Idempotency-Key`, without duplicates).
+    #[serde(default)]
+    #[schemars(range(max = 16))]
+    pub min_replicas_acked: u32,
+    /// Talk to a Redis Cluster (also implied when `url` names several nodes, separated by
+    /// commas). Default `false`.
+    #[serde(default)]
+    pub cluster: bool,
 }
 
+fn default_retention() -> HumanDuration {
+    HumanDuration::secs(24 * 3600)
+}
 fn default_key_prefix() -> String {
     "wxpush".into()
 }
@@ -426,6 +445,9 @@ mod tests {
                 consumer_group: default_consumer_group(),
                 claim_idle: default_claim_idle(),
                 max_messages: default_max_messages(),
+                retention: default_retention(),
+                min_replicas_acked: 0,
+                cluster: false,
             }),
         };
         assert!(both.kind().is_none());

@@ -9,9 +9,9 @@
 
 use std::time::SystemTime;
 
+use crate::calendar::next_beijing_midnight;
 use crate::metrics::AttemptResult;
 use crate::policy::Retry;
-use crate::resilience::ratelimit::next_beijing_midnight;
 
 pub use crate::send::SendAction;
 

@@ -2,32 +2,24 @@
 //! `governor` crate) and the local daily quota counter (`rateLimit.dailyQuota`), which resets
 //! at midnight Beijing time (UTC+8) as WeChat's own quota does.
 //!
+//! With the Redis queue ([`RateLimiter::with_shared`]) both are shared by every pod of the
+//! channel: the bucket becomes GCRA in a Redis script (on Redis's clock, so pods' clocks do not
+//! matter) and the daily quota is one counter per Beijing day; a 45009 seen by one pod holds all
+//! of them until midnight. If Redis cannot be reached, the pod falls back to its own bucket.
+//!
 //! Calendar arithmetic is pure ([`beijing_day`], [`next_beijing_midnight`]) so it can be
 //! table-tested without waiting for midnight.
 
 use std::num::NonZeroU32;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use governor::{DefaultDirectRateLimiter, Quota};
 use parking_lot::Mutex;
 
 use crate::policy::RateLimit;
+use crate::store::redis::{Permit, SharedClient};
 
-/// Beijing time is UTC+8 all year (no daylight saving).
-const BEIJING_OFFSET_SECS: u64 = 8 * 3600;
-const DAY_SECS: u64 = 86_400;
-
-/// The day number (days since 1970-01-01, Beijing time) that `now` falls on.
-pub fn beijing_day(now: SystemTime) -> u64 {
-    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    (secs + BEIJING_OFFSET_SECS) / DAY_SECS
-}
-
-/// The next midnight in Beijing after `now` (strictly later), when WeChat's daily quotas reset.
-pub fn next_beijing_midnight(now: SystemTime) -> SystemTime {
-    let next_day = beijing_day(now) + 1;
-    UNIX_EPOCH + Duration::from_secs(next_day * DAY_SECS - BEIJING_OFFSET_SECS)
-}
+pub use crate::calendar::{beijing_day, next_beijing_midnight};
 
 /// The local daily quota: sends counted per Beijing day. Pure state; the caller passes the
 /// time.
@@ -106,6 +98,15 @@ impl DailyCounter {
 pub struct RateLimiter {
     bucket: DefaultDirectRateLimiter,
     daily: Mutex<DailyCounter>,
+    shared: Option<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: SharedClient,
+    per_second: u32,
+    burst: u32,
+    daily_quota: u64,
 }
 
 impl RateLimiter {
@@ -119,12 +120,64 @@ impl RateLimiter {
                 Quota::per_second(per_second).allow_burst(burst),
             ),
             daily: Mutex::new(DailyCounter::new(policy.daily_quota)),
+            shared: None,
+        }
+    }
+
+    /// Shares the rate and the daily quota with the other pods of the channel through Redis
+    /// (the local daily counter then only keeps "spent until midnight").
+    #[must_use]
+    pub fn with_shared(mut self, policy: &RateLimit, client: Option<SharedClient>) -> Self {
+        if let Some(client) = client {
+            self.daily = Mutex::new(DailyCounter::new(0));
+            self.shared = Some(Shared {
+                client,
+                per_second: policy.per_second,
+                burst: policy.burst,
+                daily_quota: policy.daily_quota,
+            });
+        }
+        self
+    }
+
+    /// A permit from the shared limiter; `None` when Redis cannot be asked.
+    async fn acquire_shared(&self, shared: &Shared, max_wait: Duration) -> Option<bool> {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            let permit = shared
+                .client
+                .permit(shared.per_second, shared.burst, shared.daily_quota)
+                .await;
+            match permit {
+                Ok(Permit::Go) => return Some(true),
+                Ok(Permit::QuotaSpent) => {
+                    // Let the daily check that follows refuse it, with the reset time.
+                    self.daily.lock().exhaust(SystemTime::now());
+                    return Some(true);
+                }
+                Ok(Permit::Wait(d)) => {
+                    let now = tokio::time::Instant::now();
+                    if now >= deadline {
+                        return Some(false);
+                    }
+                    tokio::time::sleep_until(deadline.min(now + d)).await;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "shared rate limit unavailable; limiting this pod alone");
+                    return None;
+                }
+            }
         }
     }
 
     /// Waits for a send permit from the token bucket, at most `max_wait`. `false` when the
     /// wait ran out.
     pub async fn acquire(&self, max_wait: Duration) -> bool {
+        if let Some(shared) = &self.shared
+            && let Some(got) = self.acquire_shared(shared, max_wait).await
+        {
+            return got;
+        }
         if self.bucket.check().is_ok() {
             return true;
         }
@@ -141,11 +194,28 @@ impl RateLimiter {
     /// Returns a reservation WeChat did not count.
     pub fn give_back_daily(&self, now: SystemTime) {
         self.daily.lock().give_back(now);
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.daily_quota > 0) {
+            let client = shared.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.give_back_daily().await {
+                    tracing::debug!(error = %e, "cannot give a send back to the shared quota");
+                }
+            });
+        }
     }
 
     /// WeChat answered 45009: park until midnight Beijing time, which is returned.
     pub fn exhaust_daily(&self, now: SystemTime) -> SystemTime {
-        self.daily.lock().exhaust(now)
+        let until = self.daily.lock().exhaust(now);
+        if let Some(shared) = &self.shared {
+            let client = shared.client.clone();
+            tokio::spawn(async move {
+                if let Err(e) = client.exhaust_daily(until).await {
+                    tracing::warn!(error = %e, "cannot pause the other pods for the daily quota");
+                }
+            });
+        }
+        until
     }
 
     /// When today's quota resets, if it is spent.
@@ -157,6 +227,7 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
 
     fn at(secs: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_secs(secs)

@@ -7,18 +7,27 @@
 //! trait (accept = `XADD` in a `MULTI`, lease = `XREADGROUP`/`XAUTOCLAIM`, complete = `XACK` +
 //! status hash, retry schedule = a sorted set).
 
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
 pub mod embedded;
 mod index;
+pub mod redis;
+pub mod types;
 
 use std::future::Future;
 use std::time::Duration;
 
 use jiff::Timestamp;
 
-use crate::events::{DeliveryEvent, EventOutcome};
 use crate::message::{Message, MessageId, MessageRecord, Status};
 
+pub use types::{
+    CallbackKey, CallbackPayload, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
+    apply_event, wants_callback,
+};
+
 pub use embedded::EmbeddedStore;
+pub use redis::RedisStore;
 
 /// One message to accept.
 #[derive(Debug, Clone)]
@@ -77,61 +86,6 @@ pub struct DeadLetterPage {
     pub items: Vec<MessageRecord>,
     /// The cursor for the next page, when there may be more.
     pub next: Option<MessageId>,
-}
-
-/// Where a pending callback sits: its due time and its own id (one message can have several
-/// callbacks, e.g. `delivered` then `confirmed`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct CallbackKey {
-    /// When the next attempt is due, in Unix milliseconds.
-    pub due_ms: u64,
-    /// The callback's id (a ULID).
-    pub id: u128,
-}
-
-/// A pending outcome callback (see [`crate::callbacks`]).
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct PendingCallback {
-    /// Where it sits (not stored in the value).
-    #[serde(skip, default = "no_key")]
-    pub key: CallbackKey,
-    /// The message it is about.
-    pub message: u128,
-    /// The message's own `callback_url`; `None` means the channel's `callbacks.url`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub url: Option<String>,
-    /// The JSON body, fixed when the state changed.
-    pub body: String,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// When it was created (`callbacks.retry.maxAge` counts from here).
-    pub created_at: Timestamp,
-}
-
-fn no_key() -> CallbackKey {
-    CallbackKey { due_ms: 0, id: 0 }
-}
-
-impl PendingCallback {
-    /// A new callback about `record` as it stands, due now.
-    pub fn new(record: &MessageRecord, now: Timestamp) -> Self {
-        Self {
-            key: CallbackKey {
-                due_ms: millis(now),
-                id: ulid::Ulid::new().0,
-            },
-            message: record.id.as_u128(),
-            url: record.message.callback_url.clone(),
-            body: crate::callbacks::CallbackPayload::of(record, now).to_body(),
-            attempts: 0,
-            created_at: now,
-        }
-    }
-
-    /// The message's id.
-    pub fn message_id(&self) -> MessageId {
-        MessageId::from_u128(self.message)
-    }
 }
 
 /// Why a store operation failed.
@@ -230,7 +184,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// found through the msgid → message index (written when a message is completed as
     /// `delivered`), or, when `MsgID` is 0 or unknown, as the most recent `delivered` message to
     /// that openid with no event yet (only when `fallback` is true, so that a caller can first
-    /// wait for a known msgid's `delivered` commit); then [`crate::events::apply_event`]
+    /// wait for a known msgid's `delivered` commit); then [`apply_event`]
     /// decides. A Redis
     /// implementation keeps the index in a hash, the per-openid awaiting set in a sorted set and
     /// the seen keys with `SET NX`, and runs this in one script.
@@ -269,6 +223,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Finishes pending writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// A dead letter's state when replayed: queued now, with a fresh retry budget and the same
+/// `client_msg_id`.
+pub fn reset_for_replay(record: &mut MessageRecord, now: Timestamp) {
+    record.status = Status::Queued;
+    record.attempts = 0;
+    record.budget_from = now;
+    record.next_attempt_at = Some(now);
+    record.finished_at = None;
+    record.updated_at = now;
+    record.dead_letter = false;
+    record.replays += 1;
 }
 
 /// Milliseconds since the Unix epoch, for schedule keys (never negative).

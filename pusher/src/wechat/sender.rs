@@ -106,7 +106,7 @@ impl WeChatSender {
     /// Builds the sender from the config (HTTP client, token manager, breaker, rate limiter).
     /// The credentials are read once here so that a missing file fails at start-up.
     pub fn new(config: &PusherConfig, metrics: Arc<Metrics>) -> Result<Self, SenderError> {
-        Self::with_provider(config, metrics, sender_for(config.provider))
+        Self::build(config, metrics, sender_for(config.provider), None)
     }
 
     /// Like [`Self::new`], with the provider given rather than chosen by `config.provider`.
@@ -114,6 +114,25 @@ impl WeChatSender {
         config: &PusherConfig,
         metrics: Arc<Metrics>,
         provider: Arc<dyn Sender>,
+    ) -> Result<Self, SenderError> {
+        Self::build(config, metrics, provider, None)
+    }
+
+    /// As [`WeChatSender::new`], sharing the token, the rate limit, the daily quota and the
+    /// channel's pauses with the other pods through Redis when `shared` is given.
+    pub fn with_shared(
+        config: &PusherConfig,
+        metrics: Arc<Metrics>,
+        shared: Option<crate::store::redis::SharedClient>,
+    ) -> Result<Self, SenderError> {
+        Self::build(config, metrics, sender_for(config.provider), shared)
+    }
+
+    fn build(
+        config: &PusherConfig,
+        metrics: Arc<Metrics>,
+        provider: Arc<dyn Sender>,
+        shared: Option<crate::store::redis::SharedClient>,
     ) -> Result<Self, SenderError> {
         let http = Arc::new(
             HttpClient::new(&config.api_base_url, &config.timeouts, &config.pool)
@@ -135,18 +154,21 @@ impl WeChatSender {
         // Every provider today uses the account's WeChat token; a provider with another token
         // API adds its scope here.
         let tokens = match provider.token_scope() {
-            TokenScope::WeChatApp => Arc::new(TokenManager::new(
-                Arc::clone(&http),
-                TokenSettings {
-                    api: config.token.api,
-                    refresh_before: config.token.refresh_before.get(),
-                    app_id,
-                    app_secret,
-                    retry: config.retry.clone(),
-                    request_timeout: config.timeouts.request.get(),
-                },
-                Arc::clone(&metrics),
-            )),
+            TokenScope::WeChatApp => Arc::new(
+                TokenManager::new(
+                    Arc::clone(&http),
+                    TokenSettings {
+                        api: config.token.api,
+                        refresh_before: config.token.refresh_before.get(),
+                        app_id,
+                        app_secret,
+                        retry: config.retry.clone(),
+                        request_timeout: config.timeouts.request.get(),
+                    },
+                    Arc::clone(&metrics),
+                )
+                .with_shared(shared.clone()),
+            ),
         };
         metrics.channel_paused.set(0);
         Ok(Self {
@@ -162,7 +184,7 @@ impl WeChatSender {
                     metrics.set_circuit(after);
                 })
             }),
-            limiter: RateLimiter::new(&config.rate_limit),
+            limiter: RateLimiter::new(&config.rate_limit).with_shared(&config.rate_limit, shared),
             retry: config.retry.clone(),
             rate_wait: config.retry.max_backoff.get(),
             gates: Mutex::new(Gates::default()),

@@ -17,6 +17,11 @@
 //!   failures (timeouts, transport, 5xx, -1) back off exponentially per `retry`, and callers
 //!   get an error at once meanwhile: a failing fetch never turns into a fetch per send.
 //! - Neither the token nor the secret is ever logged, put in an error or a metric label.
+//! - **Shared across pods** (with the Redis queue, [`TokenManager::with_shared`]): a fetch first
+//!   looks at the token in Redis; only the pod that takes the refresher's lock calls WeChat and
+//!   publishes the result; the others use the published token (or wait for it). Invalidation
+//!   drops the token in Redis only if it is still the refused one. A configuration fault or a
+//!   token quota seen by the refresher pauses every pod (a key with the pause as TTL).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -34,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::policy::{LocalSecret, Retry, TokenApi};
 use crate::providers::errcode::{FetchAction, classify_fetch, describe};
 use crate::resilience::backoff;
+use crate::store::redis::SharedClient;
 
 /// WeChat allows a `force_refresh` of the stable token at most every 30 s.
 const FORCE_REFRESH_SPACING: Duration = Duration::from_secs(30);
@@ -143,6 +149,7 @@ pub struct TokenManager {
     settings: TokenSettings,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
+    shared: Option<SharedClient>,
 }
 
 /// What one fetch produced.
@@ -185,7 +192,15 @@ impl TokenManager {
             settings,
             metrics,
             state: Mutex::new(State::default()),
+            shared: None,
         }
+    }
+
+    /// Shares the token with the other pods of the channel through Redis.
+    #[must_use]
+    pub fn with_shared(mut self, shared: Option<SharedClient>) -> Self {
+        self.shared = shared;
+        self
     }
 
     fn api_label(&self) -> &'static str {
@@ -248,6 +263,14 @@ impl TokenManager {
                 api = self.api_label(),
                 "access_token refused by WeChat; refreshing"
             );
+            if let Some(shared) = self.shared.clone() {
+                let token = token.as_str().to_string();
+                tokio::spawn(async move {
+                    if let Err(e) = shared.drop_token(&token).await {
+                        tracing::warn!(error = %e, "cannot drop the refused token in redis");
+                    }
+                });
+            }
             true
         } else {
             false
@@ -293,13 +316,119 @@ impl TokenManager {
         let span = tracing::info_span!("token_fetch", api = self.api_label());
         tokio::spawn(
             async move {
-                let fetched = this.fetch(rejected, may_force).await;
+                let fetched = match this.shared.clone() {
+                    Some(shared) => this.fetch_shared(&shared, rejected, may_force).await,
+                    None => this.fetch(rejected, may_force).await,
+                };
                 let result = this.apply(fetched);
                 tx.send_replace(Some(result));
             }
             .instrument(span),
         );
         rx
+    }
+
+    /// A fetch through the token shared in Redis: the published token when it is valid and
+    /// not the refused one; else, as the one refresher (lock), a fetch from WeChat that is then
+    /// published; else the token another pod publishes meanwhile.
+    async fn fetch_shared(
+        &self,
+        shared: &SharedClient,
+        rejected: Option<AccessToken>,
+        may_force: bool,
+    ) -> Fetched {
+        let bound = self.settings.request_timeout * 2 + Duration::from_secs(1);
+        let deadline = Instant::now() + bound;
+        let usable = |t: &crate::store::redis::SharedToken| {
+            rejected.as_ref().is_none_or(|r| r.as_str() != t.token)
+        };
+        let from_shared = |t: crate::store::redis::SharedToken| {
+            let now = crate::store::millis(jiff::Timestamp::now());
+            Fetched::Token {
+                token: AccessToken(Arc::from(t.token)),
+                expires_in: Duration::from_millis(t.expires_ms.saturating_sub(now)),
+                forced: false,
+            }
+        };
+        loop {
+            let step = async {
+                if let Some((code, msg)) = shared.pause().await? {
+                    return Ok::<_, redis::RedisError>(Some(Fetched::Errcode(code, msg)));
+                }
+                let now = crate::store::millis(jiff::Timestamp::now());
+                let current = shared.token().await?.filter(|t| usable(t));
+                if let Some(t) = current.clone().filter(|t| now < t.refresh_ms) {
+                    return Ok(Some(from_shared(t)));
+                }
+                if shared.try_lock(bound).await? {
+                    // Someone may have published between the look and the lock.
+                    if let Some(t) = shared
+                        .token()
+                        .await?
+                        .filter(|t| usable(t) && now < t.refresh_ms)
+                    {
+                        shared.unlock().await?;
+                        return Ok(Some(from_shared(t)));
+                    }
+                    let fetched = self.fetch(rejected.clone(), may_force).await;
+                    self.publish(shared, &fetched).await;
+                    shared.unlock().await?;
+                    return Ok(Some(fetched));
+                }
+                // Another pod is refreshing: the current token is still good meanwhile.
+                Ok(current.map(from_shared))
+            };
+            match step.await {
+                Ok(Some(fetched)) => return fetched,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "shared token unavailable in redis; fetching for this pod");
+                    return self.fetch(rejected, may_force).await;
+                }
+            }
+            if Instant::now() >= deadline {
+                return Fetched::Failed {
+                    kind: "timeout",
+                    message: format!("no shared token from another pod within {bound:?}"),
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Publishes what the refresher got: a token for every pod, or a channel-wide pause.
+    async fn publish(&self, shared: &SharedClient, fetched: &Fetched) {
+        let result = match fetched {
+            Fetched::Token {
+                token, expires_in, ..
+            } => {
+                let early = self.settings.refresh_before.min(*expires_in / 2);
+                let refresh_in = expires_in.saturating_sub(early).max(MIN_REFRESH_AFTER);
+                shared
+                    .put_token(token.as_str(), *expires_in, refresh_in.min(*expires_in))
+                    .await
+            }
+            Fetched::Errcode(code, msg) => {
+                let wall = SystemTime::now();
+                match classify_fetch(*code, wall, &self.settings.retry) {
+                    FetchAction::ConfigFault => {
+                        shared
+                            .set_pause(*code, msg, self.settings.retry.throttled_backoff.get())
+                            .await
+                    }
+                    FetchAction::Quota { until } => {
+                        shared
+                            .set_pause(*code, msg, until.duration_since(wall).unwrap_or_default())
+                            .await
+                    }
+                    FetchAction::Backoff => Ok(()),
+                }
+            }
+            Fetched::Failed { .. } | Fetched::Credentials(_) => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot publish the token fetch to redis");
+        }
     }
 
     async fn fetch(&self, rejected: Option<AccessToken>, may_force: bool) -> Fetched {

@@ -38,6 +38,9 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
             consumer_group: r.consumer_group.clone(),
             claim_idle: r.claim_idle,
             max_messages: r.max_messages,
+            retention: r.retention,
+            min_replicas_acked: r.min_replicas_acked,
+            cluster: r.cluster,
         }),
     };
     PusherConfig {

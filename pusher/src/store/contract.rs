@@ -1,0 +1,737 @@
+//! The store contract: one behaviour suite that every [`Store`] backend must pass unchanged.
+//!
+//! Each check is a plain async function generic over a [`Backend`], which knows how to open a
+//! fresh, empty store of its kind, how to open it again "as a new process" (the old one's leases
+//! die with it), how to read exact counts, and how long a dead process's leases take to become
+//! due again. The embedded store runs the suite in its unit tests; the Redis store runs it in
+//! the end-to-end tests against a real `redis-server`. A new backend passes the same functions,
+//! so the API, the dispatcher, the events receiver and the callback worker can rely on one
+//! behaviour whatever the queue.
+//!
+//! Compiled for the crate's own tests and with the `contract` feature (for other crates'
+//! tests); never part of a release build.
+#![allow(clippy::missing_panics_doc)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use serde_json::{Value, json};
+
+use super::embedded::EmbeddedOptions;
+use super::{
+    AcceptItem, DeliveryEvent, EmbeddedStore, EventOutcome, PendingCallback, QueueCounts, Store,
+    StoreError, millis,
+};
+use crate::message::{MessageId, Status, parse_message};
+
+/// Settings a check opens its store with.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Pending messages at most.
+    pub max_messages: u64,
+    /// How long finished messages are kept.
+    pub retention: Duration,
+    /// Whether the channel has a default callback URL.
+    pub default_callback: bool,
+}
+
+impl Options {
+    fn new(max_messages: u64, retention: Duration) -> Self {
+        Self {
+            max_messages,
+            retention,
+            default_callback: false,
+        }
+    }
+}
+
+/// A kind of store under test. One backend value is one isolated store (a folder, a key
+/// prefix).
+pub trait Backend: Sync {
+    /// The store type.
+    type S: Store + Clone;
+    /// Opens the store (empty on the first call).
+    fn open(&self, options: Options) -> impl Future<Output = Self::S> + Send;
+    /// Closes `old` as a process that stops would, and opens the same store as a new process.
+    fn reopen(&self, options: Options, old: Self::S) -> impl Future<Output = Self::S> + Send;
+    /// Exact counts now (a backend may cache [`Store::counts`]).
+    fn counts(&self, store: &Self::S) -> impl Future<Output = QueueCounts> + Send;
+    /// How long after a process died its leased messages are due again.
+    fn takeover(&self) -> Duration;
+}
+
+/// The embedded store in a folder of its own, removed when the backend is dropped.
+#[derive(Debug)]
+pub struct Embedded(pub PathBuf);
+
+impl Embedded {
+    /// A new folder under the system's temporary folder.
+    pub fn temp() -> Self {
+        Self(std::env::temp_dir().join(format!("wxpush-contract-{}", ulid::Ulid::new())))
+    }
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Backend for Embedded {
+    type S = EmbeddedStore;
+
+    async fn open(&self, o: Options) -> EmbeddedStore {
+        EmbeddedStore::open(&EmbeddedOptions {
+            path: self.0.clone(),
+            max_messages: o.max_messages,
+            retention: o.retention,
+            default_callback: o.default_callback,
+        })
+        .expect("opens")
+    }
+
+    async fn reopen(&self, o: Options, old: EmbeddedStore) -> EmbeddedStore {
+        old.close().await;
+        drop(old);
+        self.open(o).await
+    }
+
+    async fn counts(&self, store: &EmbeddedStore) -> QueueCounts {
+        store.counts()
+    }
+
+    fn takeover(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+fn item(n: usize, key: Option<&str>) -> AcceptItem {
+    AcceptItem {
+        message: parse_message(&json!({"touser": format!("o{n}"), "template_id": "T"}))
+            .expect("valid"),
+        idempotency_key: key.map(str::to_string),
+    }
+}
+
+/// Leases until `want` messages were leased or `wait` passed.
+async fn lease_n<S: Store>(store: &S, want: usize, wait: Duration) -> Vec<super::Leased> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    while out.len() < want {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        out.extend(store.lease(want - out.len(), left).await.expect("leases"));
+    }
+    out
+}
+
+/// Accepts, leases, completes; leases die with the process (the leased message is due again
+/// for the next process, with the same `client_msg_id`), final states survive it.
+pub async fn accept_lease_complete_and_leases_die_with_the_process<B: Backend>(b: &B) {
+    let o = Options::new(100, Duration::from_secs(3600));
+    let store = b.open(o).await;
+    let got = store
+        .accept((0..5).map(|n| item(n, None)).collect())
+        .await
+        .expect("accepts");
+    assert_eq!(got.len(), 5);
+    assert_eq!(b.counts(&store).await.ready, 5);
+    let leased = lease_n(&store, 3, Duration::from_secs(2)).await;
+    assert_eq!(leased.len(), 3);
+    assert_eq!(b.counts(&store).await.inflight, 3);
+    let first = &leased[0];
+    assert_eq!(
+        store
+            .get(first.record.id)
+            .await
+            .expect("reads")
+            .map(|r| r.status),
+        Some(Status::Sending)
+    );
+    let mut done = first.record.clone();
+    done.status = Status::Delivered;
+    done.msgid = Some(42);
+    done.finished_at = Some(Timestamp::now());
+    done.next_attempt_at = None;
+    store.complete(first.slot, done).await.expect("completes");
+    let mut retry = leased[1].record.clone();
+    retry.status = Status::Retrying;
+    retry.attempts = 1;
+    retry.next_attempt_at = Some(Timestamp::now() + jiff::SignedDuration::from_secs(3600));
+    store
+        .complete(leased[1].slot, retry)
+        .await
+        .expect("completes");
+    let c = b.counts(&store).await;
+    assert_eq!((c.ready, c.delayed, c.inflight), (2, 1, 1));
+
+    // A new process: the leased message is due again, the delivered one is not.
+    let store = b.reopen(o, store).await;
+    let c = b.counts(&store).await;
+    assert_eq!((c.pending(), c.delayed), (4, 1));
+    if b.takeover().is_zero() {
+        assert_eq!((c.ready, c.inflight), (3, 0));
+    }
+    let rec = store
+        .get(first.record.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert_eq!((rec.status, rec.msgid), (Status::Delivered, Some(42)));
+    let again = lease_n(&store, 3, b.takeover() * 3 + Duration::from_secs(2)).await;
+    assert_eq!(again.len(), 3, "the two queued and the one leased before");
+    assert_eq!(
+        again
+            .iter()
+            .find(|l| l.record.id == leased[2].record.id)
+            .map(|l| l.record.client_msg_id.clone()),
+        Some(leased[2].record.client_msg_id.clone())
+    );
+    store.close().await;
+}
+
+/// An idempotency key seen before answers the first id and stores nothing.
+pub async fn idempotency_keys_answer_the_first_id<B: Backend>(b: &B) {
+    let store = b.open(Options::new(100, Duration::from_secs(3600))).await;
+    let a = store
+        .accept(vec![item(1, Some("k1"))])
+        .await
+        .expect("accepts");
+    let c = store
+        .accept(vec![item(2, Some("k1"))])
+        .await
+        .expect("accepts");
+    assert_eq!(a[0].id, c[0].id);
+    assert!(!a[0].duplicate && c[0].duplicate);
+    assert_eq!(c[0].status, Status::Queued);
+    assert_eq!(b.counts(&store).await.pending(), 1);
+    store.close().await;
+}
+
+/// A request that does not fit under `maxMessages` writes nothing.
+pub async fn a_full_queue_refuses_whole_requests<B: Backend>(b: &B) {
+    let store = b.open(Options::new(3, Duration::from_secs(3600))).await;
+    store
+        .accept(vec![item(0, None), item(1, None)])
+        .await
+        .expect("fits");
+    let err = store
+        .accept(vec![item(2, None), item(3, None)])
+        .await
+        .expect_err("does not fit");
+    assert!(
+        matches!(
+            err,
+            StoreError::Full {
+                pending: 2,
+                max: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(b.counts(&store).await.pending(), 2, "nothing half-written");
+    store.accept(vec![item(4, None)]).await.expect("one fits");
+    store.close().await;
+}
+
+/// Dead letters are listed, replayed once with the same `client_msg_id`, and removed with
+/// their idempotency key after the retention.
+pub async fn dead_letters_list_replay_and_expire_with_retention<B: Backend>(b: &B) {
+    let store = b.open(Options::new(100, Duration::from_millis(400))).await;
+    store
+        .accept(vec![item(0, Some("dk"))])
+        .await
+        .expect("accepts");
+    let l = lease_n(&store, 1, Duration::from_secs(2)).await.remove(0);
+    let mut failed = l.record.clone();
+    failed.status = Status::Failed;
+    failed.attempts = 1;
+    failed.dead_letter = true;
+    failed.finished_at = Some(Timestamp::now());
+    store.complete(l.slot, failed).await.expect("completes");
+    assert_eq!(b.counts(&store).await.dead, 1);
+    let page = store.dead_letters(None, 10).await.expect("lists");
+    assert_eq!(page.items.len(), 1);
+    assert_eq!(page.next, None);
+    let replayed = store.replay(l.record.id).await.expect("replays");
+    assert_eq!(
+        (replayed.status, replayed.attempts, replayed.replays),
+        (Status::Queued, 0, 1)
+    );
+    assert_eq!(replayed.client_msg_id, l.record.client_msg_id);
+    assert_eq!(b.counts(&store).await.dead, 0);
+    assert!(matches!(
+        store.replay(l.record.id).await,
+        Err(StoreError::NotDeadLetter(_))
+    ));
+    assert!(matches!(
+        store.replay(MessageId::new()).await,
+        Err(StoreError::NotFound(_))
+    ));
+    // Deliver it, then let the retention remove it (and its idempotency key).
+    let l = lease_n(&store, 1, Duration::from_secs(2)).await.remove(0);
+    let mut done = l.record.clone();
+    done.status = Status::Delivered;
+    done.finished_at = Some(Timestamp::now());
+    store.complete(l.slot, done).await.expect("completes");
+    let mut gone = false;
+    for _ in 0..100 {
+        if store.get(l.record.id).await.expect("reads").is_none() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(gone, "retention removed the finished message");
+    let again = store
+        .accept(vec![item(0, Some("dk"))])
+        .await
+        .expect("accepts");
+    assert!(!again[0].duplicate, "the key went with the message");
+    store.close().await;
+}
+
+/// Dead letters page in id order.
+pub async fn dead_letters_page_in_id_order<B: Backend>(b: &B) {
+    let store = b.open(Options::new(100, Duration::from_secs(3600))).await;
+    store
+        .accept((0..5).map(|n| item(n, None)).collect())
+        .await
+        .expect("accepts");
+    let leased = lease_n(&store, 5, Duration::from_secs(2)).await;
+    for l in &leased {
+        let mut failed = l.record.clone();
+        failed.status = Status::DeadLettered;
+        failed.dead_letter = true;
+        failed.finished_at = Some(Timestamp::now());
+        store.complete(l.slot, failed).await.expect("completes");
+    }
+    let mut ids: Vec<MessageId> = leased.iter().map(|l| l.record.id).collect();
+    ids.sort();
+    let p1 = store.dead_letters(None, 2).await.expect("lists");
+    assert_eq!(p1.items.iter().map(|r| r.id).collect::<Vec<_>>(), ids[..2]);
+    assert_eq!(p1.next, Some(ids[1]));
+    let p2 = store.dead_letters(p1.next, 10).await.expect("lists");
+    assert_eq!(p2.items.iter().map(|r| r.id).collect::<Vec<_>>(), ids[2..]);
+    assert_eq!(p2.next, None);
+    store.close().await;
+}
+
+/// A retry scheduled a little later is leased again once due, not before.
+pub async fn retries_come_back_when_due<B: Backend>(b: &B) {
+    let store = b.open(Options::new(100, Duration::from_secs(3600))).await;
+    store.accept(vec![item(0, None)]).await.expect("accepts");
+    let l = lease_n(&store, 1, Duration::from_secs(2)).await.remove(0);
+    let due = Timestamp::now() + jiff::SignedDuration::from_millis(300);
+    let mut retry = l.record.clone();
+    retry.status = Status::Retrying;
+    retry.attempts = 1;
+    retry.next_attempt_at = Some(due);
+    store.complete(l.slot, retry).await.expect("completes");
+    assert_eq!(
+        store
+            .get(l.record.id)
+            .await
+            .expect("reads")
+            .map(|r| r.status),
+        Some(Status::Retrying)
+    );
+    let again = lease_n(&store, 1, Duration::from_secs(3)).await;
+    assert_eq!(again.len(), 1);
+    assert!(Timestamp::now() >= due, "not leased before it was due");
+    assert_eq!(again[0].record.attempts, 1);
+    assert_eq!(again[0].record.client_msg_id, l.record.client_msg_id);
+    store.close().await;
+}
+
+/// A waiting lease wakes soon after new work arrives.
+pub async fn lease_wakes_promptly_on_new_work<B: Backend>(b: &B) {
+    let store = b.open(Options::new(100, Duration::from_secs(3600))).await;
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let start = std::time::Instant::now();
+            let got = store
+                .lease(1, Duration::from_secs(10))
+                .await
+                .expect("leases");
+            (got.len(), start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.accept(vec![item(0, None)]).await.expect("accepts");
+    let (n, waited) = waiter.await.expect("joins");
+    assert_eq!(n, 1);
+    assert!(waited < Duration::from_secs(2), "woke after {waited:?}");
+    store.close().await;
+}
+
+/// Accepts messages to `openids` and completes them as delivered with msgids `base`+n, at
+/// distinct delivery times so that "most recent" is well defined.
+async fn deliver<S: Store>(store: &S, msgs: &[Value], base: i64) -> Vec<MessageId> {
+    let items = msgs
+        .iter()
+        .map(|m| AcceptItem {
+            message: parse_message(m).expect("valid"),
+            idempotency_key: None,
+        })
+        .collect();
+    let ids: Vec<MessageId> = store
+        .accept(items)
+        .await
+        .expect("accepts")
+        .iter()
+        .map(|a| a.id)
+        .collect();
+    let leased = lease_n(store, msgs.len(), Duration::from_secs(2)).await;
+    assert_eq!(leased.len(), msgs.len());
+    let start = Timestamp::now().as_millisecond() - 10_000;
+    for l in leased {
+        let n = ids.iter().position(|&i| i == l.record.id).expect("ours");
+        let mut done = l.record.clone();
+        done.status = Status::Delivered;
+        done.msgid = Some(base + n as i64);
+        let at = start + n as i64;
+        done.finished_at = Some(Timestamp::from_millisecond(at).expect("ts"));
+        done.next_attempt_at = None;
+        store.complete(l.slot, done).await.expect("completes");
+    }
+    ids
+}
+
+fn to(openid: &str) -> Value {
+    json!({"touser": openid, "template_id": "T"})
+}
+
+fn ev(openid: &str, create_time: u64, msgid: i64, status: &str) -> DeliveryEvent {
+    DeliveryEvent {
+        openid: openid.into(),
+        create_time,
+        msgid,
+        status: status.into(),
+        received_at: Timestamp::now(),
+    }
+}
+
+async fn status<S: Store>(store: &S, id: MessageId) -> Status {
+    store.get(id).await.expect("reads").expect("exists").status
+}
+
+/// Events find their message through the msgid index, are de-duplicated, and both survive a
+/// restart.
+pub async fn store_matches_by_msgid_dedups_and_survives_restart<B: Backend>(b: &B) {
+    let o = Options::new(100, Duration::from_secs(3600));
+    let store = b.open(o).await;
+    let ids = deliver(&store, &[to("o1"), to("o2"), to("o3")], 1000).await;
+    let out = store
+        .record_event(ev("o1", 10, 1000, "success"), true)
+        .await
+        .expect("records");
+    assert_eq!(
+        out,
+        EventOutcome::Applied {
+            id: ids[0],
+            status: Status::Confirmed
+        }
+    );
+    assert_eq!(
+        store
+            .record_event(ev("o1", 10, 1000, "success"), true)
+            .await
+            .expect("records"),
+        EventOutcome::Duplicate
+    );
+    store
+        .record_event(ev("o2", 10, 1001, "failed:user block"), false)
+        .await
+        .expect("records");
+    let out = store
+        .record_event(ev("o3", 10, 1002, "failed: system failed"), true)
+        .await
+        .expect("records");
+    assert_eq!(
+        out,
+        EventOutcome::Recorded {
+            id: ids[2],
+            status: Status::Delivered
+        }
+    );
+    assert_eq!(
+        store
+            .record_event(ev("o9", 10, 777, "success"), true)
+            .await
+            .expect("records"),
+        EventOutcome::Unmatched
+    );
+    // The index and the seen keys are durable.
+    let store = b.reopen(o, store).await;
+    assert_eq!(status(&store, ids[0]).await, Status::Confirmed);
+    assert_eq!(status(&store, ids[1]).await, Status::RejectedByUser);
+    let r = store.get(ids[2]).await.expect("reads").expect("exists");
+    assert_eq!(r.status, Status::Delivered);
+    assert_eq!(r.events.len(), 1);
+    assert_eq!(r.events[0].status, "failed: system failed");
+    assert_eq!(
+        store
+            .record_event(ev("o2", 10, 1001, "failed:user block"), true)
+            .await
+            .expect("records"),
+        EventOutcome::Duplicate
+    );
+    store.close().await;
+}
+
+/// An event without a known msgid falls back to the most recent delivered message to its
+/// openid that has no event yet.
+pub async fn store_falls_back_to_the_latest_delivered_message_of_the_openid<B: Backend>(b: &B) {
+    let store = b.open(Options::new(100, Duration::from_secs(3600))).await;
+    let ids = deliver(&store, &[to("o1"), to("o1"), to("o2")], 1000).await;
+    // MsgID 0: the most recent delivered message to o1 without an event (ids[1]).
+    assert_eq!(
+        store
+            .record_event(ev("o1", 20, 0, "success"), true)
+            .await
+            .expect("records"),
+        EventOutcome::Applied {
+            id: ids[1],
+            status: Status::Confirmed
+        }
+    );
+    // A retry of that event is a duplicate, not a match for the other message.
+    assert_eq!(
+        store
+            .record_event(ev("o1", 20, 0, "success"), true)
+            .await
+            .expect("records"),
+        EventOutcome::Duplicate
+    );
+    // An unknown msgid without the fallback matches nothing; with it, ids[0], the only one
+    // left awaiting.
+    assert_eq!(
+        store
+            .record_event(ev("o1", 21, 424_242, "success"), false)
+            .await
+            .expect("records"),
+        EventOutcome::Unmatched
+    );
+    assert_eq!(
+        store
+            .record_event(ev("o1", 21, 424_242, "success"), true)
+            .await
+            .expect("records"),
+        EventOutcome::Applied {
+            id: ids[0],
+            status: Status::Confirmed
+        }
+    );
+    assert_eq!(
+        store
+            .record_event(ev("o1", 22, 0, "success"), true)
+            .await
+            .expect("records"),
+        EventOutcome::Unmatched
+    );
+    assert_eq!(status(&store, ids[2]).await, Status::Delivered);
+    let r = store.get(ids[1]).await.expect("reads").expect("exists");
+    assert_eq!(r.events[0].matched_by, "openid_fallback");
+    store.close().await;
+}
+
+fn body(cb: &PendingCallback) -> Value {
+    serde_json::from_str(&cb.body).expect("json")
+}
+
+/// Final states write callbacks in the same write; a rescheduled callback keeps its attempts
+/// and due time across a restart and is not handed out twice.
+pub async fn final_states_write_callbacks_that_survive_a_restart<B: Backend>(b: &B) {
+    let o = Options::new(100, Duration::from_secs(3600));
+    // Whole milliseconds, as the store keeps them.
+    let later =
+        Timestamp::from_millisecond(Timestamp::now().as_millisecond() + 300).expect("a time");
+    // No channel URL: only the message with its own callback_url gets one.
+    let store = b.open(o).await;
+    deliver(
+        &store,
+        &[
+            json!({"touser": "a", "template_id": "T"}),
+            json!({"touser": "b", "template_id": "T", "callback_url": "http://x/cb"}),
+        ],
+        7000,
+    )
+    .await;
+    let due = store
+        .lease_callbacks(10, Duration::from_millis(500))
+        .await
+        .expect("leases");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].url.as_deref(), Some("http://x/cb"));
+    assert_eq!(body(&due[0])["status"], "delivered");
+    assert_eq!(body(&due[0])["touser"], "b");
+    // Leased: not handed out twice.
+    let again = store
+        .lease_callbacks(10, Duration::from_millis(50))
+        .await
+        .expect("leases");
+    assert!(again.is_empty());
+    // A failed attempt moves it to a later time with its attempt count.
+    store
+        .finish_callback(due[0].key, Some((later, 1)))
+        .await
+        .expect("reschedules");
+    // After a restart (the lease is gone), it is still there with its attempts.
+    let store = b.reopen(o, store).await;
+    let due = store
+        .lease_callbacks(10, Duration::from_secs(2))
+        .await
+        .expect("leases");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].attempts, 1);
+    assert_eq!(due[0].key.due_ms, millis(later), "rescheduled");
+    assert!(
+        Timestamp::now() >= later,
+        "not handed out before its retry time"
+    );
+    store.finish_callback(due[0].key, None).await.expect("done");
+    let none = store
+        .lease_callbacks(10, Duration::from_millis(100))
+        .await
+        .expect("leases");
+    assert!(none.is_empty(), "a finished callback is gone");
+    store.close().await;
+}
+
+/// A confirming event writes a second callback about the same message.
+pub async fn a_confirming_event_writes_a_second_callback<B: Backend>(b: &B) {
+    let store = b
+        .open(Options {
+            default_callback: true,
+            ..Options::new(100, Duration::from_secs(3600))
+        })
+        .await;
+    deliver(&store, &[to("c")], 7000).await;
+    let first = store
+        .lease_callbacks(10, Duration::from_millis(500))
+        .await
+        .expect("leases");
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].url, None, "the channel's URL");
+    store
+        .finish_callback(first[0].key, None)
+        .await
+        .expect("done");
+    let outcome = store
+        .record_event(ev("c", 1, 7000, "success"), true)
+        .await
+        .expect("records");
+    assert!(matches!(outcome, EventOutcome::Applied { .. }));
+    let second = store
+        .lease_callbacks(10, Duration::from_millis(500))
+        .await
+        .expect("leases");
+    assert_eq!(second.len(), 1);
+    let b2 = body(&second[0]);
+    assert_eq!(b2["status"], "confirmed");
+    assert_eq!(b2["msgid"], 7000);
+    assert_eq!(b2["id"], body(&first[0])["id"]);
+    store.close().await;
+}
+
+/// Runs every check of the contract as one `#[tokio::test]` each, for a backend built by
+/// `$backend` (an expression evaluated once per test, which may `.await`).
+#[macro_export]
+macro_rules! store_contract {
+    ($backend:expr) => {
+        $crate::store_contract!(@tests $backend;
+            accept_lease_complete_and_leases_die_with_the_process,
+            idempotency_keys_answer_the_first_id,
+            a_full_queue_refuses_whole_requests,
+            dead_letters_list_replay_and_expire_with_retention,
+            dead_letters_page_in_id_order,
+            retries_come_back_when_due,
+            lease_wakes_promptly_on_new_work,
+            store_matches_by_msgid_dedups_and_survives_restart,
+            store_falls_back_to_the_latest_delivered_message_of_the_openid,
+            final_states_write_callbacks_that_survive_a_restart,
+            a_confirming_event_writes_a_second_callback
+        );
+    };
+    (@tests $backend:expr; $($name:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let backend = $backend;
+                $crate::store::contract::$name(&backend).await;
+            }
+        )*
+    };
+}
+
+/// The Redis store under a key prefix of its own on a running server.
+#[derive(Debug)]
+pub struct Redis {
+    /// The server's URL.
+    pub url: String,
+    /// A prefix no other backend uses.
+    pub prefix: String,
+    /// `claimIdle` (short in tests, so that a dead process's leases come back soon).
+    pub claim_idle: Duration,
+    /// Use the cluster client.
+    pub cluster: bool,
+}
+
+impl Redis {
+    /// A backend with a fresh key prefix on the server at `url`.
+    pub fn new(url: &str, cluster: bool) -> Self {
+        Self {
+            url: url.to_string(),
+            prefix: format!("contract-{}", ulid::Ulid::new()),
+            claim_idle: Duration::from_millis(500),
+            cluster,
+        }
+    }
+
+    async fn connect(&self, o: Options) -> super::RedisStore {
+        super::RedisStore::connect(super::redis::RedisOptions {
+            url: self.url.clone(),
+            cluster: self.cluster,
+            key_prefix: self.prefix.clone(),
+            channel: "contract".into(),
+            consumer_group: "pushers".into(),
+            consumer: format!("contract-{}", ulid::Ulid::new()),
+            claim_idle: self.claim_idle,
+            max_messages: o.max_messages,
+            retention: o.retention,
+            default_callback: o.default_callback,
+            min_replicas_acked: 0,
+        })
+        .await
+        .expect("connects to redis")
+    }
+}
+
+impl Backend for Redis {
+    type S = super::RedisStore;
+
+    async fn open(&self, o: Options) -> super::RedisStore {
+        self.connect(o).await
+    }
+
+    async fn reopen(&self, o: Options, old: super::RedisStore) -> super::RedisStore {
+        old.close().await;
+        drop(old);
+        self.connect(o).await
+    }
+
+    async fn counts(&self, store: &super::RedisStore) -> QueueCounts {
+        store.refresh().await.expect("counts")
+    }
+
+    fn takeover(&self) -> Duration {
+        self.claim_idle
+    }
+}

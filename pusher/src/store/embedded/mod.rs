@@ -1,0 +1,470 @@
+//! The embedded durable queue on local disk, built on `redb` (copy-on-write B-trees with
+//! checksummed commits: a commit either happened completely or not at all, also after
+//! `kill -9` or a power cut).
+//!
+//! **Group commit.** One writer thread owns every write. Callers send it operations (accepts,
+//! attempt outcomes, replays) through a channel; it takes whatever has queued up, applies it all
+//! in one write transaction, commits once (one `fsync`), and only then answers the callers and
+//! updates the in-memory schedule. So concurrent accepts share one sync, a 202 is only answered
+//! after its commit, and memory never runs ahead of the disk.
+//!
+//! **Leases** live in memory ([`super::index`]): a leased message stays in the durable schedule
+//! until its outcome is committed, so after a crash it is simply due again (and is re-sent with
+//! the same `client_msg_id`, which WeChat de-duplicates).
+//!
+//! Tables: `messages` (id → JSON record), `schedule` ((due ms, id) for pending messages),
+//! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
+//! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
+//! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
+//! `callbacks` ((due ms, callback id) → JSON [`PendingCallback`], written in the same
+//! transaction as the state change that causes the callback).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use parking_lot::Mutex;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use tokio::sync::{Notify, oneshot};
+
+mod writer;
+
+use writer::{Op, Writer};
+
+use super::index::Index;
+use super::{
+    AcceptItem, Accepted, CallbackKey, DeadLetterPage, Leased, PendingCallback, QueueCounts, Store,
+    StoreError, millis,
+};
+use super::{DeliveryEvent, EventOutcome};
+use crate::message::{MessageId, MessageRecord, Status};
+
+const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
+const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
+const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
+const DEAD: TableDefinition<u128, ()> = TableDefinition::new("dead");
+const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency");
+/// WeChat `msgid` → message id, written when a message is completed as `delivered`.
+const MSGIDS: TableDefinition<i64, u128> = TableDefinition::new("msgids");
+/// `(openid, delivered_ms, id)` of delivered messages with no event yet (the `MsgID` 0
+/// fallback).
+const AWAITING: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("awaiting_event");
+/// `(openid, CreateTime, MsgID)` of recorded events → the message (de-duplication).
+const EVENTS_SEEN: TableDefinition<(&str, u64, i64), u128> = TableDefinition::new("events_seen");
+/// `(due_ms, callback id)` → JSON [`PendingCallback`].
+const CALLBACKS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("callbacks");
+/// Longest wait between looks at the callbacks table (new ones wake the worker at once).
+const CALLBACK_POLL: Duration = Duration::from_millis(100);
+
+/// Most operations applied in one commit.
+const MAX_GROUP: usize = 8192;
+/// Most finished messages removed by one retention sweep (keeps each sweep's commit small).
+const SWEEP_BATCH: usize = 5000;
+
+/// Settings of the embedded store.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// The folder holding the store file.
+    pub path: PathBuf,
+    /// Pending messages at most; beyond it accepts fail with [`StoreError::Full`].
+    pub max_messages: u64,
+    /// How long finished messages (and dead letters) are kept.
+    pub retention: Duration,
+    /// Whether the channel has a default callback URL (`callbacks.url`): then every final
+    /// state gets a pending callback, else only messages with their own `callback_url`.
+    pub default_callback: bool,
+}
+
+fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Storage(e.into().to_string())
+}
+
+fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::Storage(format!("encode record: {e}")))
+}
+
+fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Storage(format!("decode record: {e}")))
+}
+
+/// What the store and its handles share.
+#[derive(Debug)]
+struct Shared {
+    db: Database,
+    index: Mutex<Index>,
+    work: Notify,
+    healthy: AtomicBool,
+    closed: AtomicBool,
+    /// Callback ids leased to the callback worker.
+    callbacks_leased: Mutex<std::collections::HashSet<u128>>,
+    /// Woken when callbacks were added.
+    callback_work: Notify,
+}
+
+/// The embedded store. Cheap to clone; all clones share one writer.
+#[derive(Debug, Clone)]
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    tx: mpsc::Sender<Op>,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `options.path` and starts its writer thread. Every
+    /// message that was leased when the process last stopped is due again.
+    pub fn open(options: &EmbeddedOptions) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(&options.path).map_err(|e| {
+            StoreError::Storage(format!("cannot create {}: {e}", options.path.display()))
+        })?;
+        let file = options.path.join("wxpush-queue.redb");
+        let db = Database::create(&file).map_err(storage)?;
+        let index = load_index(&db)?;
+        tracing::info!(
+            path = %file.display(),
+            pending = index.pending(),
+            dead = index.dead,
+            "embedded queue opened"
+        );
+        let shared = Arc::new(Shared {
+            db,
+            index: Mutex::new(index),
+            work: Notify::new(),
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            callbacks_leased: Mutex::new(std::collections::HashSet::new()),
+            callback_work: Notify::new(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer {
+            shared: Arc::clone(&shared),
+            max_messages: options.max_messages,
+            retention: options.retention,
+            default_callback: options.default_callback,
+        };
+        std::thread::Builder::new()
+            .name("wxpush-store-writer".into())
+            .spawn(move || {
+                let closed = writer.run(&rx);
+                // Release the database before saying so, so that it can be opened again.
+                drop(writer);
+                if let Some(reply) = closed {
+                    let _ = reply.send(());
+                }
+            })
+            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { shared, tx })
+    }
+
+    fn send(&self, op: Op) -> Result<(), StoreError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        self.tx.send(op).map_err(|_| StoreError::Closed)
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Shared) -> Result<T, StoreError> + Send + 'static,
+    {
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || f(&shared))
+            .await
+            .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+    }
+
+    /// The store file's folder.
+    pub fn file_in(path: &Path) -> PathBuf {
+        path.join("wxpush-queue.redb")
+    }
+}
+
+fn load_index(db: &Database) -> Result<Index, StoreError> {
+    // Create the tables on first open, so that readers never meet a missing table.
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        txn.open_table(MESSAGES).map_err(storage)?;
+        txn.open_table(SCHEDULE).map_err(storage)?;
+        txn.open_table(FINISHED).map_err(storage)?;
+        txn.open_table(DEAD).map_err(storage)?;
+        txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        txn.open_table(MSGIDS).map_err(storage)?;
+        txn.open_table(AWAITING).map_err(storage)?;
+        txn.open_table(EVENTS_SEEN).map_err(storage)?;
+        txn.open_table(CALLBACKS).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)?;
+    let txn = db.begin_read().map_err(storage)?;
+    let mut index = Index::default();
+    let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
+    for entry in schedule.iter().map_err(storage)? {
+        let (key, _) = entry.map_err(storage)?;
+        let (due, id) = key.value();
+        index.schedule(due, id);
+    }
+    index.dead = txn
+        .open_table(DEAD)
+        .map_err(storage)?
+        .len()
+        .map_err(storage)?;
+    Ok(index)
+}
+
+fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, StoreError> {
+    let txn = shared.db.begin_read().map_err(storage)?;
+    let table = txn.open_table(MESSAGES).map_err(storage)?;
+    let got = table.get(id).map_err(storage)?;
+    got.map(|v| decode(v.value())).transpose()
+}
+
+/// The wait of the two lease loops: until `notified` fires (new work), the next scheduled entry
+/// is due (`next_ms`, in store milliseconds, read at `now_ms`), `wake` passes, or `deadline`
+/// passes. Returns `false`, without waiting, once the deadline has passed.
+async fn wait_for_work(
+    notified: impl std::future::Future<Output = ()>,
+    deadline: tokio::time::Instant,
+    wake: tokio::time::Instant,
+    next_ms: Option<u64>,
+    now_ms: u64,
+) -> bool {
+    let now = tokio::time::Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    let mut until = deadline.min(wake);
+    if let Some(next) = next_ms {
+        let in_ms = next.saturating_sub(now_ms).max(1);
+        until = until.min(now + Duration::from_millis(in_ms));
+    }
+    tokio::select! {
+        () = notified => {}
+        () = tokio::time::sleep_until(until) => {}
+    }
+    true
+}
+
+impl Store for EmbeddedStore {
+    async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Accept { items, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn lease(&self, max: usize, wait: Duration) -> Result<Vec<Leased>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so a wake-up between the look and the wait
+            // is not lost.
+            let notified = self.shared.work.notified();
+            let now_ms = millis(Timestamp::now());
+            let (taken, next) = {
+                let mut index = self.shared.index.lock();
+                let taken = index.take_due(now_ms, max);
+                (taken, index.next_due())
+            };
+            if !taken.is_empty() {
+                return self
+                    .read(move |shared| {
+                        let txn = shared.db.begin_read().map_err(storage)?;
+                        let table = txn.open_table(MESSAGES).map_err(storage)?;
+                        let mut out = Vec::with_capacity(taken.len());
+                        for (slot, id) in taken {
+                            let record = match table.get(id) {
+                                Ok(Some(v)) => decode(v.value()),
+                                Ok(None) => Err(StoreError::NotFound(MessageId::from_u128(id))),
+                                Err(e) => Err(storage(e)),
+                            };
+                            match record {
+                                Ok(record) if !record.status.is_final() => {
+                                    out.push(Leased { record, slot });
+                                }
+                                Ok(_) | Err(StoreError::NotFound(_)) => {
+                                    // Not pending any more: drop the stale schedule entry.
+                                    tracing::warn!(id = %MessageId::from_u128(id), "stale schedule entry");
+                                    shared.index.lock().release(id, None);
+                                }
+                                Err(e) => {
+                                    shared.index.lock().unlease(id);
+                                    return Err(e);
+                                }
+                            }
+                        }
+                        Ok(out)
+                    })
+                    .await;
+            }
+            if !wait_for_work(notified, deadline, deadline, next, now_ms).await {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn complete(&self, slot: u64, record: MessageRecord) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let id = record.id.as_u128();
+        if let Err(e) = self.send(Op::Complete {
+            slot,
+            record: Box::new(record),
+            reply,
+        }) {
+            self.shared.index.lock().unlease(id);
+            return Err(e);
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        self.read(move |shared| {
+            let mut record = read_record(shared, id.as_u128())?;
+            if let Some(r) = record.as_mut()
+                && shared.index.lock().is_leased(id.as_u128())
+            {
+                r.status = Status::Sending;
+            }
+            Ok(record)
+        })
+        .await
+    }
+
+    async fn dead_letters(
+        &self,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, StoreError> {
+        self.read(move |shared| {
+            let txn = shared.db.begin_read().map_err(storage)?;
+            let dead = txn.open_table(DEAD).map_err(storage)?;
+            let messages = txn.open_table(MESSAGES).map_err(storage)?;
+            let start = after.map_or(0, |a| a.as_u128().saturating_add(1));
+            let mut items = Vec::new();
+            let mut more = false;
+            for entry in dead.range(start..).map_err(storage)? {
+                let (key, _) = entry.map_err(storage)?;
+                if items.len() == limit {
+                    more = true;
+                    break;
+                }
+                if let Some(v) = messages.get(key.value()).map_err(storage)? {
+                    items.push(decode(v.value())?);
+                }
+            }
+            let next = if more {
+                items.last().map(|r: &MessageRecord| r.id)
+            } else {
+                None
+            };
+            Ok(DeadLetterPage { items, next })
+        })
+        .await
+    }
+
+    async fn replay(&self, id: MessageId) -> Result<MessageRecord, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Replay { id, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn record_event(
+        &self,
+        event: DeliveryEvent,
+        fallback: bool,
+    ) -> Result<EventOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Event {
+            event: Box::new(event),
+            fallback,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn lease_callbacks(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<PendingCallback>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.shared.callback_work.notified();
+            let now_ms = millis(Timestamp::now());
+            let (due, next) = self
+                .read(move |shared| {
+                    // Take the lease set before the snapshot: the writer drops a lease only
+                    // after its commit, so a snapshot older than that commit still sees the
+                    // callback leased and skips it (no double send).
+                    let mut leased = shared.callbacks_leased.lock();
+                    let txn = shared.db.begin_read().map_err(storage)?;
+                    let table = txn.open_table(CALLBACKS).map_err(storage)?;
+                    let mut out = Vec::new();
+                    let mut next = None;
+                    for entry in table.iter().map_err(storage)? {
+                        let (k, v) = entry.map_err(storage)?;
+                        let (due_ms, id) = k.value();
+                        if leased.contains(&id) {
+                            continue;
+                        }
+                        if due_ms > now_ms || out.len() == max {
+                            next = Some(due_ms);
+                            break;
+                        }
+                        match serde_json::from_slice::<PendingCallback>(v.value()) {
+                            Ok(mut cb) => {
+                                cb.key = CallbackKey { due_ms, id };
+                                leased.insert(id);
+                                out.push(cb);
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "undecodable pending callback skipped");
+                            }
+                        }
+                    }
+                    Ok((out, next))
+                })
+                .await?;
+            if !due.is_empty() {
+                return Ok(due);
+            }
+            let poll = tokio::time::Instant::now() + CALLBACK_POLL;
+            if !wait_for_work(notified, deadline, poll, next, now_ms).await {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn finish_callback(
+        &self,
+        key: CallbackKey,
+        next: Option<(Timestamp, u32)>,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.send(Op::FinishCallback { key, next, reply }) {
+            self.shared.callbacks_leased.lock().remove(&key.id);
+            return Err(e);
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn counts(&self) -> QueueCounts {
+        let index = self.shared.index.lock();
+        let (ready, delayed, inflight) = index.counts(millis(Timestamp::now()));
+        QueueCounts {
+            ready,
+            delayed,
+            inflight,
+            dead: index.dead,
+        }
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.shared.healthy.load(Ordering::Relaxed) && !self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.send(Op::Close { reply }).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), rx).await;
+        }
+    }
+}

@@ -1,0 +1,817 @@
+//! The one writer of the embedded store: it takes whatever operations have queued up, applies
+//! them in one write transaction, commits once, and only then answers the callers and updates
+//! the in-memory schedule.
+//!
+//! Every operation is its own function over [`Tables`] (the open tables of the group's
+//! transaction) and [`Group`] (what the group has decided so far: the clock, the pending count,
+//! whether callbacks were added). It answers with a [`Step`]: done (with the change to the
+//! in-memory schedule and the value for the caller) or refused (a business refusal such as
+//! [`StoreError::Full`], answered at once, writing nothing). The replies are then sent in one
+//! place, [`Writer::settle`], for success and failure alike: a failed commit rolls every change
+//! back (leases go back to the schedule) and fails every caller, including those whose
+//! operations were never reached.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use redb::{ReadableTable, Table, WriteTransaction};
+use tokio::sync::oneshot;
+
+use super::{
+    AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MAX_GROUP, MESSAGES, MSGIDS,
+    SCHEDULE, SWEEP_BATCH, Shared, decode, encode, storage,
+};
+use crate::message::{MessageId, MessageRecord, Status};
+use crate::store::{
+    AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
+    StoreError, apply_event, millis, reset_for_replay, wants_callback,
+};
+
+/// An operation for the writer.
+#[derive(Debug)]
+pub(super) enum Op {
+    Accept {
+        items: Vec<AcceptItem>,
+        reply: oneshot::Sender<Result<Vec<Accepted>, StoreError>>,
+    },
+    Complete {
+        slot: u64,
+        record: Box<MessageRecord>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Replay {
+        id: MessageId,
+        reply: oneshot::Sender<Result<MessageRecord, StoreError>>,
+    },
+    Event {
+        event: Box<DeliveryEvent>,
+        fallback: bool,
+        reply: oneshot::Sender<Result<EventOutcome, StoreError>>,
+    },
+    FinishCallback {
+        key: CallbackKey,
+        next: Option<(Timestamp, u32)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// The tables of one write transaction.
+pub(super) struct Tables<'t> {
+    messages: Table<'t, u128, &'static [u8]>,
+    schedule: Table<'t, (u64, u128), ()>,
+    finished: Table<'t, (u64, u128), ()>,
+    dead: Table<'t, u128, ()>,
+    idem: Table<'t, &'static str, u128>,
+    msgids: Table<'t, i64, u128>,
+    awaiting: Table<'t, (&'static str, u64, u128), ()>,
+    seen: Table<'t, (&'static str, u64, i64), u128>,
+    cbs: Table<'t, (u64, u128), &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            messages: txn.open_table(MESSAGES).map_err(storage)?,
+            schedule: txn.open_table(SCHEDULE).map_err(storage)?,
+            finished: txn.open_table(FINISHED).map_err(storage)?,
+            dead: txn.open_table(DEAD).map_err(storage)?,
+            idem: txn.open_table(IDEMPOTENCY).map_err(storage)?,
+            msgids: txn.open_table(MSGIDS).map_err(storage)?,
+            awaiting: txn.open_table(AWAITING).map_err(storage)?,
+            seen: txn.open_table(EVENTS_SEEN).map_err(storage)?,
+            cbs: txn.open_table(CALLBACKS).map_err(storage)?,
+        })
+    }
+
+    fn record(&self, id: u128) -> Result<Option<MessageRecord>, StoreError> {
+        self.messages
+            .get(id)
+            .map_err(storage)?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    fn put(&mut self, record: &MessageRecord) -> Result<(), StoreError> {
+        self.messages
+            .insert(record.id.as_u128(), encode(record)?.as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Writes a pending callback about `record` when it has somewhere to go; returns whether.
+    fn add_callback(
+        &mut self,
+        default_callback: bool,
+        record: &MessageRecord,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        if !(default_callback || record.message.callback_url.is_some()) {
+            return Ok(false);
+        }
+        let cb = PendingCallback::new(record, now);
+        self.cbs
+            .insert((cb.key.due_ms, cb.key.id), encode_cb(&cb)?.as_slice())
+            .map_err(storage)?;
+        Ok(true)
+    }
+}
+
+fn encode_cb(cb: &PendingCallback) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(cb).map_err(|e| StoreError::Storage(format!("encode callback: {e}")))
+}
+
+/// What a group has decided so far.
+#[derive(Debug)]
+pub(super) struct Group {
+    now: Timestamp,
+    now_ms: u64,
+    /// Pending messages, counting this group's accepts, replays and final states.
+    pending: u64,
+    /// Whether a callback was written (the callback worker is woken after the commit).
+    callbacks_added: bool,
+}
+
+/// How an operation changes the in-memory view once its group committed (or, for a failed
+/// commit, how it is undone).
+#[derive(Debug)]
+enum Change {
+    None,
+    Scheduled {
+        ids: Vec<u128>,
+        due: u64,
+    },
+    Released {
+        id: u128,
+        due: Option<u64>,
+        dead: bool,
+    },
+    Replayed {
+        id: u128,
+        due: u64,
+    },
+    CallbackDone {
+        id: u128,
+    },
+}
+
+impl Change {
+    /// Applies the change after a commit; returns whether the lease loop has new work.
+    fn apply(&self, shared: &Shared) -> bool {
+        let mut index = shared.index.lock();
+        match self {
+            Self::None => false,
+            Self::Scheduled { ids, due } => {
+                for &id in ids {
+                    index.schedule(*due, id);
+                }
+                !ids.is_empty()
+            }
+            Self::Released { id, due, dead } => {
+                index.release(*id, *due);
+                if *dead {
+                    index.dead += 1;
+                }
+                due.is_some()
+            }
+            Self::Replayed { id, due } => {
+                index.schedule(*due, *id);
+                index.dead = index.dead.saturating_sub(1);
+                true
+            }
+            Self::CallbackDone { id } => {
+                drop(index);
+                shared.callbacks_leased.lock().remove(id);
+                false
+            }
+        }
+    }
+
+    /// Undoes what the caller's side did before the failed commit (leases go back).
+    fn roll_back(&self, shared: &Shared) {
+        match self {
+            Self::Released { id, .. } => shared.index.lock().unlease(*id),
+            Self::CallbackDone { id } => {
+                shared.callbacks_leased.lock().remove(id);
+            }
+            Self::None | Self::Scheduled { .. } | Self::Replayed { .. } => {}
+        }
+    }
+}
+
+/// What an operation came to.
+enum Step<T> {
+    /// Written: the change to apply after the commit, and the caller's answer.
+    Done(Change, T),
+    /// Refused without writing anything: answered at once.
+    Refused(StoreError),
+}
+
+/// A reply owed to a caller, sent once the group's fate is known.
+trait Owed: Send {
+    /// Sends the value (`failed` = `None`) or the commit's error.
+    fn settle(self: Box<Self>, failed: Option<&str>);
+}
+
+struct Answer<T> {
+    value: Option<T>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T: Send> Owed for Answer<T> {
+    fn settle(self: Box<Self>, failed: Option<&str>) {
+        let result = match (failed, self.value) {
+            (None, Some(v)) => Ok(v),
+            (Some(msg), _) => Err(StoreError::Storage(msg.to_string())),
+            (None, None) => Err(StoreError::Storage("operation not applied".into())),
+        };
+        let _ = self.reply.send(result);
+    }
+}
+
+struct Closing(oneshot::Sender<()>);
+
+impl Owed for Closing {
+    fn settle(self: Box<Self>, _failed: Option<&str>) {
+        let _ = self.0.send(());
+    }
+}
+
+/// One operation's change and reply.
+struct Effect {
+    change: Change,
+    answer: Box<dyn Owed>,
+}
+
+/// Records an operation's step: a done step owes its answer until the commit; a refused one
+/// is answered now; a storage error owes a failure (with `undo` to roll back) and aborts the
+/// group.
+fn owe<T: Send + 'static>(
+    effects: &mut Vec<Effect>,
+    undo: Change,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    step: Result<Step<T>, StoreError>,
+) -> Result<(), StoreError> {
+    match step {
+        Ok(Step::Done(change, value)) => {
+            effects.push(Effect {
+                change,
+                answer: Box::new(Answer {
+                    value: Some(value),
+                    reply,
+                }),
+            });
+            Ok(())
+        }
+        Ok(Step::Refused(e)) => {
+            // Only operations without a lease are refused: `undo` has nothing to undo.
+            let _ = reply.send(Err(e));
+            Ok(())
+        }
+        Err(e) => {
+            effects.push(Effect {
+                change: undo,
+                answer: Box::new(Answer { value: None, reply }),
+            });
+            Err(e)
+        }
+    }
+}
+
+impl Op {
+    /// The effect of an operation that was never reached because its group failed.
+    fn abandon(self) -> Effect {
+        fn owed<T: Send + 'static>(
+            change: Change,
+            reply: oneshot::Sender<Result<T, StoreError>>,
+        ) -> Effect {
+            Effect {
+                change,
+                answer: Box::new(Answer { value: None, reply }),
+            }
+        }
+        match self {
+            Self::Accept { reply, .. } => owed(Change::None, reply),
+            Self::Complete { record, reply, .. } => owed(
+                Change::Released {
+                    id: record.id.as_u128(),
+                    due: None,
+                    dead: false,
+                },
+                reply,
+            ),
+            Self::Replay { reply, .. } => owed(Change::None, reply),
+            Self::Event { reply, .. } => owed(Change::None, reply),
+            Self::FinishCallback { key, reply, .. } => {
+                owed(Change::CallbackDone { id: key.id }, reply)
+            }
+            Self::Close { reply } => Effect {
+                change: Change::None,
+                answer: Box::new(Closing(reply)),
+            },
+        }
+    }
+}
+
+/// The one writer.
+#[derive(Debug)]
+pub(super) struct Writer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) max_messages: u64,
+    pub(super) retention: Duration,
+    pub(super) default_callback: bool,
+}
+
+impl Writer {
+    /// Serves operations until closed (answered with the returned sender) or disconnected.
+    pub(super) fn run(&self, rx: &mpsc::Receiver<Op>) -> Option<oneshot::Sender<()>> {
+        let sweep_every =
+            (self.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        // When a sweep hit its batch limit, the next one is due at once (after the operations
+        // waiting by then), so that removal keeps up with any inflow without long commits.
+        let mut next_sweep = Instant::now() + sweep_every;
+        loop {
+            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    next_sweep = self.sweep_and_schedule(sweep_every);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            };
+            let mut ops = vec![first];
+            while ops.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut close = None;
+            ops.retain_mut(|op| {
+                if let Op::Close { reply } = op {
+                    let (dummy, _) = oneshot::channel();
+                    close = Some(std::mem::replace(reply, dummy));
+                    false
+                } else {
+                    true
+                }
+            });
+            if !ops.is_empty() {
+                self.apply(ops);
+            }
+            if let Some(reply) = close {
+                self.shared.closed.store(true, Ordering::Release);
+                // Anything sent after the close but before the flag was seen is answered too.
+                let rest: Vec<Op> = rx.try_iter().collect();
+                if !rest.is_empty() {
+                    self.apply(rest);
+                }
+                tracing::info!("embedded queue closed");
+                return Some(reply);
+            }
+            if Instant::now() >= next_sweep {
+                next_sweep = self.sweep_and_schedule(sweep_every);
+            }
+        }
+    }
+
+    /// Applies a group of operations in one transaction and commits once.
+    fn apply(&self, ops: Vec<Op>) {
+        let mut ops: VecDeque<Op> = ops.into();
+        let size = ops.len();
+        let started = Instant::now();
+        let now = Timestamp::now();
+        let mut group = Group {
+            now,
+            now_ms: millis(now),
+            pending: self.shared.index.lock().pending(),
+            callbacks_added: false,
+        };
+        let mut effects = Vec::with_capacity(ops.len());
+        let result = (|| -> Result<(), StoreError> {
+            let txn = self.shared.db.begin_write().map_err(storage)?;
+            {
+                let mut t = Tables::open(&txn)?;
+                while let Some(op) = ops.pop_front() {
+                    self.apply_op(&mut t, &mut group, op, &mut effects)?;
+                }
+            }
+            txn.commit().map_err(storage)?;
+            Ok(())
+        })();
+        tracing::trace!(group = size, took = ?started.elapsed(), "group committed");
+        // Operations not reached (the group failed part-way) are answered too.
+        effects.extend(ops.into_iter().map(Op::abandon));
+        self.settle(effects, result.err(), group.callbacks_added);
+    }
+
+    /// The reply fan-out, for a committed group and a failed one alike.
+    fn settle(&self, effects: Vec<Effect>, failed: Option<StoreError>, callbacks_added: bool) {
+        match failed {
+            None => {
+                self.shared.healthy.store(true, Ordering::Relaxed);
+                let mut woke = false;
+                for e in &effects {
+                    woke |= e.change.apply(&self.shared);
+                }
+                if woke {
+                    self.shared.work.notify_one();
+                }
+                if callbacks_added {
+                    self.shared.callback_work.notify_one();
+                }
+                for e in effects {
+                    e.answer.settle(None);
+                }
+            }
+            Some(e) => {
+                // Nothing of this group is durable: fail every caller; leases go back.
+                self.shared.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, "queue commit failed");
+                let msg = e.to_string();
+                for e in effects {
+                    e.change.roll_back(&self.shared);
+                    e.answer.settle(Some(&msg));
+                }
+            }
+        }
+    }
+
+    fn apply_op(
+        &self,
+        t: &mut Tables<'_>,
+        g: &mut Group,
+        op: Op,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), StoreError> {
+        match op {
+            Op::Accept { items, reply } => {
+                owe(effects, Change::None, reply, self.accept(t, g, items))
+            }
+            Op::Complete {
+                slot,
+                record,
+                reply,
+            } => {
+                let undo = Change::Released {
+                    id: record.id.as_u128(),
+                    due: None,
+                    dead: false,
+                };
+                owe(effects, undo, reply, self.complete(t, g, slot, &record))
+            }
+            Op::Event {
+                event,
+                fallback,
+                reply,
+            } => owe(
+                effects,
+                Change::None,
+                reply,
+                self.record_event(t, g, &event, fallback),
+            ),
+            Op::Replay { id, reply } => owe(effects, Change::None, reply, self.replay(t, g, id)),
+            Op::FinishCallback { key, next, reply } => owe(
+                effects,
+                Change::CallbackDone { id: key.id },
+                reply,
+                finish_callback(t, key, next),
+            ),
+            Op::Close { reply } => {
+                effects.push(Op::Close { reply }.abandon());
+                Ok(())
+            }
+        }
+    }
+
+    /// Accepts a request's messages, all or nothing.
+    fn accept(
+        &self,
+        t: &mut Tables<'_>,
+        g: &mut Group,
+        items: Vec<AcceptItem>,
+    ) -> Result<Step<Vec<Accepted>>, StoreError> {
+        // First pass, read only: resolve idempotency keys and check room, so that a refused
+        // request writes nothing.
+        let mut results = Vec::with_capacity(items.len());
+        let mut fresh = Vec::new();
+        for item in items {
+            let seen = match &item.idempotency_key {
+                Some(k) => t.idem.get(k.as_str()).map_err(storage)?.map(|v| v.value()),
+                None => None,
+            };
+            match seen {
+                Some(first) => {
+                    let status = t.record(first)?.map_or(Status::Queued, |r| r.status);
+                    results.push(Accepted {
+                        id: MessageId::from_u128(first),
+                        status,
+                        duplicate: true,
+                    });
+                }
+                None => {
+                    let record = MessageRecord::new(
+                        MessageId::new(),
+                        item.message,
+                        item.idempotency_key,
+                        g.now,
+                    );
+                    results.push(Accepted {
+                        id: record.id,
+                        status: Status::Queued,
+                        duplicate: false,
+                    });
+                    fresh.push(record);
+                }
+            }
+        }
+        let adding = fresh.len() as u64;
+        if g.pending + adding > self.max_messages {
+            return Ok(Step::Refused(StoreError::Full {
+                pending: g.pending,
+                max: self.max_messages,
+                retry_after: Duration::from_secs(1),
+            }));
+        }
+        g.pending += adding;
+        let mut ids = Vec::with_capacity(fresh.len());
+        for record in &fresh {
+            let id = record.id.as_u128();
+            t.put(record)?;
+            t.schedule.insert((g.now_ms, id), ()).map_err(storage)?;
+            if let Some(k) = &record.idempotency_key {
+                t.idem.insert(k.as_str(), id).map_err(storage)?;
+            }
+            ids.push(id);
+        }
+        Ok(Step::Done(
+            Change::Scheduled { ids, due: g.now_ms },
+            results,
+        ))
+    }
+
+    /// Records an attempt's outcome: the message leaves the schedule slot it was leased from
+    /// and is rescheduled, or finished (with its indexes and callback).
+    fn complete(
+        &self,
+        t: &mut Tables<'_>,
+        g: &mut Group,
+        slot: u64,
+        record: &MessageRecord,
+    ) -> Result<Step<()>, StoreError> {
+        let id = record.id.as_u128();
+        let due = if record.status.is_final() {
+            g.pending = g.pending.saturating_sub(1);
+            None
+        } else {
+            Some(millis(record.next_attempt_at.unwrap_or(g.now)))
+        };
+        t.schedule.remove((slot, id)).map_err(storage)?;
+        match due {
+            None => {
+                let at = millis(record.finished_at.unwrap_or(g.now));
+                t.finished.insert((at, id), ()).map_err(storage)?;
+                if record.dead_letter {
+                    t.dead.insert(id, ()).map_err(storage)?;
+                }
+            }
+            Some(at) => {
+                t.schedule.insert((at, id), ()).map_err(storage)?;
+            }
+        }
+        if record.status == Status::Delivered {
+            let at = millis(record.finished_at.unwrap_or(g.now));
+            t.awaiting
+                .insert((record.message.touser.as_str(), at, id), ())
+                .map_err(storage)?;
+            if let Some(m) = record.msgid.filter(|&m| m != 0) {
+                t.msgids.insert(m, id).map_err(storage)?;
+            }
+        }
+        if wants_callback(record.status) {
+            g.callbacks_added |= t.add_callback(self.default_callback, record, g.now)?;
+        }
+        t.put(record)?;
+        Ok(Step::Done(
+            Change::Released {
+                id,
+                due,
+                dead: record.dead_letter,
+            },
+            (),
+        ))
+    }
+
+    /// Records a delivery event (see [`crate::store::Store::record_event`]).
+    fn record_event(
+        &self,
+        t: &mut Tables<'_>,
+        g: &mut Group,
+        event: &DeliveryEvent,
+        fallback: bool,
+    ) -> Result<Step<EventOutcome>, StoreError> {
+        let key = (event.openid.as_str(), event.create_time, event.msgid);
+        if t.seen.get(key).map_err(storage)?.is_some() {
+            return Ok(Step::Done(Change::None, EventOutcome::Duplicate));
+        }
+        let mut found = None;
+        if event.msgid != 0
+            && let Some(v) = t.msgids.get(event.msgid).map_err(storage)?
+        {
+            found = Some((v.value(), MatchedBy::Msgid));
+        }
+        if found.is_none() && fallback {
+            let openid = event.openid.as_str();
+            let last = t
+                .awaiting
+                .range((openid, 0, 0)..=(openid, u64::MAX, u128::MAX))
+                .map_err(storage)?
+                .next_back()
+                .transpose()
+                .map_err(storage)?
+                .map(|(k, _)| k.value().2);
+            found = last.map(|id| (id, MatchedBy::OpenidFallback));
+        }
+        let record = match found {
+            Some((id, by)) => t.record(id)?.map(|r| (r, by)),
+            None => None,
+        };
+        let Some((mut record, by)) = record else {
+            return Ok(Step::Done(Change::None, EventOutcome::Unmatched));
+        };
+        let id = record.id.as_u128();
+        let had_events = !record.events.is_empty();
+        let outcome = apply_event(&mut record, event, by);
+        if outcome != EventOutcome::Duplicate {
+            if !had_events {
+                let at = millis(record.finished_at.unwrap_or(g.now));
+                t.awaiting
+                    .remove((record.message.touser.as_str(), at, id))
+                    .map_err(storage)?;
+            }
+            t.seen.insert(key, id).map_err(storage)?;
+            t.put(&record)?;
+            if matches!(outcome, EventOutcome::Applied { .. }) {
+                g.callbacks_added |= t.add_callback(self.default_callback, &record, g.now)?;
+            }
+        }
+        Ok(Step::Done(Change::None, outcome))
+    }
+
+    /// Moves a dead letter back to the queue with a fresh retry budget.
+    fn replay(
+        &self,
+        t: &mut Tables<'_>,
+        g: &mut Group,
+        id: MessageId,
+    ) -> Result<Step<MessageRecord>, StoreError> {
+        let key = id.as_u128();
+        let mut record = match t.record(key)? {
+            None => return Ok(Step::Refused(StoreError::NotFound(id))),
+            Some(r) if !r.dead_letter => return Ok(Step::Refused(StoreError::NotDeadLetter(id))),
+            Some(r) => r,
+        };
+        if let Some(exp) = record.message.expires_at
+            && exp <= g.now
+        {
+            return Ok(Step::Refused(StoreError::PastExpiry(id, exp)));
+        }
+        if g.pending + 1 > self.max_messages {
+            return Ok(Step::Refused(StoreError::Full {
+                pending: g.pending,
+                max: self.max_messages,
+                retry_after: Duration::from_secs(1),
+            }));
+        }
+        g.pending += 1;
+        if let Some(f) = record.finished_at {
+            t.finished.remove((millis(f), key)).map_err(storage)?;
+        }
+        t.dead.remove(key).map_err(storage)?;
+        reset_for_replay(&mut record, g.now);
+        t.put(&record)?;
+        t.schedule.insert((g.now_ms, key), ()).map_err(storage)?;
+        Ok(Step::Done(
+            Change::Replayed {
+                id: key,
+                due: g.now_ms,
+            },
+            record,
+        ))
+    }
+
+    fn sweep_and_schedule(&self, every: Duration) -> Instant {
+        if self.sweep() >= SWEEP_BATCH {
+            Instant::now()
+        } else {
+            Instant::now() + every
+        }
+    }
+
+    /// Removes finished messages older than the retention, with their idempotency keys;
+    /// returns how many.
+    fn sweep(&self) -> usize {
+        let cutoff = millis(Timestamp::now())
+            .saturating_sub(u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX));
+        let result = (|| -> Result<(usize, u64), StoreError> {
+            let txn = self.shared.db.begin_write().map_err(storage)?;
+            let swept = {
+                let mut t = Tables::open(&txn)?;
+                sweep_before(&mut t, cutoff)?
+            };
+            if swept.0 > 0 {
+                txn.commit().map_err(storage)?;
+            }
+            Ok(swept)
+        })();
+        match result {
+            Ok((0, _)) => 0,
+            Ok((removed, dead_removed)) => {
+                let mut index = self.shared.index.lock();
+                index.dead = index.dead.saturating_sub(dead_removed);
+                tracing::debug!(removed, "retention sweep");
+                removed
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "retention sweep failed");
+                0
+            }
+        }
+    }
+}
+
+/// Ends a callback's lease: removes it, or moves it to its next due time.
+fn finish_callback(
+    t: &mut Tables<'_>,
+    key: CallbackKey,
+    next: Option<(Timestamp, u32)>,
+) -> Result<Step<()>, StoreError> {
+    let old = t
+        .cbs
+        .remove((key.due_ms, key.id))
+        .map_err(storage)?
+        .map(|v| v.value().to_vec());
+    if let (Some(old), Some((at, attempts))) = (old, next) {
+        let mut cb: PendingCallback = serde_json::from_slice(&old)
+            .map_err(|e| StoreError::Storage(format!("decode callback: {e}")))?;
+        cb.attempts = attempts;
+        t.cbs
+            .insert((millis(at), key.id), encode_cb(&cb)?.as_slice())
+            .map_err(storage)?;
+    }
+    Ok(Step::Done(Change::CallbackDone { id: key.id }, ()))
+}
+
+/// Removes up to [`SWEEP_BATCH`] messages finished before `cutoff` (ms) with everything that
+/// points at them; returns `(removed, dead letters among them)`.
+fn sweep_before(t: &mut Tables<'_>, cutoff: u64) -> Result<(usize, u64), StoreError> {
+    let mut removed = 0;
+    let mut dead_removed = 0;
+    let old: Vec<(u64, u128)> = t
+        .finished
+        .range(..(cutoff, 0))
+        .map_err(storage)?
+        .take(SWEEP_BATCH)
+        .map(|e| e.map(|(k, _)| k.value()))
+        .collect::<Result<_, _>>()
+        .map_err(storage)?;
+    for (at, id) in old {
+        t.finished.remove((at, id)).map_err(storage)?;
+        if t.dead.remove(id).map_err(storage)?.is_some() {
+            dead_removed += 1;
+        }
+        let record = t
+            .messages
+            .remove(id)
+            .map_err(storage)?
+            .map(|v| decode(v.value()))
+            .transpose();
+        if let Ok(Some(r)) = record {
+            if let Some(k) = &r.idempotency_key {
+                t.idem.remove(k.as_str()).map_err(storage)?;
+            }
+            if let Some(m) = r.msgid {
+                t.msgids.remove(m).map_err(storage)?;
+            }
+            let openid = r.message.touser.as_str();
+            if r.status == Status::Delivered && r.events.is_empty() {
+                let at = millis(r.finished_at.unwrap_or_default());
+                t.awaiting.remove((openid, at, id)).map_err(storage)?;
+            }
+            for e in &r.events {
+                t.seen
+                    .remove((openid, e.create_time, e.msgid))
+                    .map_err(storage)?;
+            }
+        }
+        removed += 1;
+    }
+    Ok((removed, dead_removed))
+}

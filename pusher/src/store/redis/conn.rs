@@ -1,0 +1,169 @@
+//! The connection to Redis: one client for a single server or a Redis Cluster, reconnecting
+//! on its own with backoff, and URLs that never show their password.
+//!
+//! A single server goes through [`redis::aio::ConnectionManager`] (one multiplexed
+//! connection, re-established in the background after a failure; requests fail fast while it
+//! is down, so callers answer 503 rather than hang). A cluster goes through the cluster client
+//! (one multiplexed connection per master, slots refreshed on `MOVED`). Every key of a channel
+//! carries the same hash tag, so a channel's scripts always run on one node.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+/// How long one request may take before it counts as failed.
+pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long connecting may take.
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection to a single server or to a cluster.
+#[derive(Clone)]
+pub enum Conn {
+    /// One server (or a primary behind a proxy).
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(_) => f.write_str("Conn::Single"),
+            Self::Cluster(_) => f.write_str("Conn::Cluster"),
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// `url` with its password (and user) replaced, for logs and errors.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("****"));
+            }
+            u.to_string()
+        }
+        // Not a URL: show only the scheme-ish start, never what may be a password.
+        Err(_) => {
+            let head: String = url.chars().take_while(|c| *c != '@' && *c != ':').collect();
+            format!("{head}… (not a valid URL)")
+        }
+    }
+}
+
+/// The node URLs of `url`: several may be given separated by commas (cluster seeds).
+pub fn nodes(url: &str) -> Vec<String> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Connects to `url` (a cluster when `cluster` is set or several nodes are given). Errors name
+/// the URL without its password.
+pub async fn connect(url: &str, cluster: bool) -> Result<Conn, String> {
+    let nodes = nodes(url);
+    let shown = nodes
+        .iter()
+        .map(|n| redact(n))
+        .collect::<Vec<_>>()
+        .join(",");
+    let Some(first) = nodes.first() else {
+        return Err("queue.redis.url is empty".into());
+    };
+    for n in &nodes {
+        let scheme = n.split("://").next().unwrap_or_default();
+        if !matches!(scheme, "redis" | "rediss") || !n.contains("://") {
+            return Err(format!(
+                "queue.redis.url {}: must start with redis:// or rediss://",
+                redact(n)
+            ));
+        }
+    }
+    let fail = |e: redis::RedisError| format!("cannot connect to Redis at {shown}: {}", clean(&e));
+    if cluster || nodes.len() > 1 {
+        let client = redis::cluster::ClusterClient::builder(nodes.clone())
+            .connection_timeout(CONNECT_TIMEOUT)
+            .response_timeout(RESPONSE_TIMEOUT)
+            .retries(2)
+            .build()
+            .map_err(fail)?;
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
+            .await
+            .map_err(|_| format!("cannot connect to Redis at {shown}: timed out"))?
+            .map_err(fail)?;
+        Ok(Conn::Cluster(conn))
+    } else {
+        let client = redis::Client::open(first.as_str()).map_err(fail)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(2));
+        let conn = tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client, config),
+        )
+        .await
+        .map_err(|_| format!("cannot connect to Redis at {shown}: timed out"))?
+        .map_err(fail)?;
+        Ok(Conn::Single(conn))
+    }
+}
+
+/// A Redis error's text, which never holds the URL's password (the client does not echo it)
+/// but may be long: the first line only.
+pub(crate) fn clean(e: &redis::RedisError) -> String {
+    e.to_string().lines().next().unwrap_or_default().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://user:s3cret@host:6379/0"),
+            "redis://user:****@host:6379/0"
+        );
+        assert_eq!(redact("rediss://h:1"), "rediss://h:1");
+        assert!(!redact("s3cret@@::").contains("s3cret@"));
+        assert_eq!(
+            nodes("redis://a:1, redis://b:2"),
+            vec!["redis://a:1", "redis://b:2"]
+        );
+    }
+}

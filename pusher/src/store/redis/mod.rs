@@ -1,0 +1,1003 @@
+//! The Redis store: the same [`Store`] contract as the embedded store, kept in Redis so that
+//! several pusher replicas share one queue and act as one client towards WeChat.
+//!
+//! **Why Redis Streams.** A stream with one consumer group per channel gives each replica (one
+//! consumer, named from the pod's host name and process id) its own lease list, the pending
+//! entries list (PEL). A replica that dies leaves its entries there; after `claimIdle` any other
+//! replica takes them over with `XAUTOCLAIM` and sends them again with the same
+//! `client_msg_id` (WeChat de-duplicates within 10 minutes). Retries wait in a sorted set by
+//! due time and are moved back to the stream when due by the lease script, which runs
+//! atomically, so two replicas never move the same retry.
+//!
+//! **One hash slot per channel.** Every key of a channel starts with `{<keyPrefix>:<channel>}:`,
+//! so in a Redis Cluster all of them live on one node and each request is one script there: the
+//! accept writes the idempotency keys, the records and the `XADD`s all or nothing, and the
+//! pusher answers 202 only after Redis answered the script (and, with
+//! `queue.redis.minReplicasAcked`, after `WAIT` saw that many replicas take it).
+//!
+//! **Final states.** An attempt's outcome is written by one script that stores the record (with
+//! the retention as its TTL), the dead-letter set, the msgid index of the events receiver and
+//! the pending callback, and only then `XACK`s and `XDEL`s the entry. A copy of the message
+//! that another replica claimed finds the record final and only ends its own lease.
+//!
+//! **When Redis is away.** Every request fails fast (a response timeout of a few seconds), the
+//! store reports itself unhealthy (readiness goes false, accepts answer 503 without having
+//! written anything), leases fail (the dispatcher waits and tries again), and the client
+//! reconnects with backoff on its own. Nothing acknowledged is lost as far as Redis keeps it:
+//! with `appendfsync always` an acknowledged accept is on disk; with `everysec` (Redis's
+//! default) up to a second of acknowledged writes can be lost when the Redis host (not just
+//! the process) fails.
+//!
+//! Key layout and scripts: [`scripts`].
+
+mod conn;
+pub mod scripts;
+pub mod shared;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use parking_lot::Mutex;
+use redis::streams::StreamPendingReply;
+use redis::{RedisError, Script, Value};
+use tokio::sync::Notify;
+
+pub use conn::{Conn, connect, nodes, redact};
+pub use shared::{Permit, SharedClient, SharedToken};
+
+use super::{
+    AcceptItem, Accepted, CallbackKey, DeadLetterPage, DeliveryEvent, EventOutcome, Leased,
+    MatchedBy, PendingCallback, QueueCounts, Store, StoreError, apply_event, millis,
+    reset_for_replay, wants_callback,
+};
+use crate::message::{MessageId, MessageRecord, Status};
+
+/// How often the counts (and the connection's health) are refreshed.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+/// Longest pause between looks for new work when nothing arrives (other pods' accepts and due
+/// retries are seen within this; this pod's own accepts wake the lease at once).
+const MAX_POLL: Duration = Duration::from_millis(100);
+/// Longest wait between looks at the callbacks.
+const CALLBACK_POLL: Duration = Duration::from_millis(100);
+/// How long `WAIT` may wait for replicas.
+const WAIT_REPLICAS: Duration = Duration::from_secs(2);
+
+/// Settings of the Redis store.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://` or `rediss://` URL, with user and password when needed; several nodes
+    /// separated by commas for a cluster.
+    pub url: String,
+    /// Use the cluster client (also when several nodes are given).
+    pub cluster: bool,
+    /// `queue.redis.keyPrefix`.
+    pub key_prefix: String,
+    /// The channel.
+    pub channel: String,
+    /// `queue.redis.consumerGroup`.
+    pub consumer_group: String,
+    /// This process's consumer name (see [`consumer_name`]).
+    pub consumer: String,
+    /// `queue.redis.claimIdle`: a lease idle this long is taken over.
+    pub claim_idle: Duration,
+    /// Pending messages at most.
+    pub max_messages: u64,
+    /// How long finished messages (and dead letters) are kept.
+    pub retention: Duration,
+    /// Whether the channel has a default callback URL.
+    pub default_callback: bool,
+    /// `queue.redis.minReplicasAcked`: replicas that must have an accept before it is answered.
+    pub min_replicas_acked: u32,
+}
+
+/// The consumer name of this process: the pod's host name and the process id (so two
+/// processes on one host, or a restarted pod, never share a lease list).
+pub fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .unwrap_or_else(|| "pusher".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// The key base of a channel: `{<prefix>:<channel>}:`.
+pub fn key_base(prefix: &str, channel: &str) -> String {
+    format!("{{{prefix}:{channel}}}:")
+}
+
+#[derive(Debug)]
+struct Scripts {
+    accept: Script,
+    lease: Script,
+    complete: Script,
+    replay: Script,
+    event: Script,
+    lease_callbacks: Script,
+    finish_callback: Script,
+    keep_leases: Script,
+}
+
+/// A consumer's pending entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerPending {
+    /// The consumer name.
+    pub consumer: String,
+    /// Entries it holds.
+    pub pending: u64,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Snapshot {
+    counts: QueueCounts,
+    consumers: Vec<ConsumerPending>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    conn: Conn,
+    options: RedisOptions,
+    base: String,
+    stream: String,
+    scripts: Scripts,
+    healthy: AtomicBool,
+    closed: AtomicBool,
+    work: Notify,
+    snapshot: Mutex<Snapshot>,
+    last_claim: Mutex<Option<Instant>>,
+    /// This process's leases: message id → stream entry id.
+    leases: Mutex<std::collections::HashMap<String, String>>,
+}
+
+/// The Redis store. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+fn is_connection_error(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_unrecoverable_error()
+}
+
+fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Storage(format!("decode record: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Storage(format!("encode: {e}")))
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn strings(v: Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+                Value::SimpleString(s) => s,
+                Value::Int(n) => n.to_string(),
+                _ => String::new(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The CRC16 (XMODEM) hash slot of a key, as Redis Cluster computes it (hash tags honoured).
+pub fn hash_slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        rest.iter()
+            .position(|&b| b == b'}')
+            .filter(|&close| close > 0)
+            .map(|close| &rest[..close])
+    });
+    let data = tagged.unwrap_or(bytes);
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+impl RedisStore {
+    /// Connects, creates the consumer group if needed and starts the counts refresher.
+    /// Errors name the URL without its password.
+    pub async fn connect(options: RedisOptions) -> Result<Self, StoreError> {
+        let conn = connect(&options.url, options.cluster)
+            .await
+            .map_err(StoreError::Storage)?;
+        let base = key_base(&options.key_prefix, &options.channel);
+        let stream = format!("{base}q");
+        let inner = Arc::new(Inner {
+            conn,
+            base,
+            stream,
+            scripts: Scripts {
+                accept: Script::new(&scripts::accept()),
+                lease: Script::new(&scripts::lease()),
+                complete: Script::new(&scripts::complete()),
+                replay: Script::new(scripts::REPLAY),
+                event: Script::new(scripts::EVENT),
+                lease_callbacks: Script::new(scripts::LEASE_CALLBACKS),
+                finish_callback: Script::new(scripts::FINISH_CALLBACK),
+                keep_leases: Script::new(scripts::KEEP_LEASES),
+            },
+            options,
+            healthy: AtomicBool::new(true),
+            closed: AtomicBool::new(false),
+            work: Notify::new(),
+            snapshot: Mutex::new(Snapshot::default()),
+            last_claim: Mutex::new(None),
+            leases: Mutex::new(std::collections::HashMap::new()),
+        });
+        let store = Self { inner };
+        store.create_group().await?;
+        store.refresh().await?;
+        tracing::info!(
+            url = %nodes(&store.inner.options.url).iter().map(|n| redact(n)).collect::<Vec<_>>().join(","),
+            stream = %store.inner.stream,
+            consumer = %store.inner.options.consumer,
+            "redis queue connected"
+        );
+        tokio::spawn(refresher(Arc::downgrade(&store.inner)));
+        tokio::spawn(lease_keeper(Arc::downgrade(&store.inner)));
+        Ok(store)
+    }
+
+    fn conn(&self) -> Conn {
+        self.inner.conn.clone()
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(StoreError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Turns a Redis error into a store error, marking the store unhealthy when Redis cannot
+    /// be reached.
+    fn fail(&self, what: &str, e: &RedisError) -> StoreError {
+        if is_connection_error(e) && self.inner.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(error = %conn::clean(e), "redis unreachable");
+        }
+        StoreError::Storage(format!("redis {what}: {}", conn::clean(e)))
+    }
+
+    fn ok<T>(&self, v: T) -> T {
+        if !self.inner.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("redis reachable again");
+        }
+        v
+    }
+
+    async fn create_group(&self) -> Result<(), StoreError> {
+        let r: Result<Value, _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.inner.stream)
+            .arg(&self.inner.options.consumer_group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn())
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(self.fail("XGROUP CREATE", &e)),
+        }
+    }
+
+    /// Reads the counts and the consumers' pending entries from Redis, and caches them for
+    /// [`Store::counts`].
+    pub async fn refresh(&self) -> Result<QueueCounts, StoreError> {
+        let b = &self.inner.base;
+        let mut pipe = redis::pipe();
+        pipe.cmd("XLEN")
+            .arg(&self.inner.stream)
+            .cmd("ZCARD")
+            .arg(format!("{b}d"))
+            .cmd("ZCARD")
+            .arg(format!("{b}dead"));
+        let (xlen, delayed, dead): (u64, u64, u64) = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail("counts", &e))?;
+        let pending: Result<StreamPendingReply, _> = redis::cmd("XPENDING")
+            .arg(&self.inner.stream)
+            .arg(&self.inner.options.consumer_group)
+            .query_async(&mut self.conn())
+            .await;
+        let (inflight, consumers) = match pending {
+            Ok(StreamPendingReply::Data(d)) => (
+                d.count as u64,
+                d.consumers
+                    .into_iter()
+                    .map(|c| ConsumerPending {
+                        consumer: c.name,
+                        pending: c.pending as u64,
+                    })
+                    .collect(),
+            ),
+            Ok(_) => (0, Vec::new()),
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                self.create_group().await?;
+                (0, Vec::new())
+            }
+            Err(e) => return Err(self.fail("XPENDING", &e)),
+        };
+        let counts = QueueCounts {
+            ready: xlen.saturating_sub(inflight),
+            delayed,
+            inflight,
+            dead,
+        };
+        *self.inner.snapshot.lock() = Snapshot { counts, consumers };
+        Ok(self.ok(counts))
+    }
+
+    /// Pending entries per consumer, as of the last refresh.
+    pub fn consumers(&self) -> Vec<ConsumerPending> {
+        self.inner.snapshot.lock().consumers.clone()
+    }
+
+    /// The key base of this channel.
+    pub fn base(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// The connection (shared by the token cache and the rate limiter of this channel).
+    pub fn connection(&self) -> Conn {
+        self.conn()
+    }
+
+    /// Waits until `minReplicasAcked` replicas have this connection's writes.
+    async fn wait_replicas(&self) -> Result<(), StoreError> {
+        let n = self.inner.options.min_replicas_acked;
+        if n == 0 {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(n).arg(ms(WAIT_REPLICAS));
+        let acked: i64 = match self.conn() {
+            Conn::Single(mut c) => cmd
+                .query_async(&mut c)
+                .await
+                .map_err(|e| self.fail("WAIT", &e))?,
+            Conn::Cluster(mut c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(hash_slot(&self.inner.stream), SlotAddr::Master),
+                ));
+                let v = c
+                    .route_command(cmd, route)
+                    .await
+                    .map_err(|e| self.fail("WAIT", &e))?;
+                redis::from_redis_value(v).map_err(|e| self.fail("WAIT", &e.into()))?
+            }
+        };
+        if acked < i64::from(n) {
+            return Err(StoreError::Storage(format!(
+                "only {acked} of {n} replicas acknowledged the write in {WAIT_REPLICAS:?}"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn lease_once(&self, max: usize) -> Result<Vec<Leased>, StoreError> {
+        let now = Instant::now();
+        let idle = self.inner.options.claim_idle;
+        let claim = {
+            let mut last = self.inner.last_claim.lock();
+            let every = (idle / 4).max(Duration::from_millis(50));
+            if last.is_none_or(|t| now.duration_since(t) >= every) {
+                *last = Some(now);
+                ms(idle).max(1)
+            } else {
+                0
+            }
+        };
+        let o = &self.inner.options;
+        let run = || async {
+            let mut inv = self.inner.scripts.lease.key(&self.inner.stream);
+            inv.arg(&self.inner.base)
+                .arg(&o.consumer_group)
+                .arg(&o.consumer)
+                .arg(max)
+                .arg(millis(Timestamp::now()))
+                .arg(claim)
+                .arg(ms(o.retention));
+            inv.invoke_async::<Value>(&mut self.conn()).await
+        };
+        let out = match run().await {
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                self.create_group().await?;
+                run().await
+            }
+            r => r,
+        }
+        .map_err(|e| self.fail("lease", &e))?;
+        let flat = strings(out);
+        let mut leased = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let record = decode(pair[1].as_bytes())?;
+            self.inner
+                .leases
+                .lock()
+                .insert(record.id.to_string(), pair[0].clone());
+            let slot = pair[0]
+                .split('-')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            leased.push(Leased { record, slot });
+        }
+        Ok(self.ok(leased))
+    }
+
+    /// Looks for the message an event is about: through the msgid index, else (when
+    /// `fallback`) the most recent delivered message to the openid with no event yet.
+    async fn find_for_event(
+        &self,
+        event: &DeliveryEvent,
+        fallback: bool,
+    ) -> Result<Option<(String, MatchedBy, String)>, StoreError> {
+        let b = &self.inner.base;
+        let mut conn = self.conn();
+        if event.msgid != 0 {
+            let id: Option<String> = redis::cmd("GET")
+                .arg(format!("{b}x:{}", event.msgid))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("GET", &e))?;
+            if let Some(id) = id {
+                let rec: Option<String> = redis::cmd("GET")
+                    .arg(format!("{b}m:{id}"))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail("GET", &e))?;
+                if let Some(rec) = rec {
+                    return Ok(Some((id, MatchedBy::Msgid, rec)));
+                }
+            }
+        }
+        if !fallback {
+            return Ok(None);
+        }
+        let akey = format!("{b}a:{}", event.openid);
+        for _ in 0..8 {
+            let last: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(&akey)
+                .arg(0)
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("ZREVRANGE", &e))?;
+            let Some(id) = last.into_iter().next() else {
+                return Ok(None);
+            };
+            let rec: Option<String> = redis::cmd("GET")
+                .arg(format!("{b}m:{id}"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("GET", &e))?;
+            match rec {
+                Some(rec) => return Ok(Some((id, MatchedBy::OpenidFallback, rec))),
+                None => {
+                    // Gone with the retention: forget it and look at the next one.
+                    let _: Result<i64, _> = redis::cmd("ZREM")
+                        .arg(&akey)
+                        .arg(&id)
+                        .query_async(&mut conn)
+                        .await;
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// A pending callback about `record`, when it has somewhere to go.
+    fn callback_for(&self, record: &MessageRecord, now: Timestamp) -> Option<PendingCallback> {
+        (self.inner.options.default_callback || record.message.callback_url.is_some())
+            .then(|| PendingCallback::new(record, now))
+    }
+}
+
+/// Refreshes the counts and the health every [`REFRESH_EVERY`] while the store is alive.
+async fn refresher(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(REFRESH_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let store = RedisStore { inner };
+        if let Err(e) = store.refresh().await {
+            tracing::debug!(error = %e, "redis counts refresh failed");
+        }
+    }
+}
+
+/// Keeps this process's leases from looking idle (see [`scripts::KEEP_LEASES`]), every third
+/// of `claimIdle`, while the store is alive.
+async fn lease_keeper(inner: Weak<Inner>) {
+    let every = match inner.upgrade() {
+        Some(i) => (i.options.claim_idle / 3).max(Duration::from_millis(100)),
+        None => return,
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let eids: Vec<String> = inner.leases.lock().values().cloned().collect();
+        for chunk in eids.chunks(500) {
+            let mut inv = inner.scripts.keep_leases.key(&inner.stream);
+            inv.arg(&inner.options.consumer_group)
+                .arg(&inner.options.consumer);
+            for eid in chunk {
+                inv.arg(eid);
+            }
+            if let Err(e) = inv.invoke_async::<i64>(&mut inner.conn.clone()).await {
+                tracing::debug!(error = %conn::clean(&e), "cannot keep leases alive");
+                break;
+            }
+        }
+    }
+}
+
+fn cb_args(cb: Option<&PendingCallback>) -> Result<(String, u64, String), StoreError> {
+    Ok(match cb {
+        Some(cb) => (
+            ulid::Ulid(cb.key.id).to_string(),
+            cb.key.due_ms,
+            encode(cb)?,
+        ),
+        None => (String::new(), 0, String::new()),
+    })
+}
+
+impl Store for RedisStore {
+    async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
+        self.check_open()?;
+        let now = Timestamp::now();
+        let mut inv = self.inner.scripts.accept.key(&self.inner.stream);
+        inv.arg(&self.inner.base)
+            .arg(self.inner.options.max_messages)
+            .arg(items.len());
+        for item in items {
+            let key = item.idempotency_key.clone().unwrap_or_default();
+            let record =
+                MessageRecord::new(MessageId::new(), item.message, item.idempotency_key, now);
+            inv.arg(key)
+                .arg(record.id.to_string())
+                .arg(encode(&record)?);
+        }
+        let out: Value = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail("accept", &e))?;
+        let flat = strings(out);
+        match flat.first().map(String::as_str) {
+            Some("full") => {
+                let pending = flat.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+                return Err(StoreError::Full {
+                    pending,
+                    max: self.inner.options.max_messages,
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+            Some("ok") => {}
+            _ => {
+                return Err(StoreError::Storage(
+                    "redis accept: unexpected answer".into(),
+                ));
+            }
+        }
+        let mut results = Vec::with_capacity(flat.len() / 3);
+        let mut fresh = false;
+        for t in flat[1..].chunks_exact(3) {
+            let id: MessageId = t[0]
+                .parse()
+                .map_err(|_| StoreError::Storage(format!("redis accept: bad id {}", t[0])))?;
+            let status: Status = serde_json::from_value(serde_json::Value::String(t[1].clone()))
+                .unwrap_or(Status::Queued);
+            let duplicate = t[2] == "1";
+            fresh |= !duplicate;
+            results.push(Accepted {
+                id,
+                status,
+                duplicate,
+            });
+        }
+        self.wait_replicas().await?;
+        if fresh {
+            self.inner.work.notify_waiters();
+        }
+        Ok(self.ok(results))
+    }
+
+    async fn lease(&self, max: usize, wait: Duration) -> Result<Vec<Leased>, StoreError> {
+        self.check_open()?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut poll = Duration::from_millis(5);
+        loop {
+            let notified = self.inner.work.notified();
+            let got = self.lease_once(max).await?;
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(deadline.min(now + poll)) => {}
+            }
+            poll = (poll * 2).min(MAX_POLL);
+        }
+    }
+
+    async fn complete(&self, _slot: u64, record: MessageRecord) -> Result<(), StoreError> {
+        self.check_open()?;
+        let now = Timestamp::now();
+        let o = &self.inner.options;
+        let is_final = record.status.is_final();
+        let cb = if is_final && wants_callback(record.status) {
+            self.callback_for(&record, now)
+        } else {
+            None
+        };
+        let (cb_id, cb_due, cb_json) = cb_args(cb.as_ref())?;
+        let finished = millis(record.finished_at.unwrap_or(now));
+        let due = millis(record.next_attempt_at.unwrap_or(now));
+        let mut inv = self.inner.scripts.complete.key(&self.inner.stream);
+        inv.arg(&self.inner.base)
+            .arg(&o.consumer_group)
+            .arg(record.id.to_string())
+            .arg(encode(&record)?)
+            .arg(if is_final { "1" } else { "0" })
+            .arg(due)
+            .arg(if record.dead_letter { "1" } else { "0" })
+            .arg(if record.status == Status::Delivered {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(
+                record
+                    .msgid
+                    .filter(|&m| m != 0)
+                    .map(|m| m.to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(&record.message.touser)
+            .arg(finished)
+            .arg(record.idempotency_key.clone().unwrap_or_default())
+            .arg(ms(o.retention).max(1))
+            .arg(cb_id)
+            .arg(cb_due)
+            .arg(cb_json)
+            .arg(millis(now));
+        let done: Result<i64, _> = inv.invoke_async(&mut self.conn()).await;
+        // Kept alive no longer either way: after a failed write the entry goes idle and is
+        // claimed again after claimIdle (by this pod or another).
+        self.inner.leases.lock().remove(&record.id.to_string());
+        done.map_err(|e| self.fail("complete", &e))?;
+        if !is_final && due <= millis(now) {
+            self.inner.work.notify_waiters();
+        }
+        self.ok(());
+        Ok(())
+    }
+
+    async fn get(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
+        let b = &self.inner.base;
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(format!("{b}m:{id}"))
+            .cmd("HEXISTS")
+            .arg(format!("{b}lease"))
+            .arg(id.to_string());
+        let (rec, leased): (Option<String>, bool) = pipe
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail("get", &e))?;
+        let mut record = rec.map(|r| decode(r.as_bytes())).transpose()?;
+        if let Some(r) = record.as_mut()
+            && leased
+            && !r.status.is_final()
+        {
+            r.status = Status::Sending;
+        }
+        Ok(self.ok(record))
+    }
+
+    async fn dead_letters(
+        &self,
+        after: Option<MessageId>,
+        limit: usize,
+    ) -> Result<DeadLetterPage, StoreError> {
+        let b = &self.inner.base;
+        let start = after.map_or_else(|| "-".to_string(), |a| format!("({a}"));
+        let ids: Vec<String> = redis::cmd("ZRANGEBYLEX")
+            .arg(format!("{b}dead"))
+            .arg(start)
+            .arg("+")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit.saturating_add(1))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail("dead letters", &e))?;
+        let more = ids.len() > limit;
+        let mut items = Vec::new();
+        if limit > 0 && !ids.is_empty() {
+            let keys: Vec<String> = ids
+                .iter()
+                .take(limit)
+                .map(|id| format!("{b}m:{id}"))
+                .collect();
+            let mut pipe = redis::pipe();
+            for k in &keys {
+                pipe.cmd("GET").arg(k);
+            }
+            let recs: Vec<Option<String>> = pipe
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| self.fail("dead letters", &e))?;
+            for r in recs.into_iter().flatten() {
+                items.push(decode(r.as_bytes())?);
+            }
+        }
+        let next = if more {
+            ids.get(limit.saturating_sub(1))
+                .and_then(|s| s.parse().ok())
+        } else {
+            None
+        };
+        Ok(self.ok(DeadLetterPage { items, next }))
+    }
+
+    async fn replay(&self, id: MessageId) -> Result<MessageRecord, StoreError> {
+        self.check_open()?;
+        let b = &self.inner.base;
+        let rec: Option<String> = redis::cmd("GET")
+            .arg(format!("{b}m:{id}"))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail("replay", &e))?;
+        let mut record = match rec {
+            None => return Err(StoreError::NotFound(id)),
+            Some(r) => decode(r.as_bytes())?,
+        };
+        if !record.dead_letter {
+            return Err(StoreError::NotDeadLetter(id));
+        }
+        let now = Timestamp::now();
+        if let Some(exp) = record.message.expires_at
+            && exp <= now
+        {
+            return Err(StoreError::PastExpiry(id, exp));
+        }
+        reset_for_replay(&mut record, now);
+        let mut inv = self.inner.scripts.replay.key(&self.inner.stream);
+        inv.arg(b)
+            .arg(id.to_string())
+            .arg(encode(&record)?)
+            .arg(self.inner.options.max_messages)
+            .arg(record.idempotency_key.clone().unwrap_or_default());
+        let out: Value = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail("replay", &e))?;
+        let flat = strings(out);
+        match flat.first().map(String::as_str) {
+            Some("ok") => {
+                self.inner.work.notify_waiters();
+                Ok(self.ok(record))
+            }
+            Some("full") => Err(StoreError::Full {
+                pending: flat.get(1).and_then(|p| p.parse().ok()).unwrap_or(0),
+                max: self.inner.options.max_messages,
+                retry_after: Duration::from_secs(1),
+            }),
+            _ => Err(StoreError::NotDeadLetter(id)),
+        }
+    }
+
+    async fn record_event(
+        &self,
+        event: DeliveryEvent,
+        fallback: bool,
+    ) -> Result<EventOutcome, StoreError> {
+        self.check_open()?;
+        let b = &self.inner.base;
+        let seen = format!("s:{}:{}:{}", event.openid, event.create_time, event.msgid);
+        for _ in 0..16 {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(format!("{b}{seen}"))
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| self.fail("event", &e))?;
+            if exists {
+                return Ok(self.ok(EventOutcome::Duplicate));
+            }
+            let Some((id, by, old)) = self.find_for_event(&event, fallback).await? else {
+                return Ok(self.ok(EventOutcome::Unmatched));
+            };
+            let mut record = decode(old.as_bytes())?;
+            let had_events = !record.events.is_empty();
+            let outcome = apply_event(&mut record, &event, by);
+            if outcome == EventOutcome::Duplicate {
+                return Ok(self.ok(outcome));
+            }
+            let now = Timestamp::now();
+            let cb = if matches!(outcome, EventOutcome::Applied { .. }) {
+                self.callback_for(&record, now)
+            } else {
+                None
+            };
+            let (cb_id, cb_due, cb_json) = cb_args(cb.as_ref())?;
+            let mut inv = self.inner.scripts.event.key(&self.inner.stream);
+            inv.arg(b)
+                .arg(&seen)
+                .arg(&id)
+                .arg(&old)
+                .arg(encode(&record)?)
+                .arg(if had_events { "0" } else { "1" })
+                .arg(&event.openid)
+                .arg(ms(self.inner.options.retention).max(1))
+                .arg(cb_id)
+                .arg(cb_due)
+                .arg(cb_json);
+            let answer: String = inv
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(|e| self.fail("event", &e))?;
+            match answer.as_str() {
+                "ok" => return Ok(self.ok(outcome)),
+                "dup" => return Ok(self.ok(EventOutcome::Duplicate)),
+                _ => continue,
+            }
+        }
+        Err(StoreError::Storage(
+            "redis event: the message kept changing; try again".into(),
+        ))
+    }
+
+    async fn lease_callbacks(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<PendingCallback>, StoreError> {
+        self.check_open()?;
+        let deadline = tokio::time::Instant::now() + wait;
+        let visibility = ms(self.inner.options.claim_idle).max(1000);
+        loop {
+            let mut inv = self.inner.scripts.lease_callbacks.key(&self.inner.stream);
+            inv.arg(&self.inner.base)
+                .arg(millis(Timestamp::now()))
+                .arg(max)
+                .arg(visibility);
+            let out: Value = inv
+                .invoke_async(&mut self.conn())
+                .await
+                .map_err(|e| self.fail("lease callbacks", &e))?;
+            let mut due = Vec::new();
+            for t in strings(out).chunks_exact(3) {
+                let Ok(id) = ulid::Ulid::from_string(&t[0]) else {
+                    continue;
+                };
+                let due_ms = t[1].parse::<f64>().unwrap_or(0.0) as u64;
+                match serde_json::from_str::<PendingCallback>(&t[2]) {
+                    Ok(mut cb) => {
+                        cb.key = CallbackKey { due_ms, id: id.0 };
+                        due.push(cb);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "undecodable pending callback skipped"),
+                }
+            }
+            if !due.is_empty() {
+                return Ok(self.ok(due));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(self.ok(Vec::new()));
+            }
+            tokio::time::sleep_until(deadline.min(now + CALLBACK_POLL)).await;
+        }
+    }
+
+    async fn finish_callback(
+        &self,
+        key: CallbackKey,
+        next: Option<(Timestamp, u32)>,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        let b = &self.inner.base;
+        let id = ulid::Ulid(key.id).to_string();
+        let (due, js) = match next {
+            None => (String::new(), String::new()),
+            Some((at, attempts)) => {
+                let old: Option<String> = redis::cmd("HGET")
+                    .arg(format!("{b}cbd"))
+                    .arg(&id)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(|e| self.fail("finish callback", &e))?;
+                let Some(old) = old else {
+                    return Ok(());
+                };
+                let mut cb: PendingCallback = serde_json::from_str(&old)
+                    .map_err(|e| StoreError::Storage(format!("decode callback: {e}")))?;
+                cb.attempts = attempts;
+                (millis(at).to_string(), encode(&cb)?)
+            }
+        };
+        let mut inv = self.inner.scripts.finish_callback.key(&self.inner.stream);
+        inv.arg(b).arg(id).arg(due).arg(js);
+        let _: i64 = inv
+            .invoke_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail("finish callback", &e))?;
+        self.ok(());
+        Ok(())
+    }
+
+    fn counts(&self) -> QueueCounts {
+        self.inner.snapshot.lock().counts
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::Relaxed) && !self.inner.closed.load(Ordering::Relaxed)
+    }
+
+    async fn close(&self) {
+        // Writes are answered as they happen: nothing is buffered. Leases this process holds
+        // stay in its pending entries list and are claimed by another pod after claimIdle
+        // (or by the next process, which has a new consumer name).
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.work.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_the_hash_tag() {
+        // Values from the Redis Cluster specification's reference implementation.
+        assert_eq!(hash_slot("123456789"), 0x31C3);
+        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+        assert_eq!(
+            hash_slot(&format!("{}q", key_base("wxpush", "orders"))),
+            hash_slot(&format!("{}m:01ABC", key_base("wxpush", "orders")))
+        );
+    }
+}

@@ -1,0 +1,311 @@
+//! What the replicas of a channel share so that, towards WeChat, they act as one client: the
+//! access_token (one refresher at a time), the send rate (GCRA), the daily quota, and the
+//! channel-wide pauses (a token quota or a configuration fault seen by one pod holds them all).
+//!
+//! **Why here.** Each pod fetching its own token would, with the classic API, invalidate the
+//! others' tokens (every fetch replaces the previous token), and even with the stable API costs
+//! one fetch per pod against a small daily token quota. Each pod enforcing `rateLimit.perSecond`
+//! on its own would multiply the rate by the number of pods. So these live in Redis, next to the
+//! queue, under the channel's hash tag.
+//!
+//! **What stays per pod**, and why: the circuit breaker (it judges the path from *this* pod to
+//! WeChat; one pod with a bad network must not stop the others), the HTTP connection pool, and
+//! `maxInFlight`.
+//!
+//! Keys (after the base `{<prefix>:<channel>}:`): `token` (hash: `t` token, `exp` and `ref`
+//! expiry and refresh times in Unix ms), `token:lock` (the refresher's lock, `SET NX PX`),
+//! `token:pause` (`<errcode> <errmsg>` while fetching is paused, with the pause as TTL),
+//! `gcra` (the rate limiter's theoretical arrival time, µs), `quota:<beijing day>` (sends
+//! counted today), `quota:spent:<beijing day>` (WeChat said 45009 today).
+//!
+//! When Redis cannot be reached, callers fall back to their per-pod behaviour (a pod fetches its
+//! own token, limits its own rate) and log it: the queue is unreachable too then, so hardly
+//! anything is sent meanwhile.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::{RedisError, Script};
+
+use super::{Conn, RedisStore};
+use crate::calendar::beijing_day;
+
+/// Rate-limit permit scripts: GCRA on Redis's clock, plus the daily quota counted for all pods.
+/// KEYS: gcra, quota counter, quota spent marker. ARGV: interval µs, tolerance µs, daily quota
+/// (0 = none), counter TTL ms. Returns 0 (go), a positive wait in µs, or -1 (quota spent today).
+const PERMIT: &str = r"
+if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
+local quota, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then return allow_at - now end
+if quota > 0 then
+  local used = redis.call('INCR', KEYS[2])
+  if used == 1 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  if used > quota then
+    redis.call('DECR', KEYS[2])
+    return -1
+  end
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
+return 0
+";
+
+/// Drops the token only if it is the one given (compare-and-swap invalidation).
+const DROP_TOKEN: &str = r"
+if redis.call('HGET', KEYS[1], 't') == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+";
+
+/// Releases the refresher's lock only if this pod still holds it.
+const UNLOCK: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// A token as kept in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedToken {
+    /// The token text.
+    pub token: String,
+    /// When it expires (Unix ms).
+    pub expires_ms: u64,
+    /// When a refresh is due (Unix ms).
+    pub refresh_ms: u64,
+}
+
+/// What the rate limiter's script said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Send now.
+    Go,
+    /// Try again after this.
+    Wait(Duration),
+    /// The daily quota is spent (for all pods) until midnight Beijing time.
+    QuotaSpent,
+}
+
+/// The channel's shared client state in Redis. Cheap to clone.
+#[derive(Clone)]
+pub struct SharedClient {
+    conn: Conn,
+    base: String,
+    /// This process's lock owner id.
+    owner: String,
+    permit: Script,
+    drop_token: Script,
+    unlock: Script,
+}
+
+impl std::fmt::Debug for SharedClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl SharedClient {
+    /// The shared state of `store`'s channel, over the store's connection.
+    pub fn new(store: &RedisStore) -> Self {
+        Self {
+            conn: store.connection(),
+            base: store.base().to_string(),
+            owner: ulid::Ulid::new().to_string(),
+            permit: Script::new(PERMIT),
+            drop_token: Script::new(DROP_TOKEN),
+            unlock: Script::new(UNLOCK),
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.base)
+    }
+
+    /// The token in Redis, if any and not expired.
+    pub async fn token(&self) -> Result<Option<SharedToken>, RedisError> {
+        let (t, exp, refresh): (Option<String>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(self.key("token"))
+            .arg("t")
+            .arg("exp")
+            .arg("ref")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let now = unix_ms(SystemTime::now());
+        Ok(match (t, exp, refresh) {
+            (Some(token), Some(expires_ms), Some(refresh_ms)) if expires_ms > now => {
+                Some(SharedToken {
+                    token,
+                    expires_ms,
+                    refresh_ms,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// Publishes a freshly fetched token to every pod.
+    pub async fn put_token(
+        &self,
+        token: &str,
+        expires_in: Duration,
+        refresh_in: Duration,
+    ) -> Result<(), RedisError> {
+        let now = SystemTime::now();
+        let key = self.key("token");
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("DEL")
+            .arg(&key)
+            .ignore()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("t")
+            .arg(token)
+            .arg("exp")
+            .arg(unix_ms(now + expires_in))
+            .arg("ref")
+            .arg(unix_ms(now + refresh_in))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(
+                u64::try_from(expires_in.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1),
+            )
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await
+    }
+
+    /// Drops `token` from Redis if it is still the shared one; returns whether it was.
+    pub async fn drop_token(&self, token: &str) -> Result<bool, RedisError> {
+        let n: i64 = self
+            .drop_token
+            .key(self.key("token"))
+            .arg(token)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Tries to become the channel's one refresher for `ttl`.
+    pub async fn try_lock(&self, ttl: Duration) -> Result<bool, RedisError> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(self.key("token:lock"))
+            .arg(&self.owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Gives the refresher's lock back (only if still ours).
+    pub async fn unlock(&self) -> Result<(), RedisError> {
+        let _: i64 = self
+            .unlock
+            .key(self.key("token:lock"))
+            .arg(&self.owner)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// The channel-wide token pause (`errcode`, `errmsg`), if one is on.
+    pub async fn pause(&self) -> Result<Option<(i64, String)>, RedisError> {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(self.key("token:pause"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(v.and_then(|v| {
+            let (code, msg) = v.split_once(' ').unwrap_or((v.as_str(), ""));
+            code.parse().ok().map(|c| (c, msg.to_string()))
+        }))
+    }
+
+    /// Pauses token fetching for every pod for `wait`.
+    pub async fn set_pause(&self, code: i64, msg: &str, wait: Duration) -> Result<(), RedisError> {
+        redis::cmd("SET")
+            .arg(self.key("token:pause"))
+            .arg(format!("{code} {msg}"))
+            .arg("PX")
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+    }
+
+    fn quota_keys(&self, now: SystemTime) -> (String, String) {
+        let day = beijing_day(now);
+        (
+            self.key(&format!("quota:{day}")),
+            self.key(&format!("quota:spent:{day}")),
+        )
+    }
+
+    /// One permit from the shared GCRA limiter (`per_second`, `burst`) and the shared daily
+    /// quota (`daily_quota`, 0 = none).
+    pub async fn permit(
+        &self,
+        per_second: u32,
+        burst: u32,
+        daily_quota: u64,
+    ) -> Result<Permit, RedisError> {
+        let interval = 1_000_000 / u64::from(per_second.max(1));
+        let tolerance = interval * u64::from(burst.max(1).saturating_sub(1));
+        let (quota, spent) = self.quota_keys(SystemTime::now());
+        let r: i64 = self
+            .permit
+            .key(self.key("gcra"))
+            .key(quota)
+            .key(spent)
+            .arg(interval.max(1))
+            .arg(tolerance)
+            .arg(daily_quota)
+            .arg(2 * 86_400_000u64)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(match r {
+            0 => Permit::Go,
+            r if r < 0 => Permit::QuotaSpent,
+            r => Permit::Wait(Duration::from_micros(r.unsigned_abs())),
+        })
+    }
+
+    /// Returns a send WeChat did not count to today's shared quota.
+    pub async fn give_back_daily(&self) -> Result<(), RedisError> {
+        let (quota, _) = self.quota_keys(SystemTime::now());
+        let _: i64 = redis::cmd("DECR")
+            .arg(quota)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// WeChat said 45009: every pod holds its sends until `until` (midnight Beijing time).
+    pub async fn exhaust_daily(&self, until: SystemTime) -> Result<(), RedisError> {
+        let now = SystemTime::now();
+        let (_, spent) = self.quota_keys(now);
+        let wait = until.duration_since(now).unwrap_or_default();
+        redis::cmd("SET")
+            .arg(spent)
+            .arg(1)
+            .arg("PX")
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+    }
+}
