@@ -1,6 +1,6 @@
 //! The `PushChannel` custom resource (`wxpush.io/v1alpha1`).
 //!
-//! Its policy sections are the pusher's own [`wxpush_pusher::policy`] types, so the CRD and the
+//! Its policy sections are the pusher's own [`crate::policy`] types, so the CRD and the
 //! pusher's config file cannot drift apart. `crds/pushchannel.yaml` is generated from these types
 //! by `crdgen` ([`crd_yaml`]); a test fails when the committed file differs.
 
