@@ -36,7 +36,7 @@ work=$(mktemp -d)
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -61,7 +61,7 @@ PY
 delivered() { curl -sf "$SB/__stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["delivered_unique"])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-start_pusher() { # dir queue-json -> prints base URL
+start_pusher() { # dir queue-json; writes dir/base and dir/pid
   local dir=$1 queue=$2
   cat >"$dir/pusher.yaml" <<YAML
 listen: 127.0.0.1:0
@@ -75,12 +75,13 @@ rateLimit: {perSecond: 1000000, burst: 1000000, dailyQuota: 0}
 YAML
   RUST_LOG=${RUST_LOG:-warn} "$BIN/wxpush-pusher" serve --config "$dir/pusher.yaml" >"$dir/out" 2>"$dir/err" &
   PIDS+=($!)
+  echo $! >"$dir/pid"
   for _ in $(seq 200); do [[ -s "$dir/out" ]] && break; sleep 0.05; done
   local base
   base=$(sed -n 's/^wxpush-pusher listening on //p' "$dir/out" | head -1)
   [[ -n "$base" ]] || { echo "a pusher did not start:" >&2; cat "$dir/err" >&2; exit 1; }
   for _ in $(seq 200); do curl -sf "$base/readyz" >/dev/null && break; sleep 0.05; done
-  echo "$base"
+  echo "$base" >"$dir/base"
 }
 
 declare -a RESULTS
@@ -101,7 +102,8 @@ for setup in $SETUPS; do
   for i in $(seq "$pods"); do
     mkdir -p "$run/p$i"
     [[ "$kind" == embedded ]] && queue="{embedded: {path: \"$run/p$i/queue\"}}"
-    bases+=("$(start_pusher "$run/p$i" "$queue")")
+    start_pusher "$run/p$i" "$queue"
+    bases+=("$(cat "$run/p$i/base")")
   done
   curl -sf -X POST "$SB/__reset" >/dev/null
   requests=$((COUNT / BATCH))
@@ -123,7 +125,7 @@ for setup in $SETUPS; do
   echo "${RESULTS[-1]}" >&2
   # Stop this setup's pushers and redis before the next one.
   for p in "${PIDS[@]:1}"; do kill "$p" 2>/dev/null || true; done
-  wait "${PIDS[@]:1}" 2>/dev/null || true
+  for p in "${PIDS[@]:1}"; do wait "$p" 2>/dev/null || true; done
   PIDS=("${PIDS[0]}")
 done
 
