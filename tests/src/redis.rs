@@ -76,6 +76,42 @@ impl RedisServer {
         s
     }
 
+    /// Starts a server with extra arguments (e.g. `--requirepass`), AOF on, in a new temp
+    /// folder. Readiness is awaited with an unauthenticated `PING`, which answers `-NOAUTH`
+    /// when a password is set: only the server's listening is awaited then.
+    pub async fn start_with(extra: &[&str]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let port = free_port();
+        let mut cmd = Command::new(redis_server());
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .args(extra)
+            .stdout(Stdio::null());
+        let guard = ChildGuard::spawn("redis-server", cmd);
+        crate::wait_for_port(
+            std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(15),
+        )
+        .await;
+        Self {
+            guard,
+            port,
+            dir,
+            extra: extra.iter().map(|s| (*s).to_string()).collect(),
+            _tmp: Some(tmp),
+        }
+    }
+
     async fn spawn(dir: &Path, port: u16, extra: Vec<String>) -> Self {
         let mut cmd = Command::new(redis_server());
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
 use wxpush_sandbox::StatsSnapshot;
-use wxpush_tests::pusher::{Api, PusherProc, config, ids_of, tempdir, template};
+use wxpush_tests::pusher::{Api, PusherProc, config, ids_of, metric_value, tempdir, template};
 use wxpush_tests::redis::{RedisCluster, RedisServer};
 use wxpush_tests::sandbox::{self, WxClient};
 use wxpush_tests::wait_for;
@@ -224,6 +224,21 @@ async fn three_pods(url: &str) {
             "{rate:.0} sends/s over 5 s with perSecond 500"
         );
     }
+    // The gauges come from Redis (cached, refreshed every second): drained, Redis up.
+    let api = apis[0].clone();
+    wait_for("queue gauges drained", Duration::from_secs(15), || {
+        let api = api.clone();
+        async move {
+            let m = api.metrics().await;
+            let v = |name: &str, labels: &[(&str, &str)]| metric_value(&m, name, labels);
+            (v("wxpush_redis_up", &[]) == 1.0
+                && v("wxpush_queue_messages", &[("state", "ready")]) == 0.0
+                && v("wxpush_queue_messages", &[("state", "inflight")]) == 0.0
+                && v("wxpush_queue_group_lag", &[]) == 0.0)
+                .then_some(())
+        }
+    })
+    .await;
     // Every id reads back as delivered from any pod (the status lives in Redis).
     for (j, id) in ids.iter().enumerate().step_by((n / 50).max(1)) {
         let (status, v) = apis[(j + 1) % 3].status(id).await;

@@ -60,3 +60,66 @@ mod redis_cluster {
 
     wxpush_pusher::store_contract!(wxpush_pusher::store::contract::Redis::new(&url(), true));
 }
+
+mod auth {
+    use std::time::Duration;
+
+    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
+    use wxpush_pusher::store::{Store, StoreError};
+    use wxpush_tests::redis::RedisServer;
+
+    fn options(url: String) -> RedisOptions {
+        RedisOptions {
+            url,
+            cluster: false,
+            key_prefix: "auth".into(),
+            channel: "c".into(),
+            consumer_group: "pushers".into(),
+            consumer: "auth-test".into(),
+            claim_idle: Duration::from_secs(1),
+            max_messages: 10,
+            retention: Duration::from_secs(60),
+            default_callback: false,
+            min_replicas_acked: 0,
+        }
+    }
+
+    /// An ACL user and password come from the URL; a wrong password is named in one line that
+    /// never shows it; an unreachable server is named the same way.
+    #[tokio::test]
+    async fn acl_user_from_the_url_and_errors_without_the_password() {
+        let server = RedisServer::start_with(&[
+            "--user",
+            "pusher",
+            "on",
+            ">s3cret-pass",
+            "~*",
+            "&*",
+            "+@all",
+            "--user",
+            "default",
+            "off",
+        ])
+        .await;
+        let good = format!("redis://pusher:s3cret-pass@127.0.0.1:{}/0", server.port);
+        let store = RedisStore::connect(options(good)).await.expect("connects");
+        assert!(store.is_healthy());
+        let bad = format!("redis://pusher:wrong-pass@127.0.0.1:{}/0", server.port);
+        let err = RedisStore::connect(options(bad))
+            .await
+            .expect_err("refused");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Storage(_)));
+        assert!(!text.contains("wrong-pass"), "{text}");
+        assert!(text.contains("redis://pusher:****@127.0.0.1"), "{text}");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        let port = wxpush_tests::free_port();
+        let gone = format!("redis://pusher:s3cret-pass@127.0.0.1:{port}");
+        let err = RedisStore::connect(options(gone))
+            .await
+            .expect_err("unreachable");
+        let text = err.to_string();
+        assert!(!text.contains("s3cret-pass"), "{text}");
+        assert!(text.contains("cannot connect to Redis at"), "{text}");
+    }
+}
