@@ -24,7 +24,11 @@ pub const DEFAULT_TOLERANCE: f64 = 0.1;
 /// One metric's proposal: `ceil(current × value / target)`, or `current` within the tolerance
 /// (and for a target that is not a positive number, or a value that is not a number).
 pub fn replicas_for(current: u32, value_per_pod: f64, target_per_pod: f64, tolerance: f64) -> u32 {
-    if !(target_per_pod > 0.0) || !value_per_pod.is_finite() || value_per_pod < 0.0 {
+    if target_per_pod.is_nan()
+        || target_per_pod <= 0.0
+        || !value_per_pod.is_finite()
+        || value_per_pod < 0.0
+    {
         return current;
     }
     let ratio = value_per_pod / target_per_pod;
