@@ -221,12 +221,21 @@ pub struct KedaSettings {
     /// `http://prometheus-operated.monitoring.svc:9090`.
     #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
     pub prometheus_server_address: String,
+    /// Name of a KEDA `TriggerAuthentication` in the channel's namespace that gives the
+    /// `redis-streams` trigger the Redis `address` (`host:port`) and, when needed, `password`
+    /// (and `tls`) from keys of your own Secret. When set, the ScaledObject gets a third signal:
+    /// the lag of the pushers' consumer group on the channel's stream (`queue.redis`). The
+    /// operator copies no Secret: KEDA reads it through this reference.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub redis_authentication_ref: Option<String>,
 }
 
 impl Default for KedaSettings {
     fn default() -> Self {
         Self {
             prometheus_server_address: DEFAULT_PROMETHEUS_ADDRESS.into(),
+            redis_authentication_ref: None,
         }
     }
 }

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use crate::crd::PushChannel;
-use crate::reconcile::build::{MANAGED_BY, keda_api_resource};
+use crate::reconcile::build::{MANAGED_BY, keda_api_resource, pod_monitor_api_resource};
 use crate::reconcile::dereference::referenced_keys;
 use crate::reconcile::{Context, error_policy, reconcile};
 
@@ -68,6 +68,15 @@ pub async fn keda_available(client: &Client) -> bool {
         .list_api_group_resources("keda.sh/v1alpha1")
         .await
         .is_ok_and(|l| l.resources.iter().any(|r| r.name == "scaledobjects"))
+}
+
+/// Whether prometheus-operator's `PodMonitor` is served (then every channel gets one, and the
+/// operator watches them), found through API discovery like KEDA.
+pub async fn pod_monitors_available(client: &Client) -> bool {
+    client
+        .list_api_group_resources("monitoring.coreos.com/v1")
+        .await
+        .is_ok_and(|l| l.resources.iter().any(|r| r.name == "podmonitors"))
 }
 
 /// The PushChannels (from the controller's cache) that reference Secret `namespace/name`.
@@ -131,6 +140,19 @@ pub async fn run(
         };
         controller = controller.owns_stream_with(
             watcher(so_api, owned.clone())
+                .default_backoff()
+                .touched_objects(),
+            ar,
+        );
+    }
+    if ctx.settings.pod_monitors_available {
+        let ar = pod_monitor_api_resource();
+        let pm_api: Api<PartialObjectMeta<DynamicObject>> = match ns {
+            Some(n) => Api::namespaced_with(client.clone(), n, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_stream_with(
+            watcher(pm_api, owned.clone())
                 .default_backoff()
                 .touched_objects(),
             ar,

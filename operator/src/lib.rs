@@ -5,8 +5,10 @@
 //! - [`controller`]: the watches that drive it.
 //! - [`leader`]: leader election through a `coordination.k8s.io/v1` Lease.
 //! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`hpa`]: the HPA's replica calculation (pure; for tests of the metric pipeline).
 
 pub mod controller;
+pub mod hpa;
 pub use wxpush_api::crd;
 pub mod leader;
 pub mod metrics;

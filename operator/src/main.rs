@@ -126,8 +126,10 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         .context("cannot configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
     controller::check_crd(&client, args.namespace.as_deref()).await?;
     let keda = controller::keda_available(&client).await;
+    let pod_monitors = controller::pod_monitors_available(&client).await;
     info!(
         keda,
+        pod_monitors,
         namespace = args.namespace.as_deref().unwrap_or("<all>"),
         "starting"
     );
@@ -168,6 +170,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         backoff_base: args.backoff_base.get(),
         backoff_max: args.backoff_max.get(),
         keda_available: keda,
+        pod_monitors_available: pod_monitors,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -269,3 +269,130 @@ fn no_secret_value_or_inline_credential_is_written() {
         assert!(!cm.contains("redis://"), "the Redis URL is a mounted file");
     }
 }
+
+/// The PodMonitor (applied where `monitoring.coreos.com/v1` is served) selects exactly the
+/// channel's pods, scrapes the container's named metrics port, and relabels to the labels the
+/// chart's adapter rules and the KEDA queries select on.
+#[test]
+fn pod_monitor_scrapes_the_named_metrics_port_with_the_adapter_labels() {
+    let d = build_all(&example("pushchannel-full.yaml"));
+    let pm = serde_json::to_value(&d.pod_monitor).expect("json");
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pm["kind"], "PodMonitor");
+    assert_eq!(pm["metadata"]["name"], "payment-notify-pusher");
+    assert_eq!(pm["metadata"]["ownerReferences"][0]["kind"], "PushChannel");
+    assert_eq!(pm["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        pm["metadata"]["labels"]["app.kubernetes.io/managed-by"], "wxpush-operator",
+        "the operator's owned-object watch selects on this label"
+    );
+
+    // The selector matches the pod template's labels, and only the Deployment's own selector.
+    let dep = serde_json::to_value(&d.deployment).expect("json");
+    let pod_labels = &dep["spec"]["template"]["metadata"]["labels"];
+    let selector = pm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    assert_eq!(
+        &serde_json::Value::Object(selector.clone()),
+        &dep["spec"]["selector"]["matchLabels"]
+    );
+    for (k, v) in selector {
+        assert_eq!(&pod_labels[k], v, "pod label {k}");
+    }
+    assert_eq!(pm["spec"]["namespaceSelector"]["matchNames"][0], "shop");
+
+    // The endpoint names a port the container declares, and it is the metrics port.
+    let endpoint = &pm["spec"]["podMetricsEndpoints"][0];
+    let ports = dep["spec"]["template"]["spec"]["containers"][0]["ports"]
+        .as_array()
+        .expect("ports");
+    let port = ports
+        .iter()
+        .find(|p| p["name"] == endpoint["port"])
+        .expect("the PodMonitor's port is a named container port");
+    assert_eq!(
+        port["containerPort"],
+        i64::from(wxpush_operator::reconcile::build::METRICS_PORT)
+    );
+    assert_eq!(endpoint["path"], "/metrics");
+    assert_eq!(endpoint["honorLabels"], true);
+
+    // Relabelling: namespace and pod from the pod's metadata, channel from its label, whose
+    // value on the pod template is the channel's name.
+    let targets: Vec<(&str, &str)> = endpoint["relabelings"]
+        .as_array()
+        .expect("relabelings")
+        .iter()
+        .map(|r| {
+            (
+                r["sourceLabels"][0].as_str().expect("source"),
+                r["targetLabel"].as_str().expect("target"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("__meta_kubernetes_namespace", "namespace"),
+            ("__meta_kubernetes_pod_name", "pod"),
+            ("__meta_kubernetes_pod_label_wxpush_io_channel", "channel"),
+        ]
+    );
+    assert_eq!(pod_labels["wxpush.io/channel"], "payment-notify");
+    check_golden("full-podmonitor", &[pm]);
+}
+
+/// With KEDA, a `queue.redis` and a TriggerAuthentication named, the ScaledObject gains the
+/// `redis-streams` lag trigger on the pushers' stream and consumer group; without the
+/// reference it keeps the three triggers it had.
+#[test]
+fn keda_adds_the_redis_streams_lag_trigger() {
+    let mut pc = example("pushchannel-full.yaml");
+    pc.spec.autoscaling.provider = AutoscalingProvider::Keda;
+    pc.spec.autoscaling.keda.redis_authentication_ref = Some("payment-notify-redis".into());
+    let d = build_all(&pc);
+    let Some(Autoscaler::Keda(so)) = &d.autoscaler else {
+        panic!("a ScaledObject")
+    };
+    let so = serde_json::to_value(so).expect("json");
+    let triggers = so["spec"]["triggers"].as_array().expect("triggers");
+    let types: Vec<&str> = triggers
+        .iter()
+        .map(|t| t["type"].as_str().expect("type"))
+        .collect();
+    assert_eq!(types, ["prometheus", "prometheus", "cpu", "redis-streams"]);
+    let redis = &triggers[3];
+    assert_eq!(redis["name"], "stream-lag");
+    assert_eq!(redis["metadata"]["stream"], "{wxpush:payment-notify}:q");
+    assert_eq!(redis["metadata"]["consumerGroup"], "pushers");
+    assert_eq!(
+        redis["metadata"]["lagCount"],
+        pc.spec.autoscaling.target_backlog_per_pod.to_string()
+    );
+    assert_eq!(redis["authenticationRef"]["name"], "payment-notify-redis");
+    // No address, password or URL in the object: KEDA reads them through the reference.
+    let text = so.to_string();
+    for absent in ["address", "password", "redis://"] {
+        assert!(!text.contains(absent), "{absent} must not be written");
+    }
+    // Every trigger's threshold is a string, as KEDA's CRD requires.
+    for t in triggers {
+        for (k, v) in t["metadata"].as_object().expect("metadata") {
+            assert!(v.is_string(), "{k} of {} is a string", t["name"]);
+        }
+    }
+
+    // A Redis Cluster gets the cluster variant, same stream and group.
+    pc.spec.queue.redis.as_mut().expect("redis").cluster = true;
+    let d = build_all(&pc);
+    let Some(Autoscaler::Keda(so)) = &d.autoscaler else {
+        panic!("a ScaledObject")
+    };
+    let so = serde_json::to_value(so).expect("json");
+    assert_eq!(so["spec"]["triggers"][3]["type"], "redis-cluster-streams");
+    assert_eq!(
+        so["spec"]["triggers"][3]["metadata"]["stream"],
+        "{wxpush:payment-notify}:q"
+    );
+}

@@ -33,7 +33,7 @@ def kubeconfig(url: str, namespace: str) -> dict:
 
 async def serve(args: argparse.Namespace) -> None:
     api = ApiServer(bookmark_interval=args.bookmark_interval, history_limit=args.history,
-                    log_requests=args.log_requests)
+                    log_requests=args.log_requests, request_log=args.request_log)
     api.resources.load_bundled()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -66,6 +66,7 @@ def main() -> None:
     parser.add_argument('--history', type=int, default=100_000,
                         help='events kept for watches resuming from a resourceVersion (older: 410 Gone)')
     parser.add_argument('--log-requests', action='store_true', help='log every request to stderr')
+    parser.add_argument('--request-log', help='append every request as a JSON line to this file')
     parser.add_argument('--exit-on-stdin-eof', action='store_true')
     asyncio.run(serve(parser.parse_args()))
 

@@ -208,6 +208,7 @@ class ApiServer(kmock.KubernetesEmulator):
     bookmark_interval: float = 5.0  # seconds between BOOKMARK events on idle watches
     history_limit: int = 100_000  # events kept for watches that resume from a resourceVersion
     log_requests: bool = False
+    request_log: str | None = None  # append one JSON line per request (method, path, query, agent, status)
 
     _rv: int = attrs.field(default=0, init=False)
     _store: dict[GroupResource, dict[ObjKey, dict[str, Any]]] = attrs.field(factory=dict, init=False)
@@ -242,6 +243,13 @@ class ApiServer(kmock.KubernetesEmulator):
         if self.log_requests:
             print(f'kube-emulator: {request.method.value} {request.url.path_qs} -> {response.status}',
                   file=sys.stderr, flush=True)
+        if self.request_log:
+            raw = request._raw_request
+            line = {'method': request.method.value, 'path': request.url.path,
+                    'query': dict(request.params), 'status': response.status,
+                    'agent': raw.headers.get('User-Agent', '') if raw is not None else ''}
+            with open(self.request_log, 'a', encoding='utf-8') as f:
+                f.write(json.dumps(line) + '\n')
         return response
 
     async def _serve(self, request: kmock.Request, route: Route) -> aiohttp.web.StreamResponse:

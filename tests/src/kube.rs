@@ -56,6 +56,8 @@ impl KubeEmulator {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .arg("--exit-on-stdin-eof")
+            .arg("--request-log")
+            .arg(dir.path().join("requests.jsonl"))
             .env("PYTHONPATH", workspace_root().join("tests"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -129,6 +131,16 @@ impl KubeEmulator {
     /// The emulator's process id.
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Every request served so far, oldest first: one JSON object per request with `method`,
+    /// `path`, `query` (an object), `agent` (the User-Agent) and `status`.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(self.dir.path().join("requests.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 }
 

@@ -88,10 +88,11 @@ per watched namespace.
   verbs: [list, watch, create, patch, delete]
 {{- end }}
 {{- if .Values.rbac.podMonitors }}
-# PodMonitors for the pushers, when monitoring.coreos.com is served.
+# PodMonitors for the pushers, when monitoring.coreos.com is served (applied, watched; never
+# deleted by the operator: garbage collection follows their owner reference).
 - apiGroups: [monitoring.coreos.com]
   resources: [podmonitors]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [list, watch, create, patch]
 {{- end }}
 # Referenced Secrets: get to check that the named keys exist (values are dropped at once and
 # never logged or written); list/watch of metadata only, to react to rotation.

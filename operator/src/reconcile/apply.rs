@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::Error;
-use super::build::{Autoscaler, Desired, child_name, keda_api_resource};
+use super::build::{Autoscaler, Desired, child_name, keda_api_resource, pod_monitor_api_resource};
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "wxpush-operator";
@@ -122,11 +122,13 @@ async fn hand_over_replicas(api: &Api<Deployment>, name: &str) -> Result<(), Err
     Ok(())
 }
 
-/// Which stale autoscalers to look for and delete.
+/// Which optional APIs are served, and which stale autoscalers to look for and delete.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Prune {
     /// KEDA's CRD is served, so a ScaledObject may exist.
     pub keda_available: bool,
+    /// prometheus-operator's `monitoring.coreos.com/v1` PodMonitor is served: apply one.
+    pub pod_monitors_available: bool,
     /// The last status already said autoscaling was off (so nothing is left to delete).
     pub autoscalers_gone: bool,
 }
@@ -178,6 +180,15 @@ pub async fn apply_all(
         &desired.disruption_budget,
     )
     .await?;
+    if prune.pod_monitors_available {
+        let ar = pod_monitor_api_resource();
+        apply(
+            &Api::<DynamicObject>::namespaced_with(ns(client), namespace, &ar),
+            "PodMonitor",
+            &desired.pod_monitor,
+        )
+        .await?;
+    }
 
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ns(client), namespace);
     let keda: ApiResource = keda_api_resource();

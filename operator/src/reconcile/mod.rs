@@ -39,6 +39,8 @@ pub struct Settings {
     pub backoff_max: Duration,
     /// KEDA's ScaledObject CRD is served.
     pub keda_available: bool,
+    /// prometheus-operator's PodMonitor CRD is served (then each channel gets a PodMonitor).
+    pub pod_monitors_available: bool,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             keda_available: false,
+            pod_monitors_available: false,
         }
     }
 }
@@ -269,6 +272,7 @@ async fn run(pc: &PushChannel, ctx: &Context) -> Result<(&'static str, Action), 
     obs.config_hash = Some(desired.config_hash.clone());
     let prune = Prune {
         keda_available: ctx.settings.keda_available,
+        pod_monitors_available: ctx.settings.pod_monitors_available,
         autoscalers_gone: pc.status.as_ref().is_some_and(|s| {
             s.conditions.iter().any(|c| {
                 c.type_ == status::types::AUTOSCALING_ACTIVE && c.reason == status::REASON_DISABLED

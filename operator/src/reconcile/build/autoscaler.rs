@@ -100,8 +100,21 @@ pub fn hpa(input: &BuildInput<'_>, name: &str, namespace: &str) -> HorizontalPod
     }
 }
 
+/// The Redis stream and consumer group a channel's pushers share: the stream
+/// `{<keyPrefix>:<channel>}:q` and the group `queue.redis.consumerGroup`, as the pusher's Redis
+/// store names them (`pusher/src/store/redis/mod.rs`: `key_base` and the `q` stream).
+pub fn redis_stream(key_prefix: &str, channel: &str) -> String {
+    format!("{{{key_prefix}:{channel}}}:q")
+}
+
 /// `NAME-pusher`: a KEDA ScaledObject with Prometheus triggers on the same metrics as the HPA,
 /// and a CPU trigger. KEDA creates and owns its own HPA (`keda-hpa-NAME-pusher`).
+///
+/// With `autoscaling.keda.redisAuthenticationRef` and a `queue.redis`, a fourth trigger reads
+/// the backlog straight from Redis: `redis-streams` (`redis-cluster-streams` for a cluster) on
+/// the channel's stream and consumer group, `lagCount` = `targetBacklogPerPod` (the group's
+/// `lag`, entries not yet delivered to any pusher: Redis 7 or later). The address and password
+/// come from the named TriggerAuthentication, so the operator copies no Secret.
 pub fn scaled_object(input: &BuildInput<'_>, name: &str, namespace: &str) -> DynamicObject {
     let a = &input.channel.spec.autoscaling;
     let server = &a.keda.prometheus_server_address;
@@ -109,6 +122,51 @@ pub fn scaled_object(input: &BuildInput<'_>, name: &str, namespace: &str) -> Dyn
     let mut advanced = json!({"restoreToOriginalReplicaCount": false});
     if let Some(behavior) = &a.behavior {
         advanced["horizontalPodAutoscalerConfig"] = json!({"behavior": behavior});
+    }
+    let mut triggers = vec![
+        json!({
+            "type": "prometheus",
+            "name": "inflight",
+            "metricType": "AverageValue",
+            "metadata": {
+                "serverAddress": server,
+                "query": format!("sum(wxpush_inflight_requests{{{selector}}})"),
+                "threshold": a.target_inflight_per_pod.to_string(),
+            },
+        }),
+        json!({
+            "type": "prometheus",
+            "name": "backlog",
+            "metricType": "AverageValue",
+            "metadata": {
+                "serverAddress": server,
+                // Every replica reports the shared stream's backlog: take one, not the sum.
+                "query": format!(r#"max(wxpush_queue_messages{{{selector},state="ready"}})"#),
+                "threshold": a.target_backlog_per_pod.to_string(),
+            },
+        }),
+        json!({
+            "type": "cpu",
+            "name": "cpu",
+            "metricType": "Utilization",
+            "metadata": {"value": a.target_cpu_utilization.to_string()},
+        }),
+    ];
+    if let (Some(redis), Some(auth)) = (
+        &input.channel.spec.queue.redis,
+        &a.keda.redis_authentication_ref,
+    ) {
+        triggers.push(json!({
+            "type": if redis.cluster { "redis-cluster-streams" } else { "redis-streams" },
+            "name": "stream-lag",
+            "metricType": "AverageValue",
+            "authenticationRef": {"name": auth},
+            "metadata": {
+                "stream": redis_stream(&redis.key_prefix, name),
+                "consumerGroup": redis.consumer_group,
+                "lagCount": a.target_backlog_per_pod.to_string(),
+            },
+        }));
     }
     let mut obj = DynamicObject::new(&child_name(name), &keda_api_resource());
     obj.metadata = meta(input, child_name(name), namespace, name);
@@ -118,35 +176,7 @@ pub fn scaled_object(input: &BuildInput<'_>, name: &str, namespace: &str) -> Dyn
             "minReplicaCount": a.min_replicas,
             "maxReplicaCount": a.max_replicas,
             "advanced": advanced,
-            "triggers": [
-                {
-                    "type": "prometheus",
-                    "name": "inflight",
-                    "metricType": "AverageValue",
-                    "metadata": {
-                        "serverAddress": server,
-                        "query": format!("sum(wxpush_inflight_requests{{{selector}}})"),
-                        "threshold": a.target_inflight_per_pod.to_string(),
-                    },
-                },
-                {
-                    "type": "prometheus",
-                    "name": "backlog",
-                    "metricType": "AverageValue",
-                    "metadata": {
-                        "serverAddress": server,
-                        // Every replica reports the shared stream's backlog: take one, not the sum.
-                        "query": format!(r#"max(wxpush_queue_messages{{{selector},state="ready"}})"#),
-                        "threshold": a.target_backlog_per_pod.to_string(),
-                    },
-                },
-                {
-                    "type": "cpu",
-                    "name": "cpu",
-                    "metricType": "Utilization",
-                    "metadata": {"value": a.target_cpu_utilization.to_string()},
-                },
-            ],
+            "triggers": triggers,
         }
     });
     obj

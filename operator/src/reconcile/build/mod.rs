@@ -3,6 +3,7 @@
 
 mod autoscaler;
 mod config;
+mod monitoring;
 mod network;
 mod workload;
 
@@ -18,8 +19,11 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::{AutoscalingProvider, PushChannel};
 
-pub use autoscaler::{keda_api_resource, scaled_object};
+pub use autoscaler::{keda_api_resource, redis_stream, scaled_object};
 pub use config::{CONFIG_FILE, config_map, pusher_config};
+pub use monitoring::{
+    METRICS_PORT_NAME, SCRAPE_INTERVAL, pod_monitor, pod_monitor_api_resource, relabelings,
+};
 pub use workload::{HTTP_PORT, METRICS_PORT};
 
 /// The label every child carries, and the one the operator's watches select on.
@@ -68,6 +72,9 @@ pub struct Desired {
     pub disruption_budget: PodDisruptionBudget,
     /// When `autoscaling.enabled`.
     pub autoscaler: Option<Autoscaler>,
+    /// `NAME-pusher`: a prometheus-operator PodMonitor, applied only where
+    /// `monitoring.coreos.com/v1` is served.
+    pub pod_monitor: DynamicObject,
     /// Hash of the config file and the Secrets' versions (the pod-template annotation).
     pub config_hash: String,
 }
@@ -155,6 +162,7 @@ pub fn build(input: &BuildInput<'_>) -> Result<Desired, BuildError> {
         deployment: workload::deployment(input, name, namespace, &config_hash),
         service: network::service(input, name, namespace),
         disruption_budget: network::disruption_budget(input, name, namespace),
+        pod_monitor: pod_monitor(input, name, namespace),
         config_map,
         autoscaler,
         config_hash,

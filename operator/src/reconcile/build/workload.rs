@@ -275,7 +275,7 @@ pub fn deployment(
                 ..ContainerPort::default()
             },
             ContainerPort {
-                name: Some("metrics".into()),
+                name: Some(super::monitoring::METRICS_PORT_NAME.into()),
                 container_port: i32::from(METRICS_PORT),
                 protocol: Some("TCP".into()),
                 ..ContainerPort::default()
