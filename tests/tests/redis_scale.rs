@@ -72,8 +72,12 @@ impl Sampler {
             let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
             tokio::spawn(async move {
                 loop {
+                    // Stamped at the middle of the request: the counters were read then, give
+                    // or take half the request's time.
+                    let before = Instant::now();
                     let s = wx.stats().await;
-                    samples.lock().await.push((Instant::now(), sends_ok(&s)));
+                    let at = before + before.elapsed() / 2;
+                    samples.lock().await.push((at, sends_ok(&s)));
                     tokio::select! {
                         () = stop.notified() => return,
                         () = tokio::time::sleep(Duration::from_millis(250)) => {}
