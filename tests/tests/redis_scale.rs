@@ -513,3 +513,43 @@ async fn a_45009_on_one_pod_holds_every_pod() {
     );
     assert_eq!(sends_ok(&s), 3, "nothing was delivered after the 45009");
 }
+
+/// WeChat invalidating the token now and then (the sandbox's `token_invalidate_every`): the
+/// three pods fetch one new token per invalidation between them, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidated_tokens_are_refreshed_once_for_all_pods() {
+    let n = 3000;
+    let redis = RedisServer::start().await;
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    let extra = json!({"rateLimit": {"perSecond": 1500, "burst": 100, "dailyQuota": 0}});
+    let pods = start_pods(3, &sb_url, &redis.url(), &extra).await;
+    let apis: Vec<Api> = pods.pods.iter().map(|p| p.api.clone()).collect();
+    let (status, v) = wx
+        .put_faults(&json!({"token_invalidate_every": "400ms"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let msgs: Vec<Value> = (0..n).map(|i| template(&format!("inv-{i}"))).collect();
+    for (j, chunk) in msgs.chunks(100).enumerate() {
+        let ids = apis[j % 3].batch_ids(chunk).await;
+        assert_eq!(ids.len(), chunk.len());
+    }
+    let s = wait_unique(&wx, n as u64, Duration::from_secs(90)).await;
+    let (status, v) = wx.put_faults(&json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let forced = s.faults.get("token_invalidations").copied().unwrap_or(0);
+    let t = &s.token_calls;
+    let calls = t.classic + t.stable;
+    println!(
+        "{n} delivered; {forced} forced invalidations; token calls {t:?}; 40001 answers {}",
+        invalidations(&s)
+    );
+    assert_eq!(s.delivered_unique, n as u64);
+    // One fetch per invalidation for all pods (a `force_refresh` when the stable API still
+    // hands out the refused token counts as part of that fetch), plus the first.
+    assert!(
+        calls - t.stable_force_refresh <= forced + 1,
+        "{calls} token calls ({} forced refreshes) for {forced} invalidations across 3 pods",
+        t.stable_force_refresh
+    );
+}
