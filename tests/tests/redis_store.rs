@@ -123,3 +123,53 @@ mod auth {
         assert!(text.contains("cannot connect to Redis at"), "{text}");
     }
 }
+
+mod tls {
+    use std::process::Command;
+
+    use wxpush_tests::binary;
+    use wxpush_tests::redis::RedisServer;
+
+    /// `rediss://` works, with the server's certificate verified against the roots of the
+    /// system (here `SSL_CERT_FILE`, which names the test's CA): the
+    /// pusher's `check-config` connects over TLS and sends `PING`. Without that root it refuses
+    /// in one line.
+    #[tokio::test]
+    async fn rediss_urls_speak_tls_with_verified_certificates() {
+        let server = RedisServer::start_tls().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("pusher.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:0\nchannel: tls\napiBaseUrl: http://127.0.0.1:1\n\
+                 credentials: {{appId: wx1, appSecret: s}}\nauth: {{token: 0123456789abcdef0123}}\n\
+                 queue: {{redis: {{url: \"rediss://127.0.0.1:{}/0\"}}}}\n",
+                server.port
+            ),
+        )
+        .expect("config");
+        let check = |cert: Option<&std::path::Path>| {
+            let mut cmd = Command::new(binary("wxpush-pusher"));
+            cmd.args(["check-config", "--config"]).arg(&config);
+            match cert {
+                Some(c) => cmd.env("SSL_CERT_FILE", c),
+                None => cmd.env("SSL_CERT_FILE", dir.path().join("no-such-file.pem")),
+            };
+            cmd.output().expect("check-config runs")
+        };
+        let ok = check(Some(&server.dir.join("ca.pem")));
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let refused = check(None);
+        assert!(!refused.status.success());
+        let text = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            text.contains("cannot connect to Redis at rediss://127.0.0.1"),
+            "{text}"
+        );
+    }
+}
