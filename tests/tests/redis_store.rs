@@ -173,3 +173,72 @@ mod tls {
         );
     }
 }
+
+mod replicas {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use wxpush_pusher::message::parse_message;
+    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
+    use wxpush_pusher::store::{AcceptItem, Store, StoreError};
+    use wxpush_tests::redis::RedisServer;
+    use wxpush_tests::wait_for;
+
+    fn options(url: String, min_replicas_acked: u32) -> RedisOptions {
+        RedisOptions {
+            url,
+            cluster: false,
+            key_prefix: format!("wait{min_replicas_acked}"),
+            channel: "c".into(),
+            consumer_group: "pushers".into(),
+            consumer: "wait-test".into(),
+            claim_idle: Duration::from_secs(1),
+            max_messages: 10,
+            retention: Duration::from_secs(60),
+            default_callback: false,
+            min_replicas_acked,
+        }
+    }
+
+    fn item() -> AcceptItem {
+        AcceptItem {
+            message: parse_message(&json!({"touser": "o-wait", "template_id": "T"}))
+                .expect("valid"),
+            idempotency_key: None,
+        }
+    }
+
+    /// `minReplicasAcked`: an accept is answered once that many replicas have it (`WAIT`);
+    /// when fewer can, the accept fails (503 at the API) instead of answering 202.
+    #[tokio::test]
+    async fn accepts_wait_for_replicas() {
+        let primary = RedisServer::start().await;
+        let port = primary.port.to_string();
+        let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).await;
+        let p = primary.port;
+        wait_for(
+            "the replica in sync",
+            Duration::from_secs(20),
+            || async move {
+                let info = wxpush_tests::redis::cli(p, &["INFO", "replication"]);
+                (info.contains("connected_slaves:1") && info.contains("state=online")).then_some(())
+            },
+        )
+        .await;
+        let one = RedisStore::connect(options(primary.url(), 1))
+            .await
+            .expect("connects");
+        one.accept(vec![item()]).await.expect("one replica has it");
+        let two = RedisStore::connect(options(primary.url(), 2))
+            .await
+            .expect("connects");
+        let err = two
+            .accept(vec![item()])
+            .await
+            .expect_err("no second replica");
+        assert!(
+            matches!(&err, StoreError::Storage(m) if m.contains("1 of 2 replicas")),
+            "{err}"
+        );
+    }
+}
