@@ -80,11 +80,91 @@ impl RedisServer {
     /// folder. Readiness is awaited with an unauthenticated `PING`, which answers `-NOAUTH`
     /// when a password is set: only the server's listening is awaited then.
     pub async fn start_with(extra: &[&str]) -> Self {
+        Self::start_listening(extra, false).await
+    }
+
+    /// Starts a server that speaks TLS only (`rediss://`), with a certificate for 127.0.0.1
+    /// signed by a CA (`ca.pem` in its folder), both made by `openssl`.
+    pub async fn start_tls() -> Self {
+        Self::start_listening(&[], true).await
+    }
+
+    async fn start_listening(extra: &[&str], tls: bool) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().to_path_buf();
         let port = free_port();
         let mut cmd = Command::new(redis_server());
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        if tls {
+            let openssl = |args: &[&str]| {
+                let ok = Command::new("openssl")
+                    .current_dir(&dir)
+                    .args(args)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .expect("openssl runs");
+                assert!(ok.success(), "openssl {args:?}");
+            };
+            // A CA (ca.pem, what a client trusts) and a server certificate for 127.0.0.1.
+            openssl(
+                &[
+                    "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                ]
+                .into_iter()
+                .chain([
+                    "-subj",
+                    "/CN=wxpush-test-ca",
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                ])
+                .collect::<Vec<_>>(),
+            );
+            openssl(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "server.csr",
+            ]);
+            std::fs::write(
+                dir.join("server.ext"),
+                "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+            )
+            .expect("extensions file");
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "cert.pem",
+            ]);
+            cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(dir.join("cert.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("key.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &port.to_string()]);
+        }
+        cmd.args(["--bind", "127.0.0.1"])
             .args([
                 "--appendonly",
                 "yes",

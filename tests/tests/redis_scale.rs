@@ -72,8 +72,12 @@ impl Sampler {
             let (samples, stop) = (Arc::clone(&samples), Arc::clone(&stop));
             tokio::spawn(async move {
                 loop {
+                    // Stamped at the middle of the request: the counters were read then, give
+                    // or take half the request's time.
+                    let before = Instant::now();
                     let s = wx.stats().await;
-                    samples.lock().await.push((Instant::now(), sends_ok(&s)));
+                    let at = before + before.elapsed() / 2;
+                    samples.lock().await.push((at, sends_ok(&s)));
                     tokio::select! {
                         () = stop.notified() => return,
                         () = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -428,4 +432,124 @@ async fn redis_killed_mid_load_loses_nothing_acknowledged_and_pushers_recover() 
             "{v}"
         );
     }
+}
+
+/// A 45009 (daily quota spent) seen by one pod holds the whole channel: a pod started
+/// afterwards sends nothing to WeChat and reports itself on hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_45009_on_one_pod_holds_every_pod() {
+    let redis = RedisServer::start().await;
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    let extra = json!({"rateLimit": {"perSecond": 100000, "burst": 100000, "dailyQuota": 0}});
+    let pods = start_pods(3, &sb_url, &redis.url(), &extra).await;
+    for i in 0..3 {
+        let (status, v) = pods.pods[i]
+            .api
+            .send(&template(&format!("q-warm-{i}")))
+            .await;
+        assert_eq!(status, 202, "{v}");
+    }
+    wait_unique(&wx, 3, Duration::from_secs(30)).await;
+    let (status, v) = wx.put_faults(&json!({"errcodes": {"45009": 1.0}})).await;
+    assert_eq!(status, 200, "{v}");
+    for i in 0..30 {
+        let (status, _) = pods.pods[i % 3]
+            .api
+            .send(&template(&format!("q-{i}")))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let quota_answers = |s: &StatsSnapshot| s.errcodes.get("45009").copied().unwrap_or(0);
+    wait_for("a 45009 from WeChat", Duration::from_secs(30), || async {
+        (quota_answers(&wx.stats().await) >= 1).then_some(())
+    })
+    .await;
+    // Let the pods that were sending settle on hold.
+    let mut last = quota_answers(&wx.stats().await);
+    let mut stable_since = Instant::now();
+    let settle = Instant::now();
+    while stable_since.elapsed() < Duration::from_secs(1) {
+        assert!(
+            settle.elapsed() < Duration::from_secs(20),
+            "45009 answers keep coming"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = quota_answers(&wx.stats().await);
+        if now != last {
+            last = now;
+            stable_since = Instant::now();
+        }
+    }
+    // A new pod: it gets work (the others hold theirs) and must not send any of it.
+    let late = start_pods(1, &sb_url, &redis.url(), &extra).await;
+    for i in 0..20 {
+        let (status, _) = late.pods[0]
+            .api
+            .send(&template(&format!("q-late-{i}")))
+            .await;
+        assert_eq!(status, 202);
+    }
+    let api = late.pods[0].api.clone();
+    wait_for("the new pod on hold", Duration::from_secs(30), || {
+        let api = api.clone();
+        async move {
+            let (_, v) = api.get("/healthz").await;
+            (v["sending"] == "on_hold").then_some(())
+        }
+    })
+    .await;
+    let s = wx.stats().await;
+    println!(
+        "45009 answers: {} before the new pod, {} after; sends answered 0: {}",
+        last,
+        quota_answers(&s),
+        sends_ok(&s)
+    );
+    assert_eq!(
+        quota_answers(&s),
+        last,
+        "the new pod sent nothing: the 45009 of another pod holds it"
+    );
+    assert_eq!(sends_ok(&s), 3, "nothing was delivered after the 45009");
+}
+
+/// WeChat invalidating the token now and then (the sandbox's `token_invalidate_every`): the
+/// three pods fetch one new token per invalidation between them, not one each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidated_tokens_are_refreshed_once_for_all_pods() {
+    let n = 3000;
+    let redis = RedisServer::start().await;
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    let extra = json!({"rateLimit": {"perSecond": 1500, "burst": 100, "dailyQuota": 0}});
+    let pods = start_pods(3, &sb_url, &redis.url(), &extra).await;
+    let apis: Vec<Api> = pods.pods.iter().map(|p| p.api.clone()).collect();
+    let (status, v) = wx
+        .put_faults(&json!({"token_invalidate_every": "400ms"}))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let msgs: Vec<Value> = (0..n).map(|i| template(&format!("inv-{i}"))).collect();
+    for (j, chunk) in msgs.chunks(100).enumerate() {
+        let ids = apis[j % 3].batch_ids(chunk).await;
+        assert_eq!(ids.len(), chunk.len());
+    }
+    let s = wait_unique(&wx, n as u64, Duration::from_secs(90)).await;
+    let (status, v) = wx.put_faults(&json!({})).await;
+    assert_eq!(status, 200, "{v}");
+    let forced = s.faults.get("token_invalidations").copied().unwrap_or(0);
+    let t = &s.token_calls;
+    let calls = t.classic + t.stable;
+    println!(
+        "{n} delivered; {forced} forced invalidations; token calls {t:?}; 40001 answers {}",
+        invalidations(&s)
+    );
+    assert_eq!(s.delivered_unique, n as u64);
+    // One fetch per invalidation for all pods (a `force_refresh` when the stable API still
+    // hands out the refused token counts as part of that fetch), plus the first.
+    assert!(
+        calls - t.stable_force_refresh <= forced + 1,
+        "{calls} token calls ({} forced refreshes) for {forced} invalidations across 3 pods",
+        t.stable_force_refresh
+    );
 }

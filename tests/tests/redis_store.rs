@@ -123,3 +123,122 @@ mod auth {
         assert!(text.contains("cannot connect to Redis at"), "{text}");
     }
 }
+
+mod tls {
+    use std::process::Command;
+
+    use wxpush_tests::binary;
+    use wxpush_tests::redis::RedisServer;
+
+    /// `rediss://` works, with the server's certificate verified against the roots of the
+    /// system (here `SSL_CERT_FILE`, which names the test's CA): the
+    /// pusher's `check-config` connects over TLS and sends `PING`. Without that root it refuses
+    /// in one line.
+    #[tokio::test]
+    async fn rediss_urls_speak_tls_with_verified_certificates() {
+        let server = RedisServer::start_tls().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("pusher.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:0\nchannel: tls\napiBaseUrl: http://127.0.0.1:1\n\
+                 credentials: {{appId: wx1, appSecret: s}}\nauth: {{token: 0123456789abcdef0123}}\n\
+                 queue: {{redis: {{url: \"rediss://127.0.0.1:{}/0\"}}}}\n",
+                server.port
+            ),
+        )
+        .expect("config");
+        let check = |cert: Option<&std::path::Path>| {
+            let mut cmd = Command::new(binary("wxpush-pusher"));
+            cmd.args(["check-config", "--config"]).arg(&config);
+            match cert {
+                Some(c) => cmd.env("SSL_CERT_FILE", c),
+                None => cmd.env("SSL_CERT_FILE", dir.path().join("no-such-file.pem")),
+            };
+            cmd.output().expect("check-config runs")
+        };
+        let ok = check(Some(&server.dir.join("ca.pem")));
+        assert!(
+            ok.status.success(),
+            "{}",
+            String::from_utf8_lossy(&ok.stderr)
+        );
+        let refused = check(None);
+        assert!(!refused.status.success());
+        let text = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            text.contains("cannot connect to Redis at rediss://127.0.0.1"),
+            "{text}"
+        );
+    }
+}
+
+mod replicas {
+    use std::time::Duration;
+
+    use serde_json::json;
+    use wxpush_pusher::message::parse_message;
+    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
+    use wxpush_pusher::store::{AcceptItem, Store, StoreError};
+    use wxpush_tests::redis::RedisServer;
+    use wxpush_tests::wait_for;
+
+    fn options(url: String, min_replicas_acked: u32) -> RedisOptions {
+        RedisOptions {
+            url,
+            cluster: false,
+            key_prefix: format!("wait{min_replicas_acked}"),
+            channel: "c".into(),
+            consumer_group: "pushers".into(),
+            consumer: "wait-test".into(),
+            claim_idle: Duration::from_secs(1),
+            max_messages: 10,
+            retention: Duration::from_secs(60),
+            default_callback: false,
+            min_replicas_acked,
+        }
+    }
+
+    fn item() -> AcceptItem {
+        AcceptItem {
+            message: parse_message(&json!({"touser": "o-wait", "template_id": "T"}))
+                .expect("valid"),
+            idempotency_key: None,
+        }
+    }
+
+    /// `minReplicasAcked`: an accept is answered once that many replicas have it (`WAIT`);
+    /// when fewer can, the accept fails (503 at the API) instead of answering 202.
+    #[tokio::test]
+    async fn accepts_wait_for_replicas() {
+        let primary = RedisServer::start().await;
+        let port = primary.port.to_string();
+        let _replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]).await;
+        let p = primary.port;
+        wait_for(
+            "the replica in sync",
+            Duration::from_secs(20),
+            || async move {
+                let info = wxpush_tests::redis::cli(p, &["INFO", "replication"]);
+                (info.contains("connected_slaves:1") && info.contains("state=online")).then_some(())
+            },
+        )
+        .await;
+        let one = RedisStore::connect(options(primary.url(), 1))
+            .await
+            .expect("connects");
+        one.accept(vec![item()]).await.expect("one replica has it");
+        let two = RedisStore::connect(options(primary.url(), 2))
+            .await
+            .expect("connects");
+        let err = two
+            .accept(vec![item()])
+            .await
+            .expect_err("no second replica");
+        assert!(
+            matches!(&err, StoreError::Storage(m) if m.contains("1 of 2 replicas")),
+            "{err}"
+        );
+    }
+}

@@ -163,7 +163,7 @@ impl RateLimiter {
                     tokio::time::sleep_until(deadline.min(now + d)).await;
                 }
                 Err(e) => {
-                    tracing::debug!(error = %e, "shared rate limit unavailable; limiting this pod alone");
+                    tracing::warn!(error = %e, "shared rate limit unavailable; limiting this pod alone");
                     return None;
                 }
             }

@@ -151,6 +151,8 @@ struct Inner {
     work: Notify,
     snapshot: Mutex<Snapshot>,
     last_claim: Mutex<Option<Instant>>,
+    /// Where the next `XAUTOCLAIM` scan starts.
+    claim_cursor: Mutex<String>,
     /// This process's leases: message id → stream entry id.
     leases: Mutex<std::collections::HashMap<String, String>>,
 }
@@ -250,6 +252,7 @@ impl RedisStore {
             work: Notify::new(),
             snapshot: Mutex::new(Snapshot::default()),
             last_claim: Mutex::new(None),
+            claim_cursor: Mutex::new("0-0".into()),
             leases: Mutex::new(std::collections::HashMap::new()),
         });
         let store = Self { inner };
@@ -420,6 +423,7 @@ impl RedisStore {
             }
         };
         let o = &self.inner.options;
+        let cursor = self.inner.claim_cursor.lock().clone();
         let run = || async {
             let mut inv = self.inner.scripts.lease.key(&self.inner.stream);
             inv.arg(&self.inner.base)
@@ -428,7 +432,8 @@ impl RedisStore {
                 .arg(max)
                 .arg(millis(Timestamp::now()))
                 .arg(claim)
-                .arg(ms(o.retention));
+                .arg(ms(o.retention))
+                .arg(&cursor);
             inv.invoke_async::<Value>(&mut self.conn()).await
         };
         let out = match run().await {
@@ -439,7 +444,11 @@ impl RedisStore {
             r => r,
         }
         .map_err(|e| self.fail("lease", &e))?;
-        let flat = strings(out);
+        let mut flat = strings(out).into_iter();
+        if let Some(next) = flat.next() {
+            *self.inner.claim_cursor.lock() = next;
+        }
+        let flat: Vec<String> = flat.collect();
         let mut leased = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
             let record = decode(pair[1].as_bytes())?;

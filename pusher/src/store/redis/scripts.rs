@@ -69,9 +69,10 @@ return out
 }
 
 /// Lease: ARGV base, group, consumer, count, now ms, claim idle ms (0: do not claim),
-/// retention ms. Moves due retries to the stream (atomic: one mover at a time across pods),
+/// retention ms, `XAUTOCLAIM` cursor (`0-0` to start; the scan goes on from where the last one
+/// stopped, so idle entries deep in a long pending list are reached too). Moves due retries to the stream (atomic: one mover at a time across pods),
 /// drops dead letters past the retention, claims entries idle past claimIdle (a dead pod's),
-/// reads new entries, and returns `{entry id, record JSON, ...}` of pending messages (entries
+/// reads new entries, and returns `{next cursor, entry id, record JSON, ...}` of pending messages (entries
 /// of messages that are final or gone are acknowledged and deleted).
 pub(crate) fn lease() -> String {
     format!(
@@ -90,8 +91,10 @@ for _, id in ipairs(old) do
   redis.call('ZREM', base .. 'dead', id)
 end
 local entries = {}
+local cursor = ARGV[8]
 if idle > 0 then
-  local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, idle, '0-0', 'COUNT', count)
+  local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, idle, cursor, 'COUNT', count)
+  cursor = r[1]
   for _, e in ipairs(r[2]) do
     if e and e[2] then entries[#entries + 1] = e end
   end
@@ -102,7 +105,7 @@ if #entries < count then
     for _, e in ipairs(r[1][2]) do entries[#entries + 1] = e end
   end
 end
-local out = {}
+local out = {cursor}
 for _, e in ipairs(entries) do
   local eid, fields, id = e[1], e[2], nil
   for j = 1, #fields, 2 do
