@@ -39,7 +39,12 @@ pub struct WeChatSender {
     metrics: Arc<Metrics>,
     retry: Retry,
     rate_wait: Duration,
-    gates: Mutex<Gates>,
+    gates: Arc<Mutex<Gates>>,
+    /// The pods' shared state in Redis, when the channel has several pods.
+    shared: Option<crate::store::redis::SharedClient>,
+    /// Whether a send pause of another pod has been looked for since start (the first sends
+    /// wait for that answer; later ones rely on the once-a-second watcher).
+    shared_pause_checked: std::sync::atomic::AtomicBool,
 }
 
 /// Channel-wide stops learnt from send answers.
@@ -184,10 +189,19 @@ impl WeChatSender {
                     metrics.set_circuit(after);
                 })
             }),
-            limiter: RateLimiter::new(&config.rate_limit).with_shared(&config.rate_limit, shared),
+            limiter: RateLimiter::new(&config.rate_limit)
+                .with_shared(&config.rate_limit, shared.clone()),
             retry: config.retry.clone(),
             rate_wait: config.retry.max_backoff.get(),
-            gates: Mutex::new(Gates::default()),
+            gates: {
+                let gates = Arc::new(Mutex::new(Gates::default()));
+                if let Some(shared) = shared.clone() {
+                    watch_send_pause(shared, Arc::downgrade(&gates));
+                }
+                gates
+            },
+            shared,
+            shared_pause_checked: std::sync::atomic::AtomicBool::new(false),
             metrics,
         })
     }
@@ -200,6 +214,16 @@ impl WeChatSender {
     }
 
     async fn send_inner(&self, request: SendRequest<'_>) -> SendOutcome {
+        if let Some(shared) = &self.shared
+            && !self
+                .shared_pause_checked
+                .load(std::sync::atomic::Ordering::Relaxed)
+            && let Ok(pause) = shared.send_pause().await
+        {
+            adopt_send_pause(&self.gates, pause);
+            self.shared_pause_checked
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(stop) = self.check_gates() {
             return stop;
         }
@@ -438,6 +462,16 @@ impl WeChatSender {
             until: now + wait,
             wall_until,
         });
+        if until.is_none()
+            && let Some(shared) = self.shared.clone()
+        {
+            let (code, message) = (error.errcode.unwrap_or(0), error.message.clone());
+            tokio::spawn(async move {
+                if let Err(e) = shared.set_send_pause(code, &message, wait).await {
+                    tracing::warn!(error = %e, "the send pause could not be shared with the other pods");
+                }
+            });
+        }
         SendOutcome::Paused {
             error,
             until: Some(wall_until),
@@ -447,6 +481,11 @@ impl WeChatSender {
     fn clear_pause(&self) {
         if self.gates.lock().pause.take().is_some() {
             tracing::info!("a send went through again; channel resumed");
+            if let Some(shared) = self.shared.clone() {
+                tokio::spawn(async move {
+                    let _ = shared.clear_send_pause().await;
+                });
+            }
         }
     }
 
@@ -545,3 +584,51 @@ impl WeChatSender {
 #[cfg(test)]
 #[path = "sender_tests.rs"]
 mod tests;
+
+/// How often a pod looks for a send pause another pod set.
+const SEND_PAUSE_POLL: Duration = Duration::from_secs(1);
+
+/// Copies a channel-wide send pause (a configuration fault another pod's send met) into this
+/// pod's gates, once a second, while the sender lives. Polled rather than checked per send so
+/// that sending costs no extra Redis round trip.
+fn watch_send_pause(
+    shared: crate::store::redis::SharedClient,
+    gates: std::sync::Weak<Mutex<Gates>>,
+) {
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            if !std::mem::take(&mut first) {
+                tokio::time::sleep(SEND_PAUSE_POLL).await;
+            }
+            let Some(gates) = gates.upgrade() else {
+                return;
+            };
+            match shared.send_pause().await {
+                Ok(pause) => adopt_send_pause(&gates, pause),
+                Err(e) => tracing::debug!(error = %e, "send pause not readable from Redis"),
+            }
+        }
+    });
+}
+
+/// Takes over a channel-wide send pause, unless this pod's own lasts longer.
+fn adopt_send_pause(gates: &Mutex<Gates>, pause: Option<(i64, String, Duration)>) {
+    let Some((code, message, left)) = pause else {
+        return;
+    };
+    let now = Instant::now();
+    let mut g = gates.lock();
+    if g.pause.as_ref().is_none_or(|p| p.until < now + left) {
+        tracing::warn!(errcode = code, "another pod paused sending: {message}");
+        g.pause = Some(SendPause {
+            error: SendError {
+                kind: "errcode".into(),
+                errcode: Some(code),
+                message,
+            },
+            until: now + left,
+            wall_until: SystemTime::now() + left,
+        });
+    }
+}

@@ -248,6 +248,48 @@ impl SharedClient {
             .await
     }
 
+    /// Pauses sending for every pod for `wait`: a configuration fault WeChat answered a send
+    /// with (48001, 40013, 40125, 40164) is the account's, not one pod's.
+    pub async fn set_send_pause(
+        &self,
+        code: i64,
+        msg: &str,
+        wait: Duration,
+    ) -> Result<(), RedisError> {
+        redis::cmd("SET")
+            .arg(self.key("send:pause"))
+            .arg(format!("{code} {msg}"))
+            .arg("PX")
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+    }
+
+    /// The channel-wide send pause (`errcode`, `errmsg`, time left), if one is on.
+    pub async fn send_pause(&self) -> Result<Option<(i64, String, Duration)>, RedisError> {
+        let (v, ttl): (Option<String>, i64) = redis::pipe()
+            .cmd("GET")
+            .arg(self.key("send:pause"))
+            .cmd("PTTL")
+            .arg(self.key("send:pause"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let left = Duration::from_millis(u64::try_from(ttl).unwrap_or(0));
+        Ok(v.and_then(|v| {
+            let (code, msg) = v.split_once(' ').unwrap_or((v.as_str(), ""));
+            code.parse().ok().map(|c| (c, msg.to_string(), left))
+        })
+        .filter(|_| !left.is_zero()))
+    }
+
+    /// Lifts the channel-wide send pause (a probe went through).
+    pub async fn clear_send_pause(&self) -> Result<(), RedisError> {
+        redis::cmd("DEL")
+            .arg(self.key("send:pause"))
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+    }
+
     fn quota_keys(&self, now: SystemTime) -> (String, String) {
         let day = beijing_day(now);
         (
