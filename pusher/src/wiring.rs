@@ -143,6 +143,10 @@ impl Pusher {
             limits: config.api.clone(),
             draining: Arc::clone(&draining),
             dispatch: Arc::clone(&dispatch_state),
+            targets: Arc::new(
+                crate::callbacks::target::TargetPolicy::new(&config.callbacks.allow)
+                    .map_err(crate::callbacks::CallbackError::Allow)?,
+            ),
         });
 
         let stop = CancellationToken::new();

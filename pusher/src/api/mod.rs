@@ -24,9 +24,12 @@ use serde_json::{Value, json};
 pub use auth::AuthToken;
 pub use error::ApiError;
 
+use crate::callbacks::target::TargetPolicy;
 use crate::config::ApiLimits;
 use crate::dispatch::DispatchState;
-use crate::message::{FieldError, MAX_IDEMPOTENCY_KEY, MessageId, MessageRecord, parse_message};
+use crate::message::{
+    FieldError, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord, parse_message,
+};
 use crate::metrics::{Metrics, QueueState};
 use crate::store::{AcceptItem, Store};
 
@@ -45,6 +48,8 @@ pub struct ApiState<S> {
     pub draining: Arc<AtomicBool>,
     /// The dispatcher's hold (paused channel, open circuit), shown by `/healthz`.
     pub dispatch: Arc<DispatchState>,
+    /// Where callbacks may go (`callbacks.allow`): `callback_url` is checked at accept.
+    pub targets: Arc<TargetPolicy>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -162,6 +167,18 @@ async fn read_json(headers: &HeaderMap, body: Body, limits: &ApiLimits) -> Resul
     })
 }
 
+/// Refuses a `callback_url` aimed at an internal target (see [`crate::callbacks::target`]).
+async fn check_callback(targets: &TargetPolicy, message: &Message) -> Result<(), FieldError> {
+    let Some(url) = message.callback_url.as_deref() else {
+        return Ok(());
+    };
+    targets.check_resolved(url).await.map_err(|e| FieldError {
+        code: "forbidden_target",
+        message: e.to_string(),
+        field: "callback_url".into(),
+    })
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get("idempotency-key") else {
         return Ok(None);
@@ -208,6 +225,7 @@ async fn post_message<S: Store>(
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
     let message = parse_message(&value)?;
+    check_callback(&state.targets, &message).await?;
     let mut results = state
         .store
         .accept(vec![AcceptItem {
@@ -280,7 +298,11 @@ async fn post_batch<S: Store>(
     let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(items.len());
     let mut to_store = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match parse_message(item) {
+        let parsed = match parse_message(item) {
+            Ok(m) => check_callback(&state.targets, &m).await.map(|()| m),
+            Err(e) => Err(e),
+        };
+        match parsed {
             Ok(message) => {
                 slots.push(Ok(to_store.len()));
                 to_store.push(AcceptItem {

@@ -86,6 +86,7 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
                 .map(|_| file_secret(mounts::CALLBACKS, mounts::SIGNING_KEY)),
             timeouts: spec.callbacks.timeouts.clone(),
             retry: spec.callbacks.retry.clone(),
+            allow: spec.callbacks.allow.clone(),
         },
         api: ApiLimits::default(),
         shutdown: spec.shutdown.clone(),
