@@ -142,3 +142,267 @@ async fn ssrf_through_callback_url() {
     let (code, body) = pusher.api.send(&with_callback("http://127.0.0.2/cb")).await;
     assert_eq!(code, 422, "{body}");
 }
+
+/// Lets this test process (and the pusher it spawns) hold thousands of sockets: the soft
+/// open-file limit is raised to the hard one, which must allow 5,000.
+fn raise_fd_limit() {
+    let me = std::process::id().to_string();
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &me, "--nofile", "--output=HARD", "--noheadings"])
+        .output()
+        .expect("prlimit runs");
+    let hard = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ok = std::process::Command::new("prlimit")
+        .args(["--pid", &me, &format!("--nofile={hard}:{hard}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "prlimit could not raise the soft open-file limit to {hard}"
+    );
+    assert!(
+        hard == "unlimited" || hard.parse::<u64>().is_ok_and(|h| h >= 5000),
+        "the hard open-file limit {hard} is below 5000"
+    );
+}
+
+fn addr_of(base: &str) -> std::net::SocketAddr {
+    base.trim_start_matches("http://")
+        .parse()
+        .expect("an address")
+}
+
+/// `VmRSS` and `VmHWM` (KiB) of a process.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Reads until the server closes the connection; how long that took (None: still open at
+/// `limit`).
+async fn closed_within(mut s: tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    let wait = async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait)
+        .await
+        .ok()
+        .map(|()| start.elapsed())
+}
+
+/// Opens `n` connections that send nothing.
+async fn idle_connections(addr: std::net::SocketAddr, n: usize) -> Vec<tokio::net::TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => out.push(s),
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
+    }
+    out
+}
+
+/// A slowloris connection: a header (or, with `body`, a body) trickled a byte at a time.
+async fn slowloris(addr: std::net::SocketAddr, body: bool) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = if body {
+        format!(
+            "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+             Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{",
+            wxpush_tests::pusher::TOKEN
+        )
+    } else {
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\n".to_string()
+    };
+    s.write_all(head.as_bytes()).await.expect("write");
+    s
+}
+
+/// Keeps trickling bytes into `s` (every 300 ms) on a clone of its descriptor.
+fn trickle(s: &tokio::net::TcpStream, body: bool) {
+    let fd = std::os::fd::AsFd::as_fd(s)
+        .try_clone_to_owned()
+        .expect("dup");
+    let std_stream = std::net::TcpStream::from(fd);
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut w = std_stream;
+        let byte: &[u8] = if body { b" " } else { b"X" };
+        for _ in 0..200 {
+            std::thread::sleep(Duration::from_millis(300));
+            if w.write_all(byte).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn limits_config(sb_url: &str, dir: &std::path::Path) -> Value {
+    config(
+        sb_url,
+        dir,
+        &json!({"api": {"headerReadTimeout": "2s", "bodyReadTimeout": "2s", "idleTimeout": "3s"}}),
+    )
+}
+
+/// Finding "Connections are never timed out" (300 slowloris connections held 75 s, 2,000 idle
+/// ones indefinitely): with 2,000 idle and 300 slowloris connections open, a real client is
+/// served within 1 s, and every one of them is closed by the configured timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connections_are_never_timed_out() {
+    raise_fd_limit();
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let dir = tempdir();
+    let pusher = PusherProc::start(dir.path(), &limits_config(&sb_url, dir.path())).await;
+    let addr = addr_of(&pusher.base);
+    let idle = idle_connections(addr, 2000).await;
+    let mut slow = Vec::new();
+    for i in 0..300 {
+        let body = i % 2 == 1;
+        let s = slowloris(addr, body).await;
+        trickle(&s, body);
+        slow.push(s);
+    }
+    let start = std::time::Instant::now();
+    let (code, body) = pusher.api.send(&template("real-client")).await;
+    let served = start.elapsed();
+    eprintln!("real client served in {served:?} beside 2000 idle and 300 slowloris connections");
+    assert_eq!(code, 202, "{body}");
+    assert!(served < Duration::from_secs(1), "served in {served:?}");
+    // headerReadTimeout 2s, bodyReadTimeout 2s: every one is closed well within 10 s.
+    let checks = idle
+        .into_iter()
+        .chain(slow)
+        .map(|s| tokio::spawn(closed_within(s, Duration::from_secs(10))));
+    let mut open = 0;
+    let mut slowest = Duration::ZERO;
+    for c in checks {
+        match c.await.expect("joins") {
+            Some(d) => slowest = slowest.max(d),
+            None => open += 1,
+        }
+    }
+    eprintln!("all 2300 closed; the last after {slowest:?} of waiting");
+    assert_eq!(open, 0, "{open} connections were still open after 10 s");
+    let (code, _) = pusher.api.send(&template("after")).await;
+    assert_eq!(code, 202);
+}
+
+/// Finding "Under `ulimit -n 256`, 300 idle connections made `accept` fail (EMFILE) and real
+/// clients timed out": with the pusher's open-file limit at 256 and 300 idle connections, a real
+/// client retrying gets served (once the idle ones hit headerReadTimeout), and the pusher keeps
+/// serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn emfile_with_ulimit_256_locks_real_clients_out() {
+    raise_fd_limit();
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let dir = tempdir();
+    let path = dir.path().join("pusher.yaml");
+    std::fs::write(&path, limits_config(&sb_url, dir.path()).to_string()).expect("write");
+    let pusher =
+        PusherProc::start_wrapped(&path, &[], &["prlimit", "--nofile=256:256", "--"]).await;
+    let addr = addr_of(&pusher.base);
+    let _idle = idle_connections(addr, 300).await;
+    let start = std::time::Instant::now();
+    let served = loop {
+        match pusher.api.try_send(&template("real"), None).await {
+            Ok((202, _)) => break start.elapsed(),
+            Ok((code, body)) => panic!("{code}: {body}"),
+            Err(_) if start.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("locked out for 10 s: {e}"),
+        }
+    };
+    eprintln!("with nofile=256 and 300 idle connections a real client was served after {served:?}");
+    // The idle ones are gone after headerReadTimeout; from then on every request is served.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..20 {
+        let (code, body) = pusher.api.send(&template(&format!("more{i}"))).await;
+        assert_eq!(code, 202, "{body}");
+    }
+}
+
+/// Finding "There is no limit on concurrent requests": 10,000 requests, 1,000 at a time,
+/// against `maxConcurrentRequests: 32` get 202 or 503 with `Retry-After`, nothing else, and the
+/// pusher's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_limit_on_concurrent_requests() {
+    use futures::StreamExt as _;
+    raise_fd_limit();
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"api": {"maxConcurrentRequests": 32}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let pid = pusher.guard.child.id();
+    let (rss_before, _) = rss_kib(pid);
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1000)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let url = format!("{}/v1/messages", pusher.base);
+    let msg = template("load");
+    let answers: Vec<(u16, bool)> = futures::stream::iter(0..10_000)
+        .map(|_| {
+            let req = http
+                .post(&url)
+                .bearer_auth(wxpush_tests::pusher::TOKEN)
+                .json(&msg);
+            async move {
+                match req.send().await {
+                    Ok(r) => (r.status().as_u16(), r.headers().contains_key("retry-after")),
+                    Err(_) => (0, false),
+                }
+            }
+        })
+        .buffer_unordered(1000)
+        .collect()
+        .await;
+    let ok = answers.iter().filter(|a| a.0 == 202).count();
+    let shed = answers.iter().filter(|a| a.0 == 503).count();
+    let (rss_after, hwm) = rss_kib(pid);
+    eprintln!(
+        "10000 requests: {ok} × 202, {shed} × 503; pusher RSS {rss_before} KiB before, \
+         {rss_after} KiB after, peak {hwm} KiB"
+    );
+    assert_eq!(
+        ok + shed,
+        10_000,
+        "other answers: {:?}",
+        answers
+            .iter()
+            .filter(|a| a.0 != 202 && a.0 != 503)
+            .take(5)
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        shed > 0,
+        "nothing was shed at 1000 in flight against a cap of 32"
+    );
+    assert!(
+        answers.iter().filter(|a| a.0 == 503).all(|a| a.1),
+        "a 503 without Retry-After"
+    );
+    assert!(hwm < 512 * 1024, "peak RSS {hwm} KiB");
+}

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod error;
+pub mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -54,8 +55,13 @@ pub struct ApiState<S> {
 
 type Shared<S> = Arc<ApiState<S>>;
 
-/// The API router (everything but `/metrics` when it has its own listener).
-pub fn router<S: Store + Clone>(state: Shared<S>, with_metrics: bool) -> Router {
+/// The API router (everything but `/metrics` when it has its own listener); the `/v1` routes
+/// count against `cap`.
+pub fn router<S: Store + Clone>(
+    state: Shared<S>,
+    with_metrics: bool,
+    cap: &server::RequestCap,
+) -> Router {
     let v1 = Router::new()
         .route("/v1/messages", post(post_message::<S>))
         .route("/v1/messages/batch", post(post_batch::<S>))
@@ -66,6 +72,7 @@ pub fn router<S: Store + Clone>(state: Shared<S>, with_metrics: bool) -> Router 
             Arc::clone(&state),
             require_token::<S>,
         ));
+    let v1 = server::limit_layer(v1, cap);
     let mut open = Router::new()
         .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>));
@@ -154,6 +161,12 @@ async fn read_json(headers: &HeaderMap, body: Body, limits: &ApiLimits) -> Resul
         let chain = format!("{e} {:?}", std::error::Error::source(&e));
         if chain.contains("length limit") {
             too_large()
+        } else if chain.contains("TimeoutError") || chain.contains("timeout") {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive within api.bodyReadTimeout",
+            )
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "cannot read the body")
         }

@@ -68,6 +68,7 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
                 .encoding_aes_key_key
                 .as_ref()
                 .map(|_| file_secret(mounts::CREDENTIALS, mounts::ENCODING_AES_KEY)),
+            ..Events::default()
         },
         queue,
         timeouts: spec.timeouts.clone(),
