@@ -316,6 +316,9 @@ fn events_state<S: Store>(
         token: token.trim().to_string(),
         cipher,
         match_wait: EVENT_MATCH_WAIT,
+        replay: parking_lot::Mutex::new(crate::events::replay::ReplayGuard::new(
+            config.events.max_clock_skew.get().as_secs(),
+        )),
     }))
 }
 

@@ -406,3 +406,108 @@ async fn no_limit_on_concurrent_requests() {
     );
     assert!(hwm < 512 * 1024, "peak RSS {hwm} KiB");
 }
+
+const EV_TOKEN: &str = "events-token-security";
+
+fn event_xml(openid: &str, create_time: u64, msgid: i64, status: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[gh_sandbox000000]]></ToUserName>\
+         <FromUserName><![CDATA[{openid}]]></FromUserName><CreateTime>{create_time}</CreateTime>\
+         <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event>\
+         <MsgID>{msgid}</MsgID><Status><![CDATA[{status}]]></Status></xml>"
+    )
+}
+
+/// Findings "Forged events": a captured `(timestamp, nonce, signature)` reused with another
+/// body, the same request replayed, and a timestamp from 2001 all get 403, and the delivered
+/// message stays `delivered` (no `rejected_by_user`, no callback).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_events_rebodied_replayed_and_stale() {
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let dir = tempdir();
+    let cfg = config(&sb_url, dir.path(), &json!({"events": {"token": EV_TOKEN}}));
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let api = &pusher.api;
+    let (code, sent) = api.send(&template("victim")).await;
+    assert_eq!(code, 202, "{sent}");
+    let id = sent["id"].as_str().expect("id").to_string();
+    api.wait_delivered(1, Duration::from_secs(10)).await;
+    let (_, doc) = api.status(&id).await;
+    let msgid = doc["msgid"].as_i64().expect("msgid");
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let base = format!("{}/wechat/events", pusher.base);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let ts = now.to_string();
+    let post = |url: String, body: String| {
+        let http = http.clone();
+        async move {
+            let r = http.post(url).body(body).send().await.expect("answers");
+            r.status().as_u16()
+        }
+    };
+    let url = |ts: &str, nonce: &str| {
+        format!(
+            "{base}?timestamp={ts}&nonce={nonce}&signature={}",
+            wxcrypto::signature(EV_TOKEN, ts, nonce)
+        )
+    };
+    // A legitimate request (another user's subscribe event) is captured on the way.
+    let captured = url(&ts, "5150");
+    let sub = "<xml><FromUserName>someone</FromUserName><CreateTime>1</CreateTime>\
+               <MsgType>event</MsgType><Event>subscribe</Event></xml>";
+    assert_eq!(post(captured.clone(), sub.to_string()).await, 200);
+    // Re-bodied: the captured query with a forged "failed:user block" for the victim.
+    let forged = event_xml("victim", now, msgid, "failed:user block");
+    assert_eq!(
+        post(captured.clone(), forged.clone()).await,
+        403,
+        "re-bodied"
+    );
+    // Replayed as is.
+    assert_eq!(post(captured, sub.to_string()).await, 403, "replayed");
+    // Correctly signed, but from 2001.
+    assert_eq!(
+        post(url("978307200", "1"), forged.clone()).await,
+        403,
+        "stale"
+    );
+    assert_eq!(
+        post(url(&(now + 3600).to_string(), "2"), forged).await,
+        403,
+        "from the future"
+    );
+    // The URL check with a stale timestamp: 403 too; a fresh one echoes with nosniff.
+    let r = http
+        .get(format!("{}&echostr=hi", url("978307200", "3")))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 403);
+    let r = http
+        .get(format!("{}&echostr=<b>hi</b>", url(&ts, "4")))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|c| c.starts_with("text/plain"))
+    );
+    let (_, after) = api.status(&id).await;
+    assert_eq!(after["status"], "delivered", "{after}");
+    assert_eq!(after["events"].as_array().map_or(0, Vec::len), 0, "{after}");
+    let refused = api
+        .metric("wxpush_events_total", &[("result", "replayed")])
+        .await
+        + api
+            .metric("wxpush_events_total", &[("result", "stale")])
+            .await;
+    assert_eq!(refused, 5.0);
+}
