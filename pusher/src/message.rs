@@ -191,6 +191,14 @@ impl FieldError {
         }
     }
 
+    /// The same error with `field` cut to [`MAX_ECHOED_FIELD`] characters and `message` to
+    /// [`MAX_ECHOED_MESSAGE`] (an unknown key can be as long as the body), marked with `…`.
+    pub fn bounded(mut self) -> Self {
+        self.field = cut(&self.field, MAX_ECHOED_FIELD);
+        self.message = cut(&self.message, MAX_ECHOED_MESSAGE);
+        self
+    }
+
     /// The same error inside a batch item (`messages[i].field`).
     pub fn in_item(mut self, index: usize) -> Self {
         self.field = if self.field.is_empty() {
@@ -199,6 +207,19 @@ impl FieldError {
             format!("messages[{index}].{}", self.field)
         };
         self
+    }
+}
+
+/// Longest field name echoed in an error answer.
+pub const MAX_ECHOED_FIELD: usize = 128;
+/// Longest error message echoed in an error answer.
+pub const MAX_ECHOED_MESSAGE: usize = 512;
+
+/// `s` cut to `max` characters, with `…` when cut.
+pub fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}…", &s[..at]),
     }
 }
 

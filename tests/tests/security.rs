@@ -511,3 +511,130 @@ async fn forged_events_rebodied_replayed_and_stale() {
             .await;
     assert_eq!(refused, 5.0);
 }
+
+/// Finding "Error bodies echo field names in full": a 900 KB unknown key gets a small answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_bodies_echo_field_names_in_full() {
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let dir = tempdir();
+    let pusher = PusherProc::start(dir.path(), &config(&sb_url, dir.path(), &json!({}))).await;
+    let mut msg = template("u");
+    msg["k".repeat(900_000)] = json!(1);
+    let (code, body) = pusher.api.send(&msg).await;
+    assert_eq!(code, 422);
+    let size = body.to_string().len();
+    eprintln!("a 900 KB unknown key is answered in {size} bytes");
+    assert!(size < 2048, "{size} bytes");
+    assert_eq!(body["error"]["code"], "unknown_field");
+    let (code, body) = pusher.api.try_batch(&[msg], None).await.expect("answers");
+    assert_eq!(code, 422);
+    assert!(body.to_string().len() < 2048);
+}
+
+/// Finding "Duplicate JSON keys are accepted, and the last one wins": refused with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_json_keys_are_accepted() {
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let dir = tempdir();
+    let pusher = PusherProc::start(dir.path(), &config(&sb_url, dir.path(), &json!({}))).await;
+    let body = r#"{"touser": "alice", "template_id": "T", "touser": "mallory"}"#;
+    let r = pusher
+        .api
+        .http
+        .post(format!("{}/v1/messages", pusher.base))
+        .bearer_auth(wxpush_tests::pusher::TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 400);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["error"]["code"], "malformed_json", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("duplicate key `touser`")),
+        "{v}"
+    );
+    assert_eq!(
+        pusher
+            .api
+            .metric("wxpush_messages_accepted_total", &[])
+            .await,
+        0.0
+    );
+}
+
+/// Finding "`check-config` calls a bad `encodingAesKey`, an unwritable queue path and a port in
+/// use valid": each is named and the exit code is 1.
+#[test]
+fn check_config_calls_bad_settings_valid() {
+    let dir = tempdir();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = busy.local_addr().expect("addr").port();
+    let not_a_dir = dir.path().join("a-file");
+    std::fs::write(&not_a_dir, b"x").expect("write");
+    let mut cfg = config("http://127.0.0.1:9", dir.path(), &json!({}));
+    wxpush_tests::pusher::merge(
+        &mut cfg,
+        &json!({
+            "listen": format!("127.0.0.1:{port}"),
+            "queue": {"embedded": {"path": not_a_dir.join("queue").display().to_string()}},
+            "events": {"token": "t", "encodingAesKey": "too-short"},
+            "callbacks": {"url": "http://169.254.169.254/"},
+        }),
+    );
+    let path = dir.path().join("pusher.yaml");
+    std::fs::write(&path, cfg.to_string()).expect("write");
+    let out = std::process::Command::new(wxpush_tests::binary("wxpush-pusher"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for field in [
+        "events.encodingAesKey",
+        "queue.embedded.path",
+        "listen: cannot listen",
+        "callbacks.url",
+    ] {
+        assert!(err.contains(field), "{field} not named: {err}");
+    }
+    drop(busy);
+}
+
+/// Finding "`echostr` is reflected without `X-Content-Type-Options: nosniff`".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echostr_is_reflected_without_nosniff() {
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let dir = tempdir();
+    let cfg = config(&sb_url, dir.path(), &json!({"events": {"token": EV_TOKEN}}));
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        .to_string();
+    let sig = wxcrypto::signature(EV_TOKEN, &ts, "9");
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/wechat/events?timestamp={ts}&nonce=9&signature={sig}&echostr=%3Cscript%3E",
+            pusher.base
+        ))
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|c| c.starts_with("text/plain"))
+    );
+    // And every other answer carries it too.
+    let r = reqwest::get(format!("{}/healthz", pusher.base))
+        .await
+        .expect("answers");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+}

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod error;
+pub mod json;
 pub mod server;
 
 use std::sync::Arc;
@@ -171,7 +172,7 @@ async fn read_json(headers: &HeaderMap, body: Body, limits: &ApiLimits) -> Resul
             ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "cannot read the body")
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    json::from_slice_strict(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
@@ -343,7 +344,7 @@ async fn post_batch<S: Store>(
             },
             Err(e) => {
                 rejected += 1;
-                json!({"error": e})
+                json!({"error": e.bounded()})
             }
         })
         .collect();
