@@ -8,6 +8,7 @@
 pub mod auth;
 mod error;
 pub mod json;
+pub mod openapi;
 pub mod server;
 
 use std::sync::Arc;
@@ -75,6 +76,7 @@ pub fn router<S: Store + Clone>(
         ));
     let v1 = server::limit_layer(v1, cap);
     let mut open = Router::new()
+        .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>));
     if with_metrics {
@@ -230,6 +232,21 @@ fn accepted(id: MessageId, status: &str, duplicate: bool) -> Response {
     resp
 }
 
+#[utoipa::path(post, path = "/v1/messages", tag = "messages",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeats of the same key answer the first result")),
+    request_body(content = openapi::MessageRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "accepted (durably stored)", body = openapi::Accepted),
+        (status = 422, description = "a field is wrong (named in `field`)", body = openapi::ErrorBody),
+        (status = 400, description = "not JSON, or a duplicate key", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = openapi::ErrorBody),
+        (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = openapi::ErrorBody),
+        (status = 429, description = "the queue is full", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+    ))]
 async fn post_message<S: Store>(
     State(state): State<Shared<S>>,
     headers: HeaderMap,
@@ -256,6 +273,21 @@ async fn post_message<S: Store>(
     Ok(accepted(first.id, first.status.as_str(), first.duplicate))
 }
 
+#[utoipa::path(post, path = "/v1/messages/batch", tag = "messages",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeats of the same key answer the first result")),
+    request_body(content = openapi::BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "at least one item accepted", body = openapi::BatchAnswer),
+        (status = 422, description = "every item refused, or the body is wrong", body = openapi::BatchRefused),
+        (status = 400, description = "not JSON, or a duplicate key", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = openapi::ErrorBody),
+        (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = openapi::ErrorBody),
+        (status = 429, description = "the queue is full", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+    ))]
 async fn post_batch<S: Store>(
     State(state): State<Shared<S>>,
     headers: HeaderMap,
@@ -377,6 +409,15 @@ fn status_doc(record: &MessageRecord) -> Value {
     v
 }
 
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the message's id")),
+    responses(
+        (status = 200, description = "the status document", body = openapi::MessageStatus),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 404, description = "no such message", body = openapi::ErrorBody),
+        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
 async fn get_message<S: Store>(
     State(state): State<Shared<S>>,
     Path(id): Path<String>,
@@ -395,6 +436,19 @@ struct DeadLetterQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters",
+    security(("bearer" = [])),
+    params(
+        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "a page of dead letters", body = openapi::DeadLetterPage),
+        (status = 400, description = "a malformed query", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 422, description = "`after` is not a message id", body = openapi::ErrorBody),
+        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
 async fn list_dead_letters<S: Store>(
     State(state): State<Shared<S>>,
     query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
@@ -417,6 +471,16 @@ async fn list_dead_letters<S: Store>(
     Ok(axum::Json(json!({"items": items, "next": page.next})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/retry", tag = "dead letters",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dead letter's id")),
+    responses(
+        (status = 202, description = "queued again", body = openapi::Accepted),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 404, description = "no such message", body = openapi::ErrorBody),
+        (status = 409, description = "not a dead letter, or past its expiry", body = openapi::ErrorBody),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
 async fn replay<S: Store>(
     State(state): State<Shared<S>>,
     Path(id): Path<String>,
@@ -428,6 +492,8 @@ async fn replay<S: Store>(
     Ok(accepted(record.id, record.status.as_str(), false))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "alive", body = openapi::Health)))]
 async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
     let hold = state.dispatch.hold();
     axum::Json(json!({
@@ -438,6 +504,11 @@ async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "takes messages", body = openapi::Ready),
+        (status = 503, description = "draining or the store is unavailable", body = openapi::Ready),
+    ))]
 async fn readyz<S: Store>(State(state): State<Shared<S>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (
@@ -454,6 +525,14 @@ async fn readyz<S: Store>(State(state): State<Shared<S>>) -> Response {
             .into_response();
     }
     axum::Json(json!({"ready": true})).into_response()
+}
+
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document_json(),
+    )
+        .into_response()
 }
 
 async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Response {
