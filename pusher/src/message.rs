@@ -291,6 +291,44 @@ fn no_control(field: &str, value: &str) -> Result<(), FieldError> {
     }
 }
 
+/// The items of a batch body `{"messages": [...]}`: an object with that one key holding 1 to
+/// `max` items (each still to be checked with [`parse_message`]).
+pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, FieldError> {
+    let Value::Object(mut obj) = value else {
+        return Err(FieldError::new(
+            "invalid_field",
+            "",
+            "the body must be {\"messages\": [...]}",
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "messages") {
+        return Err(FieldError::new(
+            "unknown_field",
+            unknown.clone(),
+            "unknown field; expected messages",
+        ));
+    }
+    let items = match obj.remove("messages") {
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(FieldError::new(
+                "invalid_field",
+                "messages",
+                "must be an array of messages",
+            ));
+        }
+        None => return Err(FieldError::new("missing_field", "messages", "is required")),
+    };
+    if items.is_empty() || items.len() > max {
+        return Err(FieldError::new(
+            "too_long",
+            "messages",
+            format!("must hold 1 to {max} messages (api.maxBatch)"),
+        ));
+    }
+    Ok(items)
+}
+
 /// Validates one message body (already parsed as JSON) strictly: unknown fields, missing
 /// `touser`/`template_id`, wrong types, over-long values and bad URLs are refused, naming the
 /// field.

@@ -31,7 +31,7 @@ use crate::callbacks::target::TargetPolicy;
 use crate::config::ApiLimits;
 use crate::dispatch::DispatchState;
 use crate::message::{
-    FieldError, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord, parse_message,
+    FieldError, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord, batch_items, parse_message,
 };
 use crate::metrics::{Metrics, QueueState};
 use crate::store::{AcceptItem, Store};
@@ -296,50 +296,7 @@ async fn post_batch<S: Store>(
     check_accepting(&state)?;
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
-    let Value::Object(mut obj) = value else {
-        return Err(FieldError {
-            code: "invalid_field",
-            message: "the body must be {\"messages\": [...]}".into(),
-            field: String::new(),
-        }
-        .into());
-    };
-    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "messages") {
-        return Err(FieldError {
-            code: "unknown_field",
-            message: "unknown field; expected messages".into(),
-            field: unknown.clone(),
-        }
-        .into());
-    }
-    let items = match obj.remove("messages") {
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            return Err(FieldError {
-                code: "invalid_field",
-                message: "must be an array of messages".into(),
-                field: "messages".into(),
-            }
-            .into());
-        }
-        None => {
-            return Err(FieldError {
-                code: "missing_field",
-                message: "is required".into(),
-                field: "messages".into(),
-            }
-            .into());
-        }
-    };
-    let max = state.limits.max_batch as usize;
-    if items.is_empty() || items.len() > max {
-        return Err(FieldError {
-            code: "too_long",
-            message: format!("must hold 1 to {max} messages (api.maxBatch)"),
-            field: "messages".into(),
-        }
-        .into());
-    }
+    let items = batch_items(value, state.limits.max_batch as usize)?;
     // Validate everything first; the valid ones go to the store in one durable write.
     let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(items.len());
     let mut to_store = Vec::new();
