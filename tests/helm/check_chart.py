@@ -138,8 +138,9 @@ def operator_flags() -> set[str]:
 
 
 def operator_rbac() -> dict[tuple[str, str], set[str]]:
-    """(apiGroup, resource) -> verbs, from operator/rbac.yaml."""
-    doc = yaml.safe_load(source("operator/rbac.yaml").read_text())
+    """(apiGroup, resource) -> verbs, from operator/rbac.yaml (its ClusterRole)."""
+    docs = yaml.safe_load_all(source("operator/rbac.yaml").read_text())
+    doc = next(d for d in docs if d and d.get("kind") == "ClusterRole")
     allowed: dict[tuple[str, str], set[str]] = {}
     for rule in doc["rules"]:
         for g in rule["apiGroups"]:
