@@ -12,13 +12,13 @@
 //!   big-endian message length + message + appid.
 //!
 //! ```
-//! use wxpush_pusher::wxcrypto::{Cipher, msg_signature};
+//! use wxcrypto::{Cipher, msg_signature};
 //! let cipher = Cipher::new("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C", "wx5823bf96d3bd56c7")?;
 //! let encrypt = cipher.encrypt(b"<xml>...</xml>");
 //! let sig = msg_signature("token", "1409659813", "1372623149", &encrypt);
 //! assert_eq!(cipher.decrypt(&encrypt)?, b"<xml>...</xml>");
 //! # let _ = sig;
-//! # Ok::<(), wxpush_pusher::wxcrypto::CryptoError>(())
+//! # Ok::<(), wxcrypto::CryptoError>(())
 //! ```
 
 use aes::Aes256;
