@@ -173,19 +173,39 @@ fn one_of(inline: &Option<String>, file: &Option<PathBuf>) -> Option<LocalSecret
 }
 
 /// WeChat's server-URL callback, which brings TEMPLATESENDJOBFINISH events.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Events {
     /// The server-URL token configured at WeChat; signatures are checked with it. Events are
     /// refused (404) while it is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<LocalSecret>,
-    /// The EncodingAESKey (43 characters), for safe mode (`encrypt_type=aes`).
+    /// The EncodingAESKey (43 characters), for safe mode (`encrypt_type=aes`). Recommended: in
+    /// plain mode WeChat's signature covers only the timestamp and nonce, not the body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding_aes_key: Option<LocalSecret>,
+    /// Requests whose signed `timestamp` is further than this from the pusher's clock are
+    /// refused (403), and each `(timestamp, nonce)` is accepted once within it (a replayed or
+    /// re-bodied request gets 403). Default `5m`.
+    #[serde(default = "default_max_clock_skew")]
+    pub max_clock_skew: HumanDuration,
 }
 
-/// Limits of the pusher's HTTP API.
+impl Default for Events {
+    fn default() -> Self {
+        Self {
+            token: None,
+            encoding_aes_key: None,
+            max_clock_skew: default_max_clock_skew(),
+        }
+    }
+}
+
+fn default_max_clock_skew() -> HumanDuration {
+    HumanDuration::mins(5)
+}
+
+/// Limits of the pusher's HTTP API (its listener serves HTTP/1.1 only).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiLimits {
@@ -193,6 +213,25 @@ pub struct ApiLimits {
     pub max_body_bytes: u64,
     /// Most messages in one batch. Default `1000`.
     pub max_batch: u32,
+    /// Longest wait for a request's complete header block, counted from the moment the server
+    /// starts waiting for it: on a new connection, and on a kept-alive one after the previous
+    /// answer (so it also bounds how long an idle kept-alive connection stays open). The
+    /// connection is closed when it runs out. Default `10s`.
+    pub header_read_timeout: HumanDuration,
+    /// Longest time to read a request's body, and to handle the request at all (from its
+    /// header block on); past it the request is answered 408 and the connection closed.
+    /// Default `30s`.
+    pub body_read_timeout: HumanDuration,
+    /// A connection with no bytes moving in either direction for this long is closed (a
+    /// client that stops reading its answer, a stalled body). Default `60s`.
+    pub idle_timeout: HumanDuration,
+    /// Requests handled at once; beyond it requests get 503 with `Retry-After` at once.
+    /// `/healthz`, `/readyz` and `/metrics` are not counted. Default `1024`.
+    pub max_concurrent_requests: u32,
+    /// Open connections at most; further ones are closed as soon as they are accepted. The
+    /// pusher also keeps it to half of its open-file limit (`ulimit -n`), leaving the rest to
+    /// the store and its outgoing connections. Default `4096`.
+    pub max_connections: u32,
 }
 
 impl Default for ApiLimits {
@@ -200,6 +239,11 @@ impl Default for ApiLimits {
         Self {
             max_body_bytes: 1 << 20,
             max_batch: 1000,
+            header_read_timeout: HumanDuration::secs(10),
+            body_read_timeout: HumanDuration::secs(30),
+            idle_timeout: HumanDuration::secs(60),
+            max_concurrent_requests: 1024,
+            max_connections: 4096,
         }
     }
 }
@@ -391,6 +435,21 @@ impl PusherConfig {
         }
         if self.api.max_batch == 0 || self.api.max_batch > 10_000 {
             bad("api.maxBatch", "must be between 1 and 10000");
+        }
+        if self.api.max_concurrent_requests == 0 {
+            bad("api.maxConcurrentRequests", "must be at least 1");
+        }
+        if self.api.max_connections == 0 {
+            bad("api.maxConnections", "must be at least 1");
+        }
+        for (field, d) in [
+            ("api.headerReadTimeout", &self.api.header_read_timeout),
+            ("api.bodyReadTimeout", &self.api.body_read_timeout),
+            ("api.idleTimeout", &self.api.idle_timeout),
+        ] {
+            if d.get().is_zero() {
+                bad(field, "must be more than 0");
+            }
         }
         if problems.is_empty() {
             Ok(())

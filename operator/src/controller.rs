@@ -94,8 +94,41 @@ pub fn channels_referencing(
         .collect()
 }
 
-/// Runs the controller until `shutdown` completes (then lets running reconciles finish).
+/// Runs the controller until `shutdown` completes (then lets running reconciles finish): over
+/// all namespaces when `namespaces` is empty, else one controller per namespace, each with
+/// namespaced watches only (PushChannels, children, Secrets), so that the operator needs no
+/// right outside them and never reads a Secret elsewhere.
 pub async fn run(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    concurrency: u16,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    use futures::FutureExt as _;
+    if namespaces.is_empty() {
+        return run_one(ctx, None, concurrency, shutdown).await;
+    }
+    let shutdown = Box::pin(shutdown).shared();
+    let runs = namespaces
+        .into_iter()
+        .map(|ns| run_one(Arc::clone(&ctx), Some(ns), concurrency, shutdown.clone()));
+    futures::future::join_all(runs).await;
+}
+
+/// Namespaces from `--watch-namespaces` (a comma list) and `--namespace`: their union, in
+/// order, without blanks or repeats; empty means all namespaces.
+pub fn watched_namespaces(watch: &[String], namespace: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for ns in watch.iter().map(String::as_str).chain(namespace) {
+        let ns = ns.trim();
+        if !ns.is_empty() && !out.iter().any(|o| o == ns) {
+            out.push(ns.to_string());
+        }
+    }
+    out
+}
+
+async fn run_one(
     ctx: Arc<Context>,
     namespace: Option<String>,
     concurrency: u16,
@@ -214,5 +247,18 @@ mod tests {
         assert_eq!(names("shop", "shared-auth"), ["a", "b"]);
         assert_eq!(names("other", "wx-a"), ["c"]);
         assert!(names("shop", "unrelated").is_empty());
+    }
+
+    #[test]
+    fn watched_namespaces_join_both_flags() {
+        assert!(watched_namespaces(&[], None).is_empty(), "all namespaces");
+        assert_eq!(watched_namespaces(&[], Some("shop")), ["shop"]);
+        let list = vec![
+            "a".to_string(),
+            " b ".to_string(),
+            String::new(),
+            "a".to_string(),
+        ];
+        assert_eq!(watched_namespaces(&list, Some("b")), ["a", "b"]);
     }
 }

@@ -27,6 +27,14 @@ struct Args {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WXPUSH_OPERATOR_NAMESPACE")]
     namespace: Option<String>,
+    /// Watch only these namespaces (a comma list; joined with --namespace). Each gets its own
+    /// namespaced watches, so Secrets are read nowhere else (default: all namespaces).
+    #[arg(long, env = "WXPUSH_OPERATOR_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Images a PushChannel's spec.pod.image may name: a comma list of exact references or
+    /// prefixes ending in `*` (default: only --pusher-image).
+    #[arg(long, env = "WXPUSH_OPERATOR_ALLOWED_IMAGES", value_delimiter = ',')]
+    allowed_images: Vec<String>,
     /// Address of /metrics, /healthz and /readyz (`127.0.0.1:0` picks a free port).
     #[arg(long, env = "WXPUSH_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -124,13 +132,24 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let client = kube::Client::try_default()
         .await
         .context("cannot configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
-    controller::check_crd(&client, args.namespace.as_deref()).await?;
+    let namespaces =
+        controller::watched_namespaces(&args.watch_namespaces, args.namespace.as_deref());
+    if namespaces.is_empty() {
+        controller::check_crd(&client, None).await?;
+    }
+    for ns in &namespaces {
+        controller::check_crd(&client, Some(ns)).await?;
+    }
     let keda = controller::keda_available(&client).await;
     let pod_monitors = controller::pod_monitors_available(&client).await;
     info!(
         keda,
         pod_monitors,
-        namespace = args.namespace.as_deref().unwrap_or("<all>"),
+        namespaces = if namespaces.is_empty() {
+            "<all>".to_string()
+        } else {
+            namespaces.join(",")
+        },
         "starting"
     );
 
@@ -171,6 +190,12 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         backoff_max: args.backoff_max.get(),
         keda_available: keda,
         pod_monitors_available: pod_monitors,
+        allowed_images: args
+            .allowed_images
+            .iter()
+            .map(|i| i.trim().to_string())
+            .filter(|i| !i.is_empty())
+            .collect(),
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -185,7 +210,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .lease_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .or_else(|| args.namespace.clone())
+            .or_else(|| namespaces.first().cloned())
             .unwrap_or_else(|| "default".into());
         let elector = LeaderElection::new(
             client.clone(),
@@ -209,7 +234,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
                     ended
                 })
             };
-            controller::run(ctx, args.namespace.clone(), args.concurrency, async move {
+            controller::run(ctx, namespaces.clone(), args.concurrency, async move {
                 let _ = lost_rx.wait_for(|s| *s).await;
             })
             .await;
@@ -227,7 +252,7 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         health.leader.store(true, Ordering::Relaxed);
         metrics.set_leader(true);
         let mut stop = stop_rx.clone();
-        controller::run(ctx, args.namespace.clone(), args.concurrency, async move {
+        controller::run(ctx, namespaces.clone(), args.concurrency, async move {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;

@@ -178,7 +178,9 @@ async fn happy_path_applies_every_child_then_the_status() {
         ("GET", p) if p.ends_with("/secrets/order-notify-auth") => {
             (StatusCode::OK, secret("order-notify-auth", &["token"]))
         }
-        ("DELETE", _) => not_found("horizontalpodautoscalers"),
+        ("GET", p) if p.contains("/horizontalpodautoscalers/") => {
+            not_found("horizontalpodautoscalers")
+        }
         _ => echo(s),
     }));
     let ctx = context(client);
@@ -196,7 +198,7 @@ async fn happy_path_applies_every_child_then_the_status() {
             format!("PATCH {APPS}/deployments/order-notify-pusher"),
             format!("PATCH {NS}/services/order-notify-pusher"),
             "PATCH /apis/policy/v1/namespaces/shop/poddisruptionbudgets/order-notify-pusher".into(),
-            "DELETE /apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/order-notify-pusher"
+            "GET /apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/order-notify-pusher"
                 .into(),
             format!("PATCH {STATUS_MINIMAL}"),
             format!("POST {EVENTS}"),
@@ -572,5 +574,130 @@ async fn apply_failures_are_reported_and_back_off_per_object() {
     assert!(
         metrics.contains(r#"wxpush_operator_reconcile_errors_total{kind="apply"} 1"#),
         "{metrics}"
+    );
+}
+
+const HPA_MINIMAL: &str =
+    "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/order-notify-pusher";
+
+fn minimal_secrets(s: &Seen) -> Option<(StatusCode, Value)> {
+    match (s.method.as_str(), s.path.as_str()) {
+        ("GET", p) if p.ends_with("/secrets/order-notify-wechat") => Some((
+            StatusCode::OK,
+            secret("order-notify-wechat", &["appId", "appSecret"]),
+        )),
+        ("GET", p) if p.ends_with("/secrets/order-notify-auth") => {
+            Some((StatusCode::OK, secret("order-notify-auth", &["token"])))
+        }
+        _ => None,
+    }
+}
+
+fn hpa(owner_uid: Option<&str>) -> Value {
+    let mut h = json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "order-notify-pusher", "namespace": "shop", "uid": "hpa-uid",
+                     "resourceVersion": "5"},
+        "spec": {"maxReplicas": 3, "scaleTargetRef": {"apiVersion": "apps/v1",
+                 "kind": "Deployment", "name": "something-else"}}});
+    if let Some(uid) = owner_uid {
+        h["metadata"]["ownerReferences"] = json!([{"apiVersion": "wxpush.io/v1alpha1",
+            "kind": "PushChannel", "name": "order-notify", "uid": uid, "controller": true}]);
+    }
+    h
+}
+
+/// Issue 12, finding "It deletes a same-named HPA without checking that it owns it": an HPA of
+/// the PushChannel's child name that the PushChannel does not own is left alone; one it owns is
+/// deleted with its uid as a precondition.
+#[tokio::test]
+async fn deletes_a_same_named_hpa_without_checking_it_owns_it() {
+    for (owner, deleted) in [
+        (None, false),
+        (Some("someone-else"), false),
+        (Some("pc-uid"), true),
+    ] {
+        let (client, log) = api_server(Box::new(move |s| {
+            if let Some(a) = minimal_secrets(s) {
+                return a;
+            }
+            match (s.method.as_str(), s.path.as_str()) {
+                ("GET", HPA_MINIMAL) => (StatusCode::OK, hpa(owner)),
+                ("DELETE", HPA_MINIMAL) => (StatusCode::OK, hpa(owner)),
+                _ => echo(s),
+            }
+        }));
+        run(example("pushchannel-minimal.yaml"), context(client))
+            .await
+            .expect("reconciles");
+        let log = log.lock().expect("log").clone();
+        let delete = log
+            .iter()
+            .find(|s| s.method == Method::DELETE && s.path == HPA_MINIMAL);
+        assert_eq!(delete.is_some(), deleted, "owner {owner:?}");
+        if let Some(d) = delete {
+            assert_eq!(d.body["preconditions"]["uid"], "hpa-uid", "{}", d.body);
+        }
+    }
+}
+
+/// Issue 12, finding "Anyone who may edit a PushChannel may set `spec.pod.image` and run any
+/// image with that channel's Secrets mounted": an image outside the operator's allowlist is
+/// refused with a status condition naming `spec.pod.image`, and nothing is applied; an allowed
+/// prefix is applied.
+#[tokio::test]
+async fn spec_pod_image_runs_any_image() {
+    let mut pc = example("pushchannel-minimal.yaml");
+    pc.spec.pod.image = Some("docker.io/attacker/miner:latest".into());
+    let (client, log) = api_server(Box::new(|s| minimal_secrets(s).unwrap_or_else(|| echo(s))));
+    let action = run(pc.clone(), context(client))
+        .await
+        .expect("invalid is no error");
+    assert_eq!(action, Action::await_change());
+    let log = log.lock().expect("log").clone();
+    assert!(
+        !log.iter().any(|s| s.path.contains("/deployments/")),
+        "a Deployment was written"
+    );
+    let status = &find(&log, "PATCH", STATUS_MINIMAL).body;
+    let reconciled = condition(status, "Reconciled");
+    assert_eq!(reconciled["reason"], "InvalidSpec");
+    assert!(
+        reconciled["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("spec.pod.image")),
+        "{reconciled}"
+    );
+
+    // Allowed by the operator's prefix: applied with that image.
+    pc.spec.pod.image = Some("registry.example/wxpush/pusher:1.2".into());
+    let (client, log) = api_server(Box::new(|s| {
+        if let Some(a) = minimal_secrets(s) {
+            return a;
+        }
+        match s.method.as_str() {
+            "GET" => not_found("horizontalpodautoscalers"),
+            _ => echo(s),
+        }
+    }));
+    let ctx = Arc::new(Context::new(
+        client,
+        Settings {
+            allowed_images: vec!["registry.example/wxpush/*".into()],
+            ..settings()
+        },
+        Arc::new(Metrics::new()),
+        Some("test".into()),
+    ));
+    run(pc, ctx).await.expect("reconciles");
+    let log = log.lock().expect("log").clone();
+    let deployment = &find(
+        &log,
+        "PATCH",
+        &format!("{APPS}/deployments/order-notify-pusher"),
+    )
+    .body;
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/wxpush/pusher:1.2"
     );
 }

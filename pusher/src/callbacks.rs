@@ -14,6 +14,10 @@
 //! Signature (when `callbacks.signingKey` is set): `X-Wxpush-Timestamp: <unix seconds>` and
 //! `X-Wxpush-Signature: sha256=<lowercase hex of HMAC-SHA256(key, "<timestamp>.<body>")>`,
 //! where `<body>` is the exact request body bytes.
+//!
+//! Targets: [`target`] refuses internal addresses unless `callbacks.allow` lists them, at
+//! accept, before each attempt and at connect time (its own DNS resolver). A refused target is
+//! given up at once, never retried.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +34,9 @@ use crate::policy::{Callbacks, LocalSecret, Retry};
 use crate::resilience::backoff;
 pub use crate::store::types::{CallbackPayload, wants_callback};
 use crate::store::{CallbackKey, PendingCallback, Store};
+
+pub mod target;
+use target::{GuardedResolver, TargetPolicy};
 
 /// Most callback requests in flight at once.
 pub const CALLBACK_CONCURRENCY: usize = 8;
@@ -65,6 +72,12 @@ pub enum CallbackError {
     /// The HTTP client could not be built.
     #[error("callbacks HTTP client: {0}")]
     Client(String),
+    /// `callbacks.allow` holds a bad entry.
+    #[error("{0}")]
+    Allow(String),
+    /// `callbacks.url` is refused by the target rules.
+    #[error("callbacks.url: {0}")]
+    Url(#[from] target::TargetError),
 }
 
 /// Sends pending callbacks.
@@ -76,11 +89,14 @@ pub struct CallbackWorker<S> {
     key: Option<Arc<[u8]>>,
     retry: Retry,
     metrics: Arc<Metrics>,
+    targets: Arc<TargetPolicy>,
 }
 
 enum Sent {
     Ok,
     Failed(String),
+    /// The target is refused by the target rules: given up at once.
+    Refused(String),
 }
 
 impl<S: Store + Clone> CallbackWorker<S> {
@@ -98,6 +114,10 @@ impl<S: Store + Clone> CallbackWorker<S> {
             )),
             None => None,
         };
+        let targets = Arc::new(TargetPolicy::new(&policy.allow).map_err(CallbackError::Allow)?);
+        if let Some(url) = &policy.url {
+            targets.check_url(url)?;
+        }
         // reqwest cannot time the TLS handshake and the response headers apart: `connect`
         // bounds DNS + TCP (+ TLS as part of the connector) and `request` bounds the whole
         // attempt, which includes waiting for the response headers.
@@ -106,6 +126,9 @@ impl<S: Store + Clone> CallbackWorker<S> {
             .timeout(policy.timeouts.request.get())
             .user_agent("wxpush-callbacks")
             .redirect(reqwest::redirect::Policy::none())
+            // Names resolve through the guard; a proxy would resolve them itself.
+            .dns_resolver(Arc::new(GuardedResolver(Arc::clone(&targets))))
+            .no_proxy()
             .build()
             .map_err(|e| CallbackError::Client(e.to_string()))?;
         Ok(Self {
@@ -115,6 +138,7 @@ impl<S: Store + Clone> CallbackWorker<S> {
             key,
             retry: policy.retry.clone(),
             metrics,
+            targets,
         })
     }
 
@@ -184,6 +208,14 @@ impl<S: Store + Clone> CallbackWorker<S> {
                     .inc();
                 None
             }
+            Sent::Refused(why) => {
+                tracing::warn!(message = %cb.message_id(), error = %why, "callback target refused");
+                self.metrics
+                    .callbacks
+                    .get_or_create(&CallbackLabels { result: "gave_up" })
+                    .inc();
+                None
+            }
             Sent::Failed(why) => {
                 let delay = backoff::delay(&self.retry, attempts, rand::random::<f64>());
                 let at = Timestamp::now()
@@ -226,6 +258,10 @@ impl<S: Store + Clone> CallbackWorker<S> {
     }
 
     async fn send(&self, url: &str, body: &str) -> Sent {
+        // Stored URLs may predate the allowlist; literal addresses bypass the resolver.
+        if let Err(e) = self.targets.check_url(url) {
+            return Sent::Refused(e.to_string());
+        }
         let mut request = self
             .client
             .post(url)
@@ -240,7 +276,14 @@ impl<S: Store + Clone> CallbackWorker<S> {
             Ok(r) if r.status().is_success() => Sent::Ok,
             Ok(r) => Sent::Failed(format!("HTTP {}", r.status().as_u16())),
             Err(e) if e.is_timeout() => Sent::Failed("timeout".into()),
-            Err(e) if e.is_connect() => Sent::Failed("connect failed".into()),
+            Err(e) if e.is_connect() => {
+                let chain = format!("{e:?}");
+                if chain.contains("internal") {
+                    Sent::Refused("the target resolves only to internal addresses".into())
+                } else {
+                    Sent::Failed("connect failed".into())
+                }
+            }
             Err(_) => Sent::Failed("transport error".into()),
         }
     }

@@ -14,6 +14,7 @@
 //!   [`callbacks`] and [`events`]: outcome callbacks to producers and WeChat's delivery events.
 //! - [`api`]: the HTTP API; [`wiring`]: assembles all of it into one running pusher.
 //! - `demo` (feature `demo`): the WeChat sandbox and a pusher in one process.
+//! - [`fuzzing`]: the entry points of the fuzz targets (`fuzz/`) and their regression replays.
 
 pub mod api;
 pub mod calendar;
@@ -23,6 +24,7 @@ pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod events;
+pub mod fuzzing;
 pub mod message;
 pub mod metrics;
 pub use wxpush_api::policy;

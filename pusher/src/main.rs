@@ -1,7 +1,9 @@
 //! `wxpush-pusher`: the sending service.
 //!
 //! - `serve --config FILE`: run the pusher (prints `wxpush-pusher listening on http://ADDR`).
-//! - `check-config --config FILE`: validate a config, print it resolved (secrets redacted).
+//! - `check-config --config FILE`: validate a config, print it resolved (secrets redacted); it
+//!   also checks what `serve` would fail on (EncodingAESKey, a writable queue folder, free
+//!   listen ports, callback targets, a reachable Redis).
 //! - `demo`: sandbox + pusher in one process, a few thousand messages end to end, with a live
 //!   progress line, a closing table, and `--faults MODE` to watch it survive a bad WeChat.
 //!
@@ -259,6 +261,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             problems.push(format!("{field}: {e}"));
         }
     }
+    problems.extend(serve_would_fail(&config));
     if let Some(r) = config.queue.redis.as_ref() {
         // The queue must be reachable now, not at the first accept: one line naming the URL
         // (without its password) and why.
@@ -293,6 +296,74 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let yaml = serde_yaml_ng::to_string(&config).context("printing the config")?;
     println!("# {}: valid\n{yaml}", path.display());
     Ok(())
+}
+
+/// What `serve` would refuse at start beyond the schema: the EncodingAESKey, the queue folder,
+/// the listen addresses, the callback targets.
+fn serve_would_fail(config: &PusherConfig) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(key) = &config.events.encoding_aes_key {
+        let appid = config.credentials.app_id().map(|s| s.read());
+        match (key.read(), appid) {
+            (Err(e), _) => problems.push(format!("events.encodingAesKey: {e}")),
+            (Ok(_), None) => {
+                problems.push("events.encodingAesKey: safe mode needs credentials.appId".into());
+            }
+            (Ok(_), Some(Err(_))) => {} // reported with credentials.appId
+            (Ok(k), Some(Ok(appid))) => {
+                if let Err(e) = wxcrypto::Cipher::new(k.trim(), appid.trim()) {
+                    problems.push(format!("events.encodingAesKey: {e}"));
+                }
+            }
+        }
+    }
+    if let Some(wxpush_pusher::policy::QueueKind::Embedded(e)) = config.queue.kind()
+        && let Err(why) = writable(std::path::Path::new(&e.path))
+    {
+        problems.push(format!(
+            "queue.embedded.path: {} is not writable: {why}",
+            e.path
+        ));
+    }
+    for (field, addr) in [
+        ("listen", Some(config.listen)),
+        ("metricsListen", config.metrics_listen),
+    ] {
+        if let Some(addr) = addr.filter(|a| a.port() != 0)
+            && let Err(e) = std::net::TcpListener::bind(addr)
+        {
+            problems.push(format!("{field}: cannot listen on {addr}: {e}"));
+        }
+    }
+    match wxpush_pusher::callbacks::target::TargetPolicy::new(&config.callbacks.allow) {
+        Err(e) => problems.push(e),
+        Ok(p) => {
+            if let Some(url) = &config.callbacks.url
+                && let Err(e) = p.check_url(url)
+            {
+                problems.push(format!("callbacks.url: {e}"));
+            }
+        }
+    }
+    problems
+}
+
+/// Writes (then removes) a file in the folder, or in its nearest existing ancestor when the
+/// folder is still to be created (`serve` creates it); creates nothing.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    let mut at = dir;
+    while !at.exists() {
+        at = at.parent().unwrap_or(std::path::Path::new("."));
+    }
+    if !at.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a folder",
+            at.display()
+        )));
+    }
+    let probe = at.join(format!(".wxpush-check-config-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
 }
 
 async fn redis_ping(conn: &mut wxpush_pusher::store::redis::Conn) -> Result<(), String> {

@@ -191,6 +191,14 @@ impl FieldError {
         }
     }
 
+    /// The same error with `field` cut to [`MAX_ECHOED_FIELD`] characters and `message` to
+    /// [`MAX_ECHOED_MESSAGE`] (an unknown key can be as long as the body), marked with `…`.
+    pub fn bounded(mut self) -> Self {
+        self.field = cut(&self.field, MAX_ECHOED_FIELD);
+        self.message = cut(&self.message, MAX_ECHOED_MESSAGE);
+        self
+    }
+
     /// The same error inside a batch item (`messages[i].field`).
     pub fn in_item(mut self, index: usize) -> Self {
         self.field = if self.field.is_empty() {
@@ -199,6 +207,19 @@ impl FieldError {
             format!("messages[{index}].{}", self.field)
         };
         self
+    }
+}
+
+/// Longest field name echoed in an error answer.
+pub const MAX_ECHOED_FIELD: usize = 128;
+/// Longest error message echoed in an error answer.
+pub const MAX_ECHOED_MESSAGE: usize = 512;
+
+/// `s` cut to `max` characters, with `…` when cut.
+pub fn cut(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}…", &s[..at]),
     }
 }
 
@@ -268,6 +289,44 @@ fn no_control(field: &str, value: &str) -> Result<(), FieldError> {
     } else {
         Ok(())
     }
+}
+
+/// The items of a batch body `{"messages": [...]}`: an object with that one key holding 1 to
+/// `max` items (each still to be checked with [`parse_message`]).
+pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, FieldError> {
+    let Value::Object(mut obj) = value else {
+        return Err(FieldError::new(
+            "invalid_field",
+            "",
+            "the body must be {\"messages\": [...]}",
+        ));
+    };
+    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "messages") {
+        return Err(FieldError::new(
+            "unknown_field",
+            unknown.clone(),
+            "unknown field; expected messages",
+        ));
+    }
+    let items = match obj.remove("messages") {
+        Some(Value::Array(items)) => items,
+        Some(_) => {
+            return Err(FieldError::new(
+                "invalid_field",
+                "messages",
+                "must be an array of messages",
+            ));
+        }
+        None => return Err(FieldError::new("missing_field", "messages", "is required")),
+    };
+    if items.is_empty() || items.len() > max {
+        return Err(FieldError::new(
+            "too_long",
+            "messages",
+            format!("must hold 1 to {max} messages (api.maxBatch)"),
+        ));
+    }
+    Ok(items)
 }
 
 /// Validates one message body (already parsed as JSON) strictly: unknown fields, missing

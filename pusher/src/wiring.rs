@@ -143,19 +143,41 @@ impl Pusher {
             limits: config.api.clone(),
             draining: Arc::clone(&draining),
             dispatch: Arc::clone(&dispatch_state),
+            targets: Arc::new(
+                crate::callbacks::target::TargetPolicy::new(&config.callbacks.allow)
+                    .map_err(crate::callbacks::CallbackError::Allow)?,
+            ),
         });
 
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
         let mut servers = Vec::new();
-        let mut app = api::router(Arc::clone(&state), metrics_listener.is_none());
+        // One request cap for the producers' routes and WeChat's events; health checks and
+        // metrics stay outside it so that an overloaded pusher is not restarted for it.
+        let cap = api::server::RequestCap::new(config.api.max_concurrent_requests);
+        let mut app = api::router(Arc::clone(&state), metrics_listener.is_none(), &cap);
         if let Some(events) = events_state(&config, store.clone(), Arc::clone(&metrics))? {
-            app = app.merge(crate::events::http::router(Arc::new(events)));
+            app = app.merge(api::server::limit_layer(
+                crate::events::http::router(Arc::new(events)),
+                &cap,
+            ));
         }
-        servers.push(spawn_server("api", listener, app, http_stop.clone()));
+        servers.push(spawn_server(
+            "api",
+            listener,
+            app,
+            config.api.clone(),
+            http_stop.clone(),
+        ));
         if let Some(l) = metrics_listener {
             let app = api::metrics_router(Arc::clone(&state));
-            servers.push(spawn_server("metrics", l, app, http_stop.clone()));
+            servers.push(spawn_server(
+                "metrics",
+                l,
+                app,
+                config.api.clone(),
+                http_stop.clone(),
+            ));
         }
 
         let dispatch_stop = CancellationToken::new();
@@ -294,6 +316,9 @@ fn events_state<S: Store>(
         token: token.trim().to_string(),
         cipher,
         match_wait: EVENT_MATCH_WAIT,
+        replay: parking_lot::Mutex::new(crate::events::replay::ReplayGuard::new(
+            config.events.max_clock_skew.get().as_secs(),
+        )),
     }))
 }
 
@@ -304,16 +329,10 @@ fn spawn_server(
     name: &'static str,
     listener: TcpListener,
     app: axum::Router,
+    limits: crate::config::ApiLimits,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(server = name, error = %e, "HTTP server failed");
-        }
-    })
+    tokio::spawn(async move { api::server::serve(name, listener, app, &limits, stop).await })
 }
 
 /// How often the Redis figures are copied into the gauges (the store refreshes them from

@@ -542,7 +542,7 @@ def main() -> int:
                 assert env["WXPUSH_OPERATOR_WATCH_NAMESPACES"] == "shop"
                 if label == "keda":
                     (role,) = [r for r in of_kind(objs, "Role") if r["metadata"]["namespace"] == "shop"]
-                    assert grants(role)[("keda.sh", "scaledobjects")] == {"list", "watch", "create", "patch", "delete"}
+                    assert grants(role)[("keda.sh", "scaledobjects")] == {"get", "list", "watch", "create", "patch", "delete"}
                     assert not [o for o in of_kind(objs, "ConfigMap") if o["metadata"]["name"].endswith("-adapter-rules")]
             elif label == "ha":
                 assert dep["spec"]["replicas"] == 2

@@ -66,7 +66,20 @@ impl PusherProc {
 
     /// Starts `wxpush-pusher serve --config PATH` with extra environment variables.
     pub async fn start_with(path: &Path, env: &[(&str, &str)]) -> Self {
-        let mut cmd = Command::new(binary("wxpush-pusher"));
+        Self::start_wrapped(path, env, &[]).await
+    }
+
+    /// As [`Self::start_with`], run through a wrapper command (`prefix`, e.g.
+    /// `["prlimit", "--nofile=256:256"]`) that execs the pusher.
+    pub async fn start_wrapped(path: &Path, env: &[(&str, &str)], prefix: &[&str]) -> Self {
+        let mut cmd = match prefix.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary("wxpush-pusher"));
+                c
+            }
+            None => Command::new(binary("wxpush-pusher")),
+        };
         cmd.args(["serve", "--config"])
             .arg(path)
             .env(

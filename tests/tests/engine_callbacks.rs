@@ -76,6 +76,7 @@ async fn every_outcome_gets_one_signed_callback() {
         &sb_url,
         dir.path(),
         &json!({"callbacks": {
+            "allow": ["127.0.0.1"],
             "url": url(&channel_rx, "/hooks/wxpush"),
             "signingKey": KEY,
             "timeouts": {"connect": "2s", "request": "5s"},
@@ -182,6 +183,7 @@ async fn a_failing_receiver_is_given_up_after_max_attempts() {
         &sb_url,
         dir.path(),
         &json!({"callbacks": {
+            "allow": ["127.0.0.1"],
             "url": url(&rx, "/down"),
             "retry": {"initialBackoff": "20ms", "maxBackoff": "50ms", "maxAttempts": 3},
         }}),
@@ -228,6 +230,7 @@ async fn pending_callbacks_survive_kill_9() {
         &sb_url,
         dir.path(),
         &json!({"callbacks": {
+            "allow": ["127.0.0.1"],
             "url": url(&rx, "/later"),
             "signingKey": KEY,
             "retry": {"initialBackoff": "300ms", "maxBackoff": "300ms", "maxAttempts": 100},
@@ -295,7 +298,7 @@ async fn events_give_a_second_callback_confirmed_or_rejected() {
         &json!({
             "listen": format!("127.0.0.1:{port}"),
             "events": {"token": EV_TOKEN},
-            "callbacks": {"url": url(&rx, "/ev"), "signingKey": KEY},
+            "callbacks": {"url": url(&rx, "/ev"), "signingKey": KEY, "allow": ["127.0.0.1"]},
         }),
     );
     let pusher = PusherProc::start(dir.path(), &cfg).await;

@@ -187,6 +187,12 @@ async fn msgid_zero_events_fall_back_to_the_openid() {
     run_and_check(&s, 50, 50, "z").await;
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn query(ts: &str, nonce: &str, sig: &str) -> String {
     format!("timestamp={ts}&nonce={nonce}&signature={sig}")
 }
@@ -228,13 +234,17 @@ async fn signatures_echostr_duplicates_and_other_events() {
     let api = &pusher.api;
     let http = reqwest::Client::new();
     let base = format!("{}/wechat/events", pusher.base);
+    // Timestamps must be fresh (events.maxClockSkew) and each (timestamp, nonce) is taken once.
+    let now = now_secs();
+    let ts0 = now.to_string();
+    let ts = ts0.as_str();
 
     // The URL check.
-    let sig = signature(EV_TOKEN, "1700000000", "42");
+    let sig = signature(EV_TOKEN, ts, "42");
     let r = http
         .get(format!(
             "{base}?{}&echostr=hello-echo",
-            query("1700000000", "42", &sig)
+            query(ts, "42", &sig)
         ))
         .send()
         .await
@@ -249,7 +259,7 @@ async fn signatures_echostr_duplicates_and_other_events() {
     let r = http
         .get(format!(
             "{base}?{}&echostr=hello-echo",
-            query("1700000000", "43", &sig)
+            query(ts, "43", &sig)
         ))
         .send()
         .await
@@ -266,10 +276,10 @@ async fn signatures_echostr_duplicates_and_other_events() {
     let status = |api: Api, id: String| async move { api.status(&id).await.1 };
 
     // Bad signatures: refused, nothing changes.
-    let ev = event_xml("sig-user", 1_700_000_100, msgid, "success");
+    let ev = event_xml("sig-user", now, msgid, "success");
     let (code, _) = post(
         &http,
-        &format!("{base}?{}", query("1700000100", "7", "0000deadbeef")),
+        &format!("{base}?{}", query(ts, "7", "0000deadbeef")),
         ev.clone(),
     )
     .await;
@@ -280,12 +290,12 @@ async fn signatures_echostr_duplicates_and_other_events() {
     let enc = cipher.encrypt(ev.as_bytes());
     let safe_body =
         format!("<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[{enc}]]></Encrypt></xml>");
-    let sig = signature(EV_TOKEN, "1700000100", "7");
+    let sig = signature(EV_TOKEN, ts, "7");
     let (code, _) = post(
         &http,
         &format!(
             "{base}?{}&encrypt_type=aes&msg_signature=badbad",
-            query("1700000100", "7", &sig)
+            query(ts, "7", &sig)
         ),
         safe_body.clone(),
     )
@@ -294,12 +304,12 @@ async fn signatures_echostr_duplicates_and_other_events() {
     // Sealed for another appid: refused after a valid msg_signature.
     let other = Cipher::new(AES_KEY, "wxsomeoneelse").expect("key");
     let enc_other = other.encrypt(ev.as_bytes());
-    let msig = msg_signature(EV_TOKEN, "1700000100", "7", &enc_other);
+    let msig = msg_signature(EV_TOKEN, ts, "7", &enc_other);
     let (code, _) = post(
         &http,
         &format!(
             "{base}?{}&encrypt_type=aes&msg_signature={msig}",
-            query("1700000100", "7", &sig)
+            query(ts, "7", &sig)
         ),
         format!("<xml><Encrypt><![CDATA[{enc_other}]]></Encrypt></xml>"),
     )
@@ -316,10 +326,10 @@ async fn signatures_echostr_duplicates_and_other_events() {
     );
 
     // A good safe-mode event confirms; the same event again (WeChat's retry) changes nothing.
-    let msig = msg_signature(EV_TOKEN, "1700000100", "7", &enc);
+    let msig = msg_signature(EV_TOKEN, ts, "7", &enc);
     let safe_url = format!(
         "{base}?{}&encrypt_type=aes&msg_signature={msig}",
-        query("1700000100", "7", &sig)
+        query(ts, "7", &sig)
     );
     assert_eq!(
         post(&http, &safe_url, safe_body.clone()).await,
@@ -328,9 +338,14 @@ async fn signatures_echostr_duplicates_and_other_events() {
     let first = status(api.clone(), ids[0].clone()).await;
     assert_eq!(first["status"], "confirmed", "{first}");
     assert_eq!(first["events"][0]["matched_by"], "msgid");
-    let plain_url = format!("{base}?{}", query("1700000100", "7", &sig));
+    let plain = |nonce: &str| {
+        format!(
+            "{base}?{}",
+            query(ts, nonce, &signature(EV_TOKEN, ts, nonce))
+        )
+    };
     assert_eq!(
-        post(&http, &plain_url, ev.clone()).await,
+        post(&http, &plain("8"), ev.clone()).await,
         (200, "success".to_string()),
         "the duplicate, in plain mode this time"
     );
@@ -342,8 +357,8 @@ async fn signatures_echostr_duplicates_and_other_events() {
     );
 
     // A different event for the confirmed message: recorded, not applied.
-    let late = event_xml("sig-user", 1_700_000_200, msgid, "failed:user block");
-    assert_eq!(post(&http, &plain_url, late).await.0, 200);
+    let late = event_xml("sig-user", now + 1, msgid, "failed:user block");
+    assert_eq!(post(&http, &plain("9"), late).await.0, 200);
     let doc = status(api.clone(), ids[0].clone()).await;
     assert_eq!(doc["status"], "confirmed");
     assert_eq!(doc["events"].as_array().map(Vec::len), Some(2), "{doc}");
@@ -353,7 +368,7 @@ async fn signatures_echostr_duplicates_and_other_events() {
     let sub = "<xml><FromUserName>sig-user</FromUserName><CreateTime>1</CreateTime>\
                <MsgType>event</MsgType><Event>subscribe</Event></xml>";
     assert_eq!(
-        post(&http, &plain_url, sub.to_string()).await,
+        post(&http, &plain("10"), sub.to_string()).await,
         (200, "success".to_string())
     );
     assert_eq!(
@@ -362,8 +377,11 @@ async fn signatures_echostr_duplicates_and_other_events() {
         1.0
     );
     // Malformed XML with a good signature: 400; a body above 64 KiB: 413.
-    assert_eq!(post(&http, &plain_url, "<xml><a>".into()).await.0, 400);
-    assert_eq!(post(&http, &plain_url, "x".repeat(70 * 1024)).await.0, 413);
+    assert_eq!(post(&http, &plain("11"), "<xml><a>".into()).await.0, 400);
+    assert_eq!(
+        post(&http, &plain("12"), "x".repeat(70 * 1024)).await.0,
+        413
+    );
 
     // A pusher without an events token has no /wechat/events.
     let dir2 = tempdir();
@@ -372,7 +390,7 @@ async fn signatures_echostr_duplicates_and_other_events() {
         .get(format!(
             "{}/wechat/events?{}&echostr=x",
             plain.base,
-            query("1700000000", "42", &signature(EV_TOKEN, "1700000000", "42"))
+            query(ts, "42", &signature(EV_TOKEN, ts, "42"))
         ))
         .send()
         .await

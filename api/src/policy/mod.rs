@@ -385,6 +385,17 @@ pub struct Callbacks<S> {
     /// Retries of failed callbacks. Default: 10 attempts, `1s` to `5m`, given up after `24h`.
     #[serde(default = "default_callback_retry")]
     pub retry: Retry,
+    /// Callback targets allowed although they are internal. By default a callback URL (a
+    /// message's `callback_url` or `url` above) may not point at a loopback, link-local,
+    /// private (RFC 1918, CGNAT, IPv6 ULA), unspecified, multicast or cloud-metadata address,
+    /// nor at `localhost` or `metadata.google.internal`, whether written as an address or as
+    /// a name that resolves to one (checked again on every connection, so DNS rebinding does
+    /// not help). Each entry allows one exception: a host name (`hooks.internal`, exact,
+    /// case-insensitive), `*.example.internal` (any name below it), an address (`10.1.2.3`,
+    /// `::1`) or a CIDR block (`10.0.0.0/8`, `fd00::/8`). Default: empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub allow: Vec<String>,
 }
 
 impl<S> Default for Callbacks<S> {
@@ -394,6 +405,7 @@ impl<S> Default for Callbacks<S> {
             signing_key: None,
             timeouts: Timeouts::default(),
             retry: default_callback_retry(),
+            allow: Vec::new(),
         }
     }
 }

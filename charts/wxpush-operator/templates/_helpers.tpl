@@ -81,11 +81,11 @@ per watched namespace.
 # Autoscalers are also deleted when autoscaling is switched off or moves between HPA and KEDA.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 {{- if .Values.rbac.keda }}
 - apiGroups: [keda.sh]
   resources: [scaledobjects]
-  verbs: [list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch, delete]
 {{- end }}
 {{- if .Values.rbac.podMonitors }}
 # PodMonitors for the pushers, when monitoring.coreos.com is served (applied, watched; never

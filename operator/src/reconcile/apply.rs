@@ -50,19 +50,50 @@ where
         })
 }
 
-async fn delete_if_present<K>(api: &Api<K>, kind: &str, name: &str) -> Result<(), Error>
+/// Deletes `name` only when it exists and names `owner_uid` among its owner references: a
+/// same-named object someone else made is left alone (and reported in the log). The delete
+/// carries the object's uid as a precondition, so an object replaced in between is not hit.
+async fn delete_if_owned<K>(
+    api: &Api<K>,
+    kind: &str,
+    name: &str,
+    owner_uid: &str,
+) -> Result<(), Error>
 where
     K: Resource + DeserializeOwned + Clone + Debug,
 {
-    match api.delete(name, &DeleteParams::background()).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
-        Err(source) => Err(Error::Delete {
-            kind: kind.to_string(),
-            name: name.to_string(),
-            source,
-        }),
+    let failed = |source| Error::Delete {
+        kind: kind.to_string(),
+        name: name.to_string(),
+        source,
+    };
+    let Some(live) = api.get_opt(name).await.map_err(failed)? else {
+        return Ok(());
+    };
+    if !owned_by(live.meta(), owner_uid) {
+        tracing::warn!(kind, name, "not deleting: the PushChannel does not own it");
+        return Ok(());
     }
+    let mut params = DeleteParams::background();
+    params.preconditions = live.meta().uid.clone().map(|uid| kube::api::Preconditions {
+        uid: Some(uid),
+        resource_version: None,
+    });
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(source) => Err(failed(source)),
+    }
+}
+
+/// Whether `meta` lists `owner_uid` among its owner references.
+pub fn owned_by(meta: &kube::api::ObjectMeta, owner_uid: &str) -> bool {
+    !owner_uid.is_empty()
+        && meta
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.uid == owner_uid)
 }
 
 /// Whether `manager` set `spec.replicas` of the live Deployment by apply.
@@ -194,6 +225,17 @@ pub async fn apply_all(
     let keda: ApiResource = keda_api_resource();
     let scaled_objects = Api::<DynamicObject>::namespaced_with(ns(client), namespace, &keda);
     let name = child_name(channel);
+    // Every desired child carries the PushChannel as its owner.
+    let owner_uid = desired
+        .config_map
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .next()
+        .map(|o| o.uid.clone())
+        .unwrap_or_default();
+    let owner_uid = owner_uid.as_str();
     let mut applied = Applied {
         deployment,
         ..Applied::default()
@@ -202,18 +244,18 @@ pub async fn apply_all(
         Some(Autoscaler::Hpa(hpa)) => {
             applied.hpa = Some(apply(&hpas, "HorizontalPodAutoscaler", hpa).await?);
             if keda_available {
-                delete_if_present(&scaled_objects, "ScaledObject", &name).await?;
+                delete_if_owned(&scaled_objects, "ScaledObject", &name, owner_uid).await?;
             }
         }
         Some(Autoscaler::Keda(so)) => {
             applied.scaled_object = Some(apply(&scaled_objects, "ScaledObject", so).await?);
-            delete_if_present(&hpas, "HorizontalPodAutoscaler", &name).await?;
+            delete_if_owned(&hpas, "HorizontalPodAutoscaler", &name, owner_uid).await?;
         }
         None if prune.autoscalers_gone => {}
         None => {
-            delete_if_present(&hpas, "HorizontalPodAutoscaler", &name).await?;
+            delete_if_owned(&hpas, "HorizontalPodAutoscaler", &name, owner_uid).await?;
             if keda_available {
-                delete_if_present(&scaled_objects, "ScaledObject", &name).await?;
+                delete_if_owned(&scaled_objects, "ScaledObject", &name, owner_uid).await?;
             }
         }
     }

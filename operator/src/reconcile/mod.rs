@@ -41,6 +41,9 @@ pub struct Settings {
     pub keda_available: bool,
     /// prometheus-operator's PodMonitor CRD is served (then each channel gets a PodMonitor).
     pub pod_monitors_available: bool,
+    /// Images a PushChannel's `spec.pod.image` may name: exact references, or prefixes ending
+    /// in `*`. Empty: only [`Self::default_image`].
+    pub allowed_images: Vec<String>,
 }
 
 impl Default for Settings {
@@ -53,6 +56,7 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(300),
             keda_available: false,
             pod_monitors_available: false,
+            allowed_images: Vec::new(),
         }
     }
 }
@@ -232,7 +236,12 @@ async fn run(pc: &PushChannel, ctx: &Context) -> Result<(&'static str, Action), 
     let name = pc.name_any();
     let found = dereference::dereference(&ctx.client, &namespace, &pc.spec).await?;
     let credentials = dereference::check(&pc.spec, &namespace, &found);
-    let problems = validate::validate(pc);
+    let mut problems = validate::validate(pc);
+    problems.extend(validate::image(
+        pc,
+        &ctx.settings.default_image,
+        &ctx.settings.allowed_images,
+    ));
     let mut obs = Observation {
         channel: pc,
         credentials: credentials.as_ref().map(|_| ()).map_err(Clone::clone),

@@ -25,6 +25,37 @@ impl std::fmt::Display for Problem {
     }
 }
 
+/// Whether `image` is allowed: equal to `default_image`, or to an `allowed` entry, or starting
+/// with an entry's text before its trailing `*`. An empty `allowed` allows only the default.
+pub fn image_allowed(image: &str, default_image: &str, allowed: &[String]) -> bool {
+    image == default_image
+        || allowed.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => image.starts_with(prefix),
+            None => image == a,
+        })
+}
+
+/// The problem with `spec.pod.image`, when it names an image the operator does not allow:
+/// whoever may edit a PushChannel could otherwise run any image with its Secrets mounted.
+pub fn image(pc: &PushChannel, default_image: &str, allowed: &[String]) -> Option<Problem> {
+    let image = pc.spec.pod.image.as_deref()?;
+    if image_allowed(image, default_image, allowed) {
+        return None;
+    }
+    let list = if allowed.is_empty() {
+        format!("only {default_image}")
+    } else {
+        allowed.join(", ")
+    };
+    Some(Problem {
+        field: "spec.pod.image".into(),
+        message: format!(
+            "image {image} is not allowed by the operator (--allowed-images: {list}); remove \
+             spec.pod.image or ask the operator's administrator to allow it"
+        ),
+    })
+}
+
 /// Every problem with the PushChannel; empty when it can be built.
 pub fn validate(pc: &PushChannel) -> Vec<Problem> {
     let mut problems = Vec::new();
@@ -162,5 +193,28 @@ auth: {secretRef: {name: auth, key: token}}
         assert_eq!(validate(&channel(&long, BASE))[0].field, "metadata.name");
         let ok = "a".repeat(MAX_NAME_LEN);
         assert!(validate(&channel(&ok, BASE)).is_empty());
+    }
+
+    #[test]
+    fn images_are_allowed_exactly_or_by_prefix() {
+        let d = "ghcr.io/wxpush/wxpush-pusher:0.1.0";
+        assert!(super::image_allowed(d, d, &[]));
+        assert!(!super::image_allowed(
+            "ghcr.io/wxpush/wxpush-pusher:0.2.0",
+            d,
+            &[]
+        ));
+        let allowed = vec![
+            "ghcr.io/wxpush/*".to_string(),
+            "mirror.local/pusher:1".to_string(),
+        ];
+        assert!(super::image_allowed(
+            "ghcr.io/wxpush/wxpush-pusher:0.2.0",
+            d,
+            &allowed
+        ));
+        assert!(super::image_allowed("mirror.local/pusher:1", d, &allowed));
+        assert!(!super::image_allowed("mirror.local/pusher:2", d, &allowed));
+        assert!(!super::image_allowed("ghcr.io/wxpushx/evil:1", d, &allowed));
     }
 }

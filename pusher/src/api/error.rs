@@ -48,6 +48,7 @@ impl ApiError {
 
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
+        let e = e.bounded();
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             code: e.code,
@@ -87,7 +88,8 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut error = json!({"code": self.code, "message": self.message});
+        let message = crate::message::cut(&self.message, crate::message::MAX_ECHOED_MESSAGE);
+        let mut error = json!({"code": self.code, "message": message});
         if let Some(field) = self.field {
             error["field"] = json!(field);
         }

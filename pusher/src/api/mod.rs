@@ -7,6 +7,9 @@
 
 pub mod auth;
 mod error;
+pub mod json;
+pub mod openapi;
+pub mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,9 +27,12 @@ use serde_json::{Value, json};
 pub use auth::AuthToken;
 pub use error::ApiError;
 
+use crate::callbacks::target::TargetPolicy;
 use crate::config::ApiLimits;
 use crate::dispatch::DispatchState;
-use crate::message::{FieldError, MAX_IDEMPOTENCY_KEY, MessageId, MessageRecord, parse_message};
+use crate::message::{
+    FieldError, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord, batch_items, parse_message,
+};
 use crate::metrics::{Metrics, QueueState};
 use crate::store::{AcceptItem, Store};
 
@@ -45,12 +51,19 @@ pub struct ApiState<S> {
     pub draining: Arc<AtomicBool>,
     /// The dispatcher's hold (paused channel, open circuit), shown by `/healthz`.
     pub dispatch: Arc<DispatchState>,
+    /// Where callbacks may go (`callbacks.allow`): `callback_url` is checked at accept.
+    pub targets: Arc<TargetPolicy>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
 
-/// The API router (everything but `/metrics` when it has its own listener).
-pub fn router<S: Store + Clone>(state: Shared<S>, with_metrics: bool) -> Router {
+/// The API router (everything but `/metrics` when it has its own listener); the `/v1` routes
+/// count against `cap`.
+pub fn router<S: Store + Clone>(
+    state: Shared<S>,
+    with_metrics: bool,
+    cap: &server::RequestCap,
+) -> Router {
     let v1 = Router::new()
         .route("/v1/messages", post(post_message::<S>))
         .route("/v1/messages/batch", post(post_batch::<S>))
@@ -61,7 +74,9 @@ pub fn router<S: Store + Clone>(state: Shared<S>, with_metrics: bool) -> Router 
             Arc::clone(&state),
             require_token::<S>,
         ));
+    let v1 = server::limit_layer(v1, cap);
     let mut open = Router::new()
+        .route("/openapi.json", get(openapi_json))
         .route("/healthz", get(healthz::<S>))
         .route("/readyz", get(readyz::<S>));
     if with_metrics {
@@ -149,16 +164,34 @@ async fn read_json(headers: &HeaderMap, body: Body, limits: &ApiLimits) -> Resul
         let chain = format!("{e} {:?}", std::error::Error::source(&e));
         if chain.contains("length limit") {
             too_large()
+        } else if chain.contains("TimeoutError") || chain.contains("timeout") {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                "the body did not arrive within api.bodyReadTimeout",
+            )
         } else {
             ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "cannot read the body")
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| {
+    json::from_slice_strict(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "malformed_json",
             format!("the body is not valid JSON: {e}"),
         )
+    })
+}
+
+/// Refuses a `callback_url` aimed at an internal target (see [`crate::callbacks::target`]).
+async fn check_callback(targets: &TargetPolicy, message: &Message) -> Result<(), FieldError> {
+    let Some(url) = message.callback_url.as_deref() else {
+        return Ok(());
+    };
+    targets.check_resolved(url).await.map_err(|e| FieldError {
+        code: "forbidden_target",
+        message: e.to_string(),
+        field: "callback_url".into(),
     })
 }
 
@@ -199,6 +232,21 @@ fn accepted(id: MessageId, status: &str, duplicate: bool) -> Response {
     resp
 }
 
+#[utoipa::path(post, path = "/v1/messages", tag = "messages",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeats of the same key answer the first result")),
+    request_body(content = openapi::MessageRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "accepted (durably stored)", body = openapi::Accepted),
+        (status = 422, description = "a field is wrong (named in `field`)", body = openapi::ErrorBody),
+        (status = 400, description = "not JSON, or a duplicate key", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = openapi::ErrorBody),
+        (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = openapi::ErrorBody),
+        (status = 429, description = "the queue is full", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+    ))]
 async fn post_message<S: Store>(
     State(state): State<Shared<S>>,
     headers: HeaderMap,
@@ -208,6 +256,7 @@ async fn post_message<S: Store>(
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
     let message = parse_message(&value)?;
+    check_callback(&state.targets, &message).await?;
     let mut results = state
         .store
         .accept(vec![AcceptItem {
@@ -224,6 +273,21 @@ async fn post_message<S: Store>(
     Ok(accepted(first.id, first.status.as_str(), first.duplicate))
 }
 
+#[utoipa::path(post, path = "/v1/messages/batch", tag = "messages",
+    security(("bearer" = [])),
+    params(("Idempotency-Key" = Option<String>, Header, description = "repeats of the same key answer the first result")),
+    request_body(content = openapi::BatchRequest, content_type = "application/json"),
+    responses(
+        (status = 202, description = "at least one item accepted", body = openapi::BatchAnswer),
+        (status = 422, description = "every item refused, or the body is wrong", body = openapi::BatchRefused),
+        (status = 400, description = "not JSON, or a duplicate key", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 408, description = "the body did not arrive in time", body = openapi::ErrorBody),
+        (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = openapi::ErrorBody),
+        (status = 429, description = "the queue is full", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody, headers(("Retry-After" = u64, description = "seconds"))),
+    ))]
 async fn post_batch<S: Store>(
     State(state): State<Shared<S>>,
     headers: HeaderMap,
@@ -232,55 +296,16 @@ async fn post_batch<S: Store>(
     check_accepting(&state)?;
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
-    let Value::Object(mut obj) = value else {
-        return Err(FieldError {
-            code: "invalid_field",
-            message: "the body must be {\"messages\": [...]}".into(),
-            field: String::new(),
-        }
-        .into());
-    };
-    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "messages") {
-        return Err(FieldError {
-            code: "unknown_field",
-            message: "unknown field; expected messages".into(),
-            field: unknown.clone(),
-        }
-        .into());
-    }
-    let items = match obj.remove("messages") {
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            return Err(FieldError {
-                code: "invalid_field",
-                message: "must be an array of messages".into(),
-                field: "messages".into(),
-            }
-            .into());
-        }
-        None => {
-            return Err(FieldError {
-                code: "missing_field",
-                message: "is required".into(),
-                field: "messages".into(),
-            }
-            .into());
-        }
-    };
-    let max = state.limits.max_batch as usize;
-    if items.is_empty() || items.len() > max {
-        return Err(FieldError {
-            code: "too_long",
-            message: format!("must hold 1 to {max} messages (api.maxBatch)"),
-            field: "messages".into(),
-        }
-        .into());
-    }
+    let items = batch_items(value, state.limits.max_batch as usize)?;
     // Validate everything first; the valid ones go to the store in one durable write.
     let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(items.len());
     let mut to_store = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        match parse_message(item) {
+        let parsed = match parse_message(item) {
+            Ok(m) => check_callback(&state.targets, &m).await.map(|()| m),
+            Err(e) => Err(e),
+        };
+        match parsed {
             Ok(message) => {
                 slots.push(Ok(to_store.len()));
                 to_store.push(AcceptItem {
@@ -308,7 +333,7 @@ async fn post_batch<S: Store>(
             },
             Err(e) => {
                 rejected += 1;
-                json!({"error": e})
+                json!({"error": e.bounded()})
             }
         })
         .collect();
@@ -341,6 +366,15 @@ fn status_doc(record: &MessageRecord) -> Value {
     v
 }
 
+#[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the message's id")),
+    responses(
+        (status = 200, description = "the status document", body = openapi::MessageStatus),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 404, description = "no such message", body = openapi::ErrorBody),
+        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
 async fn get_message<S: Store>(
     State(state): State<Shared<S>>,
     Path(id): Path<String>,
@@ -359,6 +393,19 @@ struct DeadLetterQuery {
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters",
+    security(("bearer" = [])),
+    params(
+        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+    ),
+    responses(
+        (status = 200, description = "a page of dead letters", body = openapi::DeadLetterPage),
+        (status = 400, description = "a malformed query", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 422, description = "`after` is not a message id", body = openapi::ErrorBody),
+        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
 async fn list_dead_letters<S: Store>(
     State(state): State<Shared<S>>,
     query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
@@ -381,6 +428,16 @@ async fn list_dead_letters<S: Store>(
     Ok(axum::Json(json!({"items": items, "next": page.next})).into_response())
 }
 
+#[utoipa::path(post, path = "/v1/dead-letters/{id}/retry", tag = "dead letters",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "the dead letter's id")),
+    responses(
+        (status = 202, description = "queued again", body = openapi::Accepted),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 404, description = "no such message", body = openapi::ErrorBody),
+        (status = 409, description = "not a dead letter, or past its expiry", body = openapi::ErrorBody),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
 async fn replay<S: Store>(
     State(state): State<Shared<S>>,
     Path(id): Path<String>,
@@ -392,6 +449,8 @@ async fn replay<S: Store>(
     Ok(accepted(record.id, record.status.as_str(), false))
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "alive", body = openapi::Health)))]
 async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
     let hold = state.dispatch.hold();
     axum::Json(json!({
@@ -402,6 +461,11 @@ async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
     .into_response()
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "takes messages", body = openapi::Ready),
+        (status = 503, description = "draining or the store is unavailable", body = openapi::Ready),
+    ))]
 async fn readyz<S: Store>(State(state): State<Shared<S>>) -> Response {
     if state.draining.load(Ordering::Relaxed) {
         return (
@@ -418,6 +482,14 @@ async fn readyz<S: Store>(State(state): State<Shared<S>>) -> Response {
             .into_response();
     }
     axum::Json(json!({"ready": true})).into_response()
+}
+
+async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document_json(),
+    )
+        .into_response()
 }
 
 async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Response {

@@ -1,7 +1,10 @@
 //! `GET,POST /wechat/events`: WeChat's server-URL callback.
 //!
-//! - `GET ?signature&timestamp&nonce&echostr`: the URL check; answers `echostr` (text/plain)
-//!   when `signature` is right, else 403.
+//! - `GET ?signature&timestamp&nonce&echostr`: the URL check; answers `echostr` (text/plain,
+//!   `X-Content-Type-Options: nosniff`) when `signature` is right and `timestamp` fresh, else
+//!   403.
+//! - Every `POST` must carry a fresh `timestamp` and a `(timestamp, nonce)` not accepted before
+//!   ([`super::replay`]), else 403: in plain mode the signature does not cover the body.
 //! - `POST` plain mode: `signature` must be right (else 403); the body is the event XML.
 //! - `POST` safe mode (`encrypt_type=aes`): `msg_signature` over the `<Encrypt>` text must be
 //!   right (else 403); the payload is decrypted and must name the channel's appid (else 400).
@@ -21,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use jiff::Timestamp;
 
+use super::replay::{Refusal, ReplayGuard};
 use super::{DeliveryEvent, EventOutcome, is_template_event, parse_xml};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -42,6 +46,8 @@ pub struct EventsState<S> {
     /// How long an event whose message is not found yet is re-tried before it is acknowledged
     /// as unmatched (covers an event that overtakes the store's `delivered` commit).
     pub match_wait: Duration,
+    /// The freshness window and the `(timestamp, nonce)` pairs seen in it.
+    pub replay: parking_lot::Mutex<ReplayGuard>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for EventsState<S> {
@@ -68,10 +74,29 @@ type Params = Query<HashMap<String, String>>;
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
         body.into(),
     )
         .into_response()
+}
+
+fn refused<S>(state: &EventsState<S>, why: Refusal) -> Response {
+    state.metrics.event("-", why.metric_label());
+    match why {
+        Refusal::Stale => text(StatusCode::FORBIDDEN, "stale timestamp"),
+        Refusal::Replayed => text(StatusCode::FORBIDDEN, "replayed request"),
+        Refusal::Full => {
+            let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "retry later");
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        }
+    }
 }
 
 fn param<'a>(q: &'a HashMap<String, String>, name: &str) -> &'a str {
@@ -90,6 +115,13 @@ async fn verify_url<S: Store>(
     if !signed(&state, &q) {
         state.metrics.event("-", "bad_signature");
         return text(StatusCode::FORBIDDEN, "invalid signature");
+    }
+    if let Err(why) = state
+        .replay
+        .lock()
+        .fresh(param(&q, "timestamp"), Timestamp::now().as_second())
+    {
+        return refused(&state, why);
     }
     state.metrics.event("-", "echostr");
     text(StatusCode::OK, param(&q, "echostr"))
@@ -154,6 +186,16 @@ async fn receive<S: Store>(
         }
         body.to_vec()
     };
+    // Signed; now fresh and new? (In plain mode only this stops a re-bodied request.)
+    let checked = state.replay.lock().check(
+        param(&q, "timestamp"),
+        param(&q, "nonce"),
+        Timestamp::now().as_second(),
+    );
+    let reserved = match checked {
+        Ok(r) => r,
+        Err(why) => return refused(&state, why),
+    };
     let xml = match parse_xml(&plain_xml) {
         Ok(x) => x,
         Err(_) => {
@@ -179,6 +221,8 @@ async fn receive<S: Store>(
         }
         Err(e) => {
             tracing::warn!(error = %e, "event not recorded");
+            // WeChat retries: its retry must not be taken for a replay.
+            state.replay.lock().release(reserved);
             metrics.event(super::TEMPLATE_EVENT, "error");
             text(StatusCode::SERVICE_UNAVAILABLE, "retry later")
         }

@@ -7,10 +7,12 @@
 //!   `confirmed`, `failed:user block` → `rejected_by_user`); every event is recorded on the
 //!   message either way.
 //! - [`http`]: the `GET,POST /wechat/events` handlers (signatures, safe mode, answers).
+//! - [`replay`]: the freshness window on `timestamp` and the once-only `(timestamp, nonce)` rule.
 //!
 //! The store finds the message and de-duplicates ([`crate::store::Store::record_event`]).
 
 pub mod http;
+pub mod replay;
 
 use jiff::Timestamp;
 use serde::Deserialize;

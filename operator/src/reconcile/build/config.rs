@@ -68,6 +68,7 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
                 .encoding_aes_key_key
                 .as_ref()
                 .map(|_| file_secret(mounts::CREDENTIALS, mounts::ENCODING_AES_KEY)),
+            ..Events::default()
         },
         queue,
         timeouts: spec.timeouts.clone(),
@@ -86,6 +87,7 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
                 .map(|_| file_secret(mounts::CALLBACKS, mounts::SIGNING_KEY)),
             timeouts: spec.callbacks.timeouts.clone(),
             retry: spec.callbacks.retry.clone(),
+            allow: spec.callbacks.allow.clone(),
         },
         api: ApiLimits::default(),
         shutdown: spec.shutdown.clone(),
