@@ -32,7 +32,7 @@ fn scale_messages() -> usize {
 /// A pusher config on the Redis at `url` (all pods share the channel and the queue).
 fn redis_config(sandbox: &str, dir: &std::path::Path, url: &str, extra: &Value) -> Value {
     let mut patch = json!({
-        "queue": {"embedded": null, "redis": {"url": url, "claimIdle": "1s", "retention": "1h"}},
+        "queue": {"embedded": null, "redis": {"url": url, "claimIdle": "3s", "retention": "1h"}},
         "concurrency": {"maxInFlight": 32},
         "retry": {"initialBackoff": "50ms", "maxBackoff": "1s"},
     });
