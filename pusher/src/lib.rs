@@ -18,6 +18,7 @@
 pub mod api;
 pub mod calendar;
 pub mod callbacks;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;

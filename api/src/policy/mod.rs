@@ -106,6 +106,24 @@ pub struct Retry {
     pub max_age: HumanDuration,
     /// Delay after WeChat's quota and per-user throttles (45011, 43117). Default `60s`.
     pub throttled_backoff: HumanDuration,
+    /// What happens to a message whose first attempt started (the pusher wrote an "attempt
+    /// started" record before sending) but whose outcome was never recorded (the pusher
+    /// crashed), when it is found again more than WeChat's 10-minute `client_msg_id`
+    /// de-duplication window after that attempt started. `park` (default): it is not re-sent;
+    /// it ends in the state `unknown_outcome`, listed with the dead letters and replayable.
+    /// `resend`: it is sent again (at-least-once; WeChat can no longer de-duplicate it).
+    pub after_window: AfterWindow,
+}
+
+/// See [`Retry::after_window`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AfterWindow {
+    /// Park it as `unknown_outcome` (at-most-once beyond the window).
+    #[default]
+    Park,
+    /// Send it again (at-least-once).
+    Resend,
 }
 
 impl Default for Retry {
@@ -118,6 +136,7 @@ impl Default for Retry {
             jitter: 0.5,
             max_age: HumanDuration::mins(9),
             throttled_backoff: HumanDuration::secs(60),
+            after_window: AfterWindow::Park,
         }
     }
 }
@@ -297,6 +316,10 @@ pub struct EmbeddedQueue {
     /// Storage class of that volume; the cluster's default when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// How long the store may fail to heal (reopen the database after an I/O error, such as
+    /// a full disk, and write again) before `/healthz`, the liveness probe, fails, so that
+    /// Kubernetes restarts the pod. Accepts get 503 meanwhile. Default `2m`.
+    pub unhealthy_after: HumanDuration,
 }
 
 impl Default for EmbeddedQueue {
@@ -307,6 +330,7 @@ impl Default for EmbeddedQueue {
             retention: HumanDuration::secs(24 * 3600),
             volume_size: "1Gi".into(),
             storage_class_name: None,
+            unhealthy_after: HumanDuration::mins(2),
         }
     }
 }
