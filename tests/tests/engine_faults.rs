@@ -359,3 +359,63 @@ async fn a_crash_mid_attempt_beyond_the_window_parks_the_message_as_unknown_outc
         .await;
     assert_eq!(code, 202, "{v}");
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Memory with a large backlog (reported, not asserted): 100,000 queued; 1,000,000 with
+/// `WXPUSH_SOAK=1`. Run with `cargo test -p wxpush-tests --test engine_faults -- --ignored
+/// memory --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/soak.sh"]
+async fn memory_with_a_large_backlog() {
+    let n: usize = if soak() { 1_000_000 } else { 100_000 };
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    // WeChat unreachable: everything stays queued.
+    let (code, v) = wx.put_faults(&json!({"http_5xx_share": 1.0})).await;
+    assert_eq!(code, 200, "{v}");
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"queue": {"embedded": {"maxMessages": 2_000_000}}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let pid = pusher.guard.child.id();
+    let idle = rss_kib(pid);
+    let started = Instant::now();
+    let mut peak = 0;
+    let chunk = 50_000;
+    for k in (0..n).step_by(chunk) {
+        let msgs: Vec<Value> = (k..(k + chunk).min(n))
+            .map(|i| template(&format!("mem-{i}")))
+            .collect();
+        send_all(&pusher.api, &msgs, 500, 4).await;
+        peak = peak.max(rss_kib(pid));
+    }
+    let accepted = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let settled = rss_kib(pid);
+    let file = std::fs::metadata(dir.path().join("queue/wxpush-queue.redb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    eprintln!(
+        "MEMORY n={n}: RSS idle {} MiB, peak while accepting {} MiB, settled {} MiB; \
+         accepted in {accepted:?}; store file {} MiB; {:.0} bytes of RSS per queued message",
+        idle / 1024,
+        peak / 1024,
+        settled / 1024,
+        file / (1024 * 1024),
+        (settled.saturating_sub(idle) * 1024) as f64 / n as f64
+    );
+}
