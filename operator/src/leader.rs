@@ -371,7 +371,7 @@ mod tests {
                 cands[0].leading = false;
             }
             for (i, c) in cands.iter_mut().enumerate() {
-                if !c.alive || (step + 2 * i as u64) % 5 != 0 {
+                if !c.alive || !(step + 2 * i as u64).is_multiple_of(5) {
                     continue;
                 }
                 let now = base + Duration::from_secs(step);
@@ -403,7 +403,7 @@ mod tests {
             }
             let leaders = cands.iter().filter(|c| c.leading).count();
             assert!(leaders <= 1, "two leaders at step {step}");
-            if step < 60 && step >= 5 {
+            if (5..60).contains(&step) {
                 assert!(cands[0].leading, "A keeps leading at step {step}");
             }
         }

@@ -656,7 +656,7 @@ mod tests {
         let resend = Retry {
             after_window: AfterWindow::Resend,
             max_age: HumanDuration::mins(20),
-            ..p.clone()
+            ..p
         };
         assert!(before_attempt(&r, &resend, later).is_none());
         // A recorded outcome is not unknown.

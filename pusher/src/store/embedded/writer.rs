@@ -846,7 +846,7 @@ impl Writer {
         let (mut record, by) = match found {
             EventTarget::Seen => return Ok(Step::Done(Change::None, EventOutcome::Duplicate)),
             EventTarget::None => return Ok(Step::Done(Change::None, EventOutcome::Unmatched)),
-            EventTarget::Found(record, by) => (record, by),
+            EventTarget::Found(record, by) => (*record, by),
         };
         let id = record.id.as_u128();
         let had_events = !record.events.is_empty();
@@ -963,7 +963,7 @@ enum EventTarget {
     /// No message.
     None,
     /// The message, and how it was found.
-    Found(MessageRecord, MatchedBy),
+    Found(Box<MessageRecord>, MatchedBy),
 }
 
 /// The read phase of [`Writer::record_event`]: nothing is written here.
@@ -996,7 +996,7 @@ fn find_event_target(
     }
     Ok(match found {
         Some((id, by)) => match t.record(id)? {
-            Some(r) => EventTarget::Found(r, by),
+            Some(r) => EventTarget::Found(Box::new(r), by),
             None => EventTarget::None,
         },
         None => EventTarget::None,
