@@ -16,8 +16,8 @@ use wxpush_pusher::message::{MessageId, MessageRecord, Status, parse_message};
 use wxpush_pusher::metrics::Metrics;
 use wxpush_pusher::store::embedded::EmbeddedOptions;
 use wxpush_pusher::store::{
-    AcceptItem, Accepted, CallbackKey, DeadLetterPage, DeliveryEvent, EmbeddedStore,
-    EventOutcome, Leased, PendingCallback, QueueCounts, Store, StoreError,
+    AcceptItem, Accepted, CallbackKey, DeadLetterPage, DeliveryEvent, EmbeddedStore, EventOutcome,
+    Leased, PendingCallback, QueueCounts, Store, StoreError,
 };
 use wxpush_pusher::wechat::WeChatSender;
 use wxpush_tests::sandbox;
@@ -91,11 +91,7 @@ impl<S: Store + Clone> Store for Faulty<S> {
         r
     }
 
-    async fn start_attempt(
-        &self,
-        leased: &Leased,
-        at: jiff::Timestamp,
-    ) -> Result<(), StoreError> {
+    async fn start_attempt(&self, leased: &Leased, at: jiff::Timestamp) -> Result<(), StoreError> {
         self.inner.start_attempt(leased, at).await
     }
 
@@ -207,8 +203,8 @@ async fn injected_store_faults_lose_strand_and_duplicate_nothing() {
     // A producer that retries with the same idempotency key until it hears an answer.
     let mut ids = Vec::with_capacity(N);
     for i in 0..N {
-        let message = parse_message(&json!({"touser": format!("f-{i}"), "template_id": "T"}))
-            .expect("valid");
+        let message =
+            parse_message(&json!({"touser": format!("f-{i}"), "template_id": "T"})).expect("valid");
         let item = AcceptItem {
             message,
             idempotency_key: Some(format!("key-{i}")),
@@ -262,11 +258,20 @@ async fn injected_store_faults_lose_strand_and_duplicate_nothing() {
         stats.delivered_unique,
         stats.duplicates_suppressed
     );
-    assert!(store.injected.load(Ordering::Relaxed) > 20, "faults were injected");
+    assert!(
+        store.injected.load(Ordering::Relaxed) > 20,
+        "faults were injected"
+    );
     assert_eq!(c.pending(), 0);
     assert_eq!(c.dead, expired);
     // Same client_msg_id on every attempt: no openid got a second delivery.
-    assert!(stats.per_openid.values().all(|o| o.delivered <= 1), "a duplicate delivery");
-    assert_eq!(stats.delivered_unique, delivered, "every delivery is recorded");
+    assert!(
+        stats.per_openid.values().all(|o| o.delivered <= 1),
+        "a duplicate delivery"
+    );
+    assert_eq!(
+        stats.delivered_unique, delivered,
+        "every delivery is recorded"
+    );
     inner.close().await;
 }
