@@ -3,7 +3,8 @@
 //! modules; from the bottom up:
 //!
 //! - [`policy`] and [`config`]: the policy types and config file (types from `wxpush-api`;
-//!   [`config`] adds reading files and secrets).
+//!   [`config`] adds reading files and secrets); [`clock`]: the dispatcher's wall clock (movable
+//!   in debug builds for tests) and WeChat's de-duplication window.
 //! - [`send`]: the vocabulary of one attempt and the [`send::Sender`] trait of a provider;
 //!   [`message`]: a message, its validation, record and status.
 //! - [`providers`]: one module per `provider` (wire protocol, errcode table);
