@@ -7,7 +7,7 @@
 # - the memory of a pusher with 1,000,000 queued.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build -p wxpush-pusher -p wxpush-sandbox --bins
+cargo build --workspace --bins
 export WXPUSH_SOAK=1
 cargo test -p wxpush-tests --test soak -- --ignored --test-threads=1 --nocapture
 cargo test -p wxpush-tests --test engine_faults -- --include-ignored --test-threads=1 --nocapture \
