@@ -20,8 +20,8 @@ use crate::clock::{self, DEDUP_WINDOW};
 use crate::message::{MessageRecord, Status};
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::{AfterWindow, Retry};
+use crate::ratelog::LogLimiter;
 use crate::resilience::backoff;
-use crate::resilience::ratelog::LogLimiter;
 use crate::store::{Leased, Store};
 use crate::wechat::{SendError, SendOutcome, SendRequest, WeChatSender};
 

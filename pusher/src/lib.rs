@@ -4,7 +4,8 @@
 //!
 //! - [`policy`] and [`config`]: the policy types and config file (types from `wxpush-api`;
 //!   [`config`] adds reading files and secrets); [`clock`]: the dispatcher's wall clock (movable
-//!   in debug builds for tests) and WeChat's de-duplication window.
+//!   in debug builds for tests) and WeChat's de-duplication window; [`ratelog`]: rate-limited
+//!   error lines.
 //! - [`send`]: the vocabulary of one attempt and the [`send::Sender`] trait of a provider;
 //!   [`message`]: a message, its validation, record and status.
 //! - [`providers`]: one module per `provider` (wire protocol, errcode table);
@@ -27,6 +28,7 @@ pub mod dispatch;
 pub mod events;
 pub mod message;
 pub mod metrics;
+pub mod ratelog;
 pub use wxpush_api::policy;
 pub mod providers;
 pub mod resilience;

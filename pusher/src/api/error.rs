@@ -73,7 +73,7 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, "past_expiry", e.to_string())
             }
             StoreError::Storage(_) | StoreError::Closed | StoreError::Busy => {
-                static LOGS: std::sync::LazyLock<crate::resilience::ratelog::LogLimiter> =
+                static LOGS: std::sync::LazyLock<crate::ratelog::LogLimiter> =
                     std::sync::LazyLock::new(Default::default);
                 if let Some(held) = LOGS.check(e.metric_label()) {
                     tracing::error!(error = %e, held_back = held, "store unavailable");

@@ -6,4 +6,3 @@
 pub mod backoff;
 pub mod breaker;
 pub mod ratelimit;
-pub mod ratelog;

@@ -44,7 +44,7 @@ use super::{
 };
 use super::{DeliveryEvent, EventOutcome};
 use crate::message::{MessageId, MessageRecord, Status};
-use crate::resilience::ratelog::LogLimiter;
+use crate::ratelog::LogLimiter;
 
 const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
 const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
