@@ -304,10 +304,53 @@ pub struct Problem {
     pub message: String,
 }
 
+/// The first key of `given` (a path such as `retry.maxAtempts`) that the parsed config does
+/// not have, descending only where both sides are objects.
+pub fn unknown_field(
+    given: &serde_json::Value,
+    known: &serde_json::Value,
+    at: &str,
+) -> Option<String> {
+    let (serde_json::Value::Object(g), serde_json::Value::Object(k)) = (given, known) else {
+        return None;
+    };
+    for (key, value) in g {
+        let path = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
+        match k.get(key) {
+            None if !value.is_null() => return Some(path),
+            None => {}
+            Some(kv) => {
+                if let Some(p) = unknown_field(value, kv, &path) {
+                    return Some(p);
+                }
+            }
+        }
+    }
+    None
+}
+
 impl PusherConfig {
     /// Parses YAML text, without environment overrides or validation.
+    ///
+    /// The file is strict: an unknown field anywhere is an error naming it (a typo would
+    /// otherwise be silently ignored). The policy types themselves accept unknown fields, so
+    /// that an operator reading a `PushChannel` written for a newer CRD is not broken by it;
+    /// the strictness of the file is checked here, by comparing the keys given with the keys
+    /// the parsed config writes back.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+        let config: Self =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let given: serde_json::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let known = serde_json::to_value(&config).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if let Some(path) = unknown_field(&given, &known, "") {
+            return Err(ConfigError::Parse(format!("unknown field `{path}`")));
+        }
+        Ok(config)
     }
 
     /// Applies the [`ENV_OVERRIDES`], reading variables through `get`.
@@ -469,6 +512,40 @@ apiBaseUrl: http://127.0.0.1:9000
 credentials: {appId: wx123, appSecret: s3cret}
 auth: {token: a-long-enough-token}
 ";
+
+    #[test]
+    fn the_config_file_refuses_unknown_fields_with_their_path() {
+        for (typo, path) in [
+            ("retry: {maxAtempts: 3}", "retry.maxAtempts"),
+            ("queue: {embedded: {pth: /x}}", "queue.embedded.pth"),
+            ("timeouts: {conect: 5s}", "timeouts.conect"),
+            ("colour: blue", "colour"),
+        ] {
+            let err = PusherConfig::from_yaml(&format!("{MINIMAL}{typo}\n")).expect_err(typo);
+            assert!(err.to_string().contains(path), "{typo}: {err}");
+        }
+        let c = PusherConfig::from_yaml(&format!(
+            "{MINIMAL}retry: {{maxAttempts: 3, afterWindow: resend}}\nqueue: {{embedded: {{unhealthyAfter: 1m}}}}\n"
+        ))
+        .expect("known fields parse");
+        assert_eq!(c.retry.max_attempts, 3);
+    }
+
+    #[test]
+    fn a_push_channel_with_a_spec_field_unknown_to_this_version_is_read() {
+        let pc: crate::crd::PushChannel = serde_json::from_value(serde_json::json!({
+            "apiVersion": "wxpush.io/v1alpha1", "kind": "PushChannel",
+            "metadata": {"name": "c", "namespace": "n"},
+            "spec": {
+                "credentials": {"secretRef": {"name": "wx"}},
+                "auth": {"secretRef": {"name": "auth", "key": "token"}},
+                "fieldFromANewerCrd": {"x": 1},
+                "retry": {"maxAttempts": 4, "newerRetryKnob": true},
+            }
+        }))
+        .expect("unknown spec fields are ignored");
+        assert_eq!(pc.spec.retry.max_attempts, 4);
+    }
 
     #[test]
     fn minimal_config_takes_defaults() {

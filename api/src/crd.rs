@@ -40,7 +40,7 @@ pub const DEFAULT_IMAGE: &str = "ghcr.io/wxpush/wxpush-pusher:0.1.0";
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
         "rule": "!self.autoscaling.enabled || has(self.queue.redis)",
@@ -116,7 +116,7 @@ fn default_api_base_url() -> String {
 
 /// The account's credentials, by reference to a Secret in the same namespace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ChannelCredentials {
     /// The Secret and the names of its keys.
     pub secret_ref: CredentialsSecretRef,
@@ -124,7 +124,7 @@ pub struct ChannelCredentials {
 
 /// A Secret holding the account's credentials, and which key holds what.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct CredentialsSecretRef {
     /// Name of the Secret.
     #[schemars(
@@ -159,7 +159,7 @@ fn default_app_secret_key() -> String {
 
 /// How producers authenticate to the pusher.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct ChannelAuth {
     /// The Secret key holding the bearer token.
     pub secret_ref: SecretKeyRef,
@@ -179,7 +179,7 @@ pub enum AutoscalingProvider {
 
 /// Horizontal autoscaling on the metrics the pusher exports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(default, rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
     "rule": "self.minReplicas <= self.maxReplicas",
     "message": "minReplicas must not exceed maxReplicas",
@@ -215,7 +215,7 @@ pub struct Autoscaling {
 
 /// The KEDA `ScaledObject`'s triggers read the pusher's metrics from Prometheus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(default, rename_all = "camelCase")]
 pub struct KedaSettings {
     /// URL of the Prometheus server that scrapes the pushers. Default
     /// `http://prometheus-operated.monitoring.svc:9090`.
@@ -261,7 +261,7 @@ impl Default for Autoscaling {
 
 /// Settings of the pusher's pods.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+#[serde(default, rename_all = "camelCase")]
 pub struct PodSettings {
     /// The pusher image. Default: the operator's `--pusher-image`
     /// (`ghcr.io/wxpush/wxpush-pusher:0.1.0` unless the operator was started with another).

@@ -191,18 +191,28 @@ async fn run_one(
             ar,
         );
     }
+    let cleanup = Arc::clone(&ctx);
     controller
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
+        .for_each(|result| {
+            let cleanup = Arc::clone(&cleanup);
+            async move {
             match result {
                 Ok((obj, _)) => debug!(namespace = obj.namespace.as_deref().unwrap_or_default(), name = %obj.name, "reconciled"),
-                // A reconcile queued for an object deleted meanwhile: nothing to do.
+                // A reconcile queued for an object deleted meanwhile: nothing to do but
+                // forgetting its failure count.
                 Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    cleanup.forget(&format!(
+                        "{}/{}",
+                        obj.namespace.as_deref().unwrap_or_default(),
+                        obj.name
+                    ));
                     debug!(object = %obj, "already deleted")
                 }
                 Err(e) => warn!(error = %e, "controller"),
+            }
             }
         })
         .await;

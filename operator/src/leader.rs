@@ -1,13 +1,17 @@
 //! Leader election through a `coordination.k8s.io/v1` Lease, so that of several operator
 //! replicas only one reconciles. The holder renews the Lease every `renew_every`; another
-//! replica takes it over once `renewTime + leaseDurationSeconds` has passed. Every write carries
-//! the `resourceVersion` it read, so two candidates cannot both win (the loser gets 409).
+//! replica takes it over once it has seen the Lease unchanged for `leaseDurationSeconds`, timed
+//! on its own monotonic clock from when it last saw the Lease change (as client-go does): the
+//! holder's `renewTime` is never compared with the local clock, so clock skew between pods
+//! cannot make two leaders. Every write carries the `resourceVersion` it read, so two
+//! candidates cannot both win (the loser gets 409).
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -24,20 +28,57 @@ pub enum Decision {
     Wait,
 }
 
-/// The pure rule: who may write the Lease `now`.
-pub fn decide(spec: Option<&LeaseSpec>, identity: &str, now: Timestamp) -> Decision {
+/// The Lease as this candidate last saw it, and when (on its own monotonic clock).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    record: String,
+    at: Instant,
+}
+
+/// The longest `leaseDurationSeconds` taken from a Lease (a crafted value cannot overflow
+/// anything).
+const MAX_LEASE_SECS: u64 = 3600;
+
+/// The pure rule: who may write the Lease at `now` (this candidate's monotonic clock).
+/// `observed` is what this candidate saw last; it is updated here. Another holder's Lease
+/// counts as expired only once it has not changed for its `leaseDurationSeconds` since this
+/// candidate first saw it as it is.
+pub fn decide(
+    spec: Option<&LeaseSpec>,
+    identity: &str,
+    observed: &mut Option<Observed>,
+    now: Instant,
+) -> Decision {
     let Some(spec) = spec else {
         return Decision::Acquire;
     };
     match spec.holder_identity.as_deref() {
         None | Some("") => Decision::Acquire,
         Some(h) if h == identity => Decision::Renew,
-        Some(_) => {
-            let duration =
-                SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(15)));
-            match &spec.renew_time {
-                Some(MicroTime(t)) if *t + duration > now => Decision::Wait,
-                _ => Decision::Acquire,
+        Some(h) => {
+            let record = format!(
+                "{h}|{:?}|{:?}|{:?}|{:?}",
+                spec.renew_time.as_ref().map(|t| t.0),
+                spec.acquire_time.as_ref().map(|t| t.0),
+                spec.lease_transitions,
+                spec.lease_duration_seconds
+            );
+            let seen = match observed {
+                Some(o) if o.record == record => o.at,
+                _ => {
+                    *observed = Some(Observed { record, at: now });
+                    return Decision::Wait;
+                }
+            };
+            let secs = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(15)
+                .clamp(1, MAX_LEASE_SECS);
+            match seen.checked_add(Duration::from_secs(secs)) {
+                Some(expiry) if expiry > now => Decision::Wait,
+                Some(_) => Decision::Acquire,
+                None => Decision::Wait,
             }
         }
     }
@@ -60,6 +101,7 @@ pub struct LeaderElection {
     identity: String,
     lease_duration: Duration,
     renew_every: Duration,
+    observed: std::sync::Arc<Mutex<Option<Observed>>>,
 }
 
 impl LeaderElection {
@@ -77,6 +119,7 @@ impl LeaderElection {
             identity: identity.into(),
             lease_duration,
             renew_every: lease_duration / 3,
+            observed: std::sync::Arc::default(),
         }
     }
 
@@ -89,11 +132,18 @@ impl LeaderElection {
         let call = async {
             let now = Timestamp::now();
             let current = self.api.get_opt(&self.name).await?;
-            let decision = decide(
-                current.as_ref().and_then(|l| l.spec.as_ref()),
-                &self.identity,
-                now,
-            );
+            let decision = {
+                let mut observed = self
+                    .observed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                decide(
+                    current.as_ref().and_then(|l| l.spec.as_ref()),
+                    &self.identity,
+                    &mut observed,
+                    Instant::now(),
+                )
+            };
             let mine = |transitions: i32, acquired: Option<MicroTime>| LeaseSpec {
                 holder_identity: Some(self.identity.clone()),
                 lease_duration_seconds: Some(self.duration_secs()),
@@ -213,31 +263,153 @@ impl LeaderElection {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::jiff::SignedDuration;
 
-    fn spec(holder: Option<&str>, renewed_secs_ago: i64) -> LeaseSpec {
+    fn spec(holder: Option<&str>, renewed: Timestamp) -> LeaseSpec {
         LeaseSpec {
             holder_identity: holder.map(Into::into),
             lease_duration_seconds: Some(15),
-            renew_time: Some(MicroTime(
-                Timestamp::now() - SignedDuration::from_secs(renewed_secs_ago),
-            )),
+            renew_time: Some(MicroTime(renewed)),
             ..LeaseSpec::default()
         }
     }
 
     #[test]
     fn decisions() {
-        let now = Timestamp::now();
-        assert_eq!(decide(None, "a", now), Decision::Acquire);
-        assert_eq!(decide(Some(&spec(None, 0)), "a", now), Decision::Acquire);
+        let t0 = Instant::now();
+        let wall = Timestamp::now();
+        let mut seen = None;
+        assert_eq!(decide(None, "a", &mut seen, t0), Decision::Acquire);
         assert_eq!(
-            decide(Some(&spec(Some("a"), 100)), "a", now),
+            decide(Some(&spec(None, wall)), "a", &mut seen, t0),
+            Decision::Acquire
+        );
+        assert_eq!(
+            decide(Some(&spec(Some("a"), wall)), "a", &mut seen, t0),
             Decision::Renew
         );
-        assert_eq!(decide(Some(&spec(Some("b"), 1)), "a", now), Decision::Wait);
+        // Another holder: expiry is timed from when this candidate saw the Lease as it is,
+        // however old its renewTime looks.
+        let old = wall - SignedDuration::from_secs(3600);
+        let b = spec(Some("b"), old);
+        assert_eq!(decide(Some(&b), "a", &mut seen, t0), Decision::Wait);
+        let later = |s| t0 + Duration::from_secs(s);
+        assert_eq!(decide(Some(&b), "a", &mut seen, later(14)), Decision::Wait);
         assert_eq!(
-            decide(Some(&spec(Some("b"), 16)), "a", now),
+            decide(Some(&b), "a", &mut seen, later(15)),
             Decision::Acquire
+        );
+        // A renewal (any change) restarts the count.
+        let b2 = spec(Some("b"), old + SignedDuration::from_secs(5));
+        assert_eq!(decide(Some(&b2), "a", &mut seen, later(15)), Decision::Wait);
+        assert_eq!(decide(Some(&b2), "a", &mut seen, later(29)), Decision::Wait);
+        assert_eq!(
+            decide(Some(&b2), "a", &mut seen, later(30)),
+            Decision::Acquire
+        );
+    }
+
+    #[test]
+    fn a_crafted_lease_does_not_panic() {
+        let now = Instant::now();
+        for (t, d) in [
+            (Timestamp::MAX, Some(i32::MAX)),
+            (Timestamp::MIN, Some(i32::MIN)),
+            (Timestamp::MAX, Some(-1)),
+            (Timestamp::MIN, None),
+        ] {
+            let s = LeaseSpec {
+                holder_identity: Some("b".into()),
+                lease_duration_seconds: d,
+                renew_time: Some(MicroTime(t)),
+                ..LeaseSpec::default()
+            };
+            let mut seen = None;
+            assert_eq!(decide(Some(&s), "a", &mut seen, now), Decision::Wait);
+            let _ = decide(Some(&s), "a", &mut seen, now + Duration::from_secs(4000));
+        }
+    }
+
+    /// Two candidates share one Lease (compare-and-swap on a version, as the API server does);
+    /// B's wall clock runs 30 s ahead of A's. Each runs the same loop as `acquire`/`keep`:
+    /// read, decide, write its own wall time as renewTime. At every step at most one leads,
+    /// and after the leader stops, the other takes over.
+    #[test]
+    fn two_candidates_with_skewed_clocks_never_both_lead() {
+        struct Cand {
+            id: &'static str,
+            skew: SignedDuration,
+            seen: Option<Observed>,
+            leading: bool,
+            alive: bool,
+        }
+        let base_wall = Timestamp::now();
+        let base = Instant::now();
+        let mut lease: Option<LeaseSpec> = None;
+        let mut version = 0u64;
+        let mut cands = [
+            Cand {
+                id: "a",
+                skew: SignedDuration::ZERO,
+                seen: None,
+                leading: false,
+                alive: true,
+            },
+            Cand {
+                id: "b",
+                skew: SignedDuration::from_secs(30),
+                seen: None,
+                leading: false,
+                alive: true,
+            },
+        ];
+        let mut b_led_after_a_stopped = false;
+        // Steps of 1 s; each candidate acts every 5 s (renew_every = 15 s / 3), B offset by 2 s.
+        for step in 0u64..120 {
+            if step == 60 {
+                cands[0].alive = false;
+                cands[0].leading = false;
+            }
+            for (i, c) in cands.iter_mut().enumerate() {
+                if !c.alive || !(step + 2 * i as u64).is_multiple_of(5) {
+                    continue;
+                }
+                let now = base + Duration::from_secs(step);
+                let wall = base_wall + SignedDuration::from_secs(step as i64) + c.skew;
+                let read_version = version;
+                let d = decide(lease.as_ref(), c.id, &mut c.seen, now);
+                let wrote = match d {
+                    Decision::Wait => false,
+                    Decision::Acquire | Decision::Renew => {
+                        // The write carries the version read: it wins only if nobody wrote since.
+                        if read_version == version {
+                            lease = Some(LeaseSpec {
+                                holder_identity: Some(c.id.into()),
+                                lease_duration_seconds: Some(15),
+                                renew_time: Some(MicroTime(wall)),
+                                ..LeaseSpec::default()
+                            });
+                            version += 1;
+                            true
+                        } else {
+                            false
+                        }
+                    }
+                };
+                c.leading = wrote;
+                if wrote && c.id == "b" && step > 60 {
+                    b_led_after_a_stopped = true;
+                }
+            }
+            let leaders = cands.iter().filter(|c| c.leading).count();
+            assert!(leaders <= 1, "two leaders at step {step}");
+            if (5..60).contains(&step) {
+                assert!(cands[0].leading, "A keeps leading at step {step}");
+            }
+        }
+        assert!(
+            b_led_after_a_stopped,
+            "B takes over once A stopped renewing"
         );
     }
 }

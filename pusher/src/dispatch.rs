@@ -16,15 +16,20 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::clock::{self, DEDUP_WINDOW};
 use crate::message::{MessageRecord, Status};
 use crate::metrics::{Metrics, Outcome};
-use crate::policy::Retry;
+use crate::policy::{AfterWindow, Retry};
+use crate::ratelog::LogLimiter;
 use crate::resilience::backoff;
 use crate::store::{Leased, Store};
 use crate::wechat::{SendError, SendOutcome, SendRequest, WeChatSender};
 
 /// How long one lease call waits for work before looking at shutdown and pauses again.
 const LEASE_WAIT: Duration = Duration::from_secs(1);
+/// How often the dispatcher looks at a store that cannot be written (it leases nothing
+/// meanwhile: an attempt whose outcome cannot be recorded would only be repeated).
+const STORE_WAIT: Duration = Duration::from_millis(250);
 
 /// The result of one attempt, for the store and the metrics.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,24 +55,45 @@ fn finish(record: &mut MessageRecord, status: Status, now: Timestamp) -> Option<
     record.finished_at = Some(now);
     record.updated_at = now;
     record.dead_letter = !matches!(status, Status::Delivered);
-    Some(match status {
+    Some(outcome_of(status))
+}
+
+/// The metric outcome of a final status.
+fn outcome_of(status: Status) -> Outcome {
+    match status {
         Status::Delivered => Outcome::delivered,
         Status::Failed => Outcome::failed,
         Status::Expired => Outcome::expired,
+        Status::UnknownOutcome => Outcome::unknown_outcome,
         _ => Outcome::dead_lettered,
-    })
+    }
 }
 
 /// Whether a leased message must not be attempted at all (its `expires_at`, its `maxAge` or
-/// its attempts are used up), and its final state if so.
+/// its attempts are used up, or the outcome of its first attempt is unknown and too old to
+/// re-send safely), and its final state if so.
 ///
-/// `maxAge` only runs once a message has been attempted: it exists to keep every retry inside
-/// WeChat's 10-minute `client_msg_id` window, and a message that was never sent (say, queued
-/// behind a paused channel) has no earlier attempt to collide with, so it is kept.
+/// `maxAge` only runs once a message's first attempt started (the "attempt started" record,
+/// `first_attempt_at`, or an attempt recorded before that record existed): it exists to keep
+/// every retry inside WeChat's 10-minute `client_msg_id` window, and a message that was never
+/// sent (say, queued behind a paused channel) has no earlier attempt to collide with, so it is
+/// kept.
+///
+/// A message whose first attempt started but was never recorded (`first_attempt_at` set,
+/// `attempts` 0: the pusher stopped mid-attempt) may have been delivered. Within the
+/// de-duplication window it is re-sent with the same `client_msg_id` (WeChat drops the copy);
+/// beyond it, it ends `unknown_outcome` unless `retry.afterWindow` is `resend`.
 pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) -> Option<Next> {
     let mut record = record.clone();
-    let status = if record.message.expires_at.is_some_and(|e| e <= now)
-        || (record.attempts > 0 && add(record.budget_from, policy.max_age.get()) <= now)
+    let started = record.attempts > 0 || record.first_attempt_at.is_some();
+    let unknown = record.attempts == 0
+        && record
+            .first_attempt_at
+            .is_some_and(|at| add(at, DEDUP_WINDOW) <= now);
+    let status = if unknown && policy.after_window == AfterWindow::Park {
+        Status::UnknownOutcome
+    } else if record.message.expires_at.is_some_and(|e| e <= now)
+        || (started && add(record.budget_from, policy.max_age.get()) <= now)
     {
         Status::Expired
     } else if record.attempts >= policy.max_attempts {
@@ -75,6 +101,15 @@ pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) ->
     } else {
         return None;
     };
+    if status == Status::UnknownOutcome {
+        record.last_error = Some(SendError {
+            kind: "unknown_outcome".into(),
+            errcode: None,
+            message: "the first attempt started but its outcome was never recorded (the pusher \
+                      stopped), and WeChat's de-duplication window has passed: not re-sent"
+                .into(),
+        });
+    }
     if record.last_error.is_none() && status == Status::Expired {
         record.last_error = Some(SendError {
             kind: "expired".into(),
@@ -120,8 +155,9 @@ pub fn next_state(
         }
         SendOutcome::Retry { error, not_before } => {
             if record.attempts == 0 {
-                // The first attempt with an unknown or transient outcome starts the budget.
-                record.budget_from = now;
+                // The first attempt with an unknown or transient outcome starts the budget
+                // (from when it started, when that was recorded).
+                record.budget_from = record.first_attempt_at.unwrap_or(now);
             }
             record.attempts += 1;
             record.last_error = Some(error);
@@ -150,10 +186,12 @@ pub fn next_state(
             record.status = waiting;
             record.next_attempt_at = Some(at);
             hold_until = Some(at);
+            not_sent(&mut record);
             None
         }
         SendOutcome::CircuitOpen { retry_after } => {
             let at = add(now, retry_after.max(Duration::from_millis(10)));
+            not_sent(&mut record);
             record.status = waiting;
             record.next_attempt_at = Some(at);
             hold_until = Some(at);
@@ -164,6 +202,14 @@ pub fn next_state(
         record,
         completed,
         hold_until,
+    }
+}
+
+/// An attempt that did not send (paused channel, open circuit, no token): when it was the
+/// first, its "attempt started" record is void (the outcome is known: not sent).
+fn not_sent(record: &mut MessageRecord) {
+    if record.attempts == 0 {
+        record.first_attempt_at = None;
     }
 }
 
@@ -212,6 +258,7 @@ pub struct Dispatcher<S> {
     policy: Retry,
     max_in_flight: usize,
     state: Arc<DispatchState>,
+    logs: LogLimiter,
 }
 
 impl<S: Store + Clone> Dispatcher<S> {
@@ -231,6 +278,7 @@ impl<S: Store + Clone> Dispatcher<S> {
             policy,
             max_in_flight: max_in_flight.max(1),
             state,
+            logs: LogLimiter::default(),
         }
     }
 
@@ -262,6 +310,14 @@ impl<S: Store + Clone> Dispatcher<S> {
                 }
                 continue;
             }
+            if !this.store.is_healthy() {
+                drop(permit);
+                tokio::select! {
+                    () = tokio::time::sleep(STORE_WAIT) => {}
+                    () = stop.cancelled() => break,
+                }
+                continue;
+            }
             let room = permits.available_permits() + 1;
             let leased = tokio::select! {
                 r = this.store.lease(room, LEASE_WAIT) => r,
@@ -270,7 +326,9 @@ impl<S: Store + Clone> Dispatcher<S> {
             let leased = match leased {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot lease messages");
+                    if let Some(held) = this.logs.check("lease") {
+                        tracing::warn!(error = %e, held_back = held, "cannot lease messages");
+                    }
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(200)) => {}
                         () = stop.cancelled() => break,
@@ -312,41 +370,66 @@ impl<S: Store + Clone> Dispatcher<S> {
         }
     }
 
-    async fn attempt(&self, lease: Leased, permit: tokio::sync::OwnedSemaphorePermit) {
-        let now = Timestamp::now();
+    async fn attempt(&self, mut lease: Leased, permit: tokio::sync::OwnedSemaphorePermit) {
+        let now = clock::now();
         let mut hold_reason = None;
-        let next = match before_attempt(&lease.record, &self.policy, now) {
-            Some(next) => {
+        let known = lease.unrecorded.take();
+        let next = match known.map(|r| *r) {
+            // An earlier attempt's outcome could not be written: record it, do not send.
+            Some(record) => {
                 drop(permit);
-                next
+                Next {
+                    completed: record.status.is_final().then(|| outcome_of(record.status)),
+                    record,
+                    hold_until: None,
+                }
             }
-            None => {
-                let body = lease
-                    .record
-                    .message
-                    .wechat_body(&lease.record.client_msg_id);
-                let outcome = self
-                    .sender
-                    .send(SendRequest {
-                        kind: lease.record.message.kind,
-                        body: &body,
-                    })
-                    .await;
-                drop(permit);
-                tracing::debug!(outcome = ?outcome, "attempt finished");
-                hold_reason = match &outcome {
-                    SendOutcome::Paused { error, .. } => Some(error.message.clone()),
-                    SendOutcome::CircuitOpen { .. } => Some("circuit breaker open".to_string()),
-                    _ => None,
-                };
-                next_state(
-                    &lease.record,
-                    outcome,
-                    &self.policy,
-                    Timestamp::now(),
-                    rand::random::<f64>(),
-                )
-            }
+            None => match before_attempt(&lease.record, &self.policy, now) {
+                Some(next) => {
+                    drop(permit);
+                    next
+                }
+                None => {
+                    if lease.record.first_attempt_at.is_none() && lease.record.attempts == 0 {
+                        // The "attempt started" record: durable before the first send, so that a
+                        // crash mid-attempt is recognised later. Without it, nothing is sent (the
+                        // store gave the lease back, due again after a delay).
+                        if let Err(e) = self.store.start_attempt(&lease, now).await {
+                            if let Some(held) = self.logs.check("start_attempt") {
+                                tracing::error!(error = %e, held_back = held, "cannot record an attempt's start; not sent");
+                            }
+                            return;
+                        }
+                        lease.record.first_attempt_at = Some(now);
+                        lease.record.budget_from = now;
+                    }
+                    let body = lease
+                        .record
+                        .message
+                        .wechat_body(&lease.record.client_msg_id);
+                    let outcome = self
+                        .sender
+                        .send(SendRequest {
+                            kind: lease.record.message.kind,
+                            body: &body,
+                        })
+                        .await;
+                    drop(permit);
+                    tracing::debug!(outcome = ?outcome, "attempt finished");
+                    hold_reason = match &outcome {
+                        SendOutcome::Paused { error, .. } => Some(error.message.clone()),
+                        SendOutcome::CircuitOpen { .. } => Some("circuit breaker open".to_string()),
+                        _ => None,
+                    };
+                    next_state(
+                        &lease.record,
+                        outcome,
+                        &self.policy,
+                        clock::now(),
+                        rand::random::<f64>(),
+                    )
+                }
+            },
         };
         if let Some((until, reason)) = next.hold_until.zip(hold_reason) {
             if self.state.set_hold(until, reason.clone()) {
@@ -383,8 +466,11 @@ impl<S: Store + Clone> Dispatcher<S> {
                 }
             }
             Err(e) => {
-                // The lease went back: the message is attempted again (same client_msg_id).
-                tracing::error!(%id, error = %e, "cannot record an attempt's outcome");
+                // The lease went back, due again only after a delay: the message is attempted
+                // again (same client_msg_id) once the store takes writes.
+                if let Some(held) = self.logs.check("complete") {
+                    tracing::error!(%id, error = %e, held_back = held, "cannot record an attempt's outcome");
+                }
             }
         }
     }
@@ -544,5 +630,74 @@ mod tests {
             (n.record.status, n.completed),
             (Status::Expired, Some(Outcome::expired))
         );
+    }
+
+    #[test]
+    fn an_unknown_first_attempt_is_parked_beyond_the_window_and_resent_within() {
+        let now = Timestamp::now();
+        let p = policy();
+        let mut r = record(now);
+        r.first_attempt_at = Some(now);
+        r.budget_from = now;
+        // Within the window (and maxAge): re-sent, same client_msg_id.
+        assert!(before_attempt(&r, &p, add(now, Duration::from_secs(30))).is_none());
+        // Beyond it: parked, whatever maxAge says.
+        let later = add(now, DEDUP_WINDOW + Duration::from_secs(1));
+        let n = before_attempt(&r, &p, later).expect("parked");
+        assert_eq!(
+            (n.record.status, n.record.dead_letter, n.completed),
+            (Status::UnknownOutcome, true, Some(Outcome::unknown_outcome))
+        );
+        assert_eq!(
+            n.record.last_error.map(|e| e.kind),
+            Some("unknown_outcome".into())
+        );
+        // At-least-once: not parked; maxAge still bounds it.
+        let resend = Retry {
+            after_window: AfterWindow::Resend,
+            max_age: HumanDuration::mins(20),
+            ..p
+        };
+        assert!(before_attempt(&r, &resend, later).is_none());
+        // A recorded outcome is not unknown.
+        r.attempts = 1;
+        let n = before_attempt(&r, &p, later).expect("too old");
+        assert_eq!(n.record.status, Status::Expired);
+    }
+
+    #[test]
+    fn max_age_runs_from_the_recorded_start_of_the_first_attempt() {
+        let now = Timestamp::now();
+        let p = policy();
+        let mut r = record(now);
+        r.first_attempt_at = Some(now);
+        r.budget_from = now;
+        let n = before_attempt(&r, &p, add(now, Duration::from_secs(61))).expect("expired");
+        assert_eq!(n.record.status, Status::Expired);
+        let n = next_state(
+            &r,
+            retry("timeout"),
+            &p,
+            add(now, Duration::from_secs(5)),
+            0.0,
+        );
+        assert_eq!(n.record.budget_from, now);
+    }
+
+    #[test]
+    fn an_attempt_that_did_not_send_voids_the_started_record() {
+        let now = Timestamp::now();
+        let mut r = record(now);
+        r.first_attempt_at = Some(now);
+        let n = next_state(
+            &r,
+            SendOutcome::CircuitOpen {
+                retry_after: Duration::from_secs(1),
+            },
+            &policy(),
+            now,
+            0.0,
+        );
+        assert_eq!((n.record.first_attempt_at, n.record.attempts), (None, 0));
     }
 }

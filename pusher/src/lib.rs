@@ -3,7 +3,9 @@
 //! modules; from the bottom up:
 //!
 //! - [`policy`] and [`config`]: the policy types and config file (types from `wxpush-api`;
-//!   [`config`] adds reading files and secrets).
+//!   [`config`] adds reading files and secrets); [`clock`]: the dispatcher's wall clock (movable
+//!   in debug builds for tests) and WeChat's de-duplication window; [`ratelog`]: rate-limited
+//!   error lines.
 //! - [`send`]: the vocabulary of one attempt and the [`send::Sender`] trait of a provider;
 //!   [`message`]: a message, its validation, record and status.
 //! - [`providers`]: one module per `provider` (wire protocol, errcode table);
@@ -19,6 +21,7 @@
 pub mod api;
 pub mod calendar;
 pub mod callbacks;
+pub mod clock;
 pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
@@ -27,6 +30,7 @@ pub mod events;
 pub mod fuzzing;
 pub mod message;
 pub mod metrics;
+pub mod ratelog;
 pub use wxpush_api::policy;
 pub mod providers;
 pub mod resilience;

@@ -557,6 +557,11 @@ pub enum Status {
     Expired,
     /// The retry budget (`retry.maxAttempts`) ran out; kept in the dead-letter set.
     DeadLettered,
+    /// Its first attempt started (and may have reached WeChat) but the pusher stopped before
+    /// recording the outcome, and it was found again only after WeChat's 10-minute
+    /// de-duplication window: re-sending could deliver it twice, so it is not re-sent
+    /// (`retry.afterWindow: park`). Kept in the dead-letter set; replay it to send it anyway.
+    UnknownOutcome,
 }
 
 impl Status {
@@ -577,6 +582,7 @@ impl Status {
             Self::Failed => "failed",
             Self::Expired => "expired",
             Self::DeadLettered => "dead_lettered",
+            Self::UnknownOutcome => "unknown_outcome",
         }
     }
 }
@@ -604,6 +610,11 @@ pub struct MessageRecord {
     /// When its `retry.maxAge` budget started: the end of its first attempt that did not settle
     /// it (before that, acceptance or the last replay; the budget does not run until then).
     pub budget_from: Timestamp,
+    /// When its first attempt started: written durably before the first send ("attempt
+    /// started" record). Set while `attempts` is 0, it means the outcome of that attempt is
+    /// unknown (the pusher stopped before recording it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_attempt_at: Option<Timestamp>,
     /// When the next attempt is due (queued and retrying messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<Timestamp>,
@@ -671,6 +682,7 @@ impl MessageRecord {
             msgid: None,
             accepted_at: now,
             budget_from: now,
+            first_attempt_at: None,
             next_attempt_at: Some(now),
             finished_at: None,
             updated_at: now,

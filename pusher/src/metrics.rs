@@ -22,6 +22,8 @@ pub enum Outcome {
     expired,
     /// Moved to the dead-letter queue.
     dead_lettered,
+    /// Not re-sent after a crash beyond the de-duplication window (see `Status::UnknownOutcome`).
+    unknown_outcome,
 }
 
 /// Label set `{outcome}`.

@@ -95,6 +95,7 @@ impl Pusher {
                     max_messages: e.max_messages,
                     retention: e.retention.get(),
                     default_callback: config.callbacks.url.is_some(),
+                    unhealthy_after: e.unhealthy_after.get(),
                 })?;
                 Self::start_with(config, metrics, auth, store, None).await
             }

@@ -368,3 +368,57 @@ async fn missing_secret_is_reported_in_status_and_fixed_by_creating_it() {
         )
         .await;
 }
+
+/// An operator of this version meets a PushChannel written for a newer CRD (a spec field it
+/// does not know, at the top and inside a policy section): it reconciles what it knows.
+#[tokio::test]
+async fn a_pushchannel_with_a_spec_field_unknown_to_this_operator_is_reconciled() {
+    let api = KubeEmulator::start().await;
+    let kubectl = api.kubectl();
+    // The newer CRD: this version's schema plus two fields.
+    let text =
+        std::fs::read_to_string(workspace_root().join("crds/pushchannel.yaml")).expect("the CRD");
+    let mut crd: Value = serde_yaml_ng::from_str(&text).expect("CRD YAML");
+    let spec = &mut crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    spec["properties"]["fieldFromANewerCrd"] = serde_json::json!({"type": "string"});
+    spec["properties"]["retry"]["properties"]["newerRetryKnob"] =
+        serde_json::json!({"type": "boolean"});
+    let dir = tempfile::tempdir().expect("tempdir");
+    let newer = dir.path().join("newer-crd.yaml");
+    std::fs::write(&newer, serde_yaml_ng::to_string(&crd).expect("YAML")).expect("write");
+    kubectl
+        .apply_file(&newer)
+        .await
+        .expect("apply the newer CRD");
+    kubectl.apply(&secrets()).await.expect("apply the Secrets");
+    let _operator = OperatorProcess::start(&api, &["--leader-election", "false"], &[]).await;
+    let example = full_example()
+        .replacen("\nspec:\n", "\nspec:\n  fieldFromANewerCrd: hello\n", 1)
+        .replacen("\n  retry:\n", "\n  retry:\n    newerRetryKnob: true\n", 1);
+    assert!(example.contains("fieldFromANewerCrd") && example.contains("newerRetryKnob"));
+    kubectl
+        .apply(&example)
+        .await
+        .expect("apply the PushChannel");
+    let pch = get(&kubectl, "pch", "payment-notify")
+        .await
+        .expect("the PushChannel exists");
+    assert_eq!(
+        pch["spec"]["fieldFromANewerCrd"], "hello",
+        "kept by the newer CRD"
+    );
+    let uid = pch["metadata"]["uid"].as_str().expect("uid").to_string();
+    let cm = kubectl
+        .wait_for_object(
+            "the ConfigMap",
+            "configmap",
+            "payment-notify-pusher",
+            wait(),
+            |o| owned_by(o, &uid),
+        )
+        .await;
+    let config_text = cm["data"]["pusher.yaml"].as_str().expect("pusher.yaml");
+    let config = PusherConfig::from_yaml(config_text).expect("the pusher config parses");
+    assert!(!config_text.contains("newerRetryKnob"), "{config_text}");
+    assert!(config.retry.max_attempts >= 1);
+}

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// A key in a Kubernetes Secret in the PushChannel's namespace. The operator mounts it into the
 /// pusher; the value never appears in the resource, its status, or the pusher's ConfigMap.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
     /// Name of the Secret.
     #[schemars(

@@ -129,6 +129,17 @@ impl Context {
     fn succeeded(&self, key: &str) {
         self.failures().remove(key);
     }
+
+    /// Forgets a deleted object's failure count (`namespace/name`), so that the map holds only
+    /// objects that exist.
+    pub fn forget(&self, key: &str) {
+        self.failures().remove(key);
+    }
+
+    /// Objects with a failure count (for tests).
+    pub fn failing(&self) -> usize {
+        self.failures().len()
+    }
 }
 
 /// Why a reconcile failed. An invalid spec or a missing Secret is not an error: it is

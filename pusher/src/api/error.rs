@@ -73,8 +73,12 @@ impl From<StoreError> for ApiError {
             StoreError::PastExpiry(..) => {
                 Self::new(StatusCode::CONFLICT, "past_expiry", e.to_string())
             }
-            StoreError::Storage(_) | StoreError::Closed => {
-                tracing::error!(error = %e, "store unavailable");
+            StoreError::Storage(_) | StoreError::Closed | StoreError::Busy => {
+                static LOGS: std::sync::LazyLock<crate::ratelog::LogLimiter> =
+                    std::sync::LazyLock::new(Default::default);
+                if let Some(held) = LOGS.check(e.metric_label()) {
+                    tracing::error!(error = %e, held_back = held, "store unavailable");
+                }
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",

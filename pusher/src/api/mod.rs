@@ -453,6 +453,17 @@ async fn replay<S: Store>(
     responses((status = 200, description = "alive", body = openapi::Health)))]
 async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
     let hold = state.dispatch.hold();
+    if !state.store.is_live() {
+        // The store has failed to heal for longer than `unhealthyAfter`: a restart may help.
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({
+                "status": "store_unhealthy",
+                "reason": "the queue has not taken a write for longer than queue.embedded.unhealthyAfter",
+            })),
+        )
+            .into_response();
+    }
     axum::Json(json!({
         "status": "ok",
         "sending": if hold.is_some() { "on_hold" } else { "active" },

@@ -84,6 +84,7 @@ impl Backend for Embedded {
 
     async fn open(&self, o: Options) -> EmbeddedStore {
         EmbeddedStore::open(&EmbeddedOptions {
+            unhealthy_after: Duration::from_secs(120),
             path: self.0.clone(),
             max_messages: o.max_messages,
             retention: o.retention,

@@ -11,6 +11,9 @@ pub(crate) struct Index {
     due: BTreeSet<(u64, u128)>,
     /// Leased ids, with the slot they were leased from.
     leased: HashMap<u128, u64>,
+    /// The durable slot of unleased ids held back to a later time than their slot (a lease
+    /// given back after a failed write): `due` has them at the later time.
+    held: HashMap<u128, u64>,
     /// Dead letters.
     pub(crate) dead: u64,
 }
@@ -28,8 +31,9 @@ impl Index {
             match self.due.first() {
                 Some(&(due, id)) if due <= now_ms => {
                     self.due.pop_first();
-                    self.leased.insert(id, due);
-                    out.push((due, id));
+                    let slot = self.held.remove(&id).unwrap_or(due);
+                    self.leased.insert(id, slot);
+                    out.push((slot, id));
                 }
                 _ => break,
             }
@@ -50,11 +54,29 @@ impl Index {
         }
     }
 
-    /// Gives a lease back unchanged (the attempt was not recorded).
-    pub(crate) fn unlease(&mut self, id: u128) {
+    /// Gives a lease back unchanged, but not due before `not_before_ms` (a write about it
+    /// failed: leasing it again at once would repeat the attempt in a tight loop). The durable
+    /// slot is kept for the next lease.
+    pub(crate) fn unlease_after(&mut self, id: u128, not_before_ms: u64) {
         if let Some(slot) = self.leased.remove(&id) {
-            self.due.insert((slot, id));
+            if not_before_ms > slot {
+                self.held.insert(id, slot);
+                self.due.insert((not_before_ms, id));
+            } else {
+                self.due.insert((slot, id));
+            }
         }
+    }
+
+    /// Takes the schedule of `fresh` (just read from disk), keeping the leases held now.
+    pub(crate) fn reload(&mut self, fresh: Index) {
+        self.due = fresh
+            .due
+            .into_iter()
+            .filter(|(_, id)| !self.leased.contains_key(id))
+            .collect();
+        self.held.clear();
+        self.dead = fresh.dead;
     }
 
     /// Whether `id` is leased.
@@ -92,10 +114,22 @@ mod tests {
         assert_eq!(ix.counts(10), (0, 1, 2));
         assert!(ix.is_leased(1));
         ix.release(1, Some(50));
-        ix.unlease(2);
+        ix.unlease_after(2, 0);
         assert_eq!(ix.take_due(60, 1), vec![(10, 2)]);
         assert_eq!(ix.take_due(60, 8), vec![(50, 1)]);
         ix.release(1, None);
         assert_eq!(ix.pending(), 2);
+    }
+
+    #[test]
+    fn a_lease_given_back_after_a_failure_waits_but_keeps_its_slot() {
+        let mut ix = Index::default();
+        ix.schedule(10, 1);
+        assert_eq!(ix.take_due(10, 8), vec![(10, 1)]);
+        ix.unlease_after(1, 1010);
+        assert_eq!(ix.take_due(1009, 8), vec![], "not at once");
+        assert_eq!(ix.next_due(), Some(1010));
+        assert_eq!(ix.take_due(1010, 8), vec![(10, 1)], "the durable slot");
+        assert_eq!(ix.pending(), 1);
     }
 }

@@ -57,6 +57,9 @@ pub struct Leased {
     pub record: MessageRecord,
     /// The schedule slot it was leased from (the store needs it to move the message on).
     pub slot: u64,
+    /// The outcome of an earlier attempt that could not be recorded (the store failed to write
+    /// it): the caller records this instead of sending again.
+    pub unrecorded: Option<Box<MessageRecord>>,
 }
 
 /// Messages by state, for `wxpush_queue_messages{state}` and backpressure.
@@ -116,6 +119,10 @@ pub enum StoreError {
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
+    /// Too many operations are waiting for the store's writer: nothing was written; retry
+    /// shortly (HTTP 503).
+    #[error("the queue's writer is busy; retry shortly")]
+    Busy,
 }
 
 impl StoreError {
@@ -128,6 +135,7 @@ impl StoreError {
             Self::PastExpiry(..) => "past_expiry",
             Self::Storage(_) => "storage",
             Self::Closed => "closed",
+            Self::Busy => "busy",
         }
     }
 }
@@ -221,6 +229,27 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the store can take writes now.
     fn is_healthy(&self) -> bool;
 
+    /// Whether the store is alive: false only once it has failed to heal for longer than
+    /// allowed (`queue.embedded.unhealthyAfter`), so that the liveness probe restarts the
+    /// process. A store that cannot heal itself answers true.
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    /// Records durably, before the first send of a leased message, that its first attempt
+    /// started at `at` (`first_attempt_at`; the `maxAge` budget runs from then). The lease
+    /// is kept. When this fails, the lease is given back (due again after a delay) and the
+    /// message must not be sent. A store without the record answers `Ok` and leaves the
+    /// crash window of the first attempt open.
+    fn start_attempt(
+        &self,
+        leased: &Leased,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (leased, at);
+        async { Ok(()) }
+    }
+
     /// Finishes pending writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
@@ -236,6 +265,7 @@ pub fn reset_for_replay(record: &mut MessageRecord, now: Timestamp) {
     record.updated_at = now;
     record.dead_letter = false;
     record.replays += 1;
+    record.first_attempt_at = None;
 }
 
 /// Milliseconds since the Unix epoch, for schedule keys (never negative).

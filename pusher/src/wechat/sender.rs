@@ -89,15 +89,23 @@ struct Answer {
     msgid: Option<i64>,
 }
 
+/// A token that cannot be had parks the channel, like a send outage: nothing was sent, so no
+/// message's retry budget is spent. The hold lasts as long as the token manager's own backoff
+/// between fetches (at least [`TOKEN_HOLD_MIN`]); then the next attempts probe it again.
 fn token_outcome(error: TokenError) -> SendOutcome {
     match error {
         TokenError::Paused { error, until } => SendOutcome::Paused { error, until },
-        TokenError::Unavailable { error, retry_after } => SendOutcome::Retry {
+        TokenError::Unavailable { error, retry_after } => SendOutcome::Paused {
             error,
-            not_before: retry_after,
+            until: Some(
+                SystemTime::now() + retry_after.unwrap_or(TOKEN_HOLD_MIN).max(TOKEN_HOLD_MIN),
+            ),
         },
     }
 }
+
+/// The shortest hold after a failed token fetch.
+const TOKEN_HOLD_MIN: Duration = Duration::from_millis(200);
 
 fn errcode_error(errcode: i64, errmsg: &str) -> SendError {
     SendError {

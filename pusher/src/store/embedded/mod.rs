@@ -21,13 +21,16 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use parking_lot::Mutex;
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use parking_lot::{Mutex, RwLock};
+use redb::{
+    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use tokio::sync::{Notify, oneshot};
 
 mod writer;
@@ -41,6 +44,7 @@ use super::{
 };
 use super::{DeliveryEvent, EventOutcome};
 use crate::message::{MessageId, MessageRecord, Status};
+use crate::ratelog::LogLimiter;
 
 const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
 const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
@@ -56,6 +60,8 @@ const AWAITING: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("a
 const EVENTS_SEEN: TableDefinition<(&str, u64, i64), u128> = TableDefinition::new("events_seen");
 /// `(due_ms, callback id)` → JSON [`PendingCallback`].
 const CALLBACKS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("callbacks");
+/// One row written by the healer to prove that the database takes writes again.
+const PROBE: TableDefinition<u8, u64> = TableDefinition::new("probe");
 /// Longest wait between looks at the callbacks table (new ones wake the worker at once).
 const CALLBACK_POLL: Duration = Duration::from_millis(100);
 
@@ -63,6 +69,13 @@ const CALLBACK_POLL: Duration = Duration::from_millis(100);
 const MAX_GROUP: usize = 8192;
 /// Most finished messages removed by one retention sweep (keeps each sweep's commit small).
 const SWEEP_BATCH: usize = 5000;
+/// redb's page cache. redb's default is 1 GiB, which a large backlog fills; the queue's
+/// working set (the head of the schedule and the messages in flight) is far smaller.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Operations from producers (accepts, replays, events) waiting for the writer at most; beyond
+/// it they are refused with [`StoreError::Busy`] (HTTP 503), so the writer's queue is bounded.
+/// Completions and callback outcomes are bounded by their worker pools and always queue.
+pub(crate) const MAX_QUEUED_OPS: usize = 16_384;
 
 /// Settings of the embedded store.
 #[derive(Debug, Clone)]
@@ -76,6 +89,8 @@ pub struct EmbeddedOptions {
     /// Whether the channel has a default callback URL (`callbacks.url`): then every final
     /// state gets a pending callback, else only messages with their own `callback_url`.
     pub default_callback: bool,
+    /// How long healing may fail before [`Store::is_live`] says no (`unhealthyAfter`).
+    pub unhealthy_after: Duration,
 }
 
 fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -90,14 +105,38 @@ fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Storage(format!("decode record: {e}")))
 }
 
+/// Opens (or creates) the database file with the store's cache size.
+fn open_db(file: &Path) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(file)
+        .map_err(storage)
+}
+
 /// What the store and its handles share.
 #[derive(Debug)]
 struct Shared {
-    db: Database,
+    /// The database file.
+    file: PathBuf,
+    /// The database; `None` only while the healer reopens it.
+    db: RwLock<Option<Database>>,
     index: Mutex<Index>,
     work: Notify,
     healthy: AtomicBool,
     closed: AtomicBool,
+    /// Since when writes have been failing (`None` while healthy).
+    unhealthy_since: Mutex<Option<Instant>>,
+    /// See [`EmbeddedOptions::unhealthy_after`].
+    unhealthy_after: Duration,
+    /// Failed write groups in a row: how long a lease given back after a failed write waits.
+    failures: AtomicU32,
+    /// Producer operations waiting for the writer (see [`MAX_QUEUED_OPS`]).
+    queued: AtomicUsize,
+    /// Rate limit of the store's error lines.
+    logs: LogLimiter,
+    /// Outcomes of attempts whose write failed, by message: handed out with the message's
+    /// next lease so that the outcome is recorded rather than the message sent again.
+    unrecorded: Mutex<std::collections::HashMap<u128, MessageRecord>>,
     /// Callback ids leased to the callback worker.
     callbacks_leased: Mutex<std::collections::HashSet<u128>>,
     /// Woken when callbacks were added.
@@ -111,6 +150,38 @@ pub struct EmbeddedStore {
     tx: mpsc::Sender<Op>,
 }
 
+impl Shared {
+    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
+        let db = self.db.read();
+        let db = db
+            .as_ref()
+            .ok_or_else(|| StoreError::Storage("the queue is being reopened".into()))?;
+        db.begin_read().map_err(storage)
+    }
+
+    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let db = self.db.read();
+        let db = db
+            .as_ref()
+            .ok_or_else(|| StoreError::Storage("the queue is being reopened".into()))?;
+        db.begin_write().map_err(storage)
+    }
+
+    /// How long a lease given back after a failed write waits before it is due again: 1 s,
+    /// doubling with every failed group in a row, at most 30 s.
+    fn give_back_delay(&self) -> Duration {
+        let n = self.failures.load(Ordering::Relaxed).min(5);
+        Duration::from_secs(1 << n).min(Duration::from_secs(30))
+    }
+
+    /// Gives a lease back, due again only after [`Shared::give_back_delay`].
+    fn give_back(&self, id: u128) {
+        let at = millis(Timestamp::now())
+            .saturating_add(u64::try_from(self.give_back_delay().as_millis()).unwrap_or(0));
+        self.index.lock().unlease_after(id, at);
+    }
+}
+
 impl EmbeddedStore {
     /// Opens (or creates) the store in `options.path` and starts its writer thread. Every
     /// message that was leased when the process last stopped is due again.
@@ -119,7 +190,7 @@ impl EmbeddedStore {
             StoreError::Storage(format!("cannot create {}: {e}", options.path.display()))
         })?;
         let file = options.path.join("wxpush-queue.redb");
-        let db = Database::create(&file).map_err(storage)?;
+        let db = open_db(&file)?;
         let index = load_index(&db)?;
         tracing::info!(
             path = %file.display(),
@@ -128,11 +199,18 @@ impl EmbeddedStore {
             "embedded queue opened"
         );
         let shared = Arc::new(Shared {
-            db,
+            file,
+            db: RwLock::new(Some(db)),
             index: Mutex::new(index),
             work: Notify::new(),
             healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
+            unhealthy_since: Mutex::new(None),
+            unhealthy_after: options.unhealthy_after,
+            failures: AtomicU32::new(0),
+            queued: AtomicUsize::new(0),
+            logs: LogLimiter::default(),
+            unrecorded: Mutex::new(std::collections::HashMap::new()),
             callbacks_leased: Mutex::new(std::collections::HashSet::new()),
             callback_work: Notify::new(),
         });
@@ -164,6 +242,23 @@ impl EmbeddedStore {
         self.tx.send(op).map_err(|_| StoreError::Closed)
     }
 
+    /// Sends a producer's operation, unless [`MAX_QUEUED_OPS`] are already waiting or the
+    /// store is healing (then it fails at once: a 503 without touching the disk).
+    fn send_bounded(&self, op: Op) -> Result<(), StoreError> {
+        if !self.shared.healthy.load(Ordering::Relaxed) {
+            return Err(StoreError::Storage(
+                "the queue cannot be written now (healing after a storage error)".into(),
+            ));
+        }
+        if self.shared.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_OPS {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(StoreError::Busy);
+        }
+        self.send(op).inspect_err(|_| {
+            self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -181,7 +276,7 @@ impl EmbeddedStore {
     }
 }
 
-fn load_index(db: &Database) -> Result<Index, StoreError> {
+pub(super) fn load_index(db: &Database) -> Result<Index, StoreError> {
     // Create the tables on first open, so that readers never meet a missing table.
     let txn = db.begin_write().map_err(storage)?;
     {
@@ -194,6 +289,7 @@ fn load_index(db: &Database) -> Result<Index, StoreError> {
         txn.open_table(AWAITING).map_err(storage)?;
         txn.open_table(EVENTS_SEEN).map_err(storage)?;
         txn.open_table(CALLBACKS).map_err(storage)?;
+        txn.open_table(PROBE).map_err(storage)?;
     }
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
@@ -213,10 +309,67 @@ fn load_index(db: &Database) -> Result<Index, StoreError> {
 }
 
 fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, StoreError> {
-    let txn = shared.db.begin_read().map_err(storage)?;
+    let txn = shared.begin_read()?;
     let table = txn.open_table(MESSAGES).map_err(storage)?;
     let got = table.get(id).map_err(storage)?;
     got.map(|v| decode(v.value())).transpose()
+}
+
+/// Reads the records of the ids just taken from the schedule. Never strands a lease: an id
+/// whose record cannot be read (a read error, an undecodable record) is given back with a
+/// delay and the others are still returned; when the read cannot even start, all are given
+/// back.
+fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Leased> {
+    let table = match shared
+        .begin_read()
+        .and_then(|txn| txn.open_table(MESSAGES).map_err(storage))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            if let Some(held) = shared.logs.check("lease_read") {
+                tracing::error!(error = %e, held_back = held, "cannot read leased messages");
+            }
+            for (_, id) in taken {
+                shared.give_back(id);
+            }
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::with_capacity(taken.len());
+    for (slot, id) in taken {
+        let record = match table.get(id) {
+            Ok(Some(v)) => decode(v.value()),
+            Ok(None) => Err(StoreError::NotFound(MessageId::from_u128(id))),
+            Err(e) => Err(storage(e)),
+        };
+        match record {
+            Ok(record) if !record.status.is_final() => {
+                let unrecorded = shared.unrecorded.lock().remove(&id).map(Box::new);
+                out.push(Leased {
+                    record,
+                    slot,
+                    unrecorded,
+                });
+            }
+            Ok(_) | Err(StoreError::NotFound(_)) => {
+                // Not pending any more: drop the stale schedule entry.
+                tracing::warn!(id = %MessageId::from_u128(id), "stale schedule entry");
+                shared.index.lock().release(id, None);
+            }
+            Err(e) => {
+                if let Some(held) = shared.logs.check("lease_record") {
+                    tracing::error!(
+                        id = %MessageId::from_u128(id),
+                        error = %e,
+                        held_back = held,
+                        "cannot read a leased message; it is tried again later"
+                    );
+                }
+                shared.give_back(id);
+            }
+        }
+    }
+    out
 }
 
 /// The wait of the two lease loops: until `notified` fires (new work), the next scheduled entry
@@ -248,7 +401,7 @@ async fn wait_for_work(
 impl Store for EmbeddedStore {
     async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Accept { items, reply })?;
+        self.send_bounded(Op::Accept { items, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -266,33 +419,7 @@ impl Store for EmbeddedStore {
             };
             if !taken.is_empty() {
                 return self
-                    .read(move |shared| {
-                        let txn = shared.db.begin_read().map_err(storage)?;
-                        let table = txn.open_table(MESSAGES).map_err(storage)?;
-                        let mut out = Vec::with_capacity(taken.len());
-                        for (slot, id) in taken {
-                            let record = match table.get(id) {
-                                Ok(Some(v)) => decode(v.value()),
-                                Ok(None) => Err(StoreError::NotFound(MessageId::from_u128(id))),
-                                Err(e) => Err(storage(e)),
-                            };
-                            match record {
-                                Ok(record) if !record.status.is_final() => {
-                                    out.push(Leased { record, slot });
-                                }
-                                Ok(_) | Err(StoreError::NotFound(_)) => {
-                                    // Not pending any more: drop the stale schedule entry.
-                                    tracing::warn!(id = %MessageId::from_u128(id), "stale schedule entry");
-                                    shared.index.lock().release(id, None);
-                                }
-                                Err(e) => {
-                                    shared.index.lock().unlease(id);
-                                    return Err(e);
-                                }
-                            }
-                        }
-                        Ok(out)
-                    })
+                    .read(move |shared| Ok(read_leased(shared, taken)))
                     .await;
             }
             if !wait_for_work(notified, deadline, deadline, next, now_ms).await {
@@ -304,12 +431,31 @@ impl Store for EmbeddedStore {
     async fn complete(&self, slot: u64, record: MessageRecord) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
         let id = record.id.as_u128();
-        if let Err(e) = self.send(Op::Complete {
+        let keep = record.clone();
+        let result = match self.send(Op::Complete {
             slot,
             record: Box::new(record),
             reply,
         }) {
-            self.shared.index.lock().unlease(id);
+            Err(e) => {
+                self.shared.give_back(id);
+                Err(e)
+            }
+            Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
+        };
+        if result.is_err() {
+            // The lease went back (due after a delay); its next lease carries this outcome,
+            // so that it is recorded instead of sent again.
+            self.shared.unrecorded.lock().insert(id, keep);
+        }
+        result
+    }
+
+    async fn start_attempt(&self, leased: &Leased, at: Timestamp) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let id = leased.record.id;
+        if let Err(e) = self.send(Op::StartAttempt { id, at, reply }) {
+            self.shared.give_back(id.as_u128());
             return Err(e);
         }
         rx.await.map_err(|_| StoreError::Closed)?
@@ -334,7 +480,7 @@ impl Store for EmbeddedStore {
         limit: usize,
     ) -> Result<DeadLetterPage, StoreError> {
         self.read(move |shared| {
-            let txn = shared.db.begin_read().map_err(storage)?;
+            let txn = shared.begin_read()?;
             let dead = txn.open_table(DEAD).map_err(storage)?;
             let messages = txn.open_table(MESSAGES).map_err(storage)?;
             let start = after.map_or(0, |a| a.as_u128().saturating_add(1));
@@ -362,7 +508,7 @@ impl Store for EmbeddedStore {
 
     async fn replay(&self, id: MessageId) -> Result<MessageRecord, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Replay { id, reply })?;
+        self.send_bounded(Op::Replay { id, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -372,7 +518,7 @@ impl Store for EmbeddedStore {
         fallback: bool,
     ) -> Result<EventOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Event {
+        self.send_bounded(Op::Event {
             event: Box::new(event),
             fallback,
             reply,
@@ -395,7 +541,7 @@ impl Store for EmbeddedStore {
                     // after its commit, so a snapshot older than that commit still sees the
                     // callback leased and skips it (no double send).
                     let mut leased = shared.callbacks_leased.lock();
-                    let txn = shared.db.begin_read().map_err(storage)?;
+                    let txn = shared.begin_read()?;
                     let table = txn.open_table(CALLBACKS).map_err(storage)?;
                     let mut out = Vec::new();
                     let mut next = None;
@@ -459,6 +605,13 @@ impl Store for EmbeddedStore {
 
     fn is_healthy(&self) -> bool {
         self.shared.healthy.load(Ordering::Relaxed) && !self.shared.closed.load(Ordering::Relaxed)
+    }
+
+    fn is_live(&self) -> bool {
+        self.shared
+            .unhealthy_since
+            .lock()
+            .is_none_or(|since| since.elapsed() < self.shared.unhealthy_after)
     }
 
     async fn close(&self) {

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::{
     AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MAX_GROUP, MESSAGES, MSGIDS,
-    SCHEDULE, SWEEP_BATCH, Shared, decode, encode, storage,
+    PROBE, SCHEDULE, SWEEP_BATCH, Shared, decode, encode, load_index, open_db, storage,
 };
 use crate::message::{MessageId, MessageRecord, Status};
 use crate::store::{
@@ -41,6 +41,11 @@ pub(super) enum Op {
     Complete {
         slot: u64,
         record: Box<MessageRecord>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    StartAttempt {
+        id: MessageId,
+        at: Timestamp,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Replay {
@@ -159,6 +164,13 @@ enum Change {
     CallbackDone {
         id: u128,
     },
+    /// A refused operation's lease or callback lease, given back whatever the group's fate.
+    GiveBack(Box<Change>),
+    /// An "attempt started" record: the lease is kept after the commit, and given back when
+    /// the commit fails (the caller does not send).
+    Started {
+        id: u128,
+    },
 }
 
 impl Change {
@@ -190,19 +202,48 @@ impl Change {
                 shared.callbacks_leased.lock().remove(id);
                 false
             }
+            Self::GiveBack(change) => {
+                drop(index);
+                change.roll_back(shared);
+                false
+            }
+            Self::Started { .. } => false,
         }
     }
 
-    /// Undoes what the caller's side did before the failed commit (leases go back).
+    /// Undoes what the caller's side did before the failed commit: leases go back, due
+    /// again only after a delay (never at once: that would repeat the attempt in a loop).
     fn roll_back(&self, shared: &Shared) {
         match self {
-            Self::Released { id, .. } => shared.index.lock().unlease(*id),
+            Self::Released { id, .. } => shared.give_back(*id),
             Self::CallbackDone { id } => {
                 shared.callbacks_leased.lock().remove(id);
             }
+            Self::GiveBack(change) => change.roll_back(shared),
+            Self::Started { id } => shared.give_back(*id),
             Self::None | Self::Scheduled { .. } | Self::Replayed { .. } => {}
         }
     }
+}
+
+impl Change {
+    /// A refused operation's lease goes back once the group is settled (committed or not).
+    fn roll_back_refused(self, effects: &mut Vec<Effect>) {
+        if matches!(self, Self::None) {
+            return;
+        }
+        effects.push(Effect {
+            change: Change::GiveBack(Box::new(self)),
+            answer: Box::new(Nothing),
+        });
+    }
+}
+
+/// An answer already given.
+struct Nothing;
+
+impl Owed for Nothing {
+    fn settle(self: Box<Self>, _failed: Option<&str>) {}
 }
 
 /// What an operation came to.
@@ -270,7 +311,8 @@ fn owe<T: Send + 'static>(
             Ok(())
         }
         Ok(Step::Refused(e)) => {
-            // Only operations without a lease are refused: `undo` has nothing to undo.
+            // Refused before writing anything: the group goes on; a lease goes back.
+            undo.roll_back_refused(effects);
             let _ = reply.send(Err(e));
             Ok(())
         }
@@ -306,6 +348,14 @@ impl Op {
                 },
                 reply,
             ),
+            Self::StartAttempt { id, reply, .. } => owed(
+                Change::Released {
+                    id: id.as_u128(),
+                    due: None,
+                    dead: false,
+                },
+                reply,
+            ),
             Self::Replay { reply, .. } => owed(Change::None, reply),
             Self::Event { reply, .. } => owed(Change::None, reply),
             Self::FinishCallback { key, reply, .. } => {
@@ -317,6 +367,30 @@ impl Op {
             },
         }
     }
+}
+
+/// The healer's state while the store cannot be written.
+#[derive(Debug)]
+pub(super) struct Healing {
+    /// Healing attempts so far.
+    attempts: u32,
+    /// When the next one is due.
+    next_at: Instant,
+}
+
+/// The wait before healing attempt `n + 1`: 100 ms doubling, at most 5 s.
+fn heal_backoff(n: u32) -> Duration {
+    Duration::from_millis(100 << n.min(6)).min(Duration::from_secs(5))
+}
+
+/// Writes the probe row: whether the database takes a write.
+fn probe(shared: &Shared) -> Result<(), StoreError> {
+    let txn = shared.begin_write()?;
+    {
+        let mut t = txn.open_table(PROBE).map_err(storage)?;
+        t.insert(0, millis(Timestamp::now())).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)
 }
 
 /// The one writer.
@@ -336,12 +410,21 @@ impl Writer {
         // When a sweep hit its batch limit, the next one is due at once (after the operations
         // waiting by then), so that removal keeps up with any inflow without long commits.
         let mut next_sweep = Instant::now() + sweep_every;
+        let mut healing: Option<Healing> = None;
         loop {
-            let wait = next_sweep.saturating_duration_since(Instant::now());
+            let mut until = next_sweep;
+            if let Some(h) = &healing {
+                until = until.min(h.next_at);
+            }
+            let wait = until.saturating_duration_since(Instant::now());
             let first = match rx.recv_timeout(wait) {
                 Ok(op) => op,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    next_sweep = self.sweep_and_schedule(sweep_every);
+                    if healing.is_some() {
+                        self.heal(&mut healing);
+                    } else {
+                        next_sweep = self.sweep_and_schedule(sweep_every, &mut healing);
+                    }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
@@ -353,6 +436,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.taken(&ops);
             let mut close = None;
             ops.retain_mut(|op| {
                 if let Op::Close { reply } = op {
@@ -364,26 +448,52 @@ impl Writer {
                 }
             });
             if !ops.is_empty() {
-                self.apply(ops);
+                self.apply(ops, &mut healing);
             }
             if let Some(reply) = close {
                 self.shared.closed.store(true, Ordering::Release);
                 // Anything sent after the close but before the flag was seen is answered too.
                 let rest: Vec<Op> = rx.try_iter().collect();
+                self.taken(&rest);
                 if !rest.is_empty() {
-                    self.apply(rest);
+                    self.apply(rest, &mut healing);
                 }
                 tracing::info!("embedded queue closed");
                 return Some(reply);
             }
-            if Instant::now() >= next_sweep {
-                next_sweep = self.sweep_and_schedule(sweep_every);
+            if healing.is_none() && Instant::now() >= next_sweep {
+                next_sweep = self.sweep_and_schedule(sweep_every, &mut healing);
             }
         }
     }
 
-    /// Applies a group of operations in one transaction and commits once.
-    fn apply(&self, ops: Vec<Op>) {
+    /// Counts producer operations out of the bounded queue.
+    fn taken(&self, ops: &[Op]) {
+        let n = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Accept { .. } | Op::Replay { .. } | Op::Event { .. }))
+            .count();
+        if n > 0 {
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Applies a group of operations in one transaction and commits once. While the store
+    /// heals, a group is failed at once (no disk access) until the next healing attempt is due;
+    /// then the database is reopened and probed first.
+    fn apply(&self, ops: Vec<Op>, healing: &mut Option<Healing>) {
+        if healing.as_ref().is_some_and(|h| Instant::now() < h.next_at) || !self.heal(healing) {
+            let effects = ops.into_iter().map(Op::abandon).collect();
+            self.settle(
+                effects,
+                Some(StoreError::Storage(
+                    "the queue cannot be written now (healing after a storage error)".into(),
+                )),
+                false,
+                healing,
+            );
+            return;
+        }
         let mut ops: VecDeque<Op> = ops.into();
         let size = ops.len();
         let started = Instant::now();
@@ -396,7 +506,7 @@ impl Writer {
         };
         let mut effects = Vec::with_capacity(ops.len());
         let result = (|| -> Result<(), StoreError> {
-            let txn = self.shared.db.begin_write().map_err(storage)?;
+            let txn = self.shared.begin_write()?;
             {
                 let mut t = Tables::open(&txn)?;
                 while let Some(op) = ops.pop_front() {
@@ -409,14 +519,99 @@ impl Writer {
         tracing::trace!(group = size, took = ?started.elapsed(), "group committed");
         // Operations not reached (the group failed part-way) are answered too.
         effects.extend(ops.into_iter().map(Op::abandon));
-        self.settle(effects, result.err(), group.callbacks_added);
+        self.settle(effects, result.err(), group.callbacks_added, healing);
+    }
+
+    /// Notes a failed write: the store is unhealthy and heals from now on.
+    fn failed(&self, e: &StoreError, healing: &mut Option<Healing>) {
+        self.shared.healthy.store(false, Ordering::Relaxed);
+        self.shared.failures.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .unhealthy_since
+            .lock()
+            .get_or_insert_with(Instant::now);
+        if healing.is_none() {
+            tracing::warn!(error = %e, "queue write failed: the store heals (reopens the database with backoff)");
+            *healing = Some(Healing {
+                attempts: 0,
+                next_at: Instant::now() + heal_backoff(0),
+            });
+        }
+    }
+
+    /// Tries to heal when an attempt is due: reopens the database (redb wants that after an
+    /// I/O error), proves it takes a write, and reloads the in-memory schedule from it (leases
+    /// held now are kept). Returns whether the store is healthy.
+    fn heal(&self, healing: &mut Option<Healing>) -> bool {
+        let Some(h) = healing.as_mut() else {
+            return true;
+        };
+        if Instant::now() < h.next_at {
+            return false;
+        }
+        h.attempts += 1;
+        match self.reopen() {
+            Ok(()) => {
+                tracing::info!(attempts = h.attempts, "queue healed: writes work again");
+                *healing = None;
+                self.shared.failures.store(0, Ordering::Relaxed);
+                *self.shared.unhealthy_since.lock() = None;
+                self.shared.healthy.store(true, Ordering::Relaxed);
+                self.shared.work.notify_one();
+                self.shared.callback_work.notify_one();
+                true
+            }
+            Err(e) => {
+                h.next_at = Instant::now() + heal_backoff(h.attempts);
+                if let Some(held) = self.shared.logs.check("heal") {
+                    tracing::error!(error = %e, attempts = h.attempts, held_back = held, "queue still cannot be written");
+                }
+                false
+            }
+        }
+    }
+
+    fn reopen(&self) -> Result<(), StoreError> {
+        // A database that survived the error takes the probe as it is; one that redb
+        // poisoned (`PreviousIo`) must be closed and opened again.
+        if probe(&self.shared).is_ok() {
+            return self.reload();
+        }
+        {
+            let mut db = self.shared.db.write();
+            *db = None;
+        }
+        let db = open_db(&self.shared.file)?;
+        *self.shared.db.write() = Some(db);
+        probe(&self.shared)?;
+        self.reload()
+    }
+
+    /// Rebuilds the in-memory schedule from the database (a failed commit may have been
+    /// durable after all), keeping the leases held now.
+    fn reload(&self) -> Result<(), StoreError> {
+        let fresh = {
+            let db = self.shared.db.read();
+            let db = db
+                .as_ref()
+                .ok_or_else(|| StoreError::Storage("the queue is closed".into()))?;
+            load_index(db)?
+        };
+        self.shared.index.lock().reload(fresh);
+        Ok(())
     }
 
     /// The reply fan-out, for a committed group and a failed one alike.
-    fn settle(&self, effects: Vec<Effect>, failed: Option<StoreError>, callbacks_added: bool) {
+    fn settle(
+        &self,
+        effects: Vec<Effect>,
+        failed: Option<StoreError>,
+        callbacks_added: bool,
+        healing: &mut Option<Healing>,
+    ) {
         match failed {
             None => {
-                self.shared.healthy.store(true, Ordering::Relaxed);
+                self.shared.failures.store(0, Ordering::Relaxed);
                 let mut woke = false;
                 for e in &effects {
                     woke |= e.change.apply(&self.shared);
@@ -432,9 +627,12 @@ impl Writer {
                 }
             }
             Some(e) => {
-                // Nothing of this group is durable: fail every caller; leases go back.
-                self.shared.healthy.store(false, Ordering::Relaxed);
-                tracing::error!(error = %e, "queue commit failed");
+                // Nothing of this group is durable: fail every caller; leases go back (due
+                // again after a delay).
+                self.failed(&e, healing);
+                if let Some(held) = self.shared.logs.check("commit") {
+                    tracing::error!(error = %e, held_back = held, "queue commit failed");
+                }
                 let msg = e.to_string();
                 for e in effects {
                     e.change.roll_back(&self.shared);
@@ -466,6 +664,14 @@ impl Writer {
                     dead: false,
                 };
                 owe(effects, undo, reply, self.complete(t, g, slot, &record))
+            }
+            Op::StartAttempt { id, at, reply } => {
+                let undo = Change::Released {
+                    id: id.as_u128(),
+                    due: None,
+                    dead: false,
+                };
+                owe(effects, undo, reply, start_attempt(t, id, at))
             }
             Op::Event {
                 event,
@@ -504,12 +710,21 @@ impl Writer {
         let mut fresh = Vec::new();
         for item in items {
             let seen = match &item.idempotency_key {
-                Some(k) => t.idem.get(k.as_str()).map_err(storage)?.map(|v| v.value()),
+                Some(k) => match t.idem.get(k.as_str()) {
+                    Ok(v) => v.map(|v| v.value()),
+                    // A read that fails refuses this request only, not the whole group.
+                    Err(e) => return Ok(Step::Refused(storage(e))),
+                },
                 None => None,
             };
             match seen {
                 Some(first) => {
-                    let status = t.record(first)?.map_or(Status::Queued, |r| r.status);
+                    // An unreadable first record still answers the duplicate with its id.
+                    let status = t
+                        .record(first)
+                        .ok()
+                        .flatten()
+                        .map_or(Status::Queued, |r| r.status);
                     results.push(Accepted {
                         id: MessageId::from_u128(first),
                         status,
@@ -567,6 +782,11 @@ impl Writer {
         record: &MessageRecord,
     ) -> Result<Step<()>, StoreError> {
         let id = record.id.as_u128();
+        // Everything that can fail for this operation alone fails before the first write.
+        let encoded = match encode(record) {
+            Ok(b) => b,
+            Err(e) => return Ok(Step::Refused(e)),
+        };
         let due = if record.status.is_final() {
             g.pending = g.pending.saturating_sub(1);
             None
@@ -598,7 +818,7 @@ impl Writer {
         if wants_callback(record.status) {
             g.callbacks_added |= t.add_callback(self.default_callback, record, g.now)?;
         }
-        t.put(record)?;
+        t.messages.insert(id, encoded.as_slice()).map_err(storage)?;
         Ok(Step::Done(
             Change::Released {
                 id,
@@ -618,33 +838,15 @@ impl Writer {
         fallback: bool,
     ) -> Result<Step<EventOutcome>, StoreError> {
         let key = (event.openid.as_str(), event.create_time, event.msgid);
-        if t.seen.get(key).map_err(storage)?.is_some() {
-            return Ok(Step::Done(Change::None, EventOutcome::Duplicate));
-        }
-        let mut found = None;
-        if event.msgid != 0
-            && let Some(v) = t.msgids.get(event.msgid).map_err(storage)?
-        {
-            found = Some((v.value(), MatchedBy::Msgid));
-        }
-        if found.is_none() && fallback {
-            let openid = event.openid.as_str();
-            let last = t
-                .awaiting
-                .range((openid, 0, 0)..=(openid, u64::MAX, u128::MAX))
-                .map_err(storage)?
-                .next_back()
-                .transpose()
-                .map_err(storage)?
-                .map(|(k, _)| k.value().2);
-            found = last.map(|id| (id, MatchedBy::OpenidFallback));
-        }
-        let record = match found {
-            Some((id, by)) => t.record(id)?.map(|r| (r, by)),
-            None => None,
+        let found = match find_event_target(t, event, fallback) {
+            Ok(f) => f,
+            // Reads failed: this event only is refused (WeChat posts it again).
+            Err(e) => return Ok(Step::Refused(e)),
         };
-        let Some((mut record, by)) = record else {
-            return Ok(Step::Done(Change::None, EventOutcome::Unmatched));
+        let (mut record, by) = match found {
+            EventTarget::Seen => return Ok(Step::Done(Change::None, EventOutcome::Duplicate)),
+            EventTarget::None => return Ok(Step::Done(Change::None, EventOutcome::Unmatched)),
+            EventTarget::Found(record, by) => (*record, by),
         };
         let id = record.id.as_u128();
         let had_events = !record.events.is_empty();
@@ -673,7 +875,11 @@ impl Writer {
         id: MessageId,
     ) -> Result<Step<MessageRecord>, StoreError> {
         let key = id.as_u128();
-        let mut record = match t.record(key)? {
+        let found = match t.record(key) {
+            Ok(r) => r,
+            Err(e) => return Ok(Step::Refused(e)),
+        };
+        let mut record = match found {
             None => return Ok(Step::Refused(StoreError::NotFound(id))),
             Some(r) if !r.dead_letter => return Ok(Step::Refused(StoreError::NotDeadLetter(id))),
             Some(r) => r,
@@ -707,8 +913,8 @@ impl Writer {
         ))
     }
 
-    fn sweep_and_schedule(&self, every: Duration) -> Instant {
-        if self.sweep() >= SWEEP_BATCH {
+    fn sweep_and_schedule(&self, every: Duration, healing: &mut Option<Healing>) -> Instant {
+        if self.sweep(healing) >= SWEEP_BATCH {
             Instant::now()
         } else {
             Instant::now() + every
@@ -717,11 +923,11 @@ impl Writer {
 
     /// Removes finished messages older than the retention, with their idempotency keys;
     /// returns how many.
-    fn sweep(&self) -> usize {
+    fn sweep(&self, healing: &mut Option<Healing>) -> usize {
         let cutoff = millis(Timestamp::now())
             .saturating_sub(u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX));
         let result = (|| -> Result<(usize, u64), StoreError> {
-            let txn = self.shared.db.begin_write().map_err(storage)?;
+            let txn = self.shared.begin_write()?;
             let swept = {
                 let mut t = Tables::open(&txn)?;
                 sweep_before(&mut t, cutoff)?
@@ -740,11 +946,78 @@ impl Writer {
                 removed
             }
             Err(e) => {
-                tracing::warn!(error = %e, "retention sweep failed");
+                if let Some(held) = self.shared.logs.check("sweep") {
+                    tracing::warn!(error = %e, held_back = held, "retention sweep failed");
+                }
+                self.failed(&e, healing);
                 0
             }
         }
     }
+}
+
+/// What a delivery event points at.
+enum EventTarget {
+    /// The event was recorded before.
+    Seen,
+    /// No message.
+    None,
+    /// The message, and how it was found.
+    Found(Box<MessageRecord>, MatchedBy),
+}
+
+/// The read phase of [`Writer::record_event`]: nothing is written here.
+fn find_event_target(
+    t: &Tables<'_>,
+    event: &DeliveryEvent,
+    fallback: bool,
+) -> Result<EventTarget, StoreError> {
+    let key = (event.openid.as_str(), event.create_time, event.msgid);
+    if t.seen.get(key).map_err(storage)?.is_some() {
+        return Ok(EventTarget::Seen);
+    }
+    let mut found = None;
+    if event.msgid != 0
+        && let Some(v) = t.msgids.get(event.msgid).map_err(storage)?
+    {
+        found = Some((v.value(), MatchedBy::Msgid));
+    }
+    if found.is_none() && fallback {
+        let openid = event.openid.as_str();
+        let last = t
+            .awaiting
+            .range((openid, 0, 0)..=(openid, u64::MAX, u128::MAX))
+            .map_err(storage)?
+            .next_back()
+            .transpose()
+            .map_err(storage)?
+            .map(|(k, _)| k.value().2);
+        found = last.map(|id| (id, MatchedBy::OpenidFallback));
+    }
+    Ok(match found {
+        Some((id, by)) => match t.record(id)? {
+            Some(r) => EventTarget::Found(Box::new(r), by),
+            None => EventTarget::None,
+        },
+        None => EventTarget::None,
+    })
+}
+
+/// Writes the "attempt started" record: `first_attempt_at` (and the start of the `maxAge`
+/// budget), unless an earlier first attempt is recorded. The lease is kept.
+fn start_attempt(t: &mut Tables<'_>, id: MessageId, at: Timestamp) -> Result<Step<()>, StoreError> {
+    let mut record = match t.record(id.as_u128()) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(Step::Refused(StoreError::NotFound(id))),
+        Err(e) => return Ok(Step::Refused(e)),
+    };
+    if record.first_attempt_at.is_none() {
+        record.first_attempt_at = Some(at);
+        record.budget_from = at;
+        record.updated_at = at;
+        t.put(&record)?;
+    }
+    Ok(Step::Done(Change::Started { id: id.as_u128() }, ()))
 }
 
 /// Ends a callback's lease: removes it, or moves it to its next due time.
@@ -753,15 +1026,21 @@ fn finish_callback(
     key: CallbackKey,
     next: Option<(Timestamp, u32)>,
 ) -> Result<Step<()>, StoreError> {
-    let old = t
-        .cbs
-        .remove((key.due_ms, key.id))
-        .map_err(storage)?
-        .map(|v| v.value().to_vec());
-    if let (Some(old), Some((at, attempts))) = (old, next) {
-        let mut cb: PendingCallback = serde_json::from_slice(&old)
-            .map_err(|e| StoreError::Storage(format!("decode callback: {e}")))?;
-        cb.attempts = attempts;
+    // An undecodable callback is dropped rather than failing the group.
+    let moved = match next {
+        Some((at, attempts)) => t
+            .cbs
+            .get((key.due_ms, key.id))
+            .map_err(storage)?
+            .and_then(|v| serde_json::from_slice::<PendingCallback>(v.value()).ok())
+            .map(|mut cb| {
+                cb.attempts = attempts;
+                (at, cb)
+            }),
+        None => None,
+    };
+    t.cbs.remove((key.due_ms, key.id)).map_err(storage)?;
+    if let Some((at, cb)) = moved {
         t.cbs
             .insert((millis(at), key.id), encode_cb(&cb)?.as_slice())
             .map_err(storage)?;

@@ -461,7 +461,11 @@ impl RedisStore {
                 .next()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            leased.push(Leased { record, slot });
+            leased.push(Leased {
+                record,
+                slot,
+                unrecorded: None,
+            });
         }
         Ok(self.ok(leased))
     }
