@@ -26,6 +26,32 @@ use crate::wechat::{SendError, SendOutcome, SendRequest, WeChatSender};
 /// How long one lease call waits for work before looking at shutdown and pauses again.
 const LEASE_WAIT: Duration = Duration::from_secs(1);
 
+/// Retries delayed by an outage remembered at most, to pull them in when the breaker closes.
+const MAX_OUTAGE_DELAYED: usize = 200_000;
+
+/// Whether an attempt's outcome is a sign that WeChat is unreachable or failing (what the
+/// circuit breaker counts, or the breaker itself): the retry it schedules is pulled in when the
+/// breaker closes again.
+pub fn delayed_by_outage(outcome: &SendOutcome) -> bool {
+    match outcome {
+        SendOutcome::CircuitOpen { .. } => true,
+        SendOutcome::Retry { error, .. } => {
+            error.errcode == Some(-1)
+                || matches!(
+                    error.kind.as_str(),
+                    "transport"
+                        | "timeout_connect"
+                        | "timeout_tls"
+                        | "timeout_response_header"
+                        | "timeout_request"
+                        | "http_5xx"
+                        | "bad_response"
+                )
+        }
+        _ => false,
+    }
+}
+
 /// The result of one attempt, for the store and the metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Next {
@@ -176,6 +202,8 @@ pub struct Hold {
     pub reason: String,
 }
 
+const CIRCUIT_OPEN: &str = "circuit breaker open";
+
 /// State the dispatcher shares with the API.
 #[derive(Debug, Default)]
 pub struct DispatchState {
@@ -189,6 +217,14 @@ impl DispatchState {
         hold.as_ref()
             .filter(|h| h.until > Timestamp::now())
             .cloned()
+    }
+
+    /// Ends a hold set because the circuit breaker was open (it closed again).
+    fn clear_circuit_hold(&self) {
+        let mut hold = self.hold.lock();
+        if hold.as_ref().is_some_and(|h| h.reason == CIRCUIT_OPEN) {
+            *hold = None;
+        }
     }
 
     /// Extends the hold; true when sending was not on hold before (worth a log line).
@@ -212,6 +248,8 @@ pub struct Dispatcher<S> {
     policy: Retry,
     max_in_flight: usize,
     state: Arc<DispatchState>,
+    /// `(schedule slot, id)` of retries delayed by an outage ([`delayed_by_outage`]).
+    outage_delayed: Mutex<Vec<(u64, crate::message::MessageId)>>,
 }
 
 impl<S: Store + Clone> Dispatcher<S> {
@@ -231,6 +269,39 @@ impl<S: Store + Clone> Dispatcher<S> {
             policy,
             max_in_flight: max_in_flight.max(1),
             state,
+            outage_delayed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits for the breaker to close again, then makes the retries an outage delayed due now
+    /// (and lifts the breaker's hold), so the backlog leaves as soon as WeChat is back.
+    async fn pull_in_when_closed(&self, stop: CancellationToken) {
+        let mut closings = self.sender.circuit_closings();
+        loop {
+            tokio::select! {
+                changed = closings.changed() => if changed.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+            self.state.clear_circuit_hold();
+            let entries = std::mem::take(&mut *self.outage_delayed.lock());
+            if entries.is_empty() {
+                continue;
+            }
+            match self.store.pull_in(entries, Timestamp::now()).await {
+                Ok(moved) => tracing::info!(moved, "circuit closed: delayed retries pulled in"),
+                Err(e) => tracing::warn!(error = %e, "cannot pull in delayed retries"),
+            }
+        }
+    }
+
+    fn remember_outage_delay(&self, slot: u64, id: crate::message::MessageId) {
+        let mut delayed = self.outage_delayed.lock();
+        if delayed.len() >= MAX_OUTAGE_DELAYED {
+            let now = crate::store::millis(Timestamp::now());
+            delayed.retain(|(at, _)| *at > now);
+        }
+        if delayed.len() < MAX_OUTAGE_DELAYED {
+            delayed.push((slot, id));
         }
     }
 
@@ -241,6 +312,11 @@ impl<S: Store + Clone> Dispatcher<S> {
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
         let mut tasks = JoinSet::new();
         let this = Arc::new(self);
+        let puller = tokio::spawn({
+            let this = Arc::clone(&this);
+            let stop = stop.clone();
+            async move { this.pull_in_when_closed(stop).await }
+        });
         loop {
             while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
@@ -299,6 +375,7 @@ impl<S: Store + Clone> Dispatcher<S> {
                 );
             }
         }
+        puller.abort();
         tracing::info!(in_flight = tasks.len(), "dispatcher draining");
         let drained =
             tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
@@ -315,6 +392,7 @@ impl<S: Store + Clone> Dispatcher<S> {
     async fn attempt(&self, lease: Leased, permit: tokio::sync::OwnedSemaphorePermit) {
         let now = Timestamp::now();
         let mut hold_reason = None;
+        let mut outage = false;
         let next = match before_attempt(&lease.record, &self.policy, now) {
             Some(next) => {
                 drop(permit);
@@ -336,9 +414,10 @@ impl<S: Store + Clone> Dispatcher<S> {
                 tracing::debug!(outcome = ?outcome, "attempt finished");
                 hold_reason = match &outcome {
                     SendOutcome::Paused { error, .. } => Some(error.message.clone()),
-                    SendOutcome::CircuitOpen { .. } => Some("circuit breaker open".to_string()),
+                    SendOutcome::CircuitOpen { .. } => Some(CIRCUIT_OPEN.to_string()),
                     _ => None,
                 };
+                outage = delayed_by_outage(&outcome);
                 next_state(
                     &lease.record,
                     outcome,
@@ -358,6 +437,11 @@ impl<S: Store + Clone> Dispatcher<S> {
         let completed = next.completed;
         let id = next.record.id;
         let accepted_at = next.record.accepted_at;
+        let delayed_until = next
+            .record
+            .next_attempt_at
+            .filter(|_| outage && completed.is_none())
+            .map(crate::store::millis);
         if let Some(outcome) = completed
             && outcome != Outcome::delivered
         {
@@ -371,6 +455,9 @@ impl<S: Store + Clone> Dispatcher<S> {
         }
         match self.store.complete(lease.slot, next.record).await {
             Ok(()) => {
+                if let Some(slot) = delayed_until {
+                    self.remember_outage_delay(slot, id);
+                }
                 if let Some(outcome) = completed {
                     self.metrics.complete(outcome);
                     if outcome == Outcome::delivered {

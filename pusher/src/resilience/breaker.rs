@@ -4,9 +4,12 @@
 //! - **Closed**: every attempt is admitted; outcomes are counted in a sliding window of
 //!   `window` (ten buckets). Once the window holds at least `minimumRequests` outcomes and the
 //!   failed share reaches `failureRatio`, the breaker opens.
-//! - **Open**: nothing is admitted for `openDuration`; callers learn when to come back.
-//! - **Half-open**: after `openDuration`, `halfOpenProbes` attempts are let through. When all of
-//!   them succeed the breaker closes (with an empty window); any failure opens it again.
+//! - **Open**: nothing is admitted for a while; callers learn when to come back. The first
+//!   opening lasts `firstProbeAfter` (early probes: a backlog leaves as soon as WeChat is
+//!   back); each failed round of probes doubles it, up to `openDuration`.
+//! - **Half-open**: then `halfOpenProbes` attempts are let through. When all of them succeed
+//!   the breaker closes (with an empty window, and the open period back to `firstProbeAfter`);
+//!   any failure opens it again.
 //!
 //! What counts as a failure is the caller's choice; the sender counts transport errors,
 //! timeouts, HTTP 5xx and errcode -1, never a permanent errcode (WeChat answered: it is up).
@@ -61,6 +64,9 @@ pub struct Breaker {
     minimum_requests: u32,
     bucket_len: Duration,
     open_duration: Duration,
+    first_probe_after: Duration,
+    /// The length of the next open period (doubles on each failed probe round).
+    next_open: Duration,
     probes: u32,
     state: State,
     /// Changes on every transition, so outcomes of attempts admitted before it are not
@@ -80,6 +86,14 @@ impl Breaker {
             minimum_requests: policy.minimum_requests.max(1),
             bucket_len,
             open_duration: policy.open_duration.get(),
+            first_probe_after: policy
+                .first_probe_after
+                .get()
+                .min(policy.open_duration.get()),
+            next_open: policy
+                .first_probe_after
+                .get()
+                .min(policy.open_duration.get()),
             probes: policy.half_open_probes.max(1),
             state: State::Closed,
             generation: 0,
@@ -106,7 +120,18 @@ impl Breaker {
         self.generation += 1;
         if state == State::Closed {
             self.buckets = [Bucket::default(); BUCKETS];
+            self.next_open = self.first_probe_after;
         }
+    }
+
+    /// Opens the breaker for the current open period; the next one is twice as long, up to
+    /// `openDuration`.
+    fn open(&mut self, now: Instant) {
+        let period = self.next_open;
+        self.next_open = (period * 2).min(self.open_duration);
+        self.transition(State::Open {
+            until: now + period,
+        });
     }
 
     /// Lets an attempt through, or says how long until one may be (`Err`).
@@ -132,7 +157,7 @@ impl Breaker {
         {
             if admitted >= self.probes {
                 // Probes are out; their outcome decides. Come back shortly.
-                return Err(self.open_duration.min(Duration::from_secs(1)));
+                return Err(self.first_probe_after.min(Duration::from_millis(100)));
             }
             self.state = State::HalfOpen {
                 admitted: admitted + 1,
@@ -172,18 +197,14 @@ impl Breaker {
                 if total >= self.minimum_requests
                     && f64::from(failed) >= self.failure_ratio * f64::from(total)
                 {
-                    self.transition(State::Open {
-                        until: now + self.open_duration,
-                    });
+                    self.open(now);
                 }
             }
             State::HalfOpen {
                 admitted,
                 succeeded,
             } => match outcome {
-                Outcome::Failure => self.transition(State::Open {
-                    until: now + self.open_duration,
-                }),
+                Outcome::Failure => self.open(now),
                 Outcome::Ignored => {
                     self.state = State::HalfOpen {
                         admitted: admitted.saturating_sub(1),
@@ -344,6 +365,7 @@ mod tests {
             minimum_requests: 4,
             window: HumanDuration::secs(10),
             open_duration: HumanDuration::secs(5),
+            first_probe_after: HumanDuration::secs(5),
             half_open_probes: 2,
         }
     }
@@ -402,6 +424,40 @@ mod tests {
             run(&mut b, t2, Outcome::Failure);
         }
         assert_eq!(b.state(t2), CircuitState::Closed);
+    }
+
+    #[test]
+    fn probes_start_early_and_back_off_while_wechat_is_down() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(
+            &CircuitBreaker {
+                first_probe_after: HumanDuration::millis(500),
+                ..policy()
+            },
+            t0,
+        );
+        for _ in 0..4 {
+            run(&mut b, t0, Outcome::Failure);
+        }
+        // (failed probe rounds so far, how long the breaker then stays open)
+        let mut now = t0;
+        for expected in [500, 1000, 2000, 4000, 5000, 5000] {
+            assert_eq!(b.retry_after(now), Some(Duration::from_millis(expected)));
+            now += Duration::from_millis(expected);
+            let probe = b.admit(now).expect("probe");
+            b.record(probe, Outcome::Failure, now);
+        }
+        // WeChat is back: the probes succeed, the breaker closes, and the next opening starts
+        // early again.
+        now += Duration::from_secs(5);
+        for _ in 0..2 {
+            run(&mut b, now, Outcome::Success);
+        }
+        assert_eq!(b.state(now), CircuitState::Closed);
+        for _ in 0..4 {
+            run(&mut b, now, Outcome::Failure);
+        }
+        assert_eq!(b.retry_after(now), Some(Duration::from_millis(500)));
     }
 
     #[test]

@@ -11,6 +11,10 @@ pub(crate) struct Index {
     due: BTreeSet<(u64, u128)>,
     /// Leased ids, with the slot they were leased from.
     leased: HashMap<u128, u64>,
+    /// Messages made due earlier than their durable schedule slot (see [`Index::pull_in`]),
+    /// with that slot: the slot is what a lease hands out, so the durable entry stays the one
+    /// that is completed. A crash forgets the pull-in, never a message.
+    pulled: HashMap<u128, u64>,
     /// Dead letters.
     pub(crate) dead: u64,
 }
@@ -28,13 +32,30 @@ impl Index {
             match self.due.first() {
                 Some(&(due, id)) if due <= now_ms => {
                     self.due.pop_first();
-                    self.leased.insert(id, due);
-                    out.push((due, id));
+                    let slot = self.pulled.remove(&id).unwrap_or(due);
+                    self.leased.insert(id, slot);
+                    out.push((slot, id));
                 }
                 _ => break,
             }
         }
         out
+    }
+
+    /// Makes the given `(slot, id)` entries due at `to_ms` when they are still scheduled at that
+    /// slot, later than `to_ms`, and not leased (retries delayed by an outage, once WeChat is
+    /// back). Returns how many moved. In memory only: the durable slot is kept and reported at
+    /// lease time.
+    pub(crate) fn pull_in(&mut self, entries: &[(u64, u128)], to_ms: u64) -> u64 {
+        let mut moved = 0;
+        for &(slot, id) in entries {
+            if slot > to_ms && !self.pulled.contains_key(&id) && self.due.remove(&(slot, id)) {
+                self.due.insert((to_ms, id));
+                self.pulled.insert(id, slot);
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// When the earliest unleased message is due.
@@ -97,5 +118,23 @@ mod tests {
         assert_eq!(ix.take_due(60, 8), vec![(50, 1)]);
         ix.release(1, None);
         assert_eq!(ix.pending(), 2);
+    }
+
+    #[test]
+    fn pulled_in_entries_are_due_early_and_lease_their_durable_slot() {
+        let mut ix = Index::default();
+        ix.schedule(5_000, 1);
+        ix.schedule(9_000, 2);
+        ix.schedule(50, 3);
+        // Entry 2 is named with a wrong slot, entry 3 is due already: only 1 moves.
+        assert_eq!(ix.pull_in(&[(5_000, 1), (8_000, 2), (50, 3)], 100), 1);
+        assert_eq!(ix.counts(100), (2, 1, 0));
+        assert_eq!(ix.take_due(100, 8), vec![(50, 3), (5_000, 1)]);
+        assert!(ix.is_leased(1));
+        // Given back unchanged, it returns to its durable slot.
+        ix.unlease(1);
+        assert_eq!(ix.next_due(), Some(5_000));
+        assert_eq!(ix.pull_in(&[(9_000, 2)], 200), 1);
+        assert_eq!(ix.pull_in(&[(9_000, 2)], 150), 0, "already pulled in");
     }
 }
