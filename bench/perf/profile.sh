@@ -2,7 +2,7 @@
 # Profiles wxpush-pusher on the clean scenario of bench/perf/run.sh: `perf record -e cpu-clock -g`
 # (these VMs have no hardware counters) on the pusher while N messages are accepted and
 # delivered against one sandbox answering in 2 ms. Writes OUT/perf-report.txt (the hottest
-# symbols, self and children) and, when inferno is installed (`cargo install inferno`),
+# symbols, self and children; the samples stay in OUT/perf.data) and, when inferno is installed (`cargo install inferno`),
 # OUT/flamegraph.svg.
 #
 #   bench/perf/profile.sh          # N=30000
@@ -12,7 +12,7 @@ N=${N:-30000}
 OUT=${OUT:-bench/perf/results}
 APPID=wxbench000000000
 SECRET=bench-secret
-TOKEN=bench-token
+TOKEN=bench-token-0123456789abcdef
 command -v perf >/dev/null || { echo "perf is needed (apt-get install linux-perf)" >&2; exit 1; }
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 cargo build --release -p wxpush-pusher -p wxpush-sandbox -p wxpush-bench --bins >&2
@@ -36,17 +36,17 @@ EOF2
 RUST_LOG=warn "$BIN/wxpush-pusher" serve --config "$work/pusher.yaml" >"$work/p.out" 2>/dev/null &
 PUSHER_PID=$!
 for _ in $(seq 300); do grep -q 'listening on' "$work/p.out" 2>/dev/null && break; sleep 0.05; done
-perf record -e cpu-clock -F 999 -g -p "$PUSHER_PID" -o "$work/perf.data" 2>/dev/null &
+perf record -e cpu-clock -F 999 -g -p "$PUSHER_PID" -o "$OUT/perf.data" 2>/dev/null &
 PERF_PID=$!
 sleep 0.5
 "$BIN/wxpush-bench" e2e --pusher "http://127.0.0.1:$port" --token "$TOKEN" --sandbox "$SB" \
   --pid "$PUSHER_PID" --n "$N" --prefix prof- | tee "$OUT/profile-run.json" >&2
 kill -INT "$PERF_PID"; wait "$PERF_PID" 2>/dev/null || true
-perf report -i "$work/perf.data" --no-children --sort symbol --stdio 2>/dev/null \
-  | grep -v '^#' | grep -v '^$' | grep '%' | head -60 >"$OUT/perf-report.txt"
-perf report -i "$work/perf.data" --children --sort symbol --stdio -g none 2>/dev/null \
-  | grep -v '^#' | grep -v '^$' | grep '%' | head -60 >"$OUT/perf-report-children.txt"
+perf report -i "$OUT/perf.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
+  | grep '%' | head -80 >"$OUT/perf-report.txt" || true
+perf report -i "$OUT/perf.data" --children --sort symbol --stdio -g none 2>/dev/null \
+  | grep '%' | head -120 >"$OUT/perf-report-children.txt" || true
 if command -v inferno-collapse-perf >/dev/null; then
-  perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph >"$OUT/flamegraph.svg"
+  perf script -i "$OUT/perf.data" 2>/dev/null | inferno-collapse-perf | inferno-flamegraph >"$OUT/flamegraph.svg"
 fi
 echo "profile: $OUT/perf-report.txt $OUT/perf-report-children.txt" >&2

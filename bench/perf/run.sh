@@ -38,7 +38,7 @@ OUT=${OUT:-bench/perf/results}
 PLOT=${PLOT:-1}
 APPID=wxbench000000000
 SECRET=bench-secret
-TOKEN=bench-token
+TOKEN=bench-token-0123456789abcdef
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 cargo build --release -p wxpush-pusher -p wxpush-sandbox -p wxpush-bench --bins >&2

@@ -91,7 +91,6 @@ fn finish(record: &mut MessageRecord, status: Status, now: Timestamp) -> Option<
 /// WeChat's 10-minute `client_msg_id` window, and a message that was never sent (say, queued
 /// behind a paused channel) has no earlier attempt to collide with, so it is kept.
 pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) -> Option<Next> {
-    let mut record = record.clone();
     let status = if record.message.expires_at.is_some_and(|e| e <= now)
         || (record.attempts > 0 && add(record.budget_from, policy.max_age.get()) <= now)
     {
@@ -101,6 +100,8 @@ pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) ->
     } else {
         return None;
     };
+    // Cloned only for a message that ends here (the common case allocates nothing).
+    let mut record = record.clone();
     if record.last_error.is_none() && status == Status::Expired {
         record.last_error = Some(SendError {
             kind: "expired".into(),

@@ -4,15 +4,17 @@
 //! is passed in, so tests drive it with plain values.
 //!
 //! Samples are gathered in windows (at least [`AdaptiveSettings::window`] long and
-//! [`AdaptiveSettings::min_samples`] samples). At the end of each window the window's mean
-//! latency is compared with the **floor**, the lowest window mean of the last
-//! [`FLOOR_WINDOWS`] windows:
+//! [`AdaptiveSettings::min_samples`] samples). At the end of each window the window's
+//! **lowest** latency is compared with the **floor**, the lowest such value of the last
+//! [`FLOOR_WINDOWS`] windows. The lowest latency of a window rises only when every request
+//! waits (the upstream queues them), not when some are slowed down by a busy machine, so noise
+//! on the pusher's own host does not shrink the limit:
 //!
 //! | window | new limit |
 //! |---|---|
 //! | more than [`AdaptiveSettings::max_error_share`] of the samples failed (timeout, transport, 5xx) | × [`AdaptiveSettings::backoff`] |
-//! | mean ≤ floor × [`AdaptiveSettings::grow_below`] and the limit was used | + max(1, limit / 8): growing while latency stays near its floor |
-//! | mean > floor × [`AdaptiveSettings::shrink_above`] | × max(0.5, floor × `grow_below` / mean): backing off in proportion to the queueing |
+//! | lowest ≤ floor × [`AdaptiveSettings::grow_below`] and the limit was used | + max(1, limit / 8): growing while latency stays near its floor |
+//! | lowest > floor × [`AdaptiveSettings::shrink_above`] | × max(0.5, floor × `grow_below` / lowest): backing off in proportion to the queueing |
 //! | otherwise | unchanged |
 //!
 //! The limit stays within `[min_limit, max_limit]`. Requests stuck far beyond the observed
@@ -46,9 +48,9 @@ pub struct AdaptiveSettings {
     pub window: Duration,
     /// Fewest samples in a window.
     pub min_samples: u32,
-    /// Grow while the window's mean latency is at most floor × this.
+    /// Grow while the window's lowest latency is at most floor × this.
     pub grow_below: f64,
-    /// Shrink when the mean latency is above floor × this.
+    /// Shrink when the window's lowest latency is above floor × this.
     pub shrink_above: f64,
     /// Share of failed samples in a window above which the limit is cut.
     pub max_error_share: f64,
@@ -80,10 +82,10 @@ pub struct AdaptiveLimit {
     window_start: Option<Instant>,
     samples: u32,
     failed: u32,
-    sum: Duration,
+    lowest: Duration,
     /// Most requests in flight during the window (was the limit used?).
     peak_in_flight: u32,
-    /// Means of the last windows, newest last.
+    /// Lowest latencies of the last windows.
     means: [Duration; FLOOR_WINDOWS],
     filled: usize,
     next: usize,
@@ -105,7 +107,7 @@ impl AdaptiveLimit {
             window_start: None,
             samples: 0,
             failed: 0,
-            sum: Duration::ZERO,
+            lowest: Duration::MAX,
             peak_in_flight: 0,
             means: [Duration::ZERO; FLOOR_WINDOWS],
             filled: 0,
@@ -119,7 +121,7 @@ impl AdaptiveLimit {
         self.limit.round().clamp(1.0, f64::from(u32::MAX)) as u32
     }
 
-    /// The latency floor (lowest recent window mean), once a window has closed.
+    /// The latency floor (lowest latency of the recent windows), once a window has closed.
     pub fn floor(&self) -> Option<Duration> {
         self.means[..self.filled].iter().min().copied()
     }
@@ -135,7 +137,7 @@ impl AdaptiveLimit {
     ) -> Option<u32> {
         let start = *self.window_start.get_or_insert(now);
         self.samples += 1;
-        self.sum += latency;
+        self.lowest = self.lowest.min(latency);
         if sample == Sample::Failed {
             self.failed += 1;
         }
@@ -154,12 +156,12 @@ impl AdaptiveLimit {
 
     fn close_window(&mut self) {
         let s = self.settings;
-        let mean = self.sum / self.samples.max(1);
+        let mean = self.lowest;
         let error_share = f64::from(self.failed) / f64::from(self.samples.max(1));
         let used = f64::from(self.peak_in_flight) >= self.limit * 0.5;
         self.samples = 0;
         self.failed = 0;
-        self.sum = Duration::ZERO;
+        self.lowest = Duration::MAX;
         self.peak_in_flight = 0;
         if error_share > s.max_error_share {
             self.limit *= s.backoff;
@@ -264,6 +266,22 @@ mod tests {
         // Every answer fails: down to the floor of the range, never below.
         let limits = run(&mut l, &mut now, 50, Duration::from_millis(2), 16);
         assert_eq!(limits.last(), Some(&2));
+    }
+
+    #[test]
+    fn a_few_slow_answers_do_not_shrink_the_limit() {
+        let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+        let mut now = Instant::now();
+        let before = run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+        // Half of every window slowed down tenfold (a busy host), the other half at the floor.
+        for _ in 0..8 {
+            for i in 0..16 {
+                let latency = Duration::from_millis(if i % 2 == 0 { 20 } else { 2 });
+                l.record(now, latency, Sample::Ok, l.limit());
+                now += Duration::from_millis(4);
+            }
+        }
+        assert!(l.limit() > before[3], "{before:?} → {}", l.limit());
     }
 
     #[test]
