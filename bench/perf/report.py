@@ -103,7 +103,7 @@ if sweep and adaptive:
 if o:
     print(f"| recovery: ≥ 0.8 × clean within 2 s | {'never' if recover is None else f'{recover:.1f} s'} | {mark(recover is not None and recover <= 2.0)} |")
 if c256 and clean:
-    print(f"| maxInFlight 256 ≥ 64 | {c256['rate'] / clean['rate']:.2f}× | {mark(c256['rate'] >= clean['rate'])} |")
+    print(f"| maxInFlight 256 ≥ 64 | {c256['rate'] / clean['rate']:.3f}× ({c256['rate']:.0f} vs {clean['rate']:.0f}/s) | {mark(c256['rate'] >= clean['rate'])} |")
 if accb:
     print(f"| batch accepts ≥ 50k/s durable | {k(accb['rate'])} | {mark(accb['rate'] >= 50000)} |")
 if acc1 and acc1.get("latency"):

@@ -137,10 +137,11 @@ pub struct CircuitBreaker {
     pub minimum_requests: u32,
     /// The sliding window the ratio is computed over. Default `10s`.
     pub window: HumanDuration,
-    /// How long the breaker stays open before letting probes through, at most. Default `15s`.
+    /// How long the breaker stays open before letting probes through once it has been failing
+    /// for this long (a long outage). Default `15s`.
     pub open_duration: HumanDuration,
-    /// How long after opening the first probes go out, so that a backlog leaves as soon as
-    /// WeChat is back; each failed round of probes doubles the wait, up to `openDuration`.
+    /// How long the breaker stays open before letting probes through during the first
+    /// `openDuration` of a failure, so that a backlog leaves as soon as WeChat is back.
     /// Default `1s`.
     pub first_probe_after: HumanDuration,
     /// Probes let through while half-open; all must succeed to close. Default `3`.

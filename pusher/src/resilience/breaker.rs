@@ -4,9 +4,9 @@
 //! - **Closed**: every attempt is admitted; outcomes are counted in a sliding window of
 //!   `window` (ten buckets). Once the window holds at least `minimumRequests` outcomes and the
 //!   failed share reaches `failureRatio`, the breaker opens.
-//! - **Open**: nothing is admitted for a while; callers learn when to come back. The first
-//!   opening lasts `firstProbeAfter` (early probes: a backlog leaves as soon as WeChat is
-//!   back); each failed round of probes doubles it, up to `openDuration`.
+//! - **Open**: nothing is admitted for a while; callers learn when to come back. Each opening
+//!   lasts `firstProbeAfter` while the breaker has been failing for less than `openDuration`
+//!   (early probes: a backlog leaves as soon as WeChat is back), `openDuration` after that.
 //! - **Half-open**: then `halfOpenProbes` attempts are let through. When all of them succeed
 //!   the breaker closes (with an empty window, and the open period back to `firstProbeAfter`);
 //!   any failure opens it again.
@@ -65,8 +65,8 @@ pub struct Breaker {
     bucket_len: Duration,
     open_duration: Duration,
     first_probe_after: Duration,
-    /// The length of the next open period (doubles on each failed probe round).
-    next_open: Duration,
+    /// When the current episode (closed → open → … → closed) began.
+    episode_start: Option<Instant>,
     probes: u32,
     state: State,
     /// Changes on every transition, so outcomes of attempts admitted before it are not
@@ -90,10 +90,7 @@ impl Breaker {
                 .first_probe_after
                 .get()
                 .min(policy.open_duration.get()),
-            next_open: policy
-                .first_probe_after
-                .get()
-                .min(policy.open_duration.get()),
+            episode_start: None,
             probes: policy.half_open_probes.max(1),
             state: State::Closed,
             generation: 0,
@@ -120,15 +117,20 @@ impl Breaker {
         self.generation += 1;
         if state == State::Closed {
             self.buckets = [Bucket::default(); BUCKETS];
-            self.next_open = self.first_probe_after;
+            self.episode_start = None;
         }
     }
 
-    /// Opens the breaker for the current open period; the next one is twice as long, up to
-    /// `openDuration`.
+    /// Opens the breaker: for `firstProbeAfter` while the episode is younger than
+    /// `openDuration` (probing early, so the backlog leaves as soon as WeChat is back), for
+    /// `openDuration` after that (a long outage is probed less often).
     fn open(&mut self, now: Instant) {
-        let period = self.next_open;
-        self.next_open = (period * 2).min(self.open_duration);
+        let start = *self.episode_start.get_or_insert(now);
+        let period = if now.saturating_duration_since(start) < self.open_duration {
+            self.first_probe_after
+        } else {
+            self.open_duration
+        };
         self.transition(State::Open {
             until: now + period,
         });
@@ -427,7 +429,7 @@ mod tests {
     }
 
     #[test]
-    fn probes_start_early_and_back_off_while_wechat_is_down() {
+    fn probes_start_early_and_slow_down_in_a_long_outage() {
         let t0 = Instant::now();
         let mut b = Breaker::new(
             &CircuitBreaker {
@@ -439,9 +441,10 @@ mod tests {
         for _ in 0..4 {
             run(&mut b, t0, Outcome::Failure);
         }
-        // (failed probe rounds so far, how long the breaker then stays open)
+        // How long the breaker stays open after each failed round of probes: every 500 ms
+        // during the first openDuration (5 s) of the episode, every 5 s after that.
         let mut now = t0;
-        for expected in [500, 1000, 2000, 4000, 5000, 5000] {
+        for expected in [500; 10].into_iter().chain([5000, 5000]) {
             assert_eq!(b.retry_after(now), Some(Duration::from_millis(expected)));
             now += Duration::from_millis(expected);
             let probe = b.admit(now).expect("probe");

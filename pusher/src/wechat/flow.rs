@@ -145,6 +145,9 @@ impl Flow {
         self.release(&mut slot);
         let sample = match result {
             Ok(r) if r.status < 500 => Sample::Ok,
+            // Refused or unresolvable: WeChat is away, not overloaded (the breaker deals with
+            // it); cutting the limit would only slow the recovery down.
+            Err(e) if e.never_sent() => return,
             _ => Sample::Failed,
         };
         let mut learnt = self.learnt.lock();
