@@ -67,6 +67,8 @@ SB=$(sed -n 's/^wxpush-sandbox listening on //p' "$work/sandbox.out" | head -1)
 echo "sandbox $SB (pid $SB_PID), latency $LATENCY" >&2
 
 faults() { # faults JSON
+  # The sandbox refuses new connections during an outage: wait until it listens again.
+  for _ in $(seq 400); do curl -sf "$SB/__health" >/dev/null 2>&1 && break; sleep 0.05; done
   curl -sf -X PUT "$SB/__faults" -H 'Content-Type: application/json' -d "$1" >/dev/null
   curl -sf -X POST "$SB/__reset" >/dev/null
   curl -sf -X PUT "$SB/__faults" -H 'Content-Type: application/json' -d "$1" >/dev/null
