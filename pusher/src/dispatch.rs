@@ -31,6 +31,32 @@ const LEASE_WAIT: Duration = Duration::from_secs(1);
 /// meanwhile: an attempt whose outcome cannot be recorded would only be repeated).
 const STORE_WAIT: Duration = Duration::from_millis(250);
 
+/// Retries delayed by an outage remembered at most, to pull them in when the breaker closes.
+const MAX_OUTAGE_DELAYED: usize = 200_000;
+
+/// Whether an attempt's outcome is a sign that WeChat is unreachable or failing (what the
+/// circuit breaker counts, or the breaker itself): the retry it schedules is pulled in when the
+/// breaker closes again.
+pub fn delayed_by_outage(outcome: &SendOutcome) -> bool {
+    match outcome {
+        SendOutcome::CircuitOpen { .. } => true,
+        SendOutcome::Retry { error, .. } => {
+            error.errcode == Some(-1)
+                || matches!(
+                    error.kind.as_str(),
+                    "transport"
+                        | "timeout_connect"
+                        | "timeout_tls"
+                        | "timeout_response_header"
+                        | "timeout_request"
+                        | "http_5xx"
+                        | "bad_response"
+                )
+        }
+        _ => false,
+    }
+}
+
 /// The result of one attempt, for the store and the metrics.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Next {
@@ -84,7 +110,6 @@ fn outcome_of(status: Status) -> Outcome {
 /// de-duplication window it is re-sent with the same `client_msg_id` (WeChat drops the copy);
 /// beyond it, it ends `unknown_outcome` unless `retry.afterWindow` is `resend`.
 pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) -> Option<Next> {
-    let mut record = record.clone();
     let started = record.attempts > 0 || record.first_attempt_at.is_some();
     let unknown = record.attempts == 0
         && record
@@ -101,6 +126,8 @@ pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) ->
     } else {
         return None;
     };
+    // Cloned only for a message that ends here (the common case allocates nothing).
+    let mut record = record.clone();
     if status == Status::UnknownOutcome {
         record.last_error = Some(SendError {
             kind: "unknown_outcome".into(),
@@ -222,6 +249,8 @@ pub struct Hold {
     pub reason: String,
 }
 
+const CIRCUIT_OPEN: &str = "circuit breaker open";
+
 /// State the dispatcher shares with the API.
 #[derive(Debug, Default)]
 pub struct DispatchState {
@@ -235,6 +264,14 @@ impl DispatchState {
         hold.as_ref()
             .filter(|h| h.until > Timestamp::now())
             .cloned()
+    }
+
+    /// Ends a hold set because the circuit breaker was open (it closed again).
+    fn clear_circuit_hold(&self) {
+        let mut hold = self.hold.lock();
+        if hold.as_ref().is_some_and(|h| h.reason == CIRCUIT_OPEN) {
+            *hold = None;
+        }
     }
 
     /// Extends the hold; true when sending was not on hold before (worth a log line).
@@ -259,6 +296,8 @@ pub struct Dispatcher<S> {
     max_in_flight: usize,
     state: Arc<DispatchState>,
     logs: LogLimiter,
+    /// `(schedule slot, id)` of retries delayed by an outage ([`delayed_by_outage`]).
+    outage_delayed: Mutex<Vec<(u64, crate::message::MessageId)>>,
 }
 
 impl<S: Store + Clone> Dispatcher<S> {
@@ -279,6 +318,39 @@ impl<S: Store + Clone> Dispatcher<S> {
             max_in_flight: max_in_flight.max(1),
             state,
             logs: LogLimiter::default(),
+            outage_delayed: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Waits for the breaker to close again, then makes the retries an outage delayed due now
+    /// (and lifts the breaker's hold), so the backlog leaves as soon as WeChat is back.
+    async fn pull_in_when_closed(&self, stop: CancellationToken) {
+        let mut closings = self.sender.circuit_closings();
+        loop {
+            tokio::select! {
+                changed = closings.changed() => if changed.is_err() { return },
+                () = stop.cancelled() => return,
+            }
+            self.state.clear_circuit_hold();
+            let entries = std::mem::take(&mut *self.outage_delayed.lock());
+            if entries.is_empty() {
+                continue;
+            }
+            match self.store.pull_in(entries, Timestamp::now()).await {
+                Ok(moved) => tracing::info!(moved, "circuit closed: delayed retries pulled in"),
+                Err(e) => tracing::warn!(error = %e, "cannot pull in delayed retries"),
+            }
+        }
+    }
+
+    fn remember_outage_delay(&self, slot: u64, id: crate::message::MessageId) {
+        let mut delayed = self.outage_delayed.lock();
+        if delayed.len() >= MAX_OUTAGE_DELAYED {
+            let now = crate::store::millis(Timestamp::now());
+            delayed.retain(|(at, _)| *at > now);
+        }
+        if delayed.len() < MAX_OUTAGE_DELAYED {
+            delayed.push((slot, id));
         }
     }
 
@@ -289,6 +361,11 @@ impl<S: Store + Clone> Dispatcher<S> {
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
         let mut tasks = JoinSet::new();
         let this = Arc::new(self);
+        let puller = tokio::spawn({
+            let this = Arc::clone(&this);
+            let stop = stop.clone();
+            async move { this.pull_in_when_closed(stop).await }
+        });
         loop {
             while tasks.try_join_next().is_some() {}
             let permit = tokio::select! {
@@ -357,6 +434,7 @@ impl<S: Store + Clone> Dispatcher<S> {
                 );
             }
         }
+        puller.abort();
         tracing::info!(in_flight = tasks.len(), "dispatcher draining");
         let drained =
             tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
@@ -373,6 +451,7 @@ impl<S: Store + Clone> Dispatcher<S> {
     async fn attempt(&self, mut lease: Leased, permit: tokio::sync::OwnedSemaphorePermit) {
         let now = clock::now();
         let mut hold_reason = None;
+        let mut outage = false;
         let known = lease.unrecorded.take();
         let next = match known.map(|r| *r) {
             // An earlier attempt's outcome could not be written: record it, do not send.
@@ -418,9 +497,10 @@ impl<S: Store + Clone> Dispatcher<S> {
                     tracing::debug!(outcome = ?outcome, "attempt finished");
                     hold_reason = match &outcome {
                         SendOutcome::Paused { error, .. } => Some(error.message.clone()),
-                        SendOutcome::CircuitOpen { .. } => Some("circuit breaker open".to_string()),
+                        SendOutcome::CircuitOpen { .. } => Some(CIRCUIT_OPEN.to_string()),
                         _ => None,
                     };
+                    outage = delayed_by_outage(&outcome);
                     next_state(
                         &lease.record,
                         outcome,
@@ -441,6 +521,11 @@ impl<S: Store + Clone> Dispatcher<S> {
         let completed = next.completed;
         let id = next.record.id;
         let accepted_at = next.record.accepted_at;
+        let delayed_until = next
+            .record
+            .next_attempt_at
+            .filter(|_| outage && completed.is_none())
+            .map(crate::store::millis);
         if let Some(outcome) = completed
             && outcome != Outcome::delivered
         {
@@ -454,6 +539,9 @@ impl<S: Store + Clone> Dispatcher<S> {
         }
         match self.store.complete(lease.slot, next.record).await {
             Ok(()) => {
+                if let Some(slot) = delayed_until {
+                    self.remember_outage_delay(slot, id);
+                }
                 if let Some(outcome) = completed {
                     self.metrics.complete(outcome);
                     if outcome == Outcome::delivered {

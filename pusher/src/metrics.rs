@@ -156,6 +156,12 @@ pub struct Metrics {
     pub queue_consumer_pending: Family<ConsumerLabels, Gauge>,
     /// `wxpush_redis_up`: 1 while Redis answers (Redis queue only).
     pub redis_up: Gauge,
+    /// `wxpush_concurrency_limit`: HTTP requests to WeChat allowed in flight now (the adaptive
+    /// limit, or `maxInFlight` when it is fixed).
+    pub concurrency_limit: Gauge,
+    /// `wxpush_hedged_sends_total`: second attempts sent under the same `client_msg_id`
+    /// because the first had not answered after a multiple of the observed p99.
+    pub hedged_sends: Counter,
 }
 
 /// Labels of `wxpush_queue_consumer_pending`.
@@ -276,6 +282,18 @@ impl Metrics {
             "1 while Redis answers (Redis queue only)",
             redis_up.clone(),
         );
+        let concurrency_limit = Gauge::default();
+        registry.register(
+            "concurrency_limit",
+            "HTTP requests to WeChat allowed in flight now (adaptive limit or maxInFlight)",
+            concurrency_limit.clone(),
+        );
+        let hedged_sends = Counter::default();
+        registry.register(
+            "hedged_sends",
+            "Hedged second attempts under the same client_msg_id",
+            hedged_sends.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -295,6 +313,8 @@ impl Metrics {
             queue_group_lag,
             queue_consumer_pending,
             redis_up,
+            concurrency_limit,
+            hedged_sends,
         }
     }
 

@@ -38,8 +38,9 @@ fn token_body(issued: &Issued) -> Response {
     ))
 }
 
-/// Fault injection in front of every WeChat route: counts the request, adds latency, then
-/// resets, fails, hangs or answers an injected errcode as the fault config says.
+/// Fault injection in front of every WeChat route: counts the request (also in flight, for
+/// overload mode), adds latency (overload latency included), then resets, fails, hangs or
+/// answers an injected errcode as the fault config says.
 pub(crate) async fn fault_layer(
     State(state): State<Shared>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
@@ -50,7 +51,8 @@ pub(crate) async fn fault_layer(
     state.stats.request(endpoint);
     let _token_guard = matches!(endpoint, Endpoint::ClassicToken | Endpoint::StableToken)
         .then(|| state.stats.token_in_flight());
-    let latency = state.faults.latency();
+    let in_flight = state.faults.enter();
+    let latency = state.faults.latency() + state.faults.overload_latency(in_flight.ahead);
     if !latency.is_zero() {
         state.stats.fault(FaultKind::Latency);
         tokio::select! {

@@ -100,6 +100,13 @@ pub struct FaultConfig {
     /// Revoke every access_token (classic and stable) this often; sends then get 40001.
     #[serde(with = "human_duration::option")]
     pub token_invalidate_every: Option<Duration>,
+    /// Overload mode: WeChat API requests served at once without slowing down (`None` =
+    /// unlimited). Each request that arrives while `n` requests are already in flight, `n` at or
+    /// above the capacity, waits `(n + 1 - capacity) × overload_latency_per_request` more.
+    pub capacity: Option<u32>,
+    /// The added latency per request in flight beyond `capacity`.
+    #[serde(with = "human_duration")]
+    pub overload_latency_per_request: Duration,
 }
 
 impl Default for FaultConfig {
@@ -115,6 +122,8 @@ impl Default for FaultConfig {
             reset_share: 0.0,
             outage: None,
             token_invalidate_every: None,
+            capacity: None,
+            overload_latency_per_request: Duration::from_micros(250),
         }
     }
 }
@@ -139,6 +148,9 @@ pub enum FaultConfigError {
     /// A zero token invalidation period.
     #[error("token_invalidate_every must be positive")]
     ZeroPeriod,
+    /// A zero capacity.
+    #[error("capacity must be positive")]
+    ZeroCapacity,
 }
 
 impl FaultConfig {
@@ -169,6 +181,9 @@ impl FaultConfig {
         if self.token_invalidate_every == Some(Duration::ZERO) {
             return Err(FaultConfigError::ZeroPeriod);
         }
+        if self.capacity == Some(0) {
+            return Err(FaultConfigError::ZeroCapacity);
+        }
         Ok(())
     }
 
@@ -179,6 +194,7 @@ impl FaultConfig {
             && self.errcodes.values().all(|s| *s <= 0.0)
             && self.http_5xx_share <= 0.0
             && self.reset_share <= 0.0
+            && self.capacity.is_none()
     }
 }
 
@@ -206,6 +222,22 @@ pub struct FaultState {
     /// Next forced token invalidation, in ms since `base` (0 = none).
     next_invalidation_ms: AtomicU64,
     base: Instant,
+    /// WeChat API requests in flight (counted whether or not overload mode is on).
+    in_flight: Arc<AtomicU64>,
+}
+
+/// One request counted in flight; dropping it ends the count.
+#[derive(Debug)]
+pub struct InFlight {
+    counter: Arc<AtomicU64>,
+    /// Requests in flight when this one arrived (itself not included).
+    pub ahead: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl FaultState {
@@ -216,6 +248,7 @@ impl FaultState {
             active: AtomicBool::new(false),
             next_invalidation_ms: AtomicU64::new(0),
             base: Instant::now(),
+            in_flight: Arc::new(AtomicU64::new(0)),
         };
         state.set(config);
         state
@@ -275,6 +308,31 @@ impl FaultState {
             .is_ok()
     }
 
+    /// Counts one WeChat API request in flight until the guard is dropped.
+    pub fn enter(&self) -> InFlight {
+        let ahead = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight {
+            counter: Arc::clone(&self.in_flight),
+            ahead,
+        }
+    }
+
+    /// WeChat API requests in flight now.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// The overload latency of a request that found `ahead` requests in flight: zero up to the
+    /// capacity, then `overload_latency_per_request` for each request beyond it (this one
+    /// included).
+    pub fn overload_latency(&self, ahead: u64) -> Duration {
+        if !self.active.load(Ordering::Acquire) {
+            return Duration::ZERO;
+        }
+        let cfg = self.config.read();
+        overload_latency(cfg.capacity, cfg.overload_latency_per_request, ahead)
+    }
+
     /// Latency to add to this request (zero when none is configured).
     pub fn latency(&self) -> Duration {
         if !self.active.load(Ordering::Acquire) {
@@ -318,9 +376,59 @@ impl FaultState {
     }
 }
 
+/// The pure rule behind [`FaultState::overload_latency`].
+pub fn overload_latency(capacity: Option<u32>, per_request: Duration, ahead: u64) -> Duration {
+    match capacity {
+        Some(cap) if ahead >= u64::from(cap) => {
+            let beyond = u32::try_from(ahead + 1 - u64::from(cap)).unwrap_or(u32::MAX);
+            per_request.saturating_mul(beyond)
+        }
+        _ => Duration::ZERO,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn overload_adds_latency_per_request_beyond_capacity() {
+        let per = Duration::from_millis(1);
+        assert_eq!(overload_latency(None, per, 1000), Duration::ZERO);
+        assert_eq!(overload_latency(Some(32), per, 0), Duration::ZERO);
+        assert_eq!(overload_latency(Some(32), per, 31), Duration::ZERO);
+        assert_eq!(overload_latency(Some(32), per, 32), per);
+        assert_eq!(overload_latency(Some(32), per, 41), per * 10);
+        let s = FaultState::new(FaultConfig {
+            capacity: Some(2),
+            overload_latency_per_request: per,
+            ..FaultConfig::default()
+        });
+        let a = s.enter();
+        let b = s.enter();
+        let c = s.enter();
+        assert_eq!((a.ahead, b.ahead, c.ahead, s.in_flight()), (0, 1, 2, 3));
+        assert_eq!(s.overload_latency(a.ahead), Duration::ZERO);
+        assert_eq!(s.overload_latency(c.ahead), per);
+        drop((a, b, c));
+        assert_eq!(s.in_flight(), 0);
+        assert_eq!(
+            FaultConfig {
+                capacity: Some(0),
+                ..FaultConfig::default()
+            }
+            .validate(),
+            Err(FaultConfigError::ZeroCapacity)
+        );
+        let parsed: FaultConfig =
+            serde_json::from_str(r#"{"capacity":32,"overload_latency_per_request":"500us"}"#)
+                .expect("overload JSON");
+        assert_eq!(parsed.capacity, Some(32));
+        assert_eq!(
+            parsed.overload_latency_per_request,
+            Duration::from_micros(500)
+        );
+    }
 
     #[test]
     fn parses_human_json_and_validates() {

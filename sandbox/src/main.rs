@@ -213,6 +213,13 @@ struct Cli {
     /// Revoke every access_token this often (sends then get 40001).
     #[arg(long, value_parser = parse_duration, help_heading = "Faults")]
     fault_token_invalidate_every: Option<Duration>,
+    /// Overload mode: requests served at once before each further one adds
+    /// --fault-overload-latency-per-request.
+    #[arg(long, help_heading = "Faults")]
+    fault_capacity: Option<u32>,
+    /// Latency added per request in flight beyond --fault-capacity.
+    #[arg(long, default_value = "250us", value_parser = parse_duration, help_heading = "Faults")]
+    fault_overload_latency_per_request: Duration,
 }
 
 impl Cli {
@@ -269,6 +276,8 @@ impl Cli {
                     duration,
                 }),
                 token_invalidate_every: self.fault_token_invalidate_every,
+                capacity: self.fault_capacity,
+                overload_latency_per_request: self.fault_overload_latency_per_request,
             },
         }
     }

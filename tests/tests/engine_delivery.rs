@@ -30,14 +30,24 @@ async fn ten_thousand_messages_no_duplicate_send() {
     let took = start.elapsed();
     let stats = wx.stats().await;
     assert_eq!(stats.delivered_unique, N as u64);
-    assert_eq!(stats.duplicates_suppressed, 0, "no send was repeated");
-    assert_eq!(stats.requests.get("template_send").copied(), Some(N as u64));
+    // A send slower than a multiple of the observed p99 (a hiccup on a loaded machine) may get
+    // a hedge under the same client_msg_id: the only repeated sends allowed.
+    let hedged = pusher.api.metric("wxpush_hedged_sends_total", &[]).await as u64;
+    assert!(
+        stats.duplicates_suppressed <= hedged,
+        "no send repeated but hedges"
+    );
+    let sends = stats.requests.get("template_send").copied().unwrap_or(0);
+    assert!(
+        (N as u64..=N as u64 + hedged).contains(&sends),
+        "{sends} sends, {hedged} hedges"
+    );
     assert!(
         stats
             .per_openid
             .values()
-            .all(|c| c.delivered == 1 && c.requests == 1),
-        "each recipient got exactly one send"
+            .all(|c| c.delivered == 1 && c.requests <= 2),
+        "each recipient got exactly one delivery"
     );
     let (code, doc) = pusher.api.status(&ids[N / 2]).await;
     assert_eq!(code, 200);

@@ -156,8 +156,13 @@ pub struct CircuitBreaker {
     pub minimum_requests: u32,
     /// The sliding window the ratio is computed over. Default `10s`.
     pub window: HumanDuration,
-    /// How long the breaker stays open before letting probes through. Default `15s`.
+    /// How long the breaker stays open before letting probes through once it has been failing
+    /// for this long (a long outage). Default `15s`.
     pub open_duration: HumanDuration,
+    /// How long the breaker stays open before letting probes through during the first
+    /// `openDuration` of a failure, so that a backlog leaves as soon as WeChat is back.
+    /// Default `1s`.
+    pub first_probe_after: HumanDuration,
     /// Probes let through while half-open; all must succeed to close. Default `3`.
     #[schemars(range(min = 1, max = 1000))]
     pub half_open_probes: u32,
@@ -171,6 +176,7 @@ impl Default for CircuitBreaker {
             minimum_requests: 20,
             window: HumanDuration::secs(10),
             open_duration: HumanDuration::secs(15),
+            first_probe_after: HumanDuration::secs(1),
             half_open_probes: 3,
         }
     }
@@ -206,14 +212,23 @@ impl Default for RateLimit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Concurrency {
-    /// HTTP requests to WeChat in flight at most, per pusher. Default `64`.
+    /// HTTP requests to WeChat in flight at most, per pusher: the ceiling of the adaptive
+    /// limit, or the fixed limit when `adaptive` is off. Default `64`.
     #[schemars(range(min = 1, max = 10000))]
     pub max_in_flight: u32,
+    /// Learn the limit from WeChat's answers: it grows while latency stays near its floor and
+    /// backs off when latency or errors rise (Vegas-style), never above `maxInFlight`; requests
+    /// stuck far beyond the observed latency stop counting against it. Exported as
+    /// `wxpush_concurrency_limit`. Default `true`.
+    pub adaptive: bool,
 }
 
 impl Default for Concurrency {
     fn default() -> Self {
-        Self { max_in_flight: 64 }
+        Self {
+            max_in_flight: 64,
+            adaptive: true,
+        }
     }
 }
 

@@ -4,9 +4,12 @@
 //! - **Closed**: every attempt is admitted; outcomes are counted in a sliding window of
 //!   `window` (ten buckets). Once the window holds at least `minimumRequests` outcomes and the
 //!   failed share reaches `failureRatio`, the breaker opens.
-//! - **Open**: nothing is admitted for `openDuration`; callers learn when to come back.
-//! - **Half-open**: after `openDuration`, `halfOpenProbes` attempts are let through. When all of
-//!   them succeed the breaker closes (with an empty window); any failure opens it again.
+//! - **Open**: nothing is admitted for a while; callers learn when to come back. Each opening
+//!   lasts `firstProbeAfter` while the breaker has been failing for less than `openDuration`
+//!   (early probes: a backlog leaves as soon as WeChat is back), `openDuration` after that.
+//! - **Half-open**: then `halfOpenProbes` attempts are let through. When all of them succeed
+//!   the breaker closes (with an empty window, and the open period back to `firstProbeAfter`);
+//!   any failure opens it again.
 //!
 //! What counts as a failure is the caller's choice; the sender counts transport errors,
 //! timeouts, HTTP 5xx and errcode -1, never a permanent errcode (WeChat answered: it is up).
@@ -61,6 +64,9 @@ pub struct Breaker {
     minimum_requests: u32,
     bucket_len: Duration,
     open_duration: Duration,
+    first_probe_after: Duration,
+    /// When the current episode (closed → open → … → closed) began.
+    episode_start: Option<Instant>,
     probes: u32,
     state: State,
     /// Changes on every transition, so outcomes of attempts admitted before it are not
@@ -80,6 +86,11 @@ impl Breaker {
             minimum_requests: policy.minimum_requests.max(1),
             bucket_len,
             open_duration: policy.open_duration.get(),
+            first_probe_after: policy
+                .first_probe_after
+                .get()
+                .min(policy.open_duration.get()),
+            episode_start: None,
             probes: policy.half_open_probes.max(1),
             state: State::Closed,
             generation: 0,
@@ -106,7 +117,23 @@ impl Breaker {
         self.generation += 1;
         if state == State::Closed {
             self.buckets = [Bucket::default(); BUCKETS];
+            self.episode_start = None;
         }
+    }
+
+    /// Opens the breaker: for `firstProbeAfter` while the episode is younger than
+    /// `openDuration` (probing early, so the backlog leaves as soon as WeChat is back), for
+    /// `openDuration` after that (a long outage is probed less often).
+    fn open(&mut self, now: Instant) {
+        let start = *self.episode_start.get_or_insert(now);
+        let period = if now.saturating_duration_since(start) < self.open_duration {
+            self.first_probe_after
+        } else {
+            self.open_duration
+        };
+        self.transition(State::Open {
+            until: now + period,
+        });
     }
 
     /// Lets an attempt through, or says how long until one may be (`Err`).
@@ -132,7 +159,7 @@ impl Breaker {
         {
             if admitted >= self.probes {
                 // Probes are out; their outcome decides. Come back shortly.
-                return Err(self.open_duration.min(Duration::from_secs(1)));
+                return Err(self.first_probe_after.min(Duration::from_millis(100)));
             }
             self.state = State::HalfOpen {
                 admitted: admitted + 1,
@@ -172,18 +199,14 @@ impl Breaker {
                 if total >= self.minimum_requests
                     && f64::from(failed) >= self.failure_ratio * f64::from(total)
                 {
-                    self.transition(State::Open {
-                        until: now + self.open_duration,
-                    });
+                    self.open(now);
                 }
             }
             State::HalfOpen {
                 admitted,
                 succeeded,
             } => match outcome {
-                Outcome::Failure => self.transition(State::Open {
-                    until: now + self.open_duration,
-                }),
+                Outcome::Failure => self.open(now),
                 Outcome::Ignored => {
                     self.state = State::HalfOpen {
                         admitted: admitted.saturating_sub(1),
@@ -344,6 +367,7 @@ mod tests {
             minimum_requests: 4,
             window: HumanDuration::secs(10),
             open_duration: HumanDuration::secs(5),
+            first_probe_after: HumanDuration::secs(5),
             half_open_probes: 2,
         }
     }
@@ -402,6 +426,41 @@ mod tests {
             run(&mut b, t2, Outcome::Failure);
         }
         assert_eq!(b.state(t2), CircuitState::Closed);
+    }
+
+    #[test]
+    fn probes_start_early_and_slow_down_in_a_long_outage() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(
+            &CircuitBreaker {
+                first_probe_after: HumanDuration::millis(500),
+                ..policy()
+            },
+            t0,
+        );
+        for _ in 0..4 {
+            run(&mut b, t0, Outcome::Failure);
+        }
+        // How long the breaker stays open after each failed round of probes: every 500 ms
+        // during the first openDuration (5 s) of the episode, every 5 s after that.
+        let mut now = t0;
+        for expected in [500; 10].into_iter().chain([5000, 5000]) {
+            assert_eq!(b.retry_after(now), Some(Duration::from_millis(expected)));
+            now += Duration::from_millis(expected);
+            let probe = b.admit(now).expect("probe");
+            b.record(probe, Outcome::Failure, now);
+        }
+        // WeChat is back: the probes succeed, the breaker closes, and the next opening starts
+        // early again.
+        now += Duration::from_secs(5);
+        for _ in 0..2 {
+            run(&mut b, now, Outcome::Success);
+        }
+        assert_eq!(b.state(now), CircuitState::Closed);
+        for _ in 0..4 {
+            run(&mut b, now, Outcome::Failure);
+        }
+        assert_eq!(b.retry_after(now), Some(Duration::from_millis(500)));
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Resilience building blocks around the WeChat API: backoff with jitter, the circuit breaker,
-//! and rate limiting. They decide; they do no I/O and record no metrics: their caller, the
+//! rate limiting, the adaptive concurrency limit, and the observed latency (hedging, derived
+//! timeouts). They decide; they do no I/O and record no metrics: their caller, the
 //! engine in `wechat::sender` (and the dispatcher, for backoff), acts and records. Below them
 //! sits only `policy`.
 
+pub mod adaptive;
 pub mod backoff;
 pub mod breaker;
+pub mod latency;
 pub mod ratelimit;

@@ -11,9 +11,11 @@ pub(crate) struct Index {
     due: BTreeSet<(u64, u128)>,
     /// Leased ids, with the slot they were leased from.
     leased: HashMap<u128, u64>,
-    /// The durable slot of unleased ids held back to a later time than their slot (a lease
-    /// given back after a failed write): `due` has them at the later time.
-    held: HashMap<u128, u64>,
+    /// Unleased ids due at another time than their durable schedule slot, with that slot:
+    /// held back to a later time (a lease given back after a failed write) or pulled in to an
+    /// earlier one (see [`Index::pull_in`]). The slot is what a lease hands out, so the durable
+    /// entry stays the one that is completed; a crash forgets the move, never a message.
+    moved: HashMap<u128, u64>,
     /// Dead letters.
     pub(crate) dead: u64,
 }
@@ -31,7 +33,7 @@ impl Index {
             match self.due.first() {
                 Some(&(due, id)) if due <= now_ms => {
                     self.due.pop_first();
-                    let slot = self.held.remove(&id).unwrap_or(due);
+                    let slot = self.moved.remove(&id).unwrap_or(due);
                     self.leased.insert(id, slot);
                     out.push((slot, id));
                 }
@@ -39,6 +41,22 @@ impl Index {
             }
         }
         out
+    }
+
+    /// Makes the given `(slot, id)` entries due at `to_ms` when they are still scheduled at that
+    /// slot, later than `to_ms`, and not leased (retries delayed by an outage, once WeChat is
+    /// back). Returns how many moved. In memory only: the durable slot is kept and reported at
+    /// lease time.
+    pub(crate) fn pull_in(&mut self, entries: &[(u64, u128)], to_ms: u64) -> u64 {
+        let mut moved = 0;
+        for &(slot, id) in entries {
+            if slot > to_ms && !self.moved.contains_key(&id) && self.due.remove(&(slot, id)) {
+                self.due.insert((to_ms, id));
+                self.moved.insert(id, slot);
+                moved += 1;
+            }
+        }
+        moved
     }
 
     /// When the earliest unleased message is due.
@@ -60,7 +78,7 @@ impl Index {
     pub(crate) fn unlease_after(&mut self, id: u128, not_before_ms: u64) {
         if let Some(slot) = self.leased.remove(&id) {
             if not_before_ms > slot {
-                self.held.insert(id, slot);
+                self.moved.insert(id, slot);
                 self.due.insert((not_before_ms, id));
             } else {
                 self.due.insert((slot, id));
@@ -75,7 +93,7 @@ impl Index {
             .into_iter()
             .filter(|(_, id)| !self.leased.contains_key(id))
             .collect();
-        self.held.clear();
+        self.moved.clear();
         self.dead = fresh.dead;
     }
 
@@ -131,5 +149,23 @@ mod tests {
         assert_eq!(ix.next_due(), Some(1010));
         assert_eq!(ix.take_due(1010, 8), vec![(10, 1)], "the durable slot");
         assert_eq!(ix.pending(), 1);
+    }
+
+    #[test]
+    fn pulled_in_entries_are_due_early_and_lease_their_durable_slot() {
+        let mut ix = Index::default();
+        ix.schedule(5_000, 1);
+        ix.schedule(9_000, 2);
+        ix.schedule(50, 3);
+        // Entry 2 is named with a wrong slot, entry 3 is due already: only 1 moves.
+        assert_eq!(ix.pull_in(&[(5_000, 1), (8_000, 2), (50, 3)], 100), 1);
+        assert_eq!(ix.counts(100), (2, 1, 0));
+        assert_eq!(ix.take_due(100, 8), vec![(50, 3), (5_000, 1)]);
+        assert!(ix.is_leased(1));
+        // Given back unchanged, it returns to its durable slot.
+        ix.unlease_after(1, 0);
+        assert_eq!(ix.next_due(), Some(5_000));
+        assert_eq!(ix.pull_in(&[(9_000, 2)], 200), 1);
+        assert_eq!(ix.pull_in(&[(9_000, 2)], 150), 0, "already pulled in");
     }
 }

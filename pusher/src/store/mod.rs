@@ -223,6 +223,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         next: Option<(Timestamp, u32)>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Makes retries that an outage delayed due at `to` (the circuit breaker closed: WeChat is
+    /// back). `entries` are `(schedule slot in store milliseconds, id)` as the dispatcher wrote
+    /// them; entries no longer scheduled at that slot are skipped. A hint, not a durable change:
+    /// after a restart the messages keep their written times. Returns how many moved. The
+    /// default moves nothing.
+    fn pull_in(
+        &self,
+        entries: Vec<(u64, MessageId)>,
+        to: Timestamp,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (entries, to);
+        async { Ok(0) }
+    }
+
     /// Messages by state.
     fn counts(&self) -> QueueCounts;
 

@@ -254,11 +254,44 @@ impl HttpClient {
             .await
     }
 
+    /// As [`Self::post_json`], waiting at most `header_timeout` for the response headers
+    /// (never longer than the configured `timeouts.responseHeader`).
+    pub async fn post_json_within(
+        &self,
+        path_and_query: &str,
+        body: Bytes,
+        header_timeout: Duration,
+    ) -> Result<HttpResponse, HttpError> {
+        self.execute_within(
+            hyper::Method::POST,
+            path_and_query,
+            body,
+            header_timeout.min(self.header_timeout),
+        )
+        .await
+    }
+
+    /// The configured response-header timeout.
+    pub fn header_timeout(&self) -> Duration {
+        self.header_timeout
+    }
+
     async fn execute(
         &self,
         method: hyper::Method,
         path_and_query: &str,
         body: Bytes,
+    ) -> Result<HttpResponse, HttpError> {
+        self.execute_within(method, path_and_query, body, self.header_timeout)
+            .await
+    }
+
+    async fn execute_within(
+        &self,
+        method: hyper::Method,
+        path_and_query: &str,
+        body: Bytes,
+        header_timeout: Duration,
     ) -> Result<HttpResponse, HttpError> {
         let mut request = hyper::Request::builder()
             .method(method.clone())
@@ -273,14 +306,10 @@ impl HttpClient {
         let clock = Arc::new(PhaseClock::default());
         let start = Instant::now();
         let work = async {
-            let response = with_header_timeout(
-                self.client.request(request),
-                &clock,
-                self.header_timeout,
-                start,
-            )
-            .await?
-            .map_err(|e| classify_client_error(&e))?;
+            let response =
+                with_header_timeout(self.client.request(request), &clock, header_timeout, start)
+                    .await?
+                    .map_err(|e| classify_client_error(&e))?;
             let status = response.status().as_u16();
             let body = Limited::new(response.into_body(), MAX_BODY)
                 .collect()

@@ -6,12 +6,14 @@
 //! the API reads [`WeChatSender::health`] for `/readyz` and status.
 //!
 //! Modules, one job each: [`client`] (pooled HTTP client, the four timeouts, caching DNS),
+//! [`flow`] (the adaptive concurrency gate, hedged sends, the derived response-header timeout),
 //! [`token`] (access_token manager), [`sender`] (the engine: one attempt through the channel's
 //! provider — `crate::providers`, which also holds the errcode table — with the breaker and
 //! rate limiter of [`crate::resilience`]).
 //! `docs/wechat-client.md` tells the whole story.
 
 pub mod client;
+pub mod flow;
 pub mod sender;
 pub mod token;
 

@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 
 use super::client::{HttpClient, HttpError};
+use super::flow::Flow;
 use super::token::{AccessToken, TokenError, TokenManager, TokenSettings, TokenState};
 use super::{ChannelHealth, Circuit, Health, SendError, SendOutcome, SendRequest, SenderError};
 use crate::config::PusherConfig;
@@ -36,6 +37,7 @@ pub struct WeChatSender {
     tokens: Arc<TokenManager>,
     breaker: SharedBreaker,
     limiter: RateLimiter,
+    flow: Flow,
     metrics: Arc<Metrics>,
     retry: Retry,
     rate_wait: Duration,
@@ -45,6 +47,8 @@ pub struct WeChatSender {
     /// Whether a send pause of another pod has been looked for since start (the first sends
     /// wait for that answer; later ones rely on the once-a-second watcher).
     shared_pause_checked: std::sync::atomic::AtomicBool,
+    /// Counts the breaker's closings (half-open → closed): WeChat is back.
+    closings: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Channel-wide stops learnt from send answers.
@@ -184,21 +188,28 @@ impl WeChatSender {
             ),
         };
         metrics.channel_paused.set(0);
+        let closings = Arc::new(tokio::sync::watch::Sender::new(0u64));
         Ok(Self {
             provider,
             http,
             tokens,
             breaker: SharedBreaker::new(&config.circuit_breaker, {
                 let metrics = Arc::clone(&metrics);
+                let closings = Arc::clone(&closings);
                 Arc::new(move |before, after| {
                     if after == CircuitState::Open && before != CircuitState::Open {
                         metrics.circuit_opens.inc();
                     }
+                    if after == CircuitState::Closed && before != CircuitState::Closed {
+                        closings.send_modify(|n| *n += 1);
+                    }
                     metrics.set_circuit(after);
                 })
             }),
+            closings,
             limiter: RateLimiter::new(&config.rate_limit)
                 .with_shared(&config.rate_limit, shared.clone()),
+            flow: Flow::new(&config.concurrency, Arc::clone(&metrics)),
             retry: config.retry.clone(),
             rate_wait: config.retry.max_backoff.get(),
             gates: {
@@ -299,14 +310,21 @@ impl WeChatSender {
         outcome
     }
 
-    /// One HTTP request, with its metrics.
+    /// One HTTP request (hedged when slow, through the concurrency gate), with its metrics.
     async fn attempt(&self, token: &AccessToken, outgoing: Outgoing) -> Attempt {
         let encoded: String =
             url::form_urlencoded::byte_serialize(token.as_str().as_bytes()).collect();
         let path = format!("{}?access_token={encoded}", outgoing.path);
         self.metrics.inflight.inc();
         let started = Instant::now();
-        let answer = self.http.post_json(&path, outgoing.body).await;
+        let body = outgoing.body;
+        let (answer, _hedged) = self
+            .flow
+            .send(self.http.header_timeout(), |header_timeout| {
+                self.http
+                    .post_json_within(&path, body.clone(), header_timeout)
+            })
+            .await;
         let seconds = started.elapsed().as_secs_f64();
         self.metrics.inflight.dec();
         let attempt = match answer {
@@ -581,6 +599,17 @@ impl WeChatSender {
             sending,
             circuit,
         }
+    }
+
+    /// Changes each time the circuit breaker closes again (WeChat is back), so that the
+    /// dispatcher can pull in the retries an outage delayed.
+    pub fn circuit_closings(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.closings.subscribe()
+    }
+
+    /// The concurrency gate and latency tracker (limit, derived timeouts).
+    pub fn flow(&self) -> &Flow {
+        &self.flow
     }
 
     /// The shared HTTP client (for callers that need the same pool, e.g. diagnostics).

@@ -592,6 +592,22 @@ impl Store for EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn pull_in(
+        &self,
+        entries: Vec<(u64, MessageId)>,
+        to: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let entries: Vec<(u64, u128)> = entries
+            .into_iter()
+            .map(|(slot, id)| (slot, id.as_u128()))
+            .collect();
+        let moved = self.shared.index.lock().pull_in(&entries, millis(to));
+        if moved > 0 {
+            self.shared.work.notify_waiters();
+        }
+        Ok(moved)
+    }
+
     fn counts(&self) -> QueueCounts {
         let index = self.shared.index.lock();
         let (ready, delayed, inflight) = index.counts(millis(Timestamp::now()));

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The table of bench/perf/run.sh: rates, ratios and the goals of issue 13, from the JSON files
+of one run. Usage: report.py RESULTS_DIR OUTAGE_SECONDS"""
+import json
+import os
+import sys
+
+out, outage = sys.argv[1], float(sys.argv[2])
+
+
+def load(name):
+    path = os.path.join(out, name + ".json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def k(rate):
+    return "—" if rate is None else f"{rate / 1000:.1f}k/s"
+
+
+def mark(ok):
+    return "**met**" if ok else "**not met**"
+
+
+rows = []
+goals = []
+clean_loop, clean = load("loop-clean"), load("wxpush-clean")
+rows.append(("clean", clean, clean_loop))
+for name in ["tail", "flaky", "outage", "overload"]:
+    rows.append((name, load("wxpush-" + name) if name != "overload" else load("wxpush-overload-adaptive"), load("loop-" + name)))
+
+print("| scenario | wxpush (defaults) | bare loop (256 tasks) | wxpush / loop | wxpush CPU µs/msg | loop CPU µs/msg | loop lost |")
+print("|---|---|---|---|---|---|---|")
+for name, wx, lp in rows:
+    ratio = (wx["rate"] / lp["rate"]) if wx and lp else None
+    print(f"| {name} | {k(wx and wx['rate'])} | {k(lp and lp['rate'])} | "
+          f"{'—' if ratio is None else f'{ratio:.2f}×'} | "
+          f"{'—' if not wx else round(wx['cpu_us_per_msg'])} | {'—' if not lp else round(lp['cpu_us_per_msg'])} | "
+          f"{'—' if not lp else lp['lost']} |")
+print()
+
+# Overload sweep
+sweep = []
+for f in sorted(os.listdir(out)):
+    if f.startswith("wxpush-overload-fixed") and f.endswith(".json"):
+        m = int(f[len("wxpush-overload-fixed"):-len(".json")])
+        sweep.append((m, load(f[:-5])["rate"]))
+sweep.sort()
+adaptive = load("wxpush-overload-adaptive")
+if sweep:
+    print("overload sweep (upstream capacity 32): " + ", ".join(f"maxInFlight {m}: {k(r)}" for m, r in sweep)
+          + (f"; adaptive default: {k(adaptive['rate'])} (limit at the end {adaptive['concurrency_limit']:.0f})" if adaptive else ""))
+    print()
+
+c256, fixed64 = load("wxpush-clean-256"), load("wxpush-clean-fixed64")
+if c256 and clean:
+    print(f"clean with maxInFlight 256: {k(c256['rate'])}; default (64): {k(clean['rate'])}"
+          + (f"; fixed 64 (adaptive off): {k(fixed64['rate'])}" if fixed64 else ""))
+tail = load("wxpush-tail")
+if tail:
+    print(f"tail: {tail['hedged']:.0f} hedged sends")
+
+# Recovery after the outage: outage from 2 s to 2 + OUTAGE s of the run.
+o = load("wxpush-outage")
+recover = None
+if o and clean:
+    end = 2.0 + outage
+    tl = o["timeline"]
+    # First 500 ms window after the end whose rate reaches 0.8 × clean.
+    for i, (t, d) in enumerate(tl):
+        if t < end:
+            continue
+        for t2, d2 in tl[i:]:
+            if t2 - t >= 0.5:
+                if (d2 - d) / (t2 - t) >= 0.8 * clean["rate"]:
+                    recover = t - end
+                break
+        if recover is not None:
+            break
+    last = tl[-1][0] - end
+    print(f"outage: last delivery {last:.1f} s after WeChat returned; backlog at ≥ 0.8 × clean rate "
+          + (f"{recover:.1f} s after it returned" if recover is not None else "never"))
+print()
+
+acc1, accb = load("accept-single"), load("accept-batch")
+idle, queued = load("rss-idle"), load("rss-queued")
+print("| goal | measured | |")
+print("|---|---|---|")
+if clean and clean_loop:
+    r = clean["rate"] / clean_loop["rate"]
+    c = clean["cpu_us_per_msg"] / clean_loop["cpu_us_per_msg"]
+    print(f"| clean ≥ 0.9 × loop | {r:.2f}× | {mark(r >= 0.9)} |")
+    print(f"| CPU per message ≤ 1.3 × loop | {c:.2f}× ({clean['cpu_us_per_msg']:.0f} vs {clean_loop['cpu_us_per_msg']:.0f} µs) | {mark(c <= 1.3)} |")
+if tail and clean:
+    r = tail["rate"] / clean["rate"]
+    print(f"| tail ≥ 0.8 × own clean (exactly once: sandbox delivered_unique = N) | {r:.2f}× | {mark(r >= 0.8)} |")
+if sweep and adaptive:
+    best = max(r for _, r in sweep)
+    r = adaptive["rate"] / best
+    print(f"| overload: default ≥ 0.9 × best fixed | {r:.2f}× (best fixed {k(best)}) | {mark(r >= 0.9)} |")
+if o:
+    print(f"| recovery: ≥ 0.8 × clean within 2 s | {'never' if recover is None else f'{recover:.1f} s'} | {mark(recover is not None and recover <= 2.0)} |")
+if c256 and clean:
+    print(f"| maxInFlight 256 ≥ 64 | {c256['rate'] / clean['rate']:.3f}× ({c256['rate']:.0f} vs {clean['rate']:.0f}/s) | {mark(c256['rate'] >= clean['rate'])} |")
+if accb:
+    print(f"| batch accepts ≥ 50k/s durable | {k(accb['rate'])} | {mark(accb['rate'] >= 50000)} |")
+if acc1 and acc1.get("latency"):
+    p99 = acc1["latency"]["p99"] * 1000
+    print(f"| single accepts p99 ≤ 5 ms at {acc1['offered_rate']:.0f}/s | {p99:.1f} ms | {mark(p99 <= 5)} |")
+if idle and queued:
+    i, q = idle["rss_kib"] / 1024, queued["rss_kib"] / 1024
+    print(f"| RSS ≤ 32 MiB idle | {i:.1f} MiB | {mark(i <= 32)} |")
+    print(f"| RSS ≤ 64 MiB with {accb['accepted'] if accb else '?'} queued | {q:.1f} MiB | {mark(q <= 64)} |")

@@ -1,0 +1,316 @@
+//! Adaptive concurrency: how many HTTP requests to WeChat may be in flight at once, learnt from
+//! the answers' latency and errors (`concurrency.adaptive`, on by default; `maxInFlight` is the
+//! ceiling). A pure decision in the style of TCP Vegas and Netflix's gradient limiters: time
+//! is passed in, so tests drive it with plain values.
+//!
+//! Samples are gathered in windows (at least [`AdaptiveSettings::window`] long and
+//! [`AdaptiveSettings::min_samples`] samples). At the end of each window the window's
+//! **lowest** latency is compared with the **floor**, the lowest such value of the last
+//! [`FLOOR_WINDOWS`] windows. The lowest latency of a window rises only when every request
+//! waits (the upstream queues them), not when some are slowed down by a busy machine, so noise
+//! on the pusher's own host does not shrink the limit:
+//!
+//! | window | new limit |
+//! |---|---|
+//! | more than [`AdaptiveSettings::max_error_share`] of the samples failed (timeout, transport, 5xx) | × [`AdaptiveSettings::backoff`] |
+//! | lowest ≤ floor × [`AdaptiveSettings::grow_below`] and the limit was used | + max(1, limit / 8): growing while latency stays near its floor |
+//! | lowest > floor × [`AdaptiveSettings::shrink_above`] | × max(0.5, floor × `grow_below` / lowest): backing off in proportion to the queueing |
+//! | otherwise | unchanged |
+//!
+//! The limit stays within `[min_limit, max_limit]`. Requests stuck far beyond the observed
+//! latency stop counting against the limit: the caller releases their slot after
+//! [`crate::resilience::latency::LatencyTracker::stuck_after`] and records no sample for them.
+
+use std::time::{Duration, Instant};
+
+/// Windows whose lowest mean is the latency floor.
+pub const FLOOR_WINDOWS: usize = 64;
+
+/// How one sample ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sample {
+    /// WeChat answered (any errcode but -1).
+    Ok,
+    /// Timeout, transport error, HTTP 5xx or errcode -1: a sign of overload.
+    Failed,
+}
+
+/// The limiter's tuning. [`Default`] is what the pusher uses.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveSettings {
+    /// The lowest limit.
+    pub min_limit: u32,
+    /// The ceiling (`concurrency.maxInFlight`).
+    pub max_limit: u32,
+    /// The limit to start from (clamped to the ceiling).
+    pub initial: u32,
+    /// Shortest window.
+    pub window: Duration,
+    /// Fewest samples in a window.
+    pub min_samples: u32,
+    /// Grow while the window's lowest latency is at most floor × this.
+    pub grow_below: f64,
+    /// Shrink when the window's lowest latency is above floor × this.
+    pub shrink_above: f64,
+    /// Share of failed samples in a window above which the limit is cut.
+    pub max_error_share: f64,
+    /// The cut after too many failures.
+    pub backoff: f64,
+}
+
+impl Default for AdaptiveSettings {
+    fn default() -> Self {
+        Self {
+            min_limit: 2,
+            max_limit: 64,
+            initial: 16,
+            window: Duration::from_millis(50),
+            min_samples: 16,
+            grow_below: 1.2,
+            shrink_above: 1.5,
+            max_error_share: 0.25,
+            backoff: 0.7,
+        }
+    }
+}
+
+/// The adaptive limit.
+#[derive(Debug, Clone)]
+pub struct AdaptiveLimit {
+    settings: AdaptiveSettings,
+    limit: f64,
+    window_start: Option<Instant>,
+    samples: u32,
+    failed: u32,
+    lowest: Duration,
+    /// Most requests in flight during the window (was the limit used?).
+    peak_in_flight: u32,
+    /// Lowest latencies of the last windows.
+    means: [Duration; FLOOR_WINDOWS],
+    filled: usize,
+    next: usize,
+}
+
+impl AdaptiveLimit {
+    /// A limiter starting at `settings.initial`.
+    pub fn new(settings: AdaptiveSettings) -> Self {
+        let max = settings.max_limit.max(1);
+        let min = settings.min_limit.clamp(1, max);
+        let settings = AdaptiveSettings {
+            min_limit: min,
+            max_limit: max,
+            ..settings
+        };
+        Self {
+            limit: f64::from(settings.initial.clamp(min, max)),
+            settings,
+            window_start: None,
+            samples: 0,
+            failed: 0,
+            lowest: Duration::MAX,
+            peak_in_flight: 0,
+            means: [Duration::ZERO; FLOOR_WINDOWS],
+            filled: 0,
+            next: 0,
+        }
+    }
+
+    /// The current limit.
+    pub fn limit(&self) -> u32 {
+        // The limit is kept within [min, max], both u32.
+        self.limit.round().clamp(1.0, f64::from(u32::MAX)) as u32
+    }
+
+    /// The latency floor (lowest latency of the recent windows), once a window has closed.
+    pub fn floor(&self) -> Option<Duration> {
+        self.means[..self.filled].iter().min().copied()
+    }
+
+    /// Records one answered request: its latency, how it ended, and how many requests were in
+    /// flight when it was sent. Returns the new limit when the window closed and it changed.
+    pub fn record(
+        &mut self,
+        now: Instant,
+        latency: Duration,
+        sample: Sample,
+        in_flight: u32,
+    ) -> Option<u32> {
+        let start = *self.window_start.get_or_insert(now);
+        self.samples += 1;
+        self.lowest = self.lowest.min(latency);
+        if sample == Sample::Failed {
+            self.failed += 1;
+        }
+        self.peak_in_flight = self.peak_in_flight.max(in_flight);
+        if self.samples < self.settings.min_samples
+            || now.saturating_duration_since(start) < self.settings.window
+        {
+            return None;
+        }
+        let before = self.limit();
+        self.close_window();
+        self.window_start = Some(now);
+        let after = self.limit();
+        (after != before).then_some(after)
+    }
+
+    fn close_window(&mut self) {
+        let s = self.settings;
+        let mean = self.lowest;
+        let error_share = f64::from(self.failed) / f64::from(self.samples.max(1));
+        let used = f64::from(self.peak_in_flight) >= self.limit * 0.5;
+        self.samples = 0;
+        self.failed = 0;
+        self.lowest = Duration::MAX;
+        self.peak_in_flight = 0;
+        if error_share > s.max_error_share {
+            self.limit *= s.backoff;
+        } else {
+            // Failed answers (connection refused, errcode -1) come back fast and would drag the
+            // floor down; only windows of healthy answers set it.
+            self.means[self.next] = mean;
+            self.next = (self.next + 1) % FLOOR_WINDOWS;
+            self.filled = (self.filled + 1).min(FLOOR_WINDOWS);
+            let floor = self.floor().unwrap_or(mean).as_secs_f64().max(1e-6);
+            let ratio = mean.as_secs_f64() / floor;
+            if ratio <= s.grow_below {
+                if used {
+                    self.limit += (self.limit / 8.0).max(1.0);
+                }
+            } else if ratio > s.shrink_above {
+                self.limit *= (s.grow_below / ratio).max(0.5);
+            }
+        }
+        self.limit = self
+            .limit
+            .clamp(f64::from(s.min_limit), f64::from(s.max_limit));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `windows` windows of `latency` (with `failed` of every 16 samples failing), each
+    /// with the limit fully used, and returns the limit after each.
+    fn run(
+        l: &mut AdaptiveLimit,
+        now: &mut Instant,
+        windows: usize,
+        latency: Duration,
+        failed: u32,
+    ) -> Vec<u32> {
+        let mut out = Vec::new();
+        for _ in 0..windows {
+            for i in 0..16 {
+                let sample = if i < failed {
+                    Sample::Failed
+                } else {
+                    Sample::Ok
+                };
+                l.record(*now, latency, sample, l.limit());
+                *now += Duration::from_millis(4);
+            }
+            out.push(l.limit());
+        }
+        out
+    }
+
+    #[test]
+    fn the_limit_rises_and_falls_with_latency() {
+        let mut l = AdaptiveLimit::new(AdaptiveSettings {
+            max_limit: 256,
+            ..AdaptiveSettings::default()
+        });
+        let mut now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(l.limit(), 16);
+        // (phase, windows, latency, failed per 16, what the limit must do)
+        let table: [(&str, usize, Duration, u32, &str); 6] = [
+            ("latency at its floor: grow", 12, ms(2), 0, "up"),
+            ("latency doubles: back off", 3, ms(4), 0, "down"),
+            (
+                "latency 1.3× the floor: hold",
+                3,
+                Duration::from_micros(2600),
+                0,
+                "same",
+            ),
+            ("back at the floor: grow again", 6, ms(2), 0, "up"),
+            ("a quarter of answers fail: cut", 3, ms(2), 8, "down"),
+            ("healthy again: grow", 6, ms(2), 0, "up"),
+        ];
+        for (phase, windows, latency, failed, expect) in table {
+            let before = l.limit();
+            let limits = run(&mut l, &mut now, windows, latency, failed);
+            let after = l.limit();
+            match expect {
+                "up" => assert!(after > before, "{phase}: {before} → {limits:?}"),
+                "down" => assert!(after < before, "{phase}: {before} → {limits:?}"),
+                _ => assert_eq!(after, before, "{phase}: {before} → {limits:?}"),
+            }
+        }
+        assert_eq!(l.floor(), Some(ms(2)));
+    }
+
+    #[test]
+    fn the_limit_stays_within_its_bounds() {
+        let mut l = AdaptiveLimit::new(AdaptiveSettings {
+            max_limit: 40,
+            ..AdaptiveSettings::default()
+        });
+        let mut now = Instant::now();
+        let limits = run(&mut l, &mut now, 50, Duration::from_millis(2), 0);
+        assert_eq!(limits.last(), Some(&40));
+        assert!(limits.windows(2).all(|w| w[0] <= w[1]), "{limits:?}");
+        // Every answer fails: down to the floor of the range, never below.
+        let limits = run(&mut l, &mut now, 50, Duration::from_millis(2), 16);
+        assert_eq!(limits.last(), Some(&2));
+    }
+
+    #[test]
+    fn a_few_slow_answers_do_not_shrink_the_limit() {
+        let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+        let mut now = Instant::now();
+        let before = run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+        // Half of every window slowed down tenfold (a busy host), the other half at the floor.
+        for _ in 0..8 {
+            for i in 0..16 {
+                let latency = Duration::from_millis(if i % 2 == 0 { 20 } else { 2 });
+                l.record(now, latency, Sample::Ok, l.limit());
+                now += Duration::from_millis(4);
+            }
+        }
+        assert!(l.limit() > before[3], "{before:?} → {}", l.limit());
+    }
+
+    #[test]
+    fn an_unused_limit_does_not_grow() {
+        let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+        let mut now = Instant::now();
+        for _ in 0..200 {
+            l.record(now, Duration::from_millis(2), Sample::Ok, 1);
+            now += Duration::from_millis(4);
+        }
+        assert_eq!(l.limit(), 16);
+    }
+
+    #[test]
+    fn a_window_needs_time_and_samples() {
+        let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+        let now = Instant::now();
+        // Many samples at one instant: the window is not over.
+        for _ in 0..100 {
+            assert_eq!(
+                l.record(now, Duration::from_millis(2), Sample::Ok, 16),
+                None
+            );
+        }
+        assert_eq!(l.floor(), None);
+        let later = now + Duration::from_millis(60);
+        assert_eq!(
+            l.record(later, Duration::from_millis(2), Sample::Ok, 16),
+            Some(18)
+        );
+    }
+}

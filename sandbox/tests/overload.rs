@@ -1,0 +1,86 @@
+//! Overload mode over real HTTP: requests beyond the capacity are answered later, by
+//! `overload_latency_per_request` for each request in flight beyond it.
+
+use std::time::{Duration, Instant};
+
+use wxpush_sandbox::{FaultConfig, Sandbox, SandboxConfig};
+
+async fn token(client: &reqwest::Client, base: &str) -> String {
+    let answer: serde_json::Value = client
+        .post(format!("{base}/cgi-bin/stable_token"))
+        .json(&serde_json::json!({
+            "grant_type": "client_credential",
+            "appid": "wxsandbox00000000",
+            "secret": "sandboxsecret",
+        }))
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token JSON");
+    answer["access_token"]
+        .as_str()
+        .expect("access_token")
+        .to_string()
+}
+
+/// Sends `n` template messages at once; returns each one's latency, slowest last.
+async fn burst(client: &reqwest::Client, base: &str, token: &str, n: usize) -> Vec<Duration> {
+    let sends = (0..n).map(|i| {
+        let client = client.clone();
+        let url = format!("{base}/cgi-bin/message/template/send?access_token={token}");
+        async move {
+            let start = Instant::now();
+            let answer: serde_json::Value = client
+                .post(url)
+                .json(&serde_json::json!({"touser": format!("u{i}"), "template_id": "T"}))
+                .send()
+                .await
+                .expect("send")
+                .json()
+                .await
+                .expect("send JSON");
+            assert_eq!(answer["errcode"], 0, "{answer}");
+            start.elapsed()
+        }
+    });
+    let mut took = futures::future::join_all(sends).await;
+    took.sort();
+    took
+}
+
+#[tokio::test]
+async fn requests_beyond_the_capacity_are_slowed_down() {
+    let per = Duration::from_millis(100);
+    let sb = Sandbox::start(SandboxConfig {
+        faults: FaultConfig {
+            latency: Duration::from_millis(50),
+            capacity: Some(2),
+            overload_latency_per_request: per,
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox");
+    let base = sb.base_url();
+    let client = reqwest::Client::new();
+    let token = token(&client, &base).await;
+    // Within the capacity: no added latency.
+    let within = burst(&client, &base, &token, 2).await;
+    assert!(within[1] < 3 * per, "{within:?}");
+    // Six at once (the base latency makes them overlap): the ones that found 2, 3, 4, 5 ahead wait 1, 2, 3, 4 × 100 ms.
+    let beyond = burst(&client, &base, &token, 6).await;
+    assert!(beyond[5] >= 4 * per, "{beyond:?}");
+    assert!(beyond[4] >= 3 * per, "{beyond:?}");
+    assert_eq!(sb.stats().delivered_unique, 8);
+    // Overload off, the base latency kept: all six overlap, none is slowed down.
+    sb.set_faults(FaultConfig {
+        latency: Duration::from_millis(50),
+        ..FaultConfig::default()
+    })
+    .expect("overload off");
+    let off = burst(&client, &base, &token, 6).await;
+    assert!(off[5] < 3 * per, "{off:?}");
+}

@@ -1,0 +1,118 @@
+//! Hedged sends and recovery after an outage, end to end: the real `wxpush-pusher` against the
+//! real `wxpush-sandbox` (issue 13, "Done when"). These tests prove mechanisms, never speed.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wxpush_tests::pusher::{PusherProc, config, send_all, tempdir, template};
+use wxpush_tests::sandbox::{self, WxClient};
+
+/// Hedges forced on by a tail fault (5 % of sends hang 5 s once the pusher has learnt the
+/// usual latency): a hedge goes out under the same client_msg_id, and the sandbox, which
+/// de-duplicates on it, delivers every message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_send_never_produces_two_deliveries() {
+    const WARM: usize = 600;
+    const N: usize = 1000;
+    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "2ms", "--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({
+            "rateLimit": {"perSecond": 100000, "burst": 100000, "dailyQuota": 0},
+            "retry": {"initialBackoff": "50ms", "maxBackoff": "500ms", "maxAttempts": 20},
+            "circuitBreaker": {"enabled": false},
+        }),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let warm: Vec<_> = (0..WARM).map(|i| template(&format!("w{i}"))).collect();
+    send_all(&pusher.api, &warm, 100, 2).await;
+    pusher
+        .api
+        .wait_delivered(WARM as u64, Duration::from_secs(60))
+        .await;
+    let (code, _) = wx
+        .put_faults(&json!({"latency": "2ms", "hang_share": 0.05, "hang": "5s"}))
+        .await;
+    assert_eq!(code, 200);
+    let msgs: Vec<_> = (0..N).map(|i| template(&format!("h{i}"))).collect();
+    send_all(&pusher.api, &msgs, 100, 2).await;
+    pusher
+        .api
+        .wait_delivered((WARM + N) as u64, Duration::from_secs(120))
+        .await;
+    let hedged = pusher.api.metric("wxpush_hedged_sends_total", &[]).await;
+    assert!(hedged >= 1.0, "the tail fault forced hedges ({hedged})");
+    let stats = wx.stats().await;
+    assert!(stats.faults.get("hang").copied().unwrap_or(0) >= 1);
+    assert_eq!(
+        stats.delivered_unique,
+        (WARM + N) as u64,
+        "one delivery each"
+    );
+    assert!(
+        stats.per_openid.values().all(|c| c.delivered == 1),
+        "no recipient got two deliveries"
+    );
+    assert!(
+        stats.duplicates_suppressed >= 1,
+        "hedges (and retries) reached the sandbox under the same client_msg_id"
+    );
+}
+
+/// An outage: sends fail and are retried only after a long backoff (20 s); once the sandbox is
+/// back the breaker's early probe closes it and the delayed retries are pulled in, so every
+/// message is delivered long before its backoff ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_outage_retries_are_pulled_in_when_the_breaker_closes() {
+    const N: usize = 50;
+    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "1ms"]);
+    let wx = WxClient::new(sb_url.clone());
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({
+            "timeouts": {"connect": "300ms", "tlsHandshake": "300ms",
+                         "responseHeader": "1s", "request": "2s"},
+            "retry": {"initialBackoff": "20s", "maxBackoff": "30s", "jitter": 0.0,
+                      "maxAttempts": 10},
+            "circuitBreaker": {"minimumRequests": 5, "failureRatio": 0.5, "window": "10s",
+                               "openDuration": "30s", "firstProbeAfter": "200ms",
+                               "halfOpenProbes": 1},
+        }),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    send_all(&pusher.api, &[template("warm")], 1, 1).await;
+    pusher.api.wait_delivered(1, Duration::from_secs(30)).await;
+    let (code, _) = wx
+        .put_faults(&json!({"latency": "1ms", "outage": {"duration": "2s"}}))
+        .await;
+    assert_eq!(code, 200);
+    let start = Instant::now();
+    let msgs: Vec<_> = (0..N).map(|i| template(&format!("o{i}"))).collect();
+    send_all(&pusher.api, &msgs, 10, 1).await;
+    pusher
+        .api
+        .wait_delivered(1 + N as u64, Duration::from_secs(15))
+        .await;
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "delivered {took:?} after the outage began, before the 20 s backoff"
+    );
+    let failed = pusher
+        .api
+        .metric("wxpush_send_attempts_total", &[("result", "transport")])
+        .await
+        + pusher
+            .api
+            .metric("wxpush_send_attempts_total", &[("result", "timeout")])
+            .await;
+    assert!(failed >= 1.0, "the outage failed attempts ({failed})");
+    let opens = pusher.api.metric("wxpush_circuit_opens_total", &[]).await;
+    assert!(opens >= 1.0, "the breaker opened");
+    assert_eq!(wx.stats().await.delivered_unique, 1 + N as u64);
+}
