@@ -3,9 +3,10 @@
 //! [`Store`] is what both sides need from a queue: accept a group of messages durably (all or
 //! nothing), lease due messages to workers, record the outcome of an attempt, read a message's
 //! status, list and replay dead letters, and count messages by state. [`embedded::EmbeddedStore`]
-//! implements it on local disk with `redb`; a Redis Streams implementation can implement the same
-//! trait (accept = `XADD` in a `MULTI`, lease = `XREADGROUP`/`XAUTOCLAIM`, complete = `XACK` +
-//! status hash, retry schedule = a sorted set).
+//! implements it on local disk with `redb` (one pod); [`redis::RedisStore`] in Redis Streams
+//! (several pods, docs/scaling.md). [`contract`] is the behaviour suite both must pass;
+//! [`types`] holds what the store shares with its neighbours `events` and `callbacks`, so that
+//! they depend on the store and never the other way round. Above it: `api` and `dispatch`.
 
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;

@@ -1,6 +1,8 @@
 //! Everything that talks to the WeChat API: the pooled HTTP client with its four timeouts, the
-//! access_token manager, errcode classification, and [`WeChatSender`], which performs one send
-//! attempt of one message and says what should happen next ([`SendOutcome`]).
+//! access_token manager, and [`WeChatSender`], the engine that performs one send attempt of one
+//! message through the channel's provider and says what should happen next ([`SendOutcome`]).
+//! Below it: `send` (the attempt's vocabulary), `providers` (wire protocols, errcode table),
+//! `resilience` (pure decisions) and `metrics`; above it: `dispatch` and `wiring`.
 //!
 //! The dispatcher (queue side) only ever calls [`WeChatSender::send`] and acts on the outcome;
 //! the API reads [`WeChatSender::health`] for `/readyz` and status.
