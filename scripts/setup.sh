@@ -43,7 +43,8 @@ fi
 # library: render, lint, schema validation, all offline) needs it, and kubernetes-validate checks
 # the rendered manifests against the Kubernetes OpenAPI schemas. Pinned in tests/helm/requirements.txt.
 helm_python=""
-for p in "${WXPUSH_HELM_PYTHON:-}" "$HOME/.pyenv/versions/3.12.1/bin/python3" python3.12; do
+pyenv312=$(ls -d "$HOME"/.pyenv/versions/3.12*/bin/python3 2>/dev/null | sort -V | tail -n 1 || true)
+for p in "${WXPUSH_HELM_PYTHON:-}" "$pyenv312" python3.12; do
   if [ -n "$p" ] && command -v "$p" >/dev/null 2>&1; then helm_python=$p; break; fi
 done
 if [ -z "$helm_python" ]; then
