@@ -387,7 +387,7 @@ impl Demo {
             retries: attempts
                 .total()
                 .saturating_sub(settled_attempts.min(settled_count)),
-            hedges: None,
+            hedges: d(|m| m.hedges),
             breaker_opens: d(|m| m.breaker_opens),
             token_requests: d(|m| m.token_ok),
             sandbox_token_calls: s(&["token_calls", "classic"]) + s(&["token_calls", "stable"]),
@@ -542,6 +542,7 @@ struct MetricCounts {
     /// ok, retryable, permanent, timeout, transport.
     attempts: [u64; 5],
     breaker_opens: u64,
+    hedges: u64,
     token_ok: u64,
 }
 
@@ -574,6 +575,7 @@ impl MetricCounts {
                 attempt(AttemptResult::transport),
             ],
             breaker_opens: m.circuit_opens.get(),
+            hedges: m.hedged_sends.get(),
             token_ok: token("stable") + token("classic"),
         }
     }
