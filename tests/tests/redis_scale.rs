@@ -438,80 +438,7 @@ async fn redis_killed_mid_load_loses_nothing_acknowledged_and_pushers_recover() 
 /// afterwards sends nothing to WeChat and reports itself on hold.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_45009_on_one_pod_holds_every_pod() {
-    let redis = RedisServer::start().await;
-    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
-    let wx = WxClient::new(sb_url.clone());
-    let extra = json!({"rateLimit": {"perSecond": 100000, "burst": 100000, "dailyQuota": 0}});
-    let pods = start_pods(3, &sb_url, &redis.url(), &extra).await;
-    for i in 0..3 {
-        let (status, v) = pods.pods[i]
-            .api
-            .send(&template(&format!("q-warm-{i}")))
-            .await;
-        assert_eq!(status, 202, "{v}");
-    }
-    wait_unique(&wx, 3, Duration::from_secs(30)).await;
-    let (status, v) = wx.put_faults(&json!({"errcodes": {"45009": 1.0}})).await;
-    assert_eq!(status, 200, "{v}");
-    for i in 0..30 {
-        let (status, _) = pods.pods[i % 3]
-            .api
-            .send(&template(&format!("q-{i}")))
-            .await;
-        assert_eq!(status, 202);
-    }
-    let quota_answers = |s: &StatsSnapshot| s.errcodes.get("45009").copied().unwrap_or(0);
-    wait_for("a 45009 from WeChat", Duration::from_secs(30), || async {
-        (quota_answers(&wx.stats().await) >= 1).then_some(())
-    })
-    .await;
-    // Let the pods that were sending settle on hold.
-    let mut last = quota_answers(&wx.stats().await);
-    let mut stable_since = Instant::now();
-    let settle = Instant::now();
-    while stable_since.elapsed() < Duration::from_secs(1) {
-        assert!(
-            settle.elapsed() < Duration::from_secs(20),
-            "45009 answers keep coming"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = quota_answers(&wx.stats().await);
-        if now != last {
-            last = now;
-            stable_since = Instant::now();
-        }
-    }
-    // A new pod: it gets work (the others hold theirs) and must not send any of it.
-    let late = start_pods(1, &sb_url, &redis.url(), &extra).await;
-    for i in 0..20 {
-        let (status, _) = late.pods[0]
-            .api
-            .send(&template(&format!("q-late-{i}")))
-            .await;
-        assert_eq!(status, 202);
-    }
-    let api = late.pods[0].api.clone();
-    wait_for("the new pod on hold", Duration::from_secs(30), || {
-        let api = api.clone();
-        async move {
-            let (_, v) = api.get("/healthz").await;
-            (v["sending"] == "on_hold").then_some(())
-        }
-    })
-    .await;
-    let s = wx.stats().await;
-    println!(
-        "45009 answers: {} before the new pod, {} after; sends answered 0: {}",
-        last,
-        quota_answers(&s),
-        sends_ok(&s)
-    );
-    assert_eq!(
-        quota_answers(&s),
-        last,
-        "the new pod sent nothing: the 45009 of another pod holds it"
-    );
-    assert_eq!(sends_ok(&s), 3, "nothing was delivered after the 45009");
+    a_fault_on_one_pod_holds_every_pod(45009).await;
 }
 
 /// A configuration fault on a send (40013: WeChat no longer takes the appid) is the
@@ -519,6 +446,13 @@ async fn a_45009_on_one_pod_holds_every_pod() {
 /// that starts later holds its messages too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_credential_fault_on_a_send_holds_every_pod() {
+    a_fault_on_one_pod_holds_every_pod(40013).await;
+}
+
+/// One pod meets `errcode` on a send; the whole channel holds: a pod started afterwards sends
+/// nothing to WeChat and reports itself on hold.
+async fn a_fault_on_one_pod_holds_every_pod(errcode: i64) {
+    let code = errcode.to_string();
     let redis = RedisServer::start().await;
     let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
     let wx = WxClient::new(sb_url.clone());
@@ -533,7 +467,9 @@ async fn a_credential_fault_on_a_send_holds_every_pod() {
         assert_eq!(status, 202, "{v}");
     }
     wait_unique(&wx, 3, Duration::from_secs(30)).await;
-    let (status, v) = wx.put_faults(&json!({"errcodes": {"40013": 1.0}})).await;
+    let (status, v) = wx
+        .put_faults(&json!({"errcodes": {code.clone(): 1.0}}))
+        .await;
     assert_eq!(status, 200, "{v}");
     for i in 0..30 {
         let (status, _) = pods.pods[i % 3]
@@ -542,10 +478,12 @@ async fn a_credential_fault_on_a_send_holds_every_pod() {
             .await;
         assert_eq!(status, 202);
     }
-    let quota_answers = |s: &StatsSnapshot| s.errcodes.get("40013").copied().unwrap_or(0);
-    wait_for("a 40013 from WeChat", Duration::from_secs(30), || async {
-        (quota_answers(&wx.stats().await) >= 1).then_some(())
-    })
+    let quota_answers = |s: &StatsSnapshot| s.errcodes.get(code.as_str()).copied().unwrap_or(0);
+    wait_for(
+        &format!("a {code} from WeChat"),
+        Duration::from_secs(30),
+        || async { (quota_answers(&wx.stats().await) >= 1).then_some(()) },
+    )
     .await;
     // Let the pods that were sending settle on hold.
     let mut last = quota_answers(&wx.stats().await);
@@ -554,7 +492,7 @@ async fn a_credential_fault_on_a_send_holds_every_pod() {
     while stable_since.elapsed() < Duration::from_secs(1) {
         assert!(
             settle.elapsed() < Duration::from_secs(20),
-            "40013 answers keep coming"
+            "{code} answers keep coming"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = quota_answers(&wx.stats().await);
@@ -583,7 +521,7 @@ async fn a_credential_fault_on_a_send_holds_every_pod() {
     .await;
     let s = wx.stats().await;
     println!(
-        "40013 answers: {} before the new pod, {} after; sends answered 0: {}",
+        "{code} answers: {} before the new pod, {} after; sends answered 0: {}",
         last,
         quota_answers(&s),
         sends_ok(&s)
@@ -591,9 +529,9 @@ async fn a_credential_fault_on_a_send_holds_every_pod() {
     assert_eq!(
         quota_answers(&s),
         last,
-        "the new pod sent nothing: the 40013 another pod met holds it"
+        "the new pod sent nothing: the {code} another pod met holds it"
     );
-    assert_eq!(sends_ok(&s), 3, "nothing was delivered after the 40013");
+    assert_eq!(sends_ok(&s), 3, "nothing was delivered after the {code}");
 }
 
 /// WeChat invalidating the token now and then (the sandbox's `token_invalidate_every`): the
