@@ -6,28 +6,35 @@ mod embedded {
     wxpush_pusher::store_contract!(wxpush_pusher::store::contract::Embedded::temp());
 }
 
+/// Starts a server in a thread of its own that lives as long as the test process (each check
+/// uses a key prefix of its own), so that every test's runtime can reach it; returns its URL.
+/// `start` returns the URL and the server handle, which the thread keeps.
+fn lifelong(start: fn(&tokio::runtime::Runtime) -> (String, Box<dyn std::any::Any>)) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("runtime");
+        let (url, _server) = start(&rt);
+        tx.send(url).expect("send the url");
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().expect("the server started")
+}
+
 mod redis {
     use std::sync::OnceLock;
 
     use wxpush_tests::redis::RedisServer;
 
-    /// One server for the whole suite (each check uses a key prefix of its own); it lives
-    /// in a thread of its own so that every test's runtime can reach it.
     fn url() -> String {
         static URL: OnceLock<String> = OnceLock::new();
         URL.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Runtime::new().expect("runtime");
+            super::lifelong(|rt| {
                 let server = rt.block_on(RedisServer::start());
                 server.reap_with_this_process();
-                tx.send(server.url()).expect("send the url");
-                // Keep the server for the life of the test process.
-                loop {
-                    std::thread::park();
-                }
-            });
-            rx.recv().expect("redis started")
+                (server.url(), Box::new(server))
+            })
         })
         .clone()
     }
@@ -43,17 +50,11 @@ mod redis_cluster {
     fn url() -> String {
         static URL: OnceLock<String> = OnceLock::new();
         URL.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Runtime::new().expect("runtime");
+            super::lifelong(|rt| {
                 let cluster = rt.block_on(RedisCluster::start());
                 cluster.reap_with_this_process();
-                tx.send(cluster.url()).expect("send the url");
-                loop {
-                    std::thread::park();
-                }
-            });
-            rx.recv().expect("redis cluster started")
+                (cluster.url(), Box::new(cluster))
+            })
         })
         .clone()
     }
