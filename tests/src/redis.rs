@@ -11,6 +11,17 @@ use std::time::Duration;
 
 use crate::{ChildGuard, free_port, wait_for};
 
+/// Every server the tests start persists each write before it answers (AOF, fsync always) and
+/// takes no RDB snapshots, so that a SIGKILL loses nothing Redis acknowledged.
+const AOF: [&str; 6] = [
+    "--appendonly",
+    "yes",
+    "--appendfsync",
+    "always",
+    "--save",
+    "",
+];
+
 fn redis_server() -> PathBuf {
     let path = which("redis-server");
     assert!(
@@ -165,14 +176,7 @@ impl RedisServer {
             cmd.args(["--port", &port.to_string()]);
         }
         cmd.args(["--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
+            .args(AOF)
             .arg("--dir")
             .arg(&dir)
             .args(extra)
@@ -195,14 +199,7 @@ impl RedisServer {
     async fn spawn(dir: &Path, port: u16, extra: Vec<String>) -> Self {
         let mut cmd = Command::new(redis_server());
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args([
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-            ])
+            .args(AOF)
             .arg("--dir")
             .arg(dir)
             .args(&extra)
