@@ -125,6 +125,78 @@ mod auth {
     }
 }
 
+mod outage {
+    use std::time::Duration;
+
+    use wxpush_pusher::message::{Status, parse_message};
+    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
+    use wxpush_pusher::store::{AcceptItem, Store};
+    use wxpush_tests::redis::RedisServer;
+
+    /// An outcome whose write met a Redis outage is not lost with the write: when this pod
+    /// claims the entry again, the lease carries the outcome, so the dispatcher records it
+    /// instead of sending the message again.
+    #[tokio::test]
+    async fn an_outcome_written_during_an_outage_comes_back_with_the_next_lease() {
+        let mut server = RedisServer::start().await;
+        let store = RedisStore::connect(RedisOptions {
+            url: server.url(),
+            cluster: false,
+            key_prefix: "outage".into(),
+            channel: "c".into(),
+            consumer_group: "pushers".into(),
+            consumer: "outage-test".into(),
+            claim_idle: Duration::from_millis(300),
+            max_messages: 10,
+            retention: Duration::from_secs(60),
+            default_callback: false,
+            min_replicas_acked: 0,
+        })
+        .await
+        .expect("connects");
+        let message =
+            parse_message(&serde_json::json!({"touser": "o", "template_id": "T"})).expect("valid");
+        let accepted = store
+            .accept(vec![AcceptItem {
+                message,
+                idempotency_key: None,
+            }])
+            .await
+            .expect("accepted");
+        let leased = store.lease(1, Duration::from_secs(5)).await.expect("lease");
+        assert_eq!(leased.len(), 1);
+        assert!(leased[0].unrecorded.is_none());
+        let mut done = leased[0].record.clone();
+        done.status = Status::Delivered;
+        done.attempts = 1;
+        done.msgid = Some(42);
+        server.kill();
+        store
+            .complete(leased[0].slot, done)
+            .await
+            .expect_err("redis is down");
+        server.restart().await;
+        let again = wxpush_tests::wait_for(
+            "the entry claimed again",
+            Duration::from_secs(30),
+            || async {
+                store
+                    .lease(1, Duration::from_millis(200))
+                    .await
+                    .ok()
+                    .filter(|l| !l.is_empty())
+            },
+        )
+        .await;
+        assert_eq!(again[0].record.id, accepted[0].id);
+        let kept = again[0]
+            .unrecorded
+            .as_deref()
+            .expect("the outcome comes back");
+        assert_eq!((kept.status, kept.msgid), (Status::Delivered, Some(42)));
+    }
+}
+
 mod tls {
     use std::process::Command;
 

@@ -155,7 +155,15 @@ struct Inner {
     claim_cursor: Mutex<String>,
     /// This process's leases: message id → stream entry id.
     leases: Mutex<std::collections::HashMap<String, String>>,
+    /// Outcomes whose write failed (Redis away), by message id. When this pod claims the entry
+    /// again, the lease carries the outcome, so that it is recorded instead of sent again. A
+    /// copy that another pod claims is sent again under the same `client_msg_id`.
+    unrecorded: Mutex<std::collections::HashMap<MessageId, (Instant, MessageRecord)>>,
 }
+
+/// How long an unrecorded outcome is kept for this pod to claim its entry again; older ones
+/// (another pod took the entry) are dropped.
+const UNRECORDED_KEPT: Duration = Duration::from_secs(600);
 
 /// The Redis store. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -254,6 +262,7 @@ impl RedisStore {
             last_claim: Mutex::new(None),
             claim_cursor: Mutex::new("0-0".into()),
             leases: Mutex::new(std::collections::HashMap::new()),
+            unrecorded: Mutex::new(std::collections::HashMap::new()),
         });
         let store = Self { inner };
         store.create_group().await?;
@@ -461,10 +470,16 @@ impl RedisStore {
                 .next()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
+            let unrecorded = self
+                .inner
+                .unrecorded
+                .lock()
+                .remove(&record.id)
+                .map(|(_, r)| Box::new(r));
             leased.push(Leased {
                 record,
                 slot,
-                unrecorded: None,
+                unrecorded,
             });
         }
         Ok(self.ok(leased))
@@ -720,7 +735,13 @@ impl Store for RedisStore {
         // Kept alive no longer either way: after a failed write the entry goes idle and is
         // claimed again after claimIdle (by this pod or another).
         self.inner.leases.lock().remove(&record.id.to_string());
-        done.map_err(|e| self.fail("complete", &e))?;
+        if let Err(e) = done {
+            let mut kept = self.inner.unrecorded.lock();
+            let now = Instant::now();
+            kept.retain(|_, (at, _)| now.duration_since(*at) < UNRECORDED_KEPT);
+            kept.insert(record.id, (now, record));
+            return Err(self.fail("complete", &e));
+        }
         if !is_final && due <= millis(now) {
             self.inner.work.notify_waiters();
         }
