@@ -6,6 +6,7 @@
 //! - [`leader`]: leader election through a `coordination.k8s.io/v1` Lease.
 //! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`.
 //! - [`hpa`]: the HPA's replica calculation (pure; for tests of the metric pipeline).
+//! - [`unknown_fields`]: spec fields this version does not know, named in a warning.
 
 pub mod controller;
 pub mod hpa;
@@ -14,3 +15,4 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod server;
+pub mod unknown_fields;
