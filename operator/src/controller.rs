@@ -1,19 +1,20 @@
-//! The watches that drive reconciles: PushChannels, the children they own (metadata only,
+//! The watches that drive reconciles: PushChannels (as raw JSON, read with the spec fields
+//! this version ignores noted: [`crate::unknown_fields`]), the children they own (metadata only,
 //! selected by the operator's label) and the Secrets they reference (metadata only: Secret
 //! values never enter the operator's memory through a watch).
 
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DynamicObject, ListParams, PartialObjectMeta};
+use kube::api::{ApiResource, DynamicObject, ListParams, PartialObjectMeta};
 use kube::core::NamespaceResourceScope;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
@@ -137,8 +138,23 @@ async fn run_one(
     let client = ctx.client.clone();
     let ns = namespace.as_deref();
     let owned = watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1));
-    let controller = Controller::new(api::<PushChannel>(&client, ns), watcher::Config::default());
-    let store = controller.store();
+    // PushChannels are watched as raw JSON and read here, so that the spec fields this version
+    // does not know are seen (and named in a warning) before they are dropped.
+    let (store, writer) = reflector::store::<PushChannel>();
+    let raw_api: Api<DynamicObject> = {
+        let ar = ApiResource::erase::<PushChannel>(&());
+        match ns {
+            Some(n) => Api::namespaced_with(client.clone(), n, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        }
+    };
+    let unknown = Arc::clone(&ctx.unknown_fields);
+    let channels = watcher(raw_api, watcher::Config::default())
+        .default_backoff()
+        .try_filter_map(move |event| futures::future::ready(Ok(unknown.typed(event))))
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(channels, store.clone());
     macro_rules! owned_meta {
         ($k:ty) => {
             watcher(api::<PartialObjectMeta<$k>>(&client, ns), owned.clone())

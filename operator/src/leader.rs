@@ -5,13 +5,18 @@
 //! holder's `renewTime` is never compared with the local clock, so clock skew between pods
 //! cannot make two leaders. Every write carries the `resourceVersion` it read, so two
 //! candidates cannot both win (the loser gets 409).
+//!
+//! The times written into the Lease (`acquireTime`, `renewTime`) come from [`crate::clock`],
+//! which a debug build can skew (`WXPUSH_CLOCK_OFFSET`) for the end-to-end test with skewed
+//! clocks. This is not the `kube-leader-election` or `kube-lease-manager` crate: both decide
+//! expiry by comparing the Lease's `renewTime` plus its duration with the local wall clock (the
+//! latter with a grace period), so a clock 30 s ahead would take a live Lease over.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -130,7 +135,7 @@ impl LeaderElection {
     /// One attempt to take or renew the Lease. `Ok(true)` while we hold it.
     pub async fn try_acquire_or_renew(&self) -> Result<bool, kube::Error> {
         let call = async {
-            let now = Timestamp::now();
+            let now = crate::clock::now();
             let current = self.api.get_opt(&self.name).await?;
             let decision = {
                 let mut observed = self
@@ -246,7 +251,7 @@ impl LeaderElection {
             }
             spec.holder_identity = None;
             spec.lease_duration_seconds = Some(1);
-            spec.renew_time = Some(MicroTime(Timestamp::now()));
+            spec.renew_time = Some(MicroTime(crate::clock::now()));
             self.api
                 .replace(&self.name, &PostParams::default(), &lease)
                 .await
@@ -263,7 +268,7 @@ impl LeaderElection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::jiff::SignedDuration;
+    use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
     fn spec(holder: Option<&str>, renewed: Timestamp) -> LeaseSpec {
         LeaseSpec {

@@ -701,3 +701,77 @@ async fn spec_pod_image_runs_any_image() {
         "registry.example/wxpush/pusher:1.2"
     );
 }
+
+/// A spec field this version does not know (noted by the PushChannel watch) is named in a
+/// Warning Event before anything else, once per generation: not again on the next reconcile of
+/// the same generation, again when the spec changes.
+#[tokio::test]
+async fn unknown_spec_fields_are_named_in_one_event_per_generation() {
+    let (client, log) = api_server(Box::new(|s| match (s.method.as_str(), s.path.as_str()) {
+        ("GET", p) if p.ends_with("/secrets/order-notify-auth") => {
+            (StatusCode::OK, secret("order-notify-auth", &["token"]))
+        }
+        ("GET", p) if p.ends_with("/secrets/order-notify-wechat") => (
+            StatusCode::OK,
+            secret("order-notify-wechat", &["appId", "appSecret"]),
+        ),
+        ("GET", p) if p.contains("/horizontalpodautoscalers/") => {
+            not_found("horizontalpodautoscalers")
+        }
+        _ => echo(s),
+    }));
+    let ctx = context(client);
+    let mut pc = example("pushchannel-minimal.yaml");
+    let paths = vec![
+        "spec.fieldFromANewerCrd".to_string(),
+        "spec.retry.newerRetryKnob".to_string(),
+    ];
+    ctx.unknown_fields
+        .observe("shop/order-notify", Some(3), paths.clone());
+    for _ in 0..2 {
+        run(pc.clone(), ctx.clone())
+            .await
+            .expect("reconciles all the same");
+    }
+    let unknown_events = || -> Vec<Value> {
+        log.lock()
+            .expect("log")
+            .iter()
+            .filter(|s| s.path.starts_with(EVENTS) && s.body["reason"] == "UnknownFields")
+            .map(|s| s.body.clone())
+            .collect()
+    };
+    let events = unknown_events();
+    assert_eq!(events.len(), 1, "once for generation 3: {events:?}");
+    assert_eq!(events[0]["type"], "Warning");
+    let note = events[0]["note"].as_str().expect("note");
+    assert!(
+        note.contains("spec.fieldFromANewerCrd, spec.retry.newerRetryKnob")
+            && note.contains("generation 3"),
+        "{note}"
+    );
+    assert_eq!(
+        lines(&log)[0],
+        format!("POST {EVENTS}"),
+        "the warning comes first"
+    );
+    assert!(
+        lines(&log).contains(&format!("PATCH {APPS}/deployments/order-notify-pusher")),
+        "the rest of the spec is applied"
+    );
+
+    pc.metadata.generation = Some(4);
+    pc.metadata.resource_version = Some("101".into());
+    ctx.unknown_fields
+        .observe("shop/order-notify", Some(4), paths);
+    run(pc, ctx.clone()).await.expect("reconciles");
+    let events = unknown_events();
+    assert_eq!(events.len(), 2, "once more for generation 4: {events:?}");
+    assert!(events[1]["series"].is_null(), "a new Event: {events:?}");
+    assert!(
+        events[1]["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("generation 4")),
+        "{events:?}"
+    );
+}

@@ -370,7 +370,10 @@ async fn missing_secret_is_reported_in_status_and_fixed_by_creating_it() {
 }
 
 /// An operator of this version meets a PushChannel written for a newer CRD (a spec field it
-/// does not know, at the top and inside a policy section): it reconciles what it knows.
+/// does not know, at the top and inside a policy section): the cluster's CRD is the newer one,
+/// so the object keeps the fields (on a real API server too, which prunes only what the schema
+/// lacks). The operator reconciles what it knows and names the ignored fields in one Warning
+/// Event per generation.
 #[tokio::test]
 async fn a_pushchannel_with_a_spec_field_unknown_to_this_operator_is_reconciled() {
     let api = KubeEmulator::start().await;
@@ -421,4 +424,97 @@ async fn a_pushchannel_with_a_spec_field_unknown_to_this_operator_is_reconciled(
     let config = PusherConfig::from_yaml(config_text).expect("the pusher config parses");
     assert!(!config_text.contains("newerRetryKnob"), "{config_text}");
     assert!(config.retry.max_attempts >= 1);
+    kubectl
+        .wait_for_object(
+            "the Deployment",
+            "deployment.apps",
+            "payment-notify-pusher",
+            wait(),
+            |o| owned_by(o, &uid),
+        )
+        .await;
+
+    // The warning names each ignored field by its path.
+    let unknown_events = || {
+        let kubectl = kubectl.clone();
+        async move {
+            kubectl
+                .list_json("events.events.k8s.io", None)
+                .await
+                .expect("kubectl get events")
+                .into_iter()
+                .filter(|e| {
+                    e["reason"] == "UnknownFields" && e["regarding"]["name"] == "payment-notify"
+                })
+                .collect::<Vec<Value>>()
+        }
+    };
+    let first = wait_for("an UnknownFields Event", wait(), || async {
+        let events = unknown_events().await;
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_eq!(first[0]["type"], "Warning");
+    let note = first[0]["note"].as_str().expect("note");
+    assert!(
+        note.contains("spec.fieldFromANewerCrd")
+            && note.contains("spec.retry.newerRetryKnob")
+            && note.contains("generation 1"),
+        "the Event names the ignored fields: {note}"
+    );
+
+    // Another reconcile of the same generation (a deleted child is restored) warns no more:
+    // the Event is neither repeated nor counted again (no `series`).
+    let service = get(&kubectl, "service", "payment-notify-pusher")
+        .await
+        .expect("the Service");
+    kubectl
+        .delete("service", "payment-notify-pusher")
+        .await
+        .expect("delete the Service");
+    kubectl
+        .wait_for_object(
+            "the Service restored",
+            "service",
+            "payment-notify-pusher",
+            wait(),
+            |s| s["metadata"]["uid"] != service["metadata"]["uid"],
+        )
+        .await;
+    let again = unknown_events().await;
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(again[0]["series"].is_null(), "published once: {again:?}");
+
+    // A new generation that still carries them is reported once more.
+    kubectl
+        .run(
+            &[
+                "patch",
+                "pch",
+                "payment-notify",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"retry":{"maxAttempts":4}}}"#,
+            ],
+            None,
+        )
+        .await
+        .expect("change the spec");
+    wait_for(
+        "an UnknownFields Event for generation 2",
+        wait(),
+        || async {
+            unknown_events()
+                .await
+                .iter()
+                .any(|e| {
+                    e["note"]
+                        .as_str()
+                        .is_some_and(|n| n.contains("generation 2") && n.contains("newerRetryKnob"))
+                })
+                .then_some(())
+        },
+    )
+    .await;
 }

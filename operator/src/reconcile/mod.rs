@@ -19,6 +19,7 @@ use tracing::{info, instrument, warn};
 
 use crate::crd::PushChannel;
 use crate::metrics::Metrics;
+use crate::unknown_fields::UnknownFields;
 use apply::Prune;
 use build::BuildInput;
 use status::{Observation, Outcome};
@@ -72,6 +73,8 @@ pub struct Context {
     pub settings: Settings,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
+    /// Spec fields this version ignored, per object (filled by the PushChannel watch).
+    pub unknown_fields: Arc<UnknownFields>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
 }
 
@@ -100,6 +103,7 @@ impl Context {
             client,
             settings,
             metrics,
+            unknown_fields: Arc::default(),
             failures: Arc::default(),
         }
     }
@@ -134,6 +138,7 @@ impl Context {
     /// objects that exist.
     pub fn forget(&self, key: &str) {
         self.failures().remove(key);
+        self.unknown_fields.forget(key);
     }
 
     /// Objects with a failure count (for tests).
@@ -245,6 +250,7 @@ async fn run(pc: &PushChannel, ctx: &Context) -> Result<(&'static str, Action), 
         .namespace()
         .ok_or(build::BuildError::Missing("namespace"))?;
     let name = pc.name_any();
+    report_unknown_fields(pc, ctx).await;
     let found = dereference::dereference(&ctx.client, &namespace, &pc.spec).await?;
     let credentials = dereference::check(&pc.spec, &namespace, &found);
     let mut problems = validate::validate(pc);
@@ -312,6 +318,31 @@ async fn run(pc: &PushChannel, ctx: &Context) -> Result<(&'static str, Action), 
             }
             Err(e)
         }
+    }
+}
+
+/// Warns, once per generation, about spec fields this version ignored (read by the watch): in
+/// the log and as a Warning Event on the PushChannel.
+async fn report_unknown_fields(pc: &PushChannel, ctx: &Context) {
+    let generation = pc.metadata.generation;
+    let Some(paths) = ctx.unknown_fields.to_report(&key(pc), generation) else {
+        return;
+    };
+    warn!(
+        fields = %paths.join(", "),
+        generation,
+        "the spec has fields this operator version does not know: ignored (the CRD is newer \
+         than the operator)"
+    );
+    let event = crate::unknown_fields::event(&paths, generation);
+    // The reference names the object's version, so that the Recorder publishes a new Event for
+    // a new generation rather than counting it as a repeat of the last one (with its old note).
+    let mut reference = pc.object_ref(&());
+    reference
+        .resource_version
+        .clone_from(&pc.metadata.resource_version);
+    if let Err(e) = ctx.recorder.publish(&event, &reference).await {
+        warn!(reason = %event.reason, error = %e, "cannot publish Event");
     }
 }
 
