@@ -32,6 +32,11 @@ pub(crate) const ALL: Key = (u64::MAX, u128::MAX);
 /// many); it is refilled when fewer than a quarter of this are left unleased.
 pub(crate) const HEAD: usize = 1024;
 
+/// How many heads' worth of entries beyond the watermark one pull-in (retries an outage
+/// delayed, due again once WeChat is back) brings into memory at most; the others stay due at
+/// their written time. Bounds what a pull-in adds to memory (16,384 entries, about 1.5 MB).
+pub(crate) const ADOPT_HEADS: usize = 16;
+
 /// How often (ms) the writer counts the entries beyond the watermark that became due, while
 /// there are any.
 pub(crate) const COUNT_EVERY_MS: u64 = 250;
@@ -167,12 +172,19 @@ impl Index {
         (moved, beyond)
     }
 
+    /// How many entries beyond the watermark one pull-in brings into memory at most
+    /// ([`ADOPT_HEADS`] heads' worth).
+    pub(crate) fn max_adopt(&self) -> usize {
+        self.cap * ADOPT_HEADS
+    }
+
     /// Brings entries beyond the watermark into memory, due at `to_ms` (the second half of
     /// [`Index::pull_in`]). `entries` must be in the durable schedule (the writer read them
-    /// after its last commit); at most a head's worth is taken. Returns how many moved.
+    /// after its last commit); at most [`Index::max_adopt`] are taken, the others stay due at
+    /// their written time. Returns how many moved.
     pub(crate) fn adopt(&mut self, entries: &[Key], to_ms: u64) -> u64 {
         let mut moved = 0;
-        for &(slot, id) in entries.iter().take(self.cap) {
+        for &(slot, id) in entries.iter().take(self.max_adopt()) {
             if slot <= to_ms || (slot, id) <= self.watermark || self.holds((slot, id)) {
                 continue;
             }

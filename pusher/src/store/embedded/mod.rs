@@ -42,6 +42,8 @@ use redb::{
 };
 use tokio::sync::{Notify, oneshot};
 
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use writer::{Op, Writer};

@@ -541,6 +541,13 @@ impl Writer {
         let size = ops.len();
         let started = Instant::now();
         let now = Timestamp::now();
+        // Entries beyond the watermark due by now are counted first, so that this group's
+        // accepts (due now) count as ready from their commit on.
+        if let Err(e) = self.count_due(millis(now))
+            && let Some(held) = self.shared.logs.check("schedule_read")
+        {
+            tracing::error!(error = %e, held_back = held, "cannot read the schedule; tried again later");
+        }
         let mut group = Group {
             now,
             now_ms: millis(now),
@@ -716,7 +723,8 @@ impl Writer {
     }
 
     /// Brings entries beyond the watermark named by a pull-in into memory (those still in the
-    /// durable schedule, at most a head's worth); returns how many.
+    /// durable schedule, at most [`crate::store::index::ADOPT_HEADS`] heads' worth); returns
+    /// how many.
     fn adopt(
         &self,
         mut entries: Vec<Key>,
@@ -726,7 +734,7 @@ impl Writer {
         if healing.is_some() {
             return Ok(0);
         }
-        entries.truncate(self.shared.head);
+        entries.truncate(self.shared.index.lock().max_adopt());
         let txn = self.shared.begin_read()?;
         let table = txn.open_table(SCHEDULE).map_err(storage)?;
         let mut found = Vec::with_capacity(entries.len());
