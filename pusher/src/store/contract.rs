@@ -642,6 +642,56 @@ pub async fn a_confirming_event_writes_a_second_callback<B: Backend>(b: &B) {
     store.close().await;
 }
 
+/// A backlog larger than any in-memory part of the schedule (the embedded store holds about
+/// a thousand entries in memory, the rest on disk) is counted exactly and leased whole, each
+/// message once, and a retry scheduled behind it comes back.
+pub async fn a_backlog_larger_than_memory_holds_is_leased_whole<B: Backend>(b: &B) {
+    const N: usize = 3_000;
+    let store = b
+        .open(Options::new(10_000, Duration::from_secs(3600)))
+        .await;
+    let mut ids = std::collections::HashSet::new();
+    for k in (0..N).step_by(500) {
+        let got = store
+            .accept((k..k + 500).map(|n| item(n, None)).collect())
+            .await
+            .expect("accepts");
+        ids.extend(got.into_iter().map(|a| a.id));
+    }
+    let c = b.counts(&store).await;
+    assert_eq!((c.ready, c.delayed, c.inflight), (N as u64, 0, 0));
+    let mut leased = Vec::new();
+    let deadline = tokio::time::Instant::now() + b.takeover() * 3 + Duration::from_secs(30);
+    while leased.len() < N && tokio::time::Instant::now() < deadline {
+        leased.extend(
+            store
+                .lease(500, Duration::from_secs(2))
+                .await
+                .expect("leases"),
+        );
+    }
+    let got: std::collections::HashSet<MessageId> = leased.iter().map(|l| l.record.id).collect();
+    assert_eq!(leased.len(), N, "each leased once");
+    assert_eq!(got, ids, "none left behind");
+    let c = b.counts(&store).await;
+    assert_eq!((c.ready, c.delayed, c.inflight), (0, 0, N as u64));
+    // One retried behind the whole backlog.
+    let l = &leased[0];
+    let due = Timestamp::now() + jiff::SignedDuration::from_millis(300);
+    let mut retry = l.record.clone();
+    retry.status = Status::Retrying;
+    retry.attempts = 1;
+    retry.next_attempt_at = Some(due);
+    store.complete(l.slot, retry).await.expect("completes");
+    let c = b.counts(&store).await;
+    assert_eq!((c.pending(), c.inflight), (N as u64, N as u64 - 1));
+    let again = lease_n(&store, 1, b.takeover() * 3 + Duration::from_secs(3)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].record.id, l.record.id);
+    assert!(Timestamp::now() >= due, "not before it was due");
+    store.close().await;
+}
+
 /// Runs every check of the contract as one `#[tokio::test]` each, for a backend built by
 /// `$backend` (an expression evaluated once per test, which may `.await`).
 #[macro_export]
@@ -658,7 +708,8 @@ macro_rules! store_contract {
             store_matches_by_msgid_dedups_and_survives_restart,
             store_falls_back_to_the_latest_delivered_message_of_the_openid,
             final_states_write_callbacks_that_survive_a_restart,
-            a_confirming_event_writes_a_second_callback
+            a_confirming_event_writes_a_second_callback,
+            a_backlog_larger_than_memory_holds_is_leased_whole
         );
     };
     (@tests $backend:expr; $($name:ident),*) => {

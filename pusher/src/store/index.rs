@@ -1,14 +1,59 @@
 //! The in-memory view of the schedule: which pending messages are due when, and which are
 //! leased. It mirrors the durable schedule table and changes only after a commit, so a crash
 //! loses nothing but leases (which is what makes leased messages due again after a restart).
+//!
+//! **Bounded.** Only the *head* of the schedule is held in memory: the earliest-due entries, at
+//! most about [`HEAD`] of them (twice that before the writer trims it), up to a **watermark**,
+//! the `(due ms, id)` key up to which memory is complete: every durable schedule entry with a
+//! key at or below the watermark is in memory (due, or leased). Entries beyond the watermark
+//! stay on disk and are only counted ([`Index::beyond`]), together with how many of them are
+//! due already (as of the writer's last look, [`Index::counted_to`]), so that the queue counts
+//! stay exact without holding them. The store's writer thread, the only one that commits, keeps
+//! the head filled: when it runs low it reads the next entries after the watermark from the
+//! durable `schedule` table and moves the watermark to the last one read
+//! ([`Index::refill_wanted`], [`Index::refilled`]); when accepts made it grow past twice
+//! [`HEAD`] it forgets the latest entries and lowers the watermark ([`Index::trim`]). Because the
+//! writer reads the table only between its own commits, a refill sees every entry up to the new
+//! watermark: none is stranded on disk.
+//!
+//! Hand-written rather than a cache crate: this is the queue's own scheduling over redb (what is
+//! due, in which order, leased by whom, moved where), and its correctness rests on the
+//! watermark invariant above, which only the store's writer can keep.
 
 use std::collections::{BTreeSet, HashMap};
 
+/// A schedule key: `(due ms, id)`, the key of the durable `schedule` table.
+pub(crate) type Key = (u64, u128);
+
+/// The watermark of a schedule held in memory entirely.
+pub(crate) const ALL: Key = (u64::MAX, u128::MAX);
+
+/// Entries the in-memory head is refilled to (and trimmed back to once it holds twice as
+/// many); it is refilled when fewer than a quarter of this are left unleased.
+pub(crate) const HEAD: usize = 1024;
+
+/// How many heads' worth of entries beyond the watermark one pull-in (retries an outage
+/// delayed, due again once WeChat is back) brings into memory at most; the others stay due at
+/// their written time. Bounds what a pull-in adds to memory (16,384 entries, about 1.5 MB).
+pub(crate) const ADOPT_HEADS: usize = 16;
+
+/// How often (ms) the writer counts the entries beyond the watermark that became due, while
+/// there are any.
+pub(crate) const COUNT_EVERY_MS: u64 = 250;
+
+/// The key just before `k`.
+fn before(k: Key) -> Key {
+    match k {
+        (due, 0) => (due.saturating_sub(1), u128::MAX),
+        (due, id) => (due, id - 1),
+    }
+}
+
 /// Pending messages by due time, and the leased ones.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Index {
-    /// `(due_ms, id)` of pending messages not leased.
-    due: BTreeSet<(u64, u128)>,
+    /// `(due_ms, id)` of pending messages not leased, in memory.
+    due: BTreeSet<Key>,
     /// Leased ids, with the slot they were leased from.
     leased: HashMap<u128, u64>,
     /// Unleased ids due at another time than their durable schedule slot, with that slot:
@@ -16,14 +61,75 @@ pub(crate) struct Index {
     /// earlier one (see [`Index::pull_in`]). The slot is what a lease hands out, so the durable
     /// entry stays the one that is completed; a crash forgets the move, never a message.
     moved: HashMap<u128, u64>,
+    /// Every durable schedule entry with a key up to this one is in memory.
+    watermark: Key,
+    /// Durable schedule entries beyond the watermark that are not in memory.
+    beyond: u64,
+    /// Those of them with a key up to `counted_to`: due already.
+    beyond_due: u64,
+    /// How far the entries beyond the watermark have been counted as due (never later than
+    /// the writer's clock at its last look).
+    counted_to: Key,
+    /// The head's size (see [`HEAD`]).
+    cap: usize,
     /// Dead letters.
     pub(crate) dead: u64,
 }
 
+impl Default for Index {
+    fn default() -> Self {
+        Self::with_head(HEAD)
+    }
+}
+
 impl Index {
-    /// Adds a pending message.
+    /// An empty index whose head holds about `cap` entries.
+    pub(crate) fn with_head(cap: usize) -> Self {
+        Self {
+            due: BTreeSet::new(),
+            leased: HashMap::new(),
+            moved: HashMap::new(),
+            watermark: ALL,
+            beyond: 0,
+            beyond_due: 0,
+            counted_to: (0, 0),
+            cap: cap.max(4),
+            dead: 0,
+        }
+    }
+
+    /// Whether `id` is in memory (due, moved or leased) under the durable key `key`.
+    fn holds(&self, key: Key) -> bool {
+        self.leased.contains_key(&key.1)
+            || self.moved.contains_key(&key.1)
+            || self.due.contains(&key)
+    }
+
+    /// Counts an entry that stays on disk only.
+    fn add_beyond(&mut self, key: Key) {
+        self.beyond += 1;
+        if key <= self.counted_to {
+            self.beyond_due += 1;
+        }
+    }
+
+    /// Uncounts an entry beyond the watermark that came into memory.
+    fn take_beyond(&mut self, key: Key) {
+        self.beyond = self.beyond.saturating_sub(1);
+        if key <= self.counted_to {
+            self.beyond_due = self.beyond_due.saturating_sub(1);
+        }
+    }
+
+    /// Adds a pending message (just committed): into memory when due by the watermark, else
+    /// counted only.
     pub(crate) fn schedule(&mut self, due_ms: u64, id: u128) {
-        self.due.insert((due_ms, id));
+        let key = (due_ms, id);
+        if key <= self.watermark {
+            self.due.insert(key);
+        } else {
+            self.add_beyond(key);
+        }
     }
 
     /// Takes up to `max` messages due at `now_ms`, marking them leased.
@@ -45,21 +151,52 @@ impl Index {
 
     /// Makes the given `(slot, id)` entries due at `to_ms` when they are still scheduled at that
     /// slot, later than `to_ms`, and not leased (retries delayed by an outage, once WeChat is
-    /// back). Returns how many moved. In memory only: the durable slot is kept and reported at
-    /// lease time.
-    pub(crate) fn pull_in(&mut self, entries: &[(u64, u128)], to_ms: u64) -> u64 {
+    /// back). Returns how many moved, and the entries beyond the watermark (not in memory),
+    /// which only the writer can check against the disk ([`Index::adopt`]). In memory only:
+    /// the durable slot is kept and reported at lease time.
+    pub(crate) fn pull_in(&mut self, entries: &[Key], to_ms: u64) -> (u64, Vec<Key>) {
         let mut moved = 0;
+        let mut beyond = Vec::new();
         for &(slot, id) in entries {
-            if slot > to_ms && !self.moved.contains_key(&id) && self.due.remove(&(slot, id)) {
+            if slot <= to_ms || self.moved.contains_key(&id) {
+                continue;
+            }
+            if self.due.remove(&(slot, id)) {
                 self.due.insert((to_ms, id));
                 self.moved.insert(id, slot);
                 moved += 1;
+            } else if (slot, id) > self.watermark && !self.leased.contains_key(&id) {
+                beyond.push((slot, id));
             }
+        }
+        (moved, beyond)
+    }
+
+    /// How many entries beyond the watermark one pull-in brings into memory at most
+    /// ([`ADOPT_HEADS`] heads' worth).
+    pub(crate) fn max_adopt(&self) -> usize {
+        self.cap * ADOPT_HEADS
+    }
+
+    /// Brings entries beyond the watermark into memory, due at `to_ms` (the second half of
+    /// [`Index::pull_in`]). `entries` must be in the durable schedule (the writer read them
+    /// after its last commit); at most [`Index::max_adopt`] are taken, the others stay due at
+    /// their written time. Returns how many moved.
+    pub(crate) fn adopt(&mut self, entries: &[Key], to_ms: u64) -> u64 {
+        let mut moved = 0;
+        for &(slot, id) in entries.iter().take(self.max_adopt()) {
+            if slot <= to_ms || (slot, id) <= self.watermark || self.holds((slot, id)) {
+                continue;
+            }
+            self.take_beyond((slot, id));
+            self.due.insert((to_ms, id));
+            self.moved.insert(id, slot);
+            moved += 1;
         }
         moved
     }
 
-    /// When the earliest unleased message is due.
+    /// When the earliest unleased message in memory is due.
     pub(crate) fn next_due(&self) -> Option<u64> {
         self.due.first().map(|&(due, _)| due)
     }
@@ -68,7 +205,7 @@ impl Index {
     pub(crate) fn release(&mut self, id: u128, due_ms: Option<u64>) {
         self.leased.remove(&id);
         if let Some(due) = due_ms {
-            self.due.insert((due, id));
+            self.schedule(due, id);
         }
     }
 
@@ -86,15 +223,164 @@ impl Index {
         }
     }
 
-    /// Takes the schedule of `fresh` (just read from disk), keeping the leases held now.
-    pub(crate) fn reload(&mut self, fresh: Index) {
-        self.due = fresh
+    /// Whether the head runs low while entries wait beyond the watermark: then
+    /// `Some((watermark, how many to read after it))`.
+    pub(crate) fn refill_wanted(&self) -> Option<(Key, usize)> {
+        if self.beyond == 0 {
+            return None;
+        }
+        // Low, or holding nothing earlier than the watermark (only leases given back with a
+        // delay): entries beyond it may be due before those.
+        let low = self.due.len() < self.cap / 4
+            || self.due.first().is_none_or(|&first| first > self.watermark);
+        low.then(|| {
+            (
+                self.watermark,
+                self.cap.saturating_sub(self.due.len()).max(self.cap / 4),
+            )
+        })
+    }
+
+    /// Takes the entries the writer read from the durable schedule after `from` (the watermark
+    /// it was given by [`Index::refill_wanted`]), in key order; `exhausted` when the table had
+    /// no more. The watermark moves to the last entry read. Returns how many came into memory.
+    pub(crate) fn refilled(&mut self, from: Key, entries: &[Key], exhausted: bool) -> usize {
+        if from != self.watermark {
+            return 0; // Read for another watermark: the next refill reads again.
+        }
+        let mut loaded = 0;
+        for &key in entries {
+            // An entry in memory already (leased, moved) was never counted beyond.
+            if key <= from || self.holds(key) {
+                continue;
+            }
+            self.take_beyond(key);
+            self.due.insert(key);
+            loaded += 1;
+        }
+        if exhausted {
+            self.watermark = ALL;
+            self.beyond = 0;
+            self.beyond_due = 0;
+        } else if let Some(&last) = entries.last() {
+            self.watermark = last;
+        }
+        loaded
+    }
+
+    /// When the head grew past twice [`HEAD`] (accepts due by the watermark), forgets its latest
+    /// entries down to [`HEAD`] and lowers the watermark before them; they stay on disk and are
+    /// counted. Entries due at a moved time stay (their durable slot may be anywhere).
+    pub(crate) fn trim(&mut self) -> usize {
+        if self.due.len() <= self.cap * 2 {
+            return 0;
+        }
+        let excess = self.due.len() - self.cap;
+        let out: Vec<Key> = self
             .due
-            .into_iter()
-            .filter(|(_, id)| !self.leased.contains_key(id))
+            .iter()
+            .rev()
+            .filter(|(_, id)| !self.moved.contains_key(id))
+            .take(excess)
+            .copied()
             .collect();
-        self.moved.clear();
-        self.dead = fresh.dead;
+        let Some(&earliest) = out.last() else {
+            return 0;
+        };
+        for &key in &out {
+            self.due.remove(&key);
+            self.add_beyond(key);
+        }
+        self.watermark = self.watermark.min(before(earliest));
+        out.len()
+    }
+
+    /// The range of keys the writer counts to bring the due count of the entries beyond the
+    /// watermark up to `now_ms`: `Some((after, up_to))`, or `None` when there is nothing to read.
+    pub(crate) fn count_wanted(&mut self, now_ms: u64) -> Option<(Key, Key)> {
+        let to = (now_ms, u128::MAX);
+        if self.beyond == 0 {
+            // Nothing beyond the watermark: nothing to count.
+            self.counted_to = self.counted_to.max(to);
+            return None;
+        }
+        let from = self.counted_to.max(self.watermark);
+        if from >= to {
+            self.counted_to = self.counted_to.max(to);
+            return None;
+        }
+        Some((from, to))
+    }
+
+    /// Adds the entries the writer read in `(after, ..]` (a part of [`Index::count_wanted`]'s
+    /// range, in key order) to the due count; `done` with the range's end when it read all.
+    pub(crate) fn counted(&mut self, after: Key, entries: &[Key], done: Option<Key>) {
+        if after != self.counted_to.max(self.watermark) {
+            return; // The watermark moved meanwhile: counted again at the next look.
+        }
+        for &key in entries {
+            if key > after && !self.holds(key) {
+                self.beyond_due += 1;
+            }
+        }
+        let end = done.or_else(|| entries.last().copied());
+        if let Some(end) = end {
+            self.counted_to = self.counted_to.max(end);
+        }
+        self.beyond_due = self.beyond_due.min(self.beyond);
+    }
+
+    /// Takes the schedule of `fresh` (just read from disk with [`Index::load`], skipping the
+    /// ids of `skipped`, the leases held when the read began), keeping the leases held now: an
+    /// id leased since is taken out of `fresh`, and one of `skipped` given back since is put
+    /// into it at its durable slot.
+    pub(crate) fn reload(&mut self, mut fresh: Index, skipped: &HashMap<u128, u64>) {
+        for (&id, &slot) in &self.leased {
+            let key = (slot, id);
+            if !skipped.contains_key(&id) && !fresh.due.remove(&key) && key > fresh.watermark {
+                fresh.take_beyond(key);
+            }
+        }
+        for (&id, &slot) in skipped {
+            if !self.leased.contains_key(&id)
+                && (self.moved.contains_key(&id) || self.due.contains(&(slot, id)))
+            {
+                fresh.schedule(slot, id);
+            }
+        }
+        fresh.leased = std::mem::take(&mut self.leased);
+        *self = fresh;
+    }
+
+    /// Builds an index from the durable schedule's entries in key order, skipping those of
+    /// `leased` (held by this process), as of `now_ms`: the first [`HEAD`] in memory, the rest
+    /// counted.
+    pub(crate) fn load(
+        cap: usize,
+        entries: impl Iterator<Item = Key>,
+        leased: &HashMap<u128, u64>,
+        now_ms: u64,
+    ) -> Self {
+        let mut ix = Self::with_head(cap);
+        ix.counted_to = (now_ms, u128::MAX);
+        let mut last = None;
+        for key in entries {
+            if leased.contains_key(&key.1) {
+                continue;
+            }
+            if ix.due.len() < ix.cap {
+                ix.due.insert(key);
+                last = Some(key);
+            } else {
+                ix.add_beyond(key);
+            }
+        }
+        if ix.beyond > 0
+            && let Some(last) = last
+        {
+            ix.watermark = last;
+        }
+        ix
     }
 
     /// Whether `id` is leased.
@@ -102,22 +388,264 @@ impl Index {
         self.leased.contains_key(&id)
     }
 
-    /// Pending messages (due, delayed and leased).
-    pub(crate) fn pending(&self) -> u64 {
-        (self.due.len() + self.leased.len()) as u64
+    /// The ids leased now, with their slots.
+    pub(crate) fn leases(&self) -> HashMap<u128, u64> {
+        self.leased.clone()
     }
 
-    /// `(ready, delayed, inflight)` at `now_ms`.
+    /// Pending messages (due, delayed and leased, in memory or not).
+    pub(crate) fn pending(&self) -> u64 {
+        (self.due.len() + self.leased.len()) as u64 + self.beyond
+    }
+
+    /// Entries in memory (unleased); at most about twice [`HEAD`] after the writer's upkeep.
+    pub(crate) fn held(&self) -> usize {
+        self.due.len()
+    }
+
+    /// Entries on disk only.
+    pub(crate) fn beyond(&self) -> u64 {
+        self.beyond
+    }
+
+    /// `(ready, delayed, inflight)` at `now_ms`. Entries beyond the watermark count as due as
+    /// of the writer's last look ([`Index::counted`], every group and at least every
+    /// [`COUNT_EVERY_MS`] ms). O(head), never O(queue).
     pub(crate) fn counts(&self, now_ms: u64) -> (u64, u64, u64) {
         let delayed = self.due.range((now_ms.saturating_add(1), 0)..).count() as u64;
-        let ready = self.due.len() as u64 - delayed;
+        let ready = self.due.len() as u64 - delayed + self.beyond_due;
+        let delayed = delayed + (self.beyond - self.beyond_due.min(self.beyond));
         (ready, delayed, self.leased.len() as u64)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Bound::{Excluded, Included, Unbounded};
+
     use super::*;
+
+    /// The writer's upkeep between groups, against `disk` (the durable schedule): trim, one
+    /// refill when wanted, and the due count of the entries beyond the watermark.
+    fn upkeep(ix: &mut Index, disk: &BTreeSet<Key>, now: u64) {
+        ix.trim();
+        if let Some((from, n)) = ix.refill_wanted() {
+            let mut read: Vec<Key> = disk
+                .range((Excluded(from), Unbounded))
+                .take(n + 1)
+                .copied()
+                .collect();
+            let exhausted = read.len() <= n;
+            read.truncate(n);
+            ix.refilled(from, &read, exhausted);
+        }
+        if let Some((after, to)) = ix.count_wanted(now) {
+            let read: Vec<Key> = disk
+                .range((Excluded(after), Included(to)))
+                .copied()
+                .collect();
+            ix.counted(after, &read, Some(to));
+        }
+    }
+
+    /// A small deterministic generator.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self, below: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % below
+        }
+    }
+
+    /// `(ready, delayed, inflight)` from the durable schedule itself.
+    fn exact(disk: &BTreeSet<Key>, leased: &HashMap<u128, u64>, now: u64) -> (u64, u64, u64) {
+        let free = disk.iter().filter(|(_, id)| !leased.contains_key(id));
+        let ready = free.clone().filter(|&&(due, _)| due <= now).count() as u64;
+        let delayed = free.count() as u64 - ready;
+        (ready, delayed, leased.len() as u64)
+    }
+
+    #[test]
+    fn more_queued_than_the_head_holds_are_all_leased_in_due_order_with_exact_counts() {
+        let mut ix = Index::with_head(8);
+        let mut disk = BTreeSet::new();
+        let mut rng = Rng(7);
+        let mut now = 1_000;
+        let mut next_id = 0u128;
+        let mut accepted = 0;
+        let mut delivered = 0;
+        let mut retried_far = Vec::new();
+        for step in 0..3_000 {
+            now += rng.next(3);
+            // Accepts (a group's messages share its due time), mostly early on.
+            if step < 1_500 || rng.next(10) == 0 {
+                for _ in 0..rng.next(12) {
+                    next_id += 1;
+                    let id = (u128::from(rng.next(1 << 20)) << 32) | next_id;
+                    disk.insert((now, id));
+                    ix.schedule(now, id);
+                    accepted += 1;
+                }
+            }
+            upkeep(&mut ix, &disk, now);
+            assert!(ix.held() <= 2 * 8 + 8, "bounded: {}", ix.held());
+            assert_eq!(
+                ix.counts(now),
+                exact(&disk, &ix.leases(), now),
+                "step {step}"
+            );
+            assert_eq!(ix.pending(), disk.len() as u64);
+            // Leases hand out the earliest due entries not leased, none skipped.
+            let leased_before = ix.leases();
+            let free: Vec<Key> = disk
+                .iter()
+                .filter(|(due, id)| *due <= now && !leased_before.contains_key(id))
+                .copied()
+                .collect();
+            let got = ix.take_due(now, 1 + rng.next(4) as usize);
+            assert_eq!(got, free[..got.len()], "step {step}: in due order");
+            // Outcomes: delivered, retried soon, retried far beyond the watermark.
+            for (slot, id) in got {
+                disk.remove(&(slot, id));
+                let due = match rng.next(10) {
+                    0..=5 => None,
+                    6..=8 => Some(now + 1 + rng.next(400)),
+                    _ => Some(now + 1_000_000),
+                };
+                match due {
+                    None => delivered += 1,
+                    Some(d) => {
+                        if d > now + 500_000 {
+                            retried_far.push(id);
+                        }
+                        disk.insert((d, id));
+                    }
+                }
+                ix.release(id, due);
+            }
+        }
+        assert!(
+            ix.beyond() > 0,
+            "the test ran with entries beyond the watermark"
+        );
+        // Drain everything, far retries too.
+        now += 2_000_000;
+        let mut order = Vec::new();
+        while !disk.is_empty() {
+            upkeep(&mut ix, &disk, now);
+            assert_eq!(ix.counts(now), exact(&disk, &ix.leases(), now));
+            let got = ix.take_due(now, 5);
+            assert!(!got.is_empty(), "nothing stranded: {} on disk", disk.len());
+            for (slot, id) in got {
+                disk.remove(&(slot, id));
+                ix.release(id, None);
+                order.push((slot, id));
+                delivered += 1;
+            }
+        }
+        assert!(order.is_sorted(), "drained in due order");
+        assert!(
+            retried_far
+                .iter()
+                .all(|id| order.iter().any(|(_, o)| o == id))
+        );
+        assert_eq!(delivered, accepted);
+        assert_eq!(ix.pending(), 0);
+        assert_eq!(ix.counts(now), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_retry_far_beyond_the_watermark_is_found_on_refill() {
+        let mut ix = Index::with_head(4);
+        let mut disk = BTreeSet::new();
+        for id in 1..=20 {
+            disk.insert((10, id));
+            ix.schedule(10, id);
+        }
+        upkeep(&mut ix, &disk, 10);
+        assert_eq!(ix.held(), 4, "trimmed to the head");
+        assert_eq!(ix.counts(10), (20, 0, 0));
+        assert_eq!(ix.take_due(10, 1), vec![(10, 1)]);
+        disk.remove(&(10, 1));
+        disk.insert((90_000, 1));
+        ix.release(1, Some(90_000));
+        assert_eq!(ix.counts(10), (19, 1, 0));
+        let mut got = Vec::new();
+        for now in 11..100 {
+            upkeep(&mut ix, &disk, now);
+            for (slot, id) in ix.take_due(now, 3) {
+                disk.remove(&(slot, id));
+                ix.release(id, None);
+                got.push(id);
+            }
+        }
+        assert_eq!(got, (2..=20).collect::<Vec<_>>());
+        assert_eq!(ix.counts(100), (0, 1, 0));
+        upkeep(&mut ix, &disk, 100);
+        assert_eq!(ix.next_due(), Some(90_000), "read back from disk");
+        assert_eq!(ix.take_due(89_999, 8), vec![]);
+        assert_eq!(ix.take_due(90_000, 8), vec![(90_000, 1)]);
+    }
+
+    #[test]
+    fn a_reload_keeps_the_leases_held_and_takes_back_those_given_back() {
+        let mut ix = Index::with_head(4);
+        let mut disk = BTreeSet::new();
+        for id in 1..=12 {
+            disk.insert((u64::try_from(id).unwrap_or(0), id));
+            ix.schedule(u64::try_from(id).unwrap_or(0), id);
+        }
+        upkeep(&mut ix, &disk, 0);
+        assert_eq!(ix.take_due(2, 8), vec![(1, 1), (2, 2)]);
+        let skipped = ix.leases();
+        let fresh = Index::load(4, disk.iter().copied(), &skipped, 5);
+        // Meanwhile: 1 was given back, 3 leased.
+        ix.unlease_after(1, 500);
+        assert_eq!(ix.take_due(3, 1), vec![(3, 3)]);
+        ix.reload(fresh, &skipped);
+        assert!(ix.is_leased(2) && ix.is_leased(3) && !ix.is_leased(1));
+        assert_eq!(ix.pending(), 12);
+        assert_eq!(ix.counts(5), (3, 7, 2));
+        let mut got = Vec::new();
+        for now in 5..20 {
+            upkeep(&mut ix, &disk, now);
+            got.extend(ix.take_due(now, 2).into_iter().map(|(_, id)| id));
+        }
+        assert_eq!(got, vec![1, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    }
+
+    #[test]
+    fn pulled_in_entries_beyond_the_watermark_are_adopted() {
+        let mut ix = Index::with_head(4);
+        let mut disk = BTreeSet::new();
+        for id in 1..=12 {
+            let due = 1_000 * u64::try_from(id).unwrap_or(0);
+            disk.insert((due, id));
+            ix.schedule(due, id);
+        }
+        upkeep(&mut ix, &disk, 0);
+        let (moved, beyond) = ix.pull_in(&[(1_000, 1), (9_000, 9), (12_000, 12)], 100);
+        assert_eq!((moved, beyond.clone()), (1, vec![(9_000, 9), (12_000, 12)]));
+        assert_eq!(ix.adopt(&beyond, 100), 2);
+        assert_eq!(ix.counts(100), (3, 9, 0));
+        assert_eq!(
+            ix.take_due(100, 8),
+            vec![(1_000, 1), (9_000, 9), (12_000, 12)]
+        );
+        assert_eq!(ix.pending(), 12);
+        // A refill skips the adopted ones, leased now.
+        let mut got = Vec::new();
+        for now in (0..13).map(|k| k * 1_000) {
+            upkeep(&mut ix, &disk, now);
+            got.extend(ix.take_due(now, 8).into_iter().map(|(_, id)| id));
+        }
+        assert_eq!(got, (2..=8).chain(10..=11).collect::<Vec<_>>());
+        assert_eq!(ix.pending(), 12);
+    }
 
     #[test]
     fn leases_only_due_messages_in_order() {
@@ -158,14 +686,14 @@ mod tests {
         ix.schedule(9_000, 2);
         ix.schedule(50, 3);
         // Entry 2 is named with a wrong slot, entry 3 is due already: only 1 moves.
-        assert_eq!(ix.pull_in(&[(5_000, 1), (8_000, 2), (50, 3)], 100), 1);
+        assert_eq!(ix.pull_in(&[(5_000, 1), (8_000, 2), (50, 3)], 100).0, 1);
         assert_eq!(ix.counts(100), (2, 1, 0));
         assert_eq!(ix.take_due(100, 8), vec![(50, 3), (5_000, 1)]);
         assert!(ix.is_leased(1));
         // Given back unchanged, it returns to its durable slot.
         ix.unlease_after(1, 0);
         assert_eq!(ix.next_due(), Some(5_000));
-        assert_eq!(ix.pull_in(&[(9_000, 2)], 200), 1);
-        assert_eq!(ix.pull_in(&[(9_000, 2)], 150), 0, "already pulled in");
+        assert_eq!(ix.pull_in(&[(9_000, 2)], 200).0, 1);
+        assert_eq!(ix.pull_in(&[(9_000, 2)], 150).0, 0, "already pulled in");
     }
 }

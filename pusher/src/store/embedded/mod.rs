@@ -12,6 +12,14 @@
 //! until its outcome is committed, so after a crash it is simply due again (and is re-sent with
 //! the same `client_msg_id`, which WeChat de-duplicates).
 //!
+//! **A bounded schedule in memory.** Only the head of the schedule, the earliest-due entries
+//! (about [`super::index::HEAD`]) up to a watermark, is held in memory; the rest stays in the
+//! durable `schedule` table and is only counted. The writer thread refills the head from that
+//! table when a lease finds it low ([`writer::Writer::upkeep`]). This is the queue's own
+//! scheduling over redb, hand-written because its one invariant (every durable entry up to
+//! the watermark is in memory, so none is stranded on disk) holds only if the thread that
+//! commits is also the one that reads the table and moves the watermark.
+//!
 //! Tables: `messages` (id → JSON record), `schedule` ((due ms, id) for pending messages),
 //! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
 //! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
@@ -19,6 +27,7 @@
 //! `callbacks` ((due ms, callback id) → JSON [`PendingCallback`], written in the same
 //! transaction as the state change that causes the callback).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -33,11 +42,13 @@ use redb::{
 };
 use tokio::sync::{Notify, oneshot};
 
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use writer::{Op, Writer};
 
-use super::index::Index;
+use super::index::{HEAD, Index};
 use super::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, Leased, PendingCallback, QueueCounts, Store,
     StoreError, millis,
@@ -121,6 +132,10 @@ struct Shared {
     /// The database; `None` only while the healer reopens it.
     db: RwLock<Option<Database>>,
     index: Mutex<Index>,
+    /// The size of the in-memory head of the schedule ([`HEAD`]; smaller in tests).
+    head: usize,
+    /// Whether a lease asked the writer to refill the head (and it has not yet).
+    refill_asked: AtomicBool,
     work: Notify,
     healthy: AtomicBool,
     closed: AtomicBool,
@@ -186,15 +201,24 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `options.path` and starts its writer thread. Every
     /// message that was leased when the process last stopped is due again.
     pub fn open(options: &EmbeddedOptions) -> Result<Self, StoreError> {
+        Self::open_with_head(options, HEAD)
+    }
+
+    /// [`EmbeddedStore::open`] with an in-memory head of `head` entries.
+    pub(crate) fn open_with_head(
+        options: &EmbeddedOptions,
+        head: usize,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.path).map_err(|e| {
             StoreError::Storage(format!("cannot create {}: {e}", options.path.display()))
         })?;
         let file = options.path.join("wxpush-queue.redb");
         let db = open_db(&file)?;
-        let index = load_index(&db)?;
+        let index = load_index(&db, head, &HashMap::new())?;
         tracing::info!(
             path = %file.display(),
             pending = index.pending(),
+            in_memory = index.held(),
             dead = index.dead,
             "embedded queue opened"
         );
@@ -202,6 +226,8 @@ impl EmbeddedStore {
             file,
             db: RwLock::new(Some(db)),
             index: Mutex::new(index),
+            head,
+            refill_asked: AtomicBool::new(false),
             work: Notify::new(),
             healthy: AtomicBool::new(true),
             closed: AtomicBool::new(false),
@@ -276,7 +302,13 @@ impl EmbeddedStore {
     }
 }
 
-pub(super) fn load_index(db: &Database) -> Result<Index, StoreError> {
+/// Creates the tables when missing, and reads the schedule: its first `head` entries (not
+/// leased by this process: `leased`) into memory, the others counted ([`Index::load`]).
+pub(super) fn load_index(
+    db: &Database,
+    head: usize,
+    leased: &HashMap<u128, u64>,
+) -> Result<Index, StoreError> {
     // Create the tables on first open, so that readers never meet a missing table.
     let txn = db.begin_write().map_err(storage)?;
     {
@@ -293,12 +325,21 @@ pub(super) fn load_index(db: &Database) -> Result<Index, StoreError> {
     }
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
-    let mut index = Index::default();
     let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
-    for entry in schedule.iter().map_err(storage)? {
-        let (key, _) = entry.map_err(storage)?;
-        let (due, id) = key.value();
-        index.schedule(due, id);
+    let mut failed = None;
+    let entries = schedule
+        .iter()
+        .map_err(storage)?
+        .map_while(|entry| match entry {
+            Ok((key, _)) => Some(key.value()),
+            Err(e) => {
+                failed = Some(storage(e));
+                None
+            }
+        });
+    let mut index = Index::load(head, entries, leased, millis(Timestamp::now()));
+    if let Some(e) = failed {
+        return Err(e);
     }
     index.dead = txn
         .open_table(DEAD)
@@ -412,11 +453,15 @@ impl Store for EmbeddedStore {
             // is not lost.
             let notified = self.shared.work.notified();
             let now_ms = millis(Timestamp::now());
-            let (taken, next) = {
+            let (taken, next, low) = {
                 let mut index = self.shared.index.lock();
                 let taken = index.take_due(now_ms, max);
-                (taken, index.next_due())
+                (taken, index.next_due(), index.refill_wanted().is_some())
             };
+            if low && !self.shared.refill_asked.swap(true, Ordering::AcqRel) {
+                // The writer refills the head from disk and wakes this loop.
+                let _ = self.send(Op::Refill);
+            }
             if !taken.is_empty() {
                 return self
                     .read(move |shared| Ok(read_leased(shared, taken)))
@@ -601,9 +646,20 @@ impl Store for EmbeddedStore {
             .into_iter()
             .map(|(slot, id)| (slot, id.as_u128()))
             .collect();
-        let moved = self.shared.index.lock().pull_in(&entries, millis(to));
+        let to_ms = millis(to);
+        let (mut moved, beyond) = self.shared.index.lock().pull_in(&entries, to_ms);
         if moved > 0 {
             self.shared.work.notify_waiters();
+        }
+        if !beyond.is_empty() {
+            // Not in memory: the writer checks them against the durable schedule.
+            let (reply, rx) = oneshot::channel();
+            self.send(Op::PullIn {
+                entries: beyond,
+                to_ms,
+                reply,
+            })?;
+            moved += rx.await.map_err(|_| StoreError::Closed)??;
         }
         Ok(moved)
     }

@@ -10,8 +10,15 @@
 //! place, [`Writer::settle`], for success and failure alike: a failed commit rolls every change
 //! back (leases go back to the schedule) and fails every caller, including those whose
 //! operations were never reached.
+//!
+//! Between groups the writer also keeps the in-memory head of the schedule
+//! ([`crate::store::index`]): it trims it, refills it from the durable `schedule` table when it
+//! runs low, and counts the entries beyond its watermark that became due ([`Writer::upkeep`]).
+//! Only here is that safe: the writer is the one thread that commits, so a read it makes
+//! between two groups sees every commit, and the in-memory schedule has taken each of them.
 
 use std::collections::VecDeque;
+use std::ops::Bound;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -26,6 +33,7 @@ use super::{
     PROBE, SCHEDULE, SWEEP_BATCH, Shared, decode, encode, load_index, open_db, storage,
 };
 use crate::message::{MessageId, MessageRecord, Status};
+use crate::store::index::{COUNT_EVERY_MS, Key};
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
     StoreError, apply_event, millis, reset_for_replay, wants_callback,
@@ -64,6 +72,15 @@ pub(super) enum Op {
     },
     Close {
         reply: oneshot::Sender<()>,
+    },
+    /// The in-memory head runs low (sent by a lease): refill it now.
+    Refill,
+    /// Entries beyond the watermark named by [`crate::store::Store::pull_in`]: bring those
+    /// still in the durable schedule into memory, due at `to_ms`.
+    PullIn {
+        entries: Vec<Key>,
+        to_ms: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
     },
 }
 
@@ -365,6 +382,11 @@ impl Op {
                 change: Change::None,
                 answer: Box::new(Closing(reply)),
             },
+            Self::Refill => Effect {
+                change: Change::None,
+                answer: Box::new(Nothing),
+            },
+            Self::PullIn { reply, .. } => owed(Change::None, reply),
         }
     }
 }
@@ -415,6 +437,9 @@ impl Writer {
             let mut until = next_sweep;
             if let Some(h) = &healing {
                 until = until.min(h.next_at);
+            } else if self.shared.index.lock().beyond() > 0 {
+                // Entries beyond the watermark become due as time passes: count them.
+                until = until.min(Instant::now() + Duration::from_millis(COUNT_EVERY_MS));
             }
             let wait = until.saturating_duration_since(Instant::now());
             let first = match rx.recv_timeout(wait) {
@@ -422,9 +447,10 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if healing.is_some() {
                         self.heal(&mut healing);
-                    } else {
+                    } else if Instant::now() >= next_sweep {
                         next_sweep = self.sweep_and_schedule(sweep_every, &mut healing);
                     }
+                    self.upkeep(healing.as_ref());
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return None,
@@ -438,17 +464,34 @@ impl Writer {
             }
             self.taken(&ops);
             let mut close = None;
-            ops.retain_mut(|op| {
-                if let Op::Close { reply } = op {
+            let mut pull_ins = Vec::new();
+            ops.retain_mut(|op| match op {
+                Op::Close { reply } => {
                     let (dummy, _) = oneshot::channel();
                     close = Some(std::mem::replace(reply, dummy));
                     false
-                } else {
-                    true
                 }
+                // Done by the upkeep below, after the group.
+                Op::Refill => false,
+                Op::PullIn { .. } => {
+                    pull_ins.push(std::mem::replace(op, Op::Refill));
+                    false
+                }
+                _ => true,
             });
             if !ops.is_empty() {
                 self.apply(ops, &mut healing);
+            }
+            self.upkeep(healing.as_ref());
+            for op in pull_ins {
+                if let Op::PullIn {
+                    entries,
+                    to_ms,
+                    reply,
+                } = op
+                {
+                    let _ = reply.send(self.adopt(entries, to_ms, healing.as_ref()));
+                }
             }
             if let Some(reply) = close {
                 self.shared.closed.store(true, Ordering::Release);
@@ -498,6 +541,13 @@ impl Writer {
         let size = ops.len();
         let started = Instant::now();
         let now = Timestamp::now();
+        // Entries beyond the watermark due by now are counted first, so that this group's
+        // accepts (due now) count as ready from their commit on.
+        if let Err(e) = self.count_due(millis(now))
+            && let Some(held) = self.shared.logs.check("schedule_read")
+        {
+            tracing::error!(error = %e, held_back = held, "cannot read the schedule; tried again later");
+        }
         let mut group = Group {
             now,
             now_ms: millis(now),
@@ -590,15 +640,114 @@ impl Writer {
     /// Rebuilds the in-memory schedule from the database (a failed commit may have been
     /// durable after all), keeping the leases held now.
     fn reload(&self) -> Result<(), StoreError> {
+        let leased = self.shared.index.lock().leases();
         let fresh = {
             let db = self.shared.db.read();
             let db = db
                 .as_ref()
                 .ok_or_else(|| StoreError::Storage("the queue is closed".into()))?;
-            load_index(db)?
+            load_index(db, self.shared.head, &leased)?
         };
-        self.shared.index.lock().reload(fresh);
+        self.shared.index.lock().reload(fresh, &leased);
         Ok(())
+    }
+
+    /// Keeps the in-memory head of the schedule between groups: trims it when accepts made it
+    /// grow, refills it from the durable schedule when it runs low, and counts the entries
+    /// beyond the watermark that became due. Nothing while the store heals (the reload that
+    /// ends healing rebuilds it all).
+    fn upkeep(&self, healing: Option<&Healing>) {
+        if healing.is_some() {
+            return;
+        }
+        self.shared.index.lock().trim();
+        let result = self
+            .refill()
+            .and_then(|()| self.count_due(millis(Timestamp::now())));
+        if let Err(e) = result
+            && let Some(held) = self.shared.logs.check("schedule_read")
+        {
+            tracing::error!(error = %e, held_back = held, "cannot read the schedule; tried again later");
+        }
+    }
+
+    /// Reads the entries after the watermark into the head when it runs low.
+    fn refill(&self) -> Result<(), StoreError> {
+        self.shared.refill_asked.store(false, Ordering::Release);
+        let Some((from, want)) = self.shared.index.lock().refill_wanted() else {
+            return Ok(());
+        };
+        let txn = self.shared.begin_read()?;
+        let table = txn.open_table(SCHEDULE).map_err(storage)?;
+        let mut keys = Vec::with_capacity(want);
+        let mut exhausted = true;
+        for entry in table
+            .range::<Key>((Bound::Excluded(from), Bound::Unbounded))
+            .map_err(storage)?
+        {
+            if keys.len() == want {
+                exhausted = false;
+                break;
+            }
+            keys.push(entry.map_err(storage)?.0.value());
+        }
+        let loaded = self.shared.index.lock().refilled(from, &keys, exhausted);
+        tracing::trace!(loaded, exhausted, "schedule head refilled");
+        self.shared.work.notify_one();
+        Ok(())
+    }
+
+    /// Counts the entries beyond the watermark that are due at `now_ms` (each is read once,
+    /// when it becomes due, in chunks so that the index is never locked for long).
+    fn count_due(&self, now_ms: u64) -> Result<(), StoreError> {
+        const CHUNK: usize = 4096;
+        let Some((mut after, to)) = self.shared.index.lock().count_wanted(now_ms) else {
+            return Ok(());
+        };
+        let txn = self.shared.begin_read()?;
+        let table = txn.open_table(SCHEDULE).map_err(storage)?;
+        let mut chunk = Vec::with_capacity(CHUNK);
+        for entry in table
+            .range::<Key>((Bound::Excluded(after), Bound::Included(to)))
+            .map_err(storage)?
+        {
+            chunk.push(entry.map_err(storage)?.0.value());
+            if let Some(&last) = chunk.last().filter(|_| chunk.len() == CHUNK) {
+                self.shared.index.lock().counted(after, &chunk, None);
+                after = last;
+                chunk.clear();
+            }
+        }
+        self.shared.index.lock().counted(after, &chunk, Some(to));
+        Ok(())
+    }
+
+    /// Brings entries beyond the watermark named by a pull-in into memory (those still in the
+    /// durable schedule, at most [`crate::store::index::ADOPT_HEADS`] heads' worth); returns
+    /// how many.
+    fn adopt(
+        &self,
+        mut entries: Vec<Key>,
+        to_ms: u64,
+        healing: Option<&Healing>,
+    ) -> Result<u64, StoreError> {
+        if healing.is_some() {
+            return Ok(0);
+        }
+        entries.truncate(self.shared.index.lock().max_adopt());
+        let txn = self.shared.begin_read()?;
+        let table = txn.open_table(SCHEDULE).map_err(storage)?;
+        let mut found = Vec::with_capacity(entries.len());
+        for key in entries {
+            if table.get(key).map_err(storage)?.is_some() {
+                found.push(key);
+            }
+        }
+        let moved = self.shared.index.lock().adopt(&found, to_ms);
+        if moved > 0 {
+            self.shared.work.notify_waiters();
+        }
+        Ok(moved)
     }
 
     /// The reply fan-out, for a committed group and a failed one alike.
@@ -692,6 +841,12 @@ impl Writer {
             ),
             Op::Close { reply } => {
                 effects.push(Op::Close { reply }.abandon());
+                Ok(())
+            }
+            // Only reached after a close: nothing to keep up any more.
+            Op::Refill => Ok(()),
+            Op::PullIn { reply, .. } => {
+                let _ = reply.send(Ok(0));
                 Ok(())
             }
         }
