@@ -25,11 +25,6 @@ use wxpush_pusher::demo::{Demo, DemoOptions, FaultMode, ProgressStyle};
 use wxpush_pusher::policy::LocalSecret;
 use wxpush_pusher::wiring::Pusher;
 
-/// mimalloc instead of glibc's allocator: the profile of a clean run put a fifth of the
-/// pusher's CPU in glibc `malloc`/`free` (docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Reliable WeChat template-message delivery.
 #[derive(Debug, Parser)]
 #[command(name = "wxpush-pusher", version, max_term_width = 100)]
