@@ -1,6 +1,6 @@
 //! Faults that break push services in production (issue 11), end to end with the real
 //! binaries: a full disk under the queue, the token endpoint down, a crash between a send and
-//! the record of its outcome.
+//! the record of its outcome (with the embedded and with the Redis store).
 //!
 //! The long variants run with `WXPUSH_SOAK=1` (see `scripts/soak.sh`).
 
@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use wxpush_tests::pusher::{
     Api, PusherProc, config, config_path, ids_of, send_all, tempdir, template,
 };
+use wxpush_tests::redis::RedisServer;
 use wxpush_tests::sandbox::{self, WxClient};
 use wxpush_tests::wait_for;
 
@@ -293,10 +294,29 @@ async fn token_endpoint_down_parks_the_channel_and_dead_letters_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_mid_attempt_beyond_the_window_parks_the_message_as_unknown_outcome() {
+    crash_mid_attempt_beyond_the_window(&json!({})).await;
+}
+
+/// The same with the Redis store on a real `redis-server`. The restarted pusher is another
+/// consumer (its name has the process id), which claims the dead one's entry with
+/// `XAUTOCLAIM` once it has been idle for `claimIdle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_mid_attempt_beyond_the_window_parks_the_message_as_unknown_outcome_with_redis() {
+    let redis = RedisServer::start().await;
+    let store =
+        json!({"queue": {"embedded": null, "redis": {"url": redis.url(), "claimIdle": "1s"}}});
+    crash_mid_attempt_beyond_the_window(&store).await;
+}
+
+/// The sandbox processes a send and hangs its answer, the pusher is killed with SIGKILL and
+/// restarted eleven minutes later by its clock (`WXPUSH_CLOCK_OFFSET`): the message ends
+/// `unknown_outcome`, listed with the dead letters, sent once, and replayable. `store` is merged
+/// into the pusher's config (its `queue` section).
+async fn crash_mid_attempt_beyond_the_window(store: &Value) {
     let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
     let wx = WxClient::new(sb_url.clone());
     let dir = tempdir();
-    let cfg = config(&sb_url, dir.path(), &json!({}));
+    let cfg = config(&sb_url, dir.path(), store);
     let mut first = PusherProc::start(dir.path(), &cfg).await;
     // A first message fetches and caches the token.
     let warm = first.api.batch_ids(&[template("warm")]).await;

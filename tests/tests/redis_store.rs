@@ -128,10 +128,60 @@ mod auth {
 mod outage {
     use std::time::Duration;
 
-    use wxpush_pusher::message::{Status, parse_message};
+    use jiff::Timestamp;
+    use wxpush_pusher::message::{MessageId, Status, parse_message};
     use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
-    use wxpush_pusher::store::{AcceptItem, Store};
+    use wxpush_pusher::store::{AcceptItem, Leased, Store};
     use wxpush_tests::redis::RedisServer;
+
+    /// A store on `server` as the consumer `consumer`.
+    async fn connect(server: &RedisServer, consumer: &str, claim_idle: Duration) -> RedisStore {
+        RedisStore::connect(RedisOptions {
+            url: server.url(),
+            cluster: false,
+            key_prefix: "outage".into(),
+            channel: "c".into(),
+            consumer_group: "pushers".into(),
+            consumer: consumer.into(),
+            claim_idle,
+            max_messages: 10,
+            retention: Duration::from_secs(60),
+            default_callback: false,
+            min_replicas_acked: 0,
+        })
+        .await
+        .expect("connects")
+    }
+
+    /// Accepts one message.
+    async fn accept_one(store: &RedisStore) -> MessageId {
+        let message =
+            parse_message(&serde_json::json!({"touser": "o", "template_id": "T"})).expect("valid");
+        store
+            .accept(vec![AcceptItem {
+                message,
+                idempotency_key: None,
+            }])
+            .await
+            .expect("accepted")[0]
+            .id
+    }
+
+    /// Leases until a message comes (claimed after `claimIdle` when another lease held it).
+    async fn lease_again(store: &RedisStore) -> Leased {
+        wxpush_tests::wait_for(
+            "the entry claimed again",
+            Duration::from_secs(30),
+            || async {
+                store
+                    .lease(1, Duration::from_millis(200))
+                    .await
+                    .ok()
+                    .and_then(|mut l| l.pop())
+            },
+        )
+        .await
+    }
 
     /// An outcome whose write met a Redis outage is not lost with the write: when this pod
     /// claims the entry again, the lease carries the outcome, so the dispatcher records it
@@ -139,30 +189,8 @@ mod outage {
     #[tokio::test]
     async fn an_outcome_written_during_an_outage_comes_back_with_the_next_lease() {
         let mut server = RedisServer::start().await;
-        let store = RedisStore::connect(RedisOptions {
-            url: server.url(),
-            cluster: false,
-            key_prefix: "outage".into(),
-            channel: "c".into(),
-            consumer_group: "pushers".into(),
-            consumer: "outage-test".into(),
-            claim_idle: Duration::from_millis(300),
-            max_messages: 10,
-            retention: Duration::from_secs(60),
-            default_callback: false,
-            min_replicas_acked: 0,
-        })
-        .await
-        .expect("connects");
-        let message =
-            parse_message(&serde_json::json!({"touser": "o", "template_id": "T"})).expect("valid");
-        let accepted = store
-            .accept(vec![AcceptItem {
-                message,
-                idempotency_key: None,
-            }])
-            .await
-            .expect("accepted");
+        let store = connect(&server, "outage-test", Duration::from_millis(300)).await;
+        let id = accept_one(&store).await;
         let leased = store.lease(1, Duration::from_secs(5)).await.expect("lease");
         assert_eq!(leased.len(), 1);
         assert!(leased[0].unrecorded.is_none());
@@ -176,24 +204,58 @@ mod outage {
             .await
             .expect_err("redis is down");
         server.restart().await;
-        let again = wxpush_tests::wait_for(
-            "the entry claimed again",
-            Duration::from_secs(30),
-            || async {
-                store
-                    .lease(1, Duration::from_millis(200))
-                    .await
-                    .ok()
-                    .filter(|l| !l.is_empty())
-            },
-        )
-        .await;
-        assert_eq!(again[0].record.id, accepted[0].id);
-        let kept = again[0]
-            .unrecorded
-            .as_deref()
-            .expect("the outcome comes back");
+        let again = lease_again(&store).await;
+        assert_eq!(again.record.id, id);
+        let kept = again.unrecorded.as_deref().expect("the outcome comes back");
         assert_eq!((kept.status, kept.msgid), (Status::Delivered, Some(42)));
+    }
+
+    /// The "attempt started" record cannot be written while Redis is away: `start_attempt`
+    /// fails (so the dispatcher does not send), and the lease is kept alive no longer, so this
+    /// pod claims the entry again after `claimIdle`, without the record; then it is written.
+    #[tokio::test]
+    async fn an_attempt_start_during_an_outage_fails_and_the_message_comes_back() {
+        let mut server = RedisServer::start().await;
+        let store = connect(&server, "outage-start", Duration::from_millis(300)).await;
+        let id = accept_one(&store).await;
+        let leased = store.lease(1, Duration::from_secs(5)).await.expect("lease");
+        assert_eq!(leased.len(), 1);
+        server.kill();
+        store
+            .start_attempt(&leased[0], Timestamp::now())
+            .await
+            .expect_err("redis is down");
+        server.restart().await;
+        let again = lease_again(&store).await;
+        assert_eq!((again.record.id, again.record.first_attempt_at), (id, None));
+        let at = Timestamp::now();
+        store.start_attempt(&again, at).await.expect("recorded");
+        let rec = store.get(id).await.expect("reads").expect("kept");
+        assert_eq!(rec.first_attempt_at, Some(at));
+    }
+
+    /// A lease that another pod took over (this one was too slow to keep it alive) records no
+    /// start: the message is not sent from here; the pod that holds it now does it.
+    #[tokio::test]
+    async fn a_taken_over_lease_records_no_start() {
+        let server = RedisServer::start().await;
+        // Keeps its leases alive every second; the other pod claims after 300 ms idle.
+        let slow = connect(&server, "slow", Duration::from_secs(3)).await;
+        let fast = connect(&server, "fast", Duration::from_millis(300)).await;
+        let id = accept_one(&slow).await;
+        let leased = slow.lease(1, Duration::from_secs(5)).await.expect("lease");
+        assert_eq!(leased.len(), 1);
+        let taken = lease_again(&fast).await;
+        assert_eq!(taken.record.id, id);
+        slow.start_attempt(&leased[0], Timestamp::now())
+            .await
+            .expect_err("the lease is the other pod's");
+        let rec = fast.get(id).await.expect("reads").expect("kept");
+        assert_eq!(rec.first_attempt_at, None);
+        let at = Timestamp::now();
+        fast.start_attempt(&taken, at).await.expect("recorded");
+        let rec = fast.get(id).await.expect("reads").expect("kept");
+        assert_eq!(rec.first_attempt_at, Some(at));
     }
 }
 

@@ -195,6 +195,106 @@ pub async fn accept_lease_complete_and_leases_die_with_the_process<B: Backend>(b
     store.close().await;
 }
 
+/// The "attempt started" record ([`Store::start_attempt`]) is durable and keeps the lease: a
+/// message whose process died mid-attempt is leased again by the next one with
+/// `first_attempt_at` (and the `maxAge` budget's start) as written and `attempts` 0, so that the
+/// dispatcher can tell that its outcome is unknown. A later start keeps the earlier one. An
+/// outcome recorded without it (an attempt that did not send) voids it; a final outcome keeps
+/// it; a replay clears it.
+pub async fn a_started_attempt_comes_back_with_the_next_lease<B: Backend>(b: &B) {
+    let o = Options::new(100, Duration::from_secs(3600));
+    let store = b.open(o).await;
+    let ids: Vec<MessageId> = store
+        .accept((0..3).map(|n| item(n, None)).collect())
+        .await
+        .expect("accepts")
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let leased = lease_n(&store, 3, Duration::from_secs(2)).await;
+    assert_eq!(leased.len(), 3);
+    let lease_of = |id: MessageId| {
+        leased
+            .iter()
+            .find(|l| l.record.id == id)
+            .expect("every message leased")
+    };
+    let at = Timestamp::now();
+    for l in &leased {
+        assert_eq!(l.record.first_attempt_at, None);
+        store.start_attempt(l, at).await.expect("records the start");
+    }
+    assert_eq!(b.counts(&store).await.inflight, 3, "the leases are kept");
+    let rec = store.get(ids[0]).await.expect("reads").expect("kept");
+    assert_eq!(
+        (
+            rec.status,
+            rec.first_attempt_at,
+            rec.budget_from,
+            rec.attempts
+        ),
+        (Status::Sending, Some(at), at, 0)
+    );
+
+    // ids[1]: the attempt did not send (a paused channel): queued again, the record voided.
+    let now = Timestamp::now();
+    let mut not_sent = lease_of(ids[1]).record.clone();
+    not_sent.first_attempt_at = None;
+    not_sent.next_attempt_at = Some(now);
+    not_sent.updated_at = now;
+    store
+        .complete(lease_of(ids[1]).slot, not_sent)
+        .await
+        .expect("completes");
+    // ids[2]: parked as unknown_outcome (the record kept), then replayed (cleared).
+    let mut parked = lease_of(ids[2]).record.clone();
+    parked.first_attempt_at = Some(at);
+    parked.budget_from = at;
+    parked.status = Status::UnknownOutcome;
+    parked.dead_letter = true;
+    parked.next_attempt_at = None;
+    parked.finished_at = Some(now);
+    store
+        .complete(lease_of(ids[2]).slot, parked)
+        .await
+        .expect("completes");
+    let rec = store.get(ids[2]).await.expect("reads").expect("kept");
+    assert_eq!(
+        (rec.status, rec.first_attempt_at),
+        (Status::UnknownOutcome, Some(at))
+    );
+    let replayed = store.replay(ids[2]).await.expect("replays");
+    assert_eq!(
+        (replayed.status, replayed.first_attempt_at),
+        (Status::Queued, None)
+    );
+
+    // A new process: ids[0] (its attempt's outcome never recorded) comes back with its start.
+    let store = b.reopen(o, store).await;
+    let again = lease_n(&store, 3, b.takeover() * 3 + Duration::from_secs(2)).await;
+    assert_eq!(again.len(), 3);
+    let started = |id: MessageId| {
+        again
+            .iter()
+            .find(|l| l.record.id == id)
+            .map(|l| (l.record.first_attempt_at, l.record.attempts))
+    };
+    assert_eq!(started(ids[0]), Some((Some(at), 0)));
+    assert_eq!(started(ids[1]), Some((None, 0)), "voided");
+    assert_eq!(started(ids[2]), Some((None, 0)), "cleared by the replay");
+    let first = again
+        .iter()
+        .find(|l| l.record.id == ids[0])
+        .expect("leased again");
+    assert_eq!(first.record.budget_from, at);
+    // A later start keeps the earlier one.
+    let later = at + jiff::SignedDuration::from_secs(60);
+    store.start_attempt(first, later).await.expect("answers");
+    let rec = store.get(ids[0]).await.expect("reads").expect("kept");
+    assert_eq!(rec.first_attempt_at, Some(at));
+    store.close().await;
+}
+
 /// An idempotency key seen before answers the first id and stores nothing.
 pub async fn idempotency_keys_answer_the_first_id<B: Backend>(b: &B) {
     let store = b.open(Options::new(100, Duration::from_secs(3600))).await;
@@ -699,6 +799,7 @@ macro_rules! store_contract {
     ($backend:expr) => {
         $crate::store_contract!(@tests $backend;
             accept_lease_complete_and_leases_die_with_the_process,
+            a_started_attempt_comes_back_with_the_next_lease,
             idempotency_keys_answer_the_first_id,
             a_full_queue_refuses_whole_requests,
             dead_letters_list_replay_and_expire_with_retention,

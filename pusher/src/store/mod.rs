@@ -254,8 +254,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Records durably, before the first send of a leased message, that its first attempt
     /// started at `at` (`first_attempt_at`; the `maxAge` budget runs from then). The lease
     /// is kept. When this fails, the lease is given back (due again after a delay) and the
-    /// message must not be sent. A store without the record answers `Ok` and leaves the
-    /// crash window of the first attempt open.
+    /// message must not be sent. Both stores here write the record (the contract check
+    /// `a_started_attempt_comes_back_with_the_next_lease`); a store without it answers `Ok`
+    /// and leaves the crash window of the first attempt open.
     fn start_attempt(
         &self,
         leased: &Leased,

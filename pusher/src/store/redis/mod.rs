@@ -20,6 +20,18 @@
 //! the pending callback, and only then `XACK`s and `XDEL`s the entry. A copy of the message
 //! that another replica claimed finds the record final and only ends its own lease.
 //!
+//! **The "attempt started" record.** Before the first send of a message the dispatcher calls
+//! [`Store::start_attempt`]; one script ([`scripts::start_attempt`]) writes the record with
+//! `first_attempt_at` (and the `maxAge` budget's start) into `m:<id>`, only while the entry is
+//! still in this consumer's pending entries list and the message is pending. When a pod dies
+//! mid-attempt, the pod that claims its entry leases the record with `first_attempt_at` set and
+//! `attempts` 0, so the dispatcher re-sends it within WeChat's 10-minute window and parks it as
+//! `unknown_outcome` beyond it, as with the embedded store. The complete script writes the
+//! record the dispatcher passes, so an attempt that did not send (its `first_attempt_at`
+//! cleared) voids the record there, and a replay clears it ([`super::reset_for_replay`]). When
+//! the write fails (Redis away, or the lease was taken over), the message is not sent and this
+//! pod stops keeping the lease alive: the entry is claimed again after `claimIdle`.
+//!
 //! **When Redis is away.** Every request fails fast (a response timeout of a few seconds), the
 //! store reports itself unhealthy (readiness goes false, accepts answer 503 without having
 //! written anything), leases fail (the dispatcher waits and tries again), and the client
@@ -122,6 +134,7 @@ struct Scripts {
     lease_callbacks: Script,
     finish_callback: Script,
     keep_leases: Script,
+    start_attempt: Script,
 }
 
 /// A consumer's pending entries.
@@ -253,6 +266,7 @@ impl RedisStore {
                 lease_callbacks: Script::new(scripts::LEASE_CALLBACKS),
                 finish_callback: Script::new(scripts::FINISH_CALLBACK),
                 keep_leases: Script::new(scripts::KEEP_LEASES),
+                start_attempt: Script::new(&scripts::start_attempt()),
             },
             options,
             healthy: AtomicBool::new(true),
@@ -747,6 +761,50 @@ impl Store for RedisStore {
         }
         self.ok(());
         Ok(())
+    }
+
+    async fn start_attempt(&self, leased: &Leased, at: Timestamp) -> Result<(), StoreError> {
+        self.check_open()?;
+        let id = leased.record.id;
+        let key = id.to_string();
+        let Some(eid) = self.inner.leases.lock().get(&key).cloned() else {
+            return Err(StoreError::Storage(format!(
+                "redis start attempt: {id} is not leased by this process"
+            )));
+        };
+        let mut record = leased.record.clone();
+        if record.first_attempt_at.is_none() {
+            record.first_attempt_at = Some(at);
+            record.budget_from = at;
+            record.updated_at = at;
+        }
+        let o = &self.inner.options;
+        let mut inv = self.inner.scripts.start_attempt.key(&self.inner.stream);
+        inv.arg(&self.inner.base)
+            .arg(&o.consumer_group)
+            .arg(&o.consumer)
+            .arg(&key)
+            .arg(&eid)
+            .arg(encode(&record)?);
+        let answer: Result<String, _> = inv.invoke_async(&mut self.conn()).await;
+        let refused = match answer {
+            Ok(a) => {
+                self.ok(());
+                match a.as_str() {
+                    "ok" | "kept" => return Ok(()),
+                    "gone" => StoreError::NotFound(id),
+                    _ => StoreError::Storage(format!(
+                        "redis start attempt: not written ({a}): the lease of {id} was taken \
+                         over or the message is final"
+                    )),
+                }
+            }
+            Err(e) => self.fail("start attempt", &e),
+        };
+        // Not sent: kept alive no longer, so that the entry is claimed again after claimIdle
+        // (by this pod or another), as after a failed complete.
+        self.inner.leases.lock().remove(&key);
+        Err(refused)
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {

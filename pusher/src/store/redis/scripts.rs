@@ -4,7 +4,8 @@
 //!
 //! Every script gets the channel's stream as `KEYS[1]` (which routes it to the right node) and
 //! the key base `{<prefix>:<channel>}:` as `ARGV[1]`; the other keys share the hash tag.
-//! Key layout (after the base): `q` stream of ready work (field `id`), `m:<id>` record JSON,
+//! Key layout (after the base): `q` stream of ready work (field `id`), `m:<id>` record JSON
+//! (with `first_attempt_at` once its first attempt started, see [`start_attempt`]),
 //! `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule (zset by due ms),
 //! `lease` id → stream entry id of leased messages, `dead` dead letters (zset, lexical by id),
 //! `deadt` dead letters by finish time, `x:<msgid>` WeChat msgid → id, `a:<openid>` delivered
@@ -129,7 +130,9 @@ return out
 /// (0/1), msgid or '', openid, finished ms, idempotency key or '', retention ms, callback id
 /// or '', callback due ms, callback JSON, now ms. Writes the new state first, then ends the
 /// lease (`XACK` + `XDEL`): a crash in between cannot happen inside a script, and a copy of the
-/// message claimed by another pod finds the record final and only ends its own lease.
+/// message claimed by another pod finds the record final and only ends its own lease. The
+/// record is stored as given, `first_attempt_at` included: kept after an attempt that sent,
+/// cleared (the "attempt started" record voided) by the dispatcher after one that did not.
 /// Returns 1, or 0 when the message was already final.
 pub(crate) fn complete() -> String {
     format!(
@@ -189,6 +192,31 @@ return 1
     )
 }
 
+/// Attempt started: ARGV base, group, consumer, id, stream entry id of this consumer's lease,
+/// record JSON with `first_attempt_at` set. Writes the "attempt started" record into `m:<id>`
+/// before the first send, only while the lease is still this consumer's (the entry is in its
+/// pending entries list: no other pod claimed it, and nobody completed it) and the message is
+/// pending; a record that already has `first_attempt_at` keeps it. The lease is kept. Returns
+/// 'ok' (written), 'kept' (an earlier start was recorded), 'lost' (the lease is no longer this
+/// consumer's), 'gone' (no record) or 'final' (the message is final).
+pub(crate) fn start_attempt() -> String {
+    format!(
+        "{PENDING_FN}{}",
+        r"
+local base, group, consumer, id, eid, js = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+if #redis.call('XPENDING', KEYS[1], group, eid, eid, 1, consumer) == 0 then return 'lost' end
+local mkey = base .. 'm:' .. id
+local cur = redis.call('GET', mkey)
+if not cur then return 'gone' end
+if not is_pending(cur) then return 'final' end
+local started = cjson.decode(cur)['first_attempt_at']
+if started and started ~= cjson.null then return 'kept' end
+redis.call('SET', mkey, js)
+return 'ok'
+"
+    )
+}
+
 /// Keep-alive of this consumer's leases: ARGV group, consumer, entry ids. Resets the idle time
 /// of each entry this consumer still holds (`XCLAIM ... JUSTID` to itself), so that a pod
 /// that is slow with a message (waiting for a rate permit, say) does not see it claimed by
@@ -206,7 +234,8 @@ end
 return kept
 ";
 
-/// Replay: ARGV base, id, record JSON, max, idempotency key or ''. Returns `{'ok'}`,
+/// Replay: ARGV base, id, record JSON (reset for the replay: a fresh budget, no
+/// `first_attempt_at`), max, idempotency key or ''. Returns `{'ok'}`,
 /// `{'full', pending}` or `{'not_dead'}`.
 pub(crate) const REPLAY: &str = r"
 local base, id, js, max, idem = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
