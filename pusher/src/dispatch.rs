@@ -286,6 +286,12 @@ impl DispatchState {
     }
 }
 
+/// Messages worked on at once, per slot of `maxInFlight`. The HTTP requests in flight are held
+/// to `maxInFlight` (or the adaptive limit below it) by the sender's gate; the pool is deeper
+/// so that the store's writes around a send (the "attempt started" commit before it, the
+/// outcome after) overlap other messages' sends instead of idling the gate.
+pub const PIPELINE: usize = 4;
+
 /// The worker pool.
 #[derive(Debug)]
 pub struct Dispatcher<S> {
@@ -293,7 +299,7 @@ pub struct Dispatcher<S> {
     sender: Arc<WeChatSender>,
     metrics: Arc<Metrics>,
     policy: Retry,
-    max_in_flight: usize,
+    workers: usize,
     state: Arc<DispatchState>,
     logs: LogLimiter,
     /// `(schedule slot, id)` of retries delayed by an outage ([`delayed_by_outage`]).
@@ -301,7 +307,8 @@ pub struct Dispatcher<S> {
 }
 
 impl<S: Store + Clone> Dispatcher<S> {
-    /// A pool of `max_in_flight` workers.
+    /// A pool of `max_in_flight` × [`PIPELINE`] workers; at most `max_in_flight` of them send
+    /// at once.
     pub fn new(
         store: S,
         sender: Arc<WeChatSender>,
@@ -315,7 +322,7 @@ impl<S: Store + Clone> Dispatcher<S> {
             sender,
             metrics,
             policy,
-            max_in_flight: max_in_flight.max(1),
+            workers: max_in_flight.max(1).saturating_mul(PIPELINE),
             state,
             logs: LogLimiter::default(),
             outage_delayed: Mutex::new(Vec::new()),
@@ -358,7 +365,7 @@ impl<S: Store + Clone> Dispatcher<S> {
     /// `drain`; any still running are abandoned (their messages stay durable and are due again
     /// at the next start).
     pub async fn run(self, stop: CancellationToken, drain: Duration) {
-        let permits = Arc::new(Semaphore::new(self.max_in_flight));
+        let permits = Arc::new(Semaphore::new(self.workers));
         let mut tasks = JoinSet::new();
         let this = Arc::new(self);
         let puller = tokio::spawn({
@@ -414,6 +421,7 @@ impl<S: Store + Clone> Dispatcher<S> {
                 }
             };
             let mut first = Some(permit);
+            let mut batch = Vec::with_capacity(leased.len());
             for lease in leased {
                 let permit = match first.take() {
                     Some(p) => p,
@@ -424,14 +432,10 @@ impl<S: Store + Clone> Dispatcher<S> {
                         Err(_) => break,
                     },
                 };
-                let worker = Arc::clone(&this);
-                let span = tracing::debug_span!("attempt", id = %lease.record.id);
-                tasks.spawn(
-                    async move {
-                        worker.attempt(lease, permit).await;
-                    }
-                    .instrument(span),
-                );
+                batch.push((lease, permit));
+            }
+            if !batch.is_empty() {
+                tasks.spawn(Arc::clone(&this).attempt_batch(batch));
             }
         }
         puller.abort();
@@ -448,8 +452,64 @@ impl<S: Store + Clone> Dispatcher<S> {
         }
     }
 
-    async fn attempt(&self, mut lease: Leased, permit: tokio::sync::OwnedSemaphorePermit) {
+    /// The attempts of one lease, in one task: the "attempt started" records of the messages
+    /// about to be sent for the first time are written together (one commit and one answer
+    /// for the lot, instead of one each), then the attempts run concurrently. A message whose
+    /// record could not be written is not sent (its lease went back, due after a delay).
+    async fn attempt_batch(
+        self: Arc<Self>,
+        mut batch: Vec<(Leased, tokio::sync::OwnedSemaphorePermit)>,
+    ) {
         let now = clock::now();
+        let starting: Vec<usize> = batch
+            .iter()
+            .enumerate()
+            .filter(|(_, (lease, _))| {
+                lease.unrecorded.is_none()
+                    && lease.record.first_attempt_at.is_none()
+                    && lease.record.attempts == 0
+                    && before_attempt(&lease.record, &self.policy, now).is_none()
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let mut refused = vec![false; batch.len()];
+        if !starting.is_empty() {
+            for &i in &starting {
+                let record = &mut batch[i].0.record;
+                record.first_attempt_at = Some(now);
+                record.budget_from = now;
+                record.updated_at = now;
+            }
+            let answers = {
+                let leases: Vec<&Leased> = starting.iter().map(|&i| &batch[i].0).collect();
+                self.store.start_attempts(&leases, now).await
+            };
+            for (&i, answer) in starting.iter().zip(answers) {
+                if let Err(e) = answer {
+                    refused[i] = true;
+                    if let Some(held) = self.logs.check("start_attempt") {
+                        tracing::error!(id = %batch[i].0.record.id, error = %e, held_back = held, "cannot record an attempt's start; not sent");
+                    }
+                }
+            }
+        }
+        let attempts = batch
+            .into_iter()
+            .zip(refused)
+            .filter(|(_, refused)| !refused)
+            .map(|((lease, permit), _)| {
+                let span = tracing::debug_span!("attempt", id = %lease.record.id);
+                self.attempt(lease, permit, now).instrument(span)
+            });
+        futures::future::join_all(attempts).await;
+    }
+
+    async fn attempt(
+        &self,
+        mut lease: Leased,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        now: Timestamp,
+    ) {
         let mut hold_reason = None;
         let mut outage = false;
         let known = lease.unrecorded.take();
@@ -469,19 +529,8 @@ impl<S: Store + Clone> Dispatcher<S> {
                     next
                 }
                 None => {
-                    if lease.record.first_attempt_at.is_none() && lease.record.attempts == 0 {
-                        // The "attempt started" record: durable before the first send, so that a
-                        // crash mid-attempt is recognised later. Without it, nothing is sent (the
-                        // store gave the lease back, due again after a delay).
-                        if let Err(e) = self.store.start_attempt(&lease, now).await {
-                            if let Some(held) = self.logs.check("start_attempt") {
-                                tracing::error!(error = %e, held_back = held, "cannot record an attempt's start; not sent");
-                            }
-                            return;
-                        }
-                        lease.record.first_attempt_at = Some(now);
-                        lease.record.budget_from = now;
-                    }
+                    // A first attempt's "attempt started" record is durable by now (written by
+                    // `attempt_batch`), so that a crash mid-attempt is recognised later.
                     let body = lease
                         .record
                         .message

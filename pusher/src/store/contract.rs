@@ -21,8 +21,8 @@ use serde_json::{Value, json};
 
 use super::embedded::EmbeddedOptions;
 use super::{
-    AcceptItem, DeliveryEvent, EmbeddedStore, EventOutcome, PendingCallback, QueueCounts, Store,
-    StoreError, millis,
+    AcceptItem, DeliveryEvent, EmbeddedStore, EventOutcome, Leased, PendingCallback, QueueCounts,
+    Store, StoreError, millis,
 };
 use crate::message::{MessageId, Status, parse_message};
 
@@ -222,7 +222,17 @@ pub async fn a_started_attempt_comes_back_with_the_next_lease<B: Backend>(b: &B)
     let at = Timestamp::now();
     for l in &leased {
         assert_eq!(l.record.first_attempt_at, None);
-        store.start_attempt(l, at).await.expect("records the start");
+    }
+    // One alone, two together (the dispatcher's batch): each answered.
+    store
+        .start_attempt(&leased[0], at)
+        .await
+        .expect("records the start");
+    let rest: Vec<&Leased> = leased[1..].iter().collect();
+    let answers = store.start_attempts(&rest, at).await;
+    assert_eq!(answers.len(), 2);
+    for a in answers {
+        a.expect("records the start");
     }
     assert_eq!(b.counts(&store).await.inflight, 3, "the leases are kept");
     let rec = store.get(ids[0]).await.expect("reads").expect("kept");

@@ -266,6 +266,24 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         async { Ok(()) }
     }
 
+    /// [`Store::start_attempt`] for several leased messages at once, answered per message in
+    /// order. The dispatcher stamps each record first (`first_attempt_at` = `budget_from` =
+    /// `updated_at` = `at`), so that a store can write the records as given, in one commit, with
+    /// one answer for the lot (the embedded store does). The default starts them one by one.
+    fn start_attempts(
+        &self,
+        leased: &[&Leased],
+        at: Timestamp,
+    ) -> impl Future<Output = Vec<Result<(), StoreError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(leased.len());
+            for l in leased {
+                out.push(self.start_attempt(l, at).await);
+            }
+            out
+        }
+    }
+
     /// Finishes pending writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = ()> + Send;
 }

@@ -349,6 +349,15 @@ pub(super) fn load_index(
     Ok(index)
 }
 
+/// `record` with its first attempt started at `at` (what [`Store::start_attempt`] records).
+fn stamped(record: &MessageRecord, at: Timestamp) -> MessageRecord {
+    let mut r = record.clone();
+    r.first_attempt_at = Some(at);
+    r.budget_from = at;
+    r.updated_at = at;
+    r
+}
+
 fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, StoreError> {
     let txn = shared.begin_read()?;
     let table = txn.open_table(MESSAGES).map_err(storage)?;
@@ -497,13 +506,63 @@ impl Store for EmbeddedStore {
     }
 
     async fn start_attempt(&self, leased: &Leased, at: Timestamp) -> Result<(), StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let id = leased.record.id;
-        if let Err(e) = self.send(Op::StartAttempt { id, at, reply }) {
-            self.shared.give_back(id.as_u128());
-            return Err(e);
+        let mut started = self.start_attempts(&[leased], at).await;
+        started.pop().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// One writer operation for the lot: the records are encoded here, on the caller's thread,
+    /// and the writer only puts them (the lease holds them, so nothing else writes them
+    /// meanwhile). All or nothing: on failure every lease goes back, due after a delay.
+    async fn start_attempts(
+        &self,
+        leased: &[&Leased],
+        at: Timestamp,
+    ) -> Vec<Result<(), StoreError>> {
+        let ids: Vec<u128> = leased.iter().map(|l| l.record.id.as_u128()).collect();
+        let encoded: Result<Vec<Vec<u8>>, StoreError> = leased
+            .iter()
+            .map(|l| {
+                if l.record.first_attempt_at.is_some() {
+                    encode(&l.record)
+                } else {
+                    encode(&stamped(&l.record, at))
+                }
+            })
+            .collect();
+        let result = match encoded {
+            Err(e) => {
+                for &id in &ids {
+                    self.shared.give_back(id);
+                }
+                Err(e)
+            }
+            Ok(records) => {
+                let (reply, rx) = oneshot::channel();
+                let items = ids.iter().copied().zip(records).collect();
+                match self.send(Op::StartAttempts { items, reply }) {
+                    Err(e) => {
+                        for &id in &ids {
+                            self.shared.give_back(id);
+                        }
+                        Err(e)
+                    }
+                    Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
+                }
+            }
+        };
+        match result {
+            Ok(()) => ids.iter().map(|_| Ok(())).collect(),
+            Err(e) => {
+                let text = e.to_string();
+                let mut out: Vec<Result<(), StoreError>> = ids
+                    .iter()
+                    .skip(1)
+                    .map(|_| Err(StoreError::Storage(text.clone())))
+                    .collect();
+                out.insert(0, Err(e));
+                out
+            }
         }
-        rx.await.map_err(|_| StoreError::Closed)?
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {

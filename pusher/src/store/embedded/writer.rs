@@ -51,9 +51,9 @@ pub(super) enum Op {
         record: Box<MessageRecord>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
-    StartAttempt {
-        id: MessageId,
-        at: Timestamp,
+    /// "Attempt started" records of leased messages, encoded by the caller: `(id, record)`.
+    StartAttempts {
+        items: Vec<(u128, Vec<u8>)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Replay {
@@ -183,10 +183,10 @@ enum Change {
     },
     /// A refused operation's lease or callback lease, given back whatever the group's fate.
     GiveBack(Box<Change>),
-    /// An "attempt started" record: the lease is kept after the commit, and given back when
+    /// "Attempt started" records: the leases are kept after the commit, and given back when
     /// the commit fails (the caller does not send).
     Started {
-        id: u128,
+        ids: Vec<u128>,
     },
 }
 
@@ -237,7 +237,11 @@ impl Change {
                 shared.callbacks_leased.lock().remove(id);
             }
             Self::GiveBack(change) => change.roll_back(shared),
-            Self::Started { id } => shared.give_back(*id),
+            Self::Started { ids } => {
+                for &id in ids {
+                    shared.give_back(id);
+                }
+            }
             Self::None | Self::Scheduled { .. } | Self::Replayed { .. } => {}
         }
     }
@@ -365,11 +369,9 @@ impl Op {
                 },
                 reply,
             ),
-            Self::StartAttempt { id, reply, .. } => owed(
-                Change::Released {
-                    id: id.as_u128(),
-                    due: None,
-                    dead: false,
+            Self::StartAttempts { items, reply } => owed(
+                Change::Started {
+                    ids: items.iter().map(|(id, _)| *id).collect(),
                 },
                 reply,
             ),
@@ -814,13 +816,11 @@ impl Writer {
                 };
                 owe(effects, undo, reply, self.complete(t, g, slot, &record))
             }
-            Op::StartAttempt { id, at, reply } => {
-                let undo = Change::Released {
-                    id: id.as_u128(),
-                    due: None,
-                    dead: false,
+            Op::StartAttempts { items, reply } => {
+                let undo = Change::Started {
+                    ids: items.iter().map(|(id, _)| *id).collect(),
                 };
-                owe(effects, undo, reply, start_attempt(t, id, at))
+                owe(effects, undo, reply, start_attempts(t, items))
             }
             Op::Event {
                 event,
@@ -1158,21 +1158,15 @@ fn find_event_target(
     })
 }
 
-/// Writes the "attempt started" record: `first_attempt_at` (and the start of the `maxAge`
-/// budget), unless an earlier first attempt is recorded. The lease is kept.
-fn start_attempt(t: &mut Tables<'_>, id: MessageId, at: Timestamp) -> Result<Step<()>, StoreError> {
-    let mut record = match t.record(id.as_u128()) {
-        Ok(Some(r)) => r,
-        Ok(None) => return Ok(Step::Refused(StoreError::NotFound(id))),
-        Err(e) => return Ok(Step::Refused(e)),
-    };
-    if record.first_attempt_at.is_none() {
-        record.first_attempt_at = Some(at);
-        record.budget_from = at;
-        record.updated_at = at;
-        t.put(&record)?;
+/// Writes "attempt started" records (`first_attempt_at` and the start of the `maxAge` budget),
+/// encoded by the caller from the records it leased: a put, no read. The leases are kept.
+fn start_attempts(t: &mut Tables<'_>, items: Vec<(u128, Vec<u8>)>) -> Result<Step<()>, StoreError> {
+    let mut ids = Vec::with_capacity(items.len());
+    for (id, record) in items {
+        t.messages.insert(id, record.as_slice()).map_err(storage)?;
+        ids.push(id);
     }
-    Ok(Step::Done(Change::Started { id: id.as_u128() }, ()))
+    Ok(Step::Done(Change::Started { ids }, ()))
 }
 
 /// Ends a callback's lease: removes it, or moves it to its next due time.
