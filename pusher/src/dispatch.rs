@@ -33,6 +33,10 @@ const STORE_WAIT: Duration = Duration::from_millis(250);
 
 /// Retries delayed by an outage remembered at most, to pull them in when the breaker closes.
 const MAX_OUTAGE_DELAYED: usize = 200_000;
+/// How long after the breaker closed the retries of attempts that were still in flight then
+/// are pulled in as they are recorded, and how often.
+const STRAGGLERS_FOR: Duration = Duration::from_secs(5);
+const STRAGGLERS_EVERY: Duration = Duration::from_millis(100);
 
 /// Whether an attempt's outcome is a sign that WeChat is unreachable or failing (what the
 /// circuit breaker counts, or the breaker itself): the retry it schedules is pulled in when the
@@ -346,6 +350,23 @@ impl<S: Store + Clone> Dispatcher<S> {
             match self.store.pull_in(entries, Timestamp::now()).await {
                 Ok(moved) => tracing::info!(moved, "circuit closed: delayed retries pulled in"),
                 Err(e) => tracing::warn!(error = %e, "cannot pull in delayed retries"),
+            }
+            // Attempts still in flight when it closed record their delays afterwards (with a
+            // deep pool, hundreds of them): keep pulling those in for a while, unless the
+            // channel is held again (the breaker opened again, or a pause).
+            let until = tokio::time::Instant::now() + STRAGGLERS_FOR;
+            while tokio::time::Instant::now() < until && self.state.hold().is_none() {
+                tokio::select! {
+                    () = tokio::time::sleep(STRAGGLERS_EVERY) => {}
+                    () = stop.cancelled() => return,
+                }
+                let late = std::mem::take(&mut *self.outage_delayed.lock());
+                if late.is_empty() {
+                    continue;
+                }
+                if let Err(e) = self.store.pull_in(late, Timestamp::now()).await {
+                    tracing::warn!(error = %e, "cannot pull in delayed retries");
+                }
             }
         }
     }

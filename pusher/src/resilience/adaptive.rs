@@ -8,7 +8,9 @@
 //! **lowest** latency is compared with the **floor**, the lowest such value of the last
 //! [`FLOOR_WINDOWS`] windows. The lowest latency of a window rises only when every request
 //! waits (the upstream queues them), not when some are slowed down by a busy machine, so noise
-//! on the pusher's own host does not shrink the limit:
+//! on the pusher's own host does not shrink the limit. Only healthy answers count for a
+//! window's lowest latency (failed ones, such as a refused connection, come back fast and
+//! would drag the floor down). At the end of a window:
 //!
 //! | window | new limit |
 //! |---|---|
@@ -137,9 +139,12 @@ impl AdaptiveLimit {
     ) -> Option<u32> {
         let start = *self.window_start.get_or_insert(now);
         self.samples += 1;
-        self.lowest = self.lowest.min(latency);
+        // Failed answers (connection refused, errcode -1) come back fast and would drag the
+        // floor down: only healthy answers count for the window's lowest latency.
         if sample == Sample::Failed {
             self.failed += 1;
+        } else {
+            self.lowest = self.lowest.min(latency);
         }
         self.peak_in_flight = self.peak_in_flight.max(in_flight);
         if self.samples < self.settings.min_samples
@@ -165,9 +170,8 @@ impl AdaptiveLimit {
         self.peak_in_flight = 0;
         if error_share > s.max_error_share {
             self.limit *= s.backoff;
-        } else {
-            // Failed answers (connection refused, errcode -1) come back fast and would drag the
-            // floor down; only windows of healthy answers set it.
+        } else if mean != Duration::MAX {
+            // Only windows of mostly healthy answers set the floor, from their healthy answers.
             self.means[self.next] = mean;
             self.next = (self.next + 1) % FLOOR_WINDOWS;
             self.filled = (self.filled + 1).min(FLOOR_WINDOWS);
@@ -251,6 +255,38 @@ mod tests {
             }
         }
         assert_eq!(l.floor(), Some(ms(2)));
+    }
+
+    /// At an outage's edge some answers are connection refusals that come back in 100 µs; below
+    /// the error share that cuts the limit, they must not become the floor, or every healthy
+    /// window afterwards would look 20 times slower than it and shrink the limit (the backlog
+    /// then crawled for seconds after WeChat returned, until the floor windows rolled over).
+    #[test]
+    fn fast_failures_do_not_drag_the_floor_down() {
+        let mut l = AdaptiveLimit::new(AdaptiveSettings {
+            max_limit: 1000,
+            ..AdaptiveSettings::default()
+        });
+        let mut now = Instant::now();
+        run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+        for _ in 0..5 {
+            for i in 0..16 {
+                let (latency, sample) = if i < 3 {
+                    (Duration::from_micros(100), Sample::Failed)
+                } else {
+                    (Duration::from_millis(2), Sample::Ok)
+                };
+                l.record(now, latency, sample, l.limit());
+                now += Duration::from_millis(4);
+            }
+        }
+        assert_eq!(l.floor(), Some(Duration::from_millis(2)));
+        let before = l.limit();
+        let after = run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+        assert!(
+            after[0] > before && after.windows(2).all(|w| w[1] > w[0]),
+            "healthy windows after the edge grow the limit: {before} then {after:?}"
+        );
     }
 
     #[test]
