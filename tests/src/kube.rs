@@ -44,6 +44,18 @@ pub struct KubeEmulator {
 }
 
 impl KubeEmulator {
+    /// Starts an emulator and installs this version's CRD (`crds/pushchannel.yaml`) with
+    /// kubectl; returns both.
+    pub async fn start_with_crd() -> (Self, Kubectl) {
+        let api = Self::start().await;
+        let kubectl = api.kubectl();
+        kubectl
+            .apply_file(&crate::workspace_root().join("crds/pushchannel.yaml"))
+            .await
+            .expect("apply the CRD");
+        (api, kubectl)
+    }
+
     /// Starts the emulator and waits until it accepts connections and its kubeconfig exists.
     ///
     /// Set `WXPUSH_EMULATOR_LOG=1` to see every request it serves on stderr.

@@ -87,12 +87,7 @@ async fn operator_fails_fast_without_the_crd() {
 
 #[tokio::test]
 async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
-    let api = KubeEmulator::start().await;
-    let kubectl = api.kubectl();
-    kubectl
-        .apply_file(&workspace_root().join("crds/pushchannel.yaml"))
-        .await
-        .expect("apply the CRD");
+    let (api, kubectl) = KubeEmulator::start_with_crd().await;
     kubectl.apply(&secrets()).await.expect("apply the Secrets");
     let operator = OperatorProcess::start(
         &api,
@@ -300,12 +295,7 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
 
 #[tokio::test]
 async fn missing_secret_is_reported_in_status_and_fixed_by_creating_it() {
-    let api = KubeEmulator::start().await;
-    let kubectl = api.kubectl();
-    kubectl
-        .apply_file(&workspace_root().join("crds/pushchannel.yaml"))
-        .await
-        .expect("apply the CRD");
+    let (api, kubectl) = KubeEmulator::start_with_crd().await;
     let _operator = OperatorProcess::start(
         &api,
         &["--leader-election", "false", "--requeue-waiting", "1s"],

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use wxpush_tests::kube::{KubeEmulator, Kubectl, OperatorProcess};
-use wxpush_tests::{wait_for, workspace_root};
+use wxpush_tests::wait_for;
 
 /// The Lease's duration: the standby takes over once the Lease stayed unchanged this long.
 const LEASE_SECS: u64 = 6;
@@ -149,12 +149,7 @@ async fn lease_is_held_by(kubectl: &Kubectl, c: &Candidate) {
 /// Starts `first`, awaits its election, starts `second`; asserts exactly one (the first) leads
 /// throughout; kills it; awaits the second's takeover; asserts exactly one (the second) leads.
 async fn skewed_pair(skewed_first: bool) {
-    let api = KubeEmulator::start().await;
-    let kubectl = api.kubectl();
-    kubectl
-        .apply_file(&workspace_root().join("crds/pushchannel.yaml"))
-        .await
-        .expect("apply the CRD");
+    let (api, kubectl) = KubeEmulator::start_with_crd().await;
     let http = reqwest::Client::new();
     let (first_name, second_name) = if skewed_first {
         ("op-skewed", "op-plain")

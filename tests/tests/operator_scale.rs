@@ -19,7 +19,6 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use wxpush_operator::crd::PushChannel;
 use wxpush_tests::kube::{KubeEmulator, OperatorProcess, peak_rss_kib};
-use wxpush_tests::workspace_root;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -64,12 +63,7 @@ async fn operator_reconciles_many_pushchannels() {
     let timeout = Duration::from_secs(env_or("WXPUSH_SCALE_TIMEOUT_SECS", 900));
     let concurrency: String = env_or("WXPUSH_SCALE_CONCURRENCY", "8".to_string());
 
-    let api = KubeEmulator::start().await;
-    let kubectl = api.kubectl();
-    kubectl
-        .apply_file(&workspace_root().join("crds/pushchannel.yaml"))
-        .await
-        .expect("apply the CRD");
+    let (api, kubectl) = KubeEmulator::start_with_crd().await;
     kubectl
         .apply(
             "apiVersion: v1\nkind: Secret\nmetadata: {name: scale-wechat}\nstringData: {appId: wxscale, appSecret: s}\n---\n\
