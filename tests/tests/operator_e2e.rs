@@ -209,20 +209,7 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
     }
 
     // A spec change rolls the pods: the config hash on the pod template changes.
-    kubectl
-        .run(
-            &[
-                "patch",
-                "pch",
-                "payment-notify",
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"retry":{"maxAttempts":4}}}"#,
-            ],
-            None,
-        )
-        .await
-        .expect("change the spec");
+    change_the_spec(&kubectl).await;
     let rolled = kubectl
         .wait_for_object(
             "a new config hash on the Deployment",
@@ -477,20 +464,7 @@ async fn a_pushchannel_with_a_spec_field_unknown_to_this_operator_is_reconciled(
     assert!(again[0]["series"].is_null(), "published once: {again:?}");
 
     // A new generation that still carries them is reported once more.
-    kubectl
-        .run(
-            &[
-                "patch",
-                "pch",
-                "payment-notify",
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"retry":{"maxAttempts":4}}}"#,
-            ],
-            None,
-        )
-        .await
-        .expect("change the spec");
+    change_the_spec(&kubectl).await;
     wait_for(
         "an UnknownFields Event for generation 2",
         wait(),
@@ -507,4 +481,22 @@ async fn a_pushchannel_with_a_spec_field_unknown_to_this_operator_is_reconciled(
         },
     )
     .await;
+}
+
+/// A spec change to the `payment-notify` PushChannel (`retry.maxAttempts: 4`), with kubectl.
+async fn change_the_spec(kubectl: &Kubectl) {
+    kubectl
+        .run(
+            &[
+                "patch",
+                "pch",
+                "payment-notify",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"retry":{"maxAttempts":4}}}"#,
+            ],
+            None,
+        )
+        .await
+        .expect("change the spec");
 }

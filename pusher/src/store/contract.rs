@@ -433,17 +433,28 @@ pub async fn dead_letters_page_in_id_order<B: Backend>(b: &B) {
     store.close().await;
 }
 
+/// `record` after a failed first attempt, due again at `due`.
+fn retrying(
+    record: &crate::message::MessageRecord,
+    due: Timestamp,
+) -> crate::message::MessageRecord {
+    let mut retry = record.clone();
+    retry.status = Status::Retrying;
+    retry.attempts = 1;
+    retry.next_attempt_at = Some(due);
+    retry
+}
+
 /// A retry scheduled a little later is leased again once due, not before.
 pub async fn retries_come_back_when_due<B: Backend>(b: &B) {
     let store = b.open(Options::new(100, Duration::from_secs(3600))).await;
     store.accept(vec![item(0, None)]).await.expect("accepts");
     let l = lease_n(&store, 1, Duration::from_secs(2)).await.remove(0);
     let due = Timestamp::now() + jiff::SignedDuration::from_millis(300);
-    let mut retry = l.record.clone();
-    retry.status = Status::Retrying;
-    retry.attempts = 1;
-    retry.next_attempt_at = Some(due);
-    store.complete(l.slot, retry).await.expect("completes");
+    store
+        .complete(l.slot, retrying(&l.record, due))
+        .await
+        .expect("completes");
     assert_eq!(
         store
             .get(l.record.id)
@@ -788,11 +799,10 @@ pub async fn a_backlog_larger_than_memory_holds_is_leased_whole<B: Backend>(b: &
     // One retried behind the whole backlog.
     let l = &leased[0];
     let due = Timestamp::now() + jiff::SignedDuration::from_millis(300);
-    let mut retry = l.record.clone();
-    retry.status = Status::Retrying;
-    retry.attempts = 1;
-    retry.next_attempt_at = Some(due);
-    store.complete(l.slot, retry).await.expect("completes");
+    store
+        .complete(l.slot, retrying(&l.record, due))
+        .await
+        .expect("completes");
     let c = b.counts(&store).await;
     assert_eq!((c.pending(), c.inflight), (N as u64, N as u64 - 1));
     let again = lease_n(&store, 1, b.takeover() * 3 + Duration::from_secs(3)).await;
