@@ -240,20 +240,11 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
     .await;
 
     // A deleted child is restored.
-    let old_uid = service["metadata"]["uid"].clone();
-    kubectl
-        .delete("service", "payment-notify-pusher")
-        .await
-        .expect("delete the Service");
-    kubectl
-        .wait_for_object(
-            "the Service restored",
-            "service",
-            "payment-notify-pusher",
-            wait(),
-            |s| s["metadata"]["uid"] != old_uid && owned_by(s, &uid),
-        )
-        .await;
+    let restored = delete_the_service_and_await_its_return(&kubectl).await;
+    assert!(
+        owned_by(&restored, &uid),
+        "the restored Service is owned: {restored}"
+    );
 
     // Deleting the PushChannel removes every child (owner references + GC).
     kubectl
@@ -443,22 +434,7 @@ async fn a_pushchannel_with_a_spec_field_unknown_to_this_operator_is_reconciled(
 
     // Another reconcile of the same generation (a deleted child is restored) warns no more:
     // the Event is neither repeated nor counted again (no `series`).
-    let service = get(&kubectl, "service", "payment-notify-pusher")
-        .await
-        .expect("the Service");
-    kubectl
-        .delete("service", "payment-notify-pusher")
-        .await
-        .expect("delete the Service");
-    kubectl
-        .wait_for_object(
-            "the Service restored",
-            "service",
-            "payment-notify-pusher",
-            wait(),
-            |s| s["metadata"]["uid"] != service["metadata"]["uid"],
-        )
-        .await;
+    delete_the_service_and_await_its_return(&kubectl).await;
     let again = unknown_events().await;
     assert_eq!(again.len(), 1, "{again:?}");
     assert!(again[0]["series"].is_null(), "published once: {again:?}");
@@ -499,4 +475,25 @@ async fn change_the_spec(kubectl: &Kubectl) {
         )
         .await
         .expect("change the spec");
+}
+
+/// Deletes the `payment-notify-pusher` Service and waits until the operator has made a new
+/// one (another uid); returns it.
+async fn delete_the_service_and_await_its_return(kubectl: &Kubectl) -> Value {
+    let service = get(kubectl, "service", "payment-notify-pusher")
+        .await
+        .expect("the Service");
+    kubectl
+        .delete("service", "payment-notify-pusher")
+        .await
+        .expect("delete the Service");
+    kubectl
+        .wait_for_object(
+            "the Service restored",
+            "service",
+            "payment-notify-pusher",
+            wait(),
+            |s| s["metadata"]["uid"] != service["metadata"]["uid"],
+        )
+        .await
 }
