@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Two plots from one run of bench/perf/run.sh: throughput against concurrency in the overload
 scenario, and the latency CDF for clean and tail. Usage: plot.py RESULTS_DIR"""
-import json
 import os
 import sys
+
+from run_results import loader
 
 import matplotlib
 
@@ -13,12 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 out = sys.argv[1]
 
 
-def load(name):
-    path = os.path.join(out, name + ".json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+load = loader(out)
 
 
 # Throughput against concurrency (overload: upstream capacity 32).

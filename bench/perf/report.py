@@ -1,19 +1,15 @@
 #!/usr/bin/env python3
 """The table of bench/perf/run.sh: rates, ratios and the goals of issue 13, from the JSON files
 of one run. Usage: report.py RESULTS_DIR OUTAGE_SECONDS"""
-import json
 import os
 import sys
+
+from run_results import loader
 
 out, outage = sys.argv[1], float(sys.argv[2])
 
 
-def load(name):
-    path = os.path.join(out, name + ".json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
+load = loader(out)
 
 
 def k(rate):
