@@ -8,6 +8,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::stream::{FuturesUnordered, StreamExt};
 use jiff::{SignedDuration, Timestamp};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -165,7 +167,17 @@ pub fn next_state(
     now: Timestamp,
     unit: f64,
 ) -> Next {
-    let mut record = record.clone();
+    next_state_of(record.clone(), outcome, policy, now, unit)
+}
+
+/// [`next_state`] of a record the caller gives up (the dispatcher's: no copy of it is made).
+pub fn next_state_of(
+    mut record: MessageRecord,
+    outcome: SendOutcome,
+    policy: &Retry,
+    now: Timestamp,
+    unit: f64,
+) -> Next {
     record.updated_at = now;
     let waiting = if record.attempts == 0 {
         Status::Queued
@@ -288,6 +300,15 @@ impl DispatchState {
         }
         fresh
     }
+}
+
+/// An attempt that ended: its lease's slot, the message's next state, and whether the outcome
+/// was a sign of an outage ([`delayed_by_outage`]).
+#[derive(Debug)]
+struct Ended {
+    slot: u64,
+    next: Next,
+    outage: bool,
 }
 
 /// Messages worked on at once, per slot of `maxInFlight`. The HTTP requests in flight are held
@@ -514,23 +535,42 @@ impl<S: Store + Clone> Dispatcher<S> {
                 }
             }
         }
-        let attempts = batch
+        let mut sending: FuturesUnordered<_> = batch
             .into_iter()
             .zip(refused)
             .filter(|(_, refused)| !refused)
             .map(|((lease, permit), _)| {
                 let span = tracing::debug_span!("attempt", id = %lease.record.id);
                 self.attempt(lease, permit, now).instrument(span)
-            });
-        futures::future::join_all(attempts).await;
+            })
+            .collect();
+        // The outcomes of the attempts that ended together are written together: one store
+        // operation and one answer for them (`Store::complete_many`), while the other attempts
+        // go on.
+        let mut writing = FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(first) = sending.next() => {
+                    let mut ended = vec![first];
+                    while let Some(Some(more)) = sending.next().now_or_never() {
+                        ended.push(more);
+                    }
+                    writing.push(self.record_outcomes(ended));
+                }
+                Some(()) = writing.next() => {}
+                else => break,
+            }
+        }
     }
 
+    /// One attempt on a leased message, up to the decision on its next state (not yet
+    /// written).
     async fn attempt(
         &self,
         mut lease: Leased,
         permit: tokio::sync::OwnedSemaphorePermit,
         now: Timestamp,
-    ) {
+    ) -> Ended {
         let mut hold_reason = None;
         let mut outage = false;
         let known = lease.unrecorded.take();
@@ -556,13 +596,13 @@ impl<S: Store + Clone> Dispatcher<S> {
                         .record
                         .message
                         .wechat_body(&lease.record.client_msg_id);
-                    let outcome = self
-                        .sender
-                        .send(SendRequest {
-                            kind: lease.record.message.kind,
-                            body: &body,
-                        })
-                        .await;
+                    // Boxed: the send's future is large, and the attempts of a lease are
+                    // moved into a set of futures; this keeps each attempt small to move.
+                    let outcome = Box::pin(self.sender.send(SendRequest {
+                        kind: lease.record.message.kind,
+                        body: &body,
+                    }))
+                    .await;
                     drop(permit);
                     tracing::debug!(outcome = ?outcome, "attempt finished");
                     hold_reason = match &outcome {
@@ -571,8 +611,8 @@ impl<S: Store + Clone> Dispatcher<S> {
                         _ => None,
                     };
                     outage = delayed_by_outage(&outcome);
-                    next_state(
-                        &lease.record,
+                    next_state_of(
+                        lease.record,
                         outcome,
                         &self.policy,
                         clock::now(),
@@ -588,26 +628,57 @@ impl<S: Store + Clone> Dispatcher<S> {
                 tracing::debug!(%until, %reason, "sending still on hold");
             }
         }
-        let completed = next.completed;
-        let id = next.record.id;
-        let accepted_at = next.record.accepted_at;
-        let delayed_until = next
-            .record
-            .next_attempt_at
-            .filter(|_| outage && completed.is_none())
-            .map(crate::store::millis);
-        if let Some(outcome) = completed
-            && outcome != Outcome::delivered
-        {
-            tracing::info!(
-                %id,
-                status = next.record.status.as_str(),
-                attempts = next.record.attempts,
-                error = ?next.record.last_error,
-                "message dead-lettered"
-            );
+        Ended {
+            slot: lease.slot,
+            next,
+            outage,
         }
-        match self.store.complete(lease.slot, next.record).await {
+    }
+
+    /// Writes the outcomes of attempts that ended, then counts them.
+    async fn record_outcomes(&self, ended: Vec<Ended>) {
+        let mut items = Vec::with_capacity(ended.len());
+        let mut after = Vec::with_capacity(ended.len());
+        for Ended { slot, next, outage } in ended {
+            let completed = next.completed;
+            let id = next.record.id;
+            let delayed_until = next
+                .record
+                .next_attempt_at
+                .filter(|_| outage && completed.is_none())
+                .map(crate::store::millis);
+            if let Some(outcome) = completed
+                && outcome != Outcome::delivered
+            {
+                tracing::info!(
+                    %id,
+                    status = next.record.status.as_str(),
+                    attempts = next.record.attempts,
+                    error = ?next.record.last_error,
+                    "message dead-lettered"
+                );
+            }
+            after.push((id, completed, next.record.accepted_at, delayed_until));
+            items.push((slot, next.record));
+        }
+        let written = self.store.complete_many(items).await;
+        for ((id, completed, accepted_at, delayed_until), result) in after.into_iter().zip(written)
+        {
+            self.counted(id, completed, accepted_at, delayed_until, result);
+        }
+    }
+
+    /// What follows an outcome's write: remembering a retry an outage delayed, the metrics,
+    /// or a log line when it could not be written.
+    fn counted(
+        &self,
+        id: crate::message::MessageId,
+        completed: Option<Outcome>,
+        accepted_at: Timestamp,
+        delayed_until: Option<u64>,
+        result: Result<(), crate::store::StoreError>,
+    ) {
+        match result {
             Ok(()) => {
                 if let Some(slot) = delayed_until {
                     self.remember_outage_delay(slot, id);

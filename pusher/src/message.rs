@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::send::{MessageKind, SendError};
@@ -126,7 +127,7 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lang: Option<String>,
     /// The template's fields: `{"keyword1": {"value": "..."}}`.
-    pub data: Map<String, Value>,
+    pub data: TemplateData,
     /// The producer's `client_msg_id`, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
@@ -139,34 +140,86 @@ pub struct Message {
 }
 
 impl Message {
-    /// The JSON body WeChat takes, with the message's one `client_msg_id`.
-    pub fn wechat_body(&self, client_msg_id: &str) -> Value {
-        let mut body = Map::new();
-        body.insert("touser".into(), Value::String(self.touser.clone()));
-        body.insert(
-            "template_id".into(),
-            Value::String(self.template_id.clone()),
-        );
-        if let Some(url) = &self.url {
-            body.insert("url".into(), Value::String(url.clone()));
-        }
-        if let Some(mp) = &self.miniprogram
-            && let Ok(v) = serde_json::to_value(mp)
-        {
-            body.insert("miniprogram".into(), v);
-        }
-        if let Some(page) = &self.page {
-            body.insert("page".into(), Value::String(page.clone()));
-        }
-        if let Some(state) = &self.miniprogram_state {
-            body.insert("miniprogram_state".into(), Value::String(state.clone()));
-        }
-        if let Some(lang) = &self.lang {
-            body.insert("lang".into(), Value::String(lang.clone()));
-        }
-        body.insert("client_msg_id".into(), Value::String(client_msg_id.into()));
-        body.insert("data".into(), Value::Object(self.data.clone()));
-        Value::Object(body)
+    /// The JSON body WeChat takes, with the message's one `client_msg_id`, encoded once:
+    /// the template fields are copied as the raw JSON text they are kept in, without building
+    /// a tree of them.
+    pub fn wechat_body(&self, client_msg_id: &str) -> Box<RawValue> {
+        let body = WeChatBody {
+            touser: &self.touser,
+            template_id: &self.template_id,
+            url: self.url.as_deref(),
+            miniprogram: self.miniprogram.as_ref(),
+            page: self.page.as_deref(),
+            miniprogram_state: self.miniprogram_state.as_deref(),
+            lang: self.lang.as_deref(),
+            client_msg_id,
+            data: &self.data.0,
+        };
+        // Strings, an object of strings and raw JSON text always encode.
+        serde_json::value::to_raw_value(&body).unwrap_or_else(|_| TemplateData::default().0)
+    }
+}
+
+/// The body of one send, borrowed from the message.
+#[derive(Serialize)]
+struct WeChatBody<'a> {
+    touser: &'a str,
+    template_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    miniprogram: Option<&'a MiniProgram>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    miniprogram_state: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lang: Option<&'a str>,
+    client_msg_id: &'a str,
+    data: &'a RawValue,
+}
+
+/// A message's template fields (`data`), validated on accept and from then on kept as the
+/// compact JSON text of the object: the store writes and reads it as it is and the send body
+/// embeds it, so no message builds a tree of its fields after it was accepted (the hot path's
+/// largest cost once was decoding, cloning and re-encoding those trees, docs/performance.md).
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TemplateData(Box<RawValue>);
+
+impl TemplateData {
+    /// The fields of a validated object.
+    pub fn from_map(map: &Map<String, Value>) -> Self {
+        // A map of JSON values always encodes.
+        Self(serde_json::value::to_raw_value(map).unwrap_or_else(|_| Self::default().0))
+    }
+
+    /// The JSON text of the object.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The fields as a JSON tree (tests and tools; the hot path never builds one).
+    pub fn to_map(&self) -> Map<String, Value> {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl Default for TemplateData {
+    fn default() -> Self {
+        Self(RawValue::from_string("{}".to_string()).expect("an empty object is JSON"))
+    }
+}
+
+impl PartialEq for TemplateData {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.get() == other.0.get()
+    }
+}
+
+impl fmt::Debug for TemplateData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.get())
     }
 }
 
@@ -453,9 +506,9 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
     })
 }
 
-fn parse_data(value: Option<&Value>) -> Result<Map<String, Value>, FieldError> {
+fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
     let obj = match value {
-        None | Some(Value::Null) => return Ok(Map::new()),
+        None | Some(Value::Null) => return Ok(TemplateData::default()),
         Some(Value::Object(o)) => o,
         Some(_) => {
             return Err(FieldError::new(
@@ -473,18 +526,18 @@ fn parse_data(value: Option<&Value>) -> Result<Map<String, Value>, FieldError> {
         ));
     }
     for (key, item) in obj {
-        let field = format!("data.{key}");
+        let field = || format!("data.{key}");
         if key.is_empty() || key.chars().count() > MAX_DATA_KEY {
             return Err(FieldError::new(
                 "invalid_field",
-                field,
+                field(),
                 format!("keys must have 1 to {MAX_DATA_KEY} characters"),
             ));
         }
         let Value::Object(item) = item else {
             return Err(FieldError::new(
                 "invalid_field",
-                field,
+                field(),
                 "must be an object {\"value\": \"...\"}",
             ));
         };
@@ -494,7 +547,7 @@ fn parse_data(value: Option<&Value>) -> Result<Map<String, Value>, FieldError> {
         {
             return Err(FieldError::new(
                 "unknown_field",
-                format!("{field}.{unknown}"),
+                format!("data.{key}.{unknown}"),
                 "unknown field; expected value, color",
             ));
         }
@@ -503,21 +556,21 @@ fn parse_data(value: Option<&Value>) -> Result<Map<String, Value>, FieldError> {
             Some(Value::String(_)) => {
                 return Err(FieldError::new(
                     "too_long",
-                    format!("{field}.value"),
+                    format!("data.{key}.value"),
                     format!("at most {MAX_DATA_VALUE} characters"),
                 ));
             }
             Some(_) => {
                 return Err(FieldError::new(
                     "invalid_field",
-                    format!("{field}.value"),
+                    format!("data.{key}.value"),
                     "must be a string",
                 ));
             }
             None => {
                 return Err(FieldError::new(
                     "missing_field",
-                    format!("{field}.value"),
+                    format!("data.{key}.value"),
                     "is required",
                 ));
             }
@@ -527,12 +580,12 @@ fn parse_data(value: Option<&Value>) -> Result<Map<String, Value>, FieldError> {
         {
             return Err(FieldError::new(
                 "invalid_field",
-                format!("{field}.color"),
+                format!("data.{key}.color"),
                 "must be a short string such as #173177",
             ));
         }
     }
-    Ok(obj.clone())
+    Ok(TemplateData::from_map(obj))
 }
 
 /// Where a message is in its life (docs/architecture.md, "A message's life").
@@ -708,7 +761,7 @@ mod tests {
     fn minimal_message_parses_with_template_default() {
         let m = parse_message(&ok()).expect("valid");
         assert_eq!(m.kind, MessageKind::Template);
-        let body = m.wechat_body("c1");
+        let body: Value = serde_json::from_str(m.wechat_body("c1").get()).expect("json");
         assert_eq!(body["client_msg_id"], "c1");
         assert_eq!(body["data"]["k"]["value"], "v");
     }

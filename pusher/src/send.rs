@@ -44,8 +44,8 @@ impl MessageKind {
 pub struct SendRequest<'a> {
     /// Which API.
     pub kind: MessageKind,
-    /// The body.
-    pub body: &'a serde_json::Value,
+    /// The body, as JSON text ([`crate::message::Message::wechat_body`]).
+    pub body: &'a serde_json::value::RawValue,
 }
 
 /// What went wrong in an attempt, in a form fit for status, logs and metrics (never a secret).

@@ -40,7 +40,12 @@ impl Sender for Rewriting {
 
     fn build(&self, request: SendRequest<'_>) -> Result<Outgoing, SendError> {
         self.built.fetch_add(1, Ordering::SeqCst);
-        let mut body = request.body.clone();
+        let mut body: serde_json::Value =
+            serde_json::from_str(request.body.get()).map_err(|e| SendError {
+                kind: "body".into(),
+                errcode: None,
+                message: e.to_string(),
+            })?;
         body["touser"] = self.to.into();
         Ok(Outgoing {
             path: MessageKind::Template.path(),
@@ -88,7 +93,7 @@ async fn a_provider_of_the_tests_plugs_into_the_engine() {
     // The body names a user the sandbox does not know; the provider's rewrite makes it
     // deliverable, and its path sends a `subscribe` message as a template one.
     let provider = rewriting("o-rewritten");
-    let body = template("o-unknown", "plug-1");
+    let body = serde_json::value::to_raw_value(&template("o-unknown", "plug-1")).expect("json");
     let request = SendRequest {
         kind: MessageKind::Subscribe,
         body: &body,
@@ -103,7 +108,7 @@ async fn a_provider_of_the_tests_plugs_into_the_engine() {
     assert_eq!(provider.classified.load(Ordering::SeqCst), 1);
 
     // 43004 is permanent for the built-in providers; this one says retry, and the engine obeys.
-    let body = template("nf1", "plug-2");
+    let body = serde_json::value::to_raw_value(&template("nf1", "plug-2")).expect("json");
     let request = SendRequest {
         kind: MessageKind::Template,
         body: &body,

@@ -47,7 +47,10 @@ mod tests {
 
     #[test]
     fn only_subscribe_messages_are_built() {
-        let body = serde_json::json!({"touser": "o1", "template_id": "T", "data": {}});
+        let body = serde_json::value::to_raw_value(
+            &serde_json::json!({"touser": "o1", "template_id": "T", "data": {}}),
+        )
+        .expect("json");
         let sub = MiniProgram.build(SendRequest {
             kind: MessageKind::Subscribe,
             body: &body,

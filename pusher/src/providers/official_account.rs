@@ -34,13 +34,8 @@ impl Sender for OfficialAccount {
 
 /// The body as WeChat takes it, to the kind's path. Shared by the WeChat providers.
 pub(super) fn encode(request: SendRequest<'_>) -> Result<Outgoing, SendError> {
-    let body = serde_json::to_vec(request.body).map_err(|e| SendError {
-        kind: "body".into(),
-        errcode: None,
-        message: format!("the message body cannot be encoded: {e}"),
-    })?;
     Ok(Outgoing {
         path: request.kind.path(),
-        body: Bytes::from(body),
+        body: Bytes::copy_from_slice(request.body.get().as_bytes()),
     })
 }

@@ -195,6 +195,51 @@ pub async fn accept_lease_complete_and_leases_die_with_the_process<B: Backend>(b
     store.close().await;
 }
 
+/// Outcomes written together ([`Store::complete_many`]) are answered one by one, in order, and
+/// each lands as if written alone: final ones leave the queue, a retry waits for its time.
+pub async fn outcomes_written_together_are_answered_each<B: Backend>(b: &B) {
+    let o = Options::new(100, Duration::from_secs(3600));
+    let store = b.open(o).await;
+    store
+        .accept((0..4).map(|n| item(n, None)).collect())
+        .await
+        .expect("accepts");
+    let leased = lease_n(&store, 4, Duration::from_secs(2)).await;
+    assert_eq!(leased.len(), 4);
+    let now = Timestamp::now();
+    let mut items = Vec::new();
+    for (n, l) in leased.iter().take(3).enumerate() {
+        let mut r = l.record.clone();
+        if n == 1 {
+            r = retrying(&l.record, now + jiff::SignedDuration::from_secs(3600));
+        } else {
+            r.status = Status::Delivered;
+            r.msgid = Some(100 + n as i64);
+            r.attempts = 1;
+            r.finished_at = Some(now);
+            r.next_attempt_at = None;
+        }
+        items.push((l.slot, r));
+    }
+    let answers = store.complete_many(items).await;
+    assert_eq!(answers.len(), 3);
+    assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+    assert!(store.complete_many(Vec::new()).await.is_empty());
+    let c = b.counts(&store).await;
+    assert_eq!((c.ready, c.delayed, c.inflight), (0, 1, 1));
+    let statuses = [
+        Status::Delivered,
+        Status::Retrying,
+        Status::Delivered,
+        Status::Sending,
+    ];
+    for (l, want) in leased.iter().zip(statuses) {
+        let got = store.get(l.record.id).await.expect("reads").expect("kept");
+        assert_eq!(got.status, want, "{}", l.record.id);
+    }
+    store.close().await;
+}
+
 /// The "attempt started" record ([`Store::start_attempt`]) is durable and keeps the lease: a
 /// message whose process died mid-attempt is leased again by the next one with
 /// `first_attempt_at` (and the `maxAge` budget's start) as written and `attempts` 0, so that the
@@ -819,6 +864,7 @@ macro_rules! store_contract {
     ($backend:expr) => {
         $crate::store_contract!(@tests $backend;
             accept_lease_complete_and_leases_die_with_the_process,
+            outcomes_written_together_are_answered_each,
             a_started_attempt_comes_back_with_the_next_lease,
             idempotency_keys_answer_the_first_id,
             a_full_queue_refuses_whole_requests,

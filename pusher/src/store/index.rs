@@ -22,6 +22,10 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+/// A map by message id. The ids are ULIDs this process made, so a fast hasher is safe
+/// (SipHash, the standard one, showed in the profile).
+pub(crate) type IdMap<V> = HashMap<u128, V, foldhash::fast::RandomState>;
+
 /// A schedule key: `(due ms, id)`, the key of the durable `schedule` table.
 pub(crate) type Key = (u64, u128);
 
@@ -55,12 +59,12 @@ pub(crate) struct Index {
     /// `(due_ms, id)` of pending messages not leased, in memory.
     due: BTreeSet<Key>,
     /// Leased ids, with the slot they were leased from.
-    leased: HashMap<u128, u64>,
+    leased: IdMap<u64>,
     /// Unleased ids due at another time than their durable schedule slot, with that slot:
     /// held back to a later time (a lease given back after a failed write) or pulled in to an
     /// earlier one (see [`Index::pull_in`]). The slot is what a lease hands out, so the durable
     /// entry stays the one that is completed; a crash forgets the move, never a message.
-    moved: HashMap<u128, u64>,
+    moved: IdMap<u64>,
     /// Every durable schedule entry with a key up to this one is in memory.
     watermark: Key,
     /// Durable schedule entries beyond the watermark that are not in memory.
@@ -87,8 +91,8 @@ impl Index {
     pub(crate) fn with_head(cap: usize) -> Self {
         Self {
             due: BTreeSet::new(),
-            leased: HashMap::new(),
-            moved: HashMap::new(),
+            leased: IdMap::default(),
+            moved: IdMap::default(),
             watermark: ALL,
             beyond: 0,
             beyond_due: 0,
@@ -334,7 +338,7 @@ impl Index {
     /// ids of `skipped`, the leases held when the read began), keeping the leases held now: an
     /// id leased since is taken out of `fresh`, and one of `skipped` given back since is put
     /// into it at its durable slot.
-    pub(crate) fn reload(&mut self, mut fresh: Index, skipped: &HashMap<u128, u64>) {
+    pub(crate) fn reload(&mut self, mut fresh: Index, skipped: &IdMap<u64>) {
         for (&id, &slot) in &self.leased {
             let key = (slot, id);
             if !skipped.contains_key(&id) && !fresh.due.remove(&key) && key > fresh.watermark {
@@ -358,7 +362,7 @@ impl Index {
     pub(crate) fn load(
         cap: usize,
         entries: impl Iterator<Item = Key>,
-        leased: &HashMap<u128, u64>,
+        leased: &IdMap<u64>,
         now_ms: u64,
     ) -> Self {
         let mut ix = Self::with_head(cap);
@@ -389,7 +393,7 @@ impl Index {
     }
 
     /// The ids leased now, with their slots.
-    pub(crate) fn leases(&self) -> HashMap<u128, u64> {
+    pub(crate) fn leases(&self) -> IdMap<u64> {
         self.leased.clone()
     }
 
@@ -462,7 +466,7 @@ mod tests {
     }
 
     /// `(ready, delayed, inflight)` from the durable schedule itself.
-    fn exact(disk: &BTreeSet<Key>, leased: &HashMap<u128, u64>, now: u64) -> (u64, u64, u64) {
+    fn exact(disk: &BTreeSet<Key>, leased: &IdMap<u64>, now: u64) -> (u64, u64, u64) {
         let free = disk.iter().filter(|(_, id)| !leased.contains_key(id));
         let ready = free.clone().filter(|&&(due, _)| due <= now).count() as u64;
         let delayed = free.count() as u64 - ready;

@@ -168,6 +168,21 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         record: MessageRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// [`Store::complete`] for several leased messages at once, answered per message in
+    /// order: `(slot, record)` each. The dispatcher records the outcomes of attempts that ended
+    /// together in one call; the embedded store writes them as one operation with one answer.
+    /// The default completes them concurrently, one call each.
+    fn complete_many(
+        &self,
+        items: Vec<(u64, MessageRecord)>,
+    ) -> impl Future<Output = Vec<Result<(), StoreError>>> + Send {
+        futures::future::join_all(
+            items
+                .into_iter()
+                .map(|(slot, record)| self.complete(slot, record)),
+        )
+    }
+
     /// The message's record (status `sending` while leased).
     fn get(
         &self,
@@ -286,6 +301,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Finishes pending writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The answers of a many-message operation that failed as a whole: `e` for the first, its
+/// text for the others.
+pub fn each_failed(n: usize, e: StoreError) -> Vec<Result<(), StoreError>> {
+    let text = e.to_string();
+    let mut out = Vec::with_capacity(n);
+    out.push(Err(e));
+    out.extend((1..n).map(|_| Err(StoreError::Storage(text.clone()))));
+    out.truncate(n);
+    out
 }
 
 /// A dead letter's state when replayed: queued now, with a fresh retry budget and the same

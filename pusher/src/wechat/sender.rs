@@ -316,16 +316,21 @@ impl WeChatSender {
             url::form_urlencoded::byte_serialize(token.as_str().as_bytes()).collect();
         let path = format!("{}?access_token={encoded}", outgoing.path);
         self.metrics.inflight.inc();
-        let started = Instant::now();
+        // Timed from the first request's start, once the gate let it go: the wait for a gate
+        // slot is not part of an HTTP attempt.
+        let started = std::sync::OnceLock::new();
         let body = outgoing.body;
         let (answer, _hedged) = self
             .flow
             .send(self.http.header_timeout(), |header_timeout| {
+                started.get_or_init(Instant::now);
                 self.http
                     .post_json_within(&path, body.clone(), header_timeout)
             })
             .await;
-        let seconds = started.elapsed().as_secs_f64();
+        let seconds = started
+            .get()
+            .map_or(0.0, |started| started.elapsed().as_secs_f64());
         self.metrics.inflight.dec();
         let attempt = match answer {
             Err(e) => Attempt::Failed(e),

@@ -73,7 +73,10 @@ fn sender(base: &str) -> WeChatSender {
 }
 
 async fn send(sender: &WeChatSender, id: &str) -> SendOutcome {
-    let body = json!({"touser": "u", "template_id": "T", "client_msg_id": id, "data": {}});
+    let body = serde_json::value::to_raw_value(
+        &json!({"touser": "u", "template_id": "T", "client_msg_id": id, "data": {}}),
+    )
+    .expect("json");
     sender
         .send(SendRequest {
             kind: MessageKind::Template,

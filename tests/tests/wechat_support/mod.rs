@@ -130,10 +130,11 @@ pub fn sender(config: &PusherConfig) -> (Arc<WeChatSender>, Arc<Metrics>) {
 
 /// One template send attempt.
 pub async fn send(sender: &WeChatSender, body: &Value) -> SendOutcome {
+    let body = serde_json::value::to_raw_value(body).expect("json");
     sender
         .send(SendRequest {
             kind: MessageKind::Template,
-            body,
+            body: &body,
         })
         .await
 }

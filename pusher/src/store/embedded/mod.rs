@@ -27,7 +27,6 @@
 //! `callbacks` ((due ms, callback id) → JSON [`PendingCallback`], written in the same
 //! transaction as the state change that causes the callback).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -48,10 +47,10 @@ mod writer;
 
 use writer::{Op, Writer};
 
-use super::index::{HEAD, Index};
+use super::index::{HEAD, IdMap, Index};
 use super::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, Leased, PendingCallback, QueueCounts, Store,
-    StoreError, millis,
+    StoreError, each_failed, millis,
 };
 use super::{DeliveryEvent, EventOutcome};
 use crate::message::{MessageId, MessageRecord, Status};
@@ -76,6 +75,9 @@ const PROBE: TableDefinition<u8, u64> = TableDefinition::new("probe");
 /// Longest wait between looks at the callbacks table (new ones wake the worker at once).
 const CALLBACK_POLL: Duration = Duration::from_millis(100);
 
+/// Accepted records kept in memory for their first lease at most (see `Shared::fresh`); beyond
+/// it a lease reads them from disk.
+const FRESH: usize = 8192;
 /// Most operations applied in one commit.
 const MAX_GROUP: usize = 8192;
 /// Most finished messages removed by one retention sweep (keeps each sweep's commit small).
@@ -151,7 +153,11 @@ struct Shared {
     logs: LogLimiter,
     /// Outcomes of attempts whose write failed, by message: handed out with the message's
     /// next lease so that the outcome is recorded rather than the message sent again.
-    unrecorded: Mutex<std::collections::HashMap<u128, MessageRecord>>,
+    unrecorded: Mutex<IdMap<MessageRecord>>,
+    /// Records of accepted messages not yet leased, as committed (at most [`FRESH`]): their
+    /// first lease takes them from here instead of reading and decoding them again. Nothing
+    /// writes a queued message that was never leased, so these stay what the disk holds.
+    fresh: Mutex<IdMap<MessageRecord>>,
     /// Callback ids leased to the callback worker.
     callbacks_leased: Mutex<std::collections::HashSet<u128>>,
     /// Woken when callbacks were added.
@@ -189,6 +195,17 @@ impl Shared {
         Duration::from_secs(1 << n).min(Duration::from_secs(30))
     }
 
+    /// Keeps just committed records for their first lease, while there is room.
+    fn keep_fresh(&self, records: Vec<MessageRecord>) {
+        let mut fresh = self.fresh.lock();
+        for record in records {
+            if fresh.len() >= FRESH {
+                break;
+            }
+            fresh.insert(record.id.as_u128(), record);
+        }
+    }
+
     /// Gives a lease back, due again only after [`Shared::give_back_delay`].
     fn give_back(&self, id: u128) {
         let at = millis(Timestamp::now())
@@ -214,7 +231,7 @@ impl EmbeddedStore {
         })?;
         let file = options.path.join("wxpush-queue.redb");
         let db = open_db(&file)?;
-        let index = load_index(&db, head, &HashMap::new())?;
+        let index = load_index(&db, head, &IdMap::default())?;
         tracing::info!(
             path = %file.display(),
             pending = index.pending(),
@@ -236,7 +253,8 @@ impl EmbeddedStore {
             failures: AtomicU32::new(0),
             queued: AtomicUsize::new(0),
             logs: LogLimiter::default(),
-            unrecorded: Mutex::new(std::collections::HashMap::new()),
+            unrecorded: Mutex::new(IdMap::default()),
+            fresh: Mutex::new(IdMap::default()),
             callbacks_leased: Mutex::new(std::collections::HashSet::new()),
             callback_work: Notify::new(),
         });
@@ -307,7 +325,7 @@ impl EmbeddedStore {
 pub(super) fn load_index(
     db: &Database,
     head: usize,
-    leased: &HashMap<u128, u64>,
+    leased: &IdMap<u64>,
 ) -> Result<Index, StoreError> {
     // Create the tables on first open, so that readers never meet a missing table.
     let txn = db.begin_write().map_err(storage)?;
@@ -472,9 +490,29 @@ impl Store for EmbeddedStore {
                 let _ = self.send(Op::Refill);
             }
             if !taken.is_empty() {
-                return self
-                    .read(move |shared| Ok(read_leased(shared, taken)))
-                    .await;
+                // First leases of fresh messages come from memory; the rest from disk.
+                let mut out = Vec::with_capacity(taken.len());
+                let mut rest = Vec::new();
+                {
+                    let mut fresh = self.shared.fresh.lock();
+                    for (slot, id) in taken {
+                        match fresh.remove(&id) {
+                            Some(record) => out.push(Leased {
+                                record,
+                                slot,
+                                unrecorded: None,
+                            }),
+                            None => rest.push((slot, id)),
+                        }
+                    }
+                }
+                if !rest.is_empty() {
+                    out.extend(
+                        self.read(move |shared| Ok(read_leased(shared, rest)))
+                            .await?,
+                    );
+                }
+                return Ok(out);
             }
             if !wait_for_work(notified, deadline, deadline, next, now_ms).await {
                 return Ok(Vec::new());
@@ -483,10 +521,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn complete(&self, slot: u64, record: MessageRecord) -> Result<(), StoreError> {
+        // When the write fails, the writer gives the lease back (due after a delay) and keeps
+        // the record for its next lease, so that this outcome is recorded instead of sent
+        // again. A closed store keeps nothing: the process is stopping.
         let (reply, rx) = oneshot::channel();
         let id = record.id.as_u128();
-        let keep = record.clone();
-        let result = match self.send(Op::Complete {
+        match self.send(Op::Complete {
             slot,
             record: Box::new(record),
             reply,
@@ -496,13 +536,7 @@ impl Store for EmbeddedStore {
                 Err(e)
             }
             Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
-        };
-        if result.is_err() {
-            // The lease went back (due after a delay); its next lease carries this outcome,
-            // so that it is recorded instead of sent again.
-            self.shared.unrecorded.lock().insert(id, keep);
         }
-        result
     }
 
     async fn start_attempt(&self, leased: &Leased, at: Timestamp) -> Result<(), StoreError> {
@@ -552,16 +586,32 @@ impl Store for EmbeddedStore {
         };
         match result {
             Ok(()) => ids.iter().map(|_| Ok(())).collect(),
+            Err(e) => each_failed(ids.len(), e),
+        }
+    }
+
+    /// One writer operation with one answer for the lot; like [`Store::complete`], a write
+    /// that fails gives the leases back and keeps the outcomes for their next leases.
+    async fn complete_many(&self, items: Vec<(u64, MessageRecord)>) -> Vec<Result<(), StoreError>> {
+        let n = items.len();
+        let ids: Vec<u128> = items.iter().map(|(_, r)| r.id.as_u128()).collect();
+        let items = items
+            .into_iter()
+            .map(|(slot, record)| (slot, Box::new(record)))
+            .collect();
+        let (reply, rx) = oneshot::channel();
+        match self.send(Op::CompleteMany { items, reply }) {
             Err(e) => {
-                let text = e.to_string();
-                let mut out: Vec<Result<(), StoreError>> = ids
-                    .iter()
-                    .skip(1)
-                    .map(|_| Err(StoreError::Storage(text.clone())))
-                    .collect();
-                out.insert(0, Err(e));
-                out
+                for id in ids {
+                    self.shared.give_back(id);
+                }
+                each_failed(n, e)
             }
+            Ok(()) => match rx.await {
+                Ok(Ok(answers)) => answers,
+                Ok(Err(e)) => each_failed(n, e),
+                Err(_) => each_failed(n, StoreError::Closed),
+            },
         }
     }
 

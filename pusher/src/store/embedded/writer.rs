@@ -51,6 +51,11 @@ pub(super) enum Op {
         record: Box<MessageRecord>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
+    /// Outcomes of several attempts, `(slot, record)` each, answered per message.
+    CompleteMany {
+        items: Vec<(u64, Box<MessageRecord>)>,
+        reply: oneshot::Sender<Result<Vec<Result<(), StoreError>>, StoreError>>,
+    },
     /// "Attempt started" records of leased messages, encoded by the caller: `(id, record)`.
     StartAttempts {
         items: Vec<(u128, Vec<u8>)>,
@@ -165,14 +170,20 @@ pub(super) struct Group {
 #[derive(Debug)]
 enum Change {
     None,
+    /// Accepted messages: due at `due`; their records are kept in memory for their first
+    /// lease ([`super::Shared::fresh`]).
     Scheduled {
         ids: Vec<u128>,
         due: u64,
+        records: Vec<MessageRecord>,
     },
+    /// A completed attempt: the lease ends. `outcome` is the record as completed, kept only to
+    /// be handed back when the write fails ([`super::Shared::unrecorded`]).
     Released {
         id: u128,
         due: Option<u64>,
         dead: bool,
+        outcome: Option<Box<MessageRecord>>,
     },
     Replayed {
         id: u128,
@@ -188,21 +199,25 @@ enum Change {
     Started {
         ids: Vec<u128>,
     },
+    /// The changes of a many-message operation.
+    Many(Vec<Change>),
 }
 
 impl Change {
     /// Applies the change after a commit; returns whether the lease loop has new work.
-    fn apply(&self, shared: &Shared) -> bool {
+    fn apply(&mut self, shared: &Shared) -> bool {
         let mut index = shared.index.lock();
         match self {
             Self::None => false,
-            Self::Scheduled { ids, due } => {
-                for &id in ids {
+            Self::Scheduled { ids, due, records } => {
+                for &id in ids.iter() {
                     index.schedule(*due, id);
                 }
+                drop(index);
+                shared.keep_fresh(std::mem::take(records));
                 !ids.is_empty()
             }
-            Self::Released { id, due, dead } => {
+            Self::Released { id, due, dead, .. } => {
                 index.release(*id, *due);
                 if *dead {
                     index.dead += 1;
@@ -225,6 +240,25 @@ impl Change {
                 false
             }
             Self::Started { .. } => false,
+            Self::Many(changes) => {
+                drop(index);
+                let mut woke = false;
+                for change in changes {
+                    woke |= change.apply(shared);
+                }
+                woke
+            }
+        }
+    }
+
+    /// The undo of a completion that was not written: the lease goes back and the outcome
+    /// is kept for its next lease.
+    fn released(record: Box<MessageRecord>) -> Self {
+        Self::Released {
+            id: record.id.as_u128(),
+            due: None,
+            dead: false,
+            outcome: Some(record),
         }
     }
 
@@ -232,7 +266,17 @@ impl Change {
     /// again only after a delay (never at once: that would repeat the attempt in a loop).
     fn roll_back(&self, shared: &Shared) {
         match self {
-            Self::Released { id, .. } => shared.give_back(*id),
+            Self::Released { id, outcome, .. } => {
+                shared.give_back(*id);
+                if let Some(record) = outcome {
+                    // Its next lease carries this outcome, so that it is recorded instead of
+                    // sent again.
+                    shared
+                        .unrecorded
+                        .lock()
+                        .insert(*id, MessageRecord::clone(record));
+                }
+            }
             Self::CallbackDone { id } => {
                 shared.callbacks_leased.lock().remove(id);
             }
@@ -240,6 +284,11 @@ impl Change {
             Self::Started { ids } => {
                 for &id in ids {
                     shared.give_back(id);
+                }
+            }
+            Self::Many(changes) => {
+                for change in changes {
+                    change.roll_back(shared);
                 }
             }
             Self::None | Self::Scheduled { .. } | Self::Replayed { .. } => {}
@@ -361,12 +410,14 @@ impl Op {
         }
         match self {
             Self::Accept { reply, .. } => owed(Change::None, reply),
-            Self::Complete { record, reply, .. } => owed(
-                Change::Released {
-                    id: record.id.as_u128(),
-                    due: None,
-                    dead: false,
-                },
+            Self::Complete { record, reply, .. } => owed(Change::released(record), reply),
+            Self::CompleteMany { items, reply } => owed(
+                Change::Many(
+                    items
+                        .into_iter()
+                        .map(|(_, record)| Change::released(record))
+                        .collect(),
+                ),
                 reply,
             ),
             Self::StartAttempts { items, reply } => owed(
@@ -755,7 +806,7 @@ impl Writer {
     /// The reply fan-out, for a committed group and a failed one alike.
     fn settle(
         &self,
-        effects: Vec<Effect>,
+        mut effects: Vec<Effect>,
         failed: Option<StoreError>,
         callbacks_added: bool,
         healing: &mut Option<Healing>,
@@ -764,7 +815,7 @@ impl Writer {
             None => {
                 self.shared.failures.store(0, Ordering::Relaxed);
                 let mut woke = false;
-                for e in &effects {
+                for e in &mut effects {
                     woke |= e.change.apply(&self.shared);
                 }
                 if woke {
@@ -809,12 +860,43 @@ impl Writer {
                 record,
                 reply,
             } => {
-                let undo = Change::Released {
-                    id: record.id.as_u128(),
-                    due: None,
-                    dead: false,
-                };
-                owe(effects, undo, reply, self.complete(t, g, slot, &record))
+                let (step, undo) = self.complete_one(t, g, slot, record);
+                owe(effects, undo, reply, step)
+            }
+            Op::CompleteMany { items, reply } => {
+                // One answer for the lot: a refused completion answers its own error (its
+                // lease goes back); a storage error fails the group, and with it all of them.
+                let mut changes = Vec::with_capacity(items.len());
+                let mut answers = Vec::with_capacity(items.len());
+                let mut failed = None;
+                for (slot, record) in items {
+                    if failed.is_some() {
+                        changes.push(Change::released(record));
+                        continue;
+                    }
+                    match self.complete_one(t, g, slot, record) {
+                        (Ok(Step::Done(change, ())), _) => {
+                            changes.push(change);
+                            answers.push(Ok(()));
+                        }
+                        (Ok(Step::Refused(e)), undo) => {
+                            changes.push(Change::GiveBack(Box::new(undo)));
+                            answers.push(Err(e));
+                        }
+                        (Err(e), undo) => {
+                            changes.push(undo);
+                            failed = Some(e);
+                        }
+                    }
+                }
+                effects.push(Effect {
+                    change: Change::Many(changes),
+                    answer: Box::new(Answer {
+                        value: Some(answers),
+                        reply,
+                    }),
+                });
+                failed.map_or(Ok(()), Err)
             }
             Op::StartAttempts { items, reply } => {
                 let undo = Change::Started {
@@ -849,6 +931,26 @@ impl Writer {
                 let _ = reply.send(Ok(0));
                 Ok(())
             }
+        }
+    }
+
+    /// [`Writer::complete`], with the record going to whichever change rolls the lease back
+    /// (the done step's, or the returned undo), to be kept for the next lease.
+    fn complete_one(
+        &self,
+        t: &mut Tables<'_>,
+        g: &mut Group,
+        slot: u64,
+        record: Box<MessageRecord>,
+    ) -> (Result<Step<()>, StoreError>, Change) {
+        let mut step = self.complete(t, g, slot, &record);
+        match &mut step {
+            Ok(Step::Done(Change::Released { outcome, .. }, ())) => {
+                *outcome = Some(record);
+                // Written: there is nothing to undo before the commit.
+                (step, Change::None)
+            }
+            _ => (step, Change::released(record)),
         }
     }
 
@@ -922,7 +1024,11 @@ impl Writer {
             ids.push(id);
         }
         Ok(Step::Done(
-            Change::Scheduled { ids, due: g.now_ms },
+            Change::Scheduled {
+                ids,
+                due: g.now_ms,
+                records: fresh,
+            },
             results,
         ))
     }
@@ -979,6 +1085,7 @@ impl Writer {
                 id,
                 due,
                 dead: record.dead_letter,
+                outcome: None,
             },
             (),
         ))
