@@ -75,9 +75,10 @@ const PROBE: TableDefinition<u8, u64> = TableDefinition::new("probe");
 /// Longest wait between looks at the callbacks table (new ones wake the worker at once).
 const CALLBACK_POLL: Duration = Duration::from_millis(100);
 
-/// Accepted records kept in memory for their first lease at most (see `Shared::fresh`); beyond
-/// it a lease reads them from disk.
-const FRESH: usize = 8192;
+/// Memory for accepted records kept for their first lease (see `Shared::fresh`), at most, by
+/// [`Fresh::size`]; beyond it a lease reads them from disk. A message's template data can be
+/// tens of kilobytes, so the bound is in bytes, not records.
+const FRESH_BYTES: usize = 4 << 20;
 /// Most operations applied in one commit.
 const MAX_GROUP: usize = 8192;
 /// Most finished messages removed by one retention sweep (keeps each sweep's commit small).
@@ -157,11 +158,52 @@ struct Shared {
     /// Records of accepted messages not yet leased, as committed (at most [`FRESH`]): their
     /// first lease takes them from here instead of reading and decoding them again. Nothing
     /// writes a queued message that was never leased, so these stay what the disk holds.
-    fresh: Mutex<IdMap<MessageRecord>>,
+    fresh: Mutex<Fresh>,
     /// Callback ids leased to the callback worker.
     callbacks_leased: Mutex<std::collections::HashSet<u128>>,
     /// Woken when callbacks were added.
     callback_work: Notify,
+}
+
+/// Records of accepted messages awaiting their first lease, and about how much memory they
+/// hold.
+#[derive(Debug, Default)]
+struct Fresh {
+    records: IdMap<MessageRecord>,
+    bytes: usize,
+}
+
+impl Fresh {
+    /// About what a record holds in memory: its strings and template data, plus the struct.
+    fn size(record: &MessageRecord) -> usize {
+        let m = &record.message;
+        std::mem::size_of::<MessageRecord>()
+            + record.client_msg_id.len()
+            + record.idempotency_key.as_ref().map_or(0, String::len)
+            + m.touser.len()
+            + m.template_id.len()
+            + m.data.as_str().len()
+            + [
+                &m.url,
+                &m.page,
+                &m.miniprogram_state,
+                &m.lang,
+                &m.client_msg_id,
+                &m.callback_url,
+            ]
+            .iter()
+            .map(|s| s.as_ref().map_or(0, String::len))
+            .sum::<usize>()
+            + m.miniprogram.as_ref().map_or(0, |p| {
+                p.appid.len() + p.pagepath.as_ref().map_or(0, String::len)
+            })
+    }
+
+    fn take(&mut self, id: u128) -> Option<MessageRecord> {
+        let record = self.records.remove(&id)?;
+        self.bytes = self.bytes.saturating_sub(Self::size(&record));
+        Some(record)
+    }
 }
 
 /// The embedded store. Cheap to clone; all clones share one writer.
@@ -199,10 +241,12 @@ impl Shared {
     fn keep_fresh(&self, records: Vec<MessageRecord>) {
         let mut fresh = self.fresh.lock();
         for record in records {
-            if fresh.len() >= FRESH {
+            let size = Fresh::size(&record);
+            if fresh.bytes + size > FRESH_BYTES {
                 break;
             }
-            fresh.insert(record.id.as_u128(), record);
+            fresh.bytes += size;
+            fresh.records.insert(record.id.as_u128(), record);
         }
     }
 
@@ -254,7 +298,7 @@ impl EmbeddedStore {
             queued: AtomicUsize::new(0),
             logs: LogLimiter::default(),
             unrecorded: Mutex::new(IdMap::default()),
-            fresh: Mutex::new(IdMap::default()),
+            fresh: Mutex::new(Fresh::default()),
             callbacks_leased: Mutex::new(std::collections::HashSet::new()),
             callback_work: Notify::new(),
         });
@@ -496,7 +540,7 @@ impl Store for EmbeddedStore {
                 {
                     let mut fresh = self.shared.fresh.lock();
                     for (slot, id) in taken {
-                        match fresh.remove(&id) {
+                        match fresh.take(id) {
                             Some(record) => out.push(Leased {
                                 record,
                                 slot,

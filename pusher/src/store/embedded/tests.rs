@@ -175,3 +175,48 @@ async fn pulled_in_retries_beyond_the_watermark_are_due_at_once() {
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Accepted records wait in memory for their first lease only up to a byte budget: large
+/// template data fills it early, the rest is leased from disk, and every lease carries the
+/// record as accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
+    let dir = temp();
+    let store = EmbeddedStore::open_with_head(&options(&dir), 1024).expect("opens");
+    // 80 messages of about 64 KiB of template data each: 5 MiB, beyond the 4 MiB budget.
+    let data: serde_json::Map<String, serde_json::Value> = (0..64)
+        .map(|k| (format!("k{k}"), json!({"value": "x".repeat(1000)})))
+        .collect();
+    let items = (0..80)
+        .map(|i| AcceptItem {
+            message: parse_message(
+                &json!({"touser": format!("big{i}"), "template_id": "T", "data": data}),
+            )
+            .expect("valid"),
+            idempotency_key: None,
+        })
+        .collect();
+    store.accept(items).await.expect("accepts");
+    let (kept, bytes) = {
+        let fresh = store.shared.fresh.lock();
+        (fresh.records.len(), fresh.bytes)
+    };
+    assert!(bytes <= super::FRESH_BYTES, "{bytes} bytes kept");
+    assert!(kept > 0 && kept < 80, "{kept} of 80 kept in memory");
+    let leased = lease(&store, 80).await;
+    assert_eq!(leased.len(), 80);
+    for l in &leased {
+        assert_eq!(
+            l.record.message.data.to_map(),
+            data,
+            "{}",
+            l.record.message.touser
+        );
+        assert_eq!(l.record.status, Status::Queued);
+    }
+    let fresh = store.shared.fresh.lock();
+    assert_eq!((fresh.records.len(), fresh.bytes), (0, 0));
+    drop(fresh);
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
