@@ -6,6 +6,8 @@
 # OUT/flamegraph.svg.
 #
 #   bench/perf/profile.sh          # N=30000
+#   CALLGRAPH="--call-graph dwarf,16384" FREQ=299 N=15000 bench/perf/profile.sh
+#                                  # call chains through glibc too (who calls malloc)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-30000}
@@ -36,7 +38,7 @@ EOF2
 RUST_LOG=warn "$BIN/wxpush-pusher" serve --config "$work/pusher.yaml" >"$work/p.out" 2>/dev/null &
 PUSHER_PID=$!
 for _ in $(seq 300); do grep -q 'listening on' "$work/p.out" 2>/dev/null && break; sleep 0.05; done
-perf record -e cpu-clock -F 999 -g -p "$PUSHER_PID" -o "$OUT/perf.data" 2>/dev/null &
+perf record -e cpu-clock -F "${FREQ:-999}" ${CALLGRAPH:--g} -p "$PUSHER_PID" -o "$OUT/perf.data" 2>/dev/null &
 PERF_PID=$!
 sleep 0.5
 "$BIN/wxpush-bench" e2e --pusher "http://127.0.0.1:$port" --token "$TOKEN" --sandbox "$SB" \

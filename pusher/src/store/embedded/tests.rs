@@ -214,9 +214,11 @@ async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
         );
         assert_eq!(l.record.status, Status::Queued);
     }
-    let fresh = store.shared.fresh.lock();
-    assert_eq!((fresh.records.len(), fresh.bytes), (0, 0));
-    drop(fresh);
+    let left = {
+        let fresh = store.shared.fresh.lock();
+        (fresh.records.len(), fresh.bytes)
+    };
+    assert_eq!(left, (0, 0));
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
