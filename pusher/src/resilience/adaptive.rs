@@ -15,9 +15,13 @@
 //! | window | new limit |
 //! |---|---|
 //! | more than [`AdaptiveSettings::max_error_share`] of the samples failed (timeout, transport, 5xx) | × [`AdaptiveSettings::backoff`] |
-//! | lowest ≤ floor × [`AdaptiveSettings::grow_below`] and the limit was used | + max(1, limit / 8): growing while latency stays near its floor |
+//! | lowest ≤ floor × [`AdaptiveSettings::grow_below`] and the limit was used | × 2 until the first back-off (slow start), then + max(1, limit / 8): growing while latency stays near its floor |
 //! | lowest > floor × [`AdaptiveSettings::shrink_above`] | × max(0.5, floor × `grow_below` / lowest): backing off in proportion to the queueing |
 //! | otherwise | unchanged |
+//!
+//! Slow start, as in TCP: a fresh pusher doubles its limit each healthy window, so a short
+//! burst is not spent climbing from `initial` one eighth at a time; the first window that
+//! backs off (latency or errors) ends it for good.
 //!
 //! The limit stays within `[min_limit, max_limit]`. Requests stuck far beyond the observed
 //! latency stop counting against the limit: the caller releases their slot after
@@ -91,6 +95,8 @@ pub struct AdaptiveLimit {
     means: [Duration; FLOOR_WINDOWS],
     filled: usize,
     next: usize,
+    /// Doubling while no window has backed off yet.
+    slow_start: bool,
 }
 
 impl AdaptiveLimit {
@@ -114,6 +120,7 @@ impl AdaptiveLimit {
             means: [Duration::ZERO; FLOOR_WINDOWS],
             filled: 0,
             next: 0,
+            slow_start: true,
         }
     }
 
@@ -170,6 +177,7 @@ impl AdaptiveLimit {
         self.peak_in_flight = 0;
         if error_share > s.max_error_share {
             self.limit *= s.backoff;
+            self.slow_start = false;
         } else if mean != Duration::MAX {
             // Only windows of mostly healthy answers set the floor, from their healthy answers.
             self.means[self.next] = mean;
@@ -178,11 +186,14 @@ impl AdaptiveLimit {
             let floor = self.floor().unwrap_or(mean).as_secs_f64().max(1e-6);
             let ratio = mean.as_secs_f64() / floor;
             if ratio <= s.grow_below {
-                if used {
+                if used && self.slow_start {
+                    self.limit *= 2.0;
+                } else if used {
                     self.limit += (self.limit / 8.0).max(1.0);
                 }
             } else if ratio > s.shrink_above {
                 self.limit *= (s.grow_below / ratio).max(0.5);
+                self.slow_start = false;
             }
         }
         self.limit = self
@@ -269,6 +280,8 @@ mod tests {
         });
         let mut now = Instant::now();
         run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+        // One queueing window ends slow start (the limit then grows by eighths).
+        run(&mut l, &mut now, 1, Duration::from_millis(4), 0);
         for _ in 0..5 {
             for i in 0..16 {
                 let (latency, sample) = if i < 3 {
@@ -290,6 +303,26 @@ mod tests {
     }
 
     #[test]
+    fn slow_start_doubles_until_the_first_back_off() {
+        let mut l = AdaptiveLimit::new(AdaptiveSettings {
+            max_limit: 1000,
+            ..AdaptiveSettings::default()
+        });
+        let mut now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(run(&mut l, &mut now, 3, ms(2), 0), [32, 64, 128]);
+        // Queueing upstream: back off, and slow start is over.
+        let down = run(&mut l, &mut now, 1, ms(4), 0)[0];
+        assert!(down < 128, "{down}");
+        let after = run(&mut l, &mut now, 2, ms(2), 0);
+        let additive = |from: u32, to: u32| to > from && to <= from + from / 8 + 1;
+        assert!(
+            additive(down, after[0]) && additive(after[0], after[1]),
+            "grows by an eighth after slow start: {down} → {after:?}"
+        );
+    }
+
+    #[test]
     fn the_limit_stays_within_its_bounds() {
         let mut l = AdaptiveLimit::new(AdaptiveSettings {
             max_limit: 40,
@@ -306,7 +339,10 @@ mod tests {
 
     #[test]
     fn a_few_slow_answers_do_not_shrink_the_limit() {
-        let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+        let mut l = AdaptiveLimit::new(AdaptiveSettings {
+            max_limit: 1000,
+            ..AdaptiveSettings::default()
+        });
         let mut now = Instant::now();
         let before = run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
         // Half of every window slowed down tenfold (a busy host), the other half at the floor.
@@ -346,7 +382,7 @@ mod tests {
         let later = now + Duration::from_millis(60);
         assert_eq!(
             l.record(later, Duration::from_millis(2), Sample::Ok, 16),
-            Some(18)
+            Some(32)
         );
     }
 }
