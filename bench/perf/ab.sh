@@ -9,7 +9,8 @@
 # Build A from another commit with, e.g.:
 #   git worktree add /tmp/base REV && (cd /tmp/base && CARGO_TARGET_DIR=/tmp/base-target \
 #     cargo build --release -p wxpush-pusher --bin wxpush-pusher)
-# ROUNDS (default 5) runs of N (default 30000) messages each.
+# ROUNDS (default 5) runs of N (default 30000) messages each; CONC, the pushers' `concurrency`
+# (JSON, default {}: the defaults), e.g. CONC='{"maxInFlight": 256}'.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:?usage: bench/perf/ab.sh OLD_PUSHER [NEW_PUSHER]}")
@@ -25,11 +26,12 @@ TOKEN=bench-token-0123456789abcdef
 # shellcheck source=bench/perf/lib.sh
 source bench/perf/lib.sh
 B=$(realpath "${2:-$BIN/wxpush-pusher}")
+conc=${CONC:-"{}"}
 for round in $(seq "$ROUNDS"); do
   for side in A B; do
     if [[ $side == A ]]; then PUSHER_BIN=$A; else PUSHER_BIN=$B; fi
     faults "$base_faults" # also empties the sandbox's records of earlier runs
-    run_e2e "$side-$round" "$N" '{}'
+    run_e2e "$side-$round" "$N" "$conc"
     rm -rf "$work/$side-$round"
   done
 done
