@@ -82,7 +82,8 @@ impl From<StoreError> for ApiError {
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_unavailable",
-                    "the queue cannot take this now; retry shortly",
+                    "the queue could not confirm this write; retry shortly, with the same \
+                     Idempotency-Key so that a write that did land is not stored twice",
                 )
                 .retry_after(1)
             }
