@@ -206,6 +206,14 @@ impl AdaptiveLimit {
 mod tests {
     use super::*;
 
+    /// A limiter with the default settings under the ceiling `max`.
+    fn limiter(max: u32) -> AdaptiveLimit {
+        AdaptiveLimit::new(AdaptiveSettings {
+            max_limit: max,
+            ..AdaptiveSettings::default()
+        })
+    }
+
     /// Feeds `windows` windows of `latency` (with `failed` of every 16 samples failing), each
     /// with the limit fully used, and returns the limit after each.
     fn run(
@@ -233,10 +241,7 @@ mod tests {
 
     #[test]
     fn the_limit_rises_and_falls_with_latency() {
-        let mut l = AdaptiveLimit::new(AdaptiveSettings {
-            max_limit: 256,
-            ..AdaptiveSettings::default()
-        });
+        let mut l = limiter(256);
         let mut now = Instant::now();
         let ms = Duration::from_millis;
         assert_eq!(l.limit(), 16);
@@ -274,10 +279,7 @@ mod tests {
     /// then crawled for seconds after WeChat returned, until the floor windows rolled over).
     #[test]
     fn fast_failures_do_not_drag_the_floor_down() {
-        let mut l = AdaptiveLimit::new(AdaptiveSettings {
-            max_limit: 1000,
-            ..AdaptiveSettings::default()
-        });
+        let mut l = limiter(1000);
         let mut now = Instant::now();
         run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
         // One queueing window ends slow start (the limit then grows by eighths).
@@ -304,10 +306,7 @@ mod tests {
 
     #[test]
     fn slow_start_doubles_until_the_first_back_off() {
-        let mut l = AdaptiveLimit::new(AdaptiveSettings {
-            max_limit: 1000,
-            ..AdaptiveSettings::default()
-        });
+        let mut l = limiter(1000);
         let mut now = Instant::now();
         let ms = Duration::from_millis;
         assert_eq!(run(&mut l, &mut now, 3, ms(2), 0), [32, 64, 128]);
@@ -324,10 +323,7 @@ mod tests {
 
     #[test]
     fn the_limit_stays_within_its_bounds() {
-        let mut l = AdaptiveLimit::new(AdaptiveSettings {
-            max_limit: 40,
-            ..AdaptiveSettings::default()
-        });
+        let mut l = limiter(40);
         let mut now = Instant::now();
         let limits = run(&mut l, &mut now, 50, Duration::from_millis(2), 0);
         assert_eq!(limits.last(), Some(&40));
@@ -339,10 +335,7 @@ mod tests {
 
     #[test]
     fn a_few_slow_answers_do_not_shrink_the_limit() {
-        let mut l = AdaptiveLimit::new(AdaptiveSettings {
-            max_limit: 1000,
-            ..AdaptiveSettings::default()
-        });
+        let mut l = limiter(1000);
         let mut now = Instant::now();
         let before = run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
         // Half of every window slowed down tenfold (a busy host), the other half at the floor.
