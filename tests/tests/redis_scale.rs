@@ -326,20 +326,18 @@ async fn redis_killed_mid_load_loses_nothing_acknowledged_and_pushers_recover() 
     let apis: Vec<Api> = pods.pods.iter().map(|p| p.api.clone()).collect();
 
     // A producer: one message per request (each to a recipient of its own), alternating pods,
-    // recording every answer: the ids and recipients acknowledged, and the recipients of the
+    // recording every answer: the (id, recipient) pairs acknowledged, and the recipients of the
     // requests answered otherwise (a 503 at the kill's edge may follow a write Redis applied
     // just before it died, so those messages may or may not be stored).
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let acked_users: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
     let unconfirmed: Arc<Mutex<HashSet<String>>> = Arc::default();
     let outage_answers: Arc<Mutex<Vec<u16>>> = Arc::default();
     let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let producer = {
-        let (apis, acked, acked_users, unconfirmed, outage_answers, down, stop) = (
+        let (apis, acked, unconfirmed, outage_answers, down, stop) = (
             apis.clone(),
             Arc::clone(&acked),
-            Arc::clone(&acked_users),
             Arc::clone(&unconfirmed),
             Arc::clone(&outage_answers),
             Arc::clone(&down),
@@ -355,11 +353,8 @@ async fn redis_killed_mid_load_loses_nothing_acknowledged_and_pushers_recover() 
                 let is_down = down.load(std::sync::atomic::Ordering::Relaxed);
                 match answer {
                     Ok((202, v)) => {
-                        acked_users.lock().await.insert(user);
-                        acked
-                            .lock()
-                            .await
-                            .push(v["id"].as_str().unwrap_or_default().to_string());
+                        let id = v["id"].as_str().unwrap_or_default().to_string();
+                        acked.lock().await.push((id, user));
                         if was_down && is_down {
                             outage_answers.lock().await.push(202);
                         }
@@ -428,18 +423,33 @@ async fn redis_killed_mid_load_loses_nothing_acknowledged_and_pushers_recover() 
         "accepts while redis was down: {outage:?} (never 202 without a write)"
     );
     let acked = acked.lock().await.clone();
-    let distinct: HashSet<&String> = acked.iter().collect();
+    let distinct: HashSet<&String> = acked.iter().map(|(id, _)| id).collect();
     assert_eq!(distinct.len(), acked.len());
-    let s = wait_unique(&wx, acked.len() as u64, Duration::from_secs(60)).await;
+    let acked_users: HashSet<&String> = acked.iter().map(|(_, user)| user).collect();
+    let unconfirmed = unconfirmed.lock().await.clone();
+    // A stored unconfirmed message counts in delivered_unique too, so that count alone cannot
+    // say every acknowledged message arrived: wait for the recipients.
+    let reached = wait_for(
+        "every acknowledged recipient reached",
+        Duration::from_secs(60),
+        || async {
+            let s = wx.stats().await;
+            let all = acked_users
+                .iter()
+                .all(|u| s.per_openid.get(*u).is_some_and(|c| c.delivered > 0));
+            all.then_some(s)
+        },
+    )
+    .await;
     println!(
         "{} acknowledged, {} refused during the outage; sandbox unique deliveries {}",
         acked.len(),
         outage.len(),
-        s.delivered_unique
+        reached.delivered_unique
     );
     // An outcome whose write met the outage is recorded when its entry is claimed again
     // (after claimIdle), so a status can trail the sandbox's count by that long.
-    for id in acked.iter().step_by(25) {
+    for (id, _) in acked.iter().step_by(25) {
         let v = wait_for(
             "every sampled message reported delivered",
             Duration::from_secs(30),
@@ -453,24 +463,11 @@ async fn redis_killed_mid_load_loses_nothing_acknowledged_and_pushers_recover() 
     }
     // Each acknowledged message reached its recipient once (a message recorded again after the
     // outage would reach it a second time, under a new client_msg_id), and nothing reached a
-    // recipient whose request was never sent.
-    let acked_users = acked_users.lock().await.clone();
-    let unconfirmed = unconfirmed.lock().await.clone();
-    // A stored unconfirmed message counts in delivered_unique too: wait for the recipients.
-    let s = wait_for(
-        "every acknowledged recipient reached",
-        Duration::from_secs(60),
-        || async {
-            let s = wx.stats().await;
-            let all = acked_users
-                .iter()
-                .all(|u| s.per_openid.get(u).is_some_and(|c| c.delivered > 0));
-            all.then_some(s)
-        },
-    )
-    .await;
+    // recipient whose request was never sent. Counted after the sampling above, so that a late
+    // second delivery shows.
+    let s = wx.stats().await;
     for user in &acked_users {
-        let delivered = s.per_openid.get(user).map_or(0, |c| c.delivered);
+        let delivered = s.per_openid.get(*user).map_or(0, |c| c.delivered);
         assert_eq!(
             delivered, 1,
             "{user}: acknowledged, delivered {delivered} times"

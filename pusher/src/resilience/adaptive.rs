@@ -186,10 +186,13 @@ impl AdaptiveLimit {
             let floor = self.floor().unwrap_or(mean).as_secs_f64().max(1e-6);
             let ratio = mean.as_secs_f64() / floor;
             if ratio <= s.grow_below {
-                if used && self.slow_start {
-                    self.limit *= 2.0;
-                } else if used {
-                    self.limit += (self.limit / 8.0).max(1.0);
+                if used {
+                    let step = if self.slow_start {
+                        self.limit
+                    } else {
+                        (self.limit / 8.0).max(1.0)
+                    };
+                    self.limit += step;
                 }
             } else if ratio > s.shrink_above {
                 self.limit *= (s.grow_below / ratio).max(0.5);
