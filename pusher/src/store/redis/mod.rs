@@ -80,6 +80,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// next lease of another pusher takes its leases over and, once it holds none, deletes its
 /// consumer. Short, so that a killed pod's messages wait seconds, not `claimIdle`.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// Timeouts in a row after which a cluster client is replaced.
+const RECONNECT_AFTER_TIMEOUTS: u32 = 2;
 /// How long `WAIT` may wait for replicas.
 const WAIT_REPLICAS: Duration = Duration::from_secs(2);
 
@@ -190,7 +192,12 @@ struct Snapshot {
 
 #[derive(Debug)]
 struct Inner {
-    conn: Conn,
+    /// Replaced when a cluster connection stops answering (see [`RedisStore::fail`]).
+    conn: Mutex<Conn>,
+    /// Set while a replacement connection is being made.
+    reconnecting: AtomicBool,
+    /// Timeouts in a row, of a cluster connection.
+    timeouts: std::sync::atomic::AtomicU32,
     options: RedisOptions,
     base: String,
     stream: String,
@@ -292,7 +299,9 @@ impl RedisStore {
         let base = key_base(&options.key_prefix, &options.channel);
         let stream = format!("{base}q");
         let inner = Arc::new(Inner {
-            conn,
+            conn: Mutex::new(conn),
+            reconnecting: AtomicBool::new(false),
+            timeouts: std::sync::atomic::AtomicU32::new(0),
             base,
             stream,
             scripts: Scripts {
@@ -323,7 +332,10 @@ impl RedisStore {
         let store = Self { inner };
         store.create_group().await?;
         store.heartbeat().await?;
-        store.refresh().await?;
+        // The counts come again every second; a slot on the move must not stop the start.
+        if let Err(e) = store.refresh().await {
+            tracing::warn!(error = %e, "cannot read the queue's counts yet");
+        }
         tracing::info!(
             url = %nodes(&store.inner.options.url).iter().map(|n| redact(n)).collect::<Vec<_>>().join(","),
             stream = %store.inner.stream,
@@ -337,7 +349,7 @@ impl RedisStore {
     }
 
     fn conn(&self) -> Conn {
-        self.inner.conn.clone()
+        self.inner.conn.lock().clone()
     }
 
     /// The full name of key `name` of this channel.
@@ -381,10 +393,45 @@ impl RedisStore {
         if is_connection_error(e) && self.inner.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %conn::clean(e), "redis unreachable");
         }
+        self.reconnect_if_stuck(e);
         StoreError::Storage(format!("redis {what}: {}", conn::clean(e)))
     }
 
+    /// A cluster client can stay stuck on a stale view of the cluster after a node restarted
+    /// or a slot moved, every request timing out. After a few timeouts in a row, a new client
+    /// is made in the background (from the seeds, with a fresh slot map) and replaces it.
+    pub(crate) fn reconnect_if_stuck(&self, e: &RedisError) {
+        if !matches!(*self.inner.conn.lock(), Conn::Cluster(_)) {
+            return;
+        }
+        if !e.is_timeout() {
+            self.inner.timeouts.store(0, Ordering::Relaxed);
+            return;
+        }
+        if self.inner.timeouts.fetch_add(1, Ordering::Relaxed) + 1 < RECONNECT_AFTER_TIMEOUTS
+            || self.inner.reconnecting.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let Some(i) = inner.upgrade() else { return };
+            match connect(&i.options.url, i.options.cluster).await {
+                Ok(c) => {
+                    *i.conn.lock() = c;
+                    i.timeouts.store(0, Ordering::Relaxed);
+                    tracing::warn!(
+                        "the redis cluster client kept timing out; replaced it with a new one"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot make a new redis cluster client"),
+            }
+            i.reconnecting.store(false, Ordering::Release);
+        });
+    }
+
     fn ok<T>(&self, v: T) -> T {
+        self.inner.timeouts.store(0, Ordering::Relaxed);
         if !self.inner.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!("redis reachable again");
         }
@@ -392,14 +439,17 @@ impl RedisStore {
     }
 
     async fn create_group(&self) -> Result<(), StoreError> {
-        let r: Result<Value, _> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.inner.stream)
-            .arg(&self.inner.options.consumer_group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn())
-            .await;
+        let r: Result<Value, _> = conn::retrying(|| {
+            let mut conn = self.conn();
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("CREATE")
+                .arg(&self.inner.stream)
+                .arg(&self.inner.options.consumer_group)
+                .arg("0")
+                .arg("MKSTREAM");
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await;
         match r {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
@@ -797,7 +847,8 @@ async fn lease_keeper(inner: Weak<Inner>) {
             for eid in chunk {
                 inv.arg(eid);
             }
-            if let Err(e) = inv.invoke_async::<i64>(&mut inner.conn.clone()).await {
+            let mut conn = inner.conn.lock().clone();
+            if let Err(e) = inv.invoke_async::<i64>(&mut conn).await {
                 tracing::debug!(error = %conn::clean(&e), "cannot keep leases alive");
                 break;
             }

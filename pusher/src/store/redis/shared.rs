@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{RedisError, Script};
 
-use super::{Conn, RedisStore};
+use super::RedisStore;
 use crate::calendar::beijing_day;
 
 /// Rate-limit permit scripts: GCRA on Redis's clock, plus the daily quota counted for all pods.
@@ -95,7 +95,7 @@ pub enum Permit {
 /// The channel's shared client state in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct SharedClient {
-    conn: Conn,
+    store: RedisStore,
     base: String,
     /// This process's lock owner id.
     owner: String,
@@ -121,7 +121,7 @@ impl SharedClient {
     /// The shared state of `store`'s channel, over the store's connection.
     pub fn new(store: &RedisStore) -> Self {
         Self {
-            conn: store.connection(),
+            store: store.clone(),
             base: store.base().to_string(),
             owner: ulid::Ulid::new().to_string(),
             permit: Script::new(PERMIT),
@@ -138,11 +138,12 @@ impl SharedClient {
     // rate and token stay shared through it.
     async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
         super::conn::retrying(|| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.store.connection();
             let cmd = cmd.clone();
             async move { cmd.query_async::<T>(&mut conn).await }
         })
         .await
+        .inspect_err(|e| self.store.reconnect_if_stuck(e))
     }
 
     async fn run_pipe<T: redis::FromRedisValue>(
@@ -150,11 +151,12 @@ impl SharedClient {
         pipe: &redis::Pipeline,
     ) -> Result<T, RedisError> {
         super::conn::retrying(|| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.store.connection();
             let pipe = pipe.clone();
             async move { pipe.query_async::<T>(&mut conn).await }
         })
         .await
+        .inspect_err(|e| self.store.reconnect_if_stuck(e))
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -164,7 +166,7 @@ impl SharedClient {
         args: &[String],
     ) -> Result<T, RedisError> {
         super::conn::retrying(|| {
-            let mut conn = self.conn.clone();
+            let mut conn = self.store.connection();
             let mut inv = script.prepare_invoke();
             for k in keys {
                 inv.key(k);
@@ -175,6 +177,7 @@ impl SharedClient {
             async move { inv.invoke_async::<T>(&mut conn).await }
         })
         .await
+        .inspect_err(|e| self.store.reconnect_if_stuck(e))
     }
 
     /// The token in Redis, if any and not expired.
