@@ -636,3 +636,146 @@ async fn invalidated_tokens_are_refreshed_once_for_all_pods() {
         t.stable_force_refresh
     );
 }
+
+/// The message ids whose stream entries are pending for the consumer of process `pid`.
+fn held_by(redis: &RedisServer, pid: u32) -> (String, Vec<String>) {
+    let suffix = format!("-{pid}");
+    let info = redis.cli(&["XINFO", "CONSUMERS", "{wxpush:engine-test}:q", "pushers"]);
+    let lines: Vec<&str> = info.lines().collect();
+    let name = lines
+        .windows(2)
+        .find(|w| w[0] == "name" && w[1].ends_with(&suffix))
+        .map(|w| w[1].to_string())
+        .unwrap_or_default();
+    let pending = redis.cli(&[
+        "XPENDING",
+        "{wxpush:engine-test}:q",
+        "pushers",
+        "-",
+        "+",
+        "10000",
+        &name,
+    ]);
+    let mut ids = Vec::new();
+    for eid in pending
+        .lines()
+        .filter(|l| l.contains('-') && l.chars().next().is_some_and(|c| c.is_ascii_digit()))
+    {
+        let entry = redis.cli(&["XRANGE", "{wxpush:engine-test}:q", eid, eid]);
+        let fields: Vec<&str> = entry.lines().collect();
+        if let Some(i) = fields.iter().position(|f| *f == "id")
+            && let Some(id) = fields.get(i + 1)
+        {
+            ids.push((*id).to_string());
+        }
+    }
+    (name, ids)
+}
+
+/// With the default `claimIdle` (60 s), three pushers killed one after another (`kill -9`,
+/// a new one started after each): the leases of a killed pusher are taken over within 10 s of
+/// its death (its heartbeat expires, another pusher claims them), each is delivered (the time
+/// is printed: the taken-over messages then wait for the shared rate like the rest), and every
+/// message is delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pushers_leases_are_taken_over_within_seconds() {
+    let n: usize = 3000;
+    let redis = RedisServer::start().await;
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    let extra = json!({
+        "queue": {"redis": {"claimIdle": "60s"}},
+        "rateLimit": {"perSecond": 300, "burst": 20, "dailyQuota": 0},
+    });
+    let mut pods = start_pods(3, &sb_url, &redis.url(), &extra).await;
+    let msgs: Vec<Value> = (0..n).map(|i| template(&format!("churn-{i}"))).collect();
+    for (j, chunk) in msgs.chunks(100).enumerate() {
+        let ids = pods.pods[j % 3].api.batch_ids(chunk).await;
+        assert_eq!(ids.len(), chunk.len());
+    }
+    let mut worst = Duration::ZERO;
+    for round in 0..3 {
+        wait_for("deliveries go on", Duration::from_secs(30), || async {
+            (wx.stats().await.delivered_unique >= (round as u64 + 1) * 300).then_some(())
+        })
+        .await;
+        let pid = pods.pods[0].guard.child.id();
+        pods.pods[0].kill9();
+        let killed = Instant::now();
+        let (name, held) = held_by(&redis, pid);
+        assert!(!name.is_empty(), "the victim's consumer is in the group");
+        // Taken over: the dead consumer holds nothing any more.
+        let vname = name.clone();
+        let port = redis.port;
+        wait_for(
+            "the dead consumer's entries taken over",
+            Duration::from_secs(30),
+            || {
+                let vname = vname.clone();
+                async move {
+                    let p = wxpush_tests::redis::cli(
+                        port,
+                        &[
+                            "XPENDING",
+                            "{wxpush:engine-test}:q",
+                            "pushers",
+                            "-",
+                            "+",
+                            "1",
+                            &vname,
+                        ],
+                    );
+                    p.trim().is_empty().then_some(())
+                }
+            },
+        )
+        .await;
+        let claimed = killed.elapsed();
+        let api = pods.pods[1].api.clone();
+        for id in &held {
+            let api = api.clone();
+            wait_for(
+                &format!("{id}, held by the killed pusher, delivered"),
+                Duration::from_secs(20),
+                || {
+                    let api = api.clone();
+                    async move {
+                        let (_, v) = api.status(id).await;
+                        (v["status"] == "delivered").then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+        let took = killed.elapsed();
+        worst = worst.max(took);
+        println!(
+            "kill {}: {} leased messages of {name} taken over {claimed:.1?} and all delivered \
+             {took:.1?} after its death",
+            round + 1,
+            held.len()
+        );
+        // The heartbeat's TTL (3 s) plus a look per second, far below claimIdle (60 s).
+        assert!(
+            claimed <= Duration::from_secs(10),
+            "{claimed:?} from the kill to its leases taken over"
+        );
+        pods.pods.remove(0);
+        let dir = tempdir();
+        let cfg = redis_config(&sb_url, dir.path(), &redis.url(), &extra);
+        pods.pods.push(PusherProc::start(dir.path(), &cfg).await);
+        pods._dirs.push(dir);
+    }
+    let s = wait_unique(&wx, n as u64, Duration::from_secs(60)).await;
+    assert_eq!(s.delivered_unique, n as u64);
+    let live = pods.pods.len();
+    // Reported, not asserted: after this run the group was seen holding fewer consumers than
+    // live pushers (an open question of the consumer clean-up); the cluster tests assert the
+    // count while work goes on.
+    let info = redis.cli(&["XINFO", "CONSUMERS", "{wxpush:engine-test}:q", "pushers"]);
+    let consumers = info.lines().filter(|l| *l == "name").count();
+    println!(
+        "3 kills: worst delivery of a killed pusher's leases {worst:.1?}; {consumers} consumers \
+         in the group for {live} pushers"
+    );
+}

@@ -80,6 +80,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// next lease of another pusher takes its leases over and, once it holds none, deletes its
 /// consumer. Short, so that a killed pod's messages wait seconds, not `claimIdle`.
 pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// Most entries taken over from dead consumers in one look.
+const TAKE_OVER_AT_MOST: usize = 1000;
 /// Timeouts in a row after which a cluster client is replaced.
 const RECONNECT_AFTER_TIMEOUTS: u32 = 2;
 /// How long `WAIT` may wait for replicas.
@@ -209,6 +211,9 @@ struct Inner {
     last_claim: Mutex<Option<Instant>>,
     /// When this pusher last looked for consumers whose heartbeat expired.
     last_dead_check: Mutex<Option<Instant>>,
+    /// Entries taken over from dead consumers that the dispatcher has not asked for yet
+    /// (entry id, message id): served before new work. Kept alive like leases meanwhile.
+    taken_over: Mutex<std::collections::VecDeque<(String, String)>>,
     /// Where the next `XAUTOCLAIM` scan starts.
     claim_cursor: Mutex<String>,
     /// This process's leases: message id → stream entry id.
@@ -325,6 +330,7 @@ impl RedisStore {
             snapshot: Mutex::new(Snapshot::default()),
             last_claim: Mutex::new(None),
             last_dead_check: Mutex::new(None),
+            taken_over: Mutex::new(std::collections::VecDeque::new()),
             claim_cursor: Mutex::new("0-0".into()),
             leases: Mutex::new(std::collections::HashMap::new()),
             unrecorded: Mutex::new(std::collections::HashMap::new()),
@@ -566,40 +572,6 @@ impl RedisStore {
                 0
             }
         };
-        let o = &self.inner.options;
-        let cursor = self.inner.claim_cursor.lock().clone();
-        let keys = [
-            self.inner.stream.clone(),
-            self.key("d"),
-            self.key("deadt"),
-            self.key("dead"),
-        ];
-        let args = [
-            o.consumer_group.clone(),
-            o.consumer.clone(),
-            max.to_string(),
-            millis(Timestamp::now()).to_string(),
-            claim.to_string(),
-            ms(o.retention).to_string(),
-            cursor,
-        ];
-        let out = match self
-            .script::<Value>(&self.inner.scripts.lease_read, &keys, &args)
-            .await
-        {
-            Err(e) if e.to_string().contains("NOGROUP") => {
-                self.create_group().await?;
-                self.script(&self.inner.scripts.lease_read, &keys, &args)
-                    .await
-            }
-            r => r,
-        }
-        .map_err(|e| self.fail("lease", &e))?;
-        let mut flat = strings(out).into_iter();
-        if let Some(next) = flat.next() {
-            *self.inner.claim_cursor.lock() = next;
-        }
-        let mut entries: Vec<String> = flat.collect();
         let check_dead = {
             let mut last = self.inner.last_dead_check.lock();
             let due = last.is_none_or(|t| now.duration_since(t) >= HEARTBEAT_EVERY);
@@ -608,8 +580,31 @@ impl RedisStore {
             }
             due
         };
-        if check_dead && entries.len() / 2 < max {
-            entries.extend(self.claim_dead(max - entries.len() / 2).await?);
+        if check_dead {
+            // All of a dead consumer's entries at once, whatever room the dispatcher has now:
+            // the rest wait here (kept alive), ahead of new work.
+            let got = self.claim_dead(TAKE_OVER_AT_MOST).await?;
+            let mut buffered = self.inner.taken_over.lock();
+            let mut leases = self.inner.leases.lock();
+            for pair in got.chunks_exact(2) {
+                leases.insert(pair[1].clone(), pair[0].clone());
+                buffered.push_back((pair[0].clone(), pair[1].clone()));
+            }
+        }
+        let mut entries = Vec::new();
+        {
+            let mut buffered = self.inner.taken_over.lock();
+            while entries.len() / 2 < max {
+                let Some((eid, id)) = buffered.pop_front() else {
+                    break;
+                };
+                entries.push(eid);
+                entries.push(id);
+            }
+        }
+        let room = max.saturating_sub(entries.len() / 2);
+        if room > 0 {
+            entries.extend(self.lease_read(room, claim).await?);
         }
         let flat = self.take(&entries).await?;
         let mut leased = Vec::with_capacity(flat.len() / 2);
@@ -637,6 +632,45 @@ impl RedisStore {
             });
         }
         Ok(self.ok(leased))
+    }
+
+    /// The first half of a lease ([`scripts::LEASE_READ`]): up to `count` entries, now in this
+    /// consumer's pending list, as (entry id, message id, ...).
+    async fn lease_read(&self, count: usize, claim: u64) -> Result<Vec<String>, StoreError> {
+        let o = &self.inner.options;
+        let cursor = self.inner.claim_cursor.lock().clone();
+        let keys = [
+            self.inner.stream.clone(),
+            self.key("d"),
+            self.key("deadt"),
+            self.key("dead"),
+        ];
+        let args = [
+            o.consumer_group.clone(),
+            o.consumer.clone(),
+            count.to_string(),
+            millis(Timestamp::now()).to_string(),
+            claim.to_string(),
+            ms(o.retention).to_string(),
+            cursor,
+        ];
+        let out = match self
+            .script::<Value>(&self.inner.scripts.lease_read, &keys, &args)
+            .await
+        {
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                self.create_group().await?;
+                self.script(&self.inner.scripts.lease_read, &keys, &args)
+                    .await
+            }
+            r => r,
+        }
+        .map_err(|e| self.fail("lease", &e))?;
+        let mut flat = strings(out).into_iter();
+        if let Some(next) = flat.next() {
+            *self.inner.claim_cursor.lock() = next;
+        }
+        Ok(flat.collect())
     }
 
     /// The second half of a lease: `entries` (entry id, message id, ...) are in this consumer's
