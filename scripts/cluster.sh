@@ -59,7 +59,7 @@ go_build() {
   local dir=$1 out=$2 pkg=$3 start
   start=$(date +%s)
   log "building $(basename "$out") ($pkg in tools/cluster/$(basename "$dir"))"
-  (cd "$dir" && GOFLAGS="-trimpath -mod=readonly" CGO_ENABLED=0 \
+  (cd "$dir" && GOFLAGS="-trimpath -mod=readonly -buildvcs=false" \
     go build -ldflags='-s -w' -o "$out.tmp" "$pkg") || die "building $pkg failed"
   mv -f "$out.tmp" "$out"
   log "built $(basename "$out") in $(( $(date +%s) - start ))s"
@@ -94,6 +94,19 @@ cmd_build() {
     cp "$dir"/example/prometheus-operator-crd/*.yaml "$crds.tmp/"
     chmod u+w "$crds.tmp"/*.yaml
     rm -rf "$crds"; mv "$crds.tmp" "$crds"
+  fi
+  # kwok moves Nodes and pods through "stages"; its controller takes them from --config files.
+  # The stock ones ship as YAML inside the kwok module.
+  local stages; stages=$(dirname "$bin")/kwok-stages
+  if ! ls "$stages"/*.yaml >/dev/null 2>&1; then
+    local kdir
+    kdir=$(cd "$TOOLS/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)/kustomize/stage
+    mkdir -p "$stages.tmp"
+    cp "$kdir"/node/fast/node-initialize.yaml "$kdir"/node/heartbeat-with-lease/node-heartbeat-with-lease.yaml \
+      "$kdir"/pod/fast/pod-ready.yaml "$kdir"/pod/fast/pod-complete.yaml "$kdir"/pod/fast/pod-delete.yaml \
+      "$stages.tmp/"
+    chmod u+w "$stages.tmp"/*.yaml
+    rm -rf "$stages"; mv "$stages.tmp" "$stages"
   fi
   log "control plane ready in $bin ($(( $(date +%s) - total ))s)"
   flock -u 9
@@ -282,15 +295,18 @@ cmd_up() {
     --authentication-kubeconfig "$S/scheduler.kubeconfig" \
     --authorization-kubeconfig "$S/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$SCHED_PORT" --leader-elect=false --profiling=false --v=1
+  # Both serve /healthz with a self-signed certificate of their own: -k.
   wait_for kube-controller-manager "healthy on 127.0.0.1:$KCM_PORT" \
-    curl -fsS --cacert "$P/ca.crt" --cert "$P/admin.crt" --key "$P/admin.key" "https://127.0.0.1:$KCM_PORT/healthz"
+    curl -fsSk "https://127.0.0.1:$KCM_PORT/healthz"
   wait_for kube-scheduler "healthy on 127.0.0.1:$SCHED_PORT" \
     curl -fsSk "https://127.0.0.1:$SCHED_PORT/healthz"
 
   # kwok and its fake Nodes
+  local stage_flags=() f
+  for f in "$(dirname "$bin")"/kwok-stages/*.yaml; do stage_flags+=(--config "$f"); done
   start kwok "$bin/kwok" --kubeconfig "$ADMIN" --manage-all-nodes=true \
     --server-address "127.0.0.1:$KWOK_PORT" --cidr 10.244.0.0/16 --node-ip 127.0.0.1 \
-    --enable-crds= --v=INFO
+    --node-lease-duration-seconds 40 "${stage_flags[@]}"
   wait_for kwok "healthy on 127.0.0.1:$KWOK_PORT" curl -fsS "http://127.0.0.1:$KWOK_PORT/healthz"
   local n
   for n in $(seq 1 "${WXPUSH_CLUSTER_NODES:-2}"); do
