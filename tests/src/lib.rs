@@ -137,6 +137,7 @@ impl Drop for ChildGuard {
 
 pub mod crd_schema;
 pub mod kube;
+pub mod pod_runner;
 pub mod pusher;
 pub mod redis;
 pub mod sandbox;
