@@ -170,7 +170,17 @@ impl OperatorProcess {
     ///
     /// Panics when it exits before that (use [`OperatorProcess::run_to_exit`] to test refusals).
     pub async fn start(api: &KubeEmulator, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Self::command(api, args, env);
+        Self::start_with_kubeconfig(&api.kubeconfig(), api.dir.path(), args, env).await
+    }
+
+    /// Like [`OperatorProcess::start`], for any cluster: `KUBECONFIG=kubeconfig`, `HOME=home`.
+    pub async fn start_with_kubeconfig(
+        kubeconfig: &Path,
+        home: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Self::command(kubeconfig, home, args, env);
         cmd.stdout(Stdio::piped()).kill_on_drop(true);
         let mut child = cmd.spawn().expect("wxpush-operator starts");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -194,7 +204,7 @@ impl OperatorProcess {
         args: &[&str],
         timeout: Duration,
     ) -> (Option<i32>, String) {
-        let mut cmd = Self::command(api, args, &[]);
+        let mut cmd = Self::command(&api.kubeconfig(), api.dir.path(), args, &[]);
         cmd.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -209,13 +219,13 @@ impl OperatorProcess {
         )
     }
 
-    fn command(api: &KubeEmulator, args: &[&str], env: &[(&str, &str)]) -> Command {
+    fn command(kubeconfig: &Path, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(binary("wxpush-operator"));
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .args(args)
-            .env("KUBECONFIG", api.kubeconfig())
-            .env("HOME", api.dir.path())
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", home)
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -289,6 +299,14 @@ pub struct Kubectl {
 }
 
 impl Kubectl {
+    /// kubectl for the cluster of `kubeconfig`, caching discovery in `cache_dir`.
+    pub fn new(kubeconfig: PathBuf, cache_dir: PathBuf) -> Self {
+        Self {
+            kubeconfig,
+            cache_dir,
+        }
+    }
+
     /// The kubeconfig it uses.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

@@ -135,6 +135,7 @@ impl Drop for ChildGuard {
     }
 }
 
+pub mod cluster;
 pub mod crd_schema;
 pub mod kube;
 pub mod pod_runner;
