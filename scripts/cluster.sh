@@ -45,7 +45,7 @@ cache_key() {
   {
     echo "$K8S_VERSION $ETCD_VERSION $HELM_VERSION $KWOK_VERSION $CMA_VERSION $PROMOP_VERSION"
     go version
-    echo "-trimpath -ldflags=-s -w"
+    echo "-trimpath -ldflags=-s -w $KUBE_LDFLAGS $HELM_LDFLAGS"
     (cd "$TOOLS" && find . -name 'go.mod' -o -name 'go.sum' -o -name '*.go' | LC_ALL=C sort | xargs cat)
   } | sha256sum | cut -c1-12
 }
@@ -54,34 +54,53 @@ cache_root() { echo "${WXPUSH_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/wxp
 
 bin_dir() { echo "$(cache_root)/k8s-$K8S_VERSION-$(cache_key)/bin"; }
 
-# go_build MODULE_DIR OUT PACKAGE: one program, timed, written atomically.
-go_build() {
-  local dir=$1 out=$2 pkg=$3 start
-  start=$(date +%s)
-  log "building $(basename "$out") ($pkg in tools/cluster/$(basename "$dir"))"
-  (cd "$dir" && GOFLAGS="-trimpath -mod=readonly -buildvcs=false" \
-    go build -ldflags='-s -w' -o "$out.tmp" "$pkg") || die "building $pkg failed"
-  mv -f "$out.tmp" "$out"
-  log "built $(basename "$out") in $(( $(date +%s) - start ))s"
+# The version each program reports: built from the module cache, they cannot learn it from git.
+# The API server's /version (which helm and kubectl read) comes from these.
+KUBE_LDFLAGS=""
+for v in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  KUBE_LDFLAGS+=" -X $v.gitVersion=$K8S_VERSION -X $v.gitTreeState=clean"
+  KUBE_LDFLAGS+=" -X $v.gitMajor=$(echo "$K8S_VERSION" | cut -d. -f1 | tr -d v)"
+  KUBE_LDFLAGS+=" -X $v.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
+done
+HELM_LDFLAGS="-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
+
+# program NAME MODULE PACKAGE [LDFLAGS]: puts NAME into the bin dir. Each program is kept under
+# programs/NAME-<hash of its own module, the Go version and the flags>, so that a change to one
+# module (say, the adapter's source) rebuilds that program only; the bin dir holds hard links.
+program() {
+  local name=$1 dir=$TOOLS/$2 pkg=$3 ldflags=${4:-} key store start
+  key=$({ go version; echo "$pkg -trimpath -s -w$ldflags"
+    (cd "$dir" && find . -name 'go.mod' -o -name 'go.sum' -o -name '*.go' | LC_ALL=C sort | xargs cat)
+  } | sha256sum | cut -c1-12)
+  store=$(cache_root)/programs/$name-$key
+  if [ ! -x "$store" ]; then
+    start=$(date +%s)
+    log "building $name ($pkg in tools/cluster/$2)"
+    mkdir -p "$(dirname "$store")"
+    (cd "$dir" && GOFLAGS="-trimpath -mod=readonly -buildvcs=false" \
+      go build -ldflags="-s -w$ldflags" -o "$store.tmp" "$pkg") || die "building $pkg failed"
+    mv -f "$store.tmp" "$store"
+    log "built $name in $(( $(date +%s) - start ))s"
+  fi
+  ln -f "$store" "$BIN/$name" 2>/dev/null || cp -f "$store" "$BIN/$name"
 }
 
 cmd_build() {
   command -v go >/dev/null || die "go is not installed (Go 1.26 builds the control plane)"
-  local bin; bin=$(bin_dir)
-  mkdir -p "$bin"
+  BIN=$(bin_dir)
+  mkdir -p "$BIN"
   # One build at a time per machine: parallel test runs wait here instead of racing.
-  exec 9>"$bin/../build.lock"
+  exec 9>"$(cache_root)/build.lock"
   flock 9
-  local total; total=$(date +%s)
-  local kube=()
+  local total p; total=$(date +%s)
   for p in kube-apiserver kube-controller-manager kube-scheduler; do
-    [ -x "$bin/$p" ] || kube+=("$p")
+    program "$p" kube "k8s.io/kubernetes/cmd/$p" "$KUBE_LDFLAGS"
   done
-  for p in "${kube[@]}"; do go_build "$TOOLS/kube" "$bin/$p" "k8s.io/kubernetes/cmd/$p"; done
-  [ -x "$bin/etcd" ] || go_build "$TOOLS/etcd" "$bin/etcd" go.etcd.io/etcd/server/v3
-  [ -x "$bin/helm" ] || go_build "$TOOLS/helm" "$bin/helm" helm.sh/helm/v4/cmd/helm
-  [ -x "$bin/kwok" ] || go_build "$TOOLS/kwok" "$bin/kwok" sigs.k8s.io/kwok/cmd/kwok
-  [ -x "$bin/wxpush-metrics-adapter" ] || go_build "$TOOLS/adapter" "$bin/wxpush-metrics-adapter" .
+  program etcd etcd go.etcd.io/etcd/server/v3
+  program helm helm helm.sh/helm/v4/cmd/helm " $HELM_LDFLAGS"
+  program kwok kwok sigs.k8s.io/kwok/cmd/kwok
+  program wxpush-metrics-adapter adapter .
+  local bin=$BIN
   # The prometheus-operator CRDs (PodMonitor, ...) ship as YAML inside its Go module.
   local crds; crds=$(dirname "$bin")/crds/prometheus-operator
   if ! ls "$crds"/*.yaml >/dev/null 2>&1; then
@@ -272,6 +291,7 @@ cmd_up() {
     --requestheader-username-headers X-Remote-User --requestheader-group-headers X-Remote-Group \
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "$P/front-proxy-client.crt" --proxy-client-key-file "$P/front-proxy-client.key" \
+    --endpoint-reconciler-type none \
     --allow-privileged=true --profiling=false --v=1
   wait_for kube-apiserver "ready on 127.0.0.1:$APISERVER_PORT" \
     kubectl --kubeconfig "$ADMIN" get --raw /readyz
@@ -441,22 +461,31 @@ start_pod_runner() {
   alive pod-runner || fail pod-runner "the pod runner exited at start"
 }
 
-# --- down -------------------------------------------------------------------------------------
-# Stops every process group `up` started, the last started first; SIGKILL after 10s.
+# --- down ----------------------------------------------------------------------------------------
+# Stops every process group `up` started: SIGTERM to all, SIGKILL to what is left after 10s.
 cmd_down_quiet() {
   [ -d "$STATE/pids" ] || return 0
-  local order=(pod-runner wxpush-metrics-adapter prometheus kwok kube-scheduler kube-controller-manager kube-apiserver etcd)
-  local name pid
-  for name in "${order[@]}"; do
-    [ -f "$STATE/pids/$name.pid" ] || continue
-    pid=$(cat "$STATE/pids/$name.pid")
-    kill -TERM -- "-$pid" 2>/dev/null || true
-    local deadline=$(( $(date +%s) + 10 ))
-    while kill -0 -- "-$pid" 2>/dev/null && [ "$(date +%s)" -lt "$deadline" ]; do sleep 0.2; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    rm -f "$STATE/pids/$name.pid"
+  local f pids=()
+  for f in "$STATE"/pids/*.pid; do
+    [ -f "$f" ] || continue
+    pids+=("$(cat "$f")")
   done
-  rm -f "$STATE/env"
+  local pid
+  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  local deadline=$(( $(date +%s) + 10 )) left
+  while :; do
+    left=0
+    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && left=1; done
+    [ $left -eq 1 ] && [ "$(date +%s)" -lt "$deadline" ] || break
+    sleep 0.2
+  done
+  for pid in "${pids[@]}"; do
+    if kill -0 -- "-$pid" 2>/dev/null; then
+      log "$(grep -lx "$pid" "$STATE"/pids/*.pid | xargs -n1 basename | sed 's/\.pid$//') (process group $pid) did not stop on SIGTERM within 10s: SIGKILL"
+      kill -KILL -- "-$pid" 2>/dev/null || true
+    fi
+  done
+  rm -f "$STATE"/pids/*.pid "$STATE/env"
 }
 
 cmd_down() {

@@ -391,7 +391,7 @@ func (p *metricsProvider) GetMetricBySelector(ctx context.Context, namespace str
 	if err != nil {
 		return nil, err
 	}
-	list := &custom_metrics.MetricValueList{}
+	list := &custom_metrics.MetricValueList{Items: []custom_metrics.MetricValue{}}
 	if len(names) == 0 {
 		return list, nil
 	}
@@ -436,7 +436,7 @@ func (p *metricsProvider) GetExternalMetric(ctx context.Context, namespace strin
 	if err != nil {
 		return nil, apierrors.NewServiceUnavailable(err.Error())
 	}
-	list := &external_metrics.ExternalMetricValueList{}
+	list := &external_metrics.ExternalMetricValueList{Items: []external_metrics.ExternalMetricValue{}}
 	for _, s := range samples {
 		list.Items = append(list.Items, external_metrics.ExternalMetricValue{
 			MetricName:   info.Metric,
