@@ -376,7 +376,7 @@ EOF
     --bind-address 127.0.0.1 --secure-port "$ADAPTER_PORT" \
     --tls-cert-file "$P/adapter.crt" --tls-private-key-file "$P/adapter.key" \
     --lister-kubeconfig "$ADMIN" --authentication-kubeconfig "$ADMIN" --authorization-kubeconfig "$ADMIN" \
-    --v=1
+    --pod-runner-state "$S/pods" --container-name pusher --v=1
   wait_for wxpush-metrics-adapter "healthy on 127.0.0.1:$ADAPTER_PORT" \
     curl -fsS --cacert "$P/ca.crt" "https://127.0.0.1:$ADAPTER_PORT/healthz"
   local ca_bundle; ca_bundle=$(base64 -w0 "$P/ca.crt")
@@ -394,7 +394,7 @@ spec:
     - {name: https, port: $ADAPTER_PORT, protocol: TCP}
 EOF
     local group version priority
-    for gv in custom.metrics.k8s.io/v1beta1/100 custom.metrics.k8s.io/v1beta2/200 external.metrics.k8s.io/v1beta1/100; do
+    for gv in custom.metrics.k8s.io/v1beta1/100 custom.metrics.k8s.io/v1beta2/200 external.metrics.k8s.io/v1beta1/100 metrics.k8s.io/v1beta1/100; do
       IFS=/ read -r group version priority <<<"$gv"
       cat <<EOF
 ---
@@ -415,7 +415,7 @@ EOF
   kubectl --kubeconfig "$ADMIN" apply -f "$S/manifests/adapter.yaml" >/dev/null
   wait_for wxpush-metrics-adapter "APIServices Available" kubectl --kubeconfig "$ADMIN" wait \
     --for=condition=Available apiservice v1beta1.custom.metrics.k8s.io v1beta2.custom.metrics.k8s.io \
-    v1beta1.external.metrics.k8s.io --timeout=2s
+    v1beta1.external.metrics.k8s.io v1beta1.metrics.k8s.io --timeout=2s
   wait_for wxpush-metrics-adapter "custom.metrics.k8s.io answers through the API server" \
     kubectl --kubeconfig "$ADMIN" get --raw /apis/custom.metrics.k8s.io/v1beta1
 

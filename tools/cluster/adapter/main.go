@@ -450,8 +450,10 @@ func (p *metricsProvider) GetExternalMetric(ctx context.Context, namespace strin
 
 type adapter struct {
 	basecmd.AdapterBase
-	rulesPath     string
-	prometheusURL string
+	rulesPath      string
+	prometheusURL  string
+	podRunnerState string
+	containerName  string
 }
 
 func main() {
@@ -462,6 +464,8 @@ func main() {
 	a.Name = "wxpush-metrics-adapter"
 	a.Flags().StringVar(&a.rulesPath, "rules", "", "rules file: the chart's adapter values or an adapter config with rules/externalRules")
 	a.Flags().StringVar(&a.prometheusURL, "prometheus-url", "", "base URL of the Prometheus to query")
+	a.Flags().StringVar(&a.podRunnerState, "pod-runner-state", "", "the pod runner's state dir; when set, metrics.k8s.io is served from the processes it records")
+	a.Flags().StringVar(&a.containerName, "container-name", "pusher", "the container name resource metrics are reported under")
 	logs.AddFlags(a.Flags())
 	if err := a.Flags().Parse(os.Args); err != nil {
 		klog.Fatalf("flags: %v", err)
@@ -502,7 +506,18 @@ func main() {
 	}
 	a.WithCustomMetrics(p)
 	a.WithExternalMetrics(p)
-	if err := a.Run(context.Background()); err != nil {
+	ctx := context.Background()
+	if a.podRunnerState != "" {
+		a.OpenAPIConfig, a.OpenAPIV3Config = openAPIConfigs(a.Name)
+		server, err := a.Server()
+		if err != nil {
+			klog.Fatalf("adapter: %v", err)
+		}
+		if err := a.installResourceMetrics(ctx, server.GenericAPIServer); err != nil {
+			klog.Fatalf("resource metrics: %v", err)
+		}
+	}
+	if err := a.Run(ctx); err != nil {
 		klog.Fatalf("adapter: %v", err)
 	}
 }
