@@ -462,30 +462,37 @@ start_pod_runner() {
 }
 
 # --- down ----------------------------------------------------------------------------------------
-# Stops every process group `up` started: SIGTERM to all, SIGKILL to what is left after 10s.
+# Stops every process group `up` started: SIGTERM, then SIGKILL to what is left after 10s. etcd
+# goes last: the API server shuts down cleanly only while its store still answers.
 cmd_down_quiet() {
   [ -d "$STATE/pids" ] || return 0
-  local f pids=()
+  local f rest=()
   for f in "$STATE"/pids/*.pid; do
-    [ -f "$f" ] || continue
-    pids+=("$(cat "$f")")
+    [ -f "$f" ] && [ "$f" != "$STATE/pids/etcd.pid" ] && rest+=("$f")
   done
-  local pid
-  for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
-  local deadline=$(( $(date +%s) + 10 )) left
+  [ ${#rest[@]} -gt 0 ] && stop_groups "${rest[@]}"
+  [ -f "$STATE/pids/etcd.pid" ] && stop_groups "$STATE/pids/etcd.pid"
+  rm -f "$STATE/env"
+}
+
+# stop_groups PIDFILE...: SIGTERM to each process group, SIGKILL after 10s, then the files go.
+stop_groups() {
+  local f pid left deadline=$(( $(date +%s) + 10 ))
+  for f in "$@"; do kill -TERM -- "-$(cat "$f")" 2>/dev/null || true; done
   while :; do
     left=0
-    for pid in "${pids[@]}"; do kill -0 -- "-$pid" 2>/dev/null && left=1; done
+    for f in "$@"; do kill -0 -- "-$(cat "$f")" 2>/dev/null && left=1; done
     [ $left -eq 1 ] && [ "$(date +%s)" -lt "$deadline" ] || break
     sleep 0.2
   done
-  for pid in "${pids[@]}"; do
+  for f in "$@"; do
+    pid=$(cat "$f")
     if kill -0 -- "-$pid" 2>/dev/null; then
-      log "$(grep -lx "$pid" "$STATE"/pids/*.pid | xargs -n1 basename | sed 's/\.pid$//') (process group $pid) did not stop on SIGTERM within 10s: SIGKILL"
+      log "$(basename "$f" .pid) (process group $pid) did not stop on SIGTERM within 10s: SIGKILL"
       kill -KILL -- "-$pid" 2>/dev/null || true
     fi
+    rm -f "$f"
   done
-  rm -f "$STATE"/pids/*.pid "$STATE/env"
 }
 
 cmd_down() {
