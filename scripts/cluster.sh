@@ -46,7 +46,7 @@ cache_key() {
     echo "$K8S_VERSION $ETCD_VERSION $HELM_VERSION $KWOK_VERSION $CMA_VERSION $PROMOP_VERSION"
     go version
     echo "-trimpath -ldflags=-s -w $KUBE_LDFLAGS $HELM_LDFLAGS"
-    (cd "$TOOLS" && find . -name 'go.mod' -o -name 'go.sum' -o -name '*.go' | LC_ALL=C sort | xargs cat)
+    (cd "$TOOLS" && find . -name 'go.mod' -o -name 'go.sum' -o -name '*.go' ! -name '*_test.go' | LC_ALL=C sort | xargs cat)
   } | sha256sum | cut -c1-12
 }
 
@@ -70,7 +70,7 @@ HELM_LDFLAGS="-X helm.sh/helm/v4/internal/version.version=$HELM_VERSION"
 program() {
   local name=$1 dir=$TOOLS/$2 pkg=$3 ldflags=${4:-} key store start
   key=$({ go version; echo "$pkg -trimpath -s -w$ldflags"
-    (cd "$dir" && find . -name 'go.mod' -o -name 'go.sum' -o -name '*.go' | LC_ALL=C sort | xargs cat)
+    (cd "$dir" && find . -name 'go.mod' -o -name 'go.sum' -o -name '*.go' ! -name '*_test.go' | LC_ALL=C sort | xargs cat)
   } | sha256sum | cut -c1-12)
   store=$(cache_root)/programs/$name-$key
   if [ ! -x "$store" ]; then
