@@ -18,6 +18,7 @@
 #   WXPUSH_POD_RUNNER      the pod runner binary (default target/debug/wxpush-pod-runner)
 #   WXPUSH_PUSHER_BIN      the pusher binary the pod runner starts (default target/debug/wxpush-pusher)
 #   WXPUSH_UP_TIMEOUT      seconds each component gets to turn healthy (default 120)
+#   WXPUSH_CLUSTER_OWNER_PID  when set, `down` runs by itself once that process has exited
 set -Eeuo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -429,6 +430,16 @@ WXPUSH_PROMETHEUS_URL=http://127.0.0.1:$PROM_PORT
 WXPUSH_CLUSTER_STATE=$S
 WXPUSH_PROMETHEUS_OPERATOR_CRDS=$(dirname "$bin")/crds/prometheus-operator
 EOF
+  # With WXPUSH_CLUSTER_OWNER_PID, a watcher runs `down` once that process is gone, so a test
+  # run killed before its own `down` leaves nothing behind. It ends by itself after a `down`.
+  if [ -n "${WXPUSH_CLUSTER_OWNER_PID:-}" ]; then
+    kill -0 "$WXPUSH_CLUSTER_OWNER_PID" 2>/dev/null || fail up "WXPUSH_CLUSTER_OWNER_PID=$WXPUSH_CLUSTER_OWNER_PID is not a running process"
+    setsid bash -c 'while kill -0 "$1" 2>/dev/null && [ -f "$2/env" ]; do sleep 2; done
+      if [ -f "$2/env" ]; then echo "owner $1 is gone: down"; exec "$3" down --state "$2"; fi' \
+      _ "$WXPUSH_CLUSTER_OWNER_PID" "$S" "$ROOT/scripts/cluster.sh" >"$S/logs/watcher.log" 2>&1 </dev/null &
+    echo $! >"$S/watcher.pid"
+    log "started the watcher of owner $WXPUSH_CLUSTER_OWNER_PID (pid $!)"
+  fi
   trap - ERR
   log "up: API server https://127.0.0.1:$APISERVER_PORT, prometheus http://127.0.0.1:$PROM_PORT, state $S"
   log "use it with: source <(scripts/cluster.sh env --state $S)"
@@ -473,6 +484,13 @@ cmd_down_quiet() {
   [ ${#rest[@]} -gt 0 ] && stop_groups "${rest[@]}"
   [ -f "$STATE/pids/etcd.pid" ] && stop_groups "$STATE/pids/etcd.pid"
   rm -f "$STATE/env"
+  # The watcher (see up) stops by itself once env is gone; when it is the one running down, $$
+  # is its pid.
+  if [ -f "$STATE/watcher.pid" ]; then
+    local w; w=$(cat "$STATE/watcher.pid")
+    [ "$w" = "$$" ] || kill -TERM "$w" 2>/dev/null || true
+    rm -f "$STATE/watcher.pid"
+  fi
 }
 
 # stop_groups PIDFILE...: SIGTERM to each process group, SIGKILL after 10s, then the files go.
