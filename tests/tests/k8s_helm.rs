@@ -4,7 +4,8 @@
 //! - `helm lint --strict` and `helm template` (default and namespaced values);
 //! - `helm install` with default values; the operator, with a token of the chart's
 //!   ServiceAccount, reconciles the full example (and its PodMonitor: prometheus-operator's CRDs
-//!   are installed); a missing verb fails the reconcile, so this test;
+//!   are installed); a missing verb fails the reconcile, so this test. The PushChannel turns
+//!   Ready, and the HPA reports `ScalingActive=True` with values of its three metrics;
 //! - `helm upgrade` with changed values (a shorter Lease), seen in the Deployment; two operator
 //!   replicas, one holds the Lease; it is killed and the other takes over and reconciles;
 //! - `helm uninstall` leaves no object of the release (the CRD stays, as Helm keeps `crds/`);
@@ -22,7 +23,7 @@ use wxpush_tests::cluster::{
 };
 use wxpush_tests::kube::{Kubectl, condition_status, owned_by};
 use wxpush_tests::redis::RedisServer;
-use wxpush_tests::wait_for;
+use wxpush_tests::{sandbox, wait_for};
 
 const CHART: &str = "charts/wxpush-operator";
 
@@ -104,6 +105,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
     let cluster = Cluster::up();
     let kubectl = cluster.kubectl();
     let redis = RedisServer::start().await;
+    let wx = sandbox::start(sandbox::config()).await;
 
     // Lint and render with the real CLI.
     for set in [None, Some("watchNamespaces={shop}")] {
@@ -191,7 +193,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
     kubectl
         .apply(&full_example(
             "shop",
-            "http://127.0.0.1:9",
+            &wx.handle.base_url(),
             &serde_json::json!({}),
         ))
         .await
@@ -224,6 +226,58 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
         let obj: Value = serde_json::from_str(&obj).expect("JSON");
         assert!(owned_by(&obj, &uid), "{resource} owned by the PushChannel");
     }
+
+    // What a user sees: a Ready PushChannel, and an HPA computing from metric values it read
+    // through the adapter.
+    wait_for("the PushChannel Ready", WAIT, || async {
+        let out = kubectl
+            .run(
+                &[
+                    "get",
+                    "pushchannel",
+                    "payment-notify",
+                    "-n",
+                    "shop",
+                    "-o",
+                    "json",
+                ],
+                None,
+            )
+            .await
+            .ok()?;
+        let pc: Value = serde_json::from_str(&out).ok()?;
+        (condition_status(&pc, "Ready") == Some("True")).then_some(())
+    })
+    .await;
+    wait_for(
+        "the HPA ScalingActive=True with metric values",
+        WAIT,
+        || async {
+            let out = kubectl
+                .run(
+                    &[
+                        "get",
+                        "hpa",
+                        "payment-notify-pusher",
+                        "-n",
+                        "shop",
+                        "-o",
+                        "json",
+                    ],
+                    None,
+                )
+                .await
+                .ok()?;
+            let hpa: Value = serde_json::from_str(&out).ok()?;
+            let values = hpa["status"]["currentMetrics"].as_array().is_some_and(|m| {
+                ["Pods", "External", "Resource"]
+                    .iter()
+                    .all(|t| m.iter().any(|x| x["type"] == *t))
+            });
+            (condition_status(&hpa, "ScalingActive") == Some("True") && values).then_some(())
+        },
+    )
+    .await;
 
     // helm upgrade with a changed value: a 5 s Lease.
     cluster.helm(&[
