@@ -10,7 +10,9 @@
 //!   PushChannel's `Ready` condition follows;
 //! - the HPA owns `spec.replicas`: over a minute of reconciles (a short requeue and spec
 //!   changes that roll the pods) the operator never writes it, and it never changes but by the
-//!   HPA.
+//!   HPA;
+//! - a deleted Service is restored, and deleting the PushChannel removes every child (the real
+//!   garbage collector).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -265,5 +267,45 @@ async fn the_real_api_server_accepts_the_examples_and_the_operator_reconciles_th
             .then_some(())
     })
     .await;
+
+    // A deleted child is restored; the deleted PushChannel's children go with it (the real
+    // garbage collector, following the owner references).
+    kubectl
+        .run(
+            &["delete", "service", "payment-notify-pusher", "-n", NS],
+            None,
+        )
+        .await
+        .expect("delete the Service");
+    wait_for("the Service restored", WAIT, || async {
+        get(&kubectl, "service", "payment-notify-pusher")
+            .await
+            .filter(|svc| owned_by(svc, &uid))
+            .map(|_| ())
+    })
+    .await;
+    kubectl
+        .run(&["delete", "pushchannel", "payment-notify", "-n", NS], None)
+        .await
+        .expect("delete the PushChannel");
+    for resource in [
+        "configmap",
+        "deployment",
+        "service",
+        "poddisruptionbudget",
+        "horizontalpodautoscaler",
+        "podmonitor.monitoring.coreos.com",
+    ] {
+        wait_for(&format!("{resource} garbage-collected"), WAIT, || async {
+            match kubectl
+                .run(&["get", resource, "payment-notify-pusher", "-n", NS], None)
+                .await
+            {
+                Err(e) if e.is_not_found() => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
     assert_eq!(operator.terminate(Duration::from_secs(30)).await, Some(0));
 }
