@@ -1,6 +1,7 @@
 //! The operator's end-to-end harness: a Kubernetes API emulator (`tests/kube_emulator`, a layer
 //! over the PyPI package `kmock`) started as a subprocess on a loopback port the OS picks, the
-//! real `kubectl` pointed at it, and helpers that wait for objects to reach a state.
+//! real `kubectl` pointed at it, and helpers that wait for objects to reach a state. `Kubectl`
+//! and `OperatorProcess` also serve the real control plane (`crate::cluster`).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -156,7 +157,8 @@ impl KubeEmulator {
     }
 }
 
-/// A running `wxpush-operator` (the real binary) pointed at an emulator; killed when dropped.
+/// A running `wxpush-operator` (the real binary) pointed at an emulator or a real cluster; killed
+/// when dropped.
 #[derive(Debug)]
 pub struct OperatorProcess {
     child: Child,
