@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 /// Default WeChat API endpoint.
 pub const DEFAULT_API_BASE_URL: &str = "https://api.weixin.qq.com";
 
-/// Default pusher image.
-pub const DEFAULT_IMAGE: &str = "ghcr.io/wxpush/wxpush-pusher:0.1.0";
+/// Default pusher image ([`crate::images::DEFAULT_PUSHER_IMAGE`]).
+pub const DEFAULT_IMAGE: &str = crate::images::DEFAULT_PUSHER_IMAGE;
 
 /// One WeChat account's delivery channel: where its credentials are, how to reach WeChat, and
 /// the policies of the pusher that the operator runs for it.

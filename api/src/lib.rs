@@ -5,6 +5,7 @@
 //! - [`config`]: the pusher's config file (`wxpush-pusher serve --config FILE`): its types,
 //!   parsing, environment overrides and validation. Reading files is the pusher's job.
 //! - [`crd`]: the `PushChannel` custom resource, from which `crdgen` writes the CRD.
+//! - [`images`]: the published image names, set once.
 //! - [`clock`]: the wall clock the pusher and the operator decide by, which the tests can move.
 //!
 //! The operator depends on this crate alone, so it never compiles the pusher's store, HTTP
@@ -13,4 +14,5 @@
 pub mod clock;
 pub mod config;
 pub mod crd;
+pub mod images;
 pub mod policy;

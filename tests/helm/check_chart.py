@@ -399,6 +399,21 @@ def main() -> int:
             assert chart.schema and chart.schema["$schema"].startswith("http://json-schema.org/draft-07/")
     check("Chart.yaml metadata, values and draft-07 schema load", metadata)
 
+    def packaged() -> None:
+        import tarfile
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(helm.package(CHART, destination=tmp))
+            assert archive.name == "wxpush-operator-0.1.0.tgz", archive
+            with tarfile.open(archive) as tar:
+                names = set(tar.getnames())
+            for need in ["Chart.yaml", "values.yaml", "values.schema.json", "crds/pushchannel.yaml",
+                         "templates/deployment.yaml"]:
+                assert f"wxpush-operator/{need}" in names, (need, sorted(names))
+            with helm.Chart.load(archive) as chart:
+                assert chart.name == "wxpush-operator" and chart.version == "0.1.0"
+    check("helm package makes wxpush-operator-0.1.0.tgz, which loads", packaged)
+
     def schema_strict() -> None:
         with helm.Chart.load(CHART) as chart:
             schema = chart.schema
