@@ -180,8 +180,13 @@ pub struct Events {
     /// refused (404) while it is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<LocalSecret>,
-    /// The EncodingAESKey (43 characters), for safe mode (`encrypt_type=aes`). Recommended: in
-    /// plain mode WeChat's signature covers only the timestamp and nonce, not the body.
+    /// The message mode chosen at WeChat: `plain`, `compatible` or `safe`. Default: `safe` when
+    /// `encodingAesKey` is set, else `plain`. The pusher never takes the mode from the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<EventsMode>,
+    /// The EncodingAESKey (43 characters), needed by `compatible` and `safe` and refused by
+    /// `plain`. Recommended: in plain mode WeChat's signature covers only the timestamp and
+    /// nonce, not the body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding_aes_key: Option<LocalSecret>,
     /// Requests whose signed `timestamp` is further than this from the pusher's clock are
@@ -191,10 +196,52 @@ pub struct Events {
     pub max_clock_skew: HumanDuration,
 }
 
+impl Events {
+    /// The mode in force: `mode` when set, else `safe` with a key and `plain` without.
+    pub fn effective_mode(&self) -> EventsMode {
+        self.mode.unwrap_or(if self.encoding_aes_key.is_some() {
+            EventsMode::Safe
+        } else {
+            EventsMode::Plain
+        })
+    }
+}
+
+/// WeChat's three message modes of the server-URL callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EventsMode {
+    /// Plain XML bodies. WeChat's `signature` covers the token, timestamp and nonce only, so
+    /// the body is protected by nothing but the once-only `(timestamp, nonce)` rule.
+    Plain,
+    /// WeChat sends plain fields and an `<Encrypt>` element side by side. The pusher handles it
+    /// exactly as `safe`: it checks `msg_signature` and reads only the decrypted payload.
+    Compatible,
+    /// Only an `<Encrypt>` element; every POST must carry `msg_signature` over it.
+    Safe,
+}
+
+impl EventsMode {
+    /// Whether POSTs must be sealed (`compatible` and `safe`).
+    pub fn sealed(self) -> bool {
+        !matches!(self, Self::Plain)
+    }
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Compatible => "compatible",
+            Self::Safe => "safe",
+        }
+    }
+}
+
 impl Default for Events {
     fn default() -> Self {
         Self {
             token: None,
+            mode: None,
             encoding_aes_key: None,
             max_clock_skew: default_max_clock_skew(),
         }
@@ -437,6 +484,18 @@ impl PusherConfig {
         }
         if self.auth.token.as_deref().is_some_and(|t| t.len() < 16) {
             bad("auth.token", "use at least 16 characters");
+        }
+        match (self.events.effective_mode(), &self.events.encoding_aes_key) {
+            (EventsMode::Plain, Some(_)) => bad(
+                "events.mode",
+                "plain mode takes no encodingAesKey: set mode to safe or compatible, or remove \
+                 the key",
+            ),
+            (m, None) if m.sealed() => bad(
+                "events.encodingAesKey",
+                &format!("{} mode needs the EncodingAESKey", m.as_str()),
+            ),
+            _ => {}
         }
         if self.queue.kind().is_none() {
             bad("queue", "set exactly one queue kind: embedded or redis");

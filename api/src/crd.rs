@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::Shutdown;
+use crate::config::{EventsMode, Shutdown};
 use crate::policy::{
     Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
     SecretKeyRef, Timeouts, TokenPolicy,
@@ -94,6 +94,10 @@ pub struct PushChannelSpec {
     /// Outcome callbacks to producers.
     #[serde(default)]
     pub callbacks: Callbacks<SecretKeyRef>,
+    /// WeChat's delivery events (server-URL callback). Their token and EncodingAESKey are
+    /// keys of the credentials Secret.
+    #[serde(default)]
+    pub events: ChannelEvents,
     /// Replicas when autoscaling is off. Default `1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
@@ -148,6 +152,17 @@ pub struct CredentialsSecretRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub encoding_aes_key_key: Option<String>,
+}
+
+/// How WeChat's delivery events reach the pusher.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelEvents {
+    /// The message mode chosen at WeChat: `plain`, `compatible` or `safe`. Default: `safe` when
+    /// `credentials.secretRef.encodingAesKeyKey` is set, else `plain`. `plain` with a key, or
+    /// `safe`/`compatible` without one, is refused in the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<EventsMode>,
 }
 
 fn default_app_id_key() -> String {

@@ -293,8 +293,20 @@ fn events_state<S: Store>(
     let token = token
         .read()
         .map_err(|e| ServerError::Events(format!("token: {e}")))?;
+    let mode = config.events.effective_mode();
     let cipher = match &config.events.encoding_aes_key {
+        None if mode.sealed() => {
+            return Err(ServerError::Events(format!(
+                "{} mode needs encodingAesKey",
+                mode.as_str()
+            )));
+        }
         None => None,
+        Some(_) if !mode.sealed() => {
+            return Err(ServerError::Events(
+                "plain mode takes no encodingAesKey".into(),
+            ));
+        }
         Some(key) => {
             let key = key
                 .read()

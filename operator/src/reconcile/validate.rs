@@ -188,6 +188,25 @@ auth: {secretRef: {name: auth, key: token}}
     }
 
     #[test]
+    fn events_mode_must_match_the_key() {
+        let with_key = "credentials: {secretRef: {name: wx, eventTokenKey: t, encodingAesKeyKey: k}}\n\
+                        auth: {secretRef: {name: auth, key: token}}\n";
+        let problems = validate(&channel(
+            "a",
+            &format!("{with_key}events: {{mode: plain}}\n"),
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.events.mode");
+        assert!(validate(&channel("a", with_key)).is_empty());
+        let problems = validate(&channel(
+            "a",
+            &format!("{BASE}events: {{mode: compatible}}\n"),
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.events.encodingAesKey");
+    }
+
+    #[test]
     fn long_names_are_refused() {
         let long = "a".repeat(MAX_NAME_LEN + 1);
         assert_eq!(validate(&channel(&long, BASE))[0].field, "metadata.name");

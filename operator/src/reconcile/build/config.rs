@@ -64,6 +64,7 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
                 .event_token_key
                 .as_ref()
                 .map(|_| file_secret(mounts::CREDENTIALS, mounts::EVENT_TOKEN)),
+            mode: spec.events.mode,
             encoding_aes_key: creds
                 .encoding_aes_key_key
                 .as_ref()
