@@ -26,6 +26,7 @@ pub mod config;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod dispatch;
+pub mod error_code;
 pub mod events;
 pub mod fuzzing;
 pub mod message;

@@ -208,6 +208,7 @@ async fn injected_store_faults_lose_strand_and_duplicate_nothing() {
         let item = AcceptItem {
             message,
             idempotency_key: Some(format!("key-{i}")),
+            request_digest: None,
         };
         let mut tries = 0;
         let id = loop {

@@ -33,6 +33,7 @@ async fn accept(store: &EmbeddedStore, n: usize) {
             message: parse_message(&json!({"touser": format!("o{i}"), "template_id": "T"}))
                 .expect("valid"),
             idempotency_key: None,
+            request_digest: None,
         })
         .collect();
     store.accept(items).await.expect("accepts");
@@ -194,6 +195,7 @@ async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
             )
             .expect("valid"),
             idempotency_key: None,
+            request_digest: None,
         })
         .collect();
     store.accept(items).await.expect("accepts");

@@ -36,7 +36,7 @@ use crate::message::{MessageId, MessageRecord, Status};
 use crate::store::index::{COUNT_EVERY_MS, Key};
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
-    StoreError, apply_event, millis, reset_for_replay, wants_callback,
+    StoreError, apply_event, digests_match, millis, reset_for_replay, wants_callback,
 };
 
 /// An operation for the writer.
@@ -977,11 +977,18 @@ impl Writer {
             match seen {
                 Some(first) => {
                     // An unreadable first record still answers the duplicate with its id.
-                    let status = t
-                        .record(first)
-                        .ok()
-                        .flatten()
-                        .map_or(Status::Queued, |r| r.status);
+                    let record = t.record(first).ok().flatten();
+                    if let Some(r) = &record
+                        && !digests_match(
+                            r.request_digest.as_deref(),
+                            item.request_digest.as_deref(),
+                        )
+                    {
+                        return Ok(Step::Refused(StoreError::KeyReused(
+                            item.idempotency_key.unwrap_or_default(),
+                        )));
+                    }
+                    let status = record.map_or(Status::Queued, |r| r.status);
                     results.push(Accepted {
                         id: MessageId::from_u128(first),
                         status,
@@ -989,12 +996,15 @@ impl Writer {
                     });
                 }
                 None => {
-                    let record = MessageRecord::new(
+                    let mut record = MessageRecord::new(
                         MessageId::new(),
                         item.message,
                         item.idempotency_key,
                         g.now,
                     );
+                    if record.idempotency_key.is_some() {
+                        record.request_digest = item.request_digest;
+                    }
                     results.push(Accepted {
                         id: record.id,
                         status: Status::Queued,

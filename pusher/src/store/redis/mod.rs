@@ -632,9 +632,13 @@ impl Store for RedisStore {
             .arg(items.len());
         for item in items {
             let key = item.idempotency_key.clone().unwrap_or_default();
-            let record =
+            let mut record =
                 MessageRecord::new(MessageId::new(), item.message, item.idempotency_key, now);
+            if record.idempotency_key.is_some() {
+                record.request_digest = item.request_digest;
+            }
             inv.arg(key)
+                .arg(record.request_digest.clone().unwrap_or_default())
                 .arg(record.id.to_string())
                 .arg(encode(&record)?);
         }
@@ -651,6 +655,11 @@ impl Store for RedisStore {
                     max: self.inner.options.max_messages,
                     retry_after: Duration::from_secs(1),
                 });
+            }
+            Some("reused") => {
+                return Err(StoreError::KeyReused(
+                    flat.get(1).cloned().unwrap_or_default(),
+                ));
             }
             Some("ok") => {}
             _ => {
