@@ -261,3 +261,52 @@ async fn a_token_file_swapped_as_kubernetes_swaps_it_takes_effect_within_a_reloa
     let (code, _) = pusher.api.send(&template("rotation-c")).await;
     assert_eq!(code, 401, "the old token still works after the swap");
 }
+
+/// Issue 25: `/healthz` needs no token, so it must not show WeChat's errmsg (for 40164 it
+/// names the caller's IP). A pusher with a wrong app secret is held by 40125: `/healthz` and
+/// `/readyz` say one word; `/v1/status` (token) and the metrics carry the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_health_carries_no_errmsg() {
+    let (_sb, sb_url) = wxpush_tests::sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"credentials": {"appSecret": "a-wrong-secret"}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let (code, _) = pusher.api.send(&template("held-user")).await;
+    assert_eq!(code, 202);
+    let api = pusher.api.clone();
+    let body = wait_for("sending on hold", Duration::from_secs(20), || {
+        let api = api.clone();
+        async move {
+            let (_, body) = api.raw_get("/healthz").await;
+            body.contains("on_hold").then_some(body)
+        }
+    })
+    .await;
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v, json!({"status": "on_hold"}), "{body}");
+    let (code, body) = pusher.api.raw_get("/readyz").await;
+    assert_eq!((code, body.trim()), (200, r#"{"status":"ok"}"#));
+
+    let anonymous = reqwest::get(format!("{}/v1/status", pusher.base))
+        .await
+        .expect("answers");
+    assert_eq!(anonymous.status().as_u16(), 401);
+    let (code, status) = pusher.api.get("/v1/status").await;
+    assert_eq!(code, 200);
+    assert_eq!(status["sending"], "on_hold", "{status}");
+    assert_eq!(status["hold"]["errcode"], 40125, "{status}");
+    assert!(
+        status["hold"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("40125")),
+        "{status}"
+    );
+    assert_eq!(
+        pusher.api.metric("wxpush_channel_hold_errcode", &[]).await,
+        40125.0
+    );
+}
