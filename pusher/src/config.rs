@@ -21,14 +21,15 @@ pub fn load(path: &Path) -> Result<PusherConfig, ConfigError> {
 
 /// Reading a [`LocalSecret`]'s value, which the API crate only describes.
 pub trait ReadSecret {
-    /// Reads the value now (files are re-read on each call, so rotation is picked up).
+    /// Reads the value now, trimmed of surrounding whitespace whatever its source (a file or a
+    /// variable made by `kubectl create secret --from-file` ends in a newline).
     fn read(&self) -> Result<String, SecretError>;
 }
 
 impl ReadSecret for LocalSecret {
     fn read(&self) -> Result<String, SecretError> {
         let (value, from) = match self {
-            Self::Inline(v) => (v.clone(), "inline value".to_string()),
+            Self::Inline(v) => (v.trim().to_string(), "inline value".to_string()),
             Self::File { file } => {
                 let v = std::fs::read_to_string(file).map_err(|source| SecretError::File {
                     path: file.clone(),

@@ -144,6 +144,10 @@ pub struct Metrics {
     /// `wxpush_channel_paused`: 1 while the channel cannot send (configuration fault, daily
     /// quota), else 0.
     pub channel_paused: Gauge,
+    /// `wxpush_channel_hold_errcode`: WeChat's errcode that holds sending now (40164, 40125,
+    /// 45009...), 0 while sending or when the hold is the circuit breaker's. `/healthz` does
+    /// not show it; `/v1/status` does, with WeChat's message.
+    pub channel_hold_errcode: Gauge,
     /// `wxpush_events_total{event,result}`: requests to `/wechat/events` by outcome.
     pub events: Family<EventLabels, Counter>,
     /// `wxpush_callbacks_total{result}`: outcome-callback attempts by result.
@@ -252,6 +256,12 @@ impl Metrics {
             "1 while the channel is paused (configuration fault or quota)",
             channel_paused.clone(),
         );
+        let channel_hold_errcode = Gauge::default();
+        registry.register(
+            "channel_hold_errcode",
+            "WeChat's errcode that holds sending now (0 when none)",
+            channel_hold_errcode.clone(),
+        );
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "events",
@@ -308,6 +318,7 @@ impl Metrics {
             circuit_opens,
             send_timeouts,
             channel_paused,
+            channel_hold_errcode,
             events,
             callbacks,
             queue_group_lag,

@@ -56,7 +56,7 @@ use redis::streams::StreamPendingReply;
 use redis::{RedisError, Script, Value};
 use tokio::sync::Notify;
 
-pub use conn::{Conn, connect, nodes, redact};
+pub use conn::{Conn, check_url, connect, nodes, redact};
 pub use shared::{Permit, SharedClient, SharedToken};
 
 use super::{
