@@ -549,7 +549,7 @@ fn not_ready<S: Store>(state: &ApiState<S>) -> Option<&'static str> {
 #[utoipa::path(get, path = "/v1/status", tag = "health",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the pusher's state with its reasons", body = openapi::Status),
+        (status = 200, description = "the pusher's state with its reasons", body = openapi::ServiceStatus),
         (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
     ))]
 async fn status<S: Store>(State(state): State<Shared<S>>) -> Response {

@@ -168,7 +168,7 @@ pub struct Health {
 
 /// `/v1/status`: the state with its reasons, for holders of the token.
 #[derive(Debug, ToSchema)]
-pub struct Status {
+pub struct ServiceStatus {
     /// As `/healthz`: `ok`, `on_hold` or `unavailable`.
     status: String,
     /// Whether the store heals (false: `/healthz` answers 503).
