@@ -3,7 +3,8 @@
 //! - `serve --config FILE`: run the pusher (prints `wxpush-pusher listening on http://ADDR`).
 //! - `check-config --config FILE`: validate a config, print it resolved (secrets redacted); it
 //!   also checks what `serve` would fail on (EncodingAESKey, a writable queue folder, free
-//!   listen ports, callback targets, a reachable Redis).
+//!   listen ports, callback targets, a reachable Redis); `--online` also fetches one
+//!   access_token with the configured credentials.
 //! - `demo`: sandbox + pusher in one process, a few thousand messages end to end, with a live
 //!   progress line, a closing table, and `--faults MODE` to watch it survive a bad WeChat.
 //!
@@ -50,6 +51,11 @@ enum Command {
         /// The config file (YAML).
         #[arg(long, env = "WXPUSH_CONFIG")]
         config: PathBuf,
+        /// Also fetch one access_token with the configured credentials from `apiBaseUrl`, and
+        /// report a wrong appid or secret, an address not on the IP allowlist or an unreachable
+        /// endpoint in one line each (docs/wechat-onboarding.md).
+        #[arg(long)]
+        online: bool,
     },
     /// Start the sandbox and a pusher in this process, send messages through the HTTP API,
     /// wait for delivery and report count, rate and latency.
@@ -135,7 +141,7 @@ fn init_tracing(default: &str, json: bool) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, online } => check_config(&config, online),
         Command::Serve { config } => {
             init_tracing("info", cli.log_json);
             let config = wxpush_pusher::config::load(&config)
@@ -242,7 +248,7 @@ fn redact_secret(s: &mut Option<LocalSecret>) {
     }
 }
 
-fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+fn check_config(path: &std::path::Path, online: bool) -> anyhow::Result<()> {
     let mut config = match wxpush_pusher::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -283,6 +289,17 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         eprintln!("{}: {}", path.display(), problems.join("; "));
         std::process::exit(1);
     }
+    let online_line = if online {
+        match runtime()?.block_on(wxpush_pusher::wechat::verify::check_credentials(&config)) {
+            Ok(line) => Some(line),
+            Err(line) => {
+                eprintln!("{}: {line}", path.display());
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     redact(&mut config.credentials.app_secret);
     redact(&mut config.auth.token);
     redact_secret(&mut config.events.token);
@@ -294,7 +311,11 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         *v = "<redacted>".into();
     }
     let yaml = serde_yaml_ng::to_string(&config).context("printing the config")?;
-    println!("# {}: valid\n{yaml}", path.display());
+    println!("# {}: valid", path.display());
+    if let Some(line) = online_line {
+        println!("# {line}");
+    }
+    println!("{yaml}");
     Ok(())
 }
 

@@ -86,6 +86,9 @@ impl Pusher {
     /// dispatching. Must run inside a Tokio runtime.
     pub async fn start(config: PusherConfig) -> Result<Self, ServerError> {
         let metrics = Arc::new(Metrics::new(&config.channel));
+        metrics
+            .daily_quota
+            .set(i64::try_from(config.rate_limit.daily_quota).unwrap_or(i64::MAX));
         let auth = AuthToken::new(config.auth.token().ok_or(ServerError::NoAuth)?)
             .map_err(ServerError::Auth)?;
         match config.queue.kind() {

@@ -514,6 +514,11 @@ async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Response {
         .metrics
         .set_queue(QueueState::inflight, gauge(c.inflight));
     state.metrics.set_queue(QueueState::dead, gauge(c.dead));
+    let now = crate::store::millis(jiff::Timestamp::now());
+    let age_s = c
+        .oldest_ready_ms
+        .map_or(0, |due| now.saturating_sub(due) / 1000);
+    state.metrics.oldest_ready_age.set(gauge(age_s));
     (
         [(
             header::CONTENT_TYPE,
