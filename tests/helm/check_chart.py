@@ -544,6 +544,7 @@ def main() -> int:
                 assert args["--leader-election"] == "true"
                 assert "--namespace" not in args and "WXPUSH_OPERATOR_WATCH_NAMESPACES" not in env
                 assert "WXPUSH_OPERATOR_ALLOWED_IMAGES" not in env and "--log-json" not in args
+                assert "--check-credentials" not in args, "on by default: the operator's own default"
                 for kind in ("ServiceMonitor", "ConfigMap", "PrometheusRule"):
                     assert not of_kind(objs, kind), f"{kind} rendered by default"
                 union = set().union(*(grants(o) for o in of_kind(objs, "ClusterRole")))
@@ -577,6 +578,7 @@ def main() -> int:
                 svc = one(objs, "Service")
                 assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
                 assert "--log-json" in args
+                assert args["--check-credentials"] == "false"
                 check_adapter_rules(objs, chart_values)
                 check_dashboard(objs)
                 pr = one(objs, "PrometheusRule")
