@@ -149,6 +149,20 @@ async fn credentials_valid_costs_one_token_call_per_credential_change() {
     reconciles(&operator, 3).await;
     assert_eq!(stable(), 3);
 
+    // The operator counts its token requests by answer.
+    let text = wxpush_tests::sandbox::http()
+        .get(format!("http://{}/metrics", operator.addr))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    for (reason, n) in [("TokenIssued", 2), ("InvalidAppSecret", 1)] {
+        let line = format!("wxpush_operator_credential_checks_total{{result=\"{reason}\"}} {n}");
+        assert!(text.contains(&line), "{line} in:\n{text}");
+    }
+
     // Nothing the operator wrote carries the secret.
     let pch = kubectl
         .get_json("pch", "order-notify")

@@ -85,6 +85,7 @@ impl CredentialChecks {
     /// (the keys were checked to exist before this is called).
     pub async fn check(
         &self,
+        metrics: &crate::metrics::Metrics,
         client: &Client,
         object: &str,
         namespace: &str,
@@ -131,6 +132,7 @@ impl CredentialChecks {
         let verdict = self.request(&spec.api_base_url, &app_id, &app_secret).await;
         drop(app_secret);
         let checked = Checked::of(&verdict, &app_id, &spec.api_base_url);
+        metrics.credential_checked(checked.reason);
         tracing::info!(
             reason = checked.reason,
             "checked the channel's credentials with one access_token request"

@@ -314,7 +314,14 @@ async fn run(pc: &PushChannel, ctx: &Context) -> Result<(&'static str, Action), 
     };
     if let Some(checks) = &ctx.credential_checks {
         obs.token_check = checks
-            .check(&ctx.client, &key(pc), &namespace, &pc.spec, &found)
+            .check(
+                &ctx.metrics,
+                &ctx.client,
+                &key(pc),
+                &namespace,
+                &pc.spec,
+                &found,
+            )
             .await?;
     }
     let owner = pc
