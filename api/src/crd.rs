@@ -112,6 +112,40 @@ pub struct PushChannelSpec {
     /// pods' `terminationGracePeriodSeconds` to `drainTimeout` plus a margin.
     #[serde(default)]
     pub shutdown: Shutdown,
+    /// Exposes `/wechat/events` (WeChat's delivery reports) outside the cluster through an
+    /// Ingress the operator creates, `NAME-pusher-events`, routing only that path. Unset: no
+    /// Ingress (the pusher's Service stays cluster-internal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_ingress: Option<EventsIngress>,
+}
+
+/// The Ingress in front of `/wechat/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsIngress {
+    /// The host name WeChat calls: the host of the server URL set in the account's basic
+    /// settings (`https://HOST/wechat/events`).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub host: String,
+    /// The IngressClass. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// A `kubernetes.io/tls` Secret in the channel's namespace with the certificate for
+    /// `host`, by name (never copied). Unset: plain HTTP on port 80, which WeChat also accepts;
+    /// use safe mode (an EncodingAESKey) then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub tls_secret_name: Option<String>,
+    /// Annotations on the Ingress (for the ingress controller, or a certificate manager).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 fn default_api_base_url() -> String {
@@ -336,6 +370,10 @@ pub struct PushChannelStatus {
     /// pods were rolled out with (the pod template's `wxpush.io/config-hash`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The server URL to enter in the account's basic settings, once `eventsIngress` is
+    /// applied (`https://HOST/wechat/events`, `http://` without a TLS Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
 }
 
 /// The CRD as Kubernetes takes it: kube's generated definition with what the API server would

@@ -4,7 +4,8 @@
 //! - `check-config --config FILE`: validate a config, print it resolved (secrets redacted); it
 //!   reads every secret exactly as `serve` does (`wxpush_pusher::preflight`) and also checks
 //!   what `serve` would fail on later (a writable queue folder, free listen ports, callback
-//!   targets, a reachable Redis).
+//!   targets, a reachable Redis); `--online` also fetches one access_token with the
+//!   configured credentials.
 //! - `demo`: sandbox + pusher in one process, a few thousand messages end to end, with a live
 //!   progress line, a closing table, and `--faults MODE` to watch it survive a bad WeChat.
 //!
@@ -51,6 +52,11 @@ enum Command {
         /// The config file (YAML).
         #[arg(long, env = "WXPUSH_CONFIG")]
         config: PathBuf,
+        /// Also fetch one access_token with the configured credentials from `apiBaseUrl`, and
+        /// report a wrong appid or secret, an address not on the IP allowlist or an unreachable
+        /// endpoint in one line each (docs/wechat-onboarding.md).
+        #[arg(long)]
+        online: bool,
     },
     /// Start the sandbox and a pusher in this process, send messages through the HTTP API,
     /// wait for delivery and report count, rate and latency.
@@ -136,7 +142,7 @@ fn init_tracing(default: &str, json: bool) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, online } => check_config(&config, online),
         Command::Serve { config } => {
             init_tracing("info", cli.log_json);
             let config = wxpush_pusher::config::load(&config)
@@ -243,7 +249,7 @@ fn redact_secret(s: &mut Option<LocalSecret>) {
     }
 }
 
-fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+fn check_config(path: &std::path::Path, online: bool) -> anyhow::Result<()> {
     let mut config = match wxpush_pusher::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -277,6 +283,17 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         eprintln!("{}: {}", path.display(), problems.join("; "));
         std::process::exit(1);
     }
+    let online_line = if online {
+        match runtime()?.block_on(wxpush_pusher::wechat::verify::check_credentials(&config)) {
+            Ok(line) => Some(line),
+            Err(line) => {
+                eprintln!("{}: {line}", path.display());
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     redact(&mut config.credentials.app_secret);
     redact(&mut config.auth.token);
     redact_secret(&mut config.events.token);
@@ -288,7 +305,11 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         *v = "<redacted>".into();
     }
     let yaml = serde_yaml_ng::to_string(&config).context("printing the config")?;
-    println!("# {}: valid\n{yaml}", path.display());
+    println!("# {}: valid", path.display());
+    if let Some(line) = online_line {
+        println!("# {line}");
+    }
+    println!("{yaml}");
     Ok(())
 }
 

@@ -166,6 +166,12 @@ pub struct Metrics {
     /// `wxpush_hedged_sends_total`: second attempts sent under the same `client_msg_id`
     /// because the first had not answered after a multiple of the observed p99.
     pub hedged_sends: Counter,
+    /// `wxpush_queue_oldest_ready_age_seconds`: how long the oldest ready message has been
+    /// due (0 when none is ready); set at each scrape.
+    pub oldest_ready_age: Gauge,
+    /// `wxpush_daily_quota`: the configured `rateLimit.dailyQuota` (0 = unlimited), for the
+    /// quota alert.
+    pub daily_quota: Gauge,
 }
 
 /// Labels of `wxpush_queue_consumer_pending`.
@@ -304,6 +310,18 @@ impl Metrics {
             "Hedged second attempts under the same client_msg_id",
             hedged_sends.clone(),
         );
+        let oldest_ready_age = Gauge::default();
+        registry.register(
+            "queue_oldest_ready_age_seconds",
+            "How long the oldest ready message has been due (0 when none is ready)",
+            oldest_ready_age.clone(),
+        );
+        let daily_quota = Gauge::default();
+        registry.register(
+            "daily_quota",
+            "The configured rateLimit.dailyQuota (0 = unlimited)",
+            daily_quota.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -326,6 +344,8 @@ impl Metrics {
             redis_up,
             concurrency_limit,
             hedged_sends,
+            oldest_ready_age,
+            daily_quota,
         }
     }
 

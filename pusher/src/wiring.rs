@@ -79,6 +79,9 @@ impl Pusher {
     pub async fn start(config: PusherConfig) -> Result<Self, ServerError> {
         let metrics = Arc::new(Metrics::new(&config.channel));
         let secrets = crate::preflight::resolve(&config)?;
+        metrics
+            .daily_quota
+            .set(i64::try_from(config.rate_limit.daily_quota).unwrap_or(i64::MAX));
         match config.queue.kind() {
             Some(QueueKind::Embedded(e)) => {
                 let store = EmbeddedStore::open(&EmbeddedOptions {

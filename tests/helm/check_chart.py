@@ -544,10 +544,12 @@ def main() -> int:
                 assert args["--leader-election"] == "true"
                 assert "--namespace" not in args and "WXPUSH_OPERATOR_WATCH_NAMESPACES" not in env
                 assert "WXPUSH_OPERATOR_ALLOWED_IMAGES" not in env and "--log-json" not in args
-                for kind in ("ServiceMonitor", "ConfigMap"):
+                assert "--check-credentials" not in args, "on by default: the operator's own default"
+                for kind in ("ServiceMonitor", "ConfigMap", "PrometheusRule"):
                     assert not of_kind(objs, kind), f"{kind} rendered by default"
                 union = set().union(*(grants(o) for o in of_kind(objs, "ClusterRole")))
                 assert ("keda.sh", "scaledobjects") in union and ("monitoring.coreos.com", "podmonitors") in union
+                assert ("monitoring.coreos.com", "prometheusrules") in union
             elif label == "namespaced":
                 assert "--namespace" not in args, "--namespace takes a single namespace"
                 assert env["WXPUSH_OPERATOR_WATCH_NAMESPACES"] == "shop,billing"
@@ -576,12 +578,19 @@ def main() -> int:
                 svc = one(objs, "Service")
                 assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
                 assert "--log-json" in args
+                assert args["--check-credentials"] == "false"
                 check_adapter_rules(objs, chart_values)
                 check_dashboard(objs)
+                pr = one(objs, "PrometheusRule")
+                assert pr["apiVersion"] == "monitoring.coreos.com/v1"
+                assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+                rules = yaml.safe_load((CHART / "alerts" / "wxpush.rules.yaml").read_text())
+                assert pr["spec"] == rules, "the PrometheusRule is alerts/wxpush.rules.yaml as is"
             elif label == "no-keda":
                 union = set().union(*(grants(o) for o in of_kind(objs, "ClusterRole")))
                 assert ("keda.sh", "scaledobjects") not in union
                 assert ("monitoring.coreos.com", "podmonitors") not in union
+                assert ("monitoring.coreos.com", "prometheusrules") not in union
             else:
                 raise AssertionError(f"no specific checks for value set {label}")
         check(f"[{label}] value-set specifics", specifics)

@@ -593,6 +593,11 @@ async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Response {
             .and_then(|h| h.errcode)
             .unwrap_or_default(),
     );
+    let now = crate::store::millis(jiff::Timestamp::now());
+    let age_s = c
+        .oldest_ready_ms
+        .map_or(0, |due| now.saturating_sub(due) / 1000);
+    state.metrics.oldest_ready_age.set(gauge(age_s));
     (
         [(
             header::CONTENT_TYPE,

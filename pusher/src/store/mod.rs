@@ -78,6 +78,9 @@ pub struct QueueCounts {
     pub inflight: u64,
     /// In the dead-letter set.
     pub dead: u64,
+    /// When the oldest ready message became due (unix ms), if one is ready: for
+    /// `wxpush_queue_oldest_ready_age_seconds`.
+    pub oldest_ready_ms: Option<u64>,
 }
 
 impl QueueCounts {

@@ -819,12 +819,14 @@ impl Store for EmbeddedStore {
 
     fn counts(&self) -> QueueCounts {
         let index = self.shared.index.lock();
-        let (ready, delayed, inflight) = index.counts(millis(Timestamp::now()));
+        let now = millis(Timestamp::now());
+        let (ready, delayed, inflight) = index.counts(now);
         QueueCounts {
             ready,
             delayed,
             inflight,
             dead: index.dead,
+            oldest_ready_ms: index.oldest_due(now),
         }
     }
 
