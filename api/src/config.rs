@@ -500,10 +500,19 @@ impl PusherConfig {
         if self.queue.kind().is_none() {
             bad("queue", "set exactly one queue kind: embedded or redis");
         }
-        if let Some(QueueKind::Embedded(e)) = self.queue.kind()
-            && e.path.is_empty()
-        {
-            bad("queue.embedded.path", "must not be empty");
+        if let Some(QueueKind::Embedded(e)) = self.queue.kind() {
+            if e.path.is_empty() {
+                bad("queue.embedded.path", "must not be empty");
+            }
+            if e.max_bytes
+                .as_deref()
+                .is_some_and(|b| crate::policy::disk::quantity_bytes(b).is_none_or(|v| v == 0))
+            {
+                bad(
+                    "queue.embedded.maxBytes",
+                    "must be a positive size such as 800Mi or 1Gi",
+                );
+            }
         }
         for (name, r) in [
             ("retry", &self.retry),

@@ -87,6 +87,7 @@ impl Pusher {
                     retention: e.retention.get(),
                     default_callback: config.callbacks.url.is_some(),
                     unhealthy_after: e.unhealthy_after.get(),
+                    max_bytes: Some(disk_budget(e)?),
                 })?;
                 Self::start_with(config, metrics, secrets, store, None).await
             }
@@ -250,6 +251,36 @@ impl Pusher {
     pub async fn wait(self) {
         let _ = self.done.await;
     }
+}
+
+/// The embedded store's disk budget: `maxBytes`, else 80% of the file system that holds (or
+/// will hold) `path`.
+pub fn disk_budget(e: &crate::policy::EmbeddedQueue) -> Result<u64, ServerError> {
+    use crate::policy::disk;
+    if let Some(b) = e.max_bytes.as_deref() {
+        return disk::quantity_bytes(b).ok_or_else(|| {
+            ServerError::Queue(format!("queue.embedded.maxBytes: {b} is not a size"))
+        });
+    }
+    let mut at = std::path::Path::new(&e.path);
+    while !at.exists() {
+        at = at.parent().unwrap_or(std::path::Path::new("."));
+    }
+    let fs = rustix::fs::statvfs(at).map_err(|err| {
+        ServerError::Queue(format!(
+            "queue.embedded.path: cannot read the size of the file system holding {}: {err}",
+            at.display()
+        ))
+    })?;
+    let size = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let budget = disk::budget_of(size);
+    tracing::info!(
+        budget,
+        file_system = size,
+        "queue.embedded.maxBytes unset: the budget is {}% of the file system",
+        disk::BUDGET_PERCENT
+    );
+    Ok(budget)
 }
 
 /// The Redis store's settings from the config, with the URL already read from its secret.

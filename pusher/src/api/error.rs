@@ -59,12 +59,21 @@ impl From<FieldError> for ApiError {
     }
 }
 
+/// `Retry-After` (seconds) while the disk budget is spent: space comes back with deliveries
+/// and the retention sweep, not within a second.
+const OVER_BUDGET_RETRY_AFTER: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
             StoreError::Full { retry_after, .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
                     .retry_after(retry_after.as_secs().max(1))
+            }
+            // Same answer as a full queue: producers already back off on it.
+            StoreError::OverBudget { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
+                    .retry_after(OVER_BUDGET_RETRY_AFTER)
             }
             StoreError::NotFound(_) => Self::not_found(e.to_string()),
             StoreError::NotDeadLetter(_) => {

@@ -105,6 +105,9 @@ pub struct EmbeddedOptions {
     pub default_callback: bool,
     /// How long healing may fail before [`Store::is_live`] says no (`unhealthyAfter`).
     pub unhealthy_after: Duration,
+    /// The disk budget in bytes: accepts and replays get [`StoreError::OverBudget`] while the
+    /// database holds this much (`None`: no budget).
+    pub max_bytes: Option<u64>,
 }
 
 fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -308,6 +311,7 @@ impl EmbeddedStore {
             max_messages: options.max_messages,
             retention: options.retention,
             default_callback: options.default_callback,
+            budget: options.max_bytes.map(writer::Budget::new),
         };
         std::thread::Builder::new()
             .name("wxpush-store-writer".into())
