@@ -89,6 +89,7 @@ impl Pusher {
                     unhealthy_after: e.unhealthy_after.get(),
                     max_bytes: Some(disk_budget(e)?),
                 })?;
+                watch_disk(&store, Arc::clone(&metrics));
                 Self::start_with(config, metrics, secrets, store, None).await
             }
             Some(QueueKind::Redis(_)) => {
@@ -341,6 +342,28 @@ fn spawn_server(
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move { api::server::serve(name, listener, app, &limits, stop).await })
+}
+
+/// Keeps `wxpush_queue_disk_bytes` and `wxpush_queue_disk_budget_bytes` up to date from the
+/// embedded store's budget, while the store lives.
+fn watch_disk(store: &EmbeddedStore, metrics: Arc<Metrics>) {
+    let Some(budget) = store.disk_budget() else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            {
+                let (used, max) = budget.figures();
+                let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                metrics.queue_disk_bytes.set(gauge(used));
+                metrics.queue_disk_budget_bytes.set(gauge(max));
+            }
+            tokio::time::sleep(REDIS_GAUGES_EVERY).await;
+            if Arc::strong_count(&metrics) == 1 {
+                return;
+            }
+        }
+    });
 }
 
 /// How often the Redis figures are copied into the gauges (the store refreshes them from

@@ -506,6 +506,23 @@ async fn a_producer_filling_the_volume_meets_the_budget_not_a_full_disk() {
         budget / accepted as u64
     );
     assert!(accepted > 1000, "the budget refused too early: {accepted}");
+    // The gauges are copied from the store once a second.
+    let me = api.clone();
+    wait_for(
+        "the disk gauges at the budget",
+        Duration::from_secs(5),
+        || {
+            let api = me.clone();
+            async move {
+                let text = api.metrics().await;
+                let metric = |name: &str| wxpush_tests::pusher::metric_value(&text, name, &[]);
+                (metric("wxpush_queue_disk_budget_bytes") == budget as f64
+                    && metric("wxpush_queue_disk_bytes") >= budget as f64)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
 
     // Deliveries free space (delivered messages are swept after `retention`): accepts resume.
     let (code, v) = wx.put_faults(&json!({})).await;

@@ -508,6 +508,11 @@ impl Budget {
         }
     }
 
+    /// `(used, max)`: the bytes in use as last measured, and the budget.
+    pub(super) fn figures(&self) -> (u64, u64) {
+        (self.state.lock().used, self.max)
+    }
+
     /// `Some((used, max))` while the budget is spent.
     fn spent(&self, file: &Path, txn: &redb::WriteTransaction) -> Option<(u64, u64)> {
         let mut s = self.state.lock();
@@ -557,7 +562,6 @@ pub(super) struct Writer {
     pub(super) max_messages: u64,
     pub(super) retention: Duration,
     pub(super) default_callback: bool,
-    pub(super) budget: Option<Budget>,
 }
 
 impl Writer {
@@ -697,7 +701,7 @@ impl Writer {
         let mut effects = Vec::with_capacity(ops.len());
         let result = (|| -> Result<(), StoreError> {
             let txn = self.shared.begin_write()?;
-            if adds && let Some(b) = &self.budget {
+            if adds && let Some(b) = &self.shared.budget {
                 group.over_budget = b.spent(&self.shared.file, &txn);
             }
             {
