@@ -439,7 +439,7 @@ fn walk(
                 if let Some(near) = nearest(key, props.keys().map(String::as_str)) {
                     message.push_str(&format!("; did you mean `{near}`?"));
                 }
-                if let Some(line) = line_of(text, key) {
+                if let Some(line) = line_of(text, &path(key)) {
                     message.push_str(&format!(" (line {line})"));
                 }
                 unknown.push(Problem {
@@ -495,20 +495,60 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The 1-based line where `key` is first written as a mapping key (block or flow style).
-fn line_of(text: &str, key: &str) -> Option<usize> {
-    let pattern = format!("{key}:");
-    text.lines()
-        .position(|line| {
-            let code = line.split(" #").next().unwrap_or(line);
+/// The 1-based line where the field at `path` (`retry.maxAttempts`) is written: each key of
+/// the path is looked for as a mapping key within its parent's block (more indented lines
+/// after it) or on its parent's line (flow style); a top-level key starts its line.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or(l))
+        .collect();
+    let mut parent: Option<(usize, usize)> = None;
+    for key in path.split('.') {
+        let pattern = format!("{key}:");
+        let has_key = |code: &str| {
             code.match_indices(&pattern).any(|(i, _)| {
                 code[..i]
                     .chars()
                     .last()
                     .is_none_or(|c| c.is_whitespace() || matches!(c, '{' | ',' | '-' | '"' | '\''))
             })
+        };
+        let mut found = None;
+        for (i, code) in lines.iter().enumerate().skip(parent.map_or(0, |(l, _)| l)) {
+            if code.trim().is_empty() || code.trim_start().starts_with('#') {
+                continue;
+            }
+            let indent = code.len() - code.trim_start().len();
+            match parent {
+                None if indent > 0 || !code.starts_with(&pattern) => continue,
+                Some((line, _)) if i == line => {}
+                Some((_, parent_indent)) if indent <= parent_indent => break,
+                _ => {}
+            }
+            if has_key(code) {
+                found = Some((i, indent));
+                break;
+            }
+        }
+        parent = Some(found?);
+    }
+    parent.map(|(line, _)| line + 1)
+}
+
+/// Adds the line of each problem's field, where the file has it.
+fn with_lines(text: &str, problems: Vec<Problem>) -> Vec<Problem> {
+    problems
+        .into_iter()
+        .map(|mut p| {
+            if !p.message.contains("(line ")
+                && let Some(line) = line_of(text, &p.field)
+            {
+                p.message.push_str(&format!(" (line {line})"));
+            }
+            p
         })
-        .map(|i| i + 1)
+        .collect()
 }
 
 impl PusherConfig {
@@ -539,7 +579,7 @@ impl PusherConfig {
         let (mut config, mut problems) = Self::parse(text, get)?;
         config.apply_env(get)?;
         if let Err(ConfigError::Invalid(more)) = config.validate() {
-            problems.extend(more);
+            problems.extend(with_lines(text, more));
         }
         if problems.is_empty() {
             Ok(config)
@@ -900,6 +940,20 @@ auth: {token: a-long-enough-token}
             );
         }
         assert!(!err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_line() {
+        let text = format!(
+            "{MINIMAL}callbacks:\n  retry:\n    maxAttempts: 5\nretry:\n  maxAttempts: 0\n"
+        );
+        let err = PusherConfig::from_yaml_with_env(&text, &|_| None)
+            .expect_err("zero attempts")
+            .to_string();
+        assert!(
+            err.contains("retry.maxAttempts: must be at least 1 (line 10)"),
+            "{err}"
+        );
     }
 
     #[test]
