@@ -21,9 +21,8 @@ use crate::config::PusherConfig;
 use crate::dispatch::{DispatchState, Dispatcher};
 use crate::events::http::EventsState;
 use crate::metrics::Metrics;
-use crate::policy::{LocalSecret, QueueKind, RedisQueue};
+use crate::policy::QueueKind;
 use crate::store::embedded::EmbeddedOptions;
-use crate::store::redis::{RedisOptions, consumer_name};
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
 use crate::wechat::{SenderError, WeChatSender};
 
@@ -282,32 +281,6 @@ pub fn disk_budget(e: &crate::policy::EmbeddedQueue) -> Result<u64, ServerError>
         disk::BUDGET_PERCENT
     );
     Ok(budget)
-}
-
-/// The Redis store's settings from the config, with the URL already read from its secret.
-/// Refuses a URL that cannot be parsed as written (see [`crate::store::redis::check_url`]).
-pub fn redis_options(
-    config: &PusherConfig,
-    r: &RedisQueue<LocalSecret>,
-    url: &str,
-) -> Result<RedisOptions, String> {
-    let url = url.trim();
-    for node in crate::store::redis::nodes(url) {
-        crate::store::redis::check_url(&node)?;
-    }
-    Ok(RedisOptions {
-        url: url.to_string(),
-        cluster: r.cluster,
-        key_prefix: r.key_prefix.clone(),
-        channel: config.channel.clone(),
-        consumer_group: r.consumer_group.clone(),
-        consumer: consumer_name(),
-        claim_idle: r.claim_idle.get(),
-        max_messages: r.max_messages,
-        retention: r.retention.get(),
-        default_callback: config.callbacks.url.is_some(),
-        min_replicas_acked: r.min_replicas_acked,
-    })
 }
 
 /// The `/wechat/events` state, or `None` while no events token is configured (the route then
