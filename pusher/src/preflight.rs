@@ -16,7 +16,6 @@ use crate::store::redis::{RedisOptions, consumer_name};
 use wxcrypto::Cipher;
 
 /// The secrets of a config, read and checked.
-#[derive(Debug)]
 pub struct Resolved {
     /// The producers' bearer token.
     pub auth: AuthToken,
@@ -26,6 +25,18 @@ pub struct Resolved {
     pub signing_key: Option<Arc<WatchedSecret>>,
     /// The Redis store's settings (its URL read and checked), for the Redis queue.
     pub redis: Option<RedisOptions>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The Redis URL may hold a password: only whether there is one.
+        f.debug_struct("Resolved")
+            .field("auth", &self.auth)
+            .field("events", &self.events)
+            .field("signing_key", &self.signing_key)
+            .field("redis", &self.redis.is_some())
+            .finish()
+    }
 }
 
 /// The `/wechat/events` secrets.
