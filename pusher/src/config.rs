@@ -7,16 +7,14 @@ pub use wxpush_api::config::*;
 
 use crate::policy::{LocalSecret, SecretError};
 
-/// Reads `path`, applies the environment overrides and validates the result.
+/// Reads `path`, applies the environment overrides and validates the result, reporting every
+/// problem of the file at once.
 pub fn load(path: &Path) -> Result<PusherConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
-    let mut config = PusherConfig::from_yaml(&text)?;
-    config.apply_env(|k| std::env::var(k).ok())?;
-    config.validate()?;
-    Ok(config)
+    PusherConfig::from_yaml_with_env(&text, &|k| std::env::var(k).ok())
 }
 
 /// Reading a [`LocalSecret`]'s value, which the API crate only describes.

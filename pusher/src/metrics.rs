@@ -144,6 +144,12 @@ pub struct Metrics {
     /// `wxpush_channel_paused`: 1 while the channel cannot send (configuration fault, daily
     /// quota), else 0.
     pub channel_paused: Gauge,
+    /// `wxpush_queue_disk_bytes`: bytes the embedded store holds, as last measured (at
+    /// accepts); 0 with the Redis queue.
+    pub queue_disk_bytes: Gauge,
+    /// `wxpush_queue_disk_budget_bytes`: the embedded store's disk budget
+    /// (`queue.embedded.maxBytes`); accepts get 429 while `wxpush_queue_disk_bytes` is at it.
+    pub queue_disk_budget_bytes: Gauge,
     /// `wxpush_channel_hold_errcode`: WeChat's errcode that holds sending now (40164, 40125,
     /// 45009...), 0 while sending or when the hold is the circuit breaker's. `/healthz` does
     /// not show it; `/v1/status` does, with WeChat's message.
@@ -262,6 +268,18 @@ impl Metrics {
             "1 while the channel is paused (configuration fault or quota)",
             channel_paused.clone(),
         );
+        let queue_disk_bytes = Gauge::default();
+        registry.register(
+            "queue_disk_bytes",
+            "Bytes the embedded store holds, as last measured",
+            queue_disk_bytes.clone(),
+        );
+        let queue_disk_budget_bytes = Gauge::default();
+        registry.register(
+            "queue_disk_budget_bytes",
+            "The embedded store's disk budget; accepts get 429 at it",
+            queue_disk_budget_bytes.clone(),
+        );
         let channel_hold_errcode = Gauge::default();
         registry.register(
             "channel_hold_errcode",
@@ -337,6 +355,8 @@ impl Metrics {
             send_timeouts,
             channel_paused,
             channel_hold_errcode,
+            queue_disk_bytes,
+            queue_disk_budget_bytes,
             events,
             callbacks,
             queue_group_lag,

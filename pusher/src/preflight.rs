@@ -9,13 +9,13 @@ use std::sync::Arc;
 
 use crate::api::AuthToken;
 use crate::config::{Problem, PusherConfig, ReadSecret as _};
+use crate::policy::RedisQueue;
 use crate::policy::{LocalSecret, QueueKind};
 use crate::secrets::{WatchedSecret, describe};
-use crate::store::redis::RedisOptions;
+use crate::store::redis::{RedisOptions, consumer_name};
 use wxcrypto::Cipher;
 
 /// The secrets of a config, read and checked.
-#[derive(Debug)]
 pub struct Resolved {
     /// The producers' bearer token.
     pub auth: AuthToken,
@@ -25,6 +25,18 @@ pub struct Resolved {
     pub signing_key: Option<Arc<WatchedSecret>>,
     /// The Redis store's settings (its URL read and checked), for the Redis queue.
     pub redis: Option<RedisOptions>,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The Redis URL may hold a password: only whether there is one.
+        f.debug_struct("Resolved")
+            .field("auth", &self.auth)
+            .field("events", &self.events)
+            .field("signing_key", &self.signing_key)
+            .field("redis", &self.redis.is_some())
+            .finish()
+    }
 }
 
 /// The `/wechat/events` secrets.
@@ -130,15 +142,13 @@ pub fn resolve(config: &PusherConfig) -> Result<Resolved, Problems> {
         _ => None,
     };
     let redis = match (config.queue.kind(), redis_url) {
-        (Some(QueueKind::Redis(r)), Some((_, url))) => {
-            match crate::wiring::redis_options(config, r, &url) {
-                Ok(o) => Some(o),
-                Err(e) => {
-                    bad("queue.redis.url", e);
-                    None
-                }
+        (Some(QueueKind::Redis(r)), Some((_, url))) => match redis_options(config, r, &url) {
+            Ok(o) => Some(o),
+            Err(e) => {
+                bad("queue.redis.url", e);
+                None
             }
-        }
+        },
         _ => None,
     };
     let auth = auth.and_then(|(source, _)| match AuthToken::new(source) {
@@ -176,5 +186,31 @@ pub fn resolve(config: &PusherConfig) -> Result<Resolved, Problems> {
         events,
         signing_key,
         redis,
+    })
+}
+
+/// The Redis store's settings from the config, with the URL already read from its secret.
+/// Refuses a URL that cannot be parsed as written (see [`crate::store::redis::check_url`]).
+pub fn redis_options(
+    config: &PusherConfig,
+    r: &RedisQueue<LocalSecret>,
+    url: &str,
+) -> Result<RedisOptions, String> {
+    let url = url.trim();
+    for node in crate::store::redis::nodes(url) {
+        crate::store::redis::check_url(&node)?;
+    }
+    Ok(RedisOptions {
+        url: url.to_string(),
+        cluster: r.cluster,
+        key_prefix: r.key_prefix.clone(),
+        channel: config.channel.clone(),
+        consumer_group: r.consumer_group.clone(),
+        consumer: consumer_name(),
+        claim_idle: r.claim_idle.get(),
+        max_messages: r.max_messages,
+        retention: r.retention.get(),
+        default_callback: config.callbacks.url.is_some(),
+        min_replicas_acked: r.min_replicas_acked,
     })
 }

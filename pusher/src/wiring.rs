@@ -21,9 +21,8 @@ use crate::config::PusherConfig;
 use crate::dispatch::{DispatchState, Dispatcher};
 use crate::events::http::EventsState;
 use crate::metrics::Metrics;
-use crate::policy::{LocalSecret, QueueKind, RedisQueue};
+use crate::policy::QueueKind;
 use crate::store::embedded::EmbeddedOptions;
-use crate::store::redis::{RedisOptions, consumer_name};
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
 use crate::wechat::{SenderError, WeChatSender};
 
@@ -90,7 +89,9 @@ impl Pusher {
                     retention: e.retention.get(),
                     default_callback: config.callbacks.url.is_some(),
                     unhealthy_after: e.unhealthy_after.get(),
+                    max_bytes: Some(disk_budget(e)?),
                 })?;
+                watch_disk(&store, Arc::clone(&metrics));
                 Self::start_with(config, metrics, secrets, store, None).await
             }
             Some(QueueKind::Redis(_)) => {
@@ -255,30 +256,34 @@ impl Pusher {
     }
 }
 
-/// The Redis store's settings from the config, with the URL already read from its secret.
-/// Refuses a URL that cannot be parsed as written (see [`crate::store::redis::check_url`]).
-pub fn redis_options(
-    config: &PusherConfig,
-    r: &RedisQueue<LocalSecret>,
-    url: &str,
-) -> Result<RedisOptions, String> {
-    let url = url.trim();
-    for node in crate::store::redis::nodes(url) {
-        crate::store::redis::check_url(&node)?;
+/// The embedded store's disk budget: `maxBytes`, else 80% of the file system that holds (or
+/// will hold) `path`.
+pub fn disk_budget(e: &crate::policy::EmbeddedQueue) -> Result<u64, ServerError> {
+    use crate::policy::disk;
+    if let Some(b) = e.max_bytes.as_deref() {
+        return disk::quantity_bytes(b).ok_or_else(|| {
+            ServerError::Queue(format!("queue.embedded.maxBytes: {b} is not a size"))
+        });
     }
-    Ok(RedisOptions {
-        url: url.to_string(),
-        cluster: r.cluster,
-        key_prefix: r.key_prefix.clone(),
-        channel: config.channel.clone(),
-        consumer_group: r.consumer_group.clone(),
-        consumer: consumer_name(),
-        claim_idle: r.claim_idle.get(),
-        max_messages: r.max_messages,
-        retention: r.retention.get(),
-        default_callback: config.callbacks.url.is_some(),
-        min_replicas_acked: r.min_replicas_acked,
-    })
+    let mut at = std::path::Path::new(&e.path);
+    while !at.exists() {
+        at = at.parent().unwrap_or(std::path::Path::new("."));
+    }
+    let fs = rustix::fs::statvfs(at).map_err(|err| {
+        ServerError::Queue(format!(
+            "queue.embedded.path: cannot read the size of the file system holding {}: {err}",
+            at.display()
+        ))
+    })?;
+    let size = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let budget = disk::budget_of(size);
+    tracing::info!(
+        budget,
+        file_system = size,
+        "queue.embedded.maxBytes unset: the budget is {}% of the file system",
+        disk::BUDGET_PERCENT
+    );
+    Ok(budget)
 }
 
 /// The `/wechat/events` state, or `None` while no events token is configured (the route then
@@ -313,6 +318,28 @@ fn spawn_server(
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move { api::server::serve(name, listener, app, &limits, stop).await })
+}
+
+/// Keeps `wxpush_queue_disk_bytes` and `wxpush_queue_disk_budget_bytes` up to date from the
+/// embedded store's budget, while the store lives.
+fn watch_disk(store: &EmbeddedStore, metrics: Arc<Metrics>) {
+    let Some(budget) = store.disk_budget() else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            {
+                let (used, max) = budget.figures();
+                let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                metrics.queue_disk_bytes.set(gauge(used));
+                metrics.queue_disk_budget_bytes.set(gauge(max));
+            }
+            tokio::time::sleep(REDIS_GAUGES_EVERY).await;
+            if Arc::strong_count(&metrics) == 1 {
+                return;
+            }
+        }
+    });
 }
 
 /// How often the Redis figures are copied into the gauges (the store refreshes them from

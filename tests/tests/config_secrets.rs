@@ -310,3 +310,94 @@ async fn unauthenticated_health_carries_no_errmsg() {
         40125.0
     );
 }
+
+/// Issue 23 ("Config"): `check-config` lists every missing required field in one run (here
+/// three, with no made-up line), names a misspelt nested key with the nearest known key and its
+/// line, and says why a file cannot be read.
+#[test]
+fn check_config_lists_every_missing_field_suggests_keys_and_says_why_a_file_fails() {
+    let dir = tempdir();
+    let path = dir.path().join("pusher.yaml");
+    std::fs::write(
+        &path,
+        "# listen and the API address only\nlisten: 127.0.0.1:0\napiBaseUrl: http://127.0.0.1:9\n",
+    )
+    .expect("write");
+    let (code, err) = check_config(&path);
+    assert_eq!(code, Some(1), "{err}");
+    for field in ["credentials.appId", "credentials.appSecret", "auth.token"] {
+        assert!(
+            err.contains(&format!("{field}: required, not set")),
+            "{field}: {err}"
+        );
+    }
+    assert!(!err.contains("line"), "a missing field has no line: {err}");
+
+    // The environment alone supplies them: no `credentials: {}` / `auth: {}` stubs.
+    let out = Command::new(binary("wxpush-pusher"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("WXPUSH_APP_ID", "wx0123456789abcdef")
+        .env("WXPUSH_APP_SECRET", "s3cret")
+        .env("WXPUSH_AUTH_TOKEN", "a-long-enough-token-from-env\n")
+        .env("WXPUSH_QUEUE_PATH", dir.path().join("queue"))
+        .output()
+        .expect("runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let typo = dir.path().join("typo.yaml");
+    let mut text = std::fs::read_to_string(&path).expect("read");
+    text.push_str(
+        "credentials: {appId: wx1, appSecret: s}\nauth: {token: a-long-enough-token-123}\n",
+    );
+    text.push_str("retry:\n  initialBackof: 1s\n");
+    std::fs::write(&typo, text).expect("write");
+    let (code, err) = check_config(&typo);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("retry.initialBackof: unknown field; did you mean `initialBackoff`? (line 7)"),
+        "{err}"
+    );
+
+    let (code, err) = check_config(&dir.path().join("nope.yaml"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("No such file or directory"), "{err}");
+
+    // Permission denied needs another user than root to be seen.
+    std::fs::set_permissions(&typo, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    let is_root = running_as_root();
+    if !is_root {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI runs as root: the permission case must run"
+        );
+        eprintln!("SKIPPED: the permission-denied case needs root (to run as another user)");
+        return;
+    }
+    let out = std::os::unix::process::CommandExt::uid(
+        Command::new(binary("wxpush-pusher"))
+            .args(["check-config", "--config"])
+            .arg(&typo),
+        65534,
+    )
+    .output()
+    .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            == Some("0")
+    })
+}

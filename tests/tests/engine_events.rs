@@ -485,6 +485,89 @@ async fn a_captured_sealed_query_cannot_carry_a_forged_plaintext_body() {
     }
 }
 
+/// Runs `tests/python/wechatpy_event.py`: the POST a WeChat SDK (wechatpy) builds for `xml` in
+/// `mode`. `None` (said loudly) when wechatpy is missing outside CI; in CI that fails.
+fn wechatpy_event(mode: &str, xml: &str, ts: &str, nonce: &str) -> Option<(String, String)> {
+    use std::io::Write as _;
+    let input = json!({
+        "token": EV_TOKEN, "aes_key": AES_KEY, "appid": APPID, "mode": mode,
+        "xml": xml, "timestamp": ts, "nonce": nonce,
+    });
+    let mut child = std::process::Command::new(wxpush_tests::python())
+        .arg(wxpush_tests::workspace_root().join("tests/python/wechatpy_event.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python finishes");
+    if out.status.code() == Some(3) {
+        assert!(
+            std::env::var("CI").is_err(),
+            "wechatpy is missing: pip install -r tests/requirements.txt"
+        );
+        eprintln!("SKIPPED: wechatpy is not installed (pip install -r tests/requirements.txt)");
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "wechatpy helper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let query = v["query"]
+        .as_object()
+        .expect("query")
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("&");
+    Some((query, v["body"].as_str().expect("body").to_string()))
+}
+
+/// Events sealed (or, in plain mode, signed) by wechatpy, an SDK the project did not write,
+/// confirm messages in every mode: the pusher's modes read what WeChat's SDKs produce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechatpy_events_work_in_every_mode() {
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let http = reqwest::Client::new();
+    for mode in ["plain", "compatible", "safe"] {
+        let events = if mode == "plain" {
+            json!({"token": EV_TOKEN, "mode": mode})
+        } else {
+            json!({"token": EV_TOKEN, "encodingAesKey": AES_KEY, "mode": mode})
+        };
+        let dir = tempdir();
+        let cfg = config(&sb_url, dir.path(), &json!({"events": events}));
+        let pusher = PusherProc::start(dir.path(), &cfg).await;
+        let api = &pusher.api;
+        let user = format!("wechatpy-{mode}");
+        let ids = send_all(api, &[template(&user)], 1, 1).await;
+        api.wait_delivered(1, Duration::from_secs(10)).await;
+        let (_, doc) = api.status(&ids[0]).await;
+        let msgid = doc["msgid"].as_i64().expect("a msgid");
+        let now = now_secs();
+        let xml = event_xml(&user, now, msgid, "success");
+        let Some((query, body)) = wechatpy_event(mode, &xml, &now.to_string(), "4242") else {
+            return;
+        };
+        let url = format!("{}/wechat/events?{query}", pusher.base);
+        assert_eq!(
+            post(&http, &url, body).await,
+            (200, "success".to_string()),
+            "{mode}"
+        );
+        let (_, doc) = api.status(&ids[0]).await;
+        assert_eq!(doc["status"], "confirmed", "{mode}: {doc}");
+    }
+}
+
 /// Compatible mode (plain fields plus `<Encrypt>`, handled as safe mode) with all three
 /// statuses: `failed: system failed` leaves the message `delivered` with the event recorded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
