@@ -78,6 +78,10 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "WXPUSH_OPERATOR_LOG_JSON")]
     log_json: bool,
+    /// Check each PushChannel's credentials with one access_token request per change of the
+    /// credentials Secret or apiBaseUrl, and show WeChat's answer in CredentialsValid.
+    #[arg(long, env = "WXPUSH_OPERATOR_CHECK_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
+    check_credentials: bool,
 }
 
 fn identity(args: &Args) -> String {
@@ -109,7 +113,11 @@ async fn shutdown_signal(tx: watch::Sender<bool>) {
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+        // kube's client builder logs every failed request at ERROR itself; the operator reports
+        // each failure with its own context, so that line would only repeat it.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,kube=warn,kube_client::client::builder=off")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -118,14 +126,39 @@ async fn main() -> std::process::ExitCode {
     } else {
         builder.init();
     }
+    let log_json = args.log_json;
     match run(args).await {
         Ok(code) => code,
         Err(e) => {
-            error!("{e:#}");
-            eprintln!("wxpush-operator: {e:#}");
+            // Once: a JSON log line for log collectors, else one plain line.
+            let chain = error_chain(&e);
+            if log_json {
+                error!(error = %chain, "wxpush-operator failed");
+            } else {
+                eprintln!("wxpush-operator: {chain}");
+            }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes joined by `: `, leaving out a cause whose text the error before it
+/// already shows (kube's errors print their source inside their own message).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut last = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !last.is_empty() && last.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        last = text;
+    }
+    out
 }
 
 async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
@@ -142,9 +175,11 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     let keda = controller::keda_available(&client).await;
     let pod_monitors = controller::pod_monitors_available(&client).await;
+    let prometheus_rules = controller::prometheus_rules_available(&client).await;
     info!(
         keda,
         pod_monitors,
+        prometheus_rules,
         namespaces = if namespaces.is_empty() {
             "<all>".to_string()
         } else {
@@ -190,12 +225,14 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         backoff_max: args.backoff_max.get(),
         keda_available: keda,
         pod_monitors_available: pod_monitors,
+        prometheus_rules_available: prometheus_rules,
         allowed_images: args
             .allowed_images
             .iter()
             .map(|i| i.trim().to_string())
             .filter(|i| !i.is_empty())
             .collect(),
+        check_credentials: args.check_credentials,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),
@@ -261,4 +298,23 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
     info!("stopped");
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_repeated_by_its_parent_is_printed_once() {
+        let inner = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let e = anyhow::Error::new(inner)
+            .context("client error (Connect)")
+            .context("ServiceError: client error (Connect)")
+            .context("ServiceError: client error (Connect)")
+            .context("cannot list PushChannels");
+        assert_eq!(
+            error_chain(&e),
+            "cannot list PushChannels: ServiceError: client error (Connect): refused"
+        );
+    }
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use crate::error_code::ErrorCode;
 use crate::send::{MessageKind, SendError};
 
 /// Longest `touser` (WeChat openids are 28 characters; leave room for other providers).
@@ -93,17 +94,19 @@ impl<'de> Deserialize<'de> for MessageId {
 }
 
 /// `miniprogram` of a template message: open a Mini Program page instead of `url`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MiniProgram {
     /// The Mini Program's appid.
+    #[schema(min_length = 1, max_length = 64)]
     pub appid: String,
     /// The page to open.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 1024)]
     pub pagepath: Option<String>,
 }
 
 /// A validated message, as accepted from a producer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     /// Which WeChat API it goes to.
     pub kind: MessageKind,
@@ -127,12 +130,14 @@ pub struct Message {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lang: Option<String>,
     /// The template's fields: `{"keyword1": {"value": "..."}}`.
+    #[schema(value_type = Object)]
     pub data: TemplateData,
     /// The producer's `client_msg_id`, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
     /// Give up after this instant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
     /// Where to POST the final outcome (overrides the channel's callback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -227,8 +232,8 @@ impl fmt::Debug for TemplateData {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct FieldError {
-    /// `missing_field`, `unknown_field`, `invalid_field`, `too_long`.
-    pub code: &'static str,
+    /// `missing_field`, `unknown_field`, `invalid_field`, `too_long`, `empty_batch`, ...
+    pub code: ErrorCode,
     /// What is wrong, for people.
     pub message: String,
     /// The field, as a path (`data.keyword1.value`, `messages[3].touser`).
@@ -236,7 +241,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> Self {
+    fn new(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             code,
             field: field.into(),
@@ -301,7 +306,7 @@ fn opt_str(
         Some(Value::String(s)) => {
             if s.chars().count() > max {
                 Err(FieldError::new(
-                    "too_long",
+                    ErrorCode::TooLong,
                     field,
                     format!("at most {max} characters"),
                 ))
@@ -309,15 +314,27 @@ fn opt_str(
                 Ok(Some(s.clone()))
             }
         }
-        Some(_) => Err(FieldError::new("invalid_field", field, "must be a string")),
+        Some(_) => Err(FieldError::new(
+            ErrorCode::InvalidField,
+            field,
+            "must be a string",
+        )),
     }
 }
 
 fn required_str(obj: &Map<String, Value>, field: &str, max: usize) -> Result<String, FieldError> {
     match opt_str(obj, field, max)? {
         Some(s) if !s.trim().is_empty() => Ok(s),
-        Some(_) => Err(FieldError::new("invalid_field", field, "must not be empty")),
-        None => Err(FieldError::new("missing_field", field, "is required")),
+        Some(_) => Err(FieldError::new(
+            ErrorCode::InvalidField,
+            field,
+            "must not be empty",
+        )),
+        None => Err(FieldError::new(
+            ErrorCode::MissingField,
+            field,
+            "is required",
+        )),
     }
 }
 
@@ -325,7 +342,7 @@ fn check_url(field: &str, value: &str) -> Result<(), FieldError> {
     match url::Url::parse(value) {
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(()),
         _ => Err(FieldError::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             field,
             "must be an absolute http(s) URL",
         )),
@@ -335,7 +352,7 @@ fn check_url(field: &str, value: &str) -> Result<(), FieldError> {
 fn no_control(field: &str, value: &str) -> Result<(), FieldError> {
     if value.chars().any(char::is_control) {
         Err(FieldError::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             field,
             "must not contain control characters",
         ))
@@ -349,14 +366,14 @@ fn no_control(field: &str, value: &str) -> Result<(), FieldError> {
 pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, FieldError> {
     let Value::Object(mut obj) = value else {
         return Err(FieldError::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "",
             "the body must be {\"messages\": [...]}",
         ));
     };
     if let Some(unknown) = obj.keys().find(|k| k.as_str() != "messages") {
         return Err(FieldError::new(
-            "unknown_field",
+            ErrorCode::UnknownField,
             unknown.clone(),
             "unknown field; expected messages",
         ));
@@ -365,16 +382,29 @@ pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, FieldError> {
         Some(Value::Array(items)) => items,
         Some(_) => {
             return Err(FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "messages",
                 "must be an array of messages",
             ));
         }
-        None => return Err(FieldError::new("missing_field", "messages", "is required")),
+        None => {
+            return Err(FieldError::new(
+                ErrorCode::MissingField,
+                "messages",
+                "is required",
+            ));
+        }
     };
-    if items.is_empty() || items.len() > max {
+    if items.is_empty() {
         return Err(FieldError::new(
-            "too_long",
+            ErrorCode::EmptyBatch,
+            "messages",
+            format!("must hold 1 to {max} messages; it is empty"),
+        ));
+    }
+    if items.len() > max {
+        return Err(FieldError::new(
+            ErrorCode::TooLong,
             "messages",
             format!("must hold 1 to {max} messages (api.maxBatch)"),
         ));
@@ -388,14 +418,14 @@ pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, FieldError> {
 pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
     let Value::Object(obj) = value else {
         return Err(FieldError::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "",
             "a message must be a JSON object",
         ));
     };
     if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
         return Err(FieldError::new(
-            "unknown_field",
+            ErrorCode::UnknownField,
             unknown.clone(),
             format!("unknown field; expected one of: {}", FIELDS.join(", ")),
         ));
@@ -404,7 +434,7 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
         None | Some(Value::Null) => MessageKind::Template,
         Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
             FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "kind",
                 "must be one of template, subscribe, bizsend",
             )
@@ -426,7 +456,7 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
                 .find(|k| !matches!(k.as_str(), "appid" | "pagepath"))
             {
                 return Err(FieldError::new(
-                    "unknown_field",
+                    ErrorCode::UnknownField,
                     format!("miniprogram.{unknown}"),
                     "unknown field; expected appid, pagepath",
                 ));
@@ -439,7 +469,7 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
         }
         Some(_) => {
             return Err(FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "miniprogram",
                 "must be an object {appid, pagepath}",
             ));
@@ -451,7 +481,7 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
         && !matches!(s.as_str(), "developer" | "trial" | "formal")
     {
         return Err(FieldError::new(
-            "invalid_field",
+            ErrorCode::InvalidField,
             "miniprogram_state",
             "must be one of developer, trial, formal",
         ));
@@ -462,7 +492,7 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
     if let Some(c) = &client_msg_id {
         if c.is_empty() {
             return Err(FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "client_msg_id",
                 "must not be empty",
             ));
@@ -473,14 +503,14 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.parse::<Timestamp>().map_err(|_| {
             FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "expires_at",
                 "must be an RFC 3339 timestamp such as 2026-11-28T12:00:00Z",
             )
         })?),
         Some(_) => {
             return Err(FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "expires_at",
                 "must be an RFC 3339 timestamp string",
             ));
@@ -512,7 +542,7 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
         Some(Value::Object(o)) => o,
         Some(_) => {
             return Err(FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 "data",
                 "must be an object of {\"key\": {\"value\": \"...\"}}",
             ));
@@ -520,7 +550,7 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
     };
     if obj.len() > MAX_DATA_KEYS {
         return Err(FieldError::new(
-            "too_long",
+            ErrorCode::TooLong,
             "data",
             format!("at most {MAX_DATA_KEYS} keys"),
         ));
@@ -529,14 +559,14 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
         let field = || format!("data.{key}");
         if key.is_empty() || key.chars().count() > MAX_DATA_KEY {
             return Err(FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 field(),
                 format!("keys must have 1 to {MAX_DATA_KEY} characters"),
             ));
         }
         let Value::Object(item) = item else {
             return Err(FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 field(),
                 "must be an object {\"value\": \"...\"}",
             ));
@@ -546,7 +576,7 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
             .find(|k| !matches!(k.as_str(), "value" | "color"))
         {
             return Err(FieldError::new(
-                "unknown_field",
+                ErrorCode::UnknownField,
                 format!("data.{key}.{unknown}"),
                 "unknown field; expected value, color",
             ));
@@ -555,21 +585,21 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
             Some(Value::String(s)) if s.chars().count() <= MAX_DATA_VALUE => {}
             Some(Value::String(_)) => {
                 return Err(FieldError::new(
-                    "too_long",
+                    ErrorCode::TooLong,
                     format!("data.{key}.value"),
                     format!("at most {MAX_DATA_VALUE} characters"),
                 ));
             }
             Some(_) => {
                 return Err(FieldError::new(
-                    "invalid_field",
+                    ErrorCode::InvalidField,
                     format!("data.{key}.value"),
                     "must be a string",
                 ));
             }
             None => {
                 return Err(FieldError::new(
-                    "missing_field",
+                    ErrorCode::MissingField,
                     format!("data.{key}.value"),
                     "is required",
                 ));
@@ -579,7 +609,7 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
             && !matches!(color, Value::String(c) if c.len() <= 16)
         {
             return Err(FieldError::new(
-                "invalid_field",
+                ErrorCode::InvalidField,
                 format!("data.{key}.color"),
                 "must be a short string such as #173177",
             ));
@@ -588,8 +618,21 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
     Ok(TemplateData::from_map(obj))
 }
 
+/// The digest an `Idempotency-Key` is stored with: SHA-256, in hex, of the route and the
+/// request body as canonical JSON (object keys sorted, no white space), so that the same request
+/// sent again with other spacing or key order still matches.
+pub fn request_digest(route: &str, body: &Value) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(route.as_bytes());
+    h.update(b"\n");
+    // A `serde_json::Map` keeps its keys sorted (no `preserve_order`), so this is canonical.
+    h.update(serde_json::to_vec(body).unwrap_or_default());
+    hex::encode(h.finalize())
+}
+
 /// Where a message is in its life (docs/architecture.md, "A message's life").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     /// Accepted, waiting for its first attempt.
@@ -642,9 +685,11 @@ impl Status {
 
 /// Everything the store keeps about one message; also the status document of
 /// `GET /v1/messages/{id}` (with `status` `sending` while leased).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = MessageStatus)]
 pub struct MessageRecord {
     /// The id.
+    #[schema(value_type = String)]
     pub id: MessageId,
     /// Where it is in its life.
     pub status: Status,
@@ -659,22 +704,28 @@ pub struct MessageRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub msgid: Option<i64>,
     /// When it was accepted (answered 202).
+    #[schema(value_type = String, format = DateTime)]
     pub accepted_at: Timestamp,
     /// When its `retry.maxAge` budget started: the end of its first attempt that did not settle
     /// it (before that, acceptance or the last replay; the budget does not run until then).
+    #[schema(ignore)]
     pub budget_from: Timestamp,
     /// When its first attempt started: written durably before the first send ("attempt
     /// started" record). Set while `attempts` is 0, it means the outcome of that attempt is
     /// unknown (the pusher stopped before recording it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub first_attempt_at: Option<Timestamp>,
     /// When the next attempt is due (queued and retrying messages).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_attempt_at: Option<Timestamp>,
     /// When it reached its final state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
     /// When the record last changed.
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     /// Whether it sits in the dead-letter set (and can be replayed).
     #[serde(default)]
@@ -685,6 +736,13 @@ pub struct MessageRecord {
     /// The producer's `Idempotency-Key`, if given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// SHA-256 (hex) of the request that carried `idempotency_key` (see
+    /// [`request_digest`]): a later request with the key and another digest is refused. Records
+    /// stored before digests were kept have none and match any request. Not shown in the status
+    /// document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(ignore)]
+    pub request_digest: Option<String>,
     /// TEMPLATESENDJOBFINISH events recorded for it (oldest first, at most
     /// [`MAX_EVENTS_PER_MESSAGE`]), whether or not they changed its status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -697,7 +755,7 @@ pub struct MessageRecord {
 pub const MAX_EVENTS_PER_MESSAGE: usize = 8;
 
 /// A TEMPLATESENDJOBFINISH event as recorded on a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventRecord {
     /// WeChat's `Status` text as sent (`success`, `failed:user block`, `failed: system failed`).
     pub status: String,
@@ -706,6 +764,7 @@ pub struct EventRecord {
     /// WeChat's `CreateTime` (Unix seconds).
     pub create_time: u64,
     /// When the pusher received it.
+    #[schema(value_type = String, format = DateTime)]
     pub received_at: Timestamp,
     /// `msgid` when found through the msgid index, `openid_fallback` when `MsgID` was 0 or
     /// unknown and the most recent delivered message to that openid was taken.
@@ -742,6 +801,7 @@ impl MessageRecord {
             dead_letter: false,
             replays: 0,
             idempotency_key,
+            request_digest: None,
             events: Vec::new(),
             message,
         }
@@ -824,7 +884,11 @@ mod tests {
         ];
         for (body, code, field) in cases {
             let err = parse_message(&body).expect_err("invalid");
-            assert_eq!((err.code, err.field.as_str()), (code, field), "{body}");
+            assert_eq!(
+                (err.code.as_str(), err.field.as_str()),
+                (code, field),
+                "{body}"
+            );
         }
         let err = parse_message(&json!({"template_id": "T"}))
             .expect_err("invalid")

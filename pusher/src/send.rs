@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::policy::Retry;
 
 /// Which WeChat send API a message goes to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageKind {
     /// `POST /cgi-bin/message/template/send` (Official Account template message). The default.
@@ -49,7 +51,8 @@ pub struct SendRequest<'a> {
 }
 
 /// What went wrong in an attempt, in a form fit for status, logs and metrics (never a secret).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = LastError)]
 pub struct SendError {
     /// Short machine-readable kind: `timeout_connect`, `timeout_tls`, `timeout_response_header`,
     /// `timeout_request`, `transport` (DNS, refused, reset, TLS errors), `http_5xx`,

@@ -228,6 +228,10 @@ impl OperatorProcess {
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("HOME", home)
+            // The PushChannels of most tests keep the default apiBaseUrl (WeChat itself), which
+            // a test must never call: the credentials check is on only where a test passes
+            // WXPUSH_OPERATOR_CHECK_CREDENTIALS=true and points apiBaseUrl at a sandbox.
+            .env("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "false")
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);

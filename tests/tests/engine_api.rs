@@ -167,6 +167,124 @@ async fn bad_requests_get_documented_codes_and_change_nothing() {
     assert_eq!(code, 404);
 }
 
+/// A POST with `Idempotency-Key: key` and a body given as text; status, `Idempotent-Replayed`,
+/// `Location` and the answer.
+async fn keyed(api: &Api, path: &str, key: &str, body: &str) -> (u16, bool, Option<String>, Value) {
+    let r = api
+        .http
+        .post(format!("{}{path}", api.base))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json")
+        .header("Idempotency-Key", key)
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("answers");
+    let status = r.status().as_u16();
+    let header = |name: &str| {
+        r.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let replayed = header("idempotent-replayed").as_deref() == Some("true");
+    let location = header("location");
+    (
+        status,
+        replayed,
+        location,
+        r.json().await.unwrap_or(Value::Null),
+    )
+}
+
+/// A reused `Idempotency-Key` replays the same request (spacing and key order aside) and
+/// refuses another body with 422 `idempotency_key_reused`, on both routes, storing nothing; the
+/// edge answers (`limit`, an empty batch, a wrong method) carry their documented codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reused_key_with_another_body_is_refused_on_both_routes() {
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let dir = tempdir();
+    let cfg = config(&sb_url, dir.path(), &json!({}));
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let api = &pusher.api;
+
+    let one = r#"{"touser": "k1", "template_id": "T", "data": {"a": {"value": "1"}}}"#;
+    let same = r#"{"data":{"a":{"value":"1"}},"template_id":"T","touser":"k1"}"#;
+    let other = r#"{"touser": "k1", "template_id": "T", "data": {"a": {"value": "2"}}}"#;
+    let (c, replayed, loc, first) = keyed(api, "/v1/messages", "single-1", one).await;
+    assert_eq!((c, replayed), (202, false), "{first}");
+    let id = first["id"].as_str().expect("id").to_string();
+    assert_eq!(loc.as_deref(), Some(format!("/v1/messages/{id}").as_str()));
+    let (c, replayed, loc, again) = keyed(api, "/v1/messages", "single-1", same).await;
+    assert_eq!(
+        (c, replayed, again["id"].as_str()),
+        (202, true, Some(id.as_str())),
+        "{again}"
+    );
+    assert_eq!(loc.as_deref(), Some(format!("/v1/messages/{id}").as_str()));
+    let (c, replayed, _, refused) = keyed(api, "/v1/messages", "single-1", other).await;
+    assert_eq!((c, replayed), (422, false), "{refused}");
+    assert_eq!(
+        (
+            refused["error"]["code"].as_str(),
+            refused["error"]["field"].as_str()
+        ),
+        (Some("idempotency_key_reused"), Some("Idempotency-Key")),
+        "{refused}"
+    );
+
+    let batch = json!({"messages": [template("b1"), template("b2")]}).to_string();
+    let changed = json!({"messages": [template("b1"), template("b3")]}).to_string();
+    let longer = json!({"messages": [template("b1"), template("b2"), template("b4")]}).to_string();
+    let (c, replayed, _, first) = keyed(api, "/v1/messages/batch", "batch-1", &batch).await;
+    assert_eq!((c, replayed), (202, false), "{first}");
+    let (c, replayed, _, again) = keyed(api, "/v1/messages/batch", "batch-1", &batch).await;
+    assert_eq!((c, replayed), (202, true), "{again}");
+    assert_eq!(again["results"], first["results"]);
+    for body in [&changed, &longer] {
+        let (c, replayed, _, refused) = keyed(api, "/v1/messages/batch", "batch-1", body).await;
+        assert_eq!((c, replayed), (422, false), "{refused}");
+        assert_eq!(
+            refused["error"]["code"], "idempotency_key_reused",
+            "{refused}"
+        );
+    }
+    api.wait_delivered(3, Duration::from_secs(30)).await;
+    assert_eq!(
+        api.metric("wxpush_messages_accepted_total", &[]).await,
+        3.0,
+        "the refused requests stored nothing"
+    );
+
+    for q in ["limit=0", "limit=5000", "limit=abc", "limit=-1", "page=2"] {
+        let (c, v) = api.get(&format!("/v1/dead-letters?{q}")).await;
+        assert_eq!(
+            (c, v["error"]["code"].as_str()),
+            (400, Some("bad_query")),
+            "{q}: {v}"
+        );
+    }
+    let (c, v) = api.get("/v1/dead-letters?limit=1000").await;
+    assert_eq!(c, 200, "{v}");
+    let (c, v) = api.try_batch(&[], None).await.expect("answers");
+    assert_eq!(
+        (c, v["error"]["code"].as_str(), v["error"]["field"].as_str()),
+        (422, Some("empty_batch"), Some("messages")),
+        "{v}"
+    );
+    let r = api
+        .http
+        .delete(format!("{}/v1/messages", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .expect("answers");
+    assert_eq!(r.status().as_u16(), 405);
+    assert!(r.headers().contains_key("allow"));
+    let v: Value = r.json().await.expect("a JSON body");
+    assert_eq!(v["error"]["code"], "method_not_allowed", "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_429_and_writes_nothing() {
     let dir = tempdir();

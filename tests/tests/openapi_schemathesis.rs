@@ -1,6 +1,7 @@
 //! Schemathesis (PyPI, installed into `.venv` by `scripts/setup.sh`) against the running pusher's
 //! own `/openapi.json`, with the bearer token and a bounded number of examples per operation:
-//! no 5xx answer, and every answer matches the document (status code, content type, schema).
+//! no 5xx answer, and every answer matches the document (status code, content type, schema,
+//! headers).
 //!
 //! Generated messages may carry any `callback_url` the pusher accepts, so the sandbox, the
 //! pusher and Schemathesis run together in a network namespace of their own with only loopback
@@ -45,7 +46,7 @@ RUST_LOG=warn "{pusher}" serve --config "{cfg}" >/dev/null &
 px=$!
 "{st}" run http://127.0.0.1:18080/openapi.json --wait-for-schema 30 \
   -H "Authorization: Bearer {TOKEN}" --max-examples {n} --seed 12 \
-  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance \
   --phases examples,coverage,fuzzing --report-dir "{report}"
 rc=$?
 kill $px $sb

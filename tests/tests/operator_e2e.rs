@@ -172,6 +172,28 @@ async fn operator_turns_a_pushchannel_into_owned_children_and_keeps_them() {
         "payment-notify-pusher"
     );
 
+    // The example asks for an events Ingress: it routes only /wechat/events, and the status
+    // names the server URL to enter in WeChat.
+    let ingress = kubectl
+        .wait_for_object(
+            "ingress/payment-notify-pusher-events",
+            "ingress.networking.k8s.io",
+            "payment-notify-pusher-events",
+            wait(),
+            |o| owned_by(o, &uid),
+        )
+        .await;
+    assert_eq!(
+        ingress["spec"]["rules"][0]["http"]["paths"][0]["path"],
+        "/wechat/events"
+    );
+    assert_eq!(ingress["spec"]["tls"][0]["secretName"], "wx-events-tls");
+    kubectl
+        .wait_for_object("status.eventsUrl", "pch", "payment-notify", wait(), |o| {
+            o["status"]["eventsUrl"] == "https://wx-events.payments.example.com/wechat/events"
+        })
+        .await;
+
     // Status, read back with kubectl.
     let status_of = |cond: &'static str| {
         let kubectl = kubectl.clone();

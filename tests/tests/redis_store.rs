@@ -161,6 +161,7 @@ mod outage {
             .accept(vec![AcceptItem {
                 message,
                 idempotency_key: None,
+                request_digest: None,
             }])
             .await
             .expect("accepted")[0]
@@ -340,6 +341,7 @@ mod replicas {
             message: parse_message(&json!({"touser": "o-wait", "template_id": "T"}))
                 .expect("valid"),
             idempotency_key: None,
+            request_digest: None,
         }
     }
 

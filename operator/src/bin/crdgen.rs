@@ -5,10 +5,22 @@
 
 use std::process::ExitCode;
 
+const USAGE: &str = "usage: crdgen [PATH | - | --check [PATH] | --help]
+
+Writes the PushChannel CRD generated from the Rust types.
+  crdgen                write crds/pushchannel.yaml
+  crdgen PATH           write PATH
+  crdgen -              print it
+  crdgen --check [PATH] exit 1 when PATH (default crds/pushchannel.yaml) differs";
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let yaml = wxpush_operator::crd::crd_yaml();
     let (check, path) = match args.as_slice() {
+        [flag] if flag == "--help" || flag == "-h" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         [] => (false, "crds/pushchannel.yaml".to_string()),
         [flag] if flag == "--check" => (true, "crds/pushchannel.yaml".to_string()),
         [flag, p] if flag == "--check" => (true, p.clone()),
@@ -18,9 +30,7 @@ fn main() -> ExitCode {
         }
         [p] if !p.starts_with('-') => (false, p.clone()),
         _ => {
-            eprintln!(
-                "usage: crdgen [PATH | - | --check [PATH]]  (default PATH: crds/pushchannel.yaml)"
-            );
+            eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
     };

@@ -4,6 +4,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::error_code::ErrorCode;
 use crate::message::FieldError;
 use crate::store::StoreError;
 
@@ -11,7 +12,7 @@ use crate::store::StoreError;
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
+    code: ErrorCode,
     message: String,
     field: Option<String>,
     retry_after: Option<u64>,
@@ -19,7 +20,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An answer with `status`, a snake_case `code` and a sentence.
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -31,12 +32,22 @@ impl ApiError {
 
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     /// 500.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
+    }
+
+    /// The same answer, naming the field at fault.
+    pub fn field(mut self, field: impl Into<String>) -> Self {
+        self.field = Some(field.into());
+        self
     }
 
     /// Adds `Retry-After: secs`.
@@ -59,19 +70,40 @@ impl From<FieldError> for ApiError {
     }
 }
 
+/// `Retry-After` (seconds) while the disk budget is spent: space comes back with deliveries
+/// and the retention sweep, not within a second.
+const OVER_BUDGET_RETRY_AFTER: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
-            StoreError::Full { retry_after, .. } => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", e.to_string())
-                    .retry_after(retry_after.as_secs().max(1))
-            }
+            StoreError::Full { retry_after, .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QueueFull,
+                e.to_string(),
+            )
+            .retry_after(retry_after.as_secs().max(1)),
+            StoreError::KeyReused(_) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::IdempotencyKeyReused,
+                e.to_string(),
+            )
+            .field("Idempotency-Key"),
+            // Same answer as a full queue: producers already back off on it.
+            StoreError::OverBudget { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QueueFull,
+                e.to_string(),
+            )
+            .retry_after(OVER_BUDGET_RETRY_AFTER),
             StoreError::NotFound(_) => Self::not_found(e.to_string()),
-            StoreError::NotDeadLetter(_) => {
-                Self::new(StatusCode::CONFLICT, "not_dead_letter", e.to_string())
-            }
+            StoreError::NotDeadLetter(_) => Self::new(
+                StatusCode::CONFLICT,
+                ErrorCode::NotDeadLetter,
+                e.to_string(),
+            ),
             StoreError::PastExpiry(..) => {
-                Self::new(StatusCode::CONFLICT, "past_expiry", e.to_string())
+                Self::new(StatusCode::CONFLICT, ErrorCode::PastExpiry, e.to_string())
             }
             StoreError::Storage(_) | StoreError::Closed | StoreError::Busy => {
                 static LOGS: std::sync::LazyLock<crate::ratelog::LogLimiter> =
@@ -81,7 +113,7 @@ impl From<StoreError> for ApiError {
                 }
                 Self::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
+                    ErrorCode::StoreUnavailable,
                     "the queue could not confirm this write; retry shortly, with the same \
                      Idempotency-Key so that a write that did land is not stored twice",
                 )

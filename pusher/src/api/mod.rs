@@ -30,8 +30,10 @@ pub use error::ApiError;
 use crate::callbacks::target::TargetPolicy;
 use crate::config::ApiLimits;
 use crate::dispatch::DispatchState;
+use crate::error_code::ErrorCode;
 use crate::message::{
     FieldError, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord, batch_items, parse_message,
+    request_digest,
 };
 use crate::metrics::{Metrics, QueueState};
 use crate::store::{AcceptItem, Store};
@@ -49,7 +51,8 @@ pub struct ApiState<S> {
     pub limits: ApiLimits,
     /// Set on SIGTERM: not ready, no new messages.
     pub draining: Arc<AtomicBool>,
-    /// The dispatcher's hold (paused channel, open circuit), shown by `/healthz`.
+    /// The dispatcher's hold (paused channel, open circuit): `on_hold` on `/healthz`, the
+    /// reason on `/v1/status`.
     pub dispatch: Arc<DispatchState>,
     /// Where callbacks may go (`callbacks.allow`): `callback_url` is checked at accept.
     pub targets: Arc<TargetPolicy>,
@@ -70,6 +73,7 @@ pub fn router<S: Store + Clone>(
         .route("/v1/messages/{id}", get(get_message::<S>))
         .route("/v1/dead-letters", get(list_dead_letters::<S>))
         .route("/v1/dead-letters/{id}/retry", post(replay::<S>))
+        .route("/v1/status", get(status::<S>))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token::<S>,
@@ -108,7 +112,7 @@ async fn require_token<S: Store>(
     } else {
         let mut resp = ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "a valid `Authorization: Bearer <token>` header is required",
         )
         .into_response();
@@ -122,7 +126,7 @@ fn check_accepting<S>(state: &ApiState<S>) -> Result<(), ApiError> {
     if state.draining.load(Ordering::Relaxed) {
         Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
+            ErrorCode::Draining,
             "the pusher is shutting down; send to another replica or retry shortly",
         )
         .retry_after(1))
@@ -141,7 +145,7 @@ async fn read_json(headers: &HeaderMap, body: Body, limits: &ApiLimits) -> Resul
     if !is_json {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            ErrorCode::UnsupportedMediaType,
             "send `Content-Type: application/json`",
         ));
     }
@@ -149,7 +153,7 @@ async fn read_json(headers: &HeaderMap, body: Body, limits: &ApiLimits) -> Resul
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
+            ErrorCode::BodyTooLarge,
             format!("the body exceeds {limit} bytes (api.maxBodyBytes)"),
         )
     };
@@ -167,17 +171,21 @@ async fn read_json(headers: &HeaderMap, body: Body, limits: &ApiLimits) -> Resul
         } else if chain.contains("TimeoutError") || chain.contains("timeout") {
             ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
+                ErrorCode::BodyTimeout,
                 "the body did not arrive within api.bodyReadTimeout",
             )
         } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_body", "cannot read the body")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::BadBody,
+                "cannot read the body",
+            )
         }
     })?;
     json::from_slice_strict(&bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            "malformed_json",
+            ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {e}"),
         )
     })
@@ -189,7 +197,7 @@ async fn check_callback(targets: &TargetPolicy, message: &Message) -> Result<(),
         return Ok(());
     };
     targets.check_resolved(url).await.map_err(|e| FieldError {
-        code: "forbidden_target",
+        code: ErrorCode::ForbiddenTarget,
         message: e.to_string(),
         field: "callback_url".into(),
     })
@@ -201,7 +209,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     let bad = || {
         ApiError::from(FieldError {
-            code: "invalid_field",
+            code: ErrorCode::InvalidField,
             message: format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
             field: "Idempotency-Key".into(),
         })
@@ -216,6 +224,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
+/// Set on an answer that repeats an earlier one (same `Idempotency-Key`, same body).
+const REPLAYED: &str = "idempotent-replayed";
+
 fn accepted(id: MessageId, status: &str, duplicate: bool) -> Response {
     let mut resp = (
         StatusCode::ACCEPTED,
@@ -227,20 +238,23 @@ fn accepted(id: MessageId, status: &str, duplicate: bool) -> Response {
     }
     if duplicate {
         resp.headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     resp
 }
 
 #[utoipa::path(post, path = "/v1/messages", tag = "messages",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeats of the same key answer the first result")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "repeats of the same key with the same body answer the first result; with another body they are refused (422 `idempotency_key_reused`)")),
     request_body(content = openapi::MessageRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "accepted (durably stored)", body = openapi::Accepted),
-        (status = 422, description = "a field is wrong (named in `field`)", body = openapi::ErrorBody),
+        (status = 202, description = "accepted (durably stored)", body = openapi::Accepted, headers(
+            ("Location" = String, description = "`/v1/messages/{id}`: where to read its status"),
+            ("Idempotent-Replayed" = String, description = "`true` when this repeats the answer to an earlier request with the same `Idempotency-Key` and body"),
+        )),
+        (status = 422, description = "a field is wrong (named in `field`), or the `Idempotency-Key` was used before with another body (`idempotency_key_reused`)", body = openapi::ErrorBody),
         (status = 400, description = "not JSON, or a duplicate key", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 408, description = "the body did not arrive in time", body = openapi::ErrorBody),
         (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
         (status = 415, description = "not application/json", body = openapi::ErrorBody),
@@ -255,6 +269,7 @@ async fn post_message<S: Store>(
     check_accepting(&state)?;
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
+    let request_digest = key.as_ref().map(|_| request_digest("/v1/messages", &value));
     let message = parse_message(&value)?;
     check_callback(&state.targets, &message).await?;
     let mut results = state
@@ -262,6 +277,7 @@ async fn post_message<S: Store>(
         .accept(vec![AcceptItem {
             message,
             idempotency_key: key,
+            request_digest,
         }])
         .await?;
     let Some(first) = results.pop() else {
@@ -275,13 +291,15 @@ async fn post_message<S: Store>(
 
 #[utoipa::path(post, path = "/v1/messages/batch", tag = "messages",
     security(("bearer" = [])),
-    params(("Idempotency-Key" = Option<String>, Header, description = "repeats of the same key answer the first result")),
+    params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "repeats of the same key with the same body answer the first result; with another body they are refused (422 `idempotency_key_reused`)")),
     request_body(content = openapi::BatchRequest, content_type = "application/json"),
     responses(
-        (status = 202, description = "at least one item accepted", body = openapi::BatchAnswer),
-        (status = 422, description = "every item refused, or the body is wrong", body = openapi::BatchRefused),
+        (status = 202, description = "at least one item accepted (no `Location`: each item has its id)", body = openapi::BatchAnswer, headers(
+            ("Idempotent-Replayed" = String, description = "`true` when this repeats the answer to an earlier request with the same `Idempotency-Key` and body"),
+        )),
+        (status = 422, description = "every item refused, the body is wrong (`empty_batch`, `too_long`, ...), or the `Idempotency-Key` was used before with another body (`idempotency_key_reused`)", body = openapi::BatchRefused),
         (status = 400, description = "not JSON, or a duplicate key", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 408, description = "the body did not arrive in time", body = openapi::ErrorBody),
         (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
         (status = 415, description = "not application/json", body = openapi::ErrorBody),
@@ -296,6 +314,10 @@ async fn post_batch<S: Store>(
     check_accepting(&state)?;
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
+    // One digest for the whole body, kept with every item's key: any change refuses the batch.
+    let digest = key
+        .as_ref()
+        .map(|_| request_digest("/v1/messages/batch", &value));
     let items = batch_items(value, state.limits.max_batch as usize)?;
     // Validate everything first; the valid ones go to the store in one durable write.
     let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(items.len());
@@ -311,6 +333,7 @@ async fn post_batch<S: Store>(
                 to_store.push(AcceptItem {
                     message,
                     idempotency_key: key.as_ref().map(|k| format!("{k}#{i}")),
+                    request_digest: digest.clone(),
                 });
             }
             Err(e) => slots.push(Err(e.in_item(i))),
@@ -323,6 +346,7 @@ async fn post_batch<S: Store>(
     };
     let fresh = stored.iter().filter(|a| !a.duplicate).count();
     state.metrics.accepted.inc_by(fresh as u64);
+    let replayed = !stored.is_empty() && fresh == 0;
     let mut rejected = 0;
     let results: Vec<Value> = slots
         .into_iter()
@@ -342,7 +366,7 @@ async fn post_batch<S: Store>(
     } else {
         StatusCode::ACCEPTED
     };
-    Ok((
+    let mut resp = (
         status,
         axum::Json(json!({
             "accepted": stored.len(),
@@ -350,7 +374,12 @@ async fn post_batch<S: Store>(
             "results": results,
         })),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        resp.headers_mut()
+            .insert(REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(resp)
 }
 
 fn parse_id(id: &str) -> Result<MessageId, ApiError> {
@@ -358,10 +387,11 @@ fn parse_id(id: &str) -> Result<MessageId, ApiError> {
         .map_err(|_| ApiError::not_found(format!("no message with id {id}")))
 }
 
-fn status_doc(record: &MessageRecord) -> Value {
+pub(crate) fn status_doc(record: &MessageRecord) -> Value {
     let mut v = serde_json::to_value(record).unwrap_or(Value::Null);
     if let Value::Object(o) = &mut v {
         o.remove("budget_from");
+        o.remove("request_digest");
     }
     v
 }
@@ -370,8 +400,8 @@ fn status_doc(record: &MessageRecord) -> Value {
     security(("bearer" = [])),
     params(("id" = String, Path, description = "the message's id")),
     responses(
-        (status = 200, description = "the status document", body = openapi::MessageStatus),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 200, description = "the status document", body = MessageRecord),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "no such message", body = openapi::ErrorBody),
         (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
     ))]
@@ -390,19 +420,42 @@ async fn get_message<S: Store>(
 #[serde(deny_unknown_fields)]
 struct DeadLetterQuery {
     after: Option<String>,
-    limit: Option<usize>,
+    // Read as text so that a bad value gets this API's own answer, naming the bounds.
+    limit: Option<String>,
+}
+
+/// Bounds of `limit` on `GET /v1/dead-letters` (outside them: 400 `bad_query`).
+pub const MIN_PAGE: usize = 1;
+/// See [`MIN_PAGE`].
+pub const MAX_PAGE: usize = 1000;
+/// `limit` when not given.
+pub const DEFAULT_PAGE: usize = 100;
+
+fn page_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    let Some(text) = limit else {
+        return Ok(DEFAULT_PAGE);
+    };
+    match text.parse::<usize>() {
+        Ok(n) if (MIN_PAGE..=MAX_PAGE).contains(&n) => Ok(n),
+        _ => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorCode::BadQuery,
+            format!("limit must be a whole number from {MIN_PAGE} to {MAX_PAGE}"),
+        )
+        .field("limit")),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters",
     security(("bearer" = [])),
     params(
         ("after" = Option<String>, Query, description = "the `next` of the previous page"),
-        ("limit" = Option<u32>, Query, description = "1 to 1000, default 100"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100; outside: 400 `bad_query`"),
     ),
     responses(
         (status = 200, description = "a page of dead letters", body = openapi::DeadLetterPage),
-        (status = 400, description = "a malformed query", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 400, description = "a malformed query, an unknown parameter or `limit` outside 1 to 1000 (`bad_query`)", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 422, description = "`after` is not a message id", body = openapi::ErrorBody),
         (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
     ))]
@@ -410,19 +463,19 @@ async fn list_dead_letters<S: Store>(
     State(state): State<Shared<S>>,
     query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) =
-        query.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_query", e.body_text()))?;
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadQuery, e.body_text()))?;
     let after = match q.after.as_deref() {
         Some(a) => Some(a.parse::<MessageId>().map_err(|_| {
             ApiError::from(FieldError {
-                code: "invalid_field",
+                code: ErrorCode::InvalidField,
                 message: "must be a message id".into(),
                 field: "after".into(),
             })
         })?),
         None => None,
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = page_limit(q.limit.as_deref())?;
     let page = state.store.dead_letters(after, limit).await?;
     let items: Vec<Value> = page.items.iter().map(status_doc).collect();
     Ok(axum::Json(json!({"items": items, "next": page.next})).into_response())
@@ -432,8 +485,10 @@ async fn list_dead_letters<S: Store>(
     security(("bearer" = [])),
     params(("id" = String, Path, description = "the dead letter's id")),
     responses(
-        (status = 202, description = "queued again", body = openapi::Accepted),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 202, description = "queued again", body = openapi::Accepted, headers(
+            ("Location" = String, description = "`/v1/messages/{id}`"),
+        )),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "no such message", body = openapi::ErrorBody),
         (status = 409, description = "not a dead letter, or past its expiry", body = openapi::ErrorBody),
         (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
@@ -449,50 +504,67 @@ async fn replay<S: Store>(
     Ok(accepted(record.id, record.status.as_str(), false))
 }
 
+/// The one-word health states: all that an unauthenticated caller learns.
+fn health_word(status: StatusCode, word: &'static str) -> Response {
+    (status, axum::Json(json!({ "status": word }))).into_response()
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "health",
-    responses((status = 200, description = "alive", body = openapi::Health)))]
+    responses(
+        (status = 200, description = "alive: `ok`, or `on_hold` while sending is held (paused channel, open circuit); the reason is on `/v1/status`", body = openapi::Health),
+        (status = 503, description = "`unavailable`: the store has failed to heal (a restart may help)", body = openapi::Health),
+    ))]
 async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
-    let hold = state.dispatch.hold();
     if !state.store.is_live() {
-        // The store has failed to heal for longer than `unhealthyAfter`: a restart may help.
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({
-                "status": "store_unhealthy",
-                "reason": "the queue has not taken a write for longer than queue.embedded.unhealthyAfter",
-            })),
-        )
-            .into_response();
+        return health_word(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     }
-    axum::Json(json!({
-        "status": "ok",
-        "sending": if hold.is_some() { "on_hold" } else { "active" },
-        "hold": hold,
-    }))
-    .into_response()
+    match state.dispatch.hold() {
+        Some(_) => health_word(StatusCode::OK, "on_hold"),
+        None => health_word(StatusCode::OK, "ok"),
+    }
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "takes messages", body = openapi::Ready),
-        (status = 503, description = "draining or the store is unavailable", body = openapi::Ready),
+        (status = 200, description = "`ok`: takes messages", body = openapi::Health),
+        (status = 503, description = "`unavailable`: draining or the store is unavailable; the reason is on `/v1/status`", body = openapi::Health),
     ))]
 async fn readyz<S: Store>(State(state): State<Shared<S>>) -> Response {
+    if not_ready(&state).is_some() {
+        return health_word(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    }
+    health_word(StatusCode::OK, "ok")
+}
+
+fn not_ready<S: Store>(state: &ApiState<S>) -> Option<&'static str> {
     if state.draining.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "reason": "draining"})),
-        )
-            .into_response();
+        Some("draining")
+    } else if !state.store.is_healthy() {
+        Some("store unavailable")
+    } else {
+        None
     }
-    if !state.store.is_healthy() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "reason": "store unavailable"})),
-        )
-            .into_response();
-    }
-    axum::Json(json!({"ready": true})).into_response()
+}
+
+#[utoipa::path(get, path = "/v1/status", tag = "health",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the pusher's state with its reasons", body = openapi::ServiceStatus),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+    ))]
+async fn status<S: Store>(State(state): State<Shared<S>>) -> Response {
+    let hold = state.dispatch.hold();
+    let live = state.store.is_live();
+    let not_ready = not_ready(&state);
+    axum::Json(json!({
+        "status": if !live { "unavailable" } else if hold.is_some() { "on_hold" } else { "ok" },
+        "live": live,
+        "ready": not_ready.is_none(),
+        "not_ready_reason": not_ready,
+        "sending": if hold.is_some() { "on_hold" } else { "active" },
+        "hold": hold,
+    }))
+    .into_response()
 }
 
 async fn openapi_json() -> Response {
@@ -514,6 +586,18 @@ async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Response {
         .metrics
         .set_queue(QueueState::inflight, gauge(c.inflight));
     state.metrics.set_queue(QueueState::dead, gauge(c.dead));
+    state.metrics.channel_hold_errcode.set(
+        state
+            .dispatch
+            .hold()
+            .and_then(|h| h.errcode)
+            .unwrap_or_default(),
+    );
+    let now = crate::store::millis(jiff::Timestamp::now());
+    let age_s = c
+        .oldest_ready_ms
+        .map_or(0, |due| now.saturating_sub(due) / 1000);
+    state.metrics.oldest_ready_age.set(gauge(age_s));
     (
         [(
             header::CONTENT_TYPE,

@@ -3,9 +3,12 @@
 //! committed as `docs/openapi.json` (a unit test fails when the two drift; `UPDATE_OPENAPI=1`
 //! rewrites the file).
 //!
-//! The handlers validate bodies by hand (from a JSON value, so every error names its field), so
-//! the request and answer shapes are described here by small types that exist for the document
-//! only; their fields follow `message.rs` and `api/mod.rs`.
+//! What the handlers answer is described by the types they answer with: the status document is
+//! [`MessageRecord`] itself, statuses are [`Status`], error codes [`ErrorCode`], `last_error` is
+//! [`crate::send::SendError`]. The handlers validate request bodies by hand (from a JSON value,
+//! so every error names its field), so the request shapes and the small answer envelopes are
+//! described by types below that exist for the document only; the tests below check them
+//! against the code's limits.
 
 #![allow(dead_code)] // The types below are never built: they describe JSON for the document.
 
@@ -13,13 +16,17 @@ use serde_json::Value;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
 
+use crate::error_code::ErrorCode;
+use crate::message::{MessageRecord, MiniProgram, Status};
+use crate::send::MessageKind;
+
 /// A message to send (`POST /v1/messages`, an item of a batch). Unknown fields are refused.
 #[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageRequest {
     /// `template` (default), `subscribe` or `bizsend`.
     #[schema(nullable = false)]
-    kind: Option<Kind>,
+    kind: Option<MessageKind>,
     /// The recipient's openid.
     #[schema(min_length = 1, max_length = 128)]
     touser: String,
@@ -27,7 +34,7 @@ pub struct MessageRequest {
     #[schema(min_length = 1, max_length = 128)]
     template_id: String,
     /// Page opened on tap (template messages): an absolute http(s) URL.
-    #[schema(max_length = 1024, nullable = false)]
+    #[schema(max_length = 2048, nullable = false)]
     url: Option<String>,
     /// Mini Program opened on tap.
     #[schema(nullable = false)]
@@ -37,45 +44,35 @@ pub struct MessageRequest {
     page: Option<String>,
     /// `developer`, `trial` or `formal`.
     #[schema(nullable = false)]
-    miniprogram_state: Option<String>,
+    miniprogram_state: Option<MiniProgramState>,
     /// Language, e.g. `zh_CN`.
-    #[schema(nullable = false)]
+    #[schema(max_length = 16, nullable = false)]
     lang: Option<String>,
     /// The template's fields: `{"keyword1": {"value": "..."}}`.
     #[schema(value_type = Object, nullable = false, required = false)]
     data: Option<Value>,
     /// The `client_msg_id` (default: derived from the id).
-    #[schema(nullable = false)]
+    #[schema(min_length = 1, max_length = 64, nullable = false)]
     client_msg_id: Option<String>,
     /// Give up after this instant (RFC 3339).
     #[schema(format = DateTime, nullable = false)]
     expires_at: Option<String>,
     /// Where to POST the outcome; internal targets are refused unless `callbacks.allow` lists
     /// them.
-    #[schema(max_length = 1024, nullable = false)]
+    #[schema(max_length = 2048, nullable = false)]
     callback_url: Option<String>,
 }
 
-/// Which WeChat API a message goes to.
+/// `miniprogram_state` of a subscribe message.
 #[derive(Debug, ToSchema)]
 #[schema(rename_all = "snake_case")]
-pub enum Kind {
-    /// Official Account template message.
-    Template,
-    /// Mini Program subscribe message.
-    Subscribe,
-    /// Official Account subscription notice.
-    Bizsend,
-}
-
-/// `miniprogram` of a template message.
-#[derive(Debug, ToSchema)]
-pub struct MiniProgram {
-    /// The Mini Program's appid.
-    appid: String,
-    /// The page to open.
-    #[schema(nullable = false)]
-    pagepath: Option<String>,
+pub enum MiniProgramState {
+    /// The developer version.
+    Developer,
+    /// The trial version.
+    Trial,
+    /// The released version.
+    Formal,
 }
 
 /// `POST /v1/messages/batch`.
@@ -92,7 +89,7 @@ pub struct Accepted {
     /// The message's id.
     id: String,
     /// Its status now.
-    status: String,
+    status: Status,
 }
 
 /// The answer of a batch: one result per item, in order.
@@ -143,8 +140,8 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, ToSchema)]
 pub struct ErrorDetail {
-    /// A snake_case code (`unauthorized`, `malformed_json`, `unknown_field`, ...).
-    code: String,
+    /// What kind of error.
+    code: ErrorCode,
     /// A sentence for people.
     message: String,
     /// The field at fault, as a path (at most 128 characters).
@@ -152,78 +149,40 @@ pub struct ErrorDetail {
     field: Option<String>,
 }
 
-/// A message's status document.
-#[derive(Debug, ToSchema)]
-pub struct MessageStatus {
-    /// The id.
-    id: String,
-    /// `queued`, `sending`, `retrying`, `delivered`, `confirmed`, `rejected_by_user`, `failed`,
-    /// `expired` or `dead_lettered`.
-    status: String,
-    /// The `client_msg_id` every attempt carries.
-    client_msg_id: String,
-    /// Attempts made.
-    attempts: u64,
-    /// The last failed attempt.
-    #[schema(value_type = Object, nullable = false, required = false)]
-    last_error: Option<Value>,
-    /// WeChat's msgid, once delivered.
-    #[schema(nullable = false)]
-    msgid: Option<i64>,
-    /// When it was accepted.
-    accepted_at: String,
-    /// When the next attempt is due.
-    #[schema(nullable = false)]
-    next_attempt_at: Option<String>,
-    /// When it reached its final state.
-    #[schema(nullable = false)]
-    finished_at: Option<String>,
-    /// When the record last changed.
-    updated_at: String,
-    /// Whether it is a dead letter.
-    dead_letter: bool,
-    /// Replays from the dead letters.
-    replays: u64,
-    /// The `Idempotency-Key` it came with.
-    #[schema(nullable = false)]
-    idempotency_key: Option<String>,
-    /// Delivery events recorded for it.
-    #[schema(nullable = false)]
-    events: Option<Vec<Value>>,
-    /// The message as accepted.
-    #[schema(value_type = Object)]
-    message: Value,
-}
-
 /// A page of dead letters.
 #[derive(Debug, ToSchema)]
 pub struct DeadLetterPage {
     /// Status documents, oldest first.
-    items: Vec<MessageStatus>,
+    items: Vec<MessageRecord>,
     /// The id to pass as `after` for the next page; null on the last one.
     next: Option<String>,
 }
 
-/// `/healthz`.
+/// `/healthz` and `/readyz`: one word, nothing more (they need no token).
 #[derive(Debug, ToSchema)]
 pub struct Health {
-    /// Always `ok`.
+    /// `ok`, `on_hold` (`/healthz` only: sending is held) or `unavailable`.
+    #[schema(pattern = "^(ok|on_hold|unavailable)$")]
     status: String,
-    /// `active`, or `on_hold` (paused channel, open circuit).
-    sending: String,
-    /// Why sending is on hold (null while sending).
-    #[schema(value_type = Option<Object>)]
-    hold: Option<Value>,
 }
 
-/// `/readyz`.
+/// `/v1/status`: the state with its reasons, for holders of the token.
 #[derive(Debug, ToSchema)]
-pub struct Ready {
-    /// Whether the pusher takes messages.
+pub struct ServiceStatus {
+    /// As `/healthz`: `ok`, `on_hold` or `unavailable`.
+    status: String,
+    /// Whether the store heals (false: `/healthz` answers 503).
+    live: bool,
+    /// Whether the pusher takes messages (`/readyz`).
     ready: bool,
-    /// Why not.
-    #[schema(nullable = false)]
-    reason: Option<String>,
+    /// Why not ready: `draining` or `store unavailable` (null when ready).
+    not_ready_reason: Option<String>,
+    /// `active`, or `on_hold` (paused channel, open circuit).
+    sending: String,
+    /// Why sending is held: `{until, reason}` with WeChat's errcode and errmsg (null while
+    /// sending).
+    #[schema(value_type = Option<Object>)]
+    hold: Option<Value>,
 }
 
 #[derive(Debug)]
@@ -256,6 +215,7 @@ impl Modify for BearerAuth {
         super::replay,
         super::healthz,
         super::readyz,
+        super::status,
     ),
     modifiers(&BearerAuth)
 )]
@@ -274,6 +234,149 @@ pub fn document_json() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::{self, EventRecord, MessageId, parse_message};
+    use crate::send::SendError;
+    use serde_json::json;
+
+    fn doc() -> Value {
+        serde_json::from_str(&document_json()).expect("the document is JSON")
+    }
+
+    fn schema<'a>(doc: &'a Value, name: &str) -> &'a Value {
+        &doc["components"]["schemas"][name]
+    }
+
+    fn strings(v: &Value) -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn the_error_codes_are_the_enums() {
+        let doc = doc();
+        let listed = strings(&schema(&doc, "ErrorCode")["enum"]);
+        let code_names: Vec<String> = ErrorCode::ALL.iter().map(|c| c.as_str().into()).collect();
+        assert_eq!(listed, code_names);
+        let statuses = strings(&schema(&doc, "Status")["enum"]);
+        assert!(
+            statuses.contains(&"unknown_outcome".to_string()),
+            "{statuses:?}"
+        );
+        assert_eq!(statuses.len(), 10);
+    }
+
+    /// Every key the status document can hold is a property of its schema, and the reverse.
+    #[test]
+    fn the_status_schema_has_every_field_of_the_document() {
+        let now = jiff::Timestamp::now();
+        let msg = parse_message(&json!({"touser": "o", "template_id": "T", "url": "https://a.example/",
+            "miniprogram": {"appid": "wx1", "pagepath": "p"}, "page": "p", "miniprogram_state": "trial",
+            "lang": "zh_CN", "data": {"k": {"value": "v"}}, "client_msg_id": "c",
+            "expires_at": "2030-01-01T00:00:00Z", "callback_url": "https://cb.example/"}))
+        .expect("valid");
+        let mut r = message::MessageRecord::new(MessageId::new(), msg, Some("k".into()), now);
+        r.request_digest = Some("d".into());
+        r.last_error = Some(SendError {
+            kind: "errcode".into(),
+            errcode: Some(45009),
+            message: "quota".into(),
+        });
+        r.msgid = Some(1);
+        r.first_attempt_at = Some(now);
+        r.finished_at = Some(now);
+        r.events.push(EventRecord {
+            status: "success".into(),
+            msgid: 1,
+            create_time: 1,
+            received_at: now,
+            matched_by: "msgid".into(),
+            applied: true,
+        });
+        let shown = super::super::status_doc(&r);
+        let doc = doc();
+        let props = |name: &str, v: &Value| {
+            let mut shown: Vec<String> = v.as_object().expect("object").keys().cloned().collect();
+            shown.sort();
+            let mut documented: Vec<String> = schema(&doc, name)["properties"]
+                .as_object()
+                .unwrap_or_else(|| panic!("{name} has properties"))
+                .keys()
+                .cloned()
+                .collect();
+            documented.sort();
+            assert_eq!(shown, documented, "{name}");
+        };
+        props("MessageStatus", &shown);
+        props("Message", &shown["message"]);
+        props("LastError", &shown["last_error"]);
+        props("EventRecord", &shown["events"][0]);
+        props("MiniProgram", &shown["message"]["miniprogram"]);
+        // The request takes the same fields as the stored message.
+        props("MessageRequest", &shown["message"]);
+    }
+
+    /// The bounds the document states are the ones the handlers enforce.
+    #[test]
+    fn the_documented_bounds_are_the_codes() {
+        let doc = doc();
+        let req = &schema(&doc, "MessageRequest")["properties"];
+        for (field, max) in [
+            ("touser", message::MAX_TOUSER),
+            ("template_id", message::MAX_TEMPLATE_ID),
+            ("url", message::MAX_URL),
+            ("callback_url", message::MAX_URL),
+            ("page", message::MAX_PAGE),
+            ("client_msg_id", message::MAX_CLIENT_MSG_ID),
+        ] {
+            assert_eq!(req[field]["maxLength"], json!(max), "{field}");
+        }
+        let mp = &schema(&doc, "MiniProgram")["properties"];
+        assert_eq!(mp["appid"]["maxLength"], json!(message::MAX_APPID));
+        assert_eq!(mp["pagepath"]["maxLength"], json!(message::MAX_PAGE));
+        let params = doc["paths"]["/v1/dead-letters"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .clone();
+        let limit = params
+            .iter()
+            .find(|p| p["name"] == "limit")
+            .expect("limit is documented");
+        assert_eq!(limit["schema"]["minimum"], json!(super::super::MIN_PAGE));
+        assert_eq!(limit["schema"]["maximum"], json!(super::super::MAX_PAGE));
+        let key = doc["paths"]["/v1/messages"]["post"]["parameters"][0].clone();
+        assert_eq!(
+            key["schema"]["maxLength"],
+            json!(message::MAX_IDEMPOTENCY_KEY)
+        );
+    }
+
+    #[test]
+    fn every_202_and_401_documents_its_headers() {
+        let doc = doc();
+        for (path, method) in [
+            ("/v1/messages", "post"),
+            ("/v1/messages/batch", "post"),
+            ("/v1/dead-letters/{id}/retry", "post"),
+        ] {
+            let op = &doc["paths"][path][method]["responses"];
+            let h = &op["202"]["headers"];
+            if path != "/v1/messages/batch" {
+                assert!(h.get("Location").is_some(), "{path}");
+            }
+            if path != "/v1/dead-letters/{id}/retry" {
+                assert!(h.get("Idempotent-Replayed").is_some(), "{path}");
+            }
+            assert!(
+                op["401"]["headers"].get("WWW-Authenticate").is_some(),
+                "{path}"
+            );
+        }
+    }
 
     #[test]
     fn openapi_json_in_docs_matches_the_code() {

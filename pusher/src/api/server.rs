@@ -46,6 +46,7 @@ use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
 use super::ApiError;
 use crate::config::ApiLimits;
+use crate::error_code::ErrorCode;
 
 /// How long to pause after an accept error (EMFILE and the like) before accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -83,7 +84,7 @@ async fn overloaded(err: tower::BoxError) -> Response {
     if err.is::<tower::load_shed::error::Overloaded>() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ErrorCode::Overloaded,
             "too many requests in progress (api.maxConcurrentRequests); retry shortly",
         )
         .retry_after(1)
@@ -91,6 +92,39 @@ async fn overloaded(err: tower::BoxError) -> Response {
     } else {
         ApiError::internal("request failed").into_response()
     }
+}
+
+/// Gives an error answer made below the handlers (axum's 405, the request timeout's 408) the
+/// API's JSON error body, keeping its `Allow`, `Retry-After` and `WWW-Authenticate` headers.
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || resp.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return resp;
+    }
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            ErrorCode::MethodNotAllowed,
+            "this route does not take this method; the Allow header lists those it takes",
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            ErrorCode::BodyTimeout,
+            "the request did not arrive within api.bodyReadTimeout",
+        ),
+        StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
+        StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::BodyTooLarge, "the body is too large"),
+        s if s.is_server_error() => (ErrorCode::Internal, "the request failed"),
+        _ => (ErrorCode::BadBody, "the request could not be read"),
+    };
+    let (parts, _) = resp.into_parts();
+    let mut answer = ApiError::new(status, code, message).into_response();
+    for name in [header::ALLOW, header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+        if let Some(v) = parts.headers.get(&name) {
+            answer.headers_mut().insert(name, v.clone());
+        }
+    }
+    answer
 }
 
 /// The connection cap actually used: `maxConnections`, but at most half of the soft open-file
@@ -112,6 +146,7 @@ pub async fn serve(
 ) {
     let app = app.layer(
         ServiceBuilder::new()
+            .layer(axum::middleware::map_response(json_errors))
             .layer(SetResponseHeaderLayer::overriding(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),

@@ -89,6 +89,7 @@ impl Backend for Embedded {
             max_messages: o.max_messages,
             retention: o.retention,
             default_callback: o.default_callback,
+            max_bytes: None,
         })
         .expect("opens")
     }
@@ -113,6 +114,7 @@ fn item(n: usize, key: Option<&str>) -> AcceptItem {
         message: parse_message(&json!({"touser": format!("o{n}"), "template_id": "T"}))
             .expect("valid"),
         idempotency_key: key.map(str::to_string),
+        request_digest: None,
     }
 }
 
@@ -368,6 +370,62 @@ pub async fn idempotency_keys_answer_the_first_id<B: Backend>(b: &B) {
     store.close().await;
 }
 
+/// A key seen before with another request digest refuses the whole request and writes
+/// nothing; the same digest replays; a record stored without a digest (before digests were
+/// kept) matches any request.
+pub async fn a_reused_key_with_another_body_is_refused<B: Backend>(b: &B) {
+    let store = b.open(Options::new(100, Duration::from_secs(3600))).await;
+    let with = |n: usize, key: &str, digest: Option<&str>| AcceptItem {
+        request_digest: digest.map(str::to_string),
+        ..item(n, Some(key))
+    };
+    let first = store
+        .accept(vec![with(1, "r#0", Some("aa")), with(2, "r#1", Some("aa"))])
+        .await
+        .expect("accepts");
+    // The same request again: replayed.
+    let again = store
+        .accept(vec![with(1, "r#0", Some("aa")), with(2, "r#1", Some("aa"))])
+        .await
+        .expect("replays");
+    assert_eq!(
+        again
+            .iter()
+            .map(|a| (a.id, a.duplicate))
+            .collect::<Vec<_>>(),
+        first.iter().map(|a| (a.id, true)).collect::<Vec<_>>()
+    );
+    // Another body under the same key, next to a fresh item: nothing of it is written.
+    let err = store
+        .accept(vec![
+            with(3, "fresh", Some("bb")),
+            with(4, "r#1", Some("bb")),
+        ])
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(&err, StoreError::KeyReused(k) if k == "r#1"),
+        "{err}"
+    );
+    assert_eq!(b.counts(&store).await.pending(), 2, "nothing written");
+    let later = store
+        .accept(vec![with(3, "fresh", Some("cc"))])
+        .await
+        .expect("the fresh key was not stored by the refused request");
+    assert!(!later[0].duplicate);
+    // A record without a digest matches whatever comes.
+    let old = store
+        .accept(vec![with(5, "old", None)])
+        .await
+        .expect("accepts");
+    let replay = store
+        .accept(vec![with(6, "old", Some("dd"))])
+        .await
+        .expect("an old record matches");
+    assert_eq!((replay[0].id, replay[0].duplicate), (old[0].id, true));
+    store.close().await;
+}
+
 /// A request that does not fit under `maxMessages` writes nothing.
 pub async fn a_full_queue_refuses_whole_requests<B: Backend>(b: &B) {
     let store = b.open(Options::new(3, Duration::from_secs(3600))).await;
@@ -546,6 +604,7 @@ async fn deliver<S: Store>(store: &S, msgs: &[Value], base: i64) -> Vec<MessageI
         .map(|m| AcceptItem {
             message: parse_message(m).expect("valid"),
             idempotency_key: None,
+            request_digest: None,
         })
         .collect();
     let ids: Vec<MessageId> = store
@@ -867,6 +926,7 @@ macro_rules! store_contract {
             outcomes_written_together_are_answered_each,
             a_started_attempt_comes_back_with_the_next_lease,
             idempotency_keys_answer_the_first_id,
+            a_reused_key_with_another_body_is_refused,
             a_full_queue_refuses_whole_requests,
             dead_letters_list_replay_and_expire_with_retention,
             dead_letters_page_in_id_order,

@@ -37,6 +37,10 @@ pub struct AcceptItem {
     pub message: Message,
     /// The producer's `Idempotency-Key` for this message, if any.
     pub idempotency_key: Option<String>,
+    /// The digest of the request that carried the key ([`crate::message::request_digest`]): a
+    /// key seen before with another digest refuses the whole request
+    /// ([`StoreError::KeyReused`]). `None` matches any digest.
+    pub request_digest: Option<String>,
 }
 
 /// The answer for one accepted message.
@@ -74,6 +78,9 @@ pub struct QueueCounts {
     pub inflight: u64,
     /// In the dead-letter set.
     pub dead: u64,
+    /// When the oldest ready message became due (unix ms), if one is ready: for
+    /// `wxpush_queue_oldest_ready_age_seconds`.
+    pub oldest_ready_ms: Option<u64>,
 }
 
 impl QueueCounts {
@@ -105,6 +112,25 @@ pub enum StoreError {
         /// A hint for `Retry-After`.
         retry_after: Duration,
     },
+    /// An `Idempotency-Key` seen before came with another request body: nothing of the
+    /// request was written.
+    #[error(
+        "the Idempotency-Key {0:?} was used before with a different request body; use a new key \
+         for a new message"
+    )]
+    KeyReused(String),
+    /// The embedded store has reached its disk budget (`queue.embedded.maxBytes`): nothing of
+    /// the request was written. Accepts resume once deliveries and the retention sweep free
+    /// space.
+    #[error(
+        "the queue's disk budget is spent ({used} of {max} bytes in use); retry once deliveries free space"
+    )]
+    OverBudget {
+        /// Bytes in use, as last measured.
+        used: u64,
+        /// The budget.
+        max: u64,
+    },
     /// No such message.
     #[error("no message with id {0}")]
     NotFound(MessageId),
@@ -131,6 +157,8 @@ impl StoreError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Full { .. } => "full",
+            Self::KeyReused(_) => "key_reused",
+            Self::OverBudget { .. } => "over_budget",
             Self::NotFound(_) => "not_found",
             Self::NotDeadLetter(_) => "not_dead_letter",
             Self::PastExpiry(..) => "past_expiry",
@@ -141,11 +169,23 @@ impl StoreError {
     }
 }
 
+/// Whether a request with digest `asked` may replay the message stored with digest `stored`
+/// under the same `Idempotency-Key`. A record kept before digests were stored, or a request
+/// without a digest, matches.
+pub(crate) fn digests_match(stored: Option<&str>, asked: Option<&str>) -> bool {
+    match (stored, asked) {
+        (Some(a), Some(b)) => a == b,
+        _ => true,
+    }
+}
+
 /// The durable queue.
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Stores `items` in one durable write and answers only once it is durable. All or
     /// nothing: when they do not all fit under `maxMessages`, nothing is written
-    /// ([`StoreError::Full`]). Items whose idempotency key was seen before get the first id.
+    /// ([`StoreError::Full`]). Items whose idempotency key was seen before get the first id;
+    /// when such a key was stored with another request digest, nothing is written
+    /// ([`StoreError::KeyReused`]).
     fn accept(
         &self,
         items: Vec<AcceptItem>,

@@ -20,6 +20,7 @@ fn options(dir: &std::path::Path) -> EmbeddedOptions {
         retention: Duration::from_secs(3600),
         default_callback: false,
         unhealthy_after: Duration::from_secs(120),
+        max_bytes: None,
     }
 }
 
@@ -33,6 +34,7 @@ async fn accept(store: &EmbeddedStore, n: usize) {
             message: parse_message(&json!({"touser": format!("o{i}"), "template_id": "T"}))
                 .expect("valid"),
             idempotency_key: None,
+            request_digest: None,
         })
         .collect();
     store.accept(items).await.expect("accepts");
@@ -194,6 +196,7 @@ async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
             )
             .expect("valid"),
             idempotency_key: None,
+            request_digest: None,
         })
         .collect();
     store.accept(items).await.expect("accepts");

@@ -22,8 +22,10 @@ local function is_pending(rec)
 end
 "#;
 
-/// Accept: ARGV base, max, n, then (idempotency key or '', id, record JSON) per item.
-/// Returns `{'full', pending}` or `{'ok', id, status, dup, ...}`.
+/// Accept: ARGV base, max, n, then (idempotency key or '', request digest or '', id, record
+/// JSON) per item. A key seen before whose record holds another `request_digest` refuses the
+/// whole request before anything is written (a record without one matches). Returns
+/// `{'full', pending}`, `{'reused', key}` or `{'ok', id, status, dup, ...}`.
 pub(crate) fn accept() -> String {
     format!(
         "{PENDING_FN}{}",
@@ -35,19 +37,28 @@ local out = {'ok'}
 local fresh = {}
 local batch = {}
 for i = 0, n - 1 do
-  local key, id, js = ARGV[4 + i * 3], ARGV[5 + i * 3], ARGV[6 + i * 3]
+  local key, dg, id, js = ARGV[4 + i * 4], ARGV[5 + i * 4], ARGV[6 + i * 4], ARGV[7 + i * 4]
   local first = false
+  local st = 'queued'
   if key ~= '' then
     first = redis.call('GET', base .. 'i:' .. key)
-    if not first and batch[key] then first = batch[key] end
+    if first then
+      local rec = redis.call('GET', base .. 'm:' .. first)
+      if rec then
+        local r = cjson.decode(rec)
+        st = r['status']
+        local had = r['request_digest']
+        if dg ~= '' and type(had) == 'string' and had ~= dg then return {'reused', key} end
+      end
+    elseif batch[key] then
+      first = batch[key][1]
+      if dg ~= '' and batch[key][2] ~= '' and batch[key][2] ~= dg then return {'reused', key} end
+    end
   end
   if first then
-    local rec = redis.call('GET', base .. 'm:' .. first)
-    local st = 'queued'
-    if rec then st = cjson.decode(rec)['status'] end
     out[#out + 1] = first; out[#out + 1] = st; out[#out + 1] = '1'
   else
-    if key ~= '' then batch[key] = id end
+    if key ~= '' then batch[key] = {id, dg} end
     fresh[#fresh + 1] = {key, id, js}
     out[#out + 1] = id; out[#out + 1] = 'queued'; out[#out + 1] = '0'
   end
