@@ -64,6 +64,38 @@ impl ConnectionLike for Conn {
     }
 }
 
+/// How long an operation is retried while a Redis Cluster moves its slot.
+pub(crate) const MIGRATION_RETRY: Duration = Duration::from_secs(10);
+
+/// Whether `e` is a Redis Cluster redirect or a "wait" (`MOVED`, `ASK`, `TRYAGAIN`,
+/// `CLUSTERDOWN`): nothing of the operation ran, and it can be sent again whole.
+pub(crate) fn is_redirect(e: &redis::RedisError) -> bool {
+    e.is_cluster_error()
+}
+
+/// Runs `op` until it answers something other than a cluster redirect, for at most
+/// [`MIGRATION_RETRY`], with a short growing pause. Every script declares all its keys, so a
+/// redirect means nothing ran: the whole operation is sent again (the cluster client has by
+/// then learnt the slot's new owner from the `MOVED`).
+pub(crate) async fn retrying<T, F, Fut>(mut op: F) -> Result<T, redis::RedisError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
+{
+    let deadline = tokio::time::Instant::now() + MIGRATION_RETRY;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match op().await {
+            Err(e) if is_redirect(&e) && tokio::time::Instant::now() + pause < deadline => {
+                tracing::debug!(error = %clean(&e), "redis slot moving; the operation is retried whole");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Checks that `url` reads the same to every parser: a password holding an unencoded reserved
 /// character (`@`, `#`, `?`, `/`) would otherwise end the user info early, and part of the
 /// password would be taken for the host, path, query or fragment (and shown in logs). The error

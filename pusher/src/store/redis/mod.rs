@@ -42,6 +42,7 @@
 //!
 //! Key layout and scripts: [`scripts`].
 
+mod check;
 mod conn;
 pub mod scripts;
 pub mod shared;
@@ -73,6 +74,14 @@ const REFRESH_EVERY: Duration = Duration::from_secs(1);
 const MAX_POLL: Duration = Duration::from_millis(100);
 /// Longest wait between looks at the callbacks.
 const CALLBACK_POLL: Duration = Duration::from_millis(100);
+/// How often a pusher renews its heartbeat key `hb:<consumer>`.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// The heartbeat key's TTL: this long after a pusher's last renewal (its death, at worst), the
+/// next lease of another pusher takes its leases over and, once it holds none, deletes its
+/// consumer. Short, so that a killed pod's messages wait seconds, not `claimIdle`.
+pub const HEARTBEAT_TTL: Duration = Duration::from_secs(3);
+/// Timeouts in a row after which a cluster client is replaced.
+const RECONNECT_AFTER_TIMEOUTS: u32 = 2;
 /// How long `WAIT` may wait for replicas.
 const WAIT_REPLICAS: Duration = Duration::from_secs(2);
 
@@ -119,6 +128,32 @@ pub fn consumer_name() -> String {
     format!("{host}-{}", std::process::id())
 }
 
+/// The consumer names of an `XINFO CONSUMERS` answer (RESP2 flat arrays or RESP3 maps).
+fn consumer_names(v: Value) -> Vec<String> {
+    let Value::Array(items) = v else {
+        return Vec::new();
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    };
+    items
+        .iter()
+        .filter_map(|item| match item {
+            Value::Array(kv) => kv
+                .chunks_exact(2)
+                .find(|p| text(&p[0]).as_deref() == Some("name"))
+                .and_then(|p| text(&p[1])),
+            Value::Map(kv) => kv
+                .iter()
+                .find(|(k, _)| text(k).as_deref() == Some("name"))
+                .and_then(|(_, v)| text(v)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The key base of a channel: `{<prefix>:<channel>}:`.
 pub fn key_base(prefix: &str, channel: &str) -> String {
     format!("{{{prefix}:{channel}}}:")
@@ -127,7 +162,10 @@ pub fn key_base(prefix: &str, channel: &str) -> String {
 #[derive(Debug)]
 struct Scripts {
     accept: Script,
-    lease: Script,
+    lease_read: Script,
+    lease_take: Script,
+    claim_dead: Script,
+    hand_back: Script,
     complete: Script,
     replay: Script,
     event: Script,
@@ -154,7 +192,12 @@ struct Snapshot {
 
 #[derive(Debug)]
 struct Inner {
-    conn: Conn,
+    /// Replaced when a cluster connection stops answering (see [`RedisStore::fail`]).
+    conn: Mutex<Conn>,
+    /// Set while a replacement connection is being made.
+    reconnecting: AtomicBool,
+    /// Timeouts in a row, of a cluster connection.
+    timeouts: std::sync::atomic::AtomicU32,
     options: RedisOptions,
     base: String,
     stream: String,
@@ -164,6 +207,8 @@ struct Inner {
     work: Notify,
     snapshot: Mutex<Snapshot>,
     last_claim: Mutex<Option<Instant>>,
+    /// When this pusher last looked for consumers whose heartbeat expired.
+    last_dead_check: Mutex<Option<Instant>>,
     /// Where the next `XAUTOCLAIM` scan starts.
     claim_cursor: Mutex<String>,
     /// This process's leases: message id → stream entry id.
@@ -254,12 +299,17 @@ impl RedisStore {
         let base = key_base(&options.key_prefix, &options.channel);
         let stream = format!("{base}q");
         let inner = Arc::new(Inner {
-            conn,
+            conn: Mutex::new(conn),
+            reconnecting: AtomicBool::new(false),
+            timeouts: std::sync::atomic::AtomicU32::new(0),
             base,
             stream,
             scripts: Scripts {
                 accept: Script::new(&scripts::accept()),
-                lease: Script::new(&scripts::lease()),
+                lease_read: Script::new(scripts::LEASE_READ),
+                lease_take: Script::new(&scripts::lease_take()),
+                claim_dead: Script::new(scripts::CLAIM_DEAD),
+                hand_back: Script::new(scripts::HAND_BACK),
                 complete: Script::new(&scripts::complete()),
                 replay: Script::new(scripts::REPLAY),
                 event: Script::new(scripts::EVENT),
@@ -274,13 +324,18 @@ impl RedisStore {
             work: Notify::new(),
             snapshot: Mutex::new(Snapshot::default()),
             last_claim: Mutex::new(None),
+            last_dead_check: Mutex::new(None),
             claim_cursor: Mutex::new("0-0".into()),
             leases: Mutex::new(std::collections::HashMap::new()),
             unrecorded: Mutex::new(std::collections::HashMap::new()),
         });
         let store = Self { inner };
         store.create_group().await?;
-        store.refresh().await?;
+        store.heartbeat().await?;
+        // The counts come again every second; a slot on the move must not stop the start.
+        if let Err(e) = store.refresh().await {
+            tracing::warn!(error = %e, "cannot read the queue's counts yet");
+        }
         tracing::info!(
             url = %nodes(&store.inner.options.url).iter().map(|n| redact(n)).collect::<Vec<_>>().join(","),
             stream = %store.inner.stream,
@@ -289,11 +344,39 @@ impl RedisStore {
         );
         tokio::spawn(refresher(Arc::downgrade(&store.inner)));
         tokio::spawn(lease_keeper(Arc::downgrade(&store.inner)));
+        tokio::spawn(heartbeater(Arc::downgrade(&store.inner)));
         Ok(store)
     }
 
     fn conn(&self) -> Conn {
-        self.inner.conn.clone()
+        self.inner.conn.lock().clone()
+    }
+
+    /// The full name of key `name` of this channel.
+    fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.inner.base)
+    }
+
+    /// Runs `script` with every key it touches in `keys`, retrying the whole call on a cluster
+    /// redirect ([`conn::retrying`]).
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, RedisError> {
+        conn::retrying(|| {
+            let mut conn = self.conn();
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            for a in args {
+                inv.arg(a);
+            }
+            async move { inv.invoke_async::<T>(&mut conn).await }
+        })
+        .await
     }
 
     fn check_open(&self) -> Result<(), StoreError> {
@@ -310,10 +393,45 @@ impl RedisStore {
         if is_connection_error(e) && self.inner.healthy.swap(false, Ordering::Relaxed) {
             tracing::warn!(error = %conn::clean(e), "redis unreachable");
         }
+        self.reconnect_if_stuck(e);
         StoreError::Storage(format!("redis {what}: {}", conn::clean(e)))
     }
 
+    /// A cluster client can stay stuck on a stale view of the cluster after a node restarted
+    /// or a slot moved, every request timing out. After a few timeouts in a row, a new client
+    /// is made in the background (from the seeds, with a fresh slot map) and replaces it.
+    pub(crate) fn reconnect_if_stuck(&self, e: &RedisError) {
+        if !matches!(*self.inner.conn.lock(), Conn::Cluster(_)) {
+            return;
+        }
+        if !e.is_timeout() {
+            self.inner.timeouts.store(0, Ordering::Relaxed);
+            return;
+        }
+        if self.inner.timeouts.fetch_add(1, Ordering::Relaxed) + 1 < RECONNECT_AFTER_TIMEOUTS
+            || self.inner.reconnecting.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let Some(i) = inner.upgrade() else { return };
+            match connect(&i.options.url, i.options.cluster).await {
+                Ok(c) => {
+                    *i.conn.lock() = c;
+                    i.timeouts.store(0, Ordering::Relaxed);
+                    tracing::warn!(
+                        "the redis cluster client kept timing out; replaced it with a new one"
+                    );
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot make a new redis cluster client"),
+            }
+            i.reconnecting.store(false, Ordering::Release);
+        });
+    }
+
     fn ok<T>(&self, v: T) -> T {
+        self.inner.timeouts.store(0, Ordering::Relaxed);
         if !self.inner.healthy.swap(true, Ordering::Relaxed) {
             tracing::info!("redis reachable again");
         }
@@ -321,14 +439,17 @@ impl RedisStore {
     }
 
     async fn create_group(&self) -> Result<(), StoreError> {
-        let r: Result<Value, _> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(&self.inner.stream)
-            .arg(&self.inner.options.consumer_group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut self.conn())
-            .await;
+        let r: Result<Value, _> = conn::retrying(|| {
+            let mut conn = self.conn();
+            let mut cmd = redis::cmd("XGROUP");
+            cmd.arg("CREATE")
+                .arg(&self.inner.stream)
+                .arg(&self.inner.options.consumer_group)
+                .arg("0")
+                .arg("MKSTREAM");
+            async move { cmd.query_async(&mut conn).await }
+        })
+        .await;
         match r {
             Ok(_) => Ok(()),
             Err(e) if e.to_string().contains("BUSYGROUP") => Ok(()),
@@ -484,22 +605,29 @@ impl RedisStore {
         };
         let o = &self.inner.options;
         let cursor = self.inner.claim_cursor.lock().clone();
-        let run = || async {
-            let mut inv = self.inner.scripts.lease.key(&self.inner.stream);
-            inv.arg(&self.inner.base)
-                .arg(&o.consumer_group)
-                .arg(&o.consumer)
-                .arg(max)
-                .arg(millis(Timestamp::now()))
-                .arg(claim)
-                .arg(ms(o.retention))
-                .arg(&cursor);
-            inv.invoke_async::<Value>(&mut self.conn()).await
-        };
-        let out = match run().await {
+        let keys = [
+            self.inner.stream.clone(),
+            self.key("d"),
+            self.key("deadt"),
+            self.key("dead"),
+        ];
+        let args = [
+            o.consumer_group.clone(),
+            o.consumer.clone(),
+            max.to_string(),
+            millis(Timestamp::now()).to_string(),
+            claim.to_string(),
+            ms(o.retention).to_string(),
+            cursor,
+        ];
+        let out = match self
+            .script::<Value>(&self.inner.scripts.lease_read, &keys, &args)
+            .await
+        {
             Err(e) if e.to_string().contains("NOGROUP") => {
                 self.create_group().await?;
-                run().await
+                self.script(&self.inner.scripts.lease_read, &keys, &args)
+                    .await
             }
             r => r,
         }
@@ -508,7 +636,19 @@ impl RedisStore {
         if let Some(next) = flat.next() {
             *self.inner.claim_cursor.lock() = next;
         }
-        let flat: Vec<String> = flat.collect();
+        let mut entries: Vec<String> = flat.collect();
+        let check_dead = {
+            let mut last = self.inner.last_dead_check.lock();
+            let due = last.is_none_or(|t| now.duration_since(t) >= HEARTBEAT_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if check_dead && entries.len() / 2 < max {
+            entries.extend(self.claim_dead(max - entries.len() / 2).await?);
+        }
+        let flat = self.take(&entries).await?;
         let mut leased = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks_exact(2) {
             let record = decode(pair[1].as_bytes())?;
@@ -534,6 +674,96 @@ impl RedisStore {
             });
         }
         Ok(self.ok(leased))
+    }
+
+    /// The second half of a lease: `entries` (entry id, message id, ...) are in this consumer's
+    /// pending list; reads their records and records the leases ([`scripts::lease_take`]).
+    async fn take(&self, entries: &[String]) -> Result<Vec<String>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = vec![self.inner.stream.clone(), self.key("lease")];
+        let mut args = vec![self.inner.options.consumer_group.clone()];
+        for pair in entries.chunks_exact(2) {
+            keys.push(self.key(&format!("m:{}", pair[1])));
+            args.push(pair[0].clone());
+            args.push(pair[1].clone());
+        }
+        let out: Value = self
+            .script(&self.inner.scripts.lease_take, &keys, &args)
+            .await
+            .map_err(|e| self.fail("lease", &e))?;
+        Ok(strings(out))
+    }
+
+    /// Takes over the leases of consumers whose heartbeat expired (a pod that died), at once
+    /// rather than after `claimIdle`, and deletes such consumers once they hold nothing.
+    /// Returns (entry id, message id, ...) now pending for this consumer.
+    async fn claim_dead(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        let o = &self.inner.options;
+        let infos: Value = match conn::retrying(|| {
+            let mut conn = self.conn();
+            let mut cmd = redis::cmd("XINFO");
+            cmd.arg("CONSUMERS")
+                .arg(&self.inner.stream)
+                .arg(&o.consumer_group);
+            async move { cmd.query_async::<Value>(&mut conn).await }
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %conn::clean(&e), "cannot list the group's consumers");
+                return Ok(Vec::new());
+            }
+        };
+        let mut out = Vec::new();
+        for name in consumer_names(infos) {
+            if name == o.consumer || out.len() / 2 >= max {
+                continue;
+            }
+            let keys = [
+                self.inner.stream.clone(),
+                self.key("lease"),
+                self.key(&format!("hb:{name}")),
+            ];
+            let args = [
+                o.consumer_group.clone(),
+                o.consumer.clone(),
+                name.clone(),
+                max.saturating_sub(out.len() / 2).max(1).to_string(),
+            ];
+            let answer: Value = self
+                .script(&self.inner.scripts.claim_dead, &keys, &args)
+                .await
+                .map_err(|e| self.fail("claim", &e))?;
+            let mut answer = strings(answer).into_iter();
+            match answer.next().as_deref() {
+                Some("claimed") => {
+                    let got: Vec<String> = answer.collect();
+                    tracing::info!(consumer = %name, entries = got.len() / 2, "took over the leases of a pusher whose heartbeat expired");
+                    out.extend(got);
+                }
+                Some("deleted") => {
+                    tracing::info!(consumer = %name, "removed a dead pusher's consumer from the group");
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes this pusher's heartbeat key (see [`HEARTBEAT_TTL`]).
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        let key = self.key(&format!("hb:{}", self.inner.options.consumer));
+        conn::retrying(|| {
+            let mut conn = self.conn();
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg("1").arg("PX").arg(ms(HEARTBEAT_TTL));
+            async move { cmd.query_async::<()>(&mut conn).await }
+        })
+        .await
+        .map_err(|e| self.fail("heartbeat", &e))
     }
 
     /// Looks for the message an event is about: through the msgid index, else (when
@@ -619,6 +849,20 @@ async fn refresher(inner: Weak<Inner>) {
     }
 }
 
+/// Renews this pusher's heartbeat every [`HEARTBEAT_EVERY`] while the store is alive.
+async fn heartbeater(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(HEARTBEAT_EVERY).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.closed.load(Ordering::Acquire) {
+            return;
+        }
+        if let Err(e) = (RedisStore { inner }).heartbeat().await {
+            tracing::debug!(error = %e, "cannot renew the heartbeat");
+        }
+    }
+}
+
 /// Keeps this process's leases from looking idle (see [`scripts::KEEP_LEASES`]), every third
 /// of `claimIdle`, while the store is alive.
 async fn lease_keeper(inner: Weak<Inner>) {
@@ -640,7 +884,8 @@ async fn lease_keeper(inner: Weak<Inner>) {
             for eid in chunk {
                 inv.arg(eid);
             }
-            if let Err(e) = inv.invoke_async::<i64>(&mut inner.conn.clone()).await {
+            let mut conn = inner.conn.lock().clone();
+            if let Err(e) = inv.invoke_async::<i64>(&mut conn).await {
                 tracing::debug!(error = %conn::clean(&e), "cannot keep leases alive");
                 break;
             }
@@ -663,10 +908,11 @@ impl Store for RedisStore {
     async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
         self.check_open()?;
         let now = Timestamp::now();
-        let mut inv = self.inner.scripts.accept.key(&self.inner.stream);
-        inv.arg(&self.inner.base)
-            .arg(self.inner.options.max_messages)
-            .arg(items.len());
+        let mut keys = vec![self.inner.stream.clone(), self.key("n")];
+        let mut args = vec![
+            self.inner.options.max_messages.to_string(),
+            items.len().to_string(),
+        ];
         for item in items {
             let key = item.idempotency_key.clone().unwrap_or_default();
             let mut record =
@@ -674,16 +920,31 @@ impl Store for RedisStore {
             if record.idempotency_key.is_some() {
                 record.request_digest = item.request_digest;
             }
-            inv.arg(key)
-                .arg(record.request_digest.clone().unwrap_or_default())
-                .arg(record.id.to_string())
-                .arg(encode(&record)?);
+            keys.push(self.key(&format!("i:{key}")));
+            keys.push(self.key(&format!("m:{}", record.id)));
+            args.push(key);
+            args.push(record.request_digest.clone().unwrap_or_default());
+            args.push(record.id.to_string());
+            args.push(encode(&record)?);
         }
-        let out: Value = inv
-            .invoke_async(&mut self.conn())
-            .await
-            .map_err(|e| self.fail("accept", &e))?;
-        let flat = strings(out);
+        // A key seen before: the script asks for the first message's record to be declared
+        // too (it cannot know that id in advance), and runs again with it.
+        let mut flat;
+        let mut rounds = 0;
+        loop {
+            let out: Value = self
+                .script(&self.inner.scripts.accept, &keys, &args)
+                .await
+                .map_err(|e| self.fail("accept", &e))?;
+            flat = strings(out);
+            if flat.first().map(String::as_str) != Some("declare") || rounds > 2 {
+                break;
+            }
+            rounds += 1;
+            for first in &flat[1..] {
+                keys.push(self.key(&format!("m:{first}")));
+            }
+        }
         match flat.first().map(String::as_str) {
             Some("full") => {
                 let pending = flat.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -763,35 +1024,47 @@ impl Store for RedisStore {
         let (cb_id, cb_due, cb_json) = cb_args(cb.as_ref())?;
         let finished = millis(record.finished_at.unwrap_or(now));
         let due = millis(record.next_attempt_at.unwrap_or(now));
-        let mut inv = self.inner.scripts.complete.key(&self.inner.stream);
-        inv.arg(&self.inner.base)
-            .arg(&o.consumer_group)
-            .arg(record.id.to_string())
-            .arg(encode(&record)?)
-            .arg(if is_final { "1" } else { "0" })
-            .arg(due)
-            .arg(if record.dead_letter { "1" } else { "0" })
-            .arg(if record.status == Status::Delivered {
-                "1"
-            } else {
-                "0"
-            })
-            .arg(
-                record
-                    .msgid
-                    .filter(|&m| m != 0)
-                    .map(|m| m.to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(&record.message.touser)
-            .arg(finished)
-            .arg(record.idempotency_key.clone().unwrap_or_default())
-            .arg(ms(o.retention).max(1))
-            .arg(cb_id)
-            .arg(cb_due)
-            .arg(cb_json)
-            .arg(millis(now));
-        let done: Result<i64, _> = inv.invoke_async(&mut self.conn()).await;
+        let msgid = record
+            .msgid
+            .filter(|&m| m != 0)
+            .map(|m| m.to_string())
+            .unwrap_or_default();
+        let idem = record.idempotency_key.clone().unwrap_or_default();
+        let keys = [
+            self.inner.stream.clone(),
+            self.key("lease"),
+            self.key(&format!("m:{}", record.id)),
+            self.key("n"),
+            self.key(&format!("i:{idem}")),
+            self.key("dead"),
+            self.key("deadt"),
+            self.key(&format!("a:{}", record.message.touser)),
+            self.key(&format!("x:{msgid}")),
+            self.key("cb"),
+            self.key("cbd"),
+            self.key("d"),
+        ];
+        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
+        let args = [
+            o.consumer_group.clone(),
+            record.id.to_string(),
+            encode(&record)?,
+            flag(is_final),
+            due.to_string(),
+            flag(record.dead_letter),
+            flag(record.status == Status::Delivered),
+            msgid,
+            idem,
+            ms(o.retention).max(1).to_string(),
+            cb_id,
+            cb_due.to_string(),
+            cb_json,
+            millis(now).to_string(),
+            finished.to_string(),
+        ];
+        let done: Result<i64, _> = self
+            .script(&self.inner.scripts.complete, &keys, &args)
+            .await;
         // Kept alive no longer either way: after a failed write the entry goes idle and is
         // claimed again after claimIdle (by this pod or another).
         self.inner.leases.lock().remove(&record.id.to_string());
@@ -825,14 +1098,17 @@ impl Store for RedisStore {
             record.updated_at = at;
         }
         let o = &self.inner.options;
-        let mut inv = self.inner.scripts.start_attempt.key(&self.inner.stream);
-        inv.arg(&self.inner.base)
-            .arg(&o.consumer_group)
-            .arg(&o.consumer)
-            .arg(&key)
-            .arg(&eid)
-            .arg(encode(&record)?);
-        let answer: Result<String, _> = inv.invoke_async(&mut self.conn()).await;
+        let keys = [self.inner.stream.clone(), self.key(&format!("m:{key}"))];
+        let args = [
+            o.consumer_group.clone(),
+            o.consumer.clone(),
+            key.clone(),
+            eid,
+            encode(&record)?,
+        ];
+        let answer: Result<String, _> = self
+            .script(&self.inner.scripts.start_attempt, &keys, &args)
+            .await;
         let refused = match answer {
             Ok(a) => {
                 self.ok(());
@@ -943,14 +1219,23 @@ impl Store for RedisStore {
             return Err(StoreError::PastExpiry(id, exp));
         }
         reset_for_replay(&mut record, now);
-        let mut inv = self.inner.scripts.replay.key(&self.inner.stream);
-        inv.arg(b)
-            .arg(id.to_string())
-            .arg(encode(&record)?)
-            .arg(self.inner.options.max_messages)
-            .arg(record.idempotency_key.clone().unwrap_or_default());
-        let out: Value = inv
-            .invoke_async(&mut self.conn())
+        let idem = record.idempotency_key.clone().unwrap_or_default();
+        let keys = [
+            self.inner.stream.clone(),
+            self.key("n"),
+            self.key("dead"),
+            self.key("deadt"),
+            self.key(&format!("m:{id}")),
+            self.key(&format!("i:{idem}")),
+        ];
+        let args = [
+            id.to_string(),
+            encode(&record)?,
+            self.inner.options.max_messages.to_string(),
+            idem,
+        ];
+        let out: Value = self
+            .script(&self.inner.scripts.replay, &keys, &args)
             .await
             .map_err(|e| self.fail("replay", &e))?;
         let flat = strings(out);
@@ -1001,20 +1286,25 @@ impl Store for RedisStore {
                 None
             };
             let (cb_id, cb_due, cb_json) = cb_args(cb.as_ref())?;
-            let mut inv = self.inner.scripts.event.key(&self.inner.stream);
-            inv.arg(b)
-                .arg(&seen)
-                .arg(&id)
-                .arg(&old)
-                .arg(encode(&record)?)
-                .arg(if had_events { "0" } else { "1" })
-                .arg(&event.openid)
-                .arg(ms(self.inner.options.retention).max(1))
-                .arg(cb_id)
-                .arg(cb_due)
-                .arg(cb_json);
-            let answer: String = inv
-                .invoke_async(&mut self.conn())
+            let keys = [
+                self.key(&seen),
+                self.key(&format!("m:{id}")),
+                self.key(&format!("a:{}", event.openid)),
+                self.key("cb"),
+                self.key("cbd"),
+            ];
+            let args = [
+                id.clone(),
+                old.clone(),
+                encode(&record)?,
+                if had_events { "0" } else { "1" }.to_string(),
+                ms(self.inner.options.retention).max(1).to_string(),
+                cb_id,
+                cb_due.to_string(),
+                cb_json,
+            ];
+            let answer: String = self
+                .script(&self.inner.scripts.event, &keys, &args)
                 .await
                 .map_err(|e| self.fail("event", &e))?;
             match answer.as_str() {
@@ -1037,13 +1327,14 @@ impl Store for RedisStore {
         let deadline = tokio::time::Instant::now() + wait;
         let visibility = ms(self.inner.options.claim_idle).max(1000);
         loop {
-            let mut inv = self.inner.scripts.lease_callbacks.key(&self.inner.stream);
-            inv.arg(&self.inner.base)
-                .arg(millis(Timestamp::now()))
-                .arg(max)
-                .arg(visibility);
-            let out: Value = inv
-                .invoke_async(&mut self.conn())
+            let keys = [self.key("cb"), self.key("cbd")];
+            let args = [
+                millis(Timestamp::now()).to_string(),
+                max.to_string(),
+                visibility.to_string(),
+            ];
+            let out: Value = self
+                .script(&self.inner.scripts.lease_callbacks, &keys, &args)
                 .await
                 .map_err(|e| self.fail("lease callbacks", &e))?;
             let mut due = Vec::new();
@@ -1097,10 +1388,10 @@ impl Store for RedisStore {
                 (millis(at).to_string(), encode(&cb)?)
             }
         };
-        let mut inv = self.inner.scripts.finish_callback.key(&self.inner.stream);
-        inv.arg(b).arg(id).arg(due).arg(js);
-        let _: i64 = inv
-            .invoke_async(&mut self.conn())
+        let keys = [self.key("cb"), self.key("cbd")];
+        let args = [id, due, js];
+        let _: i64 = self
+            .script(&self.inner.scripts.finish_callback, &keys, &args)
             .await
             .map_err(|e| self.fail("finish callback", &e))?;
         self.ok(());
@@ -1116,11 +1407,33 @@ impl Store for RedisStore {
     }
 
     async fn close(&self) {
-        // Writes are answered as they happen: nothing is buffered. Leases this process holds
-        // stay in its pending entries list and are claimed by another pod after claimIdle
-        // (or by the next process, which has a new consumer name).
-        self.inner.closed.store(true, Ordering::Release);
+        // Writes are answered as they happen: nothing is buffered. Leases this process still
+        // holds (attempts abandoned by the drain) are handed back to the stream for another
+        // pod, and this consumer leaves the group. When Redis cannot be reached, they stay in
+        // its pending list and are taken over once its heartbeat expires.
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.inner.work.notify_waiters();
+        let o = &self.inner.options;
+        let keys = [
+            self.inner.stream.clone(),
+            self.key("lease"),
+            self.key(&format!("hb:{}", o.consumer)),
+        ];
+        let args = [o.consumer_group.clone(), o.consumer.clone()];
+        match self
+            .script::<i64>(&self.inner.scripts.hand_back, &keys, &args)
+            .await
+        {
+            Ok(n) => {
+                tracing::info!(handed_back = n, consumer = %o.consumer, "left the consumer group")
+            }
+            Err(e) => {
+                tracing::warn!(error = %conn::clean(&e), "cannot hand back the leases; another pusher takes them over once this one's heartbeat expires")
+            }
+        }
+        self.inner.leases.lock().clear();
     }
 }
 

@@ -2,15 +2,22 @@
 //! channel's hash slot, so one request's idempotency keys, records and stream entries are
 //! written all or nothing, and two pods never move the same retry or claim the same entry.
 //!
-//! Every script gets the channel's stream as `KEYS[1]` (which routes it to the right node) and
-//! the key base `{<prefix>:<channel>}:` as `ARGV[1]`; the other keys share the hash tag.
-//! Key layout (after the base): `q` stream of ready work (field `id`), `m:<id>` record JSON
-//! (with `first_attempt_at` once its first attempt started, see [`start_attempt`]),
-//! `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule (zset by due ms),
-//! `lease` id → stream entry id of leased messages, `dead` dead letters (zset, lexical by id),
-//! `deadt` dead letters by finish time, `x:<msgid>` WeChat msgid → id, `a:<openid>` delivered
-//! messages awaiting an event (zset by delivery ms), `s:<openid>:<CreateTime>:<MsgID>` events
-//! seen, `cb` pending callbacks (zset by due ms) and `cbd` their JSON.
+//! **Every key a script touches is declared in `KEYS`** (all under the channel's hash tag). In a
+//! Redis Cluster whose slot is being moved, Redis checks the declared keys before the script
+//! runs: it answers `ASK` or `TRYAGAIN` and runs nothing, rather than failing in the middle
+//! with "non local key" after some writes. The store retries such an answer as a whole
+//! operation ([`super::conn::retrying`]). A key a script does not need this time (no
+//! idempotency key, no msgid) is passed as the bare prefix (`i:`, `x:`), which it never
+//! touches. ARGV never names a key.
+//!
+//! Key layout (after the base `{<prefix>:<channel>}:`): `q` stream of ready work (field `id`),
+//! `m:<id>` record JSON (with `first_attempt_at` once its first attempt started, see
+//! [`start_attempt`]), `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule
+//! (zset by due ms), `lease` id → stream entry id of leased messages, `dead` dead letters (zset,
+//! lexical by id), `deadt` dead letters by finish time, `x:<msgid>` WeChat msgid → id,
+//! `a:<openid>` delivered messages awaiting an event (zset by delivery ms),
+//! `s:<openid>:<CreateTime>:<MsgID>` events seen, `cb` pending callbacks (zset by due ms) and
+//! `cbd` their JSON, `hb:<consumer>` a pusher's heartbeat (short TTL).
 
 /// `is_pending(record JSON)`: whether the message is not final (read from the record's
 /// leading `id` and `status` fields, which serde writes first; decoded in full otherwise).
@@ -22,33 +29,44 @@ local function is_pending(rec)
 end
 "#;
 
-/// Accept: ARGV base, max, n, then (idempotency key or '', request digest or '', id, record
-/// JSON) per item. A key seen before whose record holds another `request_digest` refuses the
-/// whole request before anything is written (a record without one matches). Returns
-/// `{'full', pending}`, `{'reused', key}` or `{'ok', id, status, dup, ...}`.
+/// Accept: KEYS `q`, `n`, then (`i:<key>`, `m:<id>`) per item; ARGV max, n, then (idempotency
+/// key or '', request digest or '', id, record JSON) per item. A key seen before whose record
+/// holds another `request_digest` refuses the whole request before anything is written (a
+/// record without one matches). Returns `{'full', pending}`, `{'reused', key}` or
+/// `{'ok', id, status, dup, ...}`. The record of a key seen before is read through the key
+/// base of `KEYS[2]` (`m:` of the first id, which the client cannot know in advance), so
+/// such a request is declared with that record's key too: see [`super::RedisStore::accept`].
 pub(crate) fn accept() -> String {
     format!(
         "{PENDING_FN}{}",
         r"
-local base = ARGV[1]
-local max = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
+local max = tonumber(ARGV[1])
+local n = tonumber(ARGV[2])
+local firsts = {}
+for j = 3 + 2 * n, #KEYS do firsts[KEYS[j]] = true end
 local out = {'ok'}
 local fresh = {}
 local batch = {}
+local unknown = {}
 for i = 0, n - 1 do
-  local key, dg, id, js = ARGV[4 + i * 4], ARGV[5 + i * 4], ARGV[6 + i * 4], ARGV[7 + i * 4]
+  local ikey, mkey = KEYS[3 + i * 2], KEYS[4 + i * 2]
+  local key, dg, id, js = ARGV[3 + i * 4], ARGV[4 + i * 4], ARGV[5 + i * 4], ARGV[6 + i * 4]
   local first = false
   local st = 'queued'
   if key ~= '' then
-    first = redis.call('GET', base .. 'i:' .. key)
+    first = redis.call('GET', ikey)
     if first then
-      local rec = redis.call('GET', base .. 'm:' .. first)
-      if rec then
-        local r = cjson.decode(rec)
-        st = r['status']
-        local had = r['request_digest']
-        if dg ~= '' and type(had) == 'string' and had ~= dg then return {'reused', key} end
+      local fkey = string.sub(mkey, 1, #mkey - #id) .. first
+      if not firsts[fkey] then
+        unknown[#unknown + 1] = first
+      else
+        local rec = redis.call('GET', fkey)
+        if rec then
+          local r = cjson.decode(rec)
+          st = r['status']
+          local had = r['request_digest']
+          if dg ~= '' and type(had) == 'string' and had ~= dg then return {'reused', key} end
+        end
       end
     elseif batch[key] then
       first = batch[key][1]
@@ -59,51 +77,56 @@ for i = 0, n - 1 do
     out[#out + 1] = first; out[#out + 1] = st; out[#out + 1] = '1'
   else
     if key ~= '' then batch[key] = {id, dg} end
-    fresh[#fresh + 1] = {key, id, js}
+    fresh[#fresh + 1] = {ikey, mkey, id, js, key}
     out[#out + 1] = id; out[#out + 1] = 'queued'; out[#out + 1] = '0'
   end
 end
-local pending = tonumber(redis.call('GET', base .. 'n') or '0')
+if #unknown > 0 then
+  local r = {'declare'}
+  for _, u in ipairs(unknown) do r[#r + 1] = u end
+  return r
+end
+local pending = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pending + #fresh > max then return {'full', tostring(pending)} end
 local added = 0
 for _, f in ipairs(fresh) do
   -- NX: a client that re-sends this very script (after a lost answer) adds nothing twice.
-  if redis.call('SET', base .. 'm:' .. f[2], f[3], 'NX') then
-    if f[1] ~= '' then redis.call('SET', base .. 'i:' .. f[1], f[2]) end
-    redis.call('XADD', KEYS[1], '*', 'id', f[2])
+  if redis.call('SET', f[2], f[4], 'NX') then
+    if f[5] ~= '' then redis.call('SET', f[1], f[3]) end
+    redis.call('XADD', KEYS[1], '*', 'id', f[3])
     added = added + 1
   end
 end
-if added > 0 then redis.call('INCRBY', base .. 'n', added) end
+if added > 0 then redis.call('INCRBY', KEYS[2], added) end
 return out
 "
     )
 }
 
-/// Lease: ARGV base, group, consumer, count, now ms, claim idle ms (0: do not claim),
-/// retention ms, `XAUTOCLAIM` cursor (`0-0` to start; the scan goes on from where the last one
-/// stopped, so idle entries deep in a long pending list are reached too). Moves due retries to the stream (atomic: one mover at a time across pods),
-/// drops dead letters past the retention, claims entries idle past claimIdle (a dead pod's),
-/// reads new entries, and returns `{next cursor, entry id, record JSON, ...}` of pending messages (entries
-/// of messages that are final or gone are acknowledged and deleted).
-pub(crate) fn lease() -> String {
-    format!(
-        "{PENDING_FN}{}",
-        r"
-local base, group, consumer = ARGV[1], ARGV[2], ARGV[3]
-local count, now, idle, retention = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local due = redis.call('ZRANGEBYSCORE', base .. 'd', '-inf', now, 'LIMIT', 0, 1000)
+/// Lease, first half: KEYS `q`, `d`, `deadt`, `dead`; ARGV group, consumer, count, now ms,
+/// claim idle ms (0: do not claim), retention ms, `XAUTOCLAIM` cursor (`0-0` to start; the
+/// scan goes on from where the last one stopped, so idle entries deep in a long pending list
+/// are reached too). Moves due retries to the stream (atomic: one mover at a time across pods),
+/// drops dead letters past the retention, claims entries idle past claimIdle (a stuck pod's),
+/// reads new entries, and returns `{next cursor, entry id, message id, ...}`. The entries are
+/// now in this consumer's pending list; [`LEASE_TAKE`] reads their records (keys this script
+/// could not declare before it knew the ids). A pod that dies between the two leaves them in
+/// its pending list, where they are claimed like any other lease of a dead pod.
+pub(crate) const LEASE_READ: &str = r"
+local group, consumer = ARGV[1], ARGV[2]
+local count, now, idle, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
 for _, id in ipairs(due) do
-  redis.call('ZREM', base .. 'd', id)
+  redis.call('ZREM', KEYS[2], id)
   redis.call('XADD', KEYS[1], '*', 'id', id)
 end
-local old = redis.call('ZRANGEBYSCORE', base .. 'deadt', '-inf', now - retention, 'LIMIT', 0, 100)
+local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - retention, 'LIMIT', 0, 100)
 for _, id in ipairs(old) do
-  redis.call('ZREM', base .. 'deadt', id)
-  redis.call('ZREM', base .. 'dead', id)
+  redis.call('ZREM', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
 end
 local entries = {}
-local cursor = ARGV[8]
+local cursor = ARGV[7]
 if idle > 0 then
   local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, idle, cursor, 'COUNT', count)
   cursor = r[1]
@@ -123,9 +146,31 @@ for _, e in ipairs(entries) do
   for j = 1, #fields, 2 do
     if fields[j] == 'id' then id = fields[j + 1] end
   end
-  local rec = id and redis.call('GET', base .. 'm:' .. id)
+  if id then
+    out[#out + 1] = eid; out[#out + 1] = id
+  else
+    redis.call('XACK', KEYS[1], group, eid)
+    redis.call('XDEL', KEYS[1], eid)
+  end
+end
+return out
+";
+
+/// Lease, second half: KEYS `q`, `lease`, then `m:<id>` per entry; ARGV group, then (entry id,
+/// message id) per entry. Records each pending message's lease and returns
+/// `{entry id, record JSON, ...}`; the entries of messages that are final or gone are
+/// acknowledged and deleted.
+pub(crate) fn lease_take() -> String {
+    format!(
+        "{PENDING_FN}{}",
+        r"
+local group = ARGV[1]
+local out = {}
+for i = 3, #KEYS do
+  local eid, id = ARGV[2 + (i - 3) * 2], ARGV[3 + (i - 3) * 2]
+  local rec = redis.call('GET', KEYS[i])
   if rec and is_pending(rec) then
-    redis.call('HSET', base .. 'lease', id, eid)
+    redis.call('HSET', KEYS[2], id, eid)
     out[#out + 1] = eid; out[#out + 1] = rec
   else
     redis.call('XACK', KEYS[1], group, eid)
@@ -137,30 +182,98 @@ return out
     )
 }
 
-/// Complete: ARGV base, group, id, record JSON, final (0/1), due ms, dead (0/1), delivered
-/// (0/1), msgid or '', openid, finished ms, idempotency key or '', retention ms, callback id
-/// or '', callback due ms, callback JSON, now ms. Writes the new state first, then ends the
-/// lease (`XACK` + `XDEL`): a crash in between cannot happen inside a script, and a copy of the
-/// message claimed by another pod finds the record final and only ends its own lease. The
-/// record is stored as given, `first_attempt_at` included: kept after an attempt that sent,
-/// cleared (the "attempt started" record voided) by the dispatcher after one that did not.
-/// Returns 1, or 0 when the message was already final.
+/// A dead consumer's leases: KEYS `q`, `lease`, `hb:<dead>`; ARGV group, this consumer, the
+/// dead consumer, count. When the dead consumer's heartbeat has expired, moves up to `count`
+/// of its pending entries to this consumer at once (whatever their idle time) and returns
+/// `{'claimed', entry id, message id, ...}` for [`LEASE_TAKE`]; once it has none left, deletes
+/// it from the group (`XGROUP DELCONSUMER`) and returns `{'deleted'}`. Returns `{'alive'}` while
+/// its heartbeat lives.
+pub(crate) const CLAIM_DEAD: &str = r"
+local group, me, dead, count = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+if redis.call('EXISTS', KEYS[3]) == 1 then return {'alive'} end
+local pend = redis.call('XPENDING', KEYS[1], group, '-', '+', count, dead)
+if #pend == 0 then
+  redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, dead)
+  return {'deleted'}
+end
+local ids = {}
+for _, p in ipairs(pend) do ids[#ids + 1] = p[1] end
+local claimed = redis.call('XCLAIM', KEYS[1], group, me, 0, unpack(ids))
+local out = {'claimed'}
+for _, e in ipairs(claimed) do
+  if e and e[2] then
+    local id = nil
+    for j = 1, #e[2], 2 do
+      if e[2][j] == 'id' then id = e[2][j + 1] end
+    end
+    if id then
+      out[#out + 1] = e[1]; out[#out + 1] = id
+    else
+      redis.call('XACK', KEYS[1], group, e[1])
+      redis.call('XDEL', KEYS[1], e[1])
+    end
+  end
+end
+return out
+";
+
+/// Hand back: KEYS `q`, `lease`, `hb:<consumer>`; ARGV group, consumer. On shutdown: every entry
+/// still pending for this consumer is queued again as a new entry (the message is sent by
+/// another pod, with its record as it is), the old entry is acknowledged and deleted, its lease
+/// forgotten, then the consumer and its heartbeat are deleted. Returns the entries handed back.
+pub(crate) const HAND_BACK: &str = r"
+local group, me = ARGV[1], ARGV[2]
+local n = 0
+while true do
+  local pend = redis.call('XPENDING', KEYS[1], group, '-', '+', 100, me)
+  if #pend == 0 then break end
+  for _, p in ipairs(pend) do
+    local e = redis.call('XRANGE', KEYS[1], p[1], p[1])
+    if e[1] then
+      local f = e[1][2]
+      for j = 1, #f, 2 do
+        if f[j] == 'id' then
+          redis.call('XADD', KEYS[1], '*', 'id', f[j + 1])
+          redis.call('HDEL', KEYS[2], f[j + 1])
+        end
+      end
+    end
+    redis.call('XACK', KEYS[1], group, p[1])
+    redis.call('XDEL', KEYS[1], p[1])
+    n = n + 1
+  end
+end
+redis.call('XGROUP', 'DELCONSUMER', KEYS[1], group, me)
+redis.call('DEL', KEYS[3])
+return n
+";
+
+/// Complete: KEYS `q`, `lease`, `m:<id>`, `n`, `i:<key>` (or `i:`), `dead`, `deadt`,
+/// `a:<openid>`, `x:<msgid>` (or `x:`), `cb`, `cbd`, `d`; ARGV group, id, record JSON, final (0/1),
+/// due ms, dead (0/1), delivered (0/1), msgid or '', idempotency key or '', retention ms,
+/// callback id or '', callback due ms, callback JSON, now ms, finished ms. Writes the new state
+/// first, then ends the lease (`XACK` + `XDEL`): a crash in between cannot happen inside a
+/// script, and a copy of the message claimed by another pod finds the record final and only
+/// ends its own lease. The record is stored as given, `first_attempt_at` included: kept after
+/// an attempt that sent, cleared (the "attempt started" record voided) by the dispatcher after
+/// one that did not. Returns 1, or 0 when the message was already final.
 pub(crate) fn complete() -> String {
     format!(
         "{PENDING_FN}{}",
         r"
-local base, group, id, js = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local final, due, dead, delivered = ARGV[5] == '1', tonumber(ARGV[6]), ARGV[7] == '1', ARGV[8] == '1'
-local msgid, openid, finished, idem = ARGV[9], ARGV[10], tonumber(ARGV[11]), ARGV[12]
-local retention, cbid, cbdue, cbjs, now = tonumber(ARGV[13]), ARGV[14], tonumber(ARGV[15]), ARGV[16], tonumber(ARGV[17])
-local mkey = base .. 'm:' .. id
-local eid = redis.call('HGET', base .. 'lease', id)
+local group, id, js = ARGV[1], ARGV[2], ARGV[3]
+local final, due, dead, delivered = ARGV[4] == '1', tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7] == '1'
+local msgid, idem, retention = ARGV[8], ARGV[9], tonumber(ARGV[10])
+local cbid, cbdue, cbjs, now, finished = ARGV[11], tonumber(ARGV[12]), ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
+local q, lease, mkey, nkey, ikey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local deadk, deadt, akey, xkey, cb, cbd = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+local eid = redis.call('HGET', lease, id)
 local function unlease()
   if eid then
-    redis.call('XACK', KEYS[1], group, eid)
-    redis.call('XDEL', KEYS[1], eid)
+    redis.call('XACK', q, group, eid)
+    redis.call('XDEL', q, eid)
   end
-  redis.call('HDEL', base .. 'lease', id)
+  redis.call('HDEL', lease, id)
 end
 local cur = redis.call('GET', mkey)
 if not cur or not is_pending(cur) then
@@ -169,23 +282,22 @@ if not cur or not is_pending(cur) then
 end
 if final then
   redis.call('SET', mkey, js, 'PX', retention)
-  local left = redis.call('DECR', base .. 'n')
-  if left < 0 then redis.call('SET', base .. 'n', 0) end
-  if idem ~= '' then redis.call('PEXPIRE', base .. 'i:' .. idem, retention) end
+  local left = redis.call('DECR', nkey)
+  if left < 0 then redis.call('SET', nkey, 0) end
+  if idem ~= '' then redis.call('PEXPIRE', ikey, retention) end
   if dead then
-    redis.call('ZADD', base .. 'dead', 0, id)
-    redis.call('ZADD', base .. 'deadt', finished, id)
+    redis.call('ZADD', deadk, 0, id)
+    redis.call('ZADD', deadt, finished, id)
   end
   if delivered then
-    local akey = base .. 'a:' .. openid
     redis.call('ZADD', akey, finished, id)
     redis.call('ZREMRANGEBYSCORE', akey, '-inf', now - retention)
     redis.call('PEXPIRE', akey, retention)
-    if msgid ~= '' then redis.call('SET', base .. 'x:' .. msgid, id, 'PX', retention) end
+    if msgid ~= '' then redis.call('SET', xkey, id, 'PX', retention) end
   end
   if cbid ~= '' then
-    redis.call('ZADD', base .. 'cb', cbdue, cbid)
-    redis.call('HSET', base .. 'cbd', cbid, cbjs)
+    redis.call('ZADD', cb, cbdue, cbid)
+    redis.call('HSET', cbd, cbid, cbjs)
   end
   unlease()
 else
@@ -193,9 +305,9 @@ else
   -- End the old lease before queueing again, so the entry read next is the new one.
   unlease()
   if due <= now then
-    redis.call('XADD', KEYS[1], '*', 'id', id)
+    redis.call('XADD', q, '*', 'id', id)
   else
-    redis.call('ZADD', base .. 'd', due, id)
+    redis.call('ZADD', KEYS[12], due, id)
   end
 end
 return 1
@@ -203,26 +315,25 @@ return 1
     )
 }
 
-/// Attempt started: ARGV base, group, consumer, id, stream entry id of this consumer's lease,
-/// record JSON with `first_attempt_at` set. Writes the "attempt started" record into `m:<id>`
-/// before the first send, only while the lease is still this consumer's (the entry is in its
-/// pending entries list: no other pod claimed it, and nobody completed it) and the message is
-/// pending; a record that already has `first_attempt_at` keeps it. The lease is kept. Returns
-/// 'ok' (written), 'kept' (an earlier start was recorded), 'lost' (the lease is no longer this
-/// consumer's), 'gone' (no record) or 'final' (the message is final).
+/// Attempt started: KEYS `q`, `m:<id>`; ARGV group, consumer, id, stream entry id of this
+/// consumer's lease, record JSON with `first_attempt_at` set. Writes the "attempt started"
+/// record into `m:<id>` before the first send, only while the lease is still this consumer's
+/// (the entry is in its pending entries list: no other pod claimed it, and nobody completed it)
+/// and the message is pending; a record that already has `first_attempt_at` keeps it. The lease
+/// is kept. Returns 'ok' (written), 'kept' (an earlier start was recorded), 'lost' (the lease is
+/// no longer this consumer's), 'gone' (no record) or 'final' (the message is final).
 pub(crate) fn start_attempt() -> String {
     format!(
         "{PENDING_FN}{}",
         r"
-local base, group, consumer, id, eid, js = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+local group, consumer, id, eid, js = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 if #redis.call('XPENDING', KEYS[1], group, eid, eid, 1, consumer) == 0 then return 'lost' end
-local mkey = base .. 'm:' .. id
-local cur = redis.call('GET', mkey)
+local cur = redis.call('GET', KEYS[2])
 if not cur then return 'gone' end
 if not is_pending(cur) then return 'final' end
 local started = cjson.decode(cur)['first_attempt_at']
 if started and started ~= cjson.null then return 'kept' end
-redis.call('SET', mkey, js)
+redis.call('SET', KEYS[2], js)
 return 'ok'
 "
     )
@@ -245,72 +356,71 @@ end
 return kept
 ";
 
-/// Replay: ARGV base, id, record JSON (reset for the replay: a fresh budget, no
-/// `first_attempt_at`), max, idempotency key or ''. Returns `{'ok'}`,
-/// `{'full', pending}` or `{'not_dead'}`.
+/// Replay: KEYS `q`, `n`, `dead`, `deadt`, `m:<id>`, `i:<key>` (or `i:`); ARGV id, record JSON
+/// (reset for the replay: a fresh budget, no `first_attempt_at`), max, idempotency key or ''.
+/// Returns `{'ok'}`, `{'full', pending}` or `{'not_dead'}`.
 pub(crate) const REPLAY: &str = r"
-local base, id, js, max, idem = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local pending = tonumber(redis.call('GET', base .. 'n') or '0')
+local id, js, max, idem = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local pending = tonumber(redis.call('GET', KEYS[2]) or '0')
 if pending + 1 > max then return {'full', tostring(pending)} end
-if redis.call('ZREM', base .. 'dead', id) == 0 then return {'not_dead'} end
-redis.call('ZREM', base .. 'deadt', id)
-redis.call('SET', base .. 'm:' .. id, js)
-if idem ~= '' then redis.call('PERSIST', base .. 'i:' .. idem) end
-redis.call('INCR', base .. 'n')
+if redis.call('ZREM', KEYS[3], id) == 0 then return {'not_dead'} end
+redis.call('ZREM', KEYS[4], id)
+redis.call('SET', KEYS[5], js)
+if idem ~= '' then redis.call('PERSIST', KEYS[6]) end
+redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], '*', 'id', id)
 return {'ok'}
 ";
 
-/// Event: ARGV base, seen key (after the base), id, old record JSON, new record JSON, remove
-/// from awaiting (0/1), openid, retention ms, callback id or '', callback due, callback JSON.
-/// Returns 'dup' (seen before), 'conflict' (the record changed since it was read: read again)
-/// or 'ok'.
+/// Event: KEYS `s:<openid>:<CreateTime>:<MsgID>`, `m:<id>`, `a:<openid>`, `cb`, `cbd`; ARGV id,
+/// old record JSON, new record JSON, remove from awaiting (0/1), retention ms, callback id or
+/// '', callback due, callback JSON. Returns 'dup' (seen before), 'conflict' (the record changed
+/// since it was read: read again) or 'ok'.
 pub(crate) const EVENT: &str = r"
-local base, seen, id, old, new = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local unawait, openid, retention = ARGV[6] == '1', ARGV[7], tonumber(ARGV[8])
-local cbid, cbdue, cbjs = ARGV[9], tonumber(ARGV[10]), ARGV[11]
-if redis.call('EXISTS', base .. seen) == 1 then return 'dup' end
-local mkey = base .. 'm:' .. id
-if redis.call('GET', mkey) ~= old then return 'conflict' end
-redis.call('SET', mkey, new, 'KEEPTTL')
-redis.call('SET', base .. seen, id, 'PX', retention)
-if unawait then redis.call('ZREM', base .. 'a:' .. openid, id) end
+local id, old, new = ARGV[1], ARGV[2], ARGV[3]
+local unawait, retention = ARGV[4] == '1', tonumber(ARGV[5])
+local cbid, cbdue, cbjs = ARGV[6], tonumber(ARGV[7]), ARGV[8]
+if redis.call('EXISTS', KEYS[1]) == 1 then return 'dup' end
+if redis.call('GET', KEYS[2]) ~= old then return 'conflict' end
+redis.call('SET', KEYS[2], new, 'KEEPTTL')
+redis.call('SET', KEYS[1], id, 'PX', retention)
+if unawait then redis.call('ZREM', KEYS[3], id) end
 if cbid ~= '' then
-  redis.call('ZADD', base .. 'cb', cbdue, cbid)
-  redis.call('HSET', base .. 'cbd', cbid, cbjs)
+  redis.call('ZADD', KEYS[4], cbdue, cbid)
+  redis.call('HSET', KEYS[5], cbid, cbjs)
 end
 return 'ok'
 ";
 
-/// Callback lease: ARGV base, now ms, max, visibility ms. Takes due callbacks, moves each to
-/// `now + visibility` (so no other pod takes it while it is being sent; a pod that dies leaves
-/// it due again then) and returns `{id, due ms as it was, JSON, ...}`.
+/// Callback lease: KEYS `cb`, `cbd`; ARGV now ms, max, visibility ms. Takes due callbacks,
+/// moves each to `now + visibility` (so no other pod takes it while it is being sent; a pod
+/// that dies leaves it due again then) and returns `{id, due ms as it was, JSON, ...}`.
 pub(crate) const LEASE_CALLBACKS: &str = r"
-local base, now, max, vis = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local due = redis.call('ZRANGEBYSCORE', base .. 'cb', '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
+local now, max, vis = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, max)
 local out = {}
 for i = 1, #due, 2 do
   local id, score = due[i], due[i + 1]
-  local js = redis.call('HGET', base .. 'cbd', id)
+  local js = redis.call('HGET', KEYS[2], id)
   if js then
-    redis.call('ZADD', base .. 'cb', now + vis, id)
+    redis.call('ZADD', KEYS[1], now + vis, id)
     out[#out + 1] = id; out[#out + 1] = score; out[#out + 1] = js
   else
-    redis.call('ZREM', base .. 'cb', id)
+    redis.call('ZREM', KEYS[1], id)
   end
 end
 return out
 ";
 
-/// Callback finish: ARGV base, id, next due ms or '' (done), new JSON.
+/// Callback finish: KEYS `cb`, `cbd`; ARGV id, next due ms or '' (done), new JSON.
 pub(crate) const FINISH_CALLBACK: &str = r"
-local base, id, due, js = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local id, due, js = ARGV[1], ARGV[2], ARGV[3]
 if due == '' then
-  redis.call('ZREM', base .. 'cb', id)
-  redis.call('HDEL', base .. 'cbd', id)
-elseif redis.call('HEXISTS', base .. 'cbd', id) == 1 then
-  redis.call('ZADD', base .. 'cb', tonumber(due), id)
-  redis.call('HSET', base .. 'cbd', id, js)
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('HDEL', KEYS[2], id)
+elseif redis.call('HEXISTS', KEYS[2], id) == 1 then
+  redis.call('ZADD', KEYS[1], tonumber(due), id)
+  redis.call('HSET', KEYS[2], id, js)
 end
 return 1
 ";

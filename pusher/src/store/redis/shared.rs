@@ -26,7 +26,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::{RedisError, Script};
 
-use super::{Conn, RedisStore};
+use super::RedisStore;
 use crate::calendar::beijing_day;
 
 /// Rate-limit permit scripts: GCRA on Redis's clock, plus the daily quota counted for all pods.
@@ -95,7 +95,7 @@ pub enum Permit {
 /// The channel's shared client state in Redis. Cheap to clone.
 #[derive(Clone)]
 pub struct SharedClient {
-    conn: Conn,
+    store: RedisStore,
     base: String,
     /// This process's lock owner id.
     owner: String,
@@ -121,7 +121,7 @@ impl SharedClient {
     /// The shared state of `store`'s channel, over the store's connection.
     pub fn new(store: &RedisStore) -> Self {
         Self {
-            conn: store.connection(),
+            store: store.clone(),
             base: store.base().to_string(),
             owner: ulid::Ulid::new().to_string(),
             permit: Script::new(PERMIT),
@@ -134,14 +134,62 @@ impl SharedClient {
         format!("{}{name}", self.base)
     }
 
+    // Each call is retried whole on a cluster redirect (a slot move), so the channel's shared
+    // rate and token stay shared through it.
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, RedisError> {
+        super::conn::retrying(|| {
+            let mut conn = self.store.connection();
+            let cmd = cmd.clone();
+            async move { cmd.query_async::<T>(&mut conn).await }
+        })
+        .await
+        .inspect_err(|e| self.store.reconnect_if_stuck(e))
+    }
+
+    async fn run_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, RedisError> {
+        super::conn::retrying(|| {
+            let mut conn = self.store.connection();
+            let pipe = pipe.clone();
+            async move { pipe.query_async::<T>(&mut conn).await }
+        })
+        .await
+        .inspect_err(|e| self.store.reconnect_if_stuck(e))
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[String],
+    ) -> Result<T, RedisError> {
+        super::conn::retrying(|| {
+            let mut conn = self.store.connection();
+            let mut inv = script.prepare_invoke();
+            for k in keys {
+                inv.key(k);
+            }
+            for a in args {
+                inv.arg(a);
+            }
+            async move { inv.invoke_async::<T>(&mut conn).await }
+        })
+        .await
+        .inspect_err(|e| self.store.reconnect_if_stuck(e))
+    }
+
     /// The token in Redis, if any and not expired.
     pub async fn token(&self) -> Result<Option<SharedToken>, RedisError> {
-        let (t, exp, refresh): (Option<String>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(self.key("token"))
-            .arg("t")
-            .arg("exp")
-            .arg("ref")
-            .query_async(&mut self.conn.clone())
+        let (t, exp, refresh): (Option<String>, Option<u64>, Option<u64>) = self
+            .run(
+                redis::cmd("HMGET")
+                    .arg(self.key("token"))
+                    .arg("t")
+                    .arg("exp")
+                    .arg("ref"),
+            )
             .await?;
         let now = unix_ms(SystemTime::now());
         Ok(match (t, exp, refresh) {
@@ -187,29 +235,28 @@ impl SharedClient {
                     .max(1),
             )
             .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await
+        self.run_pipe(&pipe).await
     }
 
     /// Drops `token` from Redis if it is still the shared one; returns whether it was.
     pub async fn drop_token(&self, token: &str) -> Result<bool, RedisError> {
         let n: i64 = self
-            .drop_token
-            .key(self.key("token"))
-            .arg(token)
-            .invoke_async(&mut self.conn.clone())
+            .script(&self.drop_token, &[self.key("token")], &[token.to_string()])
             .await?;
         Ok(n == 1)
     }
 
     /// Tries to become the channel's one refresher for `ttl`.
     pub async fn try_lock(&self, ttl: Duration) -> Result<bool, RedisError> {
-        let set: Option<String> = redis::cmd("SET")
-            .arg(self.key("token:lock"))
-            .arg(&self.owner)
-            .arg("NX")
-            .arg("PX")
-            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
-            .query_async(&mut self.conn.clone())
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.key("token:lock"))
+                    .arg(&self.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+            )
             .await?;
         Ok(set.is_some())
     }
@@ -217,19 +264,19 @@ impl SharedClient {
     /// Gives the refresher's lock back (only if still ours).
     pub async fn unlock(&self) -> Result<(), RedisError> {
         let _: i64 = self
-            .unlock
-            .key(self.key("token:lock"))
-            .arg(&self.owner)
-            .invoke_async(&mut self.conn.clone())
+            .script(
+                &self.unlock,
+                &[self.key("token:lock")],
+                std::slice::from_ref(&self.owner),
+            )
             .await?;
         Ok(())
     }
 
     /// The channel-wide token pause (`errcode`, `errmsg`), if one is on.
     pub async fn pause(&self) -> Result<Option<(i64, String)>, RedisError> {
-        let v: Option<String> = redis::cmd("GET")
-            .arg(self.key("token:pause"))
-            .query_async(&mut self.conn.clone())
+        let v: Option<String> = self
+            .run(redis::cmd("GET").arg(self.key("token:pause")))
             .await?;
         Ok(v.and_then(|v| {
             let (code, msg) = v.split_once(' ').unwrap_or((v.as_str(), ""));
@@ -239,13 +286,14 @@ impl SharedClient {
 
     /// Pauses token fetching for every pod for `wait`.
     pub async fn set_pause(&self, code: i64, msg: &str, wait: Duration) -> Result<(), RedisError> {
-        redis::cmd("SET")
-            .arg(self.key("token:pause"))
-            .arg(format!("{code} {msg}"))
-            .arg("PX")
-            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
-            .query_async::<()>(&mut self.conn.clone())
-            .await
+        self.run(
+            redis::cmd("SET")
+                .arg(self.key("token:pause"))
+                .arg(format!("{code} {msg}"))
+                .arg("PX")
+                .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)),
+        )
+        .await
     }
 
     /// Pauses sending for every pod for `wait`: a configuration fault WeChat answered a send
@@ -256,24 +304,24 @@ impl SharedClient {
         msg: &str,
         wait: Duration,
     ) -> Result<(), RedisError> {
-        redis::cmd("SET")
-            .arg(self.key("send:pause"))
-            .arg(format!("{code} {msg}"))
-            .arg("PX")
-            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
-            .query_async::<()>(&mut self.conn.clone())
-            .await
+        self.run(
+            redis::cmd("SET")
+                .arg(self.key("send:pause"))
+                .arg(format!("{code} {msg}"))
+                .arg("PX")
+                .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)),
+        )
+        .await
     }
 
     /// The channel-wide send pause (`errcode`, `errmsg`, time left), if one is on.
     pub async fn send_pause(&self) -> Result<Option<(i64, String, Duration)>, RedisError> {
-        let (v, ttl): (Option<String>, i64) = redis::pipe()
-            .cmd("GET")
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
             .arg(self.key("send:pause"))
             .cmd("PTTL")
-            .arg(self.key("send:pause"))
-            .query_async(&mut self.conn.clone())
-            .await?;
+            .arg(self.key("send:pause"));
+        let (v, ttl): (Option<String>, i64) = self.run_pipe(&pipe).await?;
         let left = Duration::from_millis(u64::try_from(ttl).unwrap_or(0));
         Ok(v.and_then(|v| {
             let (code, msg) = v.split_once(' ').unwrap_or((v.as_str(), ""));
@@ -284,9 +332,7 @@ impl SharedClient {
 
     /// Lifts the channel-wide send pause (a probe went through).
     pub async fn clear_send_pause(&self) -> Result<(), RedisError> {
-        redis::cmd("DEL")
-            .arg(self.key("send:pause"))
-            .query_async::<()>(&mut self.conn.clone())
+        self.run(redis::cmd("DEL").arg(self.key("send:pause")))
             .await
     }
 
@@ -310,15 +356,16 @@ impl SharedClient {
         let tolerance = interval * u64::from(burst.max(1).saturating_sub(1));
         let (quota, spent) = self.quota_keys(SystemTime::now());
         let r: i64 = self
-            .permit
-            .key(self.key("gcra"))
-            .key(quota)
-            .key(spent)
-            .arg(interval.max(1))
-            .arg(tolerance)
-            .arg(daily_quota)
-            .arg(2 * 86_400_000u64)
-            .invoke_async(&mut self.conn.clone())
+            .script(
+                &self.permit,
+                &[self.key("gcra"), quota, spent],
+                &[
+                    interval.max(1).to_string(),
+                    tolerance.to_string(),
+                    daily_quota.to_string(),
+                    (2 * 86_400_000u64).to_string(),
+                ],
+            )
             .await?;
         Ok(match r {
             0 => Permit::Go,
@@ -330,10 +377,7 @@ impl SharedClient {
     /// Returns a send WeChat did not count to today's shared quota.
     pub async fn give_back_daily(&self) -> Result<(), RedisError> {
         let (quota, _) = self.quota_keys(SystemTime::now());
-        let _: i64 = redis::cmd("DECR")
-            .arg(quota)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let _: i64 = self.run(redis::cmd("DECR").arg(quota)).await?;
         Ok(())
     }
 
@@ -342,12 +386,13 @@ impl SharedClient {
         let now = SystemTime::now();
         let (_, spent) = self.quota_keys(now);
         let wait = until.duration_since(now).unwrap_or_default();
-        redis::cmd("SET")
-            .arg(spent)
-            .arg(1)
-            .arg("PX")
-            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
-            .query_async::<()>(&mut self.conn.clone())
-            .await
+        self.run(
+            redis::cmd("SET")
+                .arg(spent)
+                .arg(1)
+                .arg("PX")
+                .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)),
+        )
+        .await
     }
 }
