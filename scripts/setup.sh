@@ -62,3 +62,16 @@ else
     echo "$helm_want" > "$helm_stamp"
   fi
 fi
+
+# --- The Kubernetes control plane (scripts/cluster.sh) -----------------------------------------
+# kube-apiserver, kube-controller-manager, kube-scheduler, etcd, helm, kwok and the metrics adapter
+# are built with Go from the pinned modules in tools/cluster/, once per machine, into a cache
+# outside the clone (tools/cluster/README.md). Later runs find them there and build nothing.
+if command -v go >/dev/null 2>&1; then
+  scripts/cluster.sh build
+elif [ "${CI:-}" = "true" ]; then
+  echo "setup: Go (1.26) is missing: the Kubernetes tests cannot build their control plane" >&2
+  exit 1
+else
+  echo "setup: WARNING: Go (1.26) is missing: the Kubernetes control plane is NOT built and its tests will fail" >&2
+fi

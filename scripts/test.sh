@@ -13,6 +13,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # only the bins of packages with integration tests of their own, so build them all first.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked
+# The control plane's own Go code: the metrics adapter's rules, PromQL and /proc sampling.
+if command -v go >/dev/null 2>&1 || [ "${CI:-}" = "true" ]; then
+  (cd tools/cluster/adapter && GOFLAGS="-trimpath -mod=readonly -buildvcs=false" go test ./...)
+else
+  echo "test: WARNING: Go is missing: tools/cluster/adapter's tests did NOT run" >&2
+fi
 # The README's command blocks, copied from README.md as written (its first command builds and
 # runs the release pusher's demo); blocks that need a cluster are only listed.
 scripts/readme-commands.py

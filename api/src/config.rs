@@ -46,9 +46,13 @@ pub struct PusherConfig {
     pub provider: Provider,
     /// Base URL of the WeChat API (`https://api.weixin.qq.com`, or a sandbox). Required.
     pub api_base_url: String,
-    /// The account's appid and secret. Required.
+    /// The account's appid and secret. Required, from the file or the environment
+    /// (`WXPUSH_APP_ID`, `WXPUSH_APP_SECRET`).
+    #[serde(default)]
     pub credentials: Credentials,
-    /// The bearer token producers must present. Required.
+    /// The bearer token producers must present. Required, from the file or the environment
+    /// (`WXPUSH_AUTH_TOKEN`).
+    #[serde(default)]
     pub auth: Auth,
     /// WeChat's server-URL callback (delivery events). Off unless a token is given.
     #[serde(default)]
@@ -180,8 +184,13 @@ pub struct Events {
     /// refused (404) while it is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<LocalSecret>,
-    /// The EncodingAESKey (43 characters), for safe mode (`encrypt_type=aes`). Recommended: in
-    /// plain mode WeChat's signature covers only the timestamp and nonce, not the body.
+    /// The message mode chosen at WeChat: `plain`, `compatible` or `safe`. Default: `safe` when
+    /// `encodingAesKey` is set, else `plain`. The pusher never takes the mode from the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<EventsMode>,
+    /// The EncodingAESKey (43 characters), needed by `compatible` and `safe` and refused by
+    /// `plain`. Recommended: in plain mode WeChat's signature covers only the timestamp and
+    /// nonce, not the body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding_aes_key: Option<LocalSecret>,
     /// Requests whose signed `timestamp` is further than this from the pusher's clock are
@@ -191,10 +200,52 @@ pub struct Events {
     pub max_clock_skew: HumanDuration,
 }
 
+impl Events {
+    /// The mode in force: `mode` when set, else `safe` with a key and `plain` without.
+    pub fn effective_mode(&self) -> EventsMode {
+        self.mode.unwrap_or(if self.encoding_aes_key.is_some() {
+            EventsMode::Safe
+        } else {
+            EventsMode::Plain
+        })
+    }
+}
+
+/// WeChat's three message modes of the server-URL callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum EventsMode {
+    /// Plain XML bodies. WeChat's `signature` covers the token, timestamp and nonce only, so
+    /// the body is protected by nothing but the once-only `(timestamp, nonce)` rule.
+    Plain,
+    /// WeChat sends plain fields and an `<Encrypt>` element side by side. The pusher handles it
+    /// exactly as `safe`: it checks `msg_signature` and reads only the decrypted payload.
+    Compatible,
+    /// Only an `<Encrypt>` element; every POST must carry `msg_signature` over it.
+    Safe,
+}
+
+impl EventsMode {
+    /// Whether POSTs must be sealed (`compatible` and `safe`).
+    pub fn sealed(self) -> bool {
+        !matches!(self, Self::Plain)
+    }
+
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::Compatible => "compatible",
+            Self::Safe => "safe",
+        }
+    }
+}
+
 impl Default for Events {
     fn default() -> Self {
         Self {
             token: None,
+            mode: None,
             encoding_aes_key: None,
             max_clock_skew: default_max_clock_skew(),
         }
@@ -268,14 +319,13 @@ impl Default for Shutdown {
 /// Why a config could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}")]
+    /// The file could not be read (the reason is in the message, once).
+    #[error("cannot read config file {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
-        /// What went wrong.
-        #[source]
-        source: std::io::Error,
+        /// What went wrong (not found, permission denied...).
+        reason: std::io::Error,
     },
     /// The YAML does not match the schema (unknown field, wrong type, bad duration...).
     #[error("invalid config: {0}")]
@@ -304,53 +354,289 @@ pub struct Problem {
     pub message: String,
 }
 
-/// The first key of `given` (a path such as `retry.maxAtempts`) that the parsed config does
-/// not have, descending only where both sides are objects.
-pub fn unknown_field(
+/// Placeholders for missing required top-level fields, so that the rest of the file can still
+/// be parsed and checked and every problem reported in one run. A config holding one is never
+/// returned: the field is reported missing.
+const PLACEHOLDERS: &[(&str, &str)] = &[
+    ("listen", "0.0.0.0:0"),
+    ("apiBaseUrl", "http://required.invalid"),
+];
+
+/// What the config's schema says of the keys given: every unknown key (with the nearest known
+/// one and its line) and every missing required one.
+fn schema_problems(text: &str, given: &serde_json::Value) -> (Vec<Problem>, Vec<Problem>) {
+    let schema = serde_json::to_value(schemars::schema_for!(PusherConfig)).unwrap_or_default();
+    let defs = schema.get("$defs").cloned().unwrap_or_default();
+    let mut unknown = Vec::new();
+    let mut missing = Vec::new();
+    walk(&schema, &defs, given, "", text, &mut unknown, &mut missing);
+    (unknown, missing)
+}
+
+/// Follows `$ref`s and optional wrappers (`anyOf` with `null`) to the schema of an object;
+/// `None` where the schema offers several shapes (a secret: a string, `{file}` or `{env}`).
+fn resolve<'a>(
+    mut s: &'a serde_json::Value,
+    defs: &'a serde_json::Value,
+) -> Option<&'a serde_json::Value> {
+    for _ in 0..16 {
+        if let Some(r) = s.get("$ref").and_then(serde_json::Value::as_str) {
+            s = defs.get(r.rsplit('/').next()?)?;
+            continue;
+        }
+        if let Some(any) = s
+            .get("anyOf")
+            .or_else(|| s.get("oneOf"))
+            .and_then(serde_json::Value::as_array)
+        {
+            let mut shapes = any
+                .iter()
+                .filter(|b| b.get("type").and_then(serde_json::Value::as_str) != Some("null"));
+            match (shapes.next(), shapes.next()) {
+                (Some(one), None) => {
+                    s = one;
+                    continue;
+                }
+                _ => return None,
+            }
+        }
+        return Some(s);
+    }
+    None
+}
+
+fn walk(
+    schema: &serde_json::Value,
+    defs: &serde_json::Value,
     given: &serde_json::Value,
-    known: &serde_json::Value,
     at: &str,
-) -> Option<String> {
-    let (serde_json::Value::Object(g), serde_json::Value::Object(k)) = (given, known) else {
-        return None;
+    text: &str,
+    unknown: &mut Vec<Problem>,
+    missing: &mut Vec<Problem>,
+) {
+    let Some(s) = resolve(schema, defs) else {
+        return;
     };
-    for (key, value) in g {
-        let path = if at.is_empty() {
-            key.clone()
+    let (Some(props), serde_json::Value::Object(g)) = (
+        s.get("properties").and_then(serde_json::Value::as_object),
+        given,
+    ) else {
+        return;
+    };
+    let path = |key: &str| {
+        if at.is_empty() {
+            key.to_string()
         } else {
             format!("{at}.{key}")
-        };
-        match k.get(key) {
-            None if !value.is_null() => return Some(path),
-            None => {}
-            Some(kv) => {
-                if let Some(p) = unknown_field(value, kv, &path) {
-                    return Some(p);
+        }
+    };
+    for (key, value) in g {
+        match props.get(key) {
+            Some(sub) => walk(sub, defs, value, &path(key), text, unknown, missing),
+            None if value.is_null() => {}
+            None => {
+                let mut message = "unknown field".to_string();
+                if let Some(near) = nearest(key, props.keys().map(String::as_str)) {
+                    message.push_str(&format!("; did you mean `{near}`?"));
                 }
+                if let Some(line) = line_of(text, &path(key)) {
+                    message.push_str(&format!(" (line {line})"));
+                }
+                unknown.push(Problem {
+                    field: path(key),
+                    message,
+                });
             }
         }
     }
-    None
+    for req in s
+        .get("required")
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_str)
+    {
+        if g.get(req).is_none_or(serde_json::Value::is_null) {
+            let var = ENV_OVERRIDES
+                .iter()
+                .find(|(_, field)| *field == path(req))
+                .map(|(var, _)| format!(" (or the environment variable {var})"))
+                .unwrap_or_default();
+            missing.push(Problem {
+                field: path(req),
+                message: format!("required, not set{var}"),
+            });
+        }
+    }
+}
+
+/// The known key closest to `key` by edit distance, when it is close enough to be a typo.
+fn nearest<'a>(key: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = key.to_ascii_lowercase();
+    known
+        .map(|k| (edit_distance(&lower, &k.to_ascii_lowercase()), k))
+        .filter(|(d, k)| *d <= (k.len() / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// The 1-based line where the field at `path` (`retry.maxAttempts`) is written: each key of
+/// the path is looked for as a mapping key within its parent's block (more indented lines
+/// after it) or on its parent's line (flow style); a top-level key starts its line.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(|l| l.split(" #").next().unwrap_or(l))
+        .collect();
+    let mut parent: Option<(usize, usize)> = None;
+    for key in path.split('.') {
+        let pattern = format!("{key}:");
+        let has_key = |code: &str| {
+            code.match_indices(&pattern).any(|(i, _)| {
+                code[..i]
+                    .chars()
+                    .last()
+                    .is_none_or(|c| c.is_whitespace() || matches!(c, '{' | ',' | '-' | '"' | '\''))
+            })
+        };
+        let mut found = None;
+        for (i, code) in lines.iter().enumerate().skip(parent.map_or(0, |(l, _)| l)) {
+            if code.trim().is_empty() || code.trim_start().starts_with('#') {
+                continue;
+            }
+            let indent = code.len() - code.trim_start().len();
+            match parent {
+                None if indent > 0 || !code.starts_with(&pattern) => continue,
+                Some((line, _)) if i == line => {}
+                Some((_, parent_indent)) if indent <= parent_indent => break,
+                _ => {}
+            }
+            if has_key(code) {
+                found = Some((i, indent));
+                break;
+            }
+        }
+        parent = Some(found?);
+    }
+    parent.map(|(line, _)| line + 1)
+}
+
+/// Adds the line of each problem's field, where the file has it.
+fn with_lines(text: &str, problems: Vec<Problem>) -> Vec<Problem> {
+    problems
+        .into_iter()
+        .map(|mut p| {
+            if !p.message.contains("(line ")
+                && let Some(line) = line_of(text, &p.field)
+            {
+                p.message.push_str(&format!(" (line {line})"));
+            }
+            p
+        })
+        .collect()
 }
 
 impl PusherConfig {
     /// Parses YAML text, without environment overrides or validation.
     ///
-    /// The file is strict: an unknown field anywhere is an error naming it (a typo would
-    /// otherwise be silently ignored). The policy types themselves accept unknown fields, so
-    /// that an operator reading a `PushChannel` written for a newer CRD is not broken by it;
-    /// the strictness of the file is checked here, by comparing the keys given with the keys
-    /// the parsed config writes back.
+    /// The file is strict: an unknown field anywhere is an error naming it, with the nearest
+    /// known key and its line (a typo would otherwise be silently ignored). The policy types
+    /// themselves accept unknown fields, so that an operator reading a `PushChannel` written for
+    /// a newer CRD is not broken by it; the strictness of the file is checked here, against the
+    /// config's schema. Every unknown and every missing required field is reported at once.
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Self =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let given: serde_json::Value =
-            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        let known = serde_json::to_value(&config).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        if let Some(path) = unknown_field(&given, &known, "") {
-            return Err(ConfigError::Parse(format!("unknown field `{path}`")));
+        let (config, missing) = Self::parse(text, &|_| None)?;
+        if missing.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(missing))
         }
-        Ok(config)
+    }
+
+    /// Parses YAML text, applies the environment overrides (read through `get`) and validates,
+    /// reporting every problem of the file in one error: unknown fields, missing required
+    /// fields (which the environment may supply: `WXPUSH_LISTEN`, `WXPUSH_API_BASE_URL`,
+    /// `WXPUSH_APP_ID`, `WXPUSH_APP_SECRET`, `WXPUSH_AUTH_TOKEN`) and invalid values.
+    pub fn from_yaml_with_env(
+        text: &str,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let (mut config, mut problems) = Self::parse(text, get)?;
+        config.apply_env(get)?;
+        if let Err(ConfigError::Invalid(more)) = config.validate() {
+            problems.extend(with_lines(text, more));
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The config and the required fields missing from it. Missing top-level fields are taken
+    /// from the environment where it has them, else filled with a placeholder so that the rest
+    /// can be checked (they stay in the returned list).
+    fn parse(
+        text: &str,
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<(Self, Vec<Problem>), ConfigError> {
+        let mut given: serde_json::Value =
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if given.is_null() {
+            given = serde_json::Value::Object(serde_json::Map::new());
+        }
+        let (mut problems, missing) = schema_problems(text, &given);
+        let mut still_missing = Vec::new();
+        let mut filled = false;
+        for p in missing {
+            let from_env = ENV_OVERRIDES
+                .iter()
+                .find(|(_, field)| *field == p.field)
+                .and_then(|(var, _)| get(var));
+            let placeholder = PLACEHOLDERS
+                .iter()
+                .find(|(field, _)| *field == p.field)
+                .map(|(_, v)| (*v).to_string());
+            match (from_env, placeholder, given.as_object_mut()) {
+                (Some(v), _, Some(map)) => {
+                    map.insert(p.field.clone(), serde_json::Value::String(v));
+                    filled = true;
+                }
+                (None, Some(v), Some(map)) => {
+                    map.insert(p.field.clone(), serde_json::Value::String(v));
+                    filled = true;
+                    still_missing.push(p);
+                }
+                _ => problems.push(p),
+            }
+        }
+        if !problems.is_empty() {
+            problems.extend(still_missing);
+            return Err(ConfigError::Invalid(problems));
+        }
+        // Straight from the text where nothing was filled in, so that a type error names its
+        // line and column.
+        let config: Self = if filled {
+            serde_json::from_value(given).map_err(|e| ConfigError::Parse(e.to_string()))?
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?
+        };
+        Ok((config, still_missing))
     }
 
     /// Applies the [`ENV_OVERRIDES`], reading variables through `get`.
@@ -423,28 +709,68 @@ impl PusherConfig {
             _ => bad("apiBaseUrl", "must be an http(s) URL"),
         }
         let c = &self.credentials;
-        if c.app_id.is_some() == c.app_id_file.is_some() {
-            bad("credentials", "set exactly one of appId and appIdFile");
+        for (field, a, b, message) in [
+            (
+                "credentials.appId",
+                c.app_id.is_some(),
+                c.app_id_file.is_some(),
+                "appId or appIdFile (or the environment variable WXPUSH_APP_ID)",
+            ),
+            (
+                "credentials.appSecret",
+                c.app_secret.is_some(),
+                c.app_secret_file.is_some(),
+                "appSecret or appSecretFile (or the environment variable WXPUSH_APP_SECRET)",
+            ),
+            (
+                "auth.token",
+                self.auth.token.is_some(),
+                self.auth.token_file.is_some(),
+                "token or tokenFile (or the environment variable WXPUSH_AUTH_TOKEN)",
+            ),
+        ] {
+            match (a, b) {
+                (false, false) => bad(field, &format!("required, not set: set {message}")),
+                (true, true) => bad(field, &format!("set only one of {message}")),
+                _ => {}
+            }
         }
-        if c.app_secret.is_some() == c.app_secret_file.is_some() {
-            bad(
-                "credentials",
-                "set exactly one of appSecret and appSecretFile",
-            );
-        }
-        if self.auth.token.is_some() == self.auth.token_file.is_some() {
-            bad("auth", "set exactly one of token and tokenFile");
-        }
-        if self.auth.token.as_deref().is_some_and(|t| t.len() < 16) {
+        if self
+            .auth
+            .token
+            .as_deref()
+            .is_some_and(|t| t.trim().len() < 16)
+        {
             bad("auth.token", "use at least 16 characters");
+        }
+        match (self.events.effective_mode(), &self.events.encoding_aes_key) {
+            (EventsMode::Plain, Some(_)) => bad(
+                "events.mode",
+                "plain mode takes no encodingAesKey: set mode to safe or compatible, or remove \
+                 the key",
+            ),
+            (m, None) if m.sealed() => bad(
+                "events.encodingAesKey",
+                &format!("{} mode needs the EncodingAESKey", m.as_str()),
+            ),
+            _ => {}
         }
         if self.queue.kind().is_none() {
             bad("queue", "set exactly one queue kind: embedded or redis");
         }
-        if let Some(QueueKind::Embedded(e)) = self.queue.kind()
-            && e.path.is_empty()
-        {
-            bad("queue.embedded.path", "must not be empty");
+        if let Some(QueueKind::Embedded(e)) = self.queue.kind() {
+            if e.path.is_empty() {
+                bad("queue.embedded.path", "must not be empty");
+            }
+            if e.max_bytes
+                .as_deref()
+                .is_some_and(|b| crate::policy::disk::quantity_bytes(b).is_none_or(|v| v == 0))
+            {
+                bad(
+                    "queue.embedded.maxBytes",
+                    "must be a positive size such as 800Mi or 1Gi",
+                );
+            }
         }
         for (name, r) in [
             ("retry", &self.retry),
@@ -583,6 +909,86 @@ auth: {token: a-long-enough-token}
             .expect_err("unknown field")
             .to_string();
         assert!(err.contains("tiemouts"), "{err}");
+    }
+
+    #[test]
+    fn every_missing_required_field_is_listed_in_one_run() {
+        let text = "# the service\nlisten: 127.0.0.1:8080\napiBaseUrl: http://127.0.0.1:9000\n";
+        let err = PusherConfig::from_yaml_with_env(text, &|_| None).expect_err("three missing");
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["credentials.appId", "credentials.appSecret", "auth.token"]
+        );
+        // An empty file: the top-level required fields too, none with a made-up line.
+        let err = PusherConfig::from_yaml_with_env("channel: shop\n", &|_| None)
+            .expect_err("five missing")
+            .to_string();
+        for field in [
+            "listen",
+            "apiBaseUrl",
+            "credentials.appId",
+            "credentials.appSecret",
+            "auth.token",
+        ] {
+            assert!(
+                err.contains(&format!("{field}: required, not set")),
+                "{field}: {err}"
+            );
+        }
+        assert!(!err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_their_line() {
+        let text = format!(
+            "{MINIMAL}callbacks:\n  retry:\n    maxAttempts: 5\nretry:\n  maxAttempts: 0\n"
+        );
+        let err = PusherConfig::from_yaml_with_env(&text, &|_| None)
+            .expect_err("zero attempts")
+            .to_string();
+        assert!(
+            err.contains("retry.maxAttempts: must be at least 1 (line 10)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_environment_alone_supplies_credentials_the_token_and_addresses() {
+        let env = |k: &str| match k {
+            "WXPUSH_LISTEN" => Some("127.0.0.1:0".to_string()),
+            "WXPUSH_API_BASE_URL" => Some("http://127.0.0.1:9".to_string()),
+            "WXPUSH_APP_ID" => Some("wx123".to_string()),
+            "WXPUSH_APP_SECRET" => Some("s3cret".to_string()),
+            "WXPUSH_AUTH_TOKEN" => Some("a-long-enough-token\n".to_string()),
+            _ => None,
+        };
+        let c = PusherConfig::from_yaml_with_env("channel: shop\n", &env).expect("env suffices");
+        assert_eq!(c.credentials.app_id.as_deref(), Some("wx123"));
+        assert_eq!(c.listen.to_string(), "127.0.0.1:0");
+        assert!(c.auth.token.is_some());
+    }
+
+    #[test]
+    fn a_misspelt_nested_key_gets_the_nearest_key_and_its_line() {
+        let text =
+            format!("{MINIMAL}retry:\n  maxAtempts: 3\nqueue: {{embedded: {{retension: 1h}}}}\n");
+        let err = PusherConfig::from_yaml(&text)
+            .expect_err("typos")
+            .to_string();
+        assert!(
+            err.contains("retry.maxAtempts: unknown field; did you mean `maxAttempts`? (line 7)"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "queue.embedded.retension: unknown field; did you mean `retention`? (line 8)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::Shutdown;
+use crate::config::{EventsMode, Shutdown};
 use crate::policy::{
     Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
     SecretKeyRef, Timeouts, TokenPolicy,
@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 /// Default WeChat API endpoint.
 pub const DEFAULT_API_BASE_URL: &str = "https://api.weixin.qq.com";
 
-/// Default pusher image.
-pub const DEFAULT_IMAGE: &str = "ghcr.io/wxpush/wxpush-pusher:0.1.0";
+/// Default pusher image ([`crate::images::DEFAULT_PUSHER_IMAGE`]).
+pub const DEFAULT_IMAGE: &str = crate::images::DEFAULT_PUSHER_IMAGE;
 
 /// One WeChat account's delivery channel: where its credentials are, how to reach WeChat, and
 /// the policies of the pusher that the operator runs for it.
@@ -94,6 +94,10 @@ pub struct PushChannelSpec {
     /// Outcome callbacks to producers.
     #[serde(default)]
     pub callbacks: Callbacks<SecretKeyRef>,
+    /// WeChat's delivery events (server-URL callback). Their token and EncodingAESKey are
+    /// keys of the credentials Secret.
+    #[serde(default)]
+    pub events: ChannelEvents,
     /// Replicas when autoscaling is off. Default `1`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
@@ -108,6 +112,40 @@ pub struct PushChannelSpec {
     /// pods' `terminationGracePeriodSeconds` to `drainTimeout` plus a margin.
     #[serde(default)]
     pub shutdown: Shutdown,
+    /// Exposes `/wechat/events` (WeChat's delivery reports) outside the cluster through an
+    /// Ingress the operator creates, `NAME-pusher-events`, routing only that path. Unset: no
+    /// Ingress (the pusher's Service stays cluster-internal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_ingress: Option<EventsIngress>,
+}
+
+/// The Ingress in front of `/wechat/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventsIngress {
+    /// The host name WeChat calls: the host of the server URL set in the account's basic
+    /// settings (`https://HOST/wechat/events`).
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub host: String,
+    /// The IngressClass. Default: the cluster's default class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub class_name: Option<String>,
+    /// A `kubernetes.io/tls` Secret in the channel's namespace with the certificate for
+    /// `host`, by name (never copied). Unset: plain HTTP on port 80, which WeChat also accepts;
+    /// use safe mode (an EncodingAESKey) then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub tls_secret_name: Option<String>,
+    /// Annotations on the Ingress (for the ingress controller, or a certificate manager).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
 fn default_api_base_url() -> String {
@@ -148,6 +186,17 @@ pub struct CredentialsSecretRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub encoding_aes_key_key: Option<String>,
+}
+
+/// How WeChat's delivery events reach the pusher.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelEvents {
+    /// The message mode chosen at WeChat: `plain`, `compatible` or `safe`. Default: `safe` when
+    /// `credentials.secretRef.encodingAesKeyKey` is set, else `plain`. `plain` with a key, or
+    /// `safe`/`compatible` without one, is refused in the status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<EventsMode>,
 }
 
 fn default_app_id_key() -> String {
@@ -321,6 +370,10 @@ pub struct PushChannelStatus {
     /// pods were rolled out with (the pod template's `wxpush.io/config-hash`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub config_hash: Option<String>,
+    /// The server URL to enter in the account's basic settings, once `eventsIngress` is
+    /// applied (`https://HOST/wechat/events`, `http://` without a TLS Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_url: Option<String>,
 }
 
 /// The CRD as Kubernetes takes it: kube's generated definition with what the API server would

@@ -20,7 +20,9 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, warn};
 
 use crate::crd::PushChannel;
-use crate::reconcile::build::{MANAGED_BY, keda_api_resource, pod_monitor_api_resource};
+use crate::reconcile::build::{
+    MANAGED_BY, keda_api_resource, pod_monitor_api_resource, prometheus_rule_api_resource,
+};
 use crate::reconcile::dereference::referenced_keys;
 use crate::reconcile::{Context, error_policy, reconcile};
 
@@ -78,6 +80,15 @@ pub async fn pod_monitors_available(client: &Client) -> bool {
         .list_api_group_resources("monitoring.coreos.com/v1")
         .await
         .is_ok_and(|l| l.resources.iter().any(|r| r.name == "podmonitors"))
+}
+
+/// Whether prometheus-operator's `PrometheusRule` is served (then every channel gets its
+/// alerts, and the operator watches them).
+pub async fn prometheus_rules_available(client: &Client) -> bool {
+    client
+        .list_api_group_resources("monitoring.coreos.com/v1")
+        .await
+        .is_ok_and(|l| l.resources.iter().any(|r| r.name == "prometheusrules"))
 }
 
 /// The PushChannels (from the controller's cache) that reference Secret `namespace/name`.
@@ -202,6 +213,19 @@ async fn run_one(
         };
         controller = controller.owns_stream_with(
             watcher(pm_api, owned.clone())
+                .default_backoff()
+                .touched_objects(),
+            ar,
+        );
+    }
+    if ctx.settings.prometheus_rules_available {
+        let ar = prometheus_rule_api_resource();
+        let pr_api: Api<PartialObjectMeta<DynamicObject>> = match ns {
+            Some(n) => Api::namespaced_with(client.clone(), n, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        controller = controller.owns_stream_with(
+            watcher(pr_api, owned.clone())
                 .default_backoff()
                 .touched_objects(),
             ar,

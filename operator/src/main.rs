@@ -78,6 +78,10 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "WXPUSH_OPERATOR_LOG_JSON")]
     log_json: bool,
+    /// Check each PushChannel's credentials with one access_token request per change of the
+    /// credentials Secret or apiBaseUrl, and show WeChat's answer in CredentialsValid.
+    #[arg(long, env = "WXPUSH_OPERATOR_CHECK_CREDENTIALS", default_value_t = true, action = clap::ArgAction::Set)]
+    check_credentials: bool,
 }
 
 fn identity(args: &Args) -> String {
@@ -171,9 +175,11 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
     }
     let keda = controller::keda_available(&client).await;
     let pod_monitors = controller::pod_monitors_available(&client).await;
+    let prometheus_rules = controller::prometheus_rules_available(&client).await;
     info!(
         keda,
         pod_monitors,
+        prometheus_rules,
         namespaces = if namespaces.is_empty() {
             "<all>".to_string()
         } else {
@@ -219,12 +225,14 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         backoff_max: args.backoff_max.get(),
         keda_available: keda,
         pod_monitors_available: pod_monitors,
+        prometheus_rules_available: prometheus_rules,
         allowed_images: args
             .allowed_images
             .iter()
             .map(|i| i.trim().to_string())
             .filter(|i| !i.is_empty())
             .collect(),
+        check_credentials: args.check_credentials,
     };
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -31,6 +31,7 @@ pub struct Metrics {
     errors: Family<ErrorLabels, Counter>,
     duration: Histogram,
     leader: Gauge,
+    credential_checks: Family<ResultLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,12 @@ impl Metrics {
         let errors = Family::<ErrorLabels, Counter>::default();
         let duration = Histogram::new(exponential_buckets(0.005, 2.0, 12));
         let leader = Gauge::default();
+        let credential_checks = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "wxpush_operator_credential_checks",
+            "access_token requests made to check a channel's credentials, by the condition's reason",
+            credential_checks.clone(),
+        );
         registry.register(
             "wxpush_operator_reconciles",
             "Reconciles of PushChannels, by result",
@@ -73,6 +80,7 @@ impl Metrics {
             errors,
             duration,
             leader,
+            credential_checks,
         }
     }
 
@@ -87,6 +95,14 @@ impl Metrics {
     /// Counts one failed reconcile.
     pub fn failed(&self, kind: &'static str) {
         self.errors.get_or_create(&ErrorLabels { kind }).inc();
+    }
+
+    /// Counts one credentials check (one token request) by its reason (`TokenIssued`,
+    /// `InvalidAppSecret`, …).
+    pub fn credential_checked(&self, reason: &'static str) {
+        self.credential_checks
+            .get_or_create(&ResultLabels { result: reason })
+            .inc();
     }
 
     /// Sets whether this replica leads.

@@ -217,6 +217,9 @@ fn full_example() {
 fn full_example_with_keda() {
     let mut pc = example("pushchannel-full.yaml");
     pc.spec.autoscaling.provider = AutoscalingProvider::Keda;
+    // The full example names a TriggerAuthentication; without it the ScaledObject has the
+    // three Prometheus/CPU triggers (the lag trigger is checked below, with the reference).
+    pc.spec.autoscaling.keda.redis_authentication_ref = None;
     let d = build_all(&pc);
     let objs = objects(&d);
     let so = objs.last().expect("a ScaledObject");
@@ -395,4 +398,69 @@ fn keda_adds_the_redis_streams_lag_trigger() {
         so["spec"]["triggers"][3]["metadata"]["stream"],
         "{wxpush:payment-notify}:q"
     );
+}
+
+/// `eventsIngress` gives an Ingress that routes only `/wechat/events` to the Service's `http`
+/// port, with TLS by reference; the minimal example gets none.
+#[test]
+fn events_ingress_routes_only_the_events_path() {
+    assert!(
+        build_all(&example("pushchannel-minimal.yaml"))
+            .events_ingress
+            .is_none()
+    );
+    let d = build_all(&example("pushchannel-full.yaml"));
+    let ing = serde_json::to_value(d.events_ingress.as_ref().expect("an Ingress")).expect("json");
+    assert_eq!(ing["metadata"]["name"], "payment-notify-pusher-events");
+    assert_eq!(ing["metadata"]["ownerReferences"][0]["kind"], "PushChannel");
+    assert_eq!(
+        ing["metadata"]["annotations"]["cert-manager.io/cluster-issuer"],
+        "letsencrypt"
+    );
+    assert_eq!(ing["spec"]["ingressClassName"], "nginx");
+    assert_eq!(
+        ing["spec"]["tls"],
+        serde_json::json!([{"hosts": ["wx-events.payments.example.com"], "secretName": "wx-events-tls"}])
+    );
+    let rule = &ing["spec"]["rules"][0];
+    assert_eq!(rule["host"], "wx-events.payments.example.com");
+    let paths = rule["http"]["paths"].as_array().expect("paths");
+    assert_eq!(paths.len(), 1, "only the events path is exposed");
+    assert_eq!(paths[0]["path"], "/wechat/events");
+    assert_eq!(paths[0]["pathType"], "Exact");
+    assert_eq!(
+        paths[0]["backend"]["service"],
+        serde_json::json!({"name": "payment-notify-pusher", "port": {"name": "http"}})
+    );
+    let svc = serde_json::to_value(&d.service).expect("json");
+    assert!(
+        svc["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == "http")
+    );
+    assert_eq!(
+        d.events_url.as_deref(),
+        Some("https://wx-events.payments.example.com/wechat/events")
+    );
+    strict_validate("events-ingress", &[ing]);
+}
+
+/// The PrometheusRule carries the alerts for this channel only.
+#[test]
+fn prometheus_rule_holds_the_channels_alerts() {
+    let d = build_all(&example("pushchannel-full.yaml"));
+    let pr = serde_json::to_value(&d.prometheus_rule).expect("json");
+    assert_eq!(pr["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pr["kind"], "PrometheusRule");
+    assert_eq!(pr["metadata"]["name"], "payment-notify-pusher");
+    assert_eq!(pr["metadata"]["ownerReferences"][0]["controller"], true);
+    let rules = pr["spec"]["groups"][0]["rules"].as_array().expect("rules");
+    assert_eq!(rules.len(), 7);
+    assert!(rules.iter().all(|r| {
+        let e = r["expr"].as_str().unwrap_or_default();
+        e.contains(r#"namespace="shop",channel="payment-notify""#)
+            || e.contains(r#"namespace="shop",deployment="payment-notify-pusher""#)
+    }));
 }

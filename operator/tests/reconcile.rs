@@ -363,6 +363,8 @@ async fn autoscaling_never_writes_replicas_and_reports_the_hpa() {
             &format!("PATCH {DEPLOY_FULL}"),
             "PATCH /api/v1/namespaces/shop/services/payment-notify-pusher",
             "PATCH /apis/policy/v1/namespaces/shop/poddisruptionbudgets/payment-notify-pusher",
+            // The full example asks for the events Ingress.
+            "PATCH /apis/networking.k8s.io/v1/namespaces/shop/ingresses/payment-notify-pusher-events",
             &format!("PATCH {HPA_FULL}"),
             "PATCH /apis/wxpush.io/v1alpha1/namespaces/shop/pushchannels/payment-notify/status",
             &format!("POST {EVENTS}"),

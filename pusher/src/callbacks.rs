@@ -13,7 +13,9 @@
 //!
 //! Signature (when `callbacks.signingKey` is set): `X-Wxpush-Timestamp: <unix seconds>` and
 //! `X-Wxpush-Signature: sha256=<lowercase hex of HMAC-SHA256(key, "<timestamp>.<body>")>`,
-//! where `<body>` is the exact request body bytes.
+//! where `<body>` is the exact request body bytes. The key follows its file
+//! ([`crate::secrets`]): after a rotation every callback carries the new key's signature, so a
+//! receiver accepts both keys while the rotation is in progress (docs/pusher.md).
 //!
 //! Targets: [`target`] refuses internal addresses unless `callbacks.allow` lists them, at
 //! accept, before each attempt and at connect time (its own DNS resolver). A refused target is
@@ -28,10 +30,10 @@ use sha2::Sha256;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ReadSecret as _;
 use crate::metrics::{CallbackLabels, Metrics};
 use crate::policy::{Callbacks, LocalSecret, Retry};
 use crate::resilience::backoff;
+use crate::secrets::WatchedSecret;
 pub use crate::store::types::{CallbackPayload, wants_callback};
 use crate::store::{CallbackKey, PendingCallback, Store};
 
@@ -86,7 +88,7 @@ pub struct CallbackWorker<S> {
     store: S,
     client: reqwest::Client,
     default_url: Option<String>,
-    key: Option<Arc<[u8]>>,
+    key: Option<Arc<WatchedSecret>>,
     retry: Retry,
     metrics: Arc<Metrics>,
     targets: Arc<TargetPolicy>,
@@ -100,20 +102,15 @@ enum Sent {
 }
 
 impl<S: Store + Clone> CallbackWorker<S> {
-    /// A worker for the channel's `callbacks` policy.
+    /// A worker for the channel's `callbacks` policy, signing with `key` (read by
+    /// [`crate::preflight::resolve`]; it follows its file, so the key rotates without a
+    /// restart).
     pub fn new(
         store: S,
         policy: &Callbacks<LocalSecret>,
+        key: Option<Arc<WatchedSecret>>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, CallbackError> {
-        let key = match &policy.signing_key {
-            Some(s) => Some(Arc::from(
-                s.read()
-                    .map_err(|e| CallbackError::SigningKey(e.to_string()))?
-                    .into_bytes(),
-            )),
-            None => None,
-        };
         let targets = Arc::new(TargetPolicy::new(&policy.allow).map_err(CallbackError::Allow)?);
         if let Some(url) = &policy.url {
             targets.check_url(url)?;
@@ -268,9 +265,10 @@ impl<S: Store + Clone> CallbackWorker<S> {
             .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(key) = &self.key {
             let ts = Timestamp::now().as_second();
-            request = request
-                .header(TIMESTAMP_HEADER, ts.to_string())
-                .header(SIGNATURE_HEADER, sign(key, ts, body.as_bytes()));
+            request = request.header(TIMESTAMP_HEADER, ts.to_string()).header(
+                SIGNATURE_HEADER,
+                sign(key.get().as_bytes(), ts, body.as_bytes()),
+            );
         }
         match request.body(body.to_string()).send().await {
             Ok(r) if r.status().is_success() => Sent::Ok,

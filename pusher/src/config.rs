@@ -7,28 +7,27 @@ pub use wxpush_api::config::*;
 
 use crate::policy::{LocalSecret, SecretError};
 
-/// Reads `path`, applies the environment overrides and validates the result.
+/// Reads `path`, applies the environment overrides and validates the result, reporting every
+/// problem of the file at once.
 pub fn load(path: &Path) -> Result<PusherConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        reason,
     })?;
-    let mut config = PusherConfig::from_yaml(&text)?;
-    config.apply_env(|k| std::env::var(k).ok())?;
-    config.validate()?;
-    Ok(config)
+    PusherConfig::from_yaml_with_env(&text, &|k| std::env::var(k).ok())
 }
 
 /// Reading a [`LocalSecret`]'s value, which the API crate only describes.
 pub trait ReadSecret {
-    /// Reads the value now (files are re-read on each call, so rotation is picked up).
+    /// Reads the value now, trimmed of surrounding whitespace whatever its source (a file or a
+    /// variable made by `kubectl create secret --from-file` ends in a newline).
     fn read(&self) -> Result<String, SecretError>;
 }
 
 impl ReadSecret for LocalSecret {
     fn read(&self) -> Result<String, SecretError> {
         let (value, from) = match self {
-            Self::Inline(v) => (v.clone(), "inline value".to_string()),
+            Self::Inline(v) => (v.trim().to_string(), "inline value".to_string()),
             Self::File { file } => {
                 let v = std::fs::read_to_string(file).map_err(|source| SecretError::File {
                     path: file.clone(),

@@ -256,13 +256,16 @@ fn not_sent(record: &mut MessageRecord) {
     }
 }
 
-/// Why sending is on hold, for `/healthz` and logs.
+/// Why sending is on hold, for `/v1/status`, `wxpush_channel_hold_errcode` and logs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Hold {
     /// Until when.
     pub until: Timestamp,
     /// What WeChat or the breaker said.
     pub reason: String,
+    /// WeChat's errcode, when it caused the hold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errcode: Option<i64>,
 }
 
 const CIRCUIT_OPEN: &str = "circuit breaker open";
@@ -291,12 +294,16 @@ impl DispatchState {
     }
 
     /// Extends the hold; true when sending was not on hold before (worth a log line).
-    fn set_hold(&self, until: Timestamp, reason: String) -> bool {
+    fn set_hold(&self, until: Timestamp, reason: String, errcode: Option<i64>) -> bool {
         let now = Timestamp::now();
         let mut hold = self.hold.lock();
         let fresh = hold.as_ref().is_none_or(|h| h.until <= now);
         if hold.as_ref().is_none_or(|h| h.until < until) {
-            *hold = Some(Hold { until, reason });
+            *hold = Some(Hold {
+                until,
+                reason,
+                errcode,
+            });
         }
         fresh
     }
@@ -606,8 +613,10 @@ impl<S: Store + Clone> Dispatcher<S> {
                     drop(permit);
                     tracing::debug!(outcome = ?outcome, "attempt finished");
                     hold_reason = match &outcome {
-                        SendOutcome::Paused { error, .. } => Some(error.message.clone()),
-                        SendOutcome::CircuitOpen { .. } => Some(CIRCUIT_OPEN.to_string()),
+                        SendOutcome::Paused { error, .. } => {
+                            Some((error.message.clone(), error.errcode))
+                        }
+                        SendOutcome::CircuitOpen { .. } => Some((CIRCUIT_OPEN.to_string(), None)),
                         _ => None,
                     };
                     outage = delayed_by_outage(&outcome);
@@ -621,8 +630,8 @@ impl<S: Store + Clone> Dispatcher<S> {
                 }
             },
         };
-        if let Some((until, reason)) = next.hold_until.zip(hold_reason) {
-            if self.state.set_hold(until, reason.clone()) {
+        if let Some((until, (reason, errcode))) = next.hold_until.zip(hold_reason) {
+            if self.state.set_hold(until, reason.clone(), errcode) {
                 tracing::warn!(%until, %reason, "sending on hold");
             } else {
                 tracing::debug!(%until, %reason, "sending still on hold");

@@ -5,7 +5,7 @@
 //! - [`policy`] and [`config`]: the policy types and config file (types from `wxpush-api`;
 //!   [`config`] adds reading files and secrets); [`clock`]: the dispatcher's wall clock (movable
 //!   in debug builds for tests) and WeChat's de-duplication window; [`ratelog`]: rate-limited
-//!   error lines.
+//!   error lines; [`secrets`]: secrets that follow their files.
 //! - [`send`]: the vocabulary of one attempt and the [`send::Sender`] trait of a provider;
 //!   [`message`]: a message, its validation, record and status.
 //! - [`providers`]: one module per `provider` (wire protocol, errcode table);
@@ -14,7 +14,8 @@
 //! - [`wechat`]: the engine that performs one attempt (HTTP client, tokens, breaker, limits);
 //!   [`store`]: the durable queue; [`dispatch`]: leases, attempts and the next state;
 //!   [`callbacks`] and [`events`]: outcome callbacks to producers and WeChat's delivery events.
-//! - [`api`]: the HTTP API; [`wiring`]: assembles all of it into one running pusher.
+//! - [`api`]: the HTTP API; [`preflight`]: every secret read and checked, for `serve` and
+//!   `check-config` alike; [`wiring`]: assembles all of it into one running pusher.
 //! - `demo` (feature `demo`): the WeChat sandbox and a pusher in one process.
 //! - [`fuzzing`]: the entry points of the fuzz targets (`fuzz/`) and their regression replays.
 
@@ -31,10 +32,12 @@ pub mod events;
 pub mod fuzzing;
 pub mod message;
 pub mod metrics;
+pub mod preflight;
 pub mod ratelog;
 pub use wxpush_api::policy;
 pub mod providers;
 pub mod resilience;
+pub mod secrets;
 pub mod send;
 pub mod store;
 pub mod wechat;

@@ -2,8 +2,10 @@
 //!
 //! - `serve --config FILE`: run the pusher (prints `wxpush-pusher listening on http://ADDR`).
 //! - `check-config --config FILE`: validate a config, print it resolved (secrets redacted); it
-//!   also checks what `serve` would fail on (EncodingAESKey, a writable queue folder, free
-//!   listen ports, callback targets, a reachable Redis).
+//!   reads every secret exactly as `serve` does (`wxpush_pusher::preflight`) and also checks
+//!   what `serve` would fail on later (a writable queue folder, free listen ports, callback
+//!   targets, a reachable Redis); `--online` also fetches one access_token with the
+//!   configured credentials.
 //! - `demo`: sandbox + pusher in one process, a few thousand messages end to end, with a live
 //!   progress line, a closing table, and `--faults MODE` to watch it survive a bad WeChat.
 //!
@@ -17,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use wxpush_pusher::config::{PusherConfig, ReadSecret as _};
+use wxpush_pusher::config::PusherConfig;
 #[cfg(feature = "demo")]
 use wxpush_pusher::demo::progress::LogWriter;
 #[cfg(feature = "demo")]
@@ -50,6 +52,11 @@ enum Command {
         /// The config file (YAML).
         #[arg(long, env = "WXPUSH_CONFIG")]
         config: PathBuf,
+        /// Also fetch one access_token with the configured credentials from `apiBaseUrl`, and
+        /// report a wrong appid or secret, an address not on the IP allowlist or an unreachable
+        /// endpoint in one line each (docs/wechat-onboarding.md).
+        #[arg(long)]
+        online: bool,
     },
     /// Start the sandbox and a pusher in this process, send messages through the HTTP API,
     /// wait for delivery and report count, rate and latency.
@@ -135,7 +142,7 @@ fn init_tracing(default: &str, json: bool) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config, online } => check_config(&config, online),
         Command::Serve { config } => {
             init_tracing("info", cli.log_json);
             let config = wxpush_pusher::config::load(&config)
@@ -242,7 +249,7 @@ fn redact_secret(s: &mut Option<LocalSecret>) {
     }
 }
 
-fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+fn check_config(path: &std::path::Path, online: bool) -> anyhow::Result<()> {
     let mut config = match wxpush_pusher::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -250,39 +257,43 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             std::process::exit(1);
         }
     };
-    // Secrets named by file must be readable now, not at the first send.
+    // Exactly what `serve` reads before it starts: every secret source, and what is built
+    // from them (the events cipher, the Redis URL).
     let mut problems = Vec::new();
-    for (field, secret) in [
-        ("credentials.appId", config.credentials.app_id()),
-        ("credentials.appSecret", config.credentials.app_secret()),
-        ("auth.token", config.auth.token()),
-    ] {
-        if let Some(Err(e)) = secret.map(|s| s.read()) {
-            problems.push(format!("{field}: {e}"));
+    let resolved = match wxpush_pusher::preflight::resolve(&config) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            problems.extend(e.0.iter().map(|p| format!("{}: {}", p.field, p.message)));
+            None
         }
-    }
+    };
     problems.extend(serve_would_fail(&config));
-    if let Some(r) = config.queue.redis.as_ref() {
+    if let Some(o) = resolved.as_ref().and_then(|r| r.redis.as_ref()) {
         // The queue must be reachable now, not at the first accept: one line naming the URL
         // (without its password) and why.
-        match wxpush_pusher::wiring::redis_options(&config, r) {
-            Err(e) => problems.push(e.to_string()),
-            Ok(o) => {
-                let checked = runtime()?.block_on(async {
-                    let conn = wxpush_pusher::store::redis::connect(&o.url, o.cluster).await?;
-                    let mut conn = conn;
-                    redis_ping(&mut conn).await
-                });
-                if let Err(e) = checked {
-                    problems.push(format!("queue.redis.url: {e}"));
-                }
-            }
+        let checked = runtime()?.block_on(async {
+            let mut conn = wxpush_pusher::store::redis::connect(&o.url, o.cluster).await?;
+            redis_ping(&mut conn).await
+        });
+        if let Err(e) = checked {
+            problems.push(format!("queue.redis.url: {e}"));
         }
     }
     if !problems.is_empty() {
         eprintln!("{}: {}", path.display(), problems.join("; "));
         std::process::exit(1);
     }
+    let online_line = if online {
+        match runtime()?.block_on(wxpush_pusher::wechat::verify::check_credentials(&config)) {
+            Ok(line) => Some(line),
+            Err(line) => {
+                eprintln!("{}: {line}", path.display());
+                std::process::exit(1);
+            }
+        }
+    } else {
+        None
+    };
     redact(&mut config.credentials.app_secret);
     redact(&mut config.auth.token);
     redact_secret(&mut config.events.token);
@@ -294,29 +305,18 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         *v = "<redacted>".into();
     }
     let yaml = serde_yaml_ng::to_string(&config).context("printing the config")?;
-    println!("# {}: valid\n{yaml}", path.display());
+    println!("# {}: valid", path.display());
+    if let Some(line) = online_line {
+        println!("# {line}");
+    }
+    println!("{yaml}");
     Ok(())
 }
 
-/// What `serve` would refuse at start beyond the schema: the EncodingAESKey, the queue folder,
-/// the listen addresses, the callback targets.
+/// What `serve` would refuse at start beyond the schema and the secrets: the queue folder, the
+/// listen addresses, the callback targets.
 fn serve_would_fail(config: &PusherConfig) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Some(key) = &config.events.encoding_aes_key {
-        let appid = config.credentials.app_id().map(|s| s.read());
-        match (key.read(), appid) {
-            (Err(e), _) => problems.push(format!("events.encodingAesKey: {e}")),
-            (Ok(_), None) => {
-                problems.push("events.encodingAesKey: safe mode needs credentials.appId".into());
-            }
-            (Ok(_), Some(Err(_))) => {} // reported with credentials.appId
-            (Ok(k), Some(Ok(appid))) => {
-                if let Err(e) = wxcrypto::Cipher::new(k.trim(), appid.trim()) {
-                    problems.push(format!("events.encodingAesKey: {e}"));
-                }
-            }
-        }
-    }
     if let Some(wxpush_pusher::policy::QueueKind::Embedded(e)) = config.queue.kind()
         && let Err(why) = writable(std::path::Path::new(&e.path))
     {

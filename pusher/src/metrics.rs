@@ -144,6 +144,16 @@ pub struct Metrics {
     /// `wxpush_channel_paused`: 1 while the channel cannot send (configuration fault, daily
     /// quota), else 0.
     pub channel_paused: Gauge,
+    /// `wxpush_queue_disk_bytes`: bytes the embedded store holds, as last measured (at
+    /// accepts); 0 with the Redis queue.
+    pub queue_disk_bytes: Gauge,
+    /// `wxpush_queue_disk_budget_bytes`: the embedded store's disk budget
+    /// (`queue.embedded.maxBytes`); accepts get 429 while `wxpush_queue_disk_bytes` is at it.
+    pub queue_disk_budget_bytes: Gauge,
+    /// `wxpush_channel_hold_errcode`: WeChat's errcode that holds sending now (40164, 40125,
+    /// 45009...), 0 while sending or when the hold is the circuit breaker's. `/healthz` does
+    /// not show it; `/v1/status` does, with WeChat's message.
+    pub channel_hold_errcode: Gauge,
     /// `wxpush_events_total{event,result}`: requests to `/wechat/events` by outcome.
     pub events: Family<EventLabels, Counter>,
     /// `wxpush_callbacks_total{result}`: outcome-callback attempts by result.
@@ -162,6 +172,12 @@ pub struct Metrics {
     /// `wxpush_hedged_sends_total`: second attempts sent under the same `client_msg_id`
     /// because the first had not answered after a multiple of the observed p99.
     pub hedged_sends: Counter,
+    /// `wxpush_queue_oldest_ready_age_seconds`: how long the oldest ready message has been
+    /// due (0 when none is ready); set at each scrape.
+    pub oldest_ready_age: Gauge,
+    /// `wxpush_daily_quota`: the configured `rateLimit.dailyQuota` (0 = unlimited), for the
+    /// quota alert.
+    pub daily_quota: Gauge,
 }
 
 /// Labels of `wxpush_queue_consumer_pending`.
@@ -252,6 +268,24 @@ impl Metrics {
             "1 while the channel is paused (configuration fault or quota)",
             channel_paused.clone(),
         );
+        let queue_disk_bytes = Gauge::default();
+        registry.register(
+            "queue_disk_bytes",
+            "Bytes the embedded store holds, as last measured",
+            queue_disk_bytes.clone(),
+        );
+        let queue_disk_budget_bytes = Gauge::default();
+        registry.register(
+            "queue_disk_budget_bytes",
+            "The embedded store's disk budget; accepts get 429 at it",
+            queue_disk_budget_bytes.clone(),
+        );
+        let channel_hold_errcode = Gauge::default();
+        registry.register(
+            "channel_hold_errcode",
+            "WeChat's errcode that holds sending now (0 when none)",
+            channel_hold_errcode.clone(),
+        );
         let events = Family::<EventLabels, Counter>::default();
         registry.register(
             "events",
@@ -294,6 +328,18 @@ impl Metrics {
             "Hedged second attempts under the same client_msg_id",
             hedged_sends.clone(),
         );
+        let oldest_ready_age = Gauge::default();
+        registry.register(
+            "queue_oldest_ready_age_seconds",
+            "How long the oldest ready message has been due (0 when none is ready)",
+            oldest_ready_age.clone(),
+        );
+        let daily_quota = Gauge::default();
+        registry.register(
+            "daily_quota",
+            "The configured rateLimit.dailyQuota (0 = unlimited)",
+            daily_quota.clone(),
+        );
         Self {
             registry,
             accepted,
@@ -308,6 +354,9 @@ impl Metrics {
             circuit_opens,
             send_timeouts,
             channel_paused,
+            channel_hold_errcode,
+            queue_disk_bytes,
+            queue_disk_budget_bytes,
             events,
             callbacks,
             queue_group_lag,
@@ -315,6 +364,8 @@ impl Metrics {
             redis_up,
             concurrency_limit,
             hedged_sends,
+            oldest_ready_age,
+            daily_quota,
         }
     }
 

@@ -16,28 +16,23 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, ApiState, AuthToken};
+use crate::api::{self, ApiState};
 use crate::config::PusherConfig;
-use crate::config::ReadSecret as _;
 use crate::dispatch::{DispatchState, Dispatcher};
 use crate::events::http::EventsState;
 use crate::metrics::Metrics;
-use crate::policy::{LocalSecret, QueueKind, RedisQueue};
+use crate::policy::QueueKind;
 use crate::store::embedded::EmbeddedOptions;
-use crate::store::redis::{RedisOptions, consumer_name};
 use crate::store::{EmbeddedStore, RedisStore, Store, StoreError};
 use crate::wechat::{SenderError, WeChatSender};
-use wxcrypto::Cipher;
 
 /// Why a pusher could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The auth token cannot be read.
-    #[error("auth token: {0}")]
-    Auth(#[source] crate::policy::SecretError),
-    /// The config names no auth token.
-    #[error("auth: set exactly one of token and tokenFile")]
-    NoAuth,
+    /// A secret cannot be read, or what is built from it cannot be (every problem, each
+    /// naming its field: the same list `check-config` prints).
+    #[error("{0}")]
+    Secrets(#[from] crate::preflight::Problems),
     /// The queue kind is not available in this build.
     #[error("queue: {0}")]
     Queue(String),
@@ -47,10 +42,6 @@ pub enum ServerError {
     /// The WeChat sender cannot be built.
     #[error("wechat sender: {0}")]
     Sender(#[from] SenderError),
-    /// The `events` settings cannot be used (token, EncodingAESKey or appid unreadable or
-    /// invalid).
-    #[error("events: {0}")]
-    Events(String),
     /// The `callbacks` settings cannot be used (signing key unreadable, client set-up).
     #[error("{0}")]
     Callbacks(#[from] crate::callbacks::CallbackError),
@@ -86,8 +77,10 @@ impl Pusher {
     /// dispatching. Must run inside a Tokio runtime.
     pub async fn start(config: PusherConfig) -> Result<Self, ServerError> {
         let metrics = Arc::new(Metrics::new(&config.channel));
-        let auth = AuthToken::new(config.auth.token().ok_or(ServerError::NoAuth)?)
-            .map_err(ServerError::Auth)?;
+        let secrets = crate::preflight::resolve(&config)?;
+        metrics
+            .daily_quota
+            .set(i64::try_from(config.rate_limit.daily_quota).unwrap_or(i64::MAX));
         match config.queue.kind() {
             Some(QueueKind::Embedded(e)) => {
                 let store = EmbeddedStore::open(&EmbeddedOptions {
@@ -96,14 +89,20 @@ impl Pusher {
                     retention: e.retention.get(),
                     default_callback: config.callbacks.url.is_some(),
                     unhealthy_after: e.unhealthy_after.get(),
+                    max_bytes: Some(disk_budget(e)?),
                 })?;
-                Self::start_with(config, metrics, auth, store, None).await
+                watch_disk(&store, Arc::clone(&metrics));
+                Self::start_with(config, metrics, secrets, store, None).await
             }
-            Some(QueueKind::Redis(r)) => {
-                let store = RedisStore::connect(redis_options(&config, r)?).await?;
+            Some(QueueKind::Redis(_)) => {
+                let options = secrets
+                    .redis
+                    .clone()
+                    .ok_or_else(|| ServerError::Queue("queue.redis.url: not resolved".into()))?;
+                let store = RedisStore::connect(options).await?;
                 watch_redis(&store, Arc::clone(&metrics));
                 let shared = crate::store::redis::SharedClient::new(&store);
-                Self::start_with(config, metrics, auth, store, Some(shared)).await
+                Self::start_with(config, metrics, secrets, store, Some(shared)).await
             }
             None => Err(ServerError::Queue(
                 "set exactly one queue kind: embedded or redis".into(),
@@ -115,7 +114,7 @@ impl Pusher {
     async fn start_with<S: Store + Clone>(
         config: PusherConfig,
         metrics: Arc<Metrics>,
-        auth: AuthToken,
+        secrets: crate::preflight::Resolved,
         store: S,
         shared: Option<crate::store::redis::SharedClient>,
     ) -> Result<Self, ServerError> {
@@ -140,7 +139,7 @@ impl Pusher {
         let state = Arc::new(ApiState {
             store: store.clone(),
             metrics: Arc::clone(&metrics),
-            auth,
+            auth: secrets.auth,
             limits: config.api.clone(),
             draining: Arc::clone(&draining),
             dispatch: Arc::clone(&dispatch_state),
@@ -157,7 +156,7 @@ impl Pusher {
         // metrics stay outside it so that an overloaded pusher is not restarted for it.
         let cap = api::server::RequestCap::new(config.api.max_concurrent_requests);
         let mut app = api::router(Arc::clone(&state), metrics_listener.is_none(), &cap);
-        if let Some(events) = events_state(&config, store.clone(), Arc::clone(&metrics))? {
+        if let Some(events) = events_state(&config, secrets.events, store.clone(), &metrics) {
             app = app.merge(api::server::limit_layer(
                 crate::events::http::router(Arc::new(events)),
                 &cap,
@@ -197,6 +196,7 @@ impl Pusher {
         let callbacks = crate::callbacks::CallbackWorker::new(
             store.clone(),
             &config.callbacks,
+            secrets.signing_key,
             Arc::clone(&metrics),
         )?;
         let calling = tokio::spawn(callbacks.run(callback_stop.clone()));
@@ -256,71 +256,55 @@ impl Pusher {
     }
 }
 
-/// The Redis store's settings from the config (the URL secret is read here).
-pub fn redis_options(
-    config: &PusherConfig,
-    r: &RedisQueue<LocalSecret>,
-) -> Result<RedisOptions, ServerError> {
-    let url = r
-        .url
-        .read()
-        .map_err(|e| ServerError::Queue(format!("queue.redis.url: {e}")))?;
-    Ok(RedisOptions {
-        url: url.trim().to_string(),
-        cluster: r.cluster,
-        key_prefix: r.key_prefix.clone(),
-        channel: config.channel.clone(),
-        consumer_group: r.consumer_group.clone(),
-        consumer: consumer_name(),
-        claim_idle: r.claim_idle.get(),
-        max_messages: r.max_messages,
-        retention: r.retention.get(),
-        default_callback: config.callbacks.url.is_some(),
-        min_replicas_acked: r.min_replicas_acked,
-    })
+/// The embedded store's disk budget: `maxBytes`, else 80% of the file system that holds (or
+/// will hold) `path`.
+pub fn disk_budget(e: &crate::policy::EmbeddedQueue) -> Result<u64, ServerError> {
+    use crate::policy::disk;
+    if let Some(b) = e.max_bytes.as_deref() {
+        return disk::quantity_bytes(b).ok_or_else(|| {
+            ServerError::Queue(format!("queue.embedded.maxBytes: {b} is not a size"))
+        });
+    }
+    let mut at = std::path::Path::new(&e.path);
+    while !at.exists() {
+        at = at.parent().unwrap_or(std::path::Path::new("."));
+    }
+    let fs = rustix::fs::statvfs(at).map_err(|err| {
+        ServerError::Queue(format!(
+            "queue.embedded.path: cannot read the size of the file system holding {}: {err}",
+            at.display()
+        ))
+    })?;
+    let size = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let budget = disk::budget_of(size);
+    tracing::info!(
+        budget,
+        file_system = size,
+        "queue.embedded.maxBytes unset: the budget is {}% of the file system",
+        disk::BUDGET_PERCENT
+    );
+    Ok(budget)
 }
 
 /// The `/wechat/events` state, or `None` while no events token is configured (the route then
 /// answers 404).
 fn events_state<S: Store>(
     config: &PusherConfig,
+    secrets: Option<crate::preflight::EventSecrets>,
     store: S,
-    metrics: Arc<Metrics>,
-) -> Result<Option<EventsState<S>>, ServerError> {
-    let Some(token) = &config.events.token else {
-        return Ok(None);
-    };
-    let token = token
-        .read()
-        .map_err(|e| ServerError::Events(format!("token: {e}")))?;
-    let cipher = match &config.events.encoding_aes_key {
-        None => None,
-        Some(key) => {
-            let key = key
-                .read()
-                .map_err(|e| ServerError::Events(format!("encodingAesKey: {e}")))?;
-            let appid = config
-                .credentials
-                .app_id()
-                .ok_or_else(|| ServerError::Events("safe mode needs credentials.appId".into()))?
-                .read()
-                .map_err(|e| ServerError::Events(format!("credentials.appId: {e}")))?;
-            Some(
-                Cipher::new(key.trim(), appid.trim())
-                    .map_err(|e| ServerError::Events(format!("encodingAesKey: {e}")))?,
-            )
-        }
-    };
-    Ok(Some(EventsState {
+    metrics: &Arc<Metrics>,
+) -> Option<EventsState<S>> {
+    let secrets = secrets?;
+    Some(EventsState {
         store,
-        metrics,
-        token: token.trim().to_string(),
-        cipher,
+        metrics: Arc::clone(metrics),
+        token: secrets.token,
+        cipher: secrets.cipher,
         match_wait: EVENT_MATCH_WAIT,
         replay: parking_lot::Mutex::new(crate::events::replay::ReplayGuard::new(
             config.events.max_clock_skew.get().as_secs(),
         )),
-    }))
+    })
 }
 
 /// How long an event whose message is not (yet) found is re-tried before it is acknowledged.
@@ -334,6 +318,28 @@ fn spawn_server(
     stop: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move { api::server::serve(name, listener, app, &limits, stop).await })
+}
+
+/// Keeps `wxpush_queue_disk_bytes` and `wxpush_queue_disk_budget_bytes` up to date from the
+/// embedded store's budget, while the store lives.
+fn watch_disk(store: &EmbeddedStore, metrics: Arc<Metrics>) {
+    let Some(budget) = store.disk_budget() else {
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            {
+                let (used, max) = budget.figures();
+                let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                metrics.queue_disk_bytes.set(gauge(used));
+                metrics.queue_disk_budget_bytes.set(gauge(max));
+            }
+            tokio::time::sleep(REDIS_GAUGES_EVERY).await;
+            if Arc::strong_count(&metrics) == 1 {
+                return;
+            }
+        }
+    });
 }
 
 /// How often the Redis figures are copied into the gauges (the store refreshes them from

@@ -102,6 +102,22 @@ pub(crate) struct ClassicQuery {
     secret: Option<String>,
 }
 
+/// 40164 naming the caller's address, in WeChat's wording.
+fn ip_refused(state: &Shared, peer: std::net::SocketAddr) -> Response {
+    let code = WxCode::IpNotAllowed;
+    state.stats.errcode(code);
+    let ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    json(format!(
+        r#"{{"errcode":{},"errmsg":"invalid ip {ip} ipv6 ::ffff:{ip}, not in whitelist rid: sandbox"}}"#,
+        code.code()
+    ))
+}
+
 /// Checks grant_type, appid and secret in WeChat's order.
 fn check_credentials(
     state: &Shared,
@@ -130,10 +146,15 @@ fn check_credentials(
 /// `GET /cgi-bin/token`: a new token on every call.
 pub(crate) async fn classic_token(
     State(state): State<Shared>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
     Query(q): Query<ClassicQuery>,
 ) -> Response {
     let now = Instant::now();
     state.maybe_invalidate(now);
+    if !state.cfg.ip_allowed(conn.peer().ip()) {
+        state.stats.token_call(false, false, false);
+        return ip_refused(&state, conn.peer());
+    }
     let checked = check_credentials(
         &state,
         q.grant_type.as_deref(),
@@ -167,9 +188,17 @@ struct StableBody {
 }
 
 /// `POST /cgi-bin/stable_token`: the same token while valid; `force_refresh` rotates it.
-pub(crate) async fn stable_token(State(state): State<Shared>, body: Bytes) -> Response {
+pub(crate) async fn stable_token(
+    State(state): State<Shared>,
+    ConnectInfo(conn): ConnectInfo<ConnInfo>,
+    body: Bytes,
+) -> Response {
     let now = Instant::now();
     state.maybe_invalidate(now);
+    if !state.cfg.ip_allowed(conn.peer().ip()) {
+        state.stats.token_call(true, false, false);
+        return ip_refused(&state, conn.peer());
+    }
     let Ok(b) = serde_json::from_slice::<StableBody>(&body) else {
         state.stats.token_call(true, false, false);
         return wx_error(&state, WxCode::DataFormat);

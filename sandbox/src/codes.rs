@@ -26,6 +26,8 @@ pub enum WxCode {
     InvalidTemplateId,
     /// 40125: wrong secret.
     InvalidSecret,
+    /// 40164: the caller's address is not on the account's IP allowlist.
+    IpNotAllowed,
     /// 41001: no access_token parameter.
     AccessTokenMissing,
     /// 41002: no appid.
@@ -52,7 +54,7 @@ pub enum WxCode {
 
 impl WxCode {
     /// Every code, in index order.
-    pub const ALL: [WxCode; 20] = [
+    pub const ALL: [WxCode; 21] = [
         WxCode::Ok,
         WxCode::SystemBusy,
         WxCode::InvalidCredential,
@@ -62,6 +64,7 @@ impl WxCode {
         WxCode::InvalidAccessToken,
         WxCode::InvalidTemplateId,
         WxCode::InvalidSecret,
+        WxCode::IpNotAllowed,
         WxCode::AccessTokenMissing,
         WxCode::AppidMissing,
         WxCode::SecretMissing,
@@ -87,6 +90,7 @@ impl WxCode {
             WxCode::InvalidAccessToken => 40014,
             WxCode::InvalidTemplateId => 40037,
             WxCode::InvalidSecret => 40125,
+            WxCode::IpNotAllowed => 40164,
             WxCode::AccessTokenMissing => 41001,
             WxCode::AppidMissing => 41002,
             WxCode::SecretMissing => 41004,
@@ -125,6 +129,7 @@ impl WxCode {
             WxCode::InvalidAccessToken => "invalid access_token",
             WxCode::InvalidTemplateId => "invalid template_id",
             WxCode::InvalidSecret => "invalid appsecret",
+            WxCode::IpNotAllowed => "invalid ip, not in whitelist",
             WxCode::AccessTokenMissing => "access_token missing",
             WxCode::AppidMissing => "appid missing",
             WxCode::SecretMissing => "appsecret missing",

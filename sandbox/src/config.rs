@@ -114,6 +114,9 @@ pub struct SandboxConfig {
     pub refused_subscribers: HashSet<String>,
     /// Known template ids: when set, any other `template_id` gets 40037.
     pub templates: Option<HashSet<String>>,
+    /// The account's IP allowlist: when set, token calls from any other address get 40164
+    /// (with the address in `errmsg`, as WeChat does). `None` (default): any address.
+    pub ip_allowlist: Option<Vec<std::net::IpAddr>>,
     /// Delivery events.
     pub events: EventConfig,
     /// Faults active from the start (and restored by `POST /__reset`).
@@ -143,6 +146,7 @@ impl Default for SandboxConfig {
             non_followers: HashSet::new(),
             refused_subscribers: HashSet::new(),
             templates: None,
+            ip_allowlist: None,
             events: EventConfig::default(),
             faults: FaultConfig::default(),
         }
@@ -157,6 +161,20 @@ impl SandboxConfig {
             secret: secret.into(),
             ..Self::default()
         }
+    }
+
+    /// Whether a token call from `ip` passes the IP allowlist (always without one). An
+    /// IPv4-mapped IPv6 peer counts as its IPv4 address.
+    pub fn ip_allowed(&self, ip: std::net::IpAddr) -> bool {
+        let ip = match ip {
+            std::net::IpAddr::V6(v6) => v6
+                .to_ipv4_mapped()
+                .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.ip_allowlist
+            .as_ref()
+            .is_none_or(|list| list.contains(&ip))
     }
 
     /// Whether `openid` belongs to the account (always true without a user list).

@@ -134,6 +134,10 @@ struct Cli {
     /// Known template ids, `a,b` or `@FILE`; others get 40037. Default: any.
     #[arg(long, value_parser = parse_set, help_heading = "Sends")]
     templates: Option<HashSet<String>>,
+    /// The account's IP allowlist, `a,b` (IPv4 or IPv6): token calls from any other address get
+    /// 40164 naming it. Default: any address.
+    #[arg(long, value_delimiter = ',', help_heading = "Tokens")]
+    ip_allowlist: Option<Vec<std::net::IpAddr>>,
 
     // --- events ---
     /// Server URL to POST TEMPLATESENDJOBFINISH events to (none: no events).
@@ -250,6 +254,7 @@ impl Cli {
             non_followers: self.non_followers.unwrap_or_default(),
             refused_subscribers: self.refused_subscribers.unwrap_or_default(),
             templates: self.templates,
+            ip_allowlist: self.ip_allowlist,
             events: EventConfig {
                 url: self.event_url,
                 token: self.event_token,

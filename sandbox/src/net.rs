@@ -78,14 +78,19 @@ pub(crate) struct ConnFlags {
     admin: AtomicBool,
 }
 
-/// The handle handlers get for their connection.
+/// The handle handlers get for their connection, with the peer's address.
 #[derive(Debug, Clone)]
-pub(crate) struct ConnInfo(Arc<ConnFlags>);
+pub(crate) struct ConnInfo(Arc<ConnFlags>, SocketAddr);
 
 impl ConnInfo {
     /// Resets the connection instead of answering.
     pub(crate) fn reset(&self) {
         self.0.reset.store(true, Ordering::Release);
+    }
+
+    /// The address the connection came from (what WeChat checks against the IP allowlist).
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.1
     }
 
     /// Marks the connection as an admin one (it survives outages).
@@ -96,7 +101,7 @@ impl ConnInfo {
 
 impl Connected<IncomingStream<'_, SandboxListener>> for ConnInfo {
     fn connect_info(stream: IncomingStream<'_, SandboxListener>) -> Self {
-        ConnInfo(Arc::clone(&stream.io().flags))
+        ConnInfo(Arc::clone(&stream.io().flags), *stream.remote_addr())
     }
 }
 

@@ -78,20 +78,20 @@ log "installing the CRD and the operator"
 kubectl apply -f crds/pushchannel.yaml
 kubectl wait --for=condition=Established crd/pushchannels.wxpush.io --timeout="$TIMEOUT"
 kubectl apply -f operator/rbac.yaml          # namespace, ServiceAccount, ClusterRole, binding
-sed -e "s|WXPUSH_OPERATOR_IMAGE|$OPERATOR_IMAGE|" -e "s|WXPUSH_PUSHER_IMAGE|$PUSHER_IMAGE|" \
-  deploy/kind/operator.yaml | kubectl apply -f -
+sed -e "s|ghcr.io/wxpush/wxpush-operator:[^\" ]*|$OPERATOR_IMAGE|" \
+  -e "s|ghcr.io/wxpush/wxpush-pusher:[^\" ]*|$PUSHER_IMAGE|" deploy/operator.yaml | kubectl apply -f -
 kubectl -n wxpush-system rollout status deployment/wxpush-operator --timeout="$TIMEOUT"
 
 log "running the sandbox, the Secrets and the PushChannel in $NS"
 kubectl create namespace "$NS" --dry-run=client -o yaml | kubectl apply -f -
-sed -e "s|WXPUSH_SANDBOX_IMAGE|$SANDBOX_IMAGE|" deploy/kind/sandbox.yaml | kubectl -n "$NS" apply -f -
+sed -e "s|ghcr.io/wxpush/wxpush-sandbox:[^\" ]*|$SANDBOX_IMAGE|" deploy/kind/sandbox.yaml | kubectl -n "$NS" apply -f -
 kubectl -n "$NS" rollout status deployment/wxpush-sandbox --timeout="$TIMEOUT"
 kubectl -n "$NS" create secret generic e2e-wechat \
   --from-literal=appId="$APPID" --from-literal=appSecret="$APPSECRET" \
   --dry-run=client -o yaml | kubectl apply -f -
 kubectl -n "$NS" create secret generic e2e-auth --from-literal=token="$TOKEN" \
   --dry-run=client -o yaml | kubectl apply -f -
-sed -e "s|WXPUSH_PUSHER_IMAGE|$PUSHER_IMAGE|" deploy/kind/pushchannel.yaml | kubectl -n "$NS" apply -f -
+sed -e "s|ghcr.io/wxpush/wxpush-pusher:[^\" ]*|$PUSHER_IMAGE|" deploy/kind/pushchannel.yaml | kubectl -n "$NS" apply -f -
 
 log "waiting for the PushChannel to be Ready"
 kubectl -n "$NS" wait --for=condition=Reconciled pushchannel/e2e --timeout="$TIMEOUT"

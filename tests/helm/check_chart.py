@@ -399,6 +399,21 @@ def main() -> int:
             assert chart.schema and chart.schema["$schema"].startswith("http://json-schema.org/draft-07/")
     check("Chart.yaml metadata, values and draft-07 schema load", metadata)
 
+    def packaged() -> None:
+        import tarfile
+        import tempfile
+        with tempfile.TemporaryDirectory() as tmp:
+            archive = Path(helm.package(CHART, destination=tmp))
+            assert archive.name == "wxpush-operator-0.1.0.tgz", archive
+            with tarfile.open(archive) as tar:
+                names = set(tar.getnames())
+            for need in ["Chart.yaml", "values.yaml", "values.schema.json", "crds/pushchannel.yaml",
+                         "templates/deployment.yaml"]:
+                assert f"wxpush-operator/{need}" in names, (need, sorted(names))
+            with helm.Chart.load(archive) as chart:
+                assert chart.name == "wxpush-operator" and chart.version == "0.1.0"
+    check("helm package makes wxpush-operator-0.1.0.tgz, which loads", packaged)
+
     def schema_strict() -> None:
         with helm.Chart.load(CHART) as chart:
             schema = chart.schema
@@ -529,10 +544,12 @@ def main() -> int:
                 assert args["--leader-election"] == "true"
                 assert "--namespace" not in args and "WXPUSH_OPERATOR_WATCH_NAMESPACES" not in env
                 assert "WXPUSH_OPERATOR_ALLOWED_IMAGES" not in env and "--log-json" not in args
-                for kind in ("ServiceMonitor", "ConfigMap"):
+                assert "--check-credentials" not in args, "on by default: the operator's own default"
+                for kind in ("ServiceMonitor", "ConfigMap", "PrometheusRule"):
                     assert not of_kind(objs, kind), f"{kind} rendered by default"
                 union = set().union(*(grants(o) for o in of_kind(objs, "ClusterRole")))
                 assert ("keda.sh", "scaledobjects") in union and ("monitoring.coreos.com", "podmonitors") in union
+                assert ("monitoring.coreos.com", "prometheusrules") in union
             elif label == "namespaced":
                 assert "--namespace" not in args, "--namespace takes a single namespace"
                 assert env["WXPUSH_OPERATOR_WATCH_NAMESPACES"] == "shop,billing"
@@ -561,12 +578,19 @@ def main() -> int:
                 svc = one(objs, "Service")
                 assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
                 assert "--log-json" in args
+                assert args["--check-credentials"] == "false"
                 check_adapter_rules(objs, chart_values)
                 check_dashboard(objs)
+                pr = one(objs, "PrometheusRule")
+                assert pr["apiVersion"] == "monitoring.coreos.com/v1"
+                assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+                rules = yaml.safe_load((CHART / "alerts" / "wxpush.rules.yaml").read_text())
+                assert pr["spec"] == rules, "the PrometheusRule is alerts/wxpush.rules.yaml as is"
             elif label == "no-keda":
                 union = set().union(*(grants(o) for o in of_kind(objs, "ClusterRole")))
                 assert ("keda.sh", "scaledobjects") not in union
                 assert ("monitoring.coreos.com", "podmonitors") not in union
+                assert ("monitoring.coreos.com", "prometheusrules") not in union
             else:
                 raise AssertionError(f"no specific checks for value set {label}")
         check(f"[{label}] value-set specifics", specifics)

@@ -1,6 +1,7 @@
 //! The operator's end-to-end harness: a Kubernetes API emulator (`tests/kube_emulator`, a layer
 //! over the PyPI package `kmock`) started as a subprocess on a loopback port the OS picks, the
-//! real `kubectl` pointed at it, and helpers that wait for objects to reach a state.
+//! real `kubectl` pointed at it, and helpers that wait for objects to reach a state. `Kubectl`
+//! and `OperatorProcess` also serve the real control plane (`crate::cluster`).
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -156,7 +157,8 @@ impl KubeEmulator {
     }
 }
 
-/// A running `wxpush-operator` (the real binary) pointed at an emulator; killed when dropped.
+/// A running `wxpush-operator` (the real binary) pointed at an emulator or a real cluster; killed
+/// when dropped.
 #[derive(Debug)]
 pub struct OperatorProcess {
     child: Child,
@@ -170,7 +172,17 @@ impl OperatorProcess {
     ///
     /// Panics when it exits before that (use [`OperatorProcess::run_to_exit`] to test refusals).
     pub async fn start(api: &KubeEmulator, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut cmd = Self::command(api, args, env);
+        Self::start_with_kubeconfig(&api.kubeconfig(), api.dir.path(), args, env).await
+    }
+
+    /// Like [`OperatorProcess::start`], for any cluster: `KUBECONFIG=kubeconfig`, `HOME=home`.
+    pub async fn start_with_kubeconfig(
+        kubeconfig: &Path,
+        home: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = Self::command(kubeconfig, home, args, env);
         cmd.stdout(Stdio::piped()).kill_on_drop(true);
         let mut child = cmd.spawn().expect("wxpush-operator starts");
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -194,7 +206,7 @@ impl OperatorProcess {
         args: &[&str],
         timeout: Duration,
     ) -> (Option<i32>, String) {
-        let mut cmd = Self::command(api, args, &[]);
+        let mut cmd = Self::command(&api.kubeconfig(), api.dir.path(), args, &[]);
         cmd.stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -209,13 +221,17 @@ impl OperatorProcess {
         )
     }
 
-    fn command(api: &KubeEmulator, args: &[&str], env: &[(&str, &str)]) -> Command {
+    fn command(kubeconfig: &Path, home: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(binary("wxpush-operator"));
         cmd.arg("--listen")
             .arg("127.0.0.1:0")
             .args(args)
-            .env("KUBECONFIG", api.kubeconfig())
-            .env("HOME", api.dir.path())
+            .env("KUBECONFIG", kubeconfig)
+            .env("HOME", home)
+            // The PushChannels of most tests keep the default apiBaseUrl (WeChat itself), which
+            // a test must never call: the credentials check is on only where a test passes
+            // WXPUSH_OPERATOR_CHECK_CREDENTIALS=true and points apiBaseUrl at a sandbox.
+            .env("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "false")
             .stdin(Stdio::null());
         for (k, v) in env {
             cmd.env(k, v);
@@ -289,6 +305,14 @@ pub struct Kubectl {
 }
 
 impl Kubectl {
+    /// kubectl for the cluster of `kubeconfig`, caching discovery in `cache_dir`.
+    pub fn new(kubeconfig: PathBuf, cache_dir: PathBuf) -> Self {
+        Self {
+            kubeconfig,
+            cache_dir,
+        }
+    }
+
     /// The kubeconfig it uses.
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig

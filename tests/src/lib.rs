@@ -135,8 +135,10 @@ impl Drop for ChildGuard {
     }
 }
 
+pub mod cluster;
 pub mod crd_schema;
 pub mod kube;
+pub mod pod_runner;
 pub mod pusher;
 pub mod redis;
 pub mod sandbox;

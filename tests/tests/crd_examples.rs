@@ -130,3 +130,121 @@ fn pusher_config_example_loads_and_validates() {
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     assert_eq!(config.channel, "order-notify");
 }
+
+/// Fields the full example leaves out on purpose, with why.
+const NOT_IN_THE_FULL_EXAMPLE: &[(&str, &str)] = &[
+    (
+        "spec.autoscaling.behavior.scaleDown.tolerance",
+        "alpha in Kubernetes (the HPAConfigurableTolerance feature gate)",
+    ),
+    (
+        "spec.autoscaling.behavior.scaleUp.tolerance",
+        "alpha in Kubernetes (the HPAConfigurableTolerance feature gate)",
+    ),
+    (
+        "spec.pod.resources.claims",
+        "dynamic resource allocation: a claim must name one of the pod's resourceClaims, which \
+         the operator does not create",
+    ),
+];
+
+/// Every leaf of an object schema, as `spec.a.b`; arrays of objects are walked through their
+/// items; maps and arrays of scalars are leaves.
+fn schema_leaves(schema: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    if let Some(props) = schema["properties"].as_object() {
+        for (name, sub) in props {
+            schema_leaves(sub, &format!("{path}.{name}"), out);
+        }
+    } else if schema["items"]["properties"].is_object() {
+        schema_leaves(&schema["items"], path, out);
+    } else {
+        out.push(path.to_string());
+    }
+}
+
+fn has_path(value: &serde_json::Value, path: &[&str]) -> bool {
+    match path.split_first() {
+        None => true,
+        Some((first, rest)) => match value {
+            serde_json::Value::Array(items) => items.iter().any(|i| has_path(i, path)),
+            serde_json::Value::Object(map) => map.get(*first).is_some_and(|v| has_path(v, rest)),
+            _ => false,
+        },
+    }
+}
+
+/// The commented alternative in the full example: `#   embedded: {…}` and the comment lines
+/// that continue it, as YAML.
+fn commented_embedded_queue(text: &str) -> serde_json::Value {
+    let mut lines = text
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("#   embedded:"));
+    let mut yaml = String::new();
+    if let Some(first) = lines.next() {
+        yaml.push_str(first.trim_start().trim_start_matches('#'));
+        for l in lines {
+            let t = l.trim_start();
+            if !t.starts_with("#  ") {
+                break;
+            }
+            yaml.push('\n');
+            yaml.push_str(t.trim_start_matches('#'));
+        }
+    }
+    serde_yaml_ng::from_str(&yaml).unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn full_example_sets_every_field_of_the_crd() {
+    let schema = schema();
+    let text = read("examples/pushchannel-full.yaml");
+    let example: serde_json::Value = serde_yaml_ng::from_str(&text).expect("yaml");
+    let embedded = commented_embedded_queue(&text);
+    assert!(
+        embedded["embedded"].is_object(),
+        "the full example shows the embedded queue in a comment (`#   embedded: {{…}}`)"
+    );
+    // The commented alternative is valid where it stands: the example with it instead of redis.
+    let mut alternative = example.clone();
+    alternative["spec"]["queue"] = embedded.clone();
+    alternative["spec"]["autoscaling"]["enabled"] = false.into();
+    alternative["spec"]["replicas"] = 1.into();
+    let errors = validate(&schema, &alternative);
+    assert!(errors.is_empty(), "the embedded alternative: {errors:?}");
+
+    let mut leaves = Vec::new();
+    schema_leaves(&schema["properties"]["spec"], "spec", &mut leaves);
+    assert!(leaves.len() > 90, "the walk found {} fields", leaves.len());
+    let mut missing = Vec::new();
+    for leaf in &leaves {
+        if NOT_IN_THE_FULL_EXAMPLE
+            .iter()
+            .any(|(p, _)| leaf == p || leaf.starts_with(&format!("{p}.")))
+        {
+            continue;
+        }
+        let parts: Vec<&str> = leaf.split('.').collect();
+        let found = if let Some(rest) = leaf.strip_prefix("spec.queue.embedded.") {
+            embedded["embedded"].get(rest).is_some()
+        } else {
+            has_path(&example, &parts)
+        };
+        if !found {
+            missing.push(leaf.clone());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "examples/pushchannel-full.yaml lacks these CRD fields (add them, or list them in \
+         NOT_IN_THE_FULL_EXAMPLE with the reason): {missing:?}"
+    );
+    // The exceptions are real fields, so the list cannot go stale.
+    for (p, _) in NOT_IN_THE_FULL_EXAMPLE {
+        assert!(
+            leaves
+                .iter()
+                .any(|l| l == p || l.starts_with(&format!("{p}."))),
+            "{p} is no longer a CRD field"
+        );
+    }
+}

@@ -338,16 +338,24 @@ async fn signatures_echostr_duplicates_and_other_events() {
     let first = status(api.clone(), ids[0].clone()).await;
     assert_eq!(first["status"], "confirmed", "{first}");
     assert_eq!(first["events"][0]["matched_by"], "msgid");
-    let plain = |nonce: &str| {
-        format!(
-            "{base}?{}",
-            query(ts, nonce, &signature(EV_TOKEN, ts, nonce))
+    // Every further POST is sealed: the pusher is in safe mode.
+    let sealed = |nonce: &str, xml: &str| {
+        let enc = cipher.encrypt(xml.as_bytes());
+        let url = format!(
+            "{base}?{}&encrypt_type=aes&msg_signature={}",
+            query(ts, nonce, &signature(EV_TOKEN, ts, nonce)),
+            msg_signature(EV_TOKEN, ts, nonce, &enc)
+        );
+        (
+            url,
+            format!("<xml><Encrypt><![CDATA[{enc}]]></Encrypt></xml>"),
         )
     };
+    let (url, body) = sealed("8", &ev);
     assert_eq!(
-        post(&http, &plain("8"), ev.clone()).await,
+        post(&http, &url, body).await,
         (200, "success".to_string()),
-        "the duplicate, in plain mode this time"
+        "the duplicate, under another nonce this time"
     );
     assert_eq!(status(api.clone(), ids[0].clone()).await, first);
     assert_eq!(
@@ -358,7 +366,8 @@ async fn signatures_echostr_duplicates_and_other_events() {
 
     // A different event for the confirmed message: recorded, not applied.
     let late = event_xml("sig-user", now + 1, msgid, "failed:user block");
-    assert_eq!(post(&http, &plain("9"), late).await.0, 200);
+    let (url, body) = sealed("9", &late);
+    assert_eq!(post(&http, &url, body).await.0, 200);
     let doc = status(api.clone(), ids[0].clone()).await;
     assert_eq!(doc["status"], "confirmed");
     assert_eq!(doc["events"].as_array().map(Vec::len), Some(2), "{doc}");
@@ -367,21 +376,18 @@ async fn signatures_echostr_duplicates_and_other_events() {
     // Other messages and events: acknowledged, ignored.
     let sub = "<xml><FromUserName>sig-user</FromUserName><CreateTime>1</CreateTime>\
                <MsgType>event</MsgType><Event>subscribe</Event></xml>";
-    assert_eq!(
-        post(&http, &plain("10"), sub.to_string()).await,
-        (200, "success".to_string())
-    );
+    let (url, body) = sealed("10", sub);
+    assert_eq!(post(&http, &url, body).await, (200, "success".to_string()));
     assert_eq!(
         api.metric("wxpush_events_total", &[("result", "ignored")])
             .await,
         1.0
     );
-    // Malformed XML with a good signature: 400; a body above 64 KiB: 413.
-    assert_eq!(post(&http, &plain("11"), "<xml><a>".into()).await.0, 400);
-    assert_eq!(
-        post(&http, &plain("12"), "x".repeat(70 * 1024)).await.0,
-        413
-    );
+    // Malformed XML: 400; a body above 64 KiB: 413.
+    let (url, _) = sealed("11", "<xml/>");
+    assert_eq!(post(&http, &url, "<xml><a>".into()).await.0, 400);
+    let (url, _) = sealed("12", "<xml/>");
+    assert_eq!(post(&http, &url, "x".repeat(70 * 1024)).await.0, 413);
 
     // A pusher without an events token has no /wechat/events.
     let dir2 = tempdir();
@@ -396,6 +402,170 @@ async fn signatures_echostr_duplicates_and_other_events() {
         .await
         .expect("answers");
     assert_eq!(r.status().as_u16(), 404);
+}
+
+/// The downgrade of issue 25: a query string captured from a sealed POST (its `signature`
+/// covers only token, timestamp and nonce) replayed without `encrypt_type` and
+/// `msg_signature`, with a forged plaintext body, is refused in `safe` and `compatible` mode and
+/// changes nothing. So is a compatible-mode body whose plaintext twin disagrees with its
+/// sealed payload: only the payload counts. The genuine event then still confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_captured_sealed_query_cannot_carry_a_forged_plaintext_body() {
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let http = reqwest::Client::new();
+    let cipher = Cipher::new(AES_KEY, APPID).expect("key");
+    for mode in ["safe", "compatible"] {
+        let dir = tempdir();
+        let cfg = config(
+            &sb_url,
+            dir.path(),
+            &json!({"events": {"token": EV_TOKEN, "encodingAesKey": AES_KEY, "mode": mode}}),
+        );
+        let pusher = PusherProc::start(dir.path(), &cfg).await;
+        let api = &pusher.api;
+        let base = format!("{}/wechat/events", pusher.base);
+        let user = format!("victim-{mode}");
+        let ids = send_all(api, &[template(&user)], 1, 1).await;
+        api.wait_delivered(1, Duration::from_secs(10)).await;
+        let (_, before) = api.status(&ids[0]).await;
+        assert_eq!(before["status"], "delivered", "{before}");
+        let msgid = before["msgid"].as_i64().expect("a msgid");
+
+        // What WeChat would send, and what an onlooker sees of it: the query string.
+        let now = now_secs();
+        let ts = now.to_string();
+        let genuine = event_xml(&user, now, msgid, "success");
+        let enc = cipher.encrypt(genuine.as_bytes());
+        let sig = signature(EV_TOKEN, &ts, "77");
+        let msig = msg_signature(EV_TOKEN, &ts, "77", &enc);
+        let forged = event_xml(&user, now, msgid, "failed:user block");
+        for (what, url, body) in [
+            (
+                "no encrypt_type, no msg_signature, plaintext body",
+                format!("{base}?{}", query(&ts, "77", &sig)),
+                forged.clone(),
+            ),
+            (
+                "encrypt_type kept, no msg_signature",
+                format!("{base}?{}&encrypt_type=aes", query(&ts, "77", &sig)),
+                forged.clone(),
+            ),
+            (
+                "msg_signature kept, plaintext body",
+                format!(
+                    "{base}?{}&encrypt_type=aes&msg_signature={msig}",
+                    query(&ts, "77", &sig)
+                ),
+                forged.clone(),
+            ),
+        ] {
+            let (code, _) = post(&http, &url, body).await;
+            assert_eq!(code, 403, "{mode}: {what}");
+        }
+        let (_, after) = api.status(&ids[0]).await;
+        assert_eq!(
+            after, before,
+            "{mode}: a refused request changed the message"
+        );
+
+        // A compatible-mode body: the plaintext twin says `user block`, the sealed payload
+        // says `success`. Only the payload is read.
+        let twin = forged.replace(
+            "</xml>",
+            &format!("<Encrypt><![CDATA[{enc}]]></Encrypt></xml>"),
+        );
+        let url = format!(
+            "{base}?{}&encrypt_type=aes&msg_signature={msig}",
+            query(&ts, "77", &sig)
+        );
+        assert_eq!(post(&http, &url, twin).await, (200, "success".to_string()));
+        let (_, doc) = api.status(&ids[0]).await;
+        assert_eq!(doc["status"], "confirmed", "{mode}: {doc}");
+        assert_eq!(doc["events"][0]["status"], "success", "{mode}: {doc}");
+    }
+}
+
+/// Runs `tests/python/wechatpy_event.py`: the POST a WeChat SDK (wechatpy) builds for `xml` in
+/// `mode`. `None` (said loudly) when wechatpy is missing outside CI; in CI that fails.
+fn wechatpy_event(mode: &str, xml: &str, ts: &str, nonce: &str) -> Option<(String, String)> {
+    use std::io::Write as _;
+    let input = json!({
+        "token": EV_TOKEN, "aes_key": AES_KEY, "appid": APPID, "mode": mode,
+        "xml": xml, "timestamp": ts, "nonce": nonce,
+    });
+    let mut child = std::process::Command::new(wxpush_tests::python())
+        .arg(wxpush_tests::workspace_root().join("tests/python/wechatpy_event.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(input.to_string().as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("python finishes");
+    if out.status.code() == Some(3) {
+        assert!(
+            std::env::var("CI").is_err(),
+            "wechatpy is missing: pip install -r tests/requirements.txt"
+        );
+        eprintln!("SKIPPED: wechatpy is not installed (pip install -r tests/requirements.txt)");
+        return None;
+    }
+    assert!(
+        out.status.success(),
+        "wechatpy helper failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let query = v["query"]
+        .as_object()
+        .expect("query")
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("&");
+    Some((query, v["body"].as_str().expect("body").to_string()))
+}
+
+/// Events sealed (or, in plain mode, signed) by wechatpy, an SDK the project did not write,
+/// confirm messages in every mode: the pusher's modes read what WeChat's SDKs produce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wechatpy_events_work_in_every_mode() {
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let http = reqwest::Client::new();
+    for mode in ["plain", "compatible", "safe"] {
+        let events = if mode == "plain" {
+            json!({"token": EV_TOKEN, "mode": mode})
+        } else {
+            json!({"token": EV_TOKEN, "encodingAesKey": AES_KEY, "mode": mode})
+        };
+        let dir = tempdir();
+        let cfg = config(&sb_url, dir.path(), &json!({"events": events}));
+        let pusher = PusherProc::start(dir.path(), &cfg).await;
+        let api = &pusher.api;
+        let user = format!("wechatpy-{mode}");
+        let ids = send_all(api, &[template(&user)], 1, 1).await;
+        api.wait_delivered(1, Duration::from_secs(10)).await;
+        let (_, doc) = api.status(&ids[0]).await;
+        let msgid = doc["msgid"].as_i64().expect("a msgid");
+        let now = now_secs();
+        let xml = event_xml(&user, now, msgid, "success");
+        let Some((query, body)) = wechatpy_event(mode, &xml, &now.to_string(), "4242") else {
+            return;
+        };
+        let url = format!("{}/wechat/events?{query}", pusher.base);
+        assert_eq!(
+            post(&http, &url, body).await,
+            (200, "success".to_string()),
+            "{mode}"
+        );
+        let (_, doc) = api.status(&ids[0]).await;
+        assert_eq!(doc["status"], "confirmed", "{mode}: {doc}");
+    }
 }
 
 /// Compatible mode (plain fields plus `<Encrypt>`, handled as safe mode) with all three

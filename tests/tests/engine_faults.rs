@@ -439,3 +439,105 @@ async fn memory_with_a_large_backlog() {
         (settled.saturating_sub(idle) * 1024) as f64 / n as f64
     );
 }
+
+/// Issue 25: the embedded store's disk budget. With no `maxBytes` (the default: 80% of the
+/// file system, as the operator's default is 80% of the volume), a producer filling the queue
+/// on a small volume gets 429 `queue_full` at the budget, never an out-of-space error. Once
+/// deliveries and the retention sweep free space, accepts resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_filling_the_volume_meets_the_budget_not_a_full_disk() {
+    const VOLUME_MIB: u64 = 16;
+    let dir = tempdir();
+    let qdir = dir.path().join("q");
+    let Some(_mnt) = Tmpfs::mount(&qdir, &format!("{VOLUME_MIB}m")) else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must be able to mount a tmpfs (run as root)"
+        );
+        return;
+    };
+    let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    // Every send fails (and is retried): the queue only grows.
+    let (code, v) = wx.put_faults(&json!({"http_5xx_share": 1.0})).await;
+    assert_eq!(code, 200, "{v}");
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({
+            "queue": {"embedded": {"path": qdir.join("queue").display().to_string(),
+                                   "retention": "1s"}},
+            "retry": {"maxAttempts": 100000, "initialBackoff": "50ms", "maxBackoff": "300ms",
+                      "maxAge": "5m"},
+            "circuitBreaker": {"enabled": false},
+        }),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let api = pusher.api.clone();
+
+    let mut accepted = 0usize;
+    let mut refused = 0;
+    let mut j = 0;
+    let started = Instant::now();
+    while refused < 5 {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the budget never refused an accept ({accepted} accepted)"
+        );
+        let batch: Vec<Value> = (0..100).map(|i| template(&format!("b-{j}-{i}"))).collect();
+        j += 1;
+        let (code, v) = api
+            .try_batch(&batch, None)
+            .await
+            .expect("the pusher answers");
+        match code {
+            202 => accepted += ids_of(&v).len(),
+            429 => {
+                assert_eq!(v["error"]["code"], "queue_full", "{v}");
+                assert!(v.to_string().contains("disk budget"), "{v}");
+                refused += 1;
+            }
+            other => panic!("{other} after {accepted} accepted (an out-of-space error?): {v}"),
+        }
+    }
+    let budget = VOLUME_MIB * (1 << 20) / 100 * 80;
+    println!(
+        "{accepted} messages accepted before the budget ({budget} bytes): about {} bytes each",
+        budget / accepted as u64
+    );
+    assert!(accepted > 1000, "the budget refused too early: {accepted}");
+    // The gauges are copied from the store once a second.
+    let me = api.clone();
+    wait_for(
+        "the disk gauges at the budget",
+        Duration::from_secs(5),
+        || {
+            let api = me.clone();
+            async move {
+                let text = api.metrics().await;
+                let metric = |name: &str| wxpush_tests::pusher::metric_value(&text, name, &[]);
+                (metric("wxpush_queue_disk_budget_bytes") == budget as f64
+                    && metric("wxpush_queue_disk_bytes") >= budget as f64)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Deliveries free space (delivered messages are swept after `retention`): accepts resume.
+    let (code, v) = wx.put_faults(&json!({})).await;
+    assert_eq!(code, 200, "{v}");
+    let resumed = wait_for("accepts to resume", Duration::from_secs(90), || {
+        let api = api.clone();
+        async move {
+            let (code, v) = api
+                .try_batch(&[template("after-budget")], None)
+                .await
+                .expect("the pusher answers");
+            assert!(code == 202 || code == 429, "{code}: {v}");
+            (code == 202).then_some(v)
+        }
+    })
+    .await;
+    assert_eq!(ids_of(&resumed).len(), 1);
+}

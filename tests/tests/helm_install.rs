@@ -5,8 +5,9 @@
 //! rendered with the real Helm library (`tests/helm/check_chart.py --render`, default values)
 //! and the rendered manifests are applied with `kubectl apply`. The real operator binary then
 //! runs with the flags and environment the rendered Deployment gives it, reconciles a
-//! PushChannel into its children, a PodMonitor (prometheus-operator's CRD is served) and, after
-//! a switch of provider, a KEDA ScaledObject.
+//! PushChannel into its children, a PodMonitor and a PrometheusRule (prometheus-operator's CRDs
+//! are served), the events Ingress (deleted when the spec drops it) and, after a switch of
+//! provider, a KEDA ScaledObject.
 //!
 //! Every request the operator made is taken from the emulator's request log and mapped to
 //! (verb, group, resource, namespace). Each must be granted by the rendered Roles/ClusterRoles
@@ -199,6 +200,15 @@ async fn chart_installs_by_kubectl_and_its_rbac_equals_the_operators_calls() {
         .await
         .expect("PodMonitor CRD");
     kubectl
+        .apply(&crd(
+            "monitoring.coreos.com",
+            "v1",
+            "PrometheusRule",
+            "prometheusrules",
+        ))
+        .await
+        .expect("PrometheusRule CRD");
+    kubectl
         .apply(&crd("keda.sh", "v1alpha1", "ScaledObject", "scaledobjects"))
         .await
         .expect("ScaledObject CRD");
@@ -328,6 +338,20 @@ async fn chart_installs_by_kubectl_and_its_rbac_equals_the_operators_calls() {
         .await;
     assert!(wxpush_tests::kube::owned_by(&pm, &uid), "owned: {pm}");
     assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    let rule = kubectl
+        .wait_for_object(
+            "the PrometheusRule",
+            "prometheusrule.monitoring.coreos.com",
+            "payment-notify-pusher",
+            WAIT,
+            |_| true,
+        )
+        .await;
+    assert!(wxpush_tests::kube::owned_by(&rule, &uid), "owned: {rule}");
+    assert_eq!(
+        rule["spec"]["groups"][0]["name"],
+        "wxpush-default-payment-notify"
+    );
     kubectl
         .wait_for_object(
             "the HPA",
@@ -372,6 +396,39 @@ async fn chart_installs_by_kubectl_and_its_rbac_equals_the_operators_calls() {
             .wait_for_absent(absent, absent, "payment-notify-pusher", WAIT)
             .await;
     }
+
+    // The events Ingress goes when the PushChannel stops asking for it.
+    kubectl
+        .wait_for_object(
+            "the events Ingress",
+            "ingress.networking.k8s.io",
+            "payment-notify-pusher-events",
+            WAIT,
+            |_| true,
+        )
+        .await;
+    kubectl
+        .run(
+            &[
+                "patch",
+                "pushchannel",
+                "payment-notify",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"eventsIngress":null}}"#,
+            ],
+            None,
+        )
+        .await
+        .expect("drop eventsIngress");
+    kubectl
+        .wait_for_absent(
+            "the events Ingress",
+            "ingress.networking.k8s.io",
+            "payment-notify-pusher-events",
+            WAIT,
+        )
+        .await;
 
     // The Lease is renewed (update) at least once.
     let is_operator = |r: &Value| !r["agent"].as_str().unwrap_or("").starts_with("kubectl");

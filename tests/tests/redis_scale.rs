@@ -578,7 +578,7 @@ async fn a_fault_on_one_pod_holds_every_pod(errcode: i64) {
         let api = api.clone();
         async move {
             let (_, v) = api.get("/healthz").await;
-            (v["sending"] == "on_hold").then_some(())
+            (v["status"] == "on_hold").then_some(())
         }
     })
     .await;

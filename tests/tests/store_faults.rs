@@ -179,6 +179,7 @@ async fn injected_store_faults_lose_strand_and_duplicate_nothing() {
         retention: Duration::from_secs(3600),
         default_callback: false,
         unhealthy_after: Duration::from_secs(120),
+        max_bytes: None,
     })
     .expect("store");
     let store = Faulty {

@@ -6,6 +6,7 @@
 //! [`SecretKeyRef`] (a key in a Kubernetes Secret; values are never written into the resource),
 //! the config file a [`LocalSecret`] (a file, an environment variable, or inline for local runs).
 
+pub mod disk;
 mod duration;
 mod secret;
 
@@ -325,12 +326,20 @@ pub struct EmbeddedQueue {
     /// How long finished messages (and their status) are kept. Default `24h`.
     pub retention: HumanDuration,
     /// Size of the volume the operator claims for the store (Kubernetes quantity).
-    /// Default `1Gi`. Ignored by a pusher run by hand.
+    /// Default `2Gi`. Ignored by a pusher run by hand. The operator refuses a `maxMessages`
+    /// and `retention` whose messages cannot fit in its budget (docs/reliability.md).
     #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
     pub volume_size: String,
     /// Storage class of that volume; the cluster's default when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    /// The store's disk budget (Kubernetes quantity): past it, accepts get 429 `queue_full`
+    /// with `Retry-After` until deliveries and the retention sweep free space. Default: 80%
+    /// of the volume (the operator sets it from `volumeSize`; a pusher run by hand takes 80%
+    /// of the file system holding `path`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"))]
+    pub max_bytes: Option<String>,
     /// How long the store may fail to heal (reopen the database after an I/O error, such as
     /// a full disk, and write again) before `/healthz`, the liveness probe, fails, so that
     /// Kubernetes restarts the pod. Accepts get 503 meanwhile. Default `2m`.
@@ -343,7 +352,8 @@ impl Default for EmbeddedQueue {
             path: "/var/lib/wxpush".into(),
             max_messages: 1_000_000,
             retention: HumanDuration::secs(24 * 3600),
-            volume_size: "1Gi".into(),
+            volume_size: "2Gi".into(),
+            max_bytes: None,
             storage_class_name: None,
             unhealthy_after: HumanDuration::mins(2),
         }

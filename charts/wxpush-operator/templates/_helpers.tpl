@@ -78,6 +78,11 @@ per watched namespace.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch, create, patch]
+# The Ingress in front of /wechat/events, when a PushChannel asks for one (get and delete:
+# removed when the PushChannel stops asking).
+- apiGroups: [networking.k8s.io]
+  resources: [ingresses]
+  verbs: [get, create, patch, delete]
 # Autoscalers are also deleted when autoscaling is switched off or moves between HPA and KEDA.
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
@@ -88,10 +93,11 @@ per watched namespace.
   verbs: [get, list, watch, create, patch, delete]
 {{- end }}
 {{- if .Values.rbac.podMonitors }}
-# PodMonitors for the pushers, when monitoring.coreos.com is served (applied, watched; never
-# deleted by the operator: garbage collection follows their owner reference).
+# PodMonitors and PrometheusRules (the alerts) for the pushers, when monitoring.coreos.com is
+# served (applied, watched; never deleted by the operator: garbage collection follows their
+# owner reference).
 - apiGroups: [monitoring.coreos.com]
-  resources: [podmonitors]
+  resources: [podmonitors, prometheusrules]
   verbs: [list, watch, create, patch]
 {{- end }}
 # Referenced Secrets: get to check that the named keys exist (values are dropped at once and

@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -14,7 +15,10 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::Error;
-use super::build::{Autoscaler, Desired, child_name, keda_api_resource, pod_monitor_api_resource};
+use super::build::{
+    Autoscaler, Desired, child_name, events_ingress_name, keda_api_resource,
+    pod_monitor_api_resource, prometheus_rule_api_resource,
+};
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "wxpush-operator";
@@ -160,6 +164,11 @@ pub struct Prune {
     pub keda_available: bool,
     /// prometheus-operator's `monitoring.coreos.com/v1` PodMonitor is served: apply one.
     pub pod_monitors_available: bool,
+    /// prometheus-operator's `monitoring.coreos.com/v1` PrometheusRule is served: apply one.
+    pub prometheus_rules_available: bool,
+    /// The last status named an events URL: an events Ingress may exist (deleted when the spec
+    /// no longer asks for one).
+    pub events_ingress_may_exist: bool,
     /// The last status already said autoscaling was off (so nothing is left to delete).
     pub autoscalers_gone: bool,
 }
@@ -219,6 +228,35 @@ pub async fn apply_all(
             &desired.pod_monitor,
         )
         .await?;
+    }
+    if prune.prometheus_rules_available {
+        let ar = prometheus_rule_api_resource();
+        apply(
+            &Api::<DynamicObject>::namespaced_with(ns(client), namespace, &ar),
+            "PrometheusRule",
+            &desired.prometheus_rule,
+        )
+        .await?;
+    }
+
+    let ingresses = Api::<Ingress>::namespaced(ns(client), namespace);
+    match &desired.events_ingress {
+        Some(ingress) => {
+            apply(&ingresses, "Ingress", ingress).await?;
+        }
+        None if prune.events_ingress_may_exist => {
+            let owner = desired
+                .config_map
+                .metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .next()
+                .map(|o| o.uid.clone())
+                .unwrap_or_default();
+            delete_if_owned(&ingresses, "Ingress", &events_ingress_name(channel), &owner).await?;
+        }
+        None => {}
     }
 
     let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ns(client), namespace);

@@ -1,6 +1,6 @@
-//! *Dereference*: the Secrets a PushChannel points to. Only their existence, key names and
-//! `resourceVersion` are kept; values are dropped as soon as a Secret is read and never reach a
-//! log, an error, an event or the status.
+//! *Dereference*: the Secrets a PushChannel points to. Only their existence, key names,
+//! `resourceVersion` and a SHA-256 digest of each value are kept; values are dropped as soon as
+//! a Secret is read and never reach a log, an error, an event or the status.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,16 +44,30 @@ pub struct SecretMeta {
     pub resource_version: String,
     /// The names of its keys.
     pub keys: BTreeSet<String>,
+    /// SHA-256 (hex) of each key's value: tells a changed value without keeping it (the
+    /// credentials check is keyed on it).
+    pub digests: BTreeMap<String, String>,
 }
 
 impl SecretMeta {
     /// Keeps the name-level facts of a Secret and drops the values.
     pub fn of(secret: Secret) -> Self {
-        let mut keys: BTreeSet<String> = secret.data.unwrap_or_default().into_keys().collect();
-        keys.extend(secret.string_data.unwrap_or_default().into_keys());
+        use sha2::{Digest as _, Sha256};
+        let mut digests: BTreeMap<String, String> = secret
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, hex::encode(Sha256::digest(&v.0))))
+            .collect();
+        for (k, v) in secret.string_data.unwrap_or_default() {
+            digests
+                .entry(k)
+                .or_insert_with(|| hex::encode(Sha256::digest(v.as_bytes())));
+        }
         Self {
             resource_version: secret.metadata.resource_version.unwrap_or_default(),
-            keys,
+            keys: digests.keys().cloned().collect(),
+            digests,
         }
     }
 }
@@ -148,6 +162,7 @@ queue: {redis: {url: {name: redis, key: url}}}
         Some(SecretMeta {
             resource_version: "7".into(),
             keys: keys.iter().map(|k| k.to_string()).collect(),
+            digests: BTreeMap::new(),
         })
     }
 
@@ -195,6 +210,8 @@ queue: {redis: {url: {name: redis, key: url}}}
         .expect("secret");
         let meta = SecretMeta::of(secret);
         assert!(!format!("{meta:?}").contains("aHVudGVyMg"));
+        assert!(!format!("{meta:?}").contains("hunter2"));
         assert_eq!(meta.resource_version, "12");
+        assert_eq!(meta.digests["appSecret"].len(), 64);
     }
 }

@@ -1,8 +1,10 @@
 //! Reconcile as a pipeline: *dereference* (the Secrets the PushChannel points to) →
-//! *validate* (pure) → *build* (pure) → *apply* (server-side apply) → *status* (+ Events).
+//! *validate* (pure) → *check credentials* (one token request per credential change) → *build*
+//! (pure) → *apply* (server-side apply) → *status* (+ Events).
 
 pub mod apply;
 pub mod build;
+pub mod credentials;
 pub mod dereference;
 pub mod status;
 pub mod validate;
@@ -42,9 +44,14 @@ pub struct Settings {
     pub keda_available: bool,
     /// prometheus-operator's PodMonitor CRD is served (then each channel gets a PodMonitor).
     pub pod_monitors_available: bool,
+    /// prometheus-operator's PrometheusRule CRD is served (then each channel gets its alerts).
+    pub prometheus_rules_available: bool,
     /// Images a PushChannel's `spec.pod.image` may name: exact references, or prefixes ending
     /// in `*`. Empty: only [`Self::default_image`].
     pub allowed_images: Vec<String>,
+    /// Fetch one access_token per credential change and show the answer in
+    /// `CredentialsValid` ([`credentials`]). Off: the condition only says the Secrets exist.
+    pub check_credentials: bool,
 }
 
 impl Default for Settings {
@@ -57,7 +64,9 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(300),
             keda_available: false,
             pod_monitors_available: false,
+            prometheus_rules_available: false,
             allowed_images: Vec::new(),
+            check_credentials: false,
         }
     }
 }
@@ -75,6 +84,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Spec fields this version ignored, per object (filled by the PushChannel watch).
     pub unknown_fields: Arc<UnknownFields>,
+    /// The credentials check and its per-object cache (with [`Settings::check_credentials`]).
+    pub credential_checks: Option<Arc<credentials::CredentialChecks>>,
     failures: Arc<Mutex<HashMap<String, u32>>>,
 }
 
@@ -98,12 +109,22 @@ impl Context {
             controller: "wxpush-operator".into(),
             instance,
         };
+        let credential_checks = settings
+            .check_credentials
+            .then(|| credentials::CredentialChecks::new(Duration::from_secs(10)))
+            .and_then(|built| {
+                built
+                    .map_err(|e| warn!(error = %e, "cannot build the credentials checker: checks are off"))
+                    .ok()
+            })
+            .map(Arc::new);
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             settings,
             metrics,
             unknown_fields: Arc::default(),
+            credential_checks,
             failures: Arc::default(),
         }
     }
@@ -139,6 +160,9 @@ impl Context {
     pub fn forget(&self, key: &str) {
         self.failures().remove(key);
         self.unknown_fields.forget(key);
+        if let Some(c) = &self.credential_checks {
+            c.forget(key);
+        }
     }
 
     /// Objects with a failure count (for tests).
@@ -265,6 +289,8 @@ async fn run(pc: &PushChannel, ctx: &Context) -> Result<(&'static str, Action), 
         outcome: Outcome::WaitingForSecrets,
         endpoint: build::endpoint(&name, &namespace),
         config_hash: None,
+        token_check: None,
+        events_url: None,
     };
     if !problems.is_empty() {
         info!(
@@ -286,6 +312,18 @@ async fn run(pc: &PushChannel, ctx: &Context) -> Result<(&'static str, Action), 
             ));
         }
     };
+    if let Some(checks) = &ctx.credential_checks {
+        obs.token_check = checks
+            .check(
+                &ctx.metrics,
+                &ctx.client,
+                &key(pc),
+                &namespace,
+                &pc.spec,
+                &found,
+            )
+            .await?;
+    }
     let owner = pc
         .controller_owner_ref(&())
         .ok_or(build::BuildError::Missing("uid"))?;
@@ -296,9 +334,12 @@ async fn run(pc: &PushChannel, ctx: &Context) -> Result<(&'static str, Action), 
         default_image: &ctx.settings.default_image,
     })?;
     obs.config_hash = Some(desired.config_hash.clone());
+    obs.events_url.clone_from(&desired.events_url);
     let prune = Prune {
         keda_available: ctx.settings.keda_available,
         pod_monitors_available: ctx.settings.pod_monitors_available,
+        prometheus_rules_available: ctx.settings.prometheus_rules_available,
+        events_ingress_may_exist: pc.status.as_ref().is_some_and(|s| s.events_url.is_some()),
         autoscalers_gone: pc.status.as_ref().is_some_and(|s| {
             s.conditions.iter().any(|c| {
                 c.type_ == status::types::AUTOSCALING_ACTIVE && c.reason == status::REASON_DISABLED

@@ -18,7 +18,8 @@ use crate::crd::{PushChannel, PushChannelStatus};
 pub mod types {
     /// The pusher's pods are up and serving at the endpoint.
     pub const READY: &str = "Ready";
-    /// Every referenced Secret and key exists.
+    /// Every referenced Secret and key exists and, with the credentials check on, WeChat
+    /// issued an access_token for them.
     pub const CREDENTIALS_VALID: &str = "CredentialsValid";
     /// The children match the spec.
     pub const RECONCILED: &str = "Reconciled";
@@ -55,6 +56,10 @@ pub struct Observation<'a> {
     pub endpoint: String,
     /// The config hash, when objects were built.
     pub config_hash: Option<String>,
+    /// The credentials check's answer, when it ran.
+    pub token_check: Option<super::credentials::Checked>,
+    /// The events Ingress's server URL, when one was applied.
+    pub events_url: Option<String>,
 }
 
 struct Cond {
@@ -184,14 +189,20 @@ pub fn desired_status(obs: &Observation<'_>, now: Timestamp) -> PushChannelStatu
     let ns = pc.metadata.namespace.as_deref().unwrap_or_default();
     let name = pc.metadata.name.as_deref().unwrap_or_default();
     let deployment = format!("{ns}/{name}-pusher");
-    let creds = match &obs.credentials {
-        Ok(()) => cond(
+    let creds = match (&obs.credentials, &obs.token_check) {
+        (Ok(()), Some(checked)) => cond(
+            types::CREDENTIALS_VALID,
+            checked.ok,
+            checked.reason,
+            checked.message.clone(),
+        ),
+        (Ok(()), None) => cond(
             types::CREDENTIALS_VALID,
             Some(true),
             "SecretsFound",
             "every referenced Secret and key exists".into(),
         ),
-        Err(missing) => cond(
+        (Err(missing), _) => cond(
             types::CREDENTIALS_VALID,
             Some(false),
             "SecretsMissing",
@@ -350,6 +361,11 @@ pub fn desired_status(obs: &Observation<'_>, now: Timestamp) -> PushChannelStatu
         } else {
             previous_status.config_hash
         },
+        events_url: if applied {
+            obs.events_url.clone()
+        } else {
+            previous_status.events_url
+        },
     }
 }
 
@@ -454,6 +470,8 @@ mod tests {
             outcome,
             endpoint: "http://x".into(),
             config_hash: Some("h1".into()),
+            token_check: None,
+            events_url: None,
         };
         desired_status(&obs, Timestamp::UNIX_EPOCH)
     }
@@ -477,6 +495,8 @@ mod tests {
             outcome: Outcome::Applied(Box::default()),
             endpoint: "http://x".into(),
             config_hash: Some("h1".into()),
+            token_check: None,
+            events_url: None,
         };
         let second = desired_status(&obs, later);
         // CredentialsValid stayed True: same time. Reconciled went False -> True: new time.

@@ -2,6 +2,7 @@
 //! enforce them let through), as a pure function returning every problem at once.
 
 use wxpush_api::config::ConfigError;
+use wxpush_api::policy::disk;
 
 use super::build::pusher_config;
 use crate::crd::{AutoscalingProvider, PushChannel};
@@ -119,6 +120,9 @@ pub fn validate(pc: &PushChannel) -> Vec<Problem> {
             "must be an absolute path (the volume is mounted there)".into(),
         );
     }
+    if let Some(e) = &spec.queue.embedded {
+        disk_budget(e, &spec.rate_limit, &mut bad);
+    }
     // The pusher's own checks, on the very config the operator would write.
     if dns1035 {
         match pusher_config(spec, name).validate() {
@@ -132,6 +136,62 @@ pub fn validate(pc: &PushChannel) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// Refuses a `maxMessages` and `retention` whose messages cannot fit the volume's budget at
+/// the measured bytes per message ([`disk::BYTES_PER_MESSAGE`]).
+fn disk_budget(
+    e: &wxpush_api::policy::EmbeddedQueue,
+    rate: &wxpush_api::policy::RateLimit,
+    bad: &mut impl FnMut(&str, String),
+) {
+    let Some(volume) = disk::quantity_bytes(&e.volume_size) else {
+        bad(
+            "spec.queue.embedded.volumeSize",
+            "must be a size such as 2Gi".into(),
+        );
+        return;
+    };
+    let budget = match e.max_bytes.as_deref().map(disk::quantity_bytes) {
+        Some(Some(b)) if b > volume => {
+            bad(
+                "spec.queue.embedded.maxBytes",
+                format!("{b} bytes exceed the volume ({volume} bytes)"),
+            );
+            return;
+        }
+        Some(Some(b)) => b,
+        // Reported by the pusher's own checks.
+        Some(None) => return,
+        None => disk::budget_of(volume),
+    };
+    let held = disk::messages_held(
+        e.max_messages,
+        e.retention.get(),
+        rate.daily_quota,
+        rate.per_second,
+    );
+    let needed = held.saturating_mul(disk::BYTES_PER_MESSAGE);
+    if needed > budget {
+        let fits = budget / disk::BYTES_PER_MESSAGE;
+        bad(
+            "spec.queue.embedded.maxMessages",
+            format!(
+                "{} pending plus the finished messages kept for retention {} (about {held} \
+                 messages at {} bytes each, {} MiB) do not fit the store's budget of {} MiB \
+                 ({}% of volumeSize {}): raise volumeSize to at least {}Mi, or lower \
+                 maxMessages or retention (about {fits} messages fit)",
+                e.max_messages,
+                e.retention,
+                disk::BYTES_PER_MESSAGE,
+                needed >> 20,
+                budget >> 20,
+                disk::BUDGET_PERCENT,
+                e.volume_size,
+                ((needed / disk::BUDGET_PERCENT * 100) >> 20) + 1,
+            ),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +245,45 @@ auth: {secretRef: {name: auth, key: token}}
         let problems = validate(&pc);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert_eq!(problems[0].field, "spec.retry.initialBackoff");
+    }
+
+    #[test]
+    fn a_backlog_that_cannot_fit_the_volume_is_refused() {
+        let pc = channel(
+            "a",
+            &format!("{BASE}queue: {{embedded: {{volumeSize: 1Gi, maxMessages: 1000000}}}}\n"),
+        );
+        let problems = validate(&pc);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.queue.embedded.maxMessages");
+        assert!(
+            problems[0].message.contains("raise volumeSize"),
+            "{problems:?}"
+        );
+        let pc = channel(
+            "a",
+            &format!("{BASE}queue: {{embedded: {{volumeSize: 4Gi, maxMessages: 1000000}}}}\n"),
+        );
+        assert!(validate(&pc).is_empty());
+    }
+
+    #[test]
+    fn events_mode_must_match_the_key() {
+        let with_key = "credentials: {secretRef: {name: wx, eventTokenKey: t, encodingAesKeyKey: k}}\n\
+                        auth: {secretRef: {name: auth, key: token}}\n";
+        let problems = validate(&channel(
+            "a",
+            &format!("{with_key}events: {{mode: plain}}\n"),
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.events.mode");
+        assert!(validate(&channel("a", with_key)).is_empty());
+        let problems = validate(&channel(
+            "a",
+            &format!("{BASE}events: {{mode: compatible}}\n"),
+        ));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].field, "spec.events.encodingAesKey");
     }
 
     #[test]

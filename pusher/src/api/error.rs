@@ -70,6 +70,10 @@ impl From<FieldError> for ApiError {
     }
 }
 
+/// `Retry-After` (seconds) while the disk budget is spent: space comes back with deliveries
+/// and the retention sweep, not within a second.
+const OVER_BUDGET_RETRY_AFTER: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match &e {
@@ -85,6 +89,13 @@ impl From<StoreError> for ApiError {
                 e.to_string(),
             )
             .field("Idempotency-Key"),
+            // Same answer as a full queue: producers already back off on it.
+            StoreError::OverBudget { .. } => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::QueueFull,
+                e.to_string(),
+            )
+            .retry_after(OVER_BUDGET_RETRY_AFTER),
             StoreError::NotFound(_) => Self::not_found(e.to_string()),
             StoreError::NotDeadLetter(_) => Self::new(
                 StatusCode::CONFLICT,

@@ -51,7 +51,8 @@ pub struct ApiState<S> {
     pub limits: ApiLimits,
     /// Set on SIGTERM: not ready, no new messages.
     pub draining: Arc<AtomicBool>,
-    /// The dispatcher's hold (paused channel, open circuit), shown by `/healthz`.
+    /// The dispatcher's hold (paused channel, open circuit): `on_hold` on `/healthz`, the
+    /// reason on `/v1/status`.
     pub dispatch: Arc<DispatchState>,
     /// Where callbacks may go (`callbacks.allow`): `callback_url` is checked at accept.
     pub targets: Arc<TargetPolicy>,
@@ -72,6 +73,7 @@ pub fn router<S: Store + Clone>(
         .route("/v1/messages/{id}", get(get_message::<S>))
         .route("/v1/dead-letters", get(list_dead_letters::<S>))
         .route("/v1/dead-letters/{id}/retry", post(replay::<S>))
+        .route("/v1/status", get(status::<S>))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token::<S>,
@@ -502,50 +504,67 @@ async fn replay<S: Store>(
     Ok(accepted(record.id, record.status.as_str(), false))
 }
 
+/// The one-word health states: all that an unauthenticated caller learns.
+fn health_word(status: StatusCode, word: &'static str) -> Response {
+    (status, axum::Json(json!({ "status": word }))).into_response()
+}
+
 #[utoipa::path(get, path = "/healthz", tag = "health",
-    responses((status = 200, description = "alive", body = openapi::Health)))]
+    responses(
+        (status = 200, description = "alive: `ok`, or `on_hold` while sending is held (paused channel, open circuit); the reason is on `/v1/status`", body = openapi::Health),
+        (status = 503, description = "`unavailable`: the store has failed to heal (a restart may help)", body = openapi::Health),
+    ))]
 async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
-    let hold = state.dispatch.hold();
     if !state.store.is_live() {
-        // The store has failed to heal for longer than `unhealthyAfter`: a restart may help.
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({
-                "status": "store_unhealthy",
-                "reason": "the queue has not taken a write for longer than queue.embedded.unhealthyAfter",
-            })),
-        )
-            .into_response();
+        return health_word(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     }
-    axum::Json(json!({
-        "status": "ok",
-        "sending": if hold.is_some() { "on_hold" } else { "active" },
-        "hold": hold,
-    }))
-    .into_response()
+    match state.dispatch.hold() {
+        Some(_) => health_word(StatusCode::OK, "on_hold"),
+        None => health_word(StatusCode::OK, "ok"),
+    }
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "takes messages", body = openapi::Ready),
-        (status = 503, description = "draining or the store is unavailable", body = openapi::Ready),
+        (status = 200, description = "`ok`: takes messages", body = openapi::Health),
+        (status = 503, description = "`unavailable`: draining or the store is unavailable; the reason is on `/v1/status`", body = openapi::Health),
     ))]
 async fn readyz<S: Store>(State(state): State<Shared<S>>) -> Response {
+    if not_ready(&state).is_some() {
+        return health_word(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    }
+    health_word(StatusCode::OK, "ok")
+}
+
+fn not_ready<S: Store>(state: &ApiState<S>) -> Option<&'static str> {
     if state.draining.load(Ordering::Relaxed) {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "reason": "draining"})),
-        )
-            .into_response();
+        Some("draining")
+    } else if !state.store.is_healthy() {
+        Some("store unavailable")
+    } else {
+        None
     }
-    if !state.store.is_healthy() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"ready": false, "reason": "store unavailable"})),
-        )
-            .into_response();
-    }
-    axum::Json(json!({"ready": true})).into_response()
+}
+
+#[utoipa::path(get, path = "/v1/status", tag = "health",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the pusher's state with its reasons", body = openapi::ServiceStatus),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+    ))]
+async fn status<S: Store>(State(state): State<Shared<S>>) -> Response {
+    let hold = state.dispatch.hold();
+    let live = state.store.is_live();
+    let not_ready = not_ready(&state);
+    axum::Json(json!({
+        "status": if !live { "unavailable" } else if hold.is_some() { "on_hold" } else { "ok" },
+        "live": live,
+        "ready": not_ready.is_none(),
+        "not_ready_reason": not_ready,
+        "sending": if hold.is_some() { "on_hold" } else { "active" },
+        "hold": hold,
+    }))
+    .into_response()
 }
 
 async fn openapi_json() -> Response {
@@ -567,6 +586,18 @@ async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Response {
         .metrics
         .set_queue(QueueState::inflight, gauge(c.inflight));
     state.metrics.set_queue(QueueState::dead, gauge(c.dead));
+    state.metrics.channel_hold_errcode.set(
+        state
+            .dispatch
+            .hold()
+            .and_then(|h| h.errcode)
+            .unwrap_or_default(),
+    );
+    let now = crate::store::millis(jiff::Timestamp::now());
+    let age_s = c
+        .oldest_ready_ms
+        .map_or(0, |due| now.saturating_sub(due) / 1000);
+    state.metrics.oldest_ready_age.set(gauge(age_s));
     (
         [(
             header::CONTENT_TYPE,

@@ -158,26 +158,31 @@ pub struct DeadLetterPage {
     next: Option<String>,
 }
 
-/// `/healthz`.
+/// `/healthz` and `/readyz`: one word, nothing more (they need no token).
 #[derive(Debug, ToSchema)]
 pub struct Health {
-    /// Always `ok`.
+    /// `ok`, `on_hold` (`/healthz` only: sending is held) or `unavailable`.
+    #[schema(pattern = "^(ok|on_hold|unavailable)$")]
     status: String,
-    /// `active`, or `on_hold` (paused channel, open circuit).
-    sending: String,
-    /// Why sending is on hold (null while sending).
-    #[schema(value_type = Option<Object>)]
-    hold: Option<Value>,
 }
 
-/// `/readyz`.
+/// `/v1/status`: the state with its reasons, for holders of the token.
 #[derive(Debug, ToSchema)]
-pub struct Ready {
-    /// Whether the pusher takes messages.
+pub struct ServiceStatus {
+    /// As `/healthz`: `ok`, `on_hold` or `unavailable`.
+    status: String,
+    /// Whether the store heals (false: `/healthz` answers 503).
+    live: bool,
+    /// Whether the pusher takes messages (`/readyz`).
     ready: bool,
-    /// Why not.
-    #[schema(nullable = false)]
-    reason: Option<String>,
+    /// Why not ready: `draining` or `store unavailable` (null when ready).
+    not_ready_reason: Option<String>,
+    /// `active`, or `on_hold` (paused channel, open circuit).
+    sending: String,
+    /// Why sending is held: `{until, reason}` with WeChat's errcode and errmsg (null while
+    /// sending).
+    #[schema(value_type = Option<Object>)]
+    hold: Option<Value>,
 }
 
 #[derive(Debug)]
@@ -210,6 +215,7 @@ impl Modify for BearerAuth {
         super::replay,
         super::healthz,
         super::readyz,
+        super::status,
     ),
     modifiers(&BearerAuth)
 )]

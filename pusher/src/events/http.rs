@@ -5,9 +5,11 @@
 //!   403.
 //! - Every `POST` must carry a fresh `timestamp` and a `(timestamp, nonce)` not accepted before
 //!   ([`super::replay`]), else 403: in plain mode the signature does not cover the body.
-//! - `POST` plain mode: `signature` must be right (else 403); the body is the event XML.
-//! - `POST` safe mode (`encrypt_type=aes`): `msg_signature` over the `<Encrypt>` text must be
-//!   right (else 403); the payload is decrypted and must name the channel's appid (else 400).
+//! - The mode is `events.mode`, never the request's `encrypt_type`.
+//! - `POST` in `plain` mode: `signature` must be right (else 403); the body is the event XML.
+//! - `POST` in `safe` and `compatible` mode: `msg_signature` over the `<Encrypt>` text must be
+//!   right (else 403, also when either is missing); only the decrypted payload is used, and it
+//!   must name the channel's appid (else 400).
 //! - A TEMPLATESENDJOBFINISH event is recorded through [`Store::record_event`]; any other
 //!   message or event is acknowledged and ignored. Every accepted request is answered `success`
 //!   (text/plain) at once; only a store failure answers 503, so that WeChat retries.
@@ -41,7 +43,8 @@ pub struct EventsState<S> {
     pub metrics: Arc<Metrics>,
     /// The server-URL token.
     pub token: String,
-    /// The safe-mode cipher (EncodingAESKey + the channel's appid), when a key is configured.
+    /// The cipher (EncodingAESKey + the channel's appid) in `safe` and `compatible` mode;
+    /// `None` in `plain` mode. The mode is configuration (`events.mode`), never the request's.
     pub cipher: Option<Cipher>,
     /// How long an event whose message is not found yet is re-tried before it is acknowledged
     /// as unmatched (covers an event that overtakes the store's `delivered` commit).
@@ -138,53 +141,27 @@ async fn receive<S: Store>(
     body: Bytes,
 ) -> Response {
     let metrics = &state.metrics;
-    let safe = param(&q, "encrypt_type").eq_ignore_ascii_case("aes");
-    let plain_xml = if safe {
-        let Some(cipher) = &state.cipher else {
-            metrics.event("-", "bad_request");
-            return text(
-                StatusCode::BAD_REQUEST,
-                "safe mode needs events.encodingAesKey",
-            );
-        };
-        let outer = match parse_xml(&body) {
-            Ok(x) => x,
-            Err(_) => {
+    // The mode is the configured one; the request's own `encrypt_type` is never trusted, so a
+    // captured query string cannot downgrade a sealed channel to plain mode.
+    let plain_xml = match &state.cipher {
+        Some(cipher) => match open_sealed(&state, cipher, &q, &body) {
+            Ok(xml) => xml,
+            Err((status, why)) => return text(status, why),
+        },
+        None => {
+            if param(&q, "encrypt_type").eq_ignore_ascii_case("aes") {
                 metrics.event("-", "bad_request");
-                return text(StatusCode::BAD_REQUEST, "malformed XML");
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "events.mode is plain: this pusher has no EncodingAESKey",
+                );
             }
-        };
-        let Some(encrypt) = outer.encrypt.as_deref().map(str::trim) else {
-            metrics.event("-", "bad_request");
-            return text(StatusCode::BAD_REQUEST, "no <Encrypt> element");
-        };
-        let sig = param(&q, "msg_signature");
-        if sig.is_empty()
-            || !verify_msg_signature(
-                &state.token,
-                param(&q, "timestamp"),
-                param(&q, "nonce"),
-                encrypt,
-                sig,
-            )
-        {
-            metrics.event("-", "bad_signature");
-            return text(StatusCode::FORBIDDEN, "invalid msg_signature");
-        }
-        match cipher.decrypt(encrypt) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(reason = e.metric_label(), "event payload cannot be opened");
-                metrics.event("-", "decrypt_failed");
-                return text(StatusCode::BAD_REQUEST, "cannot decrypt");
+            if !signed(&state, &q) {
+                metrics.event("-", "bad_signature");
+                return text(StatusCode::FORBIDDEN, "invalid signature");
             }
+            body.to_vec()
         }
-    } else {
-        if !signed(&state, &q) {
-            metrics.event("-", "bad_signature");
-            return text(StatusCode::FORBIDDEN, "invalid signature");
-        }
-        body.to_vec()
     };
     // Signed; now fresh and new? (In plain mode only this stops a re-bodied request.)
     let checked = state.replay.lock().check(
@@ -227,6 +204,47 @@ async fn receive<S: Store>(
             text(StatusCode::SERVICE_UNAVAILABLE, "retry later")
         }
     }
+}
+
+/// Safe and compatible mode: the `msg_signature` over the `<Encrypt>` text must be right (else
+/// 403) and only the decrypted payload is used; plain fields beside `<Encrypt>` are ignored.
+fn open_sealed<S>(
+    state: &EventsState<S>,
+    cipher: &Cipher,
+    q: &HashMap<String, String>,
+    body: &[u8],
+) -> Result<Vec<u8>, (StatusCode, &'static str)> {
+    let metrics = &state.metrics;
+    let Ok(outer) = parse_xml(body) else {
+        metrics.event("-", "bad_request");
+        return Err((StatusCode::BAD_REQUEST, "malformed XML"));
+    };
+    let sig = param(q, "msg_signature");
+    let encrypt = outer.encrypt.as_deref().map(str::trim);
+    let Some(encrypt) = encrypt.filter(|_| !sig.is_empty()) else {
+        // A plaintext body, or one without its msg_signature: a downgrade attempt or a
+        // misconfigured mode. Either way it is not signed over its content.
+        metrics.event("-", "bad_signature");
+        return Err((
+            StatusCode::FORBIDDEN,
+            "events.mode is sealed: msg_signature over <Encrypt> required",
+        ));
+    };
+    if !verify_msg_signature(
+        &state.token,
+        param(q, "timestamp"),
+        param(q, "nonce"),
+        encrypt,
+        sig,
+    ) {
+        metrics.event("-", "bad_signature");
+        return Err((StatusCode::FORBIDDEN, "invalid msg_signature"));
+    }
+    cipher.decrypt(encrypt).map_err(|e| {
+        tracing::warn!(reason = e.metric_label(), "event payload cannot be opened");
+        metrics.event("-", "decrypt_failed");
+        (StatusCode::BAD_REQUEST, "cannot decrypt")
+    })
 }
 
 /// Records the event. An event whose message is not found yet is re-tried for up to

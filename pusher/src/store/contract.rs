@@ -89,6 +89,7 @@ impl Backend for Embedded {
             max_messages: o.max_messages,
             retention: o.retention,
             default_callback: o.default_callback,
+            max_bytes: None,
         })
         .expect("opens")
     }

@@ -412,6 +412,15 @@ impl Index {
         self.beyond
     }
 
+    /// The due time (unix ms) of the oldest unleased message due at `now_ms`, if any: the
+    /// first entry in memory (entries beyond the watermark are due later).
+    pub(crate) fn oldest_due(&self, now_ms: u64) -> Option<u64> {
+        self.due
+            .first()
+            .map(|(due, _)| *due)
+            .filter(|due| *due <= now_ms)
+    }
+
     /// `(ready, delayed, inflight)` at `now_ms`. Entries beyond the watermark count as due as
     /// of the writer's last look ([`Index::counted`], every group and at least every
     /// [`COUNT_EVERY_MS`] ms). O(head), never O(queue).
@@ -649,6 +658,22 @@ mod tests {
         }
         assert_eq!(got, (2..=8).chain(10..=11).collect::<Vec<_>>());
         assert_eq!(ix.pending(), 12);
+    }
+
+    #[test]
+    fn the_oldest_ready_due_time_is_the_head_of_the_unleased_schedule() {
+        let mut ix = Index::default();
+        assert_eq!(ix.oldest_due(10), None, "empty");
+        ix.schedule(100, 3);
+        assert_eq!(ix.oldest_due(10), None, "only a delayed message");
+        ix.schedule(5, 1);
+        ix.schedule(8, 2);
+        assert_eq!(ix.oldest_due(10), Some(5));
+        assert_eq!(ix.take_due(10, 1), vec![(5, 1)]);
+        assert_eq!(ix.oldest_due(10), Some(8), "a leased message is not ready");
+        assert_eq!(ix.take_due(10, 1), vec![(8, 2)]);
+        assert_eq!(ix.oldest_due(10), None);
+        assert_eq!(ix.oldest_due(100), Some(100));
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct QueueCounts {
     pub inflight: u64,
     /// In the dead-letter set.
     pub dead: u64,
+    /// When the oldest ready message became due (unix ms), if one is ready: for
+    /// `wxpush_queue_oldest_ready_age_seconds`.
+    pub oldest_ready_ms: Option<u64>,
 }
 
 impl QueueCounts {
@@ -116,6 +119,18 @@ pub enum StoreError {
          for a new message"
     )]
     KeyReused(String),
+    /// The embedded store has reached its disk budget (`queue.embedded.maxBytes`): nothing of
+    /// the request was written. Accepts resume once deliveries and the retention sweep free
+    /// space.
+    #[error(
+        "the queue's disk budget is spent ({used} of {max} bytes in use); retry once deliveries free space"
+    )]
+    OverBudget {
+        /// Bytes in use, as last measured.
+        used: u64,
+        /// The budget.
+        max: u64,
+    },
     /// No such message.
     #[error("no message with id {0}")]
     NotFound(MessageId),
@@ -143,6 +158,7 @@ impl StoreError {
         match self {
             Self::Full { .. } => "full",
             Self::KeyReused(_) => "key_reused",
+            Self::OverBudget { .. } => "over_budget",
             Self::NotFound(_) => "not_found",
             Self::NotDeadLetter(_) => "not_dead_letter",
             Self::PastExpiry(..) => "past_expiry",

@@ -9,7 +9,7 @@
 //!
 //! Modules, one job each: [`client`] (pooled HTTP client, the four timeouts, caching DNS),
 //! [`flow`] (the adaptive concurrency gate, hedged sends, the derived response-header timeout),
-//! [`token`] (access_token manager), [`sender`] (the engine: one attempt through the channel's
+//! [`token`] (access_token manager), [`verify`] (`check-config --online`'s token request), [`sender`] (the engine: one attempt through the channel's
 //! provider — `crate::providers`, which also holds the errcode table — with the breaker and
 //! rate limiter of [`crate::resilience`]).
 //! `docs/wechat-client.md` tells the whole story.
@@ -18,6 +18,7 @@ pub mod client;
 pub mod flow;
 pub mod sender;
 pub mod token;
+pub mod verify;
 
 pub use crate::send::{MessageKind, SendError, SendRequest};
 pub use sender::WeChatSender;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use wxpush_api::config::{ApiLimits, Auth, Credentials, Events, PusherConfig};
-use wxpush_api::policy::{Callbacks, LocalSecret, QueuePolicy, RedisQueue};
+use wxpush_api::policy::{Callbacks, LocalSecret, QueuePolicy, RedisQueue, disk};
 
 use super::workload::{HTTP_PORT, METRICS_PORT, mounts};
 use super::{BuildError, BuildInput, child_name, meta};
@@ -31,7 +31,14 @@ fn file_secret(dir: &str, name: &str) -> LocalSecret {
 pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
     let creds = &spec.credentials.secret_ref;
     let queue = QueuePolicy {
-        embedded: spec.queue.embedded.clone(),
+        // The budget is the volume's unless set: the pusher cannot see the claim's size.
+        embedded: spec.queue.embedded.clone().map(|mut e| {
+            if e.max_bytes.is_none() {
+                e.max_bytes = disk::quantity_bytes(&e.volume_size)
+                    .map(|v| format!("{}Mi", disk::budget_of(v) >> 20));
+            }
+            e
+        }),
         redis: spec.queue.redis.as_ref().map(|r| RedisQueue {
             url: file_secret(mounts::REDIS, mounts::REDIS_URL),
             key_prefix: r.key_prefix.clone(),
@@ -64,6 +71,7 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
                 .event_token_key
                 .as_ref()
                 .map(|_| file_secret(mounts::CREDENTIALS, mounts::EVENT_TOKEN)),
+            mode: spec.events.mode,
             encoding_aes_key: creds
                 .encoding_aes_key_key
                 .as_ref()

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::DynamicObject;
@@ -22,8 +23,10 @@ use crate::crd::{AutoscalingProvider, PushChannel};
 pub use autoscaler::{keda_api_resource, redis_stream, scaled_object};
 pub use config::{CONFIG_FILE, config_map, pusher_config};
 pub use monitoring::{
-    METRICS_PORT_NAME, SCRAPE_INTERVAL, pod_monitor, pod_monitor_api_resource, relabelings,
+    ALERT_RULES, METRICS_PORT_NAME, SCRAPE_INTERVAL, alert_groups, pod_monitor,
+    pod_monitor_api_resource, prometheus_rule, prometheus_rule_api_resource, relabelings,
 };
+pub use network::{EVENTS_PATH, events_ingress_name};
 pub use workload::{HTTP_PORT, METRICS_PORT};
 
 /// The label every child carries, and the one the operator's watches select on.
@@ -75,6 +78,13 @@ pub struct Desired {
     /// `NAME-pusher`: a prometheus-operator PodMonitor, applied only where
     /// `monitoring.coreos.com/v1` is served.
     pub pod_monitor: DynamicObject,
+    /// `NAME-pusher`: the channel's alerts as a PrometheusRule, applied only where
+    /// `monitoring.coreos.com/v1` serves PrometheusRules.
+    pub prometheus_rule: DynamicObject,
+    /// `NAME-pusher-events`, when `eventsIngress` is set.
+    pub events_ingress: Option<Ingress>,
+    /// The server URL that Ingress serves.
+    pub events_url: Option<String>,
     /// Hash of the config file and the Secrets' versions (the pod-template annotation).
     pub config_hash: String,
 }
@@ -163,6 +173,9 @@ pub fn build(input: &BuildInput<'_>) -> Result<Desired, BuildError> {
         service: network::service(input, name, namespace),
         disruption_budget: network::disruption_budget(input, name, namespace),
         pod_monitor: pod_monitor(input, name, namespace),
+        prometheus_rule: prometheus_rule(input, name, namespace),
+        events_ingress: network::events_ingress(input, name, namespace),
+        events_url: network::events_url(input),
         config_map,
         autoscaler,
         config_hash,

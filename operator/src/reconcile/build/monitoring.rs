@@ -1,5 +1,6 @@
-//! The pusher's scrape configuration for prometheus-operator: a `monitoring.coreos.com/v1`
-//! PodMonitor, applied when that API is served.
+//! The pusher's monitoring for prometheus-operator, applied when `monitoring.coreos.com/v1` is
+//! served: a PodMonitor (the scrape configuration) and a PrometheusRule (the alerts of
+//! `charts/wxpush-operator/alerts/wxpush.rules.yaml`, narrowed to the channel).
 //!
 //! Its relabelling gives every series the labels the chart's prometheus-adapter rules and the
 //! KEDA triggers select on (`charts/wxpush-operator/adapter/queries.yaml`):
@@ -56,4 +57,76 @@ pub fn pod_monitor(input: &BuildInput<'_>, name: &str, namespace: &str) -> Dynam
         }
     });
     obj
+}
+
+/// The alert rules, the one definition the chart renders too (docs/alerts.md is the runbook).
+pub const ALERT_RULES: &str =
+    include_str!("../../../../charts/wxpush-operator/alerts/wxpush.rules.yaml");
+
+/// The PrometheusRule's API resource.
+pub fn prometheus_rule_api_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("monitoring.coreos.com", "v1", "PrometheusRule"),
+        "prometheusrules",
+    )
+}
+
+/// The rule groups of [`ALERT_RULES`] for one channel: every pusher series selector
+/// (`channel!=""`) narrowed to `namespace="NS",channel="NAME"`, and the Deployment selector
+/// (`deployment=~".+-pusher"`) to `namespace="NS",deployment="NAME-pusher"`; the group is named
+/// after the channel. Names and namespaces are DNS labels, so they need no PromQL escaping.
+pub fn alert_groups(name: &str, namespace: &str) -> serde_json::Value {
+    let narrowed = ALERT_RULES
+        .replace(
+            r#"channel!="""#,
+            &format!(r#"namespace="{namespace}",channel="{name}""#),
+        )
+        .replace(
+            r#"deployment=~".+-pusher""#,
+            &format!(
+                r#"namespace="{namespace}",deployment="{}""#,
+                child_name(name)
+            ),
+        );
+    let mut rules: serde_json::Value =
+        serde_yaml_ng::from_str(&narrowed).unwrap_or(serde_json::Value::Null);
+    if let Some(groups) = rules["groups"].as_array_mut() {
+        for g in groups {
+            g["name"] = json!(format!("wxpush-{namespace}-{name}"));
+        }
+    }
+    rules["groups"].take()
+}
+
+/// `NAME-pusher`: the wxpush alerts for this channel only.
+pub fn prometheus_rule(input: &BuildInput<'_>, name: &str, namespace: &str) -> DynamicObject {
+    let mut obj = DynamicObject::new(&child_name(name), &prometheus_rule_api_resource());
+    obj.metadata = meta(input, child_name(name), namespace, name);
+    obj.data = json!({"spec": {"groups": alert_groups(name, namespace)}});
+    obj
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_committed_rules_parse_and_every_selector_is_narrowed() {
+        let groups = alert_groups("order-notify", "shop");
+        let rules = groups[0]["rules"].as_array().expect("rules");
+        assert_eq!(groups[0]["name"], "wxpush-shop-order-notify");
+        assert_eq!(rules.len(), 7);
+        for r in rules {
+            let expr = r["expr"].as_str().expect("expr");
+            assert!(
+                !expr.contains(r#"channel!="""#) && !expr.contains(".+-pusher"),
+                "{expr}"
+            );
+            assert!(
+                expr.contains(r#"namespace="shop",channel="order-notify""#)
+                    || expr.contains(r#"namespace="shop",deployment="order-notify-pusher""#),
+                "{expr}"
+            );
+        }
+    }
 }

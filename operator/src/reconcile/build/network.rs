@@ -1,6 +1,11 @@
-//! The pusher's Service and PodDisruptionBudget.
+//! The pusher's Service, PodDisruptionBudget and, when asked for, the Ingress in front of
+//! `/wechat/events`.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
+    IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
+};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -52,4 +57,66 @@ pub fn disruption_budget(
         }),
         status: None,
     }
+}
+
+/// The path WeChat posts delivery reports to.
+pub const EVENTS_PATH: &str = "/wechat/events";
+
+/// Name of the events Ingress.
+pub fn events_ingress_name(channel: &str) -> String {
+    format!("{}-events", child_name(channel))
+}
+
+/// `NAME-pusher-events`: `HOST/wechat/events` (exact path, nothing else) to the Service's
+/// `http` port, with TLS by reference to the named Secret. `None` without `eventsIngress`.
+pub fn events_ingress(input: &BuildInput<'_>, name: &str, namespace: &str) -> Option<Ingress> {
+    let spec = input.channel.spec.events_ingress.as_ref()?;
+    let mut metadata = meta(input, events_ingress_name(name), namespace, name);
+    if !spec.annotations.is_empty() {
+        metadata.annotations = Some(spec.annotations.clone());
+    }
+    Some(Ingress {
+        metadata,
+        spec: Some(IngressSpec {
+            ingress_class_name: spec.class_name.clone(),
+            tls: spec.tls_secret_name.as_ref().map(|secret| {
+                vec![IngressTLS {
+                    hosts: Some(vec![spec.host.clone()]),
+                    secret_name: Some(secret.clone()),
+                }]
+            }),
+            rules: Some(vec![IngressRule {
+                host: Some(spec.host.clone()),
+                http: Some(HTTPIngressRuleValue {
+                    paths: vec![HTTPIngressPath {
+                        path: Some(EVENTS_PATH.into()),
+                        path_type: "Exact".into(),
+                        backend: IngressBackend {
+                            service: Some(IngressServiceBackend {
+                                name: child_name(name),
+                                port: Some(ServiceBackendPort {
+                                    name: Some("http".into()),
+                                    number: None,
+                                }),
+                            }),
+                            resource: None,
+                        },
+                    }],
+                }),
+            }]),
+            default_backend: None,
+        }),
+        status: None,
+    })
+}
+
+/// The server URL the Ingress serves, for the status.
+pub fn events_url(input: &BuildInput<'_>) -> Option<String> {
+    let spec = input.channel.spec.events_ingress.as_ref()?;
+    let scheme = if spec.tls_secret_name.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Some(format!("{scheme}://{}{EVENTS_PATH}", spec.host))
 }

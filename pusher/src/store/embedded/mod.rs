@@ -105,6 +105,9 @@ pub struct EmbeddedOptions {
     pub default_callback: bool,
     /// How long healing may fail before [`Store::is_live`] says no (`unhealthyAfter`).
     pub unhealthy_after: Duration,
+    /// The disk budget in bytes: accepts and replays get [`StoreError::OverBudget`] while the
+    /// database holds this much (`None`: no budget).
+    pub max_bytes: Option<u64>,
 }
 
 fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -132,6 +135,8 @@ fn open_db(file: &Path) -> Result<Database, StoreError> {
 struct Shared {
     /// The database file.
     file: PathBuf,
+    /// The disk budget (`queue.embedded.maxBytes`), when there is one.
+    budget: Option<Arc<writer::Budget>>,
     /// The database; `None` only while the healer reopens it.
     db: RwLock<Option<Database>>,
     index: Mutex<Index>,
@@ -206,6 +211,17 @@ impl Fresh {
     }
 }
 
+/// The embedded store's disk budget, for metrics.
+#[derive(Debug, Clone)]
+pub struct DiskBudget(Arc<writer::Budget>);
+
+impl DiskBudget {
+    /// `(bytes in use as last measured, budget)`.
+    pub fn figures(&self) -> (u64, u64) {
+        self.0.figures()
+    }
+}
+
 /// The embedded store. Cheap to clone; all clones share one writer.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
@@ -259,6 +275,11 @@ impl Shared {
 }
 
 impl EmbeddedStore {
+    /// The disk budget, when there is one: a handle that does not keep the store open.
+    pub fn disk_budget(&self) -> Option<DiskBudget> {
+        self.shared.budget.clone().map(DiskBudget)
+    }
+
     /// Opens (or creates) the store in `options.path` and starts its writer thread. Every
     /// message that was leased when the process last stopped is due again.
     pub fn open(options: &EmbeddedOptions) -> Result<Self, StoreError> {
@@ -284,6 +305,7 @@ impl EmbeddedStore {
             "embedded queue opened"
         );
         let shared = Arc::new(Shared {
+            budget: options.max_bytes.map(|b| Arc::new(writer::Budget::new(b))),
             file,
             db: RwLock::new(Some(db)),
             index: Mutex::new(index),
@@ -819,12 +841,14 @@ impl Store for EmbeddedStore {
 
     fn counts(&self) -> QueueCounts {
         let index = self.shared.index.lock();
-        let (ready, delayed, inflight) = index.counts(millis(Timestamp::now()));
+        let now = millis(Timestamp::now());
+        let (ready, delayed, inflight) = index.counts(now);
         QueueCounts {
             ready,
             delayed,
             inflight,
             dead: index.dead,
+            oldest_ready_ms: index.oldest_due(now),
         }
     }
 

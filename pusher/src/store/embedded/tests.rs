@@ -20,6 +20,7 @@ fn options(dir: &std::path::Path) -> EmbeddedOptions {
         retention: Duration::from_secs(3600),
         default_callback: false,
         unhealthy_after: Duration::from_secs(120),
+        max_bytes: None,
     }
 }
 

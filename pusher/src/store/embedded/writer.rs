@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Bound;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -163,6 +164,8 @@ pub(super) struct Group {
     pending: u64,
     /// Whether a callback was written (the callback worker is woken after the commit).
     callbacks_added: bool,
+    /// `(used, max)` when the disk budget is spent: new messages are refused.
+    over_budget: Option<(u64, u64)>,
 }
 
 /// How an operation changes the in-memory view once its group committed (or, for a failed
@@ -468,6 +471,90 @@ fn probe(shared: &Shared) -> Result<(), StoreError> {
     txn.commit().map_err(storage)
 }
 
+/// How often the file's size is looked at for the disk budget.
+const BUDGET_CHECK_EVERY: Duration = Duration::from_millis(250);
+/// How often, once the file has reached the budget, redb's page count is taken (it walks the
+/// trees, so not on every group).
+const BUDGET_STATS_EVERY: Duration = Duration::from_secs(1);
+
+/// The disk budget: what the database holds, measured cheaply while its file is below the
+/// budget (the file's length bounds it) and from redb's allocated pages once the file has
+/// reached it (redb reuses freed pages but never shrinks the file, so the length alone would
+/// never come down after deliveries).
+#[derive(Debug)]
+pub(super) struct Budget {
+    max: u64,
+    state: parking_lot::Mutex<BudgetState>,
+}
+
+#[derive(Debug)]
+struct BudgetState {
+    checked: Option<Instant>,
+    stats_at: Option<Instant>,
+    used: u64,
+    over: bool,
+}
+
+impl Budget {
+    pub(super) fn new(max: u64) -> Self {
+        Self {
+            max,
+            state: parking_lot::Mutex::new(BudgetState {
+                checked: None,
+                stats_at: None,
+                used: 0,
+                over: false,
+            }),
+        }
+    }
+
+    /// `(used, max)`: the bytes in use as last measured, and the budget.
+    pub(super) fn figures(&self) -> (u64, u64) {
+        (self.state.lock().used, self.max)
+    }
+
+    /// `Some((used, max))` while the budget is spent.
+    fn spent(&self, file: &Path, txn: &redb::WriteTransaction) -> Option<(u64, u64)> {
+        let mut s = self.state.lock();
+        if s.checked
+            .is_none_or(|at| at.elapsed() >= BUDGET_CHECK_EVERY)
+        {
+            s.checked = Some(Instant::now());
+            let len = std::fs::metadata(file).map_or(0, |m| m.len());
+            if len < self.max {
+                s.used = len;
+                s.stats_at = None;
+            } else if s
+                .stats_at
+                .is_none_or(|at| at.elapsed() >= BUDGET_STATS_EVERY)
+            {
+                s.stats_at = Some(Instant::now());
+                if let Ok(st) = txn.stats() {
+                    s.used = st.allocated_pages() * st.page_size() as u64;
+                }
+            }
+            let over = s.used >= self.max;
+            if over != s.over {
+                if over {
+                    tracing::warn!(
+                        used = s.used,
+                        max = self.max,
+                        "disk budget spent: accepts refused (429) until space is freed"
+                    );
+                } else {
+                    tracing::info!(
+                        used = s.used,
+                        max = self.max,
+                        "disk budget has room again: accepts resume"
+                    );
+                }
+                s.over = over;
+            }
+        }
+        s.over.then_some((s.used, self.max))
+    }
+}
+
 /// The one writer.
 #[derive(Debug)]
 pub(super) struct Writer {
@@ -606,10 +693,17 @@ impl Writer {
             now_ms: millis(now),
             pending: self.shared.index.lock().pending(),
             callbacks_added: false,
+            over_budget: None,
         };
+        let adds = ops
+            .iter()
+            .any(|op| matches!(op, Op::Accept { .. } | Op::Replay { .. }));
         let mut effects = Vec::with_capacity(ops.len());
         let result = (|| -> Result<(), StoreError> {
             let txn = self.shared.begin_write()?;
+            if adds && let Some(b) = &self.shared.budget {
+                group.over_budget = b.spent(&self.shared.file, &txn);
+            }
             {
                 let mut t = Tables::open(&txn)?;
                 while let Some(op) = ops.pop_front() {
@@ -1015,6 +1109,9 @@ impl Writer {
             }
         }
         let adding = fresh.len() as u64;
+        if let Some((used, max)) = g.over_budget.filter(|_| adding > 0) {
+            return Ok(Step::Refused(StoreError::OverBudget { used, max }));
+        }
         if g.pending + adding > self.max_messages {
             return Ok(Step::Refused(StoreError::Full {
                 pending: g.pending,
@@ -1160,6 +1257,9 @@ impl Writer {
             && exp <= g.now
         {
             return Ok(Step::Refused(StoreError::PastExpiry(id, exp)));
+        }
+        if let Some((used, max)) = g.over_budget {
+            return Ok(Step::Refused(StoreError::OverBudget { used, max }));
         }
         if g.pending + 1 > self.max_messages {
             return Ok(Step::Refused(StoreError::Full {

@@ -96,21 +96,75 @@ where
     }
 }
 
-/// `url` with its password (and user) replaced, for logs and errors.
-pub fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("****"));
-            }
-            u.to_string()
-        }
-        // Not a URL: show only the scheme-ish start, never what may be a password.
-        Err(_) => {
-            let head: String = url.chars().take_while(|c| *c != '@' && *c != ':').collect();
-            format!("{head}… (not a valid URL)")
-        }
+/// Checks that `url` reads the same to every parser: a password holding an unencoded reserved
+/// character (`@`, `#`, `?`, `/`) would otherwise end the user info early, and part of the
+/// password would be taken for the host, path, query or fragment (and shown in logs). The error
+/// never holds the URL.
+pub fn check_url(url: &str) -> Result<(), String> {
+    const HOW: &str = "percent-encode reserved characters in the user and password: @ as %40, \
+                       # as %23, ? as %3F, / as %2F, % as %25 (for example with \
+                       `python3 -c 'import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1], safe=\"\"))' PASSWORD`)";
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("queue.redis.url must start with redis:// or rediss://".into());
+    };
+    if !matches!(scheme, "redis" | "rediss") {
+        return Err("queue.redis.url must start with redis:// or rediss://".into());
     }
+    // The authority ends at the first '/', '?' or '#'; an '@' after that point, or two in
+    // it, means the user info held one of them unencoded.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    if authority.matches('@').count() > 1 || tail.contains('@') {
+        return Err(format!(
+            "queue.redis.url: the user or password holds an unencoded reserved character; {HOW}"
+        ));
+    }
+    if let Some((userinfo, _)) = authority.rsplit_once('@')
+        && has_bad_escape(userinfo)
+    {
+        return Err(format!(
+            "queue.redis.url: the user or password holds a '%' that does not start an escape; {HOW}"
+        ));
+    }
+    url::Url::parse(url)
+        .map(|_| ())
+        .map_err(|e| format!("queue.redis.url is not a valid URL ({e}); {HOW}"))
+}
+
+fn has_bad_escape(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        c == b'%'
+            && !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+    })
+}
+
+/// `url` with its password replaced, for logs and errors: built from the parsed URL (scheme,
+/// user, host, port, database), never from the text around the password. A URL that does not
+/// pass [`check_url`] is not shown at all.
+pub fn redact(url: &str) -> String {
+    let parsed = check_url(url).ok().and_then(|()| url::Url::parse(url).ok());
+    let Some(u) = parsed else {
+        let scheme: String = url.chars().take_while(char::is_ascii_alphabetic).collect();
+        return format!("{scheme}://… (URL hidden: not well-formed)");
+    };
+    let mut shown = format!("{}://", u.scheme());
+    if !u.username().is_empty() {
+        shown.push_str(u.username());
+    }
+    if u.password().is_some() {
+        shown.push_str(":****");
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        shown.push('@');
+    }
+    shown.push_str(u.host_str().unwrap_or_default());
+    if let Some(p) = u.port() {
+        shown.push_str(&format!(":{p}"));
+    }
+    shown.push_str(u.path());
+    shown
 }
 
 /// The node URLs of `url`: several may be given separated by commas (cluster seeds).
@@ -135,13 +189,7 @@ pub async fn connect(url: &str, cluster: bool) -> Result<Conn, String> {
         return Err("queue.redis.url is empty".into());
     };
     for n in &nodes {
-        let scheme = n.split("://").next().unwrap_or_default();
-        if !matches!(scheme, "redis" | "rediss") || !n.contains("://") {
-            return Err(format!(
-                "queue.redis.url {}: must start with redis:// or rediss://",
-                redact(n)
-            ));
-        }
+        check_url(n)?;
     }
     let fail = |e: redis::RedisError| format!("cannot connect to Redis at {shown}: {}", clean(&e));
     if cluster || nodes.len() > 1 {
@@ -192,7 +240,36 @@ mod tests {
             "redis://user:****@host:6379/0"
         );
         assert_eq!(redact("rediss://h:1"), "rediss://h:1");
-        assert!(!redact("s3cret@@::").contains("s3cret@"));
+        assert!(!redact("s3cret@@::").contains("s3cret"));
+        assert_eq!(redact("redis://:pw@h:1/2"), "redis://:****@h:1/2");
+    }
+
+    #[test]
+    fn unencoded_reserved_characters_in_the_password_are_refused_and_never_shown() {
+        for url in [
+            "redis://:p@ss#word@host:6379",
+            "redis://:p@ss?word@host:6379",
+            "redis://:p@ss/word@host:6379",
+            "redis://user:a@b@host:6379",
+            "redis://:pass#word@host:6379",
+            "redis://:50%off@host:6379",
+        ] {
+            let err = check_url(url).expect_err(url);
+            assert!(err.contains("%40") && err.contains("%23"), "{url}: {err}");
+            for part in ["ss", "word", "off"] {
+                assert!(!err.contains(&format!("{part}@")), "{url}: {err}");
+            }
+            let shown = redact(url);
+            assert!(
+                !shown.contains("word") && !shown.contains("ss") && !shown.contains("off"),
+                "{url} shown as {shown}"
+            );
+        }
+        check_url("redis://:p%40ss%23word@host:6379/0").expect("encoded is fine");
+        assert_eq!(
+            redact("redis://:p%40ss%23word@host:6379/0"),
+            "redis://:****@host:6379/0"
+        );
         assert_eq!(
             nodes("redis://a:1, redis://b:2"),
             vec!["redis://a:1", "redis://b:2"]

@@ -57,7 +57,7 @@ use redis::streams::StreamPendingReply;
 use redis::{RedisError, Script, Value};
 use tokio::sync::Notify;
 
-pub use conn::{Conn, connect, nodes, redact};
+pub use conn::{Conn, check_url, connect, nodes, redact};
 pub use shared::{Permit, SharedClient, SharedToken};
 
 use super::{
@@ -501,14 +501,51 @@ impl RedisStore {
             }
             Err(e) => return Err(self.fail("XPENDING", &e)),
         };
+        let ready = xlen.saturating_sub(inflight);
+        let oldest_ready_ms = if ready > 0 {
+            self.oldest_unread().await
+        } else {
+            None
+        };
         let counts = QueueCounts {
-            ready: xlen.saturating_sub(inflight),
+            ready,
             delayed,
             inflight,
             dead,
+            oldest_ready_ms,
         };
         *self.inner.snapshot.lock() = Snapshot { counts, consumers };
         Ok(self.ok(counts))
+    }
+
+    /// When the oldest stream entry the group has not read yet was added (unix ms, from its
+    /// id): the oldest ready message. `None` when Redis cannot say (an error is only logged:
+    /// the gauge is a diagnostic, not the queue).
+    async fn oldest_unread(&self) -> Option<u64> {
+        let groups: redis::streams::StreamInfoGroupsReply = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.inner.stream)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| tracing::debug!(error = %conn::clean(&e), "XINFO GROUPS"))
+            .ok()?;
+        let last = groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == self.inner.options.consumer_group)?
+            .last_delivered_id;
+        let next: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+            .arg(&self.inner.stream)
+            .arg(format!("({last}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| tracing::debug!(error = %conn::clean(&e), "XRANGE"))
+            .ok()?;
+        let id = next.ids.first()?.id.clone();
+        id.split('-').next()?.parse().ok()
     }
 
     /// Pending entries per consumer, as of the last refresh.
