@@ -241,6 +241,41 @@ impl Cluster {
             .join("runner.json");
         serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
     }
+
+    /// The names of the Ready pods in `namespace` (with the label selector `selector`, if any).
+    pub async fn ready_pods(&self, namespace: &str, selector: Option<&str>) -> Vec<String> {
+        let mut args = vec!["get", "pods", "-n", namespace, "-o", "json"];
+        if let Some(s) = selector {
+            args.extend(["-l", s]);
+        }
+        let out = self.kubectl().run(&args, None).await.expect("pods");
+        let pods: Value = serde_json::from_str(&out).expect("JSON");
+        pods["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| crate::kube::condition_status(p, "Ready") == Some("True"))
+            .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Waits until the pusher behind `pod` answers `/readyz`; its API address.
+    pub async fn pusher_ready(&self, namespace: &str, pod: &str) -> String {
+        let http = crate::sandbox::http();
+        crate::wait_for(&format!("the pusher of {pod}"), WAIT, || async {
+            let info = self.pod_process(namespace, pod)?;
+            let listen = info["listen"].as_str()?.to_string();
+            let ok = http
+                .get(format!("http://{listen}/readyz"))
+                .send()
+                .await
+                .ok()?
+                .status()
+                .is_success();
+            ok.then_some(listen)
+        })
+        .await
+    }
 }
 
 impl Drop for Cluster {

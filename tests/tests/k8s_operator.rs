@@ -157,46 +157,12 @@ async fn the_real_api_server_accepts_the_examples_and_the_operator_reconciles_th
         );
     }
     // Ready pods made by the Deployment controller, each with a real pusher that answers.
-    let pods = kubectl
-        .run(
-            &[
-                "get",
-                "pods",
-                "-n",
-                NS,
-                "-l",
-                "wxpush.io/channel=payment-notify",
-                "-o",
-                "json",
-            ],
-            None,
-        )
-        .await
-        .expect("pods");
-    let pods: Value = serde_json::from_str(&pods).expect("JSON");
-    let ready: Vec<String> = pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| condition_status(p, "Ready") == Some("True"))
-        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-        .collect();
-    assert!(ready.len() >= 2, "Ready pods: {ready:?}");
-    let http = sandbox::http();
-    for pod in &ready {
-        let listen = wait_for(&format!("the pusher of {pod}"), WAIT, || async {
-            let info = cluster.pod_process(NS, pod)?;
-            let listen = info["listen"].as_str()?.to_string();
-            let ok = http
-                .get(format!("http://{listen}/readyz"))
-                .send()
-                .await
-                .ok()?
-                .status()
-                .is_success();
-            ok.then_some(listen)
-        })
+    let ready = cluster
+        .ready_pods(NS, Some("wxpush.io/channel=payment-notify"))
         .await;
+    assert!(ready.len() >= 2, "Ready pods: {ready:?}");
+    for pod in &ready {
+        let listen = cluster.pusher_ready(NS, pod).await;
         eprintln!("{pod}: pusher ready on {listen}");
     }
 

@@ -113,33 +113,10 @@ async fn the_minimal_example_reaches_ready_with_only_the_operator_and_two_secret
         .filter_map(|c| c["status"]["phase"].as_str())
         .collect();
     assert_eq!(phases, ["Bound"], "the queue's claim: {pvc}");
-    let pods = kubectl
-        .run(&["get", "pods", "-n", NS, "-o", "json"], None)
-        .await
-        .expect("pods");
-    let pods: Value = serde_json::from_str(&pods).expect("JSON");
-    let ready: Vec<String> = pods["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|p| condition_status(p, "Ready") == Some("True"))
-        .filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string))
-        .collect();
+    let ready = cluster.ready_pods(NS, None).await;
     assert_eq!(ready.len(), 1, "one replica: {ready:?}");
+    let listen = cluster.pusher_ready(NS, &ready[0]).await;
     let http = sandbox::http();
-    let listen = wait_for("the pod's pusher ready", WAIT, || async {
-        let info = cluster.pod_process(NS, &ready[0])?;
-        let listen = info["listen"].as_str()?.to_string();
-        let ok = http
-            .get(format!("http://{listen}/readyz"))
-            .send()
-            .await
-            .ok()?
-            .status()
-            .is_success();
-        ok.then_some(listen)
-    })
-    .await;
     let r = http
         .post(format!("http://{listen}/v1/messages"))
         .bearer_auth(TOKEN)
