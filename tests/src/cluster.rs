@@ -291,6 +291,53 @@ impl Drop for Cluster {
     }
 }
 
+/// The objects the operator makes for the full example, all named `<channel>-pusher`.
+pub const CHILDREN: [&str; 6] = [
+    "configmap",
+    "deployment",
+    "service",
+    "poddisruptionbudget",
+    "horizontalpodautoscaler",
+    "podmonitor.monitoring.coreos.com",
+];
+
+/// A cluster with the CRDs installed ([`install_crds`]) and namespace `ns` created.
+pub async fn up_with_namespace(ns: &str) -> Cluster {
+    let cluster = Cluster::up();
+    install_crds(&cluster).await;
+    cluster
+        .kubectl()
+        .run(&["create", "namespace", ns], None)
+        .await
+        .expect("namespace");
+    cluster
+}
+
+/// Waits until the pusher config that the operator wrote for `channel` in `ns` contains
+/// `needle` (a spec change has been applied).
+pub async fn wait_for_config(kubectl: &Kubectl, ns: &str, channel: &str, needle: &str, what: &str) {
+    let cm = format!("{channel}-pusher");
+    crate::wait_for(what, WAIT, || async {
+        let data = kubectl
+            .run(
+                &[
+                    "get",
+                    "configmap",
+                    &cm,
+                    "-n",
+                    ns,
+                    "-o",
+                    "jsonpath={.data.pusher\\.yaml}",
+                ],
+                None,
+            )
+            .await
+            .ok()?;
+        data.contains(needle).then_some(())
+    })
+    .await;
+}
+
 /// How long the API server may take to act on something (a controller's reaction, kwok's
 /// Ready, the operator's reconcile).
 pub const WAIT: Duration = Duration::from_secs(90);

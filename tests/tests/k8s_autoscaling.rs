@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wxpush_tests::cluster::{
-    Cluster, EXAMPLE_TOKEN, WAIT, example_secrets, full_example, install_crds,
+    Cluster, EXAMPLE_TOKEN, WAIT, example_secrets, full_example, up_with_namespace,
 };
 use wxpush_tests::kube::{Kubectl, OperatorProcess, condition_status};
 use wxpush_tests::redis::RedisServer;
@@ -165,13 +165,8 @@ async fn prometheus_query(url: &str, query: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_hpa_scales_the_pushers_up_under_load_and_down_after_and_nothing_is_lost() {
-    let cluster = Cluster::up();
+    let cluster = up_with_namespace(NS).await;
     let kubectl = cluster.kubectl();
-    install_crds(&cluster).await;
-    kubectl
-        .run(&["create", "namespace", NS], None)
-        .await
-        .expect("namespace");
     let redis = RedisServer::start().await;
     let (_sandbox, base) = sandbox::spawn(&["--fault-latency", "20ms"]);
     let wx = WxClient::new(base.clone());

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wxpush_tests::cluster::{
-    Cluster, WAIT, example_secrets, full_example, install_pod_monitor_crd,
+    CHILDREN, Cluster, WAIT, example_secrets, full_example, install_pod_monitor_crd,
+    wait_for_config,
 };
 use wxpush_tests::kube::{Kubectl, condition_status, owned_by};
 use wxpush_tests::redis::RedisServer;
@@ -200,14 +201,7 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
         .expect("PushChannel");
     let pc = wait_reconciled(&kubectl, "shop", "payment-notify").await;
     let uid = pc["metadata"]["uid"].as_str().expect("uid").to_string();
-    for resource in [
-        "configmap",
-        "deployment",
-        "service",
-        "poddisruptionbudget",
-        "horizontalpodautoscaler",
-        "podmonitor.monitoring.coreos.com",
-    ] {
+    for resource in CHILDREN {
         let obj = kubectl
             .run(
                 &[
@@ -371,24 +365,13 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
         )
         .await
         .expect("patch");
-    wait_for("the new leader applies the change", WAIT, || async {
-        let data = kubectl
-            .run(
-                &[
-                    "get",
-                    "configmap",
-                    "payment-notify-pusher",
-                    "-n",
-                    "shop",
-                    "-o",
-                    "jsonpath={.data.pusher\\.yaml}",
-                ],
-                None,
-            )
-            .await
-            .ok()?;
-        data.contains("perSecond: 777").then_some(())
-    })
+    wait_for_config(
+        &kubectl,
+        "shop",
+        "payment-notify",
+        "perSecond: 777",
+        "the new leader applies the change",
+    )
     .await;
     assert_eq!(survivor.terminate(Duration::from_secs(30)).await, Some(0));
 
@@ -482,27 +465,12 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
         )
         .await
         .expect("patch");
-    wait_for(
+    wait_for_config(
+        &kubectl,
+        "shop",
+        "payment-notify",
+        "perSecond: 555",
         "the namespaced operator applies the change",
-        WAIT,
-        || async {
-            let data = kubectl
-                .run(
-                    &[
-                        "get",
-                        "configmap",
-                        "payment-notify-pusher",
-                        "-n",
-                        "shop",
-                        "-o",
-                        "jsonpath={.data.pusher\\.yaml}",
-                    ],
-                    None,
-                )
-                .await
-                .ok()?;
-            data.contains("perSecond: 555").then_some(())
-        },
     )
     .await;
     assert_eq!(op.terminate(Duration::from_secs(30)).await, Some(0));

@@ -18,7 +18,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use wxpush_tests::cluster::{Cluster, WAIT, example_secrets, full_example, install_crds};
+use wxpush_tests::cluster::{
+    CHILDREN, WAIT, example_secrets, full_example, up_with_namespace, wait_for_config,
+};
 use wxpush_tests::kube::{Kubectl, OperatorProcess, condition_status, owned_by};
 use wxpush_tests::redis::RedisServer;
 use wxpush_tests::{sandbox, wait_for, workspace_root};
@@ -97,13 +99,8 @@ async fn examples_and_invalid_manifests(kubectl: &Kubectl) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_real_api_server_accepts_the_examples_and_the_operator_reconciles_the_full_one() {
-    let cluster = Cluster::up();
+    let cluster = up_with_namespace(NS).await;
     let kubectl = cluster.kubectl();
-    install_crds(&cluster).await;
-    kubectl
-        .run(&["create", "namespace", NS], None)
-        .await
-        .expect("namespace");
 
     examples_and_invalid_manifests(&kubectl).await;
 
@@ -140,14 +137,7 @@ async fn the_real_api_server_accepts_the_examples_and_the_operator_reconciles_th
     })
     .await;
     let uid = pc["metadata"]["uid"].as_str().expect("uid").to_string();
-    for resource in [
-        "configmap",
-        "deployment",
-        "service",
-        "poddisruptionbudget",
-        "horizontalpodautoscaler",
-        "podmonitor.monitoring.coreos.com",
-    ] {
+    for resource in CHILDREN {
         let obj = get(&kubectl, resource, "payment-notify-pusher")
             .await
             .unwrap_or_else(|| panic!("{resource} payment-notify-pusher exists"));
@@ -225,13 +215,13 @@ async fn the_real_api_server_accepts_the_examples_and_the_operator_reconciles_th
     }
     eprintln!("replicas over the minute: {changes:?}");
     // The operator has applied the last change.
-    wait_for("the last spec change applied", WAIT, || async {
-        let cm = get(&kubectl, "configmap", "payment-notify-pusher").await?;
-        cm["data"]["pusher.yaml"]
-            .as_str()?
-            .contains("perSecond: 503")
-            .then_some(())
-    })
+    wait_for_config(
+        &kubectl,
+        NS,
+        "payment-notify",
+        "perSecond: 503",
+        "the last spec change applied",
+    )
     .await;
 
     // A deleted child is restored; the deleted PushChannel's children go with it (the real
@@ -254,14 +244,7 @@ async fn the_real_api_server_accepts_the_examples_and_the_operator_reconciles_th
         .run(&["delete", "pushchannel", "payment-notify", "-n", NS], None)
         .await
         .expect("delete the PushChannel");
-    for resource in [
-        "configmap",
-        "deployment",
-        "service",
-        "poddisruptionbudget",
-        "horizontalpodautoscaler",
-        "podmonitor.monitoring.coreos.com",
-    ] {
+    for resource in CHILDREN {
         wait_for(&format!("{resource} garbage-collected"), WAIT, || async {
             match kubectl
                 .run(&["get", resource, "payment-notify-pusher", "-n", NS], None)

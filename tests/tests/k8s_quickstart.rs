@@ -10,7 +10,7 @@
 //!   pusher, and the PushChannel turns `Ready`; a message sent to that pusher is delivered once.
 
 use serde_json::{Value, json};
-use wxpush_tests::cluster::{Cluster, WAIT, install_crds};
+use wxpush_tests::cluster::{WAIT, up_with_namespace};
 use wxpush_tests::kube::{OperatorProcess, condition_status};
 use wxpush_tests::sandbox::{self, WxClient};
 use wxpush_tests::{wait_for, workspace_root};
@@ -20,13 +20,8 @@ const TOKEN: &str = "quick-start-token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_minimal_example_reaches_ready_with_only_the_operator_and_two_secrets() {
-    let cluster = Cluster::up();
+    let cluster = up_with_namespace(NS).await;
     let kubectl = cluster.kubectl();
-    install_crds(&cluster).await;
-    kubectl
-        .run(&["create", "namespace", NS], None)
-        .await
-        .expect("namespace");
 
     // What a default StorageClass's provisioner would do: one volume for the queue's claim.
     let volume_dir = cluster.state().join("pv-quickstart");
