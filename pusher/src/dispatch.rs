@@ -424,12 +424,16 @@ impl<S: Store + Clone> Dispatcher<S> {
         });
         loop {
             while tasks.try_join_next().is_some() {}
+            // `biased`: once `stop` is cancelled no new attempt starts, even when a permit or a
+            // lease is ready at the same moment (an unbiased select picks at random, and a
+            // drain then went on sending messages that should have waited for the next start).
             let permit = tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
                 p = Arc::clone(&permits).acquire_owned() => match p {
                     Ok(p) => p,
                     Err(_) => break,
                 },
-                () = stop.cancelled() => break,
             };
             if let Some(hold) = this.state.hold() {
                 let wait = hold
@@ -453,8 +457,9 @@ impl<S: Store + Clone> Dispatcher<S> {
             }
             let room = permits.available_permits() + 1;
             let leased = tokio::select! {
-                r = this.store.lease(room, LEASE_WAIT) => r,
+                biased;
                 () = stop.cancelled() => break,
+                r = this.store.lease(room, LEASE_WAIT) => r,
             };
             let leased = match leased {
                 Ok(l) => l,
