@@ -144,8 +144,9 @@ pub struct Metrics {
     /// `wxpush_channel_paused`: 1 while the channel cannot send (configuration fault, daily
     /// quota), else 0.
     pub channel_paused: Gauge,
-    /// `wxpush_queue_disk_bytes`: bytes the embedded store holds, as last measured (at
-    /// accepts); 0 with the Redis queue.
+    /// `wxpush_queue_disk_bytes`: bytes the embedded store's disk budget counts, as last
+    /// measured (at accepts): what the database holds plus a reserve for each pending
+    /// message's outcome; 0 with the Redis queue.
     pub queue_disk_bytes: Gauge,
     /// `wxpush_queue_disk_budget_bytes`: the embedded store's disk budget
     /// (`queue.embedded.maxBytes`); accepts get 429 while `wxpush_queue_disk_bytes` is at it.
@@ -271,7 +272,7 @@ impl Metrics {
         let queue_disk_bytes = Gauge::default();
         registry.register(
             "queue_disk_bytes",
-            "Bytes the embedded store holds, as last measured",
+            "Bytes the embedded store's disk budget counts (held plus outcome reserve), as last measured",
             queue_disk_bytes.clone(),
         );
         let queue_disk_budget_bytes = Gauge::default();

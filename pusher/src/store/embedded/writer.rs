@@ -471,27 +471,40 @@ fn probe(shared: &Shared) -> Result<(), StoreError> {
     txn.commit().map_err(storage)
 }
 
-/// How often the file's size is looked at for the disk budget.
-const BUDGET_CHECK_EVERY: Duration = Duration::from_millis(250);
-/// How often, once the file has reached the budget, redb's page count is taken (it walks the
-/// trees, so not on every group).
+/// How often, once the file's blocks have reached the budget, redb's page count is taken (it
+/// walks the trees, so not on every group).
 const BUDGET_STATS_EVERY: Duration = Duration::from_secs(1);
 
-/// The disk budget: what the database holds, measured cheaply while its file is below the
-/// budget (the file's length bounds it) and from redb's allocated pages once the file has
-/// reached it (redb reuses freed pages but never shrinks the file, so the length alone would
-/// never come down after deliveries).
+/// Bytes kept free for each pending message, for what its outcome will write: the delivered
+/// (or dead) record, its indexes and callback, and the pages that redb's copy-on-write holds
+/// twice until the commit after. Without it, a volume filled to the budget with pending
+/// messages met the full file system while they were delivered (measured by
+/// `engine_faults::a_producer_filling_the_volume_meets_the_budget_not_a_full_disk`, about
+/// 800 bytes a pending message on disk).
+pub(super) const OUTCOME_RESERVE: u64 = 256;
+
+/// The disk budget: what the database holds plus what its pending messages' outcomes will
+/// need.
+///
+/// What the database holds is measured on every group that adds messages, cheaply: the
+/// file's allocated blocks (redb grows its file sparsely, so its length says little) bound it
+/// from above. Once the blocks have reached the budget, redb's allocated pages are read (at
+/// most once a second) and the blocks allocated since are added: redb reuses freed pages but
+/// never gives blocks back, so after deliveries the pages come down and the blocks do not.
 #[derive(Debug)]
 pub(super) struct Budget {
     max: u64,
     state: parking_lot::Mutex<BudgetState>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct BudgetState {
-    checked: Option<Instant>,
-    stats_at: Option<Instant>,
-    used: u64,
+    /// When redb's pages were last read, and the file's blocks then.
+    stats_at: Option<(Instant, u64)>,
+    /// Pages allocated at `stats_at`.
+    pages: u64,
+    /// What the budget counted last: the bytes in use plus the reserve.
+    counted: u64,
     over: bool,
 }
 
@@ -499,59 +512,62 @@ impl Budget {
     pub(super) fn new(max: u64) -> Self {
         Self {
             max,
-            state: parking_lot::Mutex::new(BudgetState {
-                checked: None,
-                stats_at: None,
-                used: 0,
-                over: false,
-            }),
+            state: parking_lot::Mutex::new(BudgetState::default()),
         }
     }
 
-    /// `(used, max)`: the bytes in use as last measured, and the budget.
+    /// `(counted, max)`: what the budget counted last (the bytes in use plus the outcome
+    /// reserve), and the budget.
     pub(super) fn figures(&self) -> (u64, u64) {
-        (self.state.lock().used, self.max)
+        (self.state.lock().counted, self.max)
     }
 
-    /// `Some((used, max))` while the budget is spent.
-    fn spent(&self, file: &Path, txn: &redb::WriteTransaction) -> Option<(u64, u64)> {
+    /// `Some((used, max))` while the budget is spent: what the database holds plus
+    /// [`OUTCOME_RESERVE`] for each of `pending` messages has reached it.
+    fn spent(&self, file: &Path, txn: &redb::WriteTransaction, pending: u64) -> Option<(u64, u64)> {
+        use std::os::unix::fs::MetadataExt;
         let mut s = self.state.lock();
-        if s.checked
-            .is_none_or(|at| at.elapsed() >= BUDGET_CHECK_EVERY)
-        {
-            s.checked = Some(Instant::now());
-            let len = std::fs::metadata(file).map_or(0, |m| m.len());
-            if len < self.max {
-                s.used = len;
-                s.stats_at = None;
-            } else if s
+        let blocks = std::fs::metadata(file).map_or(0, |m| m.blocks().saturating_mul(512));
+        let reserve = pending.saturating_mul(OUTCOME_RESERVE);
+        let used = if blocks.saturating_add(reserve) < self.max {
+            s.stats_at = None;
+            blocks
+        } else {
+            let stale = s
                 .stats_at
-                .is_none_or(|at| at.elapsed() >= BUDGET_STATS_EVERY)
-            {
-                s.stats_at = Some(Instant::now());
-                if let Ok(st) = txn.stats() {
-                    s.used = st.allocated_pages() * st.page_size() as u64;
-                }
+                .is_none_or(|(at, _)| at.elapsed() >= BUDGET_STATS_EVERY);
+            if stale && let Ok(st) = txn.stats() {
+                s.pages = st.allocated_pages() * st.page_size() as u64;
+                s.stats_at = Some((Instant::now(), blocks));
             }
-            let over = s.used >= self.max;
-            if over != s.over {
-                if over {
-                    tracing::warn!(
-                        used = s.used,
-                        max = self.max,
-                        "disk budget spent: accepts refused (429) until space is freed"
-                    );
-                } else {
-                    tracing::info!(
-                        used = s.used,
-                        max = self.max,
-                        "disk budget has room again: accepts resume"
-                    );
-                }
-                s.over = over;
+            let grown = s
+                .stats_at
+                .map_or(0, |(_, then)| blocks.saturating_sub(then));
+            blocks.min(s.pages.saturating_add(grown))
+        };
+        s.counted = used.saturating_add(reserve);
+        let over = s.counted >= self.max;
+        if over != s.over {
+            if over {
+                tracing::warn!(
+                    used,
+                    pending,
+                    reserved = reserve,
+                    max = self.max,
+                    "disk budget spent: accepts refused (429) until space is freed"
+                );
+            } else {
+                tracing::info!(
+                    used,
+                    pending,
+                    reserved = reserve,
+                    max = self.max,
+                    "disk budget has room again: accepts resume"
+                );
             }
+            s.over = over;
         }
-        s.over.then_some((s.used, self.max))
+        s.over.then_some((s.counted, self.max))
     }
 }
 
@@ -702,7 +718,7 @@ impl Writer {
         let result = (|| -> Result<(), StoreError> {
             let txn = self.shared.begin_write()?;
             if adds && let Some(b) = &self.shared.budget {
-                group.over_budget = b.spent(&self.shared.file, &txn);
+                group.over_budget = b.spent(&self.shared.file, &txn, group.pending);
             }
             {
                 let mut t = Tables::open(&txn)?;
