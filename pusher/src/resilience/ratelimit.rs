@@ -142,30 +142,31 @@ impl RateLimiter {
 
     /// A permit from the shared limiter; `None` when Redis cannot be asked.
     async fn acquire_shared(&self, shared: &Shared, max_wait: Duration) -> Option<bool> {
-        let deadline = tokio::time::Instant::now() + max_wait;
-        loop {
-            let permit = shared
-                .client
-                .permit(shared.per_second, shared.burst, shared.daily_quota)
-                .await;
-            match permit {
-                Ok(Permit::Go) => return Some(true),
-                Ok(Permit::QuotaSpent) => {
-                    // Let the daily check that follows refuse it, with the reset time.
-                    self.daily.lock().exhaust(SystemTime::now());
-                    return Some(true);
-                }
-                Ok(Permit::Wait(d)) => {
-                    let now = tokio::time::Instant::now();
-                    if now >= deadline {
-                        return Some(false);
-                    }
-                    tokio::time::sleep_until(deadline.min(now + d)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "shared rate limit unavailable; limiting this pod alone");
-                    return None;
-                }
+        let permit = shared
+            .client
+            .permit(
+                shared.per_second,
+                shared.burst,
+                shared.daily_quota,
+                max_wait,
+            )
+            .await;
+        match permit {
+            Ok(Permit::Go) => Some(true),
+            Ok(Permit::At(wait)) => {
+                // Reserved for this pod's send: nobody else takes it meanwhile.
+                tokio::time::sleep(wait).await;
+                Some(true)
+            }
+            Ok(Permit::TooFar) => Some(false),
+            Ok(Permit::QuotaSpent) => {
+                // Let the daily check that follows refuse it, with the reset time.
+                self.daily.lock().exhaust(SystemTime::now());
+                Some(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "shared rate limit unavailable; limiting this pod alone");
+                None
             }
         }
     }

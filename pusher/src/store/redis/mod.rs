@@ -168,6 +168,7 @@ struct Scripts {
     lease_take: Script,
     claim_dead: Script,
     hand_back: Script,
+    heartbeat: Script,
     complete: Script,
     replay: Script,
     event: Script,
@@ -315,6 +316,7 @@ impl RedisStore {
                 lease_take: Script::new(&scripts::lease_take()),
                 claim_dead: Script::new(scripts::CLAIM_DEAD),
                 hand_back: Script::new(scripts::HAND_BACK),
+                heartbeat: Script::new(scripts::HEARTBEAT),
                 complete: Script::new(&scripts::complete()),
                 replay: Script::new(scripts::REPLAY),
                 event: Script::new(scripts::EVENT),
@@ -787,17 +789,23 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Writes this pusher's heartbeat key (see [`HEARTBEAT_TTL`]).
+    /// Writes this pusher's heartbeat key (see [`HEARTBEAT_TTL`]) and keeps its consumer in the
+    /// group ([`scripts::HEARTBEAT`]).
     async fn heartbeat(&self) -> Result<(), StoreError> {
-        let key = self.key(&format!("hb:{}", self.inner.options.consumer));
-        conn::retrying(|| {
-            let mut conn = self.conn();
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&key).arg("1").arg("PX").arg(ms(HEARTBEAT_TTL));
-            async move { cmd.query_async::<()>(&mut conn).await }
-        })
-        .await
-        .map_err(|e| self.fail("heartbeat", &e))
+        let o = &self.inner.options;
+        let keys = [
+            self.inner.stream.clone(),
+            self.key(&format!("hb:{}", o.consumer)),
+        ];
+        let args = [
+            o.consumer_group.clone(),
+            o.consumer.clone(),
+            ms(HEARTBEAT_TTL).to_string(),
+        ];
+        self.script::<i64>(&self.inner.scripts.heartbeat, &keys, &args)
+            .await
+            .map(drop)
+            .map_err(|e| self.fail("heartbeat", &e))
     }
 
     /// Looks for the message an event is about: through the msgid index, else (when

@@ -31,17 +31,22 @@ use crate::calendar::beijing_day;
 
 /// Rate-limit permit scripts: GCRA on Redis's clock, plus the daily quota counted for all pods.
 /// KEYS: gcra, quota counter, quota spent marker. ARGV: interval µs, tolerance µs, daily quota
-/// (0 = none), counter TTL ms. Returns 0 (go), a positive wait in µs, or -1 (quota spent today).
+/// (0 = none), counter TTL ms, longest wait µs. A permit is reserved in the order the pods ask:
+/// returns 0 (go now), a positive wait in µs (the permit is reserved for then: sleep and go),
+/// -1 (quota spent today) or -2 (the wait would be longer than the longest wait: nothing is
+/// reserved). Reserving rather than answering "try again" means no pod polls, and a send that
+/// asked first goes first, whichever pod it is on.
 const PERMIT: &str = r"
 if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
-local quota, ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
+local quota, ttl, longest = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
-local allow_at = tat - tolerance
-if now < allow_at then return allow_at - now end
+local wait = tat - tolerance - now
+if wait < 0 then wait = 0 end
+if wait > longest then return -2 end
 if quota > 0 then
   local used = redis.call('INCR', KEYS[2])
   if used == 1 then redis.call('PEXPIRE', KEYS[2], ttl) end
@@ -52,7 +57,7 @@ if quota > 0 then
 end
 local new_tat = tat + interval
 redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
-return 0
+return wait
 ";
 
 /// Drops the token only if it is the one given (compare-and-swap invalidation).
@@ -86,8 +91,10 @@ pub struct SharedToken {
 pub enum Permit {
     /// Send now.
     Go,
-    /// Try again after this.
-    Wait(Duration),
+    /// A permit is reserved for this much later: wait, then send.
+    At(Duration),
+    /// The next permit is further away than the longest wait asked for; none is reserved.
+    TooFar,
     /// The daily quota is spent (for all pods) until midnight Beijing time.
     QuotaSpent,
 }
@@ -345,12 +352,14 @@ impl SharedClient {
     }
 
     /// One permit from the shared GCRA limiter (`per_second`, `burst`) and the shared daily
-    /// quota (`daily_quota`, 0 = none).
+    /// quota (`daily_quota`, 0 = none), reserved for at most `longest` from now (see
+    /// [`PERMIT`]).
     pub async fn permit(
         &self,
         per_second: u32,
         burst: u32,
         daily_quota: u64,
+        longest: Duration,
     ) -> Result<Permit, RedisError> {
         let interval = 1_000_000 / u64::from(per_second.max(1));
         let tolerance = interval * u64::from(burst.max(1).saturating_sub(1));
@@ -364,13 +373,17 @@ impl SharedClient {
                     tolerance.to_string(),
                     daily_quota.to_string(),
                     (2 * 86_400_000u64).to_string(),
+                    u64::try_from(longest.as_micros())
+                        .unwrap_or(u64::MAX)
+                        .to_string(),
                 ],
             )
             .await?;
         Ok(match r {
             0 => Permit::Go,
+            -2 => Permit::TooFar,
             r if r < 0 => Permit::QuotaSpent,
-            r => Permit::Wait(Duration::from_micros(r.unsigned_abs())),
+            r => Permit::At(Duration::from_micros(r.unsigned_abs())),
         })
     }
 
