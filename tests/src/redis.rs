@@ -328,3 +328,49 @@ impl RedisCluster {
             .join(",")
     }
 }
+
+/// Waits (at most 20 s, while work in flight settles) for a clean consistency check of the
+/// test channel's keys (`RedisStore::check_consistency`: leases without a pending entry,
+/// final records without their indexes or callback, counters that disagree), through a store
+/// of its own, and panics with the findings otherwise.
+pub async fn assert_consistent(url: &str, cluster: bool, what: &str) {
+    use wxpush_pusher::store::Store;
+    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
+    let check = || async {
+        let store = RedisStore::connect(RedisOptions {
+            url: url.to_string(),
+            cluster,
+            key_prefix: "wxpush".into(),
+            channel: "engine-test".into(),
+            consumer_group: "pushers".into(),
+            consumer: format!(
+                "checker-{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos())
+            ),
+            claim_idle: Duration::from_secs(60),
+            max_messages: 1_000_000,
+            retention: Duration::from_secs(3600),
+            default_callback: true,
+            min_replicas_acked: 0,
+        })
+        .await
+        .expect("the checker connects");
+        let findings = store.check_consistency().await.expect("the check runs");
+        store.close().await;
+        findings
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let findings = check().await;
+        if findings.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the consistency check still finds {findings:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -190,7 +190,7 @@ async fn wait_unique(wx: &WxClient, n: u64, timeout: Duration) -> StatsSnapshot 
     .await
 }
 
-async fn three_pods(url: &str) {
+async fn three_pods(url: &str, cluster: bool) {
     let n = scale_messages();
     let (_sb, sb_url) = sandbox::spawn(&["--daily-quota", "unlimited"]);
     let wx = WxClient::new(sb_url.clone());
@@ -249,18 +249,19 @@ async fn three_pods(url: &str) {
         assert_eq!(status, 200, "{v}");
         assert_eq!(v["status"], "delivered", "{v}");
     }
+    wxpush_tests::redis::assert_consistent(url, cluster, "three pods").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_on_one_redis_deliver_everything_once_as_one_client() {
     let redis = RedisServer::start().await;
-    three_pods(&redis.url()).await;
+    three_pods(&redis.url(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_pods_on_a_redis_cluster_deliver_everything_once_as_one_client() {
     let cluster = RedisCluster::start().await;
-    three_pods(&cluster.url()).await;
+    three_pods(&cluster.url(), true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,6 +315,7 @@ async fn a_killed_pods_leases_are_claimed_and_delivered_with_the_same_client_msg
         },
     )
     .await;
+    wxpush_tests::redis::assert_consistent(&redis.url(), false, "a pod killed").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,6 +497,7 @@ async fn redis_killed_mid_load_loses_nothing_acknowledged_and_pushers_recover() 
         acked.len() as u64 + stored_unconfirmed,
         "every delivery is accounted for"
     );
+    wxpush_tests::redis::assert_consistent(&redis.url(), false, "redis killed").await;
 }
 
 /// A 45009 (daily quota spent) seen by one pod holds the whole channel: a pod started
@@ -635,6 +638,7 @@ async fn invalidated_tokens_are_refreshed_once_for_all_pods() {
         "{calls} token calls ({} forced refreshes) for {forced} invalidations across 3 pods",
         t.stable_force_refresh
     );
+    wxpush_tests::redis::assert_consistent(&redis.url(), false, "tokens invalidated").await;
 }
 
 /// The message ids whose stream entries are pending for the consumer of process `pid`.
@@ -799,4 +803,5 @@ async fn killed_pushers_leases_are_taken_over_within_seconds() {
         "3 kills: worst delivery of a killed pusher's leases {worst:.1?}; {live} consumers in \
          the group for {live} pushers"
     );
+    wxpush_tests::redis::assert_consistent(&redis.url(), false, "3 kills").await;
 }

@@ -168,7 +168,6 @@ struct Scripts {
     lease_take: Script,
     claim_dead: Script,
     hand_back: Script,
-    heartbeat: Script,
     complete: Script,
     replay: Script,
     event: Script,
@@ -316,7 +315,6 @@ impl RedisStore {
                 lease_take: Script::new(&scripts::lease_take()),
                 claim_dead: Script::new(scripts::CLAIM_DEAD),
                 hand_back: Script::new(scripts::HAND_BACK),
-                heartbeat: Script::new(scripts::HEARTBEAT),
                 complete: Script::new(&scripts::complete()),
                 replay: Script::new(scripts::REPLAY),
                 event: Script::new(scripts::EVENT),
@@ -340,6 +338,7 @@ impl RedisStore {
         let store = Self { inner };
         store.create_group().await?;
         store.heartbeat().await?;
+        store.join_group().await;
         // The counts come again every second; a slot on the move must not stop the start.
         if let Err(e) = store.refresh().await {
             tracing::warn!(error = %e, "cannot read the queue's counts yet");
@@ -789,23 +788,36 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Writes this pusher's heartbeat key (see [`HEARTBEAT_TTL`]) and keeps its consumer in the
-    /// group ([`scripts::HEARTBEAT`]).
+    /// Writes this pusher's heartbeat key (see [`HEARTBEAT_TTL`]). A key of its own, so that a
+    /// slot on the move (multi-key operations answered TRYAGAIN) never stops the heartbeat.
     async fn heartbeat(&self) -> Result<(), StoreError> {
+        let key = self.key(&format!("hb:{}", self.inner.options.consumer));
+        conn::retrying(|| {
+            let mut conn = self.conn();
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg("1").arg("PX").arg(ms(HEARTBEAT_TTL));
+            async move { cmd.query_async::<()>(&mut conn).await }
+        })
+        .await
+        .map_err(|e| self.fail("heartbeat", &e))
+    }
+
+    /// Makes sure this pusher's consumer is in the group (`XGROUP CREATECONSUMER`, after each
+    /// heartbeat). Redis creates a consumer on `XREADGROUP` only when there is something to
+    /// read, so an idle pusher would otherwise be missing from the group, and one whose
+    /// consumer was deleted while its heartbeat had lapsed (a stall) comes back. Best effort:
+    /// the next heartbeat tries again.
+    async fn join_group(&self) {
         let o = &self.inner.options;
-        let keys = [
-            self.inner.stream.clone(),
-            self.key(&format!("hb:{}", o.consumer)),
-        ];
-        let args = [
-            o.consumer_group.clone(),
-            o.consumer.clone(),
-            ms(HEARTBEAT_TTL).to_string(),
-        ];
-        self.script::<i64>(&self.inner.scripts.heartbeat, &keys, &args)
-            .await
-            .map(drop)
-            .map_err(|e| self.fail("heartbeat", &e))
+        let mut cmd = redis::cmd("XGROUP");
+        cmd.arg("CREATECONSUMER")
+            .arg(&self.inner.stream)
+            .arg(&o.consumer_group)
+            .arg(&o.consumer);
+        let mut conn = self.conn();
+        if let Err(e) = cmd.query_async::<i64>(&mut conn).await {
+            tracing::debug!(error = %conn::clean(&e), "cannot add this pusher's consumer to the group");
+        }
     }
 
     /// Looks for the message an event is about: through the msgid index, else (when
@@ -899,8 +911,10 @@ async fn heartbeater(inner: Weak<Inner>) {
         if inner.closed.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = (RedisStore { inner }).heartbeat().await {
-            tracing::debug!(error = %e, "cannot renew the heartbeat");
+        let store = RedisStore { inner };
+        match store.heartbeat().await {
+            Ok(()) => store.join_group().await,
+            Err(e) => tracing::debug!(error = %e, "cannot renew the heartbeat"),
         }
     }
 }

@@ -217,18 +217,6 @@ end
 return out
 ";
 
-/// Heartbeat: KEYS `q`, `hb:<consumer>`; ARGV group, consumer, TTL ms. Renews the heartbeat
-/// key and makes sure the consumer is in the group (`XGROUP CREATECONSUMER`; Redis creates a
-/// consumer on `XREADGROUP` only when there is something to read, so an idle pusher would
-/// otherwise be missing, and one whose consumer was deleted while its heartbeat had lapsed
-/// comes back). Both in one step, so that a live heartbeat never stands without its consumer.
-pub(crate) const HEARTBEAT: &str = r"
-redis.call('SET', KEYS[2], '1', 'PX', ARGV[3])
-local ok = pcall(redis.call, 'XGROUP', 'CREATECONSUMER', KEYS[1], ARGV[1], ARGV[2])
-if ok then return 1 end
-return 0
-";
-
 /// Hand back: KEYS `q`, `lease`, `hb:<consumer>`; ARGV group, consumer. On shutdown: every entry
 /// still pending for this consumer is queued again as a new entry (the message is sent by
 /// another pod, with its record as it is), the old entry is acknowledged and deleted, its lease

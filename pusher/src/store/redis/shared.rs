@@ -15,8 +15,16 @@
 //! Keys (after the base `{<prefix>:<channel>}:`): `token` (hash: `t` token, `exp` and `ref`
 //! expiry and refresh times in Unix ms), `token:lock` (the refresher's lock, `SET NX PX`),
 //! `token:pause` (`<errcode> <errmsg>` while fetching is paused, with the pause as TTL),
-//! `gcra` (the rate limiter's theoretical arrival time, µs), `quota:<beijing day>` (sends
-//! counted today), `quota:spent:<beijing day>` (WeChat said 45009 today).
+//! `rate` (hash: `tat` the rate limiter's theoretical arrival time in µs, `day` and `used` the
+//! Beijing day and the sends counted on it, `spent_until` the Unix ms until which WeChat's
+//! 45009 holds every pod).
+//!
+//! The rate and the quota are one key, so that each permit is a single-key script. While the
+//! channel's slot moves between Cluster masters, a script over several keys of which some are
+//! not there (a quota counter of a day not yet begun, a 45009 marker that is usually absent) is
+//! answered TRYAGAIN by the importing master for as long as the move lasts; a single key is
+//! simply redirected (ASK). With three keys, every pod fell back to limiting itself alone for
+//! the length of a move.
 //!
 //! When Redis cannot be reached, callers fall back to their per-pod behaviour (a pod fetches its
 //! own token, limits its own rate) and log it: the queue is unreachable too then, so hardly
@@ -29,36 +37,58 @@ use redis::{RedisError, Script};
 use super::RedisStore;
 use crate::calendar::beijing_day;
 
-/// Rate-limit permit scripts: GCRA on Redis's clock, plus the daily quota counted for all pods.
-/// KEYS: gcra, quota counter, quota spent marker. ARGV: interval µs, tolerance µs, daily quota
-/// (0 = none), counter TTL ms, longest wait µs. A permit is reserved in the order the pods ask:
-/// returns 0 (go now), a positive wait in µs (the permit is reserved for then: sleep and go),
-/// -1 (quota spent today) or -2 (the wait would be longer than the longest wait: nothing is
-/// reserved). Reserving rather than answering "try again" means no pod polls, and a send that
-/// asked first goes first, whichever pod it is on.
+/// Rate-limit permit script: GCRA on Redis's clock, plus the daily quota counted for all pods,
+/// in the one hash `rate`. KEYS: rate. ARGV: interval µs, tolerance µs, daily quota (0 = none),
+/// key TTL ms, longest wait µs, today (Beijing day). A permit is reserved in the order the pods
+/// ask: returns 0 (go now), a positive wait in µs (the permit is reserved for then: sleep and
+/// go), -1 (quota spent today) or -2 (the wait would be longer than the longest wait: nothing
+/// is reserved). Reserving rather than answering "try again" means no pod polls, and a send
+/// that asked first goes first, whichever pod it is on.
 const PERMIT: &str = r"
-if redis.call('EXISTS', KEYS[3]) == 1 then return -1 end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local spent = tonumber(redis.call('HGET', KEYS[1], 'spent_until') or '0')
+if spent * 1000 > now then return -1 end
 local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
-local quota, ttl, longest = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
-local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
+local quota, ttl, longest, today = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
 if tat < now then tat = now end
 local wait = tat - tolerance - now
 if wait < 0 then wait = 0 end
 if wait > longest then return -2 end
 if quota > 0 then
-  local used = redis.call('INCR', KEYS[2])
-  if used == 1 then redis.call('PEXPIRE', KEYS[2], ttl) end
-  if used > quota then
-    redis.call('DECR', KEYS[2])
+  if redis.call('HGET', KEYS[1], 'day') ~= today then
+    redis.call('HSET', KEYS[1], 'day', today, 'used', 0)
+  end
+  if redis.call('HINCRBY', KEYS[1], 'used', 1) > quota then
+    redis.call('HINCRBY', KEYS[1], 'used', -1)
     return -1
   end
 end
-local new_tat = tat + interval
-redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1000)
+redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat + interval))
+redis.call('PEXPIRE', KEYS[1], ttl)
 return wait
 ";
+
+/// Gives a send back to today's count: KEYS rate; ARGV today. Only today's count (a send
+/// given back after midnight was counted on a day that is over).
+const GIVE_BACK: &str = r"
+if redis.call('HGET', KEYS[1], 'day') == ARGV[1] then
+  redis.call('HINCRBY', KEYS[1], 'used', -1)
+end
+return 0
+";
+
+/// WeChat said 45009: KEYS rate; ARGV until (Unix ms), key TTL ms.
+const EXHAUST: &str = r"
+redis.call('HSET', KEYS[1], 'spent_until', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 0
+";
+
+/// How long the `rate` hash outlives its last write: two days, so that a quiet channel keeps
+/// today's count and a 45009 until midnight.
+const RATE_TTL_MS: u64 = 2 * 86_400_000;
 
 /// Drops the token only if it is the one given (compare-and-swap invalidation).
 const DROP_TOKEN: &str = r"
@@ -107,6 +137,8 @@ pub struct SharedClient {
     /// This process's lock owner id.
     owner: String,
     permit: Script,
+    give_back: Script,
+    exhaust: Script,
     drop_token: Script,
     unlock: Script,
 }
@@ -132,6 +164,8 @@ impl SharedClient {
             base: store.base().to_string(),
             owner: ulid::Ulid::new().to_string(),
             permit: Script::new(PERMIT),
+            give_back: Script::new(GIVE_BACK),
+            exhaust: Script::new(EXHAUST),
             drop_token: Script::new(DROP_TOKEN),
             unlock: Script::new(UNLOCK),
         }
@@ -343,14 +377,6 @@ impl SharedClient {
             .await
     }
 
-    fn quota_keys(&self, now: SystemTime) -> (String, String) {
-        let day = beijing_day(now);
-        (
-            self.key(&format!("quota:{day}")),
-            self.key(&format!("quota:spent:{day}")),
-        )
-    }
-
     /// One permit from the shared GCRA limiter (`per_second`, `burst`) and the shared daily
     /// quota (`daily_quota`, 0 = none), reserved for at most `longest` from now (see
     /// [`PERMIT`]).
@@ -363,19 +389,19 @@ impl SharedClient {
     ) -> Result<Permit, RedisError> {
         let interval = 1_000_000 / u64::from(per_second.max(1));
         let tolerance = interval * u64::from(burst.max(1).saturating_sub(1));
-        let (quota, spent) = self.quota_keys(SystemTime::now());
         let r: i64 = self
             .script(
                 &self.permit,
-                &[self.key("gcra"), quota, spent],
+                &[self.key("rate")],
                 &[
                     interval.max(1).to_string(),
                     tolerance.to_string(),
                     daily_quota.to_string(),
-                    (2 * 86_400_000u64).to_string(),
+                    RATE_TTL_MS.to_string(),
                     u64::try_from(longest.as_micros())
                         .unwrap_or(u64::MAX)
                         .to_string(),
+                    beijing_day(SystemTime::now()).to_string(),
                 ],
             )
             .await?;
@@ -389,23 +415,22 @@ impl SharedClient {
 
     /// Returns a send WeChat did not count to today's shared quota.
     pub async fn give_back_daily(&self) -> Result<(), RedisError> {
-        let (quota, _) = self.quota_keys(SystemTime::now());
-        let _: i64 = self.run(redis::cmd("DECR").arg(quota)).await?;
+        let today = beijing_day(SystemTime::now()).to_string();
+        let _: i64 = self
+            .script(&self.give_back, &[self.key("rate")], &[today])
+            .await?;
         Ok(())
     }
 
     /// WeChat said 45009: every pod holds its sends until `until` (midnight Beijing time).
     pub async fn exhaust_daily(&self, until: SystemTime) -> Result<(), RedisError> {
-        let now = SystemTime::now();
-        let (_, spent) = self.quota_keys(now);
-        let wait = until.duration_since(now).unwrap_or_default();
-        self.run(
-            redis::cmd("SET")
-                .arg(spent)
-                .arg(1)
-                .arg("PX")
-                .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)),
-        )
-        .await
+        let _: i64 = self
+            .script(
+                &self.exhaust,
+                &[self.key("rate")],
+                &[unix_ms(until).to_string(), RATE_TTL_MS.to_string()],
+            )
+            .await?;
+        Ok(())
     }
 }
