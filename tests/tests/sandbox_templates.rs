@@ -3,25 +3,11 @@
 //! consents (43101 without one, one spent per delivery), and the deliveries it records.
 
 use serde_json::{Value, json};
-use wxpush_tests::sandbox::{WxClient, errcode, spawn};
-
-/// A catalogue with one category template, one old-style template and one one-time subscribe
-/// template.
-pub fn catalogue() -> Value {
-    json!([
-        {"template_id": "T-ORDER", "title": "Order shipped",
-         "keywords": ["character_string1", "thing2", "time3"]},
-        {"template_id": "T-OLD", "keywords": ["first", "keyword1", "remark"]},
-        {"template_id": "S-PICKUP", "kind": "subscribe", "one_time": true,
-         "keywords": ["thing1", "phrase2"]},
-    ])
-}
+use wxpush_tests::sandbox::{WxClient, errcode, spawn, write_template_catalogue};
 
 fn write_catalogue() -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().expect("a temp dir");
-    let path = dir.path().join("templates.json");
-    std::fs::write(&path, catalogue().to_string()).expect("write the catalogue");
-    let path = path.to_str().expect("a UTF-8 path").to_string();
+    let path = write_template_catalogue(dir.path());
     (dir, path)
 }
 

@@ -15,6 +15,7 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     field: Option<String>,
+    rule: Option<&'static str>,
     retry_after: Option<u64>,
 }
 
@@ -26,6 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            rule: None,
             retry_after: None,
         }
     }
@@ -60,11 +62,19 @@ impl ApiError {
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         let e = e.bounded();
+        // A template rule is WeChat's (the message is well-formed JSON of the right shape),
+        // answered 400 as WeChat's own argument errors are.
+        let status = if e.code == ErrorCode::TemplateRule {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
         Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
+            status,
             code: e.code,
             message: e.message,
             field: Some(e.field),
+            rule: e.rule,
             retry_after: None,
         }
     }
@@ -129,6 +139,9 @@ impl IntoResponse for ApiError {
         let mut error = json!({"code": self.code, "message": message});
         if let Some(field) = self.field {
             error["field"] = json!(field);
+        }
+        if let Some(rule) = self.rule {
+            error["rule"] = json!(rule);
         }
         let mut resp = (self.status, axum::Json(json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after

@@ -56,6 +56,8 @@ pub struct ApiState<S> {
     pub dispatch: Arc<DispatchState>,
     /// Where callbacks may go (`callbacks.allow`): `callback_url` is checked at accept.
     pub targets: Arc<TargetPolicy>,
+    /// The account's templates: every message is checked against its own at accept.
+    pub templates: Arc<crate::templates::Registry>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -200,6 +202,24 @@ async fn check_callback(targets: &TargetPolicy, message: &Message) -> Result<(),
         code: ErrorCode::ForbiddenTarget,
         message: e.to_string(),
         field: "callback_url".into(),
+        rule: None,
+    })
+}
+
+/// Checks a message against its WeChat template (`templates.validation`), counting a refusal
+/// by its rule.
+async fn check_template<S>(
+    state: &ApiState<S>,
+    message: &mut Message,
+) -> Result<crate::templates::Decision, FieldError> {
+    state.templates.check(message).await.map_err(|v| {
+        state.metrics.template_refusal(v.rule.label());
+        FieldError {
+            code: ErrorCode::TemplateRule,
+            message: format!("{} (rule {})", v.message, v.rule.as_str()),
+            field: v.field,
+            rule: Some(v.rule.as_str()),
+        }
     })
 }
 
@@ -212,6 +232,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             code: ErrorCode::InvalidField,
             message: format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
             field: "Idempotency-Key".into(),
+            rule: None,
         })
     };
     let key = value.to_str().map_err(|_| bad())?.trim();
@@ -227,12 +248,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Set on an answer that repeats an earlier one (same `Idempotency-Key`, same body).
 const REPLAYED: &str = "idempotent-replayed";
 
-fn accepted(id: MessageId, status: &str, duplicate: bool) -> Response {
-    let mut resp = (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"id": id, "status": status})),
-    )
-        .into_response();
+fn accepted(
+    id: MessageId,
+    status: &str,
+    duplicate: bool,
+    warnings: &[crate::message::TemplateNote],
+) -> Response {
+    let mut body = json!({"id": id, "status": status});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
@@ -270,8 +296,10 @@ async fn post_message<S: Store>(
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
     let request_digest = key.as_ref().map(|_| request_digest("/v1/messages", &value));
-    let message = parse_message(&value)?;
+    let mut message = parse_message(&value)?;
     check_callback(&state.targets, &message).await?;
+    check_template(&state, &mut message).await?;
+    let warnings = message.template_notes.clone();
     let mut results = state
         .store
         .accept(vec![AcceptItem {
@@ -286,7 +314,12 @@ async fn post_message<S: Store>(
     if !first.duplicate {
         state.metrics.accepted.inc();
     }
-    Ok(accepted(first.id, first.status.as_str(), first.duplicate))
+    Ok(accepted(
+        first.id,
+        first.status.as_str(),
+        first.duplicate,
+        &warnings,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/messages/batch", tag = "messages",
@@ -324,7 +357,10 @@ async fn post_batch<S: Store>(
     let mut to_store = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let parsed = match parse_message(item) {
-            Ok(m) => check_callback(&state.targets, &m).await.map(|()| m),
+            Ok(mut m) => match check_callback(&state.targets, &m).await {
+                Ok(()) => check_template(&state, &mut m).await.map(|_| m),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match parsed {
@@ -471,6 +507,7 @@ async fn list_dead_letters<S: Store>(
                 code: ErrorCode::InvalidField,
                 message: "must be a message id".into(),
                 field: "after".into(),
+                rule: None,
             })
         })?),
         None => None,
@@ -501,7 +538,7 @@ async fn replay<S: Store>(
     let id = parse_id(&id)?;
     let record = state.store.replay(id).await?;
     tracing::info!(%id, replays = record.replays, "dead letter replayed");
-    Ok(accepted(record.id, record.status.as_str(), false))
+    Ok(accepted(record.id, record.status.as_str(), false, &[]))
 }
 
 /// The one-word health states: all that an unauthenticated caller learns.

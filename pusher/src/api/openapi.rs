@@ -90,6 +90,10 @@ pub struct Accepted {
     id: String,
     /// Its status now.
     status: Status,
+    /// What the template check found: fields WeChat ignores, values cut (`truncate`). Absent
+    /// when nothing.
+    #[schema(nullable = false)]
+    warnings: Option<Vec<crate::message::TemplateNote>>,
 }
 
 /// The answer of a batch: one result per item, in order.
@@ -147,6 +151,12 @@ pub struct ErrorDetail {
     /// The field at fault, as a path (at most 128 characters).
     #[schema(nullable = false)]
     field: Option<String>,
+    /// The template rule broken (`template_rule` errors only): `unknown_template`,
+    /// `missing_keyword`, `unknown_keyword`, `empty_value`, `too_long`, `bad_characters`,
+    /// `bad_format`, `not_allowed_value`, `line_break`, `control_character`,
+    /// `no_subscription_credit`.
+    #[schema(nullable = false)]
+    rule: Option<String>,
 }
 
 /// A page of dead letters.
@@ -287,6 +297,12 @@ mod tests {
             message: "quota".into(),
         });
         r.msgid = Some(1);
+        r.message.template_notes.push(message::TemplateNote {
+            field: "data.k".into(),
+            rule: "too_long".into(),
+            action: "cut".into(),
+            message: "cut".into(),
+        });
         r.first_attempt_at = Some(now);
         r.finished_at = Some(now);
         r.events.push(EventRecord {
@@ -316,8 +332,15 @@ mod tests {
         props("LastError", &shown["last_error"]);
         props("EventRecord", &shown["events"][0]);
         props("MiniProgram", &shown["message"]["miniprogram"]);
-        // The request takes the same fields as the stored message.
-        props("MessageRequest", &shown["message"]);
+        props("TemplateNote", &shown["message"]["template_notes"][0]);
+        // The request takes the same fields as the stored message, but for the notes the
+        // pusher adds.
+        let mut request = shown["message"].clone();
+        request
+            .as_object_mut()
+            .expect("object")
+            .remove("template_notes");
+        props("MessageRequest", &request);
     }
 
     /// The bounds the document states are the ones the handlers enforce.

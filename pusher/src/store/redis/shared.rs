@@ -16,7 +16,9 @@
 //! expiry and refresh times in Unix ms), `token:lock` (the refresher's lock, `SET NX PX`),
 //! `token:pause` (`<errcode> <errmsg>` while fetching is paused, with the pause as TTL),
 //! `gcra` (the rate limiter's theoretical arrival time, µs), `quota:<beijing day>` (sends
-//! counted today), `quota:spent:<beijing day>` (WeChat said 45009 today).
+//! counted today), `quota:spent:<beijing day>` (WeChat said 45009 today), `templates` (the
+//! account's template catalogue as JSON, `src/templates/`), `templates:at` (when it was fetched,
+//! Unix ms) and `templates:lock` (the one fetcher's lock).
 //!
 //! When Redis cannot be reached, callers fall back to their per-pod behaviour (a pod fetches its
 //! own token, limits its own rate) and log it: the queue is unreachable too then, so hardly
@@ -271,6 +273,65 @@ impl SharedClient {
             )
             .await?;
         Ok(())
+    }
+
+    /// Tries to become the one pod that fetches the template lists, for `ttl`.
+    pub async fn try_lock_templates(&self, ttl: Duration) -> Result<bool, RedisError> {
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.key("templates:lock"))
+                    .arg(&self.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Gives the template fetcher's lock back (only if still ours).
+    pub async fn unlock_templates(&self) -> Result<(), RedisError> {
+        let _: i64 = self
+            .script(
+                &self.unlock,
+                &[self.key("templates:lock")],
+                std::slice::from_ref(&self.owner),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// When the shared template catalogue was fetched (Unix ms), if there is one.
+    pub async fn templates_at(&self) -> Result<Option<u64>, RedisError> {
+        self.run(redis::cmd("GET").arg(self.key("templates:at")))
+            .await
+    }
+
+    /// The shared template catalogue (JSON) and when it was fetched.
+    pub async fn templates(&self) -> Result<Option<(String, u64)>, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.key("templates"))
+            .cmd("GET")
+            .arg(self.key("templates:at"));
+        let (json, at): (Option<String>, Option<u64>) = self.run_pipe(&pipe).await?;
+        Ok(json.zip(at))
+    }
+
+    /// Publishes a freshly fetched catalogue to every pod.
+    pub async fn put_templates(&self, json: &str, at_ms: u64) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.key("templates"))
+            .arg(json)
+            .ignore()
+            .cmd("SET")
+            .arg(self.key("templates:at"))
+            .arg(at_ms)
+            .ignore();
+        self.run_pipe(&pipe).await
     }
 
     /// The channel-wide token pause (`errcode`, `errmsg`), if one is on.
