@@ -147,6 +147,10 @@ pub struct Message {
     /// the pusher, never by the producer.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub template_notes: Vec<TemplateNote>,
+    /// A one-time subscription credit of `touser` was taken for it at accept (strict mode); it
+    /// is given back if the message ends without being delivered. Set by the pusher.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub subscription_credit: bool,
 }
 
 /// One finding of the template check on an accepted message.
@@ -558,6 +562,7 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
         expires_at,
         callback_url,
         template_notes: Vec::new(),
+        subscription_credit: false,
     })
 }
 

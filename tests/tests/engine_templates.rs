@@ -260,3 +260,86 @@ async fn three_redis_pods_make_one_fetch_per_refresh() {
         assert_eq!(status, 400, "{body}");
     }
 }
+
+/// A one-time subscribe template in strict mode: refused without a credit; with one (and the
+/// user's consent at WeChat) delivered once, and the credit is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_credits_are_required_and_spent() {
+    let dir = tempdir();
+    let catalogue = write_template_catalogue(dir.path());
+    let (_sb, sb_url) = sandbox::spawn(&["--template-file", &catalogue]);
+    let wx = WxClient::new(sb_url.clone());
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"templates": {"validation": "strict"}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    wait_for_templates(&pusher.api).await;
+    let pickup = json!({"kind": "bizsend", "touser": "u-sub", "template_id": "S-PICKUP",
+        "data": {"thing1": {"value": "包裹"}, "phrase2": {"value": "已到站"}}});
+    let credits = || async {
+        let (status, v) = pusher
+            .api
+            .get("/v1/subscriptions?openid=u-sub&template_id=S-PICKUP")
+            .await;
+        assert_eq!(status, 200, "{v}");
+        v["credits"].as_u64().expect("credits")
+    };
+
+    let (status, body) = pusher.api.send(&pickup).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["rule"], "no_subscription_credit", "{body}");
+    assert_eq!(body["error"]["field"], "touser", "{body}");
+
+    // The user accepts the prompt: WeChat counts the consent, the producer records it.
+    let url = format!("{sb_url}/__subscriptions");
+    let r = wx
+        .http
+        .post(&url)
+        .json(&json!({"openid": "u-sub", "template_id": "S-PICKUP"}))
+        .send()
+        .await
+        .expect("consent at the sandbox");
+    assert!(r.status().is_success());
+    let r = pusher
+        .api
+        .http
+        .post(format!("{}/v1/subscriptions", pusher.base))
+        .bearer_auth(wxpush_tests::pusher::TOKEN)
+        .json(&json!({"openid": "u-sub", "template_id": "S-PICKUP"}))
+        .send()
+        .await
+        .expect("the pusher answers");
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(credits().await, 1);
+
+    let (status, body) = pusher.api.send(&pickup).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    assert_eq!(credits().await, 0, "taken at accept");
+    let (status, body) = pusher.api.send(&pickup).await;
+    assert_eq!(status, 400, "the one credit is spent: {body}");
+    pusher.api.wait_delivered(1, Duration::from_secs(20)).await;
+    let (_, doc) = pusher.api.status(&id).await;
+    assert_eq!(doc["status"], "delivered", "{doc}");
+    assert_eq!(doc["message"]["subscription_credit"], true, "{doc}");
+    let stats = wx.stats().await;
+    assert_eq!(stats.requests.get("bizsend"), Some(&1), "{stats:?}");
+    assert_eq!(stats.delivered_unique, 1);
+    let left = wx
+        .get_json("/__subscriptions?openid=u-sub&template_id=S-PICKUP")
+        .await;
+    assert_eq!(left["consents"], 0, "WeChat's consent was used once");
+    assert_eq!(credits().await, 0);
+    assert_eq!(
+        pusher
+            .api
+            .metric(
+                "wxpush_template_refusals_total",
+                &[("rule", "no_subscription_credit")]
+            )
+            .await,
+        2.0
+    );
+}

@@ -52,6 +52,24 @@ impl ApiError {
         self
     }
 
+    /// The field error this answer was made from (a 400 or 422 naming a field), or the answer
+    /// itself when it is another kind (store unavailable...).
+    pub fn into_field_error(self) -> Result<FieldError, Self> {
+        match (&self.field, self.status) {
+            (Some(_), StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY)
+                if self.code != ErrorCode::BadQuery =>
+            {
+                Ok(FieldError {
+                    code: self.code,
+                    message: self.message,
+                    field: self.field.unwrap_or_default(),
+                    rule: self.rule,
+                })
+            }
+            _ => Err(self),
+        }
+    }
+
     /// Adds `Retry-After: secs`.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);

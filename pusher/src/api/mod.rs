@@ -76,6 +76,10 @@ pub fn router<S: Store + Clone>(
         .route("/v1/dead-letters", get(list_dead_letters::<S>))
         .route("/v1/dead-letters/{id}/retry", post(replay::<S>))
         .route("/v1/status", get(status::<S>))
+        .route(
+            "/v1/subscriptions",
+            post(add_subscription::<S>).get(get_subscription::<S>),
+        )
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token::<S>,
@@ -206,21 +210,61 @@ async fn check_callback(targets: &TargetPolicy, message: &Message) -> Result<(),
     })
 }
 
+fn refusal<S>(state: &ApiState<S>, v: crate::templates::rules::Violation) -> FieldError {
+    state.metrics.template_refusal(v.rule.label());
+    FieldError {
+        code: ErrorCode::TemplateRule,
+        message: format!("{} (rule {})", v.message, v.rule.as_str()),
+        field: v.field,
+        rule: Some(v.rule.as_str()),
+    }
+}
+
 /// Checks a message against its WeChat template (`templates.validation`), counting a refusal
-/// by its rule.
-async fn check_template<S>(
+/// by its rule; in strict mode a one-time subscribe template takes one of the user's credits
+/// (`Ok(true)`: the caller gives it back if the message is not stored).
+async fn check_template<S: Store>(
     state: &ApiState<S>,
     message: &mut Message,
-) -> Result<crate::templates::Decision, FieldError> {
-    state.templates.check(message).await.map_err(|v| {
-        state.metrics.template_refusal(v.rule.label());
-        FieldError {
-            code: ErrorCode::TemplateRule,
-            message: format!("{} (rule {})", v.message, v.rule.as_str()),
-            field: v.field,
-            rule: Some(v.rule.as_str()),
+) -> Result<bool, ApiError> {
+    let decision = state
+        .templates
+        .check(message)
+        .await
+        .map_err(|v| ApiError::from(refusal(state, v)))?;
+    if !decision.needs_credit {
+        return Ok(false);
+    }
+    if !state
+        .store
+        .take_credit(&message.touser, &message.template_id)
+        .await?
+    {
+        return Err(refusal(
+            state,
+            crate::templates::rules::Violation {
+                field: "touser".into(),
+                rule: crate::templates::rules::Rule::NoSubscriptionCredit,
+                message: format!(
+                    "{} has no subscription credit for the one-time template {}; record the \
+                     user's consent with POST /v1/subscriptions first",
+                    message.touser, message.template_id
+                ),
+            },
+        )
+        .into());
+    }
+    message.subscription_credit = true;
+    Ok(true)
+}
+
+/// Gives back the credits taken for messages that were not stored after all.
+async fn give_back_credits<S: Store>(state: &ApiState<S>, messages: &[&Message]) {
+    for m in messages.iter().filter(|m| m.subscription_credit) {
+        if let Err(e) = state.store.add_credits(&m.touser, &m.template_id, 1).await {
+            tracing::warn!(error = %e, "cannot give back a subscription credit");
         }
-    })
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -300,14 +344,28 @@ async fn post_message<S: Store>(
     check_callback(&state.targets, &message).await?;
     check_template(&state, &mut message).await?;
     let warnings = message.template_notes.clone();
-    let mut results = state
+    let kept = message.clone();
+    let stored = state
         .store
         .accept(vec![AcceptItem {
             message,
             idempotency_key: key,
             request_digest,
         }])
-        .await?;
+        .await;
+    let mut results = match stored {
+        Ok(r) => {
+            if r.first().is_some_and(|a| a.duplicate) {
+                // A repeat of a stored message: its credit was taken the first time.
+                give_back_credits(&state, &[&kept]).await;
+            }
+            r
+        }
+        Err(e) => {
+            give_back_credits(&state, &[&kept]).await;
+            return Err(e.into());
+        }
+    };
     let Some(first) = results.pop() else {
         return Err(ApiError::internal("the store answered nothing"));
     };
@@ -358,7 +416,18 @@ async fn post_batch<S: Store>(
     for (i, item) in items.iter().enumerate() {
         let parsed = match parse_message(item) {
             Ok(mut m) => match check_callback(&state.targets, &m).await {
-                Ok(()) => check_template(&state, &mut m).await.map(|_| m),
+                Ok(()) => match check_template(&state, &mut m).await {
+                    Ok(_) => Ok(m),
+                    Err(e) => match e.into_field_error() {
+                        Ok(f) => Err(f),
+                        Err(api) => {
+                            let taken: Vec<&Message> =
+                                to_store.iter().map(|i: &AcceptItem| &i.message).collect();
+                            give_back_credits(&state, &taken).await;
+                            return Err(api);
+                        }
+                    },
+                },
                 Err(e) => Err(e),
             },
             Err(e) => Err(e),
@@ -375,10 +444,21 @@ async fn post_batch<S: Store>(
             Err(e) => slots.push(Err(e.in_item(i))),
         }
     }
+    let kept: Vec<Message> = to_store
+        .iter()
+        .filter(|i| i.message.subscription_credit)
+        .map(|i| i.message.clone())
+        .collect();
     let stored = if to_store.is_empty() {
         Vec::new()
     } else {
-        state.store.accept(to_store).await?
+        match state.store.accept(to_store).await {
+            Ok(s) => s,
+            Err(e) => {
+                give_back_credits(&state, &kept.iter().collect::<Vec<_>>()).await;
+                return Err(e.into());
+            }
+        }
     };
     let fresh = stored.iter().filter(|a| !a.duplicate).count();
     state.metrics.accepted.inc_by(fresh as u64);
@@ -539,6 +619,130 @@ async fn replay<S: Store>(
     let record = state.store.replay(id).await?;
     tracing::info!(%id, replays = record.replays, "dead letter replayed");
     Ok(accepted(record.id, record.status.as_str(), false, &[]))
+}
+
+/// Most consents recorded by one request.
+pub const MAX_CREDITS_PER_REQUEST: u64 = 100;
+
+fn credit_key(obj: &serde_json::Map<String, Value>, field: &str) -> Result<String, ApiError> {
+    let bad = |code, message: &str| {
+        ApiError::from(FieldError {
+            code,
+            message: message.into(),
+            field: field.into(),
+            rule: None,
+        })
+    };
+    match obj.get(field) {
+        Some(Value::String(s))
+            if !s.trim().is_empty()
+                && s.chars().count() <= crate::store::MAX_CREDIT_KEY
+                && !s.chars().any(char::is_control) =>
+        {
+            Ok(s.clone())
+        }
+        Some(_) => Err(bad(
+            ErrorCode::InvalidField,
+            "must be 1 to 128 characters without control characters",
+        )),
+        None => Err(bad(ErrorCode::MissingField, "is required")),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions",
+    security(("bearer" = [])),
+    request_body(content = openapi::SubscriptionRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "recorded; the user's credits for the template now", body = openapi::Credits),
+        (status = 400, description = "not JSON", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = openapi::ErrorBody),
+        (status = 422, description = "a field is wrong (named in `field`)", body = openapi::ErrorBody),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
+async fn add_subscription<S: Store>(
+    State(state): State<Shared<S>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_accepting(&state)?;
+    let value = read_json(&headers, body, &state.limits).await?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::from(FieldError {
+            code: ErrorCode::InvalidField,
+            message: "the body must be {\"openid\", \"template_id\", \"count\"}".into(),
+            field: String::new(),
+            rule: None,
+        }));
+    };
+    if let Some(unknown) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "openid" | "template_id" | "count"))
+    {
+        return Err(ApiError::from(FieldError {
+            code: ErrorCode::UnknownField,
+            message: "unknown field; expected openid, template_id, count".into(),
+            field: unknown.clone(),
+            rule: None,
+        }));
+    }
+    let openid = credit_key(&obj, "openid")?;
+    let template_id = credit_key(&obj, "template_id")?;
+    let count = match obj.get("count") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=MAX_CREDITS_PER_REQUEST).contains(n))
+            .ok_or_else(|| {
+                ApiError::from(FieldError {
+                    code: ErrorCode::InvalidField,
+                    message: format!("must be a whole number from 1 to {MAX_CREDITS_PER_REQUEST}"),
+                    field: "count".into(),
+                    rule: None,
+                })
+            })?,
+    };
+    let credits = state
+        .store
+        .add_credits(&openid, &template_id, count)
+        .await?;
+    Ok(
+        axum::Json(json!({"openid": openid, "template_id": template_id, "credits": credits}))
+            .into_response(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditQuery {
+    openid: String,
+    template_id: String,
+}
+
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions",
+    security(("bearer" = [])),
+    params(
+        ("openid" = String, Query, description = "the user's openid"),
+        ("template_id" = String, Query, description = "the template"),
+    ),
+    responses(
+        (status = 200, description = "the user's credits for the template", body = openapi::Credits),
+        (status = 400, description = "a malformed query or an unknown parameter (`bad_query`)", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
+async fn get_subscription<S: Store>(
+    State(state): State<Shared<S>>,
+    query: Result<Query<CreditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadQuery, e.body_text()))?;
+    let credits = state.store.credits(&q.openid, &q.template_id).await?;
+    Ok(
+        axum::Json(json!({"openid": q.openid, "template_id": q.template_id, "credits": credits}))
+            .into_response(),
+    )
 }
 
 /// The one-word health states: all that an unauthenticated caller learns.

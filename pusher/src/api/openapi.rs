@@ -63,6 +63,32 @@ pub struct MessageRequest {
     callback_url: Option<String>,
 }
 
+/// `POST /v1/subscriptions`: a user's consent to a one-time subscribe template.
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRequest {
+    /// The user's openid.
+    #[schema(min_length = 1, max_length = 128)]
+    openid: String,
+    /// The one-time subscribe template the user accepted.
+    #[schema(min_length = 1, max_length = 128)]
+    template_id: String,
+    /// Consents given at once (default 1).
+    #[schema(minimum = 1, maximum = 100, nullable = false)]
+    count: Option<u32>,
+}
+
+/// The credits of one user for one template.
+#[derive(Debug, ToSchema)]
+pub struct Credits {
+    /// The user's openid.
+    openid: String,
+    /// The template.
+    template_id: String,
+    /// One-time sends left.
+    credits: u64,
+}
+
 /// `miniprogram_state` of a subscribe message.
 #[derive(Debug, ToSchema)]
 #[schema(rename_all = "snake_case")]
@@ -223,6 +249,8 @@ impl Modify for BearerAuth {
         super::get_message,
         super::list_dead_letters,
         super::replay,
+        super::add_subscription,
+        super::get_subscription,
         super::healthz,
         super::readyz,
         super::status,
@@ -297,6 +325,7 @@ mod tests {
             message: "quota".into(),
         });
         r.msgid = Some(1);
+        r.message.subscription_credit = true;
         r.message.template_notes.push(message::TemplateNote {
             field: "data.k".into(),
             rule: "too_long".into(),
@@ -333,13 +362,17 @@ mod tests {
         props("EventRecord", &shown["events"][0]);
         props("MiniProgram", &shown["message"]["miniprogram"]);
         props("TemplateNote", &shown["message"]["template_notes"][0]);
-        // The request takes the same fields as the stored message, but for the notes the
-        // pusher adds.
+        // The request takes the same fields as the stored message, but for the two the pusher
+        // adds.
         let mut request = shown["message"].clone();
         request
             .as_object_mut()
             .expect("object")
             .remove("template_notes");
+        request
+            .as_object_mut()
+            .expect("object")
+            .remove("subscription_credit");
         props("MessageRequest", &request);
     }
 
