@@ -44,6 +44,11 @@ async fn strict_refuses_at_accept_and_nothing_bad_reaches_wechat() {
     );
     let pusher = PusherProc::start(dir.path(), &cfg).await;
     wait_for_templates(&pusher.api).await;
+    let (_, status) = pusher.api.get("/v1/status").await;
+    assert_eq!(status["templates"]["validation"], "strict", "{status}");
+    assert_eq!(status["templates"]["private"], 2, "{status}");
+    assert_eq!(status["templates"]["subscribe"], 1, "{status}");
+    assert!(status["templates"]["fetched_at"].is_string(), "{status}");
     let fetches_before = wx.stats().await.requests.get("template_list").copied();
 
     let mut missing = order("u-bad", "A1", "书");

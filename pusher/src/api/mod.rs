@@ -804,8 +804,25 @@ async fn status<S: Store>(State(state): State<Shared<S>>) -> Response {
         "not_ready_reason": not_ready,
         "sending": if hold.is_some() { "on_hold" } else { "active" },
         "hold": hold,
+        "templates": templates_status(&state.templates),
     }))
     .into_response()
+}
+
+fn templates_status(registry: &crate::templates::Registry) -> Value {
+    let cat = registry.catalogue();
+    let fetched_at = (cat.fetched_ms > 0)
+        .then(|| {
+            jiff::Timestamp::from_millisecond(i64::try_from(cat.fetched_ms).unwrap_or(i64::MAX))
+                .ok()
+        })
+        .flatten();
+    json!({
+        "validation": registry.validation(),
+        "private": cat.private.as_ref().map(std::collections::HashMap::len),
+        "subscribe": cat.subscribe.as_ref().map(std::collections::HashMap::len),
+        "fetched_at": fetched_at,
+    })
 }
 
 async fn openapi_json() -> Response {

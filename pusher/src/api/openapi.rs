@@ -219,6 +219,11 @@ pub struct ServiceStatus {
     /// sending).
     #[schema(value_type = Option<Object>)]
     hold: Option<Value>,
+    /// The template registry: `validation` (`auto`, `strict`, `truncate`, `off`), the number of
+    /// templates cached per list (`private`, `subscribe`; null while never read) and
+    /// `fetched_at` (null before the first fetch).
+    #[schema(value_type = Object)]
+    templates: Value,
 }
 
 #[derive(Debug)]
