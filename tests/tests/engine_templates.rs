@@ -348,3 +348,54 @@ async fn subscribe_credits_are_required_and_spent() {
         2.0
     );
 }
+
+/// The same bad messages with `templates.validation: off`: accepted, sent, and refused by the
+/// sandbox with WeChat's errcodes (40037, 47003), each costing a send. The stand-in agrees with
+/// the pusher's rules, and this is what the checks at accept save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn off_sends_bad_messages_and_wechat_refuses_them() {
+    let dir = tempdir();
+    let catalogue = write_template_catalogue(dir.path());
+    let (_sb, sb_url) = sandbox::spawn(&["--template-file", &catalogue]);
+    let wx = WxClient::new(sb_url.clone());
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"templates": {"validation": "off"}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let mut unknown = order("u", "A1", "书");
+    unknown["template_id"] = json!("T-NOT-MINE");
+    let bad = [
+        (unknown, "40037"),
+        (order("u", "A1", &"书".repeat(21)), "47003"),
+        (order("u", "订单42", "书"), "47003"),
+        (order("u", "A1", "two\nlines"), "47003"),
+    ];
+    let mut ids = Vec::new();
+    for (msg, _) in &bad {
+        let (status, body) = pusher.api.send(msg).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().expect("id").to_string());
+    }
+    for (id, (_, errcode)) in ids.iter().zip(&bad) {
+        let doc = wait_for("the message to fail", Duration::from_secs(20), || async {
+            let (_, doc) = pusher.api.status(id).await;
+            (doc["status"] == "failed").then_some(doc)
+        })
+        .await;
+        assert_eq!(doc["last_error"]["errcode"].to_string(), *errcode, "{doc}");
+    }
+    let stats = wx.stats().await;
+    assert_eq!(
+        stats.requests.get("template_send"),
+        Some(&4),
+        "one send each"
+    );
+    assert_eq!(
+        stats.requests.get("template_list"),
+        Some(&0),
+        "off fetches nothing"
+    );
+    assert_eq!(stats.delivered_unique, 0);
+}
