@@ -444,10 +444,12 @@ async fn post_batch<S: Store>(
             Err(e) => slots.push(Err(e.in_item(i))),
         }
     }
-    let kept: Vec<Message> = to_store
+    // The messages that took a credit, by their place in `to_store`.
+    let kept: Vec<(usize, Message)> = to_store
         .iter()
-        .filter(|i| i.message.subscription_credit)
-        .map(|i| i.message.clone())
+        .enumerate()
+        .filter(|(_, i)| i.message.subscription_credit)
+        .map(|(j, i)| (j, i.message.clone()))
         .collect();
     let stored = if to_store.is_empty() {
         Vec::new()
@@ -455,11 +457,18 @@ async fn post_batch<S: Store>(
         match state.store.accept(to_store).await {
             Ok(s) => s,
             Err(e) => {
-                give_back_credits(&state, &kept.iter().collect::<Vec<_>>()).await;
+                give_back_credits(&state, &kept.iter().map(|(_, m)| m).collect::<Vec<_>>()).await;
                 return Err(e.into());
             }
         }
     };
+    // Repeats of stored messages (same Idempotency-Key): their credit was taken the first time.
+    let repeated: Vec<&Message> = kept
+        .iter()
+        .filter(|(j, _)| stored.get(*j).is_some_and(|a| a.duplicate))
+        .map(|(_, m)| m)
+        .collect();
+    give_back_credits(&state, &repeated).await;
     let fresh = stored.iter().filter(|a| !a.duplicate).count();
     state.metrics.accepted.inc_by(fresh as u64);
     let replayed = !stored.is_empty() && fresh == 0;
