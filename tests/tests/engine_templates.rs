@@ -272,7 +272,12 @@ async fn three_redis_pods_make_one_fetch_per_refresh() {
 async fn subscribe_credits_are_required_and_spent() {
     let dir = tempdir();
     let catalogue = write_template_catalogue(dir.path());
-    let (_sb, sb_url) = sandbox::spawn(&["--template-file", &catalogue]);
+    let (_sb, sb_url) = sandbox::spawn(&[
+        "--template-file",
+        &catalogue,
+        "--refused-subscribers",
+        "u-refused",
+    ]);
     let wx = WxClient::new(sb_url.clone());
     let cfg = config(
         &sb_url,
@@ -307,16 +312,14 @@ async fn subscribe_credits_are_required_and_spent() {
         .await
         .expect("consent at the sandbox");
     assert!(r.status().is_success());
-    let r = pusher
+    let (status, _) = pusher
         .api
-        .http
-        .post(format!("{}/v1/subscriptions", pusher.base))
-        .bearer_auth(wxpush_tests::pusher::TOKEN)
-        .json(&json!({"openid": "u-sub", "template_id": "S-PICKUP"}))
-        .send()
-        .await
-        .expect("the pusher answers");
-    assert_eq!(r.status().as_u16(), 200);
+        .post_json(
+            "/v1/subscriptions",
+            &json!({"openid": "u-sub", "template_id": "S-PICKUP"}),
+        )
+        .await;
+    assert_eq!(status, 200);
     assert_eq!(credits().await, 1);
 
     let (status, body) = pusher.api.send(&pickup).await;
@@ -347,6 +350,42 @@ async fn subscribe_credits_are_required_and_spent() {
             .await,
         2.0
     );
+
+    // A message that takes a credit and then fails for good (WeChat: 43101) gives it back.
+    let (status, _) = pusher
+        .api
+        .post_json(
+            "/v1/subscriptions",
+            &json!({"openid": "u-refused", "template_id": "S-PICKUP"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let mut refused = pickup.clone();
+    refused["touser"] = json!("u-refused");
+    let (status, body) = pusher.api.send(&refused).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().expect("id").to_string();
+    wait_for(
+        "the refused message to fail",
+        Duration::from_secs(20),
+        || async {
+            let (_, doc) = pusher.api.status(&id).await;
+            (doc["status"] == "failed").then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        "the credit to come back",
+        Duration::from_secs(5),
+        || async {
+            let (_, v) = pusher
+                .api
+                .get("/v1/subscriptions?openid=u-refused&template_id=S-PICKUP")
+                .await;
+            (v["credits"] == 1).then_some(())
+        },
+    )
+    .await;
 }
 
 /// The same bad messages with `templates.validation: off`: accepted, sent, and refused by the
