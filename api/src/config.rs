@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::{
     Callbacks, CircuitBreaker, Concurrency, HumanDuration, LocalSecret, Pool, Provider, QueueKind,
-    QueuePolicy, RateLimit, Retry, Timeouts, TokenPolicy,
+    QueuePolicy, RateLimit, Retry, TemplatePolicy, Timeouts, TokenPolicy,
 };
 
 /// Environment variables that override the file, with the field each replaces.
@@ -84,6 +84,9 @@ pub struct PusherConfig {
     /// See [`Callbacks`].
     #[serde(default)]
     pub callbacks: Callbacks<LocalSecret>,
+    /// See [`TemplatePolicy`].
+    #[serde(default)]
+    pub templates: TemplatePolicy,
     /// Limits of the HTTP API.
     #[serde(default)]
     pub api: ApiLimits,
@@ -696,6 +699,9 @@ impl PusherConfig {
                 message: message.into(),
             });
         };
+        if self.templates.refresh_interval.get() < std::time::Duration::from_secs(1) {
+            bad("templates.refreshInterval", "must be at least 1s");
+        }
         if self.channel.is_empty()
             || !self
                 .channel

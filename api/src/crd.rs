@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use crate::config::{EventsMode, Shutdown};
 use crate::policy::{
     Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
-    SecretKeyRef, Timeouts, TokenPolicy,
+    SecretKeyRef, TemplatePolicy, Timeouts, TokenPolicy,
 };
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
@@ -94,6 +94,9 @@ pub struct PushChannelSpec {
     /// Outcome callbacks to producers.
     #[serde(default)]
     pub callbacks: Callbacks<SecretKeyRef>,
+    /// The template registry: messages checked against the account's templates at accept.
+    #[serde(default)]
+    pub templates: TemplatePolicy,
     /// WeChat's delivery events (server-URL callback). Their token and EncodingAESKey are
     /// keys of the credentials Secret.
     #[serde(default)]

@@ -672,12 +672,35 @@ impl<S: Store + Clone> Dispatcher<S> {
                     "message dead-lettered"
                 );
             }
-            after.push((id, completed, next.record.accepted_at, delayed_until));
+            let credit = (completed.is_some_and(|o| o != Outcome::delivered)
+                && next.record.message.subscription_credit)
+                .then(|| {
+                    (
+                        next.record.message.touser.clone(),
+                        next.record.message.template_id.clone(),
+                    )
+                });
+            after.push((
+                id,
+                completed,
+                next.record.accepted_at,
+                delayed_until,
+                credit,
+            ));
             items.push((slot, next.record));
         }
         let written = self.store.complete_many(items).await;
-        for ((id, completed, accepted_at, delayed_until), result) in after.into_iter().zip(written)
+        for ((id, completed, accepted_at, delayed_until, credit), result) in
+            after.into_iter().zip(written)
         {
+            if result.is_ok()
+                && let Some((openid, template_id)) = credit
+            {
+                // Never delivered: the user's consent was not used.
+                if let Err(e) = self.store.add_credits(&openid, &template_id, 1).await {
+                    tracing::warn!(%id, error = %e, "cannot give back a subscription credit");
+                }
+            }
             self.counted(id, completed, accepted_at, delayed_until, result);
         }
     }

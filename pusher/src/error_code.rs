@@ -41,6 +41,9 @@ pub enum ErrorCode {
     ForbiddenTarget,
     /// 422: the `Idempotency-Key` was used before with a different request body.
     IdempotencyKeyReused,
+    /// 400: the message breaks a rule of its WeChat template (`templates.validation`); `field`
+    /// names `template_id` or `data.<key>` and `rule` the rule.
+    TemplateRule,
     /// 404: no such message or route.
     NotFound,
     /// 405: the route exists, the method does not.
@@ -59,7 +62,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order above.
-    pub const ALL: [Self; 23] = [
+    pub const ALL: [Self; 24] = [
         Self::Unauthorized,
         Self::Draining,
         Self::Overloaded,
@@ -76,6 +79,7 @@ impl ErrorCode {
         Self::EmptyBatch,
         Self::ForbiddenTarget,
         Self::IdempotencyKeyReused,
+        Self::TemplateRule,
         Self::NotFound,
         Self::MethodNotAllowed,
         Self::NotDeadLetter,
@@ -104,6 +108,7 @@ impl ErrorCode {
             Self::EmptyBatch => "empty_batch",
             Self::ForbiddenTarget => "forbidden_target",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::TemplateRule => "template_rule",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NotDeadLetter => "not_dead_letter",

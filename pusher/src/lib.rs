@@ -40,5 +40,6 @@ pub mod resilience;
 pub mod secrets;
 pub mod send;
 pub mod store;
+pub mod templates;
 pub mod wechat;
 pub mod wiring;

@@ -142,6 +142,29 @@ pub struct Message {
     /// Where to POST the final outcome (overrides the channel's callback).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
+    /// What the check against the account's template found at accept: fields WeChat ignores
+    /// (warnings) and, with `templates.validation: truncate`, the values that were cut. Set by
+    /// the pusher, never by the producer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub template_notes: Vec<TemplateNote>,
+    /// A one-time subscription credit of `touser` was taken for it at accept (strict mode); it
+    /// is given back if the message ends without being delivered. Set by the pusher.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub subscription_credit: bool,
+}
+
+/// One finding of the template check on an accepted message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplateNote {
+    /// The field, as a path (`data.thing2`, `data.keyword1.color`).
+    pub field: String,
+    /// The rule (`too_long`, `line_break`, `control_character`, `ignored_field`).
+    pub rule: String,
+    /// `warning` (sent as given; WeChat ignores it), `cut` (cut to the limit) or `cleaned`
+    /// (line breaks and control characters replaced or removed).
+    pub action: String,
+    /// What was found or done, for people.
+    pub message: String,
 }
 
 impl Message {
@@ -238,6 +261,10 @@ pub struct FieldError {
     pub message: String,
     /// The field, as a path (`data.keyword1.value`, `messages[3].touser`).
     pub field: String,
+    /// The template rule broken (`too_long`, `missing_keyword`...), for `template_rule`
+    /// errors only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<&'static str>,
 }
 
 impl FieldError {
@@ -246,6 +273,7 @@ impl FieldError {
             code,
             field: field.into(),
             message: message.into(),
+            rule: None,
         }
     }
 
@@ -533,6 +561,8 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
         client_msg_id,
         expires_at,
         callback_url,
+        template_notes: Vec::new(),
+        subscription_credit: false,
     })
 }
 

@@ -112,6 +112,51 @@ pub struct CallbackLabels {
     pub result: &'static str,
 }
 
+/// Label set `{rule}` of `wxpush_template_refusals_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// The rule broken (`unknown_template`, `too_long`...).
+    pub rule: TemplateRuleLabel,
+}
+
+/// A template rule as a metric label (`crate::templates::rules::Rule`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TemplateRuleLabel {
+    /// See `Rule::UnknownTemplate`.
+    unknown_template,
+    /// See `Rule::MissingKeyword`.
+    missing_keyword,
+    /// See `Rule::UnknownKeyword`.
+    unknown_keyword,
+    /// See `Rule::EmptyValue`.
+    empty_value,
+    /// See `Rule::TooLong`.
+    too_long,
+    /// See `Rule::BadCharacters`.
+    bad_characters,
+    /// See `Rule::BadFormat`.
+    bad_format,
+    /// See `Rule::NotAllowedValue`.
+    not_allowed_value,
+    /// See `Rule::LineBreak`.
+    line_break,
+    /// See `Rule::ControlCharacter`.
+    control_character,
+    /// See `Rule::NoSubscriptionCredit`.
+    no_subscription_credit,
+}
+
+/// Label set `{list}` of `wxpush_templates`, and `{list, result}` of
+/// `wxpush_template_list_fetches_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TemplateListLabels {
+    /// `private` or `subscribe`.
+    pub list: &'static str,
+    /// `ok` or `error` (fetches only; empty for the gauge).
+    pub result: &'static str,
+}
+
 pub use crate::resilience::breaker::CircuitState;
 
 /// Every metric of one pusher, registered under one channel label.
@@ -179,6 +224,14 @@ pub struct Metrics {
     /// `wxpush_daily_quota`: the configured `rateLimit.dailyQuota` (0 = unlimited), for the
     /// quota alert.
     pub daily_quota: Gauge,
+    /// `wxpush_template_refusals_total{rule}`: messages refused at accept by the template
+    /// check, by rule.
+    pub template_refusals: Family<RuleLabels, Counter>,
+    /// `wxpush_template_list_fetches_total{list,result}`: calls to WeChat's template-list APIs
+    /// made by this pod.
+    pub template_fetches: Family<TemplateListLabels, Counter>,
+    /// `wxpush_templates{list}`: templates in the cached list (-1 while never read).
+    pub templates: Family<TemplateListLabels, Gauge>,
 }
 
 /// Labels of `wxpush_queue_consumer_pending`.
@@ -189,6 +242,27 @@ pub struct ConsumerLabels {
 }
 
 impl Metrics {
+    /// Counts a refusal by the template check.
+    pub fn template_refusal(&self, rule: TemplateRuleLabel) {
+        self.template_refusals
+            .get_or_create(&RuleLabels { rule })
+            .inc();
+    }
+
+    /// Counts one call to a template-list API.
+    pub fn template_fetch(&self, list: &'static str, result: &'static str) {
+        self.template_fetches
+            .get_or_create(&TemplateListLabels { list, result })
+            .inc();
+    }
+
+    /// Sets how many templates a cached list holds (-1: never read).
+    pub fn set_templates(&self, list: &'static str, count: i64) {
+        self.templates
+            .get_or_create(&TemplateListLabels { list, result: "" })
+            .set(count);
+    }
+
     /// Creates and registers every metric with the label `channel="<channel>"`.
     pub fn new(channel: &str) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
@@ -341,8 +415,29 @@ impl Metrics {
             "The configured rateLimit.dailyQuota (0 = unlimited)",
             daily_quota.clone(),
         );
+        let template_refusals = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "template_refusals",
+            "Messages refused at accept by the template check, by rule",
+            template_refusals.clone(),
+        );
+        let template_fetches = Family::<TemplateListLabels, Counter>::default();
+        registry.register(
+            "template_list_fetches",
+            "Calls to WeChat's template-list APIs by this pod, by list and result",
+            template_fetches.clone(),
+        );
+        let templates = Family::<TemplateListLabels, Gauge>::default();
+        registry.register(
+            "templates",
+            "Templates in the cached list (-1 while never read)",
+            templates.clone(),
+        );
         Self {
             registry,
+            template_refusals,
+            template_fetches,
+            templates,
             accepted,
             completed,
             send_attempts,

@@ -121,8 +121,16 @@ impl Pusher {
         let sender = Arc::new(WeChatSender::with_shared(
             &config,
             Arc::clone(&metrics),
-            shared,
+            shared.clone(),
         )?);
+        let templates = Arc::new(crate::templates::Registry::new(
+            config.templates.clone(),
+            config.provider,
+            Arc::clone(sender.http()),
+            Arc::clone(sender.tokens()),
+            shared,
+            Arc::clone(&metrics),
+        ));
         let listener = bind(config.listen).await?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.listen,
@@ -147,10 +155,13 @@ impl Pusher {
                 crate::callbacks::target::TargetPolicy::new(&config.callbacks.allow)
                     .map_err(crate::callbacks::CallbackError::Allow)?,
             ),
+            templates: Arc::clone(&templates),
         });
 
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
+        let registry_stop = CancellationToken::new();
+        templates.spawn(registry_stop.clone());
         let mut servers = Vec::new();
         // One request cap for the producers' routes and WeChat's events; health checks and
         // metrics stay outside it so that an overloaded pusher is not restarted for it.
@@ -206,6 +217,7 @@ impl Pusher {
             supervisor_stop.cancelled().await;
             tracing::info!("shutting down: not ready, refusing new messages, draining");
             draining.store(true, Ordering::Relaxed);
+            registry_stop.cancel();
             dispatch_stop.cancel();
             // The dispatcher bounds its own drain; the margin covers its bookkeeping.
             let _ = tokio::time::timeout(drain + Duration::from_secs(5), dispatching).await;

@@ -102,3 +102,52 @@ pub(crate) async fn config(State(state): State<Shared>) -> Json<Value> {
 pub(crate) async fn health() -> &'static str {
     "ok"
 }
+
+/// `GET /__deliveries`: what was delivered, as delivered (with a template catalogue only).
+pub(crate) async fn deliveries(State(state): State<Shared>) -> Json<Value> {
+    Json(json!({"deliveries": state.templates.deliveries()}))
+}
+
+/// Body of `POST /__subscriptions`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Consent {
+    openid: String,
+    template_id: String,
+    #[serde(default = "one")]
+    count: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+/// `POST /__subscriptions` `{"openid", "template_id", "count"}`: a user's consent to a
+/// one-time subscribe template (`count` sends, default 1), as a tap on the prompt gives.
+pub(crate) async fn add_subscription(State(state): State<Shared>, body: Bytes) -> Response {
+    let c: Consent = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad_request(e),
+    };
+    let left = state
+        .templates
+        .add_consent(&c.openid, &c.template_id, c.count);
+    Json(json!({"openid": c.openid, "template_id": c.template_id, "consents": left}))
+        .into_response()
+}
+
+/// Query of `GET /__subscriptions`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ConsentQuery {
+    openid: String,
+    template_id: String,
+}
+
+/// `GET /__subscriptions?openid=&template_id=`: consents left.
+pub(crate) async fn get_subscriptions(
+    State(state): State<Shared>,
+    axum::extract::Query(q): axum::extract::Query<ConsentQuery>,
+) -> Json<Value> {
+    let left = state.templates.consents(&q.openid, &q.template_id);
+    Json(json!({"openid": q.openid, "template_id": q.template_id, "consents": left}))
+}

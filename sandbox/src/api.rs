@@ -17,6 +17,7 @@ use super::net::ConnInfo;
 use super::quota::{beijing_day, minute, unix_secs};
 use super::state::Shared;
 use super::stats::{Endpoint, FaultKind};
+use super::templates::TemplateKind;
 use super::tokens::Issued;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json; encoding=utf-8");
@@ -258,10 +259,15 @@ async fn send(state: Shared, kind: SendKind, q: TokenQuery, body: Bytes) -> Resp
         return wx_error(&state, code);
     }
     let unix = unix_secs();
-    match state
-        .messages
-        .send(&state.cfg, &state.stats, kind, &body, now, unix)
-    {
+    match state.messages.send(
+        &state.cfg,
+        &state.stats,
+        &state.templates,
+        kind,
+        &body,
+        now,
+        unix,
+    ) {
         Ok(accepted) => {
             state.stats.errcode(WxCode::Ok);
             if accepted.unique && kind == SendKind::Template {
@@ -303,6 +309,71 @@ pub(crate) async fn bizsend(
     body: Bytes,
 ) -> Response {
     send(state, SendKind::Bizsend, q, body).await
+}
+
+/// `GET /cgi-bin/template/get_all_private_template`: the Official Account's templates.
+pub(crate) async fn private_templates(
+    State(state): State<Shared>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    if let Err(code) = state
+        .tokens
+        .validate(q.access_token.as_deref(), Instant::now())
+    {
+        return wx_error(&state, code);
+    }
+    let list: Vec<serde_json::Value> = state
+        .templates
+        .list(TemplateKind::Template)
+        .into_iter()
+        .map(|t| {
+            serde_json::json!({
+                "template_id": t.template_id,
+                "title": t.title,
+                "primary_industry": "",
+                "deputy_industry": "",
+                "content": t.content(),
+                "example": "",
+            })
+        })
+        .collect();
+    state.stats.errcode(WxCode::Ok);
+    json(serde_json::json!({ "template_list": list }).to_string())
+}
+
+/// `GET /wxaapi/newtmpl/gettemplate`: the subscribe templates (type 2 one-time, 3 long-term).
+pub(crate) async fn subscribe_templates(
+    State(state): State<Shared>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    if let Err(code) = state
+        .tokens
+        .validate(q.access_token.as_deref(), Instant::now())
+    {
+        return wx_error(&state, code);
+    }
+    let list: Vec<serde_json::Value> = state
+        .templates
+        .list(TemplateKind::Subscribe)
+        .into_iter()
+        .map(|t| {
+            let enums: Vec<serde_json::Value> = t
+                .const_values
+                .iter()
+                .map(|(k, v)| serde_json::json!({"keywordCode": k, "enumValueList": v}))
+                .collect();
+            serde_json::json!({
+                "priTmplId": t.template_id,
+                "title": t.title,
+                "content": t.content(),
+                "example": "",
+                "type": if t.one_time { 2 } else { 3 },
+                "keywordEnumValueList": enums,
+            })
+        })
+        .collect();
+    state.stats.errcode(WxCode::Ok);
+    json(serde_json::json!({"errcode": 0, "errmsg": "ok", "data": list}).to_string())
 }
 
 /// Any other path: WeChat answers unknown APIs with HTTP 200 and an errcode; 404 is clearer for

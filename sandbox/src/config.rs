@@ -114,6 +114,10 @@ pub struct SandboxConfig {
     pub refused_subscribers: HashSet<String>,
     /// Known template ids: when set, any other `template_id` gets 40037.
     pub templates: Option<HashSet<String>>,
+    /// The account's template catalogue (`--template-file`): the template-list APIs answer
+    /// from it and sends are checked against it (docs/sandbox.md). `None`: empty lists, and
+    /// sends are not checked against templates.
+    pub template_defs: Option<Vec<super::templates::TemplateDef>>,
     /// The account's IP allowlist: when set, token calls from any other address get 40164
     /// (with the address in `errmsg`, as WeChat does). `None` (default): any address.
     pub ip_allowlist: Option<Vec<std::net::IpAddr>>,
@@ -146,6 +150,7 @@ impl Default for SandboxConfig {
             non_followers: HashSet::new(),
             refused_subscribers: HashSet::new(),
             templates: None,
+            template_defs: None,
             ip_allowlist: None,
             events: EventConfig::default(),
             faults: FaultConfig::default(),

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Modules, one job each: [`tokens`] (classic and stable access_token), [`messages`] (send
-//! validation, quotas, de-duplication), [`validate`] (subscribe data rules), [`events`]
+//! validation, quotas, de-duplication), [`validate`] (subscribe data rules), [`templates`] (the account's template catalogue,
+//! consents and recorded deliveries), [`events`]
 //! (TEMPLATESENDJOBFINISH delivery), [`faults`] (what to inject), [`stats`] (counters),
 //! [`codes`] (errcodes), [`quota`] (calendar-window counters), and the private HTTP side:
 //! `state` (what the handlers share), `api` (WeChat routes), `admin` (`/__` routes), `net`
@@ -37,6 +38,7 @@ pub mod quota;
 mod server;
 mod state;
 pub mod stats;
+pub mod templates;
 pub mod tokens;
 pub mod validate;
 
@@ -45,3 +47,4 @@ pub use config::{EventConfig, EventMode, SandboxConfig, parse_list};
 pub use faults::{FaultConfig, FaultConfigError, OutageSpec};
 pub use server::{Sandbox, SandboxError, SandboxHandle};
 pub use stats::{EventCounts, OpenidCounts, StatsSnapshot, TokenCounts};
+pub use templates::{Delivery, TemplateDef, TemplateKind};

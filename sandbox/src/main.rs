@@ -8,7 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use wxpush_sandbox::{
-    EventConfig, EventMode, FaultConfig, OutageSpec, Sandbox, SandboxConfig, parse_list,
+    EventConfig, EventMode, FaultConfig, OutageSpec, Sandbox, SandboxConfig, TemplateDef,
+    parse_list,
 };
 
 /// A quota or limit: a number, or `unlimited`.
@@ -47,6 +48,17 @@ fn parse_errcode_share(s: &str) -> Result<(i64, f64), String> {
     Ok((code, parse_share(share.trim())?))
 }
 
+/// The templates of `--template-file` (a newtype: clap reads `Option<Vec<_>>` as a list flag).
+#[derive(Debug, Clone)]
+struct Catalogue(Vec<TemplateDef>);
+
+fn parse_catalogue_file(path: &str) -> Result<Catalogue, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    wxpush_sandbox::templates::parse_catalogue(&text)
+        .map(Catalogue)
+        .map_err(|e| format!("{path}: {e}"))
+}
+
 fn parse_set(s: &str) -> Result<HashSet<String>, String> {
     parse_list(s).map_err(|e| format!("cannot read {s}: {e}"))
 }
@@ -56,7 +68,8 @@ fn parse_set(s: &str) -> Result<HashSet<String>, String> {
 ///
 /// Prints `wxpush-sandbox listening on http://ADDR` on stdout once it accepts connections.
 /// Admin routes: GET /__stats, POST /__reset, GET|PUT|PATCH /__faults,
-/// POST /__tokens/invalidate, GET /__config, GET /__health.
+/// POST /__tokens/invalidate, GET /__config, GET /__health, GET /__deliveries,
+/// GET|POST /__subscriptions.
 #[derive(Debug, Parser)]
 #[command(name = "wxpush-sandbox", version, max_term_width = 100)]
 struct Cli {
@@ -134,6 +147,12 @@ struct Cli {
     /// Known template ids, `a,b` or `@FILE`; others get 40037. Default: any.
     #[arg(long, value_parser = parse_set, help_heading = "Sends")]
     templates: Option<HashSet<String>>,
+    /// The account's template catalogue, a JSON file: `[{"template_id", "kind":
+    /// "template"|"subscribe", "title", "keywords": ["thing1", ...], "one_time", "const_values"}]`.
+    /// The template-list APIs answer from it and sends are checked against it (40037, 47003,
+    /// 43101). Default: empty lists, sends not checked against templates.
+    #[arg(long, value_parser = parse_catalogue_file, help_heading = "Sends")]
+    template_file: Option<Catalogue>,
     /// The account's IP allowlist, `a,b` (IPv4 or IPv6): token calls from any other address get
     /// 40164 naming it. Default: any address.
     #[arg(long, value_delimiter = ',', help_heading = "Tokens")]
@@ -254,6 +273,7 @@ impl Cli {
             non_followers: self.non_followers.unwrap_or_default(),
             refused_subscribers: self.refused_subscribers.unwrap_or_default(),
             templates: self.templates,
+            template_defs: self.template_file.map(|c| c.0),
             ip_allowlist: self.ip_allowlist,
             events: EventConfig {
                 url: self.event_url,

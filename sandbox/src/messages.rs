@@ -4,7 +4,8 @@
 //! Check order (the first failure answers): body is JSON of the right shape (47001) → required
 //! fields (47003) → `template_id` known (40037) → `touser` known (40003) → follows the account
 //! (43004; template and bizsend) → accepts subscriptions (43101; subscribe and bizsend) → data
-//! values (47003; subscribe and bizsend) → daily quota (45009) → minute quota (45011) →
+//! values (47003; subscribe and bizsend) → the template catalogue's keywords and rules (47003)
+//! and one-time consents (43101), when one is configured → daily quota (45009) → minute quota (45011) →
 //! de-duplication → per-openid throttle (43117) → delivered with a new `msgid`.
 //! The access_token is checked before all of this, by the caller.
 
@@ -21,6 +22,7 @@ use super::codes::WxCode;
 use super::config::SandboxConfig;
 use super::quota::{WindowCounter, beijing_day, minute};
 use super::stats::{SendResult, Stats};
+use super::templates::{Delivery, TemplateKind, Templates, check};
 use super::validate::{key_type, subscribe_value_ok};
 
 const SHARDS: usize = 16;
@@ -39,6 +41,15 @@ pub enum SendKind {
 impl SendKind {
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// `template`, `subscribe` or `bizsend`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Template => "template",
+            Self::Subscribe => "subscribe",
+            Self::Bizsend => "bizsend",
+        }
     }
 }
 
@@ -129,10 +140,12 @@ impl Messages {
     }
 
     /// Handles one send body; `unix` is the wall clock in seconds, `now` the monotonic one.
+    #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
         cfg: &SandboxConfig,
         stats: &Stats,
+        templates: &Templates,
         kind: SendKind,
         body: &[u8],
         now: Instant,
@@ -140,7 +153,8 @@ impl Messages {
     ) -> Result<Accepted, WxCode> {
         let parsed: SendBody<'_> = serde_json::from_slice(body).map_err(|_| WxCode::DataFormat)?;
         let touser = parsed.touser.as_deref().map(str::trim).unwrap_or_default();
-        let result = self.check_and_deliver(cfg, stats, kind, &parsed, touser, now, unix);
+        let result =
+            self.check_and_deliver(cfg, stats, templates, kind, &parsed, touser, now, unix);
         if !touser.is_empty() {
             let r = match &result {
                 Ok(a) if a.unique => SendResult::Delivered,
@@ -157,6 +171,7 @@ impl Messages {
         &self,
         cfg: &SandboxConfig,
         stats: &Stats,
+        templates: &Templates,
         kind: SendKind,
         body: &SendBody<'_>,
         touser: &str,
@@ -191,6 +206,16 @@ impl Messages {
         {
             return Err(WxCode::InvalidTemplateId);
         }
+        let list = if kind == SendKind::Template {
+            TemplateKind::Template
+        } else {
+            TemplateKind::Subscribe
+        };
+        let def = match templates.get(list, template_id) {
+            None => None,
+            Some(None) => return Err(WxCode::InvalidTemplateId),
+            Some(Some(def)) => Some(def),
+        };
         if !cfg.knows_user(touser) {
             return Err(WxCode::InvalidOpenid);
         }
@@ -208,6 +233,25 @@ impl Messages {
                 }
             }
         }
+        let delivered_data = match def {
+            Some(def) => {
+                let values: HashMap<&str, &str> = body
+                    .data
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.as_ref(), v.value.as_deref().unwrap_or_default()))
+                    .collect();
+                let data = check(def, &values)?;
+                if kind != SendKind::Template
+                    && def.one_time
+                    && templates.consents(touser, template_id) == 0
+                {
+                    return Err(WxCode::UserRefused);
+                }
+                Some(data)
+            }
+            None => None,
+        };
         if !self.daily[kind.index()].hit(beijing_day(unix), cfg.daily_quota) {
             return Err(WxCode::DailyQuota);
         }
@@ -239,6 +283,14 @@ impl Messages {
         {
             return Err(WxCode::TooFrequentOpenid);
         }
+        if let Some(def) = def
+            && kind != SendKind::Template
+            && def.one_time
+            && !templates.spend_consent(touser, template_id)
+        {
+            // Another send spent the last consent meanwhile.
+            return Err(WxCode::UserRefused);
+        }
         let msgid = self.next_msgid.fetch_add(1, Ordering::Relaxed);
         if let Some(key) = dedup_key {
             // Two concurrent first sends of one key: the first to record wins, the other
@@ -254,6 +306,14 @@ impl Messages {
             }
         }
         stats.delivered();
+        if let Some(data) = delivered_data {
+            templates.record(Delivery {
+                api: kind.name().to_string(),
+                touser: touser.to_string(),
+                template_id: template_id.to_string(),
+                data,
+            });
+        }
         Ok(Accepted {
             msgid,
             unique: true,
@@ -307,6 +367,7 @@ mod tests {
         m.send(
             cfg,
             &Stats::default(),
+            &Templates::default(),
             kind,
             body.as_bytes(),
             now,
@@ -423,6 +484,7 @@ mod tests {
             m.send(
                 &cfg,
                 &stats,
+                &Templates::default(),
                 SendKind::Template,
                 body.as_bytes(),
                 now,

@@ -18,6 +18,7 @@ use super::messages::Messages;
 use super::net::{ConnInfo, NetControl, SandboxListener};
 use super::state::{Shared, State, TokenQuota};
 use super::stats::{Stats, StatsSnapshot};
+use super::templates::{Delivery, Templates};
 use super::tokens::TokenStore;
 
 /// Why the sandbox could not start.
@@ -47,6 +48,11 @@ fn router(state: Shared) -> Router {
         .route("/cgi-bin/message/template/send", post(api::template_send))
         .route("/cgi-bin/message/subscribe/send", post(api::subscribe_send))
         .route("/cgi-bin/message/subscribe/bizsend", post(api::bizsend))
+        .route(
+            "/cgi-bin/template/get_all_private_template",
+            get(api::private_templates),
+        )
+        .route("/wxaapi/newtmpl/gettemplate", get(api::subscribe_templates))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -63,6 +69,11 @@ fn router(state: Shared) -> Router {
         )
         .route("/__tokens/invalidate", post(admin::invalidate_tokens))
         .route("/__config", get(admin::config))
+        .route("/__deliveries", get(admin::deliveries))
+        .route(
+            "/__subscriptions",
+            get(admin::get_subscriptions).post(admin::add_subscription),
+        )
         .route("/__health", get(admin::health))
         .layer(axum::middleware::from_fn(admin::admin_layer));
     admin.merge(wechat).with_state(state)
@@ -96,6 +107,7 @@ impl Sandbox {
             tokens: TokenStore::new(&config),
             token_quota: TokenQuota::default(),
             messages: Messages::new(&config),
+            templates: Templates::new(config.template_defs.as_deref()),
             faults: FaultState::new(FaultConfig::default()),
             stats,
             events,
@@ -167,6 +179,22 @@ impl SandboxHandle {
     /// Revokes every access_token now; returns how many were live.
     pub fn invalidate_tokens(&self) -> usize {
         self.state.invalidate_tokens()
+    }
+
+    /// The deliveries recorded with a template catalogue, oldest first (`GET /__deliveries`).
+    pub fn deliveries(&self) -> Vec<Delivery> {
+        self.state.templates.deliveries()
+    }
+
+    /// Records `count` consents of `openid` to a one-time `template_id`, as a user's tap on a
+    /// subscription prompt does; returns the balance (`POST /__subscriptions`).
+    pub fn add_consent(&self, openid: &str, template_id: &str, count: u64) -> u64 {
+        self.state.templates.add_consent(openid, template_id, count)
+    }
+
+    /// Consents left of `openid` to `template_id`.
+    pub fn consents(&self, openid: &str, template_id: &str) -> u64 {
+        self.state.templates.consents(openid, template_id)
     }
 
     /// As `POST /__reset`.

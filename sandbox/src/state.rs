@@ -14,6 +14,7 @@ use super::messages::Messages;
 use super::net::NetControl;
 use super::quota::WindowCounter;
 use super::stats::{FaultKind, Stats};
+use super::templates::Templates;
 use super::tokens::TokenStore;
 
 /// Token-endpoint call counters.
@@ -31,6 +32,7 @@ pub(crate) struct State {
     pub(crate) tokens: TokenStore,
     pub(crate) token_quota: TokenQuota,
     pub(crate) messages: Messages,
+    pub(crate) templates: Templates,
     pub(crate) stats: Arc<Stats>,
     pub(crate) faults: FaultState,
     pub(crate) events: Arc<Events>,
@@ -81,6 +83,7 @@ impl State {
         self.stats.reset();
         self.tokens.reset();
         self.messages.reset();
+        self.templates.reset();
         self.token_quota.classic_daily.reset();
         self.token_quota.stable_minute.reset();
         self.token_quota.stable_daily.reset();

@@ -26,17 +26,23 @@ pub enum Endpoint {
     SubscribeSend,
     /// `POST /cgi-bin/message/subscribe/bizsend`.
     Bizsend,
+    /// `GET /cgi-bin/template/get_all_private_template`.
+    TemplateList,
+    /// `GET /wxaapi/newtmpl/gettemplate`.
+    SubscribeTemplateList,
     /// Any other path.
     Other,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 6] = [
+    const ALL: [Endpoint; 8] = [
         Endpoint::ClassicToken,
         Endpoint::StableToken,
         Endpoint::TemplateSend,
         Endpoint::SubscribeSend,
         Endpoint::Bizsend,
+        Endpoint::TemplateList,
+        Endpoint::SubscribeTemplateList,
         Endpoint::Other,
     ];
 
@@ -48,6 +54,8 @@ impl Endpoint {
             Endpoint::TemplateSend => "template_send",
             Endpoint::SubscribeSend => "subscribe_send",
             Endpoint::Bizsend => "bizsend",
+            Endpoint::TemplateList => "template_list",
+            Endpoint::SubscribeTemplateList => "subscribe_template_list",
             Endpoint::Other => "other",
         }
     }
@@ -60,6 +68,8 @@ impl Endpoint {
             "/cgi-bin/message/template/send" => Endpoint::TemplateSend,
             "/cgi-bin/message/subscribe/send" => Endpoint::SubscribeSend,
             "/cgi-bin/message/subscribe/bizsend" => Endpoint::Bizsend,
+            "/cgi-bin/template/get_all_private_template" => Endpoint::TemplateList,
+            "/wxaapi/newtmpl/gettemplate" => Endpoint::SubscribeTemplateList,
             _ => Endpoint::Other,
         }
     }
@@ -186,7 +196,7 @@ impl Drop for TokenInFlight<'_> {
 /// Live counters.
 #[derive(Debug)]
 pub struct Stats {
-    requests: [AtomicU64; 6],
+    requests: [AtomicU64; 8],
     delivered: AtomicU64,
     duplicates: AtomicU64,
     errcodes: [AtomicU64; WxCode::ALL.len()],

@@ -216,6 +216,19 @@ impl Api {
         Self::answer(r).await
     }
 
+    /// An authenticated POST with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .expect("the pusher answers");
+        Self::answer(r).await
+    }
+
     /// An authenticated POST without a body.
     pub async fn post_empty(&self, path: &str) -> (u16, Value) {
         let r = self

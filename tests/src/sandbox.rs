@@ -23,6 +23,25 @@ pub const APPID: &str = "wxtestappid000001";
 /// The secret every sandbox test uses.
 pub const SECRET: &str = "test-secret";
 
+/// The template catalogue the template tests give the sandbox (`--template-file`): a category
+/// template, an old-style template and a one-time subscribe template.
+pub fn template_catalogue() -> Value {
+    json!([
+        {"template_id": "T-ORDER", "title": "Order shipped",
+         "keywords": ["character_string1", "thing2", "time3"]},
+        {"template_id": "T-OLD", "keywords": ["first", "keyword1", "remark"]},
+        {"template_id": "S-PICKUP", "kind": "subscribe", "one_time": true,
+         "keywords": ["thing1", "phrase2"]},
+    ])
+}
+
+/// Writes [`template_catalogue`] into `dir`; its path.
+pub fn write_template_catalogue(dir: &std::path::Path) -> String {
+    let path = dir.join("templates.json");
+    std::fs::write(&path, template_catalogue().to_string()).expect("write the catalogue");
+    path.to_str().expect("a UTF-8 path").to_string()
+}
+
 /// A default config for [`APPID`] / [`SECRET`].
 pub fn config() -> SandboxConfig {
     SandboxConfig::new(APPID, SECRET)

@@ -116,6 +116,42 @@ fn faults_tokens_fetches_fresh_tokens() {
     assert!(out.contains("40001 ×"), "{out}");
 }
 
+/// `--faults templates`: every 5th message breaks its template; those are refused at accept
+/// (400), none reaches WeChat, and the rest are all delivered.
+#[test]
+fn faults_templates_refuses_bad_messages_at_accept_with_no_quota_spent() {
+    let o = demo(&["--faults", "templates", "--count", "300", "--batch", "20"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "exit {:?}\n{out}\n{err}", o.status);
+    assert!(out.contains("template checks"), "{out}");
+    assert_eq!(
+        row(&out, "refused at accept (400 template_rule)"),
+        60,
+        "{out}"
+    );
+    assert_eq!(
+        row(&out, "sends to WeChat for refused messages"),
+        0,
+        "{out}"
+    );
+    assert_eq!(row(&out, "accepted (202, stored)"), 240, "{out}");
+    assert_eq!(
+        row(&out, "received by WeChat (sandbox, unique)"),
+        240,
+        "{out}"
+    );
+    for rule in [
+        "unknown_template ×12",
+        "missing_keyword ×12",
+        "too_long ×12",
+        "bad_characters ×12",
+        "line_break ×12",
+    ] {
+        assert!(out.contains(rule), "{rule} in:\n{out}");
+    }
+    assert!(out.contains("delivered 240/240, 0 lost"), "{out}");
+}
+
 /// A tmux server of this test's own (`-L`), killed when dropped.
 struct Tmux {
     socket: String,

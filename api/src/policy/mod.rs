@@ -520,3 +520,48 @@ mod tests {
         assert!(none.kind().is_none());
     }
 }
+
+/// What the pusher does with a message that breaks the rules of its WeChat template
+/// (`templates.validation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TemplateValidation {
+    /// `strict` for each template list (template messages, subscribe templates) that the
+    /// account's list API answered with at least one template; `off` for a list that is empty
+    /// or could not be read (an account without the list API, a sandbox without templates).
+    /// The default: a channel whose templates cannot be listed keeps working as before.
+    #[default]
+    Auto,
+    /// Refuse at accept (`400 template_rule`) every message that breaks a rule: unknown
+    /// template, missing or unknown keyword, a value too long or of the wrong kind, a line
+    /// break or control character; and, for one-time subscribe templates, a message without a
+    /// subscription credit.
+    Strict,
+    /// As `strict`, but a value that is only too long, or only holds line breaks or control
+    /// characters, is cut to its limit (and cleaned) instead; the message's status lists what
+    /// was cut. Subscription credits are not required.
+    Truncate,
+    /// No checks against templates.
+    Off,
+}
+
+/// The template registry: the account's templates, fetched from WeChat, against which every
+/// message is checked at accept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, rename_all = "camelCase")]
+pub struct TemplatePolicy {
+    /// See [`TemplateValidation`]. Default `auto`.
+    pub validation: TemplateValidation,
+    /// How often the template lists are fetched again (with the Redis queue, by one pod for
+    /// all). Default `10m`.
+    pub refresh_interval: HumanDuration,
+}
+
+impl Default for TemplatePolicy {
+    fn default() -> Self {
+        Self {
+            validation: TemplateValidation::Auto,
+            refresh_interval: HumanDuration::mins(10),
+        }
+    }
+}

@@ -15,6 +15,7 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     field: Option<String>,
+    rule: Option<&'static str>,
     retry_after: Option<u64>,
 }
 
@@ -26,6 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             field: None,
+            rule: None,
             retry_after: None,
         }
     }
@@ -50,6 +52,24 @@ impl ApiError {
         self
     }
 
+    /// The field error this answer was made from (a 400 or 422 naming a field), or the answer
+    /// itself when it is another kind (store unavailable...).
+    pub fn into_field_error(self) -> Result<FieldError, Self> {
+        match (&self.field, self.status) {
+            (Some(_), StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY)
+                if self.code != ErrorCode::BadQuery =>
+            {
+                Ok(FieldError {
+                    code: self.code,
+                    message: self.message,
+                    field: self.field.unwrap_or_default(),
+                    rule: self.rule,
+                })
+            }
+            _ => Err(self),
+        }
+    }
+
     /// Adds `Retry-After: secs`.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
@@ -60,11 +80,19 @@ impl ApiError {
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         let e = e.bounded();
+        // A template rule is WeChat's (the message is well-formed JSON of the right shape),
+        // answered 400 as WeChat's own argument errors are.
+        let status = if e.code == ErrorCode::TemplateRule {
+            StatusCode::BAD_REQUEST
+        } else {
+            StatusCode::UNPROCESSABLE_ENTITY
+        };
         Self {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
+            status,
             code: e.code,
             message: e.message,
             field: Some(e.field),
+            rule: e.rule,
             retry_after: None,
         }
     }
@@ -129,6 +157,9 @@ impl IntoResponse for ApiError {
         let mut error = json!({"code": self.code, "message": message});
         if let Some(field) = self.field {
             error["field"] = json!(field);
+        }
+        if let Some(rule) = self.rule {
+            error["rule"] = json!(rule);
         }
         let mut resp = (self.status, axum::Json(json!({ "error": error }))).into_response();
         if let Some(secs) = self.retry_after

@@ -56,6 +56,8 @@ pub struct ApiState<S> {
     pub dispatch: Arc<DispatchState>,
     /// Where callbacks may go (`callbacks.allow`): `callback_url` is checked at accept.
     pub targets: Arc<TargetPolicy>,
+    /// The account's templates: every message is checked against its own at accept.
+    pub templates: Arc<crate::templates::Registry>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -74,6 +76,10 @@ pub fn router<S: Store + Clone>(
         .route("/v1/dead-letters", get(list_dead_letters::<S>))
         .route("/v1/dead-letters/{id}/retry", post(replay::<S>))
         .route("/v1/status", get(status::<S>))
+        .route(
+            "/v1/subscriptions",
+            post(add_subscription::<S>).get(get_subscription::<S>),
+        )
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             require_token::<S>,
@@ -200,7 +206,65 @@ async fn check_callback(targets: &TargetPolicy, message: &Message) -> Result<(),
         code: ErrorCode::ForbiddenTarget,
         message: e.to_string(),
         field: "callback_url".into(),
+        rule: None,
     })
+}
+
+fn refusal<S>(state: &ApiState<S>, v: crate::templates::rules::Violation) -> FieldError {
+    state.metrics.template_refusal(v.rule.label());
+    FieldError {
+        code: ErrorCode::TemplateRule,
+        message: format!("{} (rule {})", v.message, v.rule.as_str()),
+        field: v.field,
+        rule: Some(v.rule.as_str()),
+    }
+}
+
+/// Checks a message against its WeChat template (`templates.validation`), counting a refusal
+/// by its rule; in strict mode a one-time subscribe template takes one of the user's credits
+/// (`Ok(true)`: the caller gives it back if the message is not stored).
+async fn check_template<S: Store>(
+    state: &ApiState<S>,
+    message: &mut Message,
+) -> Result<bool, ApiError> {
+    let decision = state
+        .templates
+        .check(message)
+        .await
+        .map_err(|v| ApiError::from(refusal(state, v)))?;
+    if !decision.needs_credit {
+        return Ok(false);
+    }
+    if !state
+        .store
+        .take_credit(&message.touser, &message.template_id)
+        .await?
+    {
+        return Err(refusal(
+            state,
+            crate::templates::rules::Violation {
+                field: "touser".into(),
+                rule: crate::templates::rules::Rule::NoSubscriptionCredit,
+                message: format!(
+                    "{} has no subscription credit for the one-time template {}; record the \
+                     user's consent with POST /v1/subscriptions first",
+                    message.touser, message.template_id
+                ),
+            },
+        )
+        .into());
+    }
+    message.subscription_credit = true;
+    Ok(true)
+}
+
+/// Gives back the credits taken for messages that were not stored after all.
+async fn give_back_credits<S: Store>(state: &ApiState<S>, messages: &[&Message]) {
+    for m in messages.iter().filter(|m| m.subscription_credit) {
+        if let Err(e) = state.store.add_credits(&m.touser, &m.template_id, 1).await {
+            tracing::warn!(error = %e, "cannot give back a subscription credit");
+        }
+    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -212,6 +276,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             code: ErrorCode::InvalidField,
             message: format!("must be 1 to {MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
             field: "Idempotency-Key".into(),
+            rule: None,
         })
     };
     let key = value.to_str().map_err(|_| bad())?.trim();
@@ -227,12 +292,17 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Set on an answer that repeats an earlier one (same `Idempotency-Key`, same body).
 const REPLAYED: &str = "idempotent-replayed";
 
-fn accepted(id: MessageId, status: &str, duplicate: bool) -> Response {
-    let mut resp = (
-        StatusCode::ACCEPTED,
-        axum::Json(json!({"id": id, "status": status})),
-    )
-        .into_response();
+fn accepted(
+    id: MessageId,
+    status: &str,
+    duplicate: bool,
+    warnings: &[crate::message::TemplateNote],
+) -> Response {
+    let mut body = json!({"id": id, "status": status});
+    if !warnings.is_empty() {
+        body["warnings"] = json!(warnings);
+    }
+    let mut resp = (StatusCode::ACCEPTED, axum::Json(body)).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
         resp.headers_mut().insert(header::LOCATION, loc);
     }
@@ -270,23 +340,44 @@ async fn post_message<S: Store>(
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
     let request_digest = key.as_ref().map(|_| request_digest("/v1/messages", &value));
-    let message = parse_message(&value)?;
+    let mut message = parse_message(&value)?;
     check_callback(&state.targets, &message).await?;
-    let mut results = state
+    check_template(&state, &mut message).await?;
+    let warnings = message.template_notes.clone();
+    let kept = message.clone();
+    let stored = state
         .store
         .accept(vec![AcceptItem {
             message,
             idempotency_key: key,
             request_digest,
         }])
-        .await?;
+        .await;
+    let mut results = match stored {
+        Ok(r) => {
+            if r.first().is_some_and(|a| a.duplicate) {
+                // A repeat of a stored message: its credit was taken the first time.
+                give_back_credits(&state, &[&kept]).await;
+            }
+            r
+        }
+        Err(e) => {
+            give_back_credits(&state, &[&kept]).await;
+            return Err(e.into());
+        }
+    };
     let Some(first) = results.pop() else {
         return Err(ApiError::internal("the store answered nothing"));
     };
     if !first.duplicate {
         state.metrics.accepted.inc();
     }
-    Ok(accepted(first.id, first.status.as_str(), first.duplicate))
+    Ok(accepted(
+        first.id,
+        first.status.as_str(),
+        first.duplicate,
+        &warnings,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/messages/batch", tag = "messages",
@@ -324,7 +415,21 @@ async fn post_batch<S: Store>(
     let mut to_store = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let parsed = match parse_message(item) {
-            Ok(m) => check_callback(&state.targets, &m).await.map(|()| m),
+            Ok(mut m) => match check_callback(&state.targets, &m).await {
+                Ok(()) => match check_template(&state, &mut m).await {
+                    Ok(_) => Ok(m),
+                    Err(e) => match e.into_field_error() {
+                        Ok(f) => Err(f),
+                        Err(api) => {
+                            let taken: Vec<&Message> =
+                                to_store.iter().map(|i: &AcceptItem| &i.message).collect();
+                            give_back_credits(&state, &taken).await;
+                            return Err(api);
+                        }
+                    },
+                },
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         match parsed {
@@ -339,11 +444,31 @@ async fn post_batch<S: Store>(
             Err(e) => slots.push(Err(e.in_item(i))),
         }
     }
+    // The messages that took a credit, by their place in `to_store`.
+    let kept: Vec<(usize, Message)> = to_store
+        .iter()
+        .enumerate()
+        .filter(|(_, i)| i.message.subscription_credit)
+        .map(|(j, i)| (j, i.message.clone()))
+        .collect();
     let stored = if to_store.is_empty() {
         Vec::new()
     } else {
-        state.store.accept(to_store).await?
+        match state.store.accept(to_store).await {
+            Ok(s) => s,
+            Err(e) => {
+                give_back_credits(&state, &kept.iter().map(|(_, m)| m).collect::<Vec<_>>()).await;
+                return Err(e.into());
+            }
+        }
     };
+    // Repeats of stored messages (same Idempotency-Key): their credit was taken the first time.
+    let repeated: Vec<&Message> = kept
+        .iter()
+        .filter(|(j, _)| stored.get(*j).is_some_and(|a| a.duplicate))
+        .map(|(_, m)| m)
+        .collect();
+    give_back_credits(&state, &repeated).await;
     let fresh = stored.iter().filter(|a| !a.duplicate).count();
     state.metrics.accepted.inc_by(fresh as u64);
     let replayed = !stored.is_empty() && fresh == 0;
@@ -471,6 +596,7 @@ async fn list_dead_letters<S: Store>(
                 code: ErrorCode::InvalidField,
                 message: "must be a message id".into(),
                 field: "after".into(),
+                rule: None,
             })
         })?),
         None => None,
@@ -501,7 +627,131 @@ async fn replay<S: Store>(
     let id = parse_id(&id)?;
     let record = state.store.replay(id).await?;
     tracing::info!(%id, replays = record.replays, "dead letter replayed");
-    Ok(accepted(record.id, record.status.as_str(), false))
+    Ok(accepted(record.id, record.status.as_str(), false, &[]))
+}
+
+/// Most consents recorded by one request.
+pub const MAX_CREDITS_PER_REQUEST: u64 = 100;
+
+fn credit_key(obj: &serde_json::Map<String, Value>, field: &str) -> Result<String, ApiError> {
+    let bad = |code, message: &str| {
+        ApiError::from(FieldError {
+            code,
+            message: message.into(),
+            field: field.into(),
+            rule: None,
+        })
+    };
+    match obj.get(field) {
+        Some(Value::String(s))
+            if !s.trim().is_empty()
+                && s.chars().count() <= crate::store::MAX_CREDIT_KEY
+                && !s.chars().any(char::is_control) =>
+        {
+            Ok(s.clone())
+        }
+        Some(_) => Err(bad(
+            ErrorCode::InvalidField,
+            "must be 1 to 128 characters without control characters",
+        )),
+        None => Err(bad(ErrorCode::MissingField, "is required")),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions",
+    security(("bearer" = [])),
+    request_body(content = openapi::SubscriptionRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "recorded; the user's credits for the template now", body = openapi::Credits),
+        (status = 400, description = "not JSON", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
+        (status = 415, description = "not application/json", body = openapi::ErrorBody),
+        (status = 422, description = "a field is wrong (named in `field`)", body = openapi::ErrorBody),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
+async fn add_subscription<S: Store>(
+    State(state): State<Shared<S>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    check_accepting(&state)?;
+    let value = read_json(&headers, body, &state.limits).await?;
+    let Value::Object(obj) = value else {
+        return Err(ApiError::from(FieldError {
+            code: ErrorCode::InvalidField,
+            message: "the body must be {\"openid\", \"template_id\", \"count\"}".into(),
+            field: String::new(),
+            rule: None,
+        }));
+    };
+    if let Some(unknown) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "openid" | "template_id" | "count"))
+    {
+        return Err(ApiError::from(FieldError {
+            code: ErrorCode::UnknownField,
+            message: "unknown field; expected openid, template_id, count".into(),
+            field: unknown.clone(),
+            rule: None,
+        }));
+    }
+    let openid = credit_key(&obj, "openid")?;
+    let template_id = credit_key(&obj, "template_id")?;
+    let count = match obj.get("count") {
+        None | Some(Value::Null) => 1,
+        Some(v) => v
+            .as_u64()
+            .filter(|n| (1..=MAX_CREDITS_PER_REQUEST).contains(n))
+            .ok_or_else(|| {
+                ApiError::from(FieldError {
+                    code: ErrorCode::InvalidField,
+                    message: format!("must be a whole number from 1 to {MAX_CREDITS_PER_REQUEST}"),
+                    field: "count".into(),
+                    rule: None,
+                })
+            })?,
+    };
+    let credits = state
+        .store
+        .add_credits(&openid, &template_id, count)
+        .await?;
+    Ok(
+        axum::Json(json!({"openid": openid, "template_id": template_id, "credits": credits}))
+            .into_response(),
+    )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreditQuery {
+    openid: String,
+    template_id: String,
+}
+
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions",
+    security(("bearer" = [])),
+    params(
+        ("openid" = String, Query, description = "the user's openid"),
+        ("template_id" = String, Query, description = "the template"),
+    ),
+    responses(
+        (status = 200, description = "the user's credits for the template", body = openapi::Credits),
+        (status = 400, description = "a malformed query or an unknown parameter (`bad_query`)", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+    ))]
+async fn get_subscription<S: Store>(
+    State(state): State<Shared<S>>,
+    query: Result<Query<CreditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadQuery, e.body_text()))?;
+    let credits = state.store.credits(&q.openid, &q.template_id).await?;
+    Ok(
+        axum::Json(json!({"openid": q.openid, "template_id": q.template_id, "credits": credits}))
+            .into_response(),
+    )
 }
 
 /// The one-word health states: all that an unauthenticated caller learns.
@@ -563,8 +813,25 @@ async fn status<S: Store>(State(state): State<Shared<S>>) -> Response {
         "not_ready_reason": not_ready,
         "sending": if hold.is_some() { "on_hold" } else { "active" },
         "hold": hold,
+        "templates": templates_status(&state.templates),
     }))
     .into_response()
+}
+
+fn templates_status(registry: &crate::templates::Registry) -> Value {
+    let cat = registry.catalogue();
+    let fetched_at = (cat.fetched_ms > 0)
+        .then(|| {
+            jiff::Timestamp::from_millisecond(i64::try_from(cat.fetched_ms).unwrap_or(i64::MAX))
+                .ok()
+        })
+        .flatten();
+    json!({
+        "validation": registry.validation(),
+        "private": cat.private.as_ref().map(std::collections::HashMap::len),
+        "subscribe": cat.subscribe.as_ref().map(std::collections::HashMap::len),
+        "fetched_at": fetched_at,
+    })
 }
 
 async fn openapi_json() -> Response {

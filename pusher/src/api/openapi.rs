@@ -63,6 +63,32 @@ pub struct MessageRequest {
     callback_url: Option<String>,
 }
 
+/// `POST /v1/subscriptions`: a user's consent to a one-time subscribe template.
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubscriptionRequest {
+    /// The user's openid.
+    #[schema(min_length = 1, max_length = 128)]
+    openid: String,
+    /// The one-time subscribe template the user accepted.
+    #[schema(min_length = 1, max_length = 128)]
+    template_id: String,
+    /// Consents given at once (default 1).
+    #[schema(minimum = 1, maximum = 100, nullable = false)]
+    count: Option<u32>,
+}
+
+/// The credits of one user for one template.
+#[derive(Debug, ToSchema)]
+pub struct Credits {
+    /// The user's openid.
+    openid: String,
+    /// The template.
+    template_id: String,
+    /// One-time sends left.
+    credits: u64,
+}
+
 /// `miniprogram_state` of a subscribe message.
 #[derive(Debug, ToSchema)]
 #[schema(rename_all = "snake_case")]
@@ -90,6 +116,10 @@ pub struct Accepted {
     id: String,
     /// Its status now.
     status: Status,
+    /// What the template check found: fields WeChat ignores, values cut (`truncate`). Absent
+    /// when nothing.
+    #[schema(nullable = false)]
+    warnings: Option<Vec<crate::message::TemplateNote>>,
 }
 
 /// The answer of a batch: one result per item, in order.
@@ -147,6 +177,12 @@ pub struct ErrorDetail {
     /// The field at fault, as a path (at most 128 characters).
     #[schema(nullable = false)]
     field: Option<String>,
+    /// The template rule broken (`template_rule` errors only): `unknown_template`,
+    /// `missing_keyword`, `unknown_keyword`, `empty_value`, `too_long`, `bad_characters`,
+    /// `bad_format`, `not_allowed_value`, `line_break`, `control_character`,
+    /// `no_subscription_credit`.
+    #[schema(nullable = false)]
+    rule: Option<String>,
 }
 
 /// A page of dead letters.
@@ -183,6 +219,11 @@ pub struct ServiceStatus {
     /// sending).
     #[schema(value_type = Option<Object>)]
     hold: Option<Value>,
+    /// The template registry: `validation` (`auto`, `strict`, `truncate`, `off`), the number of
+    /// templates cached per list (`private`, `subscribe`; null while never read) and
+    /// `fetched_at` (null before the first fetch).
+    #[schema(value_type = Object)]
+    templates: Value,
 }
 
 #[derive(Debug)]
@@ -213,6 +254,8 @@ impl Modify for BearerAuth {
         super::get_message,
         super::list_dead_letters,
         super::replay,
+        super::add_subscription,
+        super::get_subscription,
         super::healthz,
         super::readyz,
         super::status,
@@ -287,6 +330,13 @@ mod tests {
             message: "quota".into(),
         });
         r.msgid = Some(1);
+        r.message.subscription_credit = true;
+        r.message.template_notes.push(message::TemplateNote {
+            field: "data.k".into(),
+            rule: "too_long".into(),
+            action: "cut".into(),
+            message: "cut".into(),
+        });
         r.first_attempt_at = Some(now);
         r.finished_at = Some(now);
         r.events.push(EventRecord {
@@ -316,8 +366,19 @@ mod tests {
         props("LastError", &shown["last_error"]);
         props("EventRecord", &shown["events"][0]);
         props("MiniProgram", &shown["message"]["miniprogram"]);
-        // The request takes the same fields as the stored message.
-        props("MessageRequest", &shown["message"]);
+        props("TemplateNote", &shown["message"]["template_notes"][0]);
+        // The request takes the same fields as the stored message, but for the two the pusher
+        // adds.
+        let mut request = shown["message"].clone();
+        request
+            .as_object_mut()
+            .expect("object")
+            .remove("template_notes");
+        request
+            .as_object_mut()
+            .expect("object")
+            .remove("subscription_credit");
+        props("MessageRequest", &request);
     }
 
     /// The bounds the document states are the ones the handlers enforce.

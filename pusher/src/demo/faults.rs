@@ -23,6 +23,61 @@ pub enum FaultMode {
     Outage,
     /// Token trouble: every access_token is revoked every 700 ms, so sends get 40001.
     Tokens,
+    /// Template checks: the sandbox knows the account's templates and every 5th message breaks
+    /// its template; the pusher refuses those at accept, and no send is spent on them.
+    Templates,
+}
+
+/// The template the demo sends in `templates` mode (the sandbox's catalogue holds it).
+pub const DEMO_TEMPLATE: &str = "ORDER_SHIPPED";
+
+/// The sandbox's template catalogue in `templates` mode.
+pub fn demo_catalogue() -> Vec<wxpush_sandbox::TemplateDef> {
+    vec![wxpush_sandbox::TemplateDef {
+        template_id: DEMO_TEMPLATE.into(),
+        kind: wxpush_sandbox::TemplateKind::Template,
+        title: "Order shipped".into(),
+        keywords: vec!["character_string1".into(), "thing2".into()],
+        one_time: false,
+        const_values: BTreeMap::new(),
+    }]
+}
+
+/// Message `i` of the run: in `templates` mode every 5th one breaks its template, in turn by
+/// an unknown template, a missing keyword, a 21-character `thing`, Chinese in a
+/// `character_string` and a line break (their `touser` starts with `demo-bad-`).
+pub fn demo_message(mode: Option<FaultMode>, i: usize) -> Value {
+    if mode != Some(FaultMode::Templates) {
+        return json!({
+            "touser": format!("demo-user-{}", i % 997),
+            "template_id": "ORDER_SHIPPED",
+            "url": "https://example.com/orders",
+            "data": {"keyword1": {"value": format!("order {i}")},
+                     "keyword2": {"value": "shipped"}},
+        });
+    }
+    let mut m = json!({
+        "touser": format!("demo-user-{}", i % 997),
+        "template_id": DEMO_TEMPLATE,
+        "url": "https://example.com/orders",
+        "data": {"character_string1": {"value": format!("order-{i}")},
+                 "thing2": {"value": "已发货"}},
+    });
+    if i % 5 == 4 {
+        m["touser"] = json!(format!("demo-bad-{i}"));
+        match (i / 5) % 5 {
+            0 => m["template_id"] = json!("NOT_A_TEMPLATE"),
+            1 => {
+                if let Some(d) = m["data"].as_object_mut() {
+                    d.remove("thing2");
+                }
+            }
+            2 => m["data"]["thing2"]["value"] = json!("已".repeat(21)),
+            3 => m["data"]["character_string1"]["value"] = json!(format!("订单{i}")),
+            _ => m["data"]["thing2"]["value"] = json!("已发货\n明天到"),
+        }
+    }
+    m
 }
 
 /// When the outage starts, after the faults are applied (just before the first send).
@@ -42,6 +97,7 @@ impl FaultMode {
             Self::Flaky => "flaky",
             Self::Outage => "outage",
             Self::Tokens => "tokens",
+            Self::Templates => "templates",
         }
     }
 
@@ -64,6 +120,10 @@ impl FaultMode {
                 "token trouble: every access_token revoked every {} (sends get 40001)",
                 humantime::format_duration(TOKEN_EVERY)
             ),
+            Self::Templates => "template checks: every 5th message breaks its template (unknown \
+                                template, missing keyword, 21-character thing, Chinese in a \
+                                character_string, a line break)"
+                .into(),
         }
     }
 
@@ -94,6 +154,7 @@ impl FaultMode {
                 token_invalidate_every: Some(TOKEN_EVERY),
                 ..base
             },
+            Self::Templates => base,
         }
     }
 
@@ -127,11 +188,21 @@ mod tests {
             FaultMode::Flaky,
             FaultMode::Outage,
             FaultMode::Tokens,
+            FaultMode::Templates,
         ] {
             assert_eq!(m.sandbox_faults().validate(), Ok(()), "{}", m.name());
             assert!(!m.describe().is_empty());
         }
         assert_eq!(FaultMode::paced_rate(2000), 500);
+        let bad = (0..25)
+            .map(|i| demo_message(Some(FaultMode::Templates), i))
+            .filter(|m| {
+                m["touser"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("demo-bad-"))
+            })
+            .count();
+        assert_eq!(bad, 5);
         assert_eq!(FaultMode::paced_rate(10), 20);
     }
 }

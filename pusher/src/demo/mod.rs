@@ -130,6 +130,8 @@ impl Demo {
             None => {
                 let handle = Sandbox::start(SandboxConfig {
                     daily_quota: None,
+                    template_defs: (opts.faults == Some(FaultMode::Templates))
+                        .then(faults::demo_catalogue),
                     ..SandboxConfig::new(opts.appid.clone(), opts.secret.clone())
                 })
                 .await?;
@@ -152,6 +154,9 @@ impl Demo {
         });
         if opts.faults.is_some() {
             crate::demo::merge(&mut yaml, &FaultMode::pusher_overrides());
+        }
+        if opts.faults == Some(FaultMode::Templates) {
+            crate::demo::merge(&mut yaml, &json!({"templates": {"validation": "strict"}}));
         }
         let config = PusherConfig::from_yaml(&yaml.to_string())?;
         config.validate()?;
@@ -223,6 +228,11 @@ impl Demo {
         if let Some(mode) = opts.faults {
             self.apply_faults(mode).await?;
         }
+        if opts.faults == Some(FaultMode::Templates) {
+            self.wait_for_templates().await?;
+        }
+        let refused: Arc<parking_lot::Mutex<std::collections::BTreeMap<String, u64>>> =
+            Arc::default();
         let start = Instant::now();
         let shown = progress::Progress::start(
             opts.progress,
@@ -236,22 +246,19 @@ impl Demo {
         let ids: Vec<Result<Vec<String>, DemoError>> = futures::stream::iter(0..requests)
             .map(|r| {
                 let sent = Arc::clone(&sent);
+                let refused = Arc::clone(&refused);
                 async move {
                     let from = r * batch;
                     let n = batch.min(opts.count - from);
                     let msgs: Vec<Value> = (from..from + n)
-                        .map(|i| {
-                            json!({
-                                "touser": format!("demo-user-{}", i % 997),
-                                "template_id": "ORDER_SHIPPED",
-                                "url": "https://example.com/orders",
-                                "data": {"keyword1": {"value": format!("order {i}")},
-                                         "keyword2": {"value": "shipped"}},
-                            })
-                        })
+                        .map(|i| faults::demo_message(opts.faults, i))
                         .collect();
-                    let ids = self.post(msgs).await?;
+                    let (ids, rules) = self.post(msgs).await?;
                     sent.fetch_add(ids.len(), Ordering::Relaxed);
+                    let mut r = refused.lock();
+                    for rule in rules {
+                        *r.entry(rule).or_default() += 1;
+                    }
                     Ok(ids)
                 }
             })
@@ -307,7 +314,31 @@ impl Demo {
             stats_before: &stats_before,
             stats_after: &stats_after,
             latency_ms,
+            refused: &refused.lock(),
         }))
+    }
+
+    /// Waits (at most 10 s) until the pusher's template registry holds the sandbox's templates.
+    async fn wait_for_templates(&self) -> Result<(), DemoError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let gauge = self
+            .pusher
+            .metrics()
+            .templates
+            .get_or_create(&crate::metrics::TemplateListLabels {
+                list: "private",
+                result: "",
+            })
+            .clone();
+        while gauge.get() < 1 {
+            if Instant::now() > deadline {
+                return Err(DemoError::Http(
+                    "the pusher did not read the sandbox's template list within 10 s".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     fn report(&self, i: ReportInputs<'_>) -> DemoReport {
@@ -348,6 +379,21 @@ impl Demo {
                 .collect()
         };
         let accepted = i.ids.len();
+        // Requests that reached WeChat for messages the pusher refused (their touser is
+        // `demo-bad-…`): each would have spent a unit of the daily quota.
+        let spent_on_refused = i.stats_after["per_openid"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| k.starts_with("demo-bad-"))
+            .map(|(k, v)| {
+                v["requests"].as_u64().unwrap_or_default().saturating_sub(
+                    i.stats_before["per_openid"][k]["requests"]
+                        .as_u64()
+                        .unwrap_or_default(),
+                )
+            })
+            .sum();
         let sandbox_delivered_unique = s(&["delivered_unique"]);
         let settled_count = delivered + not_delivered;
         let pending = (accepted as u64).saturating_sub(settled_count);
@@ -372,6 +418,9 @@ impl Demo {
         DemoReport {
             faults: i.opts.faults,
             fault_description: i.opts.faults.map(FaultMode::describe),
+            refused: i.refused.values().sum(),
+            refused_by_rule: i.refused.clone(),
+            sends_for_refused: spent_on_refused,
             accepted,
             delivered,
             not_delivered,
@@ -423,7 +472,9 @@ impl Demo {
         lines
     }
 
-    async fn post(&self, msgs: Vec<Value>) -> Result<Vec<String>, DemoError> {
+    /// Posts messages; answers the ids of those accepted and the rule of each one refused by
+    /// the template check.
+    async fn post(&self, msgs: Vec<Value>) -> Result<(Vec<String>, Vec<String>), DemoError> {
         let single = msgs.len() == 1;
         let (url, body) = if single {
             (format!("{}/v1/messages", self.base()), msgs[0].clone())
@@ -448,18 +499,33 @@ impl Demo {
                 continue;
             }
             let v: Value = resp.json().await.map_err(http_err)?;
-            if status.as_u16() != 202 {
+            let rule = |e: &Value| {
+                (e["code"] == "template_rule")
+                    .then(|| e["rule"].as_str().unwrap_or("unknown").to_string())
+            };
+            if single && let Some(r) = rule(&v["error"]) {
+                return Ok((Vec::new(), vec![r]));
+            }
+            let results = v["results"].as_array().cloned().unwrap_or_default();
+            let rules: Vec<String> = results.iter().filter_map(|r| rule(&r["error"])).collect();
+            if status.as_u16() != 202
+                && !(status.as_u16() == 422 && rules.len() == results.len() && !rules.is_empty())
+            {
                 return Err(DemoError::Http(format!("{status}: {v}")));
             }
             return Ok(if single {
-                v["id"].as_str().map(str::to_string).into_iter().collect()
+                (
+                    v["id"].as_str().map(str::to_string).into_iter().collect(),
+                    Vec::new(),
+                )
             } else {
-                v["results"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|r| r["id"].as_str().map(str::to_string))
-                    .collect()
+                (
+                    results
+                        .iter()
+                        .filter_map(|r| r["id"].as_str().map(str::to_string))
+                        .collect(),
+                    rules,
+                )
             });
         }
         Err(DemoError::Http("the pusher kept answering 429/503".into()))
@@ -592,4 +658,5 @@ struct ReportInputs<'a> {
     stats_before: &'a Value,
     stats_after: &'a Value,
     latency_ms: Value,
+    refused: &'a std::collections::BTreeMap<String, u64>,
 }

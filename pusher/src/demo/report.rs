@@ -38,6 +38,13 @@ pub struct DemoReport {
     pub faults: Option<FaultMode>,
     /// What the sandbox was told to do wrong.
     pub fault_description: Option<String>,
+    /// Messages refused at accept by the template check (400 `template_rule`).
+    pub refused: u64,
+    /// Those refusals by rule.
+    pub refused_by_rule: BTreeMap<String, u64>,
+    /// Requests that reached WeChat (the sandbox) for refused messages: 0, as nothing refused
+    /// at accept is sent.
+    pub sends_for_refused: u64,
     /// Messages answered 202.
     pub accepted: usize,
     /// Messages the pusher reports delivered.
@@ -107,7 +114,10 @@ fn map_line(m: &BTreeMap<String, u64>) -> String {
 impl DemoReport {
     /// Every accepted message delivered, none lost.
     pub fn ok(&self) -> bool {
-        self.settled && self.lost == 0 && self.delivered == self.accepted as u64
+        self.settled
+            && self.lost == 0
+            && self.delivered == self.accepted as u64
+            && self.sends_for_refused == 0
     }
 
     /// The one-line summary: `delivered N/N, 0 lost, in S s (R messages/s)`.
@@ -127,6 +137,16 @@ impl DemoReport {
         let mut rows: Vec<(&str, String)> = Vec::new();
         if let Some(d) = &self.fault_description {
             rows.push(("fault injected", d.clone()));
+        }
+        if self.refused > 0 || self.faults == Some(FaultMode::Templates) {
+            rows.push((
+                "refused at accept (400 template_rule)",
+                format!("{} ({})", self.refused, map_line(&self.refused_by_rule)),
+            ));
+            rows.push((
+                "sends to WeChat for refused messages",
+                format!("{} (no quota spent on them)", self.sends_for_refused),
+            ));
         }
         rows.push(("accepted (202, stored)", self.accepted.to_string()));
         rows.push((

@@ -916,6 +916,29 @@ pub async fn a_backlog_larger_than_memory_holds_is_leased_whole<B: Backend>(b: &
     store.close().await;
 }
 
+/// Subscription credits: added, read, taken one at a time down to none (concurrent takes
+/// never take more than there is), and kept across a restart.
+pub async fn subscription_credits_are_taken_once_each<B: Backend>(b: &B) {
+    let o = || Options::new(1000, Duration::from_secs(3600));
+    let store = b.open(o()).await;
+    assert_eq!(store.credits("o1", "S").await.expect("credits"), 0);
+    assert!(!store.take_credit("o1", "S").await.expect("take"));
+    assert_eq!(store.add_credits("o1", "S", 3).await.expect("add"), 3);
+    assert_eq!(store.add_credits("o1", "S2", 1).await.expect("add"), 1);
+    let takes = futures::future::join_all((0..5).map(|_| store.take_credit("o1", "S"))).await;
+    let taken = takes
+        .into_iter()
+        .map(|t| t.expect("take"))
+        .filter(|t| *t)
+        .count();
+    assert_eq!(taken, 3, "three credits, three takes");
+    assert_eq!(store.credits("o1", "S").await.expect("credits"), 0);
+    let store = b.reopen(o(), store).await;
+    assert_eq!(store.credits("o1", "S2").await.expect("credits"), 1);
+    assert_eq!(store.credits("o2", "S2").await.expect("credits"), 0);
+    store.close().await;
+}
+
 /// Runs every check of the contract as one `#[tokio::test]` each, for a backend built by
 /// `$backend` (an expression evaluated once per test, which may `.await`).
 #[macro_export]
@@ -936,7 +959,8 @@ macro_rules! store_contract {
             store_falls_back_to_the_latest_delivered_message_of_the_openid,
             final_states_write_callbacks_that_survive_a_restart,
             a_confirming_event_writes_a_second_callback,
-            a_backlog_larger_than_memory_holds_is_leased_whole
+            a_backlog_larger_than_memory_holds_is_leased_whole,
+            subscription_credits_are_taken_once_each
         );
     };
     (@tests $backend:expr; $($name:ident),*) => {

@@ -339,9 +339,56 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         }
     }
 
+    /// Adds `count` one-time subscription credits of `openid` for `template_id` (the user's
+    /// consents, docs/pusher.md "Subscription credits"); answers the new balance.
+    fn add_credits(
+        &self,
+        openid: &str,
+        template_id: &str,
+        count: u64,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (openid, template_id, count);
+        async {
+            Err(StoreError::Storage(
+                "this store keeps no subscription credits".into(),
+            ))
+        }
+    }
+
+    /// The credits of `openid` for `template_id` left.
+    fn credits(
+        &self,
+        openid: &str,
+        template_id: &str,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send {
+        let _ = (openid, template_id);
+        async {
+            Err(StoreError::Storage(
+                "this store keeps no subscription credits".into(),
+            ))
+        }
+    }
+
+    /// Takes one credit, atomically; `false` when there is none.
+    fn take_credit(
+        &self,
+        openid: &str,
+        template_id: &str,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send {
+        let _ = (openid, template_id);
+        async {
+            Err(StoreError::Storage(
+                "this store keeps no subscription credits".into(),
+            ))
+        }
+    }
+
     /// Finishes pending writes and stops; later calls fail with [`StoreError::Closed`].
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
+
+/// Longest `openid` or `template_id` a credit is kept for.
+pub const MAX_CREDIT_KEY: usize = 128;
 
 /// The answers of a many-message operation that failed as a whole: `e` for the first, its
 /// text for the others.

@@ -617,6 +617,11 @@ impl WeChatSender {
         &self.flow
     }
 
+    /// The access_token manager (the template registry fetches its lists with it).
+    pub fn tokens(&self) -> &Arc<TokenManager> {
+        &self.tokens
+    }
+
     /// The shared HTTP client (for callers that need the same pool, e.g. diagnostics).
     pub fn http(&self) -> &Arc<HttpClient> {
         &self.http

@@ -86,6 +86,7 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
         rate_limit: spec.rate_limit.clone(),
         concurrency: spec.concurrency.clone(),
         token: spec.token.clone(),
+        templates: spec.templates.clone(),
         callbacks: Callbacks {
             url: spec.callbacks.url.clone(),
             signing_key: spec

@@ -70,6 +70,8 @@ const AWAITING: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("a
 const EVENTS_SEEN: TableDefinition<(&str, u64, i64), u128> = TableDefinition::new("events_seen");
 /// `(due_ms, callback id)` → JSON [`PendingCallback`].
 const CALLBACKS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("callbacks");
+/// One-time subscription credits left, by (openid, template_id).
+const CREDITS: TableDefinition<(&str, &str), u64> = TableDefinition::new("credits");
 /// One row written by the healer to prove that the database takes writes again.
 const PROBE: TableDefinition<u8, u64> = TableDefinition::new("probe");
 /// Longest wait between looks at the callbacks table (new ones wake the worker at once).
@@ -532,7 +534,82 @@ async fn wait_for_work(
     true
 }
 
+impl EmbeddedStore {
+    /// Changes the credits of (`openid`, `template_id`) in one write transaction: `change`
+    /// maps the balance to the new one, or `None` to leave it.
+    async fn change_credits(
+        &self,
+        openid: &str,
+        template_id: &str,
+        change: impl FnOnce(u64) -> Option<u64> + Send + 'static,
+    ) -> Result<(u64, bool), StoreError> {
+        let (openid, template_id) = (openid.to_string(), template_id.to_string());
+        self.read(move |shared| {
+            let txn = shared.begin_write()?;
+            let result = {
+                let mut table = txn.open_table(CREDITS).map_err(storage)?;
+                let now = table
+                    .get((openid.as_str(), template_id.as_str()))
+                    .map_err(storage)?
+                    .map_or(0, |v| v.value());
+                match change(now) {
+                    Some(next) => {
+                        if next == 0 {
+                            table
+                                .remove((openid.as_str(), template_id.as_str()))
+                                .map_err(storage)?;
+                        } else {
+                            table
+                                .insert((openid.as_str(), template_id.as_str()), next)
+                                .map_err(storage)?;
+                        }
+                        (next, true)
+                    }
+                    None => (now, false),
+                }
+            };
+            txn.commit().map_err(storage)?;
+            Ok(result)
+        })
+        .await
+    }
+}
+
 impl Store for EmbeddedStore {
+    async fn add_credits(
+        &self,
+        openid: &str,
+        template_id: &str,
+        count: u64,
+    ) -> Result<u64, StoreError> {
+        self.change_credits(openid, template_id, move |n| Some(n.saturating_add(count)))
+            .await
+            .map(|(n, _)| n)
+    }
+
+    async fn credits(&self, openid: &str, template_id: &str) -> Result<u64, StoreError> {
+        let (openid, template_id) = (openid.to_string(), template_id.to_string());
+        self.read(move |shared| {
+            let txn = shared.begin_read()?;
+            let table = match txn.open_table(CREDITS) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(0),
+                Err(e) => return Err(storage(e)),
+            };
+            Ok(table
+                .get((openid.as_str(), template_id.as_str()))
+                .map_err(storage)?
+                .map_or(0, |v| v.value()))
+        })
+        .await
+    }
+
+    async fn take_credit(&self, openid: &str, template_id: &str) -> Result<bool, StoreError> {
+        self.change_credits(openid, template_id, |n| n.checked_sub(1))
+            .await
+            .map(|(_, taken)| taken)
+    }
+
     async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send_bounded(Op::Accept { items, reply })?;

@@ -960,7 +960,68 @@ fn cb_args(cb: Option<&PendingCallback>) -> Result<(String, u64, String), StoreE
     })
 }
 
+/// Takes one credit if there is one. KEYS: the credits hash. ARGV: the field. Returns 1 or 0.
+const TAKE_CREDIT: &str = r"
+local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if n > 0 then
+  if n == 1 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HINCRBY', KEYS[1], ARGV[1], -1) end
+  return 1
+end
+return 0
+";
+
+/// The field of (`openid`, `template_id`) in the `credits` hash (a newline cannot occur in
+/// either: both refuse control characters).
+fn credit_field(openid: &str, template_id: &str) -> String {
+    format!("{openid}\n{template_id}")
+}
+
 impl Store for RedisStore {
+    async fn add_credits(
+        &self,
+        openid: &str,
+        template_id: &str,
+        count: u64,
+    ) -> Result<u64, StoreError> {
+        let cmd = redis::cmd("HINCRBY")
+            .arg(self.key("credits"))
+            .arg(credit_field(openid, template_id))
+            .arg(count)
+            .clone();
+        let n: u64 = conn::retrying(|| {
+            let mut c = self.conn();
+            let cmd = cmd.clone();
+            async move { cmd.query_async(&mut c).await }
+        })
+        .await
+        .map_err(|e| self.fail("add_credits", &e))?;
+        Ok(self.ok(n))
+    }
+
+    async fn credits(&self, openid: &str, template_id: &str) -> Result<u64, StoreError> {
+        let n: Option<u64> = redis::cmd("HGET")
+            .arg(self.key("credits"))
+            .arg(credit_field(openid, template_id))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.fail("credits", &e))?;
+        Ok(self.ok(n.unwrap_or(0)))
+    }
+
+    async fn take_credit(&self, openid: &str, template_id: &str) -> Result<bool, StoreError> {
+        let script = redis::Script::new(TAKE_CREDIT);
+        let (key, field) = (self.key("credits"), credit_field(openid, template_id));
+        let n: i64 = conn::retrying(|| {
+            let mut c = self.conn();
+            let mut inv = script.prepare_invoke();
+            inv.key(&key).arg(&field);
+            async move { inv.invoke_async(&mut c).await }
+        })
+        .await
+        .map_err(|e| self.fail("take_credit", &e))?;
+        Ok(self.ok(n == 1))
+    }
+
     async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
         self.check_open()?;
         let now = Timestamp::now();

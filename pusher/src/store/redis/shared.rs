@@ -17,7 +17,9 @@
 //! `token:pause` (`<errcode> <errmsg>` while fetching is paused, with the pause as TTL),
 //! `rate` (hash: `tat` the rate limiter's theoretical arrival time in µs, `day` and `used` the
 //! Beijing day and the sends counted on it, `spent_until` the Unix ms until which WeChat's
-//! 45009 holds every pod).
+//! 45009 holds every pod), `templates` (the account's template catalogue as JSON,
+//! `src/templates/`), `templates:at` (when it was fetched, Unix ms) and `templates:lock` (the
+//! one fetcher's lock).
 //!
 //! The rate and the quota are one key, so that each permit is a single-key script. While the
 //! channel's slot moves between Cluster masters, a script over several keys of which some are
@@ -312,6 +314,65 @@ impl SharedClient {
             )
             .await?;
         Ok(())
+    }
+
+    /// Tries to become the one pod that fetches the template lists, for `ttl`.
+    pub async fn try_lock_templates(&self, ttl: Duration) -> Result<bool, RedisError> {
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(self.key("templates:lock"))
+                    .arg(&self.owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Gives the template fetcher's lock back (only if still ours).
+    pub async fn unlock_templates(&self) -> Result<(), RedisError> {
+        let _: i64 = self
+            .script(
+                &self.unlock,
+                &[self.key("templates:lock")],
+                std::slice::from_ref(&self.owner),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// When the shared template catalogue was fetched (Unix ms), if there is one.
+    pub async fn templates_at(&self) -> Result<Option<u64>, RedisError> {
+        self.run(redis::cmd("GET").arg(self.key("templates:at")))
+            .await
+    }
+
+    /// The shared template catalogue (JSON) and when it was fetched.
+    pub async fn templates(&self) -> Result<Option<(String, u64)>, RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(self.key("templates"))
+            .cmd("GET")
+            .arg(self.key("templates:at"));
+        let (json, at): (Option<String>, Option<u64>) = self.run_pipe(&pipe).await?;
+        Ok(json.zip(at))
+    }
+
+    /// Publishes a freshly fetched catalogue to every pod.
+    pub async fn put_templates(&self, json: &str, at_ms: u64) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("SET")
+            .arg(self.key("templates"))
+            .arg(json)
+            .ignore()
+            .cmd("SET")
+            .arg(self.key("templates:at"))
+            .arg(at_ms)
+            .ignore();
+        self.run_pipe(&pipe).await
     }
 
     /// The channel-wide token pause (`errcode`, `errmsg`), if one is on.
