@@ -420,5 +420,12 @@ pub fn millis(t: Timestamp) -> u64 {
     u64::try_from(t.as_millisecond()).unwrap_or(0)
 }
 
+/// [`millis`] rounded up: the schedule key of a time something is due ("not before"), so that a
+/// retry due at 12.3004 s is not leased at 12.3001 s.
+pub fn due_millis(t: Timestamp) -> u64 {
+    let part = t.subsec_nanosecond().rem_euclid(1_000_000) != 0;
+    millis(t) + u64::from(part && t.as_millisecond() >= 0)
+}
+
 #[cfg(test)]
 mod tests;

@@ -1175,7 +1175,9 @@ impl Writer {
             g.pending = g.pending.saturating_sub(1);
             None
         } else {
-            Some(millis(record.next_attempt_at.unwrap_or(g.now)))
+            Some(crate::store::due_millis(
+                record.next_attempt_at.unwrap_or(g.now),
+            ))
         };
         t.schedule.remove((slot, id)).map_err(storage)?;
         match due {

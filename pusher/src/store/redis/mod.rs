@@ -1140,7 +1140,7 @@ impl Store for RedisStore {
         };
         let (cb_id, cb_due, cb_json) = cb_args(cb.as_ref())?;
         let finished = millis(record.finished_at.unwrap_or(now));
-        let due = millis(record.next_attempt_at.unwrap_or(now));
+        let due = crate::store::due_millis(record.next_attempt_at.unwrap_or(now));
         let msgid = record
             .msgid
             .filter(|&m| m != 0)
