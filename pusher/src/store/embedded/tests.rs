@@ -160,7 +160,7 @@ async fn pulled_in_retries_beyond_the_watermark_are_due_at_once() {
         retry.attempts = 1;
         retry.next_attempt_at = Some(later);
         store.complete(l.slot, retry).await.expect("completes");
-        entries.push((crate::store::millis(later), l.record.id));
+        entries.push((crate::store::due_millis(later), l.record.id));
     }
     assert_eq!(counts(store.counts()), (0, 30, 0));
     assert!(store.shared.index.lock().beyond() > 0);
@@ -172,7 +172,7 @@ async fn pulled_in_retries_beyond_the_watermark_are_due_at_once() {
     assert_eq!(counts(store.counts()), (30, 0, 0));
     let again = lease(&store, 30).await;
     assert_eq!(again.len(), 30);
-    assert!(again.iter().all(|l| l.slot == crate::store::millis(later)));
+    assert!(again.iter().all(|l| l.slot == crate::store::due_millis(later)));
     assert_eq!(counts(store.counts()), (0, 0, 30));
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
