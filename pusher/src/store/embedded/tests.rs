@@ -172,7 +172,11 @@ async fn pulled_in_retries_beyond_the_watermark_are_due_at_once() {
     assert_eq!(counts(store.counts()), (30, 0, 0));
     let again = lease(&store, 30).await;
     assert_eq!(again.len(), 30);
-    assert!(again.iter().all(|l| l.slot == crate::store::due_millis(later)));
+    assert!(
+        again
+            .iter()
+            .all(|l| l.slot == crate::store::due_millis(later))
+    );
     assert_eq!(counts(store.counts()), (0, 0, 30));
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
