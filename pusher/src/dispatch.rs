@@ -660,7 +660,7 @@ impl<S: Store + Clone> Dispatcher<S> {
                 .record
                 .next_attempt_at
                 .filter(|_| outage && completed.is_none())
-                .map(crate::store::millis);
+                .map(crate::store::due_millis);
             if let Some(outcome) = completed
                 && outcome != Outcome::delivered
             {

@@ -421,7 +421,8 @@ pub fn millis(t: Timestamp) -> u64 {
 }
 
 /// [`millis`] rounded up: the schedule key of a time something is due ("not before"), so that a
-/// retry due at 12.3004 s is not leased at 12.3001 s.
+/// retry due at 12.3004 s is not leased at 12.3001 s. Everything that names a retry's place in
+/// the schedule (the stores' writes, the dispatcher's outage pull-in) uses this one.
 pub fn due_millis(t: Timestamp) -> u64 {
     let part = t.subsec_nanosecond().rem_euclid(1_000_000) != 0;
     millis(t) + u64::from(part && t.as_millisecond() >= 0)
