@@ -37,6 +37,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -159,9 +160,22 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// A client for `base_url` with the system's DNS configuration.
+    /// A client for `base_url` with the system's DNS configuration. An unset
+    /// `pool.maxIdlePerHost` keeps every connection opened (the caller bounds how many are
+    /// opened); [`Pool::idle_per_host`] resolves it against `concurrency.maxInFlight`.
     pub fn new(base_url: &str, timeouts: &Timeouts, pool: &Pool) -> Result<Self, ClientBuildError> {
-        Self::build(base_url, timeouts, pool, None)
+        Self::build(base_url, timeouts, pool, None, Counter::default())
+    }
+
+    /// As [`Self::new`], counting each connection set up (TCP connected, TLS done) in
+    /// `opened` (`wxpush_wechat_connections_opened_total`).
+    pub fn counted(
+        base_url: &str,
+        timeouts: &Timeouts,
+        pool: &Pool,
+        opened: Counter,
+    ) -> Result<Self, ClientBuildError> {
+        Self::build(base_url, timeouts, pool, None, opened)
     }
 
     /// A client resolving names through the given DNS configuration (tests, special set-ups).
@@ -171,7 +185,7 @@ impl HttpClient {
         pool: &Pool,
         dns: (ResolverConfig, ResolverOpts),
     ) -> Result<Self, ClientBuildError> {
-        Self::build(base_url, timeouts, pool, Some(dns))
+        Self::build(base_url, timeouts, pool, Some(dns), Counter::default())
     }
 
     fn build(
@@ -179,6 +193,7 @@ impl HttpClient {
         timeouts: &Timeouts,
         pool: &Pool,
         dns: Option<(ResolverConfig, ResolverOpts)>,
+        opened: Counter,
     ) -> Result<Self, ClientBuildError> {
         let url =
             url::Url::parse(base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
@@ -221,11 +236,16 @@ impl HttpClient {
                 connect_timeout: timeouts.connect.get(),
                 tls_timeout: timeouts.tls_handshake.get(),
                 keepalive: pool.tcp_keepalive.get(),
+                opened,
             }),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool.idle_timeout.get())
-            .pool_max_idle_per_host(usize::try_from(pool.max_idle_per_host).unwrap_or(usize::MAX))
+            .pool_max_idle_per_host(
+                pool.max_idle_per_host
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(usize::MAX),
+            )
             .pool_timer(TokioTimer::new())
             .build(connector);
         let mut base = format!("{}://{}", url.scheme(), url.authority());
@@ -454,6 +474,8 @@ struct ConnectorInner {
     connect_timeout: Duration,
     tls_timeout: Duration,
     keepalive: Duration,
+    /// Connections set up.
+    opened: Counter,
 }
 
 impl std::fmt::Debug for ConnectorInner {
@@ -485,7 +507,9 @@ impl tower::Service<Uri> for Connector {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let _stint = ConnectStint(clock);
-            inner.connect(&uri).await.map(TokioIo::new)
+            let io = inner.connect(&uri).await?;
+            inner.opened.inc();
+            Ok(TokioIo::new(io))
         })
     }
 }
