@@ -175,6 +175,9 @@ pub struct Metrics {
     /// `wxpush_wechat_connections_opened_total`: connections to WeChat set up (TCP connected,
     /// TLS done). Against a steady load it stays near the most requests ever in flight at once.
     pub wechat_connections_opened: Counter,
+    /// `wxpush_wechat_requests_peak`: the most HTTP requests to WeChat under way at once since
+    /// the start (what the connections opened are compared with).
+    pub wechat_requests_peak: Gauge,
     /// `wxpush_queue_oldest_ready_age_seconds`: how long the oldest ready message has been
     /// due (0 when none is ready); set at each scrape.
     pub oldest_ready_age: Gauge,
@@ -337,6 +340,12 @@ impl Metrics {
             "Connections to WeChat set up (TCP connected, TLS done)",
             wechat_connections_opened.clone(),
         );
+        let wechat_requests_peak = Gauge::default();
+        registry.register(
+            "wechat_requests_peak",
+            "Most HTTP requests to WeChat under way at once since the start",
+            wechat_requests_peak.clone(),
+        );
         let oldest_ready_age = Gauge::default();
         registry.register(
             "queue_oldest_ready_age_seconds",
@@ -374,6 +383,7 @@ impl Metrics {
             concurrency_limit,
             hedged_sends,
             wechat_connections_opened,
+            wechat_requests_peak,
             oldest_ready_age,
             daily_quota,
         }

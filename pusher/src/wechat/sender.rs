@@ -160,7 +160,10 @@ impl WeChatSender {
                 &config.api_base_url,
                 &config.timeouts,
                 &pool,
-                metrics.wechat_connections_opened.clone(),
+                super::client::ClientCounters {
+                    opened: metrics.wechat_connections_opened.clone(),
+                    peak: metrics.wechat_requests_peak.clone(),
+                },
             )
             .map_err(|e| SenderError::Client(e.to_string()))?,
         );
