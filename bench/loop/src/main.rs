@@ -167,14 +167,12 @@ fn message(prefix: &str, i: u64) -> Value {
 }
 
 /// The sandbox's connection counts since its last reset: connections that carried an API
-/// request, and the most sends it served at once.
+/// request, and the most sends it served at once (nulls while it is away: an outage).
 async fn sandbox_connections(client: &reqwest::Client, sandbox: &str) -> Result<Value> {
-    let stats: Value = client
-        .get(format!("{sandbox}/__stats"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let stats: Value = match client.get(format!("{sandbox}/__stats")).send().await {
+        Ok(answer) => answer.json().await?,
+        Err(_) => Value::Null,
+    };
     Ok(json!({
         "api_connections": stats["api_connections"],
         "sends_max_in_flight": stats["sends_max_in_flight"],
