@@ -14,6 +14,7 @@ SB_PID=
 cleanup() {
   [[ -n "$PUSHER_PID" ]] && kill "$PUSHER_PID" 2>/dev/null || true
   [[ -n "$SB_PID" ]] && kill "$SB_PID" 2>/dev/null || true
+  [[ -n "${REDIS_PID:-}" ]] && kill "$REDIS_PID" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -38,17 +39,18 @@ faults() { # faults JSON
 }
 base_faults="{\"latency\":\"$LATENCY\"}"
 
-# start_pusher NAME CONCURRENCY_JSON [API_BASE]
+# start_pusher NAME CONCURRENCY_JSON [API_BASE]; QUEUE_JSON replaces the embedded store.
 start_pusher() {
   local name=$1 conc=$2 api=${3:-$SB} port dir
   port=$(free_port)
   dir="$work/$name"
   mkdir -p "$dir"
+  local queue=${QUEUE_JSON:-"{\"embedded\": {\"path\": \"$dir/queue\"}}"}
   cat >"$dir/pusher.yaml" <<EOF
 {"listen": "127.0.0.1:$port", "channel": "bench", "apiBaseUrl": "$api",
  "credentials": {"appId": "$APPID", "appSecret": "$SECRET"},
  "auth": {"token": "$TOKEN"},
- "queue": {"embedded": {"path": "$dir/queue"}},
+ "queue": $queue,
  "concurrency": $conc,
  "rateLimit": {"perSecond": 1000000, "burst": 1000000, "dailyQuota": 0},
  "shutdown": {"drainTimeout": "1s"}}
@@ -72,9 +74,10 @@ stop_pusher() {
   PUSHER_PID=
 }
 
-run_loop() { # NAME N
-  echo "-- loop: $1 ($2 messages, $TASKS tasks)" >&2
-  "$BIN/wxpush-bench" loop --sandbox "$SB" --n "$2" --tasks "$TASKS" --appid "$APPID" \
+run_loop() { # NAME N [TASKS]
+  local tasks=${3:-$TASKS}
+  echo "-- loop: $1 ($2 messages, $tasks tasks)" >&2
+  "$BIN/wxpush-bench" loop --sandbox "$SB" --n "$2" --tasks "$tasks" --appid "$APPID" \
     --secret "$SECRET" --prefix "loop-$1-" >"$OUT/loop-$1.json"
 }
 

@@ -66,3 +66,33 @@ ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig(os.path.join(out, "latency-cdf.png"), dpi=120)
 print("plots:", os.path.join(out, "overload-throughput.png"), os.path.join(out, "latency-cdf.png"))
+
+# Rate against latency (issue 20's sweep).
+xs_lat = [("2", 2), ("20", 20), ("50", 50), ("100", 100)]
+lines = [("loop", "t256", "bare loop, 256 tasks", "tab:gray", ":"),
+         ("loop", "t1024", "bare loop, 1,024 tasks", "black", ":"),
+         ("wxpush", "default", "wxpush, defaults", "tab:blue", "-"),
+         ("wxpush", "ceiling64", "wxpush, maxInFlight 64 (old default)", "tab:red", "--"),
+         ("wxpush", "fixed256", "wxpush, fixed 256", "tab:orange", "--"),
+         ("wxpush", "fixed1024", "wxpush, fixed 1,024", "tab:green", "--")]
+if any(load(f"{kind}-lat20-{s}") for kind, s, *_ in lines):
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    for kind, s, label, color, style in lines:
+        pts = [(x, load(f"{kind}-lat{lat}-{s}")) for lat, x in xs_lat]
+        pts = [(x, r["rate"]) for x, r in pts if r]
+        if pts:
+            ax.plot([x for x, _ in pts], [y for _, y in pts], style, marker="o", color=color, label=label)
+        hang = load(f"{kind}-lat20hang-{s}")
+        if hang:
+            ax.plot([20], [hang["rate"]], marker="x", ms=9, ls="none", color=color)
+    ax.plot([], [], marker="x", ls="none", color="black", label="× = 20 ms with 1 % hanging 30 s")
+    ax.set_xscale("log")
+    ax.set_xticks([2, 20, 50, 100])
+    ax.set_xticklabels(["2", "20 ± 10", "50 ± 25", "100 ± 50"])
+    ax.set_xlabel("WeChat stand-in latency (ms)")
+    ax.set_ylabel("delivered messages/s")
+    ax.set_title("Rate against latency (one run, one sandbox)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "rate-vs-latency.png"), dpi=120)
+    print("plot:", os.path.join(out, "rate-vs-latency.png"))

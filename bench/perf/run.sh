@@ -16,9 +16,14 @@
 #    (WeChat away OUTAGE s), overload (upstream capacity 32: a sweep of fixed maxInFlight
 #    against the adaptive default), clean with maxInFlight 256, single accepts at 2k/s, and
 #    RSS idle and with QUEUED messages queued;
-# 4. prints the table (bench/perf/report.py) and draws two PNGs (bench/perf/plot.py, matplotlib
-#    in a local venv bench/.venv): throughput against concurrency (overload) and the latency CDF
-#    (clean and tail).
+#    before them, the latency sweep (issue 20; LATENCIES, N_SWEEP): at 2, 20 ± 10, 50 ± 25 and
+#    100 ± 50 ms, and 20 ± 10 ms with 1 % of responses hanging 30 s, the loop at 256 and 1,024
+#    tasks and wxpush with its defaults, with maxInFlight 64, and at fixed 256 and 1,024, with
+#    connections opened and the most requests in flight; and the Redis store with one pod
+#    (REDIS=0 skips it);
+# 4. prints the tables (bench/perf/report.py) and draws three PNGs (bench/perf/plot.py,
+#    matplotlib in a local venv bench/.venv): throughput against concurrency (overload), the
+#    latency CDF (clean and tail), and rate against latency (the sweep).
 #
 # Results (JSON per scenario, the table, the PNGs) go to OUT (default bench/perf/results).
 # A benchmark reports; it asserts nothing.
@@ -34,6 +39,9 @@ TASKS=${TASKS:-256}            # the loop's tasks
 LATENCY=${LATENCY:-2ms}        # the sandbox's latency
 OUTAGE=${OUTAGE:-10}           # seconds
 ACCEPT_RATE=${ACCEPT_RATE:-2000}
+LATENCIES=${LATENCIES:-"2 20 50 100 20hang"} # the latency sweep ("" to skip it)
+N_SWEEP=${N_SWEEP:-30000}      # messages per run of the latency sweep
+REDIS=${REDIS:-1}              # the Redis store with one pod (needs redis-server)
 OUT=${OUT:-bench/perf/results}
 PLOT=${PLOT:-1}
 APPID=wxbench000000000
@@ -44,6 +52,52 @@ TOKEN=bench-token-0123456789abcdef
 source bench/perf/lib.sh
 
 default='{}'
+
+# The latency sweep (issue 20): per latency, the bare loop at 256 and 1,024 tasks, and wxpush
+# with its defaults, with the old ceiling of 64, and at fixed 256 and 1,024 in flight. The
+# sandbox's latency is LATENCY_MIN plus a uniform draw from [0, JITTER]: "20" is 20 ± 10 ms.
+# "20hang": 20 ± 10 ms with 1 % of responses hanging 30 s; it runs last, since hung requests
+# stay at the sandbox for 30 s.
+declare -A lat_faults=(
+  [2]='{"latency":"2ms"}'
+  [20]='{"latency":"10ms","jitter":"20ms"}'
+  [50]='{"latency":"25ms","jitter":"50ms"}'
+  [100]='{"latency":"50ms","jitter":"100ms"}'
+  [20hang]='{"latency":"10ms","jitter":"20ms","hang_share":0.01,"hang":"30s"}'
+)
+declare -A sweep_conc=(
+  [default]='{}'
+  [ceiling64]='{"maxInFlight": 64}'
+  [fixed256]='{"maxInFlight": 256, "adaptive": false}'
+  [fixed1024]='{"maxInFlight": 1024, "adaptive": false}'
+)
+for lat in $LATENCIES; do
+  f=${lat_faults[$lat]}
+  for tasks in 256 1024; do
+    faults "$f"
+    run_loop "lat$lat-t$tasks" "$N_SWEEP" "$tasks"
+  done
+  for c in default ceiling64 fixed256 fixed1024; do
+    faults "$f"
+    run_e2e "lat$lat-$c" "$N_SWEEP" "${sweep_conc[$c]}"
+  done
+done
+
+# The Redis store with one pod, clean (against the embedded store's clean run below).
+if [[ "$REDIS" == 1 ]]; then
+  command -v redis-server >/dev/null || { echo "redis-server is needed (scripts/setup.sh)" >&2; exit 1; }
+  rport=$(free_port)
+  mkdir -p "$work/redis"
+  redis-server --port "$rport" --bind 127.0.0.1 --appendonly yes --appendfsync everysec \
+    --save '' --dir "$work/redis" >"$work/redis.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  faults "$base_faults"
+  QUEUE_JSON="{\"redis\": {\"url\": \"redis://127.0.0.1:$rport\"}}" run_e2e redis-clean "$N" "$default"
+  kill "$REDIS_PID" 2>/dev/null || true
+  wait "$REDIS_PID" 2>/dev/null || true
+  REDIS_PID=
+fi
 
 # clean
 faults "$base_faults"
@@ -114,7 +168,7 @@ stop_pusher
 {
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
   echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "N=$N N_OUTAGE=$N_OUTAGE N_OVERLOAD=$N_OVERLOAD TASKS=$TASKS LATENCY=$LATENCY OUTAGE=${OUTAGE}s"
+  echo "N=$N N_OUTAGE=$N_OUTAGE N_OVERLOAD=$N_OVERLOAD TASKS=$TASKS LATENCY=$LATENCY OUTAGE=${OUTAGE}s N_SWEEP=$N_SWEEP LATENCIES=$LATENCIES"
   echo
   python3 bench/perf/report.py "$OUT" "$OUTAGE"
 } | tee "$OUT/table.md"

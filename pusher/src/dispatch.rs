@@ -318,11 +318,16 @@ struct Ended {
     outage: bool,
 }
 
-/// Messages worked on at once, per slot of `maxInFlight`. The HTTP requests in flight are held
-/// to `maxInFlight` (or the adaptive limit below it) by the sender's gate; the pool is deeper
-/// so that the store's writes around a send (the "attempt started" commit before it, the
-/// outcome after) overlap other messages' sends instead of idling the gate.
+/// Messages worked on at once, per slot of the concurrency limit (`maxInFlight`, or the
+/// adaptive limit below it). The HTTP requests in flight are held to the limit by the sender's
+/// gate; the pool is deeper so that the store's writes around a send (the "attempt started"
+/// commit before it, the outcome after) overlap other messages' sends instead of idling the
+/// gate.
 pub const PIPELINE: usize = 4;
+
+/// How long the dispatcher waits before looking again when its pool is as deep as the
+/// concurrency limit allows.
+const DEPTH_WAIT: Duration = Duration::from_millis(1);
 
 /// The worker pool.
 #[derive(Debug)]
@@ -455,7 +460,23 @@ impl<S: Store + Clone> Dispatcher<S> {
                 }
                 continue;
             }
-            let room = permits.available_permits() + 1;
+            // The pool works on at most PIPELINE × the current concurrency limit: deep enough to
+            // keep the gate busy, and no deeper, so that a low limit (WeChat away or slow) does
+            // not hold thousands of leased messages in memory under a high ceiling.
+            let depth = (this.sender.flow().limit() as usize)
+                .saturating_mul(PIPELINE)
+                .max(PIPELINE);
+            let in_work = this.workers.saturating_sub(permits.available_permits() + 1);
+            if in_work >= depth {
+                drop(permit);
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(DEPTH_WAIT) => {}
+                }
+                continue;
+            }
+            let room = (permits.available_permits() + 1).min(depth - in_work);
             let leased = tokio::select! {
                 biased;
                 () = stop.cancelled() => break,

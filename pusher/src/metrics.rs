@@ -218,6 +218,12 @@ pub struct Metrics {
     /// `wxpush_hedged_sends_total`: second attempts sent under the same `client_msg_id`
     /// because the first had not answered after a multiple of the observed p99.
     pub hedged_sends: Counter,
+    /// `wxpush_wechat_connections_opened_total`: connections to WeChat set up (TCP connected,
+    /// TLS done). Against a steady load it stays near the most requests ever in flight at once.
+    pub wechat_connections_opened: Counter,
+    /// `wxpush_wechat_requests_peak`: the most HTTP requests to WeChat under way at once since
+    /// the start (what the connections opened are compared with).
+    pub wechat_requests_peak: Gauge,
     /// `wxpush_queue_oldest_ready_age_seconds`: how long the oldest ready message has been
     /// due (0 when none is ready); set at each scrape.
     pub oldest_ready_age: Gauge,
@@ -403,6 +409,18 @@ impl Metrics {
             "Hedged second attempts under the same client_msg_id",
             hedged_sends.clone(),
         );
+        let wechat_connections_opened = Counter::default();
+        registry.register(
+            "wechat_connections_opened",
+            "Connections to WeChat set up (TCP connected, TLS done)",
+            wechat_connections_opened.clone(),
+        );
+        let wechat_requests_peak = Gauge::default();
+        registry.register(
+            "wechat_requests_peak",
+            "Most HTTP requests to WeChat under way at once since the start",
+            wechat_requests_peak.clone(),
+        );
         let oldest_ready_age = Gauge::default();
         registry.register(
             "queue_oldest_ready_age_seconds",
@@ -460,6 +478,8 @@ impl Metrics {
             redis_up,
             concurrency_limit,
             hedged_sends,
+            wechat_connections_opened,
+            wechat_requests_peak,
             oldest_ready_age,
             daily_quota,
         }

@@ -50,8 +50,16 @@ pub(crate) async fn fault_layer(
 ) -> Response {
     let endpoint = Endpoint::from_path(req.uri().path());
     state.stats.request(endpoint);
+    if conn.first_api_request() {
+        state.stats.api_connection();
+    }
     let _token_guard = matches!(endpoint, Endpoint::ClassicToken | Endpoint::StableToken)
         .then(|| state.stats.token_in_flight());
+    let send = matches!(
+        endpoint,
+        Endpoint::TemplateSend | Endpoint::SubscribeSend | Endpoint::Bizsend
+    );
+    let _send_guard = send.then(|| state.stats.send_in_flight());
     let in_flight = state.faults.enter();
     let latency = state.faults.latency() + state.faults.overload_latency(in_flight.ahead);
     if !latency.is_zero() {
@@ -61,10 +69,6 @@ pub(crate) async fn fault_layer(
             () = state.shutdown.cancelled() => {}
         }
     }
-    let send = matches!(
-        endpoint,
-        Endpoint::TemplateSend | Endpoint::SubscribeSend | Endpoint::Bizsend
-    );
     match state.faults.decide(send) {
         Decision::Pass => next.run(req).await,
         Decision::Reset => {

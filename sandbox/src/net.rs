@@ -76,6 +76,8 @@ impl NetControl {
 pub(crate) struct ConnFlags {
     reset: AtomicBool,
     admin: AtomicBool,
+    /// Has carried a WeChat API request.
+    api: AtomicBool,
 }
 
 /// The handle handlers get for their connection, with the peer's address.
@@ -91,6 +93,11 @@ impl ConnInfo {
     /// The address the connection came from (what WeChat checks against the IP allowlist).
     pub(crate) fn peer(&self) -> SocketAddr {
         self.1
+    }
+
+    /// Marks the connection as one that carried a WeChat API request; true the first time.
+    pub(crate) fn first_api_request(&self) -> bool {
+        !self.0.api.swap(true, Ordering::Relaxed)
     }
 
     /// Marks the connection as an admin one (it survives outages).

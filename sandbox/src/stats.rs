@@ -181,13 +181,21 @@ pub struct StatsSnapshot {
     pub events: EventCounts,
     /// Per-openid counts.
     pub per_openid: BTreeMap<String, OpenidCounts>,
+    /// TCP connections that carried at least one WeChat API request (admin routes excluded):
+    /// how a client's connection reuse is checked from outside.
+    #[serde(default)]
+    pub api_connections: u64,
+    /// Most send requests (template, subscribe, bizsend) in flight at the sandbox at one time,
+    /// from arrival to answer, injected latency included.
+    #[serde(default)]
+    pub sends_max_in_flight: u64,
 }
 
-/// A token request in flight; dropping it ends it.
+/// A request in flight; dropping it ends it.
 #[derive(Debug)]
-pub struct TokenInFlight<'a>(&'a AtomicU64);
+pub struct InFlight<'a>(&'a AtomicU64);
 
-impl Drop for TokenInFlight<'_> {
+impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -208,6 +216,9 @@ pub struct Stats {
     issued: AtomicU64,
     token_in_flight: AtomicU64,
     token_max_in_flight: AtomicU64,
+    sends_in_flight: AtomicU64,
+    sends_max_in_flight: AtomicU64,
+    api_connections: AtomicU64,
     ev_generated: AtomicU64,
     ev_attempts: AtomicU64,
     ev_acked: AtomicU64,
@@ -243,6 +254,9 @@ impl Default for Stats {
             issued: AtomicU64::new(0),
             token_in_flight: AtomicU64::new(0),
             token_max_in_flight: AtomicU64::new(0),
+            sends_in_flight: AtomicU64::new(0),
+            sends_max_in_flight: AtomicU64::new(0),
+            api_connections: AtomicU64::new(0),
             ev_generated: AtomicU64::new(0),
             ev_attempts: AtomicU64::new(0),
             ev_acked: AtomicU64::new(0),
@@ -273,10 +287,22 @@ impl Stats {
 
     /// Marks a token request as in flight until the returned guard is dropped, and keeps the
     /// highest number seen at once.
-    pub fn token_in_flight(&self) -> TokenInFlight<'_> {
+    pub fn token_in_flight(&self) -> InFlight<'_> {
         let now = self.token_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.token_max_in_flight.fetch_max(now, Ordering::AcqRel);
-        TokenInFlight(&self.token_in_flight)
+        InFlight(&self.token_in_flight)
+    }
+
+    /// The same for a send request.
+    pub fn send_in_flight(&self) -> InFlight<'_> {
+        let now = self.sends_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.sends_max_in_flight.fetch_max(now, Ordering::AcqRel);
+        InFlight(&self.sends_in_flight)
+    }
+
+    /// Counts a connection's first WeChat API request.
+    pub fn api_connection(&self) {
+        add(&self.api_connections);
     }
 
     /// Counts an answer's errcode.
@@ -433,6 +459,8 @@ impl Stats {
                     .collect(),
             },
             per_openid,
+            api_connections: read(&self.api_connections),
+            sends_max_in_flight: read(&self.sends_max_in_flight),
         }
     }
 
@@ -453,6 +481,8 @@ impl Stats {
                 &self.stable_force,
                 &self.issued,
                 &self.token_max_in_flight,
+                &self.sends_max_in_flight,
+                &self.api_connections,
                 &self.ev_generated,
                 &self.ev_attempts,
                 &self.ev_acked,

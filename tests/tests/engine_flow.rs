@@ -1,5 +1,6 @@
-//! Hedged sends and recovery after an outage, end to end: the real `wxpush-pusher` against the
-//! real `wxpush-sandbox` (issue 13, "Done when"). These tests prove mechanisms, never speed.
+//! Hedged sends, recovery after an outage and connection reuse, end to end: the real
+//! `wxpush-pusher` against the real `wxpush-sandbox` (issues 13 and 20, "Done when"). These
+//! tests prove mechanisms, never speed.
 
 use std::time::{Duration, Instant};
 
@@ -115,4 +116,58 @@ async fn after_an_outage_retries_are_pulled_in_when_the_breaker_closes() {
     let opens = pusher.api.metric("wxpush_circuit_opens_total", &[]).await;
     assert!(opens >= 1.0, "the breaker opened");
     assert_eq!(wx.stats().await.delivered_unique, 1 + N as u64);
+}
+
+/// The pool follows the concurrency limit: with the default settings and a slow upstream (so
+/// that well over 64 requests are in flight, the old fixed idle cap), a steady run opens about
+/// one connection per request that was ever under way at once, not one per request above the
+/// idle cap. Counted by the pusher (connections opened, most requests under way at once) and
+/// checked against the sandbox (connections that carried an API request); no timing is
+/// asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_steady_load_opens_each_connection_once() {
+    const N: usize = 3000;
+    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "200ms", "--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    let dir = tempdir();
+    // The defaults of `concurrency` (the test helper's config pins maxInFlight to 64).
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"concurrency": {"maxInFlight": 1024, "adaptive": true}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let msgs: Vec<_> = (0..N).map(|i| template(&format!("c{i}"))).collect();
+    send_all(&pusher.api, &msgs, 500, 2).await;
+    pusher
+        .api
+        .wait_delivered(N as u64, Duration::from_secs(120))
+        .await;
+    let stats = wx.stats().await;
+    assert_eq!(stats.delivered_unique, N as u64);
+    let peak = pusher.api.metric("wxpush_wechat_requests_peak", &[]).await;
+    let opened = pusher
+        .api
+        .metric("wxpush_wechat_connections_opened_total", &[])
+        .await;
+    let seen = stats.api_connections as f64;
+    eprintln!(
+        "peak {peak} under way; {opened} connections opened, {seen} seen by the sandbox \
+         (most sends there at once: {})",
+        stats.sends_max_in_flight
+    );
+    assert!(
+        peak > 64.0,
+        "the limit climbed past the old idle cap of 64 (peak under way {peak})"
+    );
+    assert!(
+        opened <= peak * 1.1,
+        "{opened} connections opened for a peak of {peak} requests under way"
+    );
+    // The pusher's count is not flattering itself: every connection that carried a request
+    // to the sandbox is in it.
+    assert!(
+        seen <= opened,
+        "the sandbox saw {seen} connections, the pusher counted {opened}"
+    );
 }

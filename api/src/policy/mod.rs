@@ -57,19 +57,33 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Pool {
-    /// Idle connections kept open per host. Default `64`.
+    /// Idle connections kept open per host. Unset (the default), the pool follows the
+    /// concurrency limit: it keeps up to `concurrency.maxInFlight` idle connections, and since a
+    /// connection is only opened for a request that found none idle, it holds about as many as
+    /// were recently in flight at once. A steady load then opens each connection once. The
+    /// most recently used idle connection is reused first, so when the limit falls the
+    /// connections it no longer needs sit unused and close after `idleTimeout`; the ones still
+    /// in use stay open.
     #[schemars(range(min = 1, max = 4096))]
-    pub max_idle_per_host: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_idle_per_host: Option<u32>,
     /// How long an idle pooled connection is kept. Default `90s`.
     pub idle_timeout: HumanDuration,
     /// TCP keepalive probe interval on pooled connections. Default `60s`.
     pub tcp_keepalive: HumanDuration,
 }
 
+impl Pool {
+    /// Idle connections kept per host for a pusher whose ceiling is `max_in_flight`.
+    pub fn idle_per_host(&self, max_in_flight: u32) -> u32 {
+        self.max_idle_per_host.unwrap_or(max_in_flight).max(1)
+    }
+}
+
 impl Default for Pool {
     fn default() -> Self {
         Self {
-            max_idle_per_host: 64,
+            max_idle_per_host: None,
             idle_timeout: HumanDuration::secs(90),
             tcp_keepalive: HumanDuration::secs(60),
         }
@@ -213,8 +227,10 @@ impl Default for RateLimit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Concurrency {
-    /// HTTP requests to WeChat in flight at most, per pusher: the ceiling of the adaptive
-    /// limit, or the fixed limit when `adaptive` is off. Default `64`.
+    /// HTTP requests to WeChat in flight at most, per pusher: a safety ceiling on the adaptive
+    /// limit (which decides, from latency and errors, how many are in flight), or the fixed
+    /// limit when `adaptive` is off. High by default because at WeChat's real latency (tens of
+    /// milliseconds) a pusher's rate is about requests in flight ÷ latency. Default `1024`.
     #[schemars(range(min = 1, max = 10000))]
     pub max_in_flight: u32,
     /// Learn the limit from WeChat's answers: it grows while latency stays near its floor and
@@ -227,7 +243,7 @@ pub struct Concurrency {
 impl Default for Concurrency {
     fn default() -> Self {
         Self {
-            max_in_flight: 64,
+            max_in_flight: 1024,
             adaptive: true,
         }
     }

@@ -166,6 +166,19 @@ fn message(prefix: &str, i: u64) -> Value {
     })
 }
 
+/// The sandbox's connection counts since its last reset: connections that carried an API
+/// request, and the most sends it served at once (nulls while it is away: an outage).
+async fn sandbox_connections(client: &reqwest::Client, sandbox: &str) -> Result<Value> {
+    let stats: Value = match client.get(format!("{sandbox}/__stats")).send().await {
+        Ok(answer) => answer.json().await?,
+        Err(_) => Value::Null,
+    };
+    Ok(json!({
+        "api_connections": stats["api_connections"],
+        "sends_max_in_flight": stats["sends_max_in_flight"],
+    }))
+}
+
 async fn sandbox_delivered(client: &reqwest::Client, sandbox: &str) -> Result<u64> {
     let stats: Value = client
         .get(format!("{sandbox}/__stats"))
@@ -263,7 +276,11 @@ async fn run_loop(
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds("self")? - cpu0;
     let delivered = latencies.len() as u64;
+    let sandbox = sandbox_connections(&reqwest::Client::new(), &sandbox).await?;
     Ok(json!({
+        "tasks": tasks,
+        "connections_opened": sandbox["api_connections"],
+        "sandbox": sandbox,
         "delivered": delivered,
         "lost": lost.load(Ordering::Relaxed),
         "secs": secs,
@@ -404,6 +421,9 @@ async fn run_e2e(
         "cpu_us_per_msg": cpu * 1e6 / n as f64,
         "peak_rss_kib": peak_rss,
         "hedged": metric(&client, &pusher, "wxpush_hedged_sends_total").await,
+        "connections_opened": metric(&client, &pusher, "wxpush_wechat_connections_opened_total").await,
+        "requests_peak": metric(&client, &pusher, "wxpush_wechat_requests_peak").await,
+        "sandbox": sandbox_connections(&client, &sandbox).await?,
         "concurrency_limit": metric(&client, &pusher, "wxpush_concurrency_limit").await,
         "send_duration_buckets": send_duration_buckets(&client, &pusher).await?,
         "timeline": timeline,

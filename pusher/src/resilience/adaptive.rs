@@ -68,7 +68,7 @@ impl Default for AdaptiveSettings {
     fn default() -> Self {
         Self {
             min_limit: 2,
-            max_limit: 64,
+            max_limit: 1024,
             initial: 16,
             window: Duration::from_millis(50),
             min_samples: 16,
@@ -350,6 +350,53 @@ mod tests {
             }
         }
         assert!(l.limit() > before[3], "{before:?} → {}", l.limit());
+    }
+
+    /// An upstream answering in `base` ± 50 % that serves `capacity` requests at once (beyond
+    /// that, every request waits in proportion). Runs `rounds` round trips with the limit fully
+    /// used and returns the limit after each.
+    fn upstream(l: &mut AdaptiveLimit, base: Duration, capacity: u32, rounds: usize) -> Vec<u32> {
+        let mut now = Instant::now();
+        let mut seed = 7_u64;
+        let mut out = Vec::new();
+        for _ in 0..rounds {
+            let limit = l.limit();
+            let queueing = (f64::from(limit) / f64::from(capacity)).max(1.0);
+            for _ in 0..limit {
+                seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let jitter = 0.5 + (seed >> 11) as f64 / (1_u64 << 53) as f64;
+                l.record(now, base.mul_f64(jitter * queueing), Sample::Ok, limit);
+                now += base / limit;
+            }
+            out.push(l.limit());
+        }
+        out
+    }
+
+    /// At WeChat's real latency the limit, not the ceiling, decides: it climbs to the ceiling
+    /// within a few dozen round trips while latency stays at its floor, and settles near the
+    /// upstream's capacity when requests start to queue.
+    #[test]
+    fn the_limit_climbs_at_real_latencies_and_stops_at_capacity() {
+        for ms in [20, 50, 100] {
+            let base = Duration::from_millis(ms);
+            let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+            let limits = upstream(&mut l, base, u32::MAX, 20);
+            assert_eq!(
+                limits.last(),
+                Some(&1024),
+                "{ms} ms, no queueing: {limits:?}"
+            );
+            let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+            // Within the floor's memory (FLOOR_WINDOWS windows; a queue that lasts longer
+            // becomes the new floor, as in every Vegas-style limiter).
+            let limits = upstream(&mut l, base, 200, 60);
+            let settled = &limits[20..];
+            assert!(
+                settled.iter().all(|&x| (100..=450).contains(&x)),
+                "{ms} ms, capacity 200: {limits:?}"
+            );
+        }
     }
 
     #[test]

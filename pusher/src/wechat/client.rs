@@ -24,6 +24,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -45,6 +48,10 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::policy::{Pool, Timeouts};
+
+/// How long a new connection waits at most for a connection that is on its way back to the
+/// pool ([`Conns::wait_for_a_spare`]).
+const SPARE_WAIT: Duration = Duration::from_millis(100);
 
 /// WeChat's answers are a few hundred bytes; anything past this is not WeChat.
 const MAX_BODY: usize = 256 * 1024;
@@ -148,10 +155,20 @@ pub enum ClientBuildError {
     Setup(String),
 }
 
+/// What a client counts (metrics, shared with the registry).
+#[derive(Debug, Clone, Default)]
+pub struct ClientCounters {
+    /// Connections set up: TCP connected, TLS done (`wxpush_wechat_connections_opened_total`).
+    pub opened: Counter,
+    /// Most requests under way at once since start (`wxpush_wechat_requests_peak`).
+    pub peak: Gauge,
+}
+
 /// The pooled HTTP client of one channel. Cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct HttpClient {
     client: Client<Connector, Full<Bytes>>,
+    conns: Arc<Conns>,
     /// `scheme://authority` plus any path prefix, without a trailing slash.
     base: String,
     header_timeout: Duration,
@@ -159,9 +176,21 @@ pub struct HttpClient {
 }
 
 impl HttpClient {
-    /// A client for `base_url` with the system's DNS configuration.
+    /// A client for `base_url` with the system's DNS configuration. An unset
+    /// `pool.maxIdlePerHost` keeps every connection opened (the caller bounds how many are
+    /// opened); [`Pool::idle_per_host`] resolves it against `concurrency.maxInFlight`.
     pub fn new(base_url: &str, timeouts: &Timeouts, pool: &Pool) -> Result<Self, ClientBuildError> {
-        Self::build(base_url, timeouts, pool, None)
+        Self::build(base_url, timeouts, pool, None, ClientCounters::default())
+    }
+
+    /// As [`Self::new`], counting connections and requests in `counters`.
+    pub fn counted(
+        base_url: &str,
+        timeouts: &Timeouts,
+        pool: &Pool,
+        counters: ClientCounters,
+    ) -> Result<Self, ClientBuildError> {
+        Self::build(base_url, timeouts, pool, None, counters)
     }
 
     /// A client resolving names through the given DNS configuration (tests, special set-ups).
@@ -171,7 +200,13 @@ impl HttpClient {
         pool: &Pool,
         dns: (ResolverConfig, ResolverOpts),
     ) -> Result<Self, ClientBuildError> {
-        Self::build(base_url, timeouts, pool, Some(dns))
+        Self::build(
+            base_url,
+            timeouts,
+            pool,
+            Some(dns),
+            ClientCounters::default(),
+        )
     }
 
     fn build(
@@ -179,6 +214,7 @@ impl HttpClient {
         timeouts: &Timeouts,
         pool: &Pool,
         dns: Option<(ResolverConfig, ResolverOpts)>,
+        counters: ClientCounters,
     ) -> Result<Self, ClientBuildError> {
         let url =
             url::Url::parse(base_url).map_err(|e| ClientBuildError::BaseUrl(e.to_string()))?;
@@ -213,6 +249,12 @@ impl HttpClient {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let conns = Arc::new(Conns {
+            live: AtomicUsize::new(0),
+            requests: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            peak_gauge: counters.peak,
+        });
         let connector = Connector {
             inner: Arc::new(ConnectorInner {
                 resolver,
@@ -221,17 +263,24 @@ impl HttpClient {
                 connect_timeout: timeouts.connect.get(),
                 tls_timeout: timeouts.tls_handshake.get(),
                 keepalive: pool.tcp_keepalive.get(),
+                opened: counters.opened,
+                conns: Arc::clone(&conns),
             }),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(pool.idle_timeout.get())
-            .pool_max_idle_per_host(usize::try_from(pool.max_idle_per_host).unwrap_or(usize::MAX))
+            .pool_max_idle_per_host(
+                pool.max_idle_per_host
+                    .and_then(|n| usize::try_from(n).ok())
+                    .unwrap_or(usize::MAX),
+            )
             .pool_timer(TokioTimer::new())
             .build(connector);
         let mut base = format!("{}://{}", url.scheme(), url.authority());
         base.push_str(url.path().trim_end_matches('/'));
         Ok(Self {
             client,
+            conns,
             base,
             header_timeout: timeouts.response_header.get(),
             request_timeout: timeouts.request.get(),
@@ -306,6 +355,7 @@ impl HttpClient {
         let clock = Arc::new(PhaseClock::default());
         let start = Instant::now();
         let work = async {
+            let _request = self.conns.request();
             let response =
                 with_header_timeout(self.client.request(request), &clock, header_timeout, start)
                     .await?
@@ -316,6 +366,11 @@ impl HttpClient {
                 .await
                 .map_err(|e| HttpError::Transport(format!("reading the body: {e}")))?
                 .to_bytes();
+            // The connection goes back to the pool from a task of hyper's, woken by the end of
+            // the body. Let it run before the caller frees its concurrency slot: the next
+            // request then finds the connection idle instead of opening another (which the
+            // pool would keep, one spare connection per such race).
+            tokio::task::yield_now().await;
             Ok(HttpResponse { status, body })
         };
         match tokio::time::timeout(self.request_timeout, PHASE_CLOCK.scope(clock.clone(), work))
@@ -454,6 +509,73 @@ struct ConnectorInner {
     connect_timeout: Duration,
     tls_timeout: Duration,
     keepalive: Duration,
+    /// Connections set up.
+    opened: Counter,
+    conns: Arc<Conns>,
+}
+
+/// Connections and requests of one client, so that a request opens a connection only when
+/// none can come back to it.
+#[derive(Debug)]
+struct Conns {
+    /// Connections open or being set up.
+    live: AtomicUsize,
+    /// Requests under way (from before the pool's checkout to the end of the body).
+    requests: AtomicUsize,
+    /// Most requests under way at once, also kept in `peak_gauge`.
+    peak: AtomicUsize,
+    peak_gauge: Gauge,
+}
+
+/// One of [`Conns::live`] (or of [`Conns::requests`]) while it exists.
+#[derive(Debug)]
+struct Live(Arc<Conns>, bool);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let counter = if self.1 {
+            &self.0.live
+        } else {
+            &self.0.requests
+        };
+        counter.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Conns {
+    fn request(self: &Arc<Self>) -> Live {
+        let now = self.requests.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.peak.fetch_max(now, Ordering::AcqRel) < now {
+            self.peak_gauge
+                .set(i64::try_from(self.peak.load(Ordering::Acquire)).unwrap_or(i64::MAX));
+        }
+        Live(Arc::clone(self), false)
+    }
+
+    /// Called by a request that found no idle connection. The pool races the new connection
+    /// against other requests handing theirs back and keeps whichever loses as a spare; a
+    /// request ends (and frees its concurrency slot) a moment before its connection is back
+    /// in the pool. So while there are more connections than requests (one of them must be
+    /// on its way back), wait for it, at most [`SPARE_WAIT`]. When an idle connection served
+    /// the request meanwhile, hyper has moved this connect into a task of its own (outside the
+    /// request's task-local clock): then nothing is opened. Against WeChat a connection costs
+    /// a TCP and a TLS handshake, far more than this wait.
+    async fn wait_for_a_spare(self: &Arc<Self>) -> Result<Live, ConnectError> {
+        self.live.fetch_add(1, Ordering::AcqRel);
+        let live = Live(Arc::clone(self), true);
+        let until = Instant::now() + SPARE_WAIT;
+        while self.live.load(Ordering::Acquire) > self.requests.load(Ordering::Acquire)
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+            if PHASE_CLOCK.try_with(|_| ()).is_err() {
+                return Err(ConnectError::Other(
+                    "not needed: an idle connection served the request".into(),
+                ));
+            }
+        }
+        Ok(live)
+    }
 }
 
 impl std::fmt::Debug for ConnectorInner {
@@ -485,13 +607,19 @@ impl tower::Service<Uri> for Connector {
         let inner = Arc::clone(&self.inner);
         Box::pin(async move {
             let _stint = ConnectStint(clock);
-            inner.connect(&uri).await.map(TokioIo::new)
+            let live = inner.conns.wait_for_a_spare().await?;
+            let stream = inner.connect(&uri).await?;
+            inner.opened.inc();
+            Ok(TokioIo::new(Io {
+                stream,
+                _live: live,
+            }))
         })
     }
 }
 
 impl ConnectorInner {
-    async fn connect(&self, uri: &Uri) -> Result<Io, ConnectError> {
+    async fn connect(&self, uri: &Uri) -> Result<Stream, ConnectError> {
         let host = uri
             .host()
             .ok_or_else(|| ConnectError::Other("URL without a host".into()))?
@@ -511,7 +639,7 @@ impl ConnectorInner {
         let keepalive = keepalive.with_interval(self.keepalive);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         if !self.https {
-            return Ok(Io::Plain(tcp));
+            return Ok(Stream::Plain(tcp));
         }
         let name = ServerName::try_from(host)
             .map_err(|e| ConnectError::Other(format!("TLS server name: {e}")))?;
@@ -522,7 +650,7 @@ impl ConnectorInner {
                 after: self.tls_timeout,
             })?
             .map_err(ConnectError::Tls)?;
-        Ok(Io::Tls(Box::new(tls)))
+        Ok(Stream::Tls(Box::new(tls)))
     }
 
     async fn tcp(&self, host: &str, port: u16) -> Result<TcpStream, ConnectError> {
@@ -560,9 +688,16 @@ impl ConnectorInner {
 
 /// A connection: plain TCP or TLS over TCP.
 #[derive(Debug)]
-enum Io {
+enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// A connection to WeChat, counted in [`Conns::live`] while it exists.
+#[derive(Debug)]
+struct Io {
+    stream: Stream,
+    _live: Live,
 }
 
 impl Connection for Io {
@@ -577,9 +712,9 @@ impl AsyncRead for Io {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -590,9 +725,9 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -601,30 +736,30 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Self::Plain(s) => s.is_write_vectored(),
-            Self::Tls(s) => s.is_write_vectored(),
+        match &self.stream {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_flush(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        match &mut self.get_mut().stream {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -151,9 +151,21 @@ impl WeChatSender {
         provider: Arc<dyn Sender>,
         shared: Option<crate::store::redis::SharedClient>,
     ) -> Result<Self, SenderError> {
+        let pool = crate::policy::Pool {
+            max_idle_per_host: Some(config.pool.idle_per_host(config.concurrency.max_in_flight)),
+            ..config.pool.clone()
+        };
         let http = Arc::new(
-            HttpClient::new(&config.api_base_url, &config.timeouts, &config.pool)
-                .map_err(|e| SenderError::Client(e.to_string()))?,
+            HttpClient::counted(
+                &config.api_base_url,
+                &config.timeouts,
+                &pool,
+                super::client::ClientCounters {
+                    opened: metrics.wechat_connections_opened.clone(),
+                    peak: metrics.wechat_requests_peak.clone(),
+                },
+            )
+            .map_err(|e| SenderError::Client(e.to_string()))?,
         );
         let app_id = config
             .credentials
