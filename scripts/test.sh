@@ -12,7 +12,7 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests spawn the pusher, sandbox and operator binaries; `cargo test` builds
 # only the bins of packages with integration tests of their own, so build them all first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 # The control plane's own Go code: the metrics adapter's rules, PromQL and /proc sampling.
 if command -v go >/dev/null 2>&1 || [ "${CI:-}" = "true" ]; then
   (cd tools/cluster/adapter && GOFLAGS="-trimpath -mod=readonly -buildvcs=false" go test ./...)
