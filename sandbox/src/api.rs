@@ -320,17 +320,11 @@ pub(crate) async fn private_templates(
     State(state): State<Shared>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if let Err(code) = state
-        .tokens
-        .validate(q.access_token.as_deref(), Instant::now())
-    {
-        return wx_error(&state, code);
-    }
-    let list: Vec<serde_json::Value> = state
-        .templates
-        .list(TemplateKind::Template)
-        .into_iter()
-        .map(|t| {
+    listed(
+        &state,
+        &q,
+        TemplateKind::Template,
+        |t| {
             serde_json::json!({
                 "template_id": t.template_id,
                 "title": t.title,
@@ -339,10 +333,29 @@ pub(crate) async fn private_templates(
                 "content": t.content(),
                 "example": "",
             })
-        })
-        .collect();
+        },
+        |list| serde_json::json!({ "template_list": list }),
+    )
+}
+
+/// A template-list answer: WeChat's error for a bad access_token, else each template of `kind`
+/// as `item` makes it, wrapped by `answer`.
+fn listed(
+    state: &Shared,
+    q: &TokenQuery,
+    kind: TemplateKind,
+    item: impl Fn(&crate::templates::TemplateDef) -> serde_json::Value,
+    answer: impl FnOnce(Vec<serde_json::Value>) -> serde_json::Value,
+) -> Response {
+    if let Err(code) = state
+        .tokens
+        .validate(q.access_token.as_deref(), Instant::now())
+    {
+        return wx_error(state, code);
+    }
+    let list = state.templates.list(kind).into_iter().map(item).collect();
     state.stats.errcode(WxCode::Ok);
-    json(serde_json::json!({ "template_list": list }).to_string())
+    json(answer(list).to_string())
 }
 
 /// `GET /wxaapi/newtmpl/gettemplate`: the subscribe templates (type 2 one-time, 3 long-term).
@@ -350,17 +363,11 @@ pub(crate) async fn subscribe_templates(
     State(state): State<Shared>,
     Query(q): Query<TokenQuery>,
 ) -> Response {
-    if let Err(code) = state
-        .tokens
-        .validate(q.access_token.as_deref(), Instant::now())
-    {
-        return wx_error(&state, code);
-    }
-    let list: Vec<serde_json::Value> = state
-        .templates
-        .list(TemplateKind::Subscribe)
-        .into_iter()
-        .map(|t| {
+    listed(
+        &state,
+        &q,
+        TemplateKind::Subscribe,
+        |t| {
             let enums: Vec<serde_json::Value> = t
                 .const_values
                 .iter()
@@ -374,10 +381,9 @@ pub(crate) async fn subscribe_templates(
                 "type": if t.one_time { 2 } else { 3 },
                 "keywordEnumValueList": enums,
             })
-        })
-        .collect();
-    state.stats.errcode(WxCode::Ok);
-    json(serde_json::json!({"errcode": 0, "errmsg": "ok", "data": list}).to_string())
+        },
+        |list| serde_json::json!({"errcode": 0, "errmsg": "ok", "data": list}),
+    )
 }
 
 /// Any other path: WeChat answers unknown APIs with HTTP 200 and an errcode; 404 is clearer for

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use wxpush_tests::pusher::{Api, PusherProc, config, merge, tempdir};
 use wxpush_tests::sandbox::{self, WxClient, write_template_catalogue};
-use wxpush_tests::wait_for;
+use wxpush_tests::{ChildGuard, wait_for};
 
 fn order(touser: &str, cs: &str, thing: &str) -> Value {
     json!({"touser": touser, "template_id": "T-ORDER", "data": {
@@ -17,6 +17,28 @@ fn order(touser: &str, cs: &str, thing: &str) -> Value {
         "thing2": {"value": thing},
         "time3": {"value": "2026-12-07 10:00"},
     }})
+}
+
+/// A sandbox with the tests' template catalogue (and `flags`), and one pusher with
+/// `templates.validation: mode`: (its folder, the sandbox, the sandbox's URL, a client of the
+/// sandbox, the pusher).
+async fn start(
+    mode: &str,
+    flags: &[&str],
+) -> (tempfile::TempDir, ChildGuard, String, WxClient, PusherProc) {
+    let dir = tempdir();
+    let catalogue = write_template_catalogue(dir.path());
+    let mut args = vec!["--template-file", catalogue.as_str()];
+    args.extend_from_slice(flags);
+    let (sb, sb_url) = sandbox::spawn(&args);
+    let wx = WxClient::new(sb_url.clone());
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({"templates": {"validation": mode}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    (dir, sb, sb_url, wx, pusher)
 }
 
 /// Waits until the pusher's registry holds the sandbox's template list.
@@ -33,16 +55,7 @@ async fn wait_for_templates(api: &Api) {
 /// the sandbox sees only the valid messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn strict_refuses_at_accept_and_nothing_bad_reaches_wechat() {
-    let dir = tempdir();
-    let catalogue = write_template_catalogue(dir.path());
-    let (_sb, sb_url) = sandbox::spawn(&["--template-file", &catalogue]);
-    let wx = WxClient::new(sb_url.clone());
-    let cfg = config(
-        &sb_url,
-        dir.path(),
-        &json!({"templates": {"validation": "strict"}}),
-    );
-    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let (_dir, _sb, _, wx, pusher) = start("strict", &[]).await;
     wait_for_templates(&pusher.api).await;
     let (_, status) = pusher.api.get("/v1/status").await;
     assert_eq!(status["templates"]["validation"], "strict", "{status}");
@@ -140,16 +153,7 @@ async fn strict_refuses_at_accept_and_nothing_bad_reaches_wechat() {
 /// and the status says what was cut; a value of the wrong kind is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn truncate_delivers_cut_values_and_says_so() {
-    let dir = tempdir();
-    let catalogue = write_template_catalogue(dir.path());
-    let (_sb, sb_url) = sandbox::spawn(&["--template-file", &catalogue]);
-    let wx = WxClient::new(sb_url.clone());
-    let cfg = config(
-        &sb_url,
-        dir.path(),
-        &json!({"templates": {"validation": "truncate"}}),
-    );
-    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let (_dir, _sb, _, wx, pusher) = start("truncate", &[]).await;
     wait_for_templates(&pusher.api).await;
     let long = format!("{}\n{}", "一".repeat(15), "二".repeat(10));
     let (status, body) = pusher.api.send(&order("u-cut", "A-1", &long)).await;
@@ -270,21 +274,8 @@ async fn three_redis_pods_make_one_fetch_per_refresh() {
 /// user's consent at WeChat) delivered once, and the credit is spent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_credits_are_required_and_spent() {
-    let dir = tempdir();
-    let catalogue = write_template_catalogue(dir.path());
-    let (_sb, sb_url) = sandbox::spawn(&[
-        "--template-file",
-        &catalogue,
-        "--refused-subscribers",
-        "u-refused",
-    ]);
-    let wx = WxClient::new(sb_url.clone());
-    let cfg = config(
-        &sb_url,
-        dir.path(),
-        &json!({"templates": {"validation": "strict"}}),
-    );
-    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let (_dir, _sb, sb_url, wx, pusher) =
+        start("strict", &["--refused-subscribers", "u-refused"]).await;
     wait_for_templates(&pusher.api).await;
     let pickup = json!({"kind": "bizsend", "touser": "u-sub", "template_id": "S-PICKUP",
         "data": {"thing1": {"value": "包裹"}, "phrase2": {"value": "已到站"}}});
@@ -393,16 +384,7 @@ async fn subscribe_credits_are_required_and_spent() {
 /// the pusher's rules, and this is what the checks at accept save.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn off_sends_bad_messages_and_wechat_refuses_them() {
-    let dir = tempdir();
-    let catalogue = write_template_catalogue(dir.path());
-    let (_sb, sb_url) = sandbox::spawn(&["--template-file", &catalogue]);
-    let wx = WxClient::new(sb_url.clone());
-    let cfg = config(
-        &sb_url,
-        dir.path(),
-        &json!({"templates": {"validation": "off"}}),
-    );
-    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let (_dir, _sb, _, wx, pusher) = start("off", &[]).await;
     let mut unknown = order("u", "A1", "书");
     unknown["template_id"] = json!("T-NOT-MINE");
     let bad = [

@@ -291,37 +291,31 @@ impl SharedClient {
 
     /// Tries to become the channel's one refresher for `ttl`.
     pub async fn try_lock(&self, ttl: Duration) -> Result<bool, RedisError> {
-        let set: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(self.key("token:lock"))
-                    .arg(&self.owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)),
-            )
-            .await?;
-        Ok(set.is_some())
+        self.try_lock_key("token:lock", ttl).await
     }
 
     /// Gives the refresher's lock back (only if still ours).
     pub async fn unlock(&self) -> Result<(), RedisError> {
-        let _: i64 = self
-            .script(
-                &self.unlock,
-                &[self.key("token:lock")],
-                std::slice::from_ref(&self.owner),
-            )
-            .await?;
-        Ok(())
+        self.unlock_key("token:lock").await
     }
 
     /// Tries to become the one pod that fetches the template lists, for `ttl`.
     pub async fn try_lock_templates(&self, ttl: Duration) -> Result<bool, RedisError> {
+        self.try_lock_key("templates:lock", ttl).await
+    }
+
+    /// Gives the template fetcher's lock back (only if still ours).
+    pub async fn unlock_templates(&self) -> Result<(), RedisError> {
+        self.unlock_key("templates:lock").await
+    }
+
+    /// Takes the lock `name` for `ttl` unless another pod holds it (`SET NX PX`, this pod's
+    /// owner id as the value).
+    async fn try_lock_key(&self, name: &str, ttl: Duration) -> Result<bool, RedisError> {
         let set: Option<String> = self
             .run(
                 redis::cmd("SET")
-                    .arg(self.key("templates:lock"))
+                    .arg(self.key(name))
                     .arg(&self.owner)
                     .arg("NX")
                     .arg("PX")
@@ -331,12 +325,12 @@ impl SharedClient {
         Ok(set.is_some())
     }
 
-    /// Gives the template fetcher's lock back (only if still ours).
-    pub async fn unlock_templates(&self) -> Result<(), RedisError> {
+    /// Releases the lock `name` if this pod still holds it.
+    async fn unlock_key(&self, name: &str) -> Result<(), RedisError> {
         let _: i64 = self
             .script(
                 &self.unlock,
-                &[self.key("templates:lock")],
+                &[self.key(name)],
                 std::slice::from_ref(&self.owner),
             )
             .await?;
