@@ -63,6 +63,18 @@ else
   fi
 fi
 
+# --- cargo-machete (the test command's check for unused dependencies) ---------------------------
+# Pinned, built once per machine from crates.io into a cache outside the clone.
+machete_version=0.9.2
+machete_root="${XDG_CACHE_HOME:-$HOME/.cache}/wxpush/cargo-machete-$machete_version"
+if [ ! -x "$machete_root/bin/cargo-machete" ]; then
+  echo "setup: building cargo-machete $machete_version into $machete_root"
+  cargo install -q cargo-machete --locked --version "$machete_version" --root "$machete_root"
+fi
+# The test command runs it from here, whatever the version.
+mkdir -p "${XDG_CACHE_HOME:-$HOME/.cache}/wxpush/bin"
+ln -sf "$machete_root/bin/cargo-machete" "${XDG_CACHE_HOME:-$HOME/.cache}/wxpush/bin/cargo-machete"
+
 # --- The Kubernetes control plane (scripts/cluster.sh) -----------------------------------------
 # kube-apiserver, kube-controller-manager, kube-scheduler, etcd, helm, kwok and the metrics adapter
 # are built with Go from the pinned modules in tools/cluster/, once per machine, into a cache

@@ -9,6 +9,10 @@ export WXPUSH_PYTHON="$PWD/.venv/bin/python"
 export PATH="$PATH:$PWD/.venv/bin"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Every dependency is used (scripts/setup.sh builds the pinned cargo-machete), and the docs build
+# with no broken link.
+"${XDG_CACHE_HOME:-$HOME/.cache}/wxpush/bin/cargo-machete"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --workspace --locked
 # The end-to-end tests spawn the pusher, sandbox and operator binaries; `cargo test` builds
 # only the bins of packages with integration tests of their own, so build them all first.
 cargo build --workspace --bins --locked

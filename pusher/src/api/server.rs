@@ -136,7 +136,7 @@ pub fn connection_cap(configured: u32) -> usize {
 }
 
 /// Serves `app` on `listener` with the `limits` until `stop`, then lets open requests finish
-/// for up to [`SHUTDOWN_GRACE`].
+/// for up to `SHUTDOWN_GRACE`.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,

@@ -130,8 +130,8 @@ impl LatencyTracker {
     }
 }
 
-/// The hedge budget: a token bucket filled by sends, [`HedgeBudget::share`] of a token each,
-/// emptied by hedges, one token each, holding at most [`HedgeBudget::burst`].
+/// The hedge budget: a token bucket filled by sends, `HedgeBudget::share` of a token each,
+/// emptied by hedges, one token each, holding at most `HedgeBudget::burst`.
 #[derive(Debug, Clone)]
 pub struct HedgeBudget {
     share: f64,

@@ -14,7 +14,7 @@
 //! | request | `timeouts.request` | the whole attempt, body included |
 //!
 //! The response-header clock excludes connection set-up by noting, through a task-local
-//! [`PhaseClock`], how long the connector ran on this request's behalf; set-up has its own two
+//! `PhaseClock`, how long the connector ran on this request's behalf; set-up has its own two
 //! timeouts. A request that was given a pooled connection while the connect it started
 //! finishes in the background may get up to `connect + tlsHandshake` more; the whole-request
 //! timeout bounds every case.

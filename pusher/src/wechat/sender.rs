@@ -5,7 +5,7 @@
 //! an access_token → a rate-limit permit (token bucket, then the local daily quota) → the HTTP
 //! request (counted in `wxpush_inflight_requests`, timed in `wxpush_send_duration_seconds`,
 //! counted in `wxpush_send_attempts_total{result}`) → WeChat's JSON answer, classified by
-//! [`super::errcode`]. On 40001/40014/42001 the token that failed is invalidated
+//! `super::errcode`. On 40001/40014/42001 the token that failed is invalidated
 //! (compare-and-swap) and the send is retried once with a fresh token.
 
 use std::sync::Arc;

@@ -8,14 +8,14 @@
 //! updates the in-memory schedule. So concurrent accepts share one sync, a 202 is only answered
 //! after its commit, and memory never runs ahead of the disk.
 //!
-//! **Leases** live in memory ([`super::index`]): a leased message stays in the durable schedule
+//! **Leases** live in memory (`super::index`): a leased message stays in the durable schedule
 //! until its outcome is committed, so after a crash it is simply due again (and is re-sent with
 //! the same `client_msg_id`, which WeChat de-duplicates).
 //!
 //! **A bounded schedule in memory.** Only the head of the schedule, the earliest-due entries
-//! (about [`super::index::HEAD`]) up to a watermark, is held in memory; the rest stays in the
+//! (about `super::index::HEAD`) up to a watermark, is held in memory; the rest stays in the
 //! durable `schedule` table and is only counted. The writer thread refills the head from that
-//! table when a lease finds it low ([`writer::Writer::upkeep`]). This is the queue's own
+//! table when a lease finds it low (`writer::Writer::upkeep`). This is the queue's own
 //! scheduling over redb, hand-written because its one invariant (every durable entry up to
 //! the watermark is in memory, so none is stranded on disk) holds only if the thread that
 //! commits is also the one that reads the table and moves the watermark.

@@ -21,7 +21,7 @@
 //! that another replica claimed finds the record final and only ends its own lease.
 //!
 //! **The "attempt started" record.** Before the first send of a message the dispatcher calls
-//! [`Store::start_attempt`]; one script ([`scripts::start_attempt`]) writes the record with
+//! [`Store::start_attempt`]; one script (`scripts::start_attempt`) writes the record with
 //! `first_attempt_at` (and the `maxAge` budget's start) into `m:<id>`, only while the entry is
 //! still in this consumer's pending entries list and the message is pending. When a pod dies
 //! mid-attempt, the pod that claims its entry leases the record with `first_attempt_at` set and

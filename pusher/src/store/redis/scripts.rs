@@ -6,13 +6,13 @@
 //! Redis Cluster whose slot is being moved, Redis checks the declared keys before the script
 //! runs: it answers `ASK` or `TRYAGAIN` and runs nothing, rather than failing in the middle
 //! with "non local key" after some writes. The store retries such an answer as a whole
-//! operation ([`super::conn::retrying`]). A key a script does not need this time (no
+//! operation (`super::conn::retrying`). A key a script does not need this time (no
 //! idempotency key, no msgid) is passed as the bare prefix (`i:`, `x:`), which it never
 //! touches. ARGV never names a key.
 //!
 //! Key layout (after the base `{<prefix>:<channel>}:`): `q` stream of ready work (field `id`),
 //! `m:<id>` record JSON (with `first_attempt_at` once its first attempt started, see
-//! [`start_attempt`]), `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule
+//! `start_attempt`), `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule
 //! (zset by due ms), `lease` id → stream entry id of leased messages, `dead` dead letters (zset,
 //! lexical by id), `deadt` dead letters by finish time, `x:<msgid>` WeChat msgid → id,
 //! `a:<openid>` delivered messages awaiting an event (zset by delivery ms),

@@ -434,7 +434,7 @@ impl SharedClient {
 
     /// One permit from the shared GCRA limiter (`per_second`, `burst`) and the shared daily
     /// quota (`daily_quota`, 0 = none), reserved for at most `longest` from now (see
-    /// [`PERMIT`]).
+    /// `PERMIT`).
     pub async fn permit(
         &self,
         per_second: u32,
