@@ -313,6 +313,36 @@ pub async fn up_with_namespace(ns: &str) -> Cluster {
     cluster
 }
 
+/// Sets `spec.rateLimit.perSecond` of the PushChannel `channel` in `ns` (a merge patch) and
+/// waits until the operator has written it into the pusher's config.
+pub async fn change_rate(kubectl: &Kubectl, ns: &str, channel: &str, per_second: u32, what: &str) {
+    let patch = format!(r#"{{"spec":{{"rateLimit":{{"perSecond":{per_second}}}}}}}"#);
+    kubectl
+        .run(
+            &[
+                "patch",
+                "pushchannel",
+                channel,
+                "-n",
+                ns,
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
+            None,
+        )
+        .await
+        .expect("patch");
+    wait_for_config(
+        kubectl,
+        ns,
+        channel,
+        &format!("perSecond: {per_second}"),
+        what,
+    )
+    .await;
+}
+
 /// Waits until the pusher config that the operator wrote for `channel` in `ns` contains
 /// `needle` (a spec change has been applied).
 pub async fn wait_for_config(kubectl: &Kubectl, ns: &str, channel: &str, needle: &str, what: &str) {

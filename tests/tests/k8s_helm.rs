@@ -19,8 +19,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use wxpush_tests::cluster::{
-    CHILDREN, Cluster, WAIT, example_secrets, full_example, install_pod_monitor_crd,
-    wait_for_config,
+    CHILDREN, Cluster, WAIT, change_rate, example_secrets, full_example, install_pod_monitor_crd,
 };
 use wxpush_tests::kube::{Kubectl, condition_status, owned_by};
 use wxpush_tests::redis::RedisServer;
@@ -349,27 +348,11 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
     })
     .await;
     // The new leader reconciles: a spec change reaches the ConfigMap.
-    kubectl
-        .run(
-            &[
-                "patch",
-                "pushchannel",
-                "payment-notify",
-                "-n",
-                "shop",
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"rateLimit":{"perSecond":777}}}"#,
-            ],
-            None,
-        )
-        .await
-        .expect("patch");
-    wait_for_config(
+    change_rate(
         &kubectl,
         "shop",
         "payment-notify",
-        "perSecond: 777",
+        777,
         "the new leader applies the change",
     )
     .await;
@@ -449,27 +432,11 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
     let op = cluster
         .operator_as_deployed(&sa_kubeconfig, "wxpush-ns", "wxpush-operator", "op-ns", &[])
         .await;
-    kubectl
-        .run(
-            &[
-                "patch",
-                "pushchannel",
-                "payment-notify",
-                "-n",
-                "shop",
-                "--type=merge",
-                "-p",
-                r#"{"spec":{"rateLimit":{"perSecond":555}}}"#,
-            ],
-            None,
-        )
-        .await
-        .expect("patch");
-    wait_for_config(
+    change_rate(
         &kubectl,
         "shop",
         "payment-notify",
-        "perSecond: 555",
+        555,
         "the namespaced operator applies the change",
     )
     .await;
