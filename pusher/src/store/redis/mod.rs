@@ -168,6 +168,7 @@ struct Scripts {
     lease_take: Script,
     claim_dead: Script,
     hand_back: Script,
+    take_credit: Script,
     complete: Script,
     replay: Script,
     event: Script,
@@ -315,6 +316,7 @@ impl RedisStore {
                 lease_take: Script::new(&scripts::lease_take()),
                 claim_dead: Script::new(scripts::CLAIM_DEAD),
                 hand_back: Script::new(scripts::HAND_BACK),
+                take_credit: Script::new(TAKE_CREDIT),
                 complete: Script::new(&scripts::complete()),
                 replay: Script::new(scripts::REPLAY),
                 event: Script::new(scripts::EVENT),
@@ -365,8 +367,9 @@ impl RedisStore {
     }
 
     /// Runs `script` with every key it touches in `keys`, retrying the whole call on a cluster
-    /// redirect ([`conn::retrying`]).
-    async fn script<T: redis::FromRedisValue>(
+    /// redirect ([`conn::retrying`]). The shared client state (`shared.rs`) runs its scripts
+    /// through this too.
+    pub(super) async fn script<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[String],
@@ -1009,16 +1012,14 @@ impl Store for RedisStore {
     }
 
     async fn take_credit(&self, openid: &str, template_id: &str) -> Result<bool, StoreError> {
-        let script = redis::Script::new(TAKE_CREDIT);
-        let (key, field) = (self.key("credits"), credit_field(openid, template_id));
-        let n: i64 = conn::retrying(|| {
-            let mut c = self.conn();
-            let mut inv = script.prepare_invoke();
-            inv.key(&key).arg(&field);
-            async move { inv.invoke_async(&mut c).await }
-        })
-        .await
-        .map_err(|e| self.fail("take_credit", &e))?;
+        let n: i64 = self
+            .script(
+                &self.inner.scripts.take_credit,
+                &[self.key("credits")],
+                &[credit_field(openid, template_id)],
+            )
+            .await
+            .map_err(|e| self.fail("take_credit", &e))?;
         Ok(self.ok(n == 1))
     }
 

@@ -208,19 +208,10 @@ impl SharedClient {
         keys: &[String],
         args: &[String],
     ) -> Result<T, RedisError> {
-        super::conn::retrying(|| {
-            let mut conn = self.store.connection();
-            let mut inv = script.prepare_invoke();
-            for k in keys {
-                inv.key(k);
-            }
-            for a in args {
-                inv.arg(a);
-            }
-            async move { inv.invoke_async::<T>(&mut conn).await }
-        })
-        .await
-        .inspect_err(|e| self.store.reconnect_if_stuck(e))
+        self.store
+            .script(script, keys, args)
+            .await
+            .inspect_err(|e| self.store.reconnect_if_stuck(e))
     }
 
     /// The token in Redis, if any and not expired.
