@@ -383,17 +383,32 @@ impl Kubectl {
         resource: &str,
         name: &str,
     ) -> Result<Option<Value>, KubectlError> {
-        match self.run(&["get", resource, name, "-o", "json"], None).await {
-            Ok(out) => Ok(Some(serde_json::from_str(&out).map_err(|e| {
-                KubectlError {
-                    args: vec!["get".into(), resource.into(), name.into()],
-                    status: Some(0),
-                    stderr: format!("kubectl printed something that is not JSON: {e}"),
-                }
-            })?)),
+        match self.get_args(&["get", resource, name, "-o", "json"]).await {
+            Ok(v) => Ok(Some(v)),
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// `kubectl get RESOURCE NAME -n NS -o json`.
+    pub async fn get_in(
+        &self,
+        ns: &str,
+        resource: &str,
+        name: &str,
+    ) -> Result<Value, KubectlError> {
+        self.get_args(&["get", resource, name, "-n", ns, "-o", "json"])
+            .await
+    }
+
+    /// Runs `args` (a `get … -o json`) and reads what kubectl printed as JSON.
+    async fn get_args(&self, args: &[&str]) -> Result<Value, KubectlError> {
+        let out = self.run(args, None).await?;
+        serde_json::from_str(&out).map_err(|e| KubectlError {
+            args: args.iter().map(|a| (*a).to_string()).collect(),
+            status: Some(0),
+            stderr: format!("kubectl printed something that is not JSON: {e}"),
+        })
     }
 
     /// `kubectl get RESOURCE [-l SELECTOR] -o json`: the items.

@@ -144,24 +144,10 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
         .expect("kubectl")
         .expect("the chart installed the CRD");
     assert_eq!(condition_status(&crd, "Established"), Some("True"));
-    let deployment: Value = serde_json::from_str(
-        &kubectl
-            .run(
-                &[
-                    "get",
-                    "deployment",
-                    "wxpush-operator",
-                    "-n",
-                    "wxpush-system",
-                    "-o",
-                    "json",
-                ],
-                None,
-            )
-            .await
-            .expect("the operator's Deployment"),
-    )
-    .expect("JSON");
+    let deployment = kubectl
+        .get_in("wxpush-system", "deployment", "wxpush-operator")
+        .await
+        .expect("the operator's Deployment");
     let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         .as_str()
         .expect("a ServiceAccount")
@@ -202,43 +188,19 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
     let uid = pc["metadata"]["uid"].as_str().expect("uid").to_string();
     for resource in CHILDREN {
         let obj = kubectl
-            .run(
-                &[
-                    "get",
-                    resource,
-                    "payment-notify-pusher",
-                    "-n",
-                    "shop",
-                    "-o",
-                    "json",
-                ],
-                None,
-            )
+            .get_in("shop", resource, "payment-notify-pusher")
             .await
             .unwrap_or_else(|e| panic!("{resource}: {e}"));
-        let obj: Value = serde_json::from_str(&obj).expect("JSON");
         assert!(owned_by(&obj, &uid), "{resource} owned by the PushChannel");
     }
 
     // What a user sees: a Ready PushChannel, and an HPA computing from metric values it read
     // through the adapter.
     wait_for("the PushChannel Ready", WAIT, || async {
-        let out = kubectl
-            .run(
-                &[
-                    "get",
-                    "pushchannel",
-                    "payment-notify",
-                    "-n",
-                    "shop",
-                    "-o",
-                    "json",
-                ],
-                None,
-            )
+        let pc = kubectl
+            .get_in("shop", "pushchannel", "payment-notify")
             .await
             .ok()?;
-        let pc: Value = serde_json::from_str(&out).ok()?;
         (condition_status(&pc, "Ready") == Some("True")).then_some(())
     })
     .await;
@@ -246,22 +208,10 @@ async fn the_chart_installs_upgrades_and_uninstalls_with_helm_and_its_rbac_suffi
         "the HPA ScalingActive=True with metric values",
         WAIT,
         || async {
-            let out = kubectl
-                .run(
-                    &[
-                        "get",
-                        "hpa",
-                        "payment-notify-pusher",
-                        "-n",
-                        "shop",
-                        "-o",
-                        "json",
-                    ],
-                    None,
-                )
+            let hpa = kubectl
+                .get_in("shop", "hpa", "payment-notify-pusher")
                 .await
                 .ok()?;
-            let hpa: Value = serde_json::from_str(&out).ok()?;
             let values = hpa["status"]["currentMetrics"].as_array().is_some_and(|m| {
                 ["Pods", "External", "Resource"]
                     .iter()
