@@ -248,19 +248,30 @@ fn not_sent(record: &mut MessageRecord) {
     }
 }
 
+/// What put sending on hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldCause {
+    /// The channel is paused: WeChat answered a configuration fault or a quota, or no token
+    /// could be had.
+    Paused,
+    /// The circuit breaker is open; the hold ends when it closes.
+    CircuitOpen,
+}
+
 /// Why sending is on hold, for `/v1/status`, `wxpush_channel_hold_errcode` and logs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Hold {
     /// Until when.
     pub until: Timestamp,
+    /// What put it on hold.
+    pub cause: HoldCause,
     /// What WeChat or the breaker said.
     pub reason: String,
     /// WeChat's errcode, when it caused the hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errcode: Option<i64>,
 }
-
-const CIRCUIT_OPEN: &str = "circuit breaker open";
 
 /// State the dispatcher shares with the API.
 #[derive(Debug, Default)]
@@ -280,19 +291,29 @@ impl DispatchState {
     /// Ends a hold set because the circuit breaker was open (it closed again).
     fn clear_circuit_hold(&self) {
         let mut hold = self.hold.lock();
-        if hold.as_ref().is_some_and(|h| h.reason == CIRCUIT_OPEN) {
+        if hold
+            .as_ref()
+            .is_some_and(|h| h.cause == HoldCause::CircuitOpen)
+        {
             *hold = None;
         }
     }
 
     /// Extends the hold; true when sending was not on hold before (worth a log line).
-    fn set_hold(&self, until: Timestamp, reason: String, errcode: Option<i64>) -> bool {
+    fn set_hold(
+        &self,
+        until: Timestamp,
+        cause: HoldCause,
+        reason: String,
+        errcode: Option<i64>,
+    ) -> bool {
         let now = Timestamp::now();
         let mut hold = self.hold.lock();
         let fresh = hold.as_ref().is_none_or(|h| h.until <= now);
         if hold.as_ref().is_none_or(|h| h.until < until) {
             *hold = Some(Hold {
                 until,
+                cause,
                 reason,
                 errcode,
             });
@@ -632,9 +653,13 @@ impl<S: Store + Clone> Dispatcher<S> {
                     tracing::debug!(outcome = ?outcome, "attempt finished");
                     hold_reason = match &outcome {
                         SendOutcome::Paused { error, .. } => {
-                            Some((error.message.clone(), error.errcode))
+                            Some((HoldCause::Paused, error.message.clone(), error.errcode))
                         }
-                        SendOutcome::CircuitOpen { .. } => Some((CIRCUIT_OPEN.to_string(), None)),
+                        SendOutcome::CircuitOpen { .. } => Some((
+                            HoldCause::CircuitOpen,
+                            "circuit breaker open".to_string(),
+                            None,
+                        )),
                         _ => None,
                     };
                     outage = delayed_by_outage(&outcome);
@@ -648,8 +673,8 @@ impl<S: Store + Clone> Dispatcher<S> {
                 }
             },
         };
-        if let Some((until, (reason, errcode))) = next.hold_until.zip(hold_reason) {
-            if self.state.set_hold(until, reason.clone(), errcode) {
+        if let Some((until, (cause, reason, errcode))) = next.hold_until.zip(hold_reason) {
+            if self.state.set_hold(until, cause, reason.clone(), errcode) {
                 tracing::warn!(%until, %reason, "sending on hold");
             } else {
                 tracing::debug!(%until, %reason, "sending still on hold");

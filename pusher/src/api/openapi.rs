@@ -215,8 +215,8 @@ pub struct ServiceStatus {
     not_ready_reason: Option<String>,
     /// `active`, or `on_hold` (paused channel, open circuit).
     sending: String,
-    /// Why sending is held: `{until, reason}` with WeChat's errcode and errmsg (null while
-    /// sending).
+    /// Why sending is held: `{until, cause, reason}` (`cause`: `paused` or `circuit_open`) with
+    /// WeChat's errcode and errmsg (null while sending).
     #[schema(value_type = Option<Object>)]
     hold: Option<Value>,
     /// The template registry: `validation` (`auto`, `strict`, `truncate`, `off`), the number of
