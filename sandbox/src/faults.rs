@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use super::codes::WxCode;
+use wxcrypto::errcode::wecom::WeComCode;
 
 /// Serde for `Duration` as a human string ("250ms", "5s") via `humantime`.
 pub mod human_duration {
@@ -86,7 +87,9 @@ pub struct FaultConfig {
     #[serde(with = "human_duration")]
     pub hang: Duration,
     /// Share of message sends answered with an errcode, by errcode (-1, 45009, 45011, 43117, or
-    /// any code in the sandbox's table), before any processing.
+    /// any code in the sandbox's WeChat or WeCom table), before any processing. A code applies
+    /// to the sends of the API whose table has it (WeChat's sends, or WeCom's `message/send`
+    /// and `webhook/send`); other sends pass.
     pub errcodes: BTreeMap<i64, f64>,
     /// Share of requests answered with HTTP `http_5xx_status` before any processing.
     pub http_5xx_share: f64,
@@ -170,7 +173,8 @@ impl FaultConfig {
         share("http_5xx_share", self.http_5xx_share)?;
         share("reset_share", self.reset_share)?;
         for (code, s) in &self.errcodes {
-            if WxCode::from_code(*code).is_none() || *code == 0 {
+            let known = WxCode::from_code(*code).is_some() || WeComCode::from_code(*code).is_some();
+            if !known || *code == 0 {
                 return Err(FaultConfigError::UnknownErrcode(*code));
             }
             share(&format!("errcodes[{code}]"), *s)?;
@@ -209,8 +213,8 @@ pub enum Decision {
     Http(u16),
     /// Process, then hold the answer this long.
     Hang(Duration),
-    /// Answer with this errcode (sends only; other endpoints pass).
-    Errcode(WxCode),
+    /// Answer with this errcode (sends only; other endpoints pass), if the route's API has it.
+    Errcode(i64),
 }
 
 /// The live fault configuration, cheap to consult on every request.
@@ -368,7 +372,7 @@ impl FaultState {
             for (code, share) in &cfg.errcodes {
                 edge += share;
                 if roll < edge {
-                    return WxCode::from_code(*code).map_or(Decision::Pass, Decision::Errcode);
+                    return Decision::Errcode(*code);
                 }
             }
         }
@@ -460,7 +464,7 @@ mod tests {
             errcodes: [(-1, 1.0)].into(),
             ..FaultConfig::default()
         });
-        assert_eq!(s.decide(true), Decision::Errcode(WxCode::SystemBusy));
+        assert_eq!(s.decide(true), Decision::Errcode(-1));
         assert_eq!(s.decide(false), Decision::Pass);
         s.set(FaultConfig {
             reset_share: 1.0,

@@ -10,6 +10,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
 use super::codes::WxCode;
+use super::wecom::stats::{WeComSnapshot, WeComStats};
 
 const SHARDS: usize = 16;
 
@@ -30,12 +31,20 @@ pub enum Endpoint {
     TemplateList,
     /// `GET /wxaapi/newtmpl/gettemplate`.
     SubscribeTemplateList,
+    /// WeCom `GET /cgi-bin/gettoken`.
+    WeComToken,
+    /// WeCom `POST /cgi-bin/message/send`.
+    WeComSend,
+    /// WeCom `POST /cgi-bin/message/recall`.
+    WeComRecall,
+    /// WeCom `POST /cgi-bin/webhook/send`.
+    WeComWebhook,
     /// Any other path.
     Other,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 8] = [
+    const ALL: [Endpoint; 12] = [
         Endpoint::ClassicToken,
         Endpoint::StableToken,
         Endpoint::TemplateSend,
@@ -43,6 +52,10 @@ impl Endpoint {
         Endpoint::Bizsend,
         Endpoint::TemplateList,
         Endpoint::SubscribeTemplateList,
+        Endpoint::WeComToken,
+        Endpoint::WeComSend,
+        Endpoint::WeComRecall,
+        Endpoint::WeComWebhook,
         Endpoint::Other,
     ];
 
@@ -56,6 +69,10 @@ impl Endpoint {
             Endpoint::Bizsend => "bizsend",
             Endpoint::TemplateList => "template_list",
             Endpoint::SubscribeTemplateList => "subscribe_template_list",
+            Endpoint::WeComToken => "wecom_gettoken",
+            Endpoint::WeComSend => "wecom_message_send",
+            Endpoint::WeComRecall => "wecom_message_recall",
+            Endpoint::WeComWebhook => "wecom_webhook_send",
             Endpoint::Other => "other",
         }
     }
@@ -70,12 +87,27 @@ impl Endpoint {
             "/cgi-bin/message/subscribe/bizsend" => Endpoint::Bizsend,
             "/cgi-bin/template/get_all_private_template" => Endpoint::TemplateList,
             "/wxaapi/newtmpl/gettemplate" => Endpoint::SubscribeTemplateList,
+            "/cgi-bin/gettoken" => Endpoint::WeComToken,
+            "/cgi-bin/message/send" => Endpoint::WeComSend,
+            "/cgi-bin/message/recall" => Endpoint::WeComRecall,
+            "/cgi-bin/webhook/send" => Endpoint::WeComWebhook,
             _ => Endpoint::Other,
         }
     }
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// Whether this is a WeCom route.
+    pub fn is_wecom(self) -> bool {
+        matches!(
+            self,
+            Endpoint::WeComToken
+                | Endpoint::WeComSend
+                | Endpoint::WeComRecall
+                | Endpoint::WeComWebhook
+        )
     }
 }
 
@@ -185,10 +217,13 @@ pub struct StatsSnapshot {
     /// how a client's connection reuse is checked from outside.
     #[serde(default)]
     pub api_connections: u64,
-    /// Most send requests (template, subscribe, bizsend) in flight at the sandbox at one time,
-    /// from arrival to answer, injected latency included.
+    /// Most send requests (template, subscribe, bizsend, and WeCom's message and webhook sends)
+    /// in flight at the sandbox at one time, from arrival to answer, injected latency included.
     #[serde(default)]
     pub sends_max_in_flight: u64,
+    /// WeCom's counters (its errcodes are counted here, not in `errcodes`).
+    #[serde(default)]
+    pub wecom: WeComSnapshot,
 }
 
 /// A request in flight; dropping it ends it.
@@ -204,7 +239,7 @@ impl Drop for InFlight<'_> {
 /// Live counters.
 #[derive(Debug)]
 pub struct Stats {
-    requests: [AtomicU64; 8],
+    requests: [AtomicU64; 12],
     delivered: AtomicU64,
     duplicates: AtomicU64,
     errcodes: [AtomicU64; WxCode::ALL.len()],
@@ -226,6 +261,8 @@ pub struct Stats {
     ev_status: [AtomicU64; 3],
     openids: [Mutex<HashMap<Box<str>, OpenidCounts>>; SHARDS],
     hasher: RandomState,
+    /// WeCom's counters.
+    pub(crate) wecom: WeComStats,
 }
 
 /// The three `Status` values of TEMPLATESENDJOBFINISH.
@@ -264,6 +301,7 @@ impl Default for Stats {
             ev_status: Default::default(),
             openids: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             hasher: RandomState::new(),
+            wecom: WeComStats::default(),
         }
     }
 }
@@ -461,6 +499,7 @@ impl Stats {
             per_openid,
             api_connections: read(&self.api_connections),
             sends_max_in_flight: read(&self.sends_max_in_flight),
+            wecom: self.wecom.snapshot(),
         }
     }
 
@@ -494,6 +533,7 @@ impl Stats {
         for shard in &self.openids {
             shard.lock().clear();
         }
+        self.wecom.reset();
     }
 }
 
