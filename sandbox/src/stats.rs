@@ -181,11 +181,11 @@ pub struct TokenCounts {
     pub stable: u64,
     /// Of those, with `force_refresh: true`.
     pub stable_force_refresh: u64,
-    /// New tokens issued (both APIs).
+    /// New tokens issued (both WeChat APIs; WeCom's are in `wecom.apps`).
     pub issued: u64,
-    /// Most token requests (both APIs) that were in flight at the sandbox at one time, from
-    /// arrival to answer, injected latency included: how a "single refresh in flight" claim is
-    /// checked from outside.
+    /// Most token requests (both WeChat APIs and WeCom's `gettoken`, together) that were in
+    /// flight at the sandbox at one time, from arrival to answer, injected latency included:
+    /// how a "single refresh in flight" claim is checked from outside.
     #[serde(default)]
     pub max_in_flight: u64,
 }

@@ -362,3 +362,25 @@ async fn the_binary_takes_the_wecom_flags() {
         93000
     );
 }
+
+#[tokio::test]
+async fn concurrent_gettoken_calls_show_in_token_max_in_flight() {
+    let sb = start(config()).await;
+    sb.admin.put_faults(&json!({"latency": "1s"})).await;
+    let gettoken = format!("/cgi-bin/gettoken?corpid={CORP}&corpsecret=wecom-secret");
+    let answers = futures::future::join_all((0..3).map(|_| sb.api.get_json(&gettoken))).await;
+    let tokens: std::collections::HashSet<_> =
+        answers.iter().map(|v| v["access_token"].clone()).collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "concurrent fetches get one token: {answers:?}"
+    );
+    let stats = sb.handle.stats();
+    assert_eq!(
+        stats.token_calls.max_in_flight, 3,
+        "three fetches overlapped"
+    );
+    assert_eq!(stats.wecom.apps["1000002"].token_fetches, 3);
+    assert_eq!(stats.wecom.apps["1000002"].tokens_issued, 1);
+}
