@@ -337,6 +337,21 @@ async fn duplicate_check_suppresses_repeats_inside_the_interval_only() {
     let b = wc.send(&token, &plain).await;
     assert_ne!(a["msgid"], b["msgid"]);
     assert_eq!(sb.handle.stats().wecom.per_user["u9"], 2);
+    // A reset forgets tokens, the duplicate table, sent messages and the counters.
+    let mut checked = text("u7");
+    checked["enable_duplicate_check"] = json!(1);
+    assert_eq!(errcode(&wc.send(&token, &checked).await), 0);
+    sb.admin.reset().await;
+    assert_eq!(sb.handle.stats().wecom, Default::default());
+    assert!(sb.handle.wecom_messages().is_empty());
+    assert_eq!(errcode(&wc.send(&token, &checked).await), 40014);
+    let token = wc.token().await;
+    assert_eq!(errcode(&wc.send(&token, &checked).await), 0);
+    let stats = sb.handle.stats().wecom;
+    assert_eq!(
+        (stats.delivered_unique, stats.duplicates_suppressed),
+        (1, 0)
+    );
 }
 
 #[tokio::test]
