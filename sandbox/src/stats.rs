@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::codes::WxCode;
 use super::wecom::stats::{WeComSnapshot, WeComStats};
+use wxcrypto::errcode::WxCode;
 
 const SHARDS: usize = 16;
 

@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::policy::{LocalSecret, Retry, TokenApi};
 use crate::providers::errcode::{FetchAction, classify_fetch, describe};
 use crate::resilience::backoff;
+use crate::send::ErrorKind;
 use crate::store::redis::SharedClient;
 
 /// WeChat allows a `force_refresh` of the stable token at most every 30 s.
@@ -178,7 +179,7 @@ struct Answer {
 
 fn token_error(errcode: Option<i64>, message: String) -> SendError {
     SendError {
-        kind: "token".into(),
+        kind: ErrorKind::Token,
         errcode,
         message,
     }

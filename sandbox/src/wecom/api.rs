@@ -27,8 +27,8 @@ fn json(body: impl Into<Bytes>) -> Response {
 pub(crate) fn wecom_error(state: &Shared, code: WeComCode, hint: Option<&str>) -> Response {
     state.stats.wecom.errcode(code);
     json(match hint {
-        Some(h) => code.body_with_hint(h),
-        None => code.body(),
+        Some(h) => code.json_with_hint(h),
+        None => code.json(),
     })
 }
 
