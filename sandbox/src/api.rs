@@ -41,7 +41,7 @@ fn token_body(issued: &Issued) -> Response {
     ))
 }
 
-/// Fault injection in front of every WeChat route: counts the request (also in flight, for
+/// Fault injection in front of every WeChat and WeCom route: counts the request (also in flight, for
 /// overload mode), adds latency (overload latency included), then resets, fails, hangs or
 /// answers an injected errcode as the fault config says.
 pub(crate) async fn fault_layer(

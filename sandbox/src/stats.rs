@@ -193,7 +193,8 @@ pub struct TokenCounts {
 /// The `GET /__stats` document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
-    /// WeChat API requests received (admin routes excluded), faulted ones included.
+    /// API requests received, WeChat and WeCom routes (admin routes excluded), faulted ones
+    /// included.
     pub requests_total: u64,
     /// The same by endpoint (`token`, `stable_token`, `template_send`, ...).
     pub requests: BTreeMap<String, u64>,
@@ -213,8 +214,8 @@ pub struct StatsSnapshot {
     pub events: EventCounts,
     /// Per-openid counts.
     pub per_openid: BTreeMap<String, OpenidCounts>,
-    /// TCP connections that carried at least one WeChat API request (admin routes excluded):
-    /// how a client's connection reuse is checked from outside.
+    /// TCP connections that carried at least one WeChat or WeCom API request (admin routes
+    /// excluded): how a client's connection reuse is checked from outside.
     #[serde(default)]
     pub api_connections: u64,
     /// Most send requests (template, subscribe, bizsend, and WeCom's message and webhook sends)
