@@ -74,7 +74,7 @@ pub struct OutageSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultConfig {
-    /// Fixed delay added to every WeChat API request.
+    /// Fixed delay added to every API request (WeChat and WeCom routes).
     #[serde(with = "human_duration")]
     pub latency: Duration,
     /// Extra delay drawn uniformly from `[0, jitter]` per request.
@@ -103,7 +103,7 @@ pub struct FaultConfig {
     /// Revoke every access_token (classic and stable) this often; sends then get 40001.
     #[serde(with = "human_duration::option")]
     pub token_invalidate_every: Option<Duration>,
-    /// Overload mode: WeChat API requests served at once without slowing down (`None` =
+    /// Overload mode: API requests (WeChat and WeCom) served at once without slowing down (`None` =
     /// unlimited). Each request that arrives while `n` requests are already in flight, `n` at or
     /// above the capacity, waits `(n + 1 - capacity) × overload_latency_per_request` more.
     pub capacity: Option<u32>,
@@ -226,7 +226,7 @@ pub struct FaultState {
     /// Next forced token invalidation, in ms since `base` (0 = none).
     next_invalidation_ms: AtomicU64,
     base: Instant,
-    /// WeChat API requests in flight (counted whether or not overload mode is on).
+    /// API requests in flight (counted whether or not overload mode is on).
     in_flight: Arc<AtomicU64>,
 }
 
@@ -312,7 +312,7 @@ impl FaultState {
             .is_ok()
     }
 
-    /// Counts one WeChat API request in flight until the guard is dropped.
+    /// Counts one API request in flight until the guard is dropped.
     pub fn enter(&self) -> InFlight {
         let ahead = self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
@@ -321,7 +321,7 @@ impl FaultState {
         }
     }
 
-    /// WeChat API requests in flight now.
+    /// API requests in flight now.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire)
     }
