@@ -41,9 +41,9 @@ fn token_body(issued: &Issued) -> Response {
     ))
 }
 
-/// Fault injection in front of every WeChat and WeCom route: counts the request (also in flight, for
-/// overload mode), adds latency (overload latency included), then resets, fails, hangs or
-/// answers an injected errcode as the fault config says.
+/// Fault injection in front of every WeChat and WeCom route: counts the request (also in
+/// flight, for overload mode), adds latency (overload latency included), then resets, fails,
+/// hangs or answers an injected errcode as the fault config says.
 pub(crate) async fn fault_layer(
     State(state): State<Shared>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,

@@ -103,9 +103,10 @@ pub struct FaultConfig {
     /// Revoke every access_token (classic and stable) this often; sends then get 40001.
     #[serde(with = "human_duration::option")]
     pub token_invalidate_every: Option<Duration>,
-    /// Overload mode: API requests (WeChat and WeCom) served at once without slowing down (`None` =
-    /// unlimited). Each request that arrives while `n` requests are already in flight, `n` at or
-    /// above the capacity, waits `(n + 1 - capacity) × overload_latency_per_request` more.
+    /// Overload mode: API requests (WeChat and WeCom) served at once without slowing down
+    /// (`None` = unlimited). Each request that arrives while `n` requests are already in
+    /// flight, `n` at or above the capacity, waits `(n + 1 - capacity) ×
+    /// overload_latency_per_request` more.
     pub capacity: Option<u32>,
     /// The added latency per request in flight beyond `capacity`.
     #[serde(with = "human_duration")]

@@ -135,12 +135,17 @@ async fn message_send_checks_each_type_strictly() {
     let sb = start(config()).await;
     let wc = WeCom(&sb);
     let token = wc.token().await;
-    let with = |msgtype: &str, content: Value| json!({"touser": "u1", "msgtype": msgtype, "agentid": AGENT, msgtype: content});
+    let with = |msgtype: &str, content: Value| {
+        let mut body = json!({"touser": "u1", "msgtype": msgtype, "agentid": AGENT});
+        body[msgtype] = content;
+        body
+    };
     let valid = [
         with("text", json!({"content": "Disk full on db-1"})),
         with(
             "textcard",
-            json!({"title": "Order late", "description": "#42 is late", "url": "https://example.test/42"}),
+            json!({"title": "Order late", "description": "#42 is late",
+                   "url": "https://example.test/42"}),
         ),
         with("markdown", json!({"content": "**Disk** full"})),
         with(

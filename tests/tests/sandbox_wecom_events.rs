@@ -132,7 +132,10 @@ async fn events_reach_the_callback_and_change_the_directory() {
         ))
         .await;
     let token = token["access_token"].as_str().expect("a token");
-    let send = |to: &str| json!({"touser": to, "msgtype": "text", "agentid": 1_000_002, "text": {"content": "x"}});
+    let send = |to: &str| {
+        json!({"touser": to, "msgtype": "text", "agentid": 1_000_002,
+               "text": {"content": "x"}})
+    };
     let path = format!("/cgi-bin/message/send?access_token={token}");
     let v = sb.api.post_raw(&path, send("u1|u2").to_string()).await;
     assert_eq!(v["invaliduser"], "u1", "a deleted user is invalid: {v}");
