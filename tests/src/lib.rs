@@ -135,6 +135,7 @@ impl Drop for ChildGuard {
     }
 }
 
+pub mod capability;
 pub mod cluster;
 pub mod crd_schema;
 pub mod kube;
