@@ -43,3 +43,6 @@ pub mod store;
 pub mod templates;
 pub mod wechat;
 pub mod wiring;
+
+#[cfg(test)]
+mod docs_tests;

@@ -138,6 +138,7 @@ impl Drop for ChildGuard {
 pub mod capability;
 pub mod cluster;
 pub mod crd_schema;
+pub mod docs;
 pub mod kube;
 pub mod pod_runner;
 pub mod pusher;
