@@ -1,6 +1,6 @@
-//! The docs restate the pusher's metrics. These tests compare what they say with what
-//! [`Metrics::new`] registers, so that a metric added, renamed or removed without its docs fails
-//! here.
+//! The docs restate the pusher's metrics and its request limits. These tests compare what they
+//! say with what [`Metrics::new`] registers and what `message` enforces, so that a metric or a
+//! limit added, renamed or changed without its docs fails here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -121,7 +121,7 @@ fn is_registered(name: &str, families: &BTreeMap<String, String>) -> bool {
 }
 
 /// The part of a Markdown file under `heading` (a whole heading line), up to the next heading
-/// of the same or a higher level.
+/// of the same or a higher level (outside code blocks, where `#` starts a comment).
 fn section<'a>(text: &'a str, heading: &str) -> &'a str {
     let level = heading.chars().take_while(|&c| c == '#').count();
     let start = text
@@ -132,16 +132,19 @@ fn section<'a>(text: &'a str, heading: &str) -> &'a str {
     let rest = &text[start..];
     let end = rest
         .lines()
-        .scan(0, |offset, line| {
+        .scan((0, false), |(offset, fenced), line| {
             let at = *offset;
             *offset += line.len() + 1;
-            Some((at, line))
+            if line.starts_with("```") {
+                *fenced = !*fenced;
+            }
+            Some((at, line, *fenced))
         })
-        .find(|(_, line)| {
+        .find(|(_, line, fenced)| {
             let hashes = line.chars().take_while(|&c| c == '#').count();
-            hashes > 0 && hashes <= level && line[hashes..].starts_with(' ')
+            !fenced && hashes > 0 && hashes <= level && line[hashes..].starts_with(' ')
         })
-        .map_or(rest.len(), |(at, _)| at);
+        .map_or(rest.len(), |(at, _, _)| at);
     &rest[..end]
 }
 
@@ -225,17 +228,60 @@ fn every_metric_the_docs_and_the_chart_name_exists() {
     );
 }
 
+/// The `≤ N` limits of docs/pusher.md's table of body fields (`POST /v1/messages`) are the
+/// ones the validation enforces.
+#[test]
+fn the_body_field_limits_in_pusher_md_are_the_codes() {
+    use crate::message::{
+        MAX_APPID, MAX_CLIENT_MSG_ID, MAX_DATA_KEYS, MAX_DATA_VALUE, MAX_PAGE, MAX_TEMPLATE_ID,
+        MAX_TOUSER, MAX_URL,
+    };
+    assert_eq!(MAX_TOUSER, MAX_TEMPLATE_ID, "one row documents both");
+    let expected: BTreeMap<&str, Vec<usize>> = [
+        ("`touser`, `template_id`", vec![MAX_TOUSER]),
+        ("`url`", vec![MAX_URL]),
+        ("`miniprogram`", vec![MAX_APPID, MAX_PAGE]),
+        ("`data`", vec![MAX_DATA_VALUE, MAX_DATA_KEYS]),
+        ("`client_msg_id`", vec![MAX_CLIENT_MSG_ID]),
+        ("`callback_url`", vec![MAX_URL]),
+    ]
+    .into_iter()
+    .collect();
+    let text = read(&root().join("docs/pusher.md"));
+    let table = section(&text, "### `POST /v1/messages`");
+    let documented: BTreeMap<&str, Vec<usize>> = table
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .filter_map(|row| {
+            let mut cells = row.split(" | ");
+            let field = cells.next()?.trim_start_matches("| ");
+            let rule = cells.next()?;
+            let limits: Vec<usize> = rule
+                .split("≤ ")
+                .skip(1)
+                .filter_map(|s| {
+                    let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+                    digits.parse().ok()
+                })
+                .collect();
+            (!limits.is_empty()).then_some((field, limits))
+        })
+        .collect();
+    assert_eq!(documented, expected, "docs/pusher.md vs message::MAX_*");
+}
+
 #[test]
 fn the_helpers_see_what_they_should() {
     let text =
         "`wxpush_a_total{x}`, wxpush_b; label_wxpush_io_channel, wxpush_pusher::x, wxpush_*\n";
     let found: Vec<String> = words(text).into_iter().collect();
     assert_eq!(found, ["wxpush_a_total", "wxpush_b", "wxpush_pusher"]);
-    let md = "# T\n\n## Metrics\n\nwxpush_a\n\n### Sub\n\nwxpush_b\n\n## Next\n\nwxpush_c\n";
+    let md = "# T\n\n## Metrics\n\nwxpush_a\n\n```sh\n# wxpush_b\n```\n### Sub\n\nwxpush_c\n\n\
+              ## Next\n\nwxpush_d\n";
     assert_eq!(
         words(section(md, "## Metrics"))
             .into_iter()
             .collect::<Vec<_>>(),
-        ["wxpush_a", "wxpush_b"]
+        ["wxpush_a", "wxpush_b", "wxpush_c"]
     );
 }

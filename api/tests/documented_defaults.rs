@@ -1,7 +1,8 @@
-//! The README's "Configuration reference" table states each policy field's default. This test
-//! reads the table and compares every default written as a value (`5s`, `1000`, `stable`,
-//! unset) with what the config types fill in, so that the two cannot drift apart. Defaults
-//! written as prose ("80% of `volumeSize`", "as above") are compared by the last test.
+//! The README's "Configuration reference" table states each policy field's default, and
+//! docs/pusher.md's "Configuration" table the engine's own. These tests read both tables and
+//! compare every default written as a value (`5s`, `1000`, `stable`, unset) with what the config
+//! types fill in, so that the docs and the code cannot drift apart. The README's defaults
+//! written as prose ("80% of `volumeSize`", "as above") are compared one by one.
 
 use std::path::Path;
 use std::str::FromStr as _;
@@ -19,9 +20,9 @@ fn defaults(extra: &str) -> Value {
     serde_json::to_value(&config).expect("serialisable")
 }
 
-fn readme() -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    std::fs::read_to_string(&path).expect("README.md")
+fn read(rel: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// One row of the table: the section, its fields and their defaults, as written.
@@ -52,7 +53,7 @@ fn first_code(item: &str) -> &str {
 }
 
 fn table() -> Vec<Row> {
-    let text = readme();
+    let text = read("README.md");
     let body = text
         .split("## Configuration reference")
         .nth(1)
@@ -153,6 +154,49 @@ fn every_default_in_the_readme_table_is_the_codes() {
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     assert!(compared >= 30, "only {compared} defaults compared");
+}
+
+/// docs/pusher.md's table of the engine's knobs (`| field | default | meaning |`, fields as
+/// dotted paths): every default written as a value, `unset` or `empty` is the code's.
+#[test]
+fn every_default_in_pusher_md_is_the_codes() {
+    let config = defaults("");
+    let text = read("docs/pusher.md");
+    let body = text
+        .split("\n## Configuration\n")
+        .nth(1)
+        .expect("docs/pusher.md has a Configuration section");
+    let mut compared = 0;
+    let mut wrong = Vec::new();
+    for line in body
+        .lines()
+        .skip_while(|l| !l.starts_with("| field | default |"))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2)
+    {
+        let cells: Vec<&str> = line.split(" | ").collect();
+        let (field, doc) = (cells[0].trim_start_matches("| "), cells[1]);
+        let (Some(path), false) = (code(field), field.contains('*')) else {
+            continue; // `a / b` (one of two) or `retry.*` (the README's table)
+        };
+        let value = path
+            .split('.')
+            .fold(&config, |v, key| v.get(key).unwrap_or(&Value::Null));
+        let ok = match (code(doc), doc) {
+            (Some(d), _) => same(d, value),
+            (None, "unset") => value.is_null(),
+            (None, "empty") => value.is_null() || value.as_array().is_some_and(Vec::is_empty),
+            (None, _) => continue,
+        };
+        compared += 1;
+        if !ok {
+            wrong.push(format!(
+                "{path}: docs/pusher.md says {doc}, the code {value}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert!(compared >= 20, "only {compared} defaults compared");
 }
 
 /// The defaults the table writes as prose.
