@@ -367,9 +367,17 @@ async fn crash_mid_attempt_beyond_the_window(store: &Value) {
             .is_some_and(|a| a.iter().any(|r| r["id"] == id.as_str())),
         "listed with the dead letters: {page}"
     );
-    // Not re-sent: the sandbox saw the warm-up send and the one hung send only.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let stats = wx.stats().await;
+    // Not re-sent: the sandbox saw the warm-up send and the one hung send only. Watched for
+    // 500 ms; a re-send ends the watch at once and fails below.
+    let watch_until = Instant::now() + Duration::from_millis(500);
+    let stats = loop {
+        let stats = wx.stats().await;
+        let sends = stats.requests.get("template_send").copied().unwrap_or(0);
+        if sends > 2 || Instant::now() >= watch_until {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         stats.requests.get("template_send").copied(),
         Some(2),
