@@ -64,10 +64,11 @@ async fn concurrent_callers_share_one_fetch() {
 #[tokio::test]
 async fn refreshes_before_expiry_in_the_background() {
     let sandbox = Sandbox::start(SandboxConfig {
-        token_expires_in: Duration::from_secs(2),
-        // Every token call takes 300 ms, so that the refresh can be seen under way.
+        token_expires_in: Duration::from_secs(4),
+        // Every token call takes 800 ms, so that the refresh can be seen under way (and still
+        // ends well before the first token expires).
         faults: FaultConfig {
-            latency: Duration::from_millis(300),
+            latency: Duration::from_millis(800),
             ..FaultConfig::default()
         },
         ..SandboxConfig::new(APPID, SECRET)
@@ -76,7 +77,7 @@ async fn refreshes_before_expiry_in_the_background() {
     .expect("sandbox");
     let (m, _) = manager(&sandbox.base_url(), TokenApi::Classic, SECRET);
     let first = m.get().await.expect("token");
-    // refreshBefore (4m) is capped at half the lifetime: the refresh starts after 1 s.
+    // refreshBefore (4m) is capped at half the lifetime: the refresh starts after 2 s.
     assert_eq!(m.get().await.expect("cached"), first);
     assert_eq!(sandbox.stats().token_calls.classic, 1);
     // The manager keeps time on the system clock, which tokio's paused clock does not move:
@@ -87,7 +88,7 @@ async fn refreshes_before_expiry_in_the_background() {
     while arrived() < 2 {
         assert_eq!(m.get().await.expect("cached"), first);
         assert!(
-            start.elapsed() < Duration::from_secs(2),
+            start.elapsed() < Duration::from_secs(4),
             "no background refresh"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
