@@ -45,3 +45,6 @@ pub mod store;
 pub mod templates;
 pub mod wechat;
 pub mod wiring;
+
+#[cfg(test)]
+mod docs_tests;
