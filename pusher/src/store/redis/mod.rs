@@ -45,7 +45,6 @@
 mod check;
 mod conn;
 pub mod scripts;
-pub mod shared;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -57,8 +56,8 @@ use redis::streams::StreamPendingReply;
 use redis::{RedisError, Script, Value};
 use tokio::sync::Notify;
 
+pub(crate) use conn::retrying;
 pub use conn::{Conn, check_url, connect, nodes, redact};
-pub use shared::{Permit, SharedClient, SharedToken};
 
 use super::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, DeliveryEvent, EventOutcome, Leased,
@@ -367,9 +366,9 @@ impl RedisStore {
     }
 
     /// Runs `script` with every key it touches in `keys`, retrying the whole call on a cluster
-    /// redirect ([`conn::retrying`]). The shared client state (`shared.rs`) runs its scripts
-    /// through this too.
-    pub(super) async fn script<T: redis::FromRedisValue>(
+    /// redirect ([`conn::retrying`]). The pods' coordination over Redis (`coord/redis.rs`) runs
+    /// its scripts through this too.
+    pub(crate) async fn script<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[String],
