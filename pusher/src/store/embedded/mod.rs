@@ -28,9 +28,9 @@
 //! transaction as the state change that causes the callback).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -54,7 +54,9 @@ use super::{
 };
 use super::{DeliveryEvent, EventOutcome};
 use crate::message::{MessageId, MessageRecord, Status};
+use crate::policy::{HumanDuration, Retry};
 use crate::ratelog::LogLimiter;
+use crate::resilience::backoff;
 
 const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
 const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
@@ -112,16 +114,29 @@ pub struct EmbeddedOptions {
     pub max_bytes: Option<u64>,
 }
 
+/// The wait of a lease given back after a failed write: 1 s, doubling with every failed group
+/// in a row, at most 30 s, without jitter (one writer, nothing to spread).
+static GIVE_BACK_BACKOFF: LazyLock<Retry> = LazyLock::new(|| Retry {
+    initial_backoff: HumanDuration::secs(1),
+    max_backoff: HumanDuration::secs(30),
+    multiplier: 2.0,
+    jitter: 0.0,
+    ..Retry::default()
+});
+
 fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Storage(e.into().to_string())
+    {
+        let e = e.into();
+        StoreError::storage(e.to_string(), e)
+    }
 }
 
 fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record).map_err(|e| StoreError::Storage(format!("encode record: {e}")))
+    serde_json::to_vec(record).map_err(|e| StoreError::storage(format!("encode record: {e}"), e))
 }
 
 fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Storage(format!("decode record: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| StoreError::storage(format!("decode record: {e}"), e))
 }
 
 /// Opens (or creates) the database file with the store's cache size.
@@ -248,11 +263,11 @@ impl Shared {
         db.begin_write().map_err(storage)
     }
 
-    /// How long a lease given back after a failed write waits before it is due again: 1 s,
-    /// doubling with every failed group in a row, at most 30 s.
+    /// How long a lease given back after a failed write waits before it is due again
+    /// ([`GIVE_BACK_BACKOFF`], by the failed groups in a row).
     fn give_back_delay(&self) -> Duration {
-        let n = self.failures.load(Ordering::Relaxed).min(5);
-        Duration::from_secs(1 << n).min(Duration::from_secs(30))
+        let failed = self.failures.load(Ordering::Relaxed);
+        backoff::delay(&GIVE_BACK_BACKOFF, failed.saturating_add(1), 0.0)
     }
 
     /// Keeps just committed records for their first lease, while there is room.
@@ -294,7 +309,7 @@ impl EmbeddedStore {
         head: usize,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.path).map_err(|e| {
-            StoreError::Storage(format!("cannot create {}: {e}", options.path.display()))
+            StoreError::storage(format!("cannot create {}: {e}", options.path.display()), e)
         })?;
         let file = options.path.join("wxpush-queue.redb");
         let db = open_db(&file)?;
@@ -343,7 +358,7 @@ impl EmbeddedStore {
                     let _ = reply.send(());
                 }
             })
-            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::storage(format!("cannot start the writer thread: {e}"), e))?;
         Ok(Self { shared, tx })
     }
 
@@ -379,7 +394,7 @@ impl EmbeddedStore {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || f(&shared))
             .await
-            .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::storage(format!("read task failed: {e}"), e))?
     }
 
     /// The store file's folder.

@@ -20,9 +20,9 @@
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -34,6 +34,8 @@ use super::{
     PROBE, SCHEDULE, SWEEP_BATCH, Shared, decode, encode, load_index, open_db, storage,
 };
 use crate::message::{MessageId, MessageRecord, Status};
+use crate::policy::{HumanDuration, Retry};
+use crate::resilience::backoff;
 use crate::store::index::{COUNT_EVERY_MS, Key};
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
@@ -152,7 +154,7 @@ impl<'t> Tables<'t> {
 }
 
 fn encode_cb(cb: &PendingCallback) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(cb).map_err(|e| StoreError::Storage(format!("encode callback: {e}")))
+    serde_json::to_vec(cb).map_err(|e| StoreError::storage(format!("encode callback: {e}"), e))
 }
 
 /// What a group has decided so far.
@@ -342,7 +344,7 @@ impl<T: Send> Owed for Answer<T> {
     fn settle(self: Box<Self>, failed: Option<&str>) {
         let result = match (failed, self.value) {
             (None, Some(v)) => Ok(v),
-            (Some(msg), _) => Err(StoreError::Storage(msg.to_string())),
+            (Some(msg), _) => Err(StoreError::Storage(msg.to_string().into())),
             (None, None) => Err(StoreError::Storage("operation not applied".into())),
         };
         let _ = self.reply.send(result);
@@ -456,9 +458,18 @@ pub(super) struct Healing {
     next_at: Instant,
 }
 
-/// The wait before healing attempt `n + 1`: 100 ms doubling, at most 5 s.
+/// The wait before healing attempt `n + 1`: 100 ms doubling, at most 5 s, without jitter.
+static HEAL_BACKOFF: LazyLock<Retry> = LazyLock::new(|| Retry {
+    initial_backoff: HumanDuration::millis(100),
+    max_backoff: HumanDuration::secs(5),
+    multiplier: 2.0,
+    jitter: 0.0,
+    ..Retry::default()
+});
+
+/// The wait before healing attempt `n + 1` ([`HEAL_BACKOFF`]).
 fn heal_backoff(n: u32) -> Duration {
-    Duration::from_millis(100 << n.min(6)).min(Duration::from_secs(5))
+    backoff::delay(&HEAL_BACKOFF, n.saturating_add(1), 0.0)
 }
 
 /// Writes the probe row: whether the database takes a write.

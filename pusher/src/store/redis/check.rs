@@ -109,7 +109,7 @@ impl RedisStore {
                 .arg(1000);
             let (next, keys): (String, Vec<String>) =
                 redis::from_redis_value(self.on_owner(cmd).await?)
-                    .map_err(|e| StoreError::Storage(format!("redis check: {e}")))?;
+                    .map_err(|e| StoreError::storage(format!("redis check: {e}"), e))?;
             for key in keys {
                 seen += 1;
                 let mut cmd = redis::cmd("GET");

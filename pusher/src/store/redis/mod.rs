@@ -243,11 +243,11 @@ fn is_connection_error(e: &RedisError) -> bool {
 }
 
 fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Storage(format!("decode record: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| StoreError::storage(format!("decode record: {e}"), e))
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Storage(format!("encode: {e}")))
+    serde_json::to_string(v).map_err(|e| StoreError::storage(format!("encode: {e}"), e))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -300,7 +300,7 @@ impl RedisStore {
     pub async fn connect(options: RedisOptions) -> Result<Self, StoreError> {
         let conn = connect(&options.url, options.cluster)
             .await
-            .map_err(StoreError::Storage)?;
+            .map_err(|m| StoreError::Storage(m.into()))?;
         let base = key_base(&options.key_prefix, &options.channel);
         let stream = format!("{base}q");
         let inner = Arc::new(Inner {
@@ -403,7 +403,7 @@ impl RedisStore {
             tracing::warn!(error = %conn::clean(e), "redis unreachable");
         }
         self.reconnect_if_stuck(e);
-        StoreError::Storage(format!("redis {what}: {}", conn::clean(e)))
+        StoreError::storage(format!("redis {what}: {}", conn::clean(e)), e.clone())
     }
 
     /// A cluster client can stay stuck on a stale view of the cluster after a node restarted
@@ -592,9 +592,10 @@ impl RedisStore {
             }
         };
         if acked < i64::from(n) {
-            return Err(StoreError::Storage(format!(
-                "only {acked} of {n} replicas acknowledged the write in {WAIT_REPLICAS:?}"
-            )));
+            return Err(StoreError::Storage(
+                format!("only {acked} of {n} replicas acknowledged the write in {WAIT_REPLICAS:?}")
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -1086,9 +1087,9 @@ impl Store for RedisStore {
         let mut results = Vec::with_capacity(flat.len() / 3);
         let mut fresh = false;
         for t in flat[1..].chunks_exact(3) {
-            let id: MessageId = t[0]
-                .parse()
-                .map_err(|_| StoreError::Storage(format!("redis accept: bad id {}", t[0])))?;
+            let id: MessageId = t[0].parse().map_err(|_| {
+                StoreError::Storage(format!("redis accept: bad id {}", t[0]).into())
+            })?;
             let status: Status = serde_json::from_value(serde_json::Value::String(t[1].clone()))
                 .unwrap_or(Status::Queued);
             let duplicate = t[2] == "1";
@@ -1204,9 +1205,9 @@ impl Store for RedisStore {
         let id = leased.record.id;
         let key = id.to_string();
         let Some(eid) = self.inner.leases.lock().get(&key).cloned() else {
-            return Err(StoreError::Storage(format!(
-                "redis start attempt: {id} is not leased by this process"
-            )));
+            return Err(StoreError::Storage(
+                format!("redis start attempt: {id} is not leased by this process").into(),
+            ));
         };
         let mut record = leased.record.clone();
         if record.first_attempt_at.is_none() {
@@ -1232,10 +1233,13 @@ impl Store for RedisStore {
                 match a.as_str() {
                     "ok" | "kept" => return Ok(()),
                     "gone" => StoreError::NotFound(id),
-                    _ => StoreError::Storage(format!(
-                        "redis start attempt: not written ({a}): the lease of {id} was taken \
-                         over or the message is final"
-                    )),
+                    _ => StoreError::Storage(
+                        format!(
+                            "redis start attempt: not written ({a}): the lease of {id} was \
+                             taken over or the message is final"
+                        )
+                        .into(),
+                    ),
                 }
             }
             Err(e) => self.fail("start attempt", &e),
@@ -1500,7 +1504,7 @@ impl Store for RedisStore {
                     return Ok(());
                 };
                 let mut cb: PendingCallback = serde_json::from_str(&old)
-                    .map_err(|e| StoreError::Storage(format!("decode callback: {e}")))?;
+                    .map_err(|e| StoreError::storage(format!("decode callback: {e}"), e))?;
                 cb.attempts = attempts;
                 (millis(at).to_string(), encode(&cb)?)
             }
