@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use redis::Value;
 
-use super::{RedisStore, decode, hash_slot, strings};
+use super::{RedisStore, decode, strings};
 use crate::message::Status;
 use crate::store::StoreError;
 
@@ -25,7 +25,7 @@ impl RedisStore {
             super::Conn::Cluster(mut c) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(hash_slot(&self.inner.stream), SlotAddr::Master),
+                    Route::with_key(&self.inner.stream, SlotAddr::Master),
                 ));
                 c.route_command(cmd, route).await
             }

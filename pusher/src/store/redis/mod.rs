@@ -269,31 +269,6 @@ fn strings(v: Value) -> Vec<String> {
     }
 }
 
-/// The CRC16 (XMODEM) hash slot of a key, as Redis Cluster computes it (hash tags honoured).
-pub fn hash_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &bytes[open + 1..];
-        rest.iter()
-            .position(|&b| b == b'}')
-            .filter(|&close| close > 0)
-            .map(|close| &rest[..close])
-    });
-    let data = tagged.unwrap_or(bytes);
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
 impl RedisStore {
     /// Connects, creates the consumer group if needed and starts the counts refresher.
     /// Errors name the URL without its password.
@@ -582,7 +557,7 @@ impl RedisStore {
             Conn::Cluster(mut c) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(hash_slot(&self.inner.stream), SlotAddr::Master),
+                    Route::with_key(&self.inner.stream, SlotAddr::Master),
                 ));
                 let v = c
                     .route_command(cmd, route)
@@ -1563,13 +1538,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_follow_the_hash_tag() {
-        // Values from the Redis Cluster specification's reference implementation.
-        assert_eq!(hash_slot("123456789"), 0x31C3);
-        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+    fn a_channels_keys_share_one_slot() {
+        use redis::cluster_routing::Slot;
+        let base = key_base("wxpush", "orders");
         assert_eq!(
-            hash_slot(&format!("{}q", key_base("wxpush", "orders"))),
-            hash_slot(&format!("{}m:01ABC", key_base("wxpush", "orders")))
+            Slot::for_key(format!("{base}q")),
+            Slot::for_key(format!("{base}m:01ABC"))
+        );
+        assert_ne!(
+            Slot::for_key(format!("{base}q")),
+            Slot::for_key(format!("{}q", key_base("wxpush", "other")))
         );
     }
 }
