@@ -2,10 +2,9 @@
 //! `governor` crate) and the local daily quota counter (`rateLimit.dailyQuota`), which resets
 //! at midnight Beijing time (UTC+8) as WeChat's own quota does.
 //!
-//! With the Redis queue ([`RateLimiter::with_shared`]) both are shared by every pod of the
-//! channel: the bucket becomes GCRA in a Redis script (on Redis's clock, so pods' clocks do not
-//! matter) and the daily quota is one counter per Beijing day; a 45009 seen by one pod holds all
-//! of them until midnight. If Redis cannot be reached, the pod falls back to its own bucket.
+//! When the pods of a channel share their rate (`wechat::limits`, through `coord`), the bucket
+//! becomes GCRA ([`Gcra`], decided here, run in a Redis script or in memory) and the daily quota
+//! is one counter per Beijing day; a 45009 seen by one pod holds all of them until midnight.
 //!
 //! Calendar arithmetic is pure ([`beijing_day`], [`next_beijing_midnight`]) so it can be
 //! table-tested without waiting for midnight.
@@ -17,7 +16,6 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use parking_lot::Mutex;
 
 use crate::policy::RateLimit;
-use crate::store::redis::{Permit, SharedClient};
 
 pub use crate::calendar::{beijing_day, next_beijing_midnight};
 
@@ -93,20 +91,41 @@ impl DailyCounter {
     }
 }
 
-/// The channel's rate limiter: the token bucket plus the daily counter.
+/// The shared limiter's rule (GCRA, the generic cell rate algorithm), in microseconds: a send
+/// is due at the theoretical arrival time `tat`, and may go up to `tolerance` earlier (the
+/// burst). Pure: the caller keeps `tat` and passes the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    /// Time between two sends at the sustained rate.
+    pub interval_us: u64,
+    /// How much earlier than its due time a send may go.
+    pub tolerance_us: u64,
+}
+
+impl Gcra {
+    /// The rule for `per_second` sends a second with bursts of `burst` (zeros count as 1).
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let interval = 1_000_000 / u64::from(per_second.max(1));
+        Self {
+            interval_us: interval.max(1),
+            tolerance_us: interval * u64::from(burst.max(1).saturating_sub(1)),
+        }
+    }
+
+    /// Reserves the next send at `now` given the stored `tat`: `Some((wait, new_tat))`, or
+    /// `None` when the wait would be longer than `longest` (nothing is reserved then).
+    pub fn reserve(&self, now: u64, tat: u64, longest: u64) -> Option<(u64, u64)> {
+        let tat = tat.max(now);
+        let wait = tat.saturating_sub(self.tolerance_us).saturating_sub(now);
+        (wait <= longest).then(|| (wait, tat.saturating_add(self.interval_us)))
+    }
+}
+
+/// This pod's rate limiter: the token bucket plus the daily counter.
 #[derive(Debug)]
 pub struct RateLimiter {
     bucket: DefaultDirectRateLimiter,
     daily: Mutex<DailyCounter>,
-    shared: Option<Shared>,
-}
-
-#[derive(Debug)]
-struct Shared {
-    client: SharedClient,
-    per_second: u32,
-    burst: u32,
-    daily_quota: u64,
 }
 
 impl RateLimiter {
@@ -120,65 +139,12 @@ impl RateLimiter {
                 Quota::per_second(per_second).allow_burst(burst),
             ),
             daily: Mutex::new(DailyCounter::new(policy.daily_quota)),
-            shared: None,
-        }
-    }
-
-    /// Shares the rate and the daily quota with the other pods of the channel through Redis
-    /// (the local daily counter then only keeps "spent until midnight").
-    #[must_use]
-    pub fn with_shared(mut self, policy: &RateLimit, client: Option<SharedClient>) -> Self {
-        if let Some(client) = client {
-            self.daily = Mutex::new(DailyCounter::new(0));
-            self.shared = Some(Shared {
-                client,
-                per_second: policy.per_second,
-                burst: policy.burst,
-                daily_quota: policy.daily_quota,
-            });
-        }
-        self
-    }
-
-    /// A permit from the shared limiter; `None` when Redis cannot be asked.
-    async fn acquire_shared(&self, shared: &Shared, max_wait: Duration) -> Option<bool> {
-        let permit = shared
-            .client
-            .permit(
-                shared.per_second,
-                shared.burst,
-                shared.daily_quota,
-                max_wait,
-            )
-            .await;
-        match permit {
-            Ok(Permit::Go) => Some(true),
-            Ok(Permit::At(wait)) => {
-                // Reserved for this pod's send: nobody else takes it meanwhile.
-                tokio::time::sleep(wait).await;
-                Some(true)
-            }
-            Ok(Permit::TooFar) => Some(false),
-            Ok(Permit::QuotaSpent) => {
-                // Let the daily check that follows refuse it, with the reset time.
-                self.daily.lock().exhaust(SystemTime::now());
-                Some(true)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "shared rate limit unavailable; limiting this pod alone");
-                None
-            }
         }
     }
 
     /// Waits for a send permit from the token bucket, at most `max_wait`. `false` when the
     /// wait ran out.
     pub async fn acquire(&self, max_wait: Duration) -> bool {
-        if let Some(shared) = &self.shared
-            && let Some(got) = self.acquire_shared(shared, max_wait).await
-        {
-            return got;
-        }
         if self.bucket.check().is_ok() {
             return true;
         }
@@ -195,28 +161,11 @@ impl RateLimiter {
     /// Returns a reservation WeChat did not count.
     pub fn give_back_daily(&self, now: SystemTime) {
         self.daily.lock().give_back(now);
-        if let Some(shared) = self.shared.as_ref().filter(|s| s.daily_quota > 0) {
-            let client = shared.client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = client.give_back_daily().await {
-                    tracing::debug!(error = %e, "cannot give a send back to the shared quota");
-                }
-            });
-        }
     }
 
     /// WeChat answered 45009: park until midnight Beijing time, which is returned.
     pub fn exhaust_daily(&self, now: SystemTime) -> SystemTime {
-        let until = self.daily.lock().exhaust(now);
-        if let Some(shared) = &self.shared {
-            let client = shared.client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = client.exhaust_daily(until).await {
-                    tracing::warn!(error = %e, "cannot pause the other pods for the daily quota");
-                }
-            });
-        }
-        until
+        self.daily.lock().exhaust(now)
     }
 
     /// When today's quota resets, if it is spent.
@@ -289,6 +238,27 @@ mod tests {
         let until = c.exhaust(now);
         assert_eq!(c.try_take(now), Err(until));
         assert_eq!(c.try_take(until), Ok(()));
+    }
+
+    #[test]
+    fn gcra_reserves_in_order_and_refuses_past_the_longest_wait() {
+        // 10 a second (100 ms apart), bursts of 3 (200 ms early).
+        let g = Gcra::new(10, 3);
+        assert_eq!((g.interval_us, g.tolerance_us), (100_000, 200_000));
+        let now = 1_000_000;
+        // An empty limiter (tat in the past): go now, due again one interval later.
+        assert_eq!(g.reserve(now, 0, 0), Some((0, now + 100_000)));
+        // The burst: three sends go at once.
+        assert_eq!(g.reserve(now, now + 100_000, 0), Some((0, now + 200_000)));
+        assert_eq!(g.reserve(now, now + 200_000, 0), Some((0, now + 300_000)));
+        // The fourth waits one interval, and is refused when that is too long.
+        assert_eq!(g.reserve(now, now + 300_000, 99_999), None);
+        assert_eq!(
+            g.reserve(now, now + 300_000, 100_000),
+            Some((100_000, now + 400_000))
+        );
+        // Zero rates count as one a second.
+        assert_eq!(Gcra::new(0, 0), Gcra::new(1, 1));
     }
 
     #[tokio::test]
