@@ -6,26 +6,33 @@
 //! queue room (429). A refused request writes nothing.
 
 pub mod auth;
+mod dead_letters;
 mod error;
+mod health;
 pub mod json;
 pub mod openapi;
 pub mod server;
+mod subscriptions;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 pub use auth::AuthToken;
+use dead_letters::*;
+pub use dead_letters::{DEFAULT_PAGE, MAX_PAGE, MIN_PAGE};
 pub use error::ApiError;
+use health::*;
+pub use subscriptions::MAX_CREDITS_PER_REQUEST;
+use subscriptions::*;
 
 use crate::callbacks::target::TargetPolicy;
 use crate::config::ApiLimits;
@@ -539,338 +546,4 @@ async fn get_message<S: Store>(
         Some(record) => Ok(axum::Json(status_doc(&record)).into_response()),
         None => Err(ApiError::not_found(format!("no message with id {id}"))),
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeadLetterQuery {
-    after: Option<String>,
-    // Read as text so that a bad value gets this API's own answer, naming the bounds.
-    limit: Option<String>,
-}
-
-/// Bounds of `limit` on `GET /v1/dead-letters` (outside them: 400 `bad_query`).
-pub const MIN_PAGE: usize = 1;
-/// See [`MIN_PAGE`].
-pub const MAX_PAGE: usize = 1000;
-/// `limit` when not given.
-pub const DEFAULT_PAGE: usize = 100;
-
-fn page_limit(limit: Option<&str>) -> Result<usize, ApiError> {
-    let Some(text) = limit else {
-        return Ok(DEFAULT_PAGE);
-    };
-    match text.parse::<usize>() {
-        Ok(n) if (MIN_PAGE..=MAX_PAGE).contains(&n) => Ok(n),
-        _ => Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            ErrorCode::BadQuery,
-            format!("limit must be a whole number from {MIN_PAGE} to {MAX_PAGE}"),
-        )
-        .field("limit")),
-    }
-}
-
-#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead letters",
-    security(("bearer" = [])),
-    params(
-        ("after" = Option<String>, Query, description = "the `next` of the previous page"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100; outside: 400 `bad_query`"),
-    ),
-    responses(
-        (status = 200, description = "a page of dead letters", body = openapi::DeadLetterPage),
-        (status = 400, description = "a malformed query, an unknown parameter or `limit` outside 1 to 1000 (`bad_query`)", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 422, description = "`after` is not a message id", body = openapi::ErrorBody),
-        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
-    ))]
-async fn list_dead_letters<S: Store>(
-    State(state): State<Shared<S>>,
-    query: Result<Query<DeadLetterQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadQuery, e.body_text()))?;
-    let after = match q.after.as_deref() {
-        Some(a) => Some(a.parse::<MessageId>().map_err(|_| {
-            ApiError::from(FieldError {
-                code: ErrorCode::InvalidField,
-                message: "must be a message id".into(),
-                field: "after".into(),
-                rule: None,
-            })
-        })?),
-        None => None,
-    };
-    let limit = page_limit(q.limit.as_deref())?;
-    let page = state.store.dead_letters(after, limit).await?;
-    let items: Vec<Value> = page.items.iter().map(status_doc).collect();
-    Ok(axum::Json(json!({"items": items, "next": page.next})).into_response())
-}
-
-#[utoipa::path(post, path = "/v1/dead-letters/{id}/retry", tag = "dead letters",
-    security(("bearer" = [])),
-    params(("id" = String, Path, description = "the dead letter's id")),
-    responses(
-        (status = 202, description = "queued again", body = openapi::Accepted, headers(
-            ("Location" = String, description = "`/v1/messages/{id}`"),
-        )),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "no such message", body = openapi::ErrorBody),
-        (status = 409, description = "not a dead letter, or past its expiry", body = openapi::ErrorBody),
-        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
-    ))]
-async fn replay<S: Store>(
-    State(state): State<Shared<S>>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    check_accepting(&state)?;
-    let id = parse_id(&id)?;
-    let record = state.store.replay(id).await?;
-    tracing::info!(%id, replays = record.replays, "dead letter replayed");
-    Ok(accepted(record.id, record.status.as_str(), false, &[]))
-}
-
-/// Most consents recorded by one request.
-pub const MAX_CREDITS_PER_REQUEST: u64 = 100;
-
-fn credit_key(obj: &serde_json::Map<String, Value>, field: &str) -> Result<String, ApiError> {
-    let bad = |code, message: &str| {
-        ApiError::from(FieldError {
-            code,
-            message: message.into(),
-            field: field.into(),
-            rule: None,
-        })
-    };
-    match obj.get(field) {
-        Some(Value::String(s))
-            if !s.trim().is_empty()
-                && s.chars().count() <= crate::store::MAX_CREDIT_KEY
-                && !s.chars().any(char::is_control) =>
-        {
-            Ok(s.clone())
-        }
-        Some(_) => Err(bad(
-            ErrorCode::InvalidField,
-            "must be 1 to 128 characters without control characters",
-        )),
-        None => Err(bad(ErrorCode::MissingField, "is required")),
-    }
-}
-
-#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions",
-    security(("bearer" = [])),
-    request_body(content = openapi::SubscriptionRequest, content_type = "application/json"),
-    responses(
-        (status = 200, description = "recorded; the user's credits for the template now", body = openapi::Credits),
-        (status = 400, description = "not JSON", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
-        (status = 415, description = "not application/json", body = openapi::ErrorBody),
-        (status = 422, description = "a field is wrong (named in `field`)", body = openapi::ErrorBody),
-        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
-    ))]
-async fn add_subscription<S: Store>(
-    State(state): State<Shared<S>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    check_accepting(&state)?;
-    let value = read_json(&headers, body, &state.limits).await?;
-    let Value::Object(obj) = value else {
-        return Err(ApiError::from(FieldError {
-            code: ErrorCode::InvalidField,
-            message: "the body must be {\"openid\", \"template_id\", \"count\"}".into(),
-            field: String::new(),
-            rule: None,
-        }));
-    };
-    if let Some(unknown) = obj
-        .keys()
-        .find(|k| !matches!(k.as_str(), "openid" | "template_id" | "count"))
-    {
-        return Err(ApiError::from(FieldError {
-            code: ErrorCode::UnknownField,
-            message: "unknown field; expected openid, template_id, count".into(),
-            field: unknown.clone(),
-            rule: None,
-        }));
-    }
-    let openid = credit_key(&obj, "openid")?;
-    let template_id = credit_key(&obj, "template_id")?;
-    let count = match obj.get("count") {
-        None | Some(Value::Null) => 1,
-        Some(v) => v
-            .as_u64()
-            .filter(|n| (1..=MAX_CREDITS_PER_REQUEST).contains(n))
-            .ok_or_else(|| {
-                ApiError::from(FieldError {
-                    code: ErrorCode::InvalidField,
-                    message: format!("must be a whole number from 1 to {MAX_CREDITS_PER_REQUEST}"),
-                    field: "count".into(),
-                    rule: None,
-                })
-            })?,
-    };
-    let credits = state
-        .store
-        .add_credits(&openid, &template_id, count)
-        .await?;
-    Ok(
-        axum::Json(json!({"openid": openid, "template_id": template_id, "credits": credits}))
-            .into_response(),
-    )
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreditQuery {
-    openid: String,
-    template_id: String,
-}
-
-#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions",
-    security(("bearer" = [])),
-    params(
-        ("openid" = String, Query, description = "the user's openid"),
-        ("template_id" = String, Query, description = "the template"),
-    ),
-    responses(
-        (status = 200, description = "the user's credits for the template", body = openapi::Credits),
-        (status = 400, description = "a malformed query or an unknown parameter (`bad_query`)", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
-    ))]
-async fn get_subscription<S: Store>(
-    State(state): State<Shared<S>>,
-    query: Result<Query<CreditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::BadQuery, e.body_text()))?;
-    let credits = state.store.credits(&q.openid, &q.template_id).await?;
-    Ok(
-        axum::Json(json!({"openid": q.openid, "template_id": q.template_id, "credits": credits}))
-            .into_response(),
-    )
-}
-
-/// The one-word health states: all that an unauthenticated caller learns.
-fn health_word(status: StatusCode, word: &'static str) -> Response {
-    (status, axum::Json(json!({ "status": word }))).into_response()
-}
-
-#[utoipa::path(get, path = "/healthz", tag = "health",
-    responses(
-        (status = 200, description = "alive: `ok`, or `on_hold` while sending is held (paused channel, open circuit); the reason is on `/v1/status`", body = openapi::Health),
-        (status = 503, description = "`unavailable`: the store has failed to heal (a restart may help)", body = openapi::Health),
-    ))]
-async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
-    if !state.store.is_live() {
-        return health_word(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-    }
-    match state.dispatch.hold() {
-        Some(_) => health_word(StatusCode::OK, "on_hold"),
-        None => health_word(StatusCode::OK, "ok"),
-    }
-}
-
-#[utoipa::path(get, path = "/readyz", tag = "health",
-    responses(
-        (status = 200, description = "`ok`: takes messages", body = openapi::Health),
-        (status = 503, description = "`unavailable`: draining or the store is unavailable; the reason is on `/v1/status`", body = openapi::Health),
-    ))]
-async fn readyz<S: Store>(State(state): State<Shared<S>>) -> Response {
-    if not_ready(&state).is_some() {
-        return health_word(StatusCode::SERVICE_UNAVAILABLE, "unavailable");
-    }
-    health_word(StatusCode::OK, "ok")
-}
-
-fn not_ready<S: Store>(state: &ApiState<S>) -> Option<&'static str> {
-    if state.draining.load(Ordering::Relaxed) {
-        Some("draining")
-    } else if !state.store.is_healthy() {
-        Some("store unavailable")
-    } else {
-        None
-    }
-}
-
-#[utoipa::path(get, path = "/v1/status", tag = "health",
-    security(("bearer" = [])),
-    responses(
-        (status = 200, description = "the pusher's state with its reasons", body = openapi::ServiceStatus),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
-    ))]
-async fn status<S: Store>(State(state): State<Shared<S>>) -> Response {
-    let hold = state.dispatch.hold();
-    let live = state.store.is_live();
-    let not_ready = not_ready(&state);
-    axum::Json(json!({
-        "status": if !live { "unavailable" } else if hold.is_some() { "on_hold" } else { "ok" },
-        "live": live,
-        "ready": not_ready.is_none(),
-        "not_ready_reason": not_ready,
-        "sending": if hold.is_some() { "on_hold" } else { "active" },
-        "hold": hold,
-        "templates": templates_status(&state.templates),
-    }))
-    .into_response()
-}
-
-fn templates_status(registry: &crate::templates::Registry) -> Value {
-    let cat = registry.catalogue();
-    let fetched_at = (cat.fetched_ms > 0)
-        .then(|| {
-            jiff::Timestamp::from_millisecond(i64::try_from(cat.fetched_ms).unwrap_or(i64::MAX))
-                .ok()
-        })
-        .flatten();
-    json!({
-        "validation": registry.validation(),
-        "private": cat.private.as_ref().map(std::collections::HashMap::len),
-        "subscribe": cat.subscribe.as_ref().map(std::collections::HashMap::len),
-        "fetched_at": fetched_at,
-    })
-}
-
-async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        openapi::document_json(),
-    )
-        .into_response()
-}
-
-async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Response {
-    let c = state.store.counts();
-    let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    state.metrics.set_queue(QueueState::ready, gauge(c.ready));
-    state
-        .metrics
-        .set_queue(QueueState::delayed, gauge(c.delayed));
-    state
-        .metrics
-        .set_queue(QueueState::inflight, gauge(c.inflight));
-    state.metrics.set_queue(QueueState::dead, gauge(c.dead));
-    state.metrics.channel_hold_errcode.set(
-        state
-            .dispatch
-            .hold()
-            .and_then(|h| h.errcode)
-            .unwrap_or_default(),
-    );
-    let now = crate::store::millis(jiff::Timestamp::now());
-    let age_s = c
-        .oldest_ready_ms
-        .map_or(0, |due| now.saturating_sub(due) / 1000);
-    state.metrics.oldest_ready_age.set(gauge(age_s));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
 }
