@@ -1,4 +1,4 @@
-//! The Redis store: the same [`Store`] contract as the embedded store, kept in Redis so that
+//! The Redis store: the same [`Store`](super::Store) contract as the embedded store, kept in Redis so that
 //! several pusher replicas share one queue and act as one client towards WeChat.
 //!
 //! **Why Redis Streams.** A stream with one consumer group per channel gives each replica (one
@@ -21,7 +21,7 @@
 //! that another replica claimed finds the record final and only ends its own lease.
 //!
 //! **The "attempt started" record.** Before the first send of a message the dispatcher calls
-//! [`Store::start_attempt`]; one script (`scripts::start_attempt`) writes the record with
+//! [`Store::start_attempt`](super::Store::start_attempt); one script (`scripts::start_attempt`) writes the record with
 //! `first_attempt_at` (and the `maxAge` budget's start) into `m:<id>`, only while the entry is
 //! still in this consumer's pending entries list and the message is pending. When a pod dies
 //! mid-attempt, the pod that claims its entry leases the record with `first_attempt_at` set and
@@ -43,7 +43,7 @@
 //! Key layout and scripts: [`scripts`]. The other parts: `conn.rs` (connecting, retrying on a
 //! cluster redirect), `options.rs` (settings and names), `handle.rs` (the store's handle and its
 //! connection helpers), `tasks.rs` (the background refresher, heartbeat and lease keeper),
-//! `lease.rs` (taking work from the stream), `queue.rs` (the [`Store`] operations) and
+//! `lease.rs` (taking work from the stream), `queue.rs` (the [`Store`](super::Store) operations) and
 //! `check.rs` (the consistency check); this file connects and starts the tasks.
 
 mod check;

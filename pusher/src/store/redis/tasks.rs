@@ -35,7 +35,7 @@ impl RedisStore {
     }
 
     /// Reads the counts and the consumers' pending entries from Redis, and caches them for
-    /// [`Store::counts`].
+    /// [`Store::counts`](crate::store::Store::counts).
     pub async fn refresh(&self) -> Result<QueueCounts, StoreError> {
         let b = &self.inner.base;
         let mut pipe = redis::pipe();
