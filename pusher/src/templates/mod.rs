@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coord::{Coordinator, Lock};
 use crate::message::Message;
+use crate::metrics::FetchResult;
 use crate::metrics::Metrics;
 use crate::policy::{Provider, TemplatePolicy, TemplateValidation};
 use crate::wechat::client::HttpClient;
@@ -235,9 +236,9 @@ impl Registry {
                 .map_or(-1, |m| i64::try_from(m.len()).unwrap_or(i64::MAX))
         };
         self.metrics
-            .set_templates(List::Private.as_str(), count(&cat.private));
+            .set_templates(List::Private, count(&cat.private));
         self.metrics
-            .set_templates(List::Subscribe.as_str(), count(&cat.subscribe));
+            .set_templates(List::Subscribe, count(&cat.subscribe));
         *self.catalogue.write() = Arc::new(cat);
     }
 
@@ -293,16 +294,18 @@ impl Registry {
         };
         match read {
             Ok(v) => {
-                self.metrics.template_fetch(list.as_str(), "ok");
+                self.metrics.template_fetch(list, FetchResult::Ok);
                 Some(v)
             }
             Err(e) => {
-                if let lists::ListError::Errcode(code @ (40001 | 40014 | 42001), _) = e {
+                if let lists::ListError::Errcode(code, _) = e
+                    && crate::providers::errcode::token_refused(code)
+                {
                     tracing::info!(errcode = code, "access_token refused on a template list");
                     self.tokens.invalidate(token);
                 }
                 tracing::warn!(list = list.as_str(), error = %e, "template list not read");
-                self.metrics.template_fetch(list.as_str(), "error");
+                self.metrics.template_fetch(list, FetchResult::Error);
                 None
             }
         }

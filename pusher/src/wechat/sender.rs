@@ -27,7 +27,9 @@ use crate::policy::Retry;
 use crate::providers::errcode::{SendAction, classify_http_status, describe};
 use crate::providers::sender_for;
 use crate::resilience::breaker::{Outcome, SharedBreaker};
+use crate::send::ErrorKind;
 use crate::send::{Outgoing, Sender, TokenScope};
+use wxcrypto::errcode::WxCode;
 
 /// Sends messages to WeChat for one channel. Cheap to share (`Arc`); safe to call from many
 /// workers at once.
@@ -114,7 +116,7 @@ const TOKEN_HOLD_MIN: Duration = Duration::from_millis(200);
 
 fn errcode_error(errcode: i64, errmsg: &str) -> SendError {
     SendError {
-        kind: "errcode".into(),
+        kind: ErrorKind::Errcode,
         errcode: Some(errcode),
         message: format!("errcode {errcode} ({}): {errmsg}", describe(errcode)),
     }
@@ -272,7 +274,7 @@ impl WeChatSender {
         if !self.limiter.acquire(self.rate_wait).await {
             return SendOutcome::Retry {
                 error: SendError {
-                    kind: "rate_limited".into(),
+                    kind: ErrorKind::RateLimited,
                     errcode: None,
                     message: format!("no rate-limit permit within {:?}", self.rate_wait),
                 },
@@ -282,7 +284,7 @@ impl WeChatSender {
         if let Err(until) = self.limiter.take_daily(SystemTime::now()) {
             return SendOutcome::Paused {
                 error: SendError {
-                    kind: "quota".into(),
+                    kind: ErrorKind::Quota,
                     errcode: None,
                     message: "the channel's rateLimit.dailyQuota is spent for today".into(),
                 },
@@ -316,6 +318,12 @@ impl WeChatSender {
             if self.limiter.acquire(self.rate_wait).await {
                 attempt = self.attempt(&token, outgoing).await;
             }
+        }
+        if matches!(attempt, Attempt::Failed(HttpError::Stopping)) {
+            // Never sent: nothing for the breaker, the quota or the message's budget.
+            self.limiter.give_back_daily(SystemTime::now());
+            drop(permit);
+            return SendOutcome::Stopping;
         }
         let (outcome, breaker) = self.conclude(attempt);
         permit.record(breaker);
@@ -370,6 +378,8 @@ impl WeChatSender {
                 self.metrics.timeout(phase.label());
                 AttemptResult::timeout
             }
+            // Not an attempt: it never left the gate.
+            Attempt::Failed(HttpError::Stopping) => return attempt,
             Attempt::Failed(_) => AttemptResult::transport,
             Attempt::BadBody => AttemptResult::retryable,
         };
@@ -404,7 +414,7 @@ impl WeChatSender {
                     SendAction::Retry { not_before } => SendOutcome::Retry { error, not_before },
                     SendAction::RefreshToken => SendOutcome::Retry {
                         error: SendError {
-                            kind: "token".into(),
+                            kind: ErrorKind::Token,
                             ..error
                         },
                         not_before: None,
@@ -435,12 +445,12 @@ impl WeChatSender {
                     _ => None,
                 };
                 let kind = if status >= 500 {
-                    "http_5xx"
+                    ErrorKind::Http5xx
                 } else {
-                    "http_status"
+                    ErrorKind::HttpStatus
                 };
                 let error = SendError {
-                    kind: kind.into(),
+                    kind,
                     errcode: None,
                     message: format!("WeChat answered HTTP {status}"),
                 };
@@ -456,7 +466,7 @@ impl WeChatSender {
                     self.limiter.give_back_daily(now);
                 }
                 let error = SendError {
-                    kind: e.kind().into(),
+                    kind: e.kind(),
                     errcode: None,
                     message: e.to_string(),
                 };
@@ -471,7 +481,7 @@ impl WeChatSender {
             Attempt::BadBody => (
                 SendOutcome::Retry {
                     error: SendError {
-                        kind: "bad_response".into(),
+                        kind: ErrorKind::BadResponse,
                         errcode: None,
                         message: "WeChat answered 200 without a JSON errcode".into(),
                     },
@@ -554,8 +564,8 @@ impl WeChatSender {
                 let left = until - now;
                 return Some(SendOutcome::Retry {
                     error: SendError {
-                        kind: "throttled".into(),
-                        errcode: Some(45011),
+                        kind: ErrorKind::Throttled,
+                        errcode: Some(WxCode::MinuteQuota.code()),
                         message: format!("per-minute quota (45011): waiting {left:?} more"),
                     },
                     not_before: Some(left),
@@ -568,7 +578,7 @@ impl WeChatSender {
             .daily_exhausted_until(wall)
             .map(|until| SendOutcome::Paused {
                 error: SendError {
-                    kind: "quota".into(),
+                    kind: ErrorKind::Quota,
                     errcode: None,
                     message: "today's send quota is spent".into(),
                 },
@@ -596,7 +606,7 @@ impl WeChatSender {
                 _ => match self.limiter.daily_exhausted_until(wall) {
                     Some(until) => Health::paused(
                         SendError {
-                            kind: "quota".into(),
+                            kind: ErrorKind::Quota,
                             errcode: None,
                             message: "today's send quota is spent".into(),
                         },
@@ -679,7 +689,7 @@ fn adopt_send_pause(gates: &Mutex<Gates>, pause: Option<(i64, String, Duration)>
         tracing::warn!(errcode = code, "another pod paused sending: {message}");
         g.pause = Some(SendPause {
             error: SendError {
-                kind: "errcode".into(),
+                kind: ErrorKind::Errcode,
                 errcode: Some(code),
                 message,
             },

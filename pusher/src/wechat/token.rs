@@ -37,9 +37,11 @@ use super::client::{HttpClient, HttpError};
 use crate::config::ReadSecret as _;
 use crate::coord::{CoordError, Coordinator, Lock, SharedToken};
 use crate::metrics::Metrics;
+use crate::metrics::{TokenApiLabel, TokenResult};
 use crate::policy::{LocalSecret, Retry, TokenApi};
 use crate::providers::errcode::{FetchAction, classify_fetch, describe};
 use crate::resilience::backoff;
+use crate::send::ErrorKind;
 
 /// WeChat allows a `force_refresh` of the stable token at most every 30 s.
 const FORCE_REFRESH_SPACING: Duration = Duration::from_secs(30);
@@ -162,7 +164,7 @@ enum Fetched {
     },
     Errcode(i64, String),
     Failed {
-        kind: &'static str,
+        kind: TokenResult,
         message: String,
     },
     Credentials(String),
@@ -178,7 +180,7 @@ struct Answer {
 
 fn token_error(errcode: Option<i64>, message: String) -> SendError {
     SendError {
-        kind: "token".into(),
+        kind: ErrorKind::Token,
         errcode,
         message,
     }
@@ -204,10 +206,7 @@ impl TokenManager {
     }
 
     fn api_label(&self) -> &'static str {
-        match self.settings.api {
-            TokenApi::Stable => "stable",
-            TokenApi::Classic => "classic",
-        }
+        TokenApiLabel::from(self.settings.api).as_str()
     }
 
     /// A valid token: the cached one, or the result of the (single) fetch in flight.
@@ -386,7 +385,7 @@ impl TokenManager {
             }
             if Instant::now() >= deadline {
                 return Fetched::Failed {
-                    kind: "timeout",
+                    kind: TokenResult::Timeout,
                     message: format!("no shared token from another pod within {bound:?}"),
                 };
             }
@@ -458,7 +457,7 @@ impl TokenManager {
                     self.call(&app_id, &app_secret, true).await
                 } else {
                     Fetched::Failed {
-                        kind: "stale",
+                        kind: TokenResult::Stale,
                         message: "the stable API still hands out the refused token; \
                                   force_refresh is allowed once every 30 s"
                             .into(),
@@ -495,8 +494,8 @@ impl TokenManager {
             Ok(r) => r,
             Err(e) => {
                 let kind = match e {
-                    HttpError::Timeout { .. } => "timeout",
-                    _ => "transport",
+                    HttpError::Timeout { .. } => TokenResult::Timeout,
+                    _ => TokenResult::Transport,
                 };
                 return Fetched::Failed {
                     kind,
@@ -507,9 +506,9 @@ impl TokenManager {
         if response.status != 200 {
             return Fetched::Failed {
                 kind: if response.status >= 500 {
-                    "http_5xx"
+                    TokenResult::Http5xx
                 } else {
-                    "http_status"
+                    TokenResult::HttpStatus
                 },
                 message: format!("token endpoint answered HTTP {}", response.status),
             };
@@ -530,7 +529,7 @@ impl TokenManager {
                 ..
             }) if code != 0 => Fetched::Errcode(code, errmsg.unwrap_or_default()),
             _ => Fetched::Failed {
-                kind: "bad_response",
+                kind: TokenResult::BadResponse,
                 message: "token endpoint answered without a token or an errcode".into(),
             },
         }
@@ -566,7 +565,8 @@ impl TokenManager {
                 st.blocked = None;
                 st.failures = 0;
                 st.rejected = None;
-                self.metrics.token_request(api, "ok");
+                self.metrics
+                    .token_request(self.settings.api, TokenResult::Ok);
                 tracing::debug!(
                     api,
                     expires_in = expires_in.as_secs(),
@@ -602,15 +602,12 @@ impl TokenManager {
                     }
                     FetchAction::Backoff => self.backoff(&mut st, error, now, wall),
                 };
-                (blocked, std::borrow::Cow::Owned(code.to_string()))
+                (blocked, TokenResult::Errcode(code))
             }
             Fetched::Failed { kind, message } => {
                 let error = token_error(None, format!("access_token fetch failed: {message}"));
-                tracing::warn!(api, kind, "{}", error.message);
-                (
-                    self.backoff(&mut st, error, now, wall),
-                    std::borrow::Cow::Borrowed(kind),
-                )
+                tracing::warn!(api, kind = ?kind, "{}", error.message);
+                (self.backoff(&mut st, error, now, wall), kind)
             }
             Fetched::Credentials(message) => {
                 let error = token_error(None, format!("credentials: {message}"));
@@ -621,11 +618,11 @@ impl TokenManager {
                 );
                 (
                     Blocked::pause(error, now, wall, probe),
-                    std::borrow::Cow::Borrowed("credentials"),
+                    TokenResult::Credentials,
                 )
             }
         };
-        self.metrics.token_request(api, result_label);
+        self.metrics.token_request(self.settings.api, result_label);
         let error = blocked.to_error(now);
         st.blocked = Some(blocked);
         Err(error)

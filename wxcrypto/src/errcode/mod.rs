@@ -1,11 +1,17 @@
-//! The WeChat error codes the sandbox answers with, and their `errmsg` texts.
+//! WeChat's `errcode`s: one table that the sandbox answers with and the pusher classifies by.
 //!
-//! Codes and wording follow `docs/wechat-api.md` and WeChat's documentation. Every code has a
-//! dense index so statistics can count them in a fixed array of atomics.
+//! Each code has its number, WeChat's own `errmsg` wording, and a short description for our
+//! logs and errors. What a code *means* for a sender (retry, refresh the token, pause the
+//! channel, give up) is the pusher's decision (`pusher/src/providers/errcode.rs`), and what
+//! makes the sandbox answer it is the sandbox's; both name codes through [`WxCode`], never by
+//! bare numbers. `docs/wechat-api.md` explains each code in words.
+//!
+//! WeCom's codes are a separate table, [`wecom::WeComCode`]: the same number can mean another
+//! thing there (45009 is WeChat's daily quota but WeCom's frequency limit).
 
-use bytes::Bytes;
+pub mod wecom;
 
-/// One `errcode` the sandbox can return.
+/// One WeChat `errcode` that wxpush knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WxCode {
     /// 0: success.
@@ -50,11 +56,15 @@ pub enum WxCode {
     DataFormat,
     /// 47003: a required argument is missing or invalid.
     ArgumentInvalid,
+    /// 41030: the Mini Program `page` does not exist.
+    InvalidPage,
+    /// 48001: the account is not authorized for this API.
+    ApiUnauthorized,
 }
 
 impl WxCode {
     /// Every code, in index order.
-    pub const ALL: [WxCode; 21] = [
+    pub const ALL: [WxCode; 23] = [
         WxCode::Ok,
         WxCode::SystemBusy,
         WxCode::InvalidCredential,
@@ -76,10 +86,12 @@ impl WxCode {
         WxCode::MinuteQuota,
         WxCode::DataFormat,
         WxCode::ArgumentInvalid,
+        WxCode::InvalidPage,
+        WxCode::ApiUnauthorized,
     ];
 
     /// The numeric `errcode`.
-    pub fn code(self) -> i64 {
+    pub const fn code(self) -> i64 {
         match self {
             WxCode::Ok => 0,
             WxCode::SystemBusy => -1,
@@ -102,21 +114,23 @@ impl WxCode {
             WxCode::MinuteQuota => 45011,
             WxCode::DataFormat => 47001,
             WxCode::ArgumentInvalid => 47003,
+            WxCode::InvalidPage => 41030,
+            WxCode::ApiUnauthorized => 48001,
         }
     }
 
-    /// The code for a number, if the sandbox knows it.
+    /// The code for a number, if it is in the table.
     pub fn from_code(code: i64) -> Option<WxCode> {
         WxCode::ALL.into_iter().find(|c| c.code() == code)
     }
 
-    /// Position in [`WxCode::ALL`].
+    /// Position in [`WxCode::ALL`] (dense, for counting in fixed arrays).
     pub fn index(self) -> usize {
         WxCode::ALL.iter().position(|c| *c == self).unwrap_or(0)
     }
 
     /// WeChat's `errmsg` for this code.
-    pub fn errmsg(self) -> &'static str {
+    pub const fn errmsg(self) -> &'static str {
         match self {
             WxCode::Ok => "ok",
             WxCode::SystemBusy => "system error",
@@ -141,17 +155,53 @@ impl WxCode {
             WxCode::MinuteQuota => "api minute-quota reach limit mustslower retry next minute",
             WxCode::DataFormat => "data format error",
             WxCode::ArgumentInvalid => "argument invalid!",
+            WxCode::InvalidPage => "invalid page",
+            WxCode::ApiUnauthorized => "api unauthorized",
         }
     }
 
-    /// The JSON body `{"errcode":N,"errmsg":"..."}`.
-    pub fn body(self) -> Bytes {
-        Bytes::from(format!(
+    /// A short description for our own errors and logs.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            WxCode::Ok => "ok",
+            WxCode::SystemBusy => "system busy",
+            WxCode::InvalidCredential => "access_token invalid",
+            WxCode::InvalidGrantType => "invalid grant_type",
+            WxCode::InvalidOpenid => "invalid openid",
+            WxCode::InvalidAppid => "invalid appid",
+            WxCode::InvalidAccessToken => "access_token not the latest",
+            WxCode::InvalidTemplateId => "invalid template_id",
+            WxCode::InvalidSecret => "invalid appsecret",
+            WxCode::IpNotAllowed => "caller IP not in the account's whitelist",
+            WxCode::AccessTokenMissing => "access_token missing",
+            WxCode::AppidMissing => "appid missing",
+            WxCode::SecretMissing => "appsecret missing",
+            WxCode::AccessTokenExpired => "access_token expired",
+            WxCode::RequireSubscribe => "user does not follow the account",
+            WxCode::UserRefused => "user refused the subscribe message",
+            WxCode::TooFrequentOpenid => "too frequent for this openid",
+            WxCode::DailyQuota => "daily quota reached",
+            WxCode::MinuteQuota => "per-minute quota reached",
+            WxCode::DataFormat => "malformed body",
+            WxCode::ArgumentInvalid => "argument invalid",
+            WxCode::InvalidPage => "invalid page",
+            WxCode::ApiUnauthorized => "API unauthorized for this account",
+        }
+    }
+
+    /// The JSON body `{"errcode":N,"errmsg":"..."}` WeChat answers with.
+    pub fn json(self) -> String {
+        format!(
             r#"{{"errcode":{},"errmsg":"{}"}}"#,
             self.code(),
             self.errmsg()
-        ))
+        )
     }
+}
+
+/// A short description of any errcode, known or not.
+pub fn describe(errcode: i64) -> &'static str {
+    WxCode::from_code(errcode).map_or("unknown errcode", WxCode::describe)
 }
 
 #[cfg(test)]
@@ -159,13 +209,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn codes_round_trip_and_bodies_are_json() {
+    fn codes_round_trip_and_are_unique() {
         for (i, c) in WxCode::ALL.into_iter().enumerate() {
             assert_eq!(c.index(), i);
             assert_eq!(WxCode::from_code(c.code()), Some(c));
-            let v: serde_json::Value = serde_json::from_slice(&c.body()).unwrap_or_default();
-            assert_eq!(v["errcode"], c.code());
+            assert!(
+                c.json()
+                    .starts_with(&format!("{{\"errcode\":{},", c.code()))
+            );
         }
         assert_eq!(WxCode::from_code(12345), None);
+        assert_eq!(describe(12345), "unknown errcode");
+        assert_eq!(describe(45009), "daily quota reached");
     }
 }
