@@ -6,7 +6,13 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::*;
+use super::error::ApiError;
+use super::schema;
+use super::shared::*;
+use crate::store::Store;
+
+use crate::error_code::ErrorCode;
+use crate::message::{FieldError, MessageId};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,11 +51,11 @@ pub(super) fn page_limit(limit: Option<&str>) -> Result<usize, ApiError> {
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000, default 100; outside: 400 `bad_query`"),
     ),
     responses(
-        (status = 200, description = "a page of dead letters", body = openapi::DeadLetterPage),
-        (status = 400, description = "a malformed query, an unknown parameter or `limit` outside 1 to 1000 (`bad_query`)", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 422, description = "`after` is not a message id", body = openapi::ErrorBody),
-        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+        (status = 200, description = "a page of dead letters", body = schema::DeadLetterPage),
+        (status = 400, description = "a malformed query, an unknown parameter or `limit` outside 1 to 1000 (`bad_query`)", body = schema::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = schema::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 422, description = "`after` is not a message id", body = schema::ErrorBody),
+        (status = 503, description = "overloaded or the store is unavailable", body = schema::ErrorBody),
     ))]
 pub(super) async fn list_dead_letters<S: Store>(
     State(state): State<Shared<S>>,
@@ -78,13 +84,13 @@ pub(super) async fn list_dead_letters<S: Store>(
     security(("bearer" = [])),
     params(("id" = String, Path, description = "the dead letter's id")),
     responses(
-        (status = 202, description = "queued again", body = openapi::Accepted, headers(
+        (status = 202, description = "queued again", body = schema::Accepted, headers(
             ("Location" = String, description = "`/v1/messages/{id}`"),
         )),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "no such message", body = openapi::ErrorBody),
-        (status = 409, description = "not a dead letter, or past its expiry", body = openapi::ErrorBody),
-        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = schema::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "no such message", body = schema::ErrorBody),
+        (status = 409, description = "not a dead letter, or past its expiry", body = schema::ErrorBody),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = schema::ErrorBody),
     ))]
 pub(super) async fn replay<S: Store>(
     State(state): State<Shared<S>>,

@@ -2,11 +2,16 @@
 //! the metrics scrape.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::*;
+use super::schema;
+use super::shared::*;
+use crate::store::Store;
+use std::sync::atomic::Ordering;
+
+use crate::metrics::QueueState;
 
 /// The one-word health states: all that an unauthenticated caller learns.
 pub(super) fn health_word(status: StatusCode, word: &'static str) -> Response {
@@ -15,8 +20,8 @@ pub(super) fn health_word(status: StatusCode, word: &'static str) -> Response {
 
 #[utoipa::path(get, path = "/healthz", tag = "health",
     responses(
-        (status = 200, description = "alive: `ok`, or `on_hold` while sending is held (paused channel, open circuit); the reason is on `/v1/status`", body = openapi::Health),
-        (status = 503, description = "`unavailable`: the store has failed to heal (a restart may help)", body = openapi::Health),
+        (status = 200, description = "alive: `ok`, or `on_hold` while sending is held (paused channel, open circuit); the reason is on `/v1/status`", body = schema::Health),
+        (status = 503, description = "`unavailable`: the store has failed to heal (a restart may help)", body = schema::Health),
     ))]
 pub(super) async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Response {
     if !state.store.is_live() {
@@ -30,8 +35,8 @@ pub(super) async fn healthz<S: Store>(State(state): State<Shared<S>>) -> Respons
 
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
-        (status = 200, description = "`ok`: takes messages", body = openapi::Health),
-        (status = 503, description = "`unavailable`: draining or the store is unavailable; the reason is on `/v1/status`", body = openapi::Health),
+        (status = 200, description = "`ok`: takes messages", body = schema::Health),
+        (status = 503, description = "`unavailable`: draining or the store is unavailable; the reason is on `/v1/status`", body = schema::Health),
     ))]
 pub(super) async fn readyz<S: Store>(State(state): State<Shared<S>>) -> Response {
     if not_ready(&state).is_some() {
@@ -53,8 +58,8 @@ pub(super) fn not_ready<S: Store>(state: &ApiState<S>) -> Option<&'static str> {
 #[utoipa::path(get, path = "/v1/status", tag = "health",
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "the pusher's state with its reasons", body = openapi::ServiceStatus),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody),
+        (status = 200, description = "the pusher's state with its reasons", body = schema::ServiceStatus),
+        (status = 401, description = "missing or wrong bearer token", body = schema::ErrorBody),
     ))]
 pub(super) async fn status<S: Store>(State(state): State<Shared<S>>) -> Response {
     let hold = state.dispatch.hold();
@@ -86,14 +91,6 @@ pub(super) fn templates_status(registry: &crate::templates::Registry) -> Value {
         "subscribe": cat.subscribe.as_ref().map(std::collections::HashMap::len),
         "fetched_at": fetched_at,
     })
-}
-
-pub(super) async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        openapi::document_json(),
-    )
-        .into_response()
 }
 
 pub(super) async fn metrics<S: Store>(State(state): State<Shared<S>>) -> Response {

@@ -1,12 +1,19 @@
 //! The subscription routes: record a user's consents (one-time credits) and read them back.
 
+use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::*;
+use super::error::ApiError;
+use super::schema;
+use super::shared::*;
+use crate::store::Store;
+
+use crate::error_code::ErrorCode;
+use crate::message::FieldError;
 
 /// Most consents recorded by one request.
 pub const MAX_CREDITS_PER_REQUEST: u64 = 100;
@@ -41,15 +48,15 @@ pub(super) fn credit_key(
 
 #[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions",
     security(("bearer" = [])),
-    request_body(content = openapi::SubscriptionRequest, content_type = "application/json"),
+    request_body(content = schema::SubscriptionRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "recorded; the user's credits for the template now", body = openapi::Credits),
-        (status = 400, description = "not JSON", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 413, description = "body over api.maxBodyBytes", body = openapi::ErrorBody),
-        (status = 415, description = "not application/json", body = openapi::ErrorBody),
-        (status = 422, description = "a field is wrong (named in `field`)", body = openapi::ErrorBody),
-        (status = 503, description = "draining, overloaded or the store is unavailable", body = openapi::ErrorBody),
+        (status = 200, description = "recorded; the user's credits for the template now", body = schema::Credits),
+        (status = 400, description = "not JSON", body = schema::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = schema::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 413, description = "body over api.maxBodyBytes", body = schema::ErrorBody),
+        (status = 415, description = "not application/json", body = schema::ErrorBody),
+        (status = 422, description = "a field is wrong (named in `field`)", body = schema::ErrorBody),
+        (status = 503, description = "draining, overloaded or the store is unavailable", body = schema::ErrorBody),
     ))]
 pub(super) async fn add_subscription<S: Store>(
     State(state): State<Shared<S>>,
@@ -117,10 +124,10 @@ pub(super) struct CreditQuery {
         ("template_id" = String, Query, description = "the template"),
     ),
     responses(
-        (status = 200, description = "the user's credits for the template", body = openapi::Credits),
-        (status = 400, description = "a malformed query or an unknown parameter (`bad_query`)", body = openapi::ErrorBody),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+        (status = 200, description = "the user's credits for the template", body = schema::Credits),
+        (status = 400, description = "a malformed query or an unknown parameter (`bad_query`)", body = schema::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = schema::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 503, description = "overloaded or the store is unavailable", body = schema::ErrorBody),
     ))]
 pub(super) async fn get_subscription<S: Store>(
     State(state): State<Shared<S>>,
