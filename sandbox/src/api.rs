@@ -18,7 +18,7 @@ use super::state::Shared;
 use super::stats::{Endpoint, FaultKind};
 use super::templates::TemplateKind;
 use super::tokens::Issued;
-use super::wecom::api::wecom_error;
+use super::wecom_api::wecom_error;
 use wxcrypto::errcode::WxCode;
 use wxcrypto::errcode::wecom::WeComCode;
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::faults::FaultConfig;
+use super::tokens::TokenLimits;
 use super::wecom::config::WeComConfig;
 
 /// How delivery events are encoded (WeChat's three server-URL modes).
@@ -184,6 +185,17 @@ impl SandboxConfig {
         self.ip_allowlist
             .as_ref()
             .is_none_or(|list| list.contains(&ip))
+    }
+
+    /// The timings and limits of the account's access_tokens.
+    pub fn token_limits(&self) -> TokenLimits {
+        TokenLimits {
+            expires_in: self.token_expires_in,
+            classic_grace: self.classic_grace,
+            stable_renew_before: self.stable_renew_before,
+            force_refresh_daily_limit: self.force_refresh_daily_limit,
+            force_refresh_interval: self.force_refresh_interval,
+        }
     }
 
     /// Whether `openid` belongs to the account (always true without a user list).

@@ -24,8 +24,9 @@
 //! (TEMPLATESENDJOBFINISH delivery), [`faults`] (what to inject), [`stats`] (counters),
 //! [`quota`] (calendar-window counters), [`wecom`] (WeCom's token, message, recall, robot
 //! and callback APIs), and the private HTTP side:
-//! `state` (what the handlers share), `api` (WeChat routes), `admin` (`/__` routes), `net`
-//! (outages and resets), `server` (start, stop, router).
+//! `state` (what the handlers share), `api` (WeChat routes), `admin` (`/__` routes),
+//! `wecom_api` (WeCom routes), `wecom_admin` (`/__wecom/…` routes), `net` (outages and resets),
+//! `server` (start, stop, router).
 
 mod admin;
 mod api;
@@ -42,6 +43,8 @@ pub mod templates;
 pub mod tokens;
 pub mod validate;
 pub mod wecom;
+mod wecom_admin;
+mod wecom_api;
 
 pub use config::{EventConfig, EventMode, SandboxConfig, parse_list};
 pub use faults::{FaultConfig, FaultConfigError, OutageSpec};

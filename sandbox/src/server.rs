@@ -20,9 +20,10 @@ use super::state::{Shared, State, TokenQuota};
 use super::stats::{Stats, StatsSnapshot};
 use super::templates::{Delivery, Templates};
 use super::tokens::TokenStore;
+use super::wecom::WeCom;
 use super::wecom::events::{CallbackError, CallbackUse, Delivered, Verification, WeComEvent};
 use super::wecom::recall::SentMessage;
-use super::wecom::{self, WeCom};
+use super::{wecom_admin, wecom_api};
 
 /// Why the sandbox could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,10 +60,10 @@ fn router(state: Shared) -> Router {
             get(api::private_templates),
         )
         .route("/wxaapi/newtmpl/gettemplate", get(api::subscribe_templates))
-        .route("/cgi-bin/gettoken", get(wecom::api::gettoken))
-        .route("/cgi-bin/message/send", post(wecom::api::message_send))
-        .route("/cgi-bin/message/recall", post(wecom::api::message_recall))
-        .route("/cgi-bin/webhook/send", post(wecom::api::webhook_send))
+        .route("/cgi-bin/gettoken", get(wecom_api::gettoken))
+        .route("/cgi-bin/message/send", post(wecom_api::message_send))
+        .route("/cgi-bin/message/recall", post(wecom_api::message_recall))
+        .route("/cgi-bin/webhook/send", post(wecom_api::webhook_send))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -85,9 +86,9 @@ fn router(state: Shared) -> Router {
             get(admin::get_subscriptions).post(admin::add_subscription),
         )
         .route("/__health", get(admin::health))
-        .route("/__wecom/messages", get(wecom::admin::messages))
-        .route("/__wecom/verify", post(wecom::admin::verify))
-        .route("/__wecom/events", post(wecom::admin::event))
+        .route("/__wecom/messages", get(wecom_admin::messages))
+        .route("/__wecom/verify", post(wecom_admin::verify))
+        .route("/__wecom/events", post(wecom_admin::event))
         .layer(axum::middleware::from_fn(admin::admin_layer));
     admin.merge(wechat).with_state(state)
 }
@@ -107,7 +108,7 @@ impl Sandbox {
         let wecom = WeCom::new(
             &config.wecom,
             config.token_expires_in,
-            Arc::clone(&stats),
+            Arc::clone(&stats.wecom),
             shutdown.clone(),
         )?;
         let net = NetControl::new(Arc::clone(&stats));
@@ -123,7 +124,7 @@ impl Sandbox {
                 source,
             })?;
         let state = Arc::new(State {
-            tokens: TokenStore::new(&config),
+            tokens: TokenStore::new(config.token_limits()),
             token_quota: TokenQuota::default(),
             messages: Messages::new(&config),
             templates: Templates::new(config.template_defs.as_deref()),

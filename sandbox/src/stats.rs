@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -262,8 +263,8 @@ pub struct Stats {
     ev_status: [AtomicU64; 3],
     openids: [Mutex<HashMap<Box<str>, OpenidCounts>>; SHARDS],
     hasher: RandomState,
-    /// WeCom's counters.
-    pub(crate) wecom: WeComStats,
+    /// WeCom's counters (shared with the WeCom callback, which counts its events there).
+    pub(crate) wecom: Arc<WeComStats>,
 }
 
 /// The three `Status` values of TEMPLATESENDJOBFINISH.
@@ -302,7 +303,7 @@ impl Default for Stats {
             ev_status: Default::default(),
             openids: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             hasher: RandomState::new(),
-            wecom: WeComStats::default(),
+            wecom: Arc::new(WeComStats::default()),
         }
     }
 }

@@ -18,13 +18,28 @@ use parking_lot::RwLock;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 
-use super::config::SandboxConfig;
 use wxcrypto::errcode::WxCode;
 
 /// Tokens are this long; anything of another shape is "invalid access_token" (40014).
 const TOKEN_LEN: usize = 64;
 /// Prune the token table when it grows past this many entries.
 const PRUNE_AT: usize = 4096;
+
+/// The timings and limits a [`TokenStore`] keeps to; `SandboxConfig::token_limits` gives the
+/// configured ones (the config fields of the same names say what each means).
+#[derive(Debug, Clone, Copy)]
+pub struct TokenLimits {
+    /// Lifetime of every token.
+    pub expires_in: Duration,
+    /// How long a classic token keeps working after a newer one is issued.
+    pub classic_grace: Duration,
+    /// The stable API renews when less than this is left; capped at half of `expires_in`.
+    pub stable_renew_before: Duration,
+    /// `force_refresh: true` calls allowed per day.
+    pub force_refresh_daily_limit: u32,
+    /// Minimum time between two `force_refresh: true` calls.
+    pub force_refresh_interval: Duration,
+}
 
 /// Which API issued a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,15 +111,15 @@ pub fn well_formed(token: &str) -> bool {
 }
 
 impl TokenStore {
-    /// A store with no tokens, using the config's timings and limits.
-    pub fn new(cfg: &SandboxConfig) -> Self {
+    /// A store with no tokens, keeping to `limits`.
+    pub fn new(limits: TokenLimits) -> Self {
         Self {
             inner: RwLock::new(Inner::default()),
-            expires_in: cfg.token_expires_in,
-            classic_grace: cfg.classic_grace,
-            renew_before: cfg.stable_renew_before.min(cfg.token_expires_in / 2),
-            force_daily_limit: cfg.force_refresh_daily_limit,
-            force_interval: cfg.force_refresh_interval,
+            expires_in: limits.expires_in,
+            classic_grace: limits.classic_grace,
+            renew_before: limits.stable_renew_before.min(limits.expires_in / 2),
+            force_daily_limit: limits.force_refresh_daily_limit,
+            force_interval: limits.force_refresh_interval,
         }
     }
 
@@ -232,16 +247,20 @@ impl TokenStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::SandboxConfig;
 
     fn store() -> TokenStore {
-        TokenStore::new(&SandboxConfig {
-            token_expires_in: Duration::from_secs(100),
-            classic_grace: Duration::from_secs(10),
-            stable_renew_before: Duration::from_secs(20),
-            force_refresh_daily_limit: 2,
-            force_refresh_interval: Duration::from_secs(30),
-            ..SandboxConfig::default()
-        })
+        TokenStore::new(
+            SandboxConfig {
+                token_expires_in: Duration::from_secs(100),
+                classic_grace: Duration::from_secs(10),
+                stable_renew_before: Duration::from_secs(20),
+                force_refresh_daily_limit: 2,
+                force_refresh_interval: Duration::from_secs(30),
+                ..SandboxConfig::default()
+            }
+            .token_limits(),
+        )
     }
 
     #[test]

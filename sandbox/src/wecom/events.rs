@@ -25,7 +25,7 @@ use wxcrypto::Cipher;
 
 use super::config::WeComConfig;
 use super::directory::Directory;
-use crate::stats::Stats;
+use super::stats::WeComStats;
 
 /// Why the callback could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -235,7 +235,7 @@ pub struct Callback {
     target: Option<Target>,
     corp_id: String,
     default_agentid: Option<u64>,
-    stats: Arc<Stats>,
+    stats: Arc<WeComStats>,
     shutdown: CancellationToken,
 }
 
@@ -251,7 +251,7 @@ impl Callback {
     /// Prepares the callback from the config.
     pub fn new(
         cfg: &WeComConfig,
-        stats: Arc<Stats>,
+        stats: Arc<WeComStats>,
         shutdown: CancellationToken,
     ) -> Result<Self, CallbackError> {
         let target = match &cfg.callback.url {
@@ -326,7 +326,7 @@ impl Callback {
                 answer: body.chars().take(200).collect(),
             },
         };
-        self.stats.wecom.verification(verification.verified);
+        self.stats.verification(verification.verified);
         Ok(verification)
     }
 
@@ -339,7 +339,7 @@ impl Callback {
     ) -> Result<Delivered, CallbackUse> {
         let t = self.target.as_ref().ok_or(CallbackUse::NoUrl)?;
         let agentid = agentid.or(self.default_agentid).ok_or(CallbackUse::NoApp)?;
-        self.stats.wecom.event();
+        self.stats.event();
         let plain = event.xml(&self.corp_id, agentid, crate::quota::unix_secs());
         let encrypt = t.cipher.encrypt(plain.as_bytes());
         let url = Self::signed_url(t, &encrypt, None);
@@ -351,7 +351,7 @@ impl Callback {
         let mut attempts = 0;
         for _ in 0..=t.retries {
             attempts += 1;
-            self.stats.wecom.event_attempt();
+            self.stats.event_attempt();
             let req = t
                 .client
                 .post(url.clone())
@@ -363,7 +363,7 @@ impl Callback {
                 r = req => r.is_ok_and(|r| r.status().is_success()),
             };
             if ok {
-                self.stats.wecom.event_done(true);
+                self.stats.event_done(true);
                 return Ok(Delivered {
                     acknowledged: true,
                     attempts,
@@ -374,7 +374,7 @@ impl Callback {
             }
             tracing::debug!(attempt = attempts, "WeCom event not acknowledged");
         }
-        self.stats.wecom.event_done(false);
+        self.stats.event_done(false);
         Ok(Delivered {
             acknowledged: false,
             attempts,

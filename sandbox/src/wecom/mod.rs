@@ -6,11 +6,10 @@
 //! Modules, one job each: [`config`] (corp, apps, robots, windows), [`tokens`], [`content`]
 //! (message content rules), [`directory`] (who is a valid recipient), [`messages`]
 //! (`message/send`), [`recall`] (the sent messages and their recall), [`robot`] (webhook
-//! sends and their window), [`events`] (the callback URL), [`stats`] (the counters), and the
-//! private HTTP side: `api` (WeCom routes) and `admin` (`/__wecom/…`).
+//! sends and their window), [`events`] (the callback URL) and [`stats`] (the counters). The
+//! HTTP side sits above this module, beside the WeChat one: `crate::wecom_api` (WeCom routes)
+//! and `crate::wecom_admin` (`/__wecom/…`).
 
-pub(crate) mod admin;
-pub(crate) mod api;
 pub mod config;
 pub mod content;
 pub mod directory;
@@ -31,6 +30,7 @@ use self::events::{Callback, CallbackError};
 use self::messages::AppMessages;
 use self::recall::SentLog;
 use self::robot::Robots;
+use self::stats::WeComStats;
 use self::tokens::WeComTokens;
 
 /// Everything the WeCom routes keep between calls.
@@ -49,7 +49,7 @@ impl WeCom {
     pub(crate) fn new(
         cfg: &WeComConfig,
         token_lifetime: std::time::Duration,
-        stats: Arc<crate::stats::Stats>,
+        stats: Arc<WeComStats>,
         shutdown: CancellationToken,
     ) -> Result<Self, CallbackError> {
         Ok(Self {

@@ -8,8 +8,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::events::WeComEvent;
 use crate::state::Shared;
+use crate::wecom::events::{CallbackUse, WeComEvent};
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({"error": message.to_string()}))).into_response()
@@ -55,9 +55,7 @@ pub(crate) async fn event(State(state): State<Shared>, body: Bytes) -> Response 
                              "attempts": d.attempts}),
         )
         .into_response(),
-        Err(super::events::CallbackUse::NoUrl) => {
-            Json(json!({"applied": true, "sent": false})).into_response()
-        }
+        Err(CallbackUse::NoUrl) => Json(json!({"applied": true, "sent": false})).into_response(),
         Err(e) => error(StatusCode::CONFLICT, e),
     }
 }

@@ -11,11 +11,11 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use wxcrypto::errcode::wecom::WeComCode;
 
-use super::content::Refusal;
-use super::recall::Recalled;
 use crate::net::ConnInfo;
 use crate::quota::unix_secs;
 use crate::state::Shared;
+use crate::wecom::content::Refusal;
+use crate::wecom::recall::Recalled;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json; charset=UTF-8");
 
