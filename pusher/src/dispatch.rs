@@ -186,9 +186,10 @@ pub fn next_state_of(
     };
     let mut hold_until = None;
     let completed = match outcome {
-        SendOutcome::Delivered { msgid } => {
+        SendOutcome::Delivered { msgid, receipt } => {
             record.attempts += 1;
             record.msgid = msgid;
+            record.receipt = receipt;
             finish(&mut record, Status::Delivered, now)
         }
         SendOutcome::Permanent { error } => {
@@ -625,10 +626,7 @@ impl<S: Store + Clone> Dispatcher<S> {
                 None => {
                     // A first attempt's "attempt started" record is durable by now (written by
                     // `attempt_batch`), so that a crash mid-attempt is recognised later.
-                    let body = lease
-                        .record
-                        .message
-                        .wechat_body(&lease.record.client_msg_id);
+                    let body = lease.record.message.send_body(&lease.record.client_msg_id);
                     // Boxed: the send's future is large, and the attempts of a lease are
                     // moved into a set of futures; this keeps each attempt small to move.
                     let outcome = Box::pin(self.sender.send(SendRequest {
@@ -808,7 +806,16 @@ mod tests {
         let now = Timestamp::now();
         let r = record(now);
         let p = policy();
-        let n = next_state(&r, SendOutcome::Delivered { msgid: Some(7) }, &p, now, 0.0);
+        let n = next_state(
+            &r,
+            SendOutcome::Delivered {
+                msgid: Some(7),
+                receipt: None,
+            },
+            &p,
+            now,
+            0.0,
+        );
         assert_eq!(
             (n.record.status, n.record.msgid, n.completed),
             (Status::Delivered, Some(7), Some(Outcome::delivered))

@@ -11,7 +11,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::error_code::ErrorCode;
-use crate::send::{MessageKind, SendError};
+use crate::send::{MessageKind, Receipt, SendError};
 
 /// Longest `touser` (WeChat openids are 28 characters; leave room for other providers).
 pub const MAX_TOUSER: usize = 128;
@@ -151,6 +151,13 @@ pub struct Message {
     /// is given back if the message ends without being delivered. Set by the pusher.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub subscription_credit: bool,
+    /// A WeCom message (`wecomApp`, `wecomRobot` channels): the body as WeCom takes it,
+    /// checked at accept, without the channel's `agentid` and duplicate-check fields, which are
+    /// added to each attempt. `touser` then holds WeCom's `touser` (empty when the message goes
+    /// to parties or tags only, or to a robot's group) and `template_id` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub wecom: Option<TemplateData>,
 }
 
 /// One finding of the template check on an accepted message.
@@ -168,6 +175,15 @@ pub struct TemplateNote {
 }
 
 impl Message {
+    /// The body handed to the channel's provider for each attempt: the WeCom body as accepted,
+    /// or else [`Message::wechat_body`].
+    pub fn send_body(&self, client_msg_id: &str) -> Box<RawValue> {
+        match &self.wecom {
+            Some(body) => body.0.clone(),
+            None => self.wechat_body(client_msg_id),
+        }
+    }
+
     /// The JSON body WeChat takes, with the message's one `client_msg_id`, encoded once:
     /// the template fields are copied as the raw JSON text they are kept in, without building
     /// a tree of them.
@@ -268,7 +284,11 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        code: ErrorCode,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             code,
             field: field.into(),
@@ -563,6 +583,7 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
         callback_url,
         template_notes: Vec::new(),
         subscription_credit: false,
+        wecom: None,
     })
 }
 
@@ -777,6 +798,10 @@ pub struct MessageRecord {
     /// [`MAX_EVENTS_PER_MESSAGE`]), whether or not they changed its status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventRecord>,
+    /// What the delivery answer said beyond "sent" (WeCom: its msgid, the recipients it could
+    /// not reach), and a recall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
     /// The message itself.
     pub message: Message,
 }
@@ -833,6 +858,7 @@ impl MessageRecord {
             idempotency_key,
             request_digest: None,
             events: Vec::new(),
+            receipt: None,
             message,
         }
     }

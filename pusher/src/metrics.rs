@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 
+use crate::send::InvalidRecipients;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -238,6 +239,32 @@ pub struct Metrics {
     pub template_fetches: Family<TemplateListLabels, Counter>,
     /// `wxpush_templates{list}`: templates in the cached list (-1 while never read).
     pub templates: Family<TemplateListLabels, Gauge>,
+    /// `wxpush_invalid_recipients_total{provider,kind}`: recipients of delivered messages that
+    /// the provider could not reach (WeCom's partial failures). None of them is retried.
+    pub invalid_recipients: Family<InvalidRecipientLabels, Counter>,
+}
+
+/// Labels of `wxpush_invalid_recipients_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct InvalidRecipientLabels {
+    /// The provider (`wecomApp`).
+    pub provider: &'static str,
+    /// Which kind of recipient the provider called invalid.
+    pub kind: RecipientKind,
+}
+
+/// A kind of recipient of a WeCom message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RecipientKind {
+    /// A user id (`invaliduser`).
+    user,
+    /// A party (department) id (`invalidparty`).
+    party,
+    /// A tag id (`invalidtag`).
+    tag,
+    /// A user without a licence (`unlicenseduser`).
+    unlicensed_user,
 }
 
 /// Labels of `wxpush_queue_consumer_pending`.
@@ -248,6 +275,25 @@ pub struct ConsumerLabels {
 }
 
 impl Metrics {
+    /// Counts the recipients a delivery answer called invalid.
+    pub fn invalid_recipients(&self, provider: &'static str, invalid: &InvalidRecipients) {
+        for (kind, n) in [
+            (RecipientKind::user, invalid.users.len()),
+            (RecipientKind::party, invalid.parties.len()),
+            (RecipientKind::tag, invalid.tags.len()),
+            (
+                RecipientKind::unlicensed_user,
+                invalid.unlicensed_users.len(),
+            ),
+        ] {
+            if n > 0 {
+                self.invalid_recipients
+                    .get_or_create(&InvalidRecipientLabels { provider, kind })
+                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            }
+        }
+    }
+
     /// Counts a refusal by the template check.
     pub fn template_refusal(&self, rule: TemplateRuleLabel) {
         self.template_refusals
@@ -451,8 +497,15 @@ impl Metrics {
             "Templates in the cached list (-1 while never read)",
             templates.clone(),
         );
+        let invalid_recipients = Family::<InvalidRecipientLabels, Counter>::default();
+        registry.register(
+            "invalid_recipients",
+            "Recipients of delivered messages the provider could not reach, by kind",
+            invalid_recipients.clone(),
+        );
         Self {
             registry,
+            invalid_recipients,
             template_refusals,
             template_fetches,
             templates,

@@ -21,6 +21,8 @@
 //! # Ok::<(), wxcrypto::CryptoError>(())
 //! ```
 
+pub mod errcode;
+
 use aes::Aes256;
 use base64::Engine as _;
 use base64::alphabet;

@@ -32,8 +32,7 @@ use crate::config::ApiLimits;
 use crate::dispatch::DispatchState;
 use crate::error_code::ErrorCode;
 use crate::message::{
-    FieldError, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord, batch_items, parse_message,
-    request_digest,
+    FieldError, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord, batch_items, request_digest,
 };
 use crate::metrics::{Metrics, QueueState};
 use crate::store::{AcceptItem, Store};
@@ -58,6 +57,9 @@ pub struct ApiState<S> {
     pub targets: Arc<TargetPolicy>,
     /// The account's templates: every message is checked against its own at accept.
     pub templates: Arc<crate::templates::Registry>,
+    /// The channel's sending engine: its provider checks messages at accept, and recalls go
+    /// through it.
+    pub sender: Arc<crate::wechat::WeChatSender>,
 }
 
 type Shared<S> = Arc<ApiState<S>>;
@@ -340,7 +342,7 @@ async fn post_message<S: Store>(
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
     let request_digest = key.as_ref().map(|_| request_digest("/v1/messages", &value));
-    let mut message = parse_message(&value)?;
+    let mut message = state.sender.provider().accept(&value)?;
     check_callback(&state.targets, &message).await?;
     check_template(&state, &mut message).await?;
     let warnings = message.template_notes.clone();
@@ -414,7 +416,7 @@ async fn post_batch<S: Store>(
     let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(items.len());
     let mut to_store = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let parsed = match parse_message(item) {
+        let parsed = match state.sender.provider().accept(item) {
             Ok(mut m) => match check_callback(&state.targets, &m).await {
                 Ok(()) => match check_template(&state, &mut m).await {
                     Ok(_) => Ok(m),

@@ -17,6 +17,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use parking_lot::Mutex;
 
 use crate::policy::RateLimit;
+use crate::send::RateCeiling;
 use crate::store::redis::{Permit, SharedClient};
 
 pub use crate::calendar::{beijing_day, next_beijing_midnight};
@@ -97,6 +98,10 @@ impl DailyCounter {
 #[derive(Debug)]
 pub struct RateLimiter {
     bucket: DefaultDirectRateLimiter,
+    /// The bucket's emission interval and burst (what the shared limiter is given too).
+    interval: Duration,
+    burst: NonZeroU32,
+    daily_quota: u64,
     daily: Mutex<DailyCounter>,
     shared: Option<Shared>,
 }
@@ -104,9 +109,13 @@ pub struct RateLimiter {
 #[derive(Debug)]
 struct Shared {
     client: SharedClient,
-    per_second: u32,
-    burst: u32,
-    daily_quota: u64,
+}
+
+/// The interval and burst that keep every window of `ceiling.window` at `ceiling.max` sends
+/// or fewer: with sends spaced `window / max` apart and no burst, any window holds at most
+/// `max` of them.
+pub fn ceiling_cell(ceiling: RateCeiling) -> Duration {
+    ceiling.window / ceiling.max.max(1)
 }
 
 impl RateLimiter {
@@ -119,23 +128,42 @@ impl RateLimiter {
             bucket: DefaultDirectRateLimiter::direct(
                 Quota::per_second(per_second).allow_burst(burst),
             ),
+            interval: Duration::from_secs(1) / per_second.get(),
+            burst,
+            daily_quota: policy.daily_quota,
             daily: Mutex::new(DailyCounter::new(policy.daily_quota)),
             shared: None,
         }
     }
 
+    /// Holds the rate under a provider's ceiling (a WeCom robot's 20 a minute) as well: the
+    /// sends are spaced [`ceiling_cell`] apart, without a burst, when that is slower than the
+    /// policy.
+    #[must_use]
+    pub fn with_ceiling(mut self, ceiling: Option<RateCeiling>) -> Self {
+        if let Some(ceiling) = ceiling {
+            let cell = ceiling_cell(ceiling).max(self.interval);
+            self.interval = cell;
+            self.burst = NonZeroU32::MIN;
+            if let Some(quota) = Quota::with_period(cell) {
+                self.bucket = DefaultDirectRateLimiter::direct(quota.allow_burst(NonZeroU32::MIN));
+            }
+        }
+        self
+    }
+
+    /// The spacing of sends at the limiter's steady rate.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
     /// Shares the rate and the daily quota with the other pods of the channel through Redis
     /// (the local daily counter then only keeps "spent until midnight").
     #[must_use]
-    pub fn with_shared(mut self, policy: &RateLimit, client: Option<SharedClient>) -> Self {
+    pub fn with_shared(mut self, client: Option<SharedClient>) -> Self {
         if let Some(client) = client {
             self.daily = Mutex::new(DailyCounter::new(0));
-            self.shared = Some(Shared {
-                client,
-                per_second: policy.per_second,
-                burst: policy.burst,
-                daily_quota: policy.daily_quota,
-            });
+            self.shared = Some(Shared { client });
         }
         self
     }
@@ -144,12 +172,7 @@ impl RateLimiter {
     async fn acquire_shared(&self, shared: &Shared, max_wait: Duration) -> Option<bool> {
         let permit = shared
             .client
-            .permit(
-                shared.per_second,
-                shared.burst,
-                shared.daily_quota,
-                max_wait,
-            )
+            .permit(self.interval, self.burst.get(), self.daily_quota, max_wait)
             .await;
         match permit {
             Ok(Permit::Go) => Some(true),
@@ -195,7 +218,7 @@ impl RateLimiter {
     /// Returns a reservation WeChat did not count.
     pub fn give_back_daily(&self, now: SystemTime) {
         self.daily.lock().give_back(now);
-        if let Some(shared) = self.shared.as_ref().filter(|s| s.daily_quota > 0) {
+        if let Some(shared) = self.shared.as_ref().filter(|_| self.daily_quota > 0) {
             let client = shared.client.clone();
             tokio::spawn(async move {
                 if let Err(e) = client.give_back_daily().await {
@@ -289,6 +312,27 @@ mod tests {
         let until = c.exhaust(now);
         assert_eq!(c.try_take(now), Err(until));
         assert_eq!(c.try_take(until), Ok(()));
+    }
+
+    #[test]
+    fn a_ceiling_keeps_every_window_at_its_maximum() {
+        let ceiling = RateCeiling {
+            max: 20,
+            window: Duration::from_secs(61),
+        };
+        let cell = ceiling_cell(ceiling);
+        assert_eq!(cell, Duration::from_millis(3050));
+        // Sends spaced `cell` apart from t = 0: the most that fit in any 60 s window.
+        let in_window = (Duration::from_secs(60).as_millis() / cell.as_millis()) + 1;
+        assert!(in_window <= 20, "{in_window}");
+        let limiter = RateLimiter::new(&RateLimit {
+            per_second: 100,
+            burst: 100,
+            daily_quota: 0,
+        })
+        .with_ceiling(Some(ceiling));
+        assert_eq!(limiter.interval(), cell);
+        assert_eq!(limiter.burst.get(), 1);
     }
 
     #[tokio::test]

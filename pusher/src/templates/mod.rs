@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::policy::{Provider, TemplatePolicy, TemplateValidation};
+use crate::policy::{TemplatePolicy, TemplateValidation};
+use crate::send::TemplateLists;
 use crate::store::redis::SharedClient;
 use crate::wechat::client::HttpClient;
 use crate::wechat::token::TokenManager;
@@ -84,7 +85,7 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct Registry {
     policy: TemplatePolicy,
-    provider: Provider,
+    lists: TemplateLists,
     http: Arc<HttpClient>,
     tokens: Arc<TokenManager>,
     shared: Option<SharedClient>,
@@ -95,19 +96,23 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry fetching through the sender's HTTP client and token manager; `shared` when
-    /// the channel's pods share Redis.
+    /// A registry fetching `lists` (the provider's) through the sender's HTTP client and token
+    /// manager; `shared` when the channel's pods share Redis. A provider without WeChat
+    /// templates turns the check off.
     pub fn new(
-        policy: TemplatePolicy,
-        provider: Provider,
+        mut policy: TemplatePolicy,
+        lists: TemplateLists,
         http: Arc<HttpClient>,
         tokens: Arc<TokenManager>,
         shared: Option<SharedClient>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        if lists == TemplateLists::None {
+            policy.validation = TemplateValidation::Off;
+        }
         Self {
             policy,
-            provider,
+            lists,
             http,
             tokens,
             shared,
@@ -252,11 +257,11 @@ impl Registry {
                 return false;
             }
         };
-        let private = match self.provider {
-            Provider::WechatOfficialAccount => {
+        let private = match self.lists {
+            TemplateLists::PrivateAndSubscribe => {
                 self.fetch(List::Private, lists::PRIVATE_PATH, &token).await
             }
-            Provider::WechatMiniProgram => None,
+            TemplateLists::Subscribe | TemplateLists::None => None,
         };
         let subscribe = self
             .fetch(List::Subscribe, lists::SUBSCRIBE_PATH, &token)

@@ -116,7 +116,10 @@ async fn api_unauthorized_pauses_the_channel_with_one_probe_per_interval() {
     tokio::time::sleep(Duration::from_millis(320)).await;
     assert!(matches!(
         send(&sender, "d").await,
-        SendOutcome::Delivered { msgid: Some(7) }
+        SendOutcome::Delivered {
+            msgid: Some(7),
+            receipt: None
+        }
     ));
     assert!(matches!(
         send(&sender, "e").await,

@@ -37,12 +37,9 @@ pub const RUN_AS: i64 = 65532;
 pub mod mounts {
     /// The ConfigMap.
     pub const CONFIG: &str = "/etc/wxpush/config";
-    /// The credentials Secret's keys.
+    /// The credentials Secret's keys, each in a file named after its credential (`appId`,
+    /// `appSecret`, `corpId`, `corpSecret`, `agentId`, `webhookKey`).
     pub const CREDENTIALS: &str = "/etc/wxpush/credentials";
-    /// File of the appid.
-    pub const APP_ID: &str = "appId";
-    /// File of the app secret.
-    pub const APP_SECRET: &str = "appSecret";
     /// File of the server-URL token.
     pub const EVENT_TOKEN: &str = "eventToken";
     /// File of the EncodingAESKey.
@@ -128,10 +125,12 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 fn volumes(input: &BuildInput<'_>, name: &str) -> (Vec<Volume>, Vec<VolumeMount>) {
     let spec = &input.channel.spec;
     let creds = &spec.credentials.secret_ref;
-    let mut cred_items = vec![
-        (creds.app_id_key.as_str(), mounts::APP_ID),
-        (creds.app_secret_key.as_str(), mounts::APP_SECRET),
-    ];
+    // Each credential is mounted under its own name (`appId`, `corpSecret`, ...).
+    let mut cred_items: Vec<(&str, &str)> = creds
+        .keys(spec.provider)
+        .into_iter()
+        .map(|(which, key)| (key, which.name()))
+        .collect();
     if let Some(k) = &creds.event_token_key {
         cred_items.push((k.as_str(), mounts::EVENT_TOKEN));
     }

@@ -423,17 +423,17 @@ impl SharedClient {
             .await
     }
 
-    /// One permit from the shared GCRA limiter (`per_second`, `burst`) and the shared daily
-    /// quota (`daily_quota`, 0 = none), reserved for at most `longest` from now (see
-    /// `PERMIT`).
+    /// One permit from the shared GCRA limiter (one send every `interval`, `burst` at once)
+    /// and the shared daily quota (`daily_quota`, 0 = none), reserved for at most `longest`
+    /// from now (see `PERMIT`).
     pub async fn permit(
         &self,
-        per_second: u32,
+        interval: Duration,
         burst: u32,
         daily_quota: u64,
         longest: Duration,
     ) -> Result<Permit, RedisError> {
-        let interval = 1_000_000 / u64::from(per_second.max(1));
+        let interval = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
         let tolerance = interval * u64::from(burst.max(1).saturating_sub(1));
         let r: i64 = self
             .script(
