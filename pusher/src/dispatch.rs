@@ -24,8 +24,10 @@ use crate::metrics::{Metrics, Outcome};
 use crate::policy::{AfterWindow, Retry};
 use crate::ratelog::LogLimiter;
 use crate::resilience::backoff;
+use crate::send::ErrorKind;
 use crate::store::{Leased, Store};
 use crate::wechat::{SendError, SendOutcome, SendRequest, WeChatSender};
+use wxcrypto::errcode::WxCode;
 
 /// How long one lease call waits for work before looking at shutdown and pauses again.
 const LEASE_WAIT: Duration = Duration::from_secs(1);
@@ -47,17 +49,7 @@ pub fn delayed_by_outage(outcome: &SendOutcome) -> bool {
     match outcome {
         SendOutcome::CircuitOpen { .. } => true,
         SendOutcome::Retry { error, .. } => {
-            error.errcode == Some(-1)
-                || matches!(
-                    error.kind.as_str(),
-                    "transport"
-                        | "timeout_connect"
-                        | "timeout_tls"
-                        | "timeout_response_header"
-                        | "timeout_request"
-                        | "http_5xx"
-                        | "bad_response"
-                )
+            error.errcode == Some(WxCode::SystemBusy.code()) || error.kind.is_outage()
         }
         _ => false,
     }
@@ -136,7 +128,7 @@ pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) ->
     let mut record = record.clone();
     if status == Status::UnknownOutcome {
         record.last_error = Some(SendError {
-            kind: "unknown_outcome".into(),
+            kind: ErrorKind::UnknownOutcome,
             errcode: None,
             message: "the first attempt started but its outcome was never recorded (the pusher \
                       stopped), and WeChat's de-duplication window has passed: not re-sent"
@@ -145,7 +137,7 @@ pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) ->
     }
     if record.last_error.is_none() && status == Status::Expired {
         record.last_error = Some(SendError {
-            kind: "expired".into(),
+            kind: ErrorKind::Expired,
             errcode: None,
             message: "expired before it could be sent".into(),
         });
@@ -257,19 +249,30 @@ fn not_sent(record: &mut MessageRecord) {
     }
 }
 
+/// What put sending on hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldCause {
+    /// The channel is paused: WeChat answered a configuration fault or a quota, or no token
+    /// could be had.
+    Paused,
+    /// The circuit breaker is open; the hold ends when it closes.
+    CircuitOpen,
+}
+
 /// Why sending is on hold, for `/v1/status`, `wxpush_channel_hold_errcode` and logs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Hold {
     /// Until when.
     pub until: Timestamp,
+    /// What put it on hold.
+    pub cause: HoldCause,
     /// What WeChat or the breaker said.
     pub reason: String,
     /// WeChat's errcode, when it caused the hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errcode: Option<i64>,
 }
-
-const CIRCUIT_OPEN: &str = "circuit breaker open";
 
 /// State the dispatcher shares with the API.
 #[derive(Debug, Default)]
@@ -289,19 +292,29 @@ impl DispatchState {
     /// Ends a hold set because the circuit breaker was open (it closed again).
     fn clear_circuit_hold(&self) {
         let mut hold = self.hold.lock();
-        if hold.as_ref().is_some_and(|h| h.reason == CIRCUIT_OPEN) {
+        if hold
+            .as_ref()
+            .is_some_and(|h| h.cause == HoldCause::CircuitOpen)
+        {
             *hold = None;
         }
     }
 
     /// Extends the hold; true when sending was not on hold before (worth a log line).
-    fn set_hold(&self, until: Timestamp, reason: String, errcode: Option<i64>) -> bool {
+    fn set_hold(
+        &self,
+        until: Timestamp,
+        cause: HoldCause,
+        reason: String,
+        errcode: Option<i64>,
+    ) -> bool {
         let now = Timestamp::now();
         let mut hold = self.hold.lock();
         let fresh = hold.as_ref().is_none_or(|h| h.until <= now);
         if hold.as_ref().is_none_or(|h| h.until < until) {
             *hold = Some(Hold {
                 until,
+                cause,
                 reason,
                 errcode,
             });
@@ -638,9 +651,13 @@ impl<S: Store + Clone> Dispatcher<S> {
                     tracing::debug!(outcome = ?outcome, "attempt finished");
                     hold_reason = match &outcome {
                         SendOutcome::Paused { error, .. } => {
-                            Some((error.message.clone(), error.errcode))
+                            Some((HoldCause::Paused, error.message.clone(), error.errcode))
                         }
-                        SendOutcome::CircuitOpen { .. } => Some((CIRCUIT_OPEN.to_string(), None)),
+                        SendOutcome::CircuitOpen { .. } => Some((
+                            HoldCause::CircuitOpen,
+                            "circuit breaker open".to_string(),
+                            None,
+                        )),
                         _ => None,
                     };
                     outage = delayed_by_outage(&outcome);
@@ -654,8 +671,8 @@ impl<S: Store + Clone> Dispatcher<S> {
                 }
             },
         };
-        if let Some((until, (reason, errcode))) = next.hold_until.zip(hold_reason) {
-            if self.state.set_hold(until, reason.clone(), errcode) {
+        if let Some((until, (cause, reason, errcode))) = next.hold_until.zip(hold_reason) {
+            if self.state.set_hold(until, cause, reason.clone(), errcode) {
                 tracing::warn!(%until, %reason, "sending on hold");
             } else {
                 tracing::debug!(%until, %reason, "sending still on hold");
@@ -774,16 +791,12 @@ mod tests {
         MessageRecord::new(MessageId::new(), msg, None, now)
     }
 
-    fn err(kind: &str) -> SendError {
-        SendError {
-            kind: kind.into(),
-            errcode: None,
-            message: kind.into(),
-        }
+    fn err(kind: ErrorKind) -> SendError {
+        SendError::new(kind, kind.as_str())
     }
 
     /// A retryable outcome with no extra delay.
-    fn retry(kind: &str) -> SendOutcome {
+    fn retry(kind: ErrorKind) -> SendOutcome {
         SendOutcome::Retry {
             error: err(kind),
             not_before: None,
@@ -825,7 +838,7 @@ mod tests {
         let n = next_state(
             &r,
             SendOutcome::Permanent {
-                error: err("errcode"),
+                error: err(ErrorKind::Errcode),
             },
             &p,
             now,
@@ -836,7 +849,7 @@ mod tests {
             (Status::Failed, true, Some(Outcome::failed))
         );
 
-        let n = next_state(&r, retry("timeout_request"), &p, now, 0.0);
+        let n = next_state(&r, retry(ErrorKind::TimeoutRequest), &p, now, 0.0);
         assert_eq!((n.record.status, n.record.attempts), (Status::Retrying, 1));
         assert_eq!(
             n.record.next_attempt_at,
@@ -847,7 +860,7 @@ mod tests {
         let n2 = next_state(
             &n.record,
             SendOutcome::Retry {
-                error: err("errcode"),
+                error: err(ErrorKind::Errcode),
                 not_before: Some(Duration::from_secs(5)),
             },
             &p,
@@ -858,7 +871,7 @@ mod tests {
             n2.record.next_attempt_at,
             Some(add(now, Duration::from_secs(5)))
         );
-        let n3 = next_state(&n2.record, retry("errcode"), &p, now, 0.0);
+        let n3 = next_state(&n2.record, retry(ErrorKind::Errcode), &p, now, 0.0);
         assert_eq!(
             (n3.record.status, n3.completed),
             (Status::DeadLettered, Some(Outcome::dead_lettered))
@@ -874,7 +887,7 @@ mod tests {
         let n = next_state(
             &r,
             SendOutcome::Paused {
-                error: err("config"),
+                error: err(ErrorKind::Errcode),
                 until: Some(until),
             },
             &p,
@@ -910,7 +923,7 @@ mod tests {
         // Never attempted (e.g. queued behind a paused channel): maxAge has not started.
         assert!(before_attempt(&r, &p, later).is_none());
         // The first retryable attempt starts it.
-        let n = next_state(&r, retry("timeout"), &p, later, 0.0);
+        let n = next_state(&r, retry(ErrorKind::TimeoutRequest), &p, later, 0.0);
         assert_eq!((n.record.budget_from, n.record.attempts), (later, 1));
         r = n.record;
         assert!(before_attempt(&r, &p, add(later, Duration::from_secs(59))).is_none());
@@ -919,7 +932,7 @@ mod tests {
         r.attempts = 0;
         r.budget_from = now;
         r.message.expires_at = Some(add(now, Duration::from_millis(50)));
-        let n = next_state(&r, retry("timeout"), &p, now, 0.0);
+        let n = next_state(&r, retry(ErrorKind::TimeoutRequest), &p, now, 0.0);
         assert_eq!(
             (n.record.status, n.completed),
             (Status::Expired, Some(Outcome::expired))
@@ -944,7 +957,7 @@ mod tests {
         );
         assert_eq!(
             n.record.last_error.map(|e| e.kind),
-            Some("unknown_outcome".into())
+            Some(ErrorKind::UnknownOutcome)
         );
         // At-least-once: not parked; maxAge still bounds it.
         let resend = Retry {
@@ -970,7 +983,7 @@ mod tests {
         assert_eq!(n.record.status, Status::Expired);
         let n = next_state(
             &r,
-            retry("timeout"),
+            retry(ErrorKind::TimeoutRequest),
             &p,
             add(now, Duration::from_secs(5)),
             0.0,

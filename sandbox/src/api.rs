@@ -10,7 +10,6 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::codes::WxCode;
 use super::faults::Decision;
 use super::messages::SendKind;
 use super::net::ConnInfo;
@@ -19,6 +18,7 @@ use super::state::Shared;
 use super::stats::{Endpoint, FaultKind};
 use super::templates::TemplateKind;
 use super::tokens::Issued;
+use wxcrypto::errcode::WxCode;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json; encoding=utf-8");
 
@@ -29,7 +29,7 @@ fn json(body: impl Into<Bytes>) -> Response {
 /// Answers an errcode, counting it.
 fn wx_error(state: &Shared, code: WxCode) -> Response {
     state.stats.errcode(code);
-    json(code.body())
+    json(Bytes::from(code.json()))
 }
 
 fn token_body(issued: &Issued) -> Response {

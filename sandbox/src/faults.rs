@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
-use super::codes::WxCode;
+use wxcrypto::errcode::WxCode;
 
 /// Serde for `Duration` as a human string ("250ms", "5s") via `humantime`.
 pub mod human_duration {

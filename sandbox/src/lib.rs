@@ -22,13 +22,12 @@
 //! validation, quotas, de-duplication), [`validate`] (subscribe data rules), [`templates`] (the account's template catalogue,
 //! consents and recorded deliveries), [`events`]
 //! (TEMPLATESENDJOBFINISH delivery), [`faults`] (what to inject), [`stats`] (counters),
-//! [`codes`] (errcodes), [`quota`] (calendar-window counters), and the private HTTP side:
+//! [`quota`] (calendar-window counters), and the private HTTP side:
 //! `state` (what the handlers share), `api` (WeChat routes), `admin` (`/__` routes), `net`
 //! (outages and resets), `server` (start, stop, router).
 
 mod admin;
 mod api;
-pub mod codes;
 pub mod config;
 pub mod events;
 pub mod faults;
@@ -42,9 +41,10 @@ pub mod templates;
 pub mod tokens;
 pub mod validate;
 
-pub use codes::WxCode;
 pub use config::{EventConfig, EventMode, SandboxConfig, parse_list};
 pub use faults::{FaultConfig, FaultConfigError, OutageSpec};
 pub use server::{Sandbox, SandboxError, SandboxHandle};
 pub use stats::{EventCounts, OpenidCounts, StatsSnapshot, TokenCounts};
 pub use templates::{Delivery, TemplateDef, TemplateKind};
+/// WeChat's errcodes: the one table the sandbox answers with and the pusher classifies by.
+pub use wxcrypto::errcode::WxCode;

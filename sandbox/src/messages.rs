@@ -18,12 +18,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use serde::Deserialize;
 
-use super::codes::WxCode;
 use super::config::SandboxConfig;
 use super::quota::{WindowCounter, beijing_day, minute};
 use super::stats::{SendResult, Stats};
 use super::templates::{Delivery, TemplateKind, Templates, check};
 use super::validate::{key_type, subscribe_value_ok};
+use wxcrypto::errcode::WxCode;
 
 const SHARDS: usize = 16;
 

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::codes::WxCode;
+use wxcrypto::errcode::WxCode;
 
 const SHARDS: usize = 16;
 

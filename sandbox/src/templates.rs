@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use super::codes::WxCode;
 use super::validate::{key_type, subscribe_value_ok};
+use wxcrypto::errcode::WxCode;
 
 /// Which list a template is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

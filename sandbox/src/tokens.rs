@@ -18,8 +18,8 @@ use parking_lot::RwLock;
 use rand::Rng as _;
 use rand::distr::Alphanumeric;
 
-use super::codes::WxCode;
 use super::config::SandboxConfig;
+use wxcrypto::errcode::WxCode;
 
 /// Tokens are this long; anything of another shape is "invalid access_token" (40014).
 const TOKEN_LEN: usize = 64;

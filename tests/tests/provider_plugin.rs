@@ -15,7 +15,7 @@ use wxpush_pusher::metrics::Metrics;
 use wxpush_pusher::policy::Retry;
 use wxpush_pusher::providers::errcode::classify_send;
 use wxpush_pusher::send::{
-    MessageKind, Outgoing, SendAction, SendError, SendRequest, Sender, TokenScope,
+    ErrorKind, MessageKind, Outgoing, SendAction, SendError, SendRequest, Sender, TokenScope,
 };
 use wxpush_pusher::wechat::{SendOutcome, WeChatSender};
 
@@ -42,7 +42,7 @@ impl Sender for Rewriting {
         self.built.fetch_add(1, Ordering::SeqCst);
         let mut body: serde_json::Value =
             serde_json::from_str(request.body.get()).map_err(|e| SendError {
-                kind: "body".into(),
+                kind: ErrorKind::Body,
                 errcode: None,
                 message: e.to_string(),
             })?;
@@ -50,7 +50,7 @@ impl Sender for Rewriting {
         Ok(Outgoing {
             path: MessageKind::Template.path(),
             body: Bytes::from(serde_json::to_vec(&body).map_err(|e| SendError {
-                kind: "body".into(),
+                kind: ErrorKind::Body,
                 errcode: None,
                 message: e.to_string(),
             })?),

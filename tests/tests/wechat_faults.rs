@@ -7,6 +7,7 @@ mod wechat_support;
 use std::time::{Duration, Instant, SystemTime};
 
 use wechat_support::{config, sandbox, sandbox_config, send, sender, template};
+use wxpush_pusher::send::ErrorKind;
 use wxpush_pusher::wechat::{Circuit, SendOutcome};
 use wxpush_sandbox::{FaultConfig, OutageSpec, SandboxConfig};
 
@@ -36,7 +37,7 @@ async fn a_hang_hits_the_response_header_timeout_and_the_retry_is_deduplicated()
     let SendOutcome::Retry { error, .. } = out else {
         panic!("expected Retry, got {out:?}");
     };
-    assert_eq!(error.kind, "timeout_response_header", "{error:?}");
+    assert_eq!(error.kind, ErrorKind::TimeoutResponseHeader, "{error:?}");
     assert!(
         (Duration::from_millis(300)..Duration::from_millis(700)).contains(&took),
         "{took:?}"
@@ -85,7 +86,7 @@ async fn an_outage_opens_the_breaker_which_probes_and_closes() {
         i += 1;
         match send(&sender, &template("u", &format!("o{i}"))).await {
             SendOutcome::Retry { error, .. } => {
-                assert_eq!(error.kind, "transport", "{error:?}");
+                assert_eq!(error.kind, ErrorKind::Transport, "{error:?}");
                 transport += 1;
             }
             SendOutcome::CircuitOpen { retry_after } => {
@@ -147,14 +148,14 @@ async fn errcodes_are_classified_over_the_wire() {
                 errcodes: [(-1, 1.0)].into(),
                 ..FaultConfig::default()
             },
-            "errcode",
+            ErrorKind::Errcode,
         ),
         (
             FaultConfig {
                 http_5xx_share: 1.0,
                 ..FaultConfig::default()
             },
-            "http_5xx",
+            ErrorKind::Http5xx,
         ),
     ] {
         sb.set_faults(faults).expect("faults");
@@ -189,7 +190,7 @@ async fn errcodes_are_classified_over_the_wire() {
     let before = sb.stats().requests_total;
     let out = send(&sender, &template("known", "x5")).await;
     assert!(
-        matches!(&out, SendOutcome::Retry { error, not_before: Some(_) } if error.kind == "throttled"),
+        matches!(&out, SendOutcome::Retry { error, not_before: Some(_) } if error.kind == ErrorKind::Throttled),
         "{out:?}"
     );
     assert_eq!(
@@ -244,7 +245,7 @@ async fn local_daily_quota_is_enforced() {
     }
     let out = send(&sender, &template("u", "d3")).await;
     assert!(
-        matches!(&out, SendOutcome::Paused { error, until: Some(_) } if error.kind == "quota"),
+        matches!(&out, SendOutcome::Paused { error, until: Some(_) } if error.kind == ErrorKind::Quota),
         "{out:?}"
     );
     assert_eq!(sb.stats().delivered_unique, 3);

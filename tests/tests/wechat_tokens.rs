@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use wechat_support::{config, counting_proxy, sandbox, sandbox_config, send, sender, template};
+use wxpush_pusher::send::ErrorKind;
 use wxpush_pusher::wechat::{Health, SendOutcome};
 use wxpush_sandbox::{FaultConfig, SandboxConfig};
 
@@ -46,7 +47,7 @@ async fn token_storm_with_64_senders_keeps_one_token_request_in_flight() {
                         match send(&sender, &body).await {
                             SendOutcome::Delivered { .. } => break,
                             SendOutcome::Retry { error, .. }
-                                if error.kind == "token" && tries < 5 =>
+                                if error.kind == ErrorKind::Token && tries < 5 =>
                             {
                                 token_retries += 1;
                             }

@@ -1,4 +1,6 @@
-//! WeChat server-URL crypto: the signatures and the safe-mode (`encrypt_type=aes`) envelope.
+//! WeChat's wire formats that both the sandbox and the pusher speak: the server-URL crypto (the
+//! signatures and the safe-mode (`encrypt_type=aes`) envelope), and in [`errcode`] the table of
+//! WeChat's errcodes.
 //!
 //! WeChat calls an account's server URL with `signature`, `timestamp` and `nonce` query
 //! parameters; in safe mode the XML body carries an `<Encrypt>` element signed by

@@ -215,8 +215,8 @@ pub struct ServiceStatus {
     not_ready_reason: Option<String>,
     /// `active`, or `on_hold` (paused channel, open circuit).
     sending: String,
-    /// Why sending is held: `{until, reason}` with WeChat's errcode and errmsg (null while
-    /// sending).
+    /// Why sending is held: `{until, cause, reason}` (`cause`: `paused` or `circuit_open`) with
+    /// WeChat's errcode and errmsg (null while sending).
     #[schema(value_type = Option<Object>)]
     hold: Option<Value>,
     /// The template registry: `validation` (`auto`, `strict`, `truncate`, `off`), the number of
@@ -278,7 +278,7 @@ pub fn document_json() -> String {
 mod tests {
     use super::*;
     use crate::message::{self, EventRecord, MessageId, parse_message};
-    use crate::send::SendError;
+    use crate::send::{ErrorKind, SendError};
     use serde_json::json;
 
     fn doc() -> Value {
@@ -325,7 +325,7 @@ mod tests {
         let mut r = message::MessageRecord::new(MessageId::new(), msg, Some("k".into()), now);
         r.request_digest = Some("d".into());
         r.last_error = Some(SendError {
-            kind: "errcode".into(),
+            kind: ErrorKind::Errcode,
             errcode: Some(45009),
             message: "quota".into(),
         });

@@ -1,5 +1,6 @@
 use super::*;
 use crate::message::{Message, MessageId, MessageRecord, Status};
+use crate::send::ErrorKind;
 use crate::wechat::SendError;
 use serde_json::{Value, json};
 
@@ -34,7 +35,7 @@ fn payload_has_the_documented_shape() {
     // A failure carries last_error and no msgid; a confirmation is stamped with the event time.
     let mut f = record(Status::Failed);
     f.last_error = Some(SendError {
-        kind: "errcode".into(),
+        kind: ErrorKind::Errcode,
         errcode: Some(40003),
         message: "invalid openid".into(),
     });

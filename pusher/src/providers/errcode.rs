@@ -1,5 +1,6 @@
 //! What each WeChat answer means for the message and the channel: a pure function of the
-//! errcode (or HTTP status), following the table in `docs/wechat-api.md` exactly.
+//! errcode (or HTTP status), following the table in `docs/wechat-api.md` exactly. The codes
+//! themselves (numbers, WeChat's wording) are the table the sandbox shares, `wxcrypto::errcode`.
 //!
 //! Unknown non-zero errcodes are **retried with backoff** (counted against the message's retry
 //! budget, so they end in the dead-letter queue with the errcode if they persist): WeChat
@@ -8,6 +9,8 @@
 //! code; retrying costs at most `retry.maxAttempts` attempts.
 
 use std::time::SystemTime;
+
+use wxcrypto::errcode::WxCode;
 
 use crate::calendar::next_beijing_midnight;
 use crate::metrics::AttemptResult;
@@ -33,25 +36,44 @@ impl SendAction {
 /// Classifies a send's errcode. `now` fixes "next midnight" for 45009; `retry` gives the
 /// throttled backoff for 45011 and 43117.
 pub fn classify_send(errcode: i64, now: SystemTime, retry: &Retry) -> SendAction {
+    use WxCode::*;
     let throttled = retry.throttled_backoff.get();
-    match errcode {
-        0 => SendAction::Delivered,
-        -1 => SendAction::Retry { not_before: None },
-        40001 | 40014 | 42001 => SendAction::RefreshToken,
-        45009 => SendAction::Pause {
+    let Some(code) = WxCode::from_code(errcode) else {
+        return SendAction::Retry { not_before: None };
+    };
+    match code {
+        Ok => SendAction::Delivered,
+        SystemBusy => SendAction::Retry { not_before: None },
+        InvalidCredential | InvalidAccessToken | AccessTokenExpired => SendAction::RefreshToken,
+        DailyQuota => SendAction::Pause {
             until: Some(next_beijing_midnight(now)),
         },
-        45011 => SendAction::Throttle {
+        MinuteQuota => SendAction::Throttle {
             for_at_least: throttled,
         },
-        43117 => SendAction::Retry {
+        TooFrequentOpenid => SendAction::Retry {
             not_before: Some(throttled),
         },
-        40003 | 43004 | 43101 | 47001 | 47003 | 41030 => SendAction::Permanent { alert: false },
-        40037 => SendAction::Permanent { alert: true },
-        48001 | 40013 | 40125 | 40164 => SendAction::Pause { until: None },
-        _ => SendAction::Retry { not_before: None },
+        InvalidOpenid | RequireSubscribe | UserRefused | DataFormat | ArgumentInvalid
+        | InvalidPage => SendAction::Permanent { alert: false },
+        InvalidTemplateId => SendAction::Permanent { alert: true },
+        ApiUnauthorized | InvalidAppid | InvalidSecret | IpNotAllowed => {
+            SendAction::Pause { until: None }
+        }
+        // Codes of the token API, not expected from a send: retried like unknown codes.
+        InvalidGrantType | AccessTokenMissing | AppidMissing | SecretMissing => {
+            SendAction::Retry { not_before: None }
+        }
     }
+}
+
+/// Whether an errcode says the access_token was refused (40001, 40014, 42001): invalidate it,
+/// refresh once, retry once.
+pub fn token_refused(errcode: i64) -> bool {
+    matches!(
+        WxCode::from_code(errcode),
+        Some(WxCode::InvalidCredential | WxCode::InvalidAccessToken | WxCode::AccessTokenExpired)
+    )
 }
 
 /// What to do after an access_token fetch answered with an errcode.
@@ -71,14 +93,18 @@ pub enum FetchAction {
 
 /// Classifies a token fetch's errcode.
 pub fn classify_fetch(errcode: i64, now: SystemTime, retry: &Retry) -> FetchAction {
-    match errcode {
+    use WxCode::*;
+    match WxCode::from_code(errcode) {
         // 40002 bad grant_type and 41002/41004 missing appid/secret: our request or the
         // credentials are wrong, which waiting will not fix without a change.
-        40013 | 40125 | 40164 | 40002 | 41002 | 41004 | 48001 => FetchAction::ConfigFault,
-        45009 => FetchAction::Quota {
+        Some(
+            InvalidAppid | InvalidSecret | IpNotAllowed | InvalidGrantType | AppidMissing
+            | SecretMissing | ApiUnauthorized,
+        ) => FetchAction::ConfigFault,
+        Some(DailyQuota) => FetchAction::Quota {
             until: next_beijing_midnight(now),
         },
-        45011 => FetchAction::Quota {
+        Some(MinuteQuota) => FetchAction::Quota {
             until: now + retry.throttled_backoff.get(),
         },
         _ => FetchAction::Backoff,
@@ -97,34 +123,7 @@ pub fn classify_http_status(status: u16, retry: &Retry) -> SendAction {
     }
 }
 
-/// A short description of a known errcode, for error messages and logs.
-pub fn describe(errcode: i64) -> &'static str {
-    match errcode {
-        0 => "ok",
-        -1 => "system busy",
-        40001 => "access_token invalid",
-        40014 => "access_token not the latest",
-        42001 => "access_token expired",
-        45009 => "daily quota reached",
-        45011 => "per-minute quota reached",
-        43117 => "too frequent for this openid",
-        40003 => "invalid openid",
-        43004 => "user does not follow the account",
-        43101 => "user refused the subscribe message",
-        40037 => "invalid template_id",
-        47001 => "malformed body",
-        47003 => "argument invalid",
-        41030 => "invalid page",
-        48001 => "API unauthorized for this account",
-        40013 => "invalid appid",
-        40125 => "invalid appsecret",
-        40164 => "caller IP not in the account's whitelist",
-        40002 => "invalid grant_type",
-        41002 => "appid missing",
-        41004 => "appsecret missing",
-        _ => "unknown errcode",
-    }
-}
+pub use wxcrypto::errcode::describe;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,7 @@ use std::time::SystemTime;
 
 use super::errcode::classify_send;
 use crate::policy::Retry;
+use crate::send::ErrorKind;
 use crate::send::{
     MessageKind, Outgoing, SendAction, SendError, SendRequest, Sender, TemplateLists, TokenScope,
 };
@@ -27,7 +28,7 @@ impl Sender for MiniProgram {
     fn build(&self, request: SendRequest<'_>) -> Result<Outgoing, SendError> {
         if request.kind != MessageKind::Subscribe {
             return Err(SendError {
-                kind: "provider".into(),
+                kind: ErrorKind::Provider,
                 errcode: None,
                 message: format!(
                     "a wechatMiniProgram channel sends only kind \"subscribe\", not {:?}",
@@ -69,6 +70,6 @@ mod tests {
             kind: MessageKind::Template,
             body: &body,
         });
-        assert_eq!(tpl.expect_err("template refused").kind, "provider");
+        assert_eq!(tpl.expect_err("template refused").kind, ErrorKind::Provider);
     }
 }

@@ -49,7 +49,7 @@ impl WeComApp {
 
 fn body_error(message: &str) -> SendError {
     SendError {
-        kind: "provider".into(),
+        kind: crate::send::ErrorKind::Provider,
         errcode: None,
         message: format!("the stored WeCom message cannot be sent: {message}"),
     }
@@ -207,7 +207,7 @@ mod tests {
                 body: &body,
             })
             .expect_err("no msgtype");
-        assert_eq!(e.kind, "provider");
+        assert_eq!(e.kind, crate::send::ErrorKind::Provider);
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl Sender for WeComRobot {
             .is_ok_and(|m| m.contains_key("msgtype"));
         if !has_type {
             return Err(SendError {
-                kind: "provider".into(),
+                kind: crate::send::ErrorKind::Provider,
                 errcode: None,
                 message: "the stored message is not a WeCom robot message (no msgtype)".into(),
             });

@@ -302,7 +302,9 @@ impl Registry {
                 Some(v)
             }
             Err(e) => {
-                if let lists::ListError::Errcode(code @ (40001 | 40014 | 42001), _) = e {
+                if let lists::ListError::Errcode(code, _) = e
+                    && crate::providers::errcode::token_refused(code)
+                {
                     tracing::info!(errcode = code, "access_token refused on a template list");
                     self.tokens.invalidate(token);
                 }

@@ -48,6 +48,7 @@ use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::policy::{Pool, Timeouts};
+use crate::send::ErrorKind;
 
 /// How long a new connection waits at most for a connection that is on its way back to the
 /// pool ([`Conns::wait_for_a_spare`]).
@@ -70,13 +71,13 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// The [`super::SendError::kind`] of this timeout.
-    pub fn kind(self) -> &'static str {
+    /// The [`crate::send::SendError::kind`] of this timeout.
+    pub fn kind(self) -> ErrorKind {
         match self {
-            Self::Connect => "timeout_connect",
-            Self::TlsHandshake => "timeout_tls",
-            Self::ResponseHeader => "timeout_response_header",
-            Self::Request => "timeout_request",
+            Self::Connect => ErrorKind::TimeoutConnect,
+            Self::TlsHandshake => ErrorKind::TimeoutTls,
+            Self::ResponseHeader => ErrorKind::TimeoutResponseHeader,
+            Self::Request => ErrorKind::TimeoutRequest,
         }
     }
 
@@ -114,11 +115,11 @@ pub enum HttpError {
 }
 
 impl HttpError {
-    /// The [`super::SendError::kind`] of this error.
-    pub fn kind(&self) -> &'static str {
+    /// The [`crate::send::SendError::kind`] of this error.
+    pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Timeout { phase, .. } => phase.kind(),
-            Self::Connect(_) | Self::Transport(_) => "transport",
+            Self::Connect(_) | Self::Transport(_) => ErrorKind::Transport,
         }
     }
 

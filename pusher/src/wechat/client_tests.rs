@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 use super::*;
 use crate::policy::HumanDuration;
+use crate::send::ErrorKind;
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -104,7 +105,7 @@ async fn tls_timeout_against_a_server_that_never_answers_the_hello() {
     let addr = silent_server().await;
     let c = client(&format!("https://{addr}"));
     let err = c.get("/").await.expect_err("no handshake");
-    assert_eq!(err.kind(), "timeout_tls", "{err}");
+    assert_eq!(err.kind(), ErrorKind::TimeoutTls, "{err}");
     assert!(err.never_sent());
     expect_timeout(c.get("/"), Phase::TlsHandshake, SHORT).await;
 }
@@ -193,7 +194,7 @@ async fn refused_connections_are_transport_errors_never_sent() {
         .get("/")
         .await
         .expect_err("refused");
-    assert_eq!(err.kind(), "transport");
+    assert_eq!(err.kind(), ErrorKind::Transport);
     assert!(err.never_sent(), "{err:?}");
     assert!(!err.to_string().contains("access_token"));
 }

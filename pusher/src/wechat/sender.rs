@@ -27,6 +27,7 @@ use crate::providers::errcode::{SendAction, classify_http_status, describe};
 use crate::providers::{sender_for, wecom_errcode};
 use crate::resilience::breaker::{Outcome, SharedBreaker};
 use crate::resilience::ratelimit::RateLimiter;
+use crate::send::ErrorKind;
 use crate::send::{Outgoing, Receipt, Sender, TokenScope};
 
 /// Sends messages to WeChat for one channel. Cheap to share (`Arc`); safe to call from many
@@ -110,7 +111,7 @@ fn errcode_error(scope: TokenScope, errcode: i64, errmsg: &str) -> SendError {
         TokenScope::WeComApp | TokenScope::WebhookKey => wecom_errcode::describe(errcode),
     };
     SendError {
-        kind: "errcode".into(),
+        kind: ErrorKind::Errcode,
         errcode: Some(errcode),
         message: format!("errcode {errcode} ({what}): {errmsg}"),
     }
@@ -279,7 +280,7 @@ impl WeChatSender {
         };
         if !self.limiter.acquire(self.rate_wait).await {
             let error = SendError {
-                kind: "rate_limited".into(),
+                kind: ErrorKind::RateLimited,
                 errcode: None,
                 message: format!("no rate-limit permit within {:?}", self.rate_wait),
             };
@@ -300,7 +301,7 @@ impl WeChatSender {
         if let Err(until) = self.limiter.take_daily(SystemTime::now()) {
             return SendOutcome::Paused {
                 error: SendError {
-                    kind: "quota".into(),
+                    kind: ErrorKind::Quota,
                     errcode: None,
                     message: "the channel's rateLimit.dailyQuota is spent for today".into(),
                 },
@@ -429,7 +430,7 @@ impl WeChatSender {
                     SendAction::Retry { not_before } => SendOutcome::Retry { error, not_before },
                     SendAction::RefreshToken => SendOutcome::Retry {
                         error: SendError {
-                            kind: "token".into(),
+                            kind: ErrorKind::Token,
                             ..error
                         },
                         not_before: None,
@@ -462,12 +463,12 @@ impl WeChatSender {
                     _ => None,
                 };
                 let kind = if status >= 500 {
-                    "http_5xx"
+                    ErrorKind::Http5xx
                 } else {
-                    "http_status"
+                    ErrorKind::HttpStatus
                 };
                 let error = SendError {
-                    kind: kind.into(),
+                    kind,
                     errcode: None,
                     message: format!("WeChat answered HTTP {status}"),
                 };
@@ -483,7 +484,7 @@ impl WeChatSender {
                     self.limiter.give_back_daily(now);
                 }
                 let error = SendError {
-                    kind: e.kind().into(),
+                    kind: e.kind(),
                     errcode: None,
                     message: e.to_string(),
                 };
@@ -498,7 +499,7 @@ impl WeChatSender {
             Attempt::BadBody => (
                 SendOutcome::Retry {
                     error: SendError {
-                        kind: "bad_response".into(),
+                        kind: ErrorKind::BadResponse,
                         errcode: None,
                         message: "WeChat answered 200 without a JSON errcode".into(),
                     },
@@ -581,7 +582,7 @@ impl WeChatSender {
                 let left = until - now;
                 return Some(SendOutcome::Retry {
                     error: SendError {
-                        kind: "throttled".into(),
+                        kind: ErrorKind::Throttled,
                         errcode: Some(errcode),
                         message: format!("API rate limit ({errcode}): waiting {left:?} more"),
                     },
@@ -595,7 +596,7 @@ impl WeChatSender {
             .daily_exhausted_until(wall)
             .map(|until| SendOutcome::Paused {
                 error: SendError {
-                    kind: "quota".into(),
+                    kind: ErrorKind::Quota,
                     errcode: None,
                     message: "today's send quota is spent".into(),
                 },
@@ -623,7 +624,7 @@ impl WeChatSender {
                 _ => match self.limiter.daily_exhausted_until(wall) {
                     Some(until) => Health::paused(
                         SendError {
-                            kind: "quota".into(),
+                            kind: ErrorKind::Quota,
                             errcode: None,
                             message: "today's send quota is spent".into(),
                         },
@@ -714,7 +715,7 @@ fn adopt_send_pause(gates: &Mutex<Gates>, pause: Option<(i64, String, Duration)>
         tracing::warn!(errcode = code, "another pod paused sending: {message}");
         g.pause = Some(SendPause {
             error: SendError {
-                kind: "errcode".into(),
+                kind: ErrorKind::Errcode,
                 errcode: Some(code),
                 message,
             },

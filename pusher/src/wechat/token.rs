@@ -40,7 +40,7 @@ use crate::policy::{LocalSecret, Retry, TokenApi};
 use crate::providers::errcode::{FetchAction, classify_fetch, describe};
 use crate::providers::wecom_errcode;
 use crate::resilience::backoff;
-use crate::send::TokenScope;
+use crate::send::{ErrorKind, TokenScope};
 use crate::store::redis::SharedClient;
 
 /// WeChat allows a `force_refresh` of the stable token at most every 30 s.
@@ -186,7 +186,7 @@ struct Answer {
 
 fn token_error(errcode: Option<i64>, message: String) -> SendError {
     SendError {
-        kind: "token".into(),
+        kind: ErrorKind::Token,
         errcode,
         message,
     }
