@@ -5,6 +5,9 @@
 //! channel, give up) is the pusher's decision (`pusher/src/providers/errcode.rs`), and what
 //! makes the sandbox answer it is the sandbox's; both name codes through [`WxCode`], never by
 //! bare numbers. `docs/wechat-api.md` explains each code in words.
+//!
+//! WeCom's codes are a separate table, [`wecom::WeComCode`]: the same number can mean another
+//! thing there (45009 is WeChat's daily quota but WeCom's frequency limit).
 
 pub mod wecom;
 

@@ -2,7 +2,7 @@
 //! answer with, as the sandbox serves them and the pusher classifies them.
 //!
 //! Each code keeps WeCom's number and a short English `errmsg`. WeCom appends a hint to the
-//! text (`"…, hint: [...]"`); [`WeComCode::body_with_hint`] does the same. What each code means
+//! text (`"…, hint: [...]"`); [`WeComCode::json_with_hint`] does the same. What each code means
 //! for a sender (retry, give up, slow down, fix the configuration) is in `docs/wechat-api.md`.
 
 /// One `errcode` of WeCom's API.
@@ -113,7 +113,7 @@ impl WeComCode {
     ];
 
     /// The number WeCom answers.
-    pub fn code(self) -> i64 {
+    pub const fn code(self) -> i64 {
         match self {
             WeComCode::Ok => 0,
             WeComCode::SystemBusy => -1,
@@ -161,7 +161,7 @@ impl WeComCode {
     }
 
     /// The `errmsg` text, without a hint.
-    pub fn errmsg(self) -> &'static str {
+    pub const fn errmsg(self) -> &'static str {
         match self {
             WeComCode::Ok => "ok",
             WeComCode::SystemBusy => "system busy",
@@ -198,8 +198,14 @@ impl WeComCode {
         }
     }
 
-    /// The JSON body `{"errcode":N,"errmsg":"..."}`.
-    pub fn body(self) -> String {
+    /// A short description for our own errors and logs (WeCom's English `errmsg` already is
+    /// one).
+    pub const fn describe(self) -> &'static str {
+        self.errmsg()
+    }
+
+    /// The JSON body `{"errcode":N,"errmsg":"..."}` WeCom answers with.
+    pub fn json(self) -> String {
         format!(
             r#"{{"errcode":{},"errmsg":"{}"}}"#,
             self.code(),
@@ -213,7 +219,7 @@ impl WeComCode {
     }
 
     /// The JSON body with a hint in `errmsg` (the hint is JSON-escaped).
-    pub fn body_with_hint(self, hint: &str) -> String {
+    pub fn json_with_hint(self, hint: &str) -> String {
         let errmsg = self.errmsg_with_hint(hint);
         let mut escaped = String::with_capacity(errmsg.len() + 2);
         for ch in errmsg.chars() {
@@ -226,6 +232,11 @@ impl WeComCode {
         }
         format!(r#"{{"errcode":{},"errmsg":"{escaped}"}}"#, self.code())
     }
+}
+
+/// A short description of any WeCom errcode, known or not.
+pub fn describe(errcode: i64) -> &'static str {
+    WeComCode::from_code(errcode).map_or("unknown errcode", WeComCode::describe)
 }
 
 #[cfg(test)]
@@ -242,16 +253,18 @@ mod tests {
         assert_eq!(WeComCode::from_code(12345), None);
         assert_eq!(WeComCode::AllRecipientsInvalid.code(), 81013);
         assert_eq!(WeComCode::InvalidWebhookKey.code(), 93000);
+        assert_eq!(describe(81013), "user & party & tag all invalid");
+        assert_eq!(describe(12345), "unknown errcode");
     }
 
     #[test]
     fn bodies_carry_code_and_escaped_hint() {
         assert_eq!(
-            WeComCode::FrequencyLimit.body(),
+            WeComCode::FrequencyLimit.json(),
             r#"{"errcode":45009,"errmsg":"api freq out of limit"}"#
         );
         assert_eq!(
-            WeComCode::InvalidParameter.body_with_hint("say \"hi\"\n"),
+            WeComCode::InvalidParameter.json_with_hint("say \"hi\"\n"),
             r#"{"errcode":40058,"errmsg":"invalid Request Parameter, hint: [say \"hi\"\u000a]"}"#
         );
     }
