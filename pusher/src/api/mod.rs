@@ -9,6 +9,7 @@ pub mod auth;
 mod error;
 pub mod json;
 pub mod openapi;
+mod recall;
 pub mod server;
 
 use std::sync::Arc;
@@ -75,6 +76,10 @@ pub fn router<S: Store + Clone>(
         .route("/v1/messages", post(post_message::<S>))
         .route("/v1/messages/batch", post(post_batch::<S>))
         .route("/v1/messages/{id}", get(get_message::<S>))
+        .route(
+            "/v1/messages/{id}/recall",
+            post(recall::recall_message::<S>),
+        )
         .route("/v1/dead-letters", get(list_dead_letters::<S>))
         .route("/v1/dead-letters/{id}/retry", post(replay::<S>))
         .route("/v1/status", get(status::<S>))

@@ -252,6 +252,7 @@ impl Modify for BearerAuth {
         super::post_message,
         super::post_batch,
         super::get_message,
+        super::recall::recall_message,
         super::list_dead_letters,
         super::replay,
         super::add_subscription,

@@ -657,6 +657,58 @@ impl WeChatSender {
         &self.flow
     }
 
+    /// Recalls a delivered message by the provider's message id: one request with the
+    /// channel's token (refreshed once if refused). `Ok` when the provider said errcode 0.
+    pub async fn recall(&self, outgoing: Outgoing) -> Result<(), SendError> {
+        let mut token = match self.tokens.get().await {
+            Ok(token) => token,
+            Err(TokenError::Paused { error, .. } | TokenError::Unavailable { error, .. }) => {
+                return Err(error);
+            }
+        };
+        let mut attempt = self.attempt(&token, outgoing.clone()).await;
+        if matches!(
+            attempt,
+            Attempt::Answered {
+                action: SendAction::RefreshToken,
+                ..
+            }
+        ) {
+            self.tokens.invalidate(&token);
+            token = match self.tokens.get().await {
+                Ok(token) => token,
+                Err(TokenError::Paused { error, .. } | TokenError::Unavailable { error, .. }) => {
+                    return Err(error);
+                }
+            };
+            attempt = self.attempt(&token, outgoing).await;
+        }
+        match attempt {
+            Attempt::Answered {
+                action: SendAction::Delivered,
+                ..
+            } => Ok(()),
+            Attempt::Answered {
+                errcode, errmsg, ..
+            } => Err(errcode_error(self.provider.token_scope(), errcode, &errmsg)),
+            Attempt::Status { status, .. } => Err(SendError {
+                kind: ErrorKind::HttpStatus,
+                errcode: None,
+                message: format!("the recall was answered HTTP {status}"),
+            }),
+            Attempt::Failed(e) => Err(SendError {
+                kind: ErrorKind::Transport,
+                errcode: None,
+                message: e.to_string(),
+            }),
+            Attempt::BadBody => Err(SendError {
+                kind: ErrorKind::BadResponse,
+                errcode: None,
+                message: "the recall was answered without a JSON errcode".into(),
+            }),
+        }
+    }
+
     /// The channel's provider.
     pub fn provider(&self) -> &Arc<dyn Sender> {
         &self.provider
