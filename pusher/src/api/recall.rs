@@ -4,7 +4,8 @@
 //! has no provider message id), or the window has passed.
 //!
 //! The recall is not written to the message's record: the answer is the proof. Asking again
-//! after a recall asks WeCom again, which refuses a message it no longer has.
+//! asks WeCom again; what it answers is passed on (a 502 `recall_failed` with its errcode when
+//! it refuses).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
