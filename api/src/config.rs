@@ -1050,6 +1050,44 @@ auth: {token: a-long-enough-token}
     }
 
     #[test]
+    fn every_wrong_wecom_field_is_named() {
+        let text = "listen: 127.0.0.1:8080\napiBaseUrl: http://127.0.0.1:9000\n\
+                    provider: wecomApp\nauth: {token: a-long-enough-token}\n\
+                    credentials: {appId: wx1, corpSecret: s, corpSecretFile: /s, \
+                    agentId: app, webhookKey: k}\n";
+        let err = PusherConfig::from_yaml_with_env(text, &|_| None).expect_err("five wrong");
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "credentials.appId",
+                "credentials.corpId",
+                "credentials.corpSecret",
+                "credentials.agentId",
+                "credentials.webhookKey",
+            ]
+        );
+        let robot = "listen: 127.0.0.1:8080\napiBaseUrl: http://127.0.0.1:9000\n\
+                     provider: wecomRobot\nauth: {token: a-long-enough-token}\n\
+                     credentials: {}\nevents: {token: t}\n";
+        let err = PusherConfig::from_yaml_with_env(robot, &|_| None)
+            .expect_err("no key")
+            .to_string();
+        assert!(err.contains("credentials.webhookKey: required"), "{err}");
+        assert!(
+            err.contains("events.token: a wecomRobot channel has no events"),
+            "{err}"
+        );
+        let ok = "listen: 127.0.0.1:8080\napiBaseUrl: http://127.0.0.1:9000\n\
+                  provider: wecomApp\nauth: {token: a-long-enough-token}\n\
+                  credentials: {corpId: ww1, corpSecret: s, agentId: \"1000002\"}\n";
+        PusherConfig::from_yaml_with_env(ok, &|_| None).expect("valid");
+    }
+
+    #[test]
     fn invalid_values_name_their_line() {
         let text = format!(
             "{MINIMAL}callbacks:\n  retry:\n    maxAttempts: 5\nretry:\n  maxAttempts: 0\n"

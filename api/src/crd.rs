@@ -74,6 +74,11 @@ pub const DEFAULT_IMAGE: &str = crate::images::DEFAULT_PUSHER_IMAGE;
         "fieldPath": ".credentials.secretRef.webhookKeyKey",
     },
     {
+        "rule": "!has(self.provider) || !(self.provider in ['wecomApp', 'wecomRobot']) || self.apiBaseUrl != 'https://api.weixin.qq.com'",
+        "message": "a WeCom channel sends to WeCom's API: set apiBaseUrl (https://qyapi.weixin.qq.com)",
+        "fieldPath": ".apiBaseUrl",
+    },
+    {
         "rule": "!has(self.provider) || self.provider != 'wecomRobot' || (!has(self.credentials.secretRef.eventTokenKey) && !has(self.credentials.secretRef.encodingAesKeyKey) && !has(self.eventsIngress))",
         "message": "a wecomRobot channel has no events: remove eventTokenKey, encodingAesKeyKey and eventsIngress",
         "fieldPath": ".credentials.secretRef",
