@@ -6,7 +6,7 @@
 #   scripts/fuzz.sh TARGET [SECONDS]   run one target
 #
 # Not part of scripts/test.sh: fuzzing is a soak. What it finds is fixed and the input kept under
-# fuzz/regressions/<target>/, which pusher/tests/fuzz_regressions.rs replays in every test run.
+# fuzz/regressions/<target>/, which tests/tests/fuzz_regressions.rs replays in every test run.
 # cargo-fuzz needs nightly features; RUSTC_BOOTSTRAP=1 lets the stable toolchain provide them.
 # Builds are debug builds without a sanitizer by default (the code forbids `unsafe`); set
 # FUZZ_RELEASE=1 for optimised builds and FUZZ_SANITIZER=address to add ASan.

@@ -5,13 +5,11 @@
 //! - [`controller`]: the watches that drive it.
 //! - [`leader`]: leader election through a `coordination.k8s.io/v1` Lease.
 //! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`.
-//! - [`hpa`]: the HPA's replica calculation (pure; for tests of the metric pipeline).
 //! - [`unknown_fields`]: spec fields this version does not know, named in a warning.
 //! - [`clock`]: the wall clock of the times written into the Lease.
 
 pub mod clock;
 pub mod controller;
-pub mod hpa;
 pub use wxpush_api::crd;
 pub mod leader;
 pub mod metrics;

@@ -30,7 +30,7 @@ use sha2::Sha256;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{CallbackLabels, Metrics};
+use crate::metrics::{CallbackLabels, CallbackResult, Metrics};
 use crate::policy::{Callbacks, LocalSecret, Retry};
 use crate::resilience::backoff;
 use crate::secrets::WatchedSecret;
@@ -190,7 +190,9 @@ impl<S: Store + Clone> CallbackWorker<S> {
             tracing::warn!(message = %cb.message_id(), "callback dropped: no callback URL");
             self.metrics
                 .callbacks
-                .get_or_create(&CallbackLabels { result: "gave_up" })
+                .get_or_create(&CallbackLabels {
+                    result: CallbackResult::GaveUp,
+                })
                 .inc();
             self.finish(key, None).await;
             return;
@@ -201,7 +203,9 @@ impl<S: Store + Clone> CallbackWorker<S> {
             Sent::Ok => {
                 self.metrics
                     .callbacks
-                    .get_or_create(&CallbackLabels { result: "ok" })
+                    .get_or_create(&CallbackLabels {
+                        result: CallbackResult::Ok,
+                    })
                     .inc();
                 None
             }
@@ -209,7 +213,9 @@ impl<S: Store + Clone> CallbackWorker<S> {
                 tracing::warn!(message = %cb.message_id(), error = %why, "callback target refused");
                 self.metrics
                     .callbacks
-                    .get_or_create(&CallbackLabels { result: "gave_up" })
+                    .get_or_create(&CallbackLabels {
+                        result: CallbackResult::GaveUp,
+                    })
                     .inc();
                 None
             }
@@ -232,14 +238,18 @@ impl<S: Store + Clone> CallbackWorker<S> {
                     );
                     self.metrics
                         .callbacks
-                        .get_or_create(&CallbackLabels { result: "gave_up" })
+                        .get_or_create(&CallbackLabels {
+                            result: CallbackResult::GaveUp,
+                        })
                         .inc();
                     None
                 } else {
                     tracing::debug!(message = %cb.message_id(), attempts, error = %why, "callback failed; retrying");
                     self.metrics
                         .callbacks
-                        .get_or_create(&CallbackLabels { result: "retry" })
+                        .get_or_create(&CallbackLabels {
+                            result: CallbackResult::Retry,
+                        })
                         .inc();
                     Some((at, attempts))
                 }

@@ -233,6 +233,12 @@ pub fn next_state_of(
             hold_until = Some(at);
             None
         }
+        SendOutcome::Stopping => {
+            not_sent(&mut record);
+            record.status = waiting;
+            record.next_attempt_at = Some(now);
+            None
+        }
     };
     Next {
         record,
@@ -528,6 +534,8 @@ impl<S: Store + Clone> Dispatcher<S> {
             }
         }
         puller.abort();
+        // Leased messages still waiting for a slot of the gate are not sent: they stay due.
+        this.sender.flow().close();
         tracing::info!(in_flight = tasks.len(), "dispatcher draining");
         let drained =
             tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;

@@ -17,7 +17,8 @@
 //! - [`api`]: the HTTP API; [`preflight`]: every secret read and checked, for `serve` and
 //!   `check-config` alike; [`wiring`]: assembles all of it into one running pusher.
 //! - `demo` (feature `demo`): the WeChat sandbox and a pusher in one process.
-//! - [`fuzzing`]: the entry points of the fuzz targets (`fuzz/`) and their regression replays.
+//! - `fuzzing` (feature `fuzzing`): the entry points of the fuzz targets (`fuzz/`) and their
+//!   regression replays (`tests/tests/fuzz_regressions.rs`).
 
 pub mod api;
 pub mod calendar;
@@ -29,6 +30,7 @@ pub mod demo;
 pub mod dispatch;
 pub mod error_code;
 pub mod events;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod message;
 pub mod metrics;

@@ -3,13 +3,16 @@
 
 use std::borrow::Cow;
 
-use crate::send::InvalidRecipients;
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::send::InvalidRecipients;
 
 /// A message's final outcome, for `wxpush_messages_completed_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
@@ -78,39 +81,198 @@ pub struct QueueLabels {
     pub state: QueueState,
 }
 
+/// Declares a label-value enum whose variants encode as the given texts, so that a wrong label
+/// does not compile (the derive of `prometheus_client` can only spell a variant's own name).
+macro_rules! label_value {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl $name {
+            /// The label's text.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text,)+
+                }
+            }
+        }
+
+        impl EncodeLabelValue for $name {
+            fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+                encoder.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+label_value! {
+    /// Which token API a fetch called, for `wxpush_token_requests_total{api}` (the policy's
+    /// `token.api`, which lives in another crate and so cannot be a label itself).
+    pub enum TokenApiLabel {
+        /// `stable_token`.
+        Stable => "stable",
+        /// The classic `token` API.
+        Classic => "classic",
+        /// WeCom's `gettoken` (a corp and an application's secret).
+        Wecom => "wecom",
+        /// A webhook key read from its Secret (no token API is called).
+        WebhookKey => "webhook_key",
+    }
+}
+
+/// How a token fetch ended, for `wxpush_token_requests_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenResult {
+    /// A token came back.
+    Ok,
+    /// WeChat answered this errcode (the label is the number).
+    Errcode(i64),
+    /// A timeout ran out (or no other pod shared a token in time).
+    Timeout,
+    /// The connection failed.
+    Transport,
+    /// The stable API handed back the token WeChat had just refused.
+    Stale,
+    /// HTTP 5xx.
+    Http5xx,
+    /// Another non-200 status.
+    HttpStatus,
+    /// A 200 with neither a token nor an errcode.
+    BadResponse,
+    /// The credentials could not be read.
+    Credentials,
+}
+
+impl EncodeLabelValue for TokenResult {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        match self {
+            Self::Ok => encoder.write_str("ok"),
+            Self::Errcode(code) => write!(encoder, "{code}"),
+            Self::Timeout => encoder.write_str("timeout"),
+            Self::Transport => encoder.write_str("transport"),
+            Self::Stale => encoder.write_str("stale"),
+            Self::Http5xx => encoder.write_str("http_5xx"),
+            Self::HttpStatus => encoder.write_str("http_status"),
+            Self::BadResponse => encoder.write_str("bad_response"),
+            Self::Credentials => encoder.write_str("credentials"),
+        }
+    }
+}
+
+impl From<crate::policy::TokenApi> for TokenApiLabel {
+    fn from(api: crate::policy::TokenApi) -> Self {
+        match api {
+            crate::policy::TokenApi::Stable => Self::Stable,
+            crate::policy::TokenApi::Classic => Self::Classic,
+        }
+    }
+}
+
 /// Label set `{api, result}` of `wxpush_token_requests_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TokenLabels {
-    /// `stable` or `classic`.
-    pub api: Cow<'static, str>,
-    /// `ok`, or the errcode / failure kind (`40013`, `timeout`, `transport`...).
-    pub result: Cow<'static, str>,
+    /// See [`TokenApiLabel`].
+    pub api: TokenApiLabel,
+    /// See [`TokenResult`].
+    pub result: TokenResult,
 }
 
-/// Label set `{phase}` of `wxpush_send_timeouts_total`: `connect`, `tls_handshake`,
-/// `response_header` or `request`.
+label_value! {
+    /// Which of the four timeouts ran out, for `wxpush_send_timeouts_total{phase}`.
+    pub enum TimeoutPhase {
+        /// `timeouts.connect`.
+        Connect => "connect",
+        /// `timeouts.tls`.
+        TlsHandshake => "tls_handshake",
+        /// `timeouts.responseHeader`.
+        ResponseHeader => "response_header",
+        /// `timeouts.request`.
+        Request => "request",
+    }
+}
+
+/// Label set `{phase}` of `wxpush_send_timeouts_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TimeoutLabels {
-    /// Which of the four timeouts ran out.
-    pub phase: &'static str,
+    /// See [`TimeoutPhase`].
+    pub phase: TimeoutPhase,
+}
+
+label_value! {
+    /// The WeChat event a request to `/wechat/events` carried, for `wxpush_events_total{event}`.
+    pub enum EventName {
+        /// `TEMPLATESENDJOBFINISH`, a template message's delivery report.
+        TemplateSendJobFinish => "TEMPLATESENDJOBFINISH",
+        /// Any other event (ignored).
+        Other => "other",
+        /// None was read (refused before, or not an event).
+        Unread => "-",
+    }
+}
+
+label_value! {
+    /// What became of a request to `/wechat/events`, for `wxpush_events_total{result}`.
+    pub enum EventResult {
+        /// A delivery was confirmed.
+        Confirmed => "confirmed",
+        /// The user refused the message.
+        RejectedByUser => "rejected_by_user",
+        /// Recorded on a message that is not delivered yet.
+        Recorded => "recorded",
+        /// Seen before.
+        Duplicate => "duplicate",
+        /// No message matches.
+        Unmatched => "unmatched",
+        /// Not an event the pusher uses.
+        Ignored => "ignored",
+        /// The URL check (echostr) was answered.
+        Echostr => "echostr",
+        /// A wrong or missing signature.
+        BadSignature => "bad_signature",
+        /// Malformed XML or fields.
+        BadRequest => "bad_request",
+        /// The sealed payload could not be opened.
+        DecryptFailed => "decrypt_failed",
+        /// The timestamp is outside the allowed skew.
+        Stale => "stale",
+        /// The (timestamp, nonce) pair was seen before.
+        Replayed => "replayed",
+        /// The replay guard is full; WeChat is asked to retry.
+        ReplayCacheFull => "replay_cache_full",
+        /// The store failed; WeChat is asked to retry.
+        Error => "error",
+    }
 }
 
 /// Label set `{event, result}` of `wxpush_events_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct EventLabels {
-    /// The WeChat event (`TEMPLATESENDJOBFINISH`, `other`, or `-` when none was read).
-    pub event: &'static str,
-    /// What became of it: `confirmed`, `rejected_by_user`, `recorded`, `duplicate`,
-    /// `unmatched`, `ignored`, `bad_signature`, `bad_request`, `decrypt_failed`, `error`.
-    pub result: &'static str,
+    /// See [`EventName`].
+    pub event: EventName,
+    /// See [`EventResult`].
+    pub result: EventResult,
 }
 
-/// Label set `{result}` of `wxpush_callbacks_total`: `ok` (2xx), `retry` (failed, another
-/// attempt is scheduled) or `gave_up` (dropped after `callbacks.retry` ran out).
+label_value! {
+    /// How one callback delivery ended, for `wxpush_callbacks_total{result}`.
+    pub enum CallbackResult {
+        /// The producer answered 2xx.
+        Ok => "ok",
+        /// It failed; another attempt is scheduled.
+        Retry => "retry",
+        /// Dropped after `callbacks.retry` ran out.
+        GaveUp => "gave_up",
+    }
+}
+
+/// Label set `{result}` of `wxpush_callbacks_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct CallbackLabels {
-    /// `ok`, `retry` or `gave_up`.
-    pub result: &'static str,
+    /// See [`CallbackResult`].
+    pub result: CallbackResult,
 }
 
 /// Label set `{rule}` of `wxpush_template_refusals_total`.
@@ -148,14 +310,41 @@ pub enum TemplateRuleLabel {
     no_subscription_credit,
 }
 
-/// Label set `{list}` of `wxpush_templates`, and `{list, result}` of
-/// `wxpush_template_list_fetches_total`.
+label_value! {
+    /// Which template list, for `wxpush_templates{list}` and
+    /// `wxpush_template_list_fetches_total{list}`.
+    pub enum TemplateList {
+        /// The account's private templates (Official Account).
+        Private => "private",
+        /// The subscribe-message templates.
+        Subscribe => "subscribe",
+    }
+}
+
+label_value! {
+    /// How a template-list fetch ended, for `wxpush_template_list_fetches_total{result}`.
+    pub enum FetchResult {
+        /// Read.
+        Ok => "ok",
+        /// Not read.
+        Error => "error",
+    }
+}
+
+/// Label set `{list}` of `wxpush_templates`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TemplateListLabels {
-    /// `private` or `subscribe`.
-    pub list: &'static str,
-    /// `ok` or `error` (fetches only; empty for the gauge).
-    pub result: &'static str,
+    /// See [`TemplateList`].
+    pub list: TemplateList,
+}
+
+/// Label set `{list, result}` of `wxpush_template_list_fetches_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TemplateFetchLabels {
+    /// See [`TemplateList`].
+    pub list: TemplateList,
+    /// See [`FetchResult`].
+    pub result: FetchResult,
 }
 
 pub use crate::resilience::breaker::CircuitState;
@@ -236,7 +425,7 @@ pub struct Metrics {
     pub template_refusals: Family<RuleLabels, Counter>,
     /// `wxpush_template_list_fetches_total{list,result}`: calls to WeChat's template-list APIs
     /// made by this pod.
-    pub template_fetches: Family<TemplateListLabels, Counter>,
+    pub template_fetches: Family<TemplateFetchLabels, Counter>,
     /// `wxpush_templates{list}`: templates in the cached list (-1 while never read).
     pub templates: Family<TemplateListLabels, Gauge>,
     /// `wxpush_invalid_recipients_total{provider,kind}`: recipients of delivered messages that
@@ -302,16 +491,16 @@ impl Metrics {
     }
 
     /// Counts one call to a template-list API.
-    pub fn template_fetch(&self, list: &'static str, result: &'static str) {
+    pub fn template_fetch(&self, list: TemplateList, result: FetchResult) {
         self.template_fetches
-            .get_or_create(&TemplateListLabels { list, result })
+            .get_or_create(&TemplateFetchLabels { list, result })
             .inc();
     }
 
     /// Sets how many templates a cached list holds (-1: never read).
-    pub fn set_templates(&self, list: &'static str, count: i64) {
+    pub fn set_templates(&self, list: TemplateList, count: i64) {
         self.templates
-            .get_or_create(&TemplateListLabels { list, result: "" })
+            .get_or_create(&TemplateListLabels { list })
             .set(count);
     }
 
@@ -485,7 +674,7 @@ impl Metrics {
             "Messages refused at accept by the template check, by rule",
             template_refusals.clone(),
         );
-        let template_fetches = Family::<TemplateListLabels, Counter>::default();
+        let template_fetches = Family::<TemplateFetchLabels, Counter>::default();
         registry.register(
             "template_list_fetches",
             "Calls to WeChat's template-list APIs by this pod, by list and result",
@@ -539,7 +728,7 @@ impl Metrics {
     }
 
     /// Counts one request to `/wechat/events`.
-    pub fn event(&self, event: &'static str, result: &'static str) {
+    pub fn event(&self, event: EventName, result: EventResult) {
         self.events
             .get_or_create(&EventLabels { event, result })
             .inc();
@@ -561,18 +750,18 @@ impl Metrics {
     }
 
     /// Counts a timed-out attempt by phase (in addition to [`Metrics::attempt`]).
-    pub fn timeout(&self, phase: &'static str) {
+    pub fn timeout(&self, phase: TimeoutPhase) {
         self.send_timeouts
             .get_or_create(&TimeoutLabels { phase })
             .inc();
     }
 
     /// Records one token fetch.
-    pub fn token_request(&self, api: &'static str, result: impl Into<Cow<'static, str>>) {
+    pub fn token_request(&self, api: impl Into<TokenApiLabel>, result: TokenResult) {
         self.token_requests
             .get_or_create(&TokenLabels {
-                api: Cow::Borrowed(api),
-                result: result.into(),
+                api: api.into(),
+                result,
             })
             .inc();
     }
@@ -608,7 +797,7 @@ mod tests {
         m.accepted.inc();
         m.complete(Outcome::delivered);
         m.attempt(AttemptResult::timeout, 0.5);
-        m.token_request("stable", "ok");
+        m.token_request(TokenApiLabel::Stable, TokenResult::Ok);
         m.set_queue(QueueState::ready, 7);
         m.set_circuit(CircuitState::Open);
         m.inflight.set(3);

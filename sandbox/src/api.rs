@@ -18,7 +18,9 @@ use super::state::Shared;
 use super::stats::{Endpoint, FaultKind};
 use super::templates::TemplateKind;
 use super::tokens::Issued;
+use super::wecom::api::wecom_error;
 use wxcrypto::errcode::WxCode;
+use wxcrypto::errcode::wecom::WeComCode;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json; encoding=utf-8");
 
@@ -39,9 +41,9 @@ fn token_body(issued: &Issued) -> Response {
     ))
 }
 
-/// Fault injection in front of every WeChat route: counts the request (also in flight, for
-/// overload mode), adds latency (overload latency included), then resets, fails, hangs or
-/// answers an injected errcode as the fault config says.
+/// Fault injection in front of every WeChat and WeCom route: counts the request (also in
+/// flight, for overload mode), adds latency (overload latency included), then resets, fails,
+/// hangs or answers an injected errcode as the fault config says.
 pub(crate) async fn fault_layer(
     State(state): State<Shared>,
     ConnectInfo(conn): ConnectInfo<ConnInfo>,
@@ -53,11 +55,18 @@ pub(crate) async fn fault_layer(
     if conn.first_api_request() {
         state.stats.api_connection();
     }
-    let _token_guard = matches!(endpoint, Endpoint::ClassicToken | Endpoint::StableToken)
-        .then(|| state.stats.token_in_flight());
+    let _token_guard = matches!(
+        endpoint,
+        Endpoint::ClassicToken | Endpoint::StableToken | Endpoint::WeComToken
+    )
+    .then(|| state.stats.token_in_flight());
     let send = matches!(
         endpoint,
-        Endpoint::TemplateSend | Endpoint::SubscribeSend | Endpoint::Bizsend
+        Endpoint::TemplateSend
+            | Endpoint::SubscribeSend
+            | Endpoint::Bizsend
+            | Endpoint::WeComSend
+            | Endpoint::WeComWebhook
     );
     let _send_guard = send.then(|| state.stats.send_in_flight());
     let in_flight = state.faults.enter();
@@ -92,10 +101,21 @@ pub(crate) async fn fault_layer(
             }
             response
         }
-        Decision::Errcode(code) => {
-            state.stats.injected(code);
-            wx_error(&state, code)
-        }
+        // An injected code answers the routes whose API has it; the others pass.
+        Decision::Errcode(n) if endpoint.is_wecom() => match WeComCode::from_code(n) {
+            Some(code) => {
+                state.stats.wecom.injected(code);
+                wecom_error(&state, code, Some("injected by wxpush-sandbox"))
+            }
+            None => next.run(req).await,
+        },
+        Decision::Errcode(n) => match WxCode::from_code(n) {
+            Some(code) => {
+                state.stats.injected(code);
+                wx_error(&state, code)
+            }
+            None => next.run(req).await,
+        },
     }
 }
 

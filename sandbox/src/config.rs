@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::faults::FaultConfig;
+use super::wecom::config::WeComConfig;
 
 /// How delivery events are encoded (WeChat's three server-URL modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
@@ -125,6 +126,8 @@ pub struct SandboxConfig {
     pub events: EventConfig,
     /// Faults active from the start (and restored by `POST /__reset`).
     pub faults: FaultConfig,
+    /// WeCom: the corp, its apps and robots, and their windows.
+    pub wecom: WeComConfig,
 }
 
 impl Default for SandboxConfig {
@@ -154,6 +157,7 @@ impl Default for SandboxConfig {
             ip_allowlist: None,
             events: EventConfig::default(),
             faults: FaultConfig::default(),
+            wecom: WeComConfig::default(),
         }
     }
 }

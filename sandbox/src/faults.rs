@@ -15,6 +15,7 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use wxcrypto::errcode::WxCode;
+use wxcrypto::errcode::wecom::WeComCode;
 
 /// Serde for `Duration` as a human string ("250ms", "5s") via `humantime`.
 pub mod human_duration {
@@ -73,7 +74,7 @@ pub struct OutageSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultConfig {
-    /// Fixed delay added to every WeChat API request.
+    /// Fixed delay added to every API request (WeChat and WeCom routes).
     #[serde(with = "human_duration")]
     pub latency: Duration,
     /// Extra delay drawn uniformly from `[0, jitter]` per request.
@@ -86,7 +87,9 @@ pub struct FaultConfig {
     #[serde(with = "human_duration")]
     pub hang: Duration,
     /// Share of message sends answered with an errcode, by errcode (-1, 45009, 45011, 43117, or
-    /// any code in the sandbox's table), before any processing.
+    /// any code in the sandbox's WeChat or WeCom table), before any processing. A code applies
+    /// to the sends of the API whose table has it (WeChat's sends, or WeCom's `message/send`
+    /// and `webhook/send`); other sends pass.
     pub errcodes: BTreeMap<i64, f64>,
     /// Share of requests answered with HTTP `http_5xx_status` before any processing.
     pub http_5xx_share: f64,
@@ -100,9 +103,10 @@ pub struct FaultConfig {
     /// Revoke every access_token (classic and stable) this often; sends then get 40001.
     #[serde(with = "human_duration::option")]
     pub token_invalidate_every: Option<Duration>,
-    /// Overload mode: WeChat API requests served at once without slowing down (`None` =
-    /// unlimited). Each request that arrives while `n` requests are already in flight, `n` at or
-    /// above the capacity, waits `(n + 1 - capacity) × overload_latency_per_request` more.
+    /// Overload mode: API requests (WeChat and WeCom) served at once without slowing down
+    /// (`None` = unlimited). Each request that arrives while `n` requests are already in
+    /// flight, `n` at or above the capacity, waits `(n + 1 - capacity) ×
+    /// overload_latency_per_request` more.
     pub capacity: Option<u32>,
     /// The added latency per request in flight beyond `capacity`.
     #[serde(with = "human_duration")]
@@ -170,7 +174,8 @@ impl FaultConfig {
         share("http_5xx_share", self.http_5xx_share)?;
         share("reset_share", self.reset_share)?;
         for (code, s) in &self.errcodes {
-            if WxCode::from_code(*code).is_none() || *code == 0 {
+            let known = WxCode::from_code(*code).is_some() || WeComCode::from_code(*code).is_some();
+            if !known || *code == 0 {
                 return Err(FaultConfigError::UnknownErrcode(*code));
             }
             share(&format!("errcodes[{code}]"), *s)?;
@@ -209,8 +214,8 @@ pub enum Decision {
     Http(u16),
     /// Process, then hold the answer this long.
     Hang(Duration),
-    /// Answer with this errcode (sends only; other endpoints pass).
-    Errcode(WxCode),
+    /// Answer with this errcode (sends only; other endpoints pass), if the route's API has it.
+    Errcode(i64),
 }
 
 /// The live fault configuration, cheap to consult on every request.
@@ -222,7 +227,7 @@ pub struct FaultState {
     /// Next forced token invalidation, in ms since `base` (0 = none).
     next_invalidation_ms: AtomicU64,
     base: Instant,
-    /// WeChat API requests in flight (counted whether or not overload mode is on).
+    /// API requests in flight (counted whether or not overload mode is on).
     in_flight: Arc<AtomicU64>,
 }
 
@@ -308,7 +313,7 @@ impl FaultState {
             .is_ok()
     }
 
-    /// Counts one WeChat API request in flight until the guard is dropped.
+    /// Counts one API request in flight until the guard is dropped.
     pub fn enter(&self) -> InFlight {
         let ahead = self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
@@ -317,7 +322,7 @@ impl FaultState {
         }
     }
 
-    /// WeChat API requests in flight now.
+    /// API requests in flight now.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Acquire)
     }
@@ -368,7 +373,7 @@ impl FaultState {
             for (code, share) in &cfg.errcodes {
                 edge += share;
                 if roll < edge {
-                    return WxCode::from_code(*code).map_or(Decision::Pass, Decision::Errcode);
+                    return Decision::Errcode(*code);
                 }
             }
         }
@@ -460,7 +465,7 @@ mod tests {
             errcodes: [(-1, 1.0)].into(),
             ..FaultConfig::default()
         });
-        assert_eq!(s.decide(true), Decision::Errcode(WxCode::SystemBusy));
+        assert_eq!(s.decide(true), Decision::Errcode(-1));
         assert_eq!(s.decide(false), Decision::Pass);
         s.set(FaultConfig {
             reset_share: 1.0,

@@ -22,7 +22,8 @@
 //! validation, quotas, de-duplication), [`validate`] (subscribe data rules), [`templates`] (the account's template catalogue,
 //! consents and recorded deliveries), [`events`]
 //! (TEMPLATESENDJOBFINISH delivery), [`faults`] (what to inject), [`stats`] (counters),
-//! [`quota`] (calendar-window counters), and the private HTTP side:
+//! [`quota`] (calendar-window counters), [`wecom`] (WeCom's token, message, recall, robot
+//! and callback APIs), and the private HTTP side:
 //! `state` (what the handlers share), `api` (WeChat routes), `admin` (`/__` routes), `net`
 //! (outages and resets), `server` (start, stop, router).
 
@@ -40,11 +41,16 @@ pub mod stats;
 pub mod templates;
 pub mod tokens;
 pub mod validate;
+pub mod wecom;
 
 pub use config::{EventConfig, EventMode, SandboxConfig, parse_list};
 pub use faults::{FaultConfig, FaultConfigError, OutageSpec};
 pub use server::{Sandbox, SandboxError, SandboxHandle};
 pub use stats::{EventCounts, OpenidCounts, StatsSnapshot, TokenCounts};
 pub use templates::{Delivery, TemplateDef, TemplateKind};
+pub use wecom::config::{WeComApp, WeComCallbackConfig, WeComConfig};
+pub use wecom::events::{Delivered, Verification, WeComEvent};
+pub use wecom::recall::SentMessage;
+pub use wecom::stats::WeComSnapshot;
 /// WeChat's errcodes: the one table the sandbox answers with and the pusher classifies by.
 pub use wxcrypto::errcode::WxCode;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use wxpush_sandbox::wecom::config::parse_app;
 use wxpush_sandbox::{
-    EventConfig, EventMode, FaultConfig, OutageSpec, Sandbox, SandboxConfig, TemplateDef,
-    parse_list,
+    EventConfig, EventMode, FaultConfig, OutageSpec, Sandbox, SandboxConfig, TemplateDef, WeComApp,
+    WeComCallbackConfig, WeComConfig, parse_list,
 };
 
 /// A quota or limit: a number, or `unlimited`.
@@ -64,12 +65,14 @@ fn parse_set(s: &str) -> Result<HashSet<String>, String> {
 }
 
 /// A faithful, fast stand-in for the WeChat API: access_token (classic and stable), template
-/// and subscribe message sends, TEMPLATESENDJOBFINISH events, and fault injection.
+/// and subscribe message sends, TEMPLATESENDJOBFINISH events, and fault injection; and for
+/// WeCom's: gettoken, message/send, message/recall, group robots and the callback URL.
 ///
 /// Prints `wxpush-sandbox listening on http://ADDR` on stdout once it accepts connections.
 /// Admin routes: GET /__stats, POST /__reset, GET|PUT|PATCH /__faults,
 /// POST /__tokens/invalidate, GET /__config, GET /__health, GET /__deliveries,
-/// GET|POST /__subscriptions.
+/// GET|POST /__subscriptions, GET /__wecom/messages, POST /__wecom/verify,
+/// POST /__wecom/events.
 #[derive(Debug, Parser)]
 #[command(name = "wxpush-sandbox", version, max_term_width = 100)]
 struct Cli {
@@ -243,6 +246,78 @@ struct Cli {
     /// Latency added per request in flight beyond --fault-capacity.
     #[arg(long, default_value = "250us", value_parser = parse_duration, help_heading = "Faults")]
     fault_overload_latency_per_request: Duration,
+
+    // --- WeCom ---
+    /// The WeCom corp id (`corpid` of gettoken; the callback's receive id).
+    #[arg(
+        long,
+        env = "WXPUSH_SANDBOX_WECOM_CORP_ID",
+        default_value = "wwcorp",
+        help_heading = "WeCom"
+    )]
+    wecom_corp_id: String,
+    /// An app of the corp, AGENTID=SECRET (repeatable, or comma-separated in the variable).
+    #[arg(
+        long = "wecom-app",
+        env = "WXPUSH_SANDBOX_WECOM_APPS",
+        value_delimiter = ',',
+        default_value = "1000002=wecom-secret",
+        value_parser = parse_app,
+        hide_env_values = true,
+        help_heading = "WeCom"
+    )]
+    wecom_apps: Vec<WeComApp>,
+    /// A group robot's webhook key (repeatable, or comma-separated in the variable).
+    #[arg(
+        long = "wecom-robot-key",
+        env = "WXPUSH_SANDBOX_WECOM_ROBOT_KEYS",
+        value_delimiter = ',',
+        default_value = "robot-key",
+        hide_env_values = true,
+        help_heading = "WeCom"
+    )]
+    wecom_robot_keys: Vec<String>,
+    /// The apps' trusted IP list, `a,b`: gettoken, message/send and message/recall from any
+    /// other address get 60020. Default: any address.
+    #[arg(long, value_delimiter = ',', help_heading = "WeCom")]
+    wecom_trusted_ips: Option<Vec<std::net::IpAddr>>,
+    /// How long after a send message/recall still works (then 40058).
+    #[arg(long, default_value = "24h", value_parser = parse_duration, help_heading = "WeCom")]
+    wecom_recall_window: Duration,
+    /// Messages per robot key in any --wecom-robot-window (then 45009).
+    #[arg(long, default_value_t = 20, help_heading = "WeCom")]
+    wecom_robot_limit: u32,
+    /// The robots' sliding window.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, help_heading = "WeCom")]
+    wecom_robot_window: Duration,
+    /// The callback URL: verified by POST /__wecom/verify; events of POST /__wecom/events go
+    /// there (none: no callback).
+    #[arg(long, help_heading = "WeCom")]
+    wecom_callback_url: Option<String>,
+    /// The callback Token, for msg_signature.
+    #[arg(
+        long,
+        env = "WXPUSH_SANDBOX_WECOM_CALLBACK_TOKEN",
+        default_value = "wecomtoken",
+        hide_env_values = true,
+        help_heading = "WeCom"
+    )]
+    wecom_callback_token: String,
+    /// The callback's 43-character EncodingAESKey.
+    #[arg(
+        long,
+        env = "WXPUSH_SANDBOX_WECOM_CALLBACK_AES_KEY",
+        default_value = wxpush_sandbox::wecom::config::DEFAULT_AES_KEY,
+        hide_env_values = true,
+        help_heading = "WeCom"
+    )]
+    wecom_callback_aes_key: String,
+    /// How long to wait for the callback's answer before retrying.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = "WeCom")]
+    wecom_callback_timeout: Duration,
+    /// Retries of an event after a timeout, transport error or non-2xx answer.
+    #[arg(long, default_value_t = 3, help_heading = "WeCom")]
+    wecom_callback_retries: u32,
 }
 
 impl Cli {
@@ -303,6 +378,22 @@ impl Cli {
                 token_invalidate_every: self.fault_token_invalidate_every,
                 capacity: self.fault_capacity,
                 overload_latency_per_request: self.fault_overload_latency_per_request,
+            },
+            wecom: WeComConfig {
+                corp_id: self.wecom_corp_id,
+                apps: self.wecom_apps,
+                robot_keys: self.wecom_robot_keys,
+                trusted_ips: self.wecom_trusted_ips,
+                recall_window: self.wecom_recall_window,
+                robot_limit: self.wecom_robot_limit,
+                robot_window: self.wecom_robot_window,
+                callback: WeComCallbackConfig {
+                    url: self.wecom_callback_url,
+                    token: self.wecom_callback_token,
+                    aes_key: self.wecom_callback_aes_key,
+                    timeout: self.wecom_callback_timeout,
+                    retries: self.wecom_callback_retries,
+                },
             },
         }
     }

@@ -20,6 +20,9 @@ use super::state::{Shared, State, TokenQuota};
 use super::stats::{Stats, StatsSnapshot};
 use super::templates::{Delivery, Templates};
 use super::tokens::TokenStore;
+use super::wecom::events::{CallbackError, CallbackUse, Delivered, Verification, WeComEvent};
+use super::wecom::recall::SentMessage;
+use super::wecom::{self, WeCom};
 
 /// Why the sandbox could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +42,9 @@ pub enum SandboxError {
     /// Event delivery is misconfigured.
     #[error(transparent)]
     Events(#[from] EventSetupError),
+    /// The WeCom callback is misconfigured.
+    #[error(transparent)]
+    WeComCallback(#[from] CallbackError),
 }
 
 fn router(state: Shared) -> Router {
@@ -53,6 +59,10 @@ fn router(state: Shared) -> Router {
             get(api::private_templates),
         )
         .route("/wxaapi/newtmpl/gettemplate", get(api::subscribe_templates))
+        .route("/cgi-bin/gettoken", get(wecom::api::gettoken))
+        .route("/cgi-bin/message/send", post(wecom::api::message_send))
+        .route("/cgi-bin/message/recall", post(wecom::api::message_recall))
+        .route("/cgi-bin/webhook/send", post(wecom::api::webhook_send))
         .fallback(api::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -75,6 +85,9 @@ fn router(state: Shared) -> Router {
             get(admin::get_subscriptions).post(admin::add_subscription),
         )
         .route("/__health", get(admin::health))
+        .route("/__wecom/messages", get(wecom::admin::messages))
+        .route("/__wecom/verify", post(wecom::admin::verify))
+        .route("/__wecom/events", post(wecom::admin::event))
         .layer(axum::middleware::from_fn(admin::admin_layer));
     admin.merge(wechat).with_state(state)
 }
@@ -91,6 +104,12 @@ impl Sandbox {
         let stats = Arc::new(Stats::default());
         let shutdown = CancellationToken::new();
         let events = Arc::new(Events::new(&config, Arc::clone(&stats), shutdown.clone())?);
+        let wecom = WeCom::new(
+            &config.wecom,
+            config.token_expires_in,
+            Arc::clone(&stats),
+            shutdown.clone(),
+        )?;
         let net = NetControl::new(Arc::clone(&stats));
         let listener = SandboxListener::bind(config.listen, Arc::clone(&net))
             .await
@@ -113,6 +132,7 @@ impl Sandbox {
             events,
             net,
             shutdown: shutdown.clone(),
+            wecom,
             cfg: config,
         });
         state.apply_faults(state.cfg.faults.clone(), true)?;
@@ -195,6 +215,27 @@ impl SandboxHandle {
     /// Consents left of `openid` to `template_id`.
     pub fn consents(&self, openid: &str, template_id: &str) -> u64 {
         self.state.templates.consents(openid, template_id)
+    }
+
+    /// The WeCom application messages sent, oldest first (`GET /__wecom/messages`).
+    pub fn wecom_messages(&self) -> Vec<SentMessage> {
+        self.state.wecom.sent.list()
+    }
+
+    /// Verifies the WeCom callback URL now (`POST /__wecom/verify`).
+    pub async fn wecom_verify(&self) -> Result<Verification, CallbackUse> {
+        self.state.wecom.callback.verify().await
+    }
+
+    /// Applies a WeCom event to the directory and sends it to the callback URL as the app
+    /// `agentid` (default: the first), waiting for its outcome (`POST /__wecom/events`).
+    pub async fn wecom_event(
+        &self,
+        event: &WeComEvent,
+        agentid: Option<u64>,
+    ) -> Result<Delivered, CallbackUse> {
+        event.apply(&self.state.wecom.directory);
+        self.state.wecom.callback.send(event, agentid).await
     }
 
     /// As `POST /__reset`.

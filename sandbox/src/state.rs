@@ -16,6 +16,7 @@ use super::quota::WindowCounter;
 use super::stats::{FaultKind, Stats};
 use super::templates::Templates;
 use super::tokens::TokenStore;
+use super::wecom::WeCom;
 
 /// Token-endpoint call counters.
 #[derive(Debug, Default)]
@@ -38,6 +39,7 @@ pub(crate) struct State {
     pub(crate) events: Arc<Events>,
     pub(crate) net: Arc<NetControl>,
     pub(crate) shutdown: CancellationToken,
+    pub(crate) wecom: WeCom,
 }
 
 /// The state as handlers hold it.
@@ -48,15 +50,17 @@ impl State {
     pub(crate) fn maybe_invalidate(&self, now: Instant) {
         if self.faults.take_due_invalidation(now) {
             self.tokens.revoke_all(now);
+            self.wecom.tokens.revoke_all(now);
             self.stats.fault(FaultKind::TokenInvalidation);
             tracing::info!("fault: every access_token invalidated");
         }
     }
 
-    /// Revokes every token now; returns how many were live.
+    /// Revokes every token now, WeChat's and WeCom's; returns how many were live.
     pub(crate) fn invalidate_tokens(&self) -> usize {
         self.stats.fault(FaultKind::TokenInvalidation);
-        self.tokens.revoke_all(Instant::now())
+        let now = Instant::now();
+        self.tokens.revoke_all(now) + self.wecom.tokens.revoke_all(now)
     }
 
     /// Validates and applies a fault config; schedules its outage when `schedule_outage`.
@@ -84,6 +88,7 @@ impl State {
         self.tokens.reset();
         self.messages.reset();
         self.templates.reset();
+        self.wecom.reset();
         self.token_quota.classic_daily.reset();
         self.token_quota.stable_minute.reset();
         self.token_quota.stable_daily.reset();

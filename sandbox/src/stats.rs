@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+use super::wecom::stats::{WeComSnapshot, WeComStats};
 use wxcrypto::errcode::WxCode;
 
 const SHARDS: usize = 16;
@@ -30,12 +31,20 @@ pub enum Endpoint {
     TemplateList,
     /// `GET /wxaapi/newtmpl/gettemplate`.
     SubscribeTemplateList,
+    /// WeCom `GET /cgi-bin/gettoken`.
+    WeComToken,
+    /// WeCom `POST /cgi-bin/message/send`.
+    WeComSend,
+    /// WeCom `POST /cgi-bin/message/recall`.
+    WeComRecall,
+    /// WeCom `POST /cgi-bin/webhook/send`.
+    WeComWebhook,
     /// Any other path.
     Other,
 }
 
 impl Endpoint {
-    const ALL: [Endpoint; 8] = [
+    const ALL: [Endpoint; 12] = [
         Endpoint::ClassicToken,
         Endpoint::StableToken,
         Endpoint::TemplateSend,
@@ -43,6 +52,10 @@ impl Endpoint {
         Endpoint::Bizsend,
         Endpoint::TemplateList,
         Endpoint::SubscribeTemplateList,
+        Endpoint::WeComToken,
+        Endpoint::WeComSend,
+        Endpoint::WeComRecall,
+        Endpoint::WeComWebhook,
         Endpoint::Other,
     ];
 
@@ -56,6 +69,10 @@ impl Endpoint {
             Endpoint::Bizsend => "bizsend",
             Endpoint::TemplateList => "template_list",
             Endpoint::SubscribeTemplateList => "subscribe_template_list",
+            Endpoint::WeComToken => "wecom_gettoken",
+            Endpoint::WeComSend => "wecom_message_send",
+            Endpoint::WeComRecall => "wecom_message_recall",
+            Endpoint::WeComWebhook => "wecom_webhook_send",
             Endpoint::Other => "other",
         }
     }
@@ -70,12 +87,27 @@ impl Endpoint {
             "/cgi-bin/message/subscribe/bizsend" => Endpoint::Bizsend,
             "/cgi-bin/template/get_all_private_template" => Endpoint::TemplateList,
             "/wxaapi/newtmpl/gettemplate" => Endpoint::SubscribeTemplateList,
+            "/cgi-bin/gettoken" => Endpoint::WeComToken,
+            "/cgi-bin/message/send" => Endpoint::WeComSend,
+            "/cgi-bin/message/recall" => Endpoint::WeComRecall,
+            "/cgi-bin/webhook/send" => Endpoint::WeComWebhook,
             _ => Endpoint::Other,
         }
     }
 
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// Whether this is a WeCom route.
+    pub fn is_wecom(self) -> bool {
+        matches!(
+            self,
+            Endpoint::WeComToken
+                | Endpoint::WeComSend
+                | Endpoint::WeComRecall
+                | Endpoint::WeComWebhook
+        )
     }
 }
 
@@ -149,11 +181,11 @@ pub struct TokenCounts {
     pub stable: u64,
     /// Of those, with `force_refresh: true`.
     pub stable_force_refresh: u64,
-    /// New tokens issued (both APIs).
+    /// New tokens issued (both WeChat APIs; WeCom's are in `wecom.apps`).
     pub issued: u64,
-    /// Most token requests (both APIs) that were in flight at the sandbox at one time, from
-    /// arrival to answer, injected latency included: how a "single refresh in flight" claim is
-    /// checked from outside.
+    /// Most token requests (both WeChat APIs and WeCom's `gettoken`, together) that were in
+    /// flight at the sandbox at one time, from arrival to answer, injected latency included:
+    /// how a "single refresh in flight" claim is checked from outside.
     #[serde(default)]
     pub max_in_flight: u64,
 }
@@ -161,7 +193,8 @@ pub struct TokenCounts {
 /// The `GET /__stats` document.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatsSnapshot {
-    /// WeChat API requests received (admin routes excluded), faulted ones included.
+    /// API requests received, WeChat and WeCom routes (admin routes excluded), faulted ones
+    /// included.
     pub requests_total: u64,
     /// The same by endpoint (`token`, `stable_token`, `template_send`, ...).
     pub requests: BTreeMap<String, u64>,
@@ -181,14 +214,17 @@ pub struct StatsSnapshot {
     pub events: EventCounts,
     /// Per-openid counts.
     pub per_openid: BTreeMap<String, OpenidCounts>,
-    /// TCP connections that carried at least one WeChat API request (admin routes excluded):
-    /// how a client's connection reuse is checked from outside.
+    /// TCP connections that carried at least one WeChat or WeCom API request (admin routes
+    /// excluded): how a client's connection reuse is checked from outside.
     #[serde(default)]
     pub api_connections: u64,
-    /// Most send requests (template, subscribe, bizsend) in flight at the sandbox at one time,
-    /// from arrival to answer, injected latency included.
+    /// Most send requests (template, subscribe, bizsend, and WeCom's message and webhook sends)
+    /// in flight at the sandbox at one time, from arrival to answer, injected latency included.
     #[serde(default)]
     pub sends_max_in_flight: u64,
+    /// WeCom's counters (its errcodes are counted here, not in `errcodes`).
+    #[serde(default)]
+    pub wecom: WeComSnapshot,
 }
 
 /// A request in flight; dropping it ends it.
@@ -204,7 +240,7 @@ impl Drop for InFlight<'_> {
 /// Live counters.
 #[derive(Debug)]
 pub struct Stats {
-    requests: [AtomicU64; 8],
+    requests: [AtomicU64; 12],
     delivered: AtomicU64,
     duplicates: AtomicU64,
     errcodes: [AtomicU64; WxCode::ALL.len()],
@@ -226,6 +262,8 @@ pub struct Stats {
     ev_status: [AtomicU64; 3],
     openids: [Mutex<HashMap<Box<str>, OpenidCounts>>; SHARDS],
     hasher: RandomState,
+    /// WeCom's counters.
+    pub(crate) wecom: WeComStats,
 }
 
 /// The three `Status` values of TEMPLATESENDJOBFINISH.
@@ -264,6 +302,7 @@ impl Default for Stats {
             ev_status: Default::default(),
             openids: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             hasher: RandomState::new(),
+            wecom: WeComStats::default(),
         }
     }
 }
@@ -461,6 +500,7 @@ impl Stats {
             per_openid,
             api_connections: read(&self.api_connections),
             sends_max_in_flight: read(&self.sends_max_in_flight),
+            wecom: self.wecom.snapshot(),
         }
     }
 
@@ -494,6 +534,7 @@ impl Stats {
         for shard in &self.openids {
             shard.lock().clear();
         }
+        self.wecom.reset();
     }
 }
 

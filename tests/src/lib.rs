@@ -137,6 +137,7 @@ impl Drop for ChildGuard {
 
 pub mod cluster;
 pub mod crd_schema;
+pub mod hpa;
 pub mod kube;
 pub mod pod_runner;
 pub mod pusher;

@@ -365,13 +365,13 @@ async fn sigterm_drains_and_keeps_the_rest() {
     let msgs: Vec<Value> = (0..6).map(|i| template(&format!("s{i}"))).collect();
     let ids = pusher.api.batch_ids(&msgs).await;
     let api = pusher.api.clone();
-    wait_for("sends in flight", Duration::from_secs(20), || {
-        let api = api.clone();
+    // In flight means at WeChat: a request the sandbox has received and not yet answered
+    // (leased messages still waiting for a slot of the concurrency gate are not sent).
+    wait_for("sends in flight at WeChat", Duration::from_secs(20), || {
+        let wx = wx.clone();
         async move {
-            (api.metric("wxpush_queue_messages", &[("state", "inflight")])
-                .await
-                >= 1.0)
-                .then_some(())
+            let stats = wx.stats().await;
+            (stats.requests.get("template_send").copied().unwrap_or(0) >= 1).then_some(())
         }
     })
     .await;

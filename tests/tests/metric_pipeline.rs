@@ -5,7 +5,7 @@
 //! own relabel rules). The test runs the exact PromQL of `charts/wxpush-operator/adapter/queries.yaml`
 //! (the prometheus-adapter rules and the KEDA triggers) against Prometheus's HTTP API, reads the
 //! consumer group's lag as KEDA's `redis-streams` trigger does, and feeds every answer into the
-//! HPA algorithm (`wxpush_operator::hpa`): with load, the desired replicas rise above the
+//! HPA algorithm (`wxpush_tests::hpa`): with load, the desired replicas rise above the
 //! current three; once the load is gone, they fall to `minReplicas`, not before the scale-down
 //! stabilisation window has passed.
 //!
@@ -17,8 +17,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wxpush_operator::hpa::{self, Hpa};
 use wxpush_operator::reconcile::build::{redis_stream, relabelings};
+use wxpush_tests::hpa::{self, Hpa};
 use wxpush_tests::pusher::{PusherProc, config, tempdir, template};
 use wxpush_tests::redis::RedisServer;
 use wxpush_tests::{ChildGuard, free_port, sandbox, wait_for, workspace_root};

@@ -6,11 +6,13 @@
 //! [`SecretKeyRef`] (a key in a Kubernetes Secret; values are never written into the resource),
 //! the config file a [`LocalSecret`] (a file, an environment variable, or inline for local runs).
 
+mod backoff;
 pub mod disk;
 mod duration;
 mod secret;
 pub mod wecom;
 
+pub use backoff::Backoff;
 pub use duration::{DURATION_PATTERN, DurationError, HumanDuration};
 pub use secret::{LocalSecret, SecretError, SecretKeyRef};
 

@@ -25,6 +25,7 @@ use crate::unknown_fields::UnknownFields;
 use apply::Prune;
 use build::BuildInput;
 use status::{Observation, Outcome};
+use wxpush_api::policy::Backoff;
 
 /// Tunables of the reconciler (the operator's flags).
 #[derive(Debug, Clone)]
@@ -144,11 +145,7 @@ impl Context {
             *n = n.saturating_add(1);
             *n
         };
-        let factor = 2u32.saturating_pow(n.saturating_sub(1).min(20));
-        self.settings
-            .backoff_base
-            .saturating_mul(factor)
-            .min(self.settings.backoff_max)
+        Backoff::doubling(self.settings.backoff_base, self.settings.backoff_max).delay(n, 0.0)
     }
 
     fn succeeded(&self, key: &str) {

@@ -19,7 +19,9 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::config::PusherConfig;
-use crate::metrics::{AttemptLabels, AttemptResult, Outcome, OutcomeLabels, TokenLabels};
+use crate::metrics::{
+    AttemptLabels, AttemptResult, Outcome, OutcomeLabels, TokenApiLabel, TokenLabels, TokenResult,
+};
 use crate::wiring::{Pusher, ServerError};
 use wxpush_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 
@@ -326,8 +328,7 @@ impl Demo {
             .metrics()
             .templates
             .get_or_create(&crate::metrics::TemplateListLabels {
-                list: "private",
-                result: "",
+                list: crate::metrics::TemplateList::Private,
             })
             .clone();
         while gauge.get() < 1 {
@@ -620,11 +621,11 @@ impl MetricCounts {
                 .get_or_create(&AttemptLabels { result })
                 .get()
         };
-        let token = |api: &'static str| {
+        let token = |api: TokenApiLabel| {
             m.token_requests
                 .get_or_create(&TokenLabels {
-                    api: api.into(),
-                    result: "ok".into(),
+                    api,
+                    result: TokenResult::Ok,
                 })
                 .get()
         };
@@ -642,7 +643,7 @@ impl MetricCounts {
             ],
             breaker_opens: m.circuit_opens.get(),
             hedges: m.hedged_sends.get(),
-            token_ok: token("stable") + token("classic"),
+            token_ok: token(TokenApiLabel::Stable) + token(TokenApiLabel::Classic),
         }
     }
 }

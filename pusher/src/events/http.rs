@@ -29,6 +29,8 @@ use jiff::Timestamp;
 use super::replay::{Refusal, ReplayGuard};
 use super::{DeliveryEvent, EventOutcome, is_template_event, parse_xml};
 use crate::metrics::Metrics;
+use crate::metrics::{EventName, EventResult};
+use crate::resilience::backoff::Backoff;
 use crate::store::Store;
 use wxcrypto::{Cipher, verify_msg_signature, verify_signature};
 
@@ -87,7 +89,7 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response {
 }
 
 fn refused<S>(state: &EventsState<S>, why: Refusal) -> Response {
-    state.metrics.event("-", why.metric_label());
+    state.metrics.event(EventName::Unread, why.metric_label());
     match why {
         Refusal::Stale => text(StatusCode::FORBIDDEN, "stale timestamp"),
         Refusal::Replayed => text(StatusCode::FORBIDDEN, "replayed request"),
@@ -116,7 +118,9 @@ async fn verify_url<S: Store>(
     Query(q): Params,
 ) -> Response {
     if !signed(&state, &q) {
-        state.metrics.event("-", "bad_signature");
+        state
+            .metrics
+            .event(EventName::Unread, EventResult::BadSignature);
         return text(StatusCode::FORBIDDEN, "invalid signature");
     }
     if let Err(why) = state
@@ -126,7 +130,7 @@ async fn verify_url<S: Store>(
     {
         return refused(&state, why);
     }
-    state.metrics.event("-", "echostr");
+    state.metrics.event(EventName::Unread, EventResult::Echostr);
     text(StatusCode::OK, param(&q, "echostr"))
 }
 
@@ -150,14 +154,14 @@ async fn receive<S: Store>(
         },
         None => {
             if param(&q, "encrypt_type").eq_ignore_ascii_case("aes") {
-                metrics.event("-", "bad_request");
+                metrics.event(EventName::Unread, EventResult::BadRequest);
                 return text(
                     StatusCode::BAD_REQUEST,
                     "events.mode is plain: this pusher has no EncodingAESKey",
                 );
             }
             if !signed(&state, &q) {
-                metrics.event("-", "bad_signature");
+                metrics.event(EventName::Unread, EventResult::BadSignature);
                 return text(StatusCode::FORBIDDEN, "invalid signature");
             }
             body.to_vec()
@@ -176,31 +180,31 @@ async fn receive<S: Store>(
     let xml = match parse_xml(&plain_xml) {
         Ok(x) => x,
         Err(_) => {
-            metrics.event("-", "bad_request");
+            metrics.event(EventName::Unread, EventResult::BadRequest);
             return text(StatusCode::BAD_REQUEST, "malformed XML");
         }
     };
     if !is_template_event(&xml) {
-        metrics.event("other", "ignored");
+        metrics.event(EventName::Other, EventResult::Ignored);
         return success();
     }
     let event = match DeliveryEvent::from_xml(&xml, Timestamp::now()) {
         Ok(e) => e,
         Err(e) => {
-            metrics.event(super::TEMPLATE_EVENT, "bad_request");
+            metrics.event(EventName::TemplateSendJobFinish, EventResult::BadRequest);
             return text(StatusCode::BAD_REQUEST, e.to_string());
         }
     };
     match record(&state, event).await {
         Ok(outcome) => {
-            metrics.event(super::TEMPLATE_EVENT, outcome.metric_label());
+            metrics.event(EventName::TemplateSendJobFinish, outcome.metric_label());
             success()
         }
         Err(e) => {
             tracing::warn!(error = %e, "event not recorded");
             // WeChat retries: its retry must not be taken for a replay.
             state.replay.lock().release(reserved);
-            metrics.event(super::TEMPLATE_EVENT, "error");
+            metrics.event(EventName::TemplateSendJobFinish, EventResult::Error);
             text(StatusCode::SERVICE_UNAVAILABLE, "retry later")
         }
     }
@@ -216,7 +220,7 @@ fn open_sealed<S>(
 ) -> Result<Vec<u8>, (StatusCode, &'static str)> {
     let metrics = &state.metrics;
     let Ok(outer) = parse_xml(body) else {
-        metrics.event("-", "bad_request");
+        metrics.event(EventName::Unread, EventResult::BadRequest);
         return Err((StatusCode::BAD_REQUEST, "malformed XML"));
     };
     let sig = param(q, "msg_signature");
@@ -224,7 +228,7 @@ fn open_sealed<S>(
     let Some(encrypt) = encrypt.filter(|_| !sig.is_empty()) else {
         // A plaintext body, or one without its msg_signature: a downgrade attempt or a
         // misconfigured mode. Either way it is not signed over its content.
-        metrics.event("-", "bad_signature");
+        metrics.event(EventName::Unread, EventResult::BadSignature);
         return Err((
             StatusCode::FORBIDDEN,
             "events.mode is sealed: msg_signature over <Encrypt> required",
@@ -237,12 +241,12 @@ fn open_sealed<S>(
         encrypt,
         sig,
     ) {
-        metrics.event("-", "bad_signature");
+        metrics.event(EventName::Unread, EventResult::BadSignature);
         return Err((StatusCode::FORBIDDEN, "invalid msg_signature"));
     }
     cipher.decrypt(encrypt).map_err(|e| {
         tracing::warn!(reason = e.metric_label(), "event payload cannot be opened");
-        metrics.event("-", "decrypt_failed");
+        metrics.event(EventName::Unread, EventResult::DecryptFailed);
         (StatusCode::BAD_REQUEST, "cannot decrypt")
     })
 }
@@ -257,8 +261,11 @@ async fn record<S: Store>(
     event: DeliveryEvent,
 ) -> Result<EventOutcome, crate::store::StoreError> {
     let deadline = tokio::time::Instant::now() + state.match_wait;
-    let mut pause = Duration::from_millis(20);
+    let curve = Backoff::doubling(Duration::from_millis(20), Duration::from_millis(250));
+    let mut tries = 0;
     loop {
+        tries += 1;
+        let pause = curve.delay(tries, 0.0);
         let last = tokio::time::Instant::now() + pause > deadline;
         let fallback = event.msgid == 0 || last;
         let outcome = state.store.record_event(event.clone(), fallback).await?;
@@ -269,6 +276,5 @@ async fn record<S: Store>(
             return Ok(outcome);
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(250));
     }
 }

@@ -16,6 +16,7 @@
 //! Safe mode (`encrypt_type=aes`) is the real protection: its `msg_signature` covers the
 //! ciphertext too, so a body cannot be swapped at all. These rules still stop replays there.
 
+use crate::metrics::EventResult;
 use std::collections::BTreeSet;
 
 /// Most `(timestamp, nonce)` pairs remembered at once.
@@ -36,11 +37,11 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `result` label of `wxpush_events_total`.
-    pub fn metric_label(self) -> &'static str {
+    pub fn metric_label(self) -> EventResult {
         match self {
-            Self::Stale => "stale",
-            Self::Replayed => "replayed",
-            Self::Full => "replay_cache_full",
+            Self::Stale => EventResult::Stale,
+            Self::Replayed => EventResult::Replayed,
+            Self::Full => EventResult::ReplayCacheFull,
         }
     }
 }

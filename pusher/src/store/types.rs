@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::millis;
 use crate::message::{EventRecord, MAX_EVENTS_PER_MESSAGE, MessageId, MessageRecord, Status};
+use crate::metrics::EventResult;
 use crate::send::SendError;
 
 /// The `Status` of a TEMPLATESENDJOBFINISH event.
@@ -123,16 +124,16 @@ pub enum EventOutcome {
 
 impl EventOutcome {
     /// The `result` label of `wxpush_events_total`.
-    pub fn metric_label(&self) -> &'static str {
+    pub fn metric_label(&self) -> EventResult {
         match self {
             Self::Applied {
                 status: Status::RejectedByUser,
                 ..
-            } => "rejected_by_user",
-            Self::Applied { .. } => "confirmed",
-            Self::Recorded { .. } => "recorded",
-            Self::Duplicate => "duplicate",
-            Self::Unmatched => "unmatched",
+            } => EventResult::RejectedByUser,
+            Self::Applied { .. } => EventResult::Confirmed,
+            Self::Recorded { .. } => EventResult::Recorded,
+            Self::Duplicate => EventResult::Duplicate,
+            Self::Unmatched => EventResult::Unmatched,
         }
     }
 }

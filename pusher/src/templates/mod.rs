@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::message::Message;
+use crate::metrics::FetchResult;
 use crate::metrics::Metrics;
 use crate::policy::{TemplatePolicy, TemplateValidation};
 use crate::send::TemplateLists;
@@ -240,9 +241,9 @@ impl Registry {
                 .map_or(-1, |m| i64::try_from(m.len()).unwrap_or(i64::MAX))
         };
         self.metrics
-            .set_templates(List::Private.as_str(), count(&cat.private));
+            .set_templates(List::Private, count(&cat.private));
         self.metrics
-            .set_templates(List::Subscribe.as_str(), count(&cat.subscribe));
+            .set_templates(List::Subscribe, count(&cat.subscribe));
         *self.catalogue.write() = Arc::new(cat);
     }
 
@@ -298,7 +299,7 @@ impl Registry {
         };
         match read {
             Ok(v) => {
-                self.metrics.template_fetch(list.as_str(), "ok");
+                self.metrics.template_fetch(list, FetchResult::Ok);
                 Some(v)
             }
             Err(e) => {
@@ -309,7 +310,7 @@ impl Registry {
                     self.tokens.invalidate(token);
                 }
                 tracing::warn!(list = list.as_str(), error = %e, "template list not read");
-                self.metrics.template_fetch(list.as_str(), "error");
+                self.metrics.template_fetch(list, FetchResult::Error);
                 None
             }
         }

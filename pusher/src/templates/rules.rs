@@ -10,15 +10,8 @@ use serde_json::{Map, Value};
 
 use crate::message::TemplateNote;
 
-/// Which list of the account a template is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum List {
-    /// Official Account template messages (`kind: template`).
-    Private,
-    /// Subscribe templates (`kind: subscribe` and `bizsend`).
-    Subscribe,
-}
+/// Which list of the account a template belongs to (also the metrics' `list` label).
+pub use crate::metrics::TemplateList as List;
 
 impl List {
     /// The list a message of `kind` is checked against.
@@ -26,14 +19,6 @@ impl List {
         match kind {
             crate::send::MessageKind::Template => Self::Private,
             _ => Self::Subscribe,
-        }
-    }
-
-    /// `private` or `subscribe`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Private => "private",
-            Self::Subscribe => "subscribe",
         }
     }
 }

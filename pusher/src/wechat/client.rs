@@ -47,6 +47,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
+use crate::metrics::TimeoutPhase;
 use crate::policy::{Pool, Timeouts};
 use crate::send::ErrorKind;
 
@@ -82,12 +83,12 @@ impl Phase {
     }
 
     /// The `phase` label of `wxpush_send_timeouts_total`.
-    pub fn label(self) -> &'static str {
+    pub fn label(self) -> TimeoutPhase {
         match self {
-            Self::Connect => "connect",
-            Self::TlsHandshake => "tls_handshake",
-            Self::ResponseHeader => "response_header",
-            Self::Request => "request",
+            Self::Connect => TimeoutPhase::Connect,
+            Self::TlsHandshake => TimeoutPhase::TlsHandshake,
+            Self::ResponseHeader => TimeoutPhase::ResponseHeader,
+            Self::Request => TimeoutPhase::Request,
         }
     }
 }
@@ -97,7 +98,7 @@ impl Phase {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HttpError {
     /// One of the four timeouts ran out.
-    #[error("{} timeout ran out after {after:?}", .phase.label())]
+    #[error("{} timeout ran out after {after:?}", .phase.label().as_str())]
     Timeout {
         /// Which.
         phase: Phase,
@@ -112,6 +113,10 @@ pub enum HttpError {
     /// whether WeChat got it is unknown.
     #[error("transport error: {0}")]
     Transport(String),
+    /// The pusher is stopping: the request waited for a slot of the concurrency gate and was
+    /// never sent (a drain lets the requests under way finish, and starts no new one).
+    #[error("not sent: the pusher is stopping")]
+    Stopping,
 }
 
 impl HttpError {
@@ -119,7 +124,7 @@ impl HttpError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::Timeout { phase, .. } => phase.kind(),
-            Self::Connect(_) | Self::Transport(_) => ErrorKind::Transport,
+            Self::Connect(_) | Self::Transport(_) | Self::Stopping => ErrorKind::Transport,
         }
     }
 
@@ -128,6 +133,7 @@ impl HttpError {
         matches!(
             self,
             Self::Connect(_)
+                | Self::Stopping
                 | Self::Timeout {
                     phase: Phase::Connect | Phase::TlsHandshake,
                     ..
@@ -486,7 +492,7 @@ impl Drop for ConnectStint {
 /// Why a connection could not be set up.
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
-    #[error("{} timeout ran out after {after:?}", .phase.label())]
+    #[error("{} timeout ran out after {after:?}", .phase.label().as_str())]
     Timeout { phase: Phase, after: Duration },
     #[error("DNS lookup of {host} failed: {message}")]
     Dns { host: String, message: String },

@@ -49,6 +49,8 @@ pub struct Flow {
     counted: Arc<AtomicU32>,
     metrics: Arc<Metrics>,
     hedging: bool,
+    /// Cancelled when the pusher stops: requests still waiting for a slot are not sent.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 /// A slot of the gate, held by one request. Dropped unreleased (a hedge that lost the race
@@ -94,6 +96,7 @@ impl Flow {
             counted: Arc::new(AtomicU32::new(0)),
             metrics,
             hedging: true,
+            closing: tokio_util::sync::CancellationToken::new(),
         }
     }
 
@@ -101,6 +104,12 @@ impl Flow {
     pub fn without_hedging(mut self) -> Self {
         self.hedging = false;
         self
+    }
+
+    /// Starts no more requests: those waiting for a slot end with [`HttpError::Stopping`],
+    /// those under way go on. Called when the pusher stops.
+    pub fn close(&self) {
+        self.closing.cancel();
     }
 
     /// The current limit.
@@ -200,7 +209,11 @@ impl Flow {
                 learnt.latency.hedge_after().filter(|_| self.hedging),
             )
         };
-        let mut first_slot = self.acquire().await;
+        let mut first_slot = tokio::select! {
+            biased;
+            () = self.closing.cancelled() => return (Err(HttpError::Stopping), false),
+            slot = self.acquire() => slot,
+        };
         let first = call(header_timeout);
         tokio::pin!(first);
         let Some(after) = hedge_after else {

@@ -64,6 +64,9 @@ pub enum SendOutcome {
         /// When the breaker will let a probe through.
         retry_after: Duration,
     },
+    /// Not attempted: the pusher began stopping while the request waited for a slot of the
+    /// concurrency gate. Not counted; due again at once (at the next start, or on another pod).
+    Stopping,
 }
 
 /// Why a sender could not be built.

@@ -336,6 +336,12 @@ impl WeChatSender {
                 attempt = self.attempt(&token, outgoing).await;
             }
         }
+        if matches!(attempt, Attempt::Failed(HttpError::Stopping)) {
+            // Never sent: nothing for the breaker, the quota or the message's budget.
+            self.limiter.give_back_daily(SystemTime::now());
+            drop(permit);
+            return SendOutcome::Stopping;
+        }
         let (outcome, breaker) = self.conclude(attempt);
         permit.record(breaker);
         outcome
@@ -391,6 +397,8 @@ impl WeChatSender {
                 self.metrics.timeout(phase.label());
                 AttemptResult::timeout
             }
+            // Not an attempt: it never left the gate.
+            Attempt::Failed(HttpError::Stopping) => return attempt,
             Attempt::Failed(_) => AttemptResult::transport,
             Attempt::BadBody => AttemptResult::retryable,
         };

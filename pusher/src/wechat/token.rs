@@ -36,6 +36,7 @@ use super::SendError;
 use super::client::{HttpClient, HttpError};
 use crate::config::ReadSecret as _;
 use crate::metrics::Metrics;
+use crate::metrics::{TokenApiLabel, TokenResult};
 use crate::policy::{LocalSecret, Retry, TokenApi};
 use crate::providers::errcode::{FetchAction, classify_fetch, describe};
 use crate::providers::wecom_errcode;
@@ -170,7 +171,7 @@ enum Fetched {
     },
     Errcode(i64, String),
     Failed {
-        kind: &'static str,
+        kind: TokenResult,
         message: String,
     },
     Credentials(String),
@@ -215,11 +216,15 @@ impl TokenManager {
     }
 
     fn api_label(&self) -> &'static str {
-        match (self.settings.scope, self.settings.api) {
-            (TokenScope::WeChatApp, TokenApi::Stable) => "stable",
-            (TokenScope::WeChatApp, TokenApi::Classic) => "classic",
-            (TokenScope::WeComApp, _) => "wecom",
-            (TokenScope::WebhookKey, _) => "webhook_key",
+        self.token_api().as_str()
+    }
+
+    /// The token API, as the `api` label of `wxpush_token_requests_total` names it.
+    fn token_api(&self) -> TokenApiLabel {
+        match self.settings.scope {
+            TokenScope::WeChatApp => TokenApiLabel::from(self.settings.api),
+            TokenScope::WeComApp => TokenApiLabel::Wecom,
+            TokenScope::WebhookKey => TokenApiLabel::WebhookKey,
         }
     }
 
@@ -418,7 +423,7 @@ impl TokenManager {
             }
             if Instant::now() >= deadline {
                 return Fetched::Failed {
-                    kind: "timeout",
+                    kind: TokenResult::Timeout,
                     message: format!("no shared token from another pod within {bound:?}"),
                 };
             }
@@ -489,7 +494,7 @@ impl TokenManager {
                     self.call(&app_id, &app_secret, true).await
                 } else {
                     Fetched::Failed {
-                        kind: "stale",
+                        kind: TokenResult::Stale,
                         message: "the stable API still hands out the refused token; \
                                   force_refresh is allowed once every 30 s"
                             .into(),
@@ -542,8 +547,8 @@ impl TokenManager {
             Ok(r) => r,
             Err(e) => {
                 let kind = match e {
-                    HttpError::Timeout { .. } => "timeout",
-                    _ => "transport",
+                    HttpError::Timeout { .. } => TokenResult::Timeout,
+                    _ => TokenResult::Transport,
                 };
                 return Fetched::Failed {
                     kind,
@@ -554,9 +559,9 @@ impl TokenManager {
         if response.status != 200 {
             return Fetched::Failed {
                 kind: if response.status >= 500 {
-                    "http_5xx"
+                    TokenResult::Http5xx
                 } else {
-                    "http_status"
+                    TokenResult::HttpStatus
                 },
                 message: format!("token endpoint answered HTTP {}", response.status),
             };
@@ -577,7 +582,7 @@ impl TokenManager {
                 ..
             }) if code != 0 => Fetched::Errcode(code, errmsg.unwrap_or_default()),
             _ => Fetched::Failed {
-                kind: "bad_response",
+                kind: TokenResult::BadResponse,
                 message: "token endpoint answered without a token or an errcode".into(),
             },
         }
@@ -613,7 +618,8 @@ impl TokenManager {
                 st.blocked = None;
                 st.failures = 0;
                 st.rejected = None;
-                self.metrics.token_request(api, "ok");
+                self.metrics
+                    .token_request(self.token_api(), TokenResult::Ok);
                 tracing::debug!(
                     api,
                     expires_in = expires_in.as_secs(),
@@ -649,15 +655,12 @@ impl TokenManager {
                     }
                     FetchAction::Backoff => self.backoff(&mut st, error, now, wall),
                 };
-                (blocked, std::borrow::Cow::Owned(code.to_string()))
+                (blocked, TokenResult::Errcode(code))
             }
             Fetched::Failed { kind, message } => {
                 let error = token_error(None, format!("access_token fetch failed: {message}"));
-                tracing::warn!(api, kind, "{}", error.message);
-                (
-                    self.backoff(&mut st, error, now, wall),
-                    std::borrow::Cow::Borrowed(kind),
-                )
+                tracing::warn!(api, kind = ?kind, "{}", error.message);
+                (self.backoff(&mut st, error, now, wall), kind)
             }
             Fetched::Credentials(message) => {
                 let error = token_error(None, format!("credentials: {message}"));
@@ -668,11 +671,11 @@ impl TokenManager {
                 );
                 (
                     Blocked::pause(error, now, wall, probe),
-                    std::borrow::Cow::Borrowed("credentials"),
+                    TokenResult::Credentials,
                 )
             }
         };
-        self.metrics.token_request(api, result_label);
+        self.metrics.token_request(self.token_api(), result_label);
         let error = blocked.to_error(now);
         st.blocked = Some(blocked);
         Err(error)

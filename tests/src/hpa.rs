@@ -1,7 +1,8 @@
 //! The HorizontalPodAutoscaler's replica calculation, as the Kubernetes documentation describes
 //! it ("Algorithm details" of the HPA walkthrough), written as pure functions so that a test can
 //! feed it the answers of a real Prometheus and check what the HPA the operator writes would do.
-//! The operator itself never runs it: the cluster's HPA controller (or KEDA's) does.
+//! The operator never runs it (the cluster's HPA controller, or KEDA's, does), so it lives with
+//! the tests.
 //!
 //! - Per metric: `desired = ceil(current × value / target)`, where `value` is the metric's
 //!   average per pod (`AverageValue`); no change while `|value / target − 1| ≤ tolerance`
