@@ -6,6 +6,8 @@
 //! client, tokens, breaker and rate limit, is `wechat::WeChatSender`; the dispatcher above it
 //! never names a provider.
 
+#[cfg(feature = "demo")]
+pub mod demo;
 pub mod errcode;
 mod mini_program;
 mod official_account;
