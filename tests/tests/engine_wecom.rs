@@ -272,3 +272,51 @@ async fn a_robot_never_exceeds_twenty_messages_a_minute() {
     assert_eq!(count(robot, "/refused_45009"), 0, "{s}");
     assert!(count(robot, "/peak_per_window") <= 20, "{s}");
 }
+
+/// WeCom's callback URL check: the sandbox, as WeCom does when an admin saves the URL, sends
+/// an encrypted `echostr` signed with `msg_signature`; the pusher answers the plain text,
+/// opening it with the corp id as receive id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callback_url_is_verified_with_the_corp_id_as_receive_id() {
+    const AES_KEY: &str = "wecomSandboxEncodingAesKey0123456789abcdefg";
+    let (_sb, sb_url) = sandbox::spawn(&[]);
+    let dir = tempdir();
+    let cfg = app_config(
+        &sb_url,
+        dir.path(),
+        &json!({"events": {"token": "wecomtoken", "encodingAesKey": AES_KEY, "mode": "safe"}}),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let events = format!("{}/wechat/events", pusher.base);
+    let (_caller, caller_url) = sandbox::spawn(&["--wecom-callback-url", &events]);
+    let v = WxClient::new(caller_url.clone())
+        .post_raw("/__wecom/verify", "{}")
+        .await;
+    assert_eq!(v["verified"], true, "{v}");
+    // A change event (a user left the corp) is checked and acknowledged.
+    let caller = WxClient::new(caller_url.clone());
+    caller
+        .post_raw(
+            "/__wecom/events",
+            r#"{"type": "delete_user", "user_id": "u1"}"#,
+        )
+        .await;
+    wait_for(
+        "the event acknowledged",
+        Duration::from_secs(10),
+        || async { (count(&stats(&caller).await, "/callback/acknowledged") >= 1).then_some(()) },
+    )
+    .await;
+    // A sandbox of another corp seals for another receive id: refused.
+    let (_other, other_url) = sandbox::spawn(&[
+        "--wecom-callback-url",
+        &events,
+        "--wecom-corp-id",
+        "wwother",
+    ]);
+    let v = WxClient::new(other_url)
+        .post_raw("/__wecom/verify", "{}")
+        .await;
+    assert_eq!(v["verified"], false, "{v}");
+    assert_eq!(v["status"], 403, "{v}");
+}
