@@ -17,11 +17,29 @@ echo "check-layout: operator tree: $(sort -u <<<"$tree" | wc -l) crates, no redb
 
 python3 scripts/check-module-cycles.py
 
+# Reading the binary needs binutils (scripts/setup.sh installs it): without nm or strings the
+# check fails rather than count nothing.
+for tool in nm strings; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "check-layout: $tool is missing (apt-get install binutils; scripts/setup.sh does)" >&2
+    exit 1
+  fi
+done
 cargo build --release --locked -q -p wxpush-pusher --bin wxpush-pusher
 bin=target/release/wxpush-pusher
-syms=$( (nm -C "$bin" 2>/dev/null || true; strings "$bin") | grep -c 'wxpush_sandbox' || true)
+listing=$(mktemp)
+trap 'rm -f "$listing"' EXIT
+nm -C "$bin" >"$listing"
+strings "$bin" >>"$listing"
+# The reading must see the pusher's own code, or a count of 0 proves nothing.
+own=$(grep -c 'wxpush_pusher' "$listing" || true)
+if [ "$own" = "0" ]; then
+  echo "check-layout: nm and strings found no wxpush_pusher symbol in $bin: the check cannot see" >&2
+  exit 1
+fi
+syms=$(grep -c 'wxpush_sandbox' "$listing" || true)
 if [ "$syms" != "0" ]; then
   echo "check-layout: $bin holds $syms sandbox symbols or strings" >&2
   exit 1
 fi
-echo "check-layout: $bin ($(stat -c %s "$bin") bytes) holds no sandbox symbol"
+echo "check-layout: $bin ($(stat -c %s "$bin") bytes, $own wxpush_pusher symbols or strings) holds no sandbox symbol"

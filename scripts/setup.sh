@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs what wxpush's tests and demo need on a fresh Debian machine, and nothing that is
 # already there: Debian packages (redis-server, prometheus, wrk, tmux for the demo's terminal
-# test) and the Python tools of the end-to-end tests in a local venv (.venv). Safe to run again.
+# test, binutils for scripts/check-layout.sh) and the Python tools of the end-to-end tests in a local venv (.venv). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pkg_bin in redis-server:redis-server prometheus:prometheus wrk:wrk tmux:tmux python3-venv:; do
+for pkg_bin in redis-server:redis-server prometheus:prometheus wrk:wrk tmux:tmux binutils:nm python3-venv:; do
   pkg=${pkg_bin%%:*}; bin=${pkg_bin#*:}
   if [ -n "$bin" ]; then command -v "$bin" >/dev/null 2>&1 || need+=("$pkg")
   else dpkg -s "$pkg" >/dev/null 2>&1 || python3 -m venv --help >/dev/null 2>&1 || need+=("$pkg"); fi
@@ -48,7 +48,8 @@ for p in "${WXPUSH_HELM_PYTHON:-}" "$pyenv312" python3.12; do
   if [ -n "$p" ] && command -v "$p" >/dev/null 2>&1; then helm_python=$p; break; fi
 done
 if [ -z "$helm_python" ]; then
-  echo "setup: no Python 3.12 found (set WXPUSH_HELM_PYTHON): skipping .venv-helm" >&2
+  echo "setup: no Python 3.12 found (set WXPUSH_HELM_PYTHON): skipping .venv-helm; the Helm tests will fail" >&2
+  if [ "${CI:-}" = "true" ] || [ "${WXPUSH_STRICT:-}" = "1" ]; then exit 1; fi
 else
   if [ ! -x .venv-helm/bin/python ] || ! .venv-helm/bin/python -c "import sys" 2>/dev/null; then
     echo "setup: creating .venv-helm with $helm_python"
@@ -81,7 +82,7 @@ ln -sf "$machete_root/bin/cargo-machete" "${XDG_CACHE_HOME:-$HOME/.cache}/wxpush
 # outside the clone (tools/cluster/README.md). Later runs find them there and build nothing.
 if command -v go >/dev/null 2>&1; then
   scripts/cluster.sh build
-elif [ "${CI:-}" = "true" ]; then
+elif [ "${CI:-}" = "true" ] || [ "${WXPUSH_STRICT:-}" = "1" ]; then
   echo "setup: Go (1.26) is missing: the Kubernetes tests cannot build their control plane" >&2
   exit 1
 else

@@ -118,3 +118,59 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::Metrics;
+
+    /// docs/operator.md's table of metrics ("Metrics it exports") names every metric the
+    /// operator registers, with its type, and no other.
+    #[test]
+    fn the_docs_table_is_the_registry() {
+        // A family without a sample is left out of a scrape: give each one.
+        let metrics = Metrics::new();
+        metrics.reconciled("applied", 0.1);
+        metrics.failed("apply");
+        metrics.credential_checked("TokenIssued");
+        metrics.set_leader(true);
+        let registered: BTreeSet<(String, String)> = metrics
+            .encode()
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| {
+                let mut parts = l.split_whitespace();
+                let name = parts.next().unwrap_or_default();
+                let kind = parts.next().unwrap_or_default().to_string();
+                let name = if kind == "counter" {
+                    format!("{name}_total")
+                } else {
+                    name.to_string()
+                };
+                (name, kind)
+            })
+            .collect();
+        assert_eq!(registered.len(), 5, "{registered:?}");
+
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operator.md");
+        let text = std::fs::read_to_string(&path).expect("docs/operator.md");
+        let table = text
+            .split("### Metrics it exports")
+            .nth(1)
+            .expect("docs/operator.md has the section Metrics it exports");
+        let documented: BTreeSet<(String, String)> = table
+            .lines()
+            .skip_while(|l| !l.starts_with('|'))
+            .take_while(|l| l.starts_with('|'))
+            .skip(2) // the header and its rule
+            .map(|row| {
+                let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+                let name = cells[1].trim_matches('`');
+                let name = name.split('{').next().unwrap_or(name).to_string();
+                (name, cells[2].to_string())
+            })
+            .collect();
+        assert_eq!(documented, registered, "docs/operator.md vs Metrics::new");
+    }
+}

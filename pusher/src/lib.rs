@@ -12,7 +12,8 @@
 //!   [`resilience`]: backoff, breaker and rate limit, pure decisions;
 //!   [`metrics`]: the Prometheus registry.
 //! - [`wechat`]: the engine that performs one attempt (HTTP client, tokens, breaker, limits);
-//!   [`store`]: the durable queue; [`dispatch`]: leases, attempts and the next state;
+//!   [`store`]: the durable queue; [`coord`]: what the pods of a channel share (token, rate,
+//!   quota, pauses), in memory or in Redis; [`dispatch`]: leases, attempts and the next state;
 //!   [`callbacks`] and [`events`]: outcome callbacks to producers and WeChat's delivery events.
 //! - [`api`]: the HTTP API; [`preflight`]: every secret read and checked, for `serve` and
 //!   `check-config` alike; [`wiring`]: assembles all of it into one running pusher.
@@ -25,6 +26,7 @@ pub mod calendar;
 pub mod callbacks;
 pub mod clock;
 pub mod config;
+pub mod coord;
 #[cfg(feature = "demo")]
 pub mod demo;
 pub mod dispatch;
@@ -45,3 +47,6 @@ pub mod store;
 pub mod templates;
 pub mod wechat;
 pub mod wiring;
+
+#[cfg(test)]
+mod docs_tests;

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::PusherConfig;
+use crate::coord::{Coordinator, RedisCoordinator};
 use crate::dispatch::{DispatchState, Dispatcher};
 use crate::events::http::EventsState;
 use crate::metrics::Metrics;
@@ -101,7 +102,7 @@ impl Pusher {
                     .ok_or_else(|| ServerError::Queue("queue.redis.url: not resolved".into()))?;
                 let store = RedisStore::connect(options).await?;
                 watch_redis(&store, Arc::clone(&metrics));
-                let shared = crate::store::redis::SharedClient::new(&store);
+                let shared: Arc<dyn Coordinator> = Arc::new(RedisCoordinator::new(&store));
                 Self::start_with(config, metrics, secrets, store, Some(shared)).await
             }
             None => Err(ServerError::Queue(
@@ -116,7 +117,7 @@ impl Pusher {
         metrics: Arc<Metrics>,
         secrets: crate::preflight::Resolved,
         store: S,
-        shared: Option<crate::store::redis::SharedClient>,
+        shared: Option<Arc<dyn Coordinator>>,
     ) -> Result<Self, ServerError> {
         let sender = Arc::new(WeChatSender::with_shared(
             &config,

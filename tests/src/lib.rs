@@ -135,8 +135,10 @@ impl Drop for ChildGuard {
     }
 }
 
+pub mod capability;
 pub mod cluster;
 pub mod crd_schema;
+pub mod docs;
 pub mod hpa;
 pub mod kube;
 pub mod pod_runner;

@@ -292,6 +292,8 @@ pub struct EventReceiver {
     /// Everything received, in order.
     pub received: Arc<Mutex<Vec<Received>>>,
     fail_first: Arc<AtomicUsize>,
+    /// How many requests arrived, for waiting on the next one without polling.
+    arrived: Arc<tokio::sync::watch::Sender<usize>>,
 }
 
 fn percent_decode(s: &str) -> String {
@@ -340,6 +342,7 @@ impl EventReceiver {
             addr,
             received: Arc::default(),
             fail_first: Arc::new(AtomicUsize::new(fail_first)),
+            arrived: Arc::new(tokio::sync::watch::Sender::new(0)),
         };
         let this = me.clone();
         tokio::spawn(async move {
@@ -392,12 +395,17 @@ impl EventReceiver {
             .fail_first
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
             .is_ok();
-        self.received.lock().await.push(Received {
-            query: parse_query(&target),
-            headers,
-            body,
-            answered: if fail { 500 } else { 200 },
-        });
+        let count = {
+            let mut received = self.received.lock().await;
+            received.push(Received {
+                query: parse_query(&target),
+                headers,
+                body,
+                answered: if fail { 500 } else { 200 },
+            });
+            received.len()
+        };
+        self.arrived.send_replace(count);
         let reply: &[u8] = if fail {
             b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
         } else {
@@ -415,6 +423,14 @@ impl EventReceiver {
     /// The server URL to configure in the sandbox.
     pub fn url(&self) -> String {
         format!("http://{}/wechat/events", self.addr)
+    }
+
+    /// For a check that nothing more comes: waits at most `within` for more than `n` requests
+    /// to have arrived (returning at once when they have), and returns how many arrived.
+    pub async fn more_than(&self, n: usize, within: Duration) -> usize {
+        let mut arrived = self.arrived.subscribe();
+        let _ = tokio::time::timeout(within, arrived.wait_for(|&count| count > n)).await;
+        *arrived.borrow()
     }
 
     /// Waits until at least `n` requests arrived; returns them all.

@@ -1,10 +1,12 @@
 //! The binaries' own words at their edges: `crdgen --help` is an answer, not a usage error; the
-//! operator reports a failed connection to the API server once, with each cause once.
+//! operator reports a failed connection to the API server once, with each cause once; the flags
+//! of the pusher and the operator, and the pusher's defaults, are the ones their docs give.
 
+use std::collections::BTreeSet;
 use std::process::Command;
 
-use wxpush_tests::binary;
 use wxpush_tests::pusher::tempdir;
+use wxpush_tests::{binary, docs};
 
 #[test]
 fn crdgen_help_exits_0_and_a_bad_flag_exits_2() {
@@ -64,4 +66,79 @@ fn the_operator_prints_a_failed_connection_once() {
             "`{part}` is repeated in: {line}"
         );
     }
+}
+
+/// Every flag of `wxpush-pusher` and its commands is in docs/pusher.md, every flag the docs
+/// give it exists, and the defaults in its usage lines are the ones `--help` states.
+#[test]
+fn the_pusher_flags_and_defaults_are_the_documented_ones() {
+    let doc = docs::read("docs/pusher.md");
+    let commands = doc
+        .split("## Commands")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("docs/pusher.md has a Commands section");
+    let mut known = BTreeSet::new();
+    let mut undocumented = Vec::new();
+    let mut wrong_defaults = Vec::new();
+    let documented = docs::flags(&doc, false);
+    let usage = docs::usage_defaults(commands);
+    for command in [&[][..], &["serve"], &["check-config"], &["demo"]] {
+        let help = docs::help("wxpush-pusher", command);
+        for flag in docs::flags(&help, false) {
+            if !documented.contains(&flag) {
+                undocumented.push(format!("{command:?} {flag}"));
+            }
+            known.insert(flag);
+        }
+        for (flag, default) in docs::help_defaults(&help) {
+            if let Some(doc_value) = usage.get(&flag)
+                && *doc_value != default
+            {
+                wrong_defaults.push(format!("{flag}: docs {doc_value}, --help {default}"));
+            }
+        }
+    }
+    assert!(known.len() > 10, "{known:?}");
+    assert!(usage.len() >= 4, "{usage:?}");
+    assert!(
+        undocumented.is_empty(),
+        "flags missing from docs/pusher.md: {undocumented:?}"
+    );
+    assert!(
+        wrong_defaults.is_empty(),
+        "docs/pusher.md usage lines: {wrong_defaults:?}"
+    );
+    let stale: Vec<String> = docs::flags(commands, false)
+        .into_iter()
+        .filter(|f| !known.contains(f))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/pusher.md (Commands) names flags the pusher does not have: {stale:?}"
+    );
+}
+
+/// Every flag of `wxpush-operator` is in docs/operator.md, and every flag that page names is
+/// the operator's.
+#[test]
+fn the_operator_flags_are_the_documented_ones() {
+    let doc = docs::read("docs/operator.md");
+    let help = docs::help("wxpush-operator", &[]);
+    let flags = docs::flags(&help, false);
+    assert!(flags.len() > 10, "{flags:?}");
+    let documented = docs::flags(&doc, false);
+    let undocumented: Vec<&String> = flags.iter().filter(|f| !documented.contains(*f)).collect();
+    assert!(
+        undocumented.is_empty(),
+        "flags missing from docs/operator.md: {undocumented:?}"
+    );
+    let stale: Vec<String> = docs::flags(&doc, true)
+        .into_iter()
+        .filter(|f| !flags.contains(f))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/operator.md names flags the operator does not have: {stale:?}"
+    );
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wxpush_tests::pusher::{Api, PusherProc, TOKEN, config, merge, tempdir, template};
-use wxpush_tests::{binary, wait_for};
+use wxpush_tests::{binary, capability, wait_for};
 
 const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
 const UNSET_VAR: &str = "WXPUSH_TEST_SURELY_UNSET_VARIABLE";
@@ -371,15 +371,12 @@ fn check_config_lists_every_missing_field_suggests_keys_and_says_why_a_file_fail
     // Permission denied needs another user than root to be seen.
     std::fs::set_permissions(&typo, std::os::unix::fs::PermissionsExt::from_mode(0o600))
         .expect("chmod");
-    let is_root = running_as_root();
-    if !is_root {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI runs as root: the permission case must run"
-        );
-        eprintln!("SKIPPED: the permission-denied case needs root (to run as another user)");
+    let Some(()) = capability::require(
+        "root (the permission-denied case runs the pusher as another user)",
+        capability::root(),
+    ) else {
         return;
-    }
+    };
     let out = std::os::unix::process::CommandExt::uid(
         Command::new(binary("wxpush-pusher"))
             .args(["check-config", "--config"])
@@ -391,13 +388,4 @@ fn check_config_lists_every_missing_field_suggests_keys_and_says_why_a_file_fail
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("Permission denied"), "{err}");
-}
-
-fn running_as_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
-        s.lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            == Some("0")
-    })
 }

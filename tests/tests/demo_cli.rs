@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use wxpush_tests::{ChildGuard, binary, free_port};
+use wxpush_tests::{ChildGuard, binary, capability, free_port};
 
 fn demo(args: &[&str]) -> Output {
     Command::new(binary("wxpush-pusher"))
@@ -217,10 +217,12 @@ fn progress_counts(screen: &str) -> Option<(u64, u64)> {
 
 #[test]
 fn progress_line_moves_on_a_terminal() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("SKIPPED: tmux is not installed (scripts/setup.sh installs it)");
+    let Some(()) = capability::require(
+        "tmux (scripts/setup.sh installs it)",
+        capability::runs("tmux", &["-V"]),
+    ) else {
         return;
-    }
+    };
     let tmux = Tmux {
         socket: format!("wxpush-demo-test-{}", std::process::id()),
     };

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use wxcrypto::{Cipher, msg_signature, signature};
 use wxpush_tests::pusher::{Api, PusherProc, config, send_all, tempdir, template};
 use wxpush_tests::sandbox::{self, APPID, WxClient};
-use wxpush_tests::{ChildGuard, free_port, wait_for};
+use wxpush_tests::{ChildGuard, capability, free_port, wait_for};
 
 const EV_TOKEN: &str = "events-token-abc";
 const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
@@ -508,12 +508,10 @@ fn wechatpy_event(mode: &str, xml: &str, ts: &str, nonce: &str) -> Option<(Strin
         .expect("write");
     let out = child.wait_with_output().expect("python finishes");
     if out.status.code() == Some(3) {
-        assert!(
-            std::env::var("CI").is_err(),
-            "wechatpy is missing: pip install -r tests/requirements.txt"
-        );
-        eprintln!("SKIPPED: wechatpy is not installed (pip install -r tests/requirements.txt)");
-        return None;
+        capability::require::<(), _>(
+            "wechatpy (pip install -r tests/requirements.txt)",
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+        )?;
     }
     assert!(
         out.status.success(),

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
-use wxpush_pusher::store::redis::hash_slot;
 use wxpush_tests::pusher::{Api, PusherProc, config, ids_of, tempdir, template};
 use wxpush_tests::redis::{RedisCluster, cli};
 use wxpush_tests::sandbox::{self, EventReceiver, WxClient};
@@ -101,6 +100,15 @@ async fn produce(apis: Arc<Mutex<Vec<Api>>>, n: usize, tag: &'static str) -> Vec
 }
 
 /// `(node id, port, owns the slot)` of each master, from `CLUSTER NODES`.
+/// The hash slot of `key`, as the cluster node on `port` computes it (`CLUSTER KEYSLOT`).
+fn key_slot(port: u16, key: &str) -> u16 {
+    let answer = cli(port, &["CLUSTER", "KEYSLOT", key]);
+    answer
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key}: {answer:?}: {e}"))
+}
+
 fn masters(port: u16, slot: u16) -> Vec<(String, u16, bool)> {
     cli(port, &["CLUSTER", "NODES"])
         .lines()
@@ -212,7 +220,7 @@ fn max_rate(s: &[(Instant, u64)], window: Duration, total: u64) -> f64 {
 
 /// `XINFO CONSUMERS` of the channel's stream, asked of the master that owns its slot now.
 fn consumer_info(port: u16) -> String {
-    let owner = masters(port, hash_slot(STREAM))
+    let owner = masters(port, key_slot(port, STREAM))
         .into_iter()
         .find(|m| m.2)
         .map_or(port, |m| m.1);
@@ -343,7 +351,7 @@ async fn moving_the_channels_slot_under_load_leaves_nothing_half_done() {
     // The slot moves while messages are accepted, sent and completed; a pusher is killed and
     // another started meanwhile.
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-    let slot = hash_slot(STREAM);
+    let slot = key_slot(ports[0], STREAM);
     let mover = tokio::task::spawn_blocking(move || move_slot(&ports, slot, 20));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut victim = pods.remove(0);
@@ -416,7 +424,7 @@ async fn restarting_the_slots_master_under_load_loses_nothing_acknowledged() {
         (wx.stats().await.delivered_unique >= n as u64 / 10).then_some(())
     })
     .await;
-    let slot = hash_slot(STREAM);
+    let slot = key_slot(cluster.nodes[0].port, STREAM);
     let owner_port = masters(cluster.nodes[0].port, slot)
         .into_iter()
         .find(|m| m.2)

@@ -1,12 +1,12 @@
-//! The `wxpush-sandbox` binary: `--help` documents every flag, flags reach the behaviour, and
-//! it stops on SIGTERM.
+//! The `wxpush-sandbox` binary: `--help` documents every flag, so does docs/sandbox.md, flags
+//! reach the behaviour, and it stops on SIGTERM.
 
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 use wxpush_tests::sandbox::{APPID, EventReceiver, WxClient, errcode, python_verify, spawn};
-use wxpush_tests::{binary, wait_for};
+use wxpush_tests::{binary, docs, wait_for};
 
 const FLAGS: &[&str] = &[
     "--listen",
@@ -72,6 +72,29 @@ fn help_documents_every_flag() {
     assert!(
         !bad.expect("runs").status.success(),
         "shares above 1 are refused"
+    );
+}
+
+/// Every flag `--help` lists is in docs/sandbox.md, and every flag the page names exists.
+#[test]
+fn docs_sandbox_md_names_every_flag_and_no_other() {
+    let help = docs::help("wxpush-sandbox", &[]);
+    let flags = docs::flags(&help, false);
+    assert!(flags.len() >= FLAGS.len(), "{flags:?}");
+    let doc = docs::read("docs/sandbox.md");
+    let documented = docs::flags(&doc, false);
+    let undocumented: Vec<&String> = flags.iter().filter(|f| !documented.contains(*f)).collect();
+    assert!(
+        undocumented.is_empty(),
+        "flags missing from docs/sandbox.md: {undocumented:?}"
+    );
+    let stale: Vec<String> = docs::flags(&doc, true)
+        .into_iter()
+        .filter(|f| !flags.contains(f))
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "docs/sandbox.md names flags the sandbox does not have: {stale:?}"
     );
 }
 

@@ -82,7 +82,8 @@ async fn plain_events_are_signed_and_complete() {
     .await;
     assert_eq!(stats.events.generated, 2);
     assert_eq!(stats.events.by_status["success"], 2);
-    tokio::time::sleep(Duration::from_millis(100)).await; // no third event trickles in
+    // No third event trickles in: a third request ends the wait early and fails below.
+    rx.more_than(2, Duration::from_millis(100)).await;
     assert_eq!(rx.received.lock().await.len(), 2);
 }
 

@@ -31,14 +31,23 @@ const SSRF_URLS: &[&str] = &[
     "http://10.0.0.1:6379/",
 ];
 
-/// A loopback receiver counting the POSTs it gets.
-async fn receiver() -> (String, Arc<AtomicUsize>) {
+/// A loopback receiver counting the POSTs it gets; the count is also published on a watch
+/// channel, so that a test can wait for a hit instead of sleeping.
+async fn receiver() -> (
+    String,
+    Arc<AtomicUsize>,
+    tokio::sync::watch::Receiver<usize>,
+) {
     let hits = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&hits);
+    let (tx, rx) = tokio::sync::watch::channel(0);
+    let tx = Arc::new(tx);
     let app = axum::Router::new().fallback(move || {
         let counter = Arc::clone(&counter);
+        let tx = Arc::clone(&tx);
         async move {
-            counter.fetch_add(1, Ordering::SeqCst);
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            tx.send_replace(n);
             "ok"
         }
     });
@@ -49,7 +58,7 @@ async fn receiver() -> (String, Arc<AtomicUsize>) {
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    (format!("http://{addr}"), hits)
+    (format!("http://{addr}"), hits, rx)
 }
 
 fn with_callback(url: &str) -> Value {
@@ -64,7 +73,7 @@ fn with_callback(url: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssrf_through_callback_url() {
     let (_sb, sb_url) = sandbox::spawn(&[]);
-    let (rx_base, hits) = receiver().await;
+    let (rx_base, hits, mut hit) = receiver().await;
     let rx_port = rx_base.rsplit(':').next().expect("port").to_string();
     let dir = tempdir();
     // Only 127.0.0.1 itself is allowed, and only for the receiver's test below: every other
@@ -115,7 +124,9 @@ async fn ssrf_through_callback_url() {
             .await,
         0.0
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing was accepted, so no callback can come: a hit within 300 ms ends the wait early
+    // and fails below.
+    let _ = tokio::time::timeout(Duration::from_millis(300), hit.wait_for(|n| *n > 0)).await;
     assert_eq!(
         hits.load(Ordering::SeqCst),
         0,
@@ -317,7 +328,7 @@ async fn emfile_with_ulimit_256_locks_real_clients_out() {
     let pusher =
         PusherProc::start_wrapped(&path, &[], &["prlimit", "--nofile=256:256", "--"]).await;
     let addr = addr_of(&pusher.base);
-    let _idle = idle_connections(addr, 300).await;
+    let idle = idle_connections(addr, 300).await;
     let start = std::time::Instant::now();
     let served = loop {
         match pusher.api.try_send(&template("real"), None).await {
@@ -330,8 +341,17 @@ async fn emfile_with_ulimit_256_locks_real_clients_out() {
         }
     };
     eprintln!("with nofile=256 and 300 idle connections a real client was served after {served:?}");
-    // The idle ones are gone after headerReadTimeout; from then on every request is served.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The idle ones are gone after headerReadTimeout (each accepted as descriptors free up);
+    // from then on every request is served.
+    let closing = idle
+        .into_iter()
+        .map(|s| tokio::spawn(closed_within(s, Duration::from_secs(20))));
+    for c in closing {
+        assert!(
+            c.await.expect("joins").is_some(),
+            "an idle connection was still open after 20 s"
+        );
+    }
     for i in 0..20 {
         let (code, body) = pusher.api.send(&template(&format!("more{i}"))).await;
         assert_eq!(code, 202, "{body}");

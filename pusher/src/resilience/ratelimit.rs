@@ -2,10 +2,9 @@
 //! `governor` crate) and the local daily quota counter (`rateLimit.dailyQuota`), which resets
 //! at midnight Beijing time (UTC+8) as WeChat's own quota does.
 //!
-//! With the Redis queue ([`RateLimiter::with_shared`]) both are shared by every pod of the
-//! channel: the bucket becomes GCRA in a Redis script (on Redis's clock, so pods' clocks do not
-//! matter) and the daily quota is one counter per Beijing day; a 45009 seen by one pod holds all
-//! of them until midnight. If Redis cannot be reached, the pod falls back to its own bucket.
+//! When the pods of a channel share their rate (`wechat::limits`, through `coord`), the bucket
+//! becomes GCRA ([`Gcra`], decided here, run in a Redis script or in memory) and the daily quota
+//! is one counter per Beijing day; a 45009 seen by one pod holds all of them until midnight.
 //!
 //! Calendar arithmetic is pure ([`beijing_day`], [`next_beijing_midnight`]) so it can be
 //! table-tested without waiting for midnight.
@@ -18,7 +17,6 @@ use parking_lot::Mutex;
 
 use crate::policy::RateLimit;
 use crate::send::RateCeiling;
-use crate::store::redis::{Permit, SharedClient};
 
 pub use crate::calendar::{beijing_day, next_beijing_midnight};
 
@@ -94,26 +92,59 @@ impl DailyCounter {
     }
 }
 
-/// The channel's rate limiter: the token bucket plus the daily counter.
+/// The shared limiter's rule (GCRA, the generic cell rate algorithm), in microseconds: a send
+/// is due at the theoretical arrival time `tat`, and may go up to `tolerance` earlier (the
+/// burst). Pure: the caller keeps `tat` and passes the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gcra {
+    /// Time between two sends at the sustained rate.
+    pub interval_us: u64,
+    /// How much earlier than its due time a send may go.
+    pub tolerance_us: u64,
+}
+
+impl Gcra {
+    /// The rule for `per_second` sends a second with bursts of `burst` (zeros count as 1).
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        let interval = 1_000_000 / u64::from(per_second.max(1));
+        Self {
+            interval_us: interval.max(1),
+            tolerance_us: interval * u64::from(burst.max(1).saturating_sub(1)),
+        }
+    }
+
+    /// One send every `interval`, with no burst (a provider's ceiling, [`ceiling_cell`]).
+    pub fn spaced(interval: Duration) -> Self {
+        Self {
+            interval_us: u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            tolerance_us: 0,
+        }
+    }
+
+    /// Reserves the next send at `now` given the stored `tat`: `Some((wait, new_tat))`, or
+    /// `None` when the wait would be longer than `longest` (nothing is reserved then).
+    pub fn reserve(&self, now: u64, tat: u64, longest: u64) -> Option<(u64, u64)> {
+        let tat = tat.max(now);
+        let wait = tat.saturating_sub(self.tolerance_us).saturating_sub(now);
+        (wait <= longest).then(|| (wait, tat.saturating_add(self.interval_us)))
+    }
+}
+
+/// This pod's rate limiter: the token bucket plus the daily counter.
 #[derive(Debug)]
 pub struct RateLimiter {
     bucket: DefaultDirectRateLimiter,
-    /// The bucket's emission interval and burst (what the shared limiter is given too).
+    /// The bucket's spacing at its sustained rate.
     interval: Duration,
-    burst: NonZeroU32,
-    daily_quota: u64,
+    /// A provider's ceiling, when one holds the rate down.
+    ceiling: Option<Duration>,
     daily: Mutex<DailyCounter>,
-    shared: Option<Shared>,
 }
 
-#[derive(Debug)]
-struct Shared {
-    client: SharedClient,
-}
-
-/// The interval and burst that keep every window of `ceiling.window` at `ceiling.max` sends
-/// or fewer: with sends spaced `window / max` apart and no burst, any window holds at most
-/// `max` of them.
+/// The spacing that keeps every window of `ceiling.window` at `ceiling.max` sends or fewer:
+/// with sends spaced `window / max` apart and no burst, any window holds at most `max`.
 pub fn ceiling_cell(ceiling: RateCeiling) -> Duration {
     ceiling.window / ceiling.max.max(1)
 }
@@ -129,22 +160,19 @@ impl RateLimiter {
                 Quota::per_second(per_second).allow_burst(burst),
             ),
             interval: Duration::from_secs(1) / per_second.get(),
-            burst,
-            daily_quota: policy.daily_quota,
+            ceiling: None,
             daily: Mutex::new(DailyCounter::new(policy.daily_quota)),
-            shared: None,
         }
     }
 
-    /// Holds the rate under a provider's ceiling (a WeCom robot's 20 a minute) as well: the
-    /// sends are spaced [`ceiling_cell`] apart, without a burst, when that is slower than the
-    /// policy.
+    /// Holds the rate under a provider's ceiling (a WeCom robot's 20 a minute) as well: sends
+    /// are spaced [`ceiling_cell`] apart, without a burst, when that is slower than the policy.
     #[must_use]
     pub fn with_ceiling(mut self, ceiling: Option<RateCeiling>) -> Self {
         if let Some(ceiling) = ceiling {
             let cell = ceiling_cell(ceiling).max(self.interval);
             self.interval = cell;
-            self.burst = NonZeroU32::MIN;
+            self.ceiling = Some(cell);
             if let Some(quota) = Quota::with_period(cell) {
                 self.bucket = DefaultDirectRateLimiter::direct(quota.allow_burst(NonZeroU32::MIN));
             }
@@ -152,56 +180,22 @@ impl RateLimiter {
         self
     }
 
-    /// The spacing of sends at the limiter's steady rate.
+    /// The spacing of sends at the sustained rate.
     pub fn interval(&self) -> Duration {
         self.interval
     }
 
-    /// Shares the rate and the daily quota with the other pods of the channel through Redis
-    /// (the local daily counter then only keeps "spent until midnight").
-    #[must_use]
-    pub fn with_shared(mut self, client: Option<SharedClient>) -> Self {
-        if let Some(client) = client {
-            self.daily = Mutex::new(DailyCounter::new(0));
-            self.shared = Some(Shared { client });
-        }
-        self
-    }
-
-    /// A permit from the shared limiter; `None` when Redis cannot be asked.
-    async fn acquire_shared(&self, shared: &Shared, max_wait: Duration) -> Option<bool> {
-        let permit = shared
-            .client
-            .permit(self.interval, self.burst.get(), self.daily_quota, max_wait)
-            .await;
-        match permit {
-            Ok(Permit::Go) => Some(true),
-            Ok(Permit::At(wait)) => {
-                // Reserved for this pod's send: nobody else takes it meanwhile.
-                tokio::time::sleep(wait).await;
-                Some(true)
-            }
-            Ok(Permit::TooFar) => Some(false),
-            Ok(Permit::QuotaSpent) => {
-                // Let the daily check that follows refuse it, with the reset time.
-                self.daily.lock().exhaust(SystemTime::now());
-                Some(true)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "shared rate limit unavailable; limiting this pod alone");
-                None
-            }
+    /// The rule the pods share: the policy's rate and burst, or a provider's ceiling.
+    pub fn shared_rule(&self, policy: &RateLimit) -> Gcra {
+        match self.ceiling {
+            Some(cell) => Gcra::spaced(cell),
+            None => Gcra::new(policy.per_second, policy.burst),
         }
     }
 
     /// Waits for a send permit from the token bucket, at most `max_wait`. `false` when the
     /// wait ran out.
     pub async fn acquire(&self, max_wait: Duration) -> bool {
-        if let Some(shared) = &self.shared
-            && let Some(got) = self.acquire_shared(shared, max_wait).await
-        {
-            return got;
-        }
         if self.bucket.check().is_ok() {
             return true;
         }
@@ -218,28 +212,11 @@ impl RateLimiter {
     /// Returns a reservation WeChat did not count.
     pub fn give_back_daily(&self, now: SystemTime) {
         self.daily.lock().give_back(now);
-        if let Some(shared) = self.shared.as_ref().filter(|_| self.daily_quota > 0) {
-            let client = shared.client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = client.give_back_daily().await {
-                    tracing::debug!(error = %e, "cannot give a send back to the shared quota");
-                }
-            });
-        }
     }
 
     /// WeChat answered 45009: park until midnight Beijing time, which is returned.
     pub fn exhaust_daily(&self, now: SystemTime) -> SystemTime {
-        let until = self.daily.lock().exhaust(now);
-        if let Some(shared) = &self.shared {
-            let client = shared.client.clone();
-            tokio::spawn(async move {
-                if let Err(e) = client.exhaust_daily(until).await {
-                    tracing::warn!(error = %e, "cannot pause the other pods for the daily quota");
-                }
-            });
-        }
-        until
+        self.daily.lock().exhaust(now)
     }
 
     /// When today's quota resets, if it is spent.
@@ -325,14 +302,40 @@ mod tests {
         // Sends spaced `cell` apart from t = 0: the most that fit in any 60 s window.
         let in_window = (Duration::from_secs(60).as_millis() / cell.as_millis()) + 1;
         assert!(in_window <= 20, "{in_window}");
-        let limiter = RateLimiter::new(&RateLimit {
+        let policy = RateLimit {
             per_second: 100,
             burst: 100,
             daily_quota: 0,
-        })
-        .with_ceiling(Some(ceiling));
+        };
+        let limiter = RateLimiter::new(&policy).with_ceiling(Some(ceiling));
         assert_eq!(limiter.interval(), cell);
-        assert_eq!(limiter.burst.get(), 1);
+        let rule = limiter.shared_rule(&policy);
+        assert_eq!((rule.interval_us, rule.tolerance_us), (3_050_000, 0));
+        assert_eq!(
+            RateLimiter::new(&policy).shared_rule(&policy),
+            Gcra::new(100, 100)
+        );
+    }
+
+    #[test]
+    fn gcra_reserves_in_order_and_refuses_past_the_longest_wait() {
+        // 10 a second (100 ms apart), bursts of 3 (200 ms early).
+        let g = Gcra::new(10, 3);
+        assert_eq!((g.interval_us, g.tolerance_us), (100_000, 200_000));
+        let now = 1_000_000;
+        // An empty limiter (tat in the past): go now, due again one interval later.
+        assert_eq!(g.reserve(now, 0, 0), Some((0, now + 100_000)));
+        // The burst: three sends go at once.
+        assert_eq!(g.reserve(now, now + 100_000, 0), Some((0, now + 200_000)));
+        assert_eq!(g.reserve(now, now + 200_000, 0), Some((0, now + 300_000)));
+        // The fourth waits one interval, and is refused when that is too long.
+        assert_eq!(g.reserve(now, now + 300_000, 99_999), None);
+        assert_eq!(
+            g.reserve(now, now + 300_000, 100_000),
+            Some((100_000, now + 400_000))
+        );
+        // Zero rates count as one a second.
+        assert_eq!(Gcra::new(0, 0), Gcra::new(1, 1));
     }
 
     #[tokio::test]

@@ -140,9 +140,10 @@ pub enum StoreError {
     /// The message's `expires_at` has passed, so replaying it would only expire it again.
     #[error("message {0} expired at {1}; it cannot be replayed")]
     PastExpiry(MessageId, Timestamp),
-    /// The store cannot be opened, read or written.
-    #[error("storage: {0}")]
-    Storage(String),
+    /// The store cannot be opened, read or written; the underlying error, when there is one,
+    /// is its [`std::error::Error::source`].
+    #[error(transparent)]
+    Storage(StorageFailure),
     /// The store is shutting down.
     #[error("the store is closed")]
     Closed,
@@ -152,7 +153,78 @@ pub enum StoreError {
     Busy,
 }
 
+/// Why the store could not be opened, read or written: a sentence, and the error that caused
+/// it when there is one. Reads as the sentence (`contains`, `starts_with`, …).
+#[derive(Debug)]
+pub struct StorageFailure {
+    message: String,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl StorageFailure {
+    /// A failure described by `message` alone.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A failure described by `message` (which usually names `source` too), caused by
+    /// `source`.
+    pub fn caused(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+impl std::fmt::Display for StorageFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "storage: {}", self.message)
+    }
+}
+
+impl std::error::Error for StorageFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl std::ops::Deref for StorageFailure {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.message
+    }
+}
+
+impl From<String> for StorageFailure {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for StorageFailure {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
 impl StoreError {
+    /// A storage failure caused by `source`, described by `message`.
+    pub fn storage(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self::Storage(StorageFailure::caused(message, source))
+    }
+
     /// A short label for logs and metrics.
     pub fn metric_label(&self) -> &'static str {
         match self {
@@ -396,7 +468,7 @@ pub fn each_failed(n: usize, e: StoreError) -> Vec<Result<(), StoreError>> {
     let text = e.to_string();
     let mut out = Vec::with_capacity(n);
     out.push(Err(e));
-    out.extend((1..n).map(|_| Err(StoreError::Storage(text.clone()))));
+    out.extend((1..n).map(|_| Err(StoreError::Storage(text.clone().into()))));
     out.truncate(n);
     out
 }

@@ -28,12 +28,12 @@ use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::coord::{Coordinator, Lock};
 use crate::message::Message;
 use crate::metrics::FetchResult;
 use crate::metrics::Metrics;
 use crate::policy::{TemplatePolicy, TemplateValidation};
 use crate::send::TemplateLists;
-use crate::store::redis::SharedClient;
 use crate::wechat::client::HttpClient;
 use crate::wechat::token::TokenManager;
 use rules::{Fix, List, Rule, Template, Violation};
@@ -89,7 +89,7 @@ pub struct Registry {
     lists: TemplateLists,
     http: Arc<HttpClient>,
     tokens: Arc<TokenManager>,
-    shared: Option<SharedClient>,
+    shared: Option<Arc<dyn Coordinator>>,
     metrics: Arc<Metrics>,
     catalogue: RwLock<Arc<Catalogue>>,
     /// One refresh at a time in this pod; holds when the last on-demand one started (ms).
@@ -105,7 +105,7 @@ impl Registry {
         lists: TemplateLists,
         http: Arc<HttpClient>,
         tokens: Arc<TokenManager>,
-        shared: Option<SharedClient>,
+        shared: Option<Arc<dyn Coordinator>>,
         metrics: Arc<Metrics>,
     ) -> Self {
         if lists == TemplateLists::None {
@@ -151,7 +151,7 @@ impl Registry {
                 };
                 loop {
                     match &this.shared {
-                        Some(shared) => this.poll_shared(shared, interval).await,
+                        Some(shared) => this.poll_shared(&**shared, interval).await,
                         None => {
                             let _guard = this.refreshing.lock().await;
                             this.fetch_and_keep().await;
@@ -168,7 +168,7 @@ impl Registry {
     }
 
     /// One look into Redis: take over a newer catalogue; fetch a due one as the one fetcher.
-    async fn poll_shared(&self, shared: &SharedClient, interval: Duration) {
+    async fn poll_shared(&self, shared: &dyn Coordinator, interval: Duration) {
         let _guard = self.refreshing.lock().await;
         let due_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
         self.sync_shared(shared, |at| now_ms().saturating_sub(at) >= due_ms)
@@ -177,7 +177,7 @@ impl Registry {
 
     /// Takes over the shared catalogue when newer than ours; fetches and publishes when
     /// `stale(at)` says the shared one is too old (or there is none) and this pod gets the lock.
-    async fn sync_shared(&self, shared: &SharedClient, stale: impl Fn(u64) -> bool) {
+    async fn sync_shared(&self, shared: &dyn Coordinator, stale: impl Fn(u64) -> bool) {
         let at = match shared.templates_at().await {
             Ok(at) => at,
             Err(e) => {
@@ -193,7 +193,7 @@ impl Registry {
         if !at.is_none_or(&stale) {
             return;
         }
-        match shared.try_lock_templates(LOCK_TTL).await {
+        match shared.try_lock(Lock::Templates, LOCK_TTL).await {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -206,7 +206,7 @@ impl Registry {
             && !stale(at)
         {
             self.adopt_shared(shared).await;
-            let _ = shared.unlock_templates().await;
+            let _ = shared.unlock(Lock::Templates).await;
             return;
         }
         if self.fetch_and_keep().await {
@@ -219,12 +219,12 @@ impl Registry {
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot encode the template catalogue"),
             }
-            let _ = shared.unlock_templates().await;
+            let _ = shared.unlock(Lock::Templates).await;
         }
         // A failed fetch keeps the lock to its expiry: the pods try again one lifetime later.
     }
 
-    async fn adopt_shared(&self, shared: &SharedClient) {
+    async fn adopt_shared(&self, shared: &dyn Coordinator) {
         match shared.templates().await {
             Ok(Some((json, _))) => match serde_json::from_str::<Catalogue>(&json) {
                 Ok(cat) => self.keep(cat),
@@ -332,7 +332,7 @@ impl Registry {
                 *last = now;
                 match &self.shared {
                     // Any catalogue older than this moment is stale for an unknown id.
-                    Some(shared) => self.sync_shared(shared, |at| at < now).await,
+                    Some(shared) => self.sync_shared(&**shared, |at| at < now).await,
                     None => {
                         self.fetch_and_keep().await;
                     }

@@ -15,10 +15,12 @@ use parking_lot::Mutex;
 
 use super::client::{HttpClient, HttpError};
 use super::flow::Flow;
+use super::limits::Limits;
 use super::token::{AccessToken, TokenError, TokenManager, TokenSettings, TokenState};
 use super::{ChannelHealth, Circuit, Health, SendError, SendOutcome, SendRequest, SenderError};
 use crate::config::PusherConfig;
 use crate::config::ReadSecret as _;
+use crate::coord::Coordinator;
 use crate::metrics::{AttemptResult, CircuitState, Metrics};
 use crate::policy::LocalSecret;
 use crate::policy::Retry;
@@ -26,7 +28,6 @@ use crate::policy::wecom::Credential;
 use crate::providers::errcode::{SendAction, classify_http_status, describe};
 use crate::providers::{sender_for, wecom_errcode};
 use crate::resilience::breaker::{Outcome, SharedBreaker};
-use crate::resilience::ratelimit::RateLimiter;
 use crate::send::ErrorKind;
 use crate::send::{Outgoing, Receipt, Sender, TokenScope};
 
@@ -38,14 +39,14 @@ pub struct WeChatSender {
     http: Arc<HttpClient>,
     tokens: Arc<TokenManager>,
     breaker: SharedBreaker,
-    limiter: RateLimiter,
+    limiter: Limits,
     flow: Flow,
     metrics: Arc<Metrics>,
     retry: Retry,
     rate_wait: Duration,
     gates: Arc<Mutex<Gates>>,
-    /// The pods' shared state in Redis, when the channel has several pods.
-    shared: Option<crate::store::redis::SharedClient>,
+    /// The state shared with the other pods of the channel (`coord`), when there are several.
+    shared: Option<Arc<dyn Coordinator>>,
     /// Whether a send pause of another pod has been looked for since start (the first sends
     /// wait for that answer; later ones rely on the once-a-second watcher).
     shared_pause_checked: std::sync::atomic::AtomicBool,
@@ -157,11 +158,11 @@ impl WeChatSender {
     }
 
     /// As [`WeChatSender::new`], sharing the token, the rate limit, the daily quota and the
-    /// channel's pauses with the other pods through Redis when `shared` is given.
+    /// channel's pauses with the other pods through `shared` when it is given.
     pub fn with_shared(
         config: &PusherConfig,
         metrics: Arc<Metrics>,
-        shared: Option<crate::store::redis::SharedClient>,
+        shared: Option<Arc<dyn Coordinator>>,
     ) -> Result<Self, SenderError> {
         Self::build(config, metrics, sender_for(config)?, shared)
     }
@@ -170,7 +171,7 @@ impl WeChatSender {
         config: &PusherConfig,
         metrics: Arc<Metrics>,
         provider: Arc<dyn Sender>,
-        shared: Option<crate::store::redis::SharedClient>,
+        shared: Option<Arc<dyn Coordinator>>,
     ) -> Result<Self, SenderError> {
         let pool = crate::policy::Pool {
             max_idle_per_host: Some(config.pool.idle_per_host(config.concurrency.max_in_flight)),
@@ -207,9 +208,7 @@ impl WeChatSender {
             .with_shared(shared.clone()),
         );
         metrics.channel_paused.set(0);
-        let limiter = RateLimiter::new(&config.rate_limit)
-            .with_ceiling(provider.rate_ceiling())
-            .with_shared(shared.clone());
+        let limiter = Limits::new(&config.rate_limit, shared.clone(), provider.rate_ceiling());
         let closings = Arc::new(tokio::sync::watch::Sender::new(0u64));
         Ok(Self {
             provider,
@@ -743,10 +742,7 @@ const SEND_PAUSE_POLL: Duration = Duration::from_secs(1);
 /// Copies a channel-wide send pause (a configuration fault another pod's send met) into this
 /// pod's gates, once a second, while the sender lives. Polled rather than checked per send so
 /// that sending costs no extra Redis round trip.
-fn watch_send_pause(
-    shared: crate::store::redis::SharedClient,
-    gates: std::sync::Weak<Mutex<Gates>>,
-) {
+fn watch_send_pause(shared: Arc<dyn Coordinator>, gates: std::sync::Weak<Mutex<Gates>>) {
     tokio::spawn(async move {
         let mut first = true;
         loop {

@@ -85,6 +85,21 @@ async fn send(sender: &WeChatSender, id: &str) -> SendOutcome {
         .await
 }
 
+/// Waits until the send pause's time is up (the next send is the probe), as `health()` reports
+/// it. The pause runs on the system clock, which tokio's paused clock does not move, so this
+/// polls with a bound instead.
+async fn until_probe_due(sender: &WeChatSender) {
+    let start = std::time::Instant::now();
+    while sender.health().sending != crate::wechat::Health::Ok {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the send pause (throttledBackoff 300ms) did not end: {:?}",
+            sender.health()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 #[tokio::test]
 async fn api_unauthorized_pauses_the_channel_with_one_probe_per_interval() {
     let (base, script) = scripted().await;
@@ -106,14 +121,14 @@ async fn api_unauthorized_pauses_the_channel_with_one_probe_per_interval() {
         "no send while paused"
     );
     // Still unauthorised at the first probe: one request, paused again.
-    tokio::time::sleep(Duration::from_millis(320)).await;
+    until_probe_due(&sender).await;
     let ids: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
     let outs = futures::future::join_all(ids.iter().map(|id| send(&sender, id))).await;
     assert!(outs.iter().all(|o| matches!(o, SendOutcome::Paused { .. })));
     assert_eq!(script.sends.load(Ordering::SeqCst), 2, "exactly one probe");
     // Fixed at WeChat's side: the next probe goes through and the channel resumes.
     script.send_errcode.store(0, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(320)).await;
+    until_probe_due(&sender).await;
     assert!(matches!(
         send(&sender, "d").await,
         SendOutcome::Delivered {

@@ -35,6 +35,7 @@ use tracing::Instrument as _;
 use super::SendError;
 use super::client::{HttpClient, HttpError};
 use crate::config::ReadSecret as _;
+use crate::coord::{CoordError, Coordinator, Lock, SharedToken};
 use crate::metrics::Metrics;
 use crate::metrics::{TokenApiLabel, TokenResult};
 use crate::policy::{LocalSecret, Retry, TokenApi};
@@ -42,7 +43,6 @@ use crate::providers::errcode::{FetchAction, classify_fetch, describe};
 use crate::providers::wecom_errcode;
 use crate::resilience::backoff;
 use crate::send::{ErrorKind, TokenScope};
-use crate::store::redis::SharedClient;
 
 /// WeChat allows a `force_refresh` of the stable token at most every 30 s.
 const FORCE_REFRESH_SPACING: Duration = Duration::from_secs(30);
@@ -158,7 +158,7 @@ pub struct TokenManager {
     settings: TokenSettings,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
-    shared: Option<SharedClient>,
+    shared: Option<Arc<dyn Coordinator>>,
 }
 
 /// What one fetch produced.
@@ -205,9 +205,9 @@ impl TokenManager {
         }
     }
 
-    /// Shares the token with the other pods of the channel through Redis.
+    /// Shares the token with the other pods of the channel through `shared` (`coord`).
     #[must_use]
-    pub fn with_shared(mut self, shared: Option<SharedClient>) -> Self {
+    pub fn with_shared(mut self, shared: Option<Arc<dyn Coordinator>>) -> Self {
         // A webhook key is read from the channel's own Secret by each pod: nothing to share.
         if self.settings.scope != TokenScope::WebhookKey {
             self.shared = shared;
@@ -352,7 +352,7 @@ impl TokenManager {
         tokio::spawn(
             async move {
                 let fetched = match this.shared.clone() {
-                    Some(shared) => this.fetch_shared(&shared, rejected, may_force).await,
+                    Some(shared) => this.fetch_shared(&*shared, rejected, may_force).await,
                     None => this.fetch(rejected, may_force).await,
                 };
                 let result = this.apply(fetched);
@@ -368,16 +368,14 @@ impl TokenManager {
     /// published; else the token another pod publishes meanwhile.
     async fn fetch_shared(
         &self,
-        shared: &SharedClient,
+        shared: &dyn Coordinator,
         rejected: Option<AccessToken>,
         may_force: bool,
     ) -> Fetched {
         let bound = self.settings.request_timeout * 2 + Duration::from_secs(1);
         let deadline = Instant::now() + bound;
-        let usable = |t: &crate::store::redis::SharedToken| {
-            rejected.as_ref().is_none_or(|r| r.as_str() != t.token)
-        };
-        let from_shared = |t: crate::store::redis::SharedToken| {
+        let usable = |t: &SharedToken| rejected.as_ref().is_none_or(|r| r.as_str() != t.token);
+        let from_shared = |t: SharedToken| {
             let now = crate::store::millis(jiff::Timestamp::now());
             Fetched::Token {
                 token: AccessToken(Arc::from(t.token)),
@@ -387,27 +385,27 @@ impl TokenManager {
         };
         loop {
             let step = async {
-                if let Some((code, msg)) = shared.pause().await? {
-                    return Ok::<_, redis::RedisError>(Some(Fetched::Errcode(code, msg)));
+                if let Some((code, msg)) = shared.token_pause().await? {
+                    return Ok::<_, CoordError>(Some(Fetched::Errcode(code, msg)));
                 }
                 let now = crate::store::millis(jiff::Timestamp::now());
                 let current = shared.token().await?.filter(|t| usable(t));
                 if let Some(t) = current.clone().filter(|t| now < t.refresh_ms) {
                     return Ok(Some(from_shared(t)));
                 }
-                if shared.try_lock(bound).await? {
+                if shared.try_lock(Lock::Token, bound).await? {
                     // Someone may have published between the look and the lock.
                     if let Some(t) = shared
                         .token()
                         .await?
                         .filter(|t| usable(t) && now < t.refresh_ms)
                     {
-                        shared.unlock().await?;
+                        shared.unlock(Lock::Token).await?;
                         return Ok(Some(from_shared(t)));
                     }
                     let fetched = self.fetch(rejected.clone(), may_force).await;
                     self.publish(shared, &fetched).await;
-                    shared.unlock().await?;
+                    shared.unlock(Lock::Token).await?;
                     return Ok(Some(fetched));
                 }
                 // Another pod is refreshing: the current token is still good meanwhile.
@@ -432,7 +430,7 @@ impl TokenManager {
     }
 
     /// Publishes what the refresher got: a token for every pod, or a channel-wide pause.
-    async fn publish(&self, shared: &SharedClient, fetched: &Fetched) {
+    async fn publish(&self, shared: &dyn Coordinator, fetched: &Fetched) {
         let result = match fetched {
             Fetched::Token {
                 token, expires_in, ..
@@ -448,12 +446,20 @@ impl TokenManager {
                 match self.classify_fetch(*code, wall) {
                     FetchAction::ConfigFault => {
                         shared
-                            .set_pause(*code, msg, self.settings.retry.throttled_backoff.get())
+                            .set_token_pause(
+                                *code,
+                                msg,
+                                self.settings.retry.throttled_backoff.get(),
+                            )
                             .await
                     }
                     FetchAction::Quota { until } => {
                         shared
-                            .set_pause(*code, msg, until.duration_since(wall).unwrap_or_default())
+                            .set_token_pause(
+                                *code,
+                                msg,
+                                until.duration_since(wall).unwrap_or_default(),
+                            )
                             .await
                     }
                     FetchAction::Backoff => Ok(()),

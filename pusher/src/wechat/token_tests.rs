@@ -65,17 +65,35 @@ async fn concurrent_callers_share_one_fetch() {
 #[tokio::test]
 async fn refreshes_before_expiry_in_the_background() {
     let sandbox = Sandbox::start(SandboxConfig {
-        token_expires_in: Duration::from_secs(2),
+        token_expires_in: Duration::from_secs(4),
+        // Every token call takes 800 ms, so that the refresh can be seen under way (and still
+        // ends well before the first token expires).
+        faults: FaultConfig {
+            latency: Duration::from_millis(800),
+            ..FaultConfig::default()
+        },
         ..SandboxConfig::new(APPID, SECRET)
     })
     .await
     .expect("sandbox");
     let (m, _) = manager(&sandbox.base_url(), TokenApi::Classic, SECRET);
     let first = m.get().await.expect("token");
-    // refreshBefore (4m) is capped at half the lifetime: the refresh starts after 1 s.
+    // refreshBefore (4m) is capped at half the lifetime: the refresh starts after 2 s.
     assert_eq!(m.get().await.expect("cached"), first);
     assert_eq!(sandbox.stats().token_calls.classic, 1);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // The manager keeps time on the system clock, which tokio's paused clock does not move:
+    // poll with a bound until the refresh reaches the sandbox. Every get meanwhile hands out
+    // the cached token; the first one past the refresh time starts the refresh.
+    let arrived = || sandbox.stats().requests.get("token").copied().unwrap_or(0);
+    let start = std::time::Instant::now();
+    while arrived() < 2 {
+        assert_eq!(m.get().await.expect("cached"), first);
+        assert!(
+            start.elapsed() < Duration::from_secs(4),
+            "no background refresh"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Still valid: handed out at once while the refresh runs.
     assert_eq!(m.get().await.expect("still valid"), first);
     let start = std::time::Instant::now();

@@ -15,39 +15,42 @@
 //! **A bounded schedule in memory.** Only the head of the schedule, the earliest-due entries
 //! (about `super::index::HEAD`) up to a watermark, is held in memory; the rest stays in the
 //! durable `schedule` table and is only counted. The writer thread refills the head from that
-//! table when a lease finds it low (`writer::Writer::upkeep`). This is the queue's own
+//! table when a lease finds it low (`writer/head.rs`). This is the queue's own
 //! scheduling over redb, hand-written because its one invariant (every durable entry up to
 //! the watermark is in memory, so none is stranded on disk) holds only if the thread that
 //! commits is also the one that reads the table and moves the watermark.
 //!
-//! Tables: `messages` (id → JSON record), `schedule` ((due ms, id) for pending messages),
-//! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
-//! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
-//! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
-//! `callbacks` ((due ms, callback id) → JSON [`PendingCallback`], written in the same
-//! transaction as the state change that causes the callback).
+//! Its parts: `schema.rs` (the tables, the record encoding, reading the schedule back on
+//! open), `shared.rs` (what the handles and the writer thread share), `budget.rs` (the disk
+//! budget), `writer/` (the one writer thread), and this file: the store's handle, its reads
+//! and leases, and the [`Store`] implementation.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use parking_lot::{Mutex, RwLock};
-use redb::{
-    Database, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
-};
+use redb::ReadableTable;
 use tokio::sync::{Notify, oneshot};
 
+mod budget;
+mod credits;
+mod reads;
+mod schema;
+mod shared;
 #[cfg(test)]
 mod tests;
 mod writer;
 
+use reads::{read_leased, read_record, stamped, wait_for_work};
+use schema::{CALLBACKS, CREDITS, DEAD, MESSAGES, decode, encode, load_index, open_db, storage};
+use shared::{Fresh, Shared};
 use writer::{Op, Writer};
 
-use super::index::{HEAD, IdMap, Index};
+use super::index::{HEAD, IdMap};
 use super::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, Leased, PendingCallback, QueueCounts, Store,
     StoreError, each_failed, millis,
@@ -56,38 +59,9 @@ use super::{DeliveryEvent, EventOutcome};
 use crate::message::{MessageId, MessageRecord, Status};
 use crate::ratelog::LogLimiter;
 
-const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
-const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
-const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
-const DEAD: TableDefinition<u128, ()> = TableDefinition::new("dead");
-const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency");
-/// WeChat `msgid` → message id, written when a message is completed as `delivered`.
-const MSGIDS: TableDefinition<i64, u128> = TableDefinition::new("msgids");
-/// `(openid, delivered_ms, id)` of delivered messages with no event yet (the `MsgID` 0
-/// fallback).
-const AWAITING: TableDefinition<(&str, u64, u128), ()> = TableDefinition::new("awaiting_event");
-/// `(openid, CreateTime, MsgID)` of recorded events → the message (de-duplication).
-const EVENTS_SEEN: TableDefinition<(&str, u64, i64), u128> = TableDefinition::new("events_seen");
-/// `(due_ms, callback id)` → JSON [`PendingCallback`].
-const CALLBACKS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("callbacks");
-/// One-time subscription credits left, by (openid, template_id).
-const CREDITS: TableDefinition<(&str, &str), u64> = TableDefinition::new("credits");
-/// One row written by the healer to prove that the database takes writes again.
-const PROBE: TableDefinition<u8, u64> = TableDefinition::new("probe");
 /// Longest wait between looks at the callbacks table (new ones wake the worker at once).
 const CALLBACK_POLL: Duration = Duration::from_millis(100);
 
-/// Memory for accepted records kept for their first lease (see `Shared::fresh`), at most, by
-/// [`Fresh::size`]; beyond it a lease reads them from disk. A message's template data can be
-/// tens of kilobytes, so the bound is in bytes, not records.
-const FRESH_BYTES: usize = 4 << 20;
-/// Most operations applied in one commit.
-const MAX_GROUP: usize = 8192;
-/// Most finished messages removed by one retention sweep (keeps each sweep's commit small).
-const SWEEP_BATCH: usize = 5000;
-/// redb's page cache. redb's default is 1 GiB, which a large backlog fills; the queue's
-/// working set (the head of the schedule and the messages in flight) is far smaller.
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Operations from producers (accepts, replays, events) waiting for the writer at most; beyond
 /// it they are refused with [`StoreError::Busy`] (HTTP 503), so the writer's queue is bounded.
 /// Completions and callback outcomes are bounded by their worker pools and always queue.
@@ -112,110 +86,9 @@ pub struct EmbeddedOptions {
     pub max_bytes: Option<u64>,
 }
 
-fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Storage(e.into().to_string())
-}
-
-fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record).map_err(|e| StoreError::Storage(format!("encode record: {e}")))
-}
-
-fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Storage(format!("decode record: {e}")))
-}
-
-/// Opens (or creates) the database file with the store's cache size.
-fn open_db(file: &Path) -> Result<Database, StoreError> {
-    Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .create(file)
-        .map_err(storage)
-}
-
-/// What the store and its handles share.
-#[derive(Debug)]
-struct Shared {
-    /// The database file.
-    file: PathBuf,
-    /// The disk budget (`queue.embedded.maxBytes`), when there is one.
-    budget: Option<Arc<writer::Budget>>,
-    /// The database; `None` only while the healer reopens it.
-    db: RwLock<Option<Database>>,
-    index: Mutex<Index>,
-    /// The size of the in-memory head of the schedule ([`HEAD`]; smaller in tests).
-    head: usize,
-    /// Whether a lease asked the writer to refill the head (and it has not yet).
-    refill_asked: AtomicBool,
-    work: Notify,
-    healthy: AtomicBool,
-    closed: AtomicBool,
-    /// Since when writes have been failing (`None` while healthy).
-    unhealthy_since: Mutex<Option<Instant>>,
-    /// See [`EmbeddedOptions::unhealthy_after`].
-    unhealthy_after: Duration,
-    /// Failed write groups in a row: how long a lease given back after a failed write waits.
-    failures: AtomicU32,
-    /// Producer operations waiting for the writer (see [`MAX_QUEUED_OPS`]).
-    queued: AtomicUsize,
-    /// Rate limit of the store's error lines.
-    logs: LogLimiter,
-    /// Outcomes of attempts whose write failed, by message: handed out with the message's
-    /// next lease so that the outcome is recorded rather than the message sent again.
-    unrecorded: Mutex<IdMap<MessageRecord>>,
-    /// Records of accepted messages not yet leased, as committed (at most [`FRESH`]): their
-    /// first lease takes them from here instead of reading and decoding them again. Nothing
-    /// writes a queued message that was never leased, so these stay what the disk holds.
-    fresh: Mutex<Fresh>,
-    /// Callback ids leased to the callback worker.
-    callbacks_leased: Mutex<std::collections::HashSet<u128>>,
-    /// Woken when callbacks were added.
-    callback_work: Notify,
-}
-
-/// Records of accepted messages awaiting their first lease, and about how much memory they
-/// hold.
-#[derive(Debug, Default)]
-struct Fresh {
-    records: IdMap<MessageRecord>,
-    bytes: usize,
-}
-
-impl Fresh {
-    /// About what a record holds in memory: its strings and template data, plus the struct.
-    fn size(record: &MessageRecord) -> usize {
-        let m = &record.message;
-        std::mem::size_of::<MessageRecord>()
-            + record.client_msg_id.len()
-            + record.idempotency_key.as_ref().map_or(0, String::len)
-            + m.touser.len()
-            + m.template_id.len()
-            + m.data.as_str().len()
-            + [
-                &m.url,
-                &m.page,
-                &m.miniprogram_state,
-                &m.lang,
-                &m.client_msg_id,
-                &m.callback_url,
-            ]
-            .iter()
-            .map(|s| s.as_ref().map_or(0, String::len))
-            .sum::<usize>()
-            + m.miniprogram.as_ref().map_or(0, |p| {
-                p.appid.len() + p.pagepath.as_ref().map_or(0, String::len)
-            })
-    }
-
-    fn take(&mut self, id: u128) -> Option<MessageRecord> {
-        let record = self.records.remove(&id)?;
-        self.bytes = self.bytes.saturating_sub(Self::size(&record));
-        Some(record)
-    }
-}
-
 /// The embedded store's disk budget, for metrics.
 #[derive(Debug, Clone)]
-pub struct DiskBudget(Arc<writer::Budget>);
+pub struct DiskBudget(Arc<budget::Budget>);
 
 impl DiskBudget {
     /// `(bytes in use as last measured, budget)`.
@@ -229,51 +102,6 @@ impl DiskBudget {
 pub struct EmbeddedStore {
     shared: Arc<Shared>,
     tx: mpsc::Sender<Op>,
-}
-
-impl Shared {
-    fn begin_read(&self) -> Result<ReadTransaction, StoreError> {
-        let db = self.db.read();
-        let db = db
-            .as_ref()
-            .ok_or_else(|| StoreError::Storage("the queue is being reopened".into()))?;
-        db.begin_read().map_err(storage)
-    }
-
-    fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
-        let db = self.db.read();
-        let db = db
-            .as_ref()
-            .ok_or_else(|| StoreError::Storage("the queue is being reopened".into()))?;
-        db.begin_write().map_err(storage)
-    }
-
-    /// How long a lease given back after a failed write waits before it is due again: 1 s,
-    /// doubling with every failed group in a row, at most 30 s.
-    fn give_back_delay(&self) -> Duration {
-        let n = self.failures.load(Ordering::Relaxed).min(5);
-        Duration::from_secs(1 << n).min(Duration::from_secs(30))
-    }
-
-    /// Keeps just committed records for their first lease, while there is room.
-    fn keep_fresh(&self, records: Vec<MessageRecord>) {
-        let mut fresh = self.fresh.lock();
-        for record in records {
-            let size = Fresh::size(&record);
-            if fresh.bytes + size > FRESH_BYTES {
-                break;
-            }
-            fresh.bytes += size;
-            fresh.records.insert(record.id.as_u128(), record);
-        }
-    }
-
-    /// Gives a lease back, due again only after [`Shared::give_back_delay`].
-    fn give_back(&self, id: u128) {
-        let at = millis(Timestamp::now())
-            .saturating_add(u64::try_from(self.give_back_delay().as_millis()).unwrap_or(0));
-        self.index.lock().unlease_after(id, at);
-    }
 }
 
 impl EmbeddedStore {
@@ -294,7 +122,7 @@ impl EmbeddedStore {
         head: usize,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.path).map_err(|e| {
-            StoreError::Storage(format!("cannot create {}: {e}", options.path.display()))
+            StoreError::storage(format!("cannot create {}: {e}", options.path.display()), e)
         })?;
         let file = options.path.join("wxpush-queue.redb");
         let db = open_db(&file)?;
@@ -307,7 +135,7 @@ impl EmbeddedStore {
             "embedded queue opened"
         );
         let shared = Arc::new(Shared {
-            budget: options.max_bytes.map(|b| Arc::new(writer::Budget::new(b))),
+            budget: options.max_bytes.map(|b| Arc::new(budget::Budget::new(b))),
             file,
             db: RwLock::new(Some(db)),
             index: Mutex::new(index),
@@ -343,7 +171,7 @@ impl EmbeddedStore {
                     let _ = reply.send(());
                 }
             })
-            .map_err(|e| StoreError::Storage(format!("cannot start the writer thread: {e}")))?;
+            .map_err(|e| StoreError::storage(format!("cannot start the writer thread: {e}"), e))?;
         Ok(Self { shared, tx })
     }
 
@@ -379,199 +207,12 @@ impl EmbeddedStore {
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || f(&shared))
             .await
-            .map_err(|e| StoreError::Storage(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::storage(format!("read task failed: {e}"), e))?
     }
 
     /// The store file's folder.
     pub fn file_in(path: &Path) -> PathBuf {
         path.join("wxpush-queue.redb")
-    }
-}
-
-/// Creates the tables when missing, and reads the schedule: its first `head` entries (not
-/// leased by this process: `leased`) into memory, the others counted ([`Index::load`]).
-pub(super) fn load_index(
-    db: &Database,
-    head: usize,
-    leased: &IdMap<u64>,
-) -> Result<Index, StoreError> {
-    // Create the tables on first open, so that readers never meet a missing table.
-    let txn = db.begin_write().map_err(storage)?;
-    {
-        txn.open_table(MESSAGES).map_err(storage)?;
-        txn.open_table(SCHEDULE).map_err(storage)?;
-        txn.open_table(FINISHED).map_err(storage)?;
-        txn.open_table(DEAD).map_err(storage)?;
-        txn.open_table(IDEMPOTENCY).map_err(storage)?;
-        txn.open_table(MSGIDS).map_err(storage)?;
-        txn.open_table(AWAITING).map_err(storage)?;
-        txn.open_table(EVENTS_SEEN).map_err(storage)?;
-        txn.open_table(CALLBACKS).map_err(storage)?;
-        txn.open_table(PROBE).map_err(storage)?;
-    }
-    txn.commit().map_err(storage)?;
-    let txn = db.begin_read().map_err(storage)?;
-    let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
-    let mut failed = None;
-    let entries = schedule
-        .iter()
-        .map_err(storage)?
-        .map_while(|entry| match entry {
-            Ok((key, _)) => Some(key.value()),
-            Err(e) => {
-                failed = Some(storage(e));
-                None
-            }
-        });
-    let mut index = Index::load(head, entries, leased, millis(Timestamp::now()));
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    index.dead = txn
-        .open_table(DEAD)
-        .map_err(storage)?
-        .len()
-        .map_err(storage)?;
-    Ok(index)
-}
-
-/// `record` with its first attempt started at `at` (what [`Store::start_attempt`] records).
-fn stamped(record: &MessageRecord, at: Timestamp) -> MessageRecord {
-    let mut r = record.clone();
-    r.first_attempt_at = Some(at);
-    r.budget_from = at;
-    r.updated_at = at;
-    r
-}
-
-fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, StoreError> {
-    let txn = shared.begin_read()?;
-    let table = txn.open_table(MESSAGES).map_err(storage)?;
-    let got = table.get(id).map_err(storage)?;
-    got.map(|v| decode(v.value())).transpose()
-}
-
-/// Reads the records of the ids just taken from the schedule. Never strands a lease: an id
-/// whose record cannot be read (a read error, an undecodable record) is given back with a
-/// delay and the others are still returned; when the read cannot even start, all are given
-/// back.
-fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Leased> {
-    let table = match shared
-        .begin_read()
-        .and_then(|txn| txn.open_table(MESSAGES).map_err(storage))
-    {
-        Ok(t) => t,
-        Err(e) => {
-            if let Some(held) = shared.logs.check("lease_read") {
-                tracing::error!(error = %e, held_back = held, "cannot read leased messages");
-            }
-            for (_, id) in taken {
-                shared.give_back(id);
-            }
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::with_capacity(taken.len());
-    for (slot, id) in taken {
-        let record = match table.get(id) {
-            Ok(Some(v)) => decode(v.value()),
-            Ok(None) => Err(StoreError::NotFound(MessageId::from_u128(id))),
-            Err(e) => Err(storage(e)),
-        };
-        match record {
-            Ok(record) if !record.status.is_final() => {
-                let unrecorded = shared.unrecorded.lock().remove(&id).map(Box::new);
-                out.push(Leased {
-                    record,
-                    slot,
-                    unrecorded,
-                });
-            }
-            Ok(_) | Err(StoreError::NotFound(_)) => {
-                // Not pending any more: drop the stale schedule entry.
-                tracing::warn!(id = %MessageId::from_u128(id), "stale schedule entry");
-                shared.index.lock().release(id, None);
-            }
-            Err(e) => {
-                if let Some(held) = shared.logs.check("lease_record") {
-                    tracing::error!(
-                        id = %MessageId::from_u128(id),
-                        error = %e,
-                        held_back = held,
-                        "cannot read a leased message; it is tried again later"
-                    );
-                }
-                shared.give_back(id);
-            }
-        }
-    }
-    out
-}
-
-/// The wait of the two lease loops: until `notified` fires (new work), the next scheduled entry
-/// is due (`next_ms`, in store milliseconds, read at `now_ms`), `wake` passes, or `deadline`
-/// passes. Returns `false`, without waiting, once the deadline has passed.
-async fn wait_for_work(
-    notified: impl std::future::Future<Output = ()>,
-    deadline: tokio::time::Instant,
-    wake: tokio::time::Instant,
-    next_ms: Option<u64>,
-    now_ms: u64,
-) -> bool {
-    let now = tokio::time::Instant::now();
-    if now >= deadline {
-        return false;
-    }
-    let mut until = deadline.min(wake);
-    if let Some(next) = next_ms {
-        let in_ms = next.saturating_sub(now_ms).max(1);
-        until = until.min(now + Duration::from_millis(in_ms));
-    }
-    tokio::select! {
-        () = notified => {}
-        () = tokio::time::sleep_until(until) => {}
-    }
-    true
-}
-
-impl EmbeddedStore {
-    /// Changes the credits of (`openid`, `template_id`) in one write transaction: `change`
-    /// maps the balance to the new one, or `None` to leave it.
-    async fn change_credits(
-        &self,
-        openid: &str,
-        template_id: &str,
-        change: impl FnOnce(u64) -> Option<u64> + Send + 'static,
-    ) -> Result<(u64, bool), StoreError> {
-        let (openid, template_id) = (openid.to_string(), template_id.to_string());
-        self.read(move |shared| {
-            let txn = shared.begin_write()?;
-            let result = {
-                let mut table = txn.open_table(CREDITS).map_err(storage)?;
-                let now = table
-                    .get((openid.as_str(), template_id.as_str()))
-                    .map_err(storage)?
-                    .map_or(0, |v| v.value());
-                match change(now) {
-                    Some(next) => {
-                        if next == 0 {
-                            table
-                                .remove((openid.as_str(), template_id.as_str()))
-                                .map_err(storage)?;
-                        } else {
-                            table
-                                .insert((openid.as_str(), template_id.as_str()), next)
-                                .map_err(storage)?;
-                        }
-                        (next, true)
-                    }
-                    None => (now, false),
-                }
-            };
-            txn.commit().map_err(storage)?;
-            Ok(result)
-        })
-        .await
     }
 }
 

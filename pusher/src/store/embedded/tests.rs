@@ -208,7 +208,7 @@ async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
         let fresh = store.shared.fresh.lock();
         (fresh.records.len(), fresh.bytes)
     };
-    assert!(bytes <= super::FRESH_BYTES, "{bytes} bytes kept");
+    assert!(bytes <= super::shared::FRESH_BYTES, "{bytes} bytes kept");
     assert!(kept > 0 && kept < 80, "{kept} of 80 kept in memory");
     let leased = lease(&store, 80).await;
     assert_eq!(leased.len(), 80);

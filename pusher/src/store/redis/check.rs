@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use redis::Value;
 
-use super::{RedisStore, decode, hash_slot, strings};
+use super::{RedisStore, decode, strings};
 use crate::message::Status;
 use crate::store::StoreError;
 
@@ -25,7 +25,7 @@ impl RedisStore {
             super::Conn::Cluster(mut c) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(hash_slot(&self.inner.stream), SlotAddr::Master),
+                    Route::with_key(&self.inner.stream, SlotAddr::Master),
                 ));
                 c.route_command(cmd, route).await
             }
@@ -109,7 +109,7 @@ impl RedisStore {
                 .arg(1000);
             let (next, keys): (String, Vec<String>) =
                 redis::from_redis_value(self.on_owner(cmd).await?)
-                    .map_err(|e| StoreError::Storage(format!("redis check: {e}")))?;
+                    .map_err(|e| StoreError::storage(format!("redis check: {e}"), e))?;
             for key in keys {
                 seen += 1;
                 let mut cmd = redis::cmd("GET");

@@ -45,7 +45,6 @@
 mod check;
 mod conn;
 pub mod scripts;
-pub mod shared;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -57,8 +56,8 @@ use redis::streams::StreamPendingReply;
 use redis::{RedisError, Script, Value};
 use tokio::sync::Notify;
 
+pub(crate) use conn::retrying;
 pub use conn::{Conn, check_url, connect, nodes, redact};
-pub use shared::{Permit, SharedClient, SharedToken};
 
 use super::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, DeliveryEvent, EventOutcome, Leased,
@@ -244,11 +243,11 @@ fn is_connection_error(e: &RedisError) -> bool {
 }
 
 fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Storage(format!("decode record: {e}")))
+    serde_json::from_slice(bytes).map_err(|e| StoreError::storage(format!("decode record: {e}"), e))
 }
 
 fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
-    serde_json::to_string(v).map_err(|e| StoreError::Storage(format!("encode: {e}")))
+    serde_json::to_string(v).map_err(|e| StoreError::storage(format!("encode: {e}"), e))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -270,38 +269,13 @@ fn strings(v: Value) -> Vec<String> {
     }
 }
 
-/// The CRC16 (XMODEM) hash slot of a key, as Redis Cluster computes it (hash tags honoured).
-pub fn hash_slot(key: &str) -> u16 {
-    let bytes = key.as_bytes();
-    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
-        let rest = &bytes[open + 1..];
-        rest.iter()
-            .position(|&b| b == b'}')
-            .filter(|&close| close > 0)
-            .map(|close| &rest[..close])
-    });
-    let data = tagged.unwrap_or(bytes);
-    let mut crc: u16 = 0;
-    for &b in data {
-        crc ^= u16::from(b) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
-}
-
 impl RedisStore {
     /// Connects, creates the consumer group if needed and starts the counts refresher.
     /// Errors name the URL without its password.
     pub async fn connect(options: RedisOptions) -> Result<Self, StoreError> {
         let conn = connect(&options.url, options.cluster)
             .await
-            .map_err(StoreError::Storage)?;
+            .map_err(|m| StoreError::Storage(m.into()))?;
         let base = key_base(&options.key_prefix, &options.channel);
         let stream = format!("{base}q");
         let inner = Arc::new(Inner {
@@ -367,9 +341,9 @@ impl RedisStore {
     }
 
     /// Runs `script` with every key it touches in `keys`, retrying the whole call on a cluster
-    /// redirect ([`conn::retrying`]). The shared client state (`shared.rs`) runs its scripts
-    /// through this too.
-    pub(super) async fn script<T: redis::FromRedisValue>(
+    /// redirect ([`conn::retrying`]). The pods' coordination over Redis (`coord/redis.rs`) runs
+    /// its scripts through this too.
+    pub(crate) async fn script<T: redis::FromRedisValue>(
         &self,
         script: &Script,
         keys: &[String],
@@ -404,7 +378,7 @@ impl RedisStore {
             tracing::warn!(error = %conn::clean(e), "redis unreachable");
         }
         self.reconnect_if_stuck(e);
-        StoreError::Storage(format!("redis {what}: {}", conn::clean(e)))
+        StoreError::storage(format!("redis {what}: {}", conn::clean(e)), e.clone())
     }
 
     /// A cluster client can stay stuck on a stale view of the cluster after a node restarted
@@ -583,7 +557,7 @@ impl RedisStore {
             Conn::Cluster(mut c) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
-                    Route::new(hash_slot(&self.inner.stream), SlotAddr::Master),
+                    Route::with_key(&self.inner.stream, SlotAddr::Master),
                 ));
                 let v = c
                     .route_command(cmd, route)
@@ -593,9 +567,10 @@ impl RedisStore {
             }
         };
         if acked < i64::from(n) {
-            return Err(StoreError::Storage(format!(
-                "only {acked} of {n} replicas acknowledged the write in {WAIT_REPLICAS:?}"
-            )));
+            return Err(StoreError::Storage(
+                format!("only {acked} of {n} replicas acknowledged the write in {WAIT_REPLICAS:?}")
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -1087,9 +1062,9 @@ impl Store for RedisStore {
         let mut results = Vec::with_capacity(flat.len() / 3);
         let mut fresh = false;
         for t in flat[1..].chunks_exact(3) {
-            let id: MessageId = t[0]
-                .parse()
-                .map_err(|_| StoreError::Storage(format!("redis accept: bad id {}", t[0])))?;
+            let id: MessageId = t[0].parse().map_err(|_| {
+                StoreError::Storage(format!("redis accept: bad id {}", t[0]).into())
+            })?;
             let status: Status = serde_json::from_value(serde_json::Value::String(t[1].clone()))
                 .unwrap_or(Status::Queued);
             let duplicate = t[2] == "1";
@@ -1205,9 +1180,9 @@ impl Store for RedisStore {
         let id = leased.record.id;
         let key = id.to_string();
         let Some(eid) = self.inner.leases.lock().get(&key).cloned() else {
-            return Err(StoreError::Storage(format!(
-                "redis start attempt: {id} is not leased by this process"
-            )));
+            return Err(StoreError::Storage(
+                format!("redis start attempt: {id} is not leased by this process").into(),
+            ));
         };
         let mut record = leased.record.clone();
         if record.first_attempt_at.is_none() {
@@ -1233,10 +1208,13 @@ impl Store for RedisStore {
                 match a.as_str() {
                     "ok" | "kept" => return Ok(()),
                     "gone" => StoreError::NotFound(id),
-                    _ => StoreError::Storage(format!(
-                        "redis start attempt: not written ({a}): the lease of {id} was taken \
-                         over or the message is final"
-                    )),
+                    _ => StoreError::Storage(
+                        format!(
+                            "redis start attempt: not written ({a}): the lease of {id} was \
+                             taken over or the message is final"
+                        )
+                        .into(),
+                    ),
                 }
             }
             Err(e) => self.fail("start attempt", &e),
@@ -1501,7 +1479,7 @@ impl Store for RedisStore {
                     return Ok(());
                 };
                 let mut cb: PendingCallback = serde_json::from_str(&old)
-                    .map_err(|e| StoreError::Storage(format!("decode callback: {e}")))?;
+                    .map_err(|e| StoreError::storage(format!("decode callback: {e}"), e))?;
                 cb.attempts = attempts;
                 (millis(at).to_string(), encode(&cb)?)
             }
@@ -1560,13 +1538,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn slots_follow_the_hash_tag() {
-        // Values from the Redis Cluster specification's reference implementation.
-        assert_eq!(hash_slot("123456789"), 0x31C3);
-        assert_eq!(hash_slot("{user1000}.following"), hash_slot("user1000"));
+    fn a_channels_keys_share_one_slot() {
+        use redis::cluster_routing::Slot;
+        let base = key_base("wxpush", "orders");
         assert_eq!(
-            hash_slot(&format!("{}q", key_base("wxpush", "orders"))),
-            hash_slot(&format!("{}m:01ABC", key_base("wxpush", "orders")))
+            Slot::for_key(format!("{base}q")),
+            Slot::for_key(format!("{base}m:01ABC"))
+        );
+        assert_ne!(
+            Slot::for_key(format!("{base}q")),
+            Slot::for_key(format!("{}q", key_base("wxpush", "other")))
         );
     }
 }

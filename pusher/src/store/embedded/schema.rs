@@ -1,0 +1,112 @@
+//! The embedded store's tables in redb, how records are encoded in them, and reading them
+//! back into the in-memory schedule when the database is opened.
+//!
+//! Tables: `messages` (id → JSON record), `schedule` ((due ms, id) for pending messages),
+//! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
+//! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
+//! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
+//! `callbacks` ((due ms, callback id) → JSON [`PendingCallback`], written in the same
+//! transaction as the state change that causes the callback), `credits` and `probe`.
+
+use std::path::Path;
+
+use jiff::Timestamp;
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::message::MessageRecord;
+use crate::store::index::{IdMap, Index};
+use crate::store::{StoreError, millis};
+
+pub(super) const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
+pub(super) const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
+pub(super) const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
+pub(super) const DEAD: TableDefinition<u128, ()> = TableDefinition::new("dead");
+pub(super) const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency");
+/// WeChat `msgid` → message id, written when a message is completed as `delivered`.
+pub(super) const MSGIDS: TableDefinition<i64, u128> = TableDefinition::new("msgids");
+/// `(openid, delivered_ms, id)` of delivered messages with no event yet (the `MsgID` 0
+/// fallback).
+pub(super) const AWAITING: TableDefinition<(&str, u64, u128), ()> =
+    TableDefinition::new("awaiting_event");
+/// `(openid, CreateTime, MsgID)` of recorded events → the message (de-duplication).
+pub(super) const EVENTS_SEEN: TableDefinition<(&str, u64, i64), u128> =
+    TableDefinition::new("events_seen");
+/// `(due_ms, callback id)` → JSON [`PendingCallback`].
+pub(super) const CALLBACKS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("callbacks");
+/// One-time subscription credits left, by (openid, template_id).
+pub(super) const CREDITS: TableDefinition<(&str, &str), u64> = TableDefinition::new("credits");
+/// One row written by the healer to prove that the database takes writes again.
+pub(super) const PROBE: TableDefinition<u8, u64> = TableDefinition::new("probe");
+/// redb's page cache. redb's default is 1 GiB, which a large backlog fills; the queue's
+/// working set (the head of the schedule and the messages in flight) is far smaller.
+pub(super) const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+pub(super) fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
+    {
+        let e = e.into();
+        StoreError::storage(e.to_string(), e)
+    }
+}
+
+pub(super) fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::storage(format!("encode record: {e}"), e))
+}
+
+pub(super) fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::storage(format!("decode record: {e}"), e))
+}
+
+/// Opens (or creates) the database file with the store's cache size.
+pub(super) fn open_db(file: &Path) -> Result<Database, StoreError> {
+    Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(file)
+        .map_err(storage)
+}
+
+/// Creates the tables when missing, and reads the schedule: its first `head` entries (not
+/// leased by this process: `leased`) into memory, the others counted ([`Index::load`]).
+pub(super) fn load_index(
+    db: &Database,
+    head: usize,
+    leased: &IdMap<u64>,
+) -> Result<Index, StoreError> {
+    // Create the tables on first open, so that readers never meet a missing table.
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        txn.open_table(MESSAGES).map_err(storage)?;
+        txn.open_table(SCHEDULE).map_err(storage)?;
+        txn.open_table(FINISHED).map_err(storage)?;
+        txn.open_table(DEAD).map_err(storage)?;
+        txn.open_table(IDEMPOTENCY).map_err(storage)?;
+        txn.open_table(MSGIDS).map_err(storage)?;
+        txn.open_table(AWAITING).map_err(storage)?;
+        txn.open_table(EVENTS_SEEN).map_err(storage)?;
+        txn.open_table(CALLBACKS).map_err(storage)?;
+        txn.open_table(PROBE).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)?;
+    let txn = db.begin_read().map_err(storage)?;
+    let schedule = txn.open_table(SCHEDULE).map_err(storage)?;
+    let mut failed = None;
+    let entries = schedule
+        .iter()
+        .map_err(storage)?
+        .map_while(|entry| match entry {
+            Ok((key, _)) => Some(key.value()),
+            Err(e) => {
+                failed = Some(storage(e));
+                None
+            }
+        });
+    let mut index = Index::load(head, entries, leased, millis(Timestamp::now()));
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    index.dead = txn
+        .open_table(DEAD)
+        .map_err(storage)?
+        .len()
+        .map_err(storage)?;
+    Ok(index)
+}

@@ -1,0 +1,355 @@
+//! The one writer of the embedded store: it takes whatever operations have queued up, applies
+//! them in one write transaction, commits once, and only then answers the callers and updates
+//! the in-memory schedule.
+//!
+//! Its parts, one job each: `op.rs` (the operations as callers send them), `txn.rs` (the open
+//! tables of a group's transaction and what the group has decided so far), `ops.rs` (what each
+//! operation writes), `reply.rs` (the in-memory changes and the replies, sent in one place,
+//! [`Writer::settle`], for success and failure alike: a failed commit rolls every change back
+//! and fails every caller, including those whose operations were never reached), `head.rs`
+//! (the in-memory head of the schedule), `heal.rs` (reopening after a failed write) and
+//! `sweep.rs` (the retention sweep).
+//!
+//! Between groups the writer also keeps the in-memory head of the schedule
+//! ([`crate::store::index`]): it trims it, refills it from the durable `schedule` table when it
+//! runs low, and counts the entries beyond its watermark that became due (`head.rs`).
+//! Only here is that safe: the writer is the one thread that commits, so a read it makes
+//! between two groups sees every commit, and the in-memory schedule has taken each of them.
+
+mod head;
+mod heal;
+mod op;
+mod ops;
+mod reply;
+mod sweep;
+mod txn;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use tokio::sync::oneshot;
+
+use crate::store::embedded::schema::storage;
+use crate::store::embedded::shared::Shared;
+use crate::store::index::COUNT_EVERY_MS;
+use crate::store::{StoreError, millis};
+use heal::Healing;
+pub(super) use op::Op;
+use reply::{Answer, Change, Effect, Step, owe};
+use sweep::SWEEP_BATCH;
+use txn::{Group, Tables};
+
+/// Most operations applied in one commit.
+const MAX_GROUP: usize = 8192;
+
+/// The one writer.
+#[derive(Debug)]
+pub(super) struct Writer {
+    pub(super) shared: Arc<Shared>,
+    pub(super) max_messages: u64,
+    pub(super) retention: Duration,
+    pub(super) default_callback: bool,
+}
+
+impl Writer {
+    /// Serves operations until closed (answered with the returned sender) or disconnected.
+    pub(super) fn run(&self, rx: &mpsc::Receiver<Op>) -> Option<oneshot::Sender<()>> {
+        let sweep_every =
+            (self.retention / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        // When a sweep hit its batch limit, the next one is due at once (after the operations
+        // waiting by then), so that removal keeps up with any inflow without long commits.
+        let mut next_sweep = Instant::now() + sweep_every;
+        let mut healing: Option<Healing> = None;
+        loop {
+            let mut until = next_sweep;
+            if let Some(h) = &healing {
+                until = until.min(h.next_at);
+            } else if self.shared.index.lock().beyond() > 0 {
+                // Entries beyond the watermark become due as time passes: count them.
+                until = until.min(Instant::now() + Duration::from_millis(COUNT_EVERY_MS));
+            }
+            let wait = until.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(wait) {
+                Ok(op) => op,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if healing.is_some() {
+                        heal::heal(&self.shared, &mut healing);
+                    } else if Instant::now() >= next_sweep {
+                        next_sweep = self.sweep_and_schedule(sweep_every, &mut healing);
+                    }
+                    head::upkeep(&self.shared, healing.as_ref());
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            };
+            let mut ops = vec![first];
+            while ops.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.taken(&ops);
+            let mut close = None;
+            let mut pull_ins = Vec::new();
+            ops.retain_mut(|op| match op {
+                Op::Close { reply } => {
+                    let (dummy, _) = oneshot::channel();
+                    close = Some(std::mem::replace(reply, dummy));
+                    false
+                }
+                // Done by the upkeep below, after the group.
+                Op::Refill => false,
+                Op::PullIn { .. } => {
+                    pull_ins.push(std::mem::replace(op, Op::Refill));
+                    false
+                }
+                _ => true,
+            });
+            if !ops.is_empty() {
+                self.apply(ops, &mut healing);
+            }
+            head::upkeep(&self.shared, healing.as_ref());
+            for op in pull_ins {
+                if let Op::PullIn {
+                    entries,
+                    to_ms,
+                    reply,
+                } = op
+                {
+                    let _ = reply.send(head::adopt(&self.shared, entries, to_ms, healing.as_ref()));
+                }
+            }
+            if let Some(reply) = close {
+                self.shared.closed.store(true, Ordering::Release);
+                // Anything sent after the close but before the flag was seen is answered too.
+                let rest: Vec<Op> = rx.try_iter().collect();
+                self.taken(&rest);
+                if !rest.is_empty() {
+                    self.apply(rest, &mut healing);
+                }
+                tracing::info!("embedded queue closed");
+                return Some(reply);
+            }
+            if healing.is_none() && Instant::now() >= next_sweep {
+                next_sweep = self.sweep_and_schedule(sweep_every, &mut healing);
+            }
+        }
+    }
+
+    /// Counts producer operations out of the bounded queue.
+    fn taken(&self, ops: &[Op]) {
+        let n = ops
+            .iter()
+            .filter(|op| matches!(op, Op::Accept { .. } | Op::Replay { .. } | Op::Event { .. }))
+            .count();
+        if n > 0 {
+            self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+
+    /// Applies a group of operations in one transaction and commits once. While the store
+    /// heals, a group is failed at once (no disk access) until the next healing attempt is due;
+    /// then the database is reopened and probed first.
+    fn apply(&self, ops: Vec<Op>, healing: &mut Option<Healing>) {
+        if healing.as_ref().is_some_and(|h| Instant::now() < h.next_at)
+            || !heal::heal(&self.shared, healing)
+        {
+            let effects = ops.into_iter().map(Op::abandon).collect();
+            self.settle(
+                effects,
+                Some(StoreError::Storage(
+                    "the queue cannot be written now (healing after a storage error)".into(),
+                )),
+                false,
+                healing,
+            );
+            return;
+        }
+        let mut ops: VecDeque<Op> = ops.into();
+        let size = ops.len();
+        let started = Instant::now();
+        let now = Timestamp::now();
+        // Entries beyond the watermark due by now are counted first, so that this group's
+        // accepts (due now) count as ready from their commit on.
+        if let Err(e) = head::count_due(&self.shared, millis(now))
+            && let Some(held) = self.shared.logs.check("schedule_read")
+        {
+            tracing::error!(error = %e, held_back = held, "cannot read the schedule; tried again later");
+        }
+        let mut group = Group {
+            now,
+            now_ms: millis(now),
+            pending: self.shared.index.lock().pending(),
+            max_messages: self.max_messages,
+            default_callback: self.default_callback,
+            callbacks_added: false,
+            over_budget: None,
+        };
+        let adds = ops
+            .iter()
+            .any(|op| matches!(op, Op::Accept { .. } | Op::Replay { .. }));
+        let mut effects = Vec::with_capacity(ops.len());
+        let result = (|| -> Result<(), StoreError> {
+            let txn = self.shared.begin_write()?;
+            if adds && let Some(b) = &self.shared.budget {
+                group.over_budget = b.spent(&self.shared.file, &txn, group.pending);
+            }
+            {
+                let mut t = Tables::open(&txn)?;
+                while let Some(op) = ops.pop_front() {
+                    self.apply_op(&mut t, &mut group, op, &mut effects)?;
+                }
+            }
+            txn.commit().map_err(storage)?;
+            Ok(())
+        })();
+        tracing::trace!(group = size, took = ?started.elapsed(), "group committed");
+        // Operations not reached (the group failed part-way) are answered too.
+        effects.extend(ops.into_iter().map(Op::abandon));
+        self.settle(effects, result.err(), group.callbacks_added, healing);
+    }
+
+    /// The reply fan-out, for a committed group and a failed one alike.
+    fn settle(
+        &self,
+        mut effects: Vec<Effect>,
+        failed: Option<StoreError>,
+        callbacks_added: bool,
+        healing: &mut Option<Healing>,
+    ) {
+        match failed {
+            None => {
+                self.shared.failures.store(0, Ordering::Relaxed);
+                let mut woke = false;
+                for e in &mut effects {
+                    woke |= e.change.apply(&self.shared);
+                }
+                if woke {
+                    self.shared.work.notify_one();
+                }
+                if callbacks_added {
+                    self.shared.callback_work.notify_one();
+                }
+                for e in effects {
+                    e.answer.settle(None);
+                }
+            }
+            Some(e) => {
+                // Nothing of this group is durable: fail every caller; leases go back (due
+                // again after a delay).
+                heal::failed(&self.shared, &e, healing);
+                if let Some(held) = self.shared.logs.check("commit") {
+                    tracing::error!(error = %e, held_back = held, "queue commit failed");
+                }
+                let msg = e.to_string();
+                for e in effects {
+                    e.change.roll_back(&self.shared);
+                    e.answer.settle(Some(&msg));
+                }
+            }
+        }
+    }
+
+    fn apply_op(
+        &self,
+        t: &mut Tables<'_>,
+        g: &mut Group,
+        op: Op,
+        effects: &mut Vec<Effect>,
+    ) -> Result<(), StoreError> {
+        match op {
+            Op::Accept { items, reply } => {
+                owe(effects, Change::None, reply, ops::accept(t, g, items))
+            }
+            Op::Complete {
+                slot,
+                record,
+                reply,
+            } => {
+                let (step, undo) = ops::complete_one(t, g, slot, record);
+                owe(effects, undo, reply, step)
+            }
+            Op::CompleteMany { items, reply } => {
+                // One answer for the lot: a refused completion answers its own error (its
+                // lease goes back); a storage error fails the group, and with it all of them.
+                let mut changes = Vec::with_capacity(items.len());
+                let mut answers = Vec::with_capacity(items.len());
+                let mut failed = None;
+                for (slot, record) in items {
+                    if failed.is_some() {
+                        changes.push(Change::released(record));
+                        continue;
+                    }
+                    match ops::complete_one(t, g, slot, record) {
+                        (Ok(Step::Done(change, ())), _) => {
+                            changes.push(change);
+                            answers.push(Ok(()));
+                        }
+                        (Ok(Step::Refused(e)), undo) => {
+                            changes.push(Change::GiveBack(Box::new(undo)));
+                            answers.push(Err(e));
+                        }
+                        (Err(e), undo) => {
+                            changes.push(undo);
+                            failed = Some(e);
+                        }
+                    }
+                }
+                effects.push(Effect {
+                    change: Change::Many(changes),
+                    answer: Box::new(Answer {
+                        value: Some(answers),
+                        reply,
+                    }),
+                });
+                failed.map_or(Ok(()), Err)
+            }
+            Op::StartAttempts { items, reply } => {
+                let undo = Change::Started {
+                    ids: items.iter().map(|(id, _)| *id).collect(),
+                };
+                owe(effects, undo, reply, ops::start_attempts(t, items))
+            }
+            Op::Event {
+                event,
+                fallback,
+                reply,
+            } => owe(
+                effects,
+                Change::None,
+                reply,
+                ops::record_event(t, g, &event, fallback),
+            ),
+            Op::Replay { id, reply } => owe(effects, Change::None, reply, ops::replay(t, g, id)),
+            Op::FinishCallback { key, next, reply } => owe(
+                effects,
+                Change::CallbackDone { id: key.id },
+                reply,
+                ops::finish_callback(t, key, next),
+            ),
+            Op::Close { reply } => {
+                effects.push(Op::Close { reply }.abandon());
+                Ok(())
+            }
+            // Only reached after a close: nothing to keep up any more.
+            Op::Refill => Ok(()),
+            Op::PullIn { reply, .. } => {
+                let _ = reply.send(Ok(0));
+                Ok(())
+            }
+        }
+    }
+
+    fn sweep_and_schedule(&self, every: Duration, healing: &mut Option<Healing>) -> Instant {
+        if sweep::sweep(&self.shared, self.retention, healing) >= SWEEP_BATCH {
+            Instant::now()
+        } else {
+            Instant::now() + every
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! The operations the writer applies, as callers send them.
+
+use jiff::Timestamp;
+use tokio::sync::oneshot;
+
+use crate::message::{MessageId, MessageRecord};
+use crate::store::index::Key;
+use crate::store::{AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, StoreError};
+
+/// An operation for the writer.
+#[derive(Debug)]
+pub(in crate::store::embedded) enum Op {
+    Accept {
+        items: Vec<AcceptItem>,
+        reply: oneshot::Sender<Result<Vec<Accepted>, StoreError>>,
+    },
+    Complete {
+        slot: u64,
+        record: Box<MessageRecord>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Outcomes of several attempts, `(slot, record)` each, answered per message.
+    CompleteMany {
+        items: Vec<(u64, Box<MessageRecord>)>,
+        reply: oneshot::Sender<Result<Vec<Result<(), StoreError>>, StoreError>>,
+    },
+    /// "Attempt started" records of leased messages, encoded by the caller: `(id, record)`.
+    StartAttempts {
+        items: Vec<(u128, Vec<u8>)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Replay {
+        id: MessageId,
+        reply: oneshot::Sender<Result<MessageRecord, StoreError>>,
+    },
+    Event {
+        event: Box<DeliveryEvent>,
+        fallback: bool,
+        reply: oneshot::Sender<Result<EventOutcome, StoreError>>,
+    },
+    FinishCallback {
+        key: CallbackKey,
+        next: Option<(Timestamp, u32)>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Close {
+        reply: oneshot::Sender<()>,
+    },
+    /// The in-memory head runs low (sent by a lease): refill it now.
+    Refill,
+    /// Entries beyond the watermark named by [`crate::store::Store::pull_in`]: bring those
+    /// still in the durable schedule into memory, due at `to_ms`.
+    PullIn {
+        entries: Vec<Key>,
+        to_ms: u64,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
