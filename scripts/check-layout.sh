@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The layout's promises, checked on the real build (CI runs this from scripts/test.sh):
 # 1. the operator depends on the API crate only: no redb, no pusher, no sandbox in its tree;
-# 2. no import cycle between modules (scripts/check-module-cycles.py);
+# 2. no import cycle between modules and no pusher module using a higher layer
+#    (scripts/check-module-cycles.py, after its own self-test);
 # 3. the production pusher binary, built as deploy/docker/pusher.Dockerfile builds it (release,
 #    without the `demo` feature), holds no sandbox code: no `wxpush_sandbox` symbol or string.
 set -euo pipefail
@@ -15,6 +16,7 @@ if [ -n "$bad" ]; then
 fi
 echo "check-layout: operator tree: $(sort -u <<<"$tree" | wc -l) crates, no redb/pusher/sandbox"
 
+python3 scripts/check-module-cycles.py --self-test
 python3 scripts/check-module-cycles.py
 
 # Reading the binary needs binutils (scripts/setup.sh installs it): without nm or strings the

@@ -18,7 +18,7 @@ use wxpush_operator::leader::{Ended, LeaderElection};
 use wxpush_operator::metrics::Metrics;
 use wxpush_operator::reconcile::{Context, Settings};
 use wxpush_operator::server::{Health, router};
-use wxpush_operator::{controller, crd};
+use wxpush_operator::{controller, crd, reconcile};
 
 /// The wxpush operator: turns PushChannels into running, autoscaled pushers.
 #[derive(Debug, Parser)]
@@ -58,16 +58,16 @@ struct Args {
     #[arg(long, env = "WXPUSH_OPERATOR_IDENTITY")]
     identity: Option<String>,
     /// Re-check every reconciled PushChannel this often.
-    #[arg(long, env = "WXPUSH_OPERATOR_REQUEUE", default_value = "5m")]
+    #[arg(long, env = "WXPUSH_OPERATOR_REQUEUE", default_value_t = reconcile::DEFAULT_REQUEUE)]
     requeue: HumanDuration,
     /// Re-check a PushChannel waiting for its Secrets this often.
-    #[arg(long, env = "WXPUSH_OPERATOR_REQUEUE_WAITING", default_value = "1m")]
+    #[arg(long, env = "WXPUSH_OPERATOR_REQUEUE_WAITING", default_value_t = reconcile::DEFAULT_REQUEUE_WAITING)]
     requeue_waiting: HumanDuration,
     /// First retry delay after a failed reconcile (doubles per failure of the same object).
-    #[arg(long, env = "WXPUSH_OPERATOR_BACKOFF_BASE", default_value = "1s")]
+    #[arg(long, env = "WXPUSH_OPERATOR_BACKOFF_BASE", default_value_t = reconcile::DEFAULT_BACKOFF_BASE)]
     backoff_base: HumanDuration,
     /// Longest retry delay after failures.
-    #[arg(long, env = "WXPUSH_OPERATOR_BACKOFF_MAX", default_value = "5m")]
+    #[arg(long, env = "WXPUSH_OPERATOR_BACKOFF_MAX", default_value_t = reconcile::DEFAULT_BACKOFF_MAX)]
     backoff_max: HumanDuration,
     /// Image of the pusher for PushChannels that name none.
     #[arg(long, env = "WXPUSH_OPERATOR_PUSHER_IMAGE", default_value = crd::DEFAULT_IMAGE)]

@@ -1,6 +1,7 @@
 //! wxpush's pusher: accepts WeChat messages over HTTP, stores them durably, and delivers them
 //! to the WeChat API reliably. `docs/architecture.md` draws a message's path through these
-//! modules; from the bottom up:
+//! modules; from the bottom up (the layers of the table there, which
+//! `scripts/check-module-cycles.py` checks):
 //!
 //! - [`policy`] and [`config`]: the policy types and config file (types from `wxpush-api`;
 //!   [`config`] adds reading files and secrets); [`clock`]: the dispatcher's wall clock (movable
@@ -11,10 +12,12 @@
 //! - [`providers`]: one module per `provider` (wire protocol, errcode table);
 //!   [`resilience`]: backoff, breaker and rate limit, pure decisions;
 //!   [`metrics`]: the Prometheus registry.
+//! - [`store`]: the durable queue; [`coord`]: what the pods of a channel share (token, rate,
+//!   quota, pauses), in memory or in Redis.
 //! - [`wechat`]: the engine that performs one attempt (HTTP client, tokens, breaker, limits);
-//!   [`store`]: the durable queue; [`coord`]: what the pods of a channel share (token, rate,
-//!   quota, pauses), in memory or in Redis; [`dispatch`]: leases, attempts and the next state;
-//!   [`callbacks`] and [`events`]: outcome callbacks to producers and WeChat's delivery events.
+//!   [`dispatch`]: leases, attempts and the next state; [`templates`]: the account's template
+//!   lists; [`callbacks`] and [`events`]: outcome callbacks to producers and WeChat's delivery
+//!   events.
 //! - [`api`]: the HTTP API; [`preflight`]: every secret read and checked, for `serve` and
 //!   `check-config` alike; [`wiring`]: assembles all of it into one running pusher.
 //! - `demo` (feature `demo`): the WeChat sandbox and a pusher in one process.

@@ -76,9 +76,9 @@ struct DemoArgs {
     /// Messages per request (1 = single accepts; more = the batch route).
     #[arg(long, default_value_t = 1)]
     batch: usize,
-    /// The pusher's concurrency.maxInFlight.
-    #[arg(long, default_value_t = 64)]
-    max_in_flight: u32,
+    /// The pusher's concurrency.maxInFlight [default: the pusher's own].
+    #[arg(long)]
+    max_in_flight: Option<u32>,
     /// The pusher's rateLimit.perSecond [default: 100000; with --faults, count/4 so the run
     /// lasts about 4 s and the faults meet traffic].
     #[arg(long)]
@@ -206,7 +206,7 @@ fn main() -> anyhow::Result<()> {
                     ProgressStyle::auto()
                 },
                 provider,
-                ..DemoOptions::default()
+                latency_sample: wxpush_pusher::demo::LATENCY_SAMPLE,
             };
             runtime()?.block_on(demo(opts, json, keep_running))
         }

@@ -25,9 +25,19 @@ use crate::unknown_fields::UnknownFields;
 use apply::Prune;
 use build::BuildInput;
 use status::{Observation, Outcome};
-use wxpush_api::policy::Backoff;
+use wxpush_api::policy::{Backoff, HumanDuration};
 
-/// Tunables of the reconciler (the operator's flags).
+/// Default of `--requeue`: re-check a reconciled PushChannel this often.
+pub const DEFAULT_REQUEUE: HumanDuration = HumanDuration::mins(5);
+/// Default of `--requeue-waiting`: re-check a PushChannel waiting for its Secrets this often.
+pub const DEFAULT_REQUEUE_WAITING: HumanDuration = HumanDuration::mins(1);
+/// Default of `--backoff-base`: the first delay after a failed reconcile.
+pub const DEFAULT_BACKOFF_BASE: HumanDuration = HumanDuration::secs(1);
+/// Default of `--backoff-max`: the longest delay after failures.
+pub const DEFAULT_BACKOFF_MAX: HumanDuration = HumanDuration::mins(5);
+
+/// Tunables of the reconciler (the operator's flags; their defaults are the constants above,
+/// which [`Settings::default`] uses too).
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Image used when a PushChannel names none.
@@ -59,10 +69,10 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             default_image: crate::crd::DEFAULT_IMAGE.into(),
-            requeue_after: Duration::from_secs(300),
-            requeue_waiting: Duration::from_secs(60),
-            backoff_base: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(300),
+            requeue_after: DEFAULT_REQUEUE.get(),
+            requeue_waiting: DEFAULT_REQUEUE_WAITING.get(),
+            backoff_base: DEFAULT_BACKOFF_BASE.get(),
+            backoff_max: DEFAULT_BACKOFF_MAX.get(),
             keda_available: false,
             pod_monitors_available: false,
             prometheus_rules_available: false,

@@ -12,7 +12,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jiff::{SignedDuration, Timestamp};
 
-use super::{ApiError, Shared, openapi, parse_id};
+use super::ApiError;
+use super::schema::ErrorBody;
+use super::shared::{Shared, parse_id};
 use crate::error_code::ErrorCode;
 use crate::message::Status;
 use crate::store::Store;
@@ -38,11 +40,11 @@ fn refuse(message: String) -> ApiError {
     params(("id" = String, Path, description = "the message's id")),
     responses(
         (status = 200, description = "recalled", body = Recalled),
-        (status = 401, description = "missing or wrong bearer token", body = openapi::ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
-        (status = 404, description = "no such message", body = openapi::ErrorBody),
-        (status = 409, description = "`not_recallable`: the provider cannot recall, the message was not delivered, or its recall window has passed", body = openapi::ErrorBody),
-        (status = 502, description = "`recall_failed`: the provider refused the recall or could not be reached", body = openapi::ErrorBody),
-        (status = 503, description = "overloaded or the store is unavailable", body = openapi::ErrorBody),
+        (status = 401, description = "missing or wrong bearer token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
+        (status = 404, description = "no such message", body = ErrorBody),
+        (status = 409, description = "`not_recallable`: the provider cannot recall, the message was not delivered, or its recall window has passed", body = ErrorBody),
+        (status = 502, description = "`recall_failed`: the provider refused the recall or could not be reached", body = ErrorBody),
+        (status = 503, description = "overloaded or the store is unavailable", body = ErrorBody),
     ))]
 pub(super) async fn recall_message<S: Store>(
     State(state): State<Shared<S>>,

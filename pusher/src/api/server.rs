@@ -44,7 +44,7 @@ use tower::ServiceBuilder;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::{RequestBodyTimeoutLayer, TimeoutLayer};
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::config::ApiLimits;
 use crate::error_code::ErrorCode;
 

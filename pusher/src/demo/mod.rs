@@ -39,8 +39,8 @@ pub struct DemoOptions {
     pub concurrency: usize,
     /// Messages per request (1 = `POST /v1/messages`, more = `/v1/messages/batch`).
     pub batch: usize,
-    /// The pusher's `concurrency.maxInFlight`.
-    pub max_in_flight: u32,
+    /// The pusher's `concurrency.maxInFlight`; `None` keeps the pusher's own default.
+    pub max_in_flight: Option<u32>,
     /// The pusher's `rateLimit.perSecond` (and burst).
     pub rate_limit: u32,
     /// A sandbox already running (else one starts in this process).
@@ -61,25 +61,8 @@ pub struct DemoOptions {
     pub provider: crate::policy::Provider,
 }
 
-impl Default for DemoOptions {
-    fn default() -> Self {
-        Self {
-            count: 2000,
-            concurrency: 32,
-            batch: 1,
-            max_in_flight: 64,
-            rate_limit: 100_000,
-            sandbox_url: None,
-            appid: "wxdemo0000000000".into(),
-            secret: "demo-secret".into(),
-            latency_sample: 2000,
-            timeout: Duration::from_secs(120),
-            faults: None,
-            progress: ProgressStyle::Quiet,
-            provider: crate::policy::Provider::WechatOfficialAccount,
-        }
-    }
-}
+/// Status documents fetched for the latency percentiles, at most.
+pub const LATENCY_SAMPLE: usize = 2000;
 
 /// Why the demo failed.
 #[derive(Debug, thiserror::Error)]
@@ -161,10 +144,12 @@ impl Demo {
             "credentials": profile.credentials,
             "auth": {"token": token},
             "queue": {"embedded": {"path": dir.display().to_string()}},
-            "concurrency": {"maxInFlight": opts.max_in_flight},
             "rateLimit": {"perSecond": opts.rate_limit, "burst": opts.rate_limit, "dailyQuota": 0},
             "shutdown": {"drainTimeout": "5s"},
         });
+        if let Some(max) = opts.max_in_flight {
+            crate::demo::merge(&mut yaml, &json!({"concurrency": {"maxInFlight": max}}));
+        }
         if opts.faults.is_some() {
             crate::demo::merge(&mut yaml, &FaultMode::pusher_overrides());
         }

@@ -112,7 +112,7 @@ pub struct MessageRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// SHA-256 (hex) of the request that carried `idempotency_key` (see
-    /// [`request_digest`]): a later request with the key and another digest is refused. Records
+    /// [`super::request_digest`]): a later request with the key and another digest is refused. Records
     /// stored before digests were kept have none and match any request. Not shown in the status
     /// document.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,6 +18,12 @@
 //! timeouts. A request that was given a pooled connection while the connect it started
 //! finishes in the background may get up to `connect + tlsHandshake` more; the whole-request
 //! timeout bounds every case.
+//!
+//! **Why one file of about 780 lines.** The client and its connector share one clock (the
+//! task-local `PhaseClock` that moves connection set-up out of the response-header timeout) and
+//! one pool bookkeeping (`Conns`: the spare connections a new request may wait for); split
+//! apart, each half would expose its internals only for the other. Its tests live in
+//! `client_tests.rs`.
 
 use std::error::Error as StdError;
 use std::future::Future;

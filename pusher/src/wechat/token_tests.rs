@@ -181,3 +181,43 @@ async fn transient_failures_back_off_instead_of_fetching_per_call() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn managers_sharing_a_coordinator_fetch_one_token() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        faults: FaultConfig {
+            latency: Duration::from_millis(100),
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::new(APPID, SECRET)
+    })
+    .await
+    .expect("sandbox");
+    // Two pods of one channel, as two managers sharing one coordinator.
+    let coord: Arc<dyn crate::coord::Coordinator> =
+        Arc::new(crate::coord::EmbeddedCoordinator::new());
+    let pods: Vec<Arc<TokenManager>> = (0..2)
+        .map(|_| {
+            let (m, _) = manager(&sandbox.base_url(), TokenApi::Classic, SECRET);
+            let m = Arc::into_inner(m).expect("one owner");
+            Arc::new(m.with_shared(Some(Arc::clone(&coord))))
+        })
+        .collect();
+    let tasks: Vec<_> = pods
+        .iter()
+        .map(|m| {
+            let m = Arc::clone(m);
+            tokio::spawn(async move { m.get().await })
+        })
+        .collect();
+    let mut tokens = Vec::new();
+    for t in tasks {
+        tokens.push(t.await.expect("task").expect("token"));
+    }
+    assert_eq!(tokens[0], tokens[1], "one token for both pods");
+    assert_eq!(
+        sandbox.stats().token_calls.classic,
+        1,
+        "one fetch for the channel"
+    );
+}

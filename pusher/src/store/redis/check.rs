@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 
 use redis::Value;
 
-use super::{RedisStore, decode, strings};
+use super::handle::{RedisStore, decode, strings};
 use crate::message::Status;
 use crate::store::StoreError;
 
@@ -21,8 +21,8 @@ impl RedisStore {
     /// Runs `cmd` on the master that owns the channel's slot (a plain server runs it itself).
     async fn on_owner(&self, cmd: redis::Cmd) -> Result<Value, StoreError> {
         let r = match self.conn() {
-            super::Conn::Single(mut c) => cmd.query_async(&mut c).await,
-            super::Conn::Cluster(mut c) => {
+            super::conn::Conn::Single(mut c) => cmd.query_async(&mut c).await,
+            super::conn::Conn::Cluster(mut c) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
                 let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
                     Route::with_key(&self.inner.stream, SlotAddr::Master),

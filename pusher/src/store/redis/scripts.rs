@@ -424,3 +424,13 @@ elseif redis.call('HEXISTS', KEYS[2], id) == 1 then
 end
 return 1
 ";
+
+/// Takes one credit if there is one. KEYS: the credits hash. ARGV: the field. Returns 1 or 0.
+pub const TAKE_CREDIT: &str = r"
+local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+if n > 0 then
+  if n == 1 then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HINCRBY', KEYS[1], ARGV[1], -1) end
+  return 1
+end
+return 0
+";

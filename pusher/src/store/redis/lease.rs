@@ -1,0 +1,272 @@
+//! Leasing from the stream: new entries, due retries, entries idle past `claimIdle`, and the
+//! pending entries of consumers whose heartbeat expired; and finding the message a delivery
+//! event is about.
+
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use redis::Value;
+
+use super::conn::{self};
+use super::handle::{
+    HEARTBEAT_EVERY, RedisStore, TAKE_OVER_AT_MOST, consumer_names, decode, ms, strings,
+};
+use crate::store::{DeliveryEvent, Leased, MatchedBy, StoreError, millis};
+
+impl RedisStore {
+    pub(super) async fn lease_once(&self, max: usize) -> Result<Vec<Leased>, StoreError> {
+        let now = Instant::now();
+        let idle = self.inner.options.claim_idle;
+        let claim = {
+            let mut last = self.inner.last_claim.lock();
+            let every = (idle / 4).max(Duration::from_millis(50));
+            if last.is_none_or(|t| now.duration_since(t) >= every) {
+                *last = Some(now);
+                ms(idle).max(1)
+            } else {
+                0
+            }
+        };
+        let check_dead = {
+            let mut last = self.inner.last_dead_check.lock();
+            let due = last.is_none_or(|t| now.duration_since(t) >= HEARTBEAT_EVERY);
+            if due {
+                *last = Some(now);
+            }
+            due
+        };
+        if check_dead {
+            // All of a dead consumer's entries at once, whatever room the dispatcher has now:
+            // the rest wait here (kept alive), ahead of new work.
+            let got = self.claim_dead(TAKE_OVER_AT_MOST).await?;
+            let mut buffered = self.inner.taken_over.lock();
+            let mut leases = self.inner.leases.lock();
+            for pair in got.chunks_exact(2) {
+                leases.insert(pair[1].clone(), pair[0].clone());
+                buffered.push_back((pair[0].clone(), pair[1].clone()));
+            }
+        }
+        let mut entries = Vec::new();
+        {
+            let mut buffered = self.inner.taken_over.lock();
+            while entries.len() / 2 < max {
+                let Some((eid, id)) = buffered.pop_front() else {
+                    break;
+                };
+                entries.push(eid);
+                entries.push(id);
+            }
+        }
+        let room = max.saturating_sub(entries.len() / 2);
+        if room > 0 {
+            entries.extend(self.lease_read(room, claim).await?);
+        }
+        let flat = self.take(&entries).await?;
+        let mut leased = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks_exact(2) {
+            let record = decode(pair[1].as_bytes())?;
+            self.inner
+                .leases
+                .lock()
+                .insert(record.id.to_string(), pair[0].clone());
+            let slot = pair[0]
+                .split('-')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            let unrecorded = self
+                .inner
+                .unrecorded
+                .lock()
+                .remove(&record.id)
+                .map(|(_, r)| Box::new(r));
+            leased.push(Leased {
+                record,
+                slot,
+                unrecorded,
+            });
+        }
+        Ok(self.ok(leased))
+    }
+
+    /// The first half of a lease ([`scripts::LEASE_READ`]): up to `count` entries, now in this
+    /// consumer's pending list, as (entry id, message id, ...).
+    pub(super) async fn lease_read(
+        &self,
+        count: usize,
+        claim: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let o = &self.inner.options;
+        let cursor = self.inner.claim_cursor.lock().clone();
+        let keys = [
+            self.inner.stream.clone(),
+            self.key("d"),
+            self.key("deadt"),
+            self.key("dead"),
+        ];
+        let args = [
+            o.consumer_group.clone(),
+            o.consumer.clone(),
+            count.to_string(),
+            millis(Timestamp::now()).to_string(),
+            claim.to_string(),
+            ms(o.retention).to_string(),
+            cursor,
+        ];
+        let out = match self
+            .script::<Value>(&self.inner.scripts.lease_read, &keys, &args)
+            .await
+        {
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                self.create_group().await?;
+                self.script(&self.inner.scripts.lease_read, &keys, &args)
+                    .await
+            }
+            r => r,
+        }
+        .map_err(|e| self.fail("lease", &e))?;
+        let mut flat = strings(out).into_iter();
+        if let Some(next) = flat.next() {
+            *self.inner.claim_cursor.lock() = next;
+        }
+        Ok(flat.collect())
+    }
+
+    /// The second half of a lease: `entries` (entry id, message id, ...) are in this consumer's
+    /// pending list; reads their records and records the leases ([`scripts::lease_take`]).
+    pub(super) async fn take(&self, entries: &[String]) -> Result<Vec<String>, StoreError> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut keys = vec![self.inner.stream.clone(), self.key("lease")];
+        let mut args = vec![self.inner.options.consumer_group.clone()];
+        for pair in entries.chunks_exact(2) {
+            keys.push(self.key(&format!("m:{}", pair[1])));
+            args.push(pair[0].clone());
+            args.push(pair[1].clone());
+        }
+        let out: Value = self
+            .script(&self.inner.scripts.lease_take, &keys, &args)
+            .await
+            .map_err(|e| self.fail("lease", &e))?;
+        Ok(strings(out))
+    }
+
+    /// Takes over the leases of consumers whose heartbeat expired (a pod that died), at once
+    /// rather than after `claimIdle`, and deletes such consumers once they hold nothing.
+    /// Returns (entry id, message id, ...) now pending for this consumer.
+    pub(super) async fn claim_dead(&self, max: usize) -> Result<Vec<String>, StoreError> {
+        let o = &self.inner.options;
+        let infos: Value = match conn::retrying(|| {
+            let mut conn = self.conn();
+            let mut cmd = redis::cmd("XINFO");
+            cmd.arg("CONSUMERS")
+                .arg(&self.inner.stream)
+                .arg(&o.consumer_group);
+            async move { cmd.query_async::<Value>(&mut conn).await }
+        })
+        .await
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %conn::clean(&e), "cannot list the group's consumers");
+                return Ok(Vec::new());
+            }
+        };
+        let mut out = Vec::new();
+        for name in consumer_names(infos) {
+            if name == o.consumer || out.len() / 2 >= max {
+                continue;
+            }
+            let keys = [
+                self.inner.stream.clone(),
+                self.key("lease"),
+                self.key(&format!("hb:{name}")),
+            ];
+            let args = [
+                o.consumer_group.clone(),
+                o.consumer.clone(),
+                name.clone(),
+                max.saturating_sub(out.len() / 2).max(1).to_string(),
+            ];
+            let answer: Value = self
+                .script(&self.inner.scripts.claim_dead, &keys, &args)
+                .await
+                .map_err(|e| self.fail("claim", &e))?;
+            let mut answer = strings(answer).into_iter();
+            match answer.next().as_deref() {
+                Some("claimed") => {
+                    let got: Vec<String> = answer.collect();
+                    tracing::info!(consumer = %name, entries = got.len() / 2, "took over the leases of a pusher whose heartbeat expired");
+                    out.extend(got);
+                }
+                Some("deleted") => {
+                    tracing::info!(consumer = %name, "removed a dead pusher's consumer from the group");
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Looks for the message an event is about: through the msgid index, else (when
+    /// `fallback`) the most recent delivered message to the openid with no event yet.
+    pub(super) async fn find_for_event(
+        &self,
+        event: &DeliveryEvent,
+        fallback: bool,
+    ) -> Result<Option<(String, MatchedBy, String)>, StoreError> {
+        let b = &self.inner.base;
+        let mut conn = self.conn();
+        if event.msgid != 0 {
+            let id: Option<String> = redis::cmd("GET")
+                .arg(format!("{b}x:{}", event.msgid))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("GET", &e))?;
+            if let Some(id) = id {
+                let rec: Option<String> = redis::cmd("GET")
+                    .arg(format!("{b}m:{id}"))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.fail("GET", &e))?;
+                if let Some(rec) = rec {
+                    return Ok(Some((id, MatchedBy::Msgid, rec)));
+                }
+            }
+        }
+        if !fallback {
+            return Ok(None);
+        }
+        let akey = format!("{b}a:{}", event.openid);
+        for _ in 0..8 {
+            let last: Vec<String> = redis::cmd("ZREVRANGE")
+                .arg(&akey)
+                .arg(0)
+                .arg(0)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("ZREVRANGE", &e))?;
+            let Some(id) = last.into_iter().next() else {
+                return Ok(None);
+            };
+            let rec: Option<String> = redis::cmd("GET")
+                .arg(format!("{b}m:{id}"))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.fail("GET", &e))?;
+            match rec {
+                Some(rec) => return Ok(Some((id, MatchedBy::OpenidFallback, rec))),
+                None => {
+                    // Gone with the retention: forget it and look at the next one.
+                    let _: Result<i64, _> = redis::cmd("ZREM")
+                        .arg(&akey)
+                        .arg(&id)
+                        .query_async(&mut conn)
+                        .await;
+                }
+            }
+        }
+        Ok(None)
+    }
+}
