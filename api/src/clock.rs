@@ -30,7 +30,8 @@ fn parse_offset(text: &str) -> Option<SignedDuration> {
         Some(r) => (true, r),
         None => (false, text),
     };
-    let d = SignedDuration::try_from(humantime::parse_duration(rest).ok()?).ok()?;
+    let d =
+        SignedDuration::try_from(rest.parse::<crate::policy::HumanDuration>().ok()?.get()).ok()?;
     Some(if neg { -d } else { d })
 }
 

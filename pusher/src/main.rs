@@ -90,7 +90,7 @@ struct DemoArgs {
     faults: Option<FaultMode>,
     /// Give up waiting for deliveries after this long.
     #[arg(long, default_value = "120s")]
-    timeout: humantime::Duration,
+    timeout: wxpush_api::policy::HumanDuration,
     /// Use a running sandbox instead of starting one.
     #[arg(long)]
     sandbox_url: Option<String>,

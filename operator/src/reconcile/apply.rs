@@ -14,11 +14,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::Error;
 use super::build::{
     Autoscaler, Desired, child_name, events_ingress_name, keda_api_resource,
     pod_monitor_api_resource, prometheus_rule_api_resource,
 };
+use super::error::Error;
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "wxpush-operator";

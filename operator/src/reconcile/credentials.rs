@@ -18,8 +18,8 @@ use kube::{Api, Client};
 use sha2::{Digest as _, Sha256};
 use wxpush_api::credential_check::{self, Verdict};
 
-use super::Error;
 use super::dereference::Found;
+use super::error::Error;
 use crate::crd::PushChannelSpec;
 
 /// What the check found, as the condition shows it.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
 
-use super::Error;
+use super::error::Error;
 use crate::crd::PushChannelSpec;
 
 /// Each referenced Secret, by name, with the keys the pusher needs from it and why.

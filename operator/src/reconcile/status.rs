@@ -9,8 +9,8 @@ use kube::runtime::events::{Event, EventType};
 use kube::{Api, Client};
 use serde_json::json;
 
-use super::Error;
 use super::apply::{Applied, FIELD_MANAGER};
+use super::error::Error;
 use super::validate::Problem;
 use crate::crd::{PushChannel, PushChannelStatus};
 

@@ -20,7 +20,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
-use super::{BuildInput, child_name, meta};
+use super::metadata::{child_name, meta};
+use super::types::BuildInput;
 
 /// The KEDA ScaledObject's API resource.
 pub fn keda_api_resource() -> ApiResource {

@@ -11,12 +11,10 @@ use wxpush_api::config::{ApiLimits, Auth, Credentials, Events, PusherConfig};
 use wxpush_api::policy::wecom::Credential;
 use wxpush_api::policy::{Callbacks, LocalSecret, QueuePolicy, RedisQueue, disk};
 
-use super::workload::{HTTP_PORT, METRICS_PORT, mounts};
-use super::{BuildError, BuildInput, child_name, meta};
+use super::layout::{CONFIG_FILE, HTTP_PORT, METRICS_PORT, mounts};
+use super::metadata::{child_name, meta};
+use super::types::{BuildError, BuildInput};
 use crate::crd::PushChannelSpec;
-
-/// Key of the config file in the ConfigMap (and its name in the mounted folder).
-pub const CONFIG_FILE: &str = "pusher.yaml";
 
 fn file(dir: &str, name: &str) -> PathBuf {
     PathBuf::from(format!("{dir}/{name}"))

@@ -13,7 +13,8 @@
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
-use super::{BuildInput, child_name, meta, selector_labels};
+use super::metadata::{child_name, meta, selector_labels};
+use super::types::BuildInput;
 
 /// Name of the pusher container's metrics port (see `workload.rs`).
 pub const METRICS_PORT_NAME: &str = "metrics";

@@ -10,8 +10,9 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::workload::{HTTP_PORT, METRICS_PORT};
-use super::{BuildInput, child_name, meta, selector_labels};
+use super::layout::{HTTP_PORT, METRICS_PORT};
+use super::metadata::{child_name, meta, selector_labels};
+use super::types::BuildInput;
 
 /// `NAME-pusher`: `http` (API, WeChat events, health) and `metrics`.
 pub fn service(input: &BuildInput<'_>, name: &str, namespace: &str) -> Service {

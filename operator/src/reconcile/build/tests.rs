@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use wxpush_api::config::PusherConfig;
 
 use super::*;
-use crate::crd::PushChannelSpec;
+use crate::crd::{PushChannel, PushChannelSpec};
 
 fn channel(spec_yaml: &str) -> PushChannel {
     let spec: PushChannelSpec = serde_yaml_ng::from_str(spec_yaml).expect("spec parses");

@@ -20,45 +20,19 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::config::CONFIG_FILE;
-use super::{
-    BuildError, BuildInput, CONFIG_HASH_ANNOTATION, GRACE_MARGIN_SECS, child_name, labels, meta,
-    selector_labels, volume_claim_name,
-};
+use super::layout::{CONFIG_FILE, HTTP_PORT, METRICS_PORT, mounts};
+use super::metadata::{child_name, labels, meta, selector_labels, volume_claim_name};
+use super::types::{BuildError, BuildInput};
 
-/// Port of the pusher's API, WeChat events and health checks.
-pub const HTTP_PORT: u16 = 8080;
-/// Port of the pusher's `/metrics`.
-pub const METRICS_PORT: u16 = 9090;
 /// The user and group the pusher runs as (distroless `nonroot`).
 pub const RUN_AS: i64 = 65532;
 
-/// Where the Deployment mounts things, and the file names the config refers to.
-pub mod mounts {
-    /// The ConfigMap.
-    pub const CONFIG: &str = "/etc/wxpush/config";
-    /// The credentials Secret's keys, each in a file named after its credential (`appId`,
-    /// `appSecret`, `corpId`, `corpSecret`, `agentId`, `webhookKey`).
-    pub const CREDENTIALS: &str = "/etc/wxpush/credentials";
-    /// File of the server-URL token.
-    pub const EVENT_TOKEN: &str = "eventToken";
-    /// File of the EncodingAESKey.
-    pub const ENCODING_AES_KEY: &str = "encodingAesKey";
-    /// The producers' token.
-    pub const AUTH: &str = "/etc/wxpush/auth";
-    /// File of the producers' token.
-    pub const AUTH_TOKEN: &str = "token";
-    /// The Redis URL.
-    pub const REDIS: &str = "/etc/wxpush/redis";
-    /// File of the Redis URL.
-    pub const REDIS_URL: &str = "url";
-    /// The callbacks' signing key.
-    pub const CALLBACKS: &str = "/etc/wxpush/callbacks";
-    /// File of the signing key.
-    pub const SIGNING_KEY: &str = "signingKey";
-    /// A small writable scratch folder (the root filesystem is read-only).
-    pub const TMP: &str = "/tmp";
-}
+/// Pod-template annotation holding [`Desired::config_hash`](super::Desired::config_hash); a
+/// change rolls the pods.
+pub const CONFIG_HASH_ANNOTATION: &str = "wxpush.io/config-hash";
+/// Seconds added to the pusher's `shutdown.drainTimeout` for the pod's grace period, so the
+/// pusher finishes its own drain (and flushes the store) before the kubelet's SIGKILL.
+pub const GRACE_MARGIN_SECS: i64 = 10;
 
 fn quantity(s: &str) -> Quantity {
     Quantity(s.into())
