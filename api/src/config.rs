@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::policy::wecom::Credential;
 use crate::policy::{
     Callbacks, CircuitBreaker, Concurrency, HumanDuration, LocalSecret, Pool, Provider, QueueKind,
     QueuePolicy, RateLimit, Retry, TemplatePolicy, Timeouts, TokenPolicy,
@@ -24,6 +25,8 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WXPUSH_API_BASE_URL", "apiBaseUrl"),
     ("WXPUSH_APP_ID", "credentials.appId"),
     ("WXPUSH_APP_SECRET", "credentials.appSecret"),
+    ("WXPUSH_CORP_SECRET", "credentials.corpSecret"),
+    ("WXPUSH_WEBHOOK_KEY", "credentials.webhookKey"),
     ("WXPUSH_AUTH_TOKEN", "auth.token"),
     ("WXPUSH_QUEUE_PATH", "queue.embedded.path"),
 ];
@@ -99,7 +102,10 @@ fn default_channel() -> String {
     "default".into()
 }
 
-/// The account's credentials: each value inline (local runs only) or from a file.
+/// The channel's credentials: each value inline (local runs only) or from a file. Which ones
+/// are needed depends on `provider` ([`crate::policy::wecom::Credential`]): `appId` and
+/// `appSecret` for WeChat, `corpId`, `corpSecret` and `agentId` for `wecomApp`, `webhookKey`
+/// for `wecomRobot`.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Credentials {
@@ -115,18 +121,48 @@ pub struct Credentials {
     /// A file holding the app secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_secret_file: Option<PathBuf>,
+    /// The WeCom corp id, inline (`wecomApp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corp_id: Option<String>,
+    /// A file holding the WeCom corp id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corp_id_file: Option<PathBuf>,
+    /// The WeCom application's secret, inline (`wecomApp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corp_secret: Option<String>,
+    /// A file holding the WeCom application's secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corp_secret_file: Option<PathBuf>,
+    /// The WeCom application's AgentId, inline (`wecomApp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
+    /// A file holding the WeCom application's AgentId.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id_file: Option<PathBuf>,
+    /// The WeCom group robot's webhook key, inline (`wecomRobot`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_key: Option<String>,
+    /// A file holding the WeCom group robot's webhook key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_key_file: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |v: &Option<String>| v.as_ref().map(|_| "<redacted>");
         f.debug_struct("Credentials")
             .field("app_id", &self.app_id)
             .field("app_id_file", &self.app_id_file)
-            .field(
-                "app_secret",
-                &self.app_secret.as_ref().map(|_| "<redacted>"),
-            )
+            .field("app_secret", &redacted(&self.app_secret))
             .field("app_secret_file", &self.app_secret_file)
+            .field("corp_id", &self.corp_id)
+            .field("corp_id_file", &self.corp_id_file)
+            .field("corp_secret", &redacted(&self.corp_secret))
+            .field("corp_secret_file", &self.corp_secret_file)
+            .field("agent_id", &self.agent_id)
+            .field("agent_id_file", &self.agent_id_file)
+            .field("webhook_key", &redacted(&self.webhook_key))
+            .field("webhook_key_file", &self.webhook_key_file)
             .finish()
     }
 }
@@ -140,6 +176,69 @@ impl Credentials {
     /// The app secret as a [`LocalSecret`] (inline or file).
     pub fn app_secret(&self) -> Option<LocalSecret> {
         one_of(&self.app_secret, &self.app_secret_file)
+    }
+
+    /// The credential `which` as a [`LocalSecret`] (inline or file), when exactly one is set.
+    pub fn get(&self, which: Credential) -> Option<LocalSecret> {
+        let (inline, file) = self.slots(which);
+        one_of(inline, file)
+    }
+
+    /// The inline value and the file of `which`.
+    fn slots(&self, which: Credential) -> (&Option<String>, &Option<PathBuf>) {
+        match which {
+            Credential::AppId => (&self.app_id, &self.app_id_file),
+            Credential::AppSecret => (&self.app_secret, &self.app_secret_file),
+            Credential::CorpId => (&self.corp_id, &self.corp_id_file),
+            Credential::CorpSecret => (&self.corp_secret, &self.corp_secret_file),
+            Credential::AgentId => (&self.agent_id, &self.agent_id_file),
+            Credential::WebhookKey => (&self.webhook_key, &self.webhook_key_file),
+        }
+    }
+
+    /// Every problem of the credentials of a `provider` channel, naming the field: a needed
+    /// one missing or given twice, another provider's one given, an agentId that is no
+    /// positive integer.
+    pub fn problems(&self, provider: Provider) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let needed = provider.credentials();
+        for which in Credential::ALL {
+            let (inline, file) = self.slots(which);
+            let name = which.name();
+            let field = format!("credentials.{name}");
+            let how = match which.env() {
+                Some(var) => format!("{name} or {name}File (or the environment variable {var})"),
+                None => format!("{name} or {name}File"),
+            };
+            let message = if !needed.contains(&which) {
+                (inline.is_some() || file.is_some()).then(|| {
+                    format!(
+                        "belongs to another provider; a {} channel takes {}",
+                        provider.as_str(),
+                        needed
+                            .iter()
+                            .map(|c| c.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            } else {
+                match (inline, file) {
+                    (None, None) => Some(format!("required, not set: set {how}")),
+                    (Some(_), Some(_)) => Some(format!("set only one of {how}")),
+                    (Some(v), None) if which == Credential::AgentId => {
+                        crate::policy::wecom::parse_agent_id(v)
+                            .err()
+                            .map(str::to_string)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(message) = message {
+                problems.push(Problem { field, message });
+            }
+        }
+        problems
     }
 }
 
@@ -671,6 +770,14 @@ impl PusherConfig {
             self.credentials.app_secret = Some(v);
             self.credentials.app_secret_file = None;
         }
+        if let Some(v) = get("WXPUSH_CORP_SECRET") {
+            self.credentials.corp_secret = Some(v);
+            self.credentials.corp_secret_file = None;
+        }
+        if let Some(v) = get("WXPUSH_WEBHOOK_KEY") {
+            self.credentials.webhook_key = Some(v);
+            self.credentials.webhook_key_file = None;
+        }
         if let Some(v) = get("WXPUSH_AUTH_TOKEN") {
             self.auth.token = Some(v);
             self.auth.token_file = None;
@@ -714,27 +821,21 @@ impl PusherConfig {
             Ok(u) if matches!(u.scheme(), "http" | "https") => {}
             _ => bad("apiBaseUrl", "must be an http(s) URL"),
         }
-        let c = &self.credentials;
-        for (field, a, b, message) in [
-            (
-                "credentials.appId",
-                c.app_id.is_some(),
-                c.app_id_file.is_some(),
-                "appId or appIdFile (or the environment variable WXPUSH_APP_ID)",
-            ),
-            (
-                "credentials.appSecret",
-                c.app_secret.is_some(),
-                c.app_secret_file.is_some(),
-                "appSecret or appSecretFile (or the environment variable WXPUSH_APP_SECRET)",
-            ),
-            (
-                "auth.token",
-                self.auth.token.is_some(),
-                self.auth.token_file.is_some(),
-                "token or tokenFile (or the environment variable WXPUSH_AUTH_TOKEN)",
-            ),
-        ] {
+        for p in self.credentials.problems(self.provider) {
+            bad(&p.field, &p.message);
+        }
+        if !self.provider.has_events() && self.events.token.is_some() {
+            bad(
+                "events.token",
+                &format!("a {} channel has no events", self.provider.as_str()),
+            );
+        }
+        for (field, a, b, message) in [(
+            "auth.token",
+            self.auth.token.is_some(),
+            self.auth.token_file.is_some(),
+            "token or tokenFile (or the environment variable WXPUSH_AUTH_TOKEN)",
+        )] {
             match (a, b) {
                 (false, false) => bad(field, &format!("required, not set: set {message}")),
                 (true, true) => bad(field, &format!("set only one of {message}")),
@@ -946,6 +1047,44 @@ auth: {token: a-long-enough-token}
             );
         }
         assert!(!err.contains("line"), "{err}");
+    }
+
+    #[test]
+    fn every_wrong_wecom_field_is_named() {
+        let text = "listen: 127.0.0.1:8080\napiBaseUrl: http://127.0.0.1:9000\n\
+                    provider: wecomApp\nauth: {token: a-long-enough-token}\n\
+                    credentials: {appId: wx1, corpSecret: s, corpSecretFile: /s, \
+                    agentId: app, webhookKey: k}\n";
+        let err = PusherConfig::from_yaml_with_env(text, &|_| None).expect_err("five wrong");
+        let ConfigError::Invalid(problems) = err else {
+            panic!("{err}");
+        };
+        let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "credentials.appId",
+                "credentials.corpId",
+                "credentials.corpSecret",
+                "credentials.agentId",
+                "credentials.webhookKey",
+            ]
+        );
+        let robot = "listen: 127.0.0.1:8080\napiBaseUrl: http://127.0.0.1:9000\n\
+                     provider: wecomRobot\nauth: {token: a-long-enough-token}\n\
+                     credentials: {}\nevents: {token: t}\n";
+        let err = PusherConfig::from_yaml_with_env(robot, &|_| None)
+            .expect_err("no key")
+            .to_string();
+        assert!(err.contains("credentials.webhookKey: required"), "{err}");
+        assert!(
+            err.contains("events.token: a wecomRobot channel has no events"),
+            "{err}"
+        );
+        let ok = "listen: 127.0.0.1:8080\napiBaseUrl: http://127.0.0.1:9000\n\
+                  provider: wecomApp\nauth: {token: a-long-enough-token}\n\
+                  credentials: {corpId: ww1, corpSecret: s, agentId: \"1000002\"}\n";
+        PusherConfig::from_yaml_with_env(ok, &|_| None).expect("valid");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{EventsMode, Shutdown};
+use crate::policy::wecom::Credential;
 use crate::policy::{
     Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
     SecretKeyRef, TemplatePolicy, Timeouts, TokenPolicy,
@@ -52,12 +53,44 @@ pub const DEFAULT_IMAGE: &str = crate::images::DEFAULT_PUSHER_IMAGE;
         "message": "more than one replica needs queue.redis: an embedded store belongs to one pod",
         "fieldPath": ".replicas",
     },
+    {
+        "rule": "!has(self.provider) || self.provider != 'wecomApp' || (has(self.credentials.secretRef.corpIdKey) && has(self.credentials.secretRef.corpSecretKey) && has(self.credentials.secretRef.agentIdKey))",
+        "message": "provider wecomApp needs credentials.secretRef.corpIdKey, corpSecretKey and agentIdKey",
+        "fieldPath": ".credentials.secretRef",
+    },
+    {
+        "rule": "(has(self.provider) && self.provider == 'wecomApp') || !(has(self.credentials.secretRef.corpIdKey) || has(self.credentials.secretRef.corpSecretKey) || has(self.credentials.secretRef.agentIdKey))",
+        "message": "corpIdKey, corpSecretKey and agentIdKey belong to provider wecomApp only",
+        "fieldPath": ".credentials.secretRef",
+    },
+    {
+        "rule": "!has(self.provider) || self.provider != 'wecomRobot' || has(self.credentials.secretRef.webhookKeyKey)",
+        "message": "provider wecomRobot needs credentials.secretRef.webhookKeyKey",
+        "fieldPath": ".credentials.secretRef",
+    },
+    {
+        "rule": "(has(self.provider) && self.provider == 'wecomRobot') || !has(self.credentials.secretRef.webhookKeyKey)",
+        "message": "webhookKeyKey belongs to provider wecomRobot only",
+        "fieldPath": ".credentials.secretRef.webhookKeyKey",
+    },
+    {
+        "rule": "!has(self.provider) || !(self.provider in ['wecomApp', 'wecomRobot']) || self.apiBaseUrl != 'https://api.weixin.qq.com'",
+        "message": "a WeCom channel sends to WeCom's API: set apiBaseUrl (https://qyapi.weixin.qq.com)",
+        "fieldPath": ".apiBaseUrl",
+    },
+    {
+        "rule": "!has(self.provider) || self.provider != 'wecomRobot' || (!has(self.credentials.secretRef.eventTokenKey) && !has(self.credentials.secretRef.encodingAesKeyKey) && !has(self.eventsIngress))",
+        "message": "a wecomRobot channel has no events: remove eventTokenKey, encodingAesKeyKey and eventsIngress",
+        "fieldPath": ".credentials.secretRef",
+    },
 ]))]
 pub struct PushChannelSpec {
-    /// Which WeChat product the channel sends through. Default `wechatOfficialAccount`.
+    /// Which product the channel sends through: `wechatOfficialAccount` (the default),
+    /// `wechatMiniProgram`, `wecomApp` or `wecomRobot`.
     #[serde(default)]
     pub provider: Provider,
-    /// Where the account's appid and secret are kept. Values are never copied into this
+    /// Where the channel's credentials are kept: the appid and secret (WeChat), the corp id,
+    /// application secret and AgentId (`wecomApp`), or the robot's webhook key (`wecomRobot`). Values are never copied into this
     /// resource, its status, or the pusher's ConfigMap.
     pub credentials: ChannelCredentials,
     /// Base URL of the WeChat API. Default `https://api.weixin.qq.com`; point it at a
@@ -181,6 +214,22 @@ pub struct CredentialsSecretRef {
     #[serde(default = "default_app_secret_key")]
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub app_secret_key: String,
+    /// Key holding the WeCom corp id (`wecomApp` only, required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub corp_id_key: Option<String>,
+    /// Key holding the WeCom application's secret (`wecomApp` only, required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub corp_secret_key: Option<String>,
+    /// Key holding the WeCom application's AgentId (`wecomApp` only, required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub agent_id_key: Option<String>,
+    /// Key holding the WeCom group robot's webhook key (`wecomRobot` only, required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub webhook_key_key: Option<String>,
     /// Key holding the server-URL token for WeChat's delivery events; events are off without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
@@ -189,6 +238,28 @@ pub struct CredentialsSecretRef {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub encoding_aes_key_key: Option<String>,
+}
+
+impl CredentialsSecretRef {
+    /// The Secret key of each credential a `provider` channel needs (a WeCom key that is not
+    /// set falls back to the credential's own name, `corpId`; the CRD's rules require them).
+    pub fn keys(&self, provider: Provider) -> Vec<(Credential, &str)> {
+        provider
+            .credentials()
+            .iter()
+            .map(|&which| {
+                let set = match which {
+                    Credential::AppId => Some(&self.app_id_key),
+                    Credential::AppSecret => Some(&self.app_secret_key),
+                    Credential::CorpId => self.corp_id_key.as_ref(),
+                    Credential::CorpSecret => self.corp_secret_key.as_ref(),
+                    Credential::AgentId => self.agent_id_key.as_ref(),
+                    Credential::WebhookKey => self.webhook_key_key.as_ref(),
+                };
+                (which, set.map_or(which.name(), String::as_str))
+            })
+            .collect()
+    }
 }
 
 /// How WeChat's delivery events reach the pusher.

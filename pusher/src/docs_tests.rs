@@ -42,6 +42,13 @@ fn populated() -> Metrics {
     m.template_refusal(TemplateRuleLabel::too_long);
     m.template_fetch(TemplateList::Private, FetchResult::Ok);
     m.set_templates(TemplateList::Private, 1);
+    m.invalid_recipients(
+        "wecomApp",
+        &crate::send::InvalidRecipients {
+            users: vec!["gone-1".into()],
+            ..crate::send::InvalidRecipients::default()
+        },
+    );
     m
 }
 

@@ -52,6 +52,11 @@ pub enum ErrorCode {
     NotDeadLetter,
     /// 409: the dead letter's `expires_at` has passed.
     PastExpiry,
+    /// 409: the message cannot be recalled: its provider cannot recall, it was not delivered,
+    /// or the provider's recall window (WeCom: 24 hours) has passed.
+    NotRecallable,
+    /// 502: the provider refused the recall or could not be reached; `message` says why.
+    RecallFailed,
     /// 429: the queue holds `maxMessages` pending messages.
     QueueFull,
     /// 503: the queue could not confirm the write.
@@ -62,7 +67,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order above.
-    pub const ALL: [Self; 24] = [
+    pub const ALL: [Self; 26] = [
         Self::Unauthorized,
         Self::Draining,
         Self::Overloaded,
@@ -84,6 +89,8 @@ impl ErrorCode {
         Self::MethodNotAllowed,
         Self::NotDeadLetter,
         Self::PastExpiry,
+        Self::NotRecallable,
+        Self::RecallFailed,
         Self::QueueFull,
         Self::StoreUnavailable,
         Self::Internal,
@@ -113,6 +120,8 @@ impl ErrorCode {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::NotDeadLetter => "not_dead_letter",
             Self::PastExpiry => "past_expiry",
+            Self::NotRecallable => "not_recallable",
+            Self::RecallFailed => "recall_failed",
             Self::QueueFull => "queue_full",
             Self::StoreUnavailable => "store_unavailable",
             Self::Internal => "internal",

@@ -94,6 +94,10 @@ struct DemoArgs {
     /// Use a running sandbox instead of starting one.
     #[arg(long)]
     sandbox_url: Option<String>,
+    /// The channel's provider: `wechatOfficialAccount` (template messages) or `wecomApp`
+    /// (WeCom application messages, with the sandbox's default corp and app).
+    #[arg(long, default_value = "wechatOfficialAccount", value_parser = parse_provider)]
+    provider: wxpush_pusher::policy::Provider,
     /// The sandbox account's appid.
     #[arg(long, default_value = "wxdemo0000000000")]
     appid: String,
@@ -110,6 +114,14 @@ struct DemoArgs {
     /// No progress line (by default: a live line on a terminal, else a plain line a second).
     #[arg(long)]
     no_progress: bool,
+}
+
+/// A `provider` value as the config spells it.
+#[cfg(feature = "demo")]
+fn parse_provider(text: &str) -> Result<wxpush_pusher::policy::Provider, String> {
+    serde_json::from_value(serde_json::Value::String(text.into())).map_err(|_| {
+        "one of wechatOfficialAccount, wechatMiniProgram, wecomApp, wecomRobot".to_string()
+    })
 }
 
 /// Without the `demo` feature the subcommand only says how to get it.
@@ -162,6 +174,7 @@ fn main() -> anyhow::Result<()> {
             max_in_flight,
             rate_limit,
             sandbox_url,
+            provider,
             appid,
             secret,
             faults,
@@ -192,6 +205,7 @@ fn main() -> anyhow::Result<()> {
                 } else {
                     ProgressStyle::auto()
                 },
+                provider,
                 latency_sample: wxpush_pusher::demo::LATENCY_SAMPLE,
             };
             runtime()?.block_on(demo(opts, json, keep_running))

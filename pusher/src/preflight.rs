@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::api::AuthToken;
 use crate::config::{Problem, PusherConfig, ReadSecret as _};
 use crate::policy::RedisQueue;
+use crate::policy::wecom::Credential;
 use crate::policy::{LocalSecret, QueueKind};
 use crate::secrets::{WatchedSecret, describe};
 use crate::store::redis::{RedisOptions, consumer_name};
@@ -84,16 +85,20 @@ pub fn resolve(config: &PusherConfig) -> Result<Resolved, Problems> {
             }
         },
     };
-    let app_id = read(
-        "credentials.appId",
-        config.credentials.app_id(),
-        "set exactly one of appId and appIdFile",
-    );
-    read(
-        "credentials.appSecret",
-        config.credentials.app_secret(),
-        "set exactly one of appSecret and appSecretFile",
-    );
+    // The provider's credentials; the appid (WeChat) or the corp id (WeCom) is also the
+    // receive id of the event envelopes.
+    let mut app_id = None;
+    for &which in config.provider.credentials() {
+        let name = which.name();
+        let got = read(
+            &format!("credentials.{name}"),
+            config.credentials.get(which),
+            &format!("set exactly one of {name} and {name}File"),
+        );
+        if matches!(which, Credential::AppId | Credential::CorpId) {
+            app_id = got;
+        }
+    }
     let auth = read(
         "auth.token",
         config.auth.token(),
@@ -136,7 +141,7 @@ pub fn resolve(config: &PusherConfig) -> Result<Resolved, Problems> {
                     None
                 }
             },
-            // Reported with credentials.appId.
+            // Reported with credentials.appId (or corpId).
             None => None,
         },
         _ => None,

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::message::{FieldError, Message};
 use crate::policy::Retry;
 
 /// Which WeChat send API a message goes to.
@@ -205,6 +206,101 @@ pub enum TokenScope {
     /// The account's token for its appid, from WeChat's `stable_token` (or classic `token`)
     /// API, as `token.api` chooses. Official Accounts and Mini Programs both use it.
     WeChatApp,
+    /// A WeCom token of one (corp, application secret), from `gettoken`.
+    WeComApp,
+    /// No token: the request carries the channel's webhook key (`?key=`), as a WeCom group
+    /// robot's does.
+    WebhookKey,
+}
+
+impl TokenScope {
+    /// The query parameter the token (or key) is sent in.
+    pub fn query_param(self) -> &'static str {
+        match self {
+            Self::WeChatApp | Self::WeComApp => "access_token",
+            Self::WebhookKey => "key",
+        }
+    }
+}
+
+/// A 200 answer as a provider read it: the errcode, what it means, and what it says beyond
+/// that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The errcode (0 when the answer had none).
+    pub errcode: i64,
+    /// The errmsg.
+    pub errmsg: String,
+    /// WeChat's numeric `msgid`, when given.
+    pub msgid: Option<i64>,
+    /// The rest: a text message id, recipients the provider could not reach.
+    pub receipt: Option<Receipt>,
+}
+
+/// What a delivery answer said beyond "sent": the provider's own message id when it is text
+/// (WeCom's, which a recall needs), and the recipients it could not reach. Kept in the
+/// message's status and sent in its callback.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Receipt {
+    /// The provider's message id (WeCom's `msgid`), the handle of a recall.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_msgid: Option<String>,
+    /// Recipients the provider called invalid. They were not reached and are never retried.
+    #[serde(default, skip_serializing_if = "InvalidRecipients::is_empty")]
+    pub invalid: InvalidRecipients,
+    /// When the message was recalled (`POST /v1/messages/{id}/recall`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub recalled_at: Option<jiff::Timestamp>,
+}
+
+/// The recipients of a partly delivered message that were not reached (WeCom's errcode 0 with
+/// `invaliduser`, `invalidparty`, `invalidtag`, `unlicenseduser`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct InvalidRecipients {
+    /// User ids that do not exist or are out of the application's visible range.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// Party (department) ids that are invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parties: Vec<String>,
+    /// Tag ids that are invalid.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    /// Users without a licence for the application.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlicensed_users: Vec<String>,
+}
+
+impl InvalidRecipients {
+    /// Whether every recipient was reached.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+            && self.parties.is_empty()
+            && self.tags.is_empty()
+            && self.unlicensed_users.is_empty()
+    }
+}
+
+/// The most sends a provider takes in any window of `window`, enforced before sending (a WeCom
+/// group robot: 20 a minute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateCeiling {
+    /// Most sends in one window.
+    pub max: u32,
+    /// The window.
+    pub window: Duration,
+}
+
+/// Which of WeChat's template lists a provider's messages are checked against at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplateLists {
+    /// None: the provider has no WeChat templates.
+    None,
+    /// The subscribe templates only (Mini Programs).
+    Subscribe,
+    /// The private (template message) list and the subscribe templates (Official Accounts).
+    PrivateAndSubscribe,
 }
 
 /// The HTTP request of one attempt, as a provider builds it.
@@ -221,6 +317,7 @@ pub struct Outgoing {
 /// Adding a provider takes one module implementing this trait and one arm in
 /// `providers::sender_for` for its `provider` enum variant; the dispatcher, store, engine and
 /// API stay as they are (`tests/tests/provider_plugin.rs` plugs in a provider of its own).
+/// The provided methods describe a WeChat provider; another overrides what differs.
 pub trait Sender: Send + Sync + std::fmt::Debug + 'static {
     /// The provider's name, as the `provider` field spells it.
     fn name(&self) -> &'static str;
@@ -232,6 +329,44 @@ pub trait Sender: Send + Sync + std::fmt::Debug + 'static {
     /// What an answer with `errcode` means for the message and the channel. `now` fixes time
     /// dependent answers (the daily quota resets at midnight, Beijing time).
     fn classify(&self, errcode: i64, now: SystemTime, retry: &Retry) -> SendAction;
+    /// Reads the whole body of a 200 answer; `None` when it is not the provider's JSON.
+    /// The default reads WeChat's `{errcode, errmsg, msgid}`.
+    fn read_answer(&self, body: &[u8]) -> Option<Answer> {
+        #[derive(Deserialize)]
+        struct WeChat {
+            #[serde(default)]
+            errcode: i64,
+            #[serde(default)]
+            errmsg: String,
+            msgid: Option<i64>,
+        }
+        let a: WeChat = serde_json::from_slice(body).ok()?;
+        Some(Answer {
+            errcode: a.errcode,
+            errmsg: a.errmsg,
+            msgid: a.msgid,
+            receipt: None,
+        })
+    }
+    /// Checks a producer's message strictly at accept, each error naming its field. The
+    /// default takes WeChat's template and subscribe messages.
+    fn accept(&self, value: &serde_json::Value) -> Result<Message, FieldError> {
+        crate::message::parse_message(value)
+    }
+    /// Which WeChat template lists its messages are checked against at accept.
+    fn template_lists(&self) -> TemplateLists {
+        TemplateLists::PrivateAndSubscribe
+    }
+    /// A hard ceiling on the send rate, enforced before sending, on top of `rateLimit`.
+    fn rate_ceiling(&self) -> Option<RateCeiling> {
+        None
+    }
+    /// The request that recalls a sent message by the provider's message id, and how long
+    /// after the send a recall is allowed; `None` when the provider cannot recall.
+    fn recall(&self, provider_msgid: &str) -> Option<(Outgoing, Duration)> {
+        let _ = provider_msgid;
+        None
+    }
 }
 
 #[cfg(test)]

@@ -126,7 +126,7 @@ impl Pusher {
         )?);
         let templates = Arc::new(crate::templates::Registry::new(
             config.templates.clone(),
-            config.provider,
+            sender.provider().template_lists(),
             Arc::clone(sender.http()),
             Arc::clone(sender.tokens()),
             shared,
@@ -157,6 +157,7 @@ impl Pusher {
                     .map_err(crate::callbacks::CallbackError::Allow)?,
             ),
             templates: Arc::clone(&templates),
+            sender: Arc::clone(&sender),
         });
 
         let stop = CancellationToken::new();

@@ -145,3 +145,4 @@ pub mod pod_runner;
 pub mod pusher;
 pub mod redis;
 pub mod sandbox;
+pub mod wecom;

@@ -60,6 +60,8 @@ fn valid_examples_pass_schema_and_cel() {
     for name in [
         "examples/pushchannel-minimal.yaml",
         "examples/pushchannel-full.yaml",
+        "examples/pushchannel-wecom-app.yaml",
+        "examples/pushchannel-wecom-robot.yaml",
     ] {
         let obj: serde_json::Value = serde_yaml_ng::from_str(&read(name)).expect("yaml");
         let errors = validate(&schema, &obj);
@@ -133,6 +135,22 @@ fn pusher_config_example_loads_and_validates() {
 
 /// Fields the full example leaves out on purpose, with why.
 const NOT_IN_THE_FULL_EXAMPLE: &[(&str, &str)] = &[
+    (
+        "spec.credentials.secretRef.corpIdKey",
+        "wecomApp only (examples/pushchannel-wecom-app.yaml); the full example is WeChat's",
+    ),
+    (
+        "spec.credentials.secretRef.corpSecretKey",
+        "wecomApp only (examples/pushchannel-wecom-app.yaml)",
+    ),
+    (
+        "spec.credentials.secretRef.agentIdKey",
+        "wecomApp only (examples/pushchannel-wecom-app.yaml)",
+    ),
+    (
+        "spec.credentials.secretRef.webhookKeyKey",
+        "wecomRobot only (examples/pushchannel-wecom-robot.yaml)",
+    ),
     (
         "spec.autoscaling.behavior.scaleDown.tolerance",
         "alpha in Kubernetes (the HPAConfigurableTolerance feature gate)",

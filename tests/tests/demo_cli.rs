@@ -54,6 +54,25 @@ fn piped_demo_writes_no_escape_codes_and_ends_with_the_summary() {
     assert!(out.contains("--keep-running"), "mentions --keep-running");
 }
 
+/// `demo --provider wecomApp`: WeCom application messages through the same path, each one
+/// received once by the sandbox's WeCom side.
+#[test]
+fn the_demo_runs_a_wecom_application_end_to_end() {
+    let o = demo(&["--provider", "wecomApp", "--count", "300"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "exit {:?}\n{out}\n{err}", o.status);
+    assert!(
+        out.contains("delivered 300/300, 0 lost"),
+        "no summary in:\n{out}"
+    );
+    assert_eq!(row(&out, "lost"), 0);
+    assert_eq!(row(&out, "received by WeChat (sandbox, unique)"), 300);
+    let o = demo(&["--provider", "wecomRobot", "--count", "3"]);
+    let (out, err) = text(&o);
+    assert!(!o.status.success(), "a robot is not a demo: {out}");
+    assert!(err.contains("wecomRobot"), "{err}");
+}
+
 fn faults(mode: &str) -> String {
     let o = demo(&["--faults", mode, "--count", "300"]);
     let (out, err) = text(&o);

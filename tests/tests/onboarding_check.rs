@@ -157,3 +157,38 @@ async fn check_config_without_online_makes_no_token_call() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("# credentials:"));
     assert_eq!(stable_calls(&base).await, 0);
 }
+
+/// A `wecomApp` channel's check asks WeCom's `gettoken` once: right credentials pass, a wrong
+/// secret is named by WeCom's errcode in one line without the secret.
+#[tokio::test]
+async fn check_config_online_fetches_one_wecom_token() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_sandbox, base) = spawn(&[]);
+    let wecom = |secret: &str| {
+        json!({"provider": "wecomApp",
+               "credentials": {"appId": null, "appSecret": null, "corpId": "wwcorp",
+                               "corpSecret": secret, "agentId": "1000002"}})
+    };
+    let ok = check_online(dir.path(), &base, &wecom("wecom-secret"));
+    assert_eq!(ok.code, Some(0), "{}{}", ok.stdout, ok.stderr);
+    assert!(
+        ok.stdout
+            .contains("# credentials: ok: WeCom issued an access_token"),
+        "{}",
+        ok.stdout
+    );
+    let bad = check_online(dir.path(), &base, &wecom("not-the-wecom-secret"));
+    assert_one_line(&bad, "not-the-wecom-secret", &["40001"]);
+    let stats: Value = wxpush_tests::sandbox::http()
+        .get(format!("{base}/__stats"))
+        .send()
+        .await
+        .expect("stats")
+        .json()
+        .await
+        .expect("stats json");
+    assert_eq!(
+        stats["wecom"]["apps"]["1000002"]["token_fetches"], 1,
+        "one fetch for the good check: {stats}"
+    );
+}

@@ -47,7 +47,7 @@ async fn a_hang_hits_the_response_header_timeout_and_the_retry_is_deduplicated()
     // answered with the first msgid and not delivered twice.
     assert!(matches!(
         send(&sender, &body).await,
-        SendOutcome::Delivered { msgid: Some(_) }
+        SendOutcome::Delivered { msgid: Some(_), .. }
     ));
     let stats = sb.stats();
     assert_eq!(stats.delivered_unique, 2, "warm-up + order-42 once");

@@ -103,7 +103,7 @@ async fn stable_token_is_fetched_once_and_reused() {
                     let body = template("u", &format!("s-{w}-{i}"));
                     let out = send(&sender, &body).await;
                     assert!(
-                        matches!(out, SendOutcome::Delivered { msgid: Some(_) }),
+                        matches!(out, SendOutcome::Delivered { msgid: Some(_), .. }),
                         "{out:?}"
                     );
                 }

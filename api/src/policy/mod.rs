@@ -10,6 +10,7 @@ mod backoff;
 pub mod disk;
 mod duration;
 mod secret;
+pub mod wecom;
 
 pub use backoff::Backoff;
 pub use duration::{DURATION_PATTERN, DurationError, HumanDuration};
@@ -18,7 +19,8 @@ pub use secret::{LocalSecret, SecretError, SecretKeyRef};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Which WeChat product a channel sends through. More providers (e.g. WeCom) can be added.
+/// Which product a channel sends through: WeChat (Official Account, Mini Program) or WeCom
+/// (an application of a corp, a group robot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Provider {
@@ -27,6 +29,11 @@ pub enum Provider {
     WechatOfficialAccount,
     /// Mini Program (小程序): subscribe messages.
     WechatMiniProgram,
+    /// WeCom (企业微信) application messages: `message/send` of one app of a corp, with the
+    /// credentials `corpId`, `corpSecret` and `agentId`.
+    WecomApp,
+    /// WeCom group robot: `webhook/send` with the robot's webhook key; 20 messages a minute.
+    WecomRobot,
 }
 
 /// Timeouts of each HTTP attempt to the WeChat API. Each is enforced on its own, so an error

@@ -19,8 +19,9 @@ pub fn referenced_keys(spec: &PushChannelSpec) -> BTreeMap<String, BTreeSet<Stri
             .or_default()
             .insert(key.to_string());
     };
-    add(&creds.name, &creds.app_id_key);
-    add(&creds.name, &creds.app_secret_key);
+    for (_, key) in creds.keys(spec.provider) {
+        add(&creds.name, key);
+    }
     for key in [&creds.event_token_key, &creds.encoding_aes_key_key]
         .into_iter()
         .flatten()

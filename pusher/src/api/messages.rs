@@ -10,9 +10,7 @@ use super::error::ApiError;
 use super::schema;
 use super::shared::*;
 
-use crate::message::{
-    FieldError, Message, MessageRecord, batch_items, parse_message, request_digest,
-};
+use crate::message::{FieldError, Message, MessageRecord, batch_items, request_digest};
 use crate::store::{AcceptItem, Store};
 
 #[utoipa::path(post, path = "/v1/messages", tag = "messages",
@@ -42,7 +40,7 @@ pub(super) async fn post_message<S: Store>(
     let key = idempotency_key(&headers)?;
     let value = read_json(&headers, body, &state.limits).await?;
     let request_digest = key.as_ref().map(|_| request_digest("/v1/messages", &value));
-    let mut message = parse_message(&value)?;
+    let mut message = state.sender.provider().accept(&value)?;
     check_callback(&state.targets, &message).await?;
     check_template(&state, &mut message).await?;
     let warnings = message.template_notes.clone();
@@ -116,7 +114,7 @@ pub(super) async fn post_batch<S: Store>(
     let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(items.len());
     let mut to_store = Vec::new();
     for (i, item) in items.iter().enumerate() {
-        let parsed = match parse_message(item) {
+        let parsed = match state.sender.provider().accept(item) {
             Ok(mut m) => match check_callback(&state.targets, &m).await {
                 Ok(()) => match check_template(&state, &mut m).await {
                     Ok(_) => Ok(m),

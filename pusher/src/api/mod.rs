@@ -12,6 +12,7 @@ mod health;
 pub mod json;
 mod messages;
 pub mod openapi;
+mod recall;
 pub mod schema;
 pub mod server;
 mod shared;
@@ -42,6 +43,10 @@ pub fn router<S: Store + Clone>(
         .route("/v1/messages", post(messages::post_message::<S>))
         .route("/v1/messages/batch", post(messages::post_batch::<S>))
         .route("/v1/messages/{id}", get(messages::get_message::<S>))
+        .route(
+            "/v1/messages/{id}/recall",
+            post(recall::recall_message::<S>),
+        )
         .route(
             "/v1/dead-letters",
             get(dead_letters::list_dead_letters::<S>),

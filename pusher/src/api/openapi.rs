@@ -42,6 +42,7 @@ impl Modify for BearerAuth {
         super::messages::post_message,
         super::messages::post_batch,
         super::messages::get_message,
+        super::recall::recall_message,
         super::dead_letters::list_dead_letters,
         super::dead_letters::replay,
         super::subscriptions::add_subscription,
@@ -148,6 +149,17 @@ mod tests {
             matched_by: "msgid".into(),
             applied: true,
         });
+        r.receipt = Some(crate::send::Receipt {
+            provider_msgid: Some("m".into()),
+            invalid: crate::send::InvalidRecipients {
+                users: vec!["u".into()],
+                parties: vec!["p".into()],
+                tags: vec!["t".into()],
+                unlicensed_users: vec!["l".into()],
+            },
+            recalled_at: Some(now),
+        });
+        r.message.wecom = Some(message::TemplateData::default());
         let shown = super::super::shared::status_doc(&r);
         let doc = doc();
         let props = |name: &str, v: &Value| {
@@ -168,6 +180,8 @@ mod tests {
         props("EventRecord", &shown["events"][0]);
         props("MiniProgram", &shown["message"]["miniprogram"]);
         props("TemplateNote", &shown["message"]["template_notes"][0]);
+        props("Receipt", &shown["receipt"]);
+        props("InvalidRecipients", &shown["receipt"]["invalid"]);
         // The request takes the same fields as the stored message, but for the two the pusher
         // adds.
         let mut request = shown["message"].clone();
@@ -179,6 +193,8 @@ mod tests {
             .as_object_mut()
             .expect("object")
             .remove("subscription_credit");
+        // A WeCom message is its own shape (docs/pusher.md); the pusher keeps its body here.
+        request.as_object_mut().expect("object").remove("wecom");
         props("MessageRequest", &request);
     }
 

@@ -43,6 +43,9 @@ pub struct ApiState<S> {
     pub targets: Arc<TargetPolicy>,
     /// The account's templates: every message is checked against its own at accept.
     pub templates: Arc<crate::templates::Registry>,
+    /// The channel's sending engine: its provider checks messages at accept, and recalls go
+    /// through it.
+    pub sender: Arc<crate::wechat::WeChatSender>,
 }
 
 pub(super) type Shared<S> = Arc<ApiState<S>>;

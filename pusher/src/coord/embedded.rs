@@ -9,7 +9,6 @@ use parking_lot::Mutex;
 
 use super::{CoordResult, Coordinator, Lock, Permit, SharedToken, unix_ms};
 use crate::calendar::beijing_day;
-use crate::policy::RateLimit;
 use crate::resilience::ratelimit::Gcra;
 
 /// The channel's shared state in this process's memory.
@@ -172,11 +171,12 @@ impl Coordinator for EmbeddedCoordinator {
         ready(())
     }
 
-    fn permit<'a>(
-        &'a self,
-        rate: &'a RateLimit,
+    fn permit(
+        &self,
+        rule: Gcra,
+        daily_quota: u64,
         longest: Duration,
-    ) -> BoxFuture<'a, CoordResult<Permit>> {
+    ) -> BoxFuture<'_, CoordResult<Permit>> {
         let wall = SystemTime::now();
         let now = unix_us(wall);
         let today = beijing_day(wall);
@@ -186,15 +186,14 @@ impl Coordinator for EmbeddedCoordinator {
         if r.spent_until.saturating_mul(1000) > now {
             return ready(Permit::QuotaSpent);
         }
-        let Some((wait, tat)) = Gcra::new(rate.per_second, rate.burst).reserve(now, r.tat, longest)
-        else {
+        let Some((wait, tat)) = rule.reserve(now, r.tat, longest) else {
             return ready(Permit::TooFar);
         };
-        if rate.daily_quota > 0 {
+        if daily_quota > 0 {
             if r.day != today {
                 (r.day, r.used) = (today, 0);
             }
-            if r.used >= rate.daily_quota {
+            if r.used >= daily_quota {
                 return ready(Permit::QuotaSpent);
             }
             r.used += 1;
@@ -254,33 +253,34 @@ mod tests {
     #[tokio::test]
     async fn the_daily_quota_is_counted_given_back_and_exhausted() {
         let c = EmbeddedCoordinator::new();
-        let rate = RateLimit {
-            per_second: 1_000_000,
-            burst: 1_000_000,
-            daily_quota: 2,
-        };
+        let rule = Gcra::new(1_000_000, 1_000_000);
         let hour = Duration::from_secs(3600);
-        assert_eq!(c.permit(&rate, hour).await.expect("in memory"), Permit::Go);
-        assert_eq!(c.permit(&rate, hour).await.expect("in memory"), Permit::Go);
         assert_eq!(
-            c.permit(&rate, hour).await.expect("in memory"),
+            c.permit(rule, 2, hour).await.expect("in memory"),
+            Permit::Go
+        );
+        assert_eq!(
+            c.permit(rule, 2, hour).await.expect("in memory"),
+            Permit::Go
+        );
+        assert_eq!(
+            c.permit(rule, 2, hour).await.expect("in memory"),
             Permit::QuotaSpent
         );
         c.give_back_daily().await.expect("in memory");
-        assert_eq!(c.permit(&rate, hour).await.expect("in memory"), Permit::Go);
-        let unlimited = RateLimit {
-            daily_quota: 0,
-            ..rate
-        };
         assert_eq!(
-            c.permit(&unlimited, hour).await.expect("in memory"),
+            c.permit(rule, 2, hour).await.expect("in memory"),
+            Permit::Go
+        );
+        assert_eq!(
+            c.permit(rule, 0, hour).await.expect("in memory"),
             Permit::Go
         );
         c.exhaust_daily(SystemTime::now() + hour)
             .await
             .expect("in memory");
         assert_eq!(
-            c.permit(&unlimited, hour).await.expect("in memory"),
+            c.permit(rule, 0, hour).await.expect("in memory"),
             Permit::QuotaSpent
         );
     }

@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 
-use crate::policy::RateLimit;
+use crate::resilience::ratelimit::Gcra;
 
 pub use embedded::EmbeddedCoordinator;
 pub use redis::RedisCoordinator;
@@ -139,15 +139,16 @@ pub trait Coordinator: Send + Sync + std::fmt::Debug {
     /// Lifts the channel-wide send pause (a probe went through).
     fn clear_send_pause(&self) -> BoxFuture<'_, CoordResult<()>>;
 
-    /// One permit from the shared GCRA limiter (`per_second`, `burst`) and the shared daily
-    /// quota (`daily_quota`, 0 = none), reserved for at most `longest` from now. A permit is
-    /// reserved in the order the pods ask, so no pod polls and a send that asked first goes
-    /// first, whichever pod it is on.
-    fn permit<'a>(
-        &'a self,
-        rate: &'a RateLimit,
+    /// One permit from the shared GCRA limiter (`rule`: the policy's rate and burst, or a
+    /// provider's ceiling) and the shared daily quota (`daily_quota`, 0 = none), reserved for
+    /// at most `longest` from now. A permit is reserved in the order the pods ask, so no pod
+    /// polls and a send that asked first goes first, whichever pod it is on.
+    fn permit(
+        &self,
+        rule: Gcra,
+        daily_quota: u64,
         longest: Duration,
-    ) -> BoxFuture<'a, CoordResult<Permit>>;
+    ) -> BoxFuture<'_, CoordResult<Permit>>;
 
     /// Returns a send WeChat did not count to today's shared quota (only today's: a send given
     /// back after midnight was counted on a day that is over).

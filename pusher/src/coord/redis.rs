@@ -27,7 +27,6 @@ use redis::{RedisError, Script};
 
 use super::{CoordResult, Coordinator, Lock, Permit, SharedToken, parse_pause, ttl_ms, unix_ms};
 use crate::calendar::beijing_day;
-use crate::policy::RateLimit;
 use crate::resilience::ratelimit::Gcra;
 use crate::store::redis::{RedisStore, retrying};
 
@@ -394,13 +393,13 @@ impl Coordinator for RedisCoordinator {
         })
     }
 
-    fn permit<'a>(
-        &'a self,
-        rate: &'a RateLimit,
+    fn permit(
+        &self,
+        gcra: Gcra,
+        daily_quota: u64,
         longest: Duration,
-    ) -> BoxFuture<'a, CoordResult<Permit>> {
+    ) -> BoxFuture<'_, CoordResult<Permit>> {
         Box::pin(async move {
-            let gcra = Gcra::new(rate.per_second, rate.burst);
             let r: i64 = self
                 .script(
                     &self.permit,
@@ -408,7 +407,7 @@ impl Coordinator for RedisCoordinator {
                     &[
                         gcra.interval_us.to_string(),
                         gcra.tolerance_us.to_string(),
-                        rate.daily_quota.to_string(),
+                        daily_quota.to_string(),
                         RATE_TTL_MS.to_string(),
                         u64::try_from(longest.as_micros())
                             .unwrap_or(u64::MAX)

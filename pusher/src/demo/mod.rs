@@ -22,6 +22,7 @@ use crate::config::PusherConfig;
 use crate::metrics::{
     AttemptLabels, AttemptResult, Outcome, OutcomeLabels, TokenApiLabel, TokenLabels, TokenResult,
 };
+use crate::providers::demo::DemoProfile;
 use crate::wiring::{Pusher, ServerError};
 use wxpush_sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 
@@ -56,6 +57,8 @@ pub struct DemoOptions {
     pub faults: Option<FaultMode>,
     /// How progress is shown while the run lasts.
     pub progress: ProgressStyle,
+    /// The channel's provider: `wechatOfficialAccount` or `wecomApp`.
+    pub provider: crate::policy::Provider,
 }
 
 /// Status documents fetched for the latency percentiles, at most.
@@ -76,6 +79,9 @@ pub enum DemoError {
     /// An HTTP call failed.
     #[error("http: {0}")]
     Http(String),
+    /// The demo does not run this provider.
+    #[error("the demo runs wechatOfficialAccount and wecomApp, not {0}")]
+    Provider(&'static str),
     /// Not everything was delivered in time.
     #[error("timed out: {delivered} of {accepted} delivered after {waited:?}")]
     Timeout {
@@ -101,6 +107,7 @@ pub struct Demo {
     pub token: String,
     /// The store folder (removed by [`Demo::stop`]).
     pub dir: PathBuf,
+    profile: DemoProfile,
     http: reqwest::Client,
 }
 
@@ -111,6 +118,8 @@ fn http_err(e: impl std::fmt::Display) -> DemoError {
 impl Demo {
     /// Starts the sandbox (unless given) and a pusher pointed at it.
     pub async fn start(opts: &DemoOptions) -> Result<Self, DemoError> {
+        let profile = crate::providers::demo::profile(opts.provider, &opts.appid, &opts.secret)
+            .ok_or(DemoError::Provider(opts.provider.as_str()))?;
         let (sandbox, sandbox_url) = match &opts.sandbox_url {
             Some(url) => (None, url.trim_end_matches('/').to_string()),
             None => {
@@ -130,8 +139,9 @@ impl Demo {
         let mut yaml = json!({
             "listen": "127.0.0.1:0",
             "channel": "demo",
+            "provider": opts.provider,
             "apiBaseUrl": sandbox_url,
-            "credentials": {"appId": opts.appid, "appSecret": opts.secret},
+            "credentials": profile.credentials,
             "auth": {"token": token},
             "queue": {"embedded": {"path": dir.display().to_string()}},
             "rateLimit": {"perSecond": opts.rate_limit, "burst": opts.rate_limit, "dailyQuota": 0},
@@ -161,6 +171,7 @@ impl Demo {
             sandbox_url,
             token,
             dir,
+            profile,
             http,
         })
     }
@@ -239,7 +250,13 @@ impl Demo {
                     let from = r * batch;
                     let n = batch.min(opts.count - from);
                     let msgs: Vec<Value> = (from..from + n)
-                        .map(|i| faults::demo_message(opts.faults, i))
+                        .map(|i| {
+                            if self.profile.wechat_messages {
+                                faults::demo_message(opts.faults, i)
+                            } else {
+                                crate::providers::demo::wecom_message(i)
+                            }
+                        })
                         .collect();
                     let (ids, rules) = self.post(msgs).await?;
                     sent.fetch_add(ids.len(), Ordering::Relaxed);
@@ -381,7 +398,11 @@ impl Demo {
                 )
             })
             .sum();
-        let sandbox_delivered_unique = s(&["delivered_unique"]);
+        let counted = |key: &'static str| match self.profile.stats_section {
+            Some(section) => s(&[section, key]),
+            None => s(&[key]),
+        };
+        let sandbox_delivered_unique = counted("delivered_unique");
         let settled_count = delivered + not_delivered;
         let pending = (accepted as u64).saturating_sub(settled_count);
         // Lost: accepted (202) but neither received by WeChat (the sandbox's own count of
@@ -418,7 +439,7 @@ impl Demo {
             lost,
             settled: i.settled,
             sandbox_delivered_unique,
-            duplicates_suppressed: s(&["duplicates_suppressed"]),
+            duplicates_suppressed: counted("duplicates_suppressed"),
             attempts,
             retries: attempts
                 .total()

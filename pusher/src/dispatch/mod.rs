@@ -362,10 +362,7 @@ impl<S: Store + Clone> Dispatcher<S> {
                 None => {
                     // A first attempt's "attempt started" record is durable by now (written by
                     // `attempt_batch`), so that a crash mid-attempt is recognised later.
-                    let body = lease
-                        .record
-                        .message
-                        .wechat_body(&lease.record.client_msg_id);
+                    let body = lease.record.message.send_body(&lease.record.client_msg_id);
                     // Boxed: the send's future is large, and the attempts of a lease are
                     // moved into a set of futures; this keeps each attempt small to move.
                     let outcome = Box::pin(self.sender.send(SendRequest {

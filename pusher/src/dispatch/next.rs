@@ -154,9 +154,10 @@ pub fn next_state_of(
     };
     let mut hold_until = None;
     let completed = match outcome {
-        SendOutcome::Delivered { msgid } => {
+        SendOutcome::Delivered { msgid, receipt } => {
             record.attempts += 1;
             record.msgid = msgid;
+            record.receipt = receipt;
             finish(&mut record, Status::Delivered, now)
         }
         SendOutcome::Permanent { error } => {

@@ -44,7 +44,16 @@ fn outcomes_map_to_states() {
     let now = Timestamp::now();
     let r = record(now);
     let p = policy();
-    let n = next_state(&r, SendOutcome::Delivered { msgid: Some(7) }, &p, now, 0.0);
+    let n = next_state(
+        &r,
+        SendOutcome::Delivered {
+            msgid: Some(7),
+            receipt: None,
+        },
+        &p,
+        now,
+        0.0,
+    );
     assert_eq!(
         (n.record.status, n.record.msgid, n.completed),
         (Status::Delivered, Some(7), Some(Outcome::delivered))

@@ -3,6 +3,10 @@
 //! - `GET ?signature&timestamp&nonce&echostr`: the URL check; answers `echostr` (text/plain,
 //!   `X-Content-Type-Options: nosniff`) when `signature` is right and `timestamp` fresh, else
 //!   403.
+//! - `GET ?msg_signature&timestamp&nonce&echostr`: WeCom's URL check; `msg_signature` covers
+//!   the encrypted `echostr`, which must open with the channel's cipher (the corp id as
+//!   receive id, so `events.encodingAesKey` is needed); answers the plain text inside, else
+//!   403.
 //! - Every `POST` must carry a fresh `timestamp` and a `(timestamp, nonce)` not accepted before
 //!   ([`super::replay`]), else 403: in plain mode the signature does not cover the body.
 //! - The mode is `events.mode`, never the request's `encrypt_type`.
@@ -113,10 +117,57 @@ fn signed<S>(state: &EventsState<S>, q: &HashMap<String, String>) -> bool {
     !sig.is_empty() && verify_signature(&state.token, param(q, "timestamp"), param(q, "nonce"), sig)
 }
 
+/// WeCom's URL check: `msg_signature` covers the encrypted `echostr`, which must open with the
+/// channel's cipher (the corp id as receive id); the answer is the plain text inside. `None`
+/// when the request is not WeCom's (no `msg_signature`).
+fn wecom_echostr<S>(
+    state: &EventsState<S>,
+    q: &HashMap<String, String>,
+) -> Option<Result<String, ()>> {
+    let sig = q.get("msg_signature").filter(|s| !s.is_empty())?;
+    let echostr = param(q, "echostr");
+    let Some(cipher) = state.cipher.as_ref() else {
+        return Some(Err(()));
+    };
+    if !verify_msg_signature(
+        &state.token,
+        param(q, "timestamp"),
+        param(q, "nonce"),
+        echostr,
+        sig,
+    ) {
+        return Some(Err(()));
+    }
+    Some(
+        cipher
+            .decrypt(echostr)
+            .ok()
+            .and_then(|plain| String::from_utf8(plain).ok())
+            .ok_or(()),
+    )
+}
+
 async fn verify_url<S: Store>(
     State(state): State<Arc<EventsState<S>>>,
     Query(q): Params,
 ) -> Response {
+    if let Some(answer) = wecom_echostr(&state, &q) {
+        let Ok(plain) = answer else {
+            state
+                .metrics
+                .event(EventName::Unread, EventResult::BadSignature);
+            return text(StatusCode::FORBIDDEN, "invalid signature");
+        };
+        if let Err(why) = state
+            .replay
+            .lock()
+            .fresh(param(&q, "timestamp"), Timestamp::now().as_second())
+        {
+            return refused(&state, why);
+        }
+        state.metrics.event(EventName::Unread, EventResult::Echostr);
+        return text(StatusCode::OK, plain);
+    }
     if !signed(&state, &q) {
         state
             .metrics

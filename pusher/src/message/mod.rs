@@ -83,6 +83,13 @@ pub struct Message {
     /// is given back if the message ends without being delivered. Set by the pusher.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub subscription_credit: bool,
+    /// A WeCom message (`wecomApp`, `wecomRobot` channels): the body as WeCom takes it,
+    /// checked at accept, without the channel's `agentid` and duplicate-check fields, which are
+    /// added to each attempt. `touser` then holds WeCom's `touser` (empty when the message goes
+    /// to parties or tags only, or to a robot's group) and `template_id` is empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub wecom: Option<TemplateData>,
 }
 
 /// One finding of the template check on an accepted message.

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{Message, MessageId};
-use crate::send::SendError;
+use crate::send::{Receipt, SendError};
 
 /// Where a message is in its life (docs/architecture.md, "A message's life").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -122,6 +122,10 @@ pub struct MessageRecord {
     /// [`MAX_EVENTS_PER_MESSAGE`]), whether or not they changed its status.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventRecord>,
+    /// What the delivery answer said beyond "sent" (WeCom: its msgid, the recipients it could
+    /// not reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
     /// The message itself.
     pub message: Message,
 }
@@ -178,6 +182,7 @@ impl MessageRecord {
             idempotency_key,
             request_digest: None,
             events: Vec::new(),
+            receipt: None,
             message,
         }
     }

@@ -46,7 +46,11 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(code: ErrorCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        code: ErrorCode,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             code,
             field: field.into(),
@@ -289,6 +293,7 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
         callback_url,
         template_notes: Vec::new(),
         subscription_credit: false,
+        wecom: None,
     })
 }
 

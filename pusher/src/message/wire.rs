@@ -6,6 +6,15 @@ use serde_json::value::RawValue;
 use super::{Message, MiniProgram, TemplateData};
 
 impl Message {
+    /// The body handed to the channel's provider for each attempt: the WeCom body as accepted,
+    /// or else [`Message::wechat_body`].
+    pub fn send_body(&self, client_msg_id: &str) -> Box<RawValue> {
+        match &self.wecom {
+            Some(body) => body.0.clone(),
+            None => self.wechat_body(client_msg_id),
+        }
+    }
+
     /// The JSON body WeChat takes, with the message's one `client_msg_id`, encoded once:
     /// the template fields are copied as the raw JSON text they are kept in, without building
     /// a tree of them.

@@ -107,7 +107,34 @@ label_value! {
         Stable => "stable",
         /// The classic `token` API.
         Classic => "classic",
+        /// WeCom's `gettoken` (a corp and an application's secret).
+        Wecom => "wecom",
+        /// A webhook key read from its Secret (no token API is called).
+        WebhookKey => "webhook_key",
     }
+}
+
+/// Labels of `wxpush_invalid_recipients_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct InvalidRecipientLabels {
+    /// The provider (`wecomApp`).
+    pub provider: &'static str,
+    /// Which kind of recipient the provider called invalid.
+    pub kind: RecipientKind,
+}
+
+/// A kind of recipient of a WeCom message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum RecipientKind {
+    /// A user id (`invaliduser`).
+    user,
+    /// A party (department) id (`invalidparty`).
+    party,
+    /// A tag id (`invalidtag`).
+    tag,
+    /// A user without a licence (`unlicenseduser`).
+    unlicensed_user,
 }
 
 /// How a token fetch ended, for `wxpush_token_requests_total{result}`.

@@ -10,6 +10,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::send::InvalidRecipients;
+
 mod labels;
 
 pub use crate::resilience::breaker::CircuitState;
@@ -94,6 +96,9 @@ pub struct Metrics {
     pub template_fetches: Family<TemplateFetchLabels, Counter>,
     /// `wxpush_templates{list}`: templates in the cached list (-1 while never read).
     pub templates: Family<TemplateListLabels, Gauge>,
+    /// `wxpush_invalid_recipients_total{provider,kind}`: recipients of delivered messages that
+    /// the provider could not reach (WeCom's partial failures). None of them is retried.
+    pub invalid_recipients: Family<InvalidRecipientLabels, Counter>,
 }
 
 /// Labels of `wxpush_queue_consumer_pending`.
@@ -115,6 +120,25 @@ fn reg<M: prometheus_client::registry::Metric + Clone>(
 }
 
 impl Metrics {
+    /// Counts the recipients a delivery answer called invalid.
+    pub fn invalid_recipients(&self, provider: &'static str, invalid: &InvalidRecipients) {
+        for (kind, n) in [
+            (RecipientKind::user, invalid.users.len()),
+            (RecipientKind::party, invalid.parties.len()),
+            (RecipientKind::tag, invalid.tags.len()),
+            (
+                RecipientKind::unlicensed_user,
+                invalid.unlicensed_users.len(),
+            ),
+        ] {
+            if n > 0 {
+                self.invalid_recipients
+                    .get_or_create(&InvalidRecipientLabels { provider, kind })
+                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+            }
+        }
+    }
+
     /// Counts a refusal by the template check.
     pub fn template_refusal(&self, rule: TemplateRuleLabel) {
         self.template_refusals
@@ -318,8 +342,15 @@ impl Metrics {
             "Templates in the cached list (-1 while never read)",
             Family::<TemplateListLabels, Gauge>::default(),
         );
+        let invalid_recipients = reg(
+            &mut registry,
+            "invalid_recipients",
+            "Recipients of delivered messages the provider could not reach, by kind",
+            Family::<InvalidRecipientLabels, Counter>::default(),
+        );
         Self {
             registry,
+            invalid_recipients,
             template_refusals,
             template_fetches,
             templates,

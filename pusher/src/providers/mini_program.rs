@@ -8,7 +8,9 @@ use std::time::SystemTime;
 use super::errcode::classify_send;
 use crate::policy::Retry;
 use crate::send::ErrorKind;
-use crate::send::{MessageKind, Outgoing, SendAction, SendError, SendRequest, Sender, TokenScope};
+use crate::send::{
+    MessageKind, Outgoing, SendAction, SendError, SendRequest, Sender, TemplateLists, TokenScope,
+};
 
 /// The Mini Program provider.
 #[derive(Debug, Clone, Copy, Default)]
@@ -39,6 +41,10 @@ impl Sender for MiniProgram {
 
     fn classify(&self, errcode: i64, now: SystemTime, retry: &Retry) -> SendAction {
         classify_send(errcode, now, retry)
+    }
+
+    fn template_lists(&self) -> TemplateLists {
+        TemplateLists::Subscribe
     }
 }
 

@@ -16,6 +16,7 @@ use governor::{DefaultDirectRateLimiter, Quota};
 use parking_lot::Mutex;
 
 use crate::policy::RateLimit;
+use crate::send::RateCeiling;
 
 pub use crate::calendar::{beijing_day, next_beijing_midnight};
 
@@ -112,6 +113,16 @@ impl Gcra {
         }
     }
 
+    /// One send every `interval`, with no burst (a provider's ceiling, [`ceiling_cell`]).
+    pub fn spaced(interval: Duration) -> Self {
+        Self {
+            interval_us: u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
+            tolerance_us: 0,
+        }
+    }
+
     /// Reserves the next send at `now` given the stored `tat`: `Some((wait, new_tat))`, or
     /// `None` when the wait would be longer than `longest` (nothing is reserved then).
     pub fn reserve(&self, now: u64, tat: u64, longest: u64) -> Option<(u64, u64)> {
@@ -125,7 +136,17 @@ impl Gcra {
 #[derive(Debug)]
 pub struct RateLimiter {
     bucket: DefaultDirectRateLimiter,
+    /// The bucket's spacing at its sustained rate.
+    interval: Duration,
+    /// A provider's ceiling, when one holds the rate down.
+    ceiling: Option<Duration>,
     daily: Mutex<DailyCounter>,
+}
+
+/// The spacing that keeps every window of `ceiling.window` at `ceiling.max` sends or fewer:
+/// with sends spaced `window / max` apart and no burst, any window holds at most `max`.
+pub fn ceiling_cell(ceiling: RateCeiling) -> Duration {
+    ceiling.window / ceiling.max.max(1)
 }
 
 impl RateLimiter {
@@ -138,7 +159,37 @@ impl RateLimiter {
             bucket: DefaultDirectRateLimiter::direct(
                 Quota::per_second(per_second).allow_burst(burst),
             ),
+            interval: Duration::from_secs(1) / per_second.get(),
+            ceiling: None,
             daily: Mutex::new(DailyCounter::new(policy.daily_quota)),
+        }
+    }
+
+    /// Holds the rate under a provider's ceiling (a WeCom robot's 20 a minute) as well: sends
+    /// are spaced [`ceiling_cell`] apart, without a burst, when that is slower than the policy.
+    #[must_use]
+    pub fn with_ceiling(mut self, ceiling: Option<RateCeiling>) -> Self {
+        if let Some(ceiling) = ceiling {
+            let cell = ceiling_cell(ceiling).max(self.interval);
+            self.interval = cell;
+            self.ceiling = Some(cell);
+            if let Some(quota) = Quota::with_period(cell) {
+                self.bucket = DefaultDirectRateLimiter::direct(quota.allow_burst(NonZeroU32::MIN));
+            }
+        }
+        self
+    }
+
+    /// The spacing of sends at the sustained rate.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The rule the pods share: the policy's rate and burst, or a provider's ceiling.
+    pub fn shared_rule(&self, policy: &RateLimit) -> Gcra {
+        match self.ceiling {
+            Some(cell) => Gcra::spaced(cell),
+            None => Gcra::new(policy.per_second, policy.burst),
         }
     }
 
@@ -238,6 +289,32 @@ mod tests {
         let until = c.exhaust(now);
         assert_eq!(c.try_take(now), Err(until));
         assert_eq!(c.try_take(until), Ok(()));
+    }
+
+    #[test]
+    fn a_ceiling_keeps_every_window_at_its_maximum() {
+        let ceiling = RateCeiling {
+            max: 20,
+            window: Duration::from_secs(61),
+        };
+        let cell = ceiling_cell(ceiling);
+        assert_eq!(cell, Duration::from_millis(3050));
+        // Sends spaced `cell` apart from t = 0: the most that fit in any 60 s window.
+        let in_window = (Duration::from_secs(60).as_millis() / cell.as_millis()) + 1;
+        assert!(in_window <= 20, "{in_window}");
+        let policy = RateLimit {
+            per_second: 100,
+            burst: 100,
+            daily_quota: 0,
+        };
+        let limiter = RateLimiter::new(&policy).with_ceiling(Some(ceiling));
+        assert_eq!(limiter.interval(), cell);
+        let rule = limiter.shared_rule(&policy);
+        assert_eq!((rule.interval_us, rule.tolerance_us), (3_050_000, 0));
+        assert_eq!(
+            RateLimiter::new(&policy).shared_rule(&policy),
+            Gcra::new(100, 100)
+        );
     }
 
     #[test]

@@ -944,6 +944,72 @@ pub async fn subscription_credits_are_taken_once_each<B: Backend>(b: &B) {
     store.close().await;
 }
 
+/// WeCom messages (an application's and a robot's) keep their body through accept, lease
+/// and a restart, and a delivered one keeps its receipt: WeCom's msgid and the recipients it
+/// could not reach.
+pub async fn wecom_records_keep_their_body_and_receipt<B: Backend>(b: &B) {
+    use crate::providers::wecom_message::{Audience, parse};
+    use crate::send::{InvalidRecipients, Receipt};
+    let o = Options::new(100, Duration::from_secs(3600));
+    let store = b.open(o).await;
+    let app = parse(
+        &json!({"touser": "alice|gone-1", "toparty": "9001", "msgtype": "textcard",
+                "textcard": {"title": "Order 42", "description": "failed",
+                             "url": "https://shop.example/orders/42"}}),
+        Audience::App,
+    )
+    .expect("valid");
+    let robot = parse(
+        &json!({"msgtype": "markdown", "markdown": {"content": "**deploy** done"}}),
+        Audience::Robot,
+    )
+    .expect("valid");
+    let items = [&app, &robot]
+        .into_iter()
+        .map(|m| AcceptItem {
+            message: m.clone(),
+            idempotency_key: None,
+            request_digest: None,
+        })
+        .collect();
+    store.accept(items).await.expect("accepts");
+    let leased = lease_n(&store, 2, Duration::from_secs(2)).await;
+    assert_eq!(leased.len(), 2);
+    let receipt = Receipt {
+        provider_msgid: Some("MSGID-1".into()),
+        invalid: InvalidRecipients {
+            users: vec!["gone-1".into()],
+            parties: vec!["9001".into()],
+            ..InvalidRecipients::default()
+        },
+        recalled_at: None,
+    };
+    for l in &leased {
+        let mut done = l.record.clone();
+        done.status = Status::Delivered;
+        done.attempts = 1;
+        done.finished_at = Some(Timestamp::now());
+        done.next_attempt_at = None;
+        if l.record.message == app {
+            done.receipt = Some(receipt.clone());
+        }
+        store.complete(l.slot, done).await.expect("completes");
+    }
+    let store = b.reopen(o, store).await;
+    for l in &leased {
+        let rec = store.get(l.record.id).await.expect("reads").expect("kept");
+        assert_eq!(rec.status, Status::Delivered);
+        assert!(rec.message.wecom.is_some());
+        if rec.message == app {
+            assert_eq!(rec.receipt.as_ref(), Some(&receipt));
+        } else {
+            assert_eq!(rec.message, robot);
+            assert_eq!(rec.receipt, None);
+        }
+    }
+    store.close().await;
+}
+
 /// Runs every check of the contract as one `#[tokio::test]` each, for a backend built by
 /// `$backend` (an expression evaluated once per test, which may `.await`).
 #[macro_export]
@@ -965,7 +1031,8 @@ macro_rules! store_contract {
             final_states_write_callbacks_that_survive_a_restart,
             a_confirming_event_writes_a_second_callback,
             a_backlog_larger_than_memory_holds_is_leased_whole,
-            subscription_credits_are_taken_once_each
+            subscription_credits_are_taken_once_each,
+            wecom_records_keep_their_body_and_receipt
         );
     };
     (@tests $backend:expr; $($name:ident),*) => {

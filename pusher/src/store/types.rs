@@ -207,6 +207,10 @@ pub struct CallbackPayload<'a> {
     /// Why the last attempt failed, if one did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<&'a SendError>,
+    /// What the delivery answer said beyond "sent": WeCom's msgid and the recipients it could
+    /// not reach (a partial failure), when it said anything.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<&'a crate::send::Receipt>,
     /// When the message was accepted.
     pub accepted_at: Timestamp,
     /// When it reached this status.
@@ -229,6 +233,7 @@ impl<'a> CallbackPayload<'a> {
             msgid: record.msgid,
             attempts: record.attempts,
             last_error: record.last_error.as_ref(),
+            receipt: record.receipt.as_ref(),
             accepted_at: record.accepted_at,
             finished_at,
         }

@@ -32,7 +32,8 @@ use crate::coord::{Coordinator, Lock};
 use crate::message::Message;
 use crate::metrics::FetchResult;
 use crate::metrics::Metrics;
-use crate::policy::{Provider, TemplatePolicy, TemplateValidation};
+use crate::policy::{TemplatePolicy, TemplateValidation};
+use crate::send::TemplateLists;
 use crate::wechat::client::HttpClient;
 use crate::wechat::token::TokenManager;
 use rules::{Fix, List, Rule, Template, Violation};
@@ -85,7 +86,7 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct Registry {
     policy: TemplatePolicy,
-    provider: Provider,
+    lists: TemplateLists,
     http: Arc<HttpClient>,
     tokens: Arc<TokenManager>,
     shared: Option<Arc<dyn Coordinator>>,
@@ -96,19 +97,23 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry fetching through the sender's HTTP client and token manager; `shared` when
-    /// the channel's pods share Redis.
+    /// A registry fetching `lists` (the provider's) through the sender's HTTP client and token
+    /// manager; `shared` when the channel's pods share Redis. A provider without WeChat
+    /// templates turns the check off.
     pub fn new(
-        policy: TemplatePolicy,
-        provider: Provider,
+        mut policy: TemplatePolicy,
+        lists: TemplateLists,
         http: Arc<HttpClient>,
         tokens: Arc<TokenManager>,
         shared: Option<Arc<dyn Coordinator>>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        if lists == TemplateLists::None {
+            policy.validation = TemplateValidation::Off;
+        }
         Self {
             policy,
-            provider,
+            lists,
             http,
             tokens,
             shared,
@@ -253,11 +258,11 @@ impl Registry {
                 return false;
             }
         };
-        let private = match self.provider {
-            Provider::WechatOfficialAccount => {
+        let private = match self.lists {
+            TemplateLists::PrivateAndSubscribe => {
                 self.fetch(List::Private, lists::PRIVATE_PATH, &token).await
             }
-            Provider::WechatMiniProgram => None,
+            TemplateLists::Subscribe | TemplateLists::None => None,
         };
         let subscribe = self
             .fetch(List::Subscribe, lists::SUBSCRIBE_PATH, &token)

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use crate::coord::{Coordinator, Permit};
 use crate::policy::RateLimit;
-use crate::resilience::ratelimit::RateLimiter;
+use crate::resilience::ratelimit::{Gcra, RateLimiter};
+use crate::send::RateCeiling;
 
 /// The channel's rate limiter: this pod's bucket and daily counter, plus the shared ones.
 #[derive(Debug)]
@@ -20,35 +21,56 @@ pub struct Limits {
 #[derive(Debug)]
 struct Shared {
     coord: Arc<dyn Coordinator>,
-    rate: RateLimit,
+    rule: Gcra,
+    daily_quota: u64,
 }
 
 impl Limits {
     /// Limits from the policy; with `coord`, the rate and the daily quota are shared with the
     /// other pods of the channel (the local daily counter then only keeps "spent until
     /// midnight").
-    pub fn new(policy: &RateLimit, coord: Option<Arc<dyn Coordinator>>) -> Self {
+    /// A provider's `ceiling` (a WeCom robot's 20 a minute) holds the rate down further, in
+    /// this pod and in the shared rule.
+    pub fn new(
+        policy: &RateLimit,
+        coord: Option<Arc<dyn Coordinator>>,
+        ceiling: Option<RateCeiling>,
+    ) -> Self {
         match coord {
             None => Self {
-                local: RateLimiter::new(policy),
+                local: RateLimiter::new(policy).with_ceiling(ceiling),
                 shared: None,
             },
-            Some(coord) => Self {
-                local: RateLimiter::new(&RateLimit {
+            Some(coord) => {
+                let local = RateLimiter::new(&RateLimit {
                     daily_quota: 0,
                     ..policy.clone()
-                }),
-                shared: Some(Shared {
-                    coord,
-                    rate: policy.clone(),
-                }),
-            },
+                })
+                .with_ceiling(ceiling);
+                Self {
+                    shared: Some(Shared {
+                        coord,
+                        rule: local.shared_rule(policy),
+                        daily_quota: policy.daily_quota,
+                    }),
+                    local,
+                }
+            }
         }
+    }
+
+    /// The spacing of sends at the sustained rate.
+    pub fn interval(&self) -> Duration {
+        self.local.interval()
     }
 
     /// A permit from the shared limiter; `None` when the coordinator cannot be asked.
     async fn acquire_shared(&self, shared: &Shared, max_wait: Duration) -> Option<bool> {
-        match shared.coord.permit(&shared.rate, max_wait).await {
+        match shared
+            .coord
+            .permit(shared.rule, shared.daily_quota, max_wait)
+            .await
+        {
             Ok(Permit::Go) => Some(true),
             Ok(Permit::At(wait)) => {
                 // Reserved for this pod's send: nobody else takes it meanwhile.
@@ -86,7 +108,7 @@ impl Limits {
     /// Returns a reservation WeChat did not count.
     pub fn give_back_daily(&self, now: SystemTime) {
         self.local.give_back_daily(now);
-        if let Some(shared) = self.shared.as_ref().filter(|s| s.rate.daily_quota > 0) {
+        if let Some(shared) = self.shared.as_ref().filter(|s| s.daily_quota > 0) {
             let coord = Arc::clone(&shared.coord);
             tokio::spawn(async move {
                 if let Err(e) = coord.give_back_daily().await {

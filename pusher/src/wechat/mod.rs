@@ -35,6 +35,8 @@ pub enum SendOutcome {
     Delivered {
         /// WeChat's `msgid`, when given.
         msgid: Option<i64>,
+        /// What else the answer said (WeCom: its msgid, recipients it could not reach).
+        receipt: Option<crate::send::Receipt>,
     },
     /// Outcome unknown or transient: retry with the same `client_msg_id` after the policy's
     /// backoff, or not before `not_before` when WeChat asked for a longer pause (45011, 43117).

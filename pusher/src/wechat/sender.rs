@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use parking_lot::Mutex;
-use serde::Deserialize;
 
 use super::client::{HttpClient, HttpError};
 use super::flow::Flow;
@@ -23,13 +22,14 @@ use crate::config::PusherConfig;
 use crate::config::ReadSecret as _;
 use crate::coord::Coordinator;
 use crate::metrics::{AttemptResult, CircuitState, Metrics};
+use crate::policy::LocalSecret;
 use crate::policy::Retry;
+use crate::policy::wecom::Credential;
 use crate::providers::errcode::{SendAction, classify_http_status, describe};
-use crate::providers::sender_for;
+use crate::providers::{sender_for, wecom_errcode};
 use crate::resilience::breaker::{Outcome, SharedBreaker};
 use crate::send::ErrorKind;
-use crate::send::{Outgoing, Sender, TokenScope};
-use wxcrypto::errcode::WxCode;
+use crate::send::{Outgoing, Receipt, Sender, TokenScope};
 
 /// Sends messages to WeChat for one channel. Cheap to share (`Arc`); safe to call from many
 /// workers at once.
@@ -59,8 +59,8 @@ pub struct WeChatSender {
 struct Gates {
     /// 48001 (or another configuration fault) or 45009 on a send.
     pause: Option<SendPause>,
-    /// 45011: the account's per-minute quota.
-    throttled_until: Option<Instant>,
+    /// A rate limit of the API (WeChat's 45011, WeCom's 45009 and 45033), with its errcode.
+    throttled_until: Option<(Instant, i64)>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +77,7 @@ enum Attempt {
         errcode: i64,
         errmsg: String,
         msgid: Option<i64>,
+        receipt: Option<Receipt>,
         action: SendAction,
     },
     Status {
@@ -85,15 +86,6 @@ enum Attempt {
     },
     Failed(HttpError),
     BadBody,
-}
-
-#[derive(Debug, Deserialize)]
-struct Answer {
-    #[serde(default)]
-    errcode: i64,
-    #[serde(default)]
-    errmsg: String,
-    msgid: Option<i64>,
 }
 
 /// A token that cannot be had parks the channel, like a send outage: nothing was sent, so no
@@ -114,19 +106,46 @@ fn token_outcome(error: TokenError) -> SendOutcome {
 /// The shortest hold after a failed token fetch.
 const TOKEN_HOLD_MIN: Duration = Duration::from_millis(200);
 
-fn errcode_error(errcode: i64, errmsg: &str) -> SendError {
+fn errcode_error(scope: TokenScope, errcode: i64, errmsg: &str) -> SendError {
+    let what = match scope {
+        TokenScope::WeChatApp => describe(errcode),
+        TokenScope::WeComApp | TokenScope::WebhookKey => wecom_errcode::describe(errcode),
+    };
     SendError {
         kind: ErrorKind::Errcode,
         errcode: Some(errcode),
-        message: format!("errcode {errcode} ({}): {errmsg}", describe(errcode)),
+        message: format!("errcode {errcode} ({what}): {errmsg}"),
     }
+}
+
+/// The two secrets the token manager reads for `scope`: the appid and secret, the corp id and
+/// application secret, or the webhook key (twice: it needs no id).
+fn token_credentials(
+    config: &PusherConfig,
+    scope: TokenScope,
+) -> Result<(LocalSecret, LocalSecret), SenderError> {
+    let (id, secret) = match scope {
+        TokenScope::WeChatApp => (Credential::AppId, Credential::AppSecret),
+        TokenScope::WeComApp => (Credential::CorpId, Credential::CorpSecret),
+        TokenScope::WebhookKey => (Credential::WebhookKey, Credential::WebhookKey),
+    };
+    let get = |which: Credential| {
+        let secret = config.credentials.get(which).ok_or_else(|| {
+            SenderError::Credentials(format!("set one of {0} and {0}File", which.name()))
+        })?;
+        secret
+            .read()
+            .map_err(|e| SenderError::Credentials(format!("{}: {e}", which.name())))?;
+        Ok::<_, SenderError>(secret)
+    };
+    Ok((get(id)?, get(secret)?))
 }
 
 impl WeChatSender {
     /// Builds the sender from the config (HTTP client, token manager, breaker, rate limiter).
     /// The credentials are read once here so that a missing file fails at start-up.
     pub fn new(config: &PusherConfig, metrics: Arc<Metrics>) -> Result<Self, SenderError> {
-        Self::build(config, metrics, sender_for(config.provider), None)
+        Self::build(config, metrics, sender_for(config)?, None)
     }
 
     /// Like [`Self::new`], with the provider given rather than chosen by `config.provider`.
@@ -145,7 +164,7 @@ impl WeChatSender {
         metrics: Arc<Metrics>,
         shared: Option<Arc<dyn Coordinator>>,
     ) -> Result<Self, SenderError> {
-        Self::build(config, metrics, sender_for(config.provider), shared)
+        Self::build(config, metrics, sender_for(config)?, shared)
     }
 
     fn build(
@@ -170,39 +189,26 @@ impl WeChatSender {
             )
             .map_err(|e| SenderError::Client(e.to_string()))?,
         );
-        let app_id = config
-            .credentials
-            .app_id()
-            .ok_or_else(|| SenderError::Credentials("set one of appId and appIdFile".into()))?;
-        let app_secret = config.credentials.app_secret().ok_or_else(|| {
-            SenderError::Credentials("set one of appSecret and appSecretFile".into())
-        })?;
-        app_id
-            .read()
-            .map_err(|e| SenderError::Credentials(format!("appId: {e}")))?;
-        app_secret
-            .read()
-            .map_err(|e| SenderError::Credentials(format!("appSecret: {e}")))?;
-        // Every provider today uses the account's WeChat token; a provider with another token
-        // API adds its scope here.
-        let tokens = match provider.token_scope() {
-            TokenScope::WeChatApp => Arc::new(
-                TokenManager::new(
-                    Arc::clone(&http),
-                    TokenSettings {
-                        api: config.token.api,
-                        refresh_before: config.token.refresh_before.get(),
-                        app_id,
-                        app_secret,
-                        retry: config.retry.clone(),
-                        request_timeout: config.timeouts.request.get(),
-                    },
-                    Arc::clone(&metrics),
-                )
-                .with_shared(shared.clone()),
-            ),
-        };
+        let scope = provider.token_scope();
+        let (app_id, app_secret) = token_credentials(config, scope)?;
+        let tokens = Arc::new(
+            TokenManager::new(
+                Arc::clone(&http),
+                TokenSettings {
+                    scope,
+                    api: config.token.api,
+                    refresh_before: config.token.refresh_before.get(),
+                    app_id,
+                    app_secret,
+                    retry: config.retry.clone(),
+                    request_timeout: config.timeouts.request.get(),
+                },
+                Arc::clone(&metrics),
+            )
+            .with_shared(shared.clone()),
+        );
         metrics.channel_paused.set(0);
+        let limiter = Limits::new(&config.rate_limit, shared.clone(), provider.rate_ceiling());
         let closings = Arc::new(tokio::sync::watch::Sender::new(0u64));
         Ok(Self {
             provider,
@@ -222,7 +228,7 @@ impl WeChatSender {
                 })
             }),
             closings,
-            limiter: Limits::new(&config.rate_limit, shared.clone()),
+            limiter,
             flow: Flow::new(&config.concurrency, Arc::clone(&metrics)),
             retry: config.retry.clone(),
             rate_wait: config.retry.max_backoff.get(),
@@ -272,12 +278,22 @@ impl WeChatSender {
             Err(error) => return token_outcome(error),
         };
         if !self.limiter.acquire(self.rate_wait).await {
+            let error = SendError {
+                kind: ErrorKind::RateLimited,
+                errcode: None,
+                message: format!("no rate-limit permit within {:?}", self.rate_wait),
+            };
+            // Under a provider's ceiling (a robot's 20 a minute) a full window is the normal
+            // state of a busy channel: the message waits for its turn without spending an
+            // attempt.
+            if self.provider.rate_ceiling().is_some() {
+                return SendOutcome::Paused {
+                    error,
+                    until: Some(SystemTime::now() + self.limiter.interval()),
+                };
+            }
             return SendOutcome::Retry {
-                error: SendError {
-                    kind: ErrorKind::RateLimited,
-                    errcode: None,
-                    message: format!("no rate-limit permit within {:?}", self.rate_wait),
-                },
+                error,
                 not_before: None,
             };
         }
@@ -334,7 +350,8 @@ impl WeChatSender {
     async fn attempt(&self, token: &AccessToken, outgoing: Outgoing) -> Attempt {
         let encoded: String =
             url::form_urlencoded::byte_serialize(token.as_str().as_bytes()).collect();
-        let path = format!("{}?access_token={encoded}", outgoing.path);
+        let param = self.provider.token_scope().query_param();
+        let path = format!("{}?{param}={encoded}", outgoing.path);
         self.metrics.inflight.inc();
         // Timed from the first request's start, once the gate let it go: the wait for a gate
         // slot is not part of an HTTP attempt.
@@ -358,16 +375,17 @@ impl WeChatSender {
                 status: r.status,
                 action: classify_http_status(r.status, &self.retry),
             },
-            Ok(r) => match serde_json::from_slice::<Answer>(&r.body) {
-                Ok(a) => Attempt::Answered {
+            Ok(r) => match self.provider.read_answer(&r.body) {
+                Some(a) => Attempt::Answered {
                     action: self
                         .provider
                         .classify(a.errcode, SystemTime::now(), &self.retry),
                     errcode: a.errcode,
                     errmsg: a.errmsg,
                     msgid: a.msgid,
+                    receipt: a.receipt,
                 },
-                Err(_) => Attempt::BadBody,
+                None => Attempt::BadBody,
             },
         };
         let result = match &attempt {
@@ -395,9 +413,10 @@ impl WeChatSender {
                 errcode,
                 errmsg,
                 msgid,
+                receipt,
                 action,
             } => {
-                let error = errcode_error(errcode, &errmsg);
+                let error = errcode_error(self.provider.token_scope(), errcode, &errmsg);
                 if action != SendAction::Delivered {
                     self.limiter.give_back_daily(now);
                 }
@@ -409,7 +428,11 @@ impl WeChatSender {
                 let outcome = match action {
                     SendAction::Delivered => {
                         self.clear_pause();
-                        SendOutcome::Delivered { msgid }
+                        if let Some(r) = &receipt {
+                            self.metrics
+                                .invalid_recipients(self.provider.name(), &r.invalid);
+                        }
+                        SendOutcome::Delivered { msgid, receipt }
                     }
                     SendAction::Retry { not_before } => SendOutcome::Retry { error, not_before },
                     SendAction::RefreshToken => SendOutcome::Retry {
@@ -427,9 +450,11 @@ impl WeChatSender {
                     }
                     SendAction::Pause { until } => self.pause(error, until),
                     SendAction::Throttle { for_at_least } => {
-                        self.gates.lock().throttled_until = Some(Instant::now() + for_at_least);
+                        self.gates.lock().throttled_until =
+                            Some((Instant::now() + for_at_least, errcode));
                         tracing::warn!(
-                            "WeChat per-minute quota reached (45011): slowing down for {for_at_least:?}"
+                            errcode,
+                            "rate limit of the API reached: slowing down for {for_at_least:?}"
                         );
                         SendOutcome::Retry {
                             error,
@@ -559,14 +584,14 @@ impl WeChatSender {
             pause.until = now + probe;
             pause.wall_until = wall + probe;
         }
-        if let Some(until) = gates.throttled_until {
+        if let Some((until, errcode)) = gates.throttled_until {
             if now < until {
                 let left = until - now;
                 return Some(SendOutcome::Retry {
                     error: SendError {
                         kind: ErrorKind::Throttled,
-                        errcode: Some(WxCode::MinuteQuota.code()),
-                        message: format!("per-minute quota (45011): waiting {left:?} more"),
+                        errcode: Some(errcode),
+                        message: format!("API rate limit ({errcode}): waiting {left:?} more"),
                     },
                     not_before: Some(left),
                 });
@@ -637,6 +662,63 @@ impl WeChatSender {
     /// The concurrency gate and latency tracker (limit, derived timeouts).
     pub fn flow(&self) -> &Flow {
         &self.flow
+    }
+
+    /// Recalls a delivered message by the provider's message id: one request with the
+    /// channel's token (refreshed once if refused). `Ok` when the provider said errcode 0.
+    pub async fn recall(&self, outgoing: Outgoing) -> Result<(), SendError> {
+        let mut token = match self.tokens.get().await {
+            Ok(token) => token,
+            Err(TokenError::Paused { error, .. } | TokenError::Unavailable { error, .. }) => {
+                return Err(error);
+            }
+        };
+        let mut attempt = self.attempt(&token, outgoing.clone()).await;
+        if matches!(
+            attempt,
+            Attempt::Answered {
+                action: SendAction::RefreshToken,
+                ..
+            }
+        ) {
+            self.tokens.invalidate(&token);
+            token = match self.tokens.get().await {
+                Ok(token) => token,
+                Err(TokenError::Paused { error, .. } | TokenError::Unavailable { error, .. }) => {
+                    return Err(error);
+                }
+            };
+            attempt = self.attempt(&token, outgoing).await;
+        }
+        match attempt {
+            Attempt::Answered {
+                action: SendAction::Delivered,
+                ..
+            } => Ok(()),
+            Attempt::Answered {
+                errcode, errmsg, ..
+            } => Err(errcode_error(self.provider.token_scope(), errcode, &errmsg)),
+            Attempt::Status { status, .. } => Err(SendError {
+                kind: ErrorKind::HttpStatus,
+                errcode: None,
+                message: format!("the recall was answered HTTP {status}"),
+            }),
+            Attempt::Failed(e) => Err(SendError {
+                kind: ErrorKind::Transport,
+                errcode: None,
+                message: e.to_string(),
+            }),
+            Attempt::BadBody => Err(SendError {
+                kind: ErrorKind::BadResponse,
+                errcode: None,
+                message: "the recall was answered without a JSON errcode".into(),
+            }),
+        }
+    }
+
+    /// The channel's provider.
+    pub fn provider(&self) -> &Arc<dyn Sender> {
+        &self.provider
     }
 
     /// The access_token manager (the template registry fetches its lists with it).

@@ -131,7 +131,10 @@ async fn api_unauthorized_pauses_the_channel_with_one_probe_per_interval() {
     until_probe_due(&sender).await;
     assert!(matches!(
         send(&sender, "d").await,
-        SendOutcome::Delivered { msgid: Some(7) }
+        SendOutcome::Delivered {
+            msgid: Some(7),
+            receipt: None
+        }
     ));
     assert!(matches!(
         send(&sender, "e").await,

@@ -40,11 +40,14 @@ use crate::metrics::Metrics;
 use crate::metrics::{TokenApiLabel, TokenResult};
 use crate::policy::{LocalSecret, Retry, TokenApi};
 use crate::providers::errcode::{FetchAction, classify_fetch, describe};
+use crate::providers::wecom_errcode;
 use crate::resilience::backoff;
-use crate::send::ErrorKind;
+use crate::send::{ErrorKind, TokenScope};
 
 /// WeChat allows a `force_refresh` of the stable token at most every 30 s.
 const FORCE_REFRESH_SPACING: Duration = Duration::from_secs(30);
+/// How often a webhook key (which is its own "token") is read again from its file.
+const WEBHOOK_KEY_REREAD: Duration = Duration::from_secs(60);
 /// Never plan a proactive refresh sooner than this after a fetch (tiny `expires_in` values).
 const MIN_REFRESH_AFTER: Duration = Duration::from_millis(500);
 
@@ -102,13 +105,17 @@ pub enum TokenState {
 /// What the token manager needs from the config.
 #[derive(Debug, Clone)]
 pub struct TokenSettings {
-    /// Which API.
+    /// Which token: WeChat's for an appid, WeCom's for a (corp, application), or a webhook key
+    /// (no fetch at all).
+    pub scope: TokenScope,
+    /// Which WeChat API (WeChat tokens only).
     pub api: TokenApi,
     /// Refresh this long before expiry (at most half the lifetime).
     pub refresh_before: Duration,
-    /// The appid (re-read on every fetch).
+    /// The appid, or the WeCom corp id (re-read on every fetch; unused for a webhook key).
     pub app_id: LocalSecret,
-    /// The app secret (re-read on every fetch).
+    /// The app secret, the WeCom application's secret, or the webhook key (re-read on every
+    /// fetch).
     pub app_secret: LocalSecret,
     /// Backoff of failed fetches, and `throttledBackoff` as the pause between probes.
     pub retry: Retry,
@@ -201,12 +208,41 @@ impl TokenManager {
     /// Shares the token with the other pods of the channel through `shared` (`coord`).
     #[must_use]
     pub fn with_shared(mut self, shared: Option<Arc<dyn Coordinator>>) -> Self {
-        self.shared = shared;
+        // A webhook key is read from the channel's own Secret by each pod: nothing to share.
+        if self.settings.scope != TokenScope::WebhookKey {
+            self.shared = shared;
+        }
         self
     }
 
     fn api_label(&self) -> &'static str {
-        TokenApiLabel::from(self.settings.api).as_str()
+        self.token_api().as_str()
+    }
+
+    /// The token API, as the `api` label of `wxpush_token_requests_total` names it.
+    fn token_api(&self) -> TokenApiLabel {
+        match self.settings.scope {
+            TokenScope::WeChatApp => TokenApiLabel::from(self.settings.api),
+            TokenScope::WeComApp => TokenApiLabel::Wecom,
+            TokenScope::WebhookKey => TokenApiLabel::WebhookKey,
+        }
+    }
+
+    /// What a fetch's errcode means, in the table of the token's API.
+    fn classify_fetch(&self, code: i64, now: SystemTime) -> FetchAction {
+        match self.settings.scope {
+            TokenScope::WeChatApp | TokenScope::WebhookKey => {
+                classify_fetch(code, now, &self.settings.retry)
+            }
+            TokenScope::WeComApp => wecom_errcode::classify_fetch(code, now, &self.settings.retry),
+        }
+    }
+
+    fn describe(&self, code: i64) -> &'static str {
+        match self.settings.scope {
+            TokenScope::WeChatApp | TokenScope::WebhookKey => describe(code),
+            TokenScope::WeComApp => wecom_errcode::describe(code),
+        }
     }
 
     /// A valid token: the cached one, or the result of the (single) fetch in flight.
@@ -407,7 +443,7 @@ impl TokenManager {
             }
             Fetched::Errcode(code, msg) => {
                 let wall = SystemTime::now();
-                match classify_fetch(*code, wall, &self.settings.retry) {
+                match self.classify_fetch(*code, wall) {
                     FetchAction::ConfigFault => {
                         shared
                             .set_token_pause(
@@ -437,6 +473,11 @@ impl TokenManager {
     }
 
     async fn fetch(&self, rejected: Option<AccessToken>, may_force: bool) -> Fetched {
+        let names = match self.settings.scope {
+            TokenScope::WeChatApp => ("appId", "appSecret"),
+            TokenScope::WeComApp => ("corpId", "corpSecret"),
+            TokenScope::WebhookKey => ("webhookKey", "webhookKey"),
+        };
         let (app_id, app_secret) = {
             let (id, secret) = (
                 self.settings.app_id.clone(),
@@ -445,14 +486,16 @@ impl TokenManager {
             // Files are re-read on every fetch so a rotated Secret is picked up.
             match tokio::task::spawn_blocking(move || (id.read(), secret.read())).await {
                 Ok((Ok(id), Ok(secret))) => (id, secret),
-                Ok((Err(e), _)) => return Fetched::Credentials(format!("appId: {e}")),
-                Ok((_, Err(e))) => return Fetched::Credentials(format!("appSecret: {e}")),
+                Ok((Err(e), _)) => return Fetched::Credentials(format!("{}: {e}", names.0)),
+                Ok((_, Err(e))) => return Fetched::Credentials(format!("{}: {e}", names.1)),
                 Err(e) => return Fetched::Credentials(format!("reading credentials: {e}")),
             }
         };
         let first = self.call(&app_id, &app_secret, false).await;
-        match (&first, self.settings.api, rejected) {
-            (Fetched::Token { token, .. }, TokenApi::Stable, Some(bad)) if *token == bad => {
+        let stable =
+            self.settings.scope == TokenScope::WeChatApp && self.settings.api == TokenApi::Stable;
+        match (&first, stable, rejected) {
+            (Fetched::Token { token, .. }, true, Some(bad)) if *token == bad => {
                 if may_force {
                     self.call(&app_id, &app_secret, true).await
                 } else {
@@ -469,8 +512,24 @@ impl TokenManager {
     }
 
     async fn call(&self, app_id: &str, app_secret: &str, force: bool) -> Fetched {
-        let answer = match self.settings.api {
-            TokenApi::Classic => {
+        let answer = match (self.settings.scope, self.settings.api) {
+            (TokenScope::WebhookKey, _) => {
+                // The key is the credential itself; it is re-read when this "token" expires,
+                // so a rotated Secret is picked up within WEBHOOK_KEY_REREAD.
+                return Fetched::Token {
+                    token: AccessToken(Arc::from(app_secret.trim())),
+                    expires_in: WEBHOOK_KEY_REREAD,
+                    forced: false,
+                };
+            }
+            (TokenScope::WeComApp, _) => {
+                let query = url::form_urlencoded::Serializer::new(String::new())
+                    .append_pair("corpid", app_id)
+                    .append_pair("corpsecret", app_secret)
+                    .finish();
+                self.http.get(&format!("/cgi-bin/gettoken?{query}")).await
+            }
+            (TokenScope::WeChatApp, TokenApi::Classic) => {
                 let query = url::form_urlencoded::Serializer::new(String::new())
                     .append_pair("grant_type", "client_credential")
                     .append_pair("appid", app_id)
@@ -478,7 +537,7 @@ impl TokenManager {
                     .finish();
                 self.http.get(&format!("/cgi-bin/token?{query}")).await
             }
-            TokenApi::Stable => {
+            (TokenScope::WeChatApp, TokenApi::Stable) => {
                 let body = serde_json::json!({
                     "grant_type": "client_credential",
                     "appid": app_id,
@@ -566,7 +625,7 @@ impl TokenManager {
                 st.failures = 0;
                 st.rejected = None;
                 self.metrics
-                    .token_request(self.settings.api, TokenResult::Ok);
+                    .token_request(self.token_api(), TokenResult::Ok);
                 tracing::debug!(
                     api,
                     expires_in = expires_in.as_secs(),
@@ -576,12 +635,12 @@ impl TokenManager {
                 return Ok(token);
             }
             Fetched::Errcode(code, errmsg) => {
-                let what = describe(code);
+                let what = self.describe(code);
                 let error = token_error(
                     Some(code),
                     format!("access_token fetch refused: errcode {code} ({what}): {errmsg}"),
                 );
-                let blocked = match classify_fetch(code, wall, retry) {
+                let blocked = match self.classify_fetch(code, wall) {
                     FetchAction::ConfigFault => {
                         tracing::error!(
                             api,
@@ -622,7 +681,7 @@ impl TokenManager {
                 )
             }
         };
-        self.metrics.token_request(self.settings.api, result_label);
+        self.metrics.token_request(self.token_api(), result_label);
         let error = blocked.to_error(now);
         st.blocked = Some(blocked);
         Err(error)

@@ -19,6 +19,7 @@ fn manager(base: &str, api: TokenApi, secret: &str) -> (Arc<TokenManager>, Arc<M
     let http = Arc::new(HttpClient::new(base, &timeouts, &Pool::default()).expect("client"));
     let metrics = Arc::new(Metrics::new("t"));
     let settings = TokenSettings {
+        scope: crate::send::TokenScope::WeChatApp,
         api,
         refresh_before: Duration::from_secs(240),
         app_id: LocalSecret::Inline(APPID.into()),

@@ -5,12 +5,27 @@
 use bytes::Bytes;
 use wxpush_api::credential_check::{self, Verdict};
 
+use std::sync::Arc;
+
 use super::client::HttpClient;
+use super::token::{TokenError, TokenManager, TokenSettings};
 use crate::config::{PusherConfig, ReadSecret as _};
+use crate::policy::wecom::Credential;
+use crate::send::TokenScope;
 
 /// Fetches one token and says what WeChat answered: `Ok(line)` when it issued one, `Err(line)`
 /// naming the problem and its fix. Neither line holds the secret or the token.
 pub async fn check_credentials(config: &PusherConfig) -> Result<String, String> {
+    let provider = crate::providers::sender_for(config).map_err(|e| e.to_string())?;
+    match provider.token_scope() {
+        TokenScope::WeChatApp => {}
+        TokenScope::WeComApp => return check_wecom(config).await,
+        TokenScope::WebhookKey => {
+            return Ok(
+                "credentials: a webhook key has no token to fetch; its first send checks it".into(),
+            );
+        }
+    }
     let read = |field: &str, s: Option<crate::policy::LocalSecret>| match s.map(|s| s.read()) {
         Some(Ok(v)) => Ok(v.trim().to_string()),
         Some(Err(e)) => Err(format!("{field}: {e}")),
@@ -32,5 +47,40 @@ pub async fn check_credentials(config: &PusherConfig) -> Result<String, String> 
         Ok(format!("credentials: ok: {line}"))
     } else {
         Err(format!("credentials: {line}"))
+    }
+}
+
+/// WeCom's check: one `gettoken` with the corp id and the application's secret, through the
+/// token manager (so its answer is classified as the pusher's own fetches are).
+async fn check_wecom(config: &PusherConfig) -> Result<String, String> {
+    let get = |which: Credential| {
+        config
+            .credentials
+            .get(which)
+            .ok_or_else(|| format!("credentials.{}: not set", which.name()))
+    };
+    let http = HttpClient::new(&config.api_base_url, &config.timeouts, &config.pool)
+        .map_err(|e| format!("apiBaseUrl: {e}"))?;
+    let tokens = Arc::new(TokenManager::new(
+        Arc::new(http),
+        TokenSettings {
+            scope: TokenScope::WeComApp,
+            api: config.token.api,
+            refresh_before: config.token.refresh_before.get(),
+            app_id: get(Credential::CorpId)?,
+            app_secret: get(Credential::CorpSecret)?,
+            retry: config.retry.clone(),
+            request_timeout: config.timeouts.request.get(),
+        },
+        Arc::new(crate::metrics::Metrics::new(&config.channel)),
+    ));
+    match tokens.get().await {
+        Ok(_) => Ok(format!(
+            "credentials: ok: WeCom issued an access_token at {}",
+            config.api_base_url
+        )),
+        Err(TokenError::Paused { error, .. } | TokenError::Unavailable { error, .. }) => {
+            Err(format!("credentials: {}", error.message))
+        }
     }
 }

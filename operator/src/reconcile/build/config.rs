@@ -8,6 +8,7 @@ use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use wxpush_api::config::{ApiLimits, Auth, Credentials, Events, PusherConfig};
+use wxpush_api::policy::wecom::Credential;
 use wxpush_api::policy::{Callbacks, LocalSecret, QueuePolicy, RedisQueue, disk};
 
 use super::layout::{CONFIG_FILE, HTTP_PORT, METRICS_PORT, mounts};
@@ -54,12 +55,7 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
         channel: channel.into(),
         provider: spec.provider,
         api_base_url: spec.api_base_url.clone(),
-        credentials: Credentials {
-            app_id: None,
-            app_id_file: Some(file(mounts::CREDENTIALS, mounts::APP_ID)),
-            app_secret: None,
-            app_secret_file: Some(file(mounts::CREDENTIALS, mounts::APP_SECRET)),
-        },
+        credentials: credentials(spec),
         auth: Auth {
             token: None,
             token_file: Some(file(mounts::AUTH, mounts::AUTH_TOKEN)),
@@ -99,6 +95,23 @@ pub fn pusher_config(spec: &PushChannelSpec, channel: &str) -> PusherConfig {
         api: ApiLimits::default(),
         shutdown: spec.shutdown.clone(),
     }
+}
+
+/// The credential files of the channel's provider, each where the Deployment mounts it.
+fn credentials(spec: &PushChannelSpec) -> Credentials {
+    let mut c = Credentials::default();
+    for (which, _) in spec.credentials.secret_ref.keys(spec.provider) {
+        let path = Some(file(mounts::CREDENTIALS, which.name()));
+        match which {
+            Credential::AppId => c.app_id_file = path,
+            Credential::AppSecret => c.app_secret_file = path,
+            Credential::CorpId => c.corp_id_file = path,
+            Credential::CorpSecret => c.corp_secret_file = path,
+            Credential::AgentId => c.agent_id_file = path,
+            Credential::WebhookKey => c.webhook_key_file = path,
+        }
+    }
+    c
 }
 
 /// `NAME-pusher`: the config file under [`CONFIG_FILE`].

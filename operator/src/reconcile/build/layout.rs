@@ -12,12 +12,9 @@ pub const CONFIG_FILE: &str = "pusher.yaml";
 pub mod mounts {
     /// The ConfigMap.
     pub const CONFIG: &str = "/etc/wxpush/config";
-    /// The credentials Secret's keys.
+    /// The credentials Secret's keys, each in a file named after its credential (`appId`,
+    /// `appSecret`, `corpId`, `corpSecret`, `agentId`, `webhookKey`).
     pub const CREDENTIALS: &str = "/etc/wxpush/credentials";
-    /// File of the appid.
-    pub const APP_ID: &str = "appId";
-    /// File of the app secret.
-    pub const APP_SECRET: &str = "appSecret";
     /// File of the server-URL token.
     pub const EVENT_TOKEN: &str = "eventToken";
     /// File of the EncodingAESKey.

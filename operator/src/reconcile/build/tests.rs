@@ -161,3 +161,61 @@ fn default_image_is_used_when_the_spec_names_none() {
         Some("example/pusher:test")
     );
 }
+
+/// A WeCom channel's config reads its own credentials from the files the Deployment mounts
+/// under the credentials' names, and nothing of WeChat's.
+#[test]
+fn wecom_channels_mount_and_name_their_own_credentials() {
+    for (spec, provider, keys) in [
+        (
+            "provider: wecomApp\napiBaseUrl: https://qyapi.weixin.qq.com\n\
+             credentials: {secretRef: {name: wx, corpIdKey: cid, corpSecretKey: cs, agentIdKey: aid}}\n\
+             auth: {secretRef: {name: auth, key: token}}\n",
+            wxpush_api::policy::Provider::WecomApp,
+            vec![("cid", "corpId"), ("cs", "corpSecret"), ("aid", "agentId")],
+        ),
+        (
+            "provider: wecomRobot\napiBaseUrl: https://qyapi.weixin.qq.com\n\
+             credentials: {secretRef: {name: wx, webhookKeyKey: hook}}\n\
+             auth: {secretRef: {name: auth, key: token}}\n",
+            wxpush_api::policy::Provider::WecomRobot,
+            vec![("hook", "webhookKey")],
+        ),
+    ] {
+        let d = build_with(&channel(spec), &versions());
+        let text = &d.config_map.data.as_ref().expect("data")[CONFIG_FILE];
+        let config = PusherConfig::from_yaml(text).expect("parses");
+        config.validate().expect("valid");
+        assert_eq!(config.provider, provider);
+        assert!(config.credentials.app_id_file.is_none(), "{text}");
+        let deployment = serde_json::to_value(&d.deployment).expect("json");
+        let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .expect("volumes");
+        let creds = volumes
+            .iter()
+            .find(|v| v["secret"]["secretName"] == "wx")
+            .expect("the credentials volume");
+        let items: Vec<(String, String)> = creds["secret"]["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| {
+                (
+                    i["key"].as_str().unwrap_or("").to_string(),
+                    i["path"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        for (key, file) in keys {
+            assert!(
+                items.contains(&(key.to_string(), file.to_string())),
+                "{key} → {file}: {items:?}"
+            );
+            assert!(
+                text.contains(&format!("/etc/wxpush/credentials/{file}")),
+                "{text}"
+            );
+        }
+    }
+}

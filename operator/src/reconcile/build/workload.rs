@@ -99,10 +99,12 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 fn volumes(input: &BuildInput<'_>, name: &str) -> (Vec<Volume>, Vec<VolumeMount>) {
     let spec = &input.channel.spec;
     let creds = &spec.credentials.secret_ref;
-    let mut cred_items = vec![
-        (creds.app_id_key.as_str(), mounts::APP_ID),
-        (creds.app_secret_key.as_str(), mounts::APP_SECRET),
-    ];
+    // Each credential is mounted under its own name (`appId`, `corpSecret`, ...).
+    let mut cred_items: Vec<(&str, &str)> = creds
+        .keys(spec.provider)
+        .into_iter()
+        .map(|(which, key)| (key, which.name()))
+        .collect();
     if let Some(k) = &creds.event_token_key {
         cred_items.push((k.as_str(), mounts::EVENT_TOKEN));
     }
