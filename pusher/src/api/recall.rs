@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use jiff::{SignedDuration, Timestamp};
 
-use super::ApiError;
+use super::error::ApiError;
 use super::schema::ErrorBody;
 use super::shared::{Shared, parse_id};
 use crate::error_code::ErrorCode;

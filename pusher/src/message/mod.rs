@@ -14,13 +14,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::send::MessageKind;
-
+pub mod attempt;
 pub mod id;
 pub mod record;
 pub mod validate;
 mod wire;
 
+pub use attempt::{ErrorKind, InvalidRecipients, MessageKind, Receipt, SendError};
 pub use id::MessageId;
 pub use record::*;
 pub use validate::*;

@@ -4,7 +4,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
 use super::{Message, MessageId};
-use crate::send::{Receipt, SendError};
+use super::{Receipt, SendError};
 
 /// Where a message is in its life (docs/architecture.md, "A message's life").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]

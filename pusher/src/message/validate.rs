@@ -4,9 +4,9 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::MessageKind;
 use super::{Message, MiniProgram, TemplateData};
 use crate::error_code::ErrorCode;
-use crate::send::MessageKind;
 
 /// Longest `touser` (WeChat openids are 28 characters; leave room for other providers).
 pub const MAX_TOUSER: usize = 128;

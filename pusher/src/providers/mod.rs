@@ -27,7 +27,7 @@ use crate::config::{PusherConfig, ReadSecret as _};
 use crate::policy::Provider;
 use crate::policy::wecom::{Credential, parse_agent_id};
 use crate::send::Sender;
-use crate::wechat::SenderError;
+use crate::send::SenderError;
 
 /// The [`Sender`] of a channel's `provider`. A provider that needs a setting of its own reads
 /// it here (the WeCom application's `agentId`), so that a bad one fails at start-up.

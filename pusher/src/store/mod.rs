@@ -487,10 +487,7 @@ pub fn reset_for_replay(record: &mut MessageRecord, now: Timestamp) {
     record.first_attempt_at = None;
 }
 
-/// Milliseconds since the Unix epoch, for schedule keys (never negative).
-pub fn millis(t: Timestamp) -> u64 {
-    u64::try_from(t.as_millisecond()).unwrap_or(0)
-}
+pub use crate::clock::millis;
 
 /// [`millis`] rounded up: the schedule key of a time something is due ("not before"), so that a
 /// retry due at 12.3004 s is not leased at 12.3001 s. Everything that names a retry's place in

@@ -70,16 +70,7 @@ pub enum SendOutcome {
     Stopping,
 }
 
-/// Why a sender could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum SenderError {
-    /// The credentials could not be read.
-    #[error("credentials: {0}")]
-    Credentials(String),
-    /// The HTTP client could not be built.
-    #[error("http client: {0}")]
-    Client(String),
-}
+pub use crate::send::SenderError;
 
 /// Whether the channel can send, for `/readyz`, status and alerts. Never holds a secret.
 #[derive(Debug, Clone, PartialEq, Serialize)]

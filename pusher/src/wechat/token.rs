@@ -376,7 +376,7 @@ impl TokenManager {
         let deadline = Instant::now() + bound;
         let usable = |t: &SharedToken| rejected.as_ref().is_none_or(|r| r.as_str() != t.token);
         let from_shared = |t: SharedToken| {
-            let now = crate::store::millis(jiff::Timestamp::now());
+            let now = crate::clock::millis(jiff::Timestamp::now());
             Fetched::Token {
                 token: AccessToken(Arc::from(t.token)),
                 expires_in: Duration::from_millis(t.expires_ms.saturating_sub(now)),
@@ -388,7 +388,7 @@ impl TokenManager {
                 if let Some((code, msg)) = shared.token_pause().await? {
                     return Ok::<_, CoordError>(Some(Fetched::Errcode(code, msg)));
                 }
-                let now = crate::store::millis(jiff::Timestamp::now());
+                let now = crate::clock::millis(jiff::Timestamp::now());
                 let current = shared.token().await?.filter(|t| usable(t));
                 if let Some(t) = current.clone().filter(|t| now < t.refresh_ms) {
                     return Ok(Some(from_shared(t)));
