@@ -5,6 +5,10 @@
 //!
 //! Modules: [`faults`] (`--faults MODE`: what the sandbox does wrong), [`progress`] (the live
 //! progress line), [`report`] (the closing table).
+//!
+//! **Why one file of about 670 lines.** `Demo` is one run: start, send, wait, read the metrics and
+//! the sandbox, report; its steps share the running pusher, the sandbox and the options. What
+//! stands alone already has a module (the faults, the progress line, the report's text).
 
 pub mod faults;
 pub mod progress;

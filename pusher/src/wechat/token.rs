@@ -22,6 +22,12 @@
 //!   publishes the result; the others use the published token (or wait for it). Invalidation
 //!   drops the token in Redis only if it is still the refused one. A configuration fault or a
 //!   token quota seen by the refresher pauses every pod (a key with the pause as TTL).
+//!
+//! **Why one file of about 730 lines.** Every rule above acts on the same state under one lock
+//! (the cached token, the fetch in flight, the block and its probe, the shared copy), and the
+//! single-flight and compare-and-swap guarantees hold only because one type owns it; the
+//! per-provider parts (WeChat's and WeCom's token APIs and errcodes) are in `providers/`, and
+//! the tests in `token_tests.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
