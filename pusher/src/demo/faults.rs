@@ -159,14 +159,17 @@ impl FaultMode {
     }
 
     /// Pusher policy for fault runs (merged into the demo's config): short timeouts, quick
-    /// backoff, a breaker that reacts within a second, and a retry budget that outlasts the
-    /// outage.
+    /// backoff, a breaker that reacts within a second, a retry budget that outlasts the
+    /// outage, and 64 requests in flight at most (unless `--max-in-flight` says otherwise).
     pub fn pusher_overrides() -> Value {
         json!({
             "timeouts": {"connect": "1s", "tlsHandshake": "1s", "responseHeader": "1s", "request": "2s"},
             "retry": {"maxAttempts": 40, "initialBackoff": "50ms", "maxBackoff": "1s", "maxAge": "2m"},
             "circuitBreaker": {"enabled": true, "failureRatio": 0.5, "minimumRequests": 10,
                                "window": "2s", "openDuration": "1s", "halfOpenProbes": 3},
+            // A ceiling near the load, so that a timed-out send is retried as the report shows:
+            // far above it, a hedged request answers first and no timeout is seen.
+            "concurrency": {"maxInFlight": 64},
         })
     }
 

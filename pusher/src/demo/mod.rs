@@ -151,11 +151,11 @@ impl Demo {
             "rateLimit": {"perSecond": opts.rate_limit, "burst": opts.rate_limit, "dailyQuota": 0},
             "shutdown": {"drainTimeout": "5s"},
         });
-        if let Some(max) = opts.max_in_flight {
-            crate::demo::merge(&mut yaml, &json!({"concurrency": {"maxInFlight": max}}));
-        }
         if opts.faults.is_some() {
             crate::demo::merge(&mut yaml, &FaultMode::pusher_overrides());
+        }
+        if let Some(max) = opts.max_in_flight {
+            crate::demo::merge(&mut yaml, &json!({"concurrency": {"maxInFlight": max}}));
         }
         if opts.faults == Some(FaultMode::Templates) {
             crate::demo::merge(&mut yaml, &json!({"templates": {"validation": "strict"}}));
