@@ -12,6 +12,8 @@ use prometheus_client::registry::Registry;
 
 use crate::send::InvalidRecipients;
 
+#[cfg(feature = "alloc-count")]
+mod alloc_count;
 mod labels;
 
 pub use crate::resilience::breaker::CircuitState;
@@ -348,6 +350,8 @@ impl Metrics {
             "Recipients of delivered messages the provider could not reach, by kind",
             Family::<InvalidRecipientLabels, Counter>::default(),
         );
+        #[cfg(feature = "alloc-count")]
+        alloc_count::register(&mut registry);
         Self {
             registry,
             invalid_recipients,
