@@ -126,6 +126,18 @@ pub(super) fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::storage(format!("encode: {e}"), e))
 }
 
+/// The callback's id, due ms and JSON for a script, or empty ones when there is none.
+pub(super) fn cb_args(cb: Option<&PendingCallback>) -> Result<(String, u64, String), StoreError> {
+    Ok(match cb {
+        Some(cb) => (
+            ulid::Ulid(cb.key.id).to_string(),
+            cb.key.due_ms,
+            encode(cb)?,
+        ),
+        None => (String::new(), 0, String::new()),
+    })
+}
+
 pub(super) fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

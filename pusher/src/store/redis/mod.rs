@@ -51,6 +51,7 @@ mod conn;
 mod handle;
 mod lease;
 mod options;
+mod outcome;
 mod queue;
 pub mod scripts;
 mod tasks;
