@@ -127,12 +127,15 @@ async fn partial_failures_reach_the_status_the_callback_and_the_metric() {
     );
 
     // Recall: the delivered message once; a failed one is refused with the reason.
-    let (code, r) = pusher
+    let (code, first) = pusher
         .api
         .post_empty(&format!("/v1/messages/{id}/recall"))
         .await;
-    assert_eq!(code, 200, "{r}");
-    assert_eq!(r["provider_msgid"], doc["receipt"]["provider_msgid"], "{r}");
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(
+        first["provider_msgid"], doc["receipt"]["provider_msgid"],
+        "{first}"
+    );
     assert_eq!(count(&stats(&wx).await, "/recalls"), 1);
     let (code, r) = pusher
         .api
@@ -140,13 +143,32 @@ async fn partial_failures_reach_the_status_the_callback_and_the_metric() {
         .await;
     assert_eq!(code, 409, "{r}");
     assert_eq!(r["error"]["code"], "not_recallable", "{r}");
-    // Asking again asks WeCom again; it takes a message back once.
-    let (code, r) = pusher
+    // The recall is kept in the message's record.
+    let (_, after) = pusher.api.status(&id).await;
+    assert!(first["recalled_at"].is_string(), "{first}");
+    assert_eq!(
+        after["receipt"]["recalled_at"], first["recalled_at"],
+        "{after}"
+    );
+    assert_eq!(
+        after["receipt"]["provider_msgid"], doc["receipt"]["provider_msgid"],
+        "{after}"
+    );
+    // Asking again answers the first recall, without asking WeCom again.
+    let (code, again) = pusher
         .api
         .post_empty(&format!("/v1/messages/{id}/recall"))
         .await;
-    assert_eq!(code, 200, "{r}");
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["recalled_at"], first["recalled_at"], "{again}");
     assert_eq!(count(&stats(&wx).await, "/recalls"), 1);
+    let recall_requests = wx
+        .stats()
+        .await
+        .requests
+        .get("wecom_message_recall")
+        .copied();
+    assert_eq!(recall_requests, Some(1), "WeCom asked once");
 }
 
 /// Sends that hang past the request timeout are retried; WeCom's duplicate check (sent with
