@@ -12,10 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::wecom::Credential;
-use crate::policy::{
-    Callbacks, CircuitBreaker, Concurrency, HumanDuration, LocalSecret, Pool, Provider, QueueKind,
-    QueuePolicy, RateLimit, Retry, TemplatePolicy, Timeouts, TokenPolicy,
-};
+use crate::policy::with_policy_fields;
+use crate::policy::{HumanDuration, LocalSecret, Provider, QueueKind};
 
 /// Environment variables that override the file, with the field each replaces.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -31,71 +29,45 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WXPUSH_QUEUE_PATH", "queue.embedded.path"),
 ];
 
-/// The whole config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PusherConfig {
-    /// Address of the HTTP API, WeChat's event callback, health checks and (unless
-    /// `metricsListen` is set) metrics. Required.
-    pub listen: SocketAddr,
-    /// A separate address for `/metrics`, if wanted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Name of the channel: a label on every metric and a prefix in the store. Default `default`.
-    #[serde(default = "default_channel")]
-    pub channel: String,
-    /// Which WeChat product this channel sends through. Default `wechatOfficialAccount`.
-    #[serde(default)]
-    pub provider: Provider,
-    /// Base URL of the WeChat API (`https://api.weixin.qq.com`, or a sandbox). Required.
-    pub api_base_url: String,
-    /// The account's appid and secret. Required, from the file or the environment
-    /// (`WXPUSH_APP_ID`, `WXPUSH_APP_SECRET`).
-    #[serde(default)]
-    pub credentials: Credentials,
-    /// The bearer token producers must present. Required, from the file or the environment
-    /// (`WXPUSH_AUTH_TOKEN`).
-    #[serde(default)]
-    pub auth: Auth,
-    /// WeChat's server-URL callback (delivery events). Off unless a token is given.
-    #[serde(default)]
-    pub events: Events,
-    /// Where accepted messages wait. Default `{embedded: {path: /var/lib/wxpush}}`.
-    #[serde(default)]
-    pub queue: QueuePolicy<LocalSecret>,
-    /// See [`Timeouts`].
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    /// See [`Pool`].
-    #[serde(default)]
-    pub pool: Pool,
-    /// See [`Retry`].
-    #[serde(default)]
-    pub retry: Retry,
-    /// See [`CircuitBreaker`].
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreaker,
-    /// See [`RateLimit`].
-    #[serde(default)]
-    pub rate_limit: RateLimit,
-    /// See [`Concurrency`].
-    #[serde(default)]
-    pub concurrency: Concurrency,
-    /// See [`TokenPolicy`].
-    #[serde(default)]
-    pub token: TokenPolicy,
-    /// See [`Callbacks`].
-    #[serde(default)]
-    pub callbacks: Callbacks<LocalSecret>,
-    /// See [`TemplatePolicy`].
-    #[serde(default)]
-    pub templates: TemplatePolicy,
-    /// Limits of the HTTP API.
-    #[serde(default)]
-    pub api: ApiLimits,
-    /// Graceful shutdown.
-    #[serde(default)]
-    pub shutdown: Shutdown,
+with_policy_fields! {
+    /// The whole config file.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct PusherConfig (secret = LocalSecret) {
+        /// Address of the HTTP API, WeChat's event callback, health checks and (unless
+        /// `metricsListen` is set) metrics. Required.
+        pub listen: SocketAddr,
+        /// A separate address for `/metrics`, if wanted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub metrics_listen: Option<SocketAddr>,
+        /// Name of the channel: a label on every metric and a prefix in the store. Default `default`.
+        #[serde(default = "default_channel")]
+        pub channel: String,
+        /// Which WeChat product this channel sends through. Default `wechatOfficialAccount`.
+        #[serde(default)]
+        pub provider: Provider,
+        /// Base URL of the WeChat API (`https://api.weixin.qq.com`, or a sandbox). Required.
+        pub api_base_url: String,
+        /// The account's appid and secret. Required, from the file or the environment
+        /// (`WXPUSH_APP_ID`, `WXPUSH_APP_SECRET`).
+        #[serde(default)]
+        pub credentials: Credentials,
+        /// The bearer token producers must present. Required, from the file or the environment
+        /// (`WXPUSH_AUTH_TOKEN`).
+        #[serde(default)]
+        pub auth: Auth,
+        /// WeChat's server-URL callback (delivery events). Off unless a token is given.
+        #[serde(default)]
+        pub events: Events,
+    }
+    after {
+        /// Limits of the HTTP API.
+        #[serde(default)]
+        pub api: ApiLimits,
+        /// Graceful shutdown.
+        #[serde(default)]
+        pub shutdown: Shutdown,
+    }
 }
 
 fn default_channel() -> String {
@@ -938,6 +910,7 @@ impl PusherConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Retry;
 
     const MINIMAL: &str = "
 listen: 127.0.0.1:8080

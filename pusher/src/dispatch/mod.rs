@@ -21,6 +21,7 @@ use crate::clock;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::Retry;
 use crate::ratelog::LogLimiter;
+use crate::send::ErrorKind;
 use crate::store::{Leased, Store};
 use crate::wechat::{SendOutcome, SendRequest, WeChatSender};
 
@@ -345,7 +346,8 @@ impl<S: Store + Clone> Dispatcher<S> {
                 lease.unrecorded.is_none()
                     && lease.record.first_attempt_at.is_none()
                     && lease.record.attempts == 0
-                    && before_attempt(&lease.record, &self.policy, now).is_none()
+                    && before_attempt(&lease.record, &self.policy, self.window(&lease.record), now)
+                        .is_none()
             })
             .map(|(i, _)| i)
             .collect();
@@ -385,6 +387,11 @@ impl<S: Store + Clone> Dispatcher<S> {
         }
     }
 
+    /// The provider's de-duplication window for `record`'s message.
+    fn window(&self, record: &crate::message::MessageRecord) -> Duration {
+        self.sender.provider().dedup_window(&record.message)
+    }
+
     /// One attempt on a leased message, up to the decision on its next state (not yet
     /// written).
     async fn attempt(
@@ -406,49 +413,64 @@ impl<S: Store + Clone> Dispatcher<S> {
                     hold_until: None,
                 }
             }
-            None => match before_attempt(&lease.record, &self.policy, now) {
-                Some(next) => {
-                    drop(permit);
-                    next
+            None => {
+                match before_attempt(&lease.record, &self.policy, self.window(&lease.record), now) {
+                    Some(next) => {
+                        drop(permit);
+                        next
+                    }
+                    None => {
+                        // A first attempt's "attempt started" record is durable by now (written by
+                        // `attempt_batch`), so that a crash mid-attempt is recognised later.
+                        let body = lease.record.message.send_body(&lease.record.client_msg_id);
+                        // Boxed: the send's future is large, and the attempts of a lease are
+                        // moved into a set of futures; this keeps each attempt small to move.
+                        let outcome = Box::pin(self.sender.send(SendRequest {
+                            kind: lease.record.message.kind,
+                            body: &body,
+                        }))
+                        .await;
+                        drop(permit);
+                        tracing::debug!(outcome = ?outcome, "attempt finished");
+                        hold_reason = match &outcome {
+                            SendOutcome::Paused { error, .. } => {
+                                Some((HoldCause::Paused, error.message.clone(), error.errcode))
+                            }
+                            SendOutcome::CircuitOpen { .. } => Some((
+                                HoldCause::CircuitOpen,
+                                "circuit breaker open".to_string(),
+                                None,
+                            )),
+                            _ => None,
+                        };
+                        outage = delayed_by_outage(&outcome);
+                        let window = self.window(&lease.record);
+                        next_state_of(
+                            lease.record,
+                            outcome,
+                            &self.policy,
+                            window,
+                            clock::now(),
+                            rand::random::<f64>(),
+                        )
+                    }
                 }
-                None => {
-                    // A first attempt's "attempt started" record is durable by now (written by
-                    // `attempt_batch`), so that a crash mid-attempt is recognised later.
-                    let body = lease.record.message.send_body(&lease.record.client_msg_id);
-                    // Boxed: the send's future is large, and the attempts of a lease are
-                    // moved into a set of futures; this keeps each attempt small to move.
-                    let outcome = Box::pin(self.sender.send(SendRequest {
-                        kind: lease.record.message.kind,
-                        body: &body,
-                    }))
-                    .await;
-                    drop(permit);
-                    tracing::debug!(outcome = ?outcome, "attempt finished");
-                    hold_reason = match &outcome {
-                        SendOutcome::Paused { error, .. } => {
-                            Some((HoldCause::Paused, error.message.clone(), error.errcode))
-                        }
-                        SendOutcome::CircuitOpen { .. } => Some((
-                            HoldCause::CircuitOpen,
-                            "circuit breaker open".to_string(),
-                            None,
-                        )),
-                        _ => None,
-                    };
-                    outage = delayed_by_outage(&outcome);
-                    next_state_of(
-                        lease.record,
-                        outcome,
-                        &self.policy,
-                        clock::now(),
-                        rand::random::<f64>(),
-                    )
-                }
-            },
+            }
         };
         if let Some((until, (cause, reason, errcode))) = next.hold_until.zip(hold_reason) {
+            // A hold for the provider's own rate ceiling (a busy robot's next slot) is the
+            // normal state of the channel, every few seconds: not worth a warning.
+            let routine = next
+                .record
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::RateLimited);
             if self.state.set_hold(until, cause, reason.clone(), errcode) {
-                tracing::warn!(%until, %reason, "sending on hold");
+                if routine {
+                    tracing::debug!(%until, %reason, "sending on hold for the next rate slot");
+                } else {
+                    tracing::warn!(%until, %reason, "sending on hold");
+                }
             } else {
                 tracing::debug!(%until, %reason, "sending still on hold");
             }

@@ -440,6 +440,12 @@ impl Store for EmbeddedStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn record_recall(&self, id: MessageId, at: Timestamp) -> Result<Timestamp, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send_bounded(Op::Recall { id, at, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
     async fn record_event(
         &self,
         event: DeliveryEvent,

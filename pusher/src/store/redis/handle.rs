@@ -45,6 +45,7 @@ pub(super) struct Scripts {
     pub(super) take_credit: Script,
     pub(super) complete: Script,
     pub(super) replay: Script,
+    pub(super) recall: Script,
     pub(super) event: Script,
     pub(super) lease_callbacks: Script,
     pub(super) finish_callback: Script,
@@ -123,6 +124,18 @@ pub(super) fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
 
 pub(super) fn encode<T: serde::Serialize>(v: &T) -> Result<String, StoreError> {
     serde_json::to_string(v).map_err(|e| StoreError::storage(format!("encode: {e}"), e))
+}
+
+/// The callback's id, due ms and JSON for a script, or empty ones when there is none.
+pub(super) fn cb_args(cb: Option<&PendingCallback>) -> Result<(String, u64, String), StoreError> {
+    Ok(match cb {
+        Some(cb) => (
+            ulid::Ulid(cb.key.id).to_string(),
+            cb.key.due_ms,
+            encode(cb)?,
+        ),
+        None => (String::new(), 0, String::new()),
+    })
 }
 
 pub(super) fn ms(d: Duration) -> u64 {

@@ -51,6 +51,7 @@ mod conn;
 mod handle;
 mod lease;
 mod options;
+mod outcome;
 mod queue;
 pub mod scripts;
 mod tasks;
@@ -95,6 +96,7 @@ impl RedisStore {
                 take_credit: Script::new(TAKE_CREDIT),
                 complete: Script::new(&scripts::complete()),
                 replay: Script::new(scripts::REPLAY),
+                recall: Script::new(scripts::RECALL),
                 event: Script::new(scripts::EVENT),
                 lease_callbacks: Script::new(scripts::LEASE_CALLBACKS),
                 finish_callback: Script::new(scripts::FINISH_CALLBACK),

@@ -3,32 +3,18 @@
 //! method per operation of the trait; the leasing and the background work live beside it.
 
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use redis::Value;
 
 use super::conn::{self};
-use super::handle::{
-    CALLBACK_POLL, MAX_POLL, RedisStore, UNRECORDED_KEPT, decode, encode, ms, strings,
-};
+use super::handle::{CALLBACK_POLL, MAX_POLL, RedisStore, cb_args, decode, encode, ms, strings};
 use crate::message::{MessageId, MessageRecord, Status};
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, DeliveryEvent, EventOutcome, Leased,
     PendingCallback, QueueCounts, Store, StoreError, apply_event, millis, reset_for_replay,
-    wants_callback,
 };
-
-fn cb_args(cb: Option<&PendingCallback>) -> Result<(String, u64, String), StoreError> {
-    Ok(match cb {
-        Some(cb) => (
-            ulid::Ulid(cb.key.id).to_string(),
-            cb.key.due_ms,
-            encode(cb)?,
-        ),
-        None => (String::new(), 0, String::new()),
-    })
-}
 
 /// The field of (`openid`, `template_id`) in the `credits` hash (a newline cannot occur in
 /// either: both refuse control characters).
@@ -187,124 +173,32 @@ impl Store for RedisStore {
     }
 
     async fn complete(&self, _slot: u64, record: MessageRecord) -> Result<(), StoreError> {
-        self.check_open()?;
-        let now = Timestamp::now();
-        let o = &self.inner.options;
-        let is_final = record.status.is_final();
-        let cb = if is_final && wants_callback(record.status) {
-            self.callback_for(&record, now)
-        } else {
-            None
-        };
-        let (cb_id, cb_due, cb_json) = cb_args(cb.as_ref())?;
-        let finished = millis(record.finished_at.unwrap_or(now));
-        let due = crate::store::due_millis(record.next_attempt_at.unwrap_or(now));
-        let msgid = record
-            .msgid
-            .filter(|&m| m != 0)
-            .map(|m| m.to_string())
-            .unwrap_or_default();
-        let idem = record.idempotency_key.clone().unwrap_or_default();
-        let keys = [
-            self.inner.stream.clone(),
-            self.key("lease"),
-            self.key(&format!("m:{}", record.id)),
-            self.key("n"),
-            self.key(&format!("i:{idem}")),
-            self.key("dead"),
-            self.key("deadt"),
-            self.key(&format!("a:{}", record.message.touser)),
-            self.key(&format!("x:{msgid}")),
-            self.key("cb"),
-            self.key("cbd"),
-            self.key("d"),
-        ];
-        let flag = |b: bool| if b { "1" } else { "0" }.to_string();
-        let args = [
-            o.consumer_group.clone(),
-            record.id.to_string(),
-            encode(&record)?,
-            flag(is_final),
-            due.to_string(),
-            flag(record.dead_letter),
-            flag(record.status == Status::Delivered),
-            msgid,
-            idem,
-            ms(o.retention).max(1).to_string(),
-            cb_id,
-            cb_due.to_string(),
-            cb_json,
-            millis(now).to_string(),
-            finished.to_string(),
-        ];
-        let done: Result<i64, _> = self
-            .script(&self.inner.scripts.complete, &keys, &args)
-            .await;
-        // Kept alive no longer either way: after a failed write the entry goes idle and is
-        // claimed again after claimIdle (by this pod or another).
-        self.inner.leases.lock().remove(&record.id.to_string());
-        if let Err(e) = done {
-            let mut kept = self.inner.unrecorded.lock();
-            let now = Instant::now();
-            kept.retain(|_, (at, _)| now.duration_since(*at) < UNRECORDED_KEPT);
-            kept.insert(record.id, (now, record));
-            return Err(self.fail("complete", &e));
-        }
-        if !is_final && due <= millis(now) {
-            self.inner.work.notify_waiters();
-        }
-        self.ok(());
-        Ok(())
+        self.complete_records(vec![record])
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(StoreError::Storage("redis complete: no answer".into())))
+    }
+
+    async fn complete_many(&self, items: Vec<(u64, MessageRecord)>) -> Vec<Result<(), StoreError>> {
+        self.complete_records(items.into_iter().map(|(_, r)| r).collect())
+            .await
     }
 
     async fn start_attempt(&self, leased: &Leased, at: Timestamp) -> Result<(), StoreError> {
-        self.check_open()?;
-        let id = leased.record.id;
-        let key = id.to_string();
-        let Some(eid) = self.inner.leases.lock().get(&key).cloned() else {
-            return Err(StoreError::Storage(
-                format!("redis start attempt: {id} is not leased by this process").into(),
-            ));
-        };
-        let mut record = leased.record.clone();
-        if record.first_attempt_at.is_none() {
-            record.first_attempt_at = Some(at);
-            record.budget_from = at;
-            record.updated_at = at;
-        }
-        let o = &self.inner.options;
-        let keys = [self.inner.stream.clone(), self.key(&format!("m:{key}"))];
-        let args = [
-            o.consumer_group.clone(),
-            o.consumer.clone(),
-            key.clone(),
-            eid,
-            encode(&record)?,
-        ];
-        let answer: Result<String, _> = self
-            .script(&self.inner.scripts.start_attempt, &keys, &args)
-            .await;
-        let refused = match answer {
-            Ok(a) => {
-                self.ok(());
-                match a.as_str() {
-                    "ok" | "kept" => return Ok(()),
-                    "gone" => StoreError::NotFound(id),
-                    _ => StoreError::Storage(
-                        format!(
-                            "redis start attempt: not written ({a}): the lease of {id} was \
-                             taken over or the message is final"
-                        )
-                        .into(),
-                    ),
-                }
-            }
-            Err(e) => self.fail("start attempt", &e),
-        };
-        // Not sent: kept alive no longer, so that the entry is claimed again after claimIdle
-        // (by this pod or another), as after a failed complete.
-        self.inner.leases.lock().remove(&key);
-        Err(refused)
+        self.start_attempts_of(&[leased], at)
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| Err(StoreError::Storage("redis start attempt: no answer".into())))
+    }
+
+    async fn start_attempts(
+        &self,
+        leased: &[&Leased],
+        at: Timestamp,
+    ) -> Vec<Result<(), StoreError>> {
+        self.start_attempts_of(leased, at).await
     }
 
     async fn get(&self, id: MessageId) -> Result<Option<MessageRecord>, StoreError> {
@@ -429,6 +323,43 @@ impl Store for RedisStore {
             }),
             _ => Err(StoreError::NotDeadLetter(id)),
         }
+    }
+
+    async fn record_recall(&self, id: MessageId, at: Timestamp) -> Result<Timestamp, StoreError> {
+        self.check_open()?;
+        let key = self.key(&format!("m:{id}"));
+        // Read, change, write if unchanged: an event may change the record meanwhile.
+        for _ in 0..16 {
+            let old: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| self.fail("recall", &e))?;
+            let Some(old) = old else {
+                return Err(StoreError::NotFound(id));
+            };
+            let mut record = decode(old.as_bytes())?;
+            let receipt = record.receipt.get_or_insert_default();
+            if let Some(first) = receipt.recalled_at {
+                return Ok(self.ok(first));
+            }
+            receipt.recalled_at = Some(at);
+            let new = encode(&record)?;
+            let out: String = self
+                .script(
+                    &self.inner.scripts.recall,
+                    std::slice::from_ref(&key),
+                    &[old, new],
+                )
+                .await
+                .map_err(|e| self.fail("recall", &e))?;
+            if out == "ok" {
+                return Ok(self.ok(at));
+            }
+        }
+        Err(StoreError::Storage(
+            "the message's record kept changing; the recall was not recorded".into(),
+        ))
     }
 
     async fn record_event(

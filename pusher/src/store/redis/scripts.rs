@@ -248,94 +248,127 @@ redis.call('DEL', KEYS[3])
 return n
 ";
 
-/// Complete: KEYS `q`, `lease`, `m:<id>`, `n`, `i:<key>` (or `i:`), `dead`, `deadt`,
-/// `a:<openid>`, `x:<msgid>` (or `x:`), `cb`, `cbd`, `d`; ARGV group, id, record JSON, final (0/1),
-/// due ms, dead (0/1), delivered (0/1), msgid or '', idempotency key or '', retention ms,
-/// callback id or '', callback due ms, callback JSON, now ms, finished ms. Writes the new state
-/// first, then ends the lease (`XACK` + `XDEL`): a crash in between cannot happen inside a
-/// script, and a copy of the message claimed by another pod finds the record final and only
-/// ends its own lease. The record is stored as given, `first_attempt_at` included: kept after
-/// an attempt that sent, cleared (the "attempt started" record voided) by the dispatcher after
-/// one that did not. Returns 1, or 0 when the message was already final.
+/// Complete, for one or more leased messages at once (the outcomes of attempts that ended
+/// together): KEYS `q`, `lease`, `n`, `dead`, `deadt`, `cb`, `cbd`, `d`, then per message
+/// `m:<id>`, `i:<key>` (or `i:`), `a:<openid>`, `x:<msgid>` (or `x:`); ARGV group, now ms,
+/// retention ms, then per message id, record JSON, final (0/1), due ms, dead (0/1), delivered
+/// (0/1), msgid or '', idempotency key or '', callback id or '', callback due ms, callback JSON,
+/// finished ms. Per message: writes the new state first, then ends the lease (`XACK` + `XDEL`):
+/// a crash in between cannot happen inside a script, and a copy of the message claimed by
+/// another pod finds the record final and only ends its own lease. The record is stored as
+/// given, `first_attempt_at` included: kept after an attempt that sent, cleared (the "attempt
+/// started" record voided) by the dispatcher after one that did not. Returns per message, in
+/// order, 1, or 0 when the message was already final.
 pub(crate) fn complete() -> String {
     format!(
         "{PENDING_FN}{}",
         r"
-local group, id, js = ARGV[1], ARGV[2], ARGV[3]
-local final, due, dead, delivered = ARGV[4] == '1', tonumber(ARGV[5]), ARGV[6] == '1', ARGV[7] == '1'
-local msgid, idem, retention = ARGV[8], ARGV[9], tonumber(ARGV[10])
-local cbid, cbdue, cbjs, now, finished = ARGV[11], tonumber(ARGV[12]), ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15])
-local q, lease, mkey, nkey, ikey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local deadk, deadt, akey, xkey, cb, cbd = KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
-local eid = redis.call('HGET', lease, id)
-local function unlease()
-  if eid then
-    redis.call('XACK', q, group, eid)
-    redis.call('XDEL', q, eid)
+local group, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local q, lease, nkey, deadk, deadt, cb, cbd, dkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local out = {}
+local finals = 0
+for i = 0, (#KEYS - 8) / 4 - 1 do
+  local mkey, ikey, akey, xkey = KEYS[9 + i * 4], KEYS[10 + i * 4], KEYS[11 + i * 4], KEYS[12 + i * 4]
+  local a = 4 + i * 12
+  local id, js, final, due = ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1', tonumber(ARGV[a + 3])
+  local dead, delivered, msgid, idem = ARGV[a + 4] == '1', ARGV[a + 5] == '1', ARGV[a + 6], ARGV[a + 7]
+  local cbid, cbdue, cbjs, finished = ARGV[a + 8], tonumber(ARGV[a + 9]), ARGV[a + 10], tonumber(ARGV[a + 11])
+  local eid = redis.call('HGET', lease, id)
+  local function unlease()
+    if eid then
+      redis.call('XACK', q, group, eid)
+      redis.call('XDEL', q, eid)
+    end
+    redis.call('HDEL', lease, id)
   end
-  redis.call('HDEL', lease, id)
-end
-local cur = redis.call('GET', mkey)
-if not cur or not is_pending(cur) then
-  unlease()
-  return 0
-end
-if final then
-  redis.call('SET', mkey, js, 'PX', retention)
-  local left = redis.call('DECR', nkey)
-  if left < 0 then redis.call('SET', nkey, 0) end
-  if idem ~= '' then redis.call('PEXPIRE', ikey, retention) end
-  if dead then
-    redis.call('ZADD', deadk, 0, id)
-    redis.call('ZADD', deadt, finished, id)
-  end
-  if delivered then
-    redis.call('ZADD', akey, finished, id)
-    redis.call('ZREMRANGEBYSCORE', akey, '-inf', now - retention)
-    redis.call('PEXPIRE', akey, retention)
-    if msgid ~= '' then redis.call('SET', xkey, id, 'PX', retention) end
-  end
-  if cbid ~= '' then
-    redis.call('ZADD', cb, cbdue, cbid)
-    redis.call('HSET', cbd, cbid, cbjs)
-  end
-  unlease()
-else
-  redis.call('SET', mkey, js)
-  -- End the old lease before queueing again, so the entry read next is the new one.
-  unlease()
-  if due <= now then
-    redis.call('XADD', q, '*', 'id', id)
+  local cur = redis.call('GET', mkey)
+  if not cur or not is_pending(cur) then
+    unlease()
+    out[#out + 1] = 0
+  elseif final then
+    redis.call('SET', mkey, js, 'PX', retention)
+    finals = finals + 1
+    if idem ~= '' then redis.call('PEXPIRE', ikey, retention) end
+    if dead then
+      redis.call('ZADD', deadk, 0, id)
+      redis.call('ZADD', deadt, finished, id)
+    end
+    if delivered then
+      redis.call('ZADD', akey, finished, id)
+      redis.call('ZREMRANGEBYSCORE', akey, '-inf', now - retention)
+      redis.call('PEXPIRE', akey, retention)
+      if msgid ~= '' then redis.call('SET', xkey, id, 'PX', retention) end
+    end
+    if cbid ~= '' then
+      redis.call('ZADD', cb, cbdue, cbid)
+      redis.call('HSET', cbd, cbid, cbjs)
+    end
+    unlease()
+    out[#out + 1] = 1
   else
-    redis.call('ZADD', KEYS[12], due, id)
+    redis.call('SET', mkey, js)
+    -- End the old lease before queueing again, so the entry read next is the new one.
+    unlease()
+    if due <= now then
+      redis.call('XADD', q, '*', 'id', id)
+    else
+      redis.call('ZADD', dkey, due, id)
+    end
+    out[#out + 1] = 1
   end
 end
-return 1
+if finals > 0 then
+  local left = redis.call('DECRBY', nkey, finals)
+  if left < 0 then redis.call('SET', nkey, 0) end
+end
+return out
 "
     )
 }
 
-/// Attempt started: KEYS `q`, `m:<id>`; ARGV group, consumer, id, stream entry id of this
-/// consumer's lease, record JSON with `first_attempt_at` set. Writes the "attempt started"
-/// record into `m:<id>` before the first send, only while the lease is still this consumer's
-/// (the entry is in its pending entries list: no other pod claimed it, and nobody completed it)
-/// and the message is pending; a record that already has `first_attempt_at` keeps it. The lease
-/// is kept. Returns 'ok' (written), 'kept' (an earlier start was recorded), 'lost' (the lease is
-/// no longer this consumer's), 'gone' (no record) or 'final' (the message is final).
+/// Attempt started, for one or more leased messages at once: KEYS `q`, then `m:<id>` per
+/// message; ARGV group, consumer, then per message the stream entry id of this consumer's lease
+/// and the record JSON with `first_attempt_at` set. Writes each "attempt started" record into
+/// `m:<id>` before the first send, only while the lease is still this consumer's (the entry is
+/// in its pending entries list: no other pod claimed it, and nobody completed it) and the
+/// message is pending; a record that already has `first_attempt_at` keeps it. The leases are
+/// kept. Returns per message, in order, 'ok' (written), 'kept' (an earlier start was recorded),
+/// 'lost' (the lease is no longer this consumer's), 'gone' (no record) or 'final' (the message
+/// is final).
+///
+/// Whether a record has `first_attempt_at` is read from the text: serde writes the field right
+/// after `budget_from` (a timestamp, so without quotes inside), and nothing before them is
+/// text a producer chose; a record without `budget_from` is decoded in full.
 pub(crate) fn start_attempt() -> String {
     format!(
         "{PENDING_FN}{}",
-        r"
-local group, consumer, id, eid, js = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if #redis.call('XPENDING', KEYS[1], group, eid, eid, 1, consumer) == 0 then return 'lost' end
-local cur = redis.call('GET', KEYS[2])
-if not cur then return 'gone' end
-if not is_pending(cur) then return 'final' end
-local started = cjson.decode(cur)['first_attempt_at']
-if started and started ~= cjson.null then return 'kept' end
-redis.call('SET', KEYS[2], js)
-return 'ok'
-"
+        r#"
+local function has_started(rec)
+  local _, e = string.find(rec, '"budget_from":"[^"]*"')
+  if e then return string.sub(rec, e + 1, e + 20) == ',"first_attempt_at":' end
+  local s = cjson.decode(rec)['first_attempt_at']
+  return s ~= nil and s ~= cjson.null
+end
+local group, consumer = ARGV[1], ARGV[2]
+local out = {}
+for i = 2, #KEYS do
+  local eid, js = ARGV[1 + (i - 1) * 2], ARGV[2 + (i - 1) * 2]
+  local cur = redis.call('GET', KEYS[i])
+  if #redis.call('XPENDING', KEYS[1], group, eid, eid, 1, consumer) == 0 then
+    out[#out + 1] = 'lost'
+  elseif not cur then
+    out[#out + 1] = 'gone'
+  elseif not is_pending(cur) then
+    out[#out + 1] = 'final'
+  elseif has_started(cur) then
+    out[#out + 1] = 'kept'
+  else
+    redis.call('SET', KEYS[i], js)
+    out[#out + 1] = 'ok'
+  end
+end
+return out
+"#
     )
 }
 
@@ -370,6 +403,14 @@ if idem ~= '' then redis.call('PERSIST', KEYS[6]) end
 redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], '*', 'id', id)
 return {'ok'}
+";
+
+/// Recall: KEYS `m:<id>`; ARGV the record JSON as read, the record JSON with the recall's time.
+/// Returns 'conflict' (the record changed since it was read: read again) or 'ok'.
+pub(crate) const RECALL: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'conflict' end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 'ok'
 ";
 
 /// Event: KEYS `s:<openid>:<CreateTime>:<MsgID>`, `m:<id>`, `a:<openid>`, `cb`, `cbd`; ARGV id,

@@ -33,6 +33,12 @@ pub(in crate::store::embedded) enum Op {
         id: MessageId,
         reply: oneshot::Sender<Result<MessageRecord, StoreError>>,
     },
+    /// A recall: keep its time in the record's receipt, unless one is kept already.
+    Recall {
+        id: MessageId,
+        at: Timestamp,
+        reply: oneshot::Sender<Result<Timestamp, StoreError>>,
+    },
     Event {
         event: Box<DeliveryEvent>,
         fallback: bool,

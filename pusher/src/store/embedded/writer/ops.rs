@@ -267,6 +267,26 @@ pub(super) fn replay(
     ))
 }
 
+/// Keeps a recall's time in the message's receipt (the first recall's, when there was one).
+pub(super) fn record_recall(
+    t: &mut Tables<'_>,
+    id: MessageId,
+    at: Timestamp,
+) -> Result<Step<Timestamp>, StoreError> {
+    let mut record = match t.record(id.as_u128()) {
+        Ok(Some(r)) => r,
+        Ok(None) => return Ok(Step::Refused(StoreError::NotFound(id))),
+        Err(e) => return Ok(Step::Refused(e)),
+    };
+    let receipt = record.receipt.get_or_insert_default();
+    if let Some(first) = receipt.recalled_at {
+        return Ok(Step::Done(Change::None, first));
+    }
+    receipt.recalled_at = Some(at);
+    t.put(&record)?;
+    Ok(Step::Done(Change::None, at))
+}
+
 /// What a delivery event points at.
 enum EventTarget {
     /// The event was recorded before.

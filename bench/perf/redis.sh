@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The Redis store with one pod against the embedded store, on the clean scenario of
+# bench/perf/run.sh (one sandbox answering in LATENCY), alternating embedded, Redis, embedded,
+# Redis ... so that the shared machine's drift hits both alike. For each Redis run: Redis's CPU
+# per delivered message (/proc/<pid>/stat) and its commands per delivered message
+# (`INFO commandstats`, scripts' inner commands included), from a fresh redis-server with AOF
+# on and `appendfsync everysec`, as in production. Prints each run, the medians and the ratio.
+#
+#   bench/perf/redis.sh                   # ROUNDS=3 rounds of N=30000 messages
+#   CONC='{"maxInFlight": 64}' bench/perf/redis.sh
+#
+# A benchmark reports; it asserts nothing.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+N=${N:-30000}
+ROUNDS=${ROUNDS:-3}
+TASKS=${TASKS:-256}
+LATENCY=${LATENCY:-2ms}
+OUT=${OUT:-bench/perf/results/redis}
+APPID=wxbench000000000
+SECRET=bench-secret
+TOKEN=bench-token-0123456789abcdef
+
+command -v redis-server >/dev/null || { echo "redis-server is needed (scripts/setup.sh)" >&2; exit 1; }
+# shellcheck source=bench/perf/lib.sh
+source bench/perf/lib.sh
+conc=${CONC:-"{}"}
+TICK=$(getconf CLK_TCK)
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+for round in $(seq "$ROUNDS"); do
+  faults "$base_faults"
+  run_e2e "embedded-$round" "$N" "$conc"
+  rm -rf "$work/embedded-$round"
+
+  rport=$(free_port)
+  rdir="$work/redis-$round-data"
+  mkdir -p "$rdir"
+  redis-server --port "$rport" --bind 127.0.0.1 --appendonly yes --appendfsync everysec \
+    --save '' --dir "$rdir" >"$work/redis-$round.log" 2>&1 &
+  REDIS_PID=$!
+  for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  faults "$base_faults"
+  QUEUE_JSON="{\"redis\": {\"url\": \"redis://127.0.0.1:$rport\"}}" start_pusher "redis-$round" "$conc"
+  redis-cli -p "$rport" config resetstat >/dev/null
+  cpu0=$(cpu_ticks "$REDIS_PID")
+  echo "-- wxpush: redis-$round ($N messages, concurrency $conc)" >&2
+  "$BIN/wxpush-bench" e2e --pusher "$PUSHER" --token "$TOKEN" --sandbox "$SB" \
+    --pid "$PUSHER_PID" --n "$N" --prefix "wx-redis-$round-" >"$OUT/wxpush-redis-$round.json"
+  cpu1=$(cpu_ticks "$REDIS_PID")
+  redis-cli -p "$rport" info commandstats >"$OUT/redis-$round-commandstats.txt"
+  stop_pusher
+  python3 - "$OUT/redis-$round-cpu.json" "$cpu0" "$cpu1" "$TICK" "$N" <<'PY'
+import json, sys
+path, c0, c1, tick, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+json.dump({"redis_cpu_us_per_msg": (c1 - c0) / tick / n * 1e6}, open(path, "w"))
+PY
+  kill "$REDIS_PID" 2>/dev/null || true
+  wait "$REDIS_PID" 2>/dev/null || true
+  REDIS_PID=
+  rm -rf "$rdir" "$work/redis-$round"
+done
+
+python3 - "$OUT" "$ROUNDS" "$N" <<'PY'
+import json, re, statistics, sys
+out, rounds, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+emb = [json.load(open(f"{out}/wxpush-embedded-{r}.json")) for r in range(1, rounds + 1)]
+red = [json.load(open(f"{out}/wxpush-redis-{r}.json")) for r in range(1, rounds + 1)]
+rcpu = [json.load(open(f"{out}/redis-{r}-cpu.json"))["redis_cpu_us_per_msg"] for r in range(1, rounds + 1)]
+for r in range(rounds):
+    print(f"round {r + 1}: embedded {emb[r]['rate']:8.0f} msgs/s ({emb[r]['cpu_us_per_msg']:5.1f} µs CPU/msg); "
+          f"redis {red[r]['rate']:8.0f} msgs/s ({red[r]['cpu_us_per_msg']:5.1f} µs pusher, {rcpu[r]:5.1f} µs redis CPU/msg); "
+          f"ratio {red[r]['rate'] / emb[r]['rate']:.2f}x")
+me, mr = statistics.median(e["rate"] for e in emb), statistics.median(r["rate"] for r in red)
+print(f"median: embedded {me:.0f} msgs/s, redis {mr:.0f} msgs/s: {mr / me:.2f}x; "
+      f"redis CPU {statistics.median(rcpu):.1f} µs/msg")
+# Commands per delivered message in the last round (calls of each command / N).
+stats = open(f"{out}/redis-{rounds}-commandstats.txt").read()
+rows = []
+for m in re.finditer(r"cmdstat_([^:]+):calls=(\d+),usec=(\d+),usec_per_call=([\d.]+)", stats):
+    rows.append((int(m.group(3)), m.group(1), int(m.group(2)), float(m.group(4))))
+rows.sort(reverse=True)
+print(f"redis commands per delivered message (round {rounds}; usec includes a script's inner commands):")
+for usec, name, calls, per in rows:
+    print(f"  {name:14s} {calls / n:6.2f}/msg  {usec / n:6.1f} µs/msg  {per:6.2f} µs/call")
+PY
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
