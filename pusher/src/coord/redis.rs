@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use redis::{RedisError, Script};
 
-use super::redis_permits::Permits;
+use super::redis_permits::{Permits, RATE_TTL_MS};
 use super::{CoordResult, Coordinator, Lock, Permit, SharedToken, parse_pause, ttl_ms, unix_ms};
 use crate::calendar::beijing_day;
 use crate::resilience::ratelimit::Gcra;
@@ -46,10 +46,6 @@ redis.call('HSET', KEYS[1], 'spent_until', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 0
 ";
-
-/// How long the `rate` hash outlives its last write: two days, so that a quiet channel keeps
-/// today's count and a 45009 until midnight.
-pub(super) const RATE_TTL_MS: u64 = 2 * 86_400_000;
 
 /// Drops the token only if it is the one given (compare-and-swap invalidation).
 const DROP_TOKEN: &str = r"

@@ -68,6 +68,10 @@ end
 return out
 ";
 
+/// How long the `rate` hash outlives its last write: two days, so that a quiet channel keeps
+/// today's count and a 45009 until midnight.
+pub(super) const RATE_TTL_MS: u64 = 2 * 86_400_000;
+
 /// Most permits in one call (a script blocks Redis while it runs).
 const BATCH_AT_MOST: usize = 512;
 
@@ -150,7 +154,7 @@ impl Permits {
                 q.waiting.drain(..n).collect()
             };
             let mut args = Vec::with_capacity(2 + batch.len() * 4);
-            args.push(super::redis::RATE_TTL_MS.to_string());
+            args.push(RATE_TTL_MS.to_string());
             args.push(crate::calendar::beijing_day(std::time::SystemTime::now()).to_string());
             for a in &batch {
                 args.extend(a.args.iter().map(u64::to_string));
