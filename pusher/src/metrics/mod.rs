@@ -12,6 +12,8 @@ use prometheus_client::registry::Registry;
 
 use crate::send::InvalidRecipients;
 
+#[cfg(feature = "alloc-count")]
+mod alloc_count;
 mod labels;
 
 pub use crate::resilience::breaker::CircuitState;
@@ -291,7 +293,8 @@ impl Metrics {
         };
         // Fields are evaluated in the order written, the order of HELP; `registry` comes last,
         // once `r` is done with it.
-        Self {
+        #[allow(unused_mut)]
+        let mut metrics = Self {
             accepted: r.add("messages_accepted"),
             completed: r.add("messages_completed"),
             send_attempts: r.add("send_attempts"),
@@ -323,7 +326,10 @@ impl Metrics {
             templates: r.add("templates"),
             invalid_recipients: r.add("invalid_recipients"),
             registry,
-        }
+        };
+        #[cfg(feature = "alloc-count")]
+        alloc_count::register(&mut metrics.registry);
+        metrics
     }
 
     /// Counts one request to `/wechat/events`.
