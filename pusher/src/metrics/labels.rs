@@ -220,6 +220,10 @@ label_value! {
     pub enum EventName {
         /// `TEMPLATESENDJOBFINISH`, a template message's delivery report.
         TemplateSendJobFinish => "TEMPLATESENDJOBFINISH",
+        /// WeCom's contact change.
+        ChangeContact => "change_contact",
+        /// A tap on a WeCom interactive card.
+        TemplateCardEvent => "template_card_event",
         /// Any other event (ignored).
         Other => "other",
         /// None was read (refused before, or not an event).
@@ -242,6 +246,9 @@ label_value! {
         Unmatched => "unmatched",
         /// Not an event the pusher uses.
         Ignored => "ignored",
+        /// A WeCom recipient became unreachable (a deleted, disabled, departed or renamed
+        /// user, or a deleted party).
+        Unreachable => "unreachable",
         /// The URL check (echostr) was answered.
         Echostr => "echostr",
         /// A wrong or missing signature.
