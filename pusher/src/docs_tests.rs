@@ -43,7 +43,7 @@ fn populated() -> Metrics {
     m.template_fetch(TemplateList::Private, FetchResult::Ok);
     m.set_templates(TemplateList::Private, 1);
     m.invalid_recipients(
-        "wecomApp",
+        crate::metrics::ProviderLabel::WecomApp,
         &crate::send::InvalidRecipients {
             users: vec!["gone-1".into()],
             ..crate::send::InvalidRecipients::default()

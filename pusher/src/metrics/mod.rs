@@ -121,7 +121,7 @@ fn reg<M: prometheus_client::registry::Metric + Clone>(
 
 impl Metrics {
     /// Counts the recipients a delivery answer called invalid.
-    pub fn invalid_recipients(&self, provider: &'static str, invalid: &InvalidRecipients) {
+    pub fn invalid_recipients(&self, provider: ProviderLabel, invalid: &InvalidRecipients) {
         for (kind, n) in [
             (RecipientKind::user, invalid.users.len()),
             (RecipientKind::party, invalid.parties.len()),
