@@ -46,7 +46,7 @@ fn populated() -> Metrics {
     m.template_fetch(TemplateList::Private, FetchResult::Ok);
     m.set_templates(TemplateList::Private, 1);
     m.invalid_recipients(
-        "wecomApp",
+        wxpush_pusher::metrics::ProviderLabel::WecomApp,
         &wxpush_pusher::send::InvalidRecipients {
             users: vec!["gone-1".into()],
             ..wxpush_pusher::send::InvalidRecipients::default()
