@@ -288,13 +288,14 @@ impl Metrics {
         let send_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         // 5 ms .. ~45 min
         let delivery_latency = Histogram::new(exponential_buckets(0.005, 2.0, 20));
+        #[cfg(feature = "alloc-count")]
+        alloc_count::register(&mut registry);
         let mut r = Registrar {
             registry: &mut registry,
         };
         // Fields are evaluated in the order written, the order of HELP; `registry` comes last,
         // once `r` is done with it.
-        #[allow(unused_mut)]
-        let mut metrics = Self {
+        Self {
             accepted: r.add("messages_accepted"),
             completed: r.add("messages_completed"),
             send_attempts: r.add("send_attempts"),
@@ -326,10 +327,7 @@ impl Metrics {
             templates: r.add("templates"),
             invalid_recipients: r.add("invalid_recipients"),
             registry,
-        };
-        #[cfg(feature = "alloc-count")]
-        alloc_count::register(&mut metrics.registry);
-        metrics
+        }
     }
 
     /// Counts one request to `/wechat/events`.
