@@ -12,10 +12,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::wecom::Credential;
-use crate::policy::{
-    Callbacks, CircuitBreaker, Concurrency, HumanDuration, LocalSecret, Pool, Provider, QueueKind,
-    QueuePolicy, RateLimit, Retry, TemplatePolicy, Timeouts, TokenPolicy,
-};
+use crate::policy::with_policy_fields;
+use crate::policy::{HumanDuration, LocalSecret, Provider, QueueKind};
 
 /// Environment variables that override the file, with the field each replaces.
 pub const ENV_OVERRIDES: &[(&str, &str)] = &[
@@ -31,71 +29,45 @@ pub const ENV_OVERRIDES: &[(&str, &str)] = &[
     ("WXPUSH_QUEUE_PATH", "queue.embedded.path"),
 ];
 
-/// The whole config file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct PusherConfig {
-    /// Address of the HTTP API, WeChat's event callback, health checks and (unless
-    /// `metricsListen` is set) metrics. Required.
-    pub listen: SocketAddr,
-    /// A separate address for `/metrics`, if wanted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_listen: Option<SocketAddr>,
-    /// Name of the channel: a label on every metric and a prefix in the store. Default `default`.
-    #[serde(default = "default_channel")]
-    pub channel: String,
-    /// Which WeChat product this channel sends through. Default `wechatOfficialAccount`.
-    #[serde(default)]
-    pub provider: Provider,
-    /// Base URL of the WeChat API (`https://api.weixin.qq.com`, or a sandbox). Required.
-    pub api_base_url: String,
-    /// The account's appid and secret. Required, from the file or the environment
-    /// (`WXPUSH_APP_ID`, `WXPUSH_APP_SECRET`).
-    #[serde(default)]
-    pub credentials: Credentials,
-    /// The bearer token producers must present. Required, from the file or the environment
-    /// (`WXPUSH_AUTH_TOKEN`).
-    #[serde(default)]
-    pub auth: Auth,
-    /// WeChat's server-URL callback (delivery events). Off unless a token is given.
-    #[serde(default)]
-    pub events: Events,
-    /// Where accepted messages wait. Default `{embedded: {path: /var/lib/wxpush}}`.
-    #[serde(default)]
-    pub queue: QueuePolicy<LocalSecret>,
-    /// See [`Timeouts`].
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    /// See [`Pool`].
-    #[serde(default)]
-    pub pool: Pool,
-    /// See [`Retry`].
-    #[serde(default)]
-    pub retry: Retry,
-    /// See [`CircuitBreaker`].
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreaker,
-    /// See [`RateLimit`].
-    #[serde(default)]
-    pub rate_limit: RateLimit,
-    /// See [`Concurrency`].
-    #[serde(default)]
-    pub concurrency: Concurrency,
-    /// See [`TokenPolicy`].
-    #[serde(default)]
-    pub token: TokenPolicy,
-    /// See [`Callbacks`].
-    #[serde(default)]
-    pub callbacks: Callbacks<LocalSecret>,
-    /// See [`TemplatePolicy`].
-    #[serde(default)]
-    pub templates: TemplatePolicy,
-    /// Limits of the HTTP API.
-    #[serde(default)]
-    pub api: ApiLimits,
-    /// Graceful shutdown.
-    #[serde(default)]
-    pub shutdown: Shutdown,
+with_policy_fields! {
+    /// The whole config file.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    pub struct PusherConfig (secret = LocalSecret) {
+        /// Address of the HTTP API, WeChat's event callback, health checks and (unless
+        /// `metricsListen` is set) metrics. Required.
+        pub listen: SocketAddr,
+        /// A separate address for `/metrics`, if wanted.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub metrics_listen: Option<SocketAddr>,
+        /// Name of the channel: a label on every metric and a prefix in the store. Default `default`.
+        #[serde(default = "default_channel")]
+        pub channel: String,
+        /// Which WeChat product this channel sends through. Default `wechatOfficialAccount`.
+        #[serde(default)]
+        pub provider: Provider,
+        /// Base URL of the WeChat API (`https://api.weixin.qq.com`, or a sandbox). Required.
+        pub api_base_url: String,
+        /// The account's appid and secret. Required, from the file or the environment
+        /// (`WXPUSH_APP_ID`, `WXPUSH_APP_SECRET`).
+        #[serde(default)]
+        pub credentials: Credentials,
+        /// The bearer token producers must present. Required, from the file or the environment
+        /// (`WXPUSH_AUTH_TOKEN`).
+        #[serde(default)]
+        pub auth: Auth,
+        /// WeChat's server-URL callback (delivery events). Off unless a token is given.
+        #[serde(default)]
+        pub events: Events,
+    }
+    after {
+        /// Limits of the HTTP API.
+        #[serde(default)]
+        pub api: ApiLimits,
+        /// Graceful shutdown.
+        #[serde(default)]
+        pub shutdown: Shutdown,
+    }
 }
 
 fn default_channel() -> String {
@@ -806,6 +778,20 @@ impl PusherConfig {
                 message: message.into(),
             });
         };
+        self.check_channel(&mut bad);
+        self.check_auth_and_events(&mut bad);
+        self.check_queue(&mut bad);
+        self.check_policies(&mut bad);
+        self.check_api_limits(&mut bad);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The template refresh, the channel name, its endpoint, credentials and provider.
+    fn check_channel(&self, bad: &mut impl FnMut(&str, &str)) {
         if self.templates.refresh_interval.get() < std::time::Duration::from_secs(1) {
             bad("templates.refreshInterval", "must be at least 1s");
         }
@@ -830,6 +816,10 @@ impl PusherConfig {
                 &format!("a {} channel has no events", self.provider.as_str()),
             );
         }
+    }
+
+    /// The producers' token and the events' mode and key.
+    fn check_auth_and_events(&self, bad: &mut impl FnMut(&str, &str)) {
         for (field, a, b, message) in [(
             "auth.token",
             self.auth.token.is_some(),
@@ -862,6 +852,10 @@ impl PusherConfig {
             ),
             _ => {}
         }
+    }
+
+    /// The queue: exactly one kind, and the embedded store's path and size.
+    fn check_queue(&self, bad: &mut impl FnMut(&str, &str)) {
         if self.queue.kind().is_none() {
             bad("queue", "set exactly one queue kind: embedded or redis");
         }
@@ -879,6 +873,10 @@ impl PusherConfig {
                 );
             }
         }
+    }
+
+    /// Retries, rate limit, concurrency and the circuit breaker.
+    fn check_policies(&self, bad: &mut impl FnMut(&str, &str)) {
         for (name, r) in [
             ("retry", &self.retry),
             ("callbacks.retry", &self.callbacks.retry),
@@ -909,6 +907,10 @@ impl PusherConfig {
         if !(0.0..=1.0).contains(&cb.failure_ratio) || cb.failure_ratio == 0.0 {
             bad("circuitBreaker.failureRatio", "must be in (0, 1]");
         }
+    }
+
+    /// The HTTP API's limits and timeouts.
+    fn check_api_limits(&self, bad: &mut impl FnMut(&str, &str)) {
         if self.api.max_batch == 0 || self.api.max_batch > 10_000 {
             bad("api.maxBatch", "must be between 1 and 10000");
         }
@@ -927,17 +929,13 @@ impl PusherConfig {
                 bad(field, "must be more than 0");
             }
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Retry;
 
     const MINIMAL: &str = "
 listen: 127.0.0.1:8080

@@ -8,10 +8,8 @@ use std::collections::BTreeMap;
 
 use crate::config::{EventsMode, Shutdown};
 use crate::policy::wecom::Credential;
-use crate::policy::{
-    Callbacks, CircuitBreaker, Concurrency, Pool, Provider, QueuePolicy, RateLimit, Retry,
-    SecretKeyRef, TemplatePolicy, Timeouts, TokenPolicy,
-};
+use crate::policy::with_policy_fields;
+use crate::policy::{Provider, SecretKeyRef};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscalerBehavior;
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -25,134 +23,108 @@ pub const DEFAULT_API_BASE_URL: &str = "https://api.weixin.qq.com";
 /// Default pusher image ([`crate::images::DEFAULT_PUSHER_IMAGE`]).
 pub const DEFAULT_IMAGE: &str = crate::images::DEFAULT_PUSHER_IMAGE;
 
-/// One WeChat account's delivery channel: where its credentials are, how to reach WeChat, and
-/// the policies of the pusher that the operator runs for it.
-#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[kube(
-    group = "wxpush.io",
-    version = "v1alpha1",
-    kind = "PushChannel",
-    plural = "pushchannels",
-    shortname = "pch",
-    namespaced,
-    status = "PushChannelStatus",
-    printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
-)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {
-        "rule": "!self.autoscaling.enabled || has(self.queue.redis)",
-        "message": "autoscaling needs queue.redis: an embedded store belongs to one pod",
-        "fieldPath": ".autoscaling.enabled",
-    },
-    {
-        "rule": "!has(self.replicas) || self.replicas <= 1 || has(self.queue.redis)",
-        "message": "more than one replica needs queue.redis: an embedded store belongs to one pod",
-        "fieldPath": ".replicas",
-    },
-    {
-        "rule": "!has(self.provider) || self.provider != 'wecomApp' || (has(self.credentials.secretRef.corpIdKey) && has(self.credentials.secretRef.corpSecretKey) && has(self.credentials.secretRef.agentIdKey))",
-        "message": "provider wecomApp needs credentials.secretRef.corpIdKey, corpSecretKey and agentIdKey",
-        "fieldPath": ".credentials.secretRef",
-    },
-    {
-        "rule": "(has(self.provider) && self.provider == 'wecomApp') || !(has(self.credentials.secretRef.corpIdKey) || has(self.credentials.secretRef.corpSecretKey) || has(self.credentials.secretRef.agentIdKey))",
-        "message": "corpIdKey, corpSecretKey and agentIdKey belong to provider wecomApp only",
-        "fieldPath": ".credentials.secretRef",
-    },
-    {
-        "rule": "!has(self.provider) || self.provider != 'wecomRobot' || has(self.credentials.secretRef.webhookKeyKey)",
-        "message": "provider wecomRobot needs credentials.secretRef.webhookKeyKey",
-        "fieldPath": ".credentials.secretRef",
-    },
-    {
-        "rule": "(has(self.provider) && self.provider == 'wecomRobot') || !has(self.credentials.secretRef.webhookKeyKey)",
-        "message": "webhookKeyKey belongs to provider wecomRobot only",
-        "fieldPath": ".credentials.secretRef.webhookKeyKey",
-    },
-    {
-        "rule": "!has(self.provider) || !(self.provider in ['wecomApp', 'wecomRobot']) || self.apiBaseUrl != 'https://api.weixin.qq.com'",
-        "message": "a WeCom channel sends to WeCom's API: set apiBaseUrl (https://qyapi.weixin.qq.com)",
-        "fieldPath": ".apiBaseUrl",
-    },
-    {
-        "rule": "!has(self.provider) || self.provider != 'wecomRobot' || (!has(self.credentials.secretRef.eventTokenKey) && !has(self.credentials.secretRef.encodingAesKeyKey) && !has(self.eventsIngress))",
-        "message": "a wecomRobot channel has no events: remove eventTokenKey, encodingAesKeyKey and eventsIngress",
-        "fieldPath": ".credentials.secretRef",
-    },
-]))]
-pub struct PushChannelSpec {
-    /// Which product the channel sends through: `wechatOfficialAccount` (the default),
-    /// `wechatMiniProgram`, `wecomApp` or `wecomRobot`.
-    #[serde(default)]
-    pub provider: Provider,
-    /// Where the channel's credentials are kept: the appid and secret (WeChat), the corp id,
-    /// application secret and AgentId (`wecomApp`), or the robot's webhook key (`wecomRobot`). Values are never copied into this
-    /// resource, its status, or the pusher's ConfigMap.
-    pub credentials: ChannelCredentials,
-    /// Base URL of the WeChat API. Default `https://api.weixin.qq.com`; point it at a
-    /// `wxpush-sandbox` for tests.
-    #[serde(default = "default_api_base_url")]
-    #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
-    pub api_base_url: String,
-    /// The bearer token producers must present to the pusher.
-    pub auth: ChannelAuth,
-    /// Timeouts of each request to WeChat.
-    #[serde(default)]
-    pub timeouts: Timeouts,
-    /// The pooled HTTP client.
-    #[serde(default)]
-    pub pool: Pool,
-    /// Retries with exponential backoff and jitter.
-    #[serde(default)]
-    pub retry: Retry,
-    /// The circuit breaker in front of WeChat.
-    #[serde(default)]
-    pub circuit_breaker: CircuitBreaker,
-    /// Sending rate limits.
-    #[serde(default)]
-    pub rate_limit: RateLimit,
-    /// Requests in flight per pusher.
-    #[serde(default)]
-    pub concurrency: Concurrency,
-    /// access_token management.
-    #[serde(default)]
-    pub token: TokenPolicy,
-    /// Where accepted messages wait. Default: the embedded store.
-    #[serde(default)]
-    pub queue: QueuePolicy<SecretKeyRef>,
-    /// Outcome callbacks to producers.
-    #[serde(default)]
-    pub callbacks: Callbacks<SecretKeyRef>,
-    /// The template registry: messages checked against the account's templates at accept.
-    #[serde(default)]
-    pub templates: TemplatePolicy,
-    /// WeChat's delivery events (server-URL callback). Their token and EncodingAESKey are
-    /// keys of the credentials Secret.
-    #[serde(default)]
-    pub events: ChannelEvents,
-    /// Replicas when autoscaling is off. Default `1`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 1000))]
-    pub replicas: Option<i32>,
-    /// Horizontal autoscaling of the pusher.
-    #[serde(default)]
-    pub autoscaling: Autoscaling,
-    /// Settings of the pusher's pods.
-    #[serde(default)]
-    pub pod: PodSettings,
-    /// Graceful shutdown of the pusher (its `shutdown` config section). The operator sets the
-    /// pods' `terminationGracePeriodSeconds` to `drainTimeout` plus a margin.
-    #[serde(default)]
-    pub shutdown: Shutdown,
-    /// Exposes `/wechat/events` (WeChat's delivery reports) outside the cluster through an
-    /// Ingress the operator creates, `NAME-pusher-events`, routing only that path. Unset: no
-    /// Ingress (the pusher's Service stays cluster-internal).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub events_ingress: Option<EventsIngress>,
+with_policy_fields! {
+    /// One WeChat account's delivery channel: where its credentials are, how to reach WeChat, and
+    /// the policies of the pusher that the operator runs for it.
+    #[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+    #[kube(
+        group = "wxpush.io",
+        version = "v1alpha1",
+        kind = "PushChannel",
+        plural = "pushchannels",
+        shortname = "pch",
+        namespaced,
+        status = "PushChannelStatus",
+        printcolumn = r#"{"name":"Provider","type":"string","jsonPath":".spec.provider"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )]
+    #[serde(rename_all = "camelCase")]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "!self.autoscaling.enabled || has(self.queue.redis)",
+            "message": "autoscaling needs queue.redis: an embedded store belongs to one pod",
+            "fieldPath": ".autoscaling.enabled",
+        },
+        {
+            "rule": "!has(self.replicas) || self.replicas <= 1 || has(self.queue.redis)",
+            "message": "more than one replica needs queue.redis: an embedded store belongs to one pod",
+            "fieldPath": ".replicas",
+        },
+        {
+            "rule": "!has(self.provider) || self.provider != 'wecomApp' || (has(self.credentials.secretRef.corpIdKey) && has(self.credentials.secretRef.corpSecretKey) && has(self.credentials.secretRef.agentIdKey))",
+            "message": "provider wecomApp needs credentials.secretRef.corpIdKey, corpSecretKey and agentIdKey",
+            "fieldPath": ".credentials.secretRef",
+        },
+        {
+            "rule": "(has(self.provider) && self.provider == 'wecomApp') || !(has(self.credentials.secretRef.corpIdKey) || has(self.credentials.secretRef.corpSecretKey) || has(self.credentials.secretRef.agentIdKey))",
+            "message": "corpIdKey, corpSecretKey and agentIdKey belong to provider wecomApp only",
+            "fieldPath": ".credentials.secretRef",
+        },
+        {
+            "rule": "!has(self.provider) || self.provider != 'wecomRobot' || has(self.credentials.secretRef.webhookKeyKey)",
+            "message": "provider wecomRobot needs credentials.secretRef.webhookKeyKey",
+            "fieldPath": ".credentials.secretRef",
+        },
+        {
+            "rule": "(has(self.provider) && self.provider == 'wecomRobot') || !has(self.credentials.secretRef.webhookKeyKey)",
+            "message": "webhookKeyKey belongs to provider wecomRobot only",
+            "fieldPath": ".credentials.secretRef.webhookKeyKey",
+        },
+        {
+            "rule": "!has(self.provider) || !(self.provider in ['wecomApp', 'wecomRobot']) || self.apiBaseUrl != 'https://api.weixin.qq.com'",
+            "message": "a WeCom channel sends to WeCom's API: set apiBaseUrl (https://qyapi.weixin.qq.com)",
+            "fieldPath": ".apiBaseUrl",
+        },
+        {
+            "rule": "!has(self.provider) || self.provider != 'wecomRobot' || (!has(self.credentials.secretRef.eventTokenKey) && !has(self.credentials.secretRef.encodingAesKeyKey) && !has(self.eventsIngress))",
+            "message": "a wecomRobot channel has no events: remove eventTokenKey, encodingAesKeyKey and eventsIngress",
+            "fieldPath": ".credentials.secretRef",
+        },
+    ]))]
+    pub struct PushChannelSpec (secret = SecretKeyRef) {
+        /// Which product the channel sends through: `wechatOfficialAccount` (the default),
+        /// `wechatMiniProgram`, `wecomApp` or `wecomRobot`.
+        #[serde(default)]
+        pub provider: Provider,
+        /// Where the channel's credentials are kept: the appid and secret (WeChat), the corp id,
+        /// application secret and AgentId (`wecomApp`), or the robot's webhook key (`wecomRobot`). Values are never copied into this
+        /// resource, its status, or the pusher's ConfigMap.
+        pub credentials: ChannelCredentials,
+        /// Base URL of the WeChat API. Default `https://api.weixin.qq.com`; point it at a
+        /// `wxpush-sandbox` for tests.
+        #[serde(default = "default_api_base_url")]
+        #[schemars(regex(pattern = r"^https?://[^\s/]+(/.*)?$"))]
+        pub api_base_url: String,
+        /// The bearer token producers must present to the pusher.
+        pub auth: ChannelAuth,
+    }
+    after {
+        /// WeChat's delivery events (server-URL callback). Their token and EncodingAESKey are
+        /// keys of the credentials Secret.
+        #[serde(default)]
+        pub events: ChannelEvents,
+        /// Replicas when autoscaling is off. Default `1`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(range(min = 0, max = 1000))]
+        pub replicas: Option<i32>,
+        /// Horizontal autoscaling of the pusher.
+        #[serde(default)]
+        pub autoscaling: Autoscaling,
+        /// Settings of the pusher's pods.
+        #[serde(default)]
+        pub pod: PodSettings,
+        /// Graceful shutdown of the pusher (its `shutdown` config section). The operator sets the
+        /// pods' `terminationGracePeriodSeconds` to `drainTimeout` plus a margin.
+        #[serde(default)]
+        pub shutdown: Shutdown,
+        /// Exposes `/wechat/events` (WeChat's delivery reports) outside the cluster through an
+        /// Ingress the operator creates, `NAME-pusher-events`, routing only that path. Unset: no
+        /// Ingress (the pusher's Service stays cluster-internal).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub events_ingress: Option<EventsIngress>,
+    }
 }
 
 /// The Ingress in front of `/wechat/events`.

@@ -169,6 +169,15 @@ pub trait Sender: Send + Sync + std::fmt::Debug + 'static {
     fn template_lists(&self) -> TemplateLists {
         TemplateLists::PrivateAndSubscribe
     }
+    /// How long after a message's first send the provider drops a re-send of it as a
+    /// duplicate. The dispatcher re-sends an attempt that may have been delivered (a timeout,
+    /// a crash mid-send) only inside it; past it the message ends `unknown_outcome` unless
+    /// `retry.afterWindow` is `resend`. Zero for a provider with no de-duplication. The
+    /// default is WeChat's `client_msg_id` window.
+    fn dedup_window(&self, message: &Message) -> Duration {
+        let _ = message;
+        crate::clock::DEDUP_WINDOW
+    }
     /// A hard ceiling on the send rate, enforced before sending, on top of `rateLimit`.
     fn rate_ceiling(&self) -> Option<RateCeiling> {
         None

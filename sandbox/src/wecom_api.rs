@@ -241,6 +241,7 @@ pub(crate) async fn webhook_send(
     let throttled = matches!(&outcome.result, Err(r) if r.code == WeComCode::FrequencyLimit);
     state.stats.wecom.robot(
         key,
+        &body,
         outcome.result.is_ok(),
         throttled,
         outcome.requests_in_window,

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use wxpush_tests::pusher::{PusherProc, tempdir};
 use wxpush_tests::sandbox::{self, EventReceiver, WxClient};
 use wxpush_tests::wait_for;
-use wxpush_tests::wecom::{app_config, count, robot_config, stats, text};
+use wxpush_tests::wecom::{ROBOT_KEY, app_config, count, robot_config, stats, text};
 
 /// Waits until the message `id` has a final status; returns its status document.
 async fn wait_final(pusher: &PusherProc, id: &str) -> Value {
@@ -127,12 +127,15 @@ async fn partial_failures_reach_the_status_the_callback_and_the_metric() {
     );
 
     // Recall: the delivered message once; a failed one is refused with the reason.
-    let (code, r) = pusher
+    let (code, first) = pusher
         .api
         .post_empty(&format!("/v1/messages/{id}/recall"))
         .await;
-    assert_eq!(code, 200, "{r}");
-    assert_eq!(r["provider_msgid"], doc["receipt"]["provider_msgid"], "{r}");
+    assert_eq!(code, 200, "{first}");
+    assert_eq!(
+        first["provider_msgid"], doc["receipt"]["provider_msgid"],
+        "{first}"
+    );
     assert_eq!(count(&stats(&wx).await, "/recalls"), 1);
     let (code, r) = pusher
         .api
@@ -140,13 +143,32 @@ async fn partial_failures_reach_the_status_the_callback_and_the_metric() {
         .await;
     assert_eq!(code, 409, "{r}");
     assert_eq!(r["error"]["code"], "not_recallable", "{r}");
-    // Asking again asks WeCom again; it takes a message back once.
-    let (code, r) = pusher
+    // The recall is kept in the message's record.
+    let (_, after) = pusher.api.status(&id).await;
+    assert!(first["recalled_at"].is_string(), "{first}");
+    assert_eq!(
+        after["receipt"]["recalled_at"], first["recalled_at"],
+        "{after}"
+    );
+    assert_eq!(
+        after["receipt"]["provider_msgid"], doc["receipt"]["provider_msgid"],
+        "{after}"
+    );
+    // Asking again answers the first recall, without asking WeCom again.
+    let (code, again) = pusher
         .api
         .post_empty(&format!("/v1/messages/{id}/recall"))
         .await;
-    assert_eq!(code, 200, "{r}");
+    assert_eq!(code, 200, "{again}");
+    assert_eq!(again["recalled_at"], first["recalled_at"], "{again}");
     assert_eq!(count(&stats(&wx).await, "/recalls"), 1);
+    let recall_requests = wx
+        .stats()
+        .await
+        .requests
+        .get("wecom_message_recall")
+        .copied();
+    assert_eq!(recall_requests, Some(1), "WeCom asked once");
 }
 
 /// Sends that hang past the request timeout are retried; WeCom's duplicate check (sent with
@@ -239,6 +261,112 @@ async fn nothing_acknowledged_is_lost_over_kill_9() {
     drop(pusher);
 }
 
+/// A robot has no duplicate check: a send whose answer never came (the sandbox took it and
+/// hung) is not re-sent. The message ends `unknown_outcome` in its status, its callback and
+/// the outcome metric, and exactly one send reached the robot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_robot_send_with_an_unknown_outcome_is_not_sent_again() {
+    let (_sb, sb_url) = sandbox::spawn(&["--fault-hang-share", "1", "--fault-hang", "3s"]);
+    let wx = WxClient::new(sb_url.clone());
+    let rx = EventReceiver::start(0).await;
+    let dir = tempdir();
+    let cfg = robot_config(
+        &sb_url,
+        dir.path(),
+        &json!({
+            "timeouts": {"connect": "500ms", "tlsHandshake": "500ms",
+                         "responseHeader": "500ms", "request": "500ms"},
+            "retry": {"initialBackoff": "100ms", "maxBackoff": "500ms", "maxAttempts": 10},
+            "circuitBreaker": {"enabled": false},
+            "callbacks": {"allow": ["127.0.0.1"], "url": format!("http://{}/hook", rx.addr),
+                          "retry": {"initialBackoff": "50ms", "maxBackoff": "200ms"}},
+        }),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let (code, a) = pusher
+        .api
+        .send(&json!({"msgtype": "text", "text": {"content": "disk full on db-1"}}))
+        .await;
+    assert_eq!(code, 202, "{a}");
+    let id = id_of(&a);
+    let doc = wait_final(&pusher, &id).await;
+    assert_eq!(doc["status"], "unknown_outcome", "{doc}");
+    assert_eq!(doc["attempts"], 1, "{doc}");
+    assert_eq!(doc["last_error"]["kind"], "unknown_outcome", "{doc}");
+    let cb = wait_for("the callback", Duration::from_secs(20), || async {
+        let got = rx.received.lock().await;
+        got.iter()
+            .filter(|g| g.answered == 200)
+            .find_map(|g| serde_json::from_str::<Value>(&g.body).ok())
+    })
+    .await;
+    assert_eq!(cb["id"], id.as_str(), "{cb}");
+    assert_eq!(cb["status"], "unknown_outcome", "{cb}");
+    let parked = pusher
+        .api
+        .metric(
+            "wxpush_messages_completed_total",
+            &[("outcome", "unknown_outcome")],
+        )
+        .await;
+    assert_eq!(parked, 1.0);
+    // Exactly one send reached the robot; a re-send would have been a second message. Watched
+    // past the pusher's backoff (at most 500 ms) so that a late re-send fails the test.
+    let mut seen = 0;
+    for _ in 0..15 {
+        seen = count(&stats(&wx).await["robots"][ROBOT_KEY], "/delivered");
+        if seen > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let s = stats(&wx).await;
+    assert_eq!(seen, 1, "{s}");
+    assert_eq!(count(&s["robots"][ROBOT_KEY], "/repeated"), 0, "{s}");
+}
+
+/// `kill -9` of a robot channel with messages queued and one in flight: after the restart
+/// every acknowledged message reaches the robot exactly once. A robot sends one message every
+/// 3 s (20 a minute), so the test keeps to five.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_acknowledged_to_a_robot_is_lost_over_kill_9() {
+    const N: usize = 5;
+    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "20ms"]);
+    let wx = WxClient::new(sb_url.clone());
+    let dir = tempdir();
+    let cfg = robot_config(&sb_url, dir.path(), &json!({}));
+    let mut pusher = PusherProc::start(dir.path(), &cfg).await;
+    let msgs: Vec<Value> = (0..N)
+        .map(|i| json!({"msgtype": "text", "text": {"content": format!("deploy {i} done")}}))
+        .collect();
+    let (code, v) = pusher
+        .api
+        .post_json("/v1/messages/batch", &json!({"messages": msgs}))
+        .await;
+    assert_eq!(code, 202, "{v}");
+    let ids = wxpush_tests::pusher::ids_of(&v);
+    assert_eq!(ids.len(), N, "{v}");
+    let robot = |s: &Value| count(&s["robots"][ROBOT_KEY], "/delivered");
+    wait_for("a first delivery", Duration::from_secs(30), || async {
+        (robot(&stats(&wx).await) >= 1).then_some(())
+    })
+    .await;
+    pusher.kill9();
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let mut docs = Vec::new();
+    for id in &ids {
+        docs.push(wait_final(&pusher, id).await);
+    }
+    let s = stats(&wx).await;
+    for doc in &docs {
+        assert_eq!(doc["status"], "delivered", "{doc}\n{s}");
+    }
+    // N distinct bodies, N deliveries and no repeat: each message exactly once.
+    assert_eq!(robot(&s), N as u64, "{s}");
+    assert_eq!(count(&s["robots"][ROBOT_KEY], "/repeated"), 0, "{s}");
+    drop(pusher);
+}
+
 /// A group robot channel: messages go to `webhook/send` with the key, never more than 20 in
 /// any 60 s window, so WeCom never answers 45009.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,6 +435,35 @@ async fn the_callback_url_is_verified_with_the_corp_id_as_receive_id() {
         || async { (count(&stats(&caller).await, "/callback/acknowledged") >= 1).then_some(()) },
     )
     .await;
+    // The change events a sender needs are read: recipients that became unreachable are
+    // counted; other changes and card taps are acknowledged as ignored.
+    for event in [
+        r#"{"type": "update_user", "user_id": "u2", "status": 5}"#,
+        r#"{"type": "update_user", "user_id": "u3", "new_user_id": "u3b"}"#,
+        r#"{"type": "delete_party", "party_id": 3}"#,
+        r#"{"type": "update_user", "user_id": "u4", "status": 1}"#,
+        r#"{"type": "create_user", "user_id": "u5"}"#,
+        r#"{"type": "template_card_event", "user_id": "u6", "task_id": "t1",
+            "card_type": "button_interaction", "event_key": "ok"}"#,
+    ] {
+        let v = caller.post_raw("/__wecom/events", event).await;
+        assert_eq!(v["acknowledged"], true, "{event}: {v}");
+    }
+    for (event, result, n) in [
+        ("change_contact", "unreachable", 4.0),
+        ("change_contact", "ignored", 2.0),
+        ("template_card_event", "ignored", 1.0),
+        ("other", "ignored", 0.0),
+    ] {
+        let got = pusher
+            .api
+            .metric(
+                "wxpush_events_total",
+                &[("event", event), ("result", result)],
+            )
+            .await;
+        assert_eq!(got, n, "{event} {result}");
+    }
     // A sandbox of another corp seals for another receive id: refused.
     let (_other, other_url) = sandbox::spawn(&[
         "--wecom-callback-url",

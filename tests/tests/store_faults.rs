@@ -111,6 +111,14 @@ impl<S: Store + Clone> Store for Faulty<S> {
         self.inner.replay(id).await
     }
 
+    async fn record_recall(
+        &self,
+        id: MessageId,
+        at: jiff::Timestamp,
+    ) -> Result<jiff::Timestamp, StoreError> {
+        self.inner.record_recall(id, at).await
+    }
+
     async fn record_event(
         &self,
         event: DeliveryEvent,

@@ -161,7 +161,7 @@ async fn errcodes_are_classified_over_the_wire() {
         sb.set_faults(faults).expect("faults");
         let out = send(&sender, &template("known", "x2")).await;
         assert!(
-            matches!(&out, SendOutcome::Retry { error, not_before: None } if error.kind == kind),
+            matches!(&out, SendOutcome::Retry { error, not_before: None, .. } if error.kind == kind),
             "{out:?}"
         );
     }
@@ -190,7 +190,7 @@ async fn errcodes_are_classified_over_the_wire() {
     let before = sb.stats().requests_total;
     let out = send(&sender, &template("known", "x5")).await;
     assert!(
-        matches!(&out, SendOutcome::Retry { error, not_before: Some(_) } if error.kind == ErrorKind::Throttled),
+        matches!(&out, SendOutcome::Retry { error, not_before: Some(_), .. } if error.kind == ErrorKind::Throttled),
         "{out:?}"
     );
     assert_eq!(

@@ -9,11 +9,13 @@
 mod backoff;
 pub mod disk;
 mod duration;
+mod fields;
 mod secret;
 pub mod wecom;
 
 pub use backoff::Backoff;
 pub use duration::{DURATION_PATTERN, DurationError, HumanDuration};
+pub(crate) use fields::with_policy_fields;
 pub use secret::{LocalSecret, SecretError, SecretKeyRef};
 
 use schemars::JsonSchema;

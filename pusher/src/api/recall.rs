@@ -3,9 +3,10 @@
 //! send). Every refusal says why: the provider cannot recall, the message was not delivered (or
 //! has no provider message id), or the window has passed.
 //!
-//! The recall is not written to the message's record: the answer is the proof. Asking again
-//! asks WeCom again; what it answers is passed on (a 502 `recall_failed` with its errcode when
-//! it refuses).
+//! A recall WeCom took is kept in the message's record (`receipt.recalled_at`, through
+//! [`Store::record_recall`]), so `GET /v1/messages/{id}` shows it. Asking again answers 200
+//! with the first recall's time, without calling WeCom again. When WeCom refuses, its answer
+//! is passed on (a 502 `recall_failed` with its errcode) and nothing is recorded.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -26,9 +27,18 @@ pub struct Recalled {
     pub id: String,
     /// The provider's message id that was recalled.
     pub provider_msgid: String,
-    /// When the recall was answered.
+    /// When the message was recalled: the first recall's time when it was recalled before.
     #[schema(value_type = String, format = DateTime)]
     pub recalled_at: Timestamp,
+}
+
+fn recalled(id: crate::message::MessageId, provider_msgid: String, at: Timestamp) -> Response {
+    axum::Json(Recalled {
+        id: id.to_string(),
+        provider_msgid,
+        recalled_at: at,
+    })
+    .into_response()
 }
 
 fn refuse(message: String) -> ApiError {
@@ -39,7 +49,7 @@ fn refuse(message: String) -> ApiError {
     security(("bearer" = [])),
     params(("id" = String, Path, description = "the message's id")),
     responses(
-        (status = 200, description = "recalled", body = Recalled),
+        (status = 200, description = "recalled (now, or before: then with the first recall's time, and WeCom is not asked again)", body = Recalled),
         (status = 401, description = "missing or wrong bearer token", body = ErrorBody, headers(("WWW-Authenticate" = String, description = "`Bearer`"))),
         (status = 404, description = "no such message", body = ErrorBody),
         (status = 409, description = "`not_recallable`: the provider cannot recall, the message was not delivered, or its recall window has passed", body = ErrorBody),
@@ -67,6 +77,9 @@ pub(super) async fn recall_message<S: Store>(
             record.status.as_str()
         )));
     };
+    if let Some(at) = record.receipt.as_ref().and_then(|r| r.recalled_at) {
+        return Ok(recalled(id, msgid, at));
+    }
     let Some((outgoing, window)) = provider.recall(&msgid) else {
         return Err(refuse(format!(
             "a {} channel cannot recall messages",
@@ -85,12 +98,10 @@ pub(super) async fn recall_message<S: Store>(
     match state.sender.recall(outgoing).await {
         Ok(()) => {
             tracing::info!(%id, "message recalled");
-            Ok(axum::Json(Recalled {
-                id: id.to_string(),
-                provider_msgid: msgid,
-                recalled_at: now,
-            })
-            .into_response())
+            // WeCom took it back. Should the record not be written (the store answers 503),
+            // a later recall asks WeCom again.
+            let at = state.store.record_recall(id, now).await?;
+            Ok(recalled(id, msgid, at))
         }
         Err(error) => {
             tracing::warn!(%id, errcode = error.errcode, "recall refused: {}", error.message);

@@ -9,11 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -22,6 +21,7 @@ use crate::clock;
 use crate::metrics::{Metrics, Outcome};
 use crate::policy::Retry;
 use crate::ratelog::LogLimiter;
+use crate::send::ErrorKind;
 use crate::store::{Leased, Store};
 use crate::wechat::{SendOutcome, SendRequest, WeChatSender};
 
@@ -64,6 +64,14 @@ pub const PIPELINE: usize = 4;
 /// concurrency limit allows.
 const DEPTH_WAIT: Duration = Duration::from_millis(1);
 
+/// Outcomes written in one store operation at most.
+const MAX_OUTCOMES_PER_WRITE: usize = 4096;
+
+/// The least time the outcomes of the last attempts get to be written at shutdown, even when
+/// the drain's time ran out (the attempts were sent: an unwritten outcome means a second send
+/// after the restart).
+const LAST_WRITE_WAIT: Duration = Duration::from_millis(500);
+
 /// The worker pool.
 #[derive(Debug)]
 pub struct Dispatcher<S> {
@@ -76,6 +84,11 @@ pub struct Dispatcher<S> {
     logs: LogLimiter,
     /// `(schedule slot, id)` of retries delayed by an outage ([`delayed_by_outage`]).
     outage_delayed: Mutex<Vec<(u64, crate::message::MessageId)>>,
+    /// Attempts that ended, to the one task that writes their outcomes
+    /// ([`Dispatcher::write_outcomes`]).
+    ended: mpsc::UnboundedSender<Ended>,
+    /// Its receiving end, taken by [`Dispatcher::run`].
+    ended_rx: Mutex<Option<mpsc::UnboundedReceiver<Ended>>>,
 }
 
 impl<S: Store + Clone> Dispatcher<S> {
@@ -89,6 +102,7 @@ impl<S: Store + Clone> Dispatcher<S> {
         max_in_flight: usize,
         state: Arc<DispatchState>,
     ) -> Self {
+        let (ended, ended_rx) = mpsc::unbounded_channel();
         Self {
             store,
             sender,
@@ -98,6 +112,38 @@ impl<S: Store + Clone> Dispatcher<S> {
             state,
             logs: LogLimiter::default(),
             outage_delayed: Mutex::new(Vec::new()),
+            ended,
+            ended_rx: Mutex::new(Some(ended_rx)),
+        }
+    }
+
+    /// The one writer of outcomes: every attempt that ended since its last write goes into
+    /// the next one (one store operation and one answer, so about one batch per commit of the
+    /// store), while the attempts go on. After `done`, writes what is left and returns.
+    async fn write_outcomes(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Ended>,
+        done: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                e = rx.recv() => e,
+                () = done.cancelled() => None,
+            };
+            let last = first.is_none();
+            let mut ended: Vec<Ended> = first.into_iter().collect();
+            while ended.len() < MAX_OUTCOMES_PER_WRITE {
+                match rx.try_recv() {
+                    Ok(e) => ended.push(e),
+                    Err(_) => break,
+                }
+            }
+            if !ended.is_empty() {
+                self.record_outcomes(ended).await;
+            } else if last {
+                return;
+            }
         }
     }
 
@@ -161,6 +207,12 @@ impl<S: Store + Clone> Dispatcher<S> {
             let this = Arc::clone(&this);
             let stop = stop.clone();
             async move { this.pull_in_when_closed(stop).await }
+        });
+        let written = CancellationToken::new();
+        let writer = this.ended_rx.lock().take().map(|rx| {
+            let this = Arc::clone(&this);
+            let done = written.clone();
+            tokio::spawn(async move { this.write_outcomes(rx, done).await })
         });
         loop {
             while tasks.try_join_next().is_some() {}
@@ -252,8 +304,11 @@ impl<S: Store + Clone> Dispatcher<S> {
         // Leased messages still waiting for a slot of the gate are not sent: they stay due.
         this.sender.flow().close();
         tracing::info!(in_flight = tasks.len(), "dispatcher draining");
-        let drained =
-            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        let deadline = tokio::time::Instant::now() + drain;
+        let drained = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             tracing::warn!(
                 abandoned = tasks.len(),
@@ -262,12 +317,23 @@ impl<S: Store + Clone> Dispatcher<S> {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        // Every attempt has handed its outcome over by now: write what is left.
+        written.cancel();
+        if let Some(writer) = writer {
+            let until = deadline.max(tokio::time::Instant::now() + LAST_WRITE_WAIT);
+            if tokio::time::timeout_at(until, writer).await.is_err() {
+                tracing::warn!(
+                    "drain timeout: the last outcomes were not written; those messages stay queued"
+                );
+            }
+        }
     }
 
     /// The attempts of one lease, in one task: the "attempt started" records of the messages
     /// about to be sent for the first time are written together (one commit and one answer
-    /// for the lot, instead of one each), then the attempts run concurrently. A message whose
-    /// record could not be written is not sent (its lease went back, due after a delay).
+    /// for the lot, instead of one each), then the attempts run concurrently, and each hands
+    /// its outcome to [`Dispatcher::write_outcomes`] as it ends. A message whose record could
+    /// not be written is not sent (its lease went back, due after a delay).
     async fn attempt_batch(
         self: Arc<Self>,
         mut batch: Vec<(Leased, tokio::sync::OwnedSemaphorePermit)>,
@@ -280,7 +346,8 @@ impl<S: Store + Clone> Dispatcher<S> {
                 lease.unrecorded.is_none()
                     && lease.record.first_attempt_at.is_none()
                     && lease.record.attempts == 0
-                    && before_attempt(&lease.record, &self.policy, now).is_none()
+                    && before_attempt(&lease.record, &self.policy, self.window(&lease.record), now)
+                        .is_none()
             })
             .map(|(i, _)| i)
             .collect();
@@ -314,23 +381,15 @@ impl<S: Store + Clone> Dispatcher<S> {
                 self.attempt(lease, permit, now).instrument(span)
             })
             .collect();
-        // The outcomes of the attempts that ended together are written together: one store
-        // operation and one answer for them (`Store::complete_many`), while the other attempts
-        // go on.
-        let mut writing = FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                Some(first) = sending.next() => {
-                    let mut ended = vec![first];
-                    while let Some(Some(more)) = sending.next().now_or_never() {
-                        ended.push(more);
-                    }
-                    writing.push(self.record_outcomes(ended));
-                }
-                Some(()) = writing.next() => {}
-                else => break,
-            }
+        while let Some(ended) = sending.next().await {
+            // The writer of outcomes outlives every attempt batch (`run` stops it last).
+            let _ = self.ended.send(ended);
         }
+    }
+
+    /// The provider's de-duplication window for `record`'s message.
+    fn window(&self, record: &crate::message::MessageRecord) -> Duration {
+        self.sender.provider().dedup_window(&record.message)
     }
 
     /// One attempt on a leased message, up to the decision on its next state (not yet
@@ -354,49 +413,64 @@ impl<S: Store + Clone> Dispatcher<S> {
                     hold_until: None,
                 }
             }
-            None => match before_attempt(&lease.record, &self.policy, now) {
-                Some(next) => {
-                    drop(permit);
-                    next
+            None => {
+                match before_attempt(&lease.record, &self.policy, self.window(&lease.record), now) {
+                    Some(next) => {
+                        drop(permit);
+                        next
+                    }
+                    None => {
+                        // A first attempt's "attempt started" record is durable by now (written by
+                        // `attempt_batch`), so that a crash mid-attempt is recognised later.
+                        let body = lease.record.message.send_body(&lease.record.client_msg_id);
+                        // Boxed: the send's future is large, and the attempts of a lease are
+                        // moved into a set of futures; this keeps each attempt small to move.
+                        let outcome = Box::pin(self.sender.send(SendRequest {
+                            kind: lease.record.message.kind,
+                            body: &body,
+                        }))
+                        .await;
+                        drop(permit);
+                        tracing::debug!(outcome = ?outcome, "attempt finished");
+                        hold_reason = match &outcome {
+                            SendOutcome::Paused { error, .. } => {
+                                Some((HoldCause::Paused, error.message.clone(), error.errcode))
+                            }
+                            SendOutcome::CircuitOpen { .. } => Some((
+                                HoldCause::CircuitOpen,
+                                "circuit breaker open".to_string(),
+                                None,
+                            )),
+                            _ => None,
+                        };
+                        outage = delayed_by_outage(&outcome);
+                        let window = self.window(&lease.record);
+                        next_state_of(
+                            lease.record,
+                            outcome,
+                            &self.policy,
+                            window,
+                            clock::now(),
+                            rand::random::<f64>(),
+                        )
+                    }
                 }
-                None => {
-                    // A first attempt's "attempt started" record is durable by now (written by
-                    // `attempt_batch`), so that a crash mid-attempt is recognised later.
-                    let body = lease.record.message.send_body(&lease.record.client_msg_id);
-                    // Boxed: the send's future is large, and the attempts of a lease are
-                    // moved into a set of futures; this keeps each attempt small to move.
-                    let outcome = Box::pin(self.sender.send(SendRequest {
-                        kind: lease.record.message.kind,
-                        body: &body,
-                    }))
-                    .await;
-                    drop(permit);
-                    tracing::debug!(outcome = ?outcome, "attempt finished");
-                    hold_reason = match &outcome {
-                        SendOutcome::Paused { error, .. } => {
-                            Some((HoldCause::Paused, error.message.clone(), error.errcode))
-                        }
-                        SendOutcome::CircuitOpen { .. } => Some((
-                            HoldCause::CircuitOpen,
-                            "circuit breaker open".to_string(),
-                            None,
-                        )),
-                        _ => None,
-                    };
-                    outage = delayed_by_outage(&outcome);
-                    next_state_of(
-                        lease.record,
-                        outcome,
-                        &self.policy,
-                        clock::now(),
-                        rand::random::<f64>(),
-                    )
-                }
-            },
+            }
         };
         if let Some((until, (cause, reason, errcode))) = next.hold_until.zip(hold_reason) {
+            // A hold for the provider's own rate ceiling (a busy robot's next slot) is the
+            // normal state of the channel, every few seconds: not worth a warning.
+            let routine = next
+                .record
+                .last_error
+                .as_ref()
+                .is_some_and(|e| e.kind == ErrorKind::RateLimited);
             if self.state.set_hold(until, cause, reason.clone(), errcode) {
-                tracing::warn!(%until, %reason, "sending on hold");
+                if routine {
+                    tracing::debug!(%until, %reason, "sending on hold for the next rate slot");
+                } else {
+                    tracing::warn!(%until, %reason, "sending on hold");
+                }
             } else {
                 tracing::debug!(%until, %reason, "sending still on hold");
             }

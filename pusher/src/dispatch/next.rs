@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::clock::DEDUP_WINDOW;
 use crate::message::{MessageRecord, Status};
 use crate::metrics::Outcome;
 use crate::policy::{AfterWindow, Retry};
@@ -81,14 +80,23 @@ pub(super) fn outcome_of(status: Status) -> Outcome {
 ///
 /// A message whose first attempt started but was never recorded (`first_attempt_at` set,
 /// `attempts` 0: the pusher stopped mid-attempt) may have been delivered. Within the
-/// de-duplication window it is re-sent with the same `client_msg_id` (WeChat drops the copy);
-/// beyond it, it ends `unknown_outcome` unless `retry.afterWindow` is `resend`.
-pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) -> Option<Next> {
+/// provider's de-duplication window (`window`, from `Sender::dedup_window`) it is re-sent
+/// with the same `client_msg_id` (WeChat drops the copy); beyond it, it ends
+/// `unknown_outcome` unless `retry.afterWindow` is `resend`. A provider with no
+/// de-duplication (a WeCom robot) has a window of zero: such a message is never re-sent.
+pub fn before_attempt(
+    record: &MessageRecord,
+    policy: &Retry,
+    window: Duration,
+    now: Timestamp,
+) -> Option<Next> {
     let started = record.attempts > 0 || record.first_attempt_at.is_some();
+    // Strictly past the window: a start recorded at `now` is the attempt about to be made
+    // (the dispatcher records it, then checks again with the same `now`), not an earlier one.
     let unknown = record.attempts == 0
         && record
             .first_attempt_at
-            .is_some_and(|at| add(at, DEDUP_WINDOW) <= now);
+            .is_some_and(|at| add(at, window) < now);
     let status = if unknown && policy.after_window == AfterWindow::Park {
         Status::UnknownOutcome
     } else if record.message.expires_at.is_some_and(|e| e <= now)
@@ -107,7 +115,8 @@ pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) ->
             kind: ErrorKind::UnknownOutcome,
             errcode: None,
             message: "the first attempt started but its outcome was never recorded (the pusher \
-                      stopped), and WeChat's de-duplication window has passed: not re-sent"
+                      stopped), and the provider's de-duplication window has passed: not \
+                      re-sent"
                 .into(),
         });
     }
@@ -126,16 +135,20 @@ pub fn before_attempt(record: &MessageRecord, policy: &Retry, now: Timestamp) ->
     })
 }
 
-/// The message's next state after an attempt ended with `outcome`. `unit` is a uniform random
-/// number in `[0, 1)` for the backoff's jitter.
+/// The message's next state after an attempt ended with `outcome`. `window` is the provider's
+/// de-duplication window (`Sender::dedup_window`): a retry of an attempt that may have been
+/// delivered (`maybe_delivered`) is only made inside it, counted from the first attempt;
+/// past it the message ends `unknown_outcome` unless `retry.afterWindow` is `resend`. `unit`
+/// is a uniform random number in `[0, 1)` for the backoff's jitter.
 pub fn next_state(
     record: &MessageRecord,
     outcome: SendOutcome,
     policy: &Retry,
+    window: Duration,
     now: Timestamp,
     unit: f64,
 ) -> Next {
-    next_state_of(record.clone(), outcome, policy, now, unit)
+    next_state_of(record.clone(), outcome, policy, window, now, unit)
 }
 
 /// [`next_state`] of a record the caller gives up (the dispatcher's: no copy of it is made).
@@ -143,6 +156,7 @@ pub fn next_state_of(
     mut record: MessageRecord,
     outcome: SendOutcome,
     policy: &Retry,
+    window: Duration,
     now: Timestamp,
     unit: f64,
 ) -> Next {
@@ -165,13 +179,26 @@ pub fn next_state_of(
             record.last_error = Some(error);
             finish(&mut record, Status::Failed, now)
         }
-        SendOutcome::Retry { error, not_before } => {
+        SendOutcome::Retry {
+            error,
+            not_before,
+            maybe_delivered,
+        } => {
             if record.attempts == 0 {
                 // The first attempt with an unknown or transient outcome starts the budget
                 // (from when it started, when that was recorded).
                 record.budget_from = record.first_attempt_at.unwrap_or(now);
             }
             record.attempts += 1;
+            // Past the provider's de-duplication window (counted from the first send), a
+            // re-send of an attempt that may have been delivered could be a second message.
+            let window_end =
+                (maybe_delivered && policy.after_window == AfterWindow::Park).then(|| {
+                    add(
+                        record.first_attempt_at.unwrap_or(record.budget_from),
+                        window,
+                    )
+                });
             record.last_error = Some(error);
             if record.attempts >= policy.max_attempts {
                 finish(&mut record, Status::DeadLettered, now)
@@ -182,6 +209,9 @@ pub fn next_state_of(
                 let deadline = add(record.budget_from, policy.max_age.get());
                 if at >= deadline || record.message.expires_at.is_some_and(|e| at >= e) {
                     finish(&mut record, Status::Expired, now)
+                } else if window_end.is_some_and(|end| at >= end) {
+                    record.last_error = record.last_error.as_ref().map(past_window);
+                    finish(&mut record, Status::UnknownOutcome, now)
                 } else {
                     record.status = Status::Retrying;
                     record.next_attempt_at = Some(at);
@@ -220,6 +250,20 @@ pub fn next_state_of(
         record,
         completed,
         hold_until,
+    }
+}
+
+/// The error of a message not re-sent because its last attempt may have been delivered and a
+/// re-send would fall outside the provider's de-duplication window.
+fn past_window(error: &SendError) -> SendError {
+    SendError {
+        kind: ErrorKind::UnknownOutcome,
+        errcode: error.errcode,
+        message: format!(
+            "{} ({}): the provider may have taken the message, and a re-send would fall \
+             outside its de-duplication window: not re-sent",
+            error.message, error.kind
+        ),
     }
 }
 

@@ -25,6 +25,8 @@ fn retry(kind: ErrorKind) -> SendOutcome {
     SendOutcome::Retry {
         error: err(kind),
         not_before: None,
+        maybe_delivered: kind.is_outage()
+            && !matches!(kind, ErrorKind::TimeoutConnect | ErrorKind::TimeoutTls),
     }
 }
 
@@ -51,6 +53,7 @@ fn outcomes_map_to_states() {
             receipt: None,
         },
         &p,
+        DEDUP_WINDOW,
         now,
         0.0,
     );
@@ -66,6 +69,7 @@ fn outcomes_map_to_states() {
             error: err(ErrorKind::Errcode),
         },
         &p,
+        DEDUP_WINDOW,
         now,
         0.0,
     );
@@ -74,7 +78,14 @@ fn outcomes_map_to_states() {
         (Status::Failed, true, Some(Outcome::failed))
     );
 
-    let n = next_state(&r, retry(ErrorKind::TimeoutRequest), &p, now, 0.0);
+    let n = next_state(
+        &r,
+        retry(ErrorKind::TimeoutRequest),
+        &p,
+        DEDUP_WINDOW,
+        now,
+        0.0,
+    );
     assert_eq!((n.record.status, n.record.attempts), (Status::Retrying, 1));
     assert_eq!(
         n.record.next_attempt_at,
@@ -87,8 +98,10 @@ fn outcomes_map_to_states() {
         SendOutcome::Retry {
             error: err(ErrorKind::Errcode),
             not_before: Some(Duration::from_secs(5)),
+            maybe_delivered: false,
         },
         &p,
+        DEDUP_WINDOW,
         now,
         0.0,
     );
@@ -96,7 +109,14 @@ fn outcomes_map_to_states() {
         n2.record.next_attempt_at,
         Some(add(now, Duration::from_secs(5)))
     );
-    let n3 = next_state(&n2.record, retry(ErrorKind::Errcode), &p, now, 0.0);
+    let n3 = next_state(
+        &n2.record,
+        retry(ErrorKind::Errcode),
+        &p,
+        DEDUP_WINDOW,
+        now,
+        0.0,
+    );
     assert_eq!(
         (n3.record.status, n3.completed),
         (Status::DeadLettered, Some(Outcome::dead_lettered))
@@ -116,6 +136,7 @@ fn pauses_and_open_circuits_keep_the_budget() {
             until: Some(until),
         },
         &p,
+        DEDUP_WINDOW,
         now,
         0.0,
     );
@@ -127,6 +148,7 @@ fn pauses_and_open_circuits_keep_the_budget() {
             retry_after: Duration::from_secs(2),
         },
         &p,
+        DEDUP_WINDOW,
         now,
         0.0,
     );
@@ -143,21 +165,36 @@ fn budgets_expire_messages() {
     let now = Timestamp::now();
     let p = policy();
     let mut r = record(now);
-    assert!(before_attempt(&r, &p, now).is_none());
+    assert!(before_attempt(&r, &p, DEDUP_WINDOW, now).is_none());
     let later = add(now, Duration::from_secs(61));
     // Never attempted (e.g. queued behind a paused channel): maxAge has not started.
-    assert!(before_attempt(&r, &p, later).is_none());
+    assert!(before_attempt(&r, &p, DEDUP_WINDOW, later).is_none());
     // The first retryable attempt starts it.
-    let n = next_state(&r, retry(ErrorKind::TimeoutRequest), &p, later, 0.0);
+    let n = next_state(
+        &r,
+        retry(ErrorKind::TimeoutRequest),
+        &p,
+        DEDUP_WINDOW,
+        later,
+        0.0,
+    );
     assert_eq!((n.record.budget_from, n.record.attempts), (later, 1));
     r = n.record;
-    assert!(before_attempt(&r, &p, add(later, Duration::from_secs(59))).is_none());
-    let n = before_attempt(&r, &p, add(later, Duration::from_secs(61))).expect("too old");
+    assert!(before_attempt(&r, &p, DEDUP_WINDOW, add(later, Duration::from_secs(59))).is_none());
+    let n =
+        before_attempt(&r, &p, DEDUP_WINDOW, add(later, Duration::from_secs(61))).expect("too old");
     assert_eq!(n.record.status, Status::Expired);
     r.attempts = 0;
     r.budget_from = now;
     r.message.expires_at = Some(add(now, Duration::from_millis(50)));
-    let n = next_state(&r, retry(ErrorKind::TimeoutRequest), &p, now, 0.0);
+    let n = next_state(
+        &r,
+        retry(ErrorKind::TimeoutRequest),
+        &p,
+        DEDUP_WINDOW,
+        now,
+        0.0,
+    );
     assert_eq!(
         (n.record.status, n.completed),
         (Status::Expired, Some(Outcome::expired))
@@ -172,10 +209,10 @@ fn an_unknown_first_attempt_is_parked_beyond_the_window_and_resent_within() {
     r.first_attempt_at = Some(now);
     r.budget_from = now;
     // Within the window (and maxAge): re-sent, same client_msg_id.
-    assert!(before_attempt(&r, &p, add(now, Duration::from_secs(30))).is_none());
+    assert!(before_attempt(&r, &p, DEDUP_WINDOW, add(now, Duration::from_secs(30))).is_none());
     // Beyond it: parked, whatever maxAge says.
     let later = add(now, DEDUP_WINDOW + Duration::from_secs(1));
-    let n = before_attempt(&r, &p, later).expect("parked");
+    let n = before_attempt(&r, &p, DEDUP_WINDOW, later).expect("parked");
     assert_eq!(
         (n.record.status, n.record.dead_letter, n.completed),
         (Status::UnknownOutcome, true, Some(Outcome::unknown_outcome))
@@ -190,10 +227,10 @@ fn an_unknown_first_attempt_is_parked_beyond_the_window_and_resent_within() {
         max_age: HumanDuration::mins(20),
         ..p
     };
-    assert!(before_attempt(&r, &resend, later).is_none());
+    assert!(before_attempt(&r, &resend, DEDUP_WINDOW, later).is_none());
     // A recorded outcome is not unknown.
     r.attempts = 1;
-    let n = before_attempt(&r, &p, later).expect("too old");
+    let n = before_attempt(&r, &p, DEDUP_WINDOW, later).expect("too old");
     assert_eq!(n.record.status, Status::Expired);
 }
 
@@ -204,12 +241,14 @@ fn max_age_runs_from_the_recorded_start_of_the_first_attempt() {
     let mut r = record(now);
     r.first_attempt_at = Some(now);
     r.budget_from = now;
-    let n = before_attempt(&r, &p, add(now, Duration::from_secs(61))).expect("expired");
+    let n =
+        before_attempt(&r, &p, DEDUP_WINDOW, add(now, Duration::from_secs(61))).expect("expired");
     assert_eq!(n.record.status, Status::Expired);
     let n = next_state(
         &r,
         retry(ErrorKind::TimeoutRequest),
         &p,
+        DEDUP_WINDOW,
         add(now, Duration::from_secs(5)),
         0.0,
     );
@@ -227,8 +266,80 @@ fn an_attempt_that_did_not_send_voids_the_started_record() {
             retry_after: Duration::from_secs(1),
         },
         &policy(),
+        DEDUP_WINDOW,
         now,
         0.0,
     );
     assert_eq!((n.record.first_attempt_at, n.record.attempts), (None, 0));
+}
+
+#[test]
+fn a_maybe_delivered_attempt_is_not_resent_past_a_zero_window() {
+    let now = Timestamp::now();
+    let p = policy();
+    let mut r = record(now);
+    r.first_attempt_at = Some(now);
+    // A provider with no de-duplication: a timeout ends the message, reported as unknown.
+    let n = next_state(
+        &r,
+        retry(ErrorKind::TimeoutRequest),
+        &p,
+        Duration::ZERO,
+        now,
+        0.0,
+    );
+    assert_eq!(
+        (n.record.status, n.record.dead_letter, n.completed),
+        (Status::UnknownOutcome, true, Some(Outcome::unknown_outcome))
+    );
+    let e = n.record.last_error.expect("an error");
+    assert_eq!(e.kind, ErrorKind::UnknownOutcome);
+    assert!(e.message.contains("timeout_request"), "{}", e.message);
+    // A request that certainly never left is retried.
+    let n = next_state(
+        &r,
+        retry(ErrorKind::TimeoutConnect),
+        &p,
+        Duration::ZERO,
+        now,
+        0.0,
+    );
+    assert_eq!(n.record.status, Status::Retrying);
+    let refused = SendOutcome::Retry {
+        error: err(ErrorKind::Transport),
+        not_before: None,
+        maybe_delivered: false,
+    };
+    let n = next_state(&r, refused, &p, Duration::ZERO, now, 0.0);
+    assert_eq!(n.record.status, Status::Retrying);
+    // At-least-once: the channel asked for re-sends.
+    let resend = Retry {
+        after_window: AfterWindow::Resend,
+        ..p
+    };
+    let n = next_state(
+        &r,
+        retry(ErrorKind::TimeoutRequest),
+        &resend,
+        Duration::ZERO,
+        now,
+        0.0,
+    );
+    assert_eq!(n.record.status, Status::Retrying);
+    // With a window, a retry inside it is made.
+    let n = next_state(
+        &r,
+        retry(ErrorKind::TimeoutRequest),
+        &p,
+        DEDUP_WINDOW,
+        now,
+        0.0,
+    );
+    assert_eq!(n.record.status, Status::Retrying);
+    // The attempt being started now is made; after a crash mid-send it is not re-sent at all
+    // with a zero window.
+    assert!(before_attempt(&r, &p, Duration::ZERO, now).is_none());
+    let later = add(now, Duration::from_millis(1));
+    let n = before_attempt(&r, &p, Duration::ZERO, later).expect("parked");
+    assert_eq!(n.record.status, Status::UnknownOutcome);
 }

@@ -27,8 +27,9 @@ use crate::send::{
 };
 
 /// The duplicate-check interval sent with every message: WeCom's default, 30 minutes. It is
-/// three times the dispatcher's de-duplication window (10 minutes from the first attempt, past
-/// which a message whose outcome is unknown is not re-sent), so every re-send falls inside it.
+/// also the provider's de-duplication window ([`Sender::dedup_window`]): a message whose
+/// outcome is unknown is re-sent only within 30 minutes of its first attempt (and `maxAge`
+/// usually ends its retries well before).
 pub const DUPLICATE_CHECK_INTERVAL: Duration = Duration::from_secs(1800);
 
 /// How long after its send WeCom lets a message be recalled.
@@ -100,6 +101,26 @@ impl Sender for WeComApp {
 
     fn template_lists(&self) -> TemplateLists {
         TemplateLists::None
+    }
+
+    /// WeCom's duplicate check, when the message has it on (the default); zero when the
+    /// producer turned it off.
+    fn dedup_window(&self, message: &Message) -> Duration {
+        #[derive(Deserialize)]
+        struct Check {
+            #[serde(default)]
+            enable_duplicate_check: u8,
+        }
+        let on = message
+            .wecom
+            .as_ref()
+            .and_then(|body| serde_json::from_str::<Check>(body.as_str()).ok())
+            .is_some_and(|c| c.enable_duplicate_check == 1);
+        if on {
+            DUPLICATE_CHECK_INTERVAL
+        } else {
+            Duration::ZERO
+        }
     }
 
     fn recall(&self, provider_msgid: &str) -> Option<(Outgoing, Duration)> {
@@ -194,6 +215,19 @@ mod tests {
         assert_eq!(sent["agentid"], 1_000_002);
         assert_eq!(sent["enable_duplicate_check"], 1);
         assert_eq!(sent["duplicate_check_interval"], 1800);
+        let app = WeComApp::new(1_000_002);
+        assert_eq!(
+            app.dedup_window(&m).as_secs(),
+            sent["duplicate_check_interval"].as_u64().expect("a number"),
+            "the window the dispatcher keeps to is the interval WeCom is told"
+        );
+        let unchecked = parse(
+            &json!({"touser": "a", "msgtype": "text", "text": {"content": "hi"},
+                    "duplicate_check": false}),
+            Audience::App,
+        )
+        .expect("valid");
+        assert_eq!(app.dedup_window(&unchecked), Duration::ZERO);
         assert_eq!(sent["text"]["content"], "hi");
     }
 

@@ -307,16 +307,9 @@ fn check_template_card(o: &Map<String, Value>) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// Checks a WeCom message for `audience` and returns it as the pusher keeps it.
-pub fn parse(value: &Value, audience: Audience) -> Result<Message, FieldError> {
-    let Value::Object(obj) = value else {
-        return Err(err(
-            ErrorCode::InvalidField,
-            "",
-            "a message must be a JSON object",
-        ));
-    };
-    let (types, top): (&[&str], &[&str]) = match audience {
+/// The message types and the top-level fields a message for `audience` may carry.
+fn allowed_fields(audience: Audience) -> (&'static [&'static str], &'static [&'static str]) {
+    match audience {
         Audience::App => (
             APP_TYPES,
             &[
@@ -346,8 +339,11 @@ pub fn parse(value: &Value, audience: Audience) -> Result<Message, FieldError> {
                 "callback_url",
             ],
         ),
-    };
-    unknown(obj, top, "")?;
+    }
+}
+
+/// The `msgtype`, one of `types`, and no content object of another type beside it.
+fn message_type(obj: &Map<String, Value>, types: &[&str]) -> Result<String, FieldError> {
     let msgtype = text(obj, "msgtype", "msgtype", 32, true)?.unwrap_or_default();
     if !types.contains(&msgtype.as_str()) {
         return Err(err(
@@ -366,82 +362,119 @@ pub fn parse(value: &Value, audience: Audience) -> Result<Message, FieldError> {
             format!("a {msgtype} message takes no {other} object"),
         ));
     }
-    let content = object(obj, &msgtype, &msgtype)?;
-    match msgtype.as_str() {
-        "text" => check_text(content, audience)?,
-        "markdown" => check_markdown(content, audience)?,
-        "textcard" => check_textcard(content)?,
-        "news" => check_news(content, audience)?,
-        _ => check_template_card(content)?,
+    Ok(msgtype)
+}
+
+/// Checks the content object of a `msgtype` message.
+fn check_content(
+    msgtype: &str,
+    content: &Map<String, Value>,
+    audience: Audience,
+) -> Result<(), FieldError> {
+    match msgtype {
+        "text" => check_text(content, audience),
+        "markdown" => check_markdown(content, audience),
+        "textcard" => check_textcard(content),
+        "news" => check_news(content, audience),
+        _ => check_template_card(content),
     }
-    let mut body = Map::new();
-    let mut touser = String::new();
-    if audience == Audience::App {
-        let users = id_list(obj, "touser", MAX_USERS)?;
-        let parties = id_list(obj, "toparty", MAX_PARTIES)?;
-        let tags = id_list(obj, "totag", MAX_PARTIES)?;
-        if users.is_none() && parties.is_none() && tags.is_none() {
-            return Err(err(
-                ErrorCode::MissingField,
-                "touser",
-                "name at least one recipient: touser, toparty or totag",
-            ));
+}
+
+/// An application message's recipients, `safe` and `duplicate_check`, written into `body`.
+/// Returns the `touser` list (empty when the message names only parties or tags).
+fn app_fields(
+    obj: &Map<String, Value>,
+    msgtype: &str,
+    body: &mut Map<String, Value>,
+) -> Result<String, FieldError> {
+    let users = id_list(obj, "touser", MAX_USERS)?;
+    let parties = id_list(obj, "toparty", MAX_PARTIES)?;
+    let tags = id_list(obj, "totag", MAX_PARTIES)?;
+    if users.is_none() && parties.is_none() && tags.is_none() {
+        return Err(err(
+            ErrorCode::MissingField,
+            "touser",
+            "name at least one recipient: touser, toparty or totag",
+        ));
+    }
+    for (key, list) in [("touser", &users), ("toparty", &parties), ("totag", &tags)] {
+        if let Some(list) = list {
+            body.insert(key.into(), Value::String(list.clone()));
         }
-        for (key, list) in [("touser", &users), ("toparty", &parties), ("totag", &tags)] {
-            if let Some(list) = list {
-                body.insert(key.into(), Value::String(list.clone()));
-            }
-        }
-        touser = users.unwrap_or_default();
-        match obj.get("safe") {
-            None | Some(Value::Null) => {}
-            Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1) => {
-                if msgtype == "markdown" || msgtype == "template_card" {
-                    return Err(err(
-                        ErrorCode::InvalidField,
-                        "safe",
-                        format!("a {msgtype} message cannot be confidential"),
-                    ));
-                }
-                body.insert("safe".into(), Value::Number(n.clone()));
-            }
-            Some(_) => return Err(err(ErrorCode::InvalidField, "safe", "must be 0 or 1")),
-        }
-        let check = match obj.get("duplicate_check") {
-            None | Some(Value::Null) => true,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
+    }
+    match obj.get("safe") {
+        None | Some(Value::Null) => {}
+        Some(Value::Number(n)) if n.as_u64().is_some_and(|n| n <= 1) => {
+            if msgtype == "markdown" || msgtype == "template_card" {
                 return Err(err(
                     ErrorCode::InvalidField,
-                    "duplicate_check",
-                    "must be true or false",
+                    "safe",
+                    format!("a {msgtype} message cannot be confidential"),
                 ));
             }
-        };
-        body.insert(
-            "enable_duplicate_check".into(),
-            Value::from(u8::from(check)),
-        );
+            body.insert("safe".into(), Value::Number(n.clone()));
+        }
+        Some(_) => return Err(err(ErrorCode::InvalidField, "safe", "must be 0 or 1")),
     }
-    body.insert("msgtype".into(), Value::String(msgtype.clone()));
-    body.insert(msgtype.clone(), Value::Object(content.clone()));
-    let expires_at = match obj.get("expires_at") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.parse::<Timestamp>().map_err(|_| {
+    let check = match obj.get("duplicate_check") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            return Err(err(
+                ErrorCode::InvalidField,
+                "duplicate_check",
+                "must be true or false",
+            ));
+        }
+    };
+    body.insert(
+        "enable_duplicate_check".into(),
+        Value::from(u8::from(check)),
+    );
+    Ok(users.unwrap_or_default())
+}
+
+/// The optional `expires_at`, an RFC 3339 timestamp.
+fn expires_at(obj: &Map<String, Value>) -> Result<Option<Timestamp>, FieldError> {
+    match obj.get("expires_at") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => s.parse::<Timestamp>().map(Some).map_err(|_| {
             err(
                 ErrorCode::InvalidField,
                 "expires_at",
                 "must be an RFC 3339 timestamp such as 2026-11-28T12:00:00Z",
             )
-        })?),
-        Some(_) => {
-            return Err(err(
-                ErrorCode::InvalidField,
-                "expires_at",
-                "must be an RFC 3339 timestamp string",
-            ));
-        }
+        }),
+        Some(_) => Err(err(
+            ErrorCode::InvalidField,
+            "expires_at",
+            "must be an RFC 3339 timestamp string",
+        )),
+    }
+}
+
+/// Checks a WeCom message for `audience` and returns it as the pusher keeps it.
+pub fn parse(value: &Value, audience: Audience) -> Result<Message, FieldError> {
+    let Value::Object(obj) = value else {
+        return Err(err(
+            ErrorCode::InvalidField,
+            "",
+            "a message must be a JSON object",
+        ));
     };
+    let (types, top) = allowed_fields(audience);
+    unknown(obj, top, "")?;
+    let msgtype = message_type(obj, types)?;
+    let content = object(obj, &msgtype, &msgtype)?;
+    check_content(&msgtype, content, audience)?;
+    let mut body = Map::new();
+    let touser = match audience {
+        Audience::App => app_fields(obj, &msgtype, &mut body)?,
+        Audience::Robot => String::new(),
+    };
+    body.insert("msgtype".into(), Value::String(msgtype.clone()));
+    body.insert(msgtype.clone(), Value::Object(content.clone()));
+    let expires_at = expires_at(obj)?;
     url(obj, "callback_url", "callback_url", false)?;
     let callback_url = text(obj, "callback_url", "callback_url", MAX_URL, false)?;
     Ok(Message {

@@ -5,9 +5,12 @@
 //! WeCom takes at most 20 messages a minute per robot and answers 45009 past that. The
 //! provider declares that ceiling ([`Sender::rate_ceiling`]), and the engine spaces the sends
 //! before they go (on Redis for all the channel's pods), so 45009 is not how the limit is found.
-//! A robot cannot recall a message and has no events.
+//! A robot cannot recall a message and has no events. It has no duplicate check either: its
+//! de-duplication window is zero, so a send whose outcome is unknown (a timeout) is not
+//! re-sent; the message ends `unknown_outcome` unless the channel's `retry.afterWindow` is
+//! `resend`.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -68,6 +71,11 @@ impl Sender for WeComRobot {
         TemplateLists::None
     }
 
+    /// A robot has no duplicate check: a re-send is always a second message.
+    fn dedup_window(&self, _message: &Message) -> Duration {
+        Duration::ZERO
+    }
+
     fn rate_ceiling(&self) -> Option<RateCeiling> {
         Some(RateCeiling {
             max: ROBOT_MESSAGES_PER_WINDOW,
@@ -102,5 +110,6 @@ mod tests {
         assert_eq!(ceiling.max, 20);
         assert!(ceiling.window >= std::time::Duration::from_secs(60));
         assert!(WeComRobot.recall("x").is_none());
+        assert_eq!(WeComRobot.dedup_window(&m), Duration::ZERO);
     }
 }

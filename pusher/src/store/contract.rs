@@ -1024,6 +1024,65 @@ pub async fn wecom_records_keep_their_body_and_receipt<B: Backend>(b: &B) {
     store.close().await;
 }
 
+/// A recall is kept in the delivered message's receipt, next to what the send answered; a
+/// second recall keeps the first time (and answers it), through a restart; a recall of no
+/// message is `NotFound`.
+pub async fn a_recall_is_kept_once<B: Backend>(b: &B) {
+    use crate::providers::wecom_message::{Audience, parse};
+    use crate::send::Receipt;
+    let o = Options::new(100, Duration::from_secs(3600));
+    let store = b.open(o).await;
+    let app = parse(
+        &json!({"touser": "alice", "msgtype": "text", "text": {"content": "order 42 failed"}}),
+        Audience::App,
+    )
+    .expect("valid");
+    store
+        .accept(vec![AcceptItem {
+            message: app,
+            idempotency_key: None,
+            request_digest: None,
+        }])
+        .await
+        .expect("accepts");
+    let leased = lease_n(&store, 1, Duration::from_secs(2)).await;
+    let l = &leased[0];
+    let id = l.record.id;
+    let mut done = l.record.clone();
+    done.status = Status::Delivered;
+    done.attempts = 1;
+    done.finished_at = Some(Timestamp::now());
+    done.next_attempt_at = None;
+    done.receipt = Some(Receipt {
+        provider_msgid: Some("MSGID-1".into()),
+        ..Receipt::default()
+    });
+    store.complete(l.slot, done).await.expect("completes");
+    let first = Timestamp::from_second(1_800_000_000).expect("a time");
+    let later = Timestamp::from_second(1_800_000_060).expect("a time");
+    assert_eq!(store.record_recall(id, first).await.expect("kept"), first);
+    assert_eq!(
+        store.record_recall(id, later).await.expect("answered"),
+        first,
+        "a second recall answers the first one's time"
+    );
+    let store = b.reopen(o, store).await;
+    let rec = store.get(id).await.expect("reads").expect("kept");
+    assert_eq!(rec.status, Status::Delivered);
+    let receipt = rec.receipt.expect("a receipt");
+    assert_eq!(receipt.recalled_at, Some(first));
+    assert_eq!(receipt.provider_msgid.as_deref(), Some("MSGID-1"));
+    assert_eq!(
+        store.record_recall(id, later).await.expect("answered"),
+        first
+    );
+    assert!(matches!(
+        store.record_recall(MessageId::new(), later).await,
+        Err(StoreError::NotFound(_))
+    ));
+    store.close().await;
+}
+
 /// Runs every check of the contract as one `#[tokio::test]` each, for a backend built by
 /// `$backend` (an expression evaluated once per test, which may `.await`).
 #[macro_export]
@@ -1046,7 +1105,8 @@ macro_rules! store_contract {
             a_confirming_event_writes_a_second_callback,
             a_backlog_larger_than_memory_holds_is_leased_whole,
             subscription_credits_are_taken_once_each,
-            wecom_records_keep_their_body_and_receipt
+            wecom_records_keep_their_body_and_receipt,
+            a_recall_is_kept_once
         );
     };
     (@tests $backend:expr; $($name:ident),*) => {

@@ -315,6 +315,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         id: MessageId,
     ) -> impl Future<Output = Result<MessageRecord, StoreError>> + Send;
 
+    /// Records that the message `id` was recalled at `at` (its receipt's `recalled_at`),
+    /// keeping the first time: answers the time now recorded, which is an earlier recall's
+    /// when there was one. [`StoreError::NotFound`] when there is no such message. The caller
+    /// checks first that the message can be recalled; the store only keeps the record.
+    fn record_recall(
+        &self,
+        id: MessageId,
+        at: Timestamp,
+    ) -> impl Future<Output = Result<Timestamp, StoreError>> + Send;
+
     /// Records a TEMPLATESENDJOBFINISH event, atomically: an event seen before (same openid,
     /// `CreateTime` and `MsgID`) is a [`EventOutcome::Duplicate`]; otherwise the message is
     /// found through the msgid → message index (written when a message is completed as

@@ -45,6 +45,11 @@ pub enum SendOutcome {
         error: SendError,
         /// Minimum delay before the next attempt, if longer than the usual backoff.
         not_before: Option<Duration>,
+        /// The request may have reached the provider with no answer saying what became of it
+        /// (a timeout after the connection was set up, a broken connection, a 5xx, a body that
+        /// is not the provider's): a re-send is safe only inside the provider's
+        /// de-duplication window (`Sender::dedup_window`).
+        maybe_delivered: bool,
     },
     /// A permanent failure (40003, 43004, 47003, ...): dead-letter it, do not retry.
     Permanent {

@@ -27,7 +27,7 @@ use super::{ChannelHealth, Circuit, Health, SendError, SendOutcome, SendRequest,
 use crate::config::PusherConfig;
 use crate::config::ReadSecret as _;
 use crate::coord::Coordinator;
-use crate::metrics::{AttemptResult, CircuitState, Metrics};
+use crate::metrics::{AttemptResult, CircuitState, Metrics, ProviderLabel};
 use crate::policy::LocalSecret;
 use crate::policy::Retry;
 use crate::policy::wecom::Credential;
@@ -42,6 +42,8 @@ use crate::send::{Outgoing, Receipt, Sender, TokenScope};
 #[derive(Debug)]
 pub struct WeChatSender {
     provider: Arc<dyn Sender>,
+    /// The configured `provider`, as metrics label it.
+    provider_label: ProviderLabel,
     http: Arc<HttpClient>,
     tokens: Arc<TokenManager>,
     breaker: SharedBreaker,
@@ -218,6 +220,7 @@ impl WeChatSender {
         let closings = Arc::new(tokio::sync::watch::Sender::new(0u64));
         Ok(Self {
             provider,
+            provider_label: config.provider.into(),
             http,
             tokens,
             breaker: SharedBreaker::new(&config.circuit_breaker, {
@@ -283,16 +286,24 @@ impl WeChatSender {
             Ok(token) => token,
             Err(error) => return token_outcome(error),
         };
-        if !self.limiter.acquire(self.rate_wait).await {
+        // Under a provider's ceiling (a robot's 20 a minute) a full window is the normal state
+        // of a busy channel: the message does not wait for its turn here, with its attempt's
+        // start recorded (a crash meanwhile would leave it looking sent, and a provider with
+        // no de-duplication would not re-send it), but goes back with sending on hold until
+        // the next slot, without spending an attempt.
+        let ceiling = self.provider.rate_ceiling().is_some();
+        let rate_wait = if ceiling {
+            Duration::ZERO
+        } else {
+            self.rate_wait
+        };
+        if !self.limiter.acquire(rate_wait).await {
             let error = SendError {
                 kind: ErrorKind::RateLimited,
                 errcode: None,
-                message: format!("no rate-limit permit within {:?}", self.rate_wait),
+                message: format!("no rate-limit permit within {rate_wait:?}"),
             };
-            // Under a provider's ceiling (a robot's 20 a minute) a full window is the normal
-            // state of a busy channel: the message waits for its turn without spending an
-            // attempt.
-            if self.provider.rate_ceiling().is_some() {
+            if ceiling {
                 return SendOutcome::Paused {
                     error,
                     until: Some(SystemTime::now() + self.limiter.interval()),
@@ -301,6 +312,7 @@ impl WeChatSender {
             return SendOutcome::Retry {
                 error,
                 not_before: None,
+                maybe_delivered: false,
             };
         }
         if let Err(until) = self.limiter.take_daily(SystemTime::now()) {
@@ -436,17 +448,22 @@ impl WeChatSender {
                         self.clear_pause();
                         if let Some(r) = &receipt {
                             self.metrics
-                                .invalid_recipients(self.provider.name(), &r.invalid);
+                                .invalid_recipients(self.provider_label, &r.invalid);
                         }
                         SendOutcome::Delivered { msgid, receipt }
                     }
-                    SendAction::Retry { not_before } => SendOutcome::Retry { error, not_before },
+                    SendAction::Retry { not_before } => SendOutcome::Retry {
+                        error,
+                        not_before,
+                        maybe_delivered: false,
+                    },
                     SendAction::RefreshToken => SendOutcome::Retry {
                         error: SendError {
                             kind: ErrorKind::Token,
                             ..error
                         },
                         not_before: None,
+                        maybe_delivered: false,
                     },
                     SendAction::Permanent { alert } => {
                         if alert {
@@ -465,6 +482,7 @@ impl WeChatSender {
                         SendOutcome::Retry {
                             error,
                             not_before: Some(for_at_least),
+                            maybe_delivered: false,
                         }
                     }
                 };
@@ -490,7 +508,14 @@ impl WeChatSender {
                 } else {
                     Outcome::Failure
                 };
-                (SendOutcome::Retry { error, not_before }, breaker)
+                (
+                    SendOutcome::Retry {
+                        error,
+                        not_before,
+                        maybe_delivered: status >= 500,
+                    },
+                    breaker,
+                )
             }
             Attempt::Failed(e) => {
                 if e.never_sent() {
@@ -505,6 +530,7 @@ impl WeChatSender {
                     SendOutcome::Retry {
                         error,
                         not_before: None,
+                        maybe_delivered: !e.never_sent(),
                     },
                     Outcome::Failure,
                 )
@@ -517,6 +543,7 @@ impl WeChatSender {
                         message: "WeChat answered 200 without a JSON errcode".into(),
                     },
                     not_before: None,
+                    maybe_delivered: true,
                 },
                 Outcome::Failure,
             ),
@@ -600,6 +627,7 @@ impl WeChatSender {
                         message: format!("API rate limit ({errcode}): waiting {left:?} more"),
                     },
                     not_before: Some(left),
+                    maybe_delivered: false,
                 });
             }
             gates.throttled_until = None;

@@ -196,6 +196,82 @@ fn interval(body: &Map<String, Value>) -> Result<Duration, Refused> {
     Ok(Duration::from_secs(secs))
 }
 
+/// The body as a JSON object, sent by the app of the access_token.
+fn app_body(token_agentid: u64, body: &[u8]) -> Result<(Map<String, Value>, u64), Refused> {
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
+        return Err(refuse(
+            WeComCode::InvalidParameter,
+            "the body is not a JSON object",
+        ));
+    };
+    let agentid = agentid(&body)?;
+    if agentid != token_agentid {
+        return Err(refuse(
+            WeComCode::InvalidAgentId,
+            format!("agentid {agentid} is not the app of this access_token"),
+        ));
+    }
+    Ok((body, agentid))
+}
+
+/// Refuses empty recipients and lists longer than WeCom takes.
+fn check_lists(users: &[String], parties: &[String], tags: &[String]) -> Result<(), Refused> {
+    if users.is_empty() && parties.is_empty() && tags.is_empty() {
+        return Err(refuse(WeComCode::RecipientsEmpty, "touser, toparty, totag"));
+    }
+    for (len, max, code, name) in [
+        (
+            users.len(),
+            MAX_USERS,
+            WeComCode::InvalidUserListLength,
+            "touser",
+        ),
+        (
+            parties.len(),
+            MAX_PARTIES,
+            WeComCode::InvalidPartyListLength,
+            "toparty",
+        ),
+        (
+            tags.len(),
+            MAX_TAGS,
+            WeComCode::InvalidTagListLength,
+            "totag",
+        ),
+    ] {
+        if len > max {
+            return Err(refuse(code, format!("{name} has more than {max} ids")));
+        }
+    }
+    Ok(())
+}
+
+/// What a delivered message is answered: a new msgid, the unreached recipients, and a
+/// response_code for an interactive template card.
+fn delivered(seq: u64, msgtype: &str, content: &Value, resolved: &Resolved) -> Sent {
+    let interactive = msgtype == "template_card"
+        && content["card_type"]
+            .as_str()
+            .is_some_and(|t| t.ends_with("_interaction"));
+    let mut delivered_to = resolved.users.clone();
+    delivered_to.extend(resolved.parties.iter().map(|p| format!("party:{p}")));
+    delivered_to.extend(resolved.tags.iter().map(|t| format!("tag:{t}")));
+    Sent {
+        msgid: format!("{}{seq:08x}", random_text(24)),
+        unreached: Unreached::from(resolved),
+        response_code: interactive.then(|| random_text(43)),
+        unique: true,
+        delivered_to,
+        unreached_counts: [
+            resolved.invalid_users.len(),
+            resolved.invalid_parties.len(),
+            resolved.invalid_tags.len(),
+            resolved.unlicensed_users.len(),
+        ]
+        .map(|n| n as u64),
+    }
+}
+
 impl AppMessages {
     /// Handles one `message/send` body from the app `token_agentid`.
     pub fn send(
@@ -207,19 +283,7 @@ impl AppMessages {
         now: Instant,
         unix: u64,
     ) -> Result<Sent, Refused> {
-        let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(body) else {
-            return Err(refuse(
-                WeComCode::InvalidParameter,
-                "the body is not a JSON object",
-            ));
-        };
-        let agentid = agentid(&body)?;
-        if agentid != token_agentid {
-            return Err(refuse(
-                WeComCode::InvalidAgentId,
-                format!("agentid {agentid} is not the app of this access_token"),
-            ));
-        }
+        let (body, agentid) = app_body(token_agentid, body)?;
         let msgtype = match body.get("msgtype") {
             Some(Value::String(t)) => t.as_str(),
             _ => return Err(refuse(WeComCode::InvalidMessageType, "msgtype")),
@@ -230,83 +294,28 @@ impl AppMessages {
             recipients(&body, "totag")?,
         ];
         let [users, parties, tags] = fields.map(split_ids);
-        if users.is_empty() && parties.is_empty() && tags.is_empty() {
-            return Err(refuse(WeComCode::RecipientsEmpty, "touser, toparty, totag"));
-        }
-        for (list, max, code, name) in [
-            (
-                &users,
-                MAX_USERS,
-                WeComCode::InvalidUserListLength,
-                "touser",
-            ),
-            (
-                &parties,
-                MAX_PARTIES,
-                WeComCode::InvalidPartyListLength,
-                "toparty",
-            ),
-            (&tags, MAX_TAGS, WeComCode::InvalidTagListLength, "totag"),
-        ] {
-            if list.len() > max {
-                return Err(refuse(code, format!("{name} has more than {max} ids")));
-            }
-        }
+        check_lists(&users, &parties, &tags)?;
         content::check(Api::App, msgtype, body.get(msgtype))?;
         let check = flag(&body, "enable_duplicate_check")?;
         let interval = interval(&body)?;
         let resolved = directory.resolve(&users, &parties, &tags);
-        let unreached = Unreached::from(&resolved);
         if !resolved.reaches_anyone() {
             return Err(Refused {
                 refusal: Refusal::new(WeComCode::AllRecipientsInvalid, "no valid recipient"),
-                unreached: Some(Box::new(unreached)),
+                unreached: Some(Box::new(Unreached::from(&resolved))),
             });
         }
         let content = body.get(msgtype).cloned().unwrap_or(Value::Null);
-        let interactive = msgtype == "template_card"
-            && content["card_type"]
-                .as_str()
-                .is_some_and(|t| t.ends_with("_interaction"));
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut delivered_to = resolved.users.clone();
-        delivered_to.extend(resolved.parties.iter().map(|p| format!("party:{p}")));
-        delivered_to.extend(resolved.tags.iter().map(|t| format!("tag:{t}")));
-        let sent = Sent {
-            msgid: format!("{}{seq:08x}", random_text(24)),
-            unreached,
-            response_code: interactive.then(|| random_text(43)),
-            unique: true,
-            delivered_to,
-            unreached_counts: [
-                resolved.invalid_users.len(),
-                resolved.invalid_parties.len(),
-                resolved.invalid_tags.len(),
-                resolved.unlicensed_users.len(),
-            ]
-            .map(|n| n as u64),
-        };
+        let sent = delivered(seq, msgtype, &content, &resolved);
         if check {
             let key = format!(
                 "{agentid}\u{1}{msgtype}\u{1}{}\u{1}{}\u{1}{}\u{1}{content}",
                 fields[0], fields[1], fields[2]
             );
-            let mut dedup = self.dedup.lock();
-            if let Some((first_at, first)) = dedup.get(&key)
-                && now < *first_at + interval
-            {
-                return Ok(Sent {
-                    unique: false,
-                    delivered_to: Vec::new(),
-                    unreached_counts: [0; 4],
-                    ..first.clone()
-                });
+            if let Some(first) = self.duplicate(key, &sent, now, interval) {
+                return Ok(first);
             }
-            if dedup.len() >= PRUNE_AT {
-                let max = Duration::from_secs(MAX_INTERVAL_SECS);
-                dedup.retain(|_, (at, _)| now < *at + max);
-            }
-            dedup.insert(key, (now, sent.clone()));
         }
         log.record(
             SentMessage::new(
@@ -322,6 +331,34 @@ impl AppMessages {
             now,
         );
         Ok(sent)
+    }
+
+    /// The answer to an earlier send with the same `key` less than `interval` ago, delivered
+    /// to no one again; otherwise `sent` is remembered under `key` and `None` returned.
+    fn duplicate(
+        &self,
+        key: String,
+        sent: &Sent,
+        now: Instant,
+        interval: Duration,
+    ) -> Option<Sent> {
+        let mut dedup = self.dedup.lock();
+        if let Some((first_at, first)) = dedup.get(&key)
+            && now < *first_at + interval
+        {
+            return Some(Sent {
+                unique: false,
+                delivered_to: Vec::new(),
+                unreached_counts: [0; 4],
+                ..first.clone()
+            });
+        }
+        if dedup.len() >= PRUNE_AT {
+            let max = Duration::from_secs(MAX_INTERVAL_SECS);
+            dedup.retain(|_, (at, _)| now < *at + max);
+        }
+        dedup.insert(key, (now, sent.clone()));
+        None
     }
 
     /// Forgets the duplicate-check table (msgids keep increasing).

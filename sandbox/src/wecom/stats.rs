@@ -1,7 +1,7 @@
 //! WeCom counters, the `wecom` section of `GET /__stats`: answers by errcode, token fetches per
 //! app, deliveries, duplicates, unreached recipients, recalls, robots and callback events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
@@ -32,6 +32,9 @@ pub struct RobotCounts {
     pub refused_45009: u64,
     /// The most requests seen in one sliding window (refused ones included).
     pub peak_per_window: u64,
+    /// Delivered messages whose body this key had already delivered: a sender's re-send,
+    /// which a real group shows twice (a robot has no duplicate check).
+    pub repeated: u64,
 }
 
 /// Recipients that were not reached, by kind, over every delivered message.
@@ -123,6 +126,8 @@ struct Maps {
     per_user: BTreeMap<String, u64>,
     apps: BTreeMap<u64, AppCounts>,
     robots: BTreeMap<String, RobotCounts>,
+    /// The bodies each robot key delivered, to count repeats.
+    robot_bodies: HashMap<String, HashSet<Vec<u8>>>,
     callback: CallbackCounts,
 }
 
@@ -202,13 +207,28 @@ impl WeComStats {
         }
     }
 
-    /// Counts a robot request with its result and the key's requests in the current window.
-    pub fn robot(&self, key: &str, delivered: bool, refused_45009: bool, in_window: u64) {
+    /// Counts a robot request with its body, its result and the key's requests in the current
+    /// window.
+    pub fn robot(
+        &self,
+        key: &str,
+        body: &[u8],
+        delivered: bool,
+        refused_45009: bool,
+        in_window: u64,
+    ) {
         if refused_45009 {
             add(&self.robot_45009);
         }
         let mut m = self.maps.lock();
+        let repeated = delivered
+            && !m
+                .robot_bodies
+                .entry(key.to_string())
+                .or_default()
+                .insert(body.to_vec());
         let r = m.robots.entry(key.to_string()).or_default();
+        r.repeated += u64::from(repeated);
         r.requests += 1;
         r.delivered += u64::from(delivered);
         r.refused_45009 += u64::from(refused_45009);
@@ -303,9 +323,10 @@ mod tests {
         s.recall(true, false);
         s.recall(false, false);
         s.recall(false, true);
-        s.robot("k", true, false, 1);
-        s.robot("k", false, true, 5);
-        s.robot("k", true, false, 2);
+        s.robot("k", b"a", true, false, 1);
+        s.robot("k", b"a", false, true, 5);
+        s.robot("k", b"b", true, false, 2);
+        s.robot("k", b"a", true, false, 2);
         let snap = s.snapshot();
         assert_eq!(snap.errcodes["0"], 1);
         assert_eq!(snap.all_invalid, 1);
@@ -323,7 +344,8 @@ mod tests {
         assert_eq!((snap.unreached.users, snap.unreached.tags), (1, 2));
         assert_eq!((snap.recalls, snap.recalls_refused), (1, 1));
         assert_eq!(snap.robots["k"].peak_per_window, 5);
-        assert_eq!(snap.robots["k"].delivered, 2);
+        assert_eq!(snap.robots["k"].delivered, 3);
+        assert_eq!(snap.robots["k"].repeated, 1, "the body a, delivered twice");
         assert_eq!(snap.robot_45009, 1);
         s.reset();
         assert_eq!(s.snapshot(), WeComSnapshot::default());

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 use redis::Value;
 
 use super::handle::{RedisStore, decode, strings};
-use crate::message::Status;
+use crate::message::{MessageRecord, Status};
 use crate::store::StoreError;
 
 /// Most records the check reads.
@@ -33,28 +33,41 @@ impl RedisStore {
         r.map_err(|e| self.fail("check", &e))
     }
 
-    /// Finds state that no operation may leave: lease entries without a pending stream entry
-    /// (or of a final message), pending messages in neither the stream nor the retry schedule,
-    /// delivered messages without their msgid index or their place among the openid's
-    /// delivered messages, dead letters outside the dead-letter set, and a pending count that
-    /// disagrees with the records. Returns one sentence per finding; empty when consistent.
-    pub async fn check_consistency(&self) -> Result<Vec<String>, StoreError> {
-        let mut findings = Vec::new();
-        let group = &self.inner.options.consumer_group;
-        // Pending entries of the group, and every entry of the stream.
+    /// The ids of a set, read whole with `ZRANGE`.
+    async fn sorted_set(&self, key: &str) -> Result<HashSet<String>, StoreError> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(self.key(key)).arg(0).arg(-1);
+        Ok(strings(self.on_owner(cmd).await?).into_iter().collect())
+    }
+
+    /// The value of a plain string key; `None` when it is missing.
+    async fn get_string(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        Ok(strings(Value::Array(vec![self.on_owner(cmd).await?]))
+            .into_iter()
+            .next())
+    }
+
+    /// The stream entries pending in the consumer group.
+    async fn pending_entries(&self) -> Result<HashSet<String>, StoreError> {
         let mut cmd = redis::cmd("XPENDING");
         cmd.arg(&self.inner.stream)
-            .arg(group)
+            .arg(&self.inner.options.consumer_group)
             .arg("-")
             .arg("+")
             .arg(MAX_CHECKED);
-        let pel: HashSet<String> = match self.on_owner(cmd).await? {
+        Ok(match self.on_owner(cmd).await? {
             Value::Array(items) => items
                 .into_iter()
                 .filter_map(|i| strings(i).into_iter().next())
                 .collect(),
             _ => HashSet::new(),
-        };
+        })
+    }
+
+    /// The message ids of every entry of the stream.
+    async fn ids_in_stream(&self) -> Result<HashSet<String>, StoreError> {
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(&self.inner.stream)
             .arg("-")
@@ -76,26 +89,67 @@ impl RedisStore {
                 }
             }
         }
-        let mut cmd = redis::cmd("ZRANGE");
-        cmd.arg(self.key("d")).arg(0).arg(-1);
-        let scheduled: HashSet<String> = strings(self.on_owner(cmd).await?).into_iter().collect();
-        let mut cmd = redis::cmd("ZRANGE");
-        cmd.arg(self.key("dead")).arg(0).arg(-1);
-        let dead: HashSet<String> = strings(self.on_owner(cmd).await?).into_iter().collect();
+        Ok(in_stream)
+    }
+
+    /// Reads the channel's indexes: the stream, its pending entries, the retry schedule, the
+    /// dead-letter set and the leases.
+    async fn indexes(&self) -> Result<Indexes, StoreError> {
+        let pel = self.pending_entries().await?;
+        let in_stream = self.ids_in_stream().await?;
+        let scheduled = self.sorted_set("d").await?;
+        let dead = self.sorted_set("dead").await?;
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.key("lease"));
-        let lease: HashMap<String, String> = strings(self.on_owner(cmd).await?)
+        let lease = strings(self.on_owner(cmd).await?)
             .chunks_exact(2)
             .map(|kv| (kv[0].clone(), kv[1].clone()))
             .collect();
-        for (id, eid) in &lease {
-            if !pel.contains(eid) {
+        Ok(Indexes {
+            pel,
+            in_stream,
+            scheduled,
+            dead,
+            lease,
+        })
+    }
+
+    /// Finds state that no operation may leave: lease entries without a pending stream entry
+    /// (or of a final message), pending messages in neither the stream nor the retry schedule,
+    /// delivered messages without their msgid index or their place among the openid's
+    /// delivered messages, dead letters outside the dead-letter set, and a pending count that
+    /// disagrees with the records. Returns one sentence per finding; empty when consistent.
+    pub async fn check_consistency(&self) -> Result<Vec<String>, StoreError> {
+        let mut findings = Vec::new();
+        let idx = self.indexes().await?;
+        for (id, eid) in &idx.lease {
+            if !idx.pel.contains(eid) {
                 findings.push(format!(
                     "lease of {id} names stream entry {eid}, which is not pending"
                 ));
             }
         }
-        // Every record of the channel.
+        let pending = self.check_records(&idx, &mut findings).await?;
+        let counted: u64 = self
+            .get_string(&self.key("n"))
+            .await?
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if counted != pending {
+            findings.push(format!(
+                "the pending count says {counted}, the records say {pending}"
+            ));
+        }
+        Ok(findings)
+    }
+
+    /// Checks every record of the channel against `idx`, adding to `findings`. Returns how
+    /// many records are pending (not final).
+    async fn check_records(
+        &self,
+        idx: &Indexes,
+        findings: &mut Vec<String>,
+    ) -> Result<u64, StoreError> {
         let pattern = format!("{}m:*", escape_glob(&self.inner.base));
         let mut cursor = "0".to_string();
         let mut pending = 0u64;
@@ -112,72 +166,81 @@ impl RedisStore {
                     .map_err(|e| StoreError::storage(format!("redis check: {e}"), e))?;
             for key in keys {
                 seen += 1;
-                let mut cmd = redis::cmd("GET");
-                cmd.arg(&key);
-                let Some(text) = strings(Value::Array(vec![self.on_owner(cmd).await?]))
-                    .into_iter()
-                    .next()
-                    .filter(|t| !t.is_empty())
-                else {
+                let Some(text) = self.get_string(&key).await?.filter(|t| !t.is_empty()) else {
                     continue;
                 };
                 let r = decode(text.as_bytes())?;
-                let id = r.id.to_string();
                 if !r.status.is_final() {
                     pending += 1;
-                    if !in_stream.contains(&id) && !scheduled.contains(&id) {
-                        findings.push(format!(
-                            "{id} is {} but in neither the stream nor the retry schedule",
-                            r.status.as_str()
-                        ));
-                    }
-                    continue;
                 }
-                if lease.contains_key(&id) {
-                    findings.push(format!("{id} is {} but still leased", r.status.as_str()));
-                }
-                if r.dead_letter && !dead.contains(&id) {
-                    findings.push(format!("{id} is a dead letter outside the dead-letter set"));
-                }
-                if r.status == Status::Delivered {
-                    if let Some(m) = r.msgid.filter(|&m| m != 0) {
-                        let mut cmd = redis::cmd("GET");
-                        cmd.arg(self.key(&format!("x:{m}")));
-                        let indexed = strings(Value::Array(vec![self.on_owner(cmd).await?]));
-                        if indexed.first() != Some(&id) {
-                            findings.push(format!("{id} is delivered without its msgid index"));
-                        }
-                    }
-                    if r.events.is_empty() {
-                        let mut cmd = redis::cmd("ZSCORE");
-                        cmd.arg(self.key(&format!("a:{}", r.message.touser)))
-                            .arg(&id);
-                        if matches!(self.on_owner(cmd).await?, Value::Nil) {
-                            findings.push(format!(
-                                "{id} is delivered but not among its openid's delivered messages"
-                            ));
-                        }
-                    }
-                }
+                self.check_record(&r, idx, findings).await?;
             }
             if next == "0" || seen >= MAX_CHECKED {
                 break;
             }
             cursor = next;
         }
-        let mut cmd = redis::cmd("GET");
-        cmd.arg(self.key("n"));
-        let counted: u64 = strings(Value::Array(vec![self.on_owner(cmd).await?]))
-            .first()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        if counted != pending {
-            findings.push(format!(
-                "the pending count says {counted}, the records say {pending}"
-            ));
-        }
-        Ok(findings)
+        Ok(pending)
     }
+
+    /// Checks one record against `idx`, adding to `findings`.
+    async fn check_record(
+        &self,
+        r: &MessageRecord,
+        idx: &Indexes,
+        findings: &mut Vec<String>,
+    ) -> Result<(), StoreError> {
+        let id = r.id.to_string();
+        if !r.status.is_final() {
+            if !idx.in_stream.contains(&id) && !idx.scheduled.contains(&id) {
+                findings.push(format!(
+                    "{id} is {} but in neither the stream nor the retry schedule",
+                    r.status.as_str()
+                ));
+            }
+            return Ok(());
+        }
+        if idx.lease.contains_key(&id) {
+            findings.push(format!("{id} is {} but still leased", r.status.as_str()));
+        }
+        if r.dead_letter && !idx.dead.contains(&id) {
+            findings.push(format!("{id} is a dead letter outside the dead-letter set"));
+        }
+        if r.status != Status::Delivered {
+            return Ok(());
+        }
+        if let Some(m) = r.msgid.filter(|&m| m != 0) {
+            let indexed = self.get_string(&self.key(&format!("x:{m}"))).await?;
+            if indexed.as_ref() != Some(&id) {
+                findings.push(format!("{id} is delivered without its msgid index"));
+            }
+        }
+        if r.events.is_empty() {
+            let mut cmd = redis::cmd("ZSCORE");
+            cmd.arg(self.key(&format!("a:{}", r.message.touser)))
+                .arg(&id);
+            if matches!(self.on_owner(cmd).await?, Value::Nil) {
+                findings.push(format!(
+                    "{id} is delivered but not among its openid's delivered messages"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the check compares the records with.
+struct Indexes {
+    /// Stream entry ids pending in the consumer group.
+    pel: HashSet<String>,
+    /// Message ids in the stream.
+    in_stream: HashSet<String>,
+    /// Message ids in the retry schedule.
+    scheduled: HashSet<String>,
+    /// Message ids in the dead-letter set.
+    dead: HashSet<String>,
+    /// Message id → the stream entry it is leased under.
+    lease: HashMap<String, String>,
 }
 
 /// `s` with the glob characters of `SCAN MATCH` escaped.

@@ -45,6 +45,7 @@ pub(super) struct Scripts {
     pub(super) take_credit: Script,
     pub(super) complete: Script,
     pub(super) replay: Script,
+    pub(super) recall: Script,
     pub(super) event: Script,
     pub(super) lease_callbacks: Script,
     pub(super) finish_callback: Script,

@@ -97,6 +97,7 @@ impl RedisStore {
                 take_credit: Script::new(TAKE_CREDIT),
                 complete: Script::new(&scripts::complete()),
                 replay: Script::new(scripts::REPLAY),
+                recall: Script::new(scripts::RECALL),
                 event: Script::new(scripts::EVENT),
                 lease_callbacks: Script::new(scripts::LEASE_CALLBACKS),
                 finish_callback: Script::new(scripts::FINISH_CALLBACK),

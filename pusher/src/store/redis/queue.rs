@@ -326,6 +326,43 @@ impl Store for RedisStore {
         }
     }
 
+    async fn record_recall(&self, id: MessageId, at: Timestamp) -> Result<Timestamp, StoreError> {
+        self.check_open()?;
+        let key = self.key(&format!("m:{id}"));
+        // Read, change, write if unchanged: an event may change the record meanwhile.
+        for _ in 0..16 {
+            let old: Option<String> = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| self.fail("recall", &e))?;
+            let Some(old) = old else {
+                return Err(StoreError::NotFound(id));
+            };
+            let mut record = decode(old.as_bytes())?;
+            let receipt = record.receipt.get_or_insert_default();
+            if let Some(first) = receipt.recalled_at {
+                return Ok(self.ok(first));
+            }
+            receipt.recalled_at = Some(at);
+            let new = encode(&record)?;
+            let out: String = self
+                .script(
+                    &self.inner.scripts.recall,
+                    std::slice::from_ref(&key),
+                    &[old, new],
+                )
+                .await
+                .map_err(|e| self.fail("recall", &e))?;
+            if out == "ok" {
+                return Ok(self.ok(at));
+            }
+        }
+        Err(StoreError::Storage(
+            "the message's record kept changing; the recall was not recorded".into(),
+        ))
+    }
+
     async fn record_event(
         &self,
         event: DeliveryEvent,

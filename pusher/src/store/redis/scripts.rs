@@ -405,6 +405,14 @@ redis.call('XADD', KEYS[1], '*', 'id', id)
 return {'ok'}
 ";
 
+/// Recall: KEYS `m:<id>`; ARGV the record JSON as read, the record JSON with the recall's time.
+/// Returns 'conflict' (the record changed since it was read: read again) or 'ok'.
+pub(crate) const RECALL: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 'conflict' end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 'ok'
+";
+
 /// Event: KEYS `s:<openid>:<CreateTime>:<MsgID>`, `m:<id>`, `a:<openid>`, `cb`, `cbd`; ARGV id,
 /// old record JSON, new record JSON, remove from awaiting (0/1), retention ms, callback id or
 /// '', callback due, callback JSON. Returns 'dup' (seen before), 'conflict' (the record changed

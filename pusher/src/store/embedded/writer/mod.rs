@@ -145,7 +145,12 @@ impl Writer {
     fn taken(&self, ops: &[Op]) {
         let n = ops
             .iter()
-            .filter(|op| matches!(op, Op::Accept { .. } | Op::Replay { .. } | Op::Event { .. }))
+            .filter(|op| {
+                matches!(
+                    op,
+                    Op::Accept { .. } | Op::Replay { .. } | Op::Event { .. } | Op::Recall { .. }
+                )
+            })
             .count();
         if n > 0 {
             self.shared.queued.fetch_sub(n, Ordering::AcqRel);
@@ -326,6 +331,9 @@ impl Writer {
                 ops::record_event(t, g, &event, fallback),
             ),
             Op::Replay { id, reply } => owe(effects, Change::None, reply, ops::replay(t, g, id)),
+            Op::Recall { id, at, reply } => {
+                owe(effects, Change::None, reply, ops::record_recall(t, id, at))
+            }
             Op::FinishCallback { key, next, reply } => owe(
                 effects,
                 Change::CallbackDone { id: key.id },

@@ -24,14 +24,20 @@ pub(in crate::store::embedded) enum Op {
         items: Vec<(u64, Box<MessageRecord>)>,
         reply: oneshot::Sender<Result<Vec<Result<(), StoreError>>, StoreError>>,
     },
-    /// "Attempt started" records of leased messages, encoded by the caller: `(id, record)`.
+    /// "Attempt started" marks of leased messages: `(id, Unix ns)`.
     StartAttempts {
-        items: Vec<(u128, Vec<u8>)>,
+        items: Vec<(u128, i128)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Replay {
         id: MessageId,
         reply: oneshot::Sender<Result<MessageRecord, StoreError>>,
+    },
+    /// A recall: keep its time in the record's receipt, unless one is kept already.
+    Recall {
+        id: MessageId,
+        at: Timestamp,
+        reply: oneshot::Sender<Result<Timestamp, StoreError>>,
     },
     Event {
         event: Box<DeliveryEvent>,

@@ -271,6 +271,7 @@ impl Op {
                 reply,
             ),
             Self::Replay { reply, .. } => owed(Change::None, reply),
+            Self::Recall { reply, .. } => owed(Change::None, reply),
             Self::Event { reply, .. } => owed(Change::None, reply),
             Self::FinishCallback { key, reply, .. } => {
                 owed(Change::CallbackDone { id: key.id }, reply)
