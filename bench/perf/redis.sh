@@ -8,6 +8,7 @@
 #
 #   bench/perf/redis.sh                   # ROUNDS=3 rounds of N=30000 messages
 #   CONC='{"maxInFlight": 64}' bench/perf/redis.sh
+#   PROFILE_REDIS=1 ROUNDS=1 bench/perf/redis.sh   # also `perf record` redis-server: OUT/redis-perf.txt
 #
 # A benchmark reports; it asserts nothing.
 set -euo pipefail
@@ -44,10 +45,21 @@ for round in $(seq "$ROUNDS"); do
   QUEUE_JSON="{\"redis\": {\"url\": \"redis://127.0.0.1:$rport\"}}" start_pusher "redis-$round" "$conc"
   redis-cli -p "$rport" config resetstat >/dev/null
   cpu0=$(cpu_ticks "$REDIS_PID")
+  PERF_PID=
+  if [[ "${PROFILE_REDIS:-0}" == 1 ]]; then
+    perf record -e cpu-clock -g -p "$REDIS_PID" -o "$OUT/redis-perf.data" 2>/dev/null &
+    PERF_PID=$!
+  fi
   echo "-- wxpush: redis-$round ($N messages, concurrency $conc)" >&2
   "$BIN/wxpush-bench" e2e --pusher "$PUSHER" --token "$TOKEN" --sandbox "$SB" \
     --pid "$PUSHER_PID" --n "$N" --prefix "wx-redis-$round-" >"$OUT/wxpush-redis-$round.json"
   cpu1=$(cpu_ticks "$REDIS_PID")
+  if [[ -n "$PERF_PID" ]]; then
+    kill -INT "$PERF_PID"
+    wait "$PERF_PID" || true
+    perf report -i "$OUT/redis-perf.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
+      grep -v '^$' >"$OUT/redis-perf.txt" || true
+  fi
   redis-cli -p "$rport" info commandstats >"$OUT/redis-$round-commandstats.txt"
   stop_pusher
   python3 - "$OUT/redis-$round-cpu.json" "$cpu0" "$cpu1" "$TICK" "$N" <<'PY'

@@ -50,6 +50,3 @@ pub mod store;
 pub mod templates;
 pub mod wechat;
 pub mod wiring;
-
-#[cfg(test)]
-mod docs_tests;

@@ -11,6 +11,51 @@ use super::faults::FaultConfig;
 use super::tokens::TokenLimits;
 use super::wecom::config::WeComConfig;
 
+/// The defaults of [`SandboxConfig`] and [`EventConfig`]: WeChat's own numbers. The
+/// binary's flags show and use the same values.
+pub mod defaults {
+    use wxpush_api::policy::HumanDuration;
+
+    /// The account's appid.
+    pub const APPID: &str = "wxsandbox00000000";
+    /// The account's secret.
+    pub const SECRET: &str = "sandboxsecret";
+    /// The account's original id.
+    pub const ACCOUNT_ID: &str = "gh_sandbox000000";
+    /// Lifetime of every access_token.
+    pub const TOKEN_EXPIRES_IN: HumanDuration = HumanDuration::secs(7200);
+    /// How long a classic token keeps working after a newer one is issued.
+    pub const CLASSIC_GRACE: HumanDuration = HumanDuration::mins(5);
+    /// When the stable API renews its token.
+    pub const STABLE_RENEW_BEFORE: HumanDuration = HumanDuration::mins(5);
+    /// Classic token calls per day.
+    pub const CLASSIC_DAILY_QUOTA: Option<u64> = Some(2000);
+    /// Stable token calls per minute.
+    pub const STABLE_MINUTE_QUOTA: Option<u64> = Some(10_000);
+    /// Stable token calls per day.
+    pub const STABLE_DAILY_QUOTA: Option<u64> = Some(500_000);
+    /// `force_refresh: true` calls per day.
+    pub const FORCE_REFRESH_DAILY_LIMIT: u32 = 20;
+    /// Minimum time between two `force_refresh: true` calls.
+    pub const FORCE_REFRESH_INTERVAL: HumanDuration = HumanDuration::secs(30);
+    /// How long (`touser`, `client_msg_id`) de-duplicates.
+    pub const DEDUP_WINDOW: HumanDuration = HumanDuration::mins(10);
+    /// Sends per day, per send API.
+    pub const DAILY_QUOTA: Option<u64> = Some(100_000);
+    /// Sends per minute, per send API.
+    pub const MINUTE_QUOTA: Option<u64> = None;
+    /// Sends per minute to one openid.
+    pub const OPENID_MINUTE_LIMIT: Option<u64> = None;
+    /// The server-URL token of delivery events.
+    pub const EVENT_TOKEN: &str = "sandboxtoken";
+    /// Delay between a send's answer and its event.
+    pub const EVENT_DELAY: HumanDuration = HumanDuration::secs(0);
+    /// How long WeChat waits for the server's answer to an event.
+    pub const EVENT_TIMEOUT: HumanDuration = HumanDuration::secs(5);
+    /// How many times WeChat retries an event.
+    pub const EVENT_RETRIES: u32 = 3;
+}
+
 /// How delivery events are encoded (WeChat's three server-URL modes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -56,14 +101,14 @@ impl Default for EventConfig {
     fn default() -> Self {
         Self {
             url: None,
-            token: "sandboxtoken".to_string(),
+            token: defaults::EVENT_TOKEN.to_string(),
             aes_key: None,
             mode: EventMode::Plain,
             user_block_share: 0.0,
             system_failed_share: 0.0,
-            delay: Duration::ZERO,
-            timeout: Duration::from_secs(5),
-            retries: 3,
+            delay: defaults::EVENT_DELAY.get(),
+            timeout: defaults::EVENT_TIMEOUT.get(),
+            retries: defaults::EVENT_RETRIES,
             msgid_zero_with_client_msg_id: false,
         }
     }
@@ -135,21 +180,21 @@ impl Default for SandboxConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            appid: "wxsandbox00000000".to_string(),
-            secret: "sandboxsecret".to_string(),
-            account_id: "gh_sandbox000000".to_string(),
-            token_expires_in: Duration::from_secs(7200),
-            classic_grace: Duration::from_secs(300),
-            stable_renew_before: Duration::from_secs(300),
-            classic_daily_quota: Some(2000),
-            stable_minute_quota: Some(10_000),
-            stable_daily_quota: Some(500_000),
-            force_refresh_daily_limit: 20,
-            force_refresh_interval: Duration::from_secs(30),
-            dedup_window: Duration::from_secs(600),
-            daily_quota: Some(100_000),
-            minute_quota: None,
-            openid_minute_limit: None,
+            appid: defaults::APPID.to_string(),
+            secret: defaults::SECRET.to_string(),
+            account_id: defaults::ACCOUNT_ID.to_string(),
+            token_expires_in: defaults::TOKEN_EXPIRES_IN.get(),
+            classic_grace: defaults::CLASSIC_GRACE.get(),
+            stable_renew_before: defaults::STABLE_RENEW_BEFORE.get(),
+            classic_daily_quota: defaults::CLASSIC_DAILY_QUOTA,
+            stable_minute_quota: defaults::STABLE_MINUTE_QUOTA,
+            stable_daily_quota: defaults::STABLE_DAILY_QUOTA,
+            force_refresh_daily_limit: defaults::FORCE_REFRESH_DAILY_LIMIT,
+            force_refresh_interval: defaults::FORCE_REFRESH_INTERVAL.get(),
+            dedup_window: defaults::DEDUP_WINDOW.get(),
+            daily_quota: defaults::DAILY_QUOTA,
+            minute_quota: defaults::MINUTE_QUOTA,
+            openid_minute_limit: defaults::OPENID_MINUTE_LIMIT,
             users: None,
             non_followers: HashSet::new(),
             refused_subscribers: HashSet::new(),

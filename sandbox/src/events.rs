@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use super::config::{EventConfig, EventMode, SandboxConfig};
+use super::post::{Posted, post_event};
 use super::stats::{EVENT_STATUSES, Stats};
 use wxcrypto::{self, Cipher};
 
@@ -207,25 +208,20 @@ impl Events {
             }
             _ => plain,
         };
-        for attempt in 0..=t.cfg.retries {
-            self.stats.event_attempt();
-            let req = t
-                .client
-                .post(url.clone())
-                .header("content-type", "text/xml")
-                .body(body.clone())
-                .send();
-            let ok = tokio::select! {
-                () = self.shutdown.cancelled() => return,
-                r = req => r.is_ok_and(|r| r.status().is_success()),
-            };
-            if ok {
-                self.stats.event_done(true);
-                return;
-            }
-            tracing::debug!(attempt, openid, msgid, "event not acknowledged");
+        let posted = post_event(
+            &t.client,
+            &url,
+            &body,
+            t.cfg.retries,
+            &self.shutdown,
+            || self.stats.event_attempt(),
+        )
+        .await;
+        match posted {
+            Posted::Acknowledged { .. } => self.stats.event_done(true),
+            Posted::Refused { .. } => self.stats.event_done(false),
+            Posted::ShutDown { .. } => {}
         }
-        self.stats.event_done(false);
     }
 }
 

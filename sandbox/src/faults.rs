@@ -16,22 +16,24 @@ use serde::{Deserialize, Serialize};
 
 use wxcrypto::errcode::WxCode;
 use wxcrypto::errcode::wecom::WeComCode;
+use wxpush_api::policy::HumanDuration;
 
-/// Serde for `Duration` as a human string ("250ms", "5s") via `humantime`.
+/// Serde for `Duration` as a human string ("250ms", "5s"): the config file's grammar,
+/// [`HumanDuration`].
 pub mod human_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};
+    use wxpush_api::policy::HumanDuration;
 
-    /// Writes `d` as a humantime string.
+    /// Writes `d` as a human string.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&humantime::format_duration(*d).to_string())
+        s.collect_str(&HumanDuration(*d))
     }
 
-    /// Reads a humantime string.
+    /// Reads a human string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        HumanDuration::deserialize(d).map(HumanDuration::get)
     }
 
     /// The same for `Option<Duration>` (`null` or absent = none).
@@ -39,20 +41,19 @@ pub mod human_duration {
         use std::time::Duration;
 
         use serde::{Deserialize, Deserializer, Serializer};
+        use wxpush_api::policy::HumanDuration;
 
-        /// Writes `Some(d)` as a humantime string, `None` as null.
+        /// Writes `Some(d)` as a human string, `None` as null.
         pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
             match d {
-                Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+                Some(d) => s.collect_str(&HumanDuration(*d)),
                 None => s.serialize_none(),
             }
         }
 
-        /// Reads null or a humantime string.
+        /// Reads null or a human string.
         pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-            Option::<String>::deserialize(d)?
-                .map(|t| humantime::parse_duration(&t).map_err(serde::de::Error::custom))
-                .transpose()
+            Option::<HumanDuration>::deserialize(d).map(|d| d.map(HumanDuration::get))
         }
     }
 }
@@ -113,21 +114,28 @@ pub struct FaultConfig {
     pub overload_latency_per_request: Duration,
 }
 
+/// How long hanging requests hang, by default.
+pub const DEFAULT_HANG: HumanDuration = HumanDuration::secs(30);
+/// The status of injected 5xx answers, by default.
+pub const DEFAULT_5XX_STATUS: u16 = 502;
+/// The latency added per request beyond the capacity, by default.
+pub const DEFAULT_OVERLOAD_LATENCY: HumanDuration = HumanDuration::micros(250);
+
 impl Default for FaultConfig {
     fn default() -> Self {
         Self {
             latency: Duration::ZERO,
             jitter: Duration::ZERO,
             hang_share: 0.0,
-            hang: Duration::from_secs(30),
+            hang: DEFAULT_HANG.get(),
             errcodes: BTreeMap::new(),
             http_5xx_share: 0.0,
-            http_5xx_status: 502,
+            http_5xx_status: DEFAULT_5XX_STATUS,
             reset_share: 0.0,
             outage: None,
             token_invalidate_every: None,
             capacity: None,
-            overload_latency_per_request: Duration::from_micros(250),
+            overload_latency_per_request: DEFAULT_OVERLOAD_LATENCY.get(),
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod events;
 pub mod faults;
 pub mod messages;
 mod net;
+mod post;
 pub mod quota;
 mod server;
 mod state;

@@ -3,10 +3,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use wxpush_api::policy::HumanDuration;
+use wxpush_sandbox::config::defaults;
+use wxpush_sandbox::faults::{DEFAULT_5XX_STATUS, DEFAULT_HANG, DEFAULT_OVERLOAD_LATENCY};
+use wxpush_sandbox::wecom::config as wecom_defaults;
 use wxpush_sandbox::wecom::config::parse_app;
 use wxpush_sandbox::{
     EventConfig, EventMode, FaultConfig, OutageSpec, Sandbox, SandboxConfig, TemplateDef, WeComApp,
@@ -17,6 +20,15 @@ use wxpush_sandbox::{
 #[derive(Debug, Clone, Copy)]
 struct Limit(Option<u64>);
 
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("unlimited"),
+        }
+    }
+}
+
 fn parse_limit(s: &str) -> Result<Limit, String> {
     match s {
         "unlimited" | "none" => Ok(Limit(None)),
@@ -25,10 +37,6 @@ fn parse_limit(s: &str) -> Result<Limit, String> {
             .map(|n| Limit(Some(n)))
             .map_err(|e| format!("{e}: expected a number or `unlimited`")),
     }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
-    humantime::parse_duration(s)
 }
 
 fn parse_share(s: &str) -> Result<f64, String> {
@@ -83,60 +91,60 @@ struct Cli {
     #[arg(
         long,
         env = "WXPUSH_SANDBOX_APPID",
-        default_value = "wxsandbox00000000"
+        default_value = defaults::APPID
     )]
     appid: String,
     /// The account's secret (wrong secret → 40125).
     #[arg(
         long,
         env = "WXPUSH_SANDBOX_SECRET",
-        default_value = "sandboxsecret",
+        default_value = defaults::SECRET,
         hide_env_values = true
     )]
     secret: String,
     /// The account's original id (`gh_…`), sent as the events' ToUserName.
-    #[arg(long, default_value = "gh_sandbox000000")]
+    #[arg(long, default_value = defaults::ACCOUNT_ID)]
     account_id: String,
 
     // --- access_token ---
     /// Lifetime of every access_token (after it: 42001).
-    #[arg(long, default_value = "7200s", value_parser = parse_duration, help_heading = "Tokens")]
-    token_expires_in: Duration,
+    #[arg(long, default_value_t = defaults::TOKEN_EXPIRES_IN, help_heading = "Tokens")]
+    token_expires_in: HumanDuration,
     /// How long a classic token keeps working after a newer one is issued (then: 40001).
-    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "Tokens")]
-    classic_grace: Duration,
+    #[arg(long, default_value_t = defaults::CLASSIC_GRACE, help_heading = "Tokens")]
+    classic_grace: HumanDuration,
     /// The stable API issues a new token when the current one has less than this left
     /// (capped at half of --token-expires-in).
-    #[arg(long, default_value = "5m", value_parser = parse_duration, help_heading = "Tokens")]
-    stable_renew_before: Duration,
+    #[arg(long, default_value_t = defaults::STABLE_RENEW_BEFORE, help_heading = "Tokens")]
+    stable_renew_before: HumanDuration,
     /// Classic token calls per day (then 45009); a number or `unlimited`.
-    #[arg(long, default_value = "2000", value_parser = parse_limit, help_heading = "Tokens")]
+    #[arg(long, default_value_t = Limit(defaults::CLASSIC_DAILY_QUOTA), value_parser = parse_limit, help_heading = "Tokens")]
     classic_token_daily_quota: Limit,
     /// Stable token calls per minute (then 45011).
-    #[arg(long, default_value = "10000", value_parser = parse_limit, help_heading = "Tokens")]
+    #[arg(long, default_value_t = Limit(defaults::STABLE_MINUTE_QUOTA), value_parser = parse_limit, help_heading = "Tokens")]
     stable_token_minute_quota: Limit,
     /// Stable token calls per day (then 45009).
-    #[arg(long, default_value = "500000", value_parser = parse_limit, help_heading = "Tokens")]
+    #[arg(long, default_value_t = Limit(defaults::STABLE_DAILY_QUOTA), value_parser = parse_limit, help_heading = "Tokens")]
     stable_token_daily_quota: Limit,
     /// `force_refresh: true` calls allowed per day (then 45009).
-    #[arg(long, default_value_t = 20, help_heading = "Tokens")]
+    #[arg(long, default_value_t = defaults::FORCE_REFRESH_DAILY_LIMIT, help_heading = "Tokens")]
     force_refresh_daily_limit: u32,
     /// Minimum time between two `force_refresh: true` calls (else 45011).
-    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = "Tokens")]
-    force_refresh_interval: Duration,
+    #[arg(long, default_value_t = defaults::FORCE_REFRESH_INTERVAL, help_heading = "Tokens")]
+    force_refresh_interval: HumanDuration,
 
     // --- sends ---
     /// How long (touser, client_msg_id) de-duplicates.
-    #[arg(long, default_value = "10m", value_parser = parse_duration, help_heading = "Sends")]
-    dedup_window: Duration,
+    #[arg(long, default_value_t = defaults::DEDUP_WINDOW, help_heading = "Sends")]
+    dedup_window: HumanDuration,
     /// Sends per day per send API (then 45009); a number or `unlimited`.
-    #[arg(long, default_value = "100000", value_parser = parse_limit, help_heading = "Sends")]
+    #[arg(long, default_value_t = Limit(defaults::DAILY_QUOTA), value_parser = parse_limit, help_heading = "Sends")]
     daily_quota: Limit,
     /// Sends per minute per send API (then 45011); a number or `unlimited`.
-    #[arg(long, default_value = "unlimited", value_parser = parse_limit, help_heading = "Sends")]
+    #[arg(long, default_value_t = Limit(defaults::MINUTE_QUOTA), value_parser = parse_limit, help_heading = "Sends")]
     minute_quota: Limit,
     /// Sends per minute to one openid (then 43117); a number or `unlimited`.
-    #[arg(long, default_value = "unlimited", value_parser = parse_limit, help_heading = "Sends")]
+    #[arg(long, default_value_t = Limit(defaults::OPENID_MINUTE_LIMIT), value_parser = parse_limit, help_heading = "Sends")]
     openid_minute_limit: Limit,
     /// Known openids, `a,b,c` or `@FILE` (one per line); others get 40003. Default: any.
     #[arg(long, value_parser = parse_set, help_heading = "Sends")]
@@ -169,7 +177,7 @@ struct Cli {
     #[arg(
         long,
         env = "WXPUSH_SANDBOX_EVENT_TOKEN",
-        default_value = "sandboxtoken",
+        default_value = defaults::EVENT_TOKEN,
         hide_env_values = true,
         help_heading = "Events"
     )]
@@ -193,13 +201,13 @@ struct Cli {
     #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Events")]
     event_system_failed_share: f64,
     /// Delay between a send's answer and its event.
-    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Events")]
-    event_delay: Duration,
+    #[arg(long, default_value_t = defaults::EVENT_DELAY, help_heading = "Events")]
+    event_delay: HumanDuration,
     /// How long to wait for the server's answer before retrying.
-    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = "Events")]
-    event_timeout: Duration,
+    #[arg(long, default_value_t = defaults::EVENT_TIMEOUT, help_heading = "Events")]
+    event_timeout: HumanDuration,
     /// Retries after a timeout, transport error or non-2xx answer.
-    #[arg(long, default_value_t = 3, help_heading = "Events")]
+    #[arg(long, default_value_t = defaults::EVENT_RETRIES, help_heading = "Events")]
     event_retries: u32,
     /// Send MsgID 0 in events of sends that carried a client_msg_id (unconfirmed behaviour).
     #[arg(long, help_heading = "Events")]
@@ -207,17 +215,17 @@ struct Cli {
 
     // --- faults ---
     /// Fixed latency added to every WeChat API request.
-    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Faults")]
-    fault_latency: Duration,
+    #[arg(long, default_value_t = HumanDuration::secs(0), help_heading = "Faults")]
+    fault_latency: HumanDuration,
     /// Extra latency drawn uniformly from [0, JITTER].
-    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Faults")]
-    fault_jitter: Duration,
+    #[arg(long, default_value_t = HumanDuration::secs(0), help_heading = "Faults")]
+    fault_jitter: HumanDuration,
     /// Share of requests processed but answered only after --fault-hang.
     #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
     fault_hang_share: f64,
     /// How long hanging requests hang.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, help_heading = "Faults")]
-    fault_hang: Duration,
+    #[arg(long, default_value_t = DEFAULT_HANG, help_heading = "Faults")]
+    fault_hang: HumanDuration,
     /// Share of sends answered with an errcode, as CODE=SHARE (repeatable), e.g. -1=0.1.
     #[arg(long = "fault-errcode", value_parser = parse_errcode_share, help_heading = "Faults")]
     fault_errcodes: Vec<(i64, f64)>,
@@ -225,34 +233,34 @@ struct Cli {
     #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
     fault_5xx_share: f64,
     /// Status for --fault-5xx-share.
-    #[arg(long, default_value_t = 502, help_heading = "Faults")]
+    #[arg(long, default_value_t = DEFAULT_5XX_STATUS, help_heading = "Faults")]
     fault_5xx_status: u16,
     /// Share of requests whose connection is reset (TCP RST).
     #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
     fault_reset_share: f64,
     /// Outage (connections refused) lasting this long...
-    #[arg(long, value_parser = parse_duration, help_heading = "Faults")]
-    fault_outage_for: Option<Duration>,
+    #[arg(long, help_heading = "Faults")]
+    fault_outage_for: Option<HumanDuration>,
     /// ...starting this long after start-up.
-    #[arg(long, default_value = "0s", value_parser = parse_duration, help_heading = "Faults")]
-    fault_outage_after: Duration,
+    #[arg(long, default_value_t = HumanDuration::secs(0), help_heading = "Faults")]
+    fault_outage_after: HumanDuration,
     /// Revoke every access_token this often (sends then get 40001).
-    #[arg(long, value_parser = parse_duration, help_heading = "Faults")]
-    fault_token_invalidate_every: Option<Duration>,
+    #[arg(long, help_heading = "Faults")]
+    fault_token_invalidate_every: Option<HumanDuration>,
     /// Overload mode: requests served at once before each further one adds
     /// --fault-overload-latency-per-request.
     #[arg(long, help_heading = "Faults")]
     fault_capacity: Option<u32>,
     /// Latency added per request in flight beyond --fault-capacity.
-    #[arg(long, default_value = "250us", value_parser = parse_duration, help_heading = "Faults")]
-    fault_overload_latency_per_request: Duration,
+    #[arg(long, default_value_t = DEFAULT_OVERLOAD_LATENCY, help_heading = "Faults")]
+    fault_overload_latency_per_request: HumanDuration,
 
     // --- WeCom ---
     /// The WeCom corp id (`corpid` of gettoken; the callback's receive id).
     #[arg(
         long,
         env = "WXPUSH_SANDBOX_WECOM_CORP_ID",
-        default_value = "wwcorp",
+        default_value = wecom_defaults::DEFAULT_CORP_ID,
         help_heading = "WeCom"
     )]
     wecom_corp_id: String,
@@ -261,7 +269,7 @@ struct Cli {
         long = "wecom-app",
         env = "WXPUSH_SANDBOX_WECOM_APPS",
         value_delimiter = ',',
-        default_value = "1000002=wecom-secret",
+        default_value = wecom_defaults::DEFAULT_APP,
         value_parser = parse_app,
         hide_env_values = true,
         help_heading = "WeCom"
@@ -272,7 +280,7 @@ struct Cli {
         long = "wecom-robot-key",
         env = "WXPUSH_SANDBOX_WECOM_ROBOT_KEYS",
         value_delimiter = ',',
-        default_value = "robot-key",
+        default_value = wecom_defaults::DEFAULT_ROBOT_KEY,
         hide_env_values = true,
         help_heading = "WeCom"
     )]
@@ -282,14 +290,14 @@ struct Cli {
     #[arg(long, value_delimiter = ',', help_heading = "WeCom")]
     wecom_trusted_ips: Option<Vec<std::net::IpAddr>>,
     /// How long after a send message/recall still works (then 40058).
-    #[arg(long, default_value = "24h", value_parser = parse_duration, help_heading = "WeCom")]
-    wecom_recall_window: Duration,
+    #[arg(long, default_value_t = wecom_defaults::DEFAULT_RECALL_WINDOW, help_heading = "WeCom")]
+    wecom_recall_window: HumanDuration,
     /// Messages per robot key in any --wecom-robot-window (then 45009).
-    #[arg(long, default_value_t = 20, help_heading = "WeCom")]
+    #[arg(long, default_value_t = wecom_defaults::DEFAULT_ROBOT_LIMIT, help_heading = "WeCom")]
     wecom_robot_limit: u32,
     /// The robots' sliding window.
-    #[arg(long, default_value = "60s", value_parser = parse_duration, help_heading = "WeCom")]
-    wecom_robot_window: Duration,
+    #[arg(long, default_value_t = wecom_defaults::DEFAULT_ROBOT_WINDOW, help_heading = "WeCom")]
+    wecom_robot_window: HumanDuration,
     /// The callback URL: verified by POST /__wecom/verify; events of POST /__wecom/events go
     /// there (none: no callback).
     #[arg(long, help_heading = "WeCom")]
@@ -298,7 +306,7 @@ struct Cli {
     #[arg(
         long,
         env = "WXPUSH_SANDBOX_WECOM_CALLBACK_TOKEN",
-        default_value = "wecomtoken",
+        default_value = wecom_defaults::DEFAULT_CALLBACK_TOKEN,
         hide_env_values = true,
         help_heading = "WeCom"
     )]
@@ -307,16 +315,16 @@ struct Cli {
     #[arg(
         long,
         env = "WXPUSH_SANDBOX_WECOM_CALLBACK_AES_KEY",
-        default_value = wxpush_sandbox::wecom::config::DEFAULT_AES_KEY,
+        default_value = wecom_defaults::DEFAULT_AES_KEY,
         hide_env_values = true,
         help_heading = "WeCom"
     )]
     wecom_callback_aes_key: String,
     /// How long to wait for the callback's answer before retrying.
-    #[arg(long, default_value = "5s", value_parser = parse_duration, help_heading = "WeCom")]
-    wecom_callback_timeout: Duration,
+    #[arg(long, default_value_t = wecom_defaults::DEFAULT_CALLBACK_TIMEOUT, help_heading = "WeCom")]
+    wecom_callback_timeout: HumanDuration,
     /// Retries of an event after a timeout, transport error or non-2xx answer.
-    #[arg(long, default_value_t = 3, help_heading = "WeCom")]
+    #[arg(long, default_value_t = wecom_defaults::DEFAULT_CALLBACK_RETRIES, help_heading = "WeCom")]
     wecom_callback_retries: u32,
 }
 
@@ -332,15 +340,15 @@ impl Cli {
             appid: self.appid,
             secret: self.secret,
             account_id: self.account_id,
-            token_expires_in: self.token_expires_in,
-            classic_grace: self.classic_grace,
-            stable_renew_before: self.stable_renew_before,
+            token_expires_in: self.token_expires_in.get(),
+            classic_grace: self.classic_grace.get(),
+            stable_renew_before: self.stable_renew_before.get(),
             classic_daily_quota: self.classic_token_daily_quota.0,
             stable_minute_quota: self.stable_token_minute_quota.0,
             stable_daily_quota: self.stable_token_daily_quota.0,
             force_refresh_daily_limit: self.force_refresh_daily_limit,
-            force_refresh_interval: self.force_refresh_interval,
-            dedup_window: self.dedup_window,
+            force_refresh_interval: self.force_refresh_interval.get(),
+            dedup_window: self.dedup_window.get(),
             daily_quota: self.daily_quota.0,
             minute_quota: self.minute_quota.0,
             openid_minute_limit: self.openid_minute_limit.0,
@@ -357,41 +365,41 @@ impl Cli {
                 mode,
                 user_block_share: self.event_user_block_share,
                 system_failed_share: self.event_system_failed_share,
-                delay: self.event_delay,
-                timeout: self.event_timeout,
+                delay: self.event_delay.get(),
+                timeout: self.event_timeout.get(),
                 retries: self.event_retries,
                 msgid_zero_with_client_msg_id: self.event_msgid_zero_with_client_msg_id,
             },
             faults: FaultConfig {
-                latency: self.fault_latency,
-                jitter: self.fault_jitter,
+                latency: self.fault_latency.get(),
+                jitter: self.fault_jitter.get(),
                 hang_share: self.fault_hang_share,
-                hang: self.fault_hang,
+                hang: self.fault_hang.get(),
                 errcodes: self.fault_errcodes.into_iter().collect::<BTreeMap<_, _>>(),
                 http_5xx_share: self.fault_5xx_share,
                 http_5xx_status: self.fault_5xx_status,
                 reset_share: self.fault_reset_share,
                 outage: self.fault_outage_for.map(|duration| OutageSpec {
-                    after: self.fault_outage_after,
-                    duration,
+                    after: self.fault_outage_after.get(),
+                    duration: duration.get(),
                 }),
-                token_invalidate_every: self.fault_token_invalidate_every,
+                token_invalidate_every: self.fault_token_invalidate_every.map(HumanDuration::get),
                 capacity: self.fault_capacity,
-                overload_latency_per_request: self.fault_overload_latency_per_request,
+                overload_latency_per_request: self.fault_overload_latency_per_request.get(),
             },
             wecom: WeComConfig {
                 corp_id: self.wecom_corp_id,
                 apps: self.wecom_apps,
                 robot_keys: self.wecom_robot_keys,
                 trusted_ips: self.wecom_trusted_ips,
-                recall_window: self.wecom_recall_window,
+                recall_window: self.wecom_recall_window.get(),
                 robot_limit: self.wecom_robot_limit,
-                robot_window: self.wecom_robot_window,
+                robot_window: self.wecom_robot_window.get(),
                 callback: WeComCallbackConfig {
                     url: self.wecom_callback_url,
                     token: self.wecom_callback_token,
                     aes_key: self.wecom_callback_aes_key,
-                    timeout: self.wecom_callback_timeout,
+                    timeout: self.wecom_callback_timeout.get(),
                     retries: self.wecom_callback_retries,
                 },
             },

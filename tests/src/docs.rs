@@ -93,6 +93,64 @@ pub fn usage_defaults(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The metric families of a Prometheus text exposition, each by the name the docs use
+/// (counters with `_total`), with its type (`counter`, `gauge`, `histogram`).
+pub fn metric_families(exposition: &str) -> BTreeMap<String, String> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            let name = parts.next().unwrap_or_default();
+            let kind = parts.next().unwrap_or_default().to_string();
+            let name = if kind == "counter" {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            (name, kind)
+        })
+        .collect()
+}
+
+/// Compares the flags of `help` (a `--help` text) with those the page `doc` names: the flags
+/// missing from the page, and the flags the page names as its binary's own (in a code span)
+/// that `help` does not have.
+pub fn flags_against_page(help: &str, doc: &str) -> (Vec<String>, Vec<String>) {
+    let given = flags(help, false);
+    let documented = flags(doc, false);
+    let undocumented = given
+        .iter()
+        .filter(|f| !documented.contains(*f))
+        .cloned()
+        .collect();
+    let stale = flags(doc, true)
+        .into_iter()
+        .filter(|f| !given.contains(f))
+        .collect();
+    (undocumented, stale)
+}
+
+/// Every file below `dir` (recursively) whose extension is one of `extensions`, appended to
+/// `out`. A missing directory adds nothing.
+pub fn files_below(dir: &std::path::Path, extensions: &[&str], out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_below(&path, extensions, out);
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| extensions.contains(&e))
+        {
+            out.push(path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

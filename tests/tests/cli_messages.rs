@@ -123,20 +123,14 @@ fn the_pusher_flags_and_defaults_are_the_documented_ones() {
 /// the operator's.
 #[test]
 fn the_operator_flags_are_the_documented_ones() {
-    let doc = docs::read("docs/operator.md");
     let help = docs::help("wxpush-operator", &[]);
     let flags = docs::flags(&help, false);
     assert!(flags.len() > 10, "{flags:?}");
-    let documented = docs::flags(&doc, false);
-    let undocumented: Vec<&String> = flags.iter().filter(|f| !documented.contains(*f)).collect();
+    let (undocumented, stale) = docs::flags_against_page(&help, &docs::read("docs/operator.md"));
     assert!(
         undocumented.is_empty(),
         "flags missing from docs/operator.md: {undocumented:?}"
     );
-    let stale: Vec<String> = docs::flags(&doc, true)
-        .into_iter()
-        .filter(|f| !flags.contains(f))
-        .collect();
     assert!(
         stale.is_empty(),
         "docs/operator.md names flags the operator does not have: {stale:?}"

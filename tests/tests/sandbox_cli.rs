@@ -81,17 +81,11 @@ fn docs_sandbox_md_names_every_flag_and_no_other() {
     let help = docs::help("wxpush-sandbox", &[]);
     let flags = docs::flags(&help, false);
     assert!(flags.len() >= FLAGS.len(), "{flags:?}");
-    let doc = docs::read("docs/sandbox.md");
-    let documented = docs::flags(&doc, false);
-    let undocumented: Vec<&String> = flags.iter().filter(|f| !documented.contains(*f)).collect();
+    let (undocumented, stale) = docs::flags_against_page(&help, &docs::read("docs/sandbox.md"));
     assert!(
         undocumented.is_empty(),
         "flags missing from docs/sandbox.md: {undocumented:?}"
     );
-    let stale: Vec<String> = docs::flags(&doc, true)
-        .into_iter()
-        .filter(|f| !flags.contains(f))
-        .collect();
     assert!(
         stale.is_empty(),
         "docs/sandbox.md names flags the sandbox does not have: {stale:?}"

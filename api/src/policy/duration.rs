@@ -43,6 +43,16 @@ impl HumanDuration {
         Self(Duration::from_secs(m * 60))
     }
 
+    /// `h` hours.
+    pub const fn hours(h: u64) -> Self {
+        Self(Duration::from_secs(h * 3600))
+    }
+
+    /// `us` microseconds.
+    pub const fn micros(us: u64) -> Self {
+        Self(Duration::from_micros(us))
+    }
+
     /// The standard-library value.
     pub const fn get(self) -> Duration {
         self.0
@@ -109,6 +119,8 @@ impl fmt::Display for HumanDuration {
             Ok(())
         } else if d.subsec_nanos().is_multiple_of(1_000_000) {
             write!(f, "{}ms", d.as_millis())
+        } else if d.subsec_nanos().is_multiple_of(1_000) {
+            write!(f, "{}us", d.as_micros())
         } else {
             write!(f, "{}ns", d.as_nanos())
         }

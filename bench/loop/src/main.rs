@@ -368,6 +368,18 @@ async fn metric(client: &reqwest::Client, pusher: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// A metric's value, or `None` when the pusher does not expose it.
+async fn metric_opt(client: &reqwest::Client, pusher: &str, name: &str) -> Option<f64> {
+    let answer = client.get(format!("{pusher}/metrics")).send().await.ok()?;
+    let text = answer.text().await.ok()?;
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_e2e(
     pusher: String,
@@ -383,6 +395,9 @@ async fn run_e2e(
     let pid = pid.to_string();
     let client = reqwest::Client::new();
     let base = sandbox_delivered(&client, &sandbox).await?;
+    // Present only when the pusher was built with the feature `alloc-count`.
+    let allocs0 = metric_opt(&client, &pusher, "wxpush_allocations_total").await;
+    let bytes0 = metric_opt(&client, &pusher, "wxpush_allocated_bytes_total").await;
     let cpu0 = cpu_seconds(&pid)?;
     let start = Instant::now();
     let feeder = {
@@ -411,7 +426,23 @@ async fn run_e2e(
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_seconds(&pid)? - cpu0;
     let accept_secs = feeder.await??;
+    let allocs = match (
+        allocs0,
+        metric_opt(&client, &pusher, "wxpush_allocations_total").await,
+    ) {
+        (Some(a), Some(b)) => Some((b - a) / n as f64),
+        _ => None,
+    };
+    let alloc_bytes = match (
+        bytes0,
+        metric_opt(&client, &pusher, "wxpush_allocated_bytes_total").await,
+    ) {
+        (Some(a), Some(b)) => Some((b - a) / n as f64),
+        _ => None,
+    };
     Ok(json!({
+        "allocs_per_msg": allocs,
+        "alloc_bytes_per_msg": alloc_bytes,
         "delivered": n,
         "secs": secs,
         "rate": n as f64 / secs,

@@ -9,11 +9,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::FutureExt;
 use futures::stream::{FuturesUnordered, StreamExt};
 use jiff::Timestamp;
 use parking_lot::Mutex;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -65,6 +64,14 @@ pub const PIPELINE: usize = 4;
 /// concurrency limit allows.
 const DEPTH_WAIT: Duration = Duration::from_millis(1);
 
+/// Outcomes written in one store operation at most.
+const MAX_OUTCOMES_PER_WRITE: usize = 4096;
+
+/// The least time the outcomes of the last attempts get to be written at shutdown, even when
+/// the drain's time ran out (the attempts were sent: an unwritten outcome means a second send
+/// after the restart).
+const LAST_WRITE_WAIT: Duration = Duration::from_millis(500);
+
 /// The worker pool.
 #[derive(Debug)]
 pub struct Dispatcher<S> {
@@ -77,6 +84,11 @@ pub struct Dispatcher<S> {
     logs: LogLimiter,
     /// `(schedule slot, id)` of retries delayed by an outage ([`delayed_by_outage`]).
     outage_delayed: Mutex<Vec<(u64, crate::message::MessageId)>>,
+    /// Attempts that ended, to the one task that writes their outcomes
+    /// ([`Dispatcher::write_outcomes`]).
+    ended: mpsc::UnboundedSender<Ended>,
+    /// Its receiving end, taken by [`Dispatcher::run`].
+    ended_rx: Mutex<Option<mpsc::UnboundedReceiver<Ended>>>,
 }
 
 impl<S: Store + Clone> Dispatcher<S> {
@@ -90,6 +102,7 @@ impl<S: Store + Clone> Dispatcher<S> {
         max_in_flight: usize,
         state: Arc<DispatchState>,
     ) -> Self {
+        let (ended, ended_rx) = mpsc::unbounded_channel();
         Self {
             store,
             sender,
@@ -99,6 +112,38 @@ impl<S: Store + Clone> Dispatcher<S> {
             state,
             logs: LogLimiter::default(),
             outage_delayed: Mutex::new(Vec::new()),
+            ended,
+            ended_rx: Mutex::new(Some(ended_rx)),
+        }
+    }
+
+    /// The one writer of outcomes: every attempt that ended since its last write goes into
+    /// the next one (one store operation and one answer, so about one batch per commit of the
+    /// store), while the attempts go on. After `done`, writes what is left and returns.
+    async fn write_outcomes(
+        &self,
+        mut rx: mpsc::UnboundedReceiver<Ended>,
+        done: CancellationToken,
+    ) {
+        loop {
+            let first = tokio::select! {
+                biased;
+                e = rx.recv() => e,
+                () = done.cancelled() => None,
+            };
+            let last = first.is_none();
+            let mut ended: Vec<Ended> = first.into_iter().collect();
+            while ended.len() < MAX_OUTCOMES_PER_WRITE {
+                match rx.try_recv() {
+                    Ok(e) => ended.push(e),
+                    Err(_) => break,
+                }
+            }
+            if !ended.is_empty() {
+                self.record_outcomes(ended).await;
+            } else if last {
+                return;
+            }
         }
     }
 
@@ -162,6 +207,12 @@ impl<S: Store + Clone> Dispatcher<S> {
             let this = Arc::clone(&this);
             let stop = stop.clone();
             async move { this.pull_in_when_closed(stop).await }
+        });
+        let written = CancellationToken::new();
+        let writer = this.ended_rx.lock().take().map(|rx| {
+            let this = Arc::clone(&this);
+            let done = written.clone();
+            tokio::spawn(async move { this.write_outcomes(rx, done).await })
         });
         loop {
             while tasks.try_join_next().is_some() {}
@@ -253,8 +304,11 @@ impl<S: Store + Clone> Dispatcher<S> {
         // Leased messages still waiting for a slot of the gate are not sent: they stay due.
         this.sender.flow().close();
         tracing::info!(in_flight = tasks.len(), "dispatcher draining");
-        let drained =
-            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        let deadline = tokio::time::Instant::now() + drain;
+        let drained = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
         if drained.is_err() {
             tracing::warn!(
                 abandoned = tasks.len(),
@@ -263,12 +317,23 @@ impl<S: Store + Clone> Dispatcher<S> {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
+        // Every attempt has handed its outcome over by now: write what is left.
+        written.cancel();
+        if let Some(writer) = writer {
+            let until = deadline.max(tokio::time::Instant::now() + LAST_WRITE_WAIT);
+            if tokio::time::timeout_at(until, writer).await.is_err() {
+                tracing::warn!(
+                    "drain timeout: the last outcomes were not written; those messages stay queued"
+                );
+            }
+        }
     }
 
     /// The attempts of one lease, in one task: the "attempt started" records of the messages
     /// about to be sent for the first time are written together (one commit and one answer
-    /// for the lot, instead of one each), then the attempts run concurrently. A message whose
-    /// record could not be written is not sent (its lease went back, due after a delay).
+    /// for the lot, instead of one each), then the attempts run concurrently, and each hands
+    /// its outcome to [`Dispatcher::write_outcomes`] as it ends. A message whose record could
+    /// not be written is not sent (its lease went back, due after a delay).
     async fn attempt_batch(
         self: Arc<Self>,
         mut batch: Vec<(Leased, tokio::sync::OwnedSemaphorePermit)>,
@@ -316,22 +381,9 @@ impl<S: Store + Clone> Dispatcher<S> {
                 self.attempt(lease, permit, now).instrument(span)
             })
             .collect();
-        // The outcomes of the attempts that ended together are written together: one store
-        // operation and one answer for them (`Store::complete_many`), while the other attempts
-        // go on.
-        let mut writing = FuturesUnordered::new();
-        loop {
-            tokio::select! {
-                Some(first) = sending.next() => {
-                    let mut ended = vec![first];
-                    while let Some(Some(more)) = sending.next().now_or_never() {
-                        ended.push(more);
-                    }
-                    writing.push(self.record_outcomes(ended));
-                }
-                Some(()) = writing.next() => {}
-                else => break,
-            }
+        while let Some(ended) = sending.next().await {
+            // The writer of outcomes outlives every attempt batch (`run` stops it last).
+            let _ = self.ended.send(ended);
         }
     }
 

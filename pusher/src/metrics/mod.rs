@@ -12,6 +12,8 @@ use prometheus_client::registry::Registry;
 
 use crate::send::InvalidRecipients;
 
+#[cfg(feature = "alloc-count")]
+mod alloc_count;
 mod labels;
 
 pub use crate::resilience::breaker::CircuitState;
@@ -109,14 +111,130 @@ pub struct ConsumerLabels {
 }
 
 /// Registers `metric` under `name` and hands it back.
-fn reg<M: prometheus_client::registry::Metric + Clone>(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    metric: M,
-) -> M {
-    registry.register(name, help, metric.clone());
-    metric
+/// The name and help text of each metric (before the `wxpush_` prefix and a counter's
+/// `_total`), in the order [`Metrics::new`] registers them.
+const HELP: &[(&str, &str)] = &[
+    ("messages_accepted", "Messages answered 202"),
+    ("messages_completed", "Messages that reached a final state"),
+    ("send_attempts", "HTTP attempts to WeChat by result"),
+    (
+        "send_duration_seconds",
+        "Duration of one HTTP attempt to WeChat",
+    ),
+    (
+        "delivery_latency_seconds",
+        "Time from accepted to delivered",
+    ),
+    ("inflight_requests", "HTTP requests to WeChat in flight"),
+    ("queue_messages", "Messages in the queue by state"),
+    ("token_requests", "access_token fetches by API and result"),
+    (
+        "circuit_state",
+        "Circuit breaker: 0 closed, 1 half-open, 2 open",
+    ),
+    (
+        "circuit_opens",
+        "Times the circuit breaker opened (from closed or half-open)",
+    ),
+    (
+        "send_timeouts",
+        "HTTP attempts to WeChat that timed out, by phase",
+    ),
+    (
+        "channel_paused",
+        "1 while the channel is paused (configuration fault or quota)",
+    ),
+    (
+        "queue_disk_bytes",
+        "Bytes the embedded store's disk budget counts (held plus outcome reserve), as last measured",
+    ),
+    (
+        "queue_disk_budget_bytes",
+        "The embedded store's disk budget; accepts get 429 at it",
+    ),
+    (
+        "channel_hold_errcode",
+        "WeChat's errcode that holds sending now (0 when none)",
+    ),
+    (
+        "events",
+        "WeChat server-URL callbacks (delivery events) by event and result",
+    ),
+    (
+        "callbacks",
+        "Outcome callbacks to producers by result (ok, retry, gave_up)",
+    ),
+    (
+        "queue_group_lag",
+        "Redis stream entries not yet read by the consumer group",
+    ),
+    (
+        "queue_consumer_pending",
+        "Redis stream entries leased by each consumer (pod)",
+    ),
+    ("redis_up", "1 while Redis answers (Redis queue only)"),
+    (
+        "concurrency_limit",
+        "HTTP requests to WeChat allowed in flight now (adaptive limit or maxInFlight)",
+    ),
+    (
+        "hedged_sends",
+        "Hedged second attempts under the same client_msg_id",
+    ),
+    (
+        "wechat_connections_opened",
+        "Connections to WeChat set up (TCP connected, TLS done)",
+    ),
+    (
+        "wechat_requests_peak",
+        "Most HTTP requests to WeChat under way at once since the start",
+    ),
+    (
+        "queue_oldest_ready_age_seconds",
+        "How long the oldest ready message has been due (0 when none is ready)",
+    ),
+    (
+        "daily_quota",
+        "The configured rateLimit.dailyQuota (0 = unlimited)",
+    ),
+    (
+        "template_refusals",
+        "Messages refused at accept by the template check, by rule",
+    ),
+    (
+        "template_list_fetches",
+        "Calls to WeChat's template-list APIs by this pod, by list and result",
+    ),
+    (
+        "templates",
+        "Templates in the cached list (-1 while never read)",
+    ),
+    (
+        "invalid_recipients",
+        "Recipients of delivered messages the provider could not reach, by kind",
+    ),
+];
+
+/// Registers metrics under their names and the help texts of [`HELP`].
+struct Registrar<'a> {
+    registry: &'a mut Registry,
+}
+
+impl Registrar<'_> {
+    /// Registers `metric` as `name`.
+    fn with<M: prometheus_client::registry::Metric + Clone>(&mut self, name: &str, metric: M) -> M {
+        let help = HELP
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("", |(_, h)| *h);
+        self.registry.register(name, help, metric.clone());
+        metric
+    }
+
+    /// Registers a new metric of the field's type as `name`.
+    fn add<M: prometheus_client::registry::Metric + Clone + Default>(&mut self, name: &str) -> M {
+        self.with(name, M::default())
+    }
 }
 
 impl Metrics {
@@ -166,220 +284,49 @@ impl Metrics {
             "wxpush",
             [(Cow::Borrowed("channel"), Cow::Owned(channel.to_string()))].into_iter(),
         );
-        let accepted = reg(
-            &mut registry,
-            "messages_accepted",
-            "Messages answered 202",
-            Counter::default(),
-        );
-        let completed = reg(
-            &mut registry,
-            "messages_completed",
-            "Messages that reached a final state",
-            Family::<OutcomeLabels, Counter>::default(),
-        );
-        let send_attempts = reg(
-            &mut registry,
-            "send_attempts",
-            "HTTP attempts to WeChat by result",
-            Family::<AttemptLabels, Counter>::default(),
-        );
         // 1 ms .. ~33 s
-        let send_duration = reg(
-            &mut registry,
-            "send_duration_seconds",
-            "Duration of one HTTP attempt to WeChat",
-            Histogram::new(exponential_buckets(0.001, 2.0, 16)),
-        );
+        let send_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         // 5 ms .. ~45 min
-        let delivery_latency = reg(
-            &mut registry,
-            "delivery_latency_seconds",
-            "Time from accepted to delivered",
-            Histogram::new(exponential_buckets(0.005, 2.0, 20)),
-        );
-        let inflight = reg(
-            &mut registry,
-            "inflight_requests",
-            "HTTP requests to WeChat in flight",
-            Gauge::default(),
-        );
-        let queue_messages = reg(
-            &mut registry,
-            "queue_messages",
-            "Messages in the queue by state",
-            Family::<QueueLabels, Gauge>::default(),
-        );
-        let token_requests = reg(
-            &mut registry,
-            "token_requests",
-            "access_token fetches by API and result",
-            Family::<TokenLabels, Counter>::default(),
-        );
-        let circuit_state = reg(
-            &mut registry,
-            "circuit_state",
-            "Circuit breaker: 0 closed, 1 half-open, 2 open",
-            Gauge::default(),
-        );
-        let circuit_opens = reg(
-            &mut registry,
-            "circuit_opens",
-            "Times the circuit breaker opened (from closed or half-open)",
-            Counter::default(),
-        );
-        let send_timeouts = reg(
-            &mut registry,
-            "send_timeouts",
-            "HTTP attempts to WeChat that timed out, by phase",
-            Family::<TimeoutLabels, Counter>::default(),
-        );
-        let channel_paused = reg(
-            &mut registry,
-            "channel_paused",
-            "1 while the channel is paused (configuration fault or quota)",
-            Gauge::default(),
-        );
-        let queue_disk_bytes = reg(
-            &mut registry,
-            "queue_disk_bytes",
-            "Bytes the embedded store's disk budget counts (held plus outcome reserve), as last measured",
-            Gauge::default(),
-        );
-        let queue_disk_budget_bytes = reg(
-            &mut registry,
-            "queue_disk_budget_bytes",
-            "The embedded store's disk budget; accepts get 429 at it",
-            Gauge::default(),
-        );
-        let channel_hold_errcode = reg(
-            &mut registry,
-            "channel_hold_errcode",
-            "WeChat's errcode that holds sending now (0 when none)",
-            Gauge::default(),
-        );
-        let events = reg(
-            &mut registry,
-            "events",
-            "WeChat server-URL callbacks (delivery events) by event and result",
-            Family::<EventLabels, Counter>::default(),
-        );
-        let callbacks = reg(
-            &mut registry,
-            "callbacks",
-            "Outcome callbacks to producers by result (ok, retry, gave_up)",
-            Family::<CallbackLabels, Counter>::default(),
-        );
-        let queue_group_lag = reg(
-            &mut registry,
-            "queue_group_lag",
-            "Redis stream entries not yet read by the consumer group",
-            Gauge::default(),
-        );
-        let queue_consumer_pending = reg(
-            &mut registry,
-            "queue_consumer_pending",
-            "Redis stream entries leased by each consumer (pod)",
-            Family::<ConsumerLabels, Gauge>::default(),
-        );
-        let redis_up = reg(
-            &mut registry,
-            "redis_up",
-            "1 while Redis answers (Redis queue only)",
-            Gauge::default(),
-        );
-        let concurrency_limit = reg(
-            &mut registry,
-            "concurrency_limit",
-            "HTTP requests to WeChat allowed in flight now (adaptive limit or maxInFlight)",
-            Gauge::default(),
-        );
-        let hedged_sends = reg(
-            &mut registry,
-            "hedged_sends",
-            "Hedged second attempts under the same client_msg_id",
-            Counter::default(),
-        );
-        let wechat_connections_opened = reg(
-            &mut registry,
-            "wechat_connections_opened",
-            "Connections to WeChat set up (TCP connected, TLS done)",
-            Counter::default(),
-        );
-        let wechat_requests_peak = reg(
-            &mut registry,
-            "wechat_requests_peak",
-            "Most HTTP requests to WeChat under way at once since the start",
-            Gauge::default(),
-        );
-        let oldest_ready_age = reg(
-            &mut registry,
-            "queue_oldest_ready_age_seconds",
-            "How long the oldest ready message has been due (0 when none is ready)",
-            Gauge::default(),
-        );
-        let daily_quota = reg(
-            &mut registry,
-            "daily_quota",
-            "The configured rateLimit.dailyQuota (0 = unlimited)",
-            Gauge::default(),
-        );
-        let template_refusals = reg(
-            &mut registry,
-            "template_refusals",
-            "Messages refused at accept by the template check, by rule",
-            Family::<RuleLabels, Counter>::default(),
-        );
-        let template_fetches = reg(
-            &mut registry,
-            "template_list_fetches",
-            "Calls to WeChat's template-list APIs by this pod, by list and result",
-            Family::<TemplateFetchLabels, Counter>::default(),
-        );
-        let templates = reg(
-            &mut registry,
-            "templates",
-            "Templates in the cached list (-1 while never read)",
-            Family::<TemplateListLabels, Gauge>::default(),
-        );
-        let invalid_recipients = reg(
-            &mut registry,
-            "invalid_recipients",
-            "Recipients of delivered messages the provider could not reach, by kind",
-            Family::<InvalidRecipientLabels, Counter>::default(),
-        );
+        let delivery_latency = Histogram::new(exponential_buckets(0.005, 2.0, 20));
+        #[cfg(feature = "alloc-count")]
+        alloc_count::register(&mut registry);
+        let mut r = Registrar {
+            registry: &mut registry,
+        };
+        // Fields are evaluated in the order written, the order of HELP; `registry` comes last,
+        // once `r` is done with it.
         Self {
+            accepted: r.add("messages_accepted"),
+            completed: r.add("messages_completed"),
+            send_attempts: r.add("send_attempts"),
+            send_duration: r.with("send_duration_seconds", send_duration),
+            delivery_latency: r.with("delivery_latency_seconds", delivery_latency),
+            inflight: r.add("inflight_requests"),
+            queue_messages: r.add("queue_messages"),
+            token_requests: r.add("token_requests"),
+            circuit_state: r.add("circuit_state"),
+            circuit_opens: r.add("circuit_opens"),
+            send_timeouts: r.add("send_timeouts"),
+            channel_paused: r.add("channel_paused"),
+            queue_disk_bytes: r.add("queue_disk_bytes"),
+            queue_disk_budget_bytes: r.add("queue_disk_budget_bytes"),
+            channel_hold_errcode: r.add("channel_hold_errcode"),
+            events: r.add("events"),
+            callbacks: r.add("callbacks"),
+            queue_group_lag: r.add("queue_group_lag"),
+            queue_consumer_pending: r.add("queue_consumer_pending"),
+            redis_up: r.add("redis_up"),
+            concurrency_limit: r.add("concurrency_limit"),
+            hedged_sends: r.add("hedged_sends"),
+            wechat_connections_opened: r.add("wechat_connections_opened"),
+            wechat_requests_peak: r.add("wechat_requests_peak"),
+            oldest_ready_age: r.add("queue_oldest_ready_age_seconds"),
+            daily_quota: r.add("daily_quota"),
+            template_refusals: r.add("template_refusals"),
+            template_fetches: r.add("template_list_fetches"),
+            templates: r.add("templates"),
+            invalid_recipients: r.add("invalid_recipients"),
             registry,
-            invalid_recipients,
-            template_refusals,
-            template_fetches,
-            templates,
-            accepted,
-            completed,
-            send_attempts,
-            send_duration,
-            delivery_latency,
-            inflight,
-            queue_messages,
-            token_requests,
-            circuit_state,
-            circuit_opens,
-            send_timeouts,
-            channel_paused,
-            channel_hold_errcode,
-            queue_disk_bytes,
-            queue_disk_budget_bytes,
-            events,
-            callbacks,
-            queue_group_lag,
-            queue_consumer_pending,
-            redis_up,
-            concurrency_limit,
-            hedged_sends,
-            wechat_connections_opened,
-            wechat_requests_peak,
-            oldest_ready_age,
-            daily_quota,
         }
     }
 
@@ -446,6 +393,30 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every family a scrape shows has the help text HELP gives its name: a name misspelt in
+    /// `Metrics::new` would be registered without one.
+    #[test]
+    fn every_metric_has_its_help_text() {
+        let m = Metrics::new("t");
+        m.accepted.inc();
+        m.complete(Outcome::delivered);
+        let text = m.encode();
+        let mut seen = 0;
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("# HELP wxpush_") else {
+                continue;
+            };
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let expected = HELP
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, h)| format!("{h}."));
+            assert_eq!(Some(help.to_string()), expected, "{line}");
+            seen += 1;
+        }
+        assert!(seen > 10, "{text}");
+    }
 
     #[test]
     fn exposes_the_agreed_names_with_the_channel_label() {

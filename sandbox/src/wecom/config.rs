@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Serialize;
+use wxpush_api::policy::HumanDuration;
 
 /// One self-built app of the corp (应用): its agentid and secret.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,13 +48,32 @@ impl Default for WeComCallbackConfig {
     fn default() -> Self {
         Self {
             url: None,
-            token: "wecomtoken".to_string(),
+            token: DEFAULT_CALLBACK_TOKEN.to_string(),
             aes_key: DEFAULT_AES_KEY.to_string(),
-            timeout: Duration::from_secs(5),
-            retries: 3,
+            timeout: DEFAULT_CALLBACK_TIMEOUT.get(),
+            retries: DEFAULT_CALLBACK_RETRIES,
         }
     }
 }
+
+/// The default Token of the callback.
+pub const DEFAULT_CALLBACK_TOKEN: &str = "wecomtoken";
+/// How long the callback's answer is awaited before a retry, by default.
+pub const DEFAULT_CALLBACK_TIMEOUT: HumanDuration = HumanDuration::secs(5);
+/// Retries of a callback event, by default.
+pub const DEFAULT_CALLBACK_RETRIES: u32 = 3;
+/// The default corp id.
+pub const DEFAULT_CORP_ID: &str = "wwcorp";
+/// The default app of the corp, `AGENTID=SECRET`.
+pub const DEFAULT_APP: &str = "1000002=wecom-secret";
+/// The default group robot's webhook key.
+pub const DEFAULT_ROBOT_KEY: &str = "robot-key";
+/// How long after a send message/recall still works, by default.
+pub const DEFAULT_RECALL_WINDOW: HumanDuration = HumanDuration::hours(24);
+/// Messages per robot key in a window, by default.
+pub const DEFAULT_ROBOT_LIMIT: u32 = 20;
+/// The robots' sliding window, by default.
+pub const DEFAULT_ROBOT_WINDOW: HumanDuration = HumanDuration::secs(60);
 
 /// The default EncodingAESKey of the callback (43 base64 characters; for tests only).
 pub const DEFAULT_AES_KEY: &str = "wecomSandboxEncodingAesKey0123456789abcdefg";
@@ -86,13 +106,13 @@ pub struct WeComConfig {
 impl Default for WeComConfig {
     fn default() -> Self {
         Self {
-            corp_id: "wwcorp".to_string(),
-            apps: vec![WeComApp::new(1_000_002, "wecom-secret")],
-            robot_keys: vec!["robot-key".to_string()],
+            corp_id: DEFAULT_CORP_ID.to_string(),
+            apps: parse_app(DEFAULT_APP).into_iter().collect(),
+            robot_keys: vec![DEFAULT_ROBOT_KEY.to_string()],
             trusted_ips: None,
-            recall_window: Duration::from_secs(24 * 3600),
-            robot_limit: 20,
-            robot_window: Duration::from_secs(60),
+            recall_window: DEFAULT_RECALL_WINDOW.get(),
+            robot_limit: DEFAULT_ROBOT_LIMIT,
+            robot_window: DEFAULT_ROBOT_WINDOW.get(),
             callback: WeComCallbackConfig::default(),
         }
     }

@@ -26,6 +26,7 @@ use wxcrypto::Cipher;
 use super::config::WeComConfig;
 use super::directory::Directory;
 use super::stats::WeComStats;
+use crate::post::{Posted, post_event};
 
 /// Why the callback could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -348,35 +349,17 @@ impl Callback {
         element(&mut body, "Encrypt", &encrypt);
         element(&mut body, "AgentID", &agentid.to_string());
         body.push_str("</xml>");
-        let mut attempts = 0;
-        for _ in 0..=t.retries {
-            attempts += 1;
+        let posted = post_event(&t.client, &url, &body, t.retries, &self.shutdown, || {
             self.stats.event_attempt();
-            let req = t
-                .client
-                .post(url.clone())
-                .header("content-type", "text/xml")
-                .body(body.clone())
-                .send();
-            let ok = tokio::select! {
-                () = self.shutdown.cancelled() => false,
-                r = req => r.is_ok_and(|r| r.status().is_success()),
-            };
-            if ok {
-                self.stats.event_done(true);
-                return Ok(Delivered {
-                    acknowledged: true,
-                    attempts,
-                });
-            }
-            if self.shutdown.is_cancelled() {
-                break;
-            }
-            tracing::debug!(attempt = attempts, "WeCom event not acknowledged");
-        }
-        self.stats.event_done(false);
+        })
+        .await;
+        let (acknowledged, attempts) = match posted {
+            Posted::Acknowledged { attempts } => (true, attempts),
+            Posted::Refused { attempts } | Posted::ShutDown { attempts } => (false, attempts),
+        };
+        self.stats.event_done(acknowledged);
         Ok(Delivered {
-            acknowledged: false,
+            acknowledged,
             attempts,
         })
     }

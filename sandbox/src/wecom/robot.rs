@@ -71,7 +71,7 @@ impl Robots {
                     format!(
                         "more than {} messages in {} per robot",
                         self.limit,
-                        humantime::format_duration(self.window)
+                        wxpush_api::policy::HumanDuration(self.window)
                     ),
                 ))
             } else {

@@ -45,8 +45,10 @@ mod shared;
 mod tests;
 mod writer;
 
-use reads::{read_leased, read_record, stamped, wait_for_work};
-use schema::{CALLBACKS, CREDITS, DEAD, MESSAGES, decode, encode, load_index, open_db, storage};
+use reads::{read_leased, read_record, wait_for_work};
+use schema::{
+    CALLBACKS, CREDITS, DEAD, MESSAGES, decode, load_index, open_db, start_nanos, storage,
+};
 use shared::{Fresh, Shared};
 use writer::{Op, Writer};
 
@@ -328,49 +330,37 @@ impl Store for EmbeddedStore {
         started.pop().unwrap_or(Err(StoreError::Closed))
     }
 
-    /// One writer operation for the lot: the records are encoded here, on the caller's thread,
-    /// and the writer only puts them (the lease holds them, so nothing else writes them
-    /// meanwhile). All or nothing: on failure every lease goes back, due after a delay.
+    /// One writer operation for the lot: a small "attempt started" mark per message in its own
+    /// table (`schema::STARTED`), not a rewrite of the record (the lease holds the record, so
+    /// nothing else writes it meanwhile). All or nothing: on failure every lease goes back,
+    /// due after a delay.
     async fn start_attempts(
         &self,
         leased: &[&Leased],
         at: Timestamp,
     ) -> Vec<Result<(), StoreError>> {
-        let ids: Vec<u128> = leased.iter().map(|l| l.record.id.as_u128()).collect();
-        let encoded: Result<Vec<Vec<u8>>, StoreError> = leased
+        let n = leased.len();
+        let items: Vec<(u128, i128)> = leased
             .iter()
             .map(|l| {
-                if l.record.first_attempt_at.is_some() {
-                    encode(&l.record)
-                } else {
-                    encode(&stamped(&l.record, at))
-                }
+                let started = l.record.first_attempt_at.unwrap_or(at);
+                (l.record.id.as_u128(), start_nanos(started))
             })
             .collect();
-        let result = match encoded {
+        let (reply, rx) = oneshot::channel();
+        let ids: Vec<u128> = items.iter().map(|(id, _)| *id).collect();
+        let result = match self.send(Op::StartAttempts { items, reply }) {
             Err(e) => {
-                for &id in &ids {
+                for id in ids {
                     self.shared.give_back(id);
                 }
                 Err(e)
             }
-            Ok(records) => {
-                let (reply, rx) = oneshot::channel();
-                let items = ids.iter().copied().zip(records).collect();
-                match self.send(Op::StartAttempts { items, reply }) {
-                    Err(e) => {
-                        for &id in &ids {
-                            self.shared.give_back(id);
-                        }
-                        Err(e)
-                    }
-                    Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
-                }
-            }
+            Ok(()) => rx.await.map_err(|_| StoreError::Closed).and_then(|r| r),
         };
         match result {
-            Ok(()) => ids.iter().map(|_| Ok(())).collect(),
-            Err(e) => each_failed(ids.len(), e),
+            Ok(()) => (0..n).map(|_| Ok(())).collect(),
+            Err(e) => each_failed(n, e),
         }
     }
 

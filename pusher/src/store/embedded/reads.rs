@@ -3,27 +3,26 @@
 
 use std::time::Duration;
 
-use jiff::Timestamp;
-
-use super::schema::{MESSAGES, decode, storage};
+use super::schema::{MESSAGES, STARTED, decode, storage, with_start};
 use super::shared::Shared;
 use crate::message::{MessageId, MessageRecord};
 use crate::store::{Leased, StoreError};
 
-/// `record` with its first attempt started at `at` (what [`Store::start_attempt`] records).
-pub(super) fn stamped(record: &MessageRecord, at: Timestamp) -> MessageRecord {
-    let mut r = record.clone();
-    r.first_attempt_at = Some(at);
-    r.budget_from = at;
-    r.updated_at = at;
-    r
-}
-
+/// A record as stored, with its "attempt started" mark applied.
 pub(super) fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, StoreError> {
     let txn = shared.begin_read()?;
     let table = txn.open_table(MESSAGES).map_err(storage)?;
-    let got = table.get(id).map_err(storage)?;
-    got.map(|v| decode(v.value())).transpose()
+    let Some(record) = table
+        .get(id)
+        .map_err(storage)?
+        .map(|v| decode(v.value()))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let started = txn.open_table(STARTED).map_err(storage)?;
+    let at = started.get(id).map_err(storage)?.map(|v| v.value());
+    Ok(Some(with_start(record, at)))
 }
 
 /// Reads the records of the ids just taken from the schedule. Never strands a lease: an id
@@ -31,10 +30,13 @@ pub(super) fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRec
 /// delay and the others are still returned; when the read cannot even start, all are given
 /// back.
 pub(super) fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Leased> {
-    let table = match shared
-        .begin_read()
-        .and_then(|txn| txn.open_table(MESSAGES).map_err(storage))
-    {
+    let tables = shared.begin_read().and_then(|txn| {
+        Ok((
+            txn.open_table(MESSAGES).map_err(storage)?,
+            txn.open_table(STARTED).map_err(storage)?,
+        ))
+    });
+    let (table, started) = match tables {
         Ok(t) => t,
         Err(e) => {
             if let Some(held) = shared.logs.check("lease_read") {
@@ -49,7 +51,10 @@ pub(super) fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Lease
     let mut out = Vec::with_capacity(taken.len());
     for (slot, id) in taken {
         let record = match table.get(id) {
-            Ok(Some(v)) => decode(v.value()),
+            Ok(Some(v)) => decode(v.value()).and_then(|record| {
+                let at = started.get(id).map_err(storage)?.map(|v| v.value());
+                Ok(with_start(record, at))
+            }),
             Ok(None) => Err(StoreError::NotFound(MessageId::from_u128(id))),
             Err(e) => Err(storage(e)),
         };

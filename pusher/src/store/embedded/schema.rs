@@ -1,7 +1,8 @@
 //! The embedded store's tables in redb, how records are encoded in them, and reading them
 //! back into the in-memory schedule when the database is opened.
 //!
-//! Tables: `messages` (id → JSON record), `schedule` ((due ms, id) for pending messages),
+//! Tables: `messages` (id → JSON record), `started` (id → when its first attempt started, the
+//! "attempt started" mark), `schedule` ((due ms, id) for pending messages),
 //! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
 //! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
 //! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
@@ -18,6 +19,12 @@ use crate::store::index::{IdMap, Index};
 use crate::store::{StoreError, millis};
 
 pub(super) const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
+/// Message id → when its first attempt started (Unix nanoseconds): the "attempt started" mark,
+/// written before the first send instead of a rewrite of the whole record, and removed in the
+/// transaction that records the attempt's outcome (whose record carries the time from then
+/// on). A record read while its mark exists takes the time from it ([`with_start`]). Stores
+/// written before this table existed kept the time in the record only, which still reads.
+pub(super) const STARTED: TableDefinition<u128, i128> = TableDefinition::new("started");
 pub(super) const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
 pub(super) const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
 pub(super) const DEAD: TableDefinition<u128, ()> = TableDefinition::new("dead");
@@ -56,6 +63,25 @@ pub(super) fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::storage(format!("decode record: {e}"), e))
 }
 
+/// The time an "attempt started" mark holds.
+pub(super) fn start_nanos(at: Timestamp) -> i128 {
+    at.as_nanosecond()
+}
+
+/// `record` as the "attempt started" mark `started` (from [`STARTED`]) says: its first attempt
+/// started then, and its `maxAge` budget runs from then. A record that already carries the
+/// time is as it is.
+pub(super) fn with_start(mut record: MessageRecord, started: Option<i128>) -> MessageRecord {
+    if record.first_attempt_at.is_none()
+        && let Some(at) = started.and_then(|ns| Timestamp::from_nanosecond(ns).ok())
+    {
+        record.first_attempt_at = Some(at);
+        record.budget_from = at;
+        record.updated_at = at;
+    }
+    record
+}
+
 /// Opens (or creates) the database file with the store's cache size.
 pub(super) fn open_db(file: &Path) -> Result<Database, StoreError> {
     Database::builder()
@@ -75,6 +101,7 @@ pub(super) fn load_index(
     let txn = db.begin_write().map_err(storage)?;
     {
         txn.open_table(MESSAGES).map_err(storage)?;
+        txn.open_table(STARTED).map_err(storage)?;
         txn.open_table(SCHEDULE).map_err(storage)?;
         txn.open_table(FINISHED).map_err(storage)?;
         txn.open_table(DEAD).map_err(storage)?;

@@ -229,3 +229,136 @@ async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The "attempt started" mark is an entry of its own (`started`), not a rewrite of the record:
+/// the record on disk stays as accepted, a read shows the start, a restart leases the message
+/// with it, and the outcome's write removes the mark (the record carries it from then on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_attempt_started_mark_is_an_entry_of_its_own() {
+    use super::schema::{MESSAGES, STARTED};
+    use redb::ReadableTableMetadata;
+    let dir = temp();
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+    accept(&store, 1).await;
+    let leased = lease(&store, 1).await;
+    let id = leased[0].record.id;
+    let stored = |store: &EmbeddedStore| {
+        let txn = store.shared.begin_read().expect("reads");
+        let messages = txn.open_table(MESSAGES).expect("table");
+        let bytes = messages
+            .get(id.as_u128())
+            .expect("reads")
+            .expect("kept")
+            .value()
+            .to_vec();
+        let marks = txn.open_table(STARTED).expect("table").len().expect("len");
+        (bytes, marks)
+    };
+    let (before, marks) = stored(&store);
+    assert_eq!(marks, 0);
+    let at = Timestamp::now();
+    store
+        .start_attempt(&leased[0], at)
+        .await
+        .expect("records the start");
+    let (after, marks) = stored(&store);
+    assert_eq!(after, before, "the record is not rewritten");
+    assert_eq!(marks, 1);
+    let rec = store.get(id).await.expect("reads").expect("kept");
+    assert_eq!((rec.first_attempt_at, rec.budget_from), (Some(at), at));
+
+    // A new process leases it with its start (its outcome is unknown).
+    store.close().await;
+    drop((store, leased));
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens again");
+    let again = lease(&store, 1).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        (again[0].record.first_attempt_at, again[0].record.attempts),
+        (Some(at), 0)
+    );
+    deliver(&store, &again[0]).await;
+    let (record, marks) = stored(&store);
+    assert_eq!(marks, 0, "the outcome's write removed the mark");
+    let record: crate::message::MessageRecord = serde_json::from_slice(&record).expect("JSON");
+    assert_eq!(
+        (record.status, record.first_attempt_at),
+        (Status::Delivered, Some(at))
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store written before the `started` table existed (the "attempt started" time inside the
+/// record) opens, keeps that time, and delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_written_before_the_started_table_opens_and_delivers() {
+    use super::schema::{
+        AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, PROBE,
+        SCHEDULE,
+    };
+    use crate::message::{MessageId, MessageRecord};
+    let dir = temp();
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let at = Timestamp::now() - SignedDuration::from_secs(30);
+    let message = |to: &str| {
+        parse_message(&json!({"touser": to, "template_id": "T", "data": {"k": {"value": "v"}}}))
+            .expect("valid")
+    };
+    // One message whose first attempt started (written into its record, as before), and one
+    // never attempted.
+    let mut started = MessageRecord::new(MessageId::new(), message("o-started"), None, at);
+    started.first_attempt_at = Some(at);
+    let queued = MessageRecord::new(MessageId::new(), message("o-queued"), None, at);
+    {
+        let db = redb::Database::create(EmbeddedStore::file_in(&dir)).expect("creates");
+        let txn = db.begin_write().expect("writes");
+        {
+            let mut messages = txn.open_table(MESSAGES).expect("table");
+            let mut schedule = txn.open_table(SCHEDULE).expect("table");
+            for r in [&started, &queued] {
+                let bytes = serde_json::to_vec(r).expect("JSON");
+                messages
+                    .insert(r.id.as_u128(), bytes.as_slice())
+                    .expect("puts");
+                schedule
+                    .insert((crate::store::millis(at), r.id.as_u128()), ())
+                    .expect("puts");
+            }
+            txn.open_table(FINISHED).expect("table");
+            txn.open_table(DEAD).expect("table");
+            txn.open_table(IDEMPOTENCY).expect("table");
+            txn.open_table(MSGIDS).expect("table");
+            txn.open_table(AWAITING).expect("table");
+            txn.open_table(EVENTS_SEEN).expect("table");
+            txn.open_table(CALLBACKS).expect("table");
+            txn.open_table(PROBE).expect("table");
+        }
+        txn.commit().expect("commits");
+    }
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens the old store");
+    assert_eq!(counts(store.counts()), (2, 0, 0));
+    let leased = lease(&store, 2).await;
+    assert_eq!(leased.len(), 2);
+    for l in &leased {
+        let want = if l.record.id == started.id {
+            Some(at)
+        } else {
+            None
+        };
+        assert_eq!(
+            l.record.first_attempt_at, want,
+            "{}",
+            l.record.message.touser
+        );
+        assert_eq!(l.record.message.data.as_str(), r#"{"k":{"value":"v"}}"#);
+        deliver(&store, l).await;
+    }
+    assert_eq!(counts(store.counts()), (0, 0, 0));
+    for r in [&started, &queued] {
+        let rec = store.get(r.id).await.expect("reads").expect("kept");
+        assert_eq!(rec.status, Status::Delivered);
+    }
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -24,9 +24,9 @@ pub(in crate::store::embedded) enum Op {
         items: Vec<(u64, Box<MessageRecord>)>,
         reply: oneshot::Sender<Result<Vec<Result<(), StoreError>>, StoreError>>,
     },
-    /// "Attempt started" records of leased messages, encoded by the caller: `(id, record)`.
+    /// "Attempt started" marks of leased messages: `(id, Unix ns)`.
     StartAttempts {
-        items: Vec<(u128, Vec<u8>)>,
+        items: Vec<(u128, i128)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Replay {

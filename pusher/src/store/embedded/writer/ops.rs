@@ -168,6 +168,8 @@ pub(super) fn complete(
         g.callbacks_added |= t.add_callback(g.default_callback, record, g.now)?;
     }
     t.messages.insert(id, encoded.as_slice()).map_err(storage)?;
+    // The record carries its start from now on: the mark goes.
+    t.started.remove(id).map_err(storage)?;
     Ok(Step::Done(
         Change::Released {
             id,
@@ -253,6 +255,7 @@ pub(super) fn replay(
     }
     t.dead.remove(key).map_err(storage)?;
     reset_for_replay(&mut record, g.now);
+    t.started.remove(key).map_err(storage)?;
     t.put(&record)?;
     t.schedule.insert((g.now_ms, key), ()).map_err(storage)?;
     Ok(Step::Done(
@@ -331,15 +334,16 @@ fn find_event_target(
     })
 }
 
-/// Writes "attempt started" records (`first_attempt_at` and the start of the `maxAge` budget),
-/// encoded by the caller from the records it leased: a put, no read. The leases are kept.
+/// Writes "attempt started" marks (`first_attempt_at` and the start of the `maxAge` budget) in
+/// the small `started` table, `(id, Unix ns)` each: no read, and the record is not rewritten.
+/// The leases are kept.
 pub(super) fn start_attempts(
     t: &mut Tables<'_>,
-    items: Vec<(u128, Vec<u8>)>,
+    items: Vec<(u128, i128)>,
 ) -> Result<Step<()>, StoreError> {
     let mut ids = Vec::with_capacity(items.len());
-    for (id, record) in items {
-        t.messages.insert(id, record.as_slice()).map_err(storage)?;
+    for (id, at) in items {
+        t.started.insert(id, at).map_err(storage)?;
         ids.push(id);
     }
     Ok(Step::Done(Change::Started { ids }, ()))

@@ -7,13 +7,14 @@ use redb::{ReadableTable, Table, WriteTransaction};
 use crate::message::MessageRecord;
 use crate::store::embedded::schema::{
     AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, SCHEDULE,
-    decode, encode, storage,
+    STARTED, decode, encode, storage, with_start,
 };
 use crate::store::{PendingCallback, StoreError};
 
 /// The tables of one write transaction.
 pub(super) struct Tables<'t> {
     pub(super) messages: Table<'t, u128, &'static [u8]>,
+    pub(super) started: Table<'t, u128, i128>,
     pub(super) schedule: Table<'t, (u64, u128), ()>,
     pub(super) finished: Table<'t, (u64, u128), ()>,
     pub(super) dead: Table<'t, u128, ()>,
@@ -28,6 +29,7 @@ impl<'t> Tables<'t> {
     pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             messages: txn.open_table(MESSAGES).map_err(storage)?,
+            started: txn.open_table(STARTED).map_err(storage)?,
             schedule: txn.open_table(SCHEDULE).map_err(storage)?,
             finished: txn.open_table(FINISHED).map_err(storage)?,
             dead: txn.open_table(DEAD).map_err(storage)?,
@@ -40,11 +42,17 @@ impl<'t> Tables<'t> {
     }
 
     pub(super) fn record(&self, id: u128) -> Result<Option<MessageRecord>, StoreError> {
-        self.messages
+        let Some(record) = self
+            .messages
             .get(id)
             .map_err(storage)?
             .map(|v| decode(v.value()))
-            .transpose()
+            .transpose()?
+        else {
+            return Ok(None);
+        };
+        let started = self.started.get(id).map_err(storage)?.map(|v| v.value());
+        Ok(Some(with_start(record, started)))
     }
 
     pub(super) fn put(&mut self, record: &MessageRecord) -> Result<(), StoreError> {

@@ -1,14 +1,17 @@
-//! The docs restate the pusher's metrics and its request limits. These tests compare what they
-//! say with what [`Metrics::new`] registers and what `message` enforces, so that a metric or a
-//! limit added, renamed or changed without its docs fails here.
+//! The docs restate the pusher's and the operator's metrics and the pusher's request limits.
+//! These tests compare what they say with what each `Metrics::new` registers and what
+//! `message` enforces, so that a metric or a limit added, renamed or changed without its docs
+//! fails here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use crate::metrics::Metrics;
+use wxpush_pusher::metrics::Metrics;
+use wxpush_tests::docs;
+use wxpush_tests::workspace_root;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    workspace_root()
 }
 
 fn read(path: &Path) -> String {
@@ -17,7 +20,7 @@ fn read(path: &Path) -> String {
 
 /// Metrics with a sample in every family: a family without one is left out of a scrape.
 fn populated() -> Metrics {
-    use crate::metrics::{
+    use wxpush_pusher::metrics::{
         AttemptResult, CallbackLabels, CallbackResult, ConsumerLabels, EventName, EventResult,
         FetchResult, Outcome, QueueState, TemplateList, TemplateRuleLabel, TimeoutPhase,
         TokenApiLabel, TokenResult,
@@ -43,10 +46,10 @@ fn populated() -> Metrics {
     m.template_fetch(TemplateList::Private, FetchResult::Ok);
     m.set_templates(TemplateList::Private, 1);
     m.invalid_recipients(
-        crate::metrics::ProviderLabel::WecomApp,
-        &crate::send::InvalidRecipients {
+        wxpush_pusher::metrics::ProviderLabel::WecomApp,
+        &wxpush_pusher::send::InvalidRecipients {
             users: vec!["gone-1".into()],
-            ..crate::send::InvalidRecipients::default()
+            ..wxpush_pusher::send::InvalidRecipients::default()
         },
     );
     m
@@ -56,22 +59,7 @@ fn populated() -> Metrics {
 /// type (`counter`, `gauge`, `histogram`).
 fn registered() -> BTreeMap<String, String> {
     let metrics = populated();
-    let text = metrics.encode();
-    let families: BTreeMap<String, String> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .map(|l| {
-            let mut parts = l.split_whitespace();
-            let name = parts.next().unwrap_or_default();
-            let kind = parts.next().unwrap_or_default().to_string();
-            let name = if kind == "counter" {
-                format!("{name}_total")
-            } else {
-                name.to_string()
-            };
-            (name, kind)
-        })
-        .collect();
+    let families = docs::metric_families(&metrics.encode());
     // Each registered metric shows one descriptor in the registry's debug output: a family
     // added to `Metrics::new` and not given a sample in `populated` fails here.
     let descriptors = format!("{metrics:?}").matches("Descriptor {").count();
@@ -117,7 +105,7 @@ fn not_a_pusher_metric(word: &str) -> bool {
         "wxpush_tests",
         "wxpush_wxcrypto",
     ];
-    // The operator's own metrics are compared with its code in the operator crate.
+    // The operator's own metrics are compared with its code below.
     CRATES.contains(&word) || word.starts_with("wxpush_operator_")
 }
 
@@ -161,27 +149,11 @@ fn section<'a>(text: &'a str, heading: &str) -> &'a str {
 
 /// Files where the docs, the chart's rules and dashboards name metrics.
 fn documents() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| ["md", "yaml", "yml", "json", "tpl"].contains(&e))
-            {
-                out.push(path);
-            }
-        }
-    }
+    const KINDS: &[&str] = &["md", "yaml", "yml", "json", "tpl"];
     let root = root();
     let mut out = vec![root.join("README.md")];
-    walk(&root.join("docs"), &mut out);
-    walk(&root.join("charts"), &mut out);
+    docs::files_below(&root.join("docs"), KINDS, &mut out);
+    docs::files_below(&root.join("charts"), KINDS, &mut out);
     out.sort();
     out
 }
@@ -243,7 +215,7 @@ fn every_metric_the_docs_and_the_chart_name_exists() {
 /// ones the validation enforces.
 #[test]
 fn the_body_field_limits_in_pusher_md_are_the_codes() {
-    use crate::message::{
+    use wxpush_pusher::message::{
         MAX_APPID, MAX_CLIENT_MSG_ID, MAX_DATA_KEYS, MAX_DATA_VALUE, MAX_PAGE, MAX_TEMPLATE_ID,
         MAX_TOUSER, MAX_URL,
     };
@@ -295,4 +267,39 @@ fn the_helpers_see_what_they_should() {
             .collect::<Vec<_>>(),
         ["wxpush_a", "wxpush_b", "wxpush_c"]
     );
+}
+
+/// docs/operator.md's table of metrics ("Metrics it exports") names every metric the operator
+/// registers, with its type, and no other.
+#[test]
+fn the_operator_docs_table_is_the_registry() {
+    // A family without a sample is left out of a scrape: give each one.
+    let metrics = wxpush_operator::metrics::Metrics::new();
+    metrics.reconciled("applied", 0.1);
+    metrics.failed("apply");
+    metrics.credential_checked("TokenIssued");
+    metrics.set_leader(true);
+    let registered: BTreeSet<(String, String)> = docs::metric_families(&metrics.encode())
+        .into_iter()
+        .collect();
+    assert_eq!(registered.len(), 5, "{registered:?}");
+
+    let text = read(&root().join("docs/operator.md"));
+    let table = text
+        .split("### Metrics it exports")
+        .nth(1)
+        .expect("docs/operator.md has the section Metrics it exports");
+    let documented: BTreeSet<(String, String)> = table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .skip(2) // the header and its rule
+        .map(|row| {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let name = cells[1].trim_matches('`');
+            let name = name.split('{').next().unwrap_or(name).to_string();
+            (name, cells[2].to_string())
+        })
+        .collect();
+    assert_eq!(documented, registered, "docs/operator.md vs Metrics::new");
 }
