@@ -129,18 +129,6 @@ label_value! {
     }
 }
 
-impl From<crate::policy::Provider> for ProviderLabel {
-    fn from(p: crate::policy::Provider) -> Self {
-        use crate::policy::Provider;
-        match p {
-            Provider::WechatOfficialAccount => Self::WechatOfficialAccount,
-            Provider::WechatMiniProgram => Self::WechatMiniProgram,
-            Provider::WecomApp => Self::WecomApp,
-            Provider::WecomRobot => Self::WecomRobot,
-        }
-    }
-}
-
 /// Labels of `wxpush_invalid_recipients_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct InvalidRecipientLabels {
@@ -393,22 +381,4 @@ pub struct TemplateFetchLabels {
     pub list: TemplateList,
     /// See [`FetchResult`].
     pub result: FetchResult,
-}
-
-#[cfg(test)]
-mod provider_label_tests {
-    use super::ProviderLabel;
-    use crate::policy::Provider;
-
-    #[test]
-    fn the_provider_label_is_the_provider_field_as_spelled() {
-        for p in [
-            Provider::WechatOfficialAccount,
-            Provider::WechatMiniProgram,
-            Provider::WecomApp,
-            Provider::WecomRobot,
-        ] {
-            assert_eq!(ProviderLabel::from(p).as_str(), p.as_str());
-        }
-    }
 }
