@@ -778,6 +778,20 @@ impl PusherConfig {
                 message: message.into(),
             });
         };
+        self.check_channel(&mut bad);
+        self.check_auth_and_events(&mut bad);
+        self.check_queue(&mut bad);
+        self.check_policies(&mut bad);
+        self.check_api_limits(&mut bad);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The template refresh, the channel name, its endpoint, credentials and provider.
+    fn check_channel(&self, bad: &mut impl FnMut(&str, &str)) {
         if self.templates.refresh_interval.get() < std::time::Duration::from_secs(1) {
             bad("templates.refreshInterval", "must be at least 1s");
         }
@@ -802,6 +816,10 @@ impl PusherConfig {
                 &format!("a {} channel has no events", self.provider.as_str()),
             );
         }
+    }
+
+    /// The producers' token and the events' mode and key.
+    fn check_auth_and_events(&self, bad: &mut impl FnMut(&str, &str)) {
         for (field, a, b, message) in [(
             "auth.token",
             self.auth.token.is_some(),
@@ -834,6 +852,10 @@ impl PusherConfig {
             ),
             _ => {}
         }
+    }
+
+    /// The queue: exactly one kind, and the embedded store's path and size.
+    fn check_queue(&self, bad: &mut impl FnMut(&str, &str)) {
         if self.queue.kind().is_none() {
             bad("queue", "set exactly one queue kind: embedded or redis");
         }
@@ -851,6 +873,10 @@ impl PusherConfig {
                 );
             }
         }
+    }
+
+    /// Retries, rate limit, concurrency and the circuit breaker.
+    fn check_policies(&self, bad: &mut impl FnMut(&str, &str)) {
         for (name, r) in [
             ("retry", &self.retry),
             ("callbacks.retry", &self.callbacks.retry),
@@ -881,6 +907,10 @@ impl PusherConfig {
         if !(0.0..=1.0).contains(&cb.failure_ratio) || cb.failure_ratio == 0.0 {
             bad("circuitBreaker.failureRatio", "must be in (0, 1]");
         }
+    }
+
+    /// The HTTP API's limits and timeouts.
+    fn check_api_limits(&self, bad: &mut impl FnMut(&str, &str)) {
         if self.api.max_batch == 0 || self.api.max_batch > 10_000 {
             bad("api.maxBatch", "must be between 1 and 10000");
         }
@@ -898,11 +928,6 @@ impl PusherConfig {
             if d.get().is_zero() {
                 bad(field, "must be more than 0");
             }
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(problems))
         }
     }
 }

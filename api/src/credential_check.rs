@@ -2,9 +2,14 @@
 //! `CredentialsValid` condition: one access_token request, and what its answer means, in one
 //! line with the fix. Pure: the callers make the HTTP request with their own clients.
 //!
-//! The check always asks the **stable** token API without `force_refresh`: that call hands back
+//! WeCom's checks are in [`wecom`]: `gettoken` for an application, the key's shape for a group
+//! robot (it has no token call).
+//!
+//! For WeChat the check always asks the **stable** token API without `force_refresh`: that call hands back
 //! the token the account already has (or the first one), so it disturbs no running pusher,
 //! whichever token API the channel is configured with. The token in the answer is dropped.
+
+pub mod wecom;
 
 /// Path of the request, below `apiBaseUrl`.
 pub const PATH: &str = "/cgi-bin/stable_token";

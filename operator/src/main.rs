@@ -161,25 +161,30 @@ fn error_chain(e: &anyhow::Error) -> String {
     out
 }
 
-async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
-    let client = kube::Client::try_default()
-        .await
-        .context("cannot configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
-    let namespaces =
-        controller::watched_namespaces(&args.watch_namespaces, args.namespace.as_deref());
+/// Which optional APIs the cluster serves.
+struct Served {
+    keda: bool,
+    pod_monitors: bool,
+    prometheus_rules: bool,
+}
+
+/// Checks that the CRD is served in the watched namespaces and finds the optional APIs.
+async fn discover(client: &kube::Client, namespaces: &[String]) -> anyhow::Result<Served> {
     if namespaces.is_empty() {
-        controller::check_crd(&client, None).await?;
+        controller::check_crd(client, None).await?;
     }
-    for ns in &namespaces {
-        controller::check_crd(&client, Some(ns)).await?;
+    for ns in namespaces {
+        controller::check_crd(client, Some(ns)).await?;
     }
-    let keda = controller::keda_available(&client).await;
-    let pod_monitors = controller::pod_monitors_available(&client).await;
-    let prometheus_rules = controller::prometheus_rules_available(&client).await;
+    let served = Served {
+        keda: controller::keda_available(client).await,
+        pod_monitors: controller::pod_monitors_available(client).await,
+        prometheus_rules: controller::prometheus_rules_available(client).await,
+    };
     info!(
-        keda,
-        pod_monitors,
-        prometheus_rules,
+        keda = served.keda,
+        pod_monitors = served.pod_monitors,
+        prometheus_rules = served.prometheus_rules,
         namespaces = if namespaces.is_empty() {
             "<all>".to_string()
         } else {
@@ -187,45 +192,43 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
         },
         "starting"
     );
+    Ok(served)
+}
 
-    let metrics = Arc::new(Metrics::new());
-    let health = Health {
-        metrics: metrics.clone(),
-        ..Health::default()
-    };
-    let listener = tokio::net::TcpListener::bind(args.listen)
+/// Binds `--listen` and serves `/metrics`, `/healthz` and `/readyz` until `stop`.
+async fn serve_health(
+    listen: SocketAddr,
+    health: Health,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+        .with_context(|| format!("cannot listen on {listen}"))?;
     let bound = listener.local_addr()?;
     println!("wxpush-operator listening on http://{bound}");
     info!(%bound, "serving /metrics, /healthz, /readyz");
+    let app = router(health);
+    Ok(tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        });
+        if let Err(e) = serve.await {
+            error!(error = %e, "metrics server failed");
+        }
+    }))
+}
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(shutdown_signal(stop_tx.clone()));
-    let server = {
-        let mut stop = stop_rx.clone();
-        let app = router(health.clone());
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                error!(error = %e, "metrics server failed");
-            }
-        })
-    };
-    health.ready.store(true, Ordering::Relaxed);
-
-    let me = identity(&args);
-    let settings = Settings {
+/// The reconciler's settings, from the flags and the APIs served.
+fn settings(args: &Args, served: &Served) -> Settings {
+    Settings {
         default_image: args.pusher_image.clone(),
         requeue_after: args.requeue.get(),
         requeue_waiting: args.requeue_waiting.get(),
         backoff_base: args.backoff_base.get(),
         backoff_max: args.backoff_max.get(),
-        keda_available: keda,
-        pod_monitors_available: pod_monitors,
-        prometheus_rules_available: prometheus_rules,
+        keda_available: served.keda,
+        pod_monitors_available: served.pod_monitors,
+        prometheus_rules_available: served.prometheus_rules,
         allowed_images: args
             .allowed_images
             .iter()
@@ -233,58 +236,106 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             .filter(|i| !i.is_empty())
             .collect(),
         check_credentials: args.check_credentials,
+    }
+}
+
+/// What the controller runs with.
+struct Running {
+    client: kube::Client,
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    me: String,
+    health: Health,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+}
+
+/// Campaigns for the Lease and runs the controller while it is held. Fails when leadership
+/// is lost, so that a restart campaigns again.
+async fn run_as_leader(args: &Args, r: Running) -> std::process::ExitCode {
+    let lease_ns = args
+        .lease_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .or_else(|| r.namespaces.first().cloned())
+        .unwrap_or_else(|| "default".into());
+    let elector = LeaderElection::new(
+        r.client.clone(),
+        &lease_ns,
+        &args.lease_name,
+        &r.me,
+        args.lease_duration.get(),
+    );
+    let mut stop = r.stop.clone();
+    if !elector.acquire(&mut stop).await {
+        return std::process::ExitCode::SUCCESS;
+    }
+    r.health.leader.store(true, Ordering::Relaxed);
+    r.metrics.set_leader(true);
+    // The controller stops on shutdown or when leadership is lost.
+    let (lost_tx, mut lost_rx) = watch::channel(false);
+    let keeper = {
+        let elector = elector.clone();
+        let mut stop = r.stop.clone();
+        tokio::spawn(async move {
+            let ended = elector.keep(&mut stop).await;
+            let _ = lost_tx.send(true);
+            ended
+        })
     };
+    controller::run(r.ctx, r.namespaces.clone(), args.concurrency, async move {
+        let _ = lost_rx.wait_for(|s| *s).await;
+    })
+    .await;
+    let ended = keeper.await.unwrap_or(Ended::Lost);
+    r.health.leader.store(false, Ordering::Relaxed);
+    r.metrics.set_leader(false);
+    if ended == Ended::Lost {
+        error!("lost the leader Lease: exiting so that a restart campaigns again");
+        std::process::ExitCode::FAILURE
+    } else {
+        elector.release().await;
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
+    let client = kube::Client::try_default()
+        .await
+        .context("cannot configure the Kubernetes client (KUBECONFIG or in-cluster)")?;
+    let namespaces =
+        controller::watched_namespaces(&args.watch_namespaces, args.namespace.as_deref());
+    let served = discover(&client, &namespaces).await?;
+
+    let metrics = Arc::new(Metrics::new());
+    let health = Health {
+        metrics: metrics.clone(),
+        ..Health::default()
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // The server is bound before the signal handler starts, as before.
+    let server = serve_health(args.listen, health.clone(), stop_rx.clone()).await?;
+    tokio::spawn(shutdown_signal(stop_tx.clone()));
+    health.ready.store(true, Ordering::Relaxed);
+
+    let me = identity(&args);
     let ctx = Arc::new(Context::new(
         client.clone(),
-        settings,
+        settings(&args, &served),
         metrics.clone(),
         Some(me.clone()),
     ));
-
-    let mut code = std::process::ExitCode::SUCCESS;
-    if args.leader_election {
-        let lease_ns = args
-            .lease_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .or_else(|| namespaces.first().cloned())
-            .unwrap_or_else(|| "default".into());
-        let elector = LeaderElection::new(
-            client.clone(),
-            &lease_ns,
-            &args.lease_name,
-            &me,
-            args.lease_duration.get(),
-        );
-        let mut stop = stop_rx.clone();
-        if elector.acquire(&mut stop).await {
-            health.leader.store(true, Ordering::Relaxed);
-            metrics.set_leader(true);
-            // The controller stops on shutdown or when leadership is lost.
-            let (lost_tx, mut lost_rx) = watch::channel(false);
-            let keeper = {
-                let elector = elector.clone();
-                let mut stop = stop_rx.clone();
-                tokio::spawn(async move {
-                    let ended = elector.keep(&mut stop).await;
-                    let _ = lost_tx.send(true);
-                    ended
-                })
-            };
-            controller::run(ctx, namespaces.clone(), args.concurrency, async move {
-                let _ = lost_rx.wait_for(|s| *s).await;
-            })
-            .await;
-            let ended = keeper.await.unwrap_or(Ended::Lost);
-            health.leader.store(false, Ordering::Relaxed);
-            metrics.set_leader(false);
-            if ended == Ended::Lost {
-                error!("lost the leader Lease: exiting so that a restart campaigns again");
-                code = std::process::ExitCode::FAILURE;
-            } else {
-                elector.release().await;
-            }
-        }
+    let code = if args.leader_election {
+        let running = Running {
+            client,
+            ctx,
+            namespaces,
+            me,
+            health,
+            metrics,
+            stop: stop_rx,
+        };
+        run_as_leader(&args, running).await
     } else {
         health.leader.store(true, Ordering::Relaxed);
         metrics.set_leader(true);
@@ -293,7 +344,8 @@ async fn run(args: Args) -> anyhow::Result<std::process::ExitCode> {
             let _ = stop.wait_for(|s| *s).await;
         })
         .await;
-    }
+        std::process::ExitCode::SUCCESS
+    };
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
     info!("stopped");

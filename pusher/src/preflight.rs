@@ -61,36 +61,67 @@ impl std::fmt::Debug for EventSecrets {
 #[error("{}", .0.iter().map(|p| format!("{}: {}", p.field, p.message)).collect::<Vec<_>>().join("; "))]
 pub struct Problems(pub Vec<Problem>);
 
-/// Reads and checks every secret of `config`, collecting every problem.
-pub fn resolve(config: &PusherConfig) -> Result<Resolved, Problems> {
-    let mut problems = Vec::new();
-    let mut bad = |field: &str, message: String| {
-        problems.push(Problem {
+/// The problems found so far, each naming its field.
+#[derive(Default)]
+struct Findings(Vec<Problem>);
+
+impl Findings {
+    fn bad(&mut self, field: &str, message: String) {
+        self.0.push(Problem {
             field: field.into(),
             message,
         });
-    };
-    let mut read = |field: &str, secret: Option<LocalSecret>, required: &str| match secret {
-        None => {
-            if !required.is_empty() {
-                bad(field, required.into());
-            }
-            None
-        }
-        Some(s) => match s.read() {
-            Ok(v) => Some((s, v)),
-            Err(e) => {
-                bad(field, describe(&e));
+    }
+
+    /// Reads `secret` with its source; a missing one is a problem only when `required` says
+    /// what to set.
+    fn read(
+        &mut self,
+        field: &str,
+        secret: Option<LocalSecret>,
+        required: &str,
+    ) -> Option<(LocalSecret, String)> {
+        match secret {
+            None => {
+                if !required.is_empty() {
+                    self.bad(field, required.into());
+                }
                 None
             }
-        },
-    };
-    // The provider's credentials; the appid (WeChat) or the corp id (WeCom) is also the
-    // receive id of the event envelopes.
+            Some(s) => match s.read() {
+                Ok(v) => Some((s, v)),
+                Err(e) => {
+                    self.bad(field, describe(&e));
+                    None
+                }
+            },
+        }
+    }
+
+    /// `Some(value)`, or `None` with `field`'s problem noted.
+    fn ok<T, E>(
+        &mut self,
+        field: &str,
+        result: Result<T, E>,
+        say: impl Fn(E) -> String,
+    ) -> Option<T> {
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.bad(field, say(e));
+                None
+            }
+        }
+    }
+}
+
+/// The provider's credentials, read to check them. Returns the appid (WeChat) or the corp id
+/// (WeCom): also the receive id of the event envelopes.
+fn read_credentials(config: &PusherConfig, found: &mut Findings) -> Option<(LocalSecret, String)> {
     let mut app_id = None;
     for &which in config.provider.credentials() {
         let name = which.name();
-        let got = read(
+        let got = found.read(
             &format!("credentials.{name}"),
             config.credentials.get(which),
             &format!("set exactly one of {name} and {name}File"),
@@ -99,82 +130,83 @@ pub fn resolve(config: &PusherConfig) -> Result<Resolved, Problems> {
             app_id = got;
         }
     }
-    let auth = read(
-        "auth.token",
-        config.auth.token(),
-        "set exactly one of token and tokenFile",
-    );
-    let events_token = read("events.token", config.events.token.clone(), "");
-    let aes_key = read(
-        "events.encodingAesKey",
-        config.events.encoding_aes_key.clone(),
-        "",
-    );
-    let signing = read(
-        "callbacks.signingKey",
-        config.callbacks.signing_key.clone(),
-        "",
-    );
-    let redis_url = match config.queue.kind() {
-        Some(QueueKind::Redis(r)) => read("queue.redis.url", Some(r.url.clone()), ""),
-        _ => None,
-    };
+    app_id
+}
 
+/// The events' cipher, when the mode seals messages and the EncodingAESKey and the receive
+/// id are both at hand.
+fn event_cipher(
+    config: &PusherConfig,
+    aes_key: Option<&(LocalSecret, String)>,
+    app_id: Option<&(LocalSecret, String)>,
+    found: &mut Findings,
+) -> Option<Cipher> {
     let mode = config.events.effective_mode();
-    let cipher = match (&aes_key, mode.sealed()) {
+    match (aes_key, mode.sealed()) {
         (Some(_), false) => {
-            bad("events.mode", "plain mode takes no encodingAesKey".into());
+            found.bad("events.mode", "plain mode takes no encodingAesKey".into());
             None
         }
         (None, true) if config.events.encoding_aes_key.is_none() => {
-            bad(
+            found.bad(
                 "events.encodingAesKey",
                 format!("{} mode needs the EncodingAESKey", mode.as_str()),
             );
             None
         }
-        (Some((_, key)), true) => match &app_id {
-            Some((_, appid)) => match Cipher::new(key, appid) {
-                Ok(c) => Some(c),
-                Err(e) => {
-                    bad("events.encodingAesKey", e.to_string());
-                    None
-                }
-            },
+        (Some((_, key)), true) => match app_id {
+            Some((_, appid)) => found.ok("events.encodingAesKey", Cipher::new(key, appid), |e| {
+                e.to_string()
+            }),
             // Reported with credentials.appId (or corpId).
             None => None,
         },
         _ => None,
-    };
-    let redis = match (config.queue.kind(), redis_url) {
-        (Some(QueueKind::Redis(r)), Some((_, url))) => match redis_options(config, r, &url) {
-            Ok(o) => Some(o),
-            Err(e) => {
-                bad("queue.redis.url", e);
-                None
-            }
-        },
+    }
+}
+
+/// Reads and checks every secret of `config`, collecting every problem.
+pub fn resolve(config: &PusherConfig) -> Result<Resolved, Problems> {
+    let mut found = Findings::default();
+    let app_id = read_credentials(config, &mut found);
+    let auth = found.read(
+        "auth.token",
+        config.auth.token(),
+        "set exactly one of token and tokenFile",
+    );
+    let events_token = found.read("events.token", config.events.token.clone(), "");
+    let aes_key = found.read(
+        "events.encodingAesKey",
+        config.events.encoding_aes_key.clone(),
+        "",
+    );
+    let signing = found.read(
+        "callbacks.signingKey",
+        config.callbacks.signing_key.clone(),
+        "",
+    );
+    let redis_url = match config.queue.kind() {
+        Some(QueueKind::Redis(r)) => found.read("queue.redis.url", Some(r.url.clone()), ""),
         _ => None,
     };
-    let auth = auth.and_then(|(source, _)| match AuthToken::new(source) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            bad("auth.token", describe(&e));
-            None
+    let cipher = event_cipher(config, aes_key.as_ref(), app_id.as_ref(), &mut found);
+    let redis = match (config.queue.kind(), redis_url) {
+        (Some(QueueKind::Redis(r)), Some((_, url))) => {
+            found.ok("queue.redis.url", redis_options(config, r, &url), |e| e)
         }
+        _ => None,
+    };
+    let auth = auth
+        .and_then(|(source, _)| found.ok("auth.token", AuthToken::new(source), |e| describe(&e)));
+    let signing_key = signing.and_then(|(source, _)| {
+        found.ok(
+            "callbacks.signingKey",
+            WatchedSecret::new("callbacks.signingKey", source).map(Arc::new),
+            |e| describe(&e),
+        )
     });
-    let signing_key =
-        signing.and_then(
-            |(source, _)| match WatchedSecret::new("callbacks.signingKey", source) {
-                Ok(w) => Some(Arc::new(w)),
-                Err(e) => {
-                    bad("callbacks.signingKey", describe(&e));
-                    None
-                }
-            },
-        );
-    if !problems.is_empty() {
-        return Err(Problems(problems));
+    if !found.0.is_empty() {
+        return Err(Problems(found.0));
     }
     let Some(auth) = auth else {
         return Err(Problems(vec![Problem {
@@ -184,7 +216,11 @@ pub fn resolve(config: &PusherConfig) -> Result<Resolved, Problems> {
     };
     let events = events_token.map(|(_, token)| EventSecrets {
         token,
-        cipher: if mode.sealed() { cipher } else { None },
+        cipher: if config.events.effective_mode().sealed() {
+            cipher
+        } else {
+            None
+        },
     });
     Ok(Resolved {
         auth,

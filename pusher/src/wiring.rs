@@ -164,34 +164,14 @@ impl Pusher {
         let http_stop = CancellationToken::new();
         let registry_stop = CancellationToken::new();
         templates.spawn(registry_stop.clone());
-        let mut servers = Vec::new();
-        // One request cap for the producers' routes and WeChat's events; health checks and
-        // metrics stay outside it so that an overloaded pusher is not restarted for it.
-        let cap = api::server::RequestCap::new(config.api.max_concurrent_requests);
-        let mut app = api::router(Arc::clone(&state), metrics_listener.is_none(), &cap);
-        if let Some(events) = events_state(&config, secrets.events, store.clone(), &metrics) {
-            app = app.merge(api::server::limit_layer(
-                crate::events::http::router(Arc::new(events)),
-                &cap,
-            ));
-        }
-        servers.push(spawn_server(
-            "api",
-            listener,
-            app,
-            config.api.clone(),
-            http_stop.clone(),
-        ));
-        if let Some(l) = metrics_listener {
-            let app = api::metrics_router(Arc::clone(&state));
-            servers.push(spawn_server(
-                "metrics",
-                l,
-                app,
-                config.api.clone(),
-                http_stop.clone(),
-            ));
-        }
+        let servers = serve_http(
+            &config,
+            &state,
+            (listener, metrics_listener),
+            secrets.events,
+            store.clone(),
+            &http_stop,
+        );
 
         let dispatch_stop = CancellationToken::new();
         let dispatcher = Dispatcher::new(
@@ -214,25 +194,22 @@ impl Pusher {
         )?;
         let calling = tokio::spawn(callbacks.run(callback_stop.clone()));
 
+        let mut tasks = Tasks {
+            draining,
+            registry_stop,
+            dispatch_stop,
+            dispatching,
+            drain,
+            callback_stop,
+            calling,
+            store,
+            http_stop,
+            servers,
+        };
         let supervisor_stop = stop.clone();
         let done = tokio::spawn(async move {
             supervisor_stop.cancelled().await;
-            tracing::info!("shutting down: not ready, refusing new messages, draining");
-            draining.store(true, Ordering::Relaxed);
-            registry_stop.cancel();
-            dispatch_stop.cancel();
-            // The dispatcher bounds its own drain; the margin covers its bookkeeping.
-            let _ = tokio::time::timeout(drain + Duration::from_secs(5), dispatching).await;
-            // Final states reached while draining are in the store; pending callbacks stay
-            // there for the next start.
-            callback_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(5), calling).await;
-            store.close().await;
-            http_stop.cancel();
-            for s in servers {
-                let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
-            }
-            tracing::info!("stopped");
+            tasks.shut_down().await;
         });
         tracing::info!(%addr, ?metrics_addr, channel = %config.channel, "wxpush-pusher serving");
         Ok(Self {
@@ -323,6 +300,85 @@ fn events_state<S: Store>(
 
 /// How long an event whose message is not (yet) found is re-tried before it is acknowledged.
 const EVENT_MATCH_WAIT: Duration = Duration::from_millis(1500);
+
+/// Spawns the API server (the producers' routes, health checks, WeChat's events and, without
+/// a separate listener, `/metrics`) and the separate metrics server, if any.
+fn serve_http<S: Store + Clone>(
+    config: &PusherConfig,
+    state: &Arc<ApiState<S>>,
+    (listener, metrics_listener): (TcpListener, Option<TcpListener>),
+    events: Option<crate::preflight::EventSecrets>,
+    store: S,
+    http_stop: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    let mut servers = Vec::new();
+    // One request cap for the producers' routes and WeChat's events; health checks and
+    // metrics stay outside it so that an overloaded pusher is not restarted for it.
+    let cap = api::server::RequestCap::new(config.api.max_concurrent_requests);
+    let mut app = api::router(Arc::clone(state), metrics_listener.is_none(), &cap);
+    if let Some(events) = events_state(config, events, store, &state.metrics) {
+        app = app.merge(api::server::limit_layer(
+            crate::events::http::router(Arc::new(events)),
+            &cap,
+        ));
+    }
+    servers.push(spawn_server(
+        "api",
+        listener,
+        app,
+        config.api.clone(),
+        http_stop.clone(),
+    ));
+    if let Some(l) = metrics_listener {
+        let app = api::metrics_router(Arc::clone(state));
+        servers.push(spawn_server(
+            "metrics",
+            l,
+            app,
+            config.api.clone(),
+            http_stop.clone(),
+        ));
+    }
+    servers
+}
+
+/// What a running pusher stops, in order, on shutdown.
+struct Tasks<S> {
+    draining: Arc<AtomicBool>,
+    registry_stop: CancellationToken,
+    dispatch_stop: CancellationToken,
+    dispatching: JoinHandle<()>,
+    drain: Duration,
+    callback_stop: CancellationToken,
+    calling: JoinHandle<()>,
+    store: S,
+    http_stop: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl<S: Store> Tasks<S> {
+    /// Shuts down in order: not ready and refusing new messages, the dispatcher drained, the
+    /// callbacks stopped, the store closed, then the HTTP servers.
+    async fn shut_down(&mut self) {
+        tracing::info!("shutting down: not ready, refusing new messages, draining");
+        self.draining.store(true, Ordering::Relaxed);
+        self.registry_stop.cancel();
+        self.dispatch_stop.cancel();
+        // The dispatcher bounds its own drain; the margin covers its bookkeeping.
+        let _ =
+            tokio::time::timeout(self.drain + Duration::from_secs(5), &mut self.dispatching).await;
+        // Final states reached while draining are in the store; pending callbacks stay
+        // there for the next start.
+        self.callback_stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.calling).await;
+        self.store.close().await;
+        self.http_stop.cancel();
+        for s in &mut self.servers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), s).await;
+        }
+        tracing::info!("stopped");
+    }
+}
 
 fn spawn_server(
     name: &'static str,

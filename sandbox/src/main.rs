@@ -195,10 +195,10 @@ struct Cli {
     #[arg(long, value_enum, help_heading = "Events")]
     event_mode: Option<EventMode>,
     /// Share of events with Status `failed:user block`.
-    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Events")]
+    #[arg(long, default_value_t = EventConfig::default().user_block_share, value_parser = parse_share, help_heading = "Events")]
     event_user_block_share: f64,
     /// Share of events with Status `failed: system failed`.
-    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Events")]
+    #[arg(long, default_value_t = EventConfig::default().system_failed_share, value_parser = parse_share, help_heading = "Events")]
     event_system_failed_share: f64,
     /// Delay between a send's answer and its event.
     #[arg(long, default_value_t = defaults::EVENT_DELAY, help_heading = "Events")]
@@ -215,13 +215,13 @@ struct Cli {
 
     // --- faults ---
     /// Fixed latency added to every WeChat API request.
-    #[arg(long, default_value_t = HumanDuration::secs(0), help_heading = "Faults")]
+    #[arg(long, default_value_t = HumanDuration(FaultConfig::default().latency), help_heading = "Faults")]
     fault_latency: HumanDuration,
     /// Extra latency drawn uniformly from [0, JITTER].
-    #[arg(long, default_value_t = HumanDuration::secs(0), help_heading = "Faults")]
+    #[arg(long, default_value_t = HumanDuration(FaultConfig::default().jitter), help_heading = "Faults")]
     fault_jitter: HumanDuration,
     /// Share of requests processed but answered only after --fault-hang.
-    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
+    #[arg(long, default_value_t = FaultConfig::default().hang_share, value_parser = parse_share, help_heading = "Faults")]
     fault_hang_share: f64,
     /// How long hanging requests hang.
     #[arg(long, default_value_t = DEFAULT_HANG, help_heading = "Faults")]
@@ -230,13 +230,13 @@ struct Cli {
     #[arg(long = "fault-errcode", value_parser = parse_errcode_share, help_heading = "Faults")]
     fault_errcodes: Vec<(i64, f64)>,
     /// Share of requests answered with HTTP --fault-5xx-status.
-    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
+    #[arg(long, default_value_t = FaultConfig::default().http_5xx_share, value_parser = parse_share, help_heading = "Faults")]
     fault_5xx_share: f64,
     /// Status for --fault-5xx-share.
     #[arg(long, default_value_t = DEFAULT_5XX_STATUS, help_heading = "Faults")]
     fault_5xx_status: u16,
     /// Share of requests whose connection is reset (TCP RST).
-    #[arg(long, default_value = "0", value_parser = parse_share, help_heading = "Faults")]
+    #[arg(long, default_value_t = FaultConfig::default().reset_share, value_parser = parse_share, help_heading = "Faults")]
     fault_reset_share: f64,
     /// Outage (connections refused) lasting this long...
     #[arg(long, help_heading = "Faults")]

@@ -10,7 +10,7 @@
 //! The access_token is checked before all of this, by the caller.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::config::SandboxConfig;
 use super::quota::{WindowCounter, beijing_day, minute};
 use super::stats::{SendResult, Stats};
-use super::templates::{Delivery, TemplateKind, Templates, check};
+use super::templates::{Delivery, TemplateDef, TemplateKind, Templates, check};
 use super::validate::{key_type, subscribe_value_ok};
 use wxcrypto::errcode::WxCode;
 
@@ -86,6 +86,18 @@ pub struct Accepted {
     pub had_client_msg_id: bool,
 }
 
+impl Accepted {
+    /// The answer to a repeated send: the first send's `msgid`, delivered to no one again.
+    fn duplicate(msgid: u64, touser: &str) -> Self {
+        Self {
+            msgid,
+            unique: false,
+            touser: touser.to_string(),
+            had_client_msg_id: true,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct DedupShard {
     entries: HashMap<String, (u64, Instant)>,
@@ -105,6 +117,105 @@ pub struct Messages {
 
 fn empty(s: Option<&Cow<'_, str>>) -> bool {
     s.is_none_or(|s| s.trim().is_empty())
+}
+
+/// The arguments every send needs: `touser`, `template_id`, `data` (except template
+/// messages), and a known `miniprogram_state` (subscribe messages).
+fn check_arguments(kind: SendKind, body: &SendBody<'_>, touser: &str) -> Result<(), WxCode> {
+    let needs_data = kind != SendKind::Template;
+    if touser.is_empty()
+        || empty(body.template_id.as_ref())
+        || (needs_data && body.data.as_ref().is_none_or(HashMap::is_empty))
+    {
+        return Err(WxCode::ArgumentInvalid);
+    }
+    if kind == SendKind::Subscribe
+        && body
+            .miniprogram_state
+            .as_deref()
+            .is_some_and(|s| !matches!(s, "developer" | "trial" | "formal"))
+    {
+        return Err(WxCode::ArgumentInvalid);
+    }
+    Ok(())
+}
+
+/// The template the send names: refused when unknown to `--templates` or to the catalogue;
+/// `None` without a catalogue.
+fn template_def<'a>(
+    cfg: &SandboxConfig,
+    templates: &'a Templates,
+    kind: SendKind,
+    template_id: &str,
+) -> Result<Option<&'a TemplateDef>, WxCode> {
+    if cfg
+        .templates
+        .as_ref()
+        .is_some_and(|t| !t.contains(template_id))
+    {
+        return Err(WxCode::InvalidTemplateId);
+    }
+    let list = if kind == SendKind::Template {
+        TemplateKind::Template
+    } else {
+        TemplateKind::Subscribe
+    };
+    match templates.get(list, template_id) {
+        None => Ok(None),
+        Some(None) => Err(WxCode::InvalidTemplateId),
+        Some(Some(def)) => Ok(Some(def)),
+    }
+}
+
+/// The recipient: a known openid that follows the account (template and bizsend) and has
+/// not refused subscription messages (subscribe and bizsend).
+fn check_recipient(cfg: &SandboxConfig, kind: SendKind, touser: &str) -> Result<(), WxCode> {
+    if !cfg.knows_user(touser) {
+        return Err(WxCode::InvalidOpenid);
+    }
+    if kind != SendKind::Subscribe && cfg.non_followers.contains(touser) {
+        return Err(WxCode::RequireSubscribe);
+    }
+    if kind != SendKind::Template && cfg.refused_subscribers.contains(touser) {
+        return Err(WxCode::UserRefused);
+    }
+    Ok(())
+}
+
+/// The data's values by their keys' types, then against the template when the catalogue has
+/// it (with a consent for a one-time subscribe template). Returns the data as delivered.
+fn checked_data(
+    templates: &Templates,
+    kind: SendKind,
+    body: &SendBody<'_>,
+    def: Option<&TemplateDef>,
+    touser: &str,
+    template_id: &str,
+) -> Result<Option<BTreeMap<String, String>>, WxCode> {
+    if kind != SendKind::Template
+        && let Some(data) = &body.data
+    {
+        for (key, item) in data {
+            let value = item.value.as_deref().unwrap_or_default();
+            if !subscribe_value_ok(key_type(key), value) {
+                return Err(WxCode::ArgumentInvalid);
+            }
+        }
+    }
+    let Some(def) = def else {
+        return Ok(None);
+    };
+    let values: HashMap<&str, &str> = body
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_ref(), v.value.as_deref().unwrap_or_default()))
+        .collect();
+    let data = check(def, &values)?;
+    if kind != SendKind::Template && def.one_time && templates.consents(touser, template_id) == 0 {
+        return Err(WxCode::UserRefused);
+    }
+    Ok(Some(data))
 }
 
 /// The first `msgid`: WeChat's are large integers; start somewhere that looks like one.
@@ -183,75 +294,11 @@ impl Messages {
         } else {
             stats.openid_request(touser, minute(unix))
         };
-        let needs_data = kind != SendKind::Template;
-        if touser.is_empty()
-            || empty(body.template_id.as_ref())
-            || (needs_data && body.data.as_ref().is_none_or(HashMap::is_empty))
-        {
-            return Err(WxCode::ArgumentInvalid);
-        }
-        if kind == SendKind::Subscribe
-            && body
-                .miniprogram_state
-                .as_deref()
-                .is_some_and(|s| !matches!(s, "developer" | "trial" | "formal"))
-        {
-            return Err(WxCode::ArgumentInvalid);
-        }
+        check_arguments(kind, body, touser)?;
         let template_id = body.template_id.as_deref().unwrap_or_default();
-        if cfg
-            .templates
-            .as_ref()
-            .is_some_and(|t| !t.contains(template_id))
-        {
-            return Err(WxCode::InvalidTemplateId);
-        }
-        let list = if kind == SendKind::Template {
-            TemplateKind::Template
-        } else {
-            TemplateKind::Subscribe
-        };
-        let def = match templates.get(list, template_id) {
-            None => None,
-            Some(None) => return Err(WxCode::InvalidTemplateId),
-            Some(Some(def)) => Some(def),
-        };
-        if !cfg.knows_user(touser) {
-            return Err(WxCode::InvalidOpenid);
-        }
-        if kind != SendKind::Subscribe && cfg.non_followers.contains(touser) {
-            return Err(WxCode::RequireSubscribe);
-        }
-        if kind != SendKind::Template && cfg.refused_subscribers.contains(touser) {
-            return Err(WxCode::UserRefused);
-        }
-        if needs_data && let Some(data) = &body.data {
-            for (key, item) in data {
-                let value = item.value.as_deref().unwrap_or_default();
-                if !subscribe_value_ok(key_type(key), value) {
-                    return Err(WxCode::ArgumentInvalid);
-                }
-            }
-        }
-        let delivered_data = match def {
-            Some(def) => {
-                let values: HashMap<&str, &str> = body
-                    .data
-                    .iter()
-                    .flatten()
-                    .map(|(k, v)| (k.as_ref(), v.value.as_deref().unwrap_or_default()))
-                    .collect();
-                let data = check(def, &values)?;
-                if kind != SendKind::Template
-                    && def.one_time
-                    && templates.consents(touser, template_id) == 0
-                {
-                    return Err(WxCode::UserRefused);
-                }
-                Some(data)
-            }
-            None => None,
-        };
+        let def = template_def(cfg, templates, kind, template_id)?;
+        check_recipient(cfg, kind, touser)?;
+        let delivered_data = checked_data(templates, kind, body, def, touser, template_id)?;
         if !self.daily[kind.index()].hit(beijing_day(unix), cfg.daily_quota) {
             return Err(WxCode::DailyQuota);
         }
@@ -270,12 +317,7 @@ impl Messages {
             && let Some(msgid) = self.seen(key, now)
         {
             stats.duplicate();
-            return Ok(Accepted {
-                msgid,
-                unique: false,
-                touser: touser.to_string(),
-                had_client_msg_id: true,
-            });
+            return Ok(Accepted::duplicate(msgid, touser));
         }
         if cfg
             .openid_minute_limit
@@ -297,12 +339,7 @@ impl Messages {
             // becomes its duplicate, as WeChat sends only one.
             if let Some(first) = self.record(key, msgid, now) {
                 stats.duplicate();
-                return Ok(Accepted {
-                    msgid: first,
-                    unique: false,
-                    touser: touser.to_string(),
-                    had_client_msg_id: true,
-                });
+                return Ok(Accepted::duplicate(first, touser));
             }
         }
         stats.delivered();

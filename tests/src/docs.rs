@@ -131,6 +131,26 @@ pub fn flags_against_page(help: &str, doc: &str) -> (Vec<String>, Vec<String>) {
     (undocumented, stale)
 }
 
+/// Every file below `dir` (recursively) whose extension is one of `extensions`, appended to
+/// `out`. A missing directory adds nothing.
+pub fn files_below(dir: &std::path::Path, extensions: &[&str], out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files_below(&path, extensions, out);
+        } else if path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| extensions.contains(&e))
+        {
+            out.push(path);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,7 +46,7 @@ fn populated() -> Metrics {
     m.template_fetch(TemplateList::Private, FetchResult::Ok);
     m.set_templates(TemplateList::Private, 1);
     m.invalid_recipients(
-        "wecomApp",
+        wxpush_pusher::metrics::ProviderLabel::WecomApp,
         &wxpush_pusher::send::InvalidRecipients {
             users: vec!["gone-1".into()],
             ..wxpush_pusher::send::InvalidRecipients::default()
@@ -149,27 +149,11 @@ fn section<'a>(text: &'a str, heading: &str) -> &'a str {
 
 /// Files where the docs, the chart's rules and dashboards name metrics.
 fn documents() -> Vec<PathBuf> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                walk(&path, out);
-            } else if path
-                .extension()
-                .and_then(|e| e.to_str())
-                .is_some_and(|e| ["md", "yaml", "yml", "json", "tpl"].contains(&e))
-            {
-                out.push(path);
-            }
-        }
-    }
+    const KINDS: &[&str] = &["md", "yaml", "yml", "json", "tpl"];
     let root = root();
     let mut out = vec![root.join("README.md")];
-    walk(&root.join("docs"), &mut out);
-    walk(&root.join("charts"), &mut out);
+    docs::files_below(&root.join("docs"), KINDS, &mut out);
+    docs::files_below(&root.join("charts"), KINDS, &mut out);
     out.sort();
     out
 }

@@ -435,6 +435,35 @@ async fn the_callback_url_is_verified_with_the_corp_id_as_receive_id() {
         || async { (count(&stats(&caller).await, "/callback/acknowledged") >= 1).then_some(()) },
     )
     .await;
+    // The change events a sender needs are read: recipients that became unreachable are
+    // counted; other changes and card taps are acknowledged as ignored.
+    for event in [
+        r#"{"type": "update_user", "user_id": "u2", "status": 5}"#,
+        r#"{"type": "update_user", "user_id": "u3", "new_user_id": "u3b"}"#,
+        r#"{"type": "delete_party", "party_id": 3}"#,
+        r#"{"type": "update_user", "user_id": "u4", "status": 1}"#,
+        r#"{"type": "create_user", "user_id": "u5"}"#,
+        r#"{"type": "template_card_event", "user_id": "u6", "task_id": "t1",
+            "card_type": "button_interaction", "event_key": "ok"}"#,
+    ] {
+        let v = caller.post_raw("/__wecom/events", event).await;
+        assert_eq!(v["acknowledged"], true, "{event}: {v}");
+    }
+    for (event, result, n) in [
+        ("change_contact", "unreachable", 4.0),
+        ("change_contact", "ignored", 2.0),
+        ("template_card_event", "ignored", 1.0),
+        ("other", "ignored", 0.0),
+    ] {
+        let got = pusher
+            .api
+            .metric(
+                "wxpush_events_total",
+                &[("event", event), ("result", result)],
+            )
+            .await;
+        assert_eq!(got, n, "{event} {result}");
+    }
     // A sandbox of another corp seals for another receive id: refused.
     let (_other, other_url) = sandbox::spawn(&[
         "--wecom-callback-url",

@@ -6,7 +6,6 @@
 //! `PATH` must run exactly those commands.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 
 use wxpush_api::images::{OPERATOR, PUSHER, REGISTRY, SANDBOX, TAG, reference};
@@ -73,7 +72,11 @@ fn every_image_reference_in_docs_and_manifests_agrees() {
         "crds",
         "operator/tests/golden",
     ] {
-        collect(&root.join(dir), &mut files);
+        wxpush_tests::docs::files_below(
+            &root.join(dir),
+            &["md", "yaml", "yml", "json", "txt", "tpl"],
+            &mut files,
+        );
     }
     let names: BTreeSet<String> = [OPERATOR, PUSHER, SANDBOX]
         .iter()
@@ -111,22 +114,6 @@ fn every_image_reference_in_docs_and_manifests_agrees() {
         }
     }
     assert!(seen >= 8, "expected the image references, found {seen}");
-}
-
-fn collect(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            collect(&p, out);
-        } else if p.extension().is_some_and(|x| {
-            ["md", "yaml", "yml", "json", "txt", "tpl"].contains(&x.to_str().unwrap_or(""))
-        }) {
-            out.push(p);
-        }
-    }
 }
 
 fn images_sh(args: &[&str], path: &str) -> std::process::Output {

@@ -11,6 +11,7 @@ use serde_json::Value;
 use wxpush_tests::kube::{KubeEmulator, Kubectl, OperatorProcess};
 use wxpush_tests::sandbox::{APPID, SECRET, config, start};
 use wxpush_tests::wait_for;
+use wxpush_tests::wecom::{AGENT_ID, CORP_ID, CORP_SECRET, ROBOT_KEY};
 
 fn wait() -> Duration {
     Duration::from_secs(
@@ -201,4 +202,154 @@ async fn an_address_off_the_allowlist_is_named_in_the_condition() {
         "{message}"
     );
     assert_eq!(sandbox.handle.stats().token_calls.stable, 1);
+}
+
+fn wecom_secret(corp_secret: &str, robot_key: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: ops-wecom}}\nstringData:\n  \
+         corpId: {CORP_ID}\n  corpSecret: {corp_secret}\n  agentId: \"{AGENT_ID}\"\n  \
+         webhookKey: \"{robot_key}\"\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {{name: order-notify-auth}}\nstringData:\n  \
+         token: producer-token\n"
+    )
+}
+
+fn wecom_channel(provider: &str, api_base_url: &str) -> String {
+    let keys = if provider == "wecomApp" {
+        "corpIdKey: corpId, corpSecretKey: corpSecret, agentIdKey: agentId"
+    } else {
+        "webhookKeyKey: webhookKey"
+    };
+    format!(
+        "apiVersion: wxpush.io/v1alpha1\nkind: PushChannel\nmetadata: {{name: order-notify, \
+         namespace: default}}\nspec:\n  provider: {provider}\n  apiBaseUrl: {api_base_url}\n  \
+         credentials: {{secretRef: {{name: ops-wecom, {keys}}}}}\n  auth: {{secretRef: {{name: \
+         order-notify-auth, key: token}}}}\n"
+    )
+}
+
+/// A `wecomApp` channel is checked with one `gettoken` (corp id and application secret)
+/// against its `apiBaseUrl`, once per credential change; a wrong secret and an address off the
+/// application's trusted IPs are named in the condition.
+#[tokio::test]
+async fn a_wecom_app_channel_is_checked_with_one_gettoken_per_change() {
+    let mut cfg = config();
+    let sandbox = start(cfg.clone()).await;
+    let (api, kubectl) = KubeEmulator::start_with_crd().await;
+    kubectl
+        .apply(&wecom_secret(CORP_SECRET, ROBOT_KEY))
+        .await
+        .expect("Secrets");
+    let operator = OperatorProcess::start(
+        &api,
+        &["--leader-election", "false", "--requeue", "1s"],
+        &[("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "true")],
+    )
+    .await;
+    kubectl
+        .apply(&wecom_channel("wecomApp", &sandbox.handle.base_url()))
+        .await
+        .expect("PushChannel");
+    let (status, _, message) = wait_for_reason(&kubectl, "TokenIssued").await;
+    assert_eq!(status, "True");
+    assert!(message.contains(CORP_ID), "{message}");
+    let gettoken = || {
+        sandbox
+            .handle
+            .stats()
+            .requests
+            .get("wecom_gettoken")
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(gettoken(), 1, "one gettoken for the first check");
+    assert_eq!(sandbox.handle.stats().token_calls.stable, 0, "not WeChat's");
+    reconciles(&operator, 3).await;
+    assert_eq!(gettoken(), 1, "no call without a credential change");
+
+    let wrong = "rotated-wrong-corp-secret";
+    kubectl
+        .apply(&wecom_secret(wrong, ROBOT_KEY))
+        .await
+        .expect("wrong secret");
+    let (status, _, message) = wait_for_reason(&kubectl, "InvalidCorpSecret").await;
+    assert_eq!(status, "False");
+    assert!(message.contains("errcode 40001"), "{message}");
+    reconciles(&operator, 3).await;
+    assert_eq!(gettoken(), 2, "one call for the change");
+    let pch = kubectl
+        .get_json("pch", "order-notify")
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(!pch.to_string().contains(CORP_SECRET) && !pch.to_string().contains(wrong));
+    drop(operator);
+
+    // The operator's address is not on the application's trusted IPs: 60020, named.
+    cfg.wecom.trusted_ips = Some(vec!["203.0.113.7".parse().expect("ip")]);
+    let strict = start(cfg).await;
+    let (api, kubectl) = KubeEmulator::start_with_crd().await;
+    kubectl
+        .apply(&wecom_secret(CORP_SECRET, ROBOT_KEY))
+        .await
+        .expect("Secrets");
+    let _operator = OperatorProcess::start(
+        &api,
+        &["--leader-election", "false"],
+        &[("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "true")],
+    )
+    .await;
+    kubectl
+        .apply(&wecom_channel("wecomApp", &strict.handle.base_url()))
+        .await
+        .expect("PushChannel");
+    let (status, _, message) = wait_for_reason(&kubectl, "IPNotAllowed").await;
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("add 127.0.0.1 to the application's trusted IPs"),
+        "{message}"
+    );
+}
+
+/// A `wecomRobot` channel has no token call: the operator checks the webhook key's shape only,
+/// sends nothing, and says so; a pasted webhook URL is refused without quoting it.
+#[tokio::test]
+async fn a_wecom_robot_key_is_checked_for_shape_without_a_request() {
+    let sandbox = start(config()).await;
+    let (api, kubectl) = KubeEmulator::start_with_crd().await;
+    kubectl
+        .apply(&wecom_secret(CORP_SECRET, ROBOT_KEY))
+        .await
+        .expect("Secrets");
+    let operator = OperatorProcess::start(
+        &api,
+        &["--leader-election", "false", "--requeue", "1s"],
+        &[("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "true")],
+    )
+    .await;
+    kubectl
+        .apply(&wecom_channel("wecomRobot", &sandbox.handle.base_url()))
+        .await
+        .expect("PushChannel");
+    let (status, _, message) = wait_for_reason(&kubectl, "WebhookKeyWellFormed").await;
+    assert_eq!(status, "True");
+    assert!(message.contains("first send"), "{message}");
+    let pasted = format!(
+        "{}/cgi-bin/webhook/send?key={ROBOT_KEY}",
+        sandbox.handle.base_url()
+    );
+    kubectl
+        .apply(&wecom_secret(CORP_SECRET, &pasted))
+        .await
+        .expect("a pasted URL");
+    let (status, _, message) = wait_for_reason(&kubectl, "WebhookKeyMalformed").await;
+    assert_eq!(status, "False");
+    assert!(message.contains("after `key=`"), "{message}");
+    assert!(!message.contains(ROBOT_KEY), "{message}");
+    reconciles(&operator, 2).await;
+    assert_eq!(
+        sandbox.handle.stats().requests_total,
+        0,
+        "nothing was sent to WeCom"
+    );
 }

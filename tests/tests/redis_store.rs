@@ -379,3 +379,66 @@ mod replicas {
         );
     }
 }
+
+mod permits {
+    use std::time::Duration;
+
+    use wxpush_pusher::coord::{Coordinator, Permit, RedisCoordinator};
+    use wxpush_pusher::resilience::ratelimit::Gcra;
+    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
+    use wxpush_tests::redis::RedisServer;
+
+    /// Permits asked for together go to Redis in one call and are still reserved one by one,
+    /// in the order asked: 10/s without a burst spaces them 100 ms apart, the shared daily
+    /// quota of 15 lets exactly 15 of 20 through, and the count is kept for the next call.
+    #[tokio::test]
+    async fn permits_asked_together_are_reserved_each_in_order() {
+        let server = RedisServer::start().await;
+        let store = RedisStore::connect(RedisOptions {
+            url: server.url(),
+            cluster: false,
+            key_prefix: "permits".into(),
+            channel: "c".into(),
+            consumer_group: "pushers".into(),
+            consumer: "permits-test".into(),
+            claim_idle: Duration::from_secs(60),
+            max_messages: 10,
+            retention: Duration::from_secs(60),
+            default_callback: false,
+            min_replicas_acked: 0,
+        })
+        .await
+        .expect("connects");
+        let coord = RedisCoordinator::new(&store);
+        let rule = Gcra::new(10, 1);
+        let long = Duration::from_secs(10);
+        // One thread: every request is queued before the first call leaves.
+        let answers: Vec<Permit> =
+            futures::future::join_all((0..20).map(|_| coord.permit(rule, 15, long)))
+                .await
+                .into_iter()
+                .map(|p| p.expect("redis answers"))
+                .collect();
+        let mut want = vec![Permit::Go];
+        want.extend((1..15).map(|i| Permit::At(Duration::from_millis(100 * i))));
+        want.extend((15..20).map(|_| Permit::QuotaSpent));
+        assert_eq!(answers, want);
+        assert_eq!(
+            coord.permit(rule, 15, long).await.expect("answers"),
+            Permit::QuotaSpent,
+            "the quota's count was kept"
+        );
+        assert!(matches!(
+            coord.permit(rule, 16, long).await.expect("answers"),
+            Permit::At(_)
+        ));
+        assert_eq!(
+            coord
+                .permit(rule, 0, Duration::from_millis(1))
+                .await
+                .expect("answers"),
+            Permit::TooFar,
+            "the next permit is about 1.6 s away"
+        );
+    }
+}

@@ -173,6 +173,109 @@ pub struct Prune {
     pub autoscalers_gone: bool,
 }
 
+/// The uid of the PushChannel that owns every desired child (empty when none is set).
+fn owner_uid(desired: &Desired) -> String {
+    desired
+        .config_map
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .next()
+        .map(|o| o.uid.clone())
+        .unwrap_or_default()
+}
+
+/// The PodMonitor and the PrometheusRule, where their CRDs are installed.
+async fn apply_monitoring(
+    client: &Client,
+    namespace: &str,
+    desired: &Desired,
+    prune: Prune,
+) -> Result<(), Error> {
+    if prune.pod_monitors_available {
+        let ar = pod_monitor_api_resource();
+        apply(
+            &Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &ar),
+            "PodMonitor",
+            &desired.pod_monitor,
+        )
+        .await?;
+    }
+    if prune.prometheus_rules_available {
+        let ar = prometheus_rule_api_resource();
+        apply(
+            &Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &ar),
+            "PrometheusRule",
+            &desired.prometheus_rule,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The events Ingress when the spec asks for one; else the operator's own is deleted.
+async fn apply_events_ingress(
+    client: &Client,
+    namespace: &str,
+    channel: &str,
+    desired: &Desired,
+    prune: Prune,
+) -> Result<(), Error> {
+    let ingresses = Api::<Ingress>::namespaced(client.clone(), namespace);
+    match &desired.events_ingress {
+        Some(ingress) => {
+            apply(&ingresses, "Ingress", ingress).await?;
+        }
+        None if prune.events_ingress_may_exist => {
+            let owner = owner_uid(desired);
+            delete_if_owned(&ingresses, "Ingress", &events_ingress_name(channel), &owner).await?;
+        }
+        None => {}
+    }
+    Ok(())
+}
+
+/// The autoscaler the spec asks for (an HPA or a KEDA ScaledObject), deleting the operator's
+/// other one; with none asked for, deletes both.
+async fn apply_autoscaler(
+    client: &Client,
+    namespace: &str,
+    channel: &str,
+    desired: &Desired,
+    prune: Prune,
+    applied: &mut Applied,
+) -> Result<(), Error> {
+    let keda_available = prune.keda_available;
+    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), namespace);
+    let keda: ApiResource = keda_api_resource();
+    let scaled_objects = Api::<DynamicObject>::namespaced_with(client.clone(), namespace, &keda);
+    let name = child_name(channel);
+    // Every desired child carries the PushChannel as its owner.
+    let owner_uid = owner_uid(desired);
+    let owner_uid = owner_uid.as_str();
+    match &desired.autoscaler {
+        Some(Autoscaler::Hpa(hpa)) => {
+            applied.hpa = Some(apply(&hpas, "HorizontalPodAutoscaler", hpa).await?);
+            if keda_available {
+                delete_if_owned(&scaled_objects, "ScaledObject", &name, owner_uid).await?;
+            }
+        }
+        Some(Autoscaler::Keda(so)) => {
+            applied.scaled_object = Some(apply(&scaled_objects, "ScaledObject", so).await?);
+            delete_if_owned(&hpas, "HorizontalPodAutoscaler", &name, owner_uid).await?;
+        }
+        None if prune.autoscalers_gone => {}
+        None => {
+            delete_if_owned(&hpas, "HorizontalPodAutoscaler", &name, owner_uid).await?;
+            if keda_available {
+                delete_if_owned(&scaled_objects, "ScaledObject", &name, owner_uid).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Applies every desired object in dependency order (config and volume before the Deployment
 /// that mounts them) and removes an autoscaler that is no longer wanted.
 pub async fn apply_all(
@@ -182,7 +285,6 @@ pub async fn apply_all(
     desired: &Desired,
     prune: Prune,
 ) -> Result<Applied, Error> {
-    let keda_available = prune.keda_available;
     let ns = |c: &Client| c.clone();
     apply(
         &Api::<ConfigMap>::namespaced(ns(client), namespace),
@@ -220,82 +322,12 @@ pub async fn apply_all(
         &desired.disruption_budget,
     )
     .await?;
-    if prune.pod_monitors_available {
-        let ar = pod_monitor_api_resource();
-        apply(
-            &Api::<DynamicObject>::namespaced_with(ns(client), namespace, &ar),
-            "PodMonitor",
-            &desired.pod_monitor,
-        )
-        .await?;
-    }
-    if prune.prometheus_rules_available {
-        let ar = prometheus_rule_api_resource();
-        apply(
-            &Api::<DynamicObject>::namespaced_with(ns(client), namespace, &ar),
-            "PrometheusRule",
-            &desired.prometheus_rule,
-        )
-        .await?;
-    }
-
-    let ingresses = Api::<Ingress>::namespaced(ns(client), namespace);
-    match &desired.events_ingress {
-        Some(ingress) => {
-            apply(&ingresses, "Ingress", ingress).await?;
-        }
-        None if prune.events_ingress_may_exist => {
-            let owner = desired
-                .config_map
-                .metadata
-                .owner_references
-                .iter()
-                .flatten()
-                .next()
-                .map(|o| o.uid.clone())
-                .unwrap_or_default();
-            delete_if_owned(&ingresses, "Ingress", &events_ingress_name(channel), &owner).await?;
-        }
-        None => {}
-    }
-
-    let hpas = Api::<HorizontalPodAutoscaler>::namespaced(ns(client), namespace);
-    let keda: ApiResource = keda_api_resource();
-    let scaled_objects = Api::<DynamicObject>::namespaced_with(ns(client), namespace, &keda);
-    let name = child_name(channel);
-    // Every desired child carries the PushChannel as its owner.
-    let owner_uid = desired
-        .config_map
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .next()
-        .map(|o| o.uid.clone())
-        .unwrap_or_default();
-    let owner_uid = owner_uid.as_str();
+    apply_monitoring(client, namespace, desired, prune).await?;
+    apply_events_ingress(client, namespace, channel, desired, prune).await?;
     let mut applied = Applied {
         deployment,
         ..Applied::default()
     };
-    match &desired.autoscaler {
-        Some(Autoscaler::Hpa(hpa)) => {
-            applied.hpa = Some(apply(&hpas, "HorizontalPodAutoscaler", hpa).await?);
-            if keda_available {
-                delete_if_owned(&scaled_objects, "ScaledObject", &name, owner_uid).await?;
-            }
-        }
-        Some(Autoscaler::Keda(so)) => {
-            applied.scaled_object = Some(apply(&scaled_objects, "ScaledObject", so).await?);
-            delete_if_owned(&hpas, "HorizontalPodAutoscaler", &name, owner_uid).await?;
-        }
-        None if prune.autoscalers_gone => {}
-        None => {
-            delete_if_owned(&hpas, "HorizontalPodAutoscaler", &name, owner_uid).await?;
-            if keda_available {
-                delete_if_owned(&scaled_objects, "ScaledObject", &name, owner_uid).await?;
-            }
-        }
-    }
+    apply_autoscaler(client, namespace, channel, desired, prune, &mut applied).await?;
     Ok(applied)
 }

@@ -182,14 +182,9 @@ fn autoscaling_condition(pc: &PushChannel, applied: &Applied, ns: &str) -> Cond 
     )
 }
 
-/// The status this observation calls for. `lastTransitionTime` is kept from `previous` for
-/// conditions whose status did not change.
-pub fn desired_status(obs: &Observation<'_>, now: Timestamp) -> PushChannelStatus {
-    let pc = obs.channel;
-    let ns = pc.metadata.namespace.as_deref().unwrap_or_default();
-    let name = pc.metadata.name.as_deref().unwrap_or_default();
-    let deployment = format!("{ns}/{name}-pusher");
-    let creds = match (&obs.credentials, &obs.token_check) {
+/// CredentialsValid: the token check's answer when one ran, else whether the Secrets exist.
+fn credentials_condition(obs: &Observation<'_>) -> Cond {
+    match (&obs.credentials, &obs.token_check) {
         (Ok(()), Some(checked)) => cond(
             types::CREDENTIALS_VALID,
             checked.ok,
@@ -211,127 +206,126 @@ pub fn desired_status(obs: &Observation<'_>, now: Timestamp) -> PushChannelStatu
                 missing.join("; ")
             ),
         ),
-    };
-    let mut replicas = None;
-    let mut ready_replicas = None;
-    let (reconciled, ready, autoscaling) = match &obs.outcome {
+    }
+}
+
+/// Reconciled, Ready and AutoscalingActive when nothing was applied: Reconciled says why
+/// (`reason`, `message`); Ready (with `ready`) and AutoscalingActive share `cause` and `see`.
+fn not_applied_conditions(
+    reason: &str,
+    message: String,
+    ready: Option<bool>,
+    cause: &str,
+    see: &str,
+) -> [Cond; 3] {
+    [
+        cond(types::RECONCILED, Some(false), reason, message),
+        cond(types::READY, ready, cause, see.into()),
+        cond(types::AUTOSCALING_ACTIVE, None, cause, see.into()),
+    ]
+}
+
+/// Ready, from the Deployment's desired and ready pods.
+fn ready_condition(obs: &Observation<'_>, desired: i32, ready: i32, ns: &str, name: &str) -> Cond {
+    if ready >= 1 {
+        cond(
+            types::READY,
+            Some(true),
+            "PodsReady",
+            format!(
+                "{ready}/{desired} pusher pods ready; producers send to {}",
+                obs.endpoint
+            ),
+        )
+    } else if desired == 0 {
+        cond(
+            types::READY,
+            Some(false),
+            "ScaledToZero",
+            format!("Deployment {ns}/{name}-pusher has 0 replicas"),
+        )
+    } else {
+        cond(
+            types::READY,
+            Some(false),
+            "PodsNotReady",
+            format!(
+                "0/{desired} pusher pods ready: see `kubectl -n {ns} describe deployment \
+                 {name}-pusher` and its pods' events and logs"
+            ),
+        )
+    }
+}
+
+/// Reconciled, Ready and AutoscalingActive for what the reconcile did; with the Deployment's
+/// desired and ready pods when it applied.
+fn outcome_conditions(
+    obs: &Observation<'_>,
+    ns: &str,
+    name: &str,
+) -> ([Cond; 3], Option<(i32, i32)>) {
+    match &obs.outcome {
         Outcome::Invalid(problems) => {
             let list = problems
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
                 .join("; ");
-            (
-                cond(
-                    types::RECONCILED,
-                    Some(false),
-                    "InvalidSpec",
-                    format!("{list}. Fix the spec: nothing is applied until it changes"),
-                ),
-                cond(
-                    types::READY,
-                    Some(false),
-                    "InvalidSpec",
-                    "the spec is invalid: see the Reconciled condition".into(),
-                ),
-                cond(
-                    types::AUTOSCALING_ACTIVE,
-                    None,
-                    "InvalidSpec",
-                    "the spec is invalid: see the Reconciled condition".into(),
-                ),
-            )
-        }
-        Outcome::WaitingForSecrets => (
-            cond(
-                types::RECONCILED,
+            let conds = not_applied_conditions(
+                "InvalidSpec",
+                format!("{list}. Fix the spec: nothing is applied until it changes"),
                 Some(false),
+                "InvalidSpec",
+                "the spec is invalid: see the Reconciled condition",
+            );
+            (conds, None)
+        }
+        Outcome::WaitingForSecrets => {
+            let conds = not_applied_conditions(
                 "WaitingForSecrets",
                 "a referenced Secret or key is missing: see the CredentialsValid condition".into(),
-            ),
-            cond(
-                types::READY,
                 Some(false),
                 "SecretsMissing",
-                "see the CredentialsValid condition".into(),
-            ),
-            cond(
-                types::AUTOSCALING_ACTIVE,
-                None,
-                "SecretsMissing",
-                "see the CredentialsValid condition".into(),
-            ),
-        ),
-        Outcome::ApplyFailed(message) => (
-            cond(
-                types::RECONCILED,
-                Some(false),
+                "see the CredentialsValid condition",
+            );
+            (conds, None)
+        }
+        Outcome::ApplyFailed(message) => {
+            let conds = not_applied_conditions(
                 "ApplyFailed",
                 format!("{message}; retrying with backoff"),
-            ),
-            cond(
-                types::READY,
                 None,
                 "ApplyFailed",
-                "see the Reconciled condition".into(),
-            ),
-            cond(
-                types::AUTOSCALING_ACTIVE,
-                None,
-                "ApplyFailed",
-                "see the Reconciled condition".into(),
-            ),
-        ),
+                "see the Reconciled condition",
+            );
+            (conds, None)
+        }
         Outcome::Applied(applied) => {
             let (desired, ready) = deployment_counts(&applied.deployment);
-            replicas = Some(desired);
-            ready_replicas = Some(ready);
-            let ready_cond = if ready >= 1 {
-                cond(
-                    types::READY,
-                    Some(true),
-                    "PodsReady",
-                    format!(
-                        "{ready}/{desired} pusher pods ready; producers send to {}",
-                        obs.endpoint
-                    ),
-                )
-            } else if desired == 0 {
-                cond(
-                    types::READY,
-                    Some(false),
-                    "ScaledToZero",
-                    format!("Deployment {deployment} has 0 replicas"),
-                )
-            } else {
-                cond(
-                    types::READY,
-                    Some(false),
-                    "PodsNotReady",
-                    format!(
-                        "0/{desired} pusher pods ready: see `kubectl -n {ns} describe deployment \
-                         {name}-pusher` and its pods' events and logs"
-                    ),
-                )
-            };
-            (
+            let conds = [
                 cond(
                     types::RECONCILED,
                     Some(true),
                     "Applied",
                     "ConfigMap, Deployment, Service, PodDisruptionBudget and autoscaler match the spec".into(),
                 ),
-                ready_cond,
-                autoscaling_condition(pc, applied, ns),
-            )
+                ready_condition(obs, desired, ready, ns, name),
+                autoscaling_condition(obs.channel, applied, ns),
+            ];
+            (conds, Some((desired, ready)))
         }
-    };
+    }
+}
+
+/// The conditions as written, each keeping its `lastTransitionTime` from `previous` when its
+/// status did not change.
+fn with_transitions(conds: [Cond; 4], pc: &PushChannel, now: Timestamp) -> Vec<Condition> {
     let previous = pc
         .status
         .as_ref()
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
-    let conditions = [ready, creds, reconciled, autoscaling]
+    conds
         .into_iter()
         .map(|c| {
             let kept = previous
@@ -347,15 +341,30 @@ pub fn desired_status(obs: &Observation<'_>, now: Timestamp) -> PushChannelStatu
                 last_transition_time: kept.unwrap_or(Time(now)),
             }
         })
-        .collect();
-    let applied = matches!(obs.outcome, Outcome::Applied(_));
+        .collect()
+}
+
+/// The status this observation calls for. `lastTransitionTime` is kept from `previous` for
+/// conditions whose status did not change.
+pub fn desired_status(obs: &Observation<'_>, now: Timestamp) -> PushChannelStatus {
+    let pc = obs.channel;
+    let ns = pc.metadata.namespace.as_deref().unwrap_or_default();
+    let name = pc.metadata.name.as_deref().unwrap_or_default();
+    let creds = credentials_condition(obs);
+    let ([reconciled, ready, autoscaling], counts) = outcome_conditions(obs, ns, name);
+    let conditions = with_transitions([ready, creds, reconciled, autoscaling], pc, now);
+    let applied = counts.is_some();
     let previous_status = pc.status.clone().unwrap_or_default();
     PushChannelStatus {
         observed_generation: pc.metadata.generation,
         conditions,
         endpoint: Some(obs.endpoint.clone()),
-        replicas: replicas.or(previous_status.replicas.filter(|_| !applied)),
-        ready_replicas: ready_replicas.or(previous_status.ready_replicas.filter(|_| !applied)),
+        replicas: counts
+            .map(|(desired, _)| desired)
+            .or(previous_status.replicas.filter(|_| !applied)),
+        ready_replicas: counts
+            .map(|(_, ready)| ready)
+            .or(previous_status.ready_replicas.filter(|_| !applied)),
         config_hash: if applied {
             obs.config_hash.clone()
         } else {

@@ -16,7 +16,7 @@ use crate::store::{AcceptItem, Store};
 #[utoipa::path(post, path = "/v1/messages", tag = "messages",
     security(("bearer" = [])),
     params(("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 200, description = "repeats of the same key with the same body answer the first result; with another body they are refused (422 `idempotency_key_reused`)")),
-    request_body(content = schema::MessageRequest, content_type = "application/json"),
+    request_body(content = schema::MessageBody, content_type = "application/json"),
     responses(
         (status = 202, description = "accepted (durably stored)", body = schema::Accepted, headers(
             ("Location" = String, description = "`/v1/messages/{id}`: where to read its status"),

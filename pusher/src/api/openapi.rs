@@ -29,6 +29,36 @@ impl Modify for BearerAuth {
     }
 }
 
+/// A message body is one of the providers' shapes; the channel's `provider` says which. A
+/// robot's body also fits an application's shape (whose recipients are optional in the
+/// schema), so "exactly one" (`oneOf`, what utoipa writes for an untagged enum) would be false:
+/// the document says `anyOf`.
+#[derive(Debug)]
+struct AnyMessageBody;
+
+impl Modify for AnyMessageBody {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AnyOfBuilder, Schema};
+        let Some(slot) = openapi
+            .components
+            .as_mut()
+            .and_then(|c| c.schemas.get_mut("MessageBody"))
+        else {
+            return;
+        };
+        if let RefOr::T(Schema::OneOf(one)) = slot {
+            let any = one
+                .items
+                .drain(..)
+                .fold(AnyOfBuilder::new(), AnyOfBuilder::item)
+                .description(one.description.take())
+                .build();
+            *slot = RefOr::T(Schema::AnyOf(any));
+        }
+    }
+}
+
 /// The document.
 #[derive(Debug, OpenApi)]
 #[openapi(
@@ -51,7 +81,7 @@ impl Modify for BearerAuth {
         super::health::readyz,
         super::health::status,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &AnyMessageBody)
 )]
 pub struct ApiDoc;
 

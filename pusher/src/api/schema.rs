@@ -54,6 +54,121 @@ pub struct MessageRequest {
     callback_url: Option<String>,
 }
 
+/// The body of `POST /v1/messages` (and an item of a batch): the shape the channel's
+/// `provider` takes. A WeChat channel takes [`MessageRequest`], a `wecomApp` channel
+/// [`WeComAppMessage`], a `wecomRobot` channel [`WeComRobotMessage`]; any other shape is
+/// refused with 422 naming the field.
+#[derive(Debug, ToSchema)]
+#[serde(untagged)]
+#[allow(clippy::large_enum_variant)]
+pub enum MessageBody {
+    /// A WeChat template, subscribe or bizsend message.
+    WeChat(MessageRequest),
+    /// A WeCom application message.
+    WeComApp(WeComAppMessage),
+    /// A WeCom group robot message.
+    WeComRobot(WeComRobotMessage),
+}
+
+/// WeCom message types of an application.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WeComAppType {
+    /// Plain text (`text.content`, at most 2,048 bytes).
+    Text,
+    /// A card with a link (`textcard.title`, `description`, `url`, optional `btntxt`).
+    Textcard,
+    /// Markdown (`markdown.content`, at most 2,048 bytes).
+    Markdown,
+    /// 1 to 8 articles (`news.articles[]`, each with `title` and `url`).
+    News,
+    /// A template card (`template_card.card_type` and its fields).
+    TemplateCard,
+}
+
+/// WeCom message types of a group robot.
+#[derive(Debug, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WeComRobotType {
+    /// Plain text (`text.content`).
+    Text,
+    /// Markdown (`markdown.content`, at most 4,096 bytes).
+    Markdown,
+    /// 1 to 8 articles (`news.articles[]`, each with `title` and `url`).
+    News,
+}
+
+/// A `wecomApp` channel's message: WeCom's `message/send` body without `agentid` (the channel
+/// adds it). At least one of `touser`, `toparty` and `totag`; exactly the content object the
+/// `msgtype` names. Unknown fields are refused.
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeComAppMessage {
+    /// User ids joined by `|` (at most 1,000), or `@all`.
+    #[schema(min_length = 1, nullable = false)]
+    touser: Option<String>,
+    /// Party ids joined by `|` (at most 100).
+    #[schema(min_length = 1, nullable = false)]
+    toparty: Option<String>,
+    /// Tag ids joined by `|` (at most 100).
+    #[schema(min_length = 1, nullable = false)]
+    totag: Option<String>,
+    /// The message type.
+    msgtype: WeComAppType,
+    /// `{"content": "..."}` (`msgtype` `text`).
+    #[schema(value_type = Object, nullable = false, required = false)]
+    text: Option<Value>,
+    /// `{"title", "description", "url", "btntxt"}` (`msgtype` `textcard`).
+    #[schema(value_type = Object, nullable = false, required = false)]
+    textcard: Option<Value>,
+    /// `{"content": "..."}` (`msgtype` `markdown`).
+    #[schema(value_type = Object, nullable = false, required = false)]
+    markdown: Option<Value>,
+    /// `{"articles": [{"title", "url", "description", "picurl"}]}` (`msgtype` `news`).
+    #[schema(value_type = Object, nullable = false, required = false)]
+    news: Option<Value>,
+    /// WeCom's template card (`msgtype` `template_card`).
+    #[schema(value_type = Object, nullable = false, required = false)]
+    template_card: Option<Value>,
+    /// 1: confidential (not for `markdown` or `template_card`).
+    #[schema(minimum = 0, maximum = 1, nullable = false)]
+    safe: Option<u8>,
+    /// WeCom's duplicate check (default true): a retry after an unknown outcome is not shown
+    /// twice within 30 minutes. Off, the message is never re-sent after an unknown outcome.
+    #[schema(nullable = false)]
+    duplicate_check: Option<bool>,
+    /// Give up after this instant (RFC 3339).
+    #[schema(format = DateTime, nullable = false)]
+    expires_at: Option<String>,
+    /// Where to POST the outcome.
+    #[schema(max_length = 2048, nullable = false)]
+    callback_url: Option<String>,
+}
+
+/// A `wecomRobot` channel's message: the robot's webhook body (it has no recipients: it posts
+/// into its group). Unknown fields are refused.
+#[derive(Debug, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WeComRobotMessage {
+    /// The message type.
+    msgtype: WeComRobotType,
+    /// `{"content": "...", "mentioned_list": [...]}` (`msgtype` `text`).
+    #[schema(value_type = Object, nullable = false, required = false)]
+    text: Option<Value>,
+    /// `{"content": "..."}` (`msgtype` `markdown`).
+    #[schema(value_type = Object, nullable = false, required = false)]
+    markdown: Option<Value>,
+    /// `{"articles": [...]}` (`msgtype` `news`).
+    #[schema(value_type = Object, nullable = false, required = false)]
+    news: Option<Value>,
+    /// Give up after this instant (RFC 3339).
+    #[schema(format = DateTime, nullable = false)]
+    expires_at: Option<String>,
+    /// Where to POST the outcome.
+    #[schema(max_length = 2048, nullable = false)]
+    callback_url: Option<String>,
+}
+
 /// `POST /v1/subscriptions`: a user's consent to a one-time subscribe template.
 #[derive(Debug, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -97,7 +212,7 @@ pub enum MiniProgramState {
 pub struct BatchRequest {
     /// 1 to `api.maxBatch` messages.
     #[schema(min_items = 1)]
-    messages: Vec<MessageRequest>,
+    messages: Vec<MessageBody>,
 }
 
 /// A message was accepted (or, with a repeated `Idempotency-Key`, had been).

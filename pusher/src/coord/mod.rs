@@ -27,6 +27,7 @@
 
 pub mod embedded;
 pub mod redis;
+mod redis_permits;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -25,44 +25,11 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use redis::{RedisError, Script};
 
+use super::redis_permits::{Permits, RATE_TTL_MS};
 use super::{CoordResult, Coordinator, Lock, Permit, SharedToken, parse_pause, ttl_ms, unix_ms};
 use crate::calendar::beijing_day;
 use crate::resilience::ratelimit::Gcra;
 use crate::store::redis::{RedisStore, retrying};
-
-/// Rate-limit permit script: GCRA (`resilience::ratelimit::Gcra`, written again in Lua) on
-/// Redis's clock, plus the daily quota counted for all pods,
-/// in the one hash `rate`. KEYS: rate. ARGV: interval µs, tolerance µs, daily quota (0 = none),
-/// key TTL ms, longest wait µs, today (Beijing day). A permit is reserved in the order the pods
-/// ask: returns 0 (go now), a positive wait in µs (the permit is reserved for then: sleep and
-/// go), -1 (quota spent today) or -2 (the wait would be longer than the longest wait: nothing
-/// is reserved). Reserving rather than answering "try again" means no pod polls, and a send
-/// that asked first goes first, whichever pod it is on.
-const PERMIT: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local spent = tonumber(redis.call('HGET', KEYS[1], 'spent_until') or '0')
-if spent * 1000 > now then return -1 end
-local interval, tolerance = tonumber(ARGV[1]), tonumber(ARGV[2])
-local quota, ttl, longest, today = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local tat = tonumber(redis.call('HGET', KEYS[1], 'tat') or '0')
-if tat < now then tat = now end
-local wait = tat - tolerance - now
-if wait < 0 then wait = 0 end
-if wait > longest then return -2 end
-if quota > 0 then
-  if redis.call('HGET', KEYS[1], 'day') ~= today then
-    redis.call('HSET', KEYS[1], 'day', today, 'used', 0)
-  end
-  if redis.call('HINCRBY', KEYS[1], 'used', 1) > quota then
-    redis.call('HINCRBY', KEYS[1], 'used', -1)
-    return -1
-  end
-end
-redis.call('HSET', KEYS[1], 'tat', string.format('%.0f', tat + interval))
-redis.call('PEXPIRE', KEYS[1], ttl)
-return wait
-";
 
 /// Gives a send back to today's count: KEYS rate; ARGV today. Only today's count (a send
 /// given back after midnight was counted on a day that is over).
@@ -79,10 +46,6 @@ redis.call('HSET', KEYS[1], 'spent_until', ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 0
 ";
-
-/// How long the `rate` hash outlives its last write: two days, so that a quiet channel keeps
-/// today's count and a 45009 until midnight.
-const RATE_TTL_MS: u64 = 2 * 86_400_000;
 
 /// Drops the token only if it is the one given (compare-and-swap invalidation).
 const DROP_TOKEN: &str = r"
@@ -106,7 +69,7 @@ pub struct RedisCoordinator {
     base: String,
     /// This process's lock owner id.
     owner: String,
-    permit: Script,
+    permits: Permits,
     give_back: Script,
     exhaust: Script,
     drop_token: Script,
@@ -128,7 +91,7 @@ impl RedisCoordinator {
             store: store.clone(),
             base: store.base().to_string(),
             owner: ulid::Ulid::new().to_string(),
-            permit: Script::new(PERMIT),
+            permits: Permits::new(store.clone(), format!("{}rate", store.base())),
             give_back: Script::new(GIVE_BACK),
             exhaust: Script::new(EXHAUST),
             drop_token: Script::new(DROP_TOKEN),
@@ -400,20 +363,12 @@ impl Coordinator for RedisCoordinator {
         longest: Duration,
     ) -> BoxFuture<'_, CoordResult<Permit>> {
         Box::pin(async move {
-            let r: i64 = self
-                .script(
-                    &self.permit,
-                    &[self.key("rate")],
-                    &[
-                        gcra.interval_us.to_string(),
-                        gcra.tolerance_us.to_string(),
-                        daily_quota.to_string(),
-                        RATE_TTL_MS.to_string(),
-                        u64::try_from(longest.as_micros())
-                            .unwrap_or(u64::MAX)
-                            .to_string(),
-                        beijing_day(SystemTime::now()).to_string(),
-                    ],
+            let r = self
+                .permits
+                .ask(
+                    gcra,
+                    daily_quota,
+                    u64::try_from(longest.as_micros()).unwrap_or(u64::MAX),
                 )
                 .await?;
             Ok(match r {

@@ -14,8 +14,9 @@
 //! - `POST` in `safe` and `compatible` mode: `msg_signature` over the `<Encrypt>` text must be
 //!   right (else 403, also when either is missing); only the decrypted payload is used, and it
 //!   must name the channel's appid (else 400).
-//! - A TEMPLATESENDJOBFINISH event is recorded through [`Store::record_event`]; any other
-//!   message or event is acknowledged and ignored. Every accepted request is answered `success`
+//! - A TEMPLATESENDJOBFINISH event is recorded through [`Store::record_event`]; a WeCom change
+//!   event is counted and logged ([`super::wecom`]); any other message or event is
+//!   acknowledged and ignored. Every accepted request is answered `success`
 //!   (text/plain) at once; only a store failure answers 503, so that WeChat retries.
 
 use std::collections::HashMap;
@@ -31,6 +32,7 @@ use axum::routing::get;
 use jiff::Timestamp;
 
 use super::replay::{Refusal, ReplayGuard};
+use super::wecom::WeComEvent;
 use super::{DeliveryEvent, EventOutcome, is_template_event, parse_xml};
 use crate::metrics::Metrics;
 use crate::metrics::{EventName, EventResult};
@@ -225,6 +227,10 @@ async fn receive<S: Store>(
             return text(StatusCode::BAD_REQUEST, "malformed XML");
         }
     };
+    if let Some(event) = super::wecom::read(&xml) {
+        wecom_event(&state, &event);
+        return success();
+    }
     if !is_template_event(&xml) {
         metrics.event(EventName::Other, EventResult::Ignored);
         return success();
@@ -247,6 +253,35 @@ async fn receive<S: Store>(
             state.replay.lock().release(reserved);
             metrics.event(EventName::TemplateSendJobFinish, EventResult::Error);
             text(StatusCode::SERVICE_UNAVAILABLE, "retry later")
+        }
+    }
+}
+
+/// A WeCom event: counted, and a recipient that became unreachable logged (its id at debug
+/// level only).
+fn wecom_event<S>(state: &EventsState<S>, event: &WeComEvent) {
+    let metrics = &state.metrics;
+    match event {
+        WeComEvent::UserUnreachable { user_id, why } => {
+            metrics.event(EventName::ChangeContact, EventResult::Unreachable);
+            tracing::info!(
+                change = why.as_str(),
+                "a WeCom user became unreachable: WeCom will name it in invaliduser"
+            );
+            tracing::debug!(user_id, change = why.as_str(), "unreachable WeCom user");
+        }
+        WeComEvent::PartyUnreachable { party_id } => {
+            metrics.event(EventName::ChangeContact, EventResult::Unreachable);
+            tracing::info!(
+                party_id,
+                "a WeCom party was deleted: WeCom will name it in invalidparty"
+            );
+        }
+        WeComEvent::OtherContactChange => {
+            metrics.event(EventName::ChangeContact, EventResult::Ignored);
+        }
+        WeComEvent::TemplateCard => {
+            metrics.event(EventName::TemplateCardEvent, EventResult::Ignored);
         }
     }
 }

@@ -8,11 +8,13 @@
 //!   message either way.
 //! - [`http`]: the `GET,POST /wechat/events` handlers (signatures, safe mode, answers).
 //! - [`replay`]: the freshness window on `timestamp` and the once-only `(timestamp, nonce)` rule.
+//! - [`wecom`]: WeCom's change events (recipients that became unreachable) on the same URL.
 //!
 //! The store finds the message and de-duplicates ([`crate::store::Store::record_event`]).
 
 pub mod http;
 pub mod replay;
+pub mod wecom;
 
 use jiff::Timestamp;
 use serde::Deserialize;
@@ -44,9 +46,21 @@ pub struct ServerXml {
     /// WeChat's msgid (`MsgID` in delivery events, `MsgId` in user messages).
     #[serde(rename = "MsgID", alias = "MsgId", default)]
     pub msg_id: Option<String>,
-    /// The delivery status text.
+    /// The delivery status text (WeChat), or a WeCom user's status number (`update_user`).
     #[serde(rename = "Status", default)]
     pub status: Option<String>,
+    /// WeCom's contact change (`delete_user`, `update_user`, `delete_party`, ...).
+    #[serde(rename = "ChangeType", default)]
+    pub change_type: Option<String>,
+    /// WeCom's user id in a contact change.
+    #[serde(rename = "UserID", default)]
+    pub user_id: Option<String>,
+    /// WeCom's new user id, when an `update_user` changed it.
+    #[serde(rename = "NewUserID", default)]
+    pub new_user_id: Option<String>,
+    /// WeCom's party id in a party change.
+    #[serde(rename = "Id", default)]
+    pub party_id: Option<String>,
     /// The safe-mode ciphertext (base64).
     #[serde(rename = "Encrypt", default)]
     pub encrypt: Option<String>,

@@ -114,11 +114,26 @@ label_value! {
     }
 }
 
+label_value! {
+    /// The channel's `provider`, for `wxpush_invalid_recipients_total{provider}` (the policy's
+    /// `Provider` lives in another crate and so cannot be a label itself).
+    pub enum ProviderLabel {
+        /// A WeChat Official Account.
+        WechatOfficialAccount => "wechatOfficialAccount",
+        /// A WeChat Mini Program.
+        WechatMiniProgram => "wechatMiniProgram",
+        /// A WeCom application.
+        WecomApp => "wecomApp",
+        /// A WeCom group robot.
+        WecomRobot => "wecomRobot",
+    }
+}
+
 /// Labels of `wxpush_invalid_recipients_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct InvalidRecipientLabels {
-    /// The provider (`wecomApp`).
-    pub provider: &'static str,
+    /// The channel's provider.
+    pub provider: ProviderLabel,
     /// Which kind of recipient the provider called invalid.
     pub kind: RecipientKind,
 }
@@ -220,6 +235,10 @@ label_value! {
     pub enum EventName {
         /// `TEMPLATESENDJOBFINISH`, a template message's delivery report.
         TemplateSendJobFinish => "TEMPLATESENDJOBFINISH",
+        /// WeCom's contact change.
+        ChangeContact => "change_contact",
+        /// A tap on a WeCom interactive card.
+        TemplateCardEvent => "template_card_event",
         /// Any other event (ignored).
         Other => "other",
         /// None was read (refused before, or not an event).
@@ -242,6 +261,9 @@ label_value! {
         Unmatched => "unmatched",
         /// Not an event the pusher uses.
         Ignored => "ignored",
+        /// A WeCom recipient became unreachable (a deleted, disabled, departed or renamed
+        /// user, or a deleted party).
+        Unreachable => "unreachable",
         /// The URL check (echostr) was answered.
         Echostr => "echostr",
         /// A wrong or missing signature.

@@ -239,7 +239,7 @@ impl Registrar<'_> {
 
 impl Metrics {
     /// Counts the recipients a delivery answer called invalid.
-    pub fn invalid_recipients(&self, provider: &'static str, invalid: &InvalidRecipients) {
+    pub fn invalid_recipients(&self, provider: ProviderLabel, invalid: &InvalidRecipients) {
         for (kind, n) in [
             (RecipientKind::user, invalid.users.len()),
             (RecipientKind::party, invalid.parties.len()),

@@ -29,6 +29,20 @@ use crate::policy::wecom::{Credential, parse_agent_id};
 use crate::send::Sender;
 use crate::send::SenderError;
 
+/// The metrics label of a channel's `provider` (the policy's `Provider` lives in another crate,
+/// so the label is a type of `metrics` and the mapping is here, with the other choices the
+/// field makes).
+impl From<Provider> for crate::metrics::ProviderLabel {
+    fn from(p: Provider) -> Self {
+        match p {
+            Provider::WechatOfficialAccount => Self::WechatOfficialAccount,
+            Provider::WechatMiniProgram => Self::WechatMiniProgram,
+            Provider::WecomApp => Self::WecomApp,
+            Provider::WecomRobot => Self::WecomRobot,
+        }
+    }
+}
+
 /// The [`Sender`] of a channel's `provider`. A provider that needs a setting of its own reads
 /// it here (the WeCom application's `agentId`), so that a bad one fails at start-up.
 pub fn sender_for(config: &PusherConfig) -> Result<Arc<dyn Sender>, SenderError> {
@@ -77,6 +91,18 @@ mod tests {
             let c = config(provider, credentials);
             c.validate().expect("valid");
             assert_eq!(sender_for(&c).expect("builds").name(), provider);
+        }
+    }
+
+    #[test]
+    fn the_provider_label_is_the_provider_field_as_spelled() {
+        for p in [
+            Provider::WechatOfficialAccount,
+            Provider::WechatMiniProgram,
+            Provider::WecomApp,
+            Provider::WecomRobot,
+        ] {
+            assert_eq!(crate::metrics::ProviderLabel::from(p).as_str(), p.as_str());
         }
     }
 

@@ -27,7 +27,7 @@ use super::{ChannelHealth, Circuit, Health, SendError, SendOutcome, SendRequest,
 use crate::config::PusherConfig;
 use crate::config::ReadSecret as _;
 use crate::coord::Coordinator;
-use crate::metrics::{AttemptResult, CircuitState, Metrics};
+use crate::metrics::{AttemptResult, CircuitState, Metrics, ProviderLabel};
 use crate::policy::LocalSecret;
 use crate::policy::Retry;
 use crate::policy::wecom::Credential;
@@ -42,6 +42,8 @@ use crate::send::{Outgoing, Receipt, Sender, TokenScope};
 #[derive(Debug)]
 pub struct WeChatSender {
     provider: Arc<dyn Sender>,
+    /// The configured `provider`, as metrics label it.
+    provider_label: ProviderLabel,
     http: Arc<HttpClient>,
     tokens: Arc<TokenManager>,
     breaker: SharedBreaker,
@@ -218,6 +220,7 @@ impl WeChatSender {
         let closings = Arc::new(tokio::sync::watch::Sender::new(0u64));
         Ok(Self {
             provider,
+            provider_label: config.provider.into(),
             http,
             tokens,
             breaker: SharedBreaker::new(&config.circuit_breaker, {
@@ -445,7 +448,7 @@ impl WeChatSender {
                         self.clear_pause();
                         if let Some(r) = &receipt {
                             self.metrics
-                                .invalid_recipients(self.provider.name(), &r.invalid);
+                                .invalid_recipients(self.provider_label, &r.invalid);
                         }
                         SendOutcome::Delivered { msgid, receipt }
                     }

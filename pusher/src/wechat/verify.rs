@@ -21,9 +21,24 @@ pub async fn check_credentials(config: &PusherConfig) -> Result<String, String> 
         TokenScope::WeChatApp => {}
         TokenScope::WeComApp => return check_wecom(config).await,
         TokenScope::WebhookKey => {
-            return Ok(
-                "credentials: a webhook key has no token to fetch; its first send checks it".into(),
-            );
+            // No token call: the key's shape is what can be checked without posting a message.
+            let key = match config
+                .credentials
+                .get(Credential::WebhookKey)
+                .map(|s| s.read())
+            {
+                Some(Ok(k)) => k,
+                Some(Err(e)) => return Err(format!("credentials.webhookKey: {e}")),
+                None => return Err("credentials.webhookKey: not set".into()),
+            };
+            return match credential_check::wecom::check_webhook_key(&key) {
+                Ok(()) => Ok(
+                    "credentials: ok: the webhook key is well formed; a robot has no \
+                              token to fetch, so its first send checks it"
+                        .into(),
+                ),
+                Err(problem) => Err(format!("credentials.webhookKey: {problem}")),
+            };
         }
     }
     let read = |field: &str, s: Option<crate::policy::LocalSecret>| match s.map(|s| s.read()) {

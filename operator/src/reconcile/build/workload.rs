@@ -211,23 +211,11 @@ pub fn volume_claim(
 }
 
 /// `NAME-pusher`.
-pub fn deployment(
-    input: &BuildInput<'_>,
-    name: &str,
-    namespace: &str,
-    config_hash: &str,
-) -> Deployment {
-    let spec = &input.channel.spec;
-    let pod = &spec.pod;
-    let embedded = spec.queue.embedded.is_some();
-    let (volumes, volume_mounts) = volumes(input, name);
-    let mut annotations = pod.annotations.clone();
-    annotations.insert("prometheus.io/scrape".into(), "true".into());
-    annotations.insert("prometheus.io/port".into(), METRICS_PORT.to_string());
-    annotations.insert("prometheus.io/path".into(), "/metrics".into());
-    annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
-    let drain = i64::try_from(spec.shutdown.drain_timeout.get().as_secs()).unwrap_or(i64::MAX);
-    let container = Container {
+/// The pusher container: image, the `serve` command, ports, probes and a locked-down
+/// security context.
+fn pusher_container(input: &BuildInput<'_>, volume_mounts: Vec<VolumeMount>) -> Container {
+    let pod = &input.channel.spec.pod;
+    Container {
         name: "pusher".into(),
         image: Some(
             pod.image
@@ -277,8 +265,13 @@ pub fn deployment(
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(volume_mounts),
         ..Container::default()
-    };
-    let strategy = if embedded {
+    }
+}
+
+/// `Recreate` for the embedded store (one pod owns its volume), else a rolling update that
+/// keeps every pod until its successor is up.
+fn strategy(embedded: bool) -> DeploymentStrategy {
+    if embedded {
         DeploymentStrategy {
             type_: Some("Recreate".into()),
             rolling_update: None,
@@ -291,7 +284,71 @@ pub fn deployment(
                 max_unavailable: Some(IntOrString::Int(0)),
             }),
         }
-    };
+    }
+}
+
+/// The pod: its container, non-root security context, spread over nodes, placement and
+/// volumes.
+fn pod_spec(
+    input: &BuildInput<'_>,
+    name: &str,
+    container: Container,
+    volumes: Vec<Volume>,
+) -> PodSpec {
+    let spec = &input.channel.spec;
+    let pod = &spec.pod;
+    let drain = i64::try_from(spec.shutdown.drain_timeout.get().as_secs()).unwrap_or(i64::MAX);
+    PodSpec {
+        containers: vec![container],
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        termination_grace_period_seconds: Some(drain.saturating_add(GRACE_MARGIN_SECS)),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            fs_group_change_policy: Some("OnRootMismatch".into()),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        topology_spread_constraints: Some(vec![TopologySpreadConstraint {
+            max_skew: 1,
+            topology_key: "kubernetes.io/hostname".into(),
+            when_unsatisfiable: "ScheduleAnyway".into(),
+            label_selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(name)),
+                match_expressions: None,
+            }),
+            match_label_keys: Some(vec!["pod-template-hash".into()]),
+            ..TopologySpreadConstraint::default()
+        }]),
+        node_selector: (!pod.node_selector.is_empty()).then(|| pod.node_selector.clone()),
+        tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+pub fn deployment(
+    input: &BuildInput<'_>,
+    name: &str,
+    namespace: &str,
+    config_hash: &str,
+) -> Deployment {
+    let spec = &input.channel.spec;
+    let pod = &spec.pod;
+    let embedded = spec.queue.embedded.is_some();
+    let (volumes, volume_mounts) = volumes(input, name);
+    let mut annotations = pod.annotations.clone();
+    annotations.insert("prometheus.io/scrape".into(), "true".into());
+    annotations.insert("prometheus.io/port".into(), METRICS_PORT.to_string());
+    annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash.into());
+    let container = pusher_container(input, volume_mounts);
     Deployment {
         metadata: meta(input, child_name(name), namespace, name),
         spec: Some(DeploymentSpec {
@@ -301,7 +358,7 @@ pub fn deployment(
                 match_labels: Some(selector_labels(name)),
                 match_expressions: None,
             },
-            strategy: Some(strategy),
+            strategy: Some(strategy(embedded)),
             revision_history_limit: Some(5),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
@@ -309,40 +366,7 @@ pub fn deployment(
                     annotations: Some(annotations),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(PodSpec {
-                    containers: vec![container],
-                    automount_service_account_token: Some(false),
-                    enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(drain.saturating_add(GRACE_MARGIN_SECS)),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(RUN_AS),
-                        run_as_group: Some(RUN_AS),
-                        fs_group: Some(RUN_AS),
-                        fs_group_change_policy: Some("OnRootMismatch".into()),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".into(),
-                            localhost_profile: None,
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    topology_spread_constraints: Some(vec![TopologySpreadConstraint {
-                        max_skew: 1,
-                        topology_key: "kubernetes.io/hostname".into(),
-                        when_unsatisfiable: "ScheduleAnyway".into(),
-                        label_selector: Some(LabelSelector {
-                            match_labels: Some(selector_labels(name)),
-                            match_expressions: None,
-                        }),
-                        match_label_keys: Some(vec!["pod-template-hash".into()]),
-                        ..TopologySpreadConstraint::default()
-                    }]),
-                    node_selector: (!pod.node_selector.is_empty())
-                        .then(|| pod.node_selector.clone()),
-                    tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
-                    volumes: Some(volumes),
-                    ..PodSpec::default()
-                }),
+                spec: Some(pod_spec(input, name, container, volumes)),
             },
             ..DeploymentSpec::default()
         }),

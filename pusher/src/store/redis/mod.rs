@@ -43,7 +43,8 @@
 //! Key layout and scripts: [`scripts`]. The other parts: `conn.rs` (connecting, retrying on a
 //! cluster redirect), `options.rs` (settings and names), `handle.rs` (the store's handle and its
 //! connection helpers), `tasks.rs` (the background refresher, heartbeat and lease keeper),
-//! `lease.rs` (taking work from the stream), `queue.rs` (the [`Store`](super::Store) operations) and
+//! `lease.rs` (taking work from the stream), `queue.rs` (the [`Store`](super::Store) operations),
+//! `outcome.rs` (the attempt-started records and the outcomes, a script call per batch) and
 //! `check.rs` (the consistency check); this file connects and starts the tasks.
 
 mod check;

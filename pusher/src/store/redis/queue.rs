@@ -1,6 +1,7 @@
 //! The [`Store`] operations of the Redis store: each is one script (or a short pipeline) on
-//! the channel's slot. Slightly over 600 lines because it is the one `impl Store` block, one
-//! method per operation of the trait; the leasing and the background work live beside it.
+//! the channel's slot. About 500 lines because it is the one `impl Store` block, one method per
+//! operation of the trait; the leasing, the outcome writes (`outcome.rs`) and the background
+//! work live beside it.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
