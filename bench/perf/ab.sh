@@ -19,9 +19,6 @@ ROUNDS=${ROUNDS:-5}
 TASKS=${TASKS:-256}
 LATENCY=${LATENCY:-2ms}
 OUT=${OUT:-bench/perf/results/ab}
-APPID=wxbench000000000
-SECRET=bench-secret
-TOKEN=bench-token-0123456789abcdef
 
 # shellcheck source=bench/perf/lib.sh
 source bench/perf/lib.sh

@@ -16,9 +16,6 @@ ROUNDS=${ROUNDS:-3}
 TASKS=${TASKS:-256}
 LATENCY=${LATENCY:-2ms}
 OUT=${OUT:-bench/perf/results/allocs}
-APPID=wxbench000000000
-SECRET=bench-secret
-TOKEN=bench-token-0123456789abcdef
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 if [[ -z "${ALLOCS_BIN:-}" ]]; then

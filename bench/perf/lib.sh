@@ -1,7 +1,12 @@
 # Shared by bench/perf/run.sh and bench/perf/ab.sh (sourced): builds the release binaries,
 # starts one sandbox answering in LATENCY, and defines faults, start_pusher, stop_pusher,
-# run_loop and run_e2e. Expects APPID, SECRET, TOKEN, LATENCY, TASKS and OUT to be set.
+# run_loop and run_e2e, with the bench channel's APPID, SECRET and TOKEN. Expects LATENCY, TASKS
+# and OUT to be set.
 # PUSHER_BIN picks the pusher binary (default: the one just built).
+
+APPID=wxbench000000000
+SECRET=bench-secret
+TOKEN=bench-token-0123456789abcdef
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
 cargo build --release -p wxpush-pusher -p wxpush-sandbox -p wxpush-bench --bins >&2

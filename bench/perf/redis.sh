@@ -20,9 +20,6 @@ ROUNDS=${ROUNDS:-3}
 TASKS=${TASKS:-256}
 LATENCY=${LATENCY:-2ms}
 OUT=${OUT:-bench/perf/results/redis}
-APPID=wxbench000000000
-SECRET=bench-secret
-TOKEN=bench-token-0123456789abcdef
 
 command -v redis-server >/dev/null || { echo "redis-server is needed (scripts/setup.sh)" >&2; exit 1; }
 # shellcheck source=bench/perf/lib.sh

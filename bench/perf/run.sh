@@ -44,9 +44,6 @@ N_SWEEP=${N_SWEEP:-30000}      # messages per run of the latency sweep
 REDIS=${REDIS:-1}              # the Redis store with one pod (needs redis-server)
 OUT=${OUT:-bench/perf/results}
 PLOT=${PLOT:-1}
-APPID=wxbench000000000
-SECRET=bench-secret
-TOKEN=bench-token-0123456789abcdef
 
 # shellcheck source=bench/perf/lib.sh
 source bench/perf/lib.sh

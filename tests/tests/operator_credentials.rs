@@ -95,24 +95,38 @@ async fn reconciles(operator: &OperatorProcess, n: u64) {
     .await;
 }
 
-#[tokio::test]
-async fn credentials_valid_costs_one_token_call_per_credential_change() {
-    let sandbox = start(config()).await;
+/// An API emulator with the CRD, `secrets` and then `channel` applied, and an operator that
+/// checks credentials online (reconciling every second when `requeue`).
+async fn checked(
+    secrets: &str,
+    channel: &str,
+    requeue: bool,
+) -> (KubeEmulator, Kubectl, OperatorProcess) {
     let (api, kubectl) = KubeEmulator::start_with_crd().await;
-    kubectl
-        .apply(&secrets(SECRET, "producer-token-1"))
-        .await
-        .expect("Secrets");
+    kubectl.apply(secrets).await.expect("Secrets");
+    let mut args = vec!["--leader-election", "false"];
+    if requeue {
+        args.extend(["--requeue", "1s"]);
+    }
     let operator = OperatorProcess::start(
         &api,
-        &["--leader-election", "false", "--requeue", "1s"],
+        &args,
         &[("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "true")],
     )
     .await;
-    kubectl
-        .apply(&channel(&sandbox.handle.base_url()))
-        .await
-        .expect("PushChannel");
+    kubectl.apply(channel).await.expect("PushChannel");
+    (api, kubectl, operator)
+}
+
+#[tokio::test]
+async fn credentials_valid_costs_one_token_call_per_credential_change() {
+    let sandbox = start(config()).await;
+    let (_api, kubectl, operator) = checked(
+        &secrets(SECRET, "producer-token-1"),
+        &channel(&sandbox.handle.base_url()),
+        true,
+    )
+    .await;
 
     let (status, _, message) = wait_for_reason(&kubectl, "TokenIssued").await;
     assert_eq!(status, "True");
@@ -180,21 +194,12 @@ async fn an_address_off_the_allowlist_is_named_in_the_condition() {
         ..config()
     })
     .await;
-    let (api, kubectl) = KubeEmulator::start_with_crd().await;
-    kubectl
-        .apply(&secrets(SECRET, "producer-token"))
-        .await
-        .expect("Secrets");
-    let _operator = OperatorProcess::start(
-        &api,
-        &["--leader-election", "false"],
-        &[("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "true")],
+    let (_api, kubectl, _operator) = checked(
+        &secrets(SECRET, "producer-token"),
+        &channel(&sandbox.handle.base_url()),
+        false,
     )
     .await;
-    kubectl
-        .apply(&channel(&sandbox.handle.base_url()))
-        .await
-        .expect("PushChannel");
     let (status, _, message) = wait_for_reason(&kubectl, "IPNotAllowed").await;
     assert_eq!(status, "False");
     assert!(
@@ -235,21 +240,12 @@ fn wecom_channel(provider: &str, api_base_url: &str) -> String {
 async fn a_wecom_app_channel_is_checked_with_one_gettoken_per_change() {
     let mut cfg = config();
     let sandbox = start(cfg.clone()).await;
-    let (api, kubectl) = KubeEmulator::start_with_crd().await;
-    kubectl
-        .apply(&wecom_secret(CORP_SECRET, ROBOT_KEY))
-        .await
-        .expect("Secrets");
-    let operator = OperatorProcess::start(
-        &api,
-        &["--leader-election", "false", "--requeue", "1s"],
-        &[("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "true")],
+    let (_api, kubectl, operator) = checked(
+        &wecom_secret(CORP_SECRET, ROBOT_KEY),
+        &wecom_channel("wecomApp", &sandbox.handle.base_url()),
+        true,
     )
     .await;
-    kubectl
-        .apply(&wecom_channel("wecomApp", &sandbox.handle.base_url()))
-        .await
-        .expect("PushChannel");
     let (status, _, message) = wait_for_reason(&kubectl, "TokenIssued").await;
     assert_eq!(status, "True");
     assert!(message.contains(CORP_ID), "{message}");
@@ -288,21 +284,12 @@ async fn a_wecom_app_channel_is_checked_with_one_gettoken_per_change() {
     // The operator's address is not on the application's trusted IPs: 60020, named.
     cfg.wecom.trusted_ips = Some(vec!["203.0.113.7".parse().expect("ip")]);
     let strict = start(cfg).await;
-    let (api, kubectl) = KubeEmulator::start_with_crd().await;
-    kubectl
-        .apply(&wecom_secret(CORP_SECRET, ROBOT_KEY))
-        .await
-        .expect("Secrets");
-    let _operator = OperatorProcess::start(
-        &api,
-        &["--leader-election", "false"],
-        &[("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "true")],
+    let (_api, kubectl, _operator) = checked(
+        &wecom_secret(CORP_SECRET, ROBOT_KEY),
+        &wecom_channel("wecomApp", &strict.handle.base_url()),
+        false,
     )
     .await;
-    kubectl
-        .apply(&wecom_channel("wecomApp", &strict.handle.base_url()))
-        .await
-        .expect("PushChannel");
     let (status, _, message) = wait_for_reason(&kubectl, "IPNotAllowed").await;
     assert_eq!(status, "False");
     assert!(
@@ -316,21 +303,12 @@ async fn a_wecom_app_channel_is_checked_with_one_gettoken_per_change() {
 #[tokio::test]
 async fn a_wecom_robot_key_is_checked_for_shape_without_a_request() {
     let sandbox = start(config()).await;
-    let (api, kubectl) = KubeEmulator::start_with_crd().await;
-    kubectl
-        .apply(&wecom_secret(CORP_SECRET, ROBOT_KEY))
-        .await
-        .expect("Secrets");
-    let operator = OperatorProcess::start(
-        &api,
-        &["--leader-election", "false", "--requeue", "1s"],
-        &[("WXPUSH_OPERATOR_CHECK_CREDENTIALS", "true")],
+    let (_api, kubectl, operator) = checked(
+        &wecom_secret(CORP_SECRET, ROBOT_KEY),
+        &wecom_channel("wecomRobot", &sandbox.handle.base_url()),
+        true,
     )
     .await;
-    kubectl
-        .apply(&wecom_channel("wecomRobot", &sandbox.handle.base_url()))
-        .await
-        .expect("PushChannel");
     let (status, _, message) = wait_for_reason(&kubectl, "WebhookKeyWellFormed").await;
     assert_eq!(status, "True");
     assert!(message.contains("first send"), "{message}");
