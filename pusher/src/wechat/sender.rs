@@ -96,6 +96,38 @@ enum Attempt {
     BadBody,
 }
 
+/// An answer that is not HTTP 200: retried; a 5xx may have been delivered, a 429 does not
+/// count against the breaker.
+fn status_outcome(status: u16, action: SendAction) -> (SendOutcome, Outcome) {
+    let not_before = match action {
+        SendAction::Retry { not_before } => not_before,
+        _ => None,
+    };
+    let kind = if status >= 500 {
+        ErrorKind::Http5xx
+    } else {
+        ErrorKind::HttpStatus
+    };
+    let error = SendError {
+        kind,
+        errcode: None,
+        message: format!("WeChat answered HTTP {status}"),
+    };
+    let breaker = if status == 429 {
+        Outcome::Success
+    } else {
+        Outcome::Failure
+    };
+    (
+        SendOutcome::Retry {
+            error,
+            not_before,
+            maybe_delivered: status >= 500,
+        },
+        breaker,
+    )
+}
+
 /// A token that cannot be had parks the channel, like a send outage: nothing was sent, so no
 /// message's retry budget is spent. The hold lasts as long as the token manager's own backoff
 /// between fetches (at least [`TOKEN_HOLD_MIN`]); then the next attempts probe it again.
@@ -433,90 +465,8 @@ impl WeChatSender {
                 msgid,
                 receipt,
                 action,
-            } => {
-                let error = errcode_error(self.provider.token_scope(), errcode, &errmsg);
-                if action != SendAction::Delivered {
-                    self.limiter.give_back_daily(now);
-                }
-                let breaker = if errcode == -1 {
-                    Outcome::Failure
-                } else {
-                    Outcome::Success
-                };
-                let outcome = match action {
-                    SendAction::Delivered => {
-                        self.clear_pause();
-                        if let Some(r) = &receipt {
-                            self.metrics
-                                .invalid_recipients(self.provider_label, &r.invalid);
-                        }
-                        SendOutcome::Delivered { msgid, receipt }
-                    }
-                    SendAction::Retry { not_before } => SendOutcome::Retry {
-                        error,
-                        not_before,
-                        maybe_delivered: false,
-                    },
-                    SendAction::RefreshToken => SendOutcome::Retry {
-                        error: SendError {
-                            kind: ErrorKind::Token,
-                            ..error
-                        },
-                        not_before: None,
-                        maybe_delivered: false,
-                    },
-                    SendAction::Permanent { alert } => {
-                        if alert {
-                            tracing::error!(errcode, "{}", error.message);
-                        }
-                        SendOutcome::Permanent { error }
-                    }
-                    SendAction::Pause { until } => self.pause(error, until),
-                    SendAction::Throttle { for_at_least } => {
-                        self.gates.lock().throttled_until =
-                            Some((Instant::now() + for_at_least, errcode));
-                        tracing::warn!(
-                            errcode,
-                            "rate limit of the API reached: slowing down for {for_at_least:?}"
-                        );
-                        SendOutcome::Retry {
-                            error,
-                            not_before: Some(for_at_least),
-                            maybe_delivered: false,
-                        }
-                    }
-                };
-                (outcome, breaker)
-            }
-            Attempt::Status { status, action } => {
-                let not_before = match action {
-                    SendAction::Retry { not_before } => not_before,
-                    _ => None,
-                };
-                let kind = if status >= 500 {
-                    ErrorKind::Http5xx
-                } else {
-                    ErrorKind::HttpStatus
-                };
-                let error = SendError {
-                    kind,
-                    errcode: None,
-                    message: format!("WeChat answered HTTP {status}"),
-                };
-                let breaker = if status == 429 {
-                    Outcome::Success
-                } else {
-                    Outcome::Failure
-                };
-                (
-                    SendOutcome::Retry {
-                        error,
-                        not_before,
-                        maybe_delivered: status >= 500,
-                    },
-                    breaker,
-                )
-            }
+            } => self.conclude_answer(errcode, &errmsg, msgid, receipt, action, now),
+            Attempt::Status { status, action } => status_outcome(status, action),
             Attempt::Failed(e) => {
                 if e.never_sent() {
                     self.limiter.give_back_daily(now);
@@ -548,6 +498,71 @@ impl WeChatSender {
                 Outcome::Failure,
             ),
         }
+    }
+
+    /// What an answer with a JSON errcode means: the provider's action, with the pause, the
+    /// throttle, the daily quota and the metrics it sets off.
+    fn conclude_answer(
+        &self,
+        errcode: i64,
+        errmsg: &str,
+        msgid: Option<i64>,
+        receipt: Option<Receipt>,
+        action: SendAction,
+        now: SystemTime,
+    ) -> (SendOutcome, Outcome) {
+        let error = errcode_error(self.provider.token_scope(), errcode, errmsg);
+        if action != SendAction::Delivered {
+            self.limiter.give_back_daily(now);
+        }
+        let breaker = if errcode == -1 {
+            Outcome::Failure
+        } else {
+            Outcome::Success
+        };
+        let outcome = match action {
+            SendAction::Delivered => {
+                self.clear_pause();
+                if let Some(r) = &receipt {
+                    self.metrics
+                        .invalid_recipients(self.provider_label, &r.invalid);
+                }
+                SendOutcome::Delivered { msgid, receipt }
+            }
+            SendAction::Retry { not_before } => SendOutcome::Retry {
+                error,
+                not_before,
+                maybe_delivered: false,
+            },
+            SendAction::RefreshToken => SendOutcome::Retry {
+                error: SendError {
+                    kind: ErrorKind::Token,
+                    ..error
+                },
+                not_before: None,
+                maybe_delivered: false,
+            },
+            SendAction::Permanent { alert } => {
+                if alert {
+                    tracing::error!(errcode, "{}", error.message);
+                }
+                SendOutcome::Permanent { error }
+            }
+            SendAction::Pause { until } => self.pause(error, until),
+            SendAction::Throttle { for_at_least } => {
+                self.gates.lock().throttled_until = Some((Instant::now() + for_at_least, errcode));
+                tracing::warn!(
+                    errcode,
+                    "rate limit of the API reached: slowing down for {for_at_least:?}"
+                );
+                SendOutcome::Retry {
+                    error,
+                    not_before: Some(for_at_least),
+                    maybe_delivered: false,
+                }
+            }
+        };
+        (outcome, breaker)
     }
 
     /// Pauses the channel: until `until` (45009: midnight Beijing time), or until a probe
