@@ -3,6 +3,8 @@
 # 1. the operator depends on the API crate only: no redb, no pusher, no sandbox in its tree;
 # 2. no import cycle between modules and no pusher module using a higher layer
 #    (scripts/check-module-cycles.py, after its own self-test);
+#    no function over 120 lines and no unexplained pusher file over 600 lines
+#    (scripts/check-sizes.py, after its own self-test);
 # 3. the production pusher binary, built as deploy/docker/pusher.Dockerfile builds it (release,
 #    without the `demo` feature), holds no sandbox code: no `wxpush_sandbox` symbol or string.
 set -euo pipefail
@@ -18,6 +20,8 @@ echo "check-layout: operator tree: $(sort -u <<<"$tree" | wc -l) crates, no redb
 
 python3 scripts/check-module-cycles.py --self-test
 python3 scripts/check-module-cycles.py
+python3 scripts/check-sizes.py --self-test
+python3 scripts/check-sizes.py
 
 # Reading the binary needs binutils (scripts/setup.sh installs it): without nm or strings the
 # check fails rather than count nothing.

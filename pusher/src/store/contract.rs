@@ -11,7 +11,7 @@
 //! Compiled for the crate's own tests and with the `contract` feature (for other crates'
 //! tests); never part of a release build.
 //!
-//! **Why one file of about a thousand lines.** It is one list of the store's promises, read
+//! **Why one file of about 1,200 lines.** It is one list of the store's promises, read
 //! and extended as a whole: each check is a short, independent function, and the
 //! `store_contract!` macro at the end names them all, so a backend cannot skip one. Split by
 //! topic, a new check could be written in one file and forgotten in the macro's list.

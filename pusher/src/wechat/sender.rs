@@ -8,7 +8,7 @@
 //! `super::errcode`. On 40001/40014/42001 the token that failed is invalidated
 //! (compare-and-swap) and the send is retried once with a fresh token.
 //!
-//! **Why one file of about 780 lines.** It is one sequence, read top to bottom: the gates, the
+//! **Why one file of about 830 lines.** It is one sequence, read top to bottom: the gates, the
 //! token, the limits, the request and what the answer means, with the state they share (the
 //! pauses, the breaker's ticket, the token that was used). Its parts that stand alone already
 //! live beside it (`client.rs`, `flow.rs`, `limits.rs`, `token.rs`); its tests are in
