@@ -279,15 +279,9 @@ fn a_maybe_delivered_attempt_is_not_resent_past_a_zero_window() {
     let p = policy();
     let mut r = record(now);
     r.first_attempt_at = Some(now);
+    let after = |outcome, policy: &Retry, window| next_state(&r, outcome, policy, window, now, 0.0);
     // A provider with no de-duplication: a timeout ends the message, reported as unknown.
-    let n = next_state(
-        &r,
-        retry(ErrorKind::TimeoutRequest),
-        &p,
-        Duration::ZERO,
-        now,
-        0.0,
-    );
+    let n = after(retry(ErrorKind::TimeoutRequest), &p, Duration::ZERO);
     assert_eq!(
         (n.record.status, n.record.dead_letter, n.completed),
         (Status::UnknownOutcome, true, Some(Outcome::unknown_outcome))
@@ -296,45 +290,24 @@ fn a_maybe_delivered_attempt_is_not_resent_past_a_zero_window() {
     assert_eq!(e.kind, ErrorKind::UnknownOutcome);
     assert!(e.message.contains("timeout_request"), "{}", e.message);
     // A request that certainly never left is retried.
-    let n = next_state(
-        &r,
-        retry(ErrorKind::TimeoutConnect),
-        &p,
-        Duration::ZERO,
-        now,
-        0.0,
-    );
+    let n = after(retry(ErrorKind::TimeoutConnect), &p, Duration::ZERO);
     assert_eq!(n.record.status, Status::Retrying);
     let refused = SendOutcome::Retry {
         error: err(ErrorKind::Transport),
         not_before: None,
         maybe_delivered: false,
     };
-    let n = next_state(&r, refused, &p, Duration::ZERO, now, 0.0);
+    let n = after(refused, &p, Duration::ZERO);
     assert_eq!(n.record.status, Status::Retrying);
     // At-least-once: the channel asked for re-sends.
     let resend = Retry {
         after_window: AfterWindow::Resend,
         ..p
     };
-    let n = next_state(
-        &r,
-        retry(ErrorKind::TimeoutRequest),
-        &resend,
-        Duration::ZERO,
-        now,
-        0.0,
-    );
+    let n = after(retry(ErrorKind::TimeoutRequest), &resend, Duration::ZERO);
     assert_eq!(n.record.status, Status::Retrying);
     // With a window, a retry inside it is made.
-    let n = next_state(
-        &r,
-        retry(ErrorKind::TimeoutRequest),
-        &p,
-        DEDUP_WINDOW,
-        now,
-        0.0,
-    );
+    let n = after(retry(ErrorKind::TimeoutRequest), &p, DEDUP_WINDOW);
     assert_eq!(n.record.status, Status::Retrying);
     // The attempt being started now is made; after a crash mid-send it is not re-sent at all
     // with a zero window.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::schema::{MESSAGES, STARTED, decode, storage, with_start};
+use super::schema::{MESSAGES, STARTED, record_with_start, storage};
 use super::shared::Shared;
 use crate::message::{MessageId, MessageRecord};
 use crate::store::{Leased, StoreError};
@@ -11,18 +11,9 @@ use crate::store::{Leased, StoreError};
 /// A record as stored, with its "attempt started" mark applied.
 pub(super) fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, StoreError> {
     let txn = shared.begin_read()?;
-    let table = txn.open_table(MESSAGES).map_err(storage)?;
-    let Some(record) = table
-        .get(id)
-        .map_err(storage)?
-        .map(|v| decode(v.value()))
-        .transpose()?
-    else {
-        return Ok(None);
-    };
+    let messages = txn.open_table(MESSAGES).map_err(storage)?;
     let started = txn.open_table(STARTED).map_err(storage)?;
-    let at = started.get(id).map_err(storage)?.map(|v| v.value());
-    Ok(Some(with_start(record, at)))
+    record_with_start(&messages, &started, id)
 }
 
 /// Reads the records of the ids just taken from the schedule. Never strands a lease: an id
@@ -50,14 +41,8 @@ pub(super) fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Lease
     };
     let mut out = Vec::with_capacity(taken.len());
     for (slot, id) in taken {
-        let record = match table.get(id) {
-            Ok(Some(v)) => decode(v.value()).and_then(|record| {
-                let at = started.get(id).map_err(storage)?.map(|v| v.value());
-                Ok(with_start(record, at))
-            }),
-            Ok(None) => Err(StoreError::NotFound(MessageId::from_u128(id))),
-            Err(e) => Err(storage(e)),
-        };
+        let record = record_with_start(&table, &started, id)
+            .and_then(|r| r.ok_or(StoreError::NotFound(MessageId::from_u128(id))));
         match record {
             Ok(record) if !record.status.is_final() => {
                 let unrecorded = shared.unrecorded.lock().remove(&id).map(Box::new);

@@ -82,6 +82,25 @@ pub(super) fn with_start(mut record: MessageRecord, started: Option<i128>) -> Me
     record
 }
 
+/// The record of `id` with its "attempt started" mark applied, read from the two tables of
+/// any transaction (a read transaction's or the writer's).
+pub(super) fn record_with_start(
+    messages: &impl ReadableTable<u128, &'static [u8]>,
+    started: &impl ReadableTable<u128, i128>,
+    id: u128,
+) -> Result<Option<MessageRecord>, StoreError> {
+    let Some(record) = messages
+        .get(id)
+        .map_err(storage)?
+        .map(|v| decode(v.value()))
+        .transpose()?
+    else {
+        return Ok(None);
+    };
+    let at = started.get(id).map_err(storage)?.map(|v| v.value());
+    Ok(Some(with_start(record, at)))
+}
+
 /// Opens (or creates) the database file with the store's cache size.
 pub(super) fn open_db(file: &Path) -> Result<Database, StoreError> {
     Database::builder()

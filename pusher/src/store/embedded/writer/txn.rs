@@ -2,12 +2,12 @@
 //! far.
 
 use jiff::Timestamp;
-use redb::{ReadableTable, Table, WriteTransaction};
+use redb::{Table, WriteTransaction};
 
 use crate::message::MessageRecord;
 use crate::store::embedded::schema::{
     AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, SCHEDULE,
-    STARTED, decode, encode, storage, with_start,
+    STARTED, encode, record_with_start, storage,
 };
 use crate::store::{PendingCallback, StoreError};
 
@@ -42,17 +42,7 @@ impl<'t> Tables<'t> {
     }
 
     pub(super) fn record(&self, id: u128) -> Result<Option<MessageRecord>, StoreError> {
-        let Some(record) = self
-            .messages
-            .get(id)
-            .map_err(storage)?
-            .map(|v| decode(v.value()))
-            .transpose()?
-        else {
-            return Ok(None);
-        };
-        let started = self.started.get(id).map_err(storage)?.map(|v| v.value());
-        Ok(Some(with_start(record, started)))
+        record_with_start(&self.messages, &self.started, id)
     }
 
     pub(super) fn put(&mut self, record: &MessageRecord) -> Result<(), StoreError> {
