@@ -21,7 +21,8 @@
 //! commits is also the one that reads the table and moves the watermark.
 //!
 //! Its parts: `schema.rs` (the tables, the record encoding, reading the schedule back on
-//! open), `shared.rs` (what the handles and the writer thread share), `budget.rs` (the disk
+//! open), `progress.rs` (what changed in a record since its accept, written instead of the
+//! whole record), `shared.rs` (what the handles and the writer thread share), `budget.rs` (the disk
 //! budget), `writer/` (the one writer thread), and this file: the store's handle, its reads
 //! and leases, and the [`Store`] implementation.
 
@@ -38,6 +39,7 @@ use tokio::sync::{Notify, oneshot};
 
 mod budget;
 mod credits;
+mod progress;
 mod reads;
 mod schema;
 mod shared;
@@ -47,7 +49,8 @@ mod writer;
 
 use reads::{read_leased, read_record, wait_for_work};
 use schema::{
-    CALLBACKS, CREDITS, DEAD, MESSAGES, decode, load_index, open_db, start_nanos, storage,
+    CALLBACKS, CREDITS, DEAD, MESSAGES, PROGRESS, load_index, open_db, record_with_progress,
+    start_nanos, storage,
 };
 use shared::{Fresh, Shared};
 use writer::{Op, Writer};
@@ -411,6 +414,7 @@ impl Store for EmbeddedStore {
             let txn = shared.begin_read()?;
             let dead = txn.open_table(DEAD).map_err(storage)?;
             let messages = txn.open_table(MESSAGES).map_err(storage)?;
+            let progress = txn.open_table(PROGRESS).map_err(storage)?;
             let start = after.map_or(0, |a| a.as_u128().saturating_add(1));
             let mut items = Vec::new();
             let mut more = false;
@@ -420,8 +424,8 @@ impl Store for EmbeddedStore {
                     more = true;
                     break;
                 }
-                if let Some(v) = messages.get(key.value()).map_err(storage)? {
-                    items.push(decode(v.value())?);
+                if let Some(r) = record_with_progress(&messages, &progress, key.value())? {
+                    items.push(r);
                 }
             }
             let next = if more {

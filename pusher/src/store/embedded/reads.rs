@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::schema::{MESSAGES, STARTED, record_with_start, storage};
+use super::schema::{MESSAGES, PROGRESS, STARTED, record_with_start, storage};
 use super::shared::Shared;
 use crate::message::{MessageId, MessageRecord};
 use crate::store::{Leased, StoreError};
@@ -12,8 +12,9 @@ use crate::store::{Leased, StoreError};
 pub(super) fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, StoreError> {
     let txn = shared.begin_read()?;
     let messages = txn.open_table(MESSAGES).map_err(storage)?;
+    let progress = txn.open_table(PROGRESS).map_err(storage)?;
     let started = txn.open_table(STARTED).map_err(storage)?;
-    record_with_start(&messages, &started, id)
+    record_with_start(&messages, &progress, &started, id)
 }
 
 /// Reads the records of the ids just taken from the schedule. Never strands a lease: an id
@@ -24,10 +25,11 @@ pub(super) fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Lease
     let tables = shared.begin_read().and_then(|txn| {
         Ok((
             txn.open_table(MESSAGES).map_err(storage)?,
+            txn.open_table(PROGRESS).map_err(storage)?,
             txn.open_table(STARTED).map_err(storage)?,
         ))
     });
-    let (table, started) = match tables {
+    let (table, progress, started) = match tables {
         Ok(t) => t,
         Err(e) => {
             if let Some(held) = shared.logs.check("lease_read") {
@@ -41,7 +43,7 @@ pub(super) fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Lease
     };
     let mut out = Vec::with_capacity(taken.len());
     for (slot, id) in taken {
-        let record = record_with_start(&table, &started, id)
+        let record = record_with_start(&table, &progress, &started, id)
             .and_then(|r| r.ok_or(StoreError::NotFound(MessageId::from_u128(id))));
         match record {
             Ok(record) if !record.status.is_final() => {

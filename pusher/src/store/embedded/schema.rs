@@ -1,8 +1,9 @@
 //! The embedded store's tables in redb, how records are encoded in them, and reading them
 //! back into the in-memory schedule when the database is opened.
 //!
-//! Tables: `messages` (id → JSON record), `started` (id → when its first attempt started, the
-//! "attempt started" mark), `schedule` ((due ms, id) for pending messages),
+//! Tables: `messages` (id → JSON record, as accepted), `progress` (id → what changed since:
+//! status, attempts, times, outcome; see [`super::progress`]), `started` (id → when its first
+//! attempt started, the "attempt started" mark), `schedule` ((due ms, id) for pending messages),
 //! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
 //! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
 //! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
@@ -18,7 +19,12 @@ use crate::message::MessageRecord;
 use crate::store::index::{IdMap, Index};
 use crate::store::{StoreError, millis};
 
+/// Message id → its record as accepted (JSON; written once). Stores written before the
+/// `progress` table existed also rewrote it with each change, which still reads.
 pub(super) const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
+/// Message id → its progress since the accept ([`super::progress`]), written by every change
+/// after the accept (outcome, event, replay, recall) instead of a rewrite of the record.
+pub(super) const PROGRESS: TableDefinition<u128, &[u8]> = TableDefinition::new("progress");
 /// Message id → when its first attempt started (Unix nanoseconds): the "attempt started" mark,
 /// written before the first send instead of a rewrite of the whole record, and removed in the
 /// transaction that records the attempt's outcome (whose record carries the time from then
@@ -82,19 +88,36 @@ pub(super) fn with_start(mut record: MessageRecord, started: Option<i128>) -> Me
     record
 }
 
-/// The record of `id` with its "attempt started" mark applied, read from the two tables of
-/// any transaction (a read transaction's or the writer's).
-pub(super) fn record_with_start(
+/// The record of `id` with its progress laid over it, read from the tables of any
+/// transaction.
+pub(super) fn record_with_progress(
     messages: &impl ReadableTable<u128, &'static [u8]>,
-    started: &impl ReadableTable<u128, i128>,
+    progress: &impl ReadableTable<u128, &'static [u8]>,
     id: u128,
 ) -> Result<Option<MessageRecord>, StoreError> {
-    let Some(record) = messages
+    let Some(mut record) = messages
         .get(id)
         .map_err(storage)?
         .map(|v| decode(v.value()))
         .transpose()?
     else {
+        return Ok(None);
+    };
+    if let Some(p) = progress.get(id).map_err(storage)? {
+        super::progress::apply(&mut record, p.value())?;
+    }
+    Ok(Some(record))
+}
+
+/// The record of `id` with its progress and its "attempt started" mark applied, read from the
+/// tables of any transaction (a read transaction's or the writer's).
+pub(super) fn record_with_start(
+    messages: &impl ReadableTable<u128, &'static [u8]>,
+    progress: &impl ReadableTable<u128, &'static [u8]>,
+    started: &impl ReadableTable<u128, i128>,
+    id: u128,
+) -> Result<Option<MessageRecord>, StoreError> {
+    let Some(record) = record_with_progress(messages, progress, id)? else {
         return Ok(None);
     };
     let at = started.get(id).map_err(storage)?.map(|v| v.value());
@@ -120,6 +143,7 @@ pub(super) fn load_index(
     let txn = db.begin_write().map_err(storage)?;
     {
         txn.open_table(MESSAGES).map_err(storage)?;
+        txn.open_table(PROGRESS).map_err(storage)?;
         txn.open_table(STARTED).map_err(storage)?;
         txn.open_table(SCHEDULE).map_err(storage)?;
         txn.open_table(FINISHED).map_err(storage)?;

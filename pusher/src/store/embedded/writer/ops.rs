@@ -11,7 +11,8 @@ use redb::ReadableTable;
 use super::reply::{Change, Step};
 use super::txn::{Group, Tables, encode_cb};
 use crate::message::{MessageId, MessageRecord, Status};
-use crate::store::embedded::schema::{encode, storage};
+use crate::store::embedded::progress;
+use crate::store::embedded::schema::storage;
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
     StoreError, apply_event, digests_match, millis, reset_for_replay, wants_callback,
@@ -130,7 +131,7 @@ pub(super) fn complete(
 ) -> Result<Step<()>, StoreError> {
     let id = record.id.as_u128();
     // Everything that can fail for this operation alone fails before the first write.
-    let encoded = match encode(record) {
+    let encoded = match progress::encode(record) {
         Ok(b) => b,
         Err(e) => return Ok(Step::Refused(e)),
     };
@@ -167,8 +168,8 @@ pub(super) fn complete(
     if wants_callback(record.status) {
         g.callbacks_added |= t.add_callback(g.default_callback, record, g.now)?;
     }
-    t.messages.insert(id, encoded.as_slice()).map_err(storage)?;
-    // The record carries its start from now on: the mark goes.
+    t.put_progress_bytes(id, &encoded)?;
+    // The progress carries its start from now on: the mark goes.
     t.started.remove(id).map_err(storage)?;
     Ok(Step::Done(
         Change::Released {
@@ -210,7 +211,7 @@ pub(super) fn record_event(
                 .map_err(storage)?;
         }
         t.seen.insert(key, id).map_err(storage)?;
-        t.put(&record)?;
+        t.put_progress(&record)?;
         if matches!(outcome, EventOutcome::Applied { .. }) {
             g.callbacks_added |= t.add_callback(g.default_callback, &record, g.now)?;
         }
@@ -256,7 +257,7 @@ pub(super) fn replay(
     t.dead.remove(key).map_err(storage)?;
     reset_for_replay(&mut record, g.now);
     t.started.remove(key).map_err(storage)?;
-    t.put(&record)?;
+    t.put_progress(&record)?;
     t.schedule.insert((g.now_ms, key), ()).map_err(storage)?;
     Ok(Step::Done(
         Change::Replayed {
@@ -283,7 +284,7 @@ pub(super) fn record_recall(
         return Ok(Step::Done(Change::None, first));
     }
     receipt.recalled_at = Some(at);
-    t.put(&record)?;
+    t.put_progress(&record)?;
     Ok(Step::Done(Change::None, at))
 }
 
