@@ -50,7 +50,7 @@ mod writer;
 use reads::{read_leased, read_record, wait_for_work};
 use schema::{
     CALLBACKS, CREDITS, DEAD, MESSAGES, PROGRESS, load_index, open_db, record_with_progress,
-    start_nanos, storage,
+    storage,
 };
 use shared::{Fresh, Shared};
 use writer::{Op, Writer};
@@ -333,23 +333,26 @@ impl Store for EmbeddedStore {
         started.pop().unwrap_or(Err(StoreError::Closed))
     }
 
-    /// One writer operation for the lot: a small "attempt started" mark per message in its own
-    /// table (`schema::STARTED`), not a rewrite of the record (the lease holds the record, so
-    /// nothing else writes it meanwhile). All or nothing: on failure every lease goes back,
-    /// due after a delay.
+    /// One writer operation for the lot: each message's progress with its start, encoded here
+    /// from the record its lease holds (nothing else writes a leased record), not a rewrite of
+    /// the record. All or nothing: on failure every lease goes back, due after a delay.
     async fn start_attempts(
         &self,
         leased: &[&Leased],
         at: Timestamp,
     ) -> Vec<Result<(), StoreError>> {
         let n = leased.len();
-        let items: Vec<(u128, i128)> = leased
-            .iter()
-            .map(|l| {
-                let started = l.record.first_attempt_at.unwrap_or(at);
-                (l.record.id.as_u128(), start_nanos(started))
-            })
-            .collect();
+        let encode = |l: &&Leased| progress::encode_started(&l.record, at);
+        let items = match leased.iter().map(encode).collect::<Result<Vec<_>, _>>() {
+            Ok(bytes) => leased.iter().map(|l| l.record.id.as_u128()).zip(bytes),
+            Err(e) => {
+                for l in leased {
+                    self.shared.give_back(l.record.id.as_u128());
+                }
+                return each_failed(n, e);
+            }
+        };
+        let items: Vec<(u128, Vec<u8>)> = items.collect();
         let (reply, rx) = oneshot::channel();
         let ids: Vec<u128> = items.iter().map(|(id, _)| *id).collect();
         let result = match self.send(Op::StartAttempts { items, reply }) {

@@ -1,11 +1,12 @@
 //! A message's progress: the parts of its record that change after its accept, kept in the
 //! `progress` table apart from the record (`messages`), which is written once, at accept.
 //!
-//! An outcome, an event, a replay or a recall writes only this small entry (about 70 bytes for
-//! a delivered message) instead of the whole record again (about 500 bytes of JSON). A read
-//! takes the record as accepted and lays its progress over it ([`apply`]). Stores written
-//! before this table existed kept the progress in the record, which still reads: a record
-//! without a progress entry is read as it is.
+//! The "attempt started" mark before a first send ([`encode_started`]), an outcome, an event, a
+//! replay or a recall writes only this small entry (about 70 bytes for a delivered message)
+//! instead of the whole record again (about 500 bytes of JSON). A read takes the record as
+//! accepted and lays its progress over it ([`apply`]). Stores written before this table
+//! existed kept the progress in the record, which still reads: a record without a progress
+//! entry is read as it is.
 //!
 //! The layout is written by hand, not by a serde format, because it is a handful of fixed
 //! fields: the compact serde formats cannot read the record's optional fields (they skip
@@ -86,11 +87,48 @@ fn put_time(out: &mut Vec<u8>, at: Timestamp) {
 
 /// The progress of `record`, encoded.
 pub(super) fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
+    encode_times(record, Times::of(record))
+}
+
+/// The progress of `record` with its first attempt started at `at` (unless it records an
+/// earlier start): the "attempt started" mark. Its first attempt started then, and its
+/// `maxAge` budget runs from then.
+pub(super) fn encode_started(record: &MessageRecord, at: Timestamp) -> Result<Vec<u8>, StoreError> {
+    let mut times = Times::of(record);
+    if times.first_attempt_at.is_none() {
+        times = Times {
+            first_attempt_at: Some(at),
+            budget_from: at,
+            updated_at: at,
+        };
+    }
+    encode_times(record, times)
+}
+
+/// The times that an "attempt started" mark sets.
+#[derive(Clone, Copy)]
+struct Times {
+    first_attempt_at: Option<Timestamp>,
+    budget_from: Timestamp,
+    updated_at: Timestamp,
+}
+
+impl Times {
+    fn of(record: &MessageRecord) -> Self {
+        Self {
+            first_attempt_at: record.first_attempt_at,
+            budget_from: record.budget_from,
+            updated_at: record.updated_at,
+        }
+    }
+}
+
+fn encode_times(record: &MessageRecord, times: Times) -> Result<Vec<u8>, StoreError> {
     let mut flags = 0;
     let optional = [
         (record.dead_letter, DEAD),
         (record.msgid.is_some(), MSGID),
-        (record.first_attempt_at.is_some(), FIRST_ATTEMPT),
+        (times.first_attempt_at.is_some(), FIRST_ATTEMPT),
         (record.next_attempt_at.is_some(), NEXT_ATTEMPT),
         (record.finished_at.is_some(), FINISHED),
         (
@@ -107,10 +145,10 @@ pub(super) fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
     out.extend_from_slice(&[VERSION, status_code(record.status), flags]);
     out.extend_from_slice(&record.attempts.to_le_bytes());
     out.extend_from_slice(&record.replays.to_le_bytes());
-    put_time(&mut out, record.budget_from);
-    put_time(&mut out, record.updated_at);
+    put_time(&mut out, times.budget_from);
+    put_time(&mut out, times.updated_at);
     for at in [
-        record.first_attempt_at,
+        times.first_attempt_at,
         record.next_attempt_at,
         record.finished_at,
     ]
@@ -287,6 +325,22 @@ mod tests {
         for (code, &status) in STATUSES.iter().enumerate() {
             assert_eq!(usize::from(status_code(status)), code);
         }
+    }
+
+    /// The start mark sets the start and the budget of a record not yet started, and keeps an
+    /// earlier start.
+    #[test]
+    fn the_start_mark_keeps_an_earlier_start() {
+        let mut r = record();
+        let at = r.accepted_at + SignedDuration::from_secs(5);
+        let mut got = r.clone();
+        apply(&mut got, &encode_started(&r, at).expect("encodes")).expect("decodes");
+        let times = |r: &MessageRecord| (r.first_attempt_at, r.budget_from, r.updated_at);
+        assert_eq!(times(&got), (Some(at), at, at));
+        r.first_attempt_at = Some(r.accepted_at);
+        let mut got = r.clone();
+        apply(&mut got, &encode_started(&r, at).expect("encodes")).expect("decodes");
+        assert_eq!(times(&got), times(&r));
     }
 
     /// A damaged or unknown entry is an error, never a wrong record.

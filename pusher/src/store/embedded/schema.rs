@@ -2,8 +2,8 @@
 //! back into the in-memory schedule when the database is opened.
 //!
 //! Tables: `messages` (id → JSON record, as accepted), `progress` (id → what changed since:
-//! status, attempts, times, outcome; see [`super::progress`]), `started` (id → when its first
-//! attempt started, the "attempt started" mark), `schedule` ((due ms, id) for pending messages),
+//! the "attempt started" mark, status, attempts, times, outcome; see [`super::progress`]),
+//! `schedule` ((due ms, id) for pending messages),
 //! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
 //! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
 //! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
@@ -25,11 +25,9 @@ pub(super) const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("
 /// Message id → its progress since the accept ([`super::progress`]), written by every change
 /// after the accept (outcome, event, replay, recall) instead of a rewrite of the record.
 pub(super) const PROGRESS: TableDefinition<u128, &[u8]> = TableDefinition::new("progress");
-/// Message id → when its first attempt started (Unix nanoseconds): the "attempt started" mark,
-/// written before the first send instead of a rewrite of the whole record, and removed in the
-/// transaction that records the attempt's outcome (whose record carries the time from then
-/// on). A record read while its mark exists takes the time from it ([`with_start`]). Stores
-/// written before this table existed kept the time in the record only, which still reads.
+/// Message id → when its first attempt started (Unix nanoseconds): the "attempt started" mark
+/// of the versions before the `progress` table took it. A store written by them may still
+/// hold marks; opening it moves them into `progress` ([`move_start_marks`]).
 pub(super) const STARTED: TableDefinition<u128, i128> = TableDefinition::new("started");
 pub(super) const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
 pub(super) const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
@@ -69,25 +67,6 @@ pub(super) fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::storage(format!("decode record: {e}"), e))
 }
 
-/// The time an "attempt started" mark holds.
-pub(super) fn start_nanos(at: Timestamp) -> i128 {
-    at.as_nanosecond()
-}
-
-/// `record` as the "attempt started" mark `started` (from [`STARTED`]) says: its first attempt
-/// started then, and its `maxAge` budget runs from then. A record that already carries the
-/// time is as it is.
-pub(super) fn with_start(mut record: MessageRecord, started: Option<i128>) -> MessageRecord {
-    if record.first_attempt_at.is_none()
-        && let Some(at) = started.and_then(|ns| Timestamp::from_nanosecond(ns).ok())
-    {
-        record.first_attempt_at = Some(at);
-        record.budget_from = at;
-        record.updated_at = at;
-    }
-    record
-}
-
 /// The record of `id` with its progress laid over it, read from the tables of any
 /// transaction.
 pub(super) fn record_with_progress(
@@ -109,19 +88,34 @@ pub(super) fn record_with_progress(
     Ok(Some(record))
 }
 
-/// The record of `id` with its progress and its "attempt started" mark applied, read from the
-/// tables of any transaction (a read transaction's or the writer's).
-pub(super) fn record_with_start(
-    messages: &impl ReadableTable<u128, &'static [u8]>,
-    progress: &impl ReadableTable<u128, &'static [u8]>,
-    started: &impl ReadableTable<u128, i128>,
-    id: u128,
-) -> Result<Option<MessageRecord>, StoreError> {
-    let Some(record) = record_with_progress(messages, progress, id)? else {
-        return Ok(None);
-    };
-    let at = started.get(id).map_err(storage)?.map(|v| v.value());
-    Ok(Some(with_start(record, at)))
+/// Moves the "attempt started" marks that a store written before the `progress` table holds
+/// into `progress` (the time, as such a store read it, for a record that does not carry an
+/// earlier one), so that reads need only `messages` and `progress`.
+fn move_start_marks(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut started = txn.open_table(STARTED).map_err(storage)?;
+    if started.is_empty().map_err(storage)? {
+        return Ok(());
+    }
+    let messages = txn.open_table(MESSAGES).map_err(storage)?;
+    let mut progress = txn.open_table(PROGRESS).map_err(storage)?;
+    let marks: Vec<(u128, i128)> = started
+        .iter()
+        .map_err(storage)?
+        .map(|e| e.map(|(k, v)| (k.value(), v.value())))
+        .collect::<Result<_, _>>()
+        .map_err(storage)?;
+    for (id, ns) in marks {
+        started.remove(id).map_err(storage)?;
+        let (Some(record), Ok(at)) = (
+            record_with_progress(&messages, &progress, id)?,
+            Timestamp::from_nanosecond(ns),
+        ) else {
+            continue;
+        };
+        let bytes = super::progress::encode_started(&record, at)?;
+        progress.insert(id, bytes.as_slice()).map_err(storage)?;
+    }
+    Ok(())
 }
 
 /// Opens (or creates) the database file with the store's cache size.
@@ -144,7 +138,6 @@ pub(super) fn load_index(
     {
         txn.open_table(MESSAGES).map_err(storage)?;
         txn.open_table(PROGRESS).map_err(storage)?;
-        txn.open_table(STARTED).map_err(storage)?;
         txn.open_table(SCHEDULE).map_err(storage)?;
         txn.open_table(FINISHED).map_err(storage)?;
         txn.open_table(DEAD).map_err(storage)?;
@@ -155,6 +148,7 @@ pub(super) fn load_index(
         txn.open_table(CALLBACKS).map_err(storage)?;
         txn.open_table(PROBE).map_err(storage)?;
     }
+    move_start_marks(&txn)?;
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
     let schedule = txn.open_table(SCHEDULE).map_err(storage)?;

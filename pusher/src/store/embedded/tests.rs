@@ -230,13 +230,12 @@ async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The "attempt started" mark is an entry of its own (`started`), not a rewrite of the record:
-/// the record on disk stays as accepted, a read shows the start, a restart leases the message
-/// with it, and the outcome's write removes the mark (the progress carries it from then on;
-/// the record stays as accepted).
+/// The "attempt started" mark is a small progress entry, not a rewrite of the record: the
+/// record on disk stays as accepted, a read shows the start, a restart leases the message with
+/// it, and the outcome's progress takes the mark's place (the record still as accepted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_attempt_started_mark_is_an_entry_of_its_own() {
-    use super::schema::{MESSAGES, STARTED};
+    use super::schema::{MESSAGES, PROGRESS};
     use redb::ReadableTableMetadata;
     let dir = temp();
     let store = EmbeddedStore::open(&options(&dir)).expect("opens");
@@ -252,8 +251,8 @@ async fn the_attempt_started_mark_is_an_entry_of_its_own() {
             .expect("kept")
             .value()
             .to_vec();
-        let marks = txn.open_table(STARTED).expect("table").len().expect("len");
-        (bytes, marks)
+        let progress = txn.open_table(PROGRESS).expect("table").len().expect("len");
+        (bytes, progress)
     };
     let (before, marks) = stored(&store);
     assert_eq!(marks, 0);
@@ -279,8 +278,8 @@ async fn the_attempt_started_mark_is_an_entry_of_its_own() {
         (Some(at), 0)
     );
     deliver(&store, &again[0]).await;
-    let (record, marks) = stored(&store);
-    assert_eq!(marks, 0, "the outcome's write removed the mark");
+    let (record, entries) = stored(&store);
+    assert_eq!(entries, 1, "the outcome's progress took the mark's place");
     assert_eq!(
         record, before,
         "the outcome is written as progress, not a new record"
@@ -444,6 +443,12 @@ async fn a_store_written_before_the_progress_table_opens_reads_and_delivers() {
     }
     let store = EmbeddedStore::open(&options(&dir)).expect("opens the old store");
     assert_eq!(counts(store.counts()), (1, 0, 0));
+    let marks = {
+        use redb::ReadableTableMetadata;
+        let txn = store.shared.begin_read().expect("reads");
+        txn.open_table(STARTED).expect("table").len().expect("len")
+    };
+    assert_eq!(marks, 0, "the start mark moved into progress");
     let got = store.get(delivered.id).await.expect("reads").expect("kept");
     assert_eq!((got.status, got.msgid), (Status::Delivered, Some(777)));
     let dead = store.dead_letters(None, 10).await.expect("lists");

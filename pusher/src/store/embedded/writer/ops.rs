@@ -168,9 +168,8 @@ pub(super) fn complete(
     if wants_callback(record.status) {
         g.callbacks_added |= t.add_callback(g.default_callback, record, g.now)?;
     }
+    // Over the "attempt started" mark, whose time the record carries.
     t.put_progress_bytes(id, &encoded)?;
-    // The progress carries its start from now on: the mark goes.
-    t.started.remove(id).map_err(storage)?;
     Ok(Step::Done(
         Change::Released {
             id,
@@ -256,7 +255,6 @@ pub(super) fn replay(
     }
     t.dead.remove(key).map_err(storage)?;
     reset_for_replay(&mut record, g.now);
-    t.started.remove(key).map_err(storage)?;
     t.put_progress(&record)?;
     t.schedule.insert((g.now_ms, key), ()).map_err(storage)?;
     Ok(Step::Done(
@@ -335,16 +333,16 @@ fn find_event_target(
     })
 }
 
-/// Writes "attempt started" marks (`first_attempt_at` and the start of the `maxAge` budget) in
-/// the small `started` table, `(id, Unix ns)` each: no read, and the record is not rewritten.
-/// The leases are kept.
+/// Writes "attempt started" marks (`first_attempt_at` and the start of the `maxAge` budget):
+/// the progress of each message with its start, encoded by the caller from the record its
+/// lease holds (nothing else writes a leased record). No read; the leases are kept.
 pub(super) fn start_attempts(
     t: &mut Tables<'_>,
-    items: Vec<(u128, i128)>,
+    items: Vec<(u128, Vec<u8>)>,
 ) -> Result<Step<()>, StoreError> {
     let mut ids = Vec::with_capacity(items.len());
-    for (id, at) in items {
-        t.started.insert(id, at).map_err(storage)?;
+    for (id, progress) in items {
+        t.put_progress_bytes(id, &progress)?;
         ids.push(id);
     }
     Ok(Step::Done(Change::Started { ids }, ()))

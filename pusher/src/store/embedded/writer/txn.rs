@@ -8,7 +8,7 @@ use crate::message::MessageRecord;
 use crate::store::embedded::progress;
 use crate::store::embedded::schema::{
     AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, PROGRESS,
-    SCHEDULE, STARTED, encode, record_with_start, storage,
+    SCHEDULE, encode, record_with_progress, storage,
 };
 use crate::store::{PendingCallback, StoreError};
 
@@ -16,7 +16,6 @@ use crate::store::{PendingCallback, StoreError};
 pub(super) struct Tables<'t> {
     pub(super) messages: Table<'t, u128, &'static [u8]>,
     pub(super) progress: Table<'t, u128, &'static [u8]>,
-    pub(super) started: Table<'t, u128, i128>,
     pub(super) schedule: Table<'t, (u64, u128), ()>,
     pub(super) finished: Table<'t, (u64, u128), ()>,
     pub(super) dead: Table<'t, u128, ()>,
@@ -32,7 +31,6 @@ impl<'t> Tables<'t> {
         Ok(Self {
             messages: txn.open_table(MESSAGES).map_err(storage)?,
             progress: txn.open_table(PROGRESS).map_err(storage)?,
-            started: txn.open_table(STARTED).map_err(storage)?,
             schedule: txn.open_table(SCHEDULE).map_err(storage)?,
             finished: txn.open_table(FINISHED).map_err(storage)?,
             dead: txn.open_table(DEAD).map_err(storage)?,
@@ -45,7 +43,7 @@ impl<'t> Tables<'t> {
     }
 
     pub(super) fn record(&self, id: u128) -> Result<Option<MessageRecord>, StoreError> {
-        record_with_start(&self.messages, &self.progress, &self.started, id)
+        record_with_progress(&self.messages, &self.progress, id)
     }
 
     /// Writes a new record whole (at accept).
