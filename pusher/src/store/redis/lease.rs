@@ -11,7 +11,25 @@ use super::conn::{self};
 use super::handle::{
     HEARTBEAT_EVERY, RedisStore, TAKE_OVER_AT_MOST, consumer_names, decode, ms, strings,
 };
+use crate::message::MessageRecord;
 use crate::store::{DeliveryEvent, Leased, MatchedBy, StoreError, millis};
+
+/// Puts the attempt-started mark of a lease (`mark`: the time, '' for none) into `record`, as
+/// the embedded store's `started` table does: the first attempt started then, and its outcome
+/// is not known. A record that already holds a start (written whole by an older version of the
+/// store) keeps it.
+pub(super) fn with_start_mark(record: &mut MessageRecord, mark: &str) -> Result<(), StoreError> {
+    if mark.is_empty() || record.first_attempt_at.is_some() {
+        return Ok(());
+    }
+    let at: Timestamp = mark.parse().map_err(|e| {
+        StoreError::Storage(format!("redis lease: bad attempt-started mark {mark:?}: {e}").into())
+    })?;
+    record.first_attempt_at = Some(at);
+    record.budget_from = at;
+    record.updated_at = at;
+    Ok(())
+}
 
 impl RedisStore {
     pub(super) async fn lease_once(&self, max: usize) -> Result<Vec<Leased>, StoreError> {
@@ -62,9 +80,10 @@ impl RedisStore {
             entries.extend(self.lease_read(room, claim).await?);
         }
         let flat = self.take(&entries).await?;
-        let mut leased = Vec::with_capacity(flat.len() / 2);
-        for pair in flat.chunks_exact(2) {
-            let record = decode(pair[1].as_bytes())?;
+        let mut leased = Vec::with_capacity(flat.len() / 3);
+        for pair in flat.chunks_exact(3) {
+            let mut record = decode(pair[1].as_bytes())?;
+            with_start_mark(&mut record, &pair[2])?;
             self.inner
                 .leases
                 .lock()
@@ -134,6 +153,7 @@ impl RedisStore {
 
     /// The second half of a lease: `entries` (entry id, message id, ...) are in this consumer's
     /// pending list; reads their records and records the leases ([`scripts::lease_take`]).
+    /// Returns (entry id, record JSON, attempt-started mark or '', ...).
     pub(super) async fn take(&self, entries: &[String]) -> Result<Vec<String>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
