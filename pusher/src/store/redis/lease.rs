@@ -67,15 +67,15 @@ impl RedisStore {
         let mut entries = Vec::new();
         {
             let mut buffered = self.inner.taken_over.lock();
-            while entries.len() / 2 < max {
+            while entries.len() / 3 < max {
                 let Some((eid, id)) = buffered.pop_front() else {
                     break;
                 };
-                entries.push(eid);
-                entries.push(id);
+                // Taken over from a dead pod: it may have started the first attempt.
+                entries.extend([eid, id, "1".to_string()]);
             }
         }
-        let room = max.saturating_sub(entries.len() / 2);
+        let room = max.saturating_sub(entries.len() / 3);
         if room > 0 {
             entries.extend(self.lease_read(room, claim).await?);
         }
@@ -109,7 +109,8 @@ impl RedisStore {
     }
 
     /// The first half of a lease ([`scripts::LEASE_READ`]): up to `count` entries, now in this
-    /// consumer's pending list, as (entry id, message id, ...).
+    /// consumer's pending list, as (entry id, message id, whether an attempt-started mark may
+    /// exist ('1' or '0'), ...).
     pub(super) async fn lease_read(
         &self,
         count: usize,
@@ -151,7 +152,8 @@ impl RedisStore {
         Ok(flat.collect())
     }
 
-    /// The second half of a lease: `entries` (entry id, message id, ...) are in this consumer's
+    /// The second half of a lease: `entries` (entry id, message id, '1' to look for an
+    /// attempt-started mark, ...) are in this consumer's
     /// pending list; reads their records and records the leases ([`scripts::lease_take`]).
     /// Returns (entry id, record JSON, attempt-started mark or '', ...).
     pub(super) async fn take(&self, entries: &[String]) -> Result<Vec<String>, StoreError> {
@@ -160,10 +162,9 @@ impl RedisStore {
         }
         let mut keys = vec![self.inner.stream.clone(), self.key("lease")];
         let mut args = vec![self.inner.options.consumer_group.clone()];
-        for pair in entries.chunks_exact(2) {
-            keys.push(self.key(&format!("m:{}", pair[1])));
-            args.push(pair[0].clone());
-            args.push(pair[1].clone());
+        for e in entries.chunks_exact(3) {
+            keys.push(self.key(&format!("m:{}", e[1])));
+            args.extend_from_slice(e);
         }
         let out: Value = self
             .script(&self.inner.scripts.lease_take, &keys, &args)

@@ -110,7 +110,10 @@ return out
 /// scan goes on from where the last one stopped, so idle entries deep in a long pending list
 /// are reached too). Moves due retries to the stream (atomic: one mover at a time across pods),
 /// drops dead letters past the retention, claims entries idle past claimIdle (a stuck pod's),
-/// reads new entries, and returns `{next cursor, entry id, message id, ...}`. The entries are
+/// reads new entries, and returns `{next cursor, entry id, message id, look, ...}`: look is '1'
+/// when the message may hold an attempt-started mark (a claimed entry, or one handed back with
+/// the field `s`), '0' for an entry read for the first time (an outcome deletes the mark, so a
+/// message queued again has none), which spares [`lease_take`] a look. The entries are
 /// now in this consumer's pending list; [`lease_take`] reads their records (keys this script
 /// could not declare before it knew the ids). A pod that dies between the two leaves them in
 /// its pending list, where they are claimed like any other lease of a dead pod.
@@ -136,6 +139,7 @@ if idle > 0 then
     if e and e[2] then entries[#entries + 1] = e end
   end
 end
+local claimed = #entries
 if #entries < count then
   local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - #entries, 'STREAMS', KEYS[1], '>')
   if r then
@@ -143,13 +147,15 @@ if #entries < count then
   end
 end
 local out = {cursor}
-for _, e in ipairs(entries) do
-  local eid, fields, id = e[1], e[2], nil
+for k, e in ipairs(entries) do
+  local eid, fields, id, look = e[1], e[2], nil, '0'
+  if k <= claimed then look = '1' end
   for j = 1, #fields, 2 do
     if fields[j] == 'id' then id = fields[j + 1] end
+    if fields[j] == 's' then look = '1' end
   end
   if id then
-    out[#out + 1] = eid; out[#out + 1] = id
+    out[#out + 1] = eid; out[#out + 1] = id; out[#out + 1] = look
   else
     redis.call('XACK', KEYS[1], group, eid)
     redis.call('XDEL', KEYS[1], eid)
@@ -159,10 +165,10 @@ return out
 ";
 
 /// Lease, second half: KEYS `q`, `lease`, then `m:<id>` per entry; ARGV group, then (entry id,
-/// message id) per entry. Records each pending message's lease (`lease` field `<id>` → entry
-/// id) and returns `{entry id, record JSON, attempt-started mark or '', ...}`: the mark is the
-/// `lease` field `s:<id>` that [`start_attempt`] wrote (the time of the first attempt's start,
-/// as the record's JSON writes it), which the record does not hold yet. The entries of messages
+/// message id, look) per entry. Records each pending message's lease (`lease` field `<id>` →
+/// entry id) and returns `{entry id, record JSON, attempt-started mark or '', ...}`: the mark
+/// is the `lease` field `s:<id>` that [`START_ATTEMPT`] wrote (the time of the first attempt's
+/// start), which the record does not hold; it is looked for only when look is '1'. The entries of messages
 /// that are final or gone are acknowledged and deleted.
 pub(crate) fn lease_take() -> String {
     format!(
@@ -171,12 +177,13 @@ pub(crate) fn lease_take() -> String {
 local group = ARGV[1]
 local out = {}
 for i = 3, #KEYS do
-  local eid, id = ARGV[2 + (i - 3) * 2], ARGV[3 + (i - 3) * 2]
+  local a = 2 + (i - 3) * 3
+  local eid, id, look = ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1'
   local rec = redis.call('GET', KEYS[i])
   if rec and is_pending(rec) then
     redis.call('HSET', KEYS[2], id, eid)
     out[#out + 1] = eid; out[#out + 1] = rec
-    out[#out + 1] = redis.call('HGET', KEYS[2], 's:' .. id) or ''
+    out[#out + 1] = look and redis.call('HGET', KEYS[2], 's:' .. id) or ''
   else
     redis.call('XACK', KEYS[1], group, eid)
     redis.call('XDEL', KEYS[1], eid)
@@ -224,8 +231,9 @@ return out
 
 /// Hand back: KEYS `q`, `lease`, `hb:<consumer>`; ARGV group, consumer. On shutdown: every entry
 /// still pending for this consumer is queued again as a new entry (the message is sent by
-/// another pod, with its record as it is), the old entry is acknowledged and deleted, its lease
-/// forgotten, then the consumer and its heartbeat are deleted. Returns the entries handed back.
+/// another pod, with its record as it is; with the field `s` when it has an attempt-started
+/// mark, which stays), the old entry is acknowledged and deleted, its lease forgotten, then the
+/// consumer and its heartbeat are deleted. Returns the entries handed back.
 pub(crate) const HAND_BACK: &str = r"
 local group, me = ARGV[1], ARGV[2]
 local n = 0
@@ -238,8 +246,13 @@ while true do
       local f = e[1][2]
       for j = 1, #f, 2 do
         if f[j] == 'id' then
-          redis.call('XADD', KEYS[1], '*', 'id', f[j + 1])
-          redis.call('HDEL', KEYS[2], f[j + 1])
+          local id = f[j + 1]
+          if redis.call('HEXISTS', KEYS[2], 's:' .. id) == 1 then
+            redis.call('XADD', KEYS[1], '*', 'id', id, 's', '1')
+          else
+            redis.call('XADD', KEYS[1], '*', 'id', id)
+          end
+          redis.call('HDEL', KEYS[2], id)
         end
       end
     end
