@@ -272,10 +272,12 @@ return n
 /// retention ms, events indexes (0/1), then per message the stream entry id of this process's
 /// lease (or '': read from `lease`), id, record JSON, final (0/1), due ms, dead (0/1), delivered
 /// (0/1), msgid or '', idempotency key or '', callback id or '', callback due ms, callback JSON,
-/// finished ms. Per message: writes the new state first, then ends the lease (`XACK` + `XDEL`,
-/// and `HDEL` of the `lease` fields `<id>` and `s:<id>`): a crash in between cannot happen
-/// inside a script, and a copy of the message claimed by another pod finds the record final
-/// and only ends its own lease. The record is stored as given, `first_attempt_at` included:
+/// finished ms. Per message: acknowledges the entry; when it was still pending the message is
+/// not final (a final write always acknowledges the message's entry in the same script), so
+/// the record is not read; else the record says whether it is final. Then writes the new state
+/// and ends the lease (`XDEL`, and `HDEL` of the `lease` fields `<id>` and `s:<id>`), all in
+/// one script. A copy of the message claimed by another pod finds its entry acknowledged and
+/// the record final, and only ends its own lease. The record is stored as given, `first_attempt_at` included:
 /// kept after an attempt that sent, cleared (the attempt-started mark voided) by the dispatcher
 /// after one that did not. The events receiver's indexes of a delivered message (`a:<openid>`,
 /// `x:<msgid>`) are written only when the channel takes events. Returns per message, in order,
@@ -294,16 +296,20 @@ for i = 0, (#KEYS - 8) / 4 - 1 do
   local eid, id, js, final, due = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', tonumber(ARGV[a + 4])
   local dead, delivered, msgid, idem = ARGV[a + 5] == '1', ARGV[a + 6] == '1', ARGV[a + 7], ARGV[a + 8]
   local cbid, cbdue, cbjs, finished = ARGV[a + 9], tonumber(ARGV[a + 10]), ARGV[a + 11], tonumber(ARGV[a + 12])
+  -- The entry still pending means the message is not final: every final write acknowledges
+  -- the message's entry in the same script. Otherwise (another pod ended the lease, or the
+  -- entry is not known here) the record itself says.
+  local acked = eid ~= '' and redis.call('XACK', q, group, eid) == 1
   local function unlease()
     if eid == '' then eid = redis.call('HGET', lease, id) end
     if eid then
-      redis.call('XACK', q, group, eid)
+      if not acked then redis.call('XACK', q, group, eid) end
       redis.call('XDEL', q, eid)
     end
     redis.call('HDEL', lease, id, 's:' .. id)
   end
-  local cur = redis.call('GET', mkey)
-  if not cur or not is_pending(cur) then
+  local cur = acked or redis.call('GET', mkey)
+  if not cur or (not acked and not is_pending(cur)) then
     unlease()
     out[#out + 1] = 0
   elseif final then
