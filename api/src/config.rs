@@ -903,6 +903,12 @@ impl PusherConfig {
         if self.concurrency.max_in_flight == 0 {
             bad("concurrency.maxInFlight", "must be at least 1");
         }
+        if !(1..=10_000).contains(&self.pool.closes_per_second) {
+            bad("pool.closesPerSecond", "must be between 1 and 10000");
+        }
+        if self.pool.idle_timeout.get() < std::time::Duration::from_millis(100) {
+            bad("pool.idleTimeout", "must be at least 100ms");
+        }
         let cb = &self.circuit_breaker;
         if !(0.0..=1.0).contains(&cb.failure_ratio) || cb.failure_ratio == 0.0 {
             bad("circuitBreaker.failureRatio", "must be in (0, 1]");
@@ -1083,6 +1089,23 @@ auth: {token: a-long-enough-token}
                   provider: wecomApp\nauth: {token: a-long-enough-token}\n\
                   credentials: {corpId: ww1, corpSecret: s, agentId: \"1000002\"}\n";
         PusherConfig::from_yaml_with_env(ok, &|_| None).expect("valid");
+    }
+
+    #[test]
+    fn the_pool_pacing_is_checked() {
+        for (pool, field) in [
+            ("{closesPerSecond: 0}", "pool.closesPerSecond"),
+            ("{closesPerSecond: 20000}", "pool.closesPerSecond"),
+            ("{idleTimeout: 10ms}", "pool.idleTimeout"),
+        ] {
+            let c = PusherConfig::from_yaml(&format!("{MINIMAL}pool: {pool}\n")).expect("parses");
+            let err = c.validate().expect_err(pool).to_string();
+            assert!(err.contains(field), "{pool}: {err}");
+        }
+        let c = PusherConfig::from_yaml(&format!("{MINIMAL}pool: {{closesPerSecond: 50}}\n"))
+            .expect("parses");
+        c.validate().expect("valid");
+        assert_eq!(c.pool.closes_per_second, 50);
     }
 
     #[test]

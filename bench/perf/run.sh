@@ -4,6 +4,9 @@
 #   bench/perf/run.sh                 # defaults below: a few minutes
 #   N=100000 bench/perf/run.sh        # larger runs
 #   PLOT=0 bench/perf/run.sh          # no plots (no venv)
+#   SCENARIOS=sweep LATENCIES="100 50" REDIS=0 OUT=/tmp/sweep bench/perf/run.sh
+#                                     # the latency sweep alone (give a fresh OUT: the
+#                                     # table reads every result file it finds there)
 #
 # 1. builds the release binaries (pusher, sandbox, bench tools);
 # 2. starts ONE wxpush-sandbox answering in LATENCY (2 ms) that every scenario shares (faults
@@ -42,6 +45,9 @@ ACCEPT_RATE=${ACCEPT_RATE:-2000}
 LATENCIES=${LATENCIES:-"2 20 50 100 20hang"} # the latency sweep ("" to skip it)
 N_SWEEP=${N_SWEEP:-30000}      # messages per run of the latency sweep
 REDIS=${REDIS:-1}              # the Redis store with one pod (needs redis-server)
+SCENARIOS=${SCENARIOS:-all}    # "sweep": the latency sweep (and Redis) only, no other scenario
+SWEEP_TASKS=${SWEEP_TASKS:-"256 1024"} # the loop's task counts in the sweep
+SWEEP_CONC=${SWEEP_CONC:-"default ceiling64 fixed256 fixed1024"} # wxpush's settings in the sweep
 OUT=${OUT:-bench/perf/results}
 PLOT=${PLOT:-1}
 
@@ -67,14 +73,16 @@ declare -A sweep_conc=(
   [ceiling64]='{"maxInFlight": 64}'
   [fixed256]='{"maxInFlight": 256, "adaptive": false}'
   [fixed1024]='{"maxInFlight": 1024, "adaptive": false}'
+  [ceiling2048]='{"maxInFlight": 2048}'
+  [fixed2048]='{"maxInFlight": 2048, "adaptive": false}'
 )
 for lat in $LATENCIES; do
   f=${lat_faults[$lat]}
-  for tasks in 256 1024; do
+  for tasks in $SWEEP_TASKS; do
     faults "$f"
     run_loop "lat$lat-t$tasks" "$N_SWEEP" "$tasks"
   done
-  for c in default ceiling64 fixed256 fixed1024; do
+  for c in $SWEEP_CONC; do
     faults "$f"
     run_e2e "lat$lat-$c" "$N_SWEEP" "${sweep_conc[$c]}"
   done
@@ -96,6 +104,7 @@ if [[ "$REDIS" == 1 ]]; then
   REDIS_PID=
 fi
 
+if [[ "$SCENARIOS" != sweep ]]; then
 # clean
 faults "$base_faults"
 run_loop clean "$N"
@@ -161,11 +170,12 @@ echo "-- batch accepts: $QUEUED messages queued (WeChat unreachable)" >&2
 sleep 2
 "$BIN/wxpush-bench" proc --pid "$PUSHER_PID" >"$OUT/rss-queued.json"
 stop_pusher
+fi
 
 {
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo), $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1)"
   echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "N=$N N_OUTAGE=$N_OUTAGE N_OVERLOAD=$N_OVERLOAD TASKS=$TASKS LATENCY=$LATENCY OUTAGE=${OUTAGE}s N_SWEEP=$N_SWEEP LATENCIES=$LATENCIES"
+  echo "N=$N N_OUTAGE=$N_OUTAGE N_OVERLOAD=$N_OVERLOAD TASKS=$TASKS LATENCY=$LATENCY OUTAGE=${OUTAGE}s N_SWEEP=$N_SWEEP LATENCIES=$LATENCIES SCENARIOS=$SCENARIOS"
   echo
   python3 bench/perf/report.py "$OUT" "$OUTAGE"
 } | tee "$OUT/table.md"

@@ -42,6 +42,11 @@ fn populated() -> Metrics {
             consumer: "pod-1".into(),
         })
         .set(1);
+    m.wechat_connections_closed
+        .get_or_create(&wxpush_pusher::metrics::ConnCloseLabels {
+            reason: wxpush_pusher::metrics::ConnCloseReason::Idle,
+        })
+        .inc();
     m.template_refusal(TemplateRuleLabel::too_long);
     m.template_fetch(TemplateList::Private, FetchResult::Ok);
     m.set_templates(TemplateList::Private, 1);

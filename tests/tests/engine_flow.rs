@@ -171,3 +171,112 @@ async fn a_steady_load_opens_each_connection_once() {
         "the sandbox saw {seen} connections, the pusher counted {opened}"
     );
 }
+
+/// The pool shrinks gradually when the load falls: a burst drives well over 64 requests in
+/// flight against a slow sandbox, then one message at a time follows. The connections the
+/// burst no longer needs close at most `1 + w × pool.closesPerSecond` in any window of `w`
+/// seconds (counted by polling `wxpush_wechat_connections_closed_total{reason="idle"}`), the
+/// single messages keep at least their connection, and no send fails. Counted, never timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_close_gradually_when_the_load_falls() {
+    const BURST: usize = 600;
+    const RATE: f64 = 20.0;
+    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "200ms", "--daily-quota", "unlimited"]);
+    let wx = WxClient::new(sb_url.clone());
+    let dir = tempdir();
+    let cfg = config(
+        &sb_url,
+        dir.path(),
+        &json!({
+            "concurrency": {"maxInFlight": 1024, "adaptive": true},
+            "timeouts": {"responseHeader": "1s", "request": "1s"},
+            "pool": {"idleTimeout": "500ms", "closesPerSecond": RATE as u32},
+        }),
+    );
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    let msgs: Vec<_> = (0..BURST).map(|i| template(&format!("b{i}"))).collect();
+    send_all(&pusher.api, &msgs, 500, 2).await;
+    pusher
+        .api
+        .wait_delivered(BURST as u64, Duration::from_secs(60))
+        .await;
+    let peak = pusher.api.metric("wxpush_wechat_requests_peak", &[]).await;
+    let opened = pusher
+        .api
+        .metric("wxpush_wechat_connections_opened_total", &[])
+        .await;
+    assert!(
+        peak > 64.0,
+        "the burst had {peak} requests under way at once"
+    );
+    let idle = |api: wxpush_tests::pusher::Api| async move {
+        api.metric(
+            "wxpush_wechat_connections_closed_total",
+            &[("reason", "idle")],
+        )
+        .await
+    };
+    // One message at a time until the burst's surplus closed (bounded in count).
+    let mut samples = vec![(Instant::now(), idle(pusher.api.clone()).await)];
+    let mut sent = BURST;
+    for i in 0..200 {
+        if samples.last().map_or(0.0, |s| s.1) >= opened - 2.0 {
+            break;
+        }
+        send_all(&pusher.api, &[template(&format!("s{i}"))], 1, 1).await;
+        sent += 1;
+        pusher
+            .api
+            .wait_delivered(sent as u64, Duration::from_secs(10))
+            .await;
+        samples.push((Instant::now(), idle(pusher.api.clone()).await));
+    }
+    let closed = samples.last().map_or(0.0, |s| s.1);
+    let other = pusher
+        .api
+        .metric(
+            "wxpush_wechat_connections_closed_total",
+            &[("reason", "other")],
+        )
+        .await;
+    let now_opened = pusher
+        .api
+        .metric("wxpush_wechat_connections_opened_total", &[])
+        .await;
+    eprintln!(
+        "peak {peak}; opened {opened} in the burst, {now_opened} in all; closed idle {closed}, \
+         other {other}; {} samples",
+        samples.len()
+    );
+    assert!(
+        closed >= opened - 2.0,
+        "the burst's surplus closed ({closed} of {opened})"
+    );
+    assert!(
+        now_opened - closed - other >= 1.0,
+        "the single messages kept a connection"
+    );
+    for (i, (t0, c0)) in samples.iter().enumerate() {
+        for (t1, c1) in &samples[i + 1..] {
+            let w = t1.duration_since(*t0);
+            if w <= Duration::from_secs(1) {
+                assert!(
+                    c1 - c0 <= 1.0 + RATE,
+                    "{} closes within {w:?} (at most {} a second)",
+                    c1 - c0,
+                    RATE
+                );
+            }
+        }
+    }
+    let failed = pusher
+        .api
+        .metric("wxpush_send_attempts_total", &[("result", "transport")])
+        .await
+        + pusher
+            .api
+            .metric("wxpush_send_attempts_total", &[("result", "timeout")])
+            .await;
+    assert_eq!(failed, 0.0, "no send failed while connections closed");
+    assert_eq!(wx.stats().await.delivered_unique, sent as u64);
+}

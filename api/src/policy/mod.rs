@@ -68,18 +68,24 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Pool {
-    /// Idle connections kept open per host. Unset (the default), the pool follows the
-    /// concurrency limit: it keeps up to `concurrency.maxInFlight` idle connections, and since a
-    /// connection is only opened for a request that found none idle, it holds about as many as
-    /// were recently in flight at once. A steady load then opens each connection once. The
-    /// most recently used idle connection is reused first, so when the limit falls the
-    /// connections it no longer needs sit unused and close after `idleTimeout`; the ones still
-    /// in use stay open.
+    /// Idle connections kept open per host. Unset (the default), the pool follows the load:
+    /// a connection is only opened for a request that found none idle, so it holds about as
+    /// many as were recently in flight at once, and a steady load opens each connection once.
+    /// The most recently used idle connection is reused first, so when the limit falls the
+    /// connections it no longer needs sit unused and close one by one after `idleTimeout` (see
+    /// `closesPerSecond`); the ones still in use stay open.
     #[schemars(range(min = 1, max = 4096))]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_idle_per_host: Option<u32>,
-    /// How long an idle pooled connection is kept. Default `90s`.
+    /// How long a pooled connection may sit unused before it may close. The connections the
+    /// load no longer needs close gradually (at most `closesPerSecond`), never below the most
+    /// requests in flight at once over the last `idleTimeout`. Default `90s`.
     pub idle_timeout: HumanDuration,
+    /// Idle connections closed per second at most, for the whole pool: when the load falls,
+    /// the connections it no longer needs close one by one at this pace, never in a storm.
+    /// Default `10`.
+    #[schemars(range(min = 1, max = 10000))]
+    pub closes_per_second: u32,
     /// TCP keepalive probe interval on pooled connections. Default `60s`.
     pub tcp_keepalive: HumanDuration,
 }
@@ -96,6 +102,7 @@ impl Default for Pool {
         Self {
             max_idle_per_host: None,
             idle_timeout: HumanDuration::secs(90),
+            closes_per_second: 10,
             tcp_keepalive: HumanDuration::secs(60),
         }
     }

@@ -223,6 +223,24 @@ label_value! {
     }
 }
 
+label_value! {
+    /// Why a connection to WeChat ended, for `wxpush_wechat_connections_closed_total{reason}`.
+    pub enum ConnCloseReason {
+        /// Unused for `pool.idleTimeout` and not needed by the recent load: closed by the
+        /// pool's pacing (at most `pool.closesPerSecond`).
+        Idle => "idle",
+        /// Closed by WeChat, broken, dropped with an abandoned request, or at shutdown.
+        Other => "other",
+    }
+}
+
+/// Label set `{reason}` of `wxpush_wechat_connections_closed_total`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ConnCloseLabels {
+    /// See [`ConnCloseReason`].
+    pub reason: ConnCloseReason,
+}
+
 /// Label set `{phase}` of `wxpush_send_timeouts_total`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct TimeoutLabels {

@@ -81,6 +81,10 @@ pub struct Metrics {
     /// `wxpush_wechat_connections_opened_total`: connections to WeChat set up (TCP connected,
     /// TLS done). Against a steady load it stays near the most requests ever in flight at once.
     pub wechat_connections_opened: Counter,
+    /// `wxpush_wechat_connections_closed_total{reason}`: connections to WeChat that ended,
+    /// by reason: `idle` (closed by the pool's pacing once the load no longer needed them) or
+    /// `other`.
+    pub wechat_connections_closed: Family<ConnCloseLabels, Counter>,
     /// `wxpush_wechat_requests_peak`: the most HTTP requests to WeChat under way at once since
     /// the start (what the connections opened are compared with).
     pub wechat_requests_peak: Gauge,
@@ -184,6 +188,10 @@ const HELP: &[(&str, &str)] = &[
     (
         "wechat_connections_opened",
         "Connections to WeChat set up (TCP connected, TLS done)",
+    ),
+    (
+        "wechat_connections_closed",
+        "Connections to WeChat that ended, by reason (idle: closed by the pool's pacing)",
     ),
     (
         "wechat_requests_peak",
@@ -319,6 +327,7 @@ impl Metrics {
             concurrency_limit: r.add("concurrency_limit"),
             hedged_sends: r.add("hedged_sends"),
             wechat_connections_opened: r.add("wechat_connections_opened"),
+            wechat_connections_closed: r.add("wechat_connections_closed"),
             wechat_requests_peak: r.add("wechat_requests_peak"),
             oldest_ready_age: r.add("queue_oldest_ready_age_seconds"),
             daily_quota: r.add("daily_quota"),

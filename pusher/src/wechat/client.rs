@@ -19,10 +19,15 @@
 //! finishes in the background may get up to `connect + tlsHandshake` more; the whole-request
 //! timeout bounds every case.
 //!
-//! **Why one file of about 780 lines.** The client and its connector share one clock (the
+//! Idle connections close themselves, paced: each one's `IdleWatch` times its idleness and
+//! asks the pool-wide `Closer` (`super::idle`) whether it may close; hyper's own idle sweep,
+//! which closed every expired connection at one tick, is off.
+//!
+//! **Why one file of about 930 lines.** The client and its connector share one clock (the
 //! task-local `PhaseClock` that moves connection set-up out of the response-header timeout) and
-//! one pool bookkeeping (`Conns`: the spare connections a new request may wait for); split
-//! apart, each half would expose its internals only for the other. Its tests live in
+//! one pool bookkeeping (`Conns`: the spare connections a new request may wait for, the live
+//! count the idle closes keep above the recent load); split apart, each half would expose its
+//! internals only for the other. The pacing decision itself is in `idle.rs`; the tests live in
 //! `client_tests.rs`.
 
 use std::error::Error as StdError;
@@ -53,6 +58,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
+use super::idle::{Closer, Verdict};
 use crate::metrics::TimeoutPhase;
 use crate::policy::{Pool, Timeouts};
 use crate::send::ErrorKind;
@@ -175,6 +181,12 @@ pub struct ClientCounters {
     pub opened: Counter,
     /// Most requests under way at once since start (`wxpush_wechat_requests_peak`).
     pub peak: Gauge,
+    /// Idle connections closed by the pool's pacing
+    /// (`wxpush_wechat_connections_closed_total{reason="idle"}`).
+    pub closed_idle: Counter,
+    /// Connections that ended otherwise: closed by WeChat, broken, dropped with an abandoned
+    /// request, or at shutdown (`wxpush_wechat_connections_closed_total{reason="other"}`).
+    pub closed_other: Counter,
 }
 
 /// The pooled HTTP client of one channel. Cheap to share behind an `Arc`.
@@ -267,6 +279,11 @@ impl HttpClient {
             requests: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             peak_gauge: counters.peak,
+            closer: Closer::new(
+                pool.idle_timeout.get(),
+                pool.closes_per_second,
+                counters.closed_idle,
+            ),
         });
         let connector = Connector {
             inner: Arc::new(ConnectorInner {
@@ -276,12 +293,16 @@ impl HttpClient {
                 connect_timeout: timeouts.connect.get(),
                 tls_timeout: timeouts.tls_handshake.get(),
                 keepalive: pool.tcp_keepalive.get(),
+                quiet: pool.idle_timeout.get().max(timeouts.request.get()),
                 opened: counters.opened,
+                closed_other: counters.closed_other,
                 conns: Arc::clone(&conns),
             }),
         };
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(pool.idle_timeout.get())
+            // Idle connections close themselves, paced (`IdleWatch`, `super::idle`): hyper's
+            // sweep would close every expired one at one tick.
+            .pool_idle_timeout(None::<Duration>)
             .pool_max_idle_per_host(
                 pool.max_idle_per_host
                     .and_then(|n| usize::try_from(n).ok())
@@ -522,8 +543,13 @@ struct ConnectorInner {
     connect_timeout: Duration,
     tls_timeout: Duration,
     keepalive: Duration,
+    /// How long a connection must have moved no byte before it counts as idle: at least
+    /// `timeouts.request`, so no request can still be reading from it (see `IdleWatch`).
+    quiet: Duration,
     /// Connections set up.
     opened: Counter,
+    /// Connections that ended other than by the pacing.
+    closed_other: Counter,
     conns: Arc<Conns>,
 }
 
@@ -538,20 +564,32 @@ struct Conns {
     /// Most requests under way at once, also kept in `peak_gauge`.
     peak: AtomicUsize,
     peak_gauge: Gauge,
+    /// Decides when an idle connection may close.
+    closer: Closer,
+}
+
+/// What a [`Live`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    /// One of [`Conns::requests`].
+    Request,
+    /// One of [`Conns::live`].
+    Conn,
+    /// A connection the [`Closer`] already took off [`Conns::live`].
+    Released,
 }
 
 /// One of [`Conns::live`] (or of [`Conns::requests`]) while it exists.
 #[derive(Debug)]
-struct Live(Arc<Conns>, bool);
+struct Live(Arc<Conns>, Slot);
 
 impl Drop for Live {
     fn drop(&mut self) {
-        let counter = if self.1 {
-            &self.0.live
-        } else {
-            &self.0.requests
+        match self.1 {
+            Slot::Request => self.0.requests.fetch_sub(1, Ordering::AcqRel),
+            Slot::Conn => self.0.live.fetch_sub(1, Ordering::AcqRel),
+            Slot::Released => 0,
         };
-        counter.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -562,7 +600,8 @@ impl Conns {
             self.peak_gauge
                 .set(i64::try_from(self.peak.load(Ordering::Acquire)).unwrap_or(i64::MAX));
         }
-        Live(Arc::clone(self), false)
+        self.closer.saw_in_flight(now);
+        Live(Arc::clone(self), Slot::Request)
     }
 
     /// Called by a request that found no idle connection. The pool races the new connection
@@ -575,7 +614,7 @@ impl Conns {
     /// a TCP and a TLS handshake, far more than this wait.
     async fn wait_for_a_spare(self: &Arc<Self>) -> Result<Live, ConnectError> {
         self.live.fetch_add(1, Ordering::AcqRel);
-        let live = Live(Arc::clone(self), true);
+        let live = Live(Arc::clone(self), Slot::Conn);
         let until = Instant::now() + SPARE_WAIT;
         while self.live.load(Ordering::Acquire) > self.requests.load(Ordering::Acquire)
             && Instant::now() < until
@@ -625,7 +664,7 @@ impl tower::Service<Uri> for Connector {
             inner.opened.inc();
             Ok(TokioIo::new(Io {
                 stream,
-                _live: live,
+                watch: IdleWatch::new(live, inner.quiet, inner.closed_other.clone()),
             }))
         })
     }
@@ -710,7 +749,96 @@ enum Stream {
 #[derive(Debug)]
 struct Io {
     stream: Stream,
-    _live: Live,
+    watch: IdleWatch,
+}
+
+/// A connection's own idle clock: once it has moved no byte for `quiet` with no request
+/// waiting for an answer, it asks the pool's [`Closer`] whether it may close, and closes by
+/// reporting the end of the stream to hyper.
+///
+/// hyper reads from an idle pooled connection only to notice that the server closed it; an
+/// end of stream there makes hyper drop the connection and take it out of the pool. A request
+/// that picked the connection in that instant has not been written: hyper hands it back and
+/// the pooled client retries it on another connection. A connection is never closed while a
+/// request waits for an answer: after a write, it counts as busy until a byte is read; and
+/// `quiet` is at least `timeouts.request`, so a request still reading a response from it has
+/// run out of time and been dropped (which closes the connection anyway).
+#[derive(Debug)]
+struct IdleWatch {
+    live: Live,
+    quiet: Duration,
+    /// A request was written and no byte of its answer was read yet.
+    writing: bool,
+    last_io: tokio::time::Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// Closed by the pacing: reads report the end of the stream.
+    closed: bool,
+    closed_other: Counter,
+}
+
+impl IdleWatch {
+    fn new(live: Live, quiet: Duration, closed_other: Counter) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            live,
+            quiet,
+            writing: false,
+            last_io: now,
+            timer: Box::pin(tokio::time::sleep_until(now + quiet)),
+            closed: false,
+            closed_other,
+        }
+    }
+
+    fn read(&mut self) {
+        self.writing = false;
+        self.last_io = tokio::time::Instant::now();
+    }
+
+    fn wrote(&mut self) {
+        self.writing = true;
+        self.last_io = tokio::time::Instant::now();
+    }
+
+    /// Polled while the connection has nothing to read: whether it closes now. The timer
+    /// is not moved by each byte; when it fires it is set again from the last I/O.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> bool {
+        // Bounded: each turn either returns or sets the timer to a later instant.
+        for _ in 0..4 {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let now = tokio::time::Instant::now();
+            let conns = &self.live.0;
+            let next = if self.writing {
+                now + self.quiet
+            } else if now < self.last_io + self.quiet {
+                self.last_io + self.quiet
+            } else {
+                let in_flight = conns.requests.load(Ordering::Acquire);
+                match conns.closer.ask(now, &conns.live, in_flight) {
+                    Verdict::Close => {
+                        self.live.1 = Slot::Released;
+                        self.closed = true;
+                        return true;
+                    }
+                    Verdict::AskAt(at) => at,
+                }
+            };
+            self.timer
+                .as_mut()
+                .reset(next.max(now + Duration::from_millis(1)));
+        }
+        false
+    }
+}
+
+impl Drop for IdleWatch {
+    fn drop(&mut self) {
+        if !self.closed {
+            self.closed_other.inc();
+        }
+    }
 }
 
 impl Connection for Io {
@@ -725,10 +853,21 @@ impl AsyncRead for Io {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        if this.watch.closed {
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        match polled {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => this.watch.read(),
+            Poll::Pending if this.watch.poll_close(cx) => return Poll::Ready(Ok(())),
+            _ => {}
         }
+        polled
     }
 }
 
@@ -738,10 +877,15 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        };
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.watch.wrote();
         }
+        polled
     }
 
     fn poll_write_vectored(
@@ -749,10 +893,15 @@ impl AsyncWrite for Io {
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.get_mut().stream {
+        let this = self.get_mut();
+        let polled = match &mut this.stream {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        };
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            this.watch.wrote();
         }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -266,3 +266,107 @@ async fn dns_answers_are_cached() {
         "later lookups come from the cache"
     );
 }
+
+/// Answers every request head after `delay`, counting connections.
+async fn slow_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+    const ANSWER: &[u8] =
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"errcode\":0}";
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        tokio::time::sleep(delay).await;
+                        if s.write_all(ANSWER).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// When the load falls from 20 requests at once to one at a time, the 19 connections it no
+/// longer needs close one by one, at most `1 + w × closesPerSecond` in any window of `w`
+/// seconds (hyper's own sweep closed them all at one tick), the one in use stays, and not one
+/// of the requests made meanwhile (racing the closes) fails. Counted, not timed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_close_gradually_and_no_request_fails() {
+    const AT_ONCE: usize = 20;
+    const RATE: u32 = 10;
+    let (addr, connections) = slow_server(Duration::from_millis(100)).await;
+    let t = Timeouts {
+        request: HumanDuration::millis(400),
+        ..timeouts()
+    };
+    let pool = Pool {
+        idle_timeout: HumanDuration::millis(200),
+        closes_per_second: RATE,
+        ..Pool::default()
+    };
+    let counters = ClientCounters::default();
+    let c = Arc::new(
+        HttpClient::counted(&format!("http://{addr}"), &t, &pool, counters.clone())
+            .expect("client builds"),
+    );
+    let burst: Vec<_> = (0..AT_ONCE)
+        .map(|_| {
+            let c = Arc::clone(&c);
+            tokio::spawn(async move { c.get("/").await })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.expect("joins").expect("answer").status, 200);
+    }
+    let opened = counters.opened.get();
+    assert!(opened >= 10, "the burst opened {opened} connections");
+    // One request at a time until every surplus connection closed (bounded in count).
+    let mut samples = vec![(Instant::now(), counters.closed_idle.get())];
+    for _ in 0..300 {
+        if counters.closed_idle.get() >= opened - 1 {
+            break;
+        }
+        let r = c
+            .get("/")
+            .await
+            .expect("no request racing the closes fails");
+        assert_eq!(r.status, 200);
+        samples.push((Instant::now(), counters.closed_idle.get()));
+    }
+    let closed = counters.closed_idle.get();
+    assert_eq!(closed, opened - 1, "all but the connection in use closed");
+    assert_eq!(counters.closed_other.get(), 0, "no connection broke");
+    assert_eq!(
+        counters.opened.get(),
+        opened,
+        "the single requests opened none"
+    );
+    assert_eq!(connections.load(Ordering::SeqCst) as u64, opened);
+    // Closes in any window of at most one second: at most 1 + RATE.
+    for (i, (t0, c0)) in samples.iter().enumerate() {
+        for (t1, c1) in &samples[i + 1..] {
+            if t1.duration_since(*t0) <= Duration::from_secs(1) {
+                assert!(
+                    c1 - c0 <= 1 + u64::from(RATE),
+                    "{} closes within {:?}",
+                    c1 - c0,
+                    t1.duration_since(*t0)
+                );
+            }
+        }
+    }
+}

@@ -16,6 +16,7 @@
 
 pub mod client;
 pub mod flow;
+mod idle;
 pub mod limits;
 pub mod sender;
 pub mod token;

@@ -28,6 +28,7 @@ use crate::config::PusherConfig;
 use crate::config::ReadSecret as _;
 use crate::coord::Coordinator;
 use crate::metrics::{AttemptResult, CircuitState, Metrics, ProviderLabel};
+use crate::metrics::{ConnCloseLabels, ConnCloseReason};
 use crate::policy::LocalSecret;
 use crate::policy::Retry;
 use crate::policy::wecom::Credential;
@@ -213,9 +214,17 @@ impl WeChatSender {
         provider: Arc<dyn Sender>,
         shared: Option<Arc<dyn Coordinator>>,
     ) -> Result<Self, SenderError> {
-        let pool = crate::policy::Pool {
-            max_idle_per_host: Some(config.pool.idle_per_host(config.concurrency.max_in_flight)),
-            ..config.pool.clone()
+        // An unset `pool.maxIdlePerHost` leaves hyper's idle list unbounded: connections are
+        // opened only for requests that found none idle (so no more than were in flight at
+        // once), and the ones the load no longer needs close themselves, paced
+        // (`super::idle`). A bound would count the closed ones hyper has not yet swept from
+        // its list, and drop live connections handed back.
+        let pool = config.pool.clone();
+        let closed = |metrics: &Metrics, reason| {
+            metrics
+                .wechat_connections_closed
+                .get_or_create(&ConnCloseLabels { reason })
+                .clone()
         };
         let http = Arc::new(
             HttpClient::counted(
@@ -225,6 +234,8 @@ impl WeChatSender {
                 super::client::ClientCounters {
                     opened: metrics.wechat_connections_opened.clone(),
                     peak: metrics.wechat_requests_peak.clone(),
+                    closed_idle: closed(&metrics, ConnCloseReason::Idle),
+                    closed_other: closed(&metrics, ConnCloseReason::Other),
                 },
             )
             .map_err(|e| SenderError::Client(e.to_string()))?,
