@@ -1127,7 +1127,9 @@ pub struct Redis {
     pub url: String,
     /// A prefix no other backend uses.
     pub prefix: String,
-    /// `claimIdle` (short in tests, so that a dead process's leases come back soon).
+    /// `claimIdle` (short in tests, so that a dead process's leases come back soon; not so
+    /// short that a loaded machine delays the lease keeper past it, which would hand a live
+    /// lease out again: 500 ms did on a 2-core machine at load 8).
     pub claim_idle: Duration,
     /// Use the cluster client.
     pub cluster: bool,
@@ -1139,7 +1141,7 @@ impl Redis {
         Self {
             url: url.to_string(),
             prefix: format!("contract-{}", ulid::Ulid::new()),
-            claim_idle: Duration::from_millis(500),
+            claim_idle: Duration::from_millis(1500),
             cluster,
         }
     }
