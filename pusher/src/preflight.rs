@@ -253,5 +253,6 @@ pub fn redis_options(
         retention: r.retention.get(),
         default_callback: config.callbacks.url.is_some(),
         min_replicas_acked: r.min_replicas_acked,
+        event_indexes: config.events.token.is_some(),
     })
 }

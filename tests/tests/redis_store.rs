@@ -82,6 +82,7 @@ mod auth {
             retention: Duration::from_secs(60),
             default_callback: false,
             min_replicas_acked: 0,
+            event_indexes: true,
         }
     }
 
@@ -148,6 +149,7 @@ mod outage {
             retention: Duration::from_secs(60),
             default_callback: false,
             min_replicas_acked: 0,
+            event_indexes: true,
         })
         .await
         .expect("connects")
@@ -333,6 +335,7 @@ mod replicas {
             retention: Duration::from_secs(60),
             default_callback: false,
             min_replicas_acked,
+            event_indexes: true,
         }
     }
 
@@ -406,6 +409,7 @@ mod permits {
             retention: Duration::from_secs(60),
             default_callback: false,
             min_replicas_acked: 0,
+            event_indexes: true,
         })
         .await
         .expect("connects");
@@ -440,5 +444,214 @@ mod permits {
             Permit::TooFar,
             "the next permit is about 1.6 s away"
         );
+    }
+}
+
+mod layout {
+    use std::time::Duration;
+
+    use jiff::Timestamp;
+    use wxpush_pusher::message::{MessageId, MessageRecord, Status, parse_message};
+    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
+    use wxpush_pusher::store::{Leased, Store};
+    use wxpush_tests::redis::RedisServer;
+
+    fn options(server: &RedisServer, consumer: &str, event_indexes: bool) -> RedisOptions {
+        RedisOptions {
+            url: server.url(),
+            cluster: false,
+            key_prefix: "layout".into(),
+            channel: "c".into(),
+            consumer_group: "pushers".into(),
+            consumer: consumer.into(),
+            claim_idle: Duration::from_secs(60),
+            max_messages: 10,
+            retention: Duration::from_secs(60),
+            default_callback: false,
+            min_replicas_acked: 0,
+            event_indexes,
+        }
+    }
+
+    /// Leases until `n` messages came, or 20 s passed.
+    async fn lease_all(store: &RedisStore, n: usize) -> Vec<Leased> {
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while got.len() < n && std::time::Instant::now() < deadline {
+            got.extend(
+                store
+                    .lease(n - got.len(), Duration::from_millis(200))
+                    .await
+                    .expect("lease"),
+            );
+        }
+        got
+    }
+
+    fn delivered(l: &Leased, msgid: i64) -> MessageRecord {
+        let mut r = l.record.clone();
+        r.status = Status::Delivered;
+        r.attempts += 1;
+        r.msgid = Some(msgid);
+        r.finished_at = Some(Timestamp::now());
+        r.next_attempt_at = None;
+        r
+    }
+
+    /// What a pod of the previous version left when it was killed mid-attempt, written by raw
+    /// commands: a queued message not read yet; a leased one (its entry pending for the dead
+    /// consumer, `lease` field `<id>` → entry); and a leased one whose start was recorded the
+    /// old way, `first_attempt_at` in the record itself. A pod of this version takes the dead
+    /// consumer's entries over, leases each message once (the old start kept), completes
+    /// them, and leaves nothing behind: no second lease, a clean consistency check.
+    #[tokio::test]
+    async fn a_new_pod_finishes_what_an_old_pod_left_exactly_once() {
+        let server = RedisServer::start().await;
+        let base = "{layout:c}:";
+        let q = format!("{base}q");
+        let started = Timestamp::now() - jiff::SignedDuration::from_secs(5);
+        let message =
+            parse_message(&serde_json::json!({"touser": "o", "template_id": "T"})).expect("valid");
+        let mut ids = Vec::new();
+        server.cli(&["XGROUP", "CREATE", &q, "pushers", "0", "MKSTREAM"]);
+        for n in 0..3 {
+            let id = MessageId::new();
+            let mut r = MessageRecord::new(id, message.clone(), None, Timestamp::now());
+            if n == 2 {
+                r.first_attempt_at = Some(started);
+                r.budget_from = started;
+            }
+            let js = serde_json::to_string(&r).expect("encodes");
+            server.cli(&["SET", &format!("{base}m:{id}"), &js]);
+            server.cli(&["XADD", &q, "*", "id", &id.to_string()]);
+            ids.push(id);
+        }
+        server.cli(&["SET", &format!("{base}n"), "3"]);
+        // The old pod read all three and recorded the leases of the last two, then died (no
+        // heartbeat key): the first one is pending without a `lease` field, as when a pod dies
+        // between the two halves of a lease.
+        let read = server.cli(&[
+            "XREADGROUP",
+            "GROUP",
+            "pushers",
+            "old-pod",
+            "COUNT",
+            "3",
+            "STREAMS",
+            &q,
+            ">",
+        ]);
+        let eids: Vec<&str> = read
+            .lines()
+            .filter(|l| l.contains('-') && l.chars().all(|c| c.is_ascii_digit() || c == '-'))
+            .collect();
+        assert_eq!(eids.len(), 3, "three entries read: {read}");
+        for n in 1..3 {
+            server.cli(&[
+                "HSET",
+                &format!("{base}lease"),
+                &ids[n].to_string(),
+                eids[n],
+            ]);
+        }
+
+        let store = RedisStore::connect(options(&server, "new-pod", true))
+            .await
+            .expect("connects");
+        let mut leased = lease_all(&store, 3).await;
+        leased.sort_by_key(|l| l.record.id);
+        let mut got: Vec<MessageId> = leased.iter().map(|l| l.record.id).collect();
+        got.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(got, want, "each message leased once");
+        for l in &leased {
+            let want = (l.record.id == ids[2]).then_some(started);
+            assert_eq!(l.record.first_attempt_at, want, "{}", l.record.id);
+        }
+        let fresh: Vec<&Leased> = leased
+            .iter()
+            .filter(|l| l.record.first_attempt_at.is_none())
+            .collect();
+        for a in store.start_attempts(&fresh, Timestamp::now()).await {
+            a.expect("the start is recorded");
+        }
+        let outcomes = leased
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.slot, delivered(l, 100 + i as i64)))
+            .collect();
+        for a in store.complete_many(outcomes).await {
+            a.expect("completes");
+        }
+        assert!(
+            store
+                .lease(3, Duration::from_millis(500))
+                .await
+                .expect("lease")
+                .is_empty(),
+            "nothing is leased twice"
+        );
+        for id in &ids {
+            let r = store.get(*id).await.expect("reads").expect("kept");
+            assert_eq!(r.status, Status::Delivered, "{id}");
+        }
+        assert_eq!(server.cli(&["HLEN", &format!("{base}lease")]).trim(), "0");
+        let findings = store.check_consistency().await.expect("checks");
+        assert!(findings.is_empty(), "{findings:#?}");
+        store.close().await;
+    }
+
+    /// Without events (no `events.token`) a delivered message gets no events indexes; with
+    /// them it gets both. The start is a mark beside the record, which its next lease and a
+    /// read show, and which the outcome removes.
+    #[tokio::test]
+    async fn events_indexes_only_for_a_channel_with_events() {
+        let server = RedisServer::start().await;
+        for (consumer, events) in [("plain", false), ("events", true)] {
+            let base = format!("{{layout:{consumer}}}:");
+            let mut o = options(&server, consumer, events);
+            o.channel = consumer.into();
+            let store = RedisStore::connect(o).await.expect("connects");
+            let message = parse_message(
+                &serde_json::json!({"touser": format!("o-{consumer}"), "template_id": "T"}),
+            )
+            .expect("valid");
+            let id = store
+                .accept(vec![wxpush_pusher::store::AcceptItem {
+                    message,
+                    idempotency_key: None,
+                    request_digest: None,
+                }])
+                .await
+                .expect("accepts")[0]
+                .id;
+            let leased = lease_all(&store, 1).await;
+            assert_eq!(leased.len(), 1);
+            let at = Timestamp::now();
+            store.start_attempt(&leased[0], at).await.expect("starts");
+            let record = server.cli(&["GET", &format!("{base}m:{id}")]);
+            assert!(
+                !record.contains("first_attempt_at"),
+                "the record is not written again: {record}"
+            );
+            let read = store.get(id).await.expect("reads").expect("kept");
+            assert_eq!(
+                (read.status, read.first_attempt_at),
+                (Status::Sending, Some(at))
+            );
+            store
+                .complete(leased[0].slot, delivered(&leased[0], 77))
+                .await
+                .expect("completes");
+            let x = server.cli(&["EXISTS", &format!("{base}x:77")]);
+            let a = server.cli(&["EXISTS", &format!("{base}a:o-{consumer}")]);
+            let want = if events { "1" } else { "0" };
+            assert_eq!((x.trim(), a.trim()), (want, want), "events: {events}");
+            assert_eq!(server.cli(&["HLEN", &format!("{base}lease")]).trim(), "0");
+            let findings = store.check_consistency().await.expect("checks");
+            assert!(findings.is_empty(), "{findings:#?}");
+            store.close().await;
+        }
     }
 }

@@ -1157,6 +1157,7 @@ impl Redis {
             retention: o.retention,
             default_callback: o.default_callback,
             min_replicas_acked: 0,
+            event_indexes: true,
         })
         .await
         .expect("connects to redis")

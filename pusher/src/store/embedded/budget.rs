@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 /// walks the trees, so not on every group).
 const BUDGET_STATS_EVERY: Duration = Duration::from_secs(1);
 
-/// Bytes kept free for each pending message, for what its outcome will write: the delivered
-/// (or dead) record, its indexes and callback, and the pages that redb's copy-on-write holds
+/// Bytes kept free for each pending message, for what its outcome will write: its progress
+/// entry (delivered or dead), its indexes and callback, and the pages that redb's copy-on-write holds
 /// twice until the commit after. Without it, a volume filled to the budget with pending
 /// messages met the full file system while they were delivered (measured by
 /// `engine_faults::a_producer_filling_the_volume_meets_the_budget_not_a_full_disk`, about

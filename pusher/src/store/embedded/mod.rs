@@ -21,7 +21,8 @@
 //! commits is also the one that reads the table and moves the watermark.
 //!
 //! Its parts: `schema.rs` (the tables, the record encoding, reading the schedule back on
-//! open), `shared.rs` (what the handles and the writer thread share), `budget.rs` (the disk
+//! open), `progress.rs` (what changed in a record since its accept, written instead of the
+//! whole record), `shared.rs` (what the handles and the writer thread share), `budget.rs` (the disk
 //! budget), `writer/` (the one writer thread), and this file: the store's handle, its reads
 //! and leases, and the [`Store`] implementation.
 
@@ -38,6 +39,7 @@ use tokio::sync::{Notify, oneshot};
 
 mod budget;
 mod credits;
+mod progress;
 mod reads;
 mod schema;
 mod shared;
@@ -47,7 +49,8 @@ mod writer;
 
 use reads::{read_leased, read_record, wait_for_work};
 use schema::{
-    CALLBACKS, CREDITS, DEAD, MESSAGES, decode, load_index, open_db, start_nanos, storage,
+    CALLBACKS, CREDITS, DEAD, MESSAGES, PROGRESS, load_index, open_db, record_with_progress,
+    storage,
 };
 use shared::{Fresh, Shared};
 use writer::{Op, Writer};
@@ -330,23 +333,26 @@ impl Store for EmbeddedStore {
         started.pop().unwrap_or(Err(StoreError::Closed))
     }
 
-    /// One writer operation for the lot: a small "attempt started" mark per message in its own
-    /// table (`schema::STARTED`), not a rewrite of the record (the lease holds the record, so
-    /// nothing else writes it meanwhile). All or nothing: on failure every lease goes back,
-    /// due after a delay.
+    /// One writer operation for the lot: each message's progress with its start, encoded here
+    /// from the record its lease holds (nothing else writes a leased record), not a rewrite of
+    /// the record. All or nothing: on failure every lease goes back, due after a delay.
     async fn start_attempts(
         &self,
         leased: &[&Leased],
         at: Timestamp,
     ) -> Vec<Result<(), StoreError>> {
         let n = leased.len();
-        let items: Vec<(u128, i128)> = leased
-            .iter()
-            .map(|l| {
-                let started = l.record.first_attempt_at.unwrap_or(at);
-                (l.record.id.as_u128(), start_nanos(started))
-            })
-            .collect();
+        let encode = |l: &&Leased| progress::encode_started(&l.record, at);
+        let items = match leased.iter().map(encode).collect::<Result<Vec<_>, _>>() {
+            Ok(bytes) => leased.iter().map(|l| l.record.id.as_u128()).zip(bytes),
+            Err(e) => {
+                for l in leased {
+                    self.shared.give_back(l.record.id.as_u128());
+                }
+                return each_failed(n, e);
+            }
+        };
+        let items: Vec<(u128, Vec<u8>)> = items.collect();
         let (reply, rx) = oneshot::channel();
         let ids: Vec<u128> = items.iter().map(|(id, _)| *id).collect();
         let result = match self.send(Op::StartAttempts { items, reply }) {
@@ -411,6 +417,7 @@ impl Store for EmbeddedStore {
             let txn = shared.begin_read()?;
             let dead = txn.open_table(DEAD).map_err(storage)?;
             let messages = txn.open_table(MESSAGES).map_err(storage)?;
+            let progress = txn.open_table(PROGRESS).map_err(storage)?;
             let start = after.map_or(0, |a| a.as_u128().saturating_add(1));
             let mut items = Vec::new();
             let mut more = false;
@@ -420,8 +427,8 @@ impl Store for EmbeddedStore {
                     more = true;
                     break;
                 }
-                if let Some(v) = messages.get(key.value()).map_err(storage)? {
-                    items.push(decode(v.value())?);
+                if let Some(r) = record_with_progress(&messages, &progress, key.value())? {
+                    items.push(r);
                 }
             }
             let next = if more {

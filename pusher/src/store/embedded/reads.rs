@@ -3,17 +3,17 @@
 
 use std::time::Duration;
 
-use super::schema::{MESSAGES, STARTED, record_with_start, storage};
+use super::schema::{MESSAGES, PROGRESS, record_with_progress, storage};
 use super::shared::Shared;
 use crate::message::{MessageId, MessageRecord};
 use crate::store::{Leased, StoreError};
 
-/// A record as stored, with its "attempt started" mark applied.
+/// A record as stored, with its progress (and "attempt started" mark) applied.
 pub(super) fn read_record(shared: &Shared, id: u128) -> Result<Option<MessageRecord>, StoreError> {
     let txn = shared.begin_read()?;
     let messages = txn.open_table(MESSAGES).map_err(storage)?;
-    let started = txn.open_table(STARTED).map_err(storage)?;
-    record_with_start(&messages, &started, id)
+    let progress = txn.open_table(PROGRESS).map_err(storage)?;
+    record_with_progress(&messages, &progress, id)
 }
 
 /// Reads the records of the ids just taken from the schedule. Never strands a lease: an id
@@ -24,10 +24,10 @@ pub(super) fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Lease
     let tables = shared.begin_read().and_then(|txn| {
         Ok((
             txn.open_table(MESSAGES).map_err(storage)?,
-            txn.open_table(STARTED).map_err(storage)?,
+            txn.open_table(PROGRESS).map_err(storage)?,
         ))
     });
-    let (table, started) = match tables {
+    let (table, progress) = match tables {
         Ok(t) => t,
         Err(e) => {
             if let Some(held) = shared.logs.check("lease_read") {
@@ -41,7 +41,7 @@ pub(super) fn read_leased(shared: &Shared, taken: Vec<(u64, u128)>) -> Vec<Lease
     };
     let mut out = Vec::with_capacity(taken.len());
     for (slot, id) in taken {
-        let record = record_with_start(&table, &started, id)
+        let record = record_with_progress(&table, &progress, id)
             .and_then(|r| r.ok_or(StoreError::NotFound(MessageId::from_u128(id))));
         match record {
             Ok(record) if !record.status.is_final() => {

@@ -1,8 +1,9 @@
 //! The embedded store's tables in redb, how records are encoded in them, and reading them
 //! back into the in-memory schedule when the database is opened.
 //!
-//! Tables: `messages` (id → JSON record), `started` (id → when its first attempt started, the
-//! "attempt started" mark), `schedule` ((due ms, id) for pending messages),
+//! Tables: `messages` (id → JSON record, as accepted), `progress` (id → what changed since:
+//! the "attempt started" mark, status, attempts, times, outcome; see [`super::progress`]),
+//! `schedule` ((due ms, id) for pending messages),
 //! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
 //! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
 //! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
@@ -18,12 +19,15 @@ use crate::message::MessageRecord;
 use crate::store::index::{IdMap, Index};
 use crate::store::{StoreError, millis};
 
+/// Message id → its record as accepted (JSON; written once). Stores written before the
+/// `progress` table existed also rewrote it with each change, which still reads.
 pub(super) const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
-/// Message id → when its first attempt started (Unix nanoseconds): the "attempt started" mark,
-/// written before the first send instead of a rewrite of the whole record, and removed in the
-/// transaction that records the attempt's outcome (whose record carries the time from then
-/// on). A record read while its mark exists takes the time from it ([`with_start`]). Stores
-/// written before this table existed kept the time in the record only, which still reads.
+/// Message id → its progress since the accept ([`super::progress`]), written by every change
+/// after the accept (outcome, event, replay, recall) instead of a rewrite of the record.
+pub(super) const PROGRESS: TableDefinition<u128, &[u8]> = TableDefinition::new("progress");
+/// Message id → when its first attempt started (Unix nanoseconds): the "attempt started" mark
+/// of the versions before the `progress` table took it. A store written by them may still
+/// hold marks; opening it moves them into `progress` ([`move_start_marks`]).
 pub(super) const STARTED: TableDefinition<u128, i128> = TableDefinition::new("started");
 pub(super) const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
 pub(super) const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
@@ -63,33 +67,14 @@ pub(super) fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::storage(format!("decode record: {e}"), e))
 }
 
-/// The time an "attempt started" mark holds.
-pub(super) fn start_nanos(at: Timestamp) -> i128 {
-    at.as_nanosecond()
-}
-
-/// `record` as the "attempt started" mark `started` (from [`STARTED`]) says: its first attempt
-/// started then, and its `maxAge` budget runs from then. A record that already carries the
-/// time is as it is.
-pub(super) fn with_start(mut record: MessageRecord, started: Option<i128>) -> MessageRecord {
-    if record.first_attempt_at.is_none()
-        && let Some(at) = started.and_then(|ns| Timestamp::from_nanosecond(ns).ok())
-    {
-        record.first_attempt_at = Some(at);
-        record.budget_from = at;
-        record.updated_at = at;
-    }
-    record
-}
-
-/// The record of `id` with its "attempt started" mark applied, read from the two tables of
-/// any transaction (a read transaction's or the writer's).
-pub(super) fn record_with_start(
+/// The record of `id` with its progress laid over it, read from the tables of any
+/// transaction.
+pub(super) fn record_with_progress(
     messages: &impl ReadableTable<u128, &'static [u8]>,
-    started: &impl ReadableTable<u128, i128>,
+    progress: &impl ReadableTable<u128, &'static [u8]>,
     id: u128,
 ) -> Result<Option<MessageRecord>, StoreError> {
-    let Some(record) = messages
+    let Some(mut record) = messages
         .get(id)
         .map_err(storage)?
         .map(|v| decode(v.value()))
@@ -97,8 +82,40 @@ pub(super) fn record_with_start(
     else {
         return Ok(None);
     };
-    let at = started.get(id).map_err(storage)?.map(|v| v.value());
-    Ok(Some(with_start(record, at)))
+    if let Some(p) = progress.get(id).map_err(storage)? {
+        super::progress::apply(&mut record, p.value())?;
+    }
+    Ok(Some(record))
+}
+
+/// Moves the "attempt started" marks that a store written before the `progress` table holds
+/// into `progress` (the time, as such a store read it, for a record that does not carry an
+/// earlier one), so that reads need only `messages` and `progress`.
+fn move_start_marks(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut started = txn.open_table(STARTED).map_err(storage)?;
+    if started.is_empty().map_err(storage)? {
+        return Ok(());
+    }
+    let messages = txn.open_table(MESSAGES).map_err(storage)?;
+    let mut progress = txn.open_table(PROGRESS).map_err(storage)?;
+    let marks: Vec<(u128, i128)> = started
+        .iter()
+        .map_err(storage)?
+        .map(|e| e.map(|(k, v)| (k.value(), v.value())))
+        .collect::<Result<_, _>>()
+        .map_err(storage)?;
+    for (id, ns) in marks {
+        started.remove(id).map_err(storage)?;
+        let (Some(record), Ok(at)) = (
+            record_with_progress(&messages, &progress, id)?,
+            Timestamp::from_nanosecond(ns),
+        ) else {
+            continue;
+        };
+        let bytes = super::progress::encode_started(&record, at)?;
+        progress.insert(id, bytes.as_slice()).map_err(storage)?;
+    }
+    Ok(())
 }
 
 /// Opens (or creates) the database file with the store's cache size.
@@ -120,7 +137,7 @@ pub(super) fn load_index(
     let txn = db.begin_write().map_err(storage)?;
     {
         txn.open_table(MESSAGES).map_err(storage)?;
-        txn.open_table(STARTED).map_err(storage)?;
+        txn.open_table(PROGRESS).map_err(storage)?;
         txn.open_table(SCHEDULE).map_err(storage)?;
         txn.open_table(FINISHED).map_err(storage)?;
         txn.open_table(DEAD).map_err(storage)?;
@@ -131,6 +148,7 @@ pub(super) fn load_index(
         txn.open_table(CALLBACKS).map_err(storage)?;
         txn.open_table(PROBE).map_err(storage)?;
     }
+    move_start_marks(&txn)?;
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
     let schedule = txn.open_table(SCHEDULE).map_err(storage)?;

@@ -230,12 +230,12 @@ async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The "attempt started" mark is an entry of its own (`started`), not a rewrite of the record:
-/// the record on disk stays as accepted, a read shows the start, a restart leases the message
-/// with it, and the outcome's write removes the mark (the record carries it from then on).
+/// The "attempt started" mark is a small progress entry, not a rewrite of the record: the
+/// record on disk stays as accepted, a read shows the start, a restart leases the message with
+/// it, and the outcome's progress takes the mark's place (the record still as accepted).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_attempt_started_mark_is_an_entry_of_its_own() {
-    use super::schema::{MESSAGES, STARTED};
+    use super::schema::{MESSAGES, PROGRESS};
     use redb::ReadableTableMetadata;
     let dir = temp();
     let store = EmbeddedStore::open(&options(&dir)).expect("opens");
@@ -251,8 +251,8 @@ async fn the_attempt_started_mark_is_an_entry_of_its_own() {
             .expect("kept")
             .value()
             .to_vec();
-        let marks = txn.open_table(STARTED).expect("table").len().expect("len");
-        (bytes, marks)
+        let progress = txn.open_table(PROGRESS).expect("table").len().expect("len");
+        (bytes, progress)
     };
     let (before, marks) = stored(&store);
     assert_eq!(marks, 0);
@@ -278,11 +278,15 @@ async fn the_attempt_started_mark_is_an_entry_of_its_own() {
         (Some(at), 0)
     );
     deliver(&store, &again[0]).await;
-    let (record, marks) = stored(&store);
-    assert_eq!(marks, 0, "the outcome's write removed the mark");
-    let record: crate::message::MessageRecord = serde_json::from_slice(&record).expect("JSON");
+    let (record, entries) = stored(&store);
+    assert_eq!(entries, 1, "the outcome's progress took the mark's place");
     assert_eq!(
-        (record.status, record.first_attempt_at),
+        record, before,
+        "the outcome is written as progress, not a new record"
+    );
+    let rec = store.get(id).await.expect("reads").expect("kept");
+    assert_eq!(
+        (rec.status, rec.first_attempt_at),
         (Status::Delivered, Some(at))
     );
     store.close().await;
@@ -359,6 +363,148 @@ async fn a_store_written_before_the_started_table_opens_and_delivers() {
         let rec = store.get(r.id).await.expect("reads").expect("kept");
         assert_eq!(rec.status, Status::Delivered);
     }
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store written by the version before the `progress` table (outcomes rewrote the whole
+/// JSON record; the "attempt started" mark in `started`) opens: status reads and the dead
+/// letters show its finished messages, an event finds its delivered one by `msgid`, a replay
+/// and a pending message deliver, and all of it reads the same after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_written_before_the_progress_table_opens_reads_and_delivers() {
+    use super::schema::{
+        AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, PROBE,
+        SCHEDULE, STARTED,
+    };
+    use crate::message::{ErrorKind, MessageId, MessageRecord, SendError};
+    use crate::store::{DeliveryEvent, EventOutcome, millis};
+    let dir = temp();
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let at = Timestamp::now() - SignedDuration::from_secs(30);
+    let record = |to: &str| {
+        let m =
+            parse_message(&json!({"touser": to, "template_id": "T", "data": {}})).expect("valid");
+        MessageRecord::new(MessageId::new(), m, None, at)
+    };
+    let mut delivered = record("o-delivered");
+    delivered.status = Status::Delivered;
+    delivered.attempts = 1;
+    delivered.msgid = Some(777);
+    delivered.first_attempt_at = Some(at);
+    delivered.finished_at = Some(at);
+    delivered.next_attempt_at = None;
+    let mut failed = record("o-failed");
+    failed.status = Status::Failed;
+    failed.attempts = 1;
+    failed.dead_letter = true;
+    failed.finished_at = Some(at);
+    failed.next_attempt_at = None;
+    failed.last_error = Some(SendError::new(ErrorKind::Errcode, "template gone"));
+    let queued = record("o-queued");
+    {
+        let db = redb::Database::create(EmbeddedStore::file_in(&dir)).expect("creates");
+        let txn = db.begin_write().expect("writes");
+        {
+            let mut messages = txn.open_table(MESSAGES).expect("table");
+            for r in [&delivered, &failed, &queued] {
+                let bytes = serde_json::to_vec(r).expect("JSON");
+                let id = r.id.as_u128();
+                messages.insert(id, bytes.as_slice()).expect("puts");
+            }
+            let (d, f, q) = (
+                delivered.id.as_u128(),
+                failed.id.as_u128(),
+                queued.id.as_u128(),
+            );
+            let mut finished = txn.open_table(FINISHED).expect("table");
+            finished.insert((millis(at), d), ()).expect("puts");
+            finished.insert((millis(at), f), ()).expect("puts");
+            txn.open_table(DEAD)
+                .expect("table")
+                .insert(f, ())
+                .expect("puts");
+            let mut msgids = txn.open_table(MSGIDS).expect("table");
+            msgids.insert(777, d).expect("puts");
+            let mut awaiting = txn.open_table(AWAITING).expect("table");
+            awaiting
+                .insert(("o-delivered", millis(at), d), ())
+                .expect("puts");
+            let mut schedule = txn.open_table(SCHEDULE).expect("table");
+            schedule.insert((millis(at), q), ()).expect("puts");
+            let mut started = txn.open_table(STARTED).expect("table");
+            started.insert(q, at.as_nanosecond()).expect("puts");
+            txn.open_table(IDEMPOTENCY).expect("table");
+            txn.open_table(EVENTS_SEEN).expect("table");
+            txn.open_table(CALLBACKS).expect("table");
+            txn.open_table(PROBE).expect("table");
+        }
+        txn.commit().expect("commits");
+    }
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens the old store");
+    assert_eq!(counts(store.counts()), (1, 0, 0));
+    let marks = {
+        use redb::ReadableTableMetadata;
+        let txn = store.shared.begin_read().expect("reads");
+        txn.open_table(STARTED).expect("table").len().expect("len")
+    };
+    assert_eq!(marks, 0, "the start mark moved into progress");
+    let got = store.get(delivered.id).await.expect("reads").expect("kept");
+    assert_eq!((got.status, got.msgid), (Status::Delivered, Some(777)));
+    let dead = store.dead_letters(None, 10).await.expect("lists");
+    assert_eq!(dead.items.len(), 1);
+    assert_eq!(dead.items[0].id, failed.id);
+    assert_eq!(dead.items[0].last_error, failed.last_error);
+
+    let event = DeliveryEvent {
+        openid: "o-delivered".into(),
+        create_time: 1,
+        msgid: 777,
+        status: "success".into(),
+        received_at: Timestamp::now(),
+    };
+    let outcome = store.record_event(event, true).await.expect("records");
+    assert!(
+        matches!(outcome, EventOutcome::Applied { id, status: Status::Confirmed } if id == delivered.id),
+        "{outcome:?}"
+    );
+    let replayed = store.replay(failed.id).await.expect("replays");
+    assert_eq!((replayed.status, replayed.replays), (Status::Queued, 1));
+    let leased = lease(&store, 2).await;
+    assert_eq!(leased.len(), 2);
+    for l in &leased {
+        let start = (l.record.id == queued.id).then_some(at);
+        assert_eq!(
+            l.record.first_attempt_at, start,
+            "{}",
+            l.record.message.touser
+        );
+        deliver(&store, l).await;
+    }
+    store.close().await;
+    drop((store, leased));
+
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens again");
+    assert_eq!(counts(store.counts()), (0, 0, 0));
+    let want = [
+        (delivered.id, Status::Confirmed, 0),
+        (failed.id, Status::Delivered, 1),
+        (queued.id, Status::Delivered, 0),
+    ];
+    for (id, status, replays) in want {
+        let got = store.get(id).await.expect("reads").expect("kept");
+        assert_eq!((got.status, got.replays), (status, replays), "{id}");
+    }
+    let got = store.get(delivered.id).await.expect("reads").expect("kept");
+    assert_eq!(got.events.len(), 1);
+    assert!(
+        store
+            .dead_letters(None, 10)
+            .await
+            .expect("lists")
+            .items
+            .is_empty()
+    );
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

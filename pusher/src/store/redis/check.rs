@@ -101,16 +101,25 @@ impl RedisStore {
         let dead = self.sorted_set("dead").await?;
         let mut cmd = redis::cmd("HGETALL");
         cmd.arg(self.key("lease"));
-        let lease = strings(self.on_owner(cmd).await?)
-            .chunks_exact(2)
-            .map(|kv| (kv[0].clone(), kv[1].clone()))
-            .collect();
+        let mut lease = HashMap::new();
+        let mut started = HashSet::new();
+        for kv in strings(self.on_owner(cmd).await?).chunks_exact(2) {
+            match kv[0].strip_prefix("s:") {
+                Some(id) => {
+                    started.insert(id.to_string());
+                }
+                None => {
+                    lease.insert(kv[0].clone(), kv[1].clone());
+                }
+            }
+        }
         Ok(Indexes {
             pel,
             in_stream,
             scheduled,
             dead,
             lease,
+            started,
         })
     }
 
@@ -203,10 +212,16 @@ impl RedisStore {
         if idx.lease.contains_key(&id) {
             findings.push(format!("{id} is {} but still leased", r.status.as_str()));
         }
+        if idx.started.contains(&id) {
+            findings.push(format!(
+                "{id} is {} but still has an attempt-started mark",
+                r.status.as_str()
+            ));
+        }
         if r.dead_letter && !idx.dead.contains(&id) {
             findings.push(format!("{id} is a dead letter outside the dead-letter set"));
         }
-        if r.status != Status::Delivered {
+        if r.status != Status::Delivered || !self.inner.options.event_indexes {
             return Ok(());
         }
         if let Some(m) = r.msgid.filter(|&m| m != 0) {
@@ -241,6 +256,8 @@ struct Indexes {
     dead: HashSet<String>,
     /// Message id → the stream entry it is leased under.
     lease: HashMap<String, String>,
+    /// Message ids with an attempt-started mark (`lease` field `s:<id>`).
+    started: HashSet<String>,
 }
 
 /// `s` with the glob characters of `SCAN MATCH` escaped.

@@ -11,7 +11,25 @@ use super::conn::{self};
 use super::handle::{
     HEARTBEAT_EVERY, RedisStore, TAKE_OVER_AT_MOST, consumer_names, decode, ms, strings,
 };
+use crate::message::MessageRecord;
 use crate::store::{DeliveryEvent, Leased, MatchedBy, StoreError, millis};
+
+/// Puts the attempt-started mark of a lease (`mark`: the time, '' for none) into `record`, as
+/// the embedded store's `started` table does: the first attempt started then, and its outcome
+/// is not known. A record that already holds a start (written whole by an older version of the
+/// store) keeps it.
+pub(super) fn with_start_mark(record: &mut MessageRecord, mark: &str) -> Result<(), StoreError> {
+    if mark.is_empty() || record.first_attempt_at.is_some() {
+        return Ok(());
+    }
+    let at: Timestamp = mark.parse().map_err(|e| {
+        StoreError::Storage(format!("redis lease: bad attempt-started mark {mark:?}: {e}").into())
+    })?;
+    record.first_attempt_at = Some(at);
+    record.budget_from = at;
+    record.updated_at = at;
+    Ok(())
+}
 
 impl RedisStore {
     pub(super) async fn lease_once(&self, max: usize) -> Result<Vec<Leased>, StoreError> {
@@ -49,22 +67,23 @@ impl RedisStore {
         let mut entries = Vec::new();
         {
             let mut buffered = self.inner.taken_over.lock();
-            while entries.len() / 2 < max {
+            while entries.len() / 3 < max {
                 let Some((eid, id)) = buffered.pop_front() else {
                     break;
                 };
-                entries.push(eid);
-                entries.push(id);
+                // Taken over from a dead pod: it may have started the first attempt.
+                entries.extend([eid, id, "1".to_string()]);
             }
         }
-        let room = max.saturating_sub(entries.len() / 2);
+        let room = max.saturating_sub(entries.len() / 3);
         if room > 0 {
             entries.extend(self.lease_read(room, claim).await?);
         }
         let flat = self.take(&entries).await?;
-        let mut leased = Vec::with_capacity(flat.len() / 2);
-        for pair in flat.chunks_exact(2) {
-            let record = decode(pair[1].as_bytes())?;
+        let mut leased = Vec::with_capacity(flat.len() / 3);
+        for pair in flat.chunks_exact(3) {
+            let mut record = decode(pair[1].as_bytes())?;
+            with_start_mark(&mut record, &pair[2])?;
             self.inner
                 .leases
                 .lock()
@@ -90,7 +109,8 @@ impl RedisStore {
     }
 
     /// The first half of a lease ([`scripts::LEASE_READ`]): up to `count` entries, now in this
-    /// consumer's pending list, as (entry id, message id, ...).
+    /// consumer's pending list, as (entry id, message id, whether an attempt-started mark may
+    /// exist ('1' or '0'), ...).
     pub(super) async fn lease_read(
         &self,
         count: usize,
@@ -132,18 +152,19 @@ impl RedisStore {
         Ok(flat.collect())
     }
 
-    /// The second half of a lease: `entries` (entry id, message id, ...) are in this consumer's
+    /// The second half of a lease: `entries` (entry id, message id, '1' to look for an
+    /// attempt-started mark, ...) are in this consumer's
     /// pending list; reads their records and records the leases ([`scripts::lease_take`]).
+    /// Returns (entry id, record JSON, attempt-started mark or '', ...).
     pub(super) async fn take(&self, entries: &[String]) -> Result<Vec<String>, StoreError> {
         if entries.is_empty() {
             return Ok(Vec::new());
         }
         let mut keys = vec![self.inner.stream.clone(), self.key("lease")];
         let mut args = vec![self.inner.options.consumer_group.clone()];
-        for pair in entries.chunks_exact(2) {
-            keys.push(self.key(&format!("m:{}", pair[1])));
-            args.push(pair[0].clone());
-            args.push(pair[1].clone());
+        for e in entries.chunks_exact(3) {
+            keys.push(self.key(&format!("m:{}", e[1])));
+            args.extend_from_slice(e);
         }
         let out: Value = self
             .script(&self.inner.scripts.lease_take, &keys, &args)

@@ -16,21 +16,26 @@
 //! `queue.redis.minReplicasAcked`, after `WAIT` saw that many replicas take it).
 //!
 //! **Final states.** An attempt's outcome is written by one script that stores the record (with
-//! the retention as its TTL), the dead-letter set, the msgid index of the events receiver and
-//! the pending callback, and only then `XACK`s and `XDEL`s the entry. A copy of the message
-//! that another replica claimed finds the record final and only ends its own lease.
+//! the retention as its TTL), the dead-letter set, the events receiver's indexes (only when the
+//! channel takes events) and the pending callback, and only then `XACK`s and `XDEL`s the entry
+//! (named by the pod, which knows the entry it leased). A copy of the message that another
+//! replica claimed finds the record final and only ends its own lease.
 //!
-//! **The "attempt started" record.** Before the first send of a message the dispatcher calls
-//! [`Store::start_attempt`](super::Store::start_attempt); one script (`scripts::start_attempt`) writes the record with
-//! `first_attempt_at` (and the `maxAge` budget's start) into `m:<id>`, only while the entry is
-//! still in this consumer's pending entries list and the message is pending. When a pod dies
+//! **The "attempt started" mark.** Before the first send of a message the dispatcher calls
+//! [`Store::start_attempt`](super::Store::start_attempt); one script (`scripts::START_ATTEMPT`)
+//! writes the mark `s:<id>` → time into the `lease` hash (a few bytes; the record is not
+//! written again), only while the entry is still in this consumer's pending entries list. The
+//! next lease of the message returns the mark with the record, and [`Store::get`](super::Store::get) shows it, as
+//! the record's `first_attempt_at` (and the `maxAge` budget's start). When a pod dies
 //! mid-attempt, the pod that claims its entry leases the record with `first_attempt_at` set and
 //! `attempts` 0, so the dispatcher re-sends it within WeChat's 10-minute window and parks it as
 //! `unknown_outcome` beyond it, as with the embedded store. The complete script writes the
-//! record the dispatcher passes, so an attempt that did not send (its `first_attempt_at`
-//! cleared) voids the record there, and a replay clears it ([`super::reset_for_replay`]). When
-//! the write fails (Redis away, or the lease was taken over), the message is not sent and this
-//! pod stops keeping the lease alive: the entry is claimed again after `claimIdle`.
+//! record the dispatcher passes and deletes the mark, so an attempt that did not send (its
+//! `first_attempt_at` cleared) voids the start, and a replay clears it
+//! ([`super::reset_for_replay`]). A record written whole with `first_attempt_at` by an older
+//! version keeps it. When the write fails (Redis away, or the lease was taken over), the
+//! message is not sent and this pod stops keeping the lease alive: the entry is claimed again
+//! after `claimIdle`.
 //!
 //! **When Redis is away.** Every request fails fast (a response timeout of a few seconds), the
 //! store reports itself unhealthy (readiness goes false, accepts answer 503 without having
@@ -102,7 +107,7 @@ impl RedisStore {
                 lease_callbacks: Script::new(scripts::LEASE_CALLBACKS),
                 finish_callback: Script::new(scripts::FINISH_CALLBACK),
                 keep_leases: Script::new(scripts::KEEP_LEASES),
-                start_attempt: Script::new(&scripts::start_attempt()),
+                start_attempt: Script::new(scripts::START_ATTEMPT),
             },
             options,
             healthy: AtomicBool::new(true),

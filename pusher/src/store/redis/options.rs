@@ -28,6 +28,10 @@ pub struct RedisOptions {
     pub default_callback: bool,
     /// `queue.redis.minReplicasAcked`: replicas that must have an accept before it is answered.
     pub min_replicas_acked: u32,
+    /// Whether the channel takes delivery events (`events.token` is set). Only then does a
+    /// delivered message get the events receiver's indexes (`x:<msgid>`, `a:<openid>`): without
+    /// a token the receiver refuses every event, so nothing would read them.
+    pub event_indexes: bool,
 }
 
 /// The consumer name of this process: the pod's host name and the process id (so two

@@ -66,14 +66,23 @@ impl RedisStore {
             self.key("cbd"),
             self.key("d"),
         ]);
-        let mut args = Vec::with_capacity(3 + records.len() * 12);
+        let mut args = Vec::with_capacity(4 + records.len() * 13);
         args.extend([
             o.consumer_group.clone(),
             millis(now).to_string(),
             ms(o.retention).max(1).to_string(),
+            flag(o.event_indexes),
         ]);
+        // The entry of each lease, as this process took it ('': the script reads `lease`).
+        let eids: Vec<String> = {
+            let leases = self.inner.leases.lock();
+            records
+                .iter()
+                .map(|r| leases.get(&r.id.to_string()).cloned().unwrap_or_default())
+                .collect()
+        };
         let mut requeued_now = false;
-        for record in records {
+        for (record, eid) in records.iter().zip(eids) {
             let is_final = record.status.is_final();
             let cb = if is_final && wants_callback(record.status) {
                 self.callback_for(record, now)
@@ -94,6 +103,7 @@ impl RedisStore {
             keys.push(self.key(&format!("a:{}", record.message.touser)));
             keys.push(self.key(&format!("x:{msgid}")));
             args.extend([
+                eid,
                 record.id.to_string(),
                 encode(record)?,
                 flag(is_final),
@@ -190,10 +200,10 @@ impl RedisStore {
 
     async fn start_chunk(&self, leased: &[&Leased], at: Timestamp) -> Vec<Result<(), StoreError>> {
         let o = &self.inner.options;
-        let mut keys = Vec::with_capacity(leased.len() + 1);
-        keys.push(self.inner.stream.clone());
-        let mut args = Vec::with_capacity(leased.len() * 2 + 2);
+        let keys = [self.inner.stream.clone(), self.key("lease")];
+        let mut args = Vec::with_capacity(leased.len() * 3 + 2);
         args.extend([o.consumer_group.clone(), o.consumer.clone()]);
+        let at_text = at.to_string();
         // Messages this process does not hold are answered without asking Redis.
         let mut answers: Vec<Option<Result<(), StoreError>>> = Vec::with_capacity(leased.len());
         let mut asked = Vec::with_capacity(leased.len());
@@ -205,21 +215,9 @@ impl RedisStore {
                 ))));
                 continue;
             };
-            let mut record = l.record.clone();
-            if record.first_attempt_at.is_none() {
-                record.first_attempt_at = Some(at);
-                record.budget_from = at;
-                record.updated_at = at;
-            }
-            match encode(&record) {
-                Ok(js) => {
-                    keys.push(self.key(&format!("m:{id}")));
-                    args.extend([eid, js]);
-                    asked.push(i);
-                    answers.push(None);
-                }
-                Err(e) => answers.push(Some(Err(e))),
-            }
+            args.extend([eid, id.to_string(), at_text.clone()]);
+            asked.push(i);
+            answers.push(None);
         }
         if !asked.is_empty() {
             let out: Result<Value, _> = self
@@ -245,11 +243,10 @@ impl RedisStore {
                         let id = leased[i].record.id;
                         answers[i] = Some(match word.as_str() {
                             "ok" | "kept" => Ok(()),
-                            "gone" => Err(StoreError::NotFound(id)),
                             a => Err(StoreError::Storage(
                                 format!(
                                     "redis start attempt: not written ({a}): the lease of {id} \
-                                     was taken over or the message is final"
+                                     was taken over or the message was completed"
                                 )
                                 .into(),
                             )),

@@ -11,6 +11,7 @@ use redis::Value;
 
 use super::conn::{self};
 use super::handle::{CALLBACK_POLL, MAX_POLL, RedisStore, cb_args, decode, encode, ms, strings};
+use super::lease::with_start_mark;
 use crate::message::{MessageId, MessageRecord, Status};
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeadLetterPage, DeliveryEvent, EventOutcome, Leased,
@@ -207,19 +208,22 @@ impl Store for RedisStore {
         let mut pipe = redis::pipe();
         pipe.cmd("GET")
             .arg(format!("{b}m:{id}"))
-            .cmd("HEXISTS")
+            .cmd("HMGET")
             .arg(format!("{b}lease"))
-            .arg(id.to_string());
-        let (rec, leased): (Option<String>, bool) = pipe
+            .arg(id.to_string())
+            .arg(format!("s:{id}"));
+        let (rec, (leased, mark)): (Option<String>, (Option<String>, Option<String>)) = pipe
             .query_async(&mut self.conn())
             .await
             .map_err(|e| self.fail("get", &e))?;
         let mut record = rec.map(|r| decode(r.as_bytes())).transpose()?;
         if let Some(r) = record.as_mut()
-            && leased
             && !r.status.is_final()
         {
-            r.status = Status::Sending;
+            with_start_mark(r, mark.as_deref().unwrap_or_default())?;
+            if leased.is_some() {
+                r.status = Status::Sending;
+            }
         }
         Ok(self.ok(record))
     }

@@ -11,11 +11,13 @@
 //! touches. ARGV never names a key.
 //!
 //! Key layout (after the base `{<prefix>:<channel>}:`): `q` stream of ready work (field `id`),
-//! `m:<id>` record JSON (with `first_attempt_at` once its first attempt started, see
-//! `start_attempt`), `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule
-//! (zset by due ms), `lease` id → stream entry id of leased messages, `dead` dead letters (zset,
-//! lexical by id), `deadt` dead letters by finish time, `x:<msgid>` WeChat msgid → id,
-//! `a:<openid>` delivered messages awaiting an event (zset by delivery ms),
+//! `m:<id>` record JSON, `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule
+//! (zset by due ms), `lease` hash of leased messages (field `<id>` → stream entry id) and of
+//! attempt-started marks (field `s:<id>` → the time the first attempt started, until its
+//! outcome is written; see `START_ATTEMPT`), `dead` dead letters (zset, lexical by id),
+//! `deadt` dead letters by finish time, `x:<msgid>` WeChat msgid → id and `a:<openid>`
+//! delivered messages awaiting an event (zset by delivery ms; both only when the channel takes
+//! events),
 //! `s:<openid>:<CreateTime>:<MsgID>` events seen, `cb` pending callbacks (zset by due ms) and
 //! `cbd` their JSON, `hb:<consumer>` a pusher's heartbeat (short TTL).
 
@@ -108,8 +110,11 @@ return out
 /// scan goes on from where the last one stopped, so idle entries deep in a long pending list
 /// are reached too). Moves due retries to the stream (atomic: one mover at a time across pods),
 /// drops dead letters past the retention, claims entries idle past claimIdle (a stuck pod's),
-/// reads new entries, and returns `{next cursor, entry id, message id, ...}`. The entries are
-/// now in this consumer's pending list; [`LEASE_TAKE`] reads their records (keys this script
+/// reads new entries, and returns `{next cursor, entry id, message id, look, ...}`: look is '1'
+/// when the message may hold an attempt-started mark (a claimed entry, or one handed back with
+/// the field `s`), '0' for an entry read for the first time (an outcome deletes the mark, so a
+/// message queued again has none), which spares [`lease_take`] a look. The entries are
+/// now in this consumer's pending list; [`lease_take`] reads their records (keys this script
 /// could not declare before it knew the ids). A pod that dies between the two leaves them in
 /// its pending list, where they are claimed like any other lease of a dead pod.
 pub(crate) const LEASE_READ: &str = r"
@@ -134,6 +139,7 @@ if idle > 0 then
     if e and e[2] then entries[#entries + 1] = e end
   end
 end
+local claimed = #entries
 if #entries < count then
   local r = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - #entries, 'STREAMS', KEYS[1], '>')
   if r then
@@ -141,13 +147,15 @@ if #entries < count then
   end
 end
 local out = {cursor}
-for _, e in ipairs(entries) do
-  local eid, fields, id = e[1], e[2], nil
+for k, e in ipairs(entries) do
+  local eid, fields, id, look = e[1], e[2], nil, '0'
+  if k <= claimed then look = '1' end
   for j = 1, #fields, 2 do
     if fields[j] == 'id' then id = fields[j + 1] end
+    if fields[j] == 's' then look = '1' end
   end
   if id then
-    out[#out + 1] = eid; out[#out + 1] = id
+    out[#out + 1] = eid; out[#out + 1] = id; out[#out + 1] = look
   else
     redis.call('XACK', KEYS[1], group, eid)
     redis.call('XDEL', KEYS[1], eid)
@@ -157,9 +165,11 @@ return out
 ";
 
 /// Lease, second half: KEYS `q`, `lease`, then `m:<id>` per entry; ARGV group, then (entry id,
-/// message id) per entry. Records each pending message's lease and returns
-/// `{entry id, record JSON, ...}`; the entries of messages that are final or gone are
-/// acknowledged and deleted.
+/// message id, look) per entry. Records each pending message's lease (`lease` field `<id>` →
+/// entry id) and returns `{entry id, record JSON, attempt-started mark or '', ...}`: the mark
+/// is the `lease` field `s:<id>` that [`START_ATTEMPT`] wrote (the time of the first attempt's
+/// start), which the record does not hold; it is looked for only when look is '1'. The entries of messages
+/// that are final or gone are acknowledged and deleted.
 pub(crate) fn lease_take() -> String {
     format!(
         "{PENDING_FN}{}",
@@ -167,11 +177,13 @@ pub(crate) fn lease_take() -> String {
 local group = ARGV[1]
 local out = {}
 for i = 3, #KEYS do
-  local eid, id = ARGV[2 + (i - 3) * 2], ARGV[3 + (i - 3) * 2]
+  local a = 2 + (i - 3) * 3
+  local eid, id, look = ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1'
   local rec = redis.call('GET', KEYS[i])
   if rec and is_pending(rec) then
     redis.call('HSET', KEYS[2], id, eid)
     out[#out + 1] = eid; out[#out + 1] = rec
+    out[#out + 1] = look and redis.call('HGET', KEYS[2], 's:' .. id) or ''
   else
     redis.call('XACK', KEYS[1], group, eid)
     redis.call('XDEL', KEYS[1], eid)
@@ -185,7 +197,7 @@ return out
 /// A dead consumer's leases: KEYS `q`, `lease`, `hb:<dead>`; ARGV group, this consumer, the
 /// dead consumer, count. When the dead consumer's heartbeat has expired, moves up to `count`
 /// of its pending entries to this consumer at once (whatever their idle time) and returns
-/// `{'claimed', entry id, message id, ...}` for [`LEASE_TAKE`]; once it has none left, deletes
+/// `{'claimed', entry id, message id, ...}` for [`lease_take`]; once it has none left, deletes
 /// it from the group (`XGROUP DELCONSUMER`) and returns `{'deleted'}`. Returns `{'alive'}` while
 /// its heartbeat lives.
 pub(crate) const CLAIM_DEAD: &str = r"
@@ -219,8 +231,9 @@ return out
 
 /// Hand back: KEYS `q`, `lease`, `hb:<consumer>`; ARGV group, consumer. On shutdown: every entry
 /// still pending for this consumer is queued again as a new entry (the message is sent by
-/// another pod, with its record as it is), the old entry is acknowledged and deleted, its lease
-/// forgotten, then the consumer and its heartbeat are deleted. Returns the entries handed back.
+/// another pod, with its record as it is; with the field `s` when it has an attempt-started
+/// mark, which stays), the old entry is acknowledged and deleted, its lease forgotten, then the
+/// consumer and its heartbeat are deleted. Returns the entries handed back.
 pub(crate) const HAND_BACK: &str = r"
 local group, me = ARGV[1], ARGV[2]
 local n = 0
@@ -233,8 +246,13 @@ while true do
       local f = e[1][2]
       for j = 1, #f, 2 do
         if f[j] == 'id' then
-          redis.call('XADD', KEYS[1], '*', 'id', f[j + 1])
-          redis.call('HDEL', KEYS[2], f[j + 1])
+          local id = f[j + 1]
+          if redis.call('HEXISTS', KEYS[2], 's:' .. id) == 1 then
+            redis.call('XADD', KEYS[1], '*', 'id', id, 's', '1')
+          else
+            redis.call('XADD', KEYS[1], '*', 'id', id)
+          end
+          redis.call('HDEL', KEYS[2], id)
         end
       end
     end
@@ -251,38 +269,47 @@ return n
 /// Complete, for one or more leased messages at once (the outcomes of attempts that ended
 /// together): KEYS `q`, `lease`, `n`, `dead`, `deadt`, `cb`, `cbd`, `d`, then per message
 /// `m:<id>`, `i:<key>` (or `i:`), `a:<openid>`, `x:<msgid>` (or `x:`); ARGV group, now ms,
-/// retention ms, then per message id, record JSON, final (0/1), due ms, dead (0/1), delivered
+/// retention ms, events indexes (0/1), then per message the stream entry id of this process's
+/// lease (or '': read from `lease`), id, record JSON, final (0/1), due ms, dead (0/1), delivered
 /// (0/1), msgid or '', idempotency key or '', callback id or '', callback due ms, callback JSON,
-/// finished ms. Per message: writes the new state first, then ends the lease (`XACK` + `XDEL`):
-/// a crash in between cannot happen inside a script, and a copy of the message claimed by
-/// another pod finds the record final and only ends its own lease. The record is stored as
-/// given, `first_attempt_at` included: kept after an attempt that sent, cleared (the "attempt
-/// started" record voided) by the dispatcher after one that did not. Returns per message, in
-/// order, 1, or 0 when the message was already final.
+/// finished ms. Per message: acknowledges the entry; when it was still pending the message is
+/// not final (a final write always acknowledges the message's entry in the same script), so
+/// the record is not read; else the record says whether it is final. Then writes the new state
+/// and ends the lease (`XDEL`, and `HDEL` of the `lease` fields `<id>` and `s:<id>`), all in
+/// one script. A copy of the message claimed by another pod finds its entry acknowledged and
+/// the record final, and only ends its own lease. The record is stored as given, `first_attempt_at` included:
+/// kept after an attempt that sent, cleared (the attempt-started mark voided) by the dispatcher
+/// after one that did not. The events receiver's indexes of a delivered message (`a:<openid>`,
+/// `x:<msgid>`) are written only when the channel takes events. Returns per message, in order,
+/// 1, or 0 when the message was already final.
 pub(crate) fn complete() -> String {
     format!(
         "{PENDING_FN}{}",
         r"
-local group, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local group, now, retention, indexes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
 local q, lease, nkey, deadk, deadt, cb, cbd, dkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local out = {}
 local finals = 0
 for i = 0, (#KEYS - 8) / 4 - 1 do
   local mkey, ikey, akey, xkey = KEYS[9 + i * 4], KEYS[10 + i * 4], KEYS[11 + i * 4], KEYS[12 + i * 4]
-  local a = 4 + i * 12
-  local id, js, final, due = ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1', tonumber(ARGV[a + 3])
-  local dead, delivered, msgid, idem = ARGV[a + 4] == '1', ARGV[a + 5] == '1', ARGV[a + 6], ARGV[a + 7]
-  local cbid, cbdue, cbjs, finished = ARGV[a + 8], tonumber(ARGV[a + 9]), ARGV[a + 10], tonumber(ARGV[a + 11])
-  local eid = redis.call('HGET', lease, id)
+  local a = 5 + i * 13
+  local eid, id, js, final, due = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', tonumber(ARGV[a + 4])
+  local dead, delivered, msgid, idem = ARGV[a + 5] == '1', ARGV[a + 6] == '1', ARGV[a + 7], ARGV[a + 8]
+  local cbid, cbdue, cbjs, finished = ARGV[a + 9], tonumber(ARGV[a + 10]), ARGV[a + 11], tonumber(ARGV[a + 12])
+  -- The entry still pending means the message is not final: every final write acknowledges
+  -- the message's entry in the same script. Otherwise (another pod ended the lease, or the
+  -- entry is not known here) the record itself says.
+  local acked = eid ~= '' and redis.call('XACK', q, group, eid) == 1
   local function unlease()
+    if eid == '' then eid = redis.call('HGET', lease, id) end
     if eid then
-      redis.call('XACK', q, group, eid)
+      if not acked then redis.call('XACK', q, group, eid) end
       redis.call('XDEL', q, eid)
     end
-    redis.call('HDEL', lease, id)
+    redis.call('HDEL', lease, id, 's:' .. id)
   end
-  local cur = redis.call('GET', mkey)
-  if not cur or not is_pending(cur) then
+  local cur = acked or redis.call('GET', mkey)
+  if not cur or (not acked and not is_pending(cur)) then
     unlease()
     out[#out + 1] = 0
   elseif final then
@@ -293,7 +320,7 @@ for i = 0, (#KEYS - 8) / 4 - 1 do
       redis.call('ZADD', deadk, 0, id)
       redis.call('ZADD', deadt, finished, id)
     end
-    if delivered then
+    if delivered and indexes then
       redis.call('ZADD', akey, finished, id)
       redis.call('ZREMRANGEBYSCORE', akey, '-inf', now - retention)
       redis.call('PEXPIRE', akey, retention)
@@ -326,51 +353,31 @@ return out
     )
 }
 
-/// Attempt started, for one or more leased messages at once: KEYS `q`, then `m:<id>` per
-/// message; ARGV group, consumer, then per message the stream entry id of this consumer's lease
-/// and the record JSON with `first_attempt_at` set. Writes each "attempt started" record into
-/// `m:<id>` before the first send, only while the lease is still this consumer's (the entry is
-/// in its pending entries list: no other pod claimed it, and nobody completed it) and the
-/// message is pending; a record that already has `first_attempt_at` keeps it. The leases are
-/// kept. Returns per message, in order, 'ok' (written), 'kept' (an earlier start was recorded),
-/// 'lost' (the lease is no longer this consumer's), 'gone' (no record) or 'final' (the message
-/// is final).
-///
-/// Whether a record has `first_attempt_at` is read from the text: serde writes the field right
-/// after `budget_from` (a timestamp, so without quotes inside), and nothing before them is
-/// text a producer chose; a record without `budget_from` is decoded in full.
-pub(crate) fn start_attempt() -> String {
-    format!(
-        "{PENDING_FN}{}",
-        r#"
-local function has_started(rec)
-  local _, e = string.find(rec, '"budget_from":"[^"]*"')
-  if e then return string.sub(rec, e + 1, e + 20) == ',"first_attempt_at":' end
-  local s = cjson.decode(rec)['first_attempt_at']
-  return s ~= nil and s ~= cjson.null
-end
+/// Attempt started, for one or more leased messages at once: KEYS `q`, `lease`; ARGV group,
+/// consumer, then per message the stream entry id of this consumer's lease, the message id and
+/// the start's time (as the record's JSON writes `first_attempt_at`). Before the first send,
+/// writes the mark `s:<id>` → time into `lease` (a few bytes, not the record), only while the
+/// lease is still this consumer's: the entry is in its pending entries list, so no other pod
+/// claimed it and nobody completed it (an outcome acknowledges the entry in the same script
+/// that makes the record final). A mark already there is kept. The leases are kept. Returns per
+/// message, in order, 'ok' (written), 'kept' (an earlier start was recorded) or 'lost' (the
+/// lease is no longer this consumer's). The next lease of the message returns the mark with the
+/// record ([`lease_take`]); the outcome's record carries the time itself and deletes the mark.
+pub(crate) const START_ATTEMPT: &str = r"
 local group, consumer = ARGV[1], ARGV[2]
 local out = {}
-for i = 2, #KEYS do
-  local eid, js = ARGV[1 + (i - 1) * 2], ARGV[2 + (i - 1) * 2]
-  local cur = redis.call('GET', KEYS[i])
+for i = 3, #ARGV, 3 do
+  local eid, id, at = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if #redis.call('XPENDING', KEYS[1], group, eid, eid, 1, consumer) == 0 then
     out[#out + 1] = 'lost'
-  elseif not cur then
-    out[#out + 1] = 'gone'
-  elseif not is_pending(cur) then
-    out[#out + 1] = 'final'
-  elseif has_started(cur) then
-    out[#out + 1] = 'kept'
-  else
-    redis.call('SET', KEYS[i], js)
+  elseif redis.call('HSETNX', KEYS[2], 's:' .. id, at) == 1 then
     out[#out + 1] = 'ok'
+  else
+    out[#out + 1] = 'kept'
   end
 end
 return out
-"#
-    )
-}
+";
 
 /// Keep-alive of this consumer's leases: ARGV group, consumer, entry ids. Resets the idle time
 /// of each entry this consumer still holds (`XCLAIM ... JUSTID` to itself), so that a pod

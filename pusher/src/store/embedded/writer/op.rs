@@ -24,9 +24,9 @@ pub(in crate::store::embedded) enum Op {
         items: Vec<(u64, Box<MessageRecord>)>,
         reply: oneshot::Sender<Result<Vec<Result<(), StoreError>>, StoreError>>,
     },
-    /// "Attempt started" marks of leased messages: `(id, Unix ns)`.
+    /// "Attempt started" marks of leased messages: `(id, its progress with the start)`.
     StartAttempts {
-        items: Vec<(u128, i128)>,
+        items: Vec<(u128, Vec<u8>)>,
         reply: oneshot::Sender<Result<(), StoreError>>,
     },
     Replay {

@@ -11,7 +11,8 @@ use redb::ReadableTable;
 use super::reply::{Change, Step};
 use super::txn::{Group, Tables, encode_cb};
 use crate::message::{MessageId, MessageRecord, Status};
-use crate::store::embedded::schema::{encode, storage};
+use crate::store::embedded::progress;
+use crate::store::embedded::schema::storage;
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
     StoreError, apply_event, digests_match, millis, reset_for_replay, wants_callback,
@@ -130,7 +131,7 @@ pub(super) fn complete(
 ) -> Result<Step<()>, StoreError> {
     let id = record.id.as_u128();
     // Everything that can fail for this operation alone fails before the first write.
-    let encoded = match encode(record) {
+    let encoded = match progress::encode(record) {
         Ok(b) => b,
         Err(e) => return Ok(Step::Refused(e)),
     };
@@ -167,9 +168,8 @@ pub(super) fn complete(
     if wants_callback(record.status) {
         g.callbacks_added |= t.add_callback(g.default_callback, record, g.now)?;
     }
-    t.messages.insert(id, encoded.as_slice()).map_err(storage)?;
-    // The record carries its start from now on: the mark goes.
-    t.started.remove(id).map_err(storage)?;
+    // Over the "attempt started" mark, whose time the record carries.
+    t.put_progress_bytes(id, &encoded)?;
     Ok(Step::Done(
         Change::Released {
             id,
@@ -210,7 +210,7 @@ pub(super) fn record_event(
                 .map_err(storage)?;
         }
         t.seen.insert(key, id).map_err(storage)?;
-        t.put(&record)?;
+        t.put_progress(&record)?;
         if matches!(outcome, EventOutcome::Applied { .. }) {
             g.callbacks_added |= t.add_callback(g.default_callback, &record, g.now)?;
         }
@@ -255,8 +255,7 @@ pub(super) fn replay(
     }
     t.dead.remove(key).map_err(storage)?;
     reset_for_replay(&mut record, g.now);
-    t.started.remove(key).map_err(storage)?;
-    t.put(&record)?;
+    t.put_progress(&record)?;
     t.schedule.insert((g.now_ms, key), ()).map_err(storage)?;
     Ok(Step::Done(
         Change::Replayed {
@@ -283,7 +282,7 @@ pub(super) fn record_recall(
         return Ok(Step::Done(Change::None, first));
     }
     receipt.recalled_at = Some(at);
-    t.put(&record)?;
+    t.put_progress(&record)?;
     Ok(Step::Done(Change::None, at))
 }
 
@@ -334,16 +333,16 @@ fn find_event_target(
     })
 }
 
-/// Writes "attempt started" marks (`first_attempt_at` and the start of the `maxAge` budget) in
-/// the small `started` table, `(id, Unix ns)` each: no read, and the record is not rewritten.
-/// The leases are kept.
+/// Writes "attempt started" marks (`first_attempt_at` and the start of the `maxAge` budget):
+/// the progress of each message with its start, encoded by the caller from the record its
+/// lease holds (nothing else writes a leased record). No read; the leases are kept.
 pub(super) fn start_attempts(
     t: &mut Tables<'_>,
-    items: Vec<(u128, i128)>,
+    items: Vec<(u128, Vec<u8>)>,
 ) -> Result<Step<()>, StoreError> {
     let mut ids = Vec::with_capacity(items.len());
-    for (id, at) in items {
-        t.started.insert(id, at).map_err(storage)?;
+    for (id, progress) in items {
+        t.put_progress_bytes(id, &progress)?;
         ids.push(id);
     }
     Ok(Step::Done(Change::Started { ids }, ()))

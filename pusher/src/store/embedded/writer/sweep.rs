@@ -9,7 +9,7 @@ use redb::ReadableTable;
 use super::heal::{self, Healing};
 use super::txn::Tables;
 use crate::message::Status;
-use crate::store::embedded::schema::{decode, storage};
+use crate::store::embedded::schema::{record_with_progress, storage};
 use crate::store::embedded::shared::Shared;
 use crate::store::{StoreError, millis};
 
@@ -68,12 +68,9 @@ pub(super) fn sweep_before(t: &mut Tables<'_>, cutoff: u64) -> Result<(usize, u6
         if t.dead.remove(id).map_err(storage)?.is_some() {
             dead_removed += 1;
         }
-        let record = t
-            .messages
-            .remove(id)
-            .map_err(storage)?
-            .map(|v| decode(v.value()))
-            .transpose();
+        let record = record_with_progress(&t.messages, &t.progress, id);
+        t.messages.remove(id).map_err(storage)?;
+        t.progress.remove(id).map_err(storage)?;
         if let Ok(Some(r)) = record {
             if let Some(k) = &r.idempotency_key {
                 t.idem.remove(k.as_str()).map_err(storage)?;

@@ -5,16 +5,17 @@ use jiff::Timestamp;
 use redb::{Table, WriteTransaction};
 
 use crate::message::MessageRecord;
+use crate::store::embedded::progress;
 use crate::store::embedded::schema::{
-    AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, SCHEDULE,
-    STARTED, encode, record_with_start, storage,
+    AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, PROGRESS,
+    SCHEDULE, encode, record_with_progress, storage,
 };
 use crate::store::{PendingCallback, StoreError};
 
 /// The tables of one write transaction.
 pub(super) struct Tables<'t> {
     pub(super) messages: Table<'t, u128, &'static [u8]>,
-    pub(super) started: Table<'t, u128, i128>,
+    pub(super) progress: Table<'t, u128, &'static [u8]>,
     pub(super) schedule: Table<'t, (u64, u128), ()>,
     pub(super) finished: Table<'t, (u64, u128), ()>,
     pub(super) dead: Table<'t, u128, ()>,
@@ -29,7 +30,7 @@ impl<'t> Tables<'t> {
     pub(super) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             messages: txn.open_table(MESSAGES).map_err(storage)?,
-            started: txn.open_table(STARTED).map_err(storage)?,
+            progress: txn.open_table(PROGRESS).map_err(storage)?,
             schedule: txn.open_table(SCHEDULE).map_err(storage)?,
             finished: txn.open_table(FINISHED).map_err(storage)?,
             dead: txn.open_table(DEAD).map_err(storage)?,
@@ -42,13 +43,25 @@ impl<'t> Tables<'t> {
     }
 
     pub(super) fn record(&self, id: u128) -> Result<Option<MessageRecord>, StoreError> {
-        record_with_start(&self.messages, &self.started, id)
+        record_with_progress(&self.messages, &self.progress, id)
     }
 
+    /// Writes a new record whole (at accept).
     pub(super) fn put(&mut self, record: &MessageRecord) -> Result<(), StoreError> {
         self.messages
             .insert(record.id.as_u128(), encode(record)?.as_slice())
             .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Writes what changed in a stored record since its accept: its progress.
+    pub(super) fn put_progress(&mut self, record: &MessageRecord) -> Result<(), StoreError> {
+        self.put_progress_bytes(record.id.as_u128(), &progress::encode(record)?)
+    }
+
+    /// Writes a progress encoded before ([`progress::encode`]).
+    pub(super) fn put_progress_bytes(&mut self, id: u128, bytes: &[u8]) -> Result<(), StoreError> {
+        self.progress.insert(id, bytes).map_err(storage)?;
         Ok(())
     }
 
