@@ -300,7 +300,7 @@ async fn slow_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, connections)
 }
 
-/// When the load falls from 20 requests at once to one at a time, the 19 connections it no
+/// When the load falls from 20 requests at once to one at a time, the connections it no
 /// longer needs close one by one, at most `1 + w × closesPerSecond` in any window of `w`
 /// seconds (hyper's own sweep closed them all at one tick), the one in use stays, and not one
 /// of the requests made meanwhile (racing the closes) fails. Counted, not timed.
