@@ -10,7 +10,10 @@
 #   git worktree add /tmp/base REV && (cd /tmp/base && CARGO_TARGET_DIR=/tmp/base-target \
 #     cargo build --release -p wxpush-pusher --bin wxpush-pusher)
 # ROUNDS (default 5) runs of N (default 30000) messages each; CONC, the pushers' `concurrency`
-# (JSON, default {}: the defaults), e.g. CONC='{"maxInFlight": 256}'.
+# (JSON, default {}: the defaults), e.g. CONC='{"maxInFlight": 256}'. FAULTS, the sandbox's
+# faults (JSON, default: LATENCY alone), e.g. FAULTS='{"latency":"50ms","jitter":"100ms"}' for
+# 100 ± 50 ms, or '{"latency":"2ms","capacity":32,"overload_latency_per_request":"250us"}' for
+# run.sh's overload.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 A=$(realpath "${1:?usage: bench/perf/ab.sh OLD_PUSHER [NEW_PUSHER]}")
@@ -27,7 +30,7 @@ conc=${CONC:-"{}"}
 for round in $(seq "$ROUNDS"); do
   for side in A B; do
     if [[ $side == A ]]; then PUSHER_BIN=$A; else PUSHER_BIN=$B; fi
-    faults "$base_faults" # also empties the sandbox's records of earlier runs
+    faults "${FAULTS:-$base_faults}" # also empties the sandbox's records of earlier runs
     run_e2e "$side-$round" "$N" "$conc"
     rm -rf "$work/$side-$round"
   done

@@ -8,6 +8,9 @@
 #   bench/perf/profile.sh          # N=30000
 #   CALLGRAPH="--call-graph dwarf,16384" FREQ=299 N=15000 bench/perf/profile.sh
 #                                  # call chains through glibc too (who calls malloc)
+#   FAULTS='{"latency":"50ms","jitter":"100ms"}' CONCURRENCY='{"maxInFlight":1024,"adaptive":false}' \
+#     bench/perf/profile.sh        # 100 ± 50 ms, 1,024 in flight (the sandbox's faults and
+#                                  # the pusher's `concurrency`, as in run.sh's sweep)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 N=${N:-30000}
@@ -28,11 +31,16 @@ trap cleanup EXIT
 SB_PID=$!
 for _ in $(seq 200); do [[ -s "$work/sb.out" ]] && break; sleep 0.05; done
 SB=$(sed -n 's/^wxpush-sandbox listening on //p' "$work/sb.out" | head -1)
+if [[ -n "${FAULTS:-}" ]]; then
+  curl -sf -X PUT "$SB/__faults" -H 'Content-Type: application/json' -d "$FAULTS" >/dev/null
+fi
+conc=${CONCURRENCY:-'{}'}
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$work/pusher.yaml" <<EOF2
 {"listen": "127.0.0.1:$port", "channel": "bench", "apiBaseUrl": "$SB",
  "credentials": {"appId": "$APPID", "appSecret": "$SECRET"}, "auth": {"token": "$TOKEN"},
  "queue": {"embedded": {"path": "$work/queue"}},
+ "concurrency": $conc,
  "rateLimit": {"perSecond": 1000000, "burst": 1000000, "dailyQuota": 0}}
 EOF2
 RUST_LOG=warn "$BIN/wxpush-pusher" serve --config "$work/pusher.yaml" >"$work/p.out" 2>/dev/null &

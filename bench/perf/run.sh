@@ -7,6 +7,9 @@
 #   SCENARIOS=sweep LATENCIES="100 50" REDIS=0 OUT=/tmp/sweep bench/perf/run.sh
 #                                     # the latency sweep alone (give a fresh OUT: the
 #                                     # table reads every result file it finds there)
+#   SCENARIOS="overload memory" REDIS=0 OUT=/tmp/x bench/perf/run.sh
+#                                     # some scenarios: sweep clean tail flaky outage
+#                                     # overload accept memory (REDIS picks the Redis one)
 #
 # 1. builds the release binaries (pusher, sandbox, bench tools);
 # 2. starts ONE wxpush-sandbox answering in LATENCY (2 ms) that every scenario shares (faults
@@ -45,7 +48,7 @@ ACCEPT_RATE=${ACCEPT_RATE:-2000}
 LATENCIES=${LATENCIES:-"2 20 50 100 20hang"} # the latency sweep ("" to skip it)
 N_SWEEP=${N_SWEEP:-30000}      # messages per run of the latency sweep
 REDIS=${REDIS:-1}              # the Redis store with one pod (needs redis-server)
-SCENARIOS=${SCENARIOS:-all}    # "sweep": the latency sweep (and Redis) only, no other scenario
+SCENARIOS=${SCENARIOS:-all}    # "all", or a list of: sweep clean tail flaky outage overload accept memory
 SWEEP_TASKS=${SWEEP_TASKS:-"256 1024"} # the loop's task counts in the sweep
 SWEEP_CONC=${SWEEP_CONC:-"default ceiling64 fixed256 fixed1024"} # wxpush's settings in the sweep
 OUT=${OUT:-bench/perf/results}
@@ -54,7 +57,10 @@ PLOT=${PLOT:-1}
 # shellcheck source=bench/perf/lib.sh
 source bench/perf/lib.sh
 
-default='{}'
+# wxpush's `concurrency` in the scenarios that use its defaults (DEFAULT_CONC='{"maxInFlight":
+# 2048}' measures another ceiling there; the sweep's "default" stays '{}').
+default=${DEFAULT_CONC:-'{}'}
+want() { [[ "$SCENARIOS" == all || " $SCENARIOS " == *" $1 "* ]]; }
 
 # The latency sweep (issue 20): per latency, the bare loop at 256 and 1,024 tasks, and wxpush
 # with its defaults, with the old ceiling of 64, and at fixed 256 and 1,024 in flight. The
@@ -76,6 +82,7 @@ declare -A sweep_conc=(
   [ceiling2048]='{"maxInFlight": 2048}'
   [fixed2048]='{"maxInFlight": 2048, "adaptive": false}'
 )
+want sweep || LATENCIES=""
 for lat in $LATENCIES; do
   f=${lat_faults[$lat]}
   for tasks in $SWEEP_TASKS; do
@@ -104,7 +111,7 @@ if [[ "$REDIS" == 1 ]]; then
   REDIS_PID=
 fi
 
-if [[ "$SCENARIOS" != sweep ]]; then
+if want clean; then
 # clean
 faults "$base_faults"
 run_loop clean "$N"
@@ -114,6 +121,9 @@ faults "$base_faults"
 run_e2e clean-256 "$N" '{"maxInFlight": 256}'
 faults "$base_faults"
 run_e2e clean-fixed64 "$N" '{"maxInFlight": 64, "adaptive": false}'
+fi
+
+if want tail; then
 
 # tail: 1 % of responses hang 30 s
 tail_faults="{\"latency\":\"$LATENCY\",\"hang_share\":0.01,\"hang\":\"30s\"}"
@@ -121,6 +131,9 @@ faults "$tail_faults"
 run_loop tail "$N"
 faults "$tail_faults"
 run_e2e tail "$N" "$default"
+fi
+
+if want flaky; then
 
 # flaky: 5 % errcode -1
 flaky_faults="{\"latency\":\"$LATENCY\",\"errcodes\":{\"-1\":0.05}}"
@@ -128,6 +141,9 @@ faults "$flaky_faults"
 run_loop flaky "$N"
 faults "$flaky_faults"
 run_e2e flaky "$N" "$default"
+fi
+
+if want outage; then
 
 # outage: WeChat away for OUTAGE s, starting 2 s in
 outage_faults="{\"latency\":\"$LATENCY\",\"outage\":{\"after\":\"2s\",\"duration\":\"${OUTAGE}s\"}}"
@@ -140,6 +156,9 @@ echo "-- wxpush: outage ($N_OUTAGE messages)" >&2
 "$BIN/wxpush-bench" e2e --pusher "$PUSHER" --token "$TOKEN" --sandbox "$SB" \
   --pid "$PUSHER_PID" --n "$N_OUTAGE" --prefix "wx-outage-" >"$OUT/wxpush-outage.json"
 stop_pusher
+fi
+
+if want overload; then
 
 # overload: the upstream serves 32 at a time; each request beyond adds 250 us
 over_faults="{\"latency\":\"$LATENCY\",\"capacity\":32,\"overload_latency_per_request\":\"250us\"}"
@@ -151,6 +170,9 @@ for m in $SWEEP; do
 done
 faults "$over_faults"
 run_e2e overload-adaptive "$N_OVERLOAD" "$default"
+fi
+
+if want accept; then
 
 # accepts: single messages at ACCEPT_RATE/s (delivered meanwhile), then RSS idle and queued
 faults "$base_faults"
@@ -159,6 +181,9 @@ echo "-- single accepts at $ACCEPT_RATE/s" >&2
 "$BIN/wxpush-bench" accept --pusher "$PUSHER" --token "$TOKEN" --rate "$ACCEPT_RATE" \
   --duration 5s >"$OUT/accept-single.json"
 stop_pusher
+fi
+
+if want memory; then
 
 # memory: a pusher whose WeChat is unreachable (nothing leaves the queue)
 dead_port=$(free_port)

@@ -267,22 +267,26 @@ async fn dns_answers_are_cached() {
     );
 }
 
-/// Answers every request head after `delay`, counting connections.
-async fn slow_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
+/// Answers every request head after `delay`, counting connections opened and connections the
+/// client closed.
+async fn slow_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     const ANSWER: &[u8] =
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n{\"errcode\":0}";
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let connections = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&connections);
+    let closed = Arc::new(AtomicUsize::new(0));
+    let (counter, ends) = (Arc::clone(&connections), Arc::clone(&closed));
     tokio::spawn(async move {
         while let Ok((mut s, _)) = listener.accept().await {
             counter.fetch_add(1, Ordering::SeqCst);
+            let ends = Arc::clone(&ends);
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut seen = Vec::new();
                 while let Ok(n) = s.read(&mut buf).await {
                     if n == 0 {
+                        ends.fetch_add(1, Ordering::SeqCst);
                         return;
                     }
                     seen.extend_from_slice(&buf[..n]);
@@ -297,10 +301,10 @@ async fn slow_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
             });
         }
     });
-    (addr, connections)
+    (addr, connections, closed)
 }
 
-/// When the load falls from 20 requests at once to one at a time, the 19 connections it no
+/// When the load falls from 20 requests at once to one at a time, the connections it no
 /// longer needs close one by one, at most `1 + w × closesPerSecond` in any window of `w`
 /// seconds (hyper's own sweep closed them all at one tick), the one in use stays, and not one
 /// of the requests made meanwhile (racing the closes) fails. Counted, not timed.
@@ -308,7 +312,7 @@ async fn slow_server(delay: Duration) -> (SocketAddr, Arc<AtomicUsize>) {
 async fn idle_connections_close_gradually_and_no_request_fails() {
     const AT_ONCE: usize = 20;
     const RATE: u32 = 10;
-    let (addr, connections) = slow_server(Duration::from_millis(100)).await;
+    let (addr, connections, server_saw_closed) = slow_server(Duration::from_millis(100)).await;
     let t = Timeouts {
         request: HumanDuration::millis(400),
         ..timeouts()
@@ -356,6 +360,14 @@ async fn idle_connections_close_gradually_and_no_request_fails() {
         "the single requests opened none"
     );
     assert_eq!(connections.load(Ordering::SeqCst) as u64, opened);
+    // The closes are real: the server sees each connection end (bounded wait).
+    for _ in 0..100 {
+        if server_saw_closed.load(Ordering::SeqCst) as u64 >= closed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(server_saw_closed.load(Ordering::SeqCst) as u64, closed);
     // Closes in any window of at most one second: at most 1 + RATE.
     for (i, (t0, c0)) in samples.iter().enumerate() {
         for (t1, c1) in &samples[i + 1..] {
