@@ -4,9 +4,23 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{Value, json};
+use wxpush_tests::ChildGuard;
 use wxpush_tests::pusher::{PusherProc, config, send_all, tempdir, template};
 use wxpush_tests::sandbox::{self, WxClient};
+
+/// The sandbox's process and the queue's directory, kept for as long as a test runs.
+type Keep = (ChildGuard, tempfile::TempDir);
+
+/// What each test starts from: the sandbox run with `args`, a client of it, and a pusher on a
+/// fresh queue whose config the test's `policy` overrides.
+async fn rig(args: &[&str], policy: &Value) -> (Keep, WxClient, PusherProc) {
+    let (sandbox, sb_url) = sandbox::spawn(args);
+    let dir = tempdir();
+    let cfg = config(&sb_url, dir.path(), policy);
+    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    ((sandbox, dir), WxClient::new(sb_url), pusher)
+}
 
 /// Hedges forced on by a tail fault (5 % of sends hang 5 s once the pusher has learnt the
 /// usual latency): a hedge goes out under the same client_msg_id, and the sandbox, which
@@ -15,19 +29,15 @@ use wxpush_tests::sandbox::{self, WxClient};
 async fn a_hedged_send_never_produces_two_deliveries() {
     const WARM: usize = 600;
     const N: usize = 1000;
-    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "2ms", "--daily-quota", "unlimited"]);
-    let wx = WxClient::new(sb_url.clone());
-    let dir = tempdir();
-    let cfg = config(
-        &sb_url,
-        dir.path(),
+    let (_keep, wx, pusher) = rig(
+        &["--fault-latency", "2ms", "--daily-quota", "unlimited"],
         &json!({
             "rateLimit": {"perSecond": 100000, "burst": 100000, "dailyQuota": 0},
             "retry": {"initialBackoff": "50ms", "maxBackoff": "500ms", "maxAttempts": 20},
             "circuitBreaker": {"enabled": false},
         }),
-    );
-    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    )
+    .await;
     let warm: Vec<_> = (0..WARM).map(|i| template(&format!("w{i}"))).collect();
     send_all(&pusher.api, &warm, 100, 2).await;
     pusher
@@ -69,12 +79,8 @@ async fn a_hedged_send_never_produces_two_deliveries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_outage_retries_are_pulled_in_when_the_breaker_closes() {
     const N: usize = 50;
-    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "1ms"]);
-    let wx = WxClient::new(sb_url.clone());
-    let dir = tempdir();
-    let cfg = config(
-        &sb_url,
-        dir.path(),
+    let (_keep, wx, pusher) = rig(
+        &["--fault-latency", "1ms"],
         &json!({
             "timeouts": {"connect": "300ms", "tlsHandshake": "300ms",
                          "responseHeader": "1s", "request": "2s"},
@@ -84,8 +90,8 @@ async fn after_an_outage_retries_are_pulled_in_when_the_breaker_closes() {
                                "openDuration": "30s", "firstProbeAfter": "200ms",
                                "halfOpenProbes": 1},
         }),
-    );
-    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    )
+    .await;
     send_all(&pusher.api, &[template("warm")], 1, 1).await;
     pusher.api.wait_delivered(1, Duration::from_secs(30)).await;
     let (code, _) = wx
@@ -127,16 +133,12 @@ async fn after_an_outage_retries_are_pulled_in_when_the_breaker_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_steady_load_opens_each_connection_once() {
     const N: usize = 3000;
-    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "200ms", "--daily-quota", "unlimited"]);
-    let wx = WxClient::new(sb_url.clone());
-    let dir = tempdir();
     // The defaults of `concurrency` (the test helper's config pins maxInFlight to 64).
-    let cfg = config(
-        &sb_url,
-        dir.path(),
+    let (_keep, wx, pusher) = rig(
+        &["--fault-latency", "200ms", "--daily-quota", "unlimited"],
         &json!({"concurrency": {"maxInFlight": 1024, "adaptive": true}}),
-    );
-    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    )
+    .await;
     let msgs: Vec<_> = (0..N).map(|i| template(&format!("c{i}"))).collect();
     send_all(&pusher.api, &msgs, 500, 2).await;
     pusher
@@ -181,19 +183,15 @@ async fn a_steady_load_opens_each_connection_once() {
 async fn connections_close_gradually_when_the_load_falls() {
     const BURST: usize = 600;
     const RATE: f64 = 20.0;
-    let (_sb, sb_url) = sandbox::spawn(&["--fault-latency", "200ms", "--daily-quota", "unlimited"]);
-    let wx = WxClient::new(sb_url.clone());
-    let dir = tempdir();
-    let cfg = config(
-        &sb_url,
-        dir.path(),
+    let (_keep, wx, pusher) = rig(
+        &["--fault-latency", "200ms", "--daily-quota", "unlimited"],
         &json!({
             "concurrency": {"maxInFlight": 1024, "adaptive": true},
             "timeouts": {"responseHeader": "1s", "request": "1s"},
             "pool": {"idleTimeout": "500ms", "closesPerSecond": RATE as u32},
         }),
-    );
-    let pusher = PusherProc::start(dir.path(), &cfg).await;
+    )
+    .await;
     let msgs: Vec<_> = (0..BURST).map(|i| template(&format!("b{i}"))).collect();
     send_all(&pusher.api, &msgs, 500, 2).await;
     pusher
