@@ -12,6 +12,16 @@ use wxpush_tests::sandbox::{self, WxClient};
 /// The sandbox's process and the queue's directory, kept for as long as a test runs.
 type Keep = (ChildGuard, tempfile::TempDir);
 
+/// Send attempts that failed on the way (a broken connection or a timeout).
+async fn failed_sends(pusher: &PusherProc) -> f64 {
+    let api = &pusher.api;
+    api.metric("wxpush_send_attempts_total", &[("result", "transport")])
+        .await
+        + api
+            .metric("wxpush_send_attempts_total", &[("result", "timeout")])
+            .await
+}
+
 /// What each test starts from: the sandbox run with `args`, a client of it, and a pusher on a
 /// fresh queue whose config the test's `policy` overrides.
 async fn rig(args: &[&str], policy: &Value) -> (Keep, WxClient, PusherProc) {
@@ -110,14 +120,7 @@ async fn after_an_outage_retries_are_pulled_in_when_the_breaker_closes() {
         took < Duration::from_secs(15),
         "delivered {took:?} after the outage began, before the 20 s backoff"
     );
-    let failed = pusher
-        .api
-        .metric("wxpush_send_attempts_total", &[("result", "transport")])
-        .await
-        + pusher
-            .api
-            .metric("wxpush_send_attempts_total", &[("result", "timeout")])
-            .await;
+    let failed = failed_sends(&pusher).await;
     assert!(failed >= 1.0, "the outage failed attempts ({failed})");
     let opens = pusher.api.metric("wxpush_circuit_opens_total", &[]).await;
     assert!(opens >= 1.0, "the breaker opened");
@@ -267,14 +270,7 @@ async fn connections_close_gradually_when_the_load_falls() {
             }
         }
     }
-    let failed = pusher
-        .api
-        .metric("wxpush_send_attempts_total", &[("result", "transport")])
-        .await
-        + pusher
-            .api
-            .metric("wxpush_send_attempts_total", &[("result", "timeout")])
-            .await;
+    let failed = failed_sends(&pusher).await;
     assert_eq!(failed, 0.0, "no send failed while connections closed");
     assert_eq!(wx.stats().await.delivered_unique, sent as u64);
 }
