@@ -329,6 +329,31 @@ impl RedisCluster {
     }
 }
 
+/// The Redis store's options for a test: one pod (`consumer`) of channel `c` under
+/// `key_prefix` on the plain (not cluster) server at `url`, 10 messages at most, a minute's
+/// retention and `claimIdle`, no default callback, no replica wait, events indexes on. A test
+/// changes what it needs with `RedisOptions { field, ..store_options(…) }`.
+pub fn store_options(
+    url: String,
+    key_prefix: &str,
+    consumer: &str,
+) -> wxpush_pusher::store::redis::RedisOptions {
+    wxpush_pusher::store::redis::RedisOptions {
+        url,
+        cluster: false,
+        key_prefix: key_prefix.into(),
+        channel: "c".into(),
+        consumer_group: "pushers".into(),
+        consumer: consumer.into(),
+        claim_idle: Duration::from_secs(60),
+        max_messages: 10,
+        retention: Duration::from_secs(60),
+        default_callback: false,
+        min_replicas_acked: 0,
+        event_indexes: true,
+    }
+}
+
 /// Waits (at most 20 s, while work in flight settles) for a clean consistency check of the
 /// test channel's keys (`RedisStore::check_consistency`: leases without a pending entry,
 /// final records without their indexes or callback, counters that disagree), through a store

@@ -67,22 +67,12 @@ mod auth {
 
     use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
     use wxpush_pusher::store::{Store, StoreError};
-    use wxpush_tests::redis::RedisServer;
+    use wxpush_tests::redis::{RedisServer, store_options};
 
     fn options(url: String) -> RedisOptions {
         RedisOptions {
-            url,
-            cluster: false,
-            key_prefix: "auth".into(),
-            channel: "c".into(),
-            consumer_group: "pushers".into(),
-            consumer: "auth-test".into(),
             claim_idle: Duration::from_secs(1),
-            max_messages: 10,
-            retention: Duration::from_secs(60),
-            default_callback: false,
-            min_replicas_acked: 0,
-            event_indexes: true,
+            ..store_options(url, "auth", "auth-test")
         }
     }
 
@@ -133,23 +123,13 @@ mod outage {
     use wxpush_pusher::message::{MessageId, Status, parse_message};
     use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
     use wxpush_pusher::store::{AcceptItem, Leased, Store};
-    use wxpush_tests::redis::RedisServer;
+    use wxpush_tests::redis::{RedisServer, store_options};
 
     /// A store on `server` as the consumer `consumer`.
     async fn connect(server: &RedisServer, consumer: &str, claim_idle: Duration) -> RedisStore {
         RedisStore::connect(RedisOptions {
-            url: server.url(),
-            cluster: false,
-            key_prefix: "outage".into(),
-            channel: "c".into(),
-            consumer_group: "pushers".into(),
-            consumer: consumer.into(),
             claim_idle,
-            max_messages: 10,
-            retention: Duration::from_secs(60),
-            default_callback: false,
-            min_replicas_acked: 0,
-            event_indexes: true,
+            ..store_options(server.url(), "outage", consumer)
         })
         .await
         .expect("connects")
@@ -319,23 +299,14 @@ mod replicas {
     use wxpush_pusher::message::parse_message;
     use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
     use wxpush_pusher::store::{AcceptItem, Store, StoreError};
-    use wxpush_tests::redis::RedisServer;
+    use wxpush_tests::redis::{RedisServer, store_options};
     use wxpush_tests::wait_for;
 
     fn options(url: String, min_replicas_acked: u32) -> RedisOptions {
         RedisOptions {
-            url,
-            cluster: false,
-            key_prefix: format!("wait{min_replicas_acked}"),
-            channel: "c".into(),
-            consumer_group: "pushers".into(),
-            consumer: "wait-test".into(),
             claim_idle: Duration::from_secs(1),
-            max_messages: 10,
-            retention: Duration::from_secs(60),
-            default_callback: false,
             min_replicas_acked,
-            event_indexes: true,
+            ..store_options(url, &format!("wait{min_replicas_acked}"), "wait-test")
         }
     }
 
@@ -388,8 +359,8 @@ mod permits {
 
     use wxpush_pusher::coord::{Coordinator, Permit, RedisCoordinator};
     use wxpush_pusher::resilience::ratelimit::Gcra;
-    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
-    use wxpush_tests::redis::RedisServer;
+    use wxpush_pusher::store::redis::RedisStore;
+    use wxpush_tests::redis::{RedisServer, store_options};
 
     /// Permits asked for together go to Redis in one call and are still reserved one by one,
     /// in the order asked: 10/s without a burst spaces them 100 ms apart, the shared daily
@@ -397,22 +368,9 @@ mod permits {
     #[tokio::test]
     async fn permits_asked_together_are_reserved_each_in_order() {
         let server = RedisServer::start().await;
-        let store = RedisStore::connect(RedisOptions {
-            url: server.url(),
-            cluster: false,
-            key_prefix: "permits".into(),
-            channel: "c".into(),
-            consumer_group: "pushers".into(),
-            consumer: "permits-test".into(),
-            claim_idle: Duration::from_secs(60),
-            max_messages: 10,
-            retention: Duration::from_secs(60),
-            default_callback: false,
-            min_replicas_acked: 0,
-            event_indexes: true,
-        })
-        .await
-        .expect("connects");
+        let store = RedisStore::connect(store_options(server.url(), "permits", "permits-test"))
+            .await
+            .expect("connects");
         let coord = RedisCoordinator::new(&store);
         let rule = Gcra::new(10, 1);
         let long = Duration::from_secs(10);
@@ -454,22 +412,12 @@ mod layout {
     use wxpush_pusher::message::{MessageId, MessageRecord, Status, parse_message};
     use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
     use wxpush_pusher::store::{Leased, Store};
-    use wxpush_tests::redis::RedisServer;
+    use wxpush_tests::redis::{RedisServer, store_options};
 
     fn options(server: &RedisServer, consumer: &str, event_indexes: bool) -> RedisOptions {
         RedisOptions {
-            url: server.url(),
-            cluster: false,
-            key_prefix: "layout".into(),
-            channel: "c".into(),
-            consumer_group: "pushers".into(),
-            consumer: consumer.into(),
-            claim_idle: Duration::from_secs(60),
-            max_messages: 10,
-            retention: Duration::from_secs(60),
-            default_callback: false,
-            min_replicas_acked: 0,
             event_indexes,
+            ..store_options(server.url(), "layout", consumer)
         }
     }
 
