@@ -16,8 +16,24 @@
 //! |---|---|
 //! | more than [`AdaptiveSettings::max_error_share`] of the samples failed (timeout, transport, 5xx) | × [`AdaptiveSettings::backoff`] |
 //! | lowest ≤ floor × [`AdaptiveSettings::grow_below`] and the limit was used | × 2 until the first back-off (slow start), then + max(1, limit / 8): growing while latency stays near its floor |
-//! | lowest > floor × [`AdaptiveSettings::shrink_above`] | × max(0.5, floor × `grow_below` / lowest): backing off in proportion to the queueing |
+//! | lowest > floor × [`AdaptiveSettings::shrink_above`], and still so net of our own lag (below) | × max(0.5, floor × `grow_below` / net lowest): backing off in proportion to the queueing |
+//! | lowest > floor × `shrink_above`, but not net of our own lag | unchanged, and slow start goes on |
 //! | otherwise | unchanged |
+//!
+//! **Our own lag.** An answer's latency is also the time it waited for the pusher's own CPU: a
+//! pusher that accepts a burst of messages on the same cores reads every answer late, and the
+//! window's lowest latency rises with no queue upstream. Before this rule, at 100 ± 50 ms the
+//! first windows of a 30,000-message run rose above 1.5 × the floor while the pusher accepted
+//! the messages; the back-off ended slow start, and the limit then took seconds to climb by
+//! eighths. So each healthy answer also comes with the runtime's lag when it was read
+//! ([`crate::resilience::lag`]: how late a probe timer runs), and the window keeps a second
+//! lowest, of the latencies less that lag. A rise that disappears net of the lag is ours: the
+//! window holds the limit, neither growing (a busy pusher gains nothing from more requests)
+//! nor ending slow start. A rise that remains net of the lag is the upstream's and is cut by its
+//! net size. The lag only ever excuses a back-off: it never makes the limit grow, the floor is
+//! taken from the latencies as measured (a fast answer read late cannot drag it down), and the
+//! error share cuts the limit whatever the lag. An upstream that queues raises the latency of
+//! every answer by far more than the pusher's lag, so overload still backs off.
 //!
 //! Slow start, as in TCP: a fresh pusher doubles its limit each healthy window, so a short
 //! burst is not spent climbing from `initial` one eighth at a time; the first window that
@@ -93,6 +109,10 @@ pub struct AdaptiveLimit {
     samples: u32,
     failed: u32,
     lowest: Duration,
+    /// The window's lowest latency less the runtime's lag when each answer was read.
+    lowest_net: Duration,
+    /// Windows whose rise the runtime's lag explained (held instead of cut).
+    excused: u64,
     /// Most requests in flight during the window (was the limit used?).
     peak_in_flight: u32,
     /// Lowest latencies of the last windows.
@@ -120,6 +140,8 @@ impl AdaptiveLimit {
             samples: 0,
             failed: 0,
             lowest: Duration::MAX,
+            lowest_net: Duration::MAX,
+            excused: 0,
             peak_in_flight: 0,
             means: [Duration::ZERO; FLOOR_WINDOWS],
             filled: 0,
@@ -139,14 +161,22 @@ impl AdaptiveLimit {
         self.means[..self.filled].iter().min().copied()
     }
 
-    /// Records one answered request: its latency, how it ended, and how many requests were in
-    /// flight when it was sent. Returns the new limit when the window closed and it changed.
+    /// Windows so far whose rise in latency the pusher's own lag explained.
+    pub fn excused(&self) -> u64 {
+        self.excused
+    }
+
+    /// Records one answered request: its latency, how it ended, how many requests were in
+    /// flight when it was sent, and the runtime's lag when its answer was read
+    /// ([`crate::resilience::lag`]). Returns the new limit when the window closed and it
+    /// changed.
     pub fn record(
         &mut self,
         now: Instant,
         latency: Duration,
         sample: Sample,
         in_flight: u32,
+        own_lag: Duration,
     ) -> Option<u32> {
         let start = *self.window_start.get_or_insert(now);
         self.samples += 1;
@@ -156,6 +186,7 @@ impl AdaptiveLimit {
             self.failed += 1;
         } else {
             self.lowest = self.lowest.min(latency);
+            self.lowest_net = self.lowest_net.min(latency.saturating_sub(own_lag));
         }
         self.peak_in_flight = self.peak_in_flight.max(in_flight);
         if self.samples < self.settings.min_samples
@@ -173,11 +204,13 @@ impl AdaptiveLimit {
     fn close_window(&mut self) {
         let s = self.settings;
         let mean = self.lowest;
+        let net = self.lowest_net;
         let error_share = f64::from(self.failed) / f64::from(self.samples.max(1));
         let used = f64::from(self.peak_in_flight) >= self.limit * 0.5;
         self.samples = 0;
         self.failed = 0;
         self.lowest = Duration::MAX;
+        self.lowest_net = Duration::MAX;
         self.peak_in_flight = 0;
         if error_share > s.max_error_share {
             self.limit *= s.backoff;
@@ -199,8 +232,20 @@ impl AdaptiveLimit {
                     self.limit += step;
                 }
             } else if ratio > s.shrink_above {
-                self.limit *= (s.grow_below / ratio).max(0.5);
-                self.slow_start = false;
+                // The part of the rise our own lag does not explain.
+                let net_ratio = net.as_secs_f64() / floor;
+                if net_ratio > s.shrink_above {
+                    self.limit *= (s.grow_below / net_ratio).max(0.5);
+                    self.slow_start = false;
+                } else {
+                    self.excused += 1;
+                    tracing::debug!(
+                        ratio,
+                        net_ratio,
+                        limit = self.limit,
+                        "latency rise explained by the runtime's own lag: limit held"
+                    );
+                }
             }
         }
         self.limit = self
@@ -238,7 +283,7 @@ mod tests {
                 } else {
                     Sample::Ok
                 };
-                l.record(*now, latency, sample, l.limit());
+                l.record(*now, latency, sample, l.limit(), Duration::ZERO);
                 *now += Duration::from_millis(4);
             }
             out.push(l.limit());
@@ -299,7 +344,7 @@ mod tests {
                 } else {
                     (Duration::from_millis(2), Sample::Ok)
                 };
-                l.record(now, latency, sample, l.limit());
+                l.record(now, latency, sample, l.limit(), Duration::ZERO);
                 now += Duration::from_millis(4);
             }
         }
@@ -341,6 +386,93 @@ mod tests {
         assert_eq!(limits.last(), Some(&2));
     }
 
+    /// Feeds one window of 16 healthy answers of `latency`, each read when the pusher's runtime
+    /// ran `lag` late (and `failed` of them failing), with the limit fully used.
+    fn window(
+        l: &mut AdaptiveLimit,
+        now: &mut Instant,
+        latency: Duration,
+        lag: Duration,
+        failed: u32,
+    ) -> u32 {
+        for i in 0..16 {
+            let sample = if i < failed {
+                Sample::Failed
+            } else {
+                Sample::Ok
+            };
+            l.record(*now, latency, sample, l.limit(), lag);
+            *now += Duration::from_millis(4);
+        }
+        l.limit()
+    }
+
+    /// The start of a run at 100 ms: the pusher accepts a burst on the same cores, and every
+    /// answer waits 60 ms for a worker. The rise is ours, not the upstream's: the limit holds
+    /// and slow start goes on.
+    #[test]
+    fn a_window_slowed_by_our_own_lag_neither_shrinks_nor_ends_slow_start() {
+        let mut l = limiter(100_000);
+        let mut now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 128);
+        assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 256);
+        for _ in 0..3 {
+            assert_eq!(window(&mut l, &mut now, ms(160), ms(60), 0), 256);
+        }
+        assert_eq!(l.excused(), 3);
+        // The lagging windows did not raise or lower the floor's use: still 100 ms, and the
+        // next healthy windows go on doubling.
+        assert_eq!(l.floor(), Some(ms(100)));
+        assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 512);
+        assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 1024);
+        // A lag larger than the answer's latency (a fast answer read very late) cannot drag
+        // the floor down either: the floor takes the latency as measured.
+        window(&mut l, &mut now, ms(120), ms(500), 0);
+        assert_eq!(l.floor(), Some(ms(100)));
+    }
+
+    /// The same rise with the runtime on time is the upstream queueing: back off, and slow
+    /// start is over. A lag that explains only part of a rise cuts by the rest.
+    #[test]
+    fn a_window_slowed_by_the_upstream_backs_off() {
+        let ms = Duration::from_millis;
+        let mut l = limiter(100_000);
+        let mut now = Instant::now();
+        window(&mut l, &mut now, ms(100), ms(0), 0);
+        assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 256);
+        // 1.6 × the floor, nothing of it ours: cut by 1.2 / 1.6.
+        assert_eq!(window(&mut l, &mut now, ms(160), ms(0), 0), 192);
+        assert_eq!(l.excused(), 0);
+        let next = window(&mut l, &mut now, ms(100), ms(0), 0);
+        assert_eq!(next, 192 + 24, "grows by an eighth: slow start is over");
+
+        let mut l = limiter(100_000);
+        let mut now = Instant::now();
+        window(&mut l, &mut now, ms(100), ms(0), 0);
+        window(&mut l, &mut now, ms(100), ms(0), 0);
+        // 4 × the floor with 100 ms of it ours: 3 × the floor is the upstream's, cut by half
+        // (the most one window cuts).
+        assert_eq!(window(&mut l, &mut now, ms(400), ms(100), 0), 128);
+        // 2 × the floor with 20 ms ours: 1.8 × is the upstream's, cut by 1.2 / 1.8.
+        let before = l.limit();
+        let after = window(&mut l, &mut now, ms(200), ms(20), 0);
+        assert_eq!(after, (f64::from(before) * 1.2 / 1.8).round() as u32);
+    }
+
+    /// Too many failures cut the limit whatever the runtime's lag.
+    #[test]
+    fn failures_cut_the_limit_even_when_the_runtime_lags() {
+        let ms = Duration::from_millis;
+        let mut l = limiter(100_000);
+        let mut now = Instant::now();
+        window(&mut l, &mut now, ms(100), ms(0), 0);
+        assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 256);
+        let cut = window(&mut l, &mut now, ms(100), ms(80), 8);
+        assert_eq!(cut, (256.0_f64 * 0.7).round() as u32);
+        assert_eq!(l.excused(), 0);
+    }
+
     #[test]
     fn a_few_slow_answers_do_not_shrink_the_limit() {
         // A ceiling the four slow-start windows stay below.
@@ -351,7 +483,7 @@ mod tests {
         for _ in 0..8 {
             for i in 0..16 {
                 let latency = Duration::from_millis(if i % 2 == 0 { 20 } else { 2 });
-                l.record(now, latency, Sample::Ok, l.limit());
+                l.record(now, latency, Sample::Ok, l.limit(), Duration::ZERO);
                 now += Duration::from_millis(4);
             }
         }
@@ -359,9 +491,15 @@ mod tests {
     }
 
     /// An upstream answering in `base` ± 50 % that serves `capacity` requests at once (beyond
-    /// that, every request waits in proportion). Runs `rounds` round trips with the limit fully
-    /// used and returns the limit after each.
-    fn upstream(l: &mut AdaptiveLimit, base: Duration, capacity: u32, rounds: usize) -> Vec<u32> {
+    /// that, every request waits in proportion), read by a pusher whose runtime runs `lag` late.
+    /// Runs `rounds` round trips with the limit fully used and returns the limit after each.
+    fn upstream(
+        l: &mut AdaptiveLimit,
+        base: Duration,
+        capacity: u32,
+        rounds: usize,
+        lag: Duration,
+    ) -> Vec<u32> {
         let mut now = Instant::now();
         let mut seed = 7_u64;
         let mut out = Vec::new();
@@ -371,7 +509,7 @@ mod tests {
             for _ in 0..limit {
                 seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
                 let jitter = 0.5 + (seed >> 11) as f64 / (1_u64 << 53) as f64;
-                l.record(now, base.mul_f64(jitter * queueing), Sample::Ok, limit);
+                l.record(now, base.mul_f64(jitter * queueing), Sample::Ok, limit, lag);
                 now += base / limit;
             }
             out.push(l.limit());
@@ -387,7 +525,7 @@ mod tests {
         for ms in [20, 50, 100] {
             let base = Duration::from_millis(ms);
             let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
-            let limits = upstream(&mut l, base, u32::MAX, 20);
+            let limits = upstream(&mut l, base, u32::MAX, 20, Duration::ZERO);
             assert_eq!(
                 limits.last(),
                 Some(&1024),
@@ -396,11 +534,21 @@ mod tests {
             let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
             // Within the floor's memory (FLOOR_WINDOWS windows; a queue that lasts longer
             // becomes the new floor, as in every Vegas-style limiter).
-            let limits = upstream(&mut l, base, 200, 60);
+            let limits = upstream(&mut l, base, 200, 60, Duration::ZERO);
             let settled = &limits[20..];
             assert!(
                 settled.iter().all(|&x| (100..=450).contains(&x)),
                 "{ms} ms, capacity 200: {limits:?}"
+            );
+            // The same with the pusher's runtime running a tenth of the latency late on every
+            // answer: the lag does not hide the upstream's queue.
+            let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+            let limits = upstream(&mut l, base, 200, 60, base / 10);
+            let settled = &limits[20..];
+            assert!(
+                settled.iter().all(|&x| (100..=450).contains(&x)),
+                "{ms} ms, capacity 200, lag {:?}: {limits:?}",
+                base / 10
             );
         }
     }
@@ -410,7 +558,7 @@ mod tests {
         let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
         let mut now = Instant::now();
         for _ in 0..200 {
-            l.record(now, Duration::from_millis(2), Sample::Ok, 1);
+            l.record(now, Duration::from_millis(2), Sample::Ok, 1, Duration::ZERO);
             now += Duration::from_millis(4);
         }
         assert_eq!(l.limit(), 64);
@@ -423,14 +571,26 @@ mod tests {
         // Many samples at one instant: the window is not over.
         for _ in 0..100 {
             assert_eq!(
-                l.record(now, Duration::from_millis(2), Sample::Ok, 16),
+                l.record(
+                    now,
+                    Duration::from_millis(2),
+                    Sample::Ok,
+                    16,
+                    Duration::ZERO
+                ),
                 None
             );
         }
         assert_eq!(l.floor(), None);
         let later = now + Duration::from_millis(60);
         assert_eq!(
-            l.record(later, Duration::from_millis(2), Sample::Ok, 64),
+            l.record(
+                later,
+                Duration::from_millis(2),
+                Sample::Ok,
+                64,
+                Duration::ZERO
+            ),
             Some(128)
         );
     }

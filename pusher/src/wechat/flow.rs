@@ -23,6 +23,7 @@ use super::client::{HttpError, HttpResponse};
 use crate::metrics::Metrics;
 use crate::policy::Concurrency;
 use crate::resilience::adaptive::{AdaptiveLimit, AdaptiveSettings, Sample};
+use crate::resilience::lag::RuntimeLag;
 use crate::resilience::latency::{HedgeBudget, LatencyTracker};
 
 /// Long-run share of sends that may be hedged.
@@ -47,6 +48,9 @@ pub struct Flow {
     learnt: Mutex<Learnt>,
     /// Requests holding a slot.
     counted: Arc<AtomicU32>,
+    /// How late the runtime runs (probed only with the adaptive limit, while requests are in
+    /// flight): the part of a latency that is our own CPU's, not WeChat's.
+    lag: Option<Arc<RuntimeLag>>,
     metrics: Arc<Metrics>,
     hedging: bool,
     /// Cancelled when the pusher stops: requests still waiting for a slot are not sent.
@@ -84,6 +88,12 @@ impl Flow {
         });
         let limit = limiter.as_ref().map_or(max, AdaptiveLimit::limit);
         metrics.concurrency_limit.set(i64::from(limit));
+        let counted = Arc::new(AtomicU32::new(0));
+        let lag = limiter.is_some().then(|| {
+            let lag = Arc::new(RuntimeLag::default());
+            RuntimeLag::spawn(&lag, Arc::clone(&counted));
+            lag
+        });
         Self {
             permits: Arc::new(Semaphore::new(limit as usize)),
             learnt: Mutex::new(Learnt {
@@ -93,7 +103,8 @@ impl Flow {
                 debt: 0,
                 limit,
             }),
-            counted: Arc::new(AtomicU32::new(0)),
+            counted,
+            lag,
             metrics,
             hedging: true,
             closing: tokio_util::sync::CancellationToken::new(),
@@ -150,6 +161,7 @@ impl Flow {
     fn finish(&self, mut slot: Slot, result: &Result<HttpResponse, HttpError>) {
         let now = Instant::now();
         let latency = now.saturating_duration_since(slot.started);
+        let own_lag = self.lag.as_ref().map_or(Duration::ZERO, |l| l.at(now));
         let counted = slot.permit.is_some();
         self.release(&mut slot);
         let sample = match result {
@@ -169,7 +181,7 @@ impl Flow {
         let Some(limiter) = learnt.limiter.as_mut() else {
             return;
         };
-        if let Some(new) = limiter.record(now, latency, sample, slot.in_flight) {
+        if let Some(new) = limiter.record(now, latency, sample, slot.in_flight, own_lag) {
             let old = learnt.limit;
             learnt.limit = new;
             if new > old {
