@@ -240,6 +240,15 @@ impl AdaptiveLimit {
             self.filled = (self.filled + 1).min(FLOOR_WINDOWS);
             let floor = self.floor().unwrap_or(mean).as_secs_f64().max(1e-6);
             let ratio = mean.as_secs_f64() / floor;
+            tracing::trace!(
+                limit = self.limit,
+                floor,
+                lowest = mean.as_secs_f64(),
+                net = net.as_secs_f64(),
+                used,
+                slow_start = self.slow_start,
+                "adaptive window"
+            );
             if ratio <= s.grow_below {
                 if used {
                     if self.slow_start {
