@@ -26,7 +26,7 @@
 //! 30,000-message benchmark run rise above 1.5 × the floor while the pusher accepts the
 //! messages; a back-off there ends slow start, and the limit then climbs by eighths. Part of
 //! that rise is the pusher's own lag (9 to 43 ms in the traces of docs/performance.md, "Eighth
-//! round"); the rest comes from outside it and still backs off. So each healthy answer also comes with the runtime's lag when it was read
+//! round"); the rest comes from outside the pusher's runtime and still backs off. So each healthy answer also comes with the runtime's lag when it was read
 //! ([`crate::resilience::lag`]: how late a probe timer runs), and the window keeps a second
 //! lowest, of the latencies less that lag. A rise that disappears net of the lag is ours: the
 //! window holds the limit, neither growing (a busy pusher gains nothing from more requests)
