@@ -18,6 +18,7 @@
 //! | lowest ≤ floor × [`AdaptiveSettings::grow_below`] and the limit was used | × 2 until the first back-off (slow start), then + max(1, limit / 8): growing while latency stays near its floor |
 //! | lowest > floor × [`AdaptiveSettings::shrink_above`], and still so net of our own lag (below) | × max(0.5, floor × `grow_below` / net lowest): backing off in proportion to the queueing |
 //! | lowest > floor × `shrink_above`, but not net of our own lag | unchanged, and slow start goes on |
+//! | lowest > floor × `shrink_above`, but no answer to a request sent after the last latency cut, or those answers are not | unchanged: the last cut has not shown yet |
 //! | otherwise | unchanged |
 //!
 //! **Our own lag.** An answer's latency is also the time it waited for the pusher's own CPU: a
@@ -35,6 +36,14 @@
 //! taken from the latencies as measured (a fast answer read late cannot drag it down), and the
 //! error share cuts the limit whatever the lag. An upstream that queues raises the latency of
 //! every answer by far more than the pusher's lag, so overload still backs off.
+//!
+//! **One cut per round trip.** A cut shows only in the answers to requests sent after it: the
+//! others queued under the old limit. So after a latency cut, the next cut looks only at the
+//! answers to requests sent after it (each answer's send time is its arrival less its
+//! latency), and a window without such answers holds. Before, one queue at 100 ± 50 ms was cut
+//! in four windows in a row, from 1,024 to 55, before the first cut could show, and the climb
+//! back by eighths took over a second (docs/performance.md, "Eighth round"). The error-share cut
+//! is not paced this way.
 //!
 //! Slow start, as in TCP: a fresh pusher doubles its limit each healthy window, so a short
 //! burst is not spent climbing from `initial` one eighth at a time; the first window that
@@ -123,6 +132,11 @@ pub struct AdaptiveLimit {
     lowest: Duration,
     /// The window's lowest latency less the runtime's lag when each answer was read.
     lowest_net: Duration,
+    /// The same two lowests, of the answers to requests sent after the last latency cut.
+    fresh_lowest: Duration,
+    fresh_net: Duration,
+    /// When the limit was last cut for latency.
+    cut_at: Option<Instant>,
     /// Windows whose rise the runtime's lag explained (held instead of cut).
     excused: u64,
     /// Most requests in flight during the window (was the limit used?).
@@ -155,6 +169,9 @@ impl AdaptiveLimit {
             failed: 0,
             lowest: Duration::MAX,
             lowest_net: Duration::MAX,
+            fresh_lowest: Duration::MAX,
+            fresh_net: Duration::MAX,
+            cut_at: None,
             excused: 0,
             peak_in_flight: 0,
             means: [Duration::ZERO; FLOOR_WINDOWS],
@@ -202,6 +219,14 @@ impl AdaptiveLimit {
         } else {
             self.lowest = self.lowest.min(latency);
             self.lowest_net = self.lowest_net.min(latency.saturating_sub(own_lag));
+            let sent = now.checked_sub(latency);
+            if self
+                .cut_at
+                .is_none_or(|cut| sent.is_none_or(|sent| sent >= cut))
+            {
+                self.fresh_lowest = self.fresh_lowest.min(latency);
+                self.fresh_net = self.fresh_net.min(latency.saturating_sub(own_lag));
+            }
         }
         self.peak_in_flight = self.peak_in_flight.max(in_flight);
         if self.samples < self.settings.min_samples
@@ -210,16 +235,19 @@ impl AdaptiveLimit {
             return None;
         }
         let before = self.limit();
-        self.close_window();
+        self.close_window(now);
         self.window_start = Some(now);
         let after = self.limit();
         (after != before).then_some(after)
     }
 
-    fn close_window(&mut self) {
+    fn close_window(&mut self, now: Instant) {
         let s = self.settings;
         let mean = self.lowest;
         let net = self.lowest_net;
+        let (fresh, fresh_net) = (self.fresh_lowest, self.fresh_net);
+        self.fresh_lowest = Duration::MAX;
+        self.fresh_net = Duration::MAX;
         let error_share = f64::from(self.failed) / f64::from(self.samples.max(1));
         let used = f64::from(self.peak_in_flight) >= self.limit * 0.5;
         self.samples = 0;
@@ -261,13 +289,19 @@ impl AdaptiveLimit {
                         self.limit += (self.limit / 8.0).max(1.0);
                     }
                 }
-            } else if ratio > s.shrink_above {
+            } else if ratio > s.shrink_above && fresh != Duration::MAX {
+                // Only answers to requests sent after the last cut show whether it was enough:
+                // the others queued under the old limit. Without them the window holds.
+                let fresh_ratio = fresh.as_secs_f64() / floor;
                 // The part of the rise our own lag does not explain.
-                let net_ratio = net.as_secs_f64() / floor;
-                if net_ratio > s.shrink_above {
+                let net_ratio = fresh_net.as_secs_f64() / floor;
+                if fresh_ratio <= s.shrink_above {
+                    // The last cut is showing: wait for the queue to drain.
+                } else if net_ratio > s.shrink_above {
                     self.limit *= (s.grow_below / net_ratio).max(0.5);
                     self.slow_start = false;
                     self.recover_to = 0.0;
+                    self.cut_at = Some(now);
                 } else {
                     self.excused += 1;
                     tracing::debug!(
@@ -485,10 +519,43 @@ mod tests {
         // 4 × the floor with 100 ms of it ours: 3 × the floor is the upstream's, cut by half
         // (the most one window cuts).
         assert_eq!(window(&mut l, &mut now, ms(400), ms(100), 0), 128);
-        // 2 × the floor with 20 ms ours: 1.8 × is the upstream's, cut by 1.2 / 1.8.
+        // 2 × the floor with 20 ms ours: 1.8 × is the upstream's, cut by 1.2 / 1.8 (answers to
+        // requests sent after the last cut).
+        now += ms(250);
         let before = l.limit();
         let after = window(&mut l, &mut now, ms(200), ms(20), 0);
         assert_eq!(after, (f64::from(before) * 1.2 / 1.8).round() as u32);
+    }
+
+    /// A cut shows only in the answers to requests sent after it; those sent before queued
+    /// under the old limit. Windows of such answers hold the limit, so one queue is cut for
+    /// once per round trip, not once per window (at 100 ms that cut 1,024 to 55 in four
+    /// windows, and the climb back by eighths took over a second).
+    #[test]
+    fn a_cut_waits_for_the_answers_sent_after_it() {
+        let ms = Duration::from_millis;
+        let mut l = limiter(100_000);
+        let mut now = Instant::now();
+        window(&mut l, &mut now, ms(100), ms(0), 0);
+        assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 256);
+        // The upstream queues: 2 × the floor. One cut, by 1.2 / 2.
+        let cut = window(&mut l, &mut now, ms(200), ms(0), 0);
+        assert_eq!(cut, 154);
+        // The next three windows (64 ms each) bring answers to requests sent before the cut
+        // (200 ms earlier): held.
+        for _ in 0..3 {
+            assert_eq!(window(&mut l, &mut now, ms(200), ms(0), 0), cut);
+        }
+        // Answers sent after the cut that are still 2 × the floor: cut again.
+        let again = window(&mut l, &mut now, ms(200), ms(0), 0);
+        assert!(again < cut, "{cut} → {again}");
+        // Answers sent after this cut at the floor: the cut was enough, growth by eighths.
+        now += ms(300);
+        let grown = window(&mut l, &mut now, ms(100), ms(0), 0);
+        assert!(
+            grown > again && grown <= again + again / 8 + 1,
+            "{again} → {grown}"
+        );
     }
 
     /// Too many failures cut the limit whatever the runtime's lag.
