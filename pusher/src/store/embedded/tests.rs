@@ -21,6 +21,7 @@ fn options(dir: &std::path::Path) -> EmbeddedOptions {
         default_callback: false,
         unhealthy_after: Duration::from_secs(120),
         max_bytes: None,
+        event_indexes: true,
     }
 }
 
@@ -505,6 +506,108 @@ async fn a_store_written_before_the_progress_table_opens_reads_and_delivers() {
             .items
             .is_empty()
     );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without `events.token` (`event_indexes: false`) a delivered message gets no events indexes
+/// (`msgids`, `awaiting_event`). Reopened with a token, its events do not match, and messages
+/// delivered from then on are matched by `msgid` and by the `MsgID` 0 fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_indexes_are_written_only_when_the_channel_takes_events() {
+    use super::schema::{AWAITING, MSGIDS};
+    use crate::store::{DeliveryEvent, EventOutcome, MatchedBy};
+    use redb::ReadableTableMetadata;
+    let dir = temp();
+    let indexes = |store: &EmbeddedStore| {
+        let txn = store.shared.begin_read().expect("reads");
+        let msgids = txn.open_table(MSGIDS).expect("table").len().expect("len");
+        let awaiting = txn.open_table(AWAITING).expect("table").len().expect("len");
+        (msgids, awaiting)
+    };
+    let deliver_with = |store: &EmbeddedStore, l: &Leased, msgid: i64| {
+        let mut done = l.record.clone();
+        done.status = Status::Delivered;
+        done.msgid = Some(msgid);
+        done.finished_at = Some(Timestamp::now());
+        done.next_attempt_at = None;
+        let store = store.clone();
+        let slot = l.slot;
+        async move { store.complete(slot, done).await.expect("completes") }
+    };
+    let event = |openid: &str, msgid: i64| DeliveryEvent {
+        openid: openid.into(),
+        create_time: 1,
+        msgid,
+        status: "success".into(),
+        received_at: Timestamp::now(),
+    };
+
+    let store = EmbeddedStore::open(&EmbeddedOptions {
+        event_indexes: false,
+        ..options(&dir)
+    })
+    .expect("opens");
+    accept(&store, 1).await;
+    let before = lease(&store, 1).await;
+    assert_eq!(before.len(), 1);
+    deliver_with(&store, &before[0], 100).await;
+    assert_eq!(indexes(&store), (0, 0));
+    let got = store
+        .get(before[0].record.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert_eq!((got.status, got.msgid), (Status::Delivered, Some(100)));
+    store.close().await;
+    drop(store);
+
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens with events");
+    let old = before[0].record.message.touser.clone();
+    let outcome = store
+        .record_event(event(&old, 100), true)
+        .await
+        .expect("records");
+    assert_eq!(outcome, EventOutcome::Unmatched);
+    let outcome = store
+        .record_event(event(&old, 0), true)
+        .await
+        .expect("records");
+    assert_eq!(outcome, EventOutcome::Unmatched);
+    accept(&store, 2).await;
+    let after = lease(&store, 2).await;
+    assert_eq!(after.len(), 2);
+    deliver_with(&store, &after[0], 200).await;
+    deliver_with(&store, &after[1], 201).await;
+    assert_eq!(indexes(&store), (2, 2));
+    let by_msgid = store
+        .record_event(event(&after[0].record.message.touser, 200), true)
+        .await
+        .expect("records");
+    assert!(
+        matches!(by_msgid, EventOutcome::Applied { id, .. } if id == after[0].record.id),
+        "{by_msgid:?}"
+    );
+    let by_openid = store
+        .record_event(event(&after[1].record.message.touser, 0), true)
+        .await
+        .expect("records");
+    assert!(
+        matches!(by_openid, EventOutcome::Applied { id, .. } if id == after[1].record.id),
+        "{by_openid:?}"
+    );
+    let got = store
+        .get(after[1].record.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert_eq!(got.events[0].matched_by, MatchedBy::OpenidFallback.as_str());
+    let got = store
+        .get(before[0].record.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert!(got.events.is_empty());
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

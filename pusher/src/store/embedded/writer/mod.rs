@@ -53,6 +53,8 @@ pub(super) struct Writer {
     pub(super) max_messages: u64,
     pub(super) retention: Duration,
     pub(super) default_callback: bool,
+    /// See [`crate::store::embedded::EmbeddedOptions::event_indexes`].
+    pub(super) event_indexes: bool,
 }
 
 impl Writer {
@@ -192,6 +194,7 @@ impl Writer {
             pending: self.shared.index.lock().pending(),
             max_messages: self.max_messages,
             default_callback: self.default_callback,
+            event_indexes: self.event_indexes,
             callbacks_added: false,
             over_budget: None,
         };

@@ -156,7 +156,7 @@ pub(super) fn complete(
             t.schedule.insert((at, id), ()).map_err(storage)?;
         }
     }
-    if record.status == Status::Delivered {
+    if g.event_indexes && record.status == Status::Delivered {
         let at = millis(record.finished_at.unwrap_or(g.now));
         t.awaiting
             .insert((record.message.touser.as_str(), at, id), ())
