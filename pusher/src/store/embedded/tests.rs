@@ -611,3 +611,154 @@ async fn the_events_indexes_are_written_only_when_the_channel_takes_events() {
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Retention walks `progress`: a delivered message and a dead letter are removed no earlier
+/// than the retention after they finished, without a `finished` entry; a message whose attempt
+/// started but did not end stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_finished_messages_by_their_progress() {
+    use super::schema::FINISHED;
+    use redb::ReadableTableMetadata;
+    let dir = temp();
+    let retention = Duration::from_secs(2);
+    let store = EmbeddedStore::open(&EmbeddedOptions {
+        retention,
+        ..options(&dir)
+    })
+    .expect("opens");
+    accept(&store, 3).await;
+    let leased = lease(&store, 3).await;
+    assert_eq!(leased.len(), 3);
+    for l in &leased {
+        store
+            .start_attempt(l, Timestamp::now())
+            .await
+            .expect("records the start");
+    }
+    deliver(&store, &leased[0]).await;
+    let mut dead = leased[1].record.clone();
+    dead.status = Status::Failed;
+    dead.dead_letter = true;
+    dead.finished_at = Some(Timestamp::now());
+    dead.next_attempt_at = None;
+    store
+        .complete(leased[1].slot, dead)
+        .await
+        .expect("completes");
+    let finished = {
+        let txn = store.shared.begin_read().expect("reads");
+        txn.open_table(FINISHED).expect("table").len().expect("len")
+    };
+    assert_eq!(finished, 0, "no `finished` entry is written");
+    let mut ends = Vec::new();
+    for l in &leased[..2] {
+        let got = store.get(l.record.id).await.expect("reads").expect("kept");
+        ends.push((l.record.id, got.finished_at.expect("finished")));
+    }
+    assert_eq!(store.counts().dead, 1);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut left = ends.clone();
+    while !left.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut still = Vec::new();
+        for (id, finished_at) in left {
+            if store.get(id).await.expect("reads").is_some() {
+                still.push((id, finished_at));
+            } else {
+                let kept = Timestamp::now().duration_since(finished_at);
+                assert!(
+                    kept >= jiff::SignedDuration::try_from(retention).expect("fits"),
+                    "{id} removed {kept:?} after it finished"
+                );
+            }
+        }
+        left = still;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(left.is_empty(), "not removed: {left:?}");
+    assert_eq!(store.counts().dead, 0);
+    assert!(
+        store
+            .dead_letters(None, 10)
+            .await
+            .expect("lists")
+            .items
+            .is_empty()
+    );
+    let started = store.get(leased[2].record.id).await.expect("reads");
+    assert!(started.is_some(), "an unfinished message stays");
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store written before retention walked `progress` (finished messages listed in
+/// `finished`, with the events indexes) is swept: the listed message and its entries go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_sweeps_a_store_that_lists_finished_messages() {
+    use super::schema::{AWAITING, FINISHED, MESSAGES, MSGIDS, PROGRESS};
+    use crate::message::{MessageId, MessageRecord};
+    use crate::store::millis;
+    use redb::ReadableTableMetadata;
+    let dir = temp();
+    let at = Timestamp::now() - SignedDuration::from_secs(60);
+    let m =
+        parse_message(&json!({"touser": "o-old", "template_id": "T", "data": {}})).expect("valid");
+    let mut delivered = MessageRecord::new(MessageId::new(), m, None, at);
+    delivered.status = Status::Delivered;
+    delivered.attempts = 1;
+    delivered.msgid = Some(555);
+    delivered.first_attempt_at = Some(at);
+    delivered.finished_at = Some(at);
+    delivered.next_attempt_at = None;
+    let id = delivered.id.as_u128();
+    {
+        // Create the tables as the store does, then write what the build before wrote.
+        let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+        store.close().await;
+        drop(store);
+        let db = redb::Database::create(EmbeddedStore::file_in(&dir)).expect("opens");
+        let txn = db.begin_write().expect("writes");
+        {
+            let mut accepted = delivered.clone();
+            accepted.status = Status::Queued;
+            let bytes = serde_json::to_vec(&accepted).expect("JSON");
+            let mut messages = txn.open_table(MESSAGES).expect("table");
+            messages.insert(id, bytes.as_slice()).expect("puts");
+            let p = super::progress::encode(&delivered).expect("encodes");
+            let mut progress = txn.open_table(PROGRESS).expect("table");
+            progress.insert(id, p.as_slice()).expect("puts");
+            let mut finished = txn.open_table(FINISHED).expect("table");
+            finished.insert((millis(at), id), ()).expect("puts");
+            let mut msgids = txn.open_table(MSGIDS).expect("table");
+            msgids.insert(555, id).expect("puts");
+            let mut awaiting = txn.open_table(AWAITING).expect("table");
+            awaiting
+                .insert(("o-old", millis(at), id), ())
+                .expect("puts");
+        }
+        txn.commit().expect("commits");
+    }
+    let store = EmbeddedStore::open(&EmbeddedOptions {
+        retention: Duration::from_secs(10),
+        ..options(&dir)
+    })
+    .expect("opens the old store");
+    let lens = |store: &EmbeddedStore| {
+        let txn = store.shared.begin_read().expect("reads");
+        (
+            txn.open_table(MESSAGES).expect("table").len().expect("len"),
+            txn.open_table(PROGRESS).expect("table").len().expect("len"),
+            txn.open_table(FINISHED).expect("table").len().expect("len"),
+            txn.open_table(MSGIDS).expect("table").len().expect("len"),
+            txn.open_table(AWAITING).expect("table").len().expect("len"),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while lens(&store) != (0, 0, 0, 0, 0) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(lens(&store), (0, 0, 0, 0, 0));
+    assert!(store.get(delivered.id).await.expect("reads").is_none());
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
