@@ -27,6 +27,17 @@
 //! rate from 16, 0.91 × from 64; against an upstream that serves 32 at once, the same rate from
 //! either start).
 //!
+//! After errors, slow start again, as TCP does after a timeout: the first window that cuts
+//! the limit for errors remembers where to come back to, one cut below the limit before the
+//! errors. When answers are healthy again the limit doubles each window up to that mark, then
+//! grows by eighths. Errors that last without opening the breaker (more than a quarter but
+//! less than half of the answers failing, for seconds) cut the limit window after window down
+//! to `min_limit`; without the mark, the limit took some 30 windows (1.5 s at 50 ms) to climb
+//! back from there, with it about 7. (A full outage opens the breaker within its first 20
+//! answers, which stops the windows: the limit then waits at about where it was.) A window that
+//! backs off for latency forgets the mark. A single cut for errors (an overloaded upstream)
+//! lands on the mark itself, so the limit goes on by eighths as before.
+//!
 //! The limit stays within `[min_limit, max_limit]`. Requests stuck far beyond the observed
 //! latency stop counting against the limit: the caller releases their slot after
 //! [`crate::resilience::latency::LatencyTracker::stuck_after`] and records no sample for them.
@@ -101,6 +112,8 @@ pub struct AdaptiveLimit {
     next: usize,
     /// Doubling while no window has backed off yet.
     slow_start: bool,
+    /// Where to double back up to after windows cut the limit for errors (0: none).
+    recover_to: f64,
 }
 
 impl AdaptiveLimit {
@@ -125,6 +138,7 @@ impl AdaptiveLimit {
             filled: 0,
             next: 0,
             slow_start: true,
+            recover_to: 0.0,
         }
     }
 
@@ -182,6 +196,10 @@ impl AdaptiveLimit {
         if error_share > s.max_error_share {
             self.limit *= s.backoff;
             self.slow_start = false;
+            // The first cut of a run of them remembers where to come back to.
+            if self.recover_to == 0.0 {
+                self.recover_to = self.limit;
+            }
         } else if mean != Duration::MAX {
             // Only windows of mostly healthy answers set the floor, from their healthy answers.
             self.means[self.next] = mean;
@@ -191,16 +209,19 @@ impl AdaptiveLimit {
             let ratio = mean.as_secs_f64() / floor;
             if ratio <= s.grow_below {
                 if used {
-                    let step = if self.slow_start {
-                        self.limit
+                    if self.slow_start {
+                        self.limit *= 2.0;
+                    } else if self.limit < self.recover_to {
+                        self.limit = (self.limit * 2.0).min(self.recover_to);
                     } else {
-                        (self.limit / 8.0).max(1.0)
-                    };
-                    self.limit += step;
+                        self.recover_to = 0.0;
+                        self.limit += (self.limit / 8.0).max(1.0);
+                    }
                 }
             } else if ratio > s.shrink_above {
                 self.limit *= (s.grow_below / ratio).max(0.5);
                 self.slow_start = false;
+                self.recover_to = 0.0;
             }
         }
         self.limit = self
@@ -402,6 +423,60 @@ mod tests {
                 settled.iter().all(|&x| (100..=450).contains(&x)),
                 "{ms} ms, capacity 200: {limits:?}"
             );
+        }
+    }
+
+    /// WeChat away for a while (every answer fails, the limit cut to its floor window after
+    /// window), then back: the limit doubles back up to one cut below where it was, then grows
+    /// by eighths.
+    #[test]
+    fn after_an_outage_the_limit_doubles_back() {
+        let mut l = limiter(100_000);
+        let mut now = Instant::now();
+        let ms = Duration::from_millis;
+        run(&mut l, &mut now, 2, ms(2), 0);
+        // One queueing window ends slow start.
+        run(&mut l, &mut now, 1, ms(4), 0);
+        let before = l.limit();
+        let cut = run(&mut l, &mut now, 30, ms(2), 16);
+        assert_eq!(cut.last(), Some(&2), "cut to the floor: {cut:?}");
+        let back = run(&mut l, &mut now, 12, ms(2), 0);
+        let mark = (f64::from(before) * 0.7).round() as u32;
+        let reached = back.iter().position(|&x| x >= mark);
+        assert!(
+            back.windows(2)
+                .take_while(|w| w[1] < mark)
+                .all(|w| w[1] == 2 * w[0]),
+            "doubles below the mark {mark}: {back:?}"
+        );
+        assert!(
+            matches!(reached, Some(i) if i <= 7),
+            "back near {before} within 8 windows: {back:?}"
+        );
+        let i = reached.unwrap_or(0);
+        assert!(
+            back[i + 1..]
+                .windows(2)
+                .all(|w| w[1] > w[0] && w[1] <= w[0] + w[0] / 8 + 1),
+            "then by eighths: {back:?}"
+        );
+    }
+
+    /// One window of errors (an overloaded upstream) cuts once; the limit then grows by eighths
+    /// from there, not by doubling.
+    #[test]
+    fn a_single_cut_for_errors_grows_by_eighths_after() {
+        let mut l = limiter(100_000);
+        let mut now = Instant::now();
+        let ms = Duration::from_millis;
+        run(&mut l, &mut now, 2, ms(2), 0);
+        run(&mut l, &mut now, 1, ms(4), 0);
+        let cut = run(&mut l, &mut now, 1, ms(2), 8)[0];
+        let after = run(&mut l, &mut now, 3, ms(2), 0);
+        let mut from = cut;
+        for x in after {
+            assert!(x > from && x <= from + from / 8 + 1, "{cut} → {x}");
+            from = x;
         }
     }
 
