@@ -168,3 +168,76 @@ fn remove(t: &mut Tables<'_>, id: u128, swept: &mut Swept) -> Result<(), StoreEr
     swept.removed += 1;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use jiff::SignedDuration;
+    use serde_json::json;
+
+    use super::*;
+    use crate::message::{MessageId, MessageRecord, parse_message};
+    use crate::store::embedded::schema::{PROGRESS, load_index};
+    use crate::store::index::IdMap;
+
+    /// A message accepted at `accepted_ms` whose progress is `status`.
+    fn entry(accepted_ms: u64, n: u128, status: Status) -> (u128, Vec<u8>) {
+        let id = (u128::from(accepted_ms) << 80) | n;
+        let m = parse_message(&json!({"touser": "o", "template_id": "T"})).expect("valid");
+        let at =
+            Timestamp::from_millisecond(i64::try_from(accepted_ms).expect("fits")).expect("a time");
+        let mut r = MessageRecord::new(MessageId::from_u128(id), m, None, at);
+        r.status = status;
+        r.first_attempt_at = Some(at);
+        if status.is_final() {
+            r.finished_at = Some(at + SignedDuration::from_secs(1));
+            r.next_attempt_at = None;
+        }
+        (id, progress::encode(&r).expect("encodes"))
+    }
+
+    /// More pending entries than one sweep reads come before finished ones: the first sweep
+    /// stops where it stopped reading, the next goes on from there and removes the finished
+    /// ones, and the walk starts again from the first id. Pending entries stay.
+    #[test]
+    fn the_walk_passes_over_pending_messages_in_steps_and_keeps_them() {
+        let file = std::env::temp_dir().join(format!("wxpush-sweep-{}", ulid::Ulid::new()));
+        let db = crate::store::embedded::schema::open_db(&file).expect("opens");
+        load_index(&db, 8, &IdMap::default()).expect("creates the tables");
+        let old = millis(Timestamp::now()) - 3_600_000;
+        let pending = SWEEP_READS + 10;
+        let txn = db.begin_write().expect("writes");
+        {
+            let mut t = txn.open_table(PROGRESS).expect("table");
+            let entries = (0..pending)
+                .map(|n| entry(old, n as u128, Status::Retrying))
+                .chain((0..5).map(|n| entry(old + 1, n, Status::Delivered)));
+            for (id, bytes) in entries {
+                t.insert(id, bytes.as_slice()).expect("puts");
+            }
+        }
+        txn.commit().expect("commits");
+        let cutoff = millis(Timestamp::now());
+        let mut cursor = 0;
+        let sweep_once = |cursor: &mut u128| {
+            let txn = db.begin_write().expect("writes");
+            let swept = {
+                let mut t = Tables::open(&txn).expect("tables");
+                sweep_before(&mut t, cutoff, cursor).expect("sweeps")
+            };
+            txn.commit().expect("commits");
+            swept
+        };
+        assert_eq!(sweep_once(&mut cursor).removed, 0);
+        assert_eq!(cursor, (u128::from(old) << 80) | SWEEP_READS as u128);
+        assert_eq!(sweep_once(&mut cursor).removed, 5);
+        assert_eq!(cursor, 0, "the walk reached the cutoff");
+        let left = {
+            use redb::ReadableTableMetadata;
+            let txn = db.begin_read().expect("reads");
+            txn.open_table(PROGRESS).expect("table").len().expect("len")
+        };
+        assert_eq!(left, pending as u64);
+        drop(db);
+        let _ = std::fs::remove_file(&file);
+    }
+}
