@@ -691,26 +691,34 @@ async fn retention_removes_finished_messages_by_their_progress() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A store written before retention walked `progress` (finished messages listed in
-/// `finished`, with the events indexes) is swept: the listed message and its entries go.
+/// A store written by the build before retention walked `progress` (finished messages listed
+/// in `finished`, with the events indexes) opens: a recent delivered message reads and takes
+/// its event by `msgid`, a queued one delivers, and the message finished longer ago than the
+/// retention is swept with its entries, while the recent one stays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_sweeps_a_store_that_lists_finished_messages() {
-    use super::schema::{AWAITING, FINISHED, MESSAGES, MSGIDS, PROGRESS};
+async fn a_store_that_lists_finished_messages_opens_delivers_and_is_swept() {
+    use super::schema::{AWAITING, FINISHED, MESSAGES, MSGIDS, PROGRESS, SCHEDULE};
     use crate::message::{MessageId, MessageRecord};
-    use crate::store::millis;
-    use redb::ReadableTableMetadata;
+    use crate::store::{DeliveryEvent, EventOutcome, millis};
     let dir = temp();
-    let at = Timestamp::now() - SignedDuration::from_secs(60);
-    let m =
-        parse_message(&json!({"touser": "o-old", "template_id": "T", "data": {}})).expect("valid");
-    let mut delivered = MessageRecord::new(MessageId::new(), m, None, at);
-    delivered.status = Status::Delivered;
-    delivered.attempts = 1;
-    delivered.msgid = Some(555);
-    delivered.first_attempt_at = Some(at);
-    delivered.finished_at = Some(at);
-    delivered.next_attempt_at = None;
-    let id = delivered.id.as_u128();
+    let now = Timestamp::now();
+    let long_ago = now - SignedDuration::from_secs(60);
+    let delivered = |to: &str, at: Timestamp, msgid: i64| {
+        let m =
+            parse_message(&json!({"touser": to, "template_id": "T", "data": {}})).expect("valid");
+        let mut r = MessageRecord::new(MessageId::new(), m, None, at);
+        r.status = Status::Delivered;
+        r.attempts = 1;
+        r.msgid = Some(msgid);
+        r.first_attempt_at = Some(at);
+        r.finished_at = Some(at);
+        r.next_attempt_at = None;
+        r
+    };
+    let old = delivered("o-old", long_ago, 555);
+    let recent = delivered("o-recent", now, 556);
+    let m = parse_message(&json!({"touser": "o-queued", "template_id": "T"})).expect("valid");
+    let queued = MessageRecord::new(MessageId::new(), m, None, now);
     {
         // Create the tables as the store does, then write what the build before wrote.
         let store = EmbeddedStore::open(&options(&dir)).expect("opens");
@@ -719,46 +727,82 @@ async fn retention_sweeps_a_store_that_lists_finished_messages() {
         let db = redb::Database::create(EmbeddedStore::file_in(&dir)).expect("opens");
         let txn = db.begin_write().expect("writes");
         {
-            let mut accepted = delivered.clone();
-            accepted.status = Status::Queued;
-            let bytes = serde_json::to_vec(&accepted).expect("JSON");
             let mut messages = txn.open_table(MESSAGES).expect("table");
-            messages.insert(id, bytes.as_slice()).expect("puts");
-            let p = super::progress::encode(&delivered).expect("encodes");
             let mut progress = txn.open_table(PROGRESS).expect("table");
-            progress.insert(id, p.as_slice()).expect("puts");
             let mut finished = txn.open_table(FINISHED).expect("table");
-            finished.insert((millis(at), id), ()).expect("puts");
             let mut msgids = txn.open_table(MSGIDS).expect("table");
-            msgids.insert(555, id).expect("puts");
             let mut awaiting = txn.open_table(AWAITING).expect("table");
-            awaiting
-                .insert(("o-old", millis(at), id), ())
-                .expect("puts");
+            for r in [&old, &recent] {
+                let id = r.id.as_u128();
+                let at = millis(r.finished_at.expect("finished"));
+                let mut accepted = r.clone();
+                accepted.status = Status::Queued;
+                let bytes = serde_json::to_vec(&accepted).expect("JSON");
+                messages.insert(id, bytes.as_slice()).expect("puts");
+                let p = super::progress::encode(r).expect("encodes");
+                progress.insert(id, p.as_slice()).expect("puts");
+                finished.insert((at, id), ()).expect("puts");
+                msgids.insert(r.msgid.expect("msgid"), id).expect("puts");
+                let openid = r.message.touser.as_str();
+                awaiting.insert((openid, at, id), ()).expect("puts");
+            }
+            let bytes = serde_json::to_vec(&queued).expect("JSON");
+            let q = queued.id.as_u128();
+            messages.insert(q, bytes.as_slice()).expect("puts");
+            let mut schedule = txn.open_table(SCHEDULE).expect("table");
+            schedule.insert((millis(now), q), ()).expect("puts");
         }
         txn.commit().expect("commits");
     }
     let store = EmbeddedStore::open(&EmbeddedOptions {
-        retention: Duration::from_secs(10),
+        retention: Duration::from_secs(30),
         ..options(&dir)
     })
     .expect("opens the old store");
-    let lens = |store: &EmbeddedStore| {
+    let got = store.get(recent.id).await.expect("reads").expect("kept");
+    assert_eq!((got.status, got.msgid), (Status::Delivered, Some(556)));
+    let event = DeliveryEvent {
+        openid: "o-recent".into(),
+        create_time: 1,
+        msgid: 556,
+        status: "success".into(),
+        received_at: Timestamp::now(),
+    };
+    let outcome = store.record_event(event, true).await.expect("records");
+    assert!(
+        matches!(outcome, EventOutcome::Applied { id, status: Status::Confirmed } if id == recent.id),
+        "{outcome:?}"
+    );
+    let leased = lease(&store, 1).await;
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].record.id, queued.id);
+    deliver(&store, &leased[0]).await;
+
+    let listed = |store: &EmbeddedStore| {
+        use redb::ReadableTableMetadata;
         let txn = store.shared.begin_read().expect("reads");
-        (
-            txn.open_table(MESSAGES).expect("table").len().expect("len"),
-            txn.open_table(PROGRESS).expect("table").len().expect("len"),
-            txn.open_table(FINISHED).expect("table").len().expect("len"),
-            txn.open_table(MSGIDS).expect("table").len().expect("len"),
-            txn.open_table(AWAITING).expect("table").len().expect("len"),
-        )
+        txn.open_table(FINISHED).expect("table").len().expect("len")
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while lens(&store) != (0, 0, 0, 0, 0) && tokio::time::Instant::now() < deadline {
+    while store.get(old.id).await.expect("reads").is_some()
+        && tokio::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(lens(&store), (0, 0, 0, 0, 0));
-    assert!(store.get(delivered.id).await.expect("reads").is_none());
+    assert!(store.get(old.id).await.expect("reads").is_none(), "swept");
+    assert_eq!(listed(&store), 1, "the recent message is still listed");
+    let txn = store.shared.begin_read().expect("reads");
+    let msgids = txn.open_table(MSGIDS).expect("table");
+    assert!(
+        msgids.get(555).expect("reads").is_none(),
+        "the old msgid went"
+    );
+    assert!(msgids.get(556).expect("reads").is_some());
+    drop((msgids, txn));
+    let got = store.get(recent.id).await.expect("reads").expect("kept");
+    assert_eq!(got.status, Status::Confirmed);
+    let got = store.get(queued.id).await.expect("reads").expect("kept");
+    assert_eq!(got.status, Status::Delivered);
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
