@@ -545,6 +545,79 @@ mod layout {
             assert_eq!(r.status, Status::Delivered, "{id}");
         }
         assert_eq!(server.cli(&["HLEN", &format!("{base}lease")]).trim(), "0");
+        let counts = store.refresh().await.expect("counts");
+        assert_eq!((counts.ready, counts.inflight), (0, 0));
+        assert_eq!(
+            server.cli(&["XLEN", &q]).trim(),
+            "0",
+            "the done entries are trimmed"
+        );
+        let findings = store.check_consistency().await.expect("checks");
+        assert!(findings.is_empty(), "{findings:#?}");
+        store.close().await;
+    }
+
+    /// Outcomes acknowledge their stream entries without deleting them; the counts' refresh
+    /// trims the stream below the oldest entry still needed. After it, the stream holds exactly
+    /// the entries pending or not read yet, and the counts agree: a trim that kept the done
+    /// entries would leave them in the stream, one that cut too far would lose a ready message.
+    #[tokio::test]
+    async fn the_refresh_trims_acknowledged_entries_and_keeps_the_live_ones() {
+        let server = RedisServer::start().await;
+        let q = "{layout:c}:q";
+        let store = RedisStore::connect(options(&server, "trim", false))
+            .await
+            .expect("connects");
+        let message =
+            parse_message(&serde_json::json!({"touser": "o", "template_id": "T"})).expect("valid");
+        let accept = |n: usize| {
+            let items = (0..n)
+                .map(|_| wxpush_pusher::store::AcceptItem {
+                    message: message.clone(),
+                    idempotency_key: None,
+                    request_digest: None,
+                })
+                .collect();
+            store.accept(items)
+        };
+        let xlen = || server.cli(&["XLEN", q]).trim().to_string();
+        accept(3).await.expect("accepts");
+        let leased = lease_all(&store, 3).await;
+        assert_eq!(leased.len(), 3);
+        let outcomes = leased
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.slot, delivered(l, 200 + i as i64)))
+            .collect();
+        for a in store.complete_many(outcomes).await {
+            a.expect("completes");
+        }
+        accept(2).await.expect("accepts");
+        let counts = store.refresh().await.expect("counts");
+        assert_eq!((counts.ready, counts.inflight), (2, 0));
+        assert_eq!(
+            xlen(),
+            "2",
+            "the three done entries are trimmed, the two unread stay"
+        );
+        let next = lease_all(&store, 1).await;
+        assert_eq!(next.len(), 1);
+        let counts = store.refresh().await.expect("counts");
+        assert_eq!((counts.ready, counts.inflight), (1, 1));
+        assert_eq!(xlen(), "2", "a pending entry stays");
+        store
+            .complete(next[0].slot, delivered(&next[0], 300))
+            .await
+            .expect("completes");
+        let last = lease_all(&store, 1).await;
+        assert_eq!(last.len(), 1);
+        store
+            .complete(last[0].slot, delivered(&last[0], 301))
+            .await
+            .expect("completes");
+        let counts = store.refresh().await.expect("counts");
+        assert_eq!((counts.ready, counts.inflight), (0, 0));
+        assert_eq!(xlen(), "0");
         let findings = store.check_consistency().await.expect("checks");
         assert!(findings.is_empty(), "{findings:#?}");
         store.close().await;

@@ -66,8 +66,28 @@ impl RedisStore {
         })
     }
 
-    /// The message ids of every entry of the stream.
-    async fn ids_in_stream(&self) -> Result<HashSet<String>, StoreError> {
+    /// The last entry the group read (`0-0` when none or no group).
+    async fn last_read(&self) -> Result<String, StoreError> {
+        let mut cmd = redis::cmd("XINFO");
+        cmd.arg("GROUPS").arg(&self.inner.stream);
+        let groups: redis::streams::StreamInfoGroupsReply =
+            redis::from_redis_value(self.on_owner(cmd).await?)
+                .map_err(|e| StoreError::storage(format!("redis check: {e}"), e))?;
+        Ok(groups
+            .groups
+            .into_iter()
+            .find(|g| g.name == self.inner.options.consumer_group)
+            .map_or_else(|| "0-0".to_string(), |g| g.last_delivered_id))
+    }
+
+    /// The message ids of the stream's live entries: pending in the group (`pel`) or not read
+    /// yet (after `last_read`). Entries acknowledged but not yet trimmed are left out.
+    async fn ids_in_stream(
+        &self,
+        pel: &HashSet<String>,
+        last_read: &str,
+    ) -> Result<HashSet<String>, StoreError> {
+        let last = entry_order(last_read);
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(&self.inner.stream)
             .arg("-")
@@ -80,6 +100,12 @@ impl RedisStore {
                 if let Value::Array(mut parts) = e
                     && parts.len() == 2
                 {
+                    let eid = strings(Value::Array(vec![parts[0].clone()]))
+                        .pop()
+                        .unwrap_or_default();
+                    if !pel.contains(&eid) && entry_order(&eid) <= last {
+                        continue;
+                    }
                     let fields = strings(parts.remove(1));
                     for kv in fields.chunks_exact(2) {
                         if kv[0] == "id" {
@@ -96,7 +122,8 @@ impl RedisStore {
     /// dead-letter set and the leases.
     async fn indexes(&self) -> Result<Indexes, StoreError> {
         let pel = self.pending_entries().await?;
-        let in_stream = self.ids_in_stream().await?;
+        let last_read = self.last_read().await?;
+        let in_stream = self.ids_in_stream(&pel, &last_read).await?;
         let scheduled = self.sorted_set("d").await?;
         let dead = self.sorted_set("dead").await?;
         let mut cmd = redis::cmd("HGETALL");
@@ -258,6 +285,12 @@ struct Indexes {
     lease: HashMap<String, String>,
     /// Message ids with an attempt-started mark (`lease` field `s:<id>`).
     started: HashSet<String>,
+}
+
+/// A stream entry id (`<ms>-<seq>`) as a pair that orders like the entries.
+fn entry_order(eid: &str) -> (u64, u64) {
+    let (ms, seq) = eid.split_once('-').unwrap_or((eid, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
 /// `s` with the glob characters of `SCAN MATCH` escaped.

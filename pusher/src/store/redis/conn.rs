@@ -27,6 +27,14 @@ pub enum Conn {
     Cluster(ClusterConnection),
 }
 
+impl Conn {
+    /// Whether this is one server, where a script may reach keys it did not declare (a
+    /// cluster checks the declared keys of a slot on the move).
+    pub fn is_single(&self) -> bool {
+        matches!(self, Self::Single(_))
+    }
+}
+
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

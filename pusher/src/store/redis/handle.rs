@@ -39,6 +39,7 @@ pub(super) const WAIT_REPLICAS: Duration = Duration::from_secs(2);
 pub(super) struct Scripts {
     pub(super) accept: Script,
     pub(super) lease_read: Script,
+    pub(super) lease_one: Script,
     pub(super) lease_take: Script,
     pub(super) claim_dead: Script,
     pub(super) hand_back: Script,
@@ -51,6 +52,7 @@ pub(super) struct Scripts {
     pub(super) finish_callback: Script,
     pub(super) keep_leases: Script,
     pub(super) start_attempt: Script,
+    pub(super) trim: Script,
 }
 
 /// A consumer's pending entries.

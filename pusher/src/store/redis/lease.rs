@@ -76,10 +76,14 @@ impl RedisStore {
             }
         }
         let room = max.saturating_sub(entries.len() / 3);
-        if room > 0 {
-            entries.extend(self.lease_read(room, claim).await?);
-        }
-        let flat = self.take(&entries).await?;
+        let flat = if entries.is_empty() && room > 0 && self.conn().is_single() {
+            self.lease_in_one(room, claim).await?
+        } else {
+            if room > 0 {
+                entries.extend(self.lease_read(room, claim).await?);
+            }
+            self.take(&entries).await?
+        };
         let mut leased = Vec::with_capacity(flat.len() / 3);
         for pair in flat.chunks_exact(3) {
             let mut record = decode(pair[1].as_bytes())?;
@@ -108,23 +112,18 @@ impl RedisStore {
         Ok(self.ok(leased))
     }
 
-    /// The first half of a lease ([`scripts::LEASE_READ`]): up to `count` entries, now in this
-    /// consumer's pending list, as (entry id, message id, whether an attempt-started mark may
-    /// exist ('1' or '0'), ...).
-    pub(super) async fn lease_read(
-        &self,
-        count: usize,
-        claim: u64,
-    ) -> Result<Vec<String>, StoreError> {
+    /// The keys and arguments of [`scripts::lease_read`] and [`scripts::lease_one`] (which
+    /// also takes the key base and declares `lease`).
+    fn read_call(&self, count: usize, claim: u64, one: bool) -> (Vec<String>, Vec<String>) {
         let o = &self.inner.options;
         let cursor = self.inner.claim_cursor.lock().clone();
-        let keys = [
+        let mut keys = vec![
             self.inner.stream.clone(),
             self.key("d"),
             self.key("deadt"),
             self.key("dead"),
         ];
-        let args = [
+        let mut args = vec![
             o.consumer_group.clone(),
             o.consumer.clone(),
             count.to_string(),
@@ -133,6 +132,42 @@ impl RedisStore {
             ms(o.retention).to_string(),
             cursor,
         ];
+        if one {
+            keys.push(self.key("lease"));
+            args.push(self.inner.base.clone());
+        }
+        (keys, args)
+    }
+
+    /// A whole lease in one script, on a single Redis server ([`scripts::lease_one`]): up to
+    /// `count` entries. Returns (entry id, record JSON, attempt-started mark or '', ...).
+    async fn lease_in_one(&self, count: usize, claim: u64) -> Result<Vec<String>, StoreError> {
+        let (keys, args) = self.read_call(count, claim, true);
+        let script = &self.inner.scripts.lease_one;
+        let out = match self.script::<Value>(script, &keys, &args).await {
+            Err(e) if e.to_string().contains("NOGROUP") => {
+                self.create_group().await?;
+                self.script(script, &keys, &args).await
+            }
+            r => r,
+        }
+        .map_err(|e| self.fail("lease", &e))?;
+        let mut flat = strings(out).into_iter();
+        if let Some(next) = flat.next() {
+            *self.inner.claim_cursor.lock() = next;
+        }
+        Ok(flat.collect())
+    }
+
+    /// The first half of a lease ([`scripts::lease_read`]): up to `count` entries, now in this
+    /// consumer's pending list, as (entry id, message id, whether an attempt-started mark may
+    /// exist ('1' or '0'), ...).
+    pub(super) async fn lease_read(
+        &self,
+        count: usize,
+        claim: u64,
+    ) -> Result<Vec<String>, StoreError> {
+        let (keys, args) = self.read_call(count, claim, false);
         let out = match self
             .script::<Value>(&self.inner.scripts.lease_read, &keys, &args)
             .await

@@ -17,8 +17,10 @@
 //!
 //! **Final states.** An attempt's outcome is written by one script that stores the record (with
 //! the retention as its TTL), the dead-letter set, the events receiver's indexes (only when the
-//! channel takes events) and the pending callback, and only then `XACK`s and `XDEL`s the entry
-//! (named by the pod, which knows the entry it leased). A copy of the message that another
+//! channel takes events) and the pending callback, and `XACK`s the entry (named by the pod,
+//! which knows the entry it leased). Acknowledged entries stay in the stream until the counts'
+//! refresh trims it, once a second (`XTRIM MINID` below the oldest entry a group still needs):
+//! one command per message less than an `XDEL` each. A copy of the message that another
 //! replica claimed finds the record final and only ends its own lease.
 //!
 //! **The "attempt started" mark.** Before the first send of a message the dispatcher calls
@@ -95,7 +97,8 @@ impl RedisStore {
             stream,
             scripts: Scripts {
                 accept: Script::new(&scripts::accept()),
-                lease_read: Script::new(scripts::LEASE_READ),
+                lease_read: Script::new(&scripts::lease_read()),
+                lease_one: Script::new(&scripts::lease_one()),
                 lease_take: Script::new(&scripts::lease_take()),
                 claim_dead: Script::new(scripts::CLAIM_DEAD),
                 hand_back: Script::new(scripts::HAND_BACK),
@@ -108,6 +111,7 @@ impl RedisStore {
                 finish_callback: Script::new(scripts::FINISH_CALLBACK),
                 keep_leases: Script::new(scripts::KEEP_LEASES),
                 start_attempt: Script::new(scripts::START_ATTEMPT),
+                trim: Script::new(scripts::TRIM),
             },
             options,
             healthy: AtomicBool::new(true),

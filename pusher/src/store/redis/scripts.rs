@@ -8,9 +8,11 @@
 //! with "non local key" after some writes. The store retries such an answer as a whole
 //! operation (`super::conn::retrying`). A key a script does not need this time (no
 //! idempotency key, no msgid) is passed as the bare prefix (`i:`, `x:`), which it never
-//! touches. ARGV never names a key.
+//! touches. ARGV never names a key, with one exception: [`lease_one`], used only on a single
+//! server (no slot moves there), builds the records' keys from the key base it is given.
 //!
-//! Key layout (after the base `{<prefix>:<channel>}:`): `q` stream of ready work (field `id`),
+//! Key layout (after the base `{<prefix>:<channel>}:`): `q` stream of ready work (field `id`;
+//! acknowledged entries stay until [`TRIM`] drops them),
 //! `m:<id>` record JSON, `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule
 //! (zset by due ms), `lease` hash of leased messages (field `<id>` → stream entry id) and of
 //! attempt-started marks (field `s:<id>` → the time the first attempt started, until its
@@ -117,15 +119,21 @@ return out
 /// now in this consumer's pending list; [`lease_take`] reads their records (keys this script
 /// could not declare before it knew the ids). A pod that dies between the two leaves them in
 /// its pending list, where they are claimed like any other lease of a dead pod.
-pub(crate) const LEASE_READ: &str = r"
+pub(crate) fn lease_read() -> String {
+    format!("{READ_BODY}return out\n")
+}
+
+/// The body of [`lease_read`] and [`lease_one`], up to the answer `out`. Numbers Redis only
+/// compares go as strings: each number passed to `redis.call` is formatted again.
+const READ_BODY: &str = r"
 local group, consumer = ARGV[1], ARGV[2]
 local count, now, idle, retention = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', '0', '1000')
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('XADD', KEYS[1], '*', 'id', id)
 end
-local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - retention, 'LIMIT', 0, 100)
+local old = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now - retention, 'LIMIT', '0', '100')
 for _, id in ipairs(old) do
   redis.call('ZREM', KEYS[3], id)
   redis.call('ZREM', KEYS[4], id)
@@ -133,7 +141,7 @@ end
 local entries = {}
 local cursor = ARGV[7]
 if idle > 0 then
-  local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, idle, cursor, 'COUNT', count)
+  local r = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, ARGV[5], cursor, 'COUNT', ARGV[3])
   cursor = r[1]
   for _, e in ipairs(r[2]) do
     if e and e[2] then entries[#entries + 1] = e end
@@ -161,8 +169,35 @@ for k, e in ipairs(entries) do
     redis.call('XDEL', KEYS[1], eid)
   end
 end
-return out
 ";
+
+/// Lease in one step, on a single Redis server (not a cluster, where a script must declare
+/// every key it touches): [`lease_read`] and [`lease_take`] in one script, one round trip
+/// less per lease. KEYS `q`, `d`, `deadt`, `dead`, `lease`; ARGV as [`lease_read`], then the
+/// channel's key base (`{<prefix>:<channel>}:`), from which the records' keys are made. Returns
+/// `{next cursor, entry id, record JSON, attempt-started mark or '', ...}`.
+pub(crate) fn lease_one() -> String {
+    format!(
+        "{PENDING_FN}{READ_BODY}{}",
+        r"
+local base = ARGV[8]
+local res = {out[1]}
+for i = 2, #out, 3 do
+  local eid, id = out[i], out[i + 1]
+  local rec = redis.call('GET', base .. 'm:' .. id)
+  if rec and is_pending(rec) then
+    redis.call('HSET', KEYS[5], id, eid)
+    res[#res + 1] = eid; res[#res + 1] = rec
+    res[#res + 1] = out[i + 2] == '1' and redis.call('HGET', KEYS[5], 's:' .. id) or ''
+  else
+    redis.call('XACK', KEYS[1], group, eid)
+    redis.call('XDEL', KEYS[1], eid)
+  end
+end
+return res
+"
+    )
+}
 
 /// Lease, second half: KEYS `q`, `lease`, then `m:<id>` per entry; ARGV group, then (entry id,
 /// message id, look) per entry. Records each pending message's lease (`lease` field `<id>` →
@@ -275,8 +310,8 @@ return n
 /// finished ms. Per message: acknowledges the entry; when it was still pending the message is
 /// not final (a final write always acknowledges the message's entry in the same script), so
 /// the record is not read; else the record says whether it is final. Then writes the new state
-/// and ends the lease (`XDEL`, and `HDEL` of the `lease` fields `<id>` and `s:<id>`), all in
-/// one script. A copy of the message claimed by another pod finds its entry acknowledged and
+/// and ends the lease (`HDEL` of the `lease` fields `<id>` and `s:<id>`), all in one script.
+/// The acknowledged entry is not deleted here: [`TRIM`] drops such entries once a second. A copy of the message claimed by another pod finds its entry acknowledged and
 /// the record final, and only ends its own lease. The record is stored as given, `first_attempt_at` included:
 /// kept after an attempt that sent, cleared (the attempt-started mark voided) by the dispatcher
 /// after one that did not. The events receiver's indexes of a delivered message (`a:<openid>`,
@@ -286,57 +321,57 @@ pub(crate) fn complete() -> String {
     format!(
         "{PENDING_FN}{}",
         r"
-local group, now, retention, indexes = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4] == '1'
+local group, now, retention, indexes = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4] == '1'
 local q, lease, nkey, deadk, deadt, cb, cbd, dkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local out = {}
 local finals = 0
+-- Ends a lease: acknowledges its entry unless done already (entries are trimmed later, see
+-- TRIM), and deletes the lease and the start mark. Numbers stay strings when Redis only
+-- stores them: each number passed to redis.call is formatted again.
+local function unlease(eid, acked, id)
+  if eid == '' then eid = redis.call('HGET', lease, id) end
+  if eid and not acked then redis.call('XACK', q, group, eid) end
+  redis.call('HDEL', lease, id, 's:' .. id)
+end
 for i = 0, (#KEYS - 8) / 4 - 1 do
-  local mkey, ikey, akey, xkey = KEYS[9 + i * 4], KEYS[10 + i * 4], KEYS[11 + i * 4], KEYS[12 + i * 4]
-  local a = 5 + i * 13
-  local eid, id, js, final, due = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3] == '1', tonumber(ARGV[a + 4])
-  local dead, delivered, msgid, idem = ARGV[a + 5] == '1', ARGV[a + 6] == '1', ARGV[a + 7], ARGV[a + 8]
-  local cbid, cbdue, cbjs, finished = ARGV[a + 9], tonumber(ARGV[a + 10]), ARGV[a + 11], tonumber(ARGV[a + 12])
+  local k, a = 9 + i * 4, 5 + i * 13
+  local mkey, eid, id, js = KEYS[k], ARGV[a], ARGV[a + 1], ARGV[a + 2]
   -- The entry still pending means the message is not final: every final write acknowledges
   -- the message's entry in the same script. Otherwise (another pod ended the lease, or the
   -- entry is not known here) the record itself says.
   local acked = eid ~= '' and redis.call('XACK', q, group, eid) == 1
-  local function unlease()
-    if eid == '' then eid = redis.call('HGET', lease, id) end
-    if eid then
-      if not acked then redis.call('XACK', q, group, eid) end
-      redis.call('XDEL', q, eid)
-    end
-    redis.call('HDEL', lease, id, 's:' .. id)
-  end
   local cur = acked or redis.call('GET', mkey)
   if not cur or (not acked and not is_pending(cur)) then
-    unlease()
+    unlease(eid, acked, id)
     out[#out + 1] = 0
-  elseif final then
+  elseif ARGV[a + 3] == '1' then
     redis.call('SET', mkey, js, 'PX', retention)
     finals = finals + 1
-    if idem ~= '' then redis.call('PEXPIRE', ikey, retention) end
-    if dead then
-      redis.call('ZADD', deadk, 0, id)
-      redis.call('ZADD', deadt, finished, id)
+    if ARGV[a + 8] ~= '' then redis.call('PEXPIRE', KEYS[k + 1], retention) end
+    if ARGV[a + 5] == '1' then
+      redis.call('ZADD', deadk, '0', id)
+      redis.call('ZADD', deadt, ARGV[a + 12], id)
     end
-    if delivered and indexes then
-      redis.call('ZADD', akey, finished, id)
-      redis.call('ZREMRANGEBYSCORE', akey, '-inf', now - retention)
+    if indexes and ARGV[a + 6] == '1' then
+      local akey = KEYS[k + 2]
+      redis.call('ZADD', akey, ARGV[a + 12], id)
+      redis.call('ZREMRANGEBYSCORE', akey, '-inf', now - tonumber(retention))
       redis.call('PEXPIRE', akey, retention)
-      if msgid ~= '' then redis.call('SET', xkey, id, 'PX', retention) end
+      if ARGV[a + 7] ~= '' then redis.call('SET', KEYS[k + 3], id, 'PX', retention) end
     end
+    local cbid = ARGV[a + 9]
     if cbid ~= '' then
-      redis.call('ZADD', cb, cbdue, cbid)
-      redis.call('HSET', cbd, cbid, cbjs)
+      redis.call('ZADD', cb, ARGV[a + 10], cbid)
+      redis.call('HSET', cbd, cbid, ARGV[a + 11])
     end
-    unlease()
+    unlease(eid, acked, id)
     out[#out + 1] = 1
   else
     redis.call('SET', mkey, js)
     -- End the old lease before queueing again, so the entry read next is the new one.
-    unlease()
-    if due <= now then
+    unlease(eid, acked, id)
+    local due = ARGV[a + 4]
+    if tonumber(due) <= now then
       redis.call('XADD', q, '*', 'id', id)
     else
       redis.call('ZADD', dkey, due, id)
@@ -353,6 +388,48 @@ return out
     )
 }
 
+/// Trim and count: KEYS `q`; ARGV group. Outcomes acknowledge their entries but do not delete
+/// them (one command less per message); this script drops, once a second per pod (the counts'
+/// refresh), every entry below the oldest one any group still needs: the oldest pending entry
+/// of each group, or, when a group holds none, the entries up to the last one it read. Entries
+/// not read yet are above each group's last read entry, so they stay. Returns `{length of the
+/// stream, entries pending in the group}`, read in the same step, so that the ready count
+/// (length − pending) holds no acknowledged entry.
+pub(crate) const TRIM: &str = r"
+local function parse(eid)
+  local ms, seq = string.match(eid, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local groups = redis.call('XINFO', 'GROUPS', KEYS[1])
+local low_ms, low_seq = nil, nil
+local mine = 0
+for _, g in ipairs(groups) do
+  local name, pending, last = nil, 0, nil
+  for j = 1, #g, 2 do
+    if g[j] == 'name' then name = g[j + 1]
+    elseif g[j] == 'pending' then pending = g[j + 1]
+    elseif g[j] == 'last-delivered-id' then last = g[j + 1] end
+  end
+  if name == ARGV[1] then mine = pending end
+  local ms, seq = nil, nil
+  if pending > 0 then
+    ms, seq = parse(redis.call('XPENDING', KEYS[1], name)[2])
+  elseif last then
+    ms, seq = parse(last)
+    if ms then seq = seq + 1 end
+  end
+  if not ms then
+    low_ms = -1
+  elseif low_ms == nil or ms < low_ms or (ms == low_ms and seq < low_seq) then
+    low_ms, low_seq = ms, seq
+  end
+end
+if low_ms and low_ms >= 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', string.format('%d-%d', low_ms, low_seq))
+end
+return {redis.call('XLEN', KEYS[1]), mine}
+";
+
 /// Attempt started, for one or more leased messages at once: KEYS `q`, `lease`; ARGV group,
 /// consumer, then per message the stream entry id of this consumer's lease, the message id and
 /// the start's time (as the record's JSON writes `first_attempt_at`). Before the first send,
@@ -368,7 +445,7 @@ local group, consumer = ARGV[1], ARGV[2]
 local out = {}
 for i = 3, #ARGV, 3 do
   local eid, id, at = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if #redis.call('XPENDING', KEYS[1], group, eid, eid, 1, consumer) == 0 then
+  if #redis.call('XPENDING', KEYS[1], group, eid, eid, '1', consumer) == 0 then
     out[#out + 1] = 'lost'
   elseif redis.call('HSETNX', KEYS[2], 's:' .. id, at) == 1 then
     out[#out + 1] = 'ok'

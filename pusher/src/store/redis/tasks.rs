@@ -38,14 +38,27 @@ impl RedisStore {
     /// [`Store::counts`](crate::store::Store::counts).
     pub async fn refresh(&self) -> Result<QueueCounts, StoreError> {
         let b = &self.inner.base;
+        // Drops the entries every group is done with, and reads the stream's length and this
+        // group's pending entries in the same step (`scripts::TRIM`).
+        let (xlen, in_pel): (u64, u64) = match self
+            .script(
+                &self.inner.scripts.trim,
+                std::slice::from_ref(&self.inner.stream),
+                std::slice::from_ref(&self.inner.options.consumer_group),
+            )
+            .await
+        {
+            Ok(v) => v,
+            // No stream yet: the group is created below.
+            Err(e) if e.to_string().contains("no such key") => (0, 0),
+            Err(e) => return Err(self.fail("counts", &e)),
+        };
         let mut pipe = redis::pipe();
-        pipe.cmd("XLEN")
-            .arg(&self.inner.stream)
-            .cmd("ZCARD")
+        pipe.cmd("ZCARD")
             .arg(format!("{b}d"))
             .cmd("ZCARD")
             .arg(format!("{b}dead"));
-        let (xlen, delayed, dead): (u64, u64, u64) = pipe
+        let (delayed, dead): (u64, u64) = pipe
             .query_async(&mut self.conn())
             .await
             .map_err(|e| self.fail("counts", &e))?;
@@ -72,7 +85,7 @@ impl RedisStore {
             }
             Err(e) => return Err(self.fail("XPENDING", &e)),
         };
-        let ready = xlen.saturating_sub(inflight);
+        let ready = xlen.saturating_sub(in_pel);
         let oldest_ready_ms = if ready > 0 {
             self.oldest_unread().await
         } else {
