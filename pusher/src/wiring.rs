@@ -91,6 +91,7 @@ impl Pusher {
                     default_callback: config.callbacks.url.is_some(),
                     unhealthy_after: e.unhealthy_after.get(),
                     max_bytes: Some(disk_budget(e)?),
+                    event_indexes: config.events.token.is_some(),
                 })?;
                 watch_disk(&store, Arc::clone(&metrics));
                 Self::start_with(config, metrics, secrets, store, None).await

@@ -188,6 +188,7 @@ async fn injected_store_faults_lose_strand_and_duplicate_nothing() {
         default_callback: false,
         unhealthy_after: Duration::from_secs(120),
         max_bytes: None,
+        event_indexes: false,
     })
     .expect("store");
     let store = Faulty {

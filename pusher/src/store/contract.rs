@@ -95,6 +95,7 @@ impl Backend for Embedded {
             retention: o.retention,
             default_callback: o.default_callback,
             max_bytes: None,
+            event_indexes: true,
         })
         .expect("opens")
     }

@@ -89,6 +89,10 @@ pub struct EmbeddedOptions {
     /// The disk budget in bytes: accepts and replays get [`StoreError::OverBudget`] while the
     /// database holds this much (`None`: no budget).
     pub max_bytes: Option<u64>,
+    /// Whether the channel takes delivery events (`events.token` is set). Only then does a
+    /// delivered message get the events receiver's indexes (`msgids`, `awaiting_event`):
+    /// without a token the receiver refuses every event, so nothing would read them.
+    pub event_indexes: bool,
 }
 
 /// The embedded store's disk budget, for metrics.
@@ -165,6 +169,7 @@ impl EmbeddedStore {
             max_messages: options.max_messages,
             retention: options.retention,
             default_callback: options.default_callback,
+            event_indexes: options.event_indexes,
         };
         std::thread::Builder::new()
             .name("wxpush-store-writer".into())

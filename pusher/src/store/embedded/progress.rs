@@ -214,6 +214,29 @@ fn bad(what: &str) -> StoreError {
     StoreError::Storage(format!("decode progress: {what}").into())
 }
 
+/// When the message of this progress finished, if its status is final (`finished_at`, else
+/// the last change): what the retention sweep needs, read without decoding the rest.
+pub(super) fn finished_at(bytes: &[u8]) -> Result<Option<Timestamp>, StoreError> {
+    let mut r = Reader(bytes);
+    let [version, status, flags] = r.take()?;
+    if version != VERSION {
+        return Err(bad(&format!("unknown version {version}")));
+    }
+    let final_ = STATUSES
+        .get(usize::from(status))
+        .ok_or_else(|| bad(&format!("unknown status {status}")))?
+        .is_final();
+    if !final_ {
+        return Ok(None);
+    }
+    r.take::<8>()?;
+    r.time()?;
+    let updated_at = r.time()?;
+    r.time_if(flags, FIRST_ATTEMPT)?;
+    r.time_if(flags, NEXT_ATTEMPT)?;
+    Ok(Some(r.time_if(flags, FINISHED)?.unwrap_or(updated_at)))
+}
+
 /// Lays the progress in `bytes` over `record` (the record as accepted).
 pub(super) fn apply(record: &mut MessageRecord, bytes: &[u8]) -> Result<(), StoreError> {
     let mut r = Reader(bytes);
@@ -341,6 +364,32 @@ mod tests {
         let mut got = r.clone();
         apply(&mut got, &encode_started(&r, at).expect("encodes")).expect("decodes");
         assert_eq!(times(&got), times(&r));
+    }
+
+    /// The sweep reads the finish time of a final progress only.
+    #[test]
+    fn the_finish_time_is_read_from_a_final_progress_only() {
+        let mut r = record();
+        let at = r.accepted_at + SignedDuration::from_secs(3);
+        assert_eq!(
+            finished_at(&encode(&r).expect("encodes")).expect("reads"),
+            None
+        );
+        r.first_attempt_at = Some(r.accepted_at);
+        r.status = Status::Retrying;
+        r.next_attempt_at = Some(at);
+        assert_eq!(
+            finished_at(&encode(&r).expect("encodes")).expect("reads"),
+            None
+        );
+        r.status = Status::Delivered;
+        r.next_attempt_at = None;
+        r.finished_at = Some(at);
+        r.msgid = Some(5);
+        r.last_error = Some(SendError::new(ErrorKind::Errcode, "no"));
+        let bytes = encode(&r).expect("encodes");
+        assert_eq!(finished_at(&bytes).expect("reads"), Some(at));
+        assert!(finished_at(&bytes[..20]).is_err());
     }
 
     /// A damaged or unknown entry is an error, never a wrong record.

@@ -4,9 +4,11 @@
 //! Tables: `messages` (id → JSON record, as accepted), `progress` (id → what changed since:
 //! the "attempt started" mark, status, attempts, times, outcome; see [`super::progress`]),
 //! `schedule` ((due ms, id) for pending messages),
-//! `finished` ((finished ms, id), for retention), `dead` (dead-letter ids), `idempotency`
-//! (key → id), `msgids` (WeChat msgid → id), `awaiting_event` ((openid, delivered ms, id) of
-//! delivered messages without an event), `events_seen` ((openid, CreateTime, MsgID) → id),
+//! `finished` ((finished ms, id): no longer written; stores written before list their finished
+//! messages there, and the retention sweep empties it), `dead` (dead-letter ids), `idempotency`
+//! (key → id), `msgids` (WeChat msgid → id) and `awaiting_event` ((openid, delivered ms, id) of
+//! delivered messages without an event), both only when the channel takes events,
+//! `events_seen` ((openid, CreateTime, MsgID) → id),
 //! `callbacks` ((due ms, callback id) → JSON [`PendingCallback`], written in the same
 //! transaction as the state change that causes the callback), `credits` and `probe`.
 
@@ -30,13 +32,17 @@ pub(super) const PROGRESS: TableDefinition<u128, &[u8]> = TableDefinition::new("
 /// hold marks; opening it moves them into `progress` ([`move_start_marks`]).
 pub(super) const STARTED: TableDefinition<u128, i128> = TableDefinition::new("started");
 pub(super) const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
+/// `(finished ms, id)` of finished messages, as the versions before wrote it for the retention
+/// sweep. The sweep now walks `progress` in id order instead (ids are ordered by accept
+/// time), and removes what this table still lists.
 pub(super) const FINISHED: TableDefinition<(u64, u128), ()> = TableDefinition::new("finished");
 pub(super) const DEAD: TableDefinition<u128, ()> = TableDefinition::new("dead");
 pub(super) const IDEMPOTENCY: TableDefinition<&str, u128> = TableDefinition::new("idempotency");
-/// WeChat `msgid` → message id, written when a message is completed as `delivered`.
+/// WeChat `msgid` → message id, written when a message is completed as `delivered` on a
+/// channel that takes events (`EmbeddedOptions::event_indexes`).
 pub(super) const MSGIDS: TableDefinition<i64, u128> = TableDefinition::new("msgids");
 /// `(openid, delivered_ms, id)` of delivered messages with no event yet (the `MsgID` 0
-/// fallback).
+/// fallback), on a channel that takes events.
 pub(super) const AWAITING: TableDefinition<(&str, u64, u128), ()> =
     TableDefinition::new("awaiting_event");
 /// `(openid, CreateTime, MsgID)` of recorded events → the message (de-duplication).

@@ -21,6 +21,7 @@ fn options(dir: &std::path::Path) -> EmbeddedOptions {
         default_callback: false,
         unhealthy_after: Duration::from_secs(120),
         max_bytes: None,
+        event_indexes: true,
     }
 }
 
@@ -505,6 +506,303 @@ async fn a_store_written_before_the_progress_table_opens_reads_and_delivers() {
             .items
             .is_empty()
     );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Without `events.token` (`event_indexes: false`) a delivered message gets no events indexes
+/// (`msgids`, `awaiting_event`). Reopened with a token, its events do not match, and messages
+/// delivered from then on are matched by `msgid` and by the `MsgID` 0 fallback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_indexes_are_written_only_when_the_channel_takes_events() {
+    use super::schema::{AWAITING, MSGIDS};
+    use crate::store::{DeliveryEvent, EventOutcome, MatchedBy};
+    use redb::ReadableTableMetadata;
+    let dir = temp();
+    let indexes = |store: &EmbeddedStore| {
+        let txn = store.shared.begin_read().expect("reads");
+        let msgids = txn.open_table(MSGIDS).expect("table").len().expect("len");
+        let awaiting = txn.open_table(AWAITING).expect("table").len().expect("len");
+        (msgids, awaiting)
+    };
+    let deliver_with = |store: &EmbeddedStore, l: &Leased, msgid: i64| {
+        let mut done = l.record.clone();
+        done.status = Status::Delivered;
+        done.msgid = Some(msgid);
+        done.finished_at = Some(Timestamp::now());
+        done.next_attempt_at = None;
+        let store = store.clone();
+        let slot = l.slot;
+        async move { store.complete(slot, done).await.expect("completes") }
+    };
+    let event = |openid: &str, msgid: i64| DeliveryEvent {
+        openid: openid.into(),
+        create_time: 1,
+        msgid,
+        status: "success".into(),
+        received_at: Timestamp::now(),
+    };
+
+    let store = EmbeddedStore::open(&EmbeddedOptions {
+        event_indexes: false,
+        ..options(&dir)
+    })
+    .expect("opens");
+    accept(&store, 1).await;
+    let before = lease(&store, 1).await;
+    assert_eq!(before.len(), 1);
+    deliver_with(&store, &before[0], 100).await;
+    assert_eq!(indexes(&store), (0, 0));
+    let got = store
+        .get(before[0].record.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert_eq!((got.status, got.msgid), (Status::Delivered, Some(100)));
+    store.close().await;
+    drop(store);
+
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens with events");
+    let old = before[0].record.message.touser.clone();
+    let outcome = store
+        .record_event(event(&old, 100), true)
+        .await
+        .expect("records");
+    assert_eq!(outcome, EventOutcome::Unmatched);
+    let outcome = store
+        .record_event(event(&old, 0), true)
+        .await
+        .expect("records");
+    assert_eq!(outcome, EventOutcome::Unmatched);
+    accept(&store, 2).await;
+    let after = lease(&store, 2).await;
+    assert_eq!(after.len(), 2);
+    deliver_with(&store, &after[0], 200).await;
+    deliver_with(&store, &after[1], 201).await;
+    assert_eq!(indexes(&store), (2, 2));
+    let by_msgid = store
+        .record_event(event(&after[0].record.message.touser, 200), true)
+        .await
+        .expect("records");
+    assert!(
+        matches!(by_msgid, EventOutcome::Applied { id, .. } if id == after[0].record.id),
+        "{by_msgid:?}"
+    );
+    let by_openid = store
+        .record_event(event(&after[1].record.message.touser, 0), true)
+        .await
+        .expect("records");
+    assert!(
+        matches!(by_openid, EventOutcome::Applied { id, .. } if id == after[1].record.id),
+        "{by_openid:?}"
+    );
+    let got = store
+        .get(after[1].record.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert_eq!(got.events[0].matched_by, MatchedBy::OpenidFallback.as_str());
+    let got = store
+        .get(before[0].record.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert!(got.events.is_empty());
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Retention walks `progress`: a delivered message and a dead letter are removed no earlier
+/// than the retention after they finished, without a `finished` entry; a message whose attempt
+/// started but did not end stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_finished_messages_by_their_progress() {
+    use super::schema::FINISHED;
+    use redb::ReadableTableMetadata;
+    let dir = temp();
+    let retention = Duration::from_secs(2);
+    let store = EmbeddedStore::open(&EmbeddedOptions {
+        retention,
+        ..options(&dir)
+    })
+    .expect("opens");
+    accept(&store, 3).await;
+    let leased = lease(&store, 3).await;
+    assert_eq!(leased.len(), 3);
+    for l in &leased {
+        store
+            .start_attempt(l, Timestamp::now())
+            .await
+            .expect("records the start");
+    }
+    deliver(&store, &leased[0]).await;
+    let mut dead = leased[1].record.clone();
+    dead.status = Status::Failed;
+    dead.dead_letter = true;
+    dead.finished_at = Some(Timestamp::now());
+    dead.next_attempt_at = None;
+    store
+        .complete(leased[1].slot, dead)
+        .await
+        .expect("completes");
+    let finished = {
+        let txn = store.shared.begin_read().expect("reads");
+        txn.open_table(FINISHED).expect("table").len().expect("len")
+    };
+    assert_eq!(finished, 0, "no `finished` entry is written");
+    let mut ends = Vec::new();
+    for l in &leased[..2] {
+        let got = store.get(l.record.id).await.expect("reads").expect("kept");
+        ends.push((l.record.id, got.finished_at.expect("finished")));
+    }
+    assert_eq!(store.counts().dead, 1);
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut left = ends.clone();
+    while !left.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut still = Vec::new();
+        for (id, finished_at) in left {
+            if store.get(id).await.expect("reads").is_some() {
+                still.push((id, finished_at));
+            } else {
+                let kept = Timestamp::now().duration_since(finished_at);
+                assert!(
+                    kept >= jiff::SignedDuration::try_from(retention).expect("fits"),
+                    "{id} removed {kept:?} after it finished"
+                );
+            }
+        }
+        left = still;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(left.is_empty(), "not removed: {left:?}");
+    assert_eq!(store.counts().dead, 0);
+    assert!(
+        store
+            .dead_letters(None, 10)
+            .await
+            .expect("lists")
+            .items
+            .is_empty()
+    );
+    let started = store.get(leased[2].record.id).await.expect("reads");
+    assert!(started.is_some(), "an unfinished message stays");
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A store written by the build before retention walked `progress` (finished messages listed
+/// in `finished`, with the events indexes) opens: a recent delivered message reads and takes
+/// its event by `msgid`, a queued one delivers, and the message finished longer ago than the
+/// retention is swept with its entries, while the recent one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_lists_finished_messages_opens_delivers_and_is_swept() {
+    use super::schema::{AWAITING, FINISHED, MESSAGES, MSGIDS, PROGRESS, SCHEDULE};
+    use crate::message::{MessageId, MessageRecord};
+    use crate::store::{DeliveryEvent, EventOutcome, millis};
+    let dir = temp();
+    let now = Timestamp::now();
+    let long_ago = now - SignedDuration::from_secs(60);
+    let delivered = |to: &str, at: Timestamp, msgid: i64| {
+        let m =
+            parse_message(&json!({"touser": to, "template_id": "T", "data": {}})).expect("valid");
+        let mut r = MessageRecord::new(MessageId::new(), m, None, at);
+        r.status = Status::Delivered;
+        r.attempts = 1;
+        r.msgid = Some(msgid);
+        r.first_attempt_at = Some(at);
+        r.finished_at = Some(at);
+        r.next_attempt_at = None;
+        r
+    };
+    let old = delivered("o-old", long_ago, 555);
+    let recent = delivered("o-recent", now, 556);
+    let m = parse_message(&json!({"touser": "o-queued", "template_id": "T"})).expect("valid");
+    let queued = MessageRecord::new(MessageId::new(), m, None, now);
+    {
+        // Create the tables as the store does, then write what the build before wrote.
+        let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+        store.close().await;
+        drop(store);
+        let db = redb::Database::create(EmbeddedStore::file_in(&dir)).expect("opens");
+        let txn = db.begin_write().expect("writes");
+        {
+            let mut messages = txn.open_table(MESSAGES).expect("table");
+            let mut progress = txn.open_table(PROGRESS).expect("table");
+            let mut finished = txn.open_table(FINISHED).expect("table");
+            let mut msgids = txn.open_table(MSGIDS).expect("table");
+            let mut awaiting = txn.open_table(AWAITING).expect("table");
+            for r in [&old, &recent] {
+                let id = r.id.as_u128();
+                let at = millis(r.finished_at.expect("finished"));
+                let mut accepted = r.clone();
+                accepted.status = Status::Queued;
+                let bytes = serde_json::to_vec(&accepted).expect("JSON");
+                messages.insert(id, bytes.as_slice()).expect("puts");
+                let p = super::progress::encode(r).expect("encodes");
+                progress.insert(id, p.as_slice()).expect("puts");
+                finished.insert((at, id), ()).expect("puts");
+                msgids.insert(r.msgid.expect("msgid"), id).expect("puts");
+                let openid = r.message.touser.as_str();
+                awaiting.insert((openid, at, id), ()).expect("puts");
+            }
+            let bytes = serde_json::to_vec(&queued).expect("JSON");
+            let q = queued.id.as_u128();
+            messages.insert(q, bytes.as_slice()).expect("puts");
+            let mut schedule = txn.open_table(SCHEDULE).expect("table");
+            schedule.insert((millis(now), q), ()).expect("puts");
+        }
+        txn.commit().expect("commits");
+    }
+    let store = EmbeddedStore::open(&EmbeddedOptions {
+        retention: Duration::from_secs(30),
+        ..options(&dir)
+    })
+    .expect("opens the old store");
+    let got = store.get(recent.id).await.expect("reads").expect("kept");
+    assert_eq!((got.status, got.msgid), (Status::Delivered, Some(556)));
+    let event = DeliveryEvent {
+        openid: "o-recent".into(),
+        create_time: 1,
+        msgid: 556,
+        status: "success".into(),
+        received_at: Timestamp::now(),
+    };
+    let outcome = store.record_event(event, true).await.expect("records");
+    assert!(
+        matches!(outcome, EventOutcome::Applied { id, status: Status::Confirmed } if id == recent.id),
+        "{outcome:?}"
+    );
+    let leased = lease(&store, 1).await;
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].record.id, queued.id);
+    deliver(&store, &leased[0]).await;
+
+    let listed = |store: &EmbeddedStore| {
+        use redb::ReadableTableMetadata;
+        let txn = store.shared.begin_read().expect("reads");
+        txn.open_table(FINISHED).expect("table").len().expect("len")
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while store.get(old.id).await.expect("reads").is_some()
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.get(old.id).await.expect("reads").is_none(), "swept");
+    assert_eq!(listed(&store), 1, "the recent message is still listed");
+    let txn = store.shared.begin_read().expect("reads");
+    let msgids = txn.open_table(MSGIDS).expect("table");
+    assert!(
+        msgids.get(555).expect("reads").is_none(),
+        "the old msgid went"
+    );
+    assert!(msgids.get(556).expect("reads").is_some());
+    drop((msgids, txn));
+    let got = store.get(recent.id).await.expect("reads").expect("kept");
+    assert_eq!(got.status, Status::Confirmed);
+    let got = store.get(queued.id).await.expect("reads").expect("kept");
+    assert_eq!(got.status, Status::Delivered);
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

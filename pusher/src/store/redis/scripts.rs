@@ -8,11 +8,11 @@
 //! with "non local key" after some writes. The store retries such an answer as a whole
 //! operation (`super::conn::retrying`). A key a script does not need this time (no
 //! idempotency key, no msgid) is passed as the bare prefix (`i:`, `x:`), which it never
-//! touches. ARGV never names a key, with one exception: [`lease_one`], used only on a single
+//! touches. ARGV never names a key, with one exception: `lease_one`, used only on a single
 //! server (no slot moves there), builds the records' keys from the key base it is given.
 //!
 //! Key layout (after the base `{<prefix>:<channel>}:`): `q` stream of ready work (field `id`;
-//! acknowledged entries stay until [`TRIM`] drops them),
+//! acknowledged entries stay until `TRIM` drops them),
 //! `m:<id>` record JSON, `i:<key>` idempotency key → id, `n` pending count, `d` retry schedule
 //! (zset by due ms), `lease` hash of leased messages (field `<id>` → stream entry id) and of
 //! attempt-started marks (field `s:<id>` → the time the first attempt started, until its
@@ -123,7 +123,7 @@ pub(crate) fn lease_read() -> String {
     format!("{READ_BODY}return out\n")
 }
 
-/// The body of [`lease_read`] and [`lease_one`], up to the answer `out`. Numbers Redis only
+/// The body of [`lease_read`] and `lease_one`, up to the answer `out`. Numbers Redis only
 /// compares go as strings: each number passed to `redis.call` is formatted again.
 const READ_BODY: &str = r"
 local group, consumer = ARGV[1], ARGV[2]
@@ -311,7 +311,7 @@ return n
 /// not final (a final write always acknowledges the message's entry in the same script), so
 /// the record is not read; else the record says whether it is final. Then writes the new state
 /// and ends the lease (`HDEL` of the `lease` fields `<id>` and `s:<id>`), all in one script.
-/// The acknowledged entry is not deleted here: [`TRIM`] drops such entries once a second. A copy of the message claimed by another pod finds its entry acknowledged and
+/// The acknowledged entry is not deleted here: `TRIM` drops such entries once a second. A copy of the message claimed by another pod finds its entry acknowledged and
 /// the record final, and only ends its own lease. The record is stored as given, `first_attempt_at` included:
 /// kept after an attempt that sent, cleared (the attempt-started mark voided) by the dispatcher
 /// after one that did not. The events receiver's indexes of a delivered message (`a:<openid>`,

@@ -46,6 +46,9 @@ use txn::{Group, Tables};
 /// Most operations applied in one commit.
 const MAX_GROUP: usize = 8192;
 
+/// How soon a retention sweep whose walk stopped early (it read its most entries) goes on.
+const SWEEP_AGAIN: Duration = Duration::from_secs(1);
+
 /// The one writer.
 #[derive(Debug)]
 pub(super) struct Writer {
@@ -53,6 +56,8 @@ pub(super) struct Writer {
     pub(super) max_messages: u64,
     pub(super) retention: Duration,
     pub(super) default_callback: bool,
+    /// See [`crate::store::embedded::EmbeddedOptions::event_indexes`].
+    pub(super) event_indexes: bool,
 }
 
 impl Writer {
@@ -64,6 +69,8 @@ impl Writer {
         // waiting by then), so that removal keeps up with any inflow without long commits.
         let mut next_sweep = Instant::now() + sweep_every;
         let mut healing: Option<Healing> = None;
+        // Where the retention sweep's walk of `progress` goes on from (sweep.rs).
+        let mut cursor = 0;
         loop {
             let mut until = next_sweep;
             if let Some(h) = &healing {
@@ -79,7 +86,8 @@ impl Writer {
                     if healing.is_some() {
                         heal::heal(&self.shared, &mut healing);
                     } else if Instant::now() >= next_sweep {
-                        next_sweep = self.sweep_and_schedule(sweep_every, &mut healing);
+                        next_sweep =
+                            self.sweep_and_schedule(sweep_every, &mut cursor, &mut healing);
                     }
                     head::upkeep(&self.shared, healing.as_ref());
                     continue;
@@ -136,7 +144,7 @@ impl Writer {
                 return Some(reply);
             }
             if healing.is_none() && Instant::now() >= next_sweep {
-                next_sweep = self.sweep_and_schedule(sweep_every, &mut healing);
+                next_sweep = self.sweep_and_schedule(sweep_every, &mut cursor, &mut healing);
             }
         }
     }
@@ -192,6 +200,7 @@ impl Writer {
             pending: self.shared.index.lock().pending(),
             max_messages: self.max_messages,
             default_callback: self.default_callback,
+            event_indexes: self.event_indexes,
             callbacks_added: false,
             over_budget: None,
         };
@@ -353,9 +362,18 @@ impl Writer {
         }
     }
 
-    fn sweep_and_schedule(&self, every: Duration, healing: &mut Option<Healing>) -> Instant {
-        if sweep::sweep(&self.shared, self.retention, healing) >= SWEEP_BATCH {
+    /// Sweeps, and says when the next sweep is due: at once when this one removed a full
+    /// batch, within a second when its walk stopped before the cutoff, else after `every`.
+    fn sweep_and_schedule(
+        &self,
+        every: Duration,
+        cursor: &mut u128,
+        healing: &mut Option<Healing>,
+    ) -> Instant {
+        if sweep::sweep(&self.shared, self.retention, cursor, healing) >= SWEEP_BATCH {
             Instant::now()
+        } else if *cursor != 0 {
+            Instant::now() + every.min(SWEEP_AGAIN)
         } else {
             Instant::now() + every
         }

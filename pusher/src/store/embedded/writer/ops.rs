@@ -144,10 +144,9 @@ pub(super) fn complete(
         ))
     };
     t.schedule.remove((slot, id)).map_err(storage)?;
+    // A finished message needs no entry for retention: the sweep walks `progress`.
     match due {
         None => {
-            let at = millis(record.finished_at.unwrap_or(g.now));
-            t.finished.insert((at, id), ()).map_err(storage)?;
             if record.dead_letter {
                 t.dead.insert(id, ()).map_err(storage)?;
             }
@@ -156,7 +155,7 @@ pub(super) fn complete(
             t.schedule.insert((at, id), ()).map_err(storage)?;
         }
     }
-    if record.status == Status::Delivered {
+    if g.event_indexes && record.status == Status::Delivered {
         let at = millis(record.finished_at.unwrap_or(g.now));
         t.awaiting
             .insert((record.message.touser.as_str(), at, id), ())
@@ -251,6 +250,7 @@ pub(super) fn replay(
     }
     g.pending += 1;
     if let Some(f) = record.finished_at {
+        // Listed there by the versions before the sweep walked `progress`.
         t.finished.remove((millis(f), key)).map_err(storage)?;
     }
     t.dead.remove(key).map_err(storage)?;

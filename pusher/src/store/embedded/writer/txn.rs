@@ -94,6 +94,8 @@ pub(super) struct Group {
     pub(super) max_messages: u64,
     /// Whether every final state gets a callback (a default callback URL is set).
     pub(super) default_callback: bool,
+    /// Whether delivered messages get the events receiver's indexes (`events.token` is set).
+    pub(super) event_indexes: bool,
     pub(super) now: Timestamp,
     pub(super) now_ms: u64,
     /// Pending messages, counting this group's accepts, replays and final states.
