@@ -27,7 +27,8 @@
 //! 30,000-message benchmark run rise above 1.5 × the floor while the pusher accepts the
 //! messages; a back-off there ends slow start, and the limit then climbs by eighths. Part of
 //! that rise is the pusher's own lag (9 to 43 ms in the traces of docs/performance.md, "Eighth
-//! round"); the rest comes from outside the pusher's runtime and still backs off. So each healthy answer also comes with the runtime's lag when it was read
+//! round"); the rest comes from outside the pusher's runtime and still backs off. So each
+//! healthy answer also comes with the runtime's lag when it was read
 //! ([`crate::resilience::lag`]: how late a probe timer runs), and the window keeps a second
 //! lowest, of the latencies less that lag. A rise that disappears net of the lag is ours: the
 //! window holds the limit, neither growing (a busy pusher gains nothing from more requests)
@@ -41,7 +42,7 @@
 //! others queued under the old limit. So after a latency cut, the next cut looks only at the
 //! answers to requests sent after it (each answer's send time is its arrival less its
 //! latency), and a window without such answers holds. Before, one queue at 100 ± 50 ms was cut
-//! in four windows in a row, from 1,024 to 55, before the first cut could show, and the climb
+//! in five windows in a row, from 1,024 to 56, before the first cut could show, and the climb
 //! back by eighths took over a second (docs/performance.md, "Eighth round"). The error-share cut
 //! is not paced this way.
 //!
@@ -529,7 +530,7 @@ mod tests {
 
     /// A cut shows only in the answers to requests sent after it; those sent before queued
     /// under the old limit. Windows of such answers hold the limit, so one queue is cut for
-    /// once per round trip, not once per window (at 100 ms that cut 1,024 to 55 in four
+    /// once per round trip, not once per window (at 100 ms that cut 1,024 to 56 in five
     /// windows, and the climb back by eighths took over a second).
     #[test]
     fn a_cut_waits_for_the_answers_sent_after_it() {
