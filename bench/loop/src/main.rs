@@ -206,13 +206,27 @@ async fn run_loop(
         .timeout(timeout)
         .pool_max_idle_per_host(tasks)
         .build()?;
-    let token: Value = client
-        .post(format!("{sandbox}/cgi-bin/stable_token"))
-        .json(&json!({"grant_type": "client_credential", "appid": appid, "secret": secret}))
-        .send()
-        .await?
-        .json()
-        .await?;
+    // The sandbox's faults (a share of hung answers, say) apply to the token call too, as a
+    // send loop's own fetch would meet them: a few tries, as any sender makes.
+    let mut tries = 0;
+    let token: Value = loop {
+        tries += 1;
+        let answer = async {
+            client
+                .post(format!("{sandbox}/cgi-bin/stable_token"))
+                .json(&json!({"grant_type": "client_credential", "appid": appid, "secret": secret}))
+                .send()
+                .await?
+                .json::<Value>()
+                .await
+        }
+        .await;
+        match answer {
+            Ok(token) => break token,
+            Err(e) if tries < 5 => eprintln!("token fetch failed ({e}); trying again"),
+            Err(e) => return Err(e.into()),
+        }
+    };
     let token = token["access_token"]
         .as_str()
         .context("access_token")?
