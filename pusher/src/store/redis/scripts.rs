@@ -33,6 +33,23 @@ local function is_pending(rec)
 end
 "#;
 
+/// Takes one read entry (both lease scripts): a pending record is leased (`lease` field `<id>`
+/// → entry id) and appended to `out` as entry id, record JSON and its attempt-started mark (the
+/// `lease` field `s:<id>`, looked for only when `look`, else ''); the entry of a message that
+/// is final or gone is acknowledged and deleted.
+const TAKE_FN: &str = r"
+local function take(q, lease, group, eid, id, rec, look, out)
+  if rec and is_pending(rec) then
+    redis.call('HSET', lease, id, eid)
+    out[#out + 1] = eid; out[#out + 1] = rec
+    out[#out + 1] = look and redis.call('HGET', lease, 's:' .. id) or ''
+  else
+    redis.call('XACK', q, group, eid)
+    redis.call('XDEL', q, eid)
+  end
+end
+";
+
 /// Accept: KEYS `q`, `n`, then (`i:<key>`, `m:<id>`) per item; ARGV max, n, then (idempotency
 /// key or '', request digest or '', id, record JSON) per item. A key seen before whose record
 /// holds another `request_digest` refuses the whole request before anything is written (a
@@ -178,21 +195,13 @@ end
 /// `{next cursor, entry id, record JSON, attempt-started mark or '', ...}`.
 pub(crate) fn lease_one() -> String {
     format!(
-        "{PENDING_FN}{READ_BODY}{}",
+        "{PENDING_FN}{TAKE_FN}{READ_BODY}{}",
         r"
 local base = ARGV[8]
 local res = {out[1]}
 for i = 2, #out, 3 do
   local eid, id = out[i], out[i + 1]
-  local rec = redis.call('GET', base .. 'm:' .. id)
-  if rec and is_pending(rec) then
-    redis.call('HSET', KEYS[5], id, eid)
-    res[#res + 1] = eid; res[#res + 1] = rec
-    res[#res + 1] = out[i + 2] == '1' and redis.call('HGET', KEYS[5], 's:' .. id) or ''
-  else
-    redis.call('XACK', KEYS[1], group, eid)
-    redis.call('XDEL', KEYS[1], eid)
-  end
+  take(KEYS[1], KEYS[5], group, eid, id, redis.call('GET', base .. 'm:' .. id), out[i + 2] == '1', res)
 end
 return res
 "
@@ -207,22 +216,13 @@ return res
 /// that are final or gone are acknowledged and deleted.
 pub(crate) fn lease_take() -> String {
     format!(
-        "{PENDING_FN}{}",
+        "{PENDING_FN}{TAKE_FN}{}",
         r"
 local group = ARGV[1]
 local out = {}
 for i = 3, #KEYS do
   local a = 2 + (i - 3) * 3
-  local eid, id, look = ARGV[a], ARGV[a + 1], ARGV[a + 2] == '1'
-  local rec = redis.call('GET', KEYS[i])
-  if rec and is_pending(rec) then
-    redis.call('HSET', KEYS[2], id, eid)
-    out[#out + 1] = eid; out[#out + 1] = rec
-    out[#out + 1] = look and redis.call('HGET', KEYS[2], 's:' .. id) or ''
-  else
-    redis.call('XACK', KEYS[1], group, eid)
-    redis.call('XDEL', KEYS[1], eid)
-  end
+  take(KEYS[1], KEYS[2], group, ARGV[a], ARGV[a + 1], redis.call('GET', KEYS[i]), ARGV[a + 2] == '1', out)
 end
 return out
 "
