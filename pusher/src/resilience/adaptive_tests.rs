@@ -1,0 +1,425 @@
+use super::*;
+
+/// A limiter with the default settings under the ceiling `max`.
+fn limiter(max: u32) -> AdaptiveLimit {
+    AdaptiveLimit::new(AdaptiveSettings {
+        max_limit: max,
+        ..AdaptiveSettings::default()
+    })
+}
+
+/// Feeds `windows` windows of `latency` (with `failed` of every 16 samples failing), each
+/// with the limit fully used, and returns the limit after each.
+fn run(
+    l: &mut AdaptiveLimit,
+    now: &mut Instant,
+    windows: usize,
+    latency: Duration,
+    failed: u32,
+) -> Vec<u32> {
+    let mut out = Vec::new();
+    for _ in 0..windows {
+        for i in 0..16 {
+            let sample = if i < failed {
+                Sample::Failed
+            } else {
+                Sample::Ok
+            };
+            l.record(*now, latency, sample, l.limit(), Duration::ZERO);
+            *now += Duration::from_millis(4);
+        }
+        out.push(l.limit());
+    }
+    out
+}
+
+#[test]
+fn the_limit_rises_and_falls_with_latency() {
+    let mut l = limiter(256);
+    let mut now = Instant::now();
+    let ms = Duration::from_millis;
+    assert_eq!(l.limit(), 64);
+    // (phase, windows, latency, failed per 16, what the limit must do)
+    let table: [(&str, usize, Duration, u32, &str); 6] = [
+        ("latency at its floor: grow", 12, ms(2), 0, "up"),
+        ("latency doubles: back off", 3, ms(4), 0, "down"),
+        (
+            "latency 1.3× the floor: hold",
+            3,
+            Duration::from_micros(2600),
+            0,
+            "same",
+        ),
+        ("back at the floor: grow again", 6, ms(2), 0, "up"),
+        ("a quarter of answers fail: cut", 3, ms(2), 8, "down"),
+        ("healthy again: grow", 6, ms(2), 0, "up"),
+    ];
+    for (phase, windows, latency, failed, expect) in table {
+        let before = l.limit();
+        let limits = run(&mut l, &mut now, windows, latency, failed);
+        let after = l.limit();
+        match expect {
+            "up" => assert!(after > before, "{phase}: {before} → {limits:?}"),
+            "down" => assert!(after < before, "{phase}: {before} → {limits:?}"),
+            _ => assert_eq!(after, before, "{phase}: {before} → {limits:?}"),
+        }
+    }
+    assert_eq!(l.floor(), Some(ms(2)));
+}
+
+/// At an outage's edge some answers are connection refusals that come back in 100 µs; below
+/// the error share that cuts the limit, they must not become the floor, or every healthy
+/// window afterwards would look 20 times slower than it and shrink the limit (the backlog
+/// then crawled for seconds after WeChat returned, until the floor windows rolled over).
+#[test]
+fn fast_failures_do_not_drag_the_floor_down() {
+    // A ceiling the four slow-start windows stay below.
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+    // One queueing window ends slow start (the limit then grows by eighths).
+    run(&mut l, &mut now, 1, Duration::from_millis(4), 0);
+    for _ in 0..5 {
+        for i in 0..16 {
+            let (latency, sample) = if i < 3 {
+                (Duration::from_micros(100), Sample::Failed)
+            } else {
+                (Duration::from_millis(2), Sample::Ok)
+            };
+            l.record(now, latency, sample, l.limit(), Duration::ZERO);
+            now += Duration::from_millis(4);
+        }
+    }
+    assert_eq!(l.floor(), Some(Duration::from_millis(2)));
+    let before = l.limit();
+    let after = run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+    assert!(
+        after[0] > before && after.windows(2).all(|w| w[1] > w[0]),
+        "healthy windows after the edge grow the limit: {before} then {after:?}"
+    );
+}
+
+#[test]
+fn slow_start_doubles_until_the_first_back_off() {
+    let mut l = limiter(1000);
+    let mut now = Instant::now();
+    let ms = Duration::from_millis;
+    assert_eq!(run(&mut l, &mut now, 3, ms(2), 0), [128, 256, 512]);
+    // Queueing upstream: back off, and slow start is over.
+    let down = run(&mut l, &mut now, 1, ms(4), 0)[0];
+    assert!(down < 512, "{down}");
+    let after = run(&mut l, &mut now, 2, ms(2), 0);
+    let additive = |from: u32, to: u32| to > from && to <= from + from / 8 + 1;
+    assert!(
+        additive(down, after[0]) && additive(after[0], after[1]),
+        "grows by an eighth after slow start: {down} → {after:?}"
+    );
+}
+
+#[test]
+fn the_limit_stays_within_its_bounds() {
+    let mut l = limiter(40);
+    let mut now = Instant::now();
+    let limits = run(&mut l, &mut now, 50, Duration::from_millis(2), 0);
+    assert_eq!(limits.last(), Some(&40));
+    assert!(limits.windows(2).all(|w| w[0] <= w[1]), "{limits:?}");
+    // Every answer fails: down to the floor of the range, never below.
+    let limits = run(&mut l, &mut now, 50, Duration::from_millis(2), 16);
+    assert_eq!(limits.last(), Some(&2));
+}
+
+/// Feeds one window of 16 healthy answers of `latency`, each read when the pusher's runtime
+/// ran `lag` late (and `failed` of them failing), with the limit fully used.
+fn window(
+    l: &mut AdaptiveLimit,
+    now: &mut Instant,
+    latency: Duration,
+    lag: Duration,
+    failed: u32,
+) -> u32 {
+    for i in 0..16 {
+        let sample = if i < failed {
+            Sample::Failed
+        } else {
+            Sample::Ok
+        };
+        l.record(*now, latency, sample, l.limit(), lag);
+        *now += Duration::from_millis(4);
+    }
+    l.limit()
+}
+
+/// The start of a run at 100 ms: the pusher accepts a burst on the same cores, and every
+/// answer waits 60 ms for a worker. The rise is ours, not the upstream's: the limit holds
+/// and slow start goes on.
+#[test]
+fn a_window_slowed_by_our_own_lag_neither_shrinks_nor_ends_slow_start() {
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    let ms = Duration::from_millis;
+    assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 128);
+    assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 256);
+    for _ in 0..3 {
+        assert_eq!(window(&mut l, &mut now, ms(160), ms(60), 0), 256);
+    }
+    assert_eq!(l.excused(), 3);
+    // The lagging windows did not raise or lower the floor's use: still 100 ms, and the
+    // next healthy windows go on doubling.
+    assert_eq!(l.floor(), Some(ms(100)));
+    assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 512);
+    assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 1024);
+    // A lag larger than the answer's latency (a fast answer read very late) cannot drag
+    // the floor down either: the floor takes the latency as measured.
+    window(&mut l, &mut now, ms(120), ms(500), 0);
+    assert_eq!(l.floor(), Some(ms(100)));
+}
+
+/// The same rise with the runtime on time is the upstream queueing: back off, and slow
+/// start is over. A lag that explains only part of a rise cuts by the rest.
+#[test]
+fn a_window_slowed_by_the_upstream_backs_off() {
+    let ms = Duration::from_millis;
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    window(&mut l, &mut now, ms(100), ms(0), 0);
+    assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 256);
+    // 1.6 × the floor, nothing of it ours: cut by 1.2 / 1.6.
+    assert_eq!(window(&mut l, &mut now, ms(160), ms(0), 0), 192);
+    assert_eq!(l.excused(), 0);
+    let next = window(&mut l, &mut now, ms(100), ms(0), 0);
+    assert_eq!(next, 192 + 24, "grows by an eighth: slow start is over");
+
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    window(&mut l, &mut now, ms(100), ms(0), 0);
+    window(&mut l, &mut now, ms(100), ms(0), 0);
+    // 4 × the floor with 100 ms of it ours: 3 × the floor is the upstream's, cut by half
+    // (the most one window cuts).
+    assert_eq!(window(&mut l, &mut now, ms(400), ms(100), 0), 128);
+    // 2 × the floor with 20 ms ours: 1.8 × is the upstream's, cut by 1.2 / 1.8 (answers to
+    // requests sent after the last cut).
+    now += ms(250);
+    let before = l.limit();
+    let after = window(&mut l, &mut now, ms(200), ms(20), 0);
+    assert_eq!(after, (f64::from(before) * 1.2 / 1.8).round() as u32);
+}
+
+/// A cut shows only in the answers to requests sent after it; those sent before queued
+/// under the old limit. Windows of such answers hold the limit, so one queue is cut for
+/// once per round trip, not once per window (at 100 ms that cut 1,024 to 56 in five
+/// windows, and the climb back by eighths took over a second).
+#[test]
+fn a_cut_waits_for_the_answers_sent_after_it() {
+    let ms = Duration::from_millis;
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    window(&mut l, &mut now, ms(100), ms(0), 0);
+    assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 256);
+    // The upstream queues: 2 × the floor. One cut, by 1.2 / 2.
+    let cut = window(&mut l, &mut now, ms(200), ms(0), 0);
+    assert_eq!(cut, 154);
+    // The next three windows (64 ms each) bring answers to requests sent before the cut
+    // (200 ms earlier): held.
+    for _ in 0..3 {
+        assert_eq!(window(&mut l, &mut now, ms(200), ms(0), 0), cut);
+    }
+    // Answers sent after the cut that are still 2 × the floor: cut again.
+    let again = window(&mut l, &mut now, ms(200), ms(0), 0);
+    assert!(again < cut, "{cut} → {again}");
+    // Answers sent after this cut at the floor: the cut was enough, growth by eighths.
+    now += ms(300);
+    let grown = window(&mut l, &mut now, ms(100), ms(0), 0);
+    assert!(
+        grown > again && grown <= again + again / 8 + 1,
+        "{again} → {grown}"
+    );
+}
+
+/// Too many failures cut the limit whatever the runtime's lag.
+#[test]
+fn failures_cut_the_limit_even_when_the_runtime_lags() {
+    let ms = Duration::from_millis;
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    window(&mut l, &mut now, ms(100), ms(0), 0);
+    assert_eq!(window(&mut l, &mut now, ms(100), ms(0), 0), 256);
+    let cut = window(&mut l, &mut now, ms(100), ms(80), 8);
+    assert_eq!(cut, (256.0_f64 * 0.7).round() as u32);
+    assert_eq!(l.excused(), 0);
+}
+
+#[test]
+fn a_few_slow_answers_do_not_shrink_the_limit() {
+    // A ceiling the four slow-start windows stay below.
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    let before = run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+    // Half of every window slowed down tenfold (a busy host), the other half at the floor.
+    for _ in 0..8 {
+        for i in 0..16 {
+            let latency = Duration::from_millis(if i % 2 == 0 { 20 } else { 2 });
+            l.record(now, latency, Sample::Ok, l.limit(), Duration::ZERO);
+            now += Duration::from_millis(4);
+        }
+    }
+    assert!(l.limit() > before[3], "{before:?} → {}", l.limit());
+}
+
+/// An upstream answering in `base` ± 50 % that serves `capacity` requests at once (beyond
+/// that, every request waits in proportion), read by a pusher whose runtime runs `lag` late.
+/// Runs `rounds` round trips with the limit fully used and returns the limit after each.
+fn upstream(
+    l: &mut AdaptiveLimit,
+    base: Duration,
+    capacity: u32,
+    rounds: usize,
+    lag: Duration,
+) -> Vec<u32> {
+    let mut now = Instant::now();
+    let mut seed = 7_u64;
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let limit = l.limit();
+        let queueing = (f64::from(limit) / f64::from(capacity)).max(1.0);
+        for _ in 0..limit {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let jitter = 0.5 + (seed >> 11) as f64 / (1_u64 << 53) as f64;
+            l.record(now, base.mul_f64(jitter * queueing), Sample::Ok, limit, lag);
+            now += base / limit;
+        }
+        out.push(l.limit());
+    }
+    out
+}
+
+/// At WeChat's real latency the limit, not the ceiling, decides: it climbs to the ceiling
+/// within a few dozen round trips while latency stays at its floor, and settles near the
+/// upstream's capacity when requests start to queue.
+#[test]
+fn the_limit_climbs_at_real_latencies_and_stops_at_capacity() {
+    for ms in [20, 50, 100] {
+        let base = Duration::from_millis(ms);
+        let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+        let limits = upstream(&mut l, base, u32::MAX, 20, Duration::ZERO);
+        assert_eq!(
+            limits.last(),
+            Some(&1024),
+            "{ms} ms, no queueing: {limits:?}"
+        );
+        let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+        // Within the floor's memory (FLOOR_WINDOWS windows; a queue that lasts longer
+        // becomes the new floor, as in every Vegas-style limiter).
+        let limits = upstream(&mut l, base, 200, 60, Duration::ZERO);
+        let settled = &limits[20..];
+        assert!(
+            settled.iter().all(|&x| (100..=450).contains(&x)),
+            "{ms} ms, capacity 200: {limits:?}"
+        );
+        // The same with the pusher's runtime running a tenth of the latency late on every
+        // answer: the lag does not hide the upstream's queue.
+        let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+        let limits = upstream(&mut l, base, 200, 60, base / 10);
+        let settled = &limits[20..];
+        assert!(
+            settled.iter().all(|&x| (100..=450).contains(&x)),
+            "{ms} ms, capacity 200, lag {:?}: {limits:?}",
+            base / 10
+        );
+    }
+}
+
+/// WeChat away for a while (every answer fails, the limit cut to its floor window after
+/// window), then back: the limit doubles back up to one cut below where it was, then grows
+/// by eighths.
+#[test]
+fn after_an_outage_the_limit_doubles_back() {
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    let ms = Duration::from_millis;
+    run(&mut l, &mut now, 2, ms(2), 0);
+    // One queueing window ends slow start.
+    run(&mut l, &mut now, 1, ms(4), 0);
+    let before = l.limit();
+    let cut = run(&mut l, &mut now, 30, ms(2), 16);
+    assert_eq!(cut.last(), Some(&2), "cut to the floor: {cut:?}");
+    let back = run(&mut l, &mut now, 12, ms(2), 0);
+    let mark = (f64::from(before) * 0.7).round() as u32;
+    let reached = back.iter().position(|&x| x >= mark);
+    assert!(
+        back.windows(2)
+            .take_while(|w| w[1] < mark)
+            .all(|w| w[1] == 2 * w[0]),
+        "doubles below the mark {mark}: {back:?}"
+    );
+    assert!(
+        matches!(reached, Some(i) if i <= 7),
+        "back near {before} within 8 windows: {back:?}"
+    );
+    let i = reached.unwrap_or(0);
+    assert!(
+        back[i + 1..]
+            .windows(2)
+            .all(|w| w[1] > w[0] && w[1] <= w[0] + w[0] / 8 + 1),
+        "then by eighths: {back:?}"
+    );
+}
+
+/// One window of errors (an overloaded upstream) cuts once; the limit then grows by eighths
+/// from there, not by doubling.
+#[test]
+fn a_single_cut_for_errors_grows_by_eighths_after() {
+    let mut l = limiter(100_000);
+    let mut now = Instant::now();
+    let ms = Duration::from_millis;
+    run(&mut l, &mut now, 2, ms(2), 0);
+    run(&mut l, &mut now, 1, ms(4), 0);
+    let cut = run(&mut l, &mut now, 1, ms(2), 8)[0];
+    let after = run(&mut l, &mut now, 3, ms(2), 0);
+    let mut from = cut;
+    for x in after {
+        assert!(x > from && x <= from + from / 8 + 1, "{cut} → {x}");
+        from = x;
+    }
+}
+
+#[test]
+fn an_unused_limit_does_not_grow() {
+    let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+    let mut now = Instant::now();
+    for _ in 0..200 {
+        l.record(now, Duration::from_millis(2), Sample::Ok, 1, Duration::ZERO);
+        now += Duration::from_millis(4);
+    }
+    assert_eq!(l.limit(), 64);
+}
+
+#[test]
+fn a_window_needs_time_and_samples() {
+    let mut l = AdaptiveLimit::new(AdaptiveSettings::default());
+    let now = Instant::now();
+    // Many samples at one instant: the window is not over.
+    for _ in 0..100 {
+        assert_eq!(
+            l.record(
+                now,
+                Duration::from_millis(2),
+                Sample::Ok,
+                16,
+                Duration::ZERO
+            ),
+            None
+        );
+    }
+    assert_eq!(l.floor(), None);
+    let later = now + Duration::from_millis(60);
+    assert_eq!(
+        l.record(
+            later,
+            Duration::from_millis(2),
+            Sample::Ok,
+            64,
+            Duration::ZERO
+        ),
+        Some(128)
+    );
+}
