@@ -247,15 +247,14 @@ async fn three_redis_pods_make_one_fetch_per_refresh() {
         total <= due,
         "{total} fetches in {elapsed:?} with a {interval:?} interval: more than one per refresh"
     );
-    // Each fetch was made by one pod; the others took it from Redis.
+    // Each fetch was made by one pod; the others took it from Redis. A fetch counts whatever
+    // it ended in: one the pod gave up on (a timeout on a loaded machine) still reached the
+    // sandbox.
     let mut by_pods = 0.0;
     for p in &pods {
         by_pods += p
             .api
-            .metric(
-                "wxpush_template_list_fetches_total",
-                &[("list", "private"), ("result", "ok")],
-            )
+            .metric("wxpush_template_list_fetches_total", &[("list", "private")])
             .await;
     }
     let after = fetches().await;
