@@ -535,12 +535,17 @@ async fn the_events_indexes_are_written_only_when_the_channel_takes_events() {
         let slot = l.slot;
         async move { store.complete(slot, done).await.expect("completes") }
     };
-    let event = |openid: &str, msgid: i64| DeliveryEvent {
-        openid: openid.into(),
-        create_time: 1,
-        msgid,
-        status: "success".into(),
-        received_at: Timestamp::now(),
+    // Records an event of `openid` with `msgid` and returns how it was matched.
+    let record = |store: &EmbeddedStore, openid: &str, msgid: i64| {
+        let store = store.clone();
+        let event = DeliveryEvent {
+            openid: openid.into(),
+            create_time: 1,
+            msgid,
+            status: "success".into(),
+            received_at: Timestamp::now(),
+        };
+        async move { store.record_event(event, true).await.expect("records") }
     };
 
     let store = EmbeddedStore::open(&EmbeddedOptions {
@@ -564,15 +569,9 @@ async fn the_events_indexes_are_written_only_when_the_channel_takes_events() {
 
     let store = EmbeddedStore::open(&options(&dir)).expect("opens with events");
     let old = before[0].record.message.touser.clone();
-    let outcome = store
-        .record_event(event(&old, 100), true)
-        .await
-        .expect("records");
+    let outcome = record(&store, &old, 100).await;
     assert_eq!(outcome, EventOutcome::Unmatched);
-    let outcome = store
-        .record_event(event(&old, 0), true)
-        .await
-        .expect("records");
+    let outcome = record(&store, &old, 0).await;
     assert_eq!(outcome, EventOutcome::Unmatched);
     accept(&store, 2).await;
     let after = lease(&store, 2).await;
@@ -580,18 +579,12 @@ async fn the_events_indexes_are_written_only_when_the_channel_takes_events() {
     deliver_with(&store, &after[0], 200).await;
     deliver_with(&store, &after[1], 201).await;
     assert_eq!(indexes(&store), (2, 2));
-    let by_msgid = store
-        .record_event(event(&after[0].record.message.touser, 200), true)
-        .await
-        .expect("records");
+    let by_msgid = record(&store, &after[0].record.message.touser, 200).await;
     assert!(
         matches!(by_msgid, EventOutcome::Applied { id, .. } if id == after[0].record.id),
         "{by_msgid:?}"
     );
-    let by_openid = store
-        .record_event(event(&after[1].record.message.touser, 0), true)
-        .await
-        .expect("records");
+    let by_openid = record(&store, &after[1].record.message.touser, 0).await;
     assert!(
         matches!(by_openid, EventOutcome::Applied { id, .. } if id == after[1].record.id),
         "{by_openid:?}"
