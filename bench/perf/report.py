@@ -58,11 +58,40 @@ tail = load("wxpush-tail")
 if tail:
     print(f"tail: {tail['hedged']:.0f} hedged sends")
 
+
+
+def outage_drain(tl, end):
+    """The backlog's drain after WeChat returned at `end` (seconds into the run): the messages
+    left then, the delay to the first delivery after it, and the rate (messages per second)
+    from `end`, and from that first delivery, until the last delivery (the backlog empty)."""
+    before = [d for t, d in tl if t <= end]
+    left_at = before[-1] if before else 0
+    after = [(t, d) for t, d in tl if t > end and d > left_at]
+    if not after:
+        return None
+    (t_first, d_first), (t_last, d_last) = after[0], tl[-1]
+    backlog = d_last - left_at
+    # The first timeline point after the return already counts what was delivered since the
+    # poll before it (the tool polls every 20 ms): count it from that poll.
+    prev = max((t for t, _ in tl if t < t_first), default=end)
+    return {
+        "backlog": backlog,
+        "first": t_first - end,
+        "rate": backlog / max(t_last - end, 1e-9),
+        "rate_first": (d_last - left_at) / max(t_last - max(prev, end), 1e-9),
+    }
+
+
 # Recovery after the outage: outage from 2 s to 2 + OUTAGE s of the run.
 o = load("wxpush-outage")
-recover = None
+recover = drain = None
 if o and clean:
+    # The outage starts 2 s after the faults were set (run.sh notes when, in outage-faults-at);
+    # the timeline counts from the e2e tool's start (`started_unix`), a little later.
     end = 2.0 + outage
+    faults_at = load("outage-faults-at")
+    if faults_at and o.get("started_unix"):
+        end -= o["started_unix"] - faults_at["unix"]
     tl = o["timeline"]
     # First 500 ms window after the end whose rate reaches 0.8 × clean.
     for i, (t, d) in enumerate(tl):
@@ -76,8 +105,13 @@ if o and clean:
         if recover is not None:
             break
     last = tl[-1][0] - end
+    drain = outage_drain(tl, end)
     print(f"outage: last delivery {last:.1f} s after WeChat returned; backlog at ≥ 0.8 × clean rate "
           + (f"{recover:.1f} s after it returned" if recover is not None else "never"))
+    if drain:
+        print(f"outage drain: {drain['backlog']:.0f} messages left when WeChat returned, first delivery "
+              f"{drain['first']:.2f} s after; drained at {k(drain['rate'])} from its return "
+              f"({drain['rate'] / clean['rate']:.2f} × clean), {k(drain['rate_first'])} from the first delivery")
 print()
 
 acc1, accb = load("accept-single"), load("accept-batch")
@@ -98,6 +132,9 @@ if sweep and adaptive:
     print(f"| overload: default ≥ 0.9 × best fixed | {r:.2f}× (best fixed {k(best)}) | {mark(r >= 0.9)} |")
 if o:
     print(f"| recovery: ≥ 0.8 × clean within 2 s | {'never' if recover is None else f'{recover:.1f} s'} | {mark(recover is not None and recover <= 2.0)} |")
+    if drain:
+        print(f"| outage drain rate (from WeChat's return until the backlog is empty; reported, no goal) | "
+              f"{k(drain['rate'])} ({drain['rate'] / clean['rate']:.2f} × clean) | |")
 if c256 and clean:
     print(f"| maxInFlight 256 ≥ the default | {c256['rate'] / clean['rate']:.3f}× ({c256['rate']:.0f} vs {clean['rate']:.0f}/s) | {mark(c256['rate'] >= clean['rate'])} |")
 if accb:

@@ -152,6 +152,8 @@ run_loop outage "$N_OUTAGE"
 faults "$base_faults"
 start_pusher outage "$default"
 faults "$outage_faults"
+# When the outage was scheduled (it starts 2 s later): report.py lines it up with the run.
+echo "{\"unix\": $(date +%s.%N)}" >"$OUT/outage-faults-at.json"
 echo "-- wxpush: outage ($N_OUTAGE messages)" >&2
 "$BIN/wxpush-bench" e2e --pusher "$PUSHER" --token "$TOKEN" --sandbox "$SB" \
   --pid "$PUSHER_PID" --n "$N_OUTAGE" --prefix "wx-outage-" >"$OUT/wxpush-outage.json"

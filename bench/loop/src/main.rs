@@ -414,6 +414,11 @@ async fn run_e2e(
     let bytes0 = metric_opt(&client, &pusher, "wxpush_allocated_bytes_total").await;
     let cpu0 = cpu_seconds(&pid)?;
     let start = Instant::now();
+    // When the timeline's clock started, to line it up with faults set before the run (the
+    // outage scenario's report: when WeChat returned).
+    let started_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let feeder = {
         let (pusher, token, prefix) = (pusher.clone(), token.clone(), prefix.clone());
         tokio::spawn(async move { feed(&pusher, &token, n, batch, producers, &prefix).await })
@@ -472,6 +477,7 @@ async fn run_e2e(
         "concurrency_limit": metric(&client, &pusher, "wxpush_concurrency_limit").await,
         "send_duration_buckets": send_duration_buckets(&client, &pusher).await?,
         "timeline": timeline,
+        "started_unix": started_unix,
     }))
 }
 
