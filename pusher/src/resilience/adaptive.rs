@@ -60,10 +60,25 @@
 //! grows by eighths. Errors that last without opening the breaker (more than a quarter but
 //! less than half of the answers failing, for seconds) cut the limit window after window down
 //! to `min_limit`; without the mark, the limit took some 30 windows (1.5 s at 50 ms) to climb
-//! back from there, with it about 7. (A full outage opens the breaker within its first 20
-//! answers, which stops the windows: the limit then waits at about where it was.) A window that
-//! backs off for latency forgets the mark. A single cut for errors (an overloaded upstream)
-//! lands on the mark itself, so the limit goes on by eighths as before.
+//! back from there, with it about 7. A window that backs off for latency forgets the mark. A
+//! single cut for errors (an overloaded upstream) lands on the mark itself, so the limit goes
+//! on by eighths as before.
+//!
+//! **An outage.** When WeChat goes away, the requests in flight fail, and the windows cut the
+//! limit for errors until the circuit breaker opens (from about 500 to 44–82 in the benchmark's
+//! outage). Then no request is sent, and the limit used to wait there: the backlog left, once
+//! WeChat was back, at a limit of 50–130 while it needed several hundred. An outage
+//! (connections refused, timeouts, 5xx on every request) says nothing about how many requests
+//! WeChat takes once it is back. So the breaker's opening ([`AdaptiveLimit::breaker_opened`])
+//! puts the limit back to where it was before the outage: the highest limit of the last
+//! [`RECALL_WINDOWS`] windows, or before the first cut of the run of error cuts that led to the
+//! opening, whichever is higher. The last windows count whatever cut them: at an outage's
+//! start, on a busy machine, latency cut the limit as often as errors did (in one run from 73
+//! to 4 in a second, with no error cut). Failures of requests sent before the opening (in
+//! flight as WeChat went away) are not counted any more; failures of requests sent after it
+//! (a failed probe) still cut. Once the breaker closes, the limit grows from there by eighths,
+//! and latency may cut it as always: if the upstream cannot take the old limit any more, the
+//! first round trip shows it.
 //!
 //! The limit stays within `[min_limit, max_limit]`. Requests stuck far beyond the observed
 //! latency stop counting against the limit: the caller releases their slot after
@@ -73,6 +88,10 @@ use std::time::{Duration, Instant};
 
 /// Windows whose lowest mean is the latency floor.
 pub const FLOOR_WINDOWS: usize = 64;
+
+/// Windows whose highest limit the circuit breaker's opening brings back (about a second at
+/// 50 ms a window): the limit from before the cuts at an outage's start.
+pub const RECALL_WINDOWS: usize = 16;
 
 /// How one sample ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +169,15 @@ pub struct AdaptiveLimit {
     slow_start: bool,
     /// Where to double back up to after windows cut the limit for errors (0: none).
     recover_to: f64,
+    /// The limit before the first of those cuts (0: none): where the breaker's opening puts
+    /// the limit back.
+    before_errors: f64,
+    /// When the circuit breaker last opened: failures of requests sent before it are not
+    /// counted (they were in flight when WeChat went away).
+    opened_at: Option<Instant>,
+    /// The limit in force during each of the last windows.
+    recent: [f64; RECALL_WINDOWS],
+    recent_next: usize,
 }
 
 impl AdaptiveLimit {
@@ -180,6 +208,10 @@ impl AdaptiveLimit {
             next: 0,
             slow_start: true,
             recover_to: 0.0,
+            before_errors: 0.0,
+            opened_at: None,
+            recent: [0.0; RECALL_WINDOWS],
+            recent_next: 0,
         }
     }
 
@@ -211,6 +243,14 @@ impl AdaptiveLimit {
         in_flight: u32,
         own_lag: Duration,
     ) -> Option<u32> {
+        let sent = now.checked_sub(latency);
+        if sample == Sample::Failed
+            && let (Some(opened), Some(sent)) = (self.opened_at, sent)
+            && sent < opened
+        {
+            // In flight when the breaker opened: the outage it belongs to is known already.
+            return None;
+        }
         let start = *self.window_start.get_or_insert(now);
         self.samples += 1;
         // Failed answers (connection refused, errcode -1) come back fast and would drag the
@@ -220,7 +260,6 @@ impl AdaptiveLimit {
         } else {
             self.lowest = self.lowest.min(latency);
             self.lowest_net = self.lowest_net.min(latency.saturating_sub(own_lag));
-            let sent = now.checked_sub(latency);
             if self
                 .cut_at
                 .is_none_or(|cut| sent.is_none_or(|sent| sent >= cut))
@@ -242,8 +281,49 @@ impl AdaptiveLimit {
         (after != before).then_some(after)
     }
 
+    /// The circuit breaker opened at `now`: WeChat is away (refused connections, timeouts or
+    /// 5xx on every request). That says nothing about how many requests it takes once it is
+    /// back, so the limit goes back to where it was before the run of error cuts that led to
+    /// the opening, and failures of requests sent before `now` are not counted any more.
+    /// Returns the new limit when it changed.
+    pub fn breaker_opened(&mut self, now: Instant) -> Option<u32> {
+        let before = self.limit();
+        self.opened_at = Some(now);
+        let recalled = self
+            .recent
+            .iter()
+            .copied()
+            .fold(self.before_errors, f64::max);
+        if recalled > self.limit {
+            self.limit = recalled;
+            // Growth from here (by eighths) forgets the mark; a new run of error cuts, after
+            // a failed probe, starts from here.
+            self.recover_to = self.limit;
+            self.before_errors = self.limit;
+        }
+        // Recalled once: a later opening recalls the windows after this one.
+        self.recent = [0.0; RECALL_WINDOWS];
+        // The window under way mixes answers from before the opening: start a fresh one.
+        self.window_start = None;
+        self.samples = 0;
+        self.failed = 0;
+        self.lowest = Duration::MAX;
+        self.lowest_net = Duration::MAX;
+        self.fresh_lowest = Duration::MAX;
+        self.fresh_net = Duration::MAX;
+        self.peak_in_flight = 0;
+        self.limit = self.limit.clamp(
+            f64::from(self.settings.min_limit),
+            f64::from(self.settings.max_limit),
+        );
+        let after = self.limit();
+        (after != before).then_some(after)
+    }
+
     fn close_window(&mut self, now: Instant) {
         let s = self.settings;
+        self.recent[self.recent_next] = self.limit;
+        self.recent_next = (self.recent_next + 1) % RECALL_WINDOWS;
         let mean = self.lowest;
         let net = self.lowest_net;
         let (fresh, fresh_net) = (self.fresh_lowest, self.fresh_net);
@@ -257,12 +337,14 @@ impl AdaptiveLimit {
         self.lowest_net = Duration::MAX;
         self.peak_in_flight = 0;
         if error_share > s.max_error_share {
+            // The first cut of a run of them remembers where the limit was, and where to come
+            // back to.
+            if self.recover_to == 0.0 {
+                self.before_errors = self.limit;
+                self.recover_to = self.limit * s.backoff;
+            }
             self.limit *= s.backoff;
             self.slow_start = false;
-            // The first cut of a run of them remembers where to come back to.
-            if self.recover_to == 0.0 {
-                self.recover_to = self.limit;
-            }
         } else if mean != Duration::MAX {
             // Only windows of mostly healthy answers set the floor, from their healthy answers.
             self.means[self.next] = mean;
@@ -287,6 +369,7 @@ impl AdaptiveLimit {
                         self.limit = (self.limit * 2.0).min(self.recover_to);
                     } else {
                         self.recover_to = 0.0;
+                        self.before_errors = 0.0;
                         self.limit += (self.limit / 8.0).max(1.0);
                     }
                 }
@@ -302,6 +385,7 @@ impl AdaptiveLimit {
                     self.limit *= (s.grow_below / net_ratio).max(0.5);
                     self.slow_start = false;
                     self.recover_to = 0.0;
+                    self.before_errors = 0.0;
                     self.cut_at = Some(now);
                 } else {
                     self.excused += 1;

@@ -423,3 +423,120 @@ fn a_window_needs_time_and_samples() {
         Some(128)
     );
 }
+
+/// A limit grown by two doublings (64 → 128 → 256), cut for one window at twice the floor
+/// (slow start over), then grown by eighths for [`RECALL_WINDOWS`] windows: its highest yet.
+fn grown(now: &mut Instant) -> AdaptiveLimit {
+    let mut l = limiter(100_000);
+    let ms = Duration::from_millis;
+    run(&mut l, now, 2, ms(2), 0);
+    run(&mut l, now, 1, ms(4), 0);
+    run(&mut l, now, RECALL_WINDOWS, ms(2), 0);
+    l
+}
+
+/// WeChat goes away: the answers in flight fail, window after window of error cuts, and then
+/// the breaker opens. The outage says nothing about how many requests WeChat takes once it is
+/// back: the opening puts the limit back where it was before the first error cut, and once the
+/// answers are healthy again it grows from there by eighths.
+#[test]
+fn the_breaker_opening_restores_the_limit_from_before_the_errors() {
+    let mut now = Instant::now();
+    let mut l = grown(&mut now);
+    let before = l.limit();
+    let cut = run(&mut l, &mut now, 6, Duration::from_millis(2), 16);
+    assert!(
+        cut.windows(2).all(|w| w[1] < w[0]) && cut[5] < before / 4,
+        "cut window after window: {before} → {cut:?}"
+    );
+    assert_eq!(l.breaker_opened(now), Some(before), "{cut:?}");
+    assert_eq!(l.limit(), before);
+    // The breaker stays open a while (no answers), then closes: healthy answers again.
+    now += Duration::from_secs(1);
+    let back = run(&mut l, &mut now, 4, Duration::from_millis(2), 0);
+    let mut from = before;
+    for x in back.iter().copied() {
+        assert!(
+            x > from && x <= from + from / 8 + 1,
+            "by eighths from {before}: {back:?}"
+        );
+        from = x;
+    }
+}
+
+/// Requests in flight when the breaker opened fail as they come back (timeouts, resets): they
+/// belong to the outage already known and do not cut the restored limit. Failures of requests
+/// sent after the opening (a probe, or WeChat failing again) still count.
+#[test]
+fn failures_sent_before_the_breaker_opened_do_not_cut() {
+    let mut now = Instant::now();
+    let mut l = grown(&mut now);
+    let before = l.limit();
+    run(&mut l, &mut now, 3, Duration::from_millis(2), 16);
+    let opened = now;
+    assert_eq!(l.breaker_opened(opened), Some(before));
+    // Timeouts of requests sent 100 ms before the opening, for 200 ms after it.
+    for _ in 0..50 {
+        now += Duration::from_millis(4);
+        let latency = now.duration_since(opened) + Duration::from_millis(100);
+        assert_eq!(
+            l.record(now, latency, Sample::Failed, before, Duration::ZERO),
+            None
+        );
+    }
+    assert_eq!(l.limit(), before);
+    // Failures of requests sent after it: cut.
+    let after = run(&mut l, &mut now, 2, Duration::from_millis(2), 16);
+    assert!(after[1] < before, "{before} → {after:?}");
+}
+
+/// At an outage's start the answers may also slow down before they fail, and latency cuts the
+/// limit too: the opening brings back the highest limit of the last [`RECALL_WINDOWS`]
+/// windows, whatever cut it. A limit set longer ago is not brought back, and an opening with
+/// nothing to recall (the breaker opened on refused connections alone, which the limit does
+/// not count, with the limit steady) leaves the limit where it is.
+#[test]
+fn the_breaker_opening_recalls_the_last_windows_only() {
+    let ms = Duration::from_millis;
+    // Windows of answers at the floor with few requests in flight: the limit holds.
+    let idle = |l: &mut AdaptiveLimit, now: &mut Instant, windows: usize| {
+        for _ in 0..windows * 16 {
+            l.record(*now, ms(2), Sample::Ok, 1, Duration::ZERO);
+            *now += ms(4);
+        }
+    };
+    let mut now = Instant::now();
+    let mut l = grown(&mut now);
+    let before = l.limit();
+    idle(&mut l, &mut now, RECALL_WINDOWS);
+    assert_eq!(l.breaker_opened(now), None, "a steady limit");
+    assert_eq!(l.limit(), before);
+    now += ms(10);
+    // Two latency cuts just before the opening: brought back.
+    run(&mut l, &mut now, 1, ms(8), 0);
+    idle(&mut l, &mut now, 1);
+    run(&mut l, &mut now, 1, ms(8), 0);
+    assert!(l.limit() < before / 2, "{before} → {}", l.limit());
+    assert_eq!(l.breaker_opened(now), Some(before));
+    // The same cuts, longer ago than the windows recalled: the limit stays.
+    now += ms(10);
+    let mut l = grown(&mut now);
+    run(&mut l, &mut now, 1, ms(8), 0);
+    let cut = l.limit();
+    assert!(cut < before, "{before} → {cut}");
+    idle(&mut l, &mut now, RECALL_WINDOWS);
+    assert_eq!(l.breaker_opened(now), None);
+    assert_eq!(l.limit(), cut);
+}
+
+/// Errors that last without opening the breaker (between a quarter and half of the answers
+/// failing) still cut the limit window after window, down to its floor.
+#[test]
+fn a_lasting_error_share_below_the_breakers_still_cuts() {
+    for failed in [5, 6, 8] {
+        let mut now = Instant::now();
+        let mut l = grown(&mut now);
+        let cut = run(&mut l, &mut now, 30, Duration::from_millis(2), failed);
+        assert_eq!(cut.last(), Some(&2), "{failed} of 16 failing: {cut:?}");
+    }
+}

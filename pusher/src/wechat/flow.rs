@@ -182,23 +182,40 @@ impl Flow {
             return;
         };
         if let Some(new) = limiter.record(now, latency, sample, slot.in_flight, own_lag) {
-            let old = learnt.limit;
-            learnt.limit = new;
-            if new > old {
-                let mut grow = new - old;
-                let paid = grow.min(learnt.debt);
-                learnt.debt -= paid;
-                grow -= paid;
-                self.permits.add_permits(grow as usize);
-            } else {
-                let shrink = old - new;
-                let forgotten =
-                    u32::try_from(self.permits.forget_permits(shrink as usize)).unwrap_or(0);
-                learnt.debt += shrink.saturating_sub(forgotten);
-            }
-            drop(learnt);
-            self.metrics.concurrency_limit.set(i64::from(new));
+            self.resize(learnt, new);
         }
+    }
+
+    /// The circuit breaker opened: the adaptive limit goes back to where it was before the
+    /// errors that led to it ([`AdaptiveLimit::breaker_opened`]).
+    pub fn breaker_opened(&self) {
+        let mut learnt = self.learnt.lock();
+        let Some(limiter) = learnt.limiter.as_mut() else {
+            return;
+        };
+        if let Some(new) = limiter.breaker_opened(Instant::now()) {
+            self.resize(learnt, new);
+        }
+    }
+
+    /// Sets the gate's size to `new`: permits added, or forgotten as they come back.
+    fn resize(&self, mut learnt: parking_lot::MutexGuard<'_, Learnt>, new: u32) {
+        let old = learnt.limit;
+        learnt.limit = new;
+        if new > old {
+            let mut grow = new - old;
+            let paid = grow.min(learnt.debt);
+            learnt.debt -= paid;
+            grow -= paid;
+            self.permits.add_permits(grow as usize);
+        } else {
+            let shrink = old - new;
+            let forgotten =
+                u32::try_from(self.permits.forget_permits(shrink as usize)).unwrap_or(0);
+            learnt.debt += shrink.saturating_sub(forgotten);
+        }
+        drop(learnt);
+        self.metrics.concurrency_limit.set(i64::from(new));
     }
 
     /// Sends one request through the gate, hedging it when it is slow. `call` performs the

@@ -49,7 +49,7 @@ pub struct WeChatSender {
     tokens: Arc<TokenManager>,
     breaker: SharedBreaker,
     limiter: Limits,
-    flow: Flow,
+    flow: Arc<Flow>,
     metrics: Arc<Metrics>,
     retry: Retry,
     rate_wait: Duration,
@@ -261,6 +261,7 @@ impl WeChatSender {
         metrics.channel_paused.set(0);
         let limiter = Limits::new(&config.rate_limit, shared.clone(), provider.rate_ceiling());
         let closings = Arc::new(tokio::sync::watch::Sender::new(0u64));
+        let flow = Arc::new(Flow::new(&config.concurrency, Arc::clone(&metrics)));
         Ok(Self {
             provider,
             provider_label: config.provider.into(),
@@ -269,9 +270,13 @@ impl WeChatSender {
             breaker: SharedBreaker::new(&config.circuit_breaker, {
                 let metrics = Arc::clone(&metrics);
                 let closings = Arc::clone(&closings);
+                let flow = Arc::downgrade(&flow);
                 Arc::new(move |before, after| {
                     if after == CircuitState::Open && before != CircuitState::Open {
                         metrics.circuit_opens.inc();
+                        if let Some(flow) = flow.upgrade() {
+                            flow.breaker_opened();
+                        }
                     }
                     if after == CircuitState::Closed && before != CircuitState::Closed {
                         closings.send_modify(|n| *n += 1);
@@ -281,7 +286,7 @@ impl WeChatSender {
             }),
             closings,
             limiter,
-            flow: Flow::new(&config.concurrency, Arc::clone(&metrics)),
+            flow,
             retry: config.retry.clone(),
             rate_wait: config.retry.max_backoff.get(),
             gates: {
