@@ -69,16 +69,15 @@ def outage_drain(tl, end):
     after = [(t, d) for t, d in tl if t > end and d > left_at]
     if not after:
         return None
-    (t_first, d_first), (t_last, d_last) = after[0], tl[-1]
-    backlog = d_last - left_at
+    t_first, t_last = after[0][0], tl[-1][0]
+    backlog = tl[-1][1] - left_at
     # The first timeline point after the return already counts what was delivered since the
-    # poll before it (the tool polls every 20 ms): count it from that poll.
-    prev = max((t for t, _ in tl if t < t_first), default=end)
+    # poll before it (the tool polls every 20 ms and notes only changes): count from that poll.
     return {
         "backlog": backlog,
         "first": t_first - end,
         "rate": backlog / max(t_last - end, 1e-9),
-        "rate_first": (d_last - left_at) / max(t_last - max(prev, end), 1e-9),
+        "rate_first": backlog / max(t_last - max(t_first - 0.02, end), 1e-9),
     }
 
 

@@ -427,7 +427,17 @@ async fn run_e2e(
     let mut peak_rss = 0;
     let mut last = 0;
     loop {
-        let delivered = sandbox_delivered(&client, &sandbox).await? - base;
+        // During an outage the sandbox refuses new connections, its /__stats too, and may
+        // close the tool's: a failed poll is skipped (nothing is delivered meanwhile), until
+        // the run's timeout.
+        let delivered = match sandbox_delivered(&client, &sandbox).await {
+            Ok(d) => d - base,
+            Err(e) if start.elapsed() > timeout => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
         let t = start.elapsed().as_secs_f64();
         if delivered != last || timeline.is_empty() {
             timeline.push(json!([t, delivered]));
