@@ -78,7 +78,10 @@
 //! flight as WeChat went away) are not counted any more; failures of requests sent after it
 //! (a failed probe) still cut. Once the breaker closes, the limit grows from there by eighths,
 //! and latency may cut it as always: if the upstream cannot take the old limit any more, the
-//! first round trip shows it.
+//! first round trips show it. The first window after the close often rose above the floor in
+//! the benchmark (its answers come on new connections, with the whole backlog pulled in at
+//! once): the first latency cut after an opening keeps the limit from before the outage as
+//! the mark, so the next healthy windows double back to it; a second cut forgets it.
 //!
 //! The limit stays within `[min_limit, max_limit]`. Requests stuck far beyond the observed
 //! latency stop counting against the limit: the caller releases their slot after
@@ -175,6 +178,8 @@ pub struct AdaptiveLimit {
     /// When the circuit breaker last opened: failures of requests sent before it are not
     /// counted (they were in flight when WeChat went away).
     opened_at: Option<Instant>,
+    /// Set by the breaker's opening: the next latency cut keeps the mark to double back to.
+    outage_mark: bool,
     /// The limit in force during each of the last windows.
     recent: [f64; RECALL_WINDOWS],
     recent_next: usize,
@@ -210,6 +215,7 @@ impl AdaptiveLimit {
             recover_to: 0.0,
             before_errors: 0.0,
             opened_at: None,
+            outage_mark: false,
             recent: [0.0; RECALL_WINDOWS],
             recent_next: 0,
         }
@@ -294,13 +300,13 @@ impl AdaptiveLimit {
             .iter()
             .copied()
             .fold(self.before_errors, f64::max);
-        if recalled > self.limit {
-            self.limit = recalled;
-            // Growth from here (by eighths) forgets the mark; a new run of error cuts, after
-            // a failed probe, starts from here.
-            self.recover_to = self.limit;
-            self.before_errors = self.limit;
-        }
+        self.limit = self.limit.max(recalled);
+        // The mark to double back to: growth from here (by eighths) forgets it, the first
+        // latency cut after the opening keeps it, and a new run of error cuts (after a failed
+        // probe) starts from here.
+        self.recover_to = self.limit;
+        self.before_errors = self.limit;
+        self.outage_mark = true;
         // Recalled once: a later opening recalls the windows after this one.
         self.recent = [0.0; RECALL_WINDOWS];
         // The window under way mixes answers from before the opening: start a fresh one.
@@ -370,6 +376,7 @@ impl AdaptiveLimit {
                     } else {
                         self.recover_to = 0.0;
                         self.before_errors = 0.0;
+                        self.outage_mark = false;
                         self.limit += (self.limit / 8.0).max(1.0);
                     }
                 }
@@ -384,8 +391,15 @@ impl AdaptiveLimit {
                 } else if net_ratio > s.shrink_above {
                     self.limit *= (s.grow_below / net_ratio).max(0.5);
                     self.slow_start = false;
-                    self.recover_to = 0.0;
-                    self.before_errors = 0.0;
+                    if self.outage_mark {
+                        // The first answers after an outage come on new connections, with
+                        // the backlog pulled in at once: one such cut does not lose the limit
+                        // from before the outage, the next healthy windows double back to it.
+                        self.outage_mark = false;
+                    } else {
+                        self.recover_to = 0.0;
+                        self.before_errors = 0.0;
+                    }
                     self.cut_at = Some(now);
                 } else {
                     self.excused += 1;

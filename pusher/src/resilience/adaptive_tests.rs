@@ -540,3 +540,41 @@ fn a_lasting_error_share_below_the_breakers_still_cuts() {
         assert_eq!(cut.last(), Some(&2), "{failed} of 16 failing: {cut:?}");
     }
 }
+
+/// The first window after an outage often rises above the floor (new connections, the whole
+/// backlog pulled in at once): its latency cut keeps the limit from before the outage as the
+/// mark, and the next healthy windows double back to it. A second latency cut forgets it.
+#[test]
+fn the_first_latency_cut_after_an_opening_doubles_back() {
+    let ms = Duration::from_millis;
+    let mut now = Instant::now();
+    let mut l = grown(&mut now);
+    let before = l.limit();
+    run(&mut l, &mut now, 3, ms(2), 16);
+    assert_eq!(l.breaker_opened(now), Some(before));
+    now += Duration::from_secs(1);
+    run(&mut l, &mut now, 1, ms(8), 0);
+    let cut = l.limit();
+    assert!(cut <= before / 2 + 1, "{before} → {cut}");
+    let back = run(&mut l, &mut now, 2, ms(2), 0);
+    assert_eq!(back[0], before, "doubles back from {cut}: {back:?}");
+    assert!(
+        back[1] > before && back[1] <= before + before / 8 + 1,
+        "then by eighths: {back:?}"
+    );
+    // Two latency cuts after an opening: the second forgets the mark.
+    let before = l.limit();
+    run(&mut l, &mut now, 1, ms(2), 16);
+    l.breaker_opened(now);
+    now += Duration::from_secs(1);
+    run(&mut l, &mut now, 1, ms(8), 0);
+    // Answers to requests sent after the first cut, still slow: cut again.
+    run(&mut l, &mut now, 1, ms(9), 0);
+    let cut = l.limit();
+    assert!(cut < before / 2, "{before} → {cut}");
+    let back = run(&mut l, &mut now, 2, ms(2), 0);
+    assert!(
+        back[0] <= cut + cut / 8 + 1,
+        "by eighths from {cut}: {back:?}"
+    );
+}
