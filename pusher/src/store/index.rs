@@ -20,7 +20,7 @@
 //! due, in which order, leased by whom, moved where), and its correctness rests on the
 //! watermark invariant above, which only the store's writer can keep.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// A map by message id. The ids are ULIDs this process made, so a fast hasher is safe
 /// (SipHash, the standard one, showed in the profile).
@@ -76,6 +76,12 @@ pub(crate) struct Index {
     counted_to: Key,
     /// The head's size (see [`HEAD`]).
     cap: usize,
+    /// Pending messages that have no durable schedule entry (accepted while the whole
+    /// schedule was in memory; see `embedded/schema.rs`), with their slot: in memory until
+    /// their first outcome, never trimmed.
+    unscheduled: BTreeMap<u128, u64>,
+    /// The lowest id that may be pending without a durable schedule entry, as last committed.
+    pub(crate) unscheduled_mark: Option<u128>,
     /// Dead letters.
     pub(crate) dead: u64,
 }
@@ -98,7 +104,40 @@ impl Index {
             beyond_due: 0,
             counted_to: (0, 0),
             cap: cap.max(4),
+            unscheduled: BTreeMap::new(),
+            unscheduled_mark: None,
             dead: 0,
+        }
+    }
+
+    /// Adds a pending message that has no durable schedule entry (just committed): into
+    /// memory, whatever the watermark, until its first outcome ([`Index::release`]).
+    pub(crate) fn schedule_unscheduled(&mut self, due_ms: u64, id: u128) {
+        self.due.insert((due_ms, id));
+        self.unscheduled.insert(id, due_ms);
+    }
+
+    /// Whether `id` is pending without a durable schedule entry.
+    pub(crate) fn is_unscheduled(&self, id: u128) -> bool {
+        self.unscheduled.contains_key(&id)
+    }
+
+    /// How many messages are pending without a durable schedule entry.
+    pub(crate) fn unscheduled(&self) -> usize {
+        self.unscheduled.len()
+    }
+
+    /// The messages without a durable schedule entry, `(id, slot)` in id order (ids are ULIDs:
+    /// the oldest first).
+    pub(crate) fn unscheduled_entries(&self) -> impl Iterator<Item = (u128, u64)> + '_ {
+        self.unscheduled.iter().map(|(&id, &slot)| (id, slot))
+    }
+
+    /// Notes that these messages now have their durable schedule entry (written at their
+    /// slot): they are ordinary entries from now on.
+    pub(crate) fn now_scheduled(&mut self, ids: &[u128]) {
+        for id in ids {
+            self.unscheduled.remove(id);
         }
     }
 
@@ -208,6 +247,7 @@ impl Index {
     /// Ends a lease; the message is rescheduled at `due_ms` when given.
     pub(crate) fn release(&mut self, id: u128, due_ms: Option<u64>) {
         self.leased.remove(&id);
+        self.unscheduled.remove(&id);
         if let Some(due) = due_ms {
             self.schedule(due, id);
         }
@@ -275,16 +315,20 @@ impl Index {
     /// When the head grew past twice [`HEAD`] (accepts due by the watermark), forgets its latest
     /// entries down to [`HEAD`] and lowers the watermark before them; they stay on disk and are
     /// counted. Entries due at a moved time stay (their durable slot may be anywhere).
+    ///
+    /// Entries without a durable schedule entry are neither counted nor forgotten: they are
+    /// bounded on their own (`MAX_UNSCHEDULED` in the embedded store's writer).
     pub(crate) fn trim(&mut self) -> usize {
-        if self.due.len() <= self.cap * 2 {
+        let listed = self.due.len().saturating_sub(self.unscheduled.len());
+        if listed <= self.cap * 2 {
             return 0;
         }
-        let excess = self.due.len() - self.cap;
+        let excess = listed - self.cap;
         let out: Vec<Key> = self
             .due
             .iter()
             .rev()
-            .filter(|(_, id)| !self.moved.contains_key(id))
+            .filter(|(_, id)| !self.moved.contains_key(id) && !self.unscheduled.contains_key(id))
             .take(excess)
             .copied()
             .collect();
