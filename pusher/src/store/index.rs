@@ -20,7 +20,7 @@
 //! due, in which order, leased by whom, moved where), and its correctness rests on the
 //! watermark invariant above, which only the store's writer can keep.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 
 /// A map by message id. The ids are ULIDs this process made, so a fast hasher is safe
 /// (SipHash, the standard one, showed in the profile).
@@ -77,9 +77,9 @@ pub(crate) struct Index {
     /// The head's size (see [`HEAD`]).
     cap: usize,
     /// Pending messages that have no durable schedule entry (accepted while the whole
-    /// schedule was in memory; see `embedded/schema.rs`), with their slot: in memory until
-    /// their first outcome, never trimmed.
-    unscheduled: BTreeMap<u128, u64>,
+    /// schedule was in memory; see `embedded/schema.rs`; their slot is the time part of their
+    /// id): in memory until their first outcome, never trimmed.
+    unscheduled: BTreeSet<u128>,
     /// The lowest id that may be pending without a durable schedule entry, as last committed.
     pub(crate) unscheduled_mark: Option<u128>,
     /// Dead letters.
@@ -104,7 +104,7 @@ impl Index {
             beyond_due: 0,
             counted_to: (0, 0),
             cap: cap.max(4),
-            unscheduled: BTreeMap::new(),
+            unscheduled: BTreeSet::new(),
             unscheduled_mark: None,
             dead: 0,
         }
@@ -114,12 +114,12 @@ impl Index {
     /// memory, whatever the watermark, until its first outcome ([`Index::release`]).
     pub(crate) fn schedule_unscheduled(&mut self, due_ms: u64, id: u128) {
         self.due.insert((due_ms, id));
-        self.unscheduled.insert(id, due_ms);
+        self.unscheduled.insert(id);
     }
 
     /// Whether `id` is pending without a durable schedule entry.
     pub(crate) fn is_unscheduled(&self, id: u128) -> bool {
-        self.unscheduled.contains_key(&id)
+        self.unscheduled.contains(&id)
     }
 
     /// How many messages are pending without a durable schedule entry.
@@ -127,10 +127,10 @@ impl Index {
         self.unscheduled.len()
     }
 
-    /// The messages without a durable schedule entry, `(id, slot)` in id order (ids are ULIDs:
-    /// the oldest first).
-    pub(crate) fn unscheduled_entries(&self) -> impl Iterator<Item = (u128, u64)> + '_ {
-        self.unscheduled.iter().map(|(&id, &slot)| (id, slot))
+    /// The ids of the messages without a durable schedule entry, in order (ids are ULIDs: the
+    /// oldest first).
+    pub(crate) fn unscheduled_ids(&self) -> impl Iterator<Item = u128> + '_ {
+        self.unscheduled.iter().copied()
     }
 
     /// Notes that these messages now have their durable schedule entry (written at their
@@ -328,7 +328,7 @@ impl Index {
             .due
             .iter()
             .rev()
-            .filter(|(_, id)| !self.moved.contains_key(id) && !self.unscheduled.contains_key(id))
+            .filter(|(_, id)| !self.moved.contains_key(id) && !self.unscheduled.contains(id))
             .take(excess)
             .copied()
             .collect();

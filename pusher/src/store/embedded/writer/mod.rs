@@ -48,7 +48,7 @@ use txn::{Group, Tables};
 const MAX_GROUP: usize = 8192;
 
 /// Pending messages without a `schedule` entry at most (they are all held in memory, about
-/// 100 bytes each); accepts beyond it write their entry.
+/// 80 bytes each); accepts beyond it write their entry.
 pub(in crate::store::embedded) const MAX_UNSCHEDULED: usize = 32_768;
 
 /// How long a message may stay pending without a `schedule` entry; then the next group writes
@@ -59,16 +59,18 @@ const SPILL_AFTER_MS: u64 = 10_000;
 /// [`SPILL_AFTER_MS`] (a send that hangs, a backlog that drains slowly).
 fn spill_old(t: &mut Tables<'_>, g: &mut Group) -> Result<(), StoreError> {
     let cutoff = g.now_ms.saturating_sub(SPILL_AFTER_MS);
-    let old: Vec<(u128, u64)> = {
+    let old: Vec<u128> = {
         let index = g.shared.index.lock();
         index
-            .unscheduled_entries()
-            .take_while(|&(id, _)| unscheduled_slot(id) < cutoff)
-            .filter(|(id, _)| !g.unscheduled_ended.contains(id))
+            .unscheduled_ids()
+            .take_while(|&id| unscheduled_slot(id) < cutoff)
+            .filter(|id| !g.unscheduled_ended.contains(id))
             .collect()
     };
-    for (id, slot) in old {
-        t.schedule.insert((slot, id), ()).map_err(storage)?;
+    for id in old {
+        t.schedule
+            .insert((unscheduled_slot(id), id), ())
+            .map_err(storage)?;
         g.unscheduled_ended.push(id);
     }
     Ok(())
@@ -80,10 +82,7 @@ fn write_mark(txn: &redb::WriteTransaction, g: &Group) -> Result<Option<Option<u
     let (left, written) = {
         let index = g.shared.index.lock();
         let ended: IdMap<()> = g.unscheduled_ended.iter().map(|&id| (id, ())).collect();
-        let left = index
-            .unscheduled_entries()
-            .map(|(id, _)| id)
-            .find(|id| !ended.contains_key(id));
+        let left = index.unscheduled_ids().find(|id| !ended.contains_key(id));
         (left, index.unscheduled_mark)
     };
     let mark = match (left, g.unscheduled_min) {
@@ -316,7 +315,7 @@ impl Writer {
         if healing.is_some() {
             return;
         }
-        let entries: Vec<(u128, u64)> = self.shared.index.lock().unscheduled_entries().collect();
+        let entries: Vec<u128> = self.shared.index.lock().unscheduled_ids().collect();
         if entries.is_empty() {
             return;
         }
@@ -324,8 +323,10 @@ impl Writer {
             let txn = self.shared.begin_write()?;
             {
                 let mut schedule = txn.open_table(SCHEDULE).map_err(storage)?;
-                for &(id, slot) in &entries {
-                    schedule.insert((slot, id), ()).map_err(storage)?;
+                for &id in &entries {
+                    schedule
+                        .insert((unscheduled_slot(id), id), ())
+                        .map_err(storage)?;
                 }
                 let mut marks = txn.open_table(UNSCHEDULED_FROM).map_err(storage)?;
                 marks.remove(MARK).map_err(storage)?;
@@ -334,9 +335,8 @@ impl Writer {
         })();
         match result {
             Ok(()) => {
-                let ids: Vec<u128> = entries.iter().map(|&(id, _)| id).collect();
                 let mut index = self.shared.index.lock();
-                index.now_scheduled(&ids);
+                index.now_scheduled(&entries);
                 index.unscheduled_mark = None;
             }
             Err(e) => {
