@@ -49,7 +49,7 @@ const MAX_GROUP: usize = 8192;
 
 /// Pending messages without a `schedule` entry at most (they are all held in memory, about
 /// 80 bytes each); accepts beyond it write their entry.
-pub(in crate::store::embedded) const MAX_UNSCHEDULED: usize = 32_768;
+pub(in crate::store::embedded) const MAX_UNSCHEDULED: usize = 16_384;
 
 /// How long a message may stay pending without a `schedule` entry; then the next group writes
 /// it. This bounds how far back the walk of `messages` on open starts (`schema.rs`).
