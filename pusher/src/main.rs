@@ -12,6 +12,16 @@
 //! Logs go to stderr: coloured text on a terminal, plain text otherwise, JSON lines with
 //! `--log-json` (as the operator).
 
+/// jemalloc, not glibc's allocator: the hot path's per-message allocations (HTTP buffers of
+/// 8 KiB, request futures of 3–4 KB) are above glibc's per-thread cache and went through its
+/// bins and consolidation; jemalloc's thread caches hold those sizes. Measured in
+/// docs/performance.md ("Ninth round: the allocator"). Its settings (`.cargo/config.toml`,
+/// `JEMALLOC_SYS_WITH_MALLOC_CONF`) return freed pages within about a second, so that RSS
+/// follows the queue down. The `alloc-count` benchmark build counts with its own allocator.
+#[cfg(not(feature = "alloc-count"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::io::IsTerminal;
 use std::path::PathBuf;
 #[cfg(feature = "demo")]
