@@ -16,6 +16,11 @@
 //! writer reads the table only between its own commits, a refill sees every entry up to the new
 //! watermark: none is stranded on disk.
 //!
+//! **Entries with no durable twin.** Fresh messages accepted while the whole schedule is in
+//! memory have no durable schedule entry (`embedded/schema.rs` says how a restart finds them):
+//! they are held here until their first outcome, never trimmed and outside the watermark's
+//! rule ([`Index::schedule_unscheduled`]).
+//!
 //! Hand-written rather than a cache crate: this is the queue's own scheduling over redb (what is
 //! due, in which order, leased by whom, moved where), and its correctness rests on the
 //! watermark invariant above, which only the store's writer can keep.
