@@ -1002,3 +1002,37 @@ async fn messages_without_an_entry_and_a_backlog_beyond_the_head_lease_in_order(
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Healing reloads the schedule from disk: the messages held without an entry (one of them
+/// leased) get their entries at the slots their leases hold, so each outcome after it removes
+/// its own, and nothing is left behind or leased twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healing_lists_the_messages_held_without_an_entry() {
+    let dir = temp();
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+    accept(&store, 3).await;
+    let first = lease(&store, 1).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(store.shared.index.lock().unscheduled(), 3);
+    super::writer::reload(&store.shared).expect("reloads");
+    assert_eq!(store.shared.index.lock().unscheduled(), 0);
+    let (schedule, mark) = listed(&store);
+    assert_eq!(mark, None);
+    assert_eq!(schedule.len(), 3, "{schedule:?}");
+    assert!(
+        schedule.contains(&key(&first[0])),
+        "at the slot the lease holds"
+    );
+    assert_eq!(counts(store.counts()), (2, 0, 1));
+    deliver(&store, &first[0]).await;
+    let rest = lease(&store, 2).await;
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|l| l.record.id != first[0].record.id));
+    for l in &rest {
+        deliver(&store, l).await;
+    }
+    assert_eq!(counts(store.counts()), (0, 0, 0));
+    assert_eq!(listed(&store), (Vec::new(), None));
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,6 +39,8 @@ use crate::store::index::COUNT_EVERY_MS;
 use crate::store::index::IdMap;
 use crate::store::{StoreError, millis};
 use heal::Healing;
+#[cfg(test)]
+pub(super) use heal::reload;
 pub(super) use op::Op;
 use reply::{Answer, Change, Effect, Step, owe};
 use sweep::SWEEP_BATCH;
