@@ -16,6 +16,11 @@
 //! writer reads the table only between its own commits, a refill sees every entry up to the new
 //! watermark: none is stranded on disk.
 //!
+//! **Entries with no durable twin.** Fresh messages accepted while the whole schedule is in
+//! memory have no durable schedule entry (`embedded/schema.rs` says how a restart finds them):
+//! they are held here until their first outcome, never trimmed and outside the watermark's
+//! rule ([`Index::schedule_unscheduled`]).
+//!
 //! Hand-written rather than a cache crate: this is the queue's own scheduling over redb (what is
 //! due, in which order, leased by whom, moved where), and its correctness rests on the
 //! watermark invariant above, which only the store's writer can keep.
@@ -76,6 +81,12 @@ pub(crate) struct Index {
     counted_to: Key,
     /// The head's size (see [`HEAD`]).
     cap: usize,
+    /// Pending messages that have no durable schedule entry (accepted while the whole
+    /// schedule was in memory; see `embedded/schema.rs`; their slot is the time part of their
+    /// id): in memory until their first outcome, never trimmed.
+    unscheduled: BTreeSet<u128>,
+    /// The lowest id that may be pending without a durable schedule entry, as last committed.
+    pub(crate) unscheduled_mark: Option<u128>,
     /// Dead letters.
     pub(crate) dead: u64,
 }
@@ -98,7 +109,40 @@ impl Index {
             beyond_due: 0,
             counted_to: (0, 0),
             cap: cap.max(4),
+            unscheduled: BTreeSet::new(),
+            unscheduled_mark: None,
             dead: 0,
+        }
+    }
+
+    /// Adds a pending message that has no durable schedule entry (just committed): into
+    /// memory, whatever the watermark, until its first outcome ([`Index::release`]).
+    pub(crate) fn schedule_unscheduled(&mut self, due_ms: u64, id: u128) {
+        self.due.insert((due_ms, id));
+        self.unscheduled.insert(id);
+    }
+
+    /// Whether `id` is pending without a durable schedule entry.
+    pub(crate) fn is_unscheduled(&self, id: u128) -> bool {
+        self.unscheduled.contains(&id)
+    }
+
+    /// How many messages are pending without a durable schedule entry.
+    pub(crate) fn unscheduled(&self) -> usize {
+        self.unscheduled.len()
+    }
+
+    /// The ids of the messages without a durable schedule entry, in order (ids are ULIDs: the
+    /// oldest first).
+    pub(crate) fn unscheduled_ids(&self) -> impl Iterator<Item = u128> + '_ {
+        self.unscheduled.iter().copied()
+    }
+
+    /// Notes that these messages now have their durable schedule entry (written at their
+    /// slot): they are ordinary entries from now on.
+    pub(crate) fn now_scheduled(&mut self, ids: &[u128]) {
+        for id in ids {
+            self.unscheduled.remove(id);
         }
     }
 
@@ -208,6 +252,7 @@ impl Index {
     /// Ends a lease; the message is rescheduled at `due_ms` when given.
     pub(crate) fn release(&mut self, id: u128, due_ms: Option<u64>) {
         self.leased.remove(&id);
+        self.unscheduled.remove(&id);
         if let Some(due) = due_ms {
             self.schedule(due, id);
         }
@@ -275,16 +320,20 @@ impl Index {
     /// When the head grew past twice [`HEAD`] (accepts due by the watermark), forgets its latest
     /// entries down to [`HEAD`] and lowers the watermark before them; they stay on disk and are
     /// counted. Entries due at a moved time stay (their durable slot may be anywhere).
+    ///
+    /// Entries without a durable schedule entry are neither counted nor forgotten: they are
+    /// bounded on their own (`MAX_UNSCHEDULED` in the embedded store's writer).
     pub(crate) fn trim(&mut self) -> usize {
-        if self.due.len() <= self.cap * 2 {
+        let listed = self.due.len().saturating_sub(self.unscheduled.len());
+        if listed <= self.cap * 2 {
             return 0;
         }
-        let excess = self.due.len() - self.cap;
+        let excess = listed - self.cap;
         let out: Vec<Key> = self
             .due
             .iter()
             .rev()
-            .filter(|(_, id)| !self.moved.contains_key(id))
+            .filter(|(_, id)| !self.moved.contains_key(id) && !self.unscheduled.contains(id))
             .take(excess)
             .copied()
             .collect();

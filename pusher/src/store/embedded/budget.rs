@@ -2,6 +2,7 @@
 //! holds, plus what its pending messages' outcomes will need, has reached it.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How often, once the file's blocks have reached the budget, redb's page count is taken (it
@@ -106,5 +107,16 @@ impl Budget {
             s.over = over;
         }
         s.over.then_some((s.counted, self.max))
+    }
+}
+
+/// The embedded store's disk budget, for metrics.
+#[derive(Debug, Clone)]
+pub struct DiskBudget(pub(super) Arc<Budget>);
+
+impl DiskBudget {
+    /// `(bytes in use as last measured, budget)`.
+    pub fn figures(&self) -> (u64, u64) {
+        self.0.figures()
     }
 }

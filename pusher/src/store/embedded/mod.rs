@@ -8,9 +8,12 @@
 //! updates the in-memory schedule. So concurrent accepts share one sync, a 202 is only answered
 //! after its commit, and memory never runs ahead of the disk.
 //!
-//! **Leases** live in memory (`super::index`): a leased message stays in the durable schedule
-//! until its outcome is committed, so after a crash it is simply due again (and is re-sent with
-//! the same `client_msg_id`, which WeChat de-duplicates).
+//! **Leases** live in memory (`super::index`): a leased message stays pending on disk until its
+//! outcome is committed, so after a crash it is simply due again (and is re-sent with the same
+//! `client_msg_id`, which WeChat de-duplicates). A message accepted while the whole schedule is
+//! in memory gets no durable `schedule` entry at all (up to `writer::MAX_UNSCHEDULED`, for 10 s
+//! at most): it is held in memory until its first outcome, and a restart finds it from a
+//! durable mark (`schema.rs`).
 //!
 //! **A bounded schedule in memory.** Only the head of the schedule, the earliest-due entries
 //! (about `super::index::HEAD`) up to a watermark, is held in memory; the rest stays in the
@@ -38,6 +41,7 @@ use redb::ReadableTable;
 use tokio::sync::{Notify, oneshot};
 
 mod budget;
+pub use budget::DiskBudget;
 mod credits;
 mod progress;
 mod reads;
@@ -95,17 +99,6 @@ pub struct EmbeddedOptions {
     pub event_indexes: bool,
 }
 
-/// The embedded store's disk budget, for metrics.
-#[derive(Debug, Clone)]
-pub struct DiskBudget(Arc<budget::Budget>);
-
-impl DiskBudget {
-    /// `(bytes in use as last measured, budget)`.
-    pub fn figures(&self) -> (u64, u64) {
-        self.0.figures()
-    }
-}
-
 /// The embedded store. Cheap to clone; all clones share one writer.
 #[derive(Debug, Clone)]
 pub struct EmbeddedStore {
@@ -116,19 +109,22 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// The disk budget, when there is one: a handle that does not keep the store open.
     pub fn disk_budget(&self) -> Option<DiskBudget> {
-        self.shared.budget.clone().map(DiskBudget)
+        self.shared.budget.clone().map(budget::DiskBudget)
     }
 
     /// Opens (or creates) the store in `options.path` and starts its writer thread. Every
     /// message that was leased when the process last stopped is due again.
     pub fn open(options: &EmbeddedOptions) -> Result<Self, StoreError> {
-        Self::open_with_head(options, HEAD)
+        Self::open_with_head(options, HEAD, writer::MAX_UNSCHEDULED)
     }
 
-    /// [`EmbeddedStore::open`] with an in-memory head of `head` entries.
+    /// [`EmbeddedStore::open`] with an in-memory head of `head` entries, and at most
+    /// `max_unscheduled` messages pending without a `schedule` entry (0: none, every accept
+    /// writes its entry).
     pub(crate) fn open_with_head(
         options: &EmbeddedOptions,
         head: usize,
+        max_unscheduled: usize,
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(&options.path).map_err(|e| {
             StoreError::storage(format!("cannot create {}: {e}", options.path.display()), e)
@@ -170,6 +166,7 @@ impl EmbeddedStore {
             retention: options.retention,
             default_callback: options.default_callback,
             event_indexes: options.event_indexes,
+            max_unscheduled,
         };
         std::thread::Builder::new()
             .name("wxpush-store-writer".into())

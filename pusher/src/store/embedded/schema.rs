@@ -3,7 +3,8 @@
 //!
 //! Tables: `messages` (id → JSON record, as accepted), `progress` (id → what changed since:
 //! the "attempt started" mark, status, attempts, times, outcome; see [`super::progress`]),
-//! `schedule` ((due ms, id) for pending messages),
+//! `schedule` ((due ms, id) for pending messages, except fresh ones held in memory: see
+//! [`UNSCHEDULED_FROM`]), `unscheduled_from` (the mark from which opening looks for them),
 //! `finished` ((finished ms, id): no longer written; stores written before list their finished
 //! messages there, and the retention sweep empties it), `dead` (dead-letter ids), `idempotency`
 //! (key → id), `msgids` (WeChat msgid → id) and `awaiting_event` ((openid, delivered ms, id) of
@@ -11,6 +12,15 @@
 //! `events_seen` ((openid, CreateTime, MsgID) → id),
 //! `callbacks` ((due ms, callback id) → JSON [`PendingCallback`], written in the same
 //! transaction as the state change that causes the callback), `credits` and `probe`.
+//!
+//! **Messages without a `schedule` entry.** While the whole schedule is in memory, an accepted
+//! message gets no `schedule` entry (the writer's `MAX_UNSCHEDULED` at most, each for
+//! `SPILL_AFTER_MS` at most): its first outcome writes one only if it is retried. Their ids
+//! are made from the accept's millisecond, which is their slot. Each commit that moves it
+//! writes the lowest id that may be pending without an entry (`unscheduled_from`); opening the
+//! store, and healing, walk `messages` from there and give every pending one its entry
+//! ([`schedule_unscheduled`]). A clean close writes them all and removes the mark, so the
+//! versions before (which know no mark) read a cleanly closed store whole.
 
 use std::path::Path;
 
@@ -31,7 +41,15 @@ pub(super) const PROGRESS: TableDefinition<u128, &[u8]> = TableDefinition::new("
 /// of the versions before the `progress` table took it. A store written by them may still
 /// hold marks; opening it moves them into `progress` ([`move_start_marks`]).
 pub(super) const STARTED: TableDefinition<u128, i128> = TableDefinition::new("started");
+/// `(due ms, id)` of pending messages, except those accepted without one (see
+/// [`UNSCHEDULED_FROM`]).
 pub(super) const SCHEDULE: TableDefinition<(u64, u128), ()> = TableDefinition::new("schedule");
+/// One row, [`MARK`]: the lowest id that may be pending without a `schedule` entry. Absent:
+/// every pending message has its entry. Written in the commits that change it.
+pub(super) const UNSCHEDULED_FROM: TableDefinition<u8, u128> =
+    TableDefinition::new("unscheduled_from");
+/// The key of the one row of [`UNSCHEDULED_FROM`].
+pub(super) const MARK: u8 = 0;
 /// `(finished ms, id)` of finished messages, as the versions before wrote it for the retention
 /// sweep. The sweep now walks `progress` in id order instead (ids are ordered by accept
 /// time), and removes what this table still lists.
@@ -124,6 +142,50 @@ fn move_start_marks(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Gives every message pending without a `schedule` entry its entry, at its accept
+/// millisecond (the time part of its id: such ids are made from the accept time, which is
+/// also their slot in memory), and removes the mark. Walks `messages` from the mark only:
+/// a message there is pending when its progress is absent or not final, and has no entry
+/// when the schedule does not list its id (replays and retries are listed at other times).
+fn schedule_unscheduled(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut marks = txn.open_table(UNSCHEDULED_FROM).map_err(storage)?;
+    let Some(from) = marks.get(MARK).map_err(storage)?.map(|v| v.value()) else {
+        return Ok(());
+    };
+    let messages = txn.open_table(MESSAGES).map_err(storage)?;
+    let progress = txn.open_table(PROGRESS).map_err(storage)?;
+    let mut pending: IdMap<u64> = IdMap::default();
+    for entry in messages.range(from..).map_err(storage)? {
+        let id = entry.map_err(storage)?.0.value();
+        let done = match progress.get(id).map_err(storage)? {
+            Some(p) => super::progress::finished_at(p.value())?.is_some(),
+            None => false,
+        };
+        if !done {
+            pending.insert(id, unscheduled_slot(id));
+        }
+    }
+    let mut schedule = txn.open_table(SCHEDULE).map_err(storage)?;
+    if !pending.is_empty() {
+        for entry in schedule.iter().map_err(storage)? {
+            pending.remove(&entry.map_err(storage)?.0.value().1);
+        }
+    }
+    let found = pending.len();
+    for (id, slot) in pending {
+        schedule.insert((slot, id), ()).map_err(storage)?;
+    }
+    marks.remove(MARK).map_err(storage)?;
+    tracing::info!(found, "pending messages without a schedule entry listed");
+    Ok(())
+}
+
+/// The slot of a message accepted without a `schedule` entry: the millisecond its id was
+/// made from (the accept time).
+pub(super) fn unscheduled_slot(id: u128) -> u64 {
+    u64::try_from(id >> 80).unwrap_or(u64::MAX)
+}
+
 /// Opens (or creates) the database file with the store's cache size.
 pub(super) fn open_db(file: &Path) -> Result<Database, StoreError> {
     Database::builder()
@@ -153,8 +215,10 @@ pub(super) fn load_index(
         txn.open_table(EVENTS_SEEN).map_err(storage)?;
         txn.open_table(CALLBACKS).map_err(storage)?;
         txn.open_table(PROBE).map_err(storage)?;
+        txn.open_table(UNSCHEDULED_FROM).map_err(storage)?;
     }
     move_start_marks(&txn)?;
+    schedule_unscheduled(&txn)?;
     txn.commit().map_err(storage)?;
     let txn = db.begin_read().map_err(storage)?;
     let schedule = txn.open_table(SCHEDULE).map_err(storage)?;

@@ -75,7 +75,7 @@ fn key(l: &Leased) -> (u64, u128) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_larger_than_the_head_is_leased_in_due_order_and_a_far_retry_comes_back() {
     let dir = temp();
-    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD).expect("opens");
+    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD, 0).expect("opens");
     for _ in 0..6 {
         accept(&store, 10).await;
     }
@@ -123,7 +123,7 @@ async fn a_backlog_larger_than_the_head_is_leased_in_due_order_and_a_far_retry_c
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_reloads_a_backlog_larger_than_the_head() {
     let dir = temp();
-    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD).expect("opens");
+    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD, 0).expect("opens");
     for _ in 0..5 {
         accept(&store, 7).await;
     }
@@ -132,7 +132,7 @@ async fn a_restart_reloads_a_backlog_larger_than_the_head() {
     assert_eq!(held.len(), 4);
     store.close().await;
     drop(store);
-    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD).expect("opens");
+    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD, 0).expect("opens");
     assert_eq!(counts(store.counts()), (35, 0, 0));
     assert!(store.shared.index.lock().held() <= HEAD);
     let all = lease(&store, 35).await;
@@ -148,7 +148,7 @@ async fn a_restart_reloads_a_backlog_larger_than_the_head() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulled_in_retries_beyond_the_watermark_are_due_at_once() {
     let dir = temp();
-    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD).expect("opens");
+    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD, 0).expect("opens");
     accept(&store, 30).await;
     // Retry all of them an hour later (an outage): most are beyond the watermark.
     let leased = lease(&store, 30).await;
@@ -189,7 +189,8 @@ async fn pulled_in_retries_beyond_the_watermark_are_due_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fresh_records_are_kept_in_memory_within_a_byte_budget() {
     let dir = temp();
-    let store = EmbeddedStore::open_with_head(&options(&dir), 1024).expect("opens");
+    let store = EmbeddedStore::open_with_head(&options(&dir), 1024, super::writer::MAX_UNSCHEDULED)
+        .expect("opens");
     // 80 messages of about 64 KiB of template data each: 5 MiB, beyond the 4 MiB budget.
     let data: serde_json::Map<String, serde_json::Value> = (0..64)
         .map(|k| (format!("k{k}"), json!({"value": "x".repeat(1000)})))
@@ -796,6 +797,242 @@ async fn a_store_that_lists_finished_messages_opens_delivers_and_is_swept() {
     assert_eq!(got.status, Status::Confirmed);
     let got = store.get(queued.id).await.expect("reads").expect("kept");
     assert_eq!(got.status, Status::Delivered);
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The `schedule` entries and the mark of messages pending without one, as on disk.
+fn listed(store: &EmbeddedStore) -> (Vec<(u64, u128)>, Option<u128>) {
+    use super::schema::{MARK, SCHEDULE, UNSCHEDULED_FROM};
+    use redb::ReadableTable;
+    let txn = store.shared.begin_read().expect("reads");
+    let schedule: Vec<(u64, u128)> = txn
+        .open_table(SCHEDULE)
+        .expect("table")
+        .iter()
+        .expect("iter")
+        .map(|e| e.expect("entry").0.value())
+        .collect();
+    let mark = txn
+        .open_table(UNSCHEDULED_FROM)
+        .expect("table")
+        .get(MARK)
+        .expect("reads")
+        .map(|v| v.value());
+    (schedule, mark)
+}
+
+/// Opens the store again once the writer of a dropped handle let go of the file (a process
+/// killed without a close).
+async fn reopen_after_crash(
+    dir: &std::path::Path,
+    head: usize,
+    unscheduled: usize,
+) -> EmbeddedStore {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match EmbeddedStore::open_with_head(&options(dir), head, unscheduled) {
+            Ok(store) => return store,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "not yet released");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("cannot open again: {e}"),
+        }
+    }
+}
+
+/// Messages accepted while the schedule is in memory get no `schedule` entry, only a mark;
+/// after a crash (no close) every pending one of them is found again exactly once: never
+/// leased, leased with its start written, and retried (listed by its outcome), while the
+/// delivered one stays delivered. Afterwards the mark is gone and every entry is listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_finds_the_messages_accepted_without_a_schedule_entry() {
+    let dir = temp();
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+    accept(&store, 5).await;
+    let (schedule, mark) = listed(&store);
+    assert!(schedule.is_empty(), "no entries written: {schedule:?}");
+    let leased = lease(&store, 3).await;
+    assert_eq!(leased.len(), 3);
+    let lowest = leased.iter().map(|l| l.record.id.as_u128()).min();
+    assert!(
+        mark.is_some() && mark <= lowest,
+        "the mark is at or below every id"
+    );
+    let at = Timestamp::now();
+    store.start_attempt(&leased[0], at).await.expect("starts");
+    deliver(&store, &leased[1]).await;
+    let due = Timestamp::now() + SignedDuration::from_secs(3600);
+    let mut retry = leased[2].record.clone();
+    retry.status = Status::Retrying;
+    retry.attempts = 1;
+    retry.next_attempt_at = Some(due);
+    store
+        .complete(leased[2].slot, retry)
+        .await
+        .expect("completes");
+    let (schedule, _) = listed(&store);
+    assert_eq!(
+        schedule,
+        vec![(crate::store::due_millis(due), key(&leased[2]).1)]
+    );
+    assert_eq!(counts(store.counts()), (2, 1, 1));
+
+    // Killed: no close, so nothing more is written.
+    drop(store);
+    let store = reopen_after_crash(
+        &dir,
+        crate::store::index::HEAD,
+        super::writer::MAX_UNSCHEDULED,
+    )
+    .await;
+    assert_eq!(counts(store.counts()), (3, 1, 0));
+    let (schedule, mark) = listed(&store);
+    assert_eq!(mark, None);
+    assert_eq!(
+        schedule.len(),
+        4,
+        "every pending message is listed: {schedule:?}"
+    );
+    let again = lease(&store, 3).await;
+    assert_eq!(again.len(), 3);
+    let mut ids: Vec<u128> = again.iter().map(|l| l.record.id.as_u128()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "each once");
+    assert!(
+        !ids.contains(&key(&leased[1]).1),
+        "the delivered one stays delivered"
+    );
+    assert!(
+        !ids.contains(&key(&leased[2]).1),
+        "the retry waits for its time"
+    );
+    let started = again
+        .iter()
+        .find(|l| l.record.id == leased[0].record.id)
+        .expect("the started one is due again");
+    assert_eq!(started.record.first_attempt_at, Some(at));
+    for l in &again {
+        deliver(&store, l).await;
+    }
+    assert_eq!(counts(store.counts()), (0, 1, 0));
+    let (schedule, _) = listed(&store);
+    assert_eq!(schedule.len(), 1, "only the retry is left: {schedule:?}");
+    let rec = store
+        .get(leased[1].record.id)
+        .await
+        .expect("reads")
+        .expect("kept");
+    assert_eq!(rec.status, Status::Delivered);
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A clean close lists every message pending without an entry and removes the mark, so that
+/// the version before (which knows no mark) reads the store whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_close_lists_every_pending_message() {
+    let dir = temp();
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+    accept(&store, 4).await;
+    let held = lease(&store, 1).await;
+    assert_eq!(held.len(), 1);
+    assert!(listed(&store).0.is_empty());
+    store.close().await;
+    let txn_store = {
+        drop(store);
+        reopen_after_crash(&dir, crate::store::index::HEAD, 0).await
+    };
+    let (schedule, mark) = listed(&txn_store);
+    assert_eq!(mark, None);
+    assert_eq!(schedule.len(), 4, "{schedule:?}");
+    assert!(
+        schedule.contains(&key(&held[0])),
+        "at the slot its lease holds"
+    );
+    txn_store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With a small head and a small allowance: accepts beyond the allowance write their entries
+/// and the head trims those only; the whole lot is leased in due order, each once, with exact
+/// counts, also across a crash half-way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_without_an_entry_and_a_backlog_beyond_the_head_lease_in_order() {
+    let dir = temp();
+    let store = EmbeddedStore::open_with_head(&options(&dir), HEAD, 12).expect("opens");
+    accept(&store, 10).await;
+    for _ in 0..4 {
+        accept(&store, 10).await;
+    }
+    assert_eq!(counts(store.counts()), (50, 0, 0));
+    let (schedule, mark) = listed(&store);
+    assert_eq!(schedule.len(), 40, "only the first 10 go without an entry");
+    assert!(mark.is_some());
+    {
+        let index = store.shared.index.lock();
+        assert_eq!(index.unscheduled(), 10);
+        assert!(index.held() <= 2 * HEAD + 10, "bounded: {}", index.held());
+    }
+    let mut order = Vec::new();
+    for l in lease(&store, 20).await {
+        order.push(key(&l));
+        deliver(&store, &l).await;
+    }
+    assert_eq!(counts(store.counts()), (30, 0, 0));
+    drop(store);
+    let store = reopen_after_crash(&dir, HEAD, 12).await;
+    assert_eq!(counts(store.counts()), (30, 0, 0));
+    let mut left = 30;
+    while left > 0 {
+        let got = lease(&store, 3).await;
+        assert!(!got.is_empty(), "{left} left");
+        for l in &got {
+            order.push(key(l));
+            deliver(&store, l).await;
+        }
+        left -= got.len();
+    }
+    assert_eq!(order.len(), 50);
+    assert!(order.is_sorted(), "leased in due order: {order:?}");
+    assert_eq!(counts(store.counts()), (0, 0, 0));
+    assert_eq!(listed(&store), (Vec::new(), None));
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Healing reloads the schedule from disk: the messages held without an entry (one of them
+/// leased) get their entries at the slots their leases hold, so each outcome after it removes
+/// its own, and nothing is left behind or leased twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healing_lists_the_messages_held_without_an_entry() {
+    let dir = temp();
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+    accept(&store, 3).await;
+    let first = lease(&store, 1).await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(store.shared.index.lock().unscheduled(), 3);
+    super::writer::reload(&store.shared).expect("reloads");
+    assert_eq!(store.shared.index.lock().unscheduled(), 0);
+    let (schedule, mark) = listed(&store);
+    assert_eq!(mark, None);
+    assert_eq!(schedule.len(), 3, "{schedule:?}");
+    assert!(
+        schedule.contains(&key(&first[0])),
+        "at the slot the lease holds"
+    );
+    assert_eq!(counts(store.counts()), (2, 0, 1));
+    deliver(&store, &first[0]).await;
+    let rest = lease(&store, 2).await;
+    assert_eq!(rest.len(), 2);
+    assert!(rest.iter().all(|l| l.record.id != first[0].record.id));
+    for l in &rest {
+        deliver(&store, l).await;
+    }
+    assert_eq!(counts(store.counts()), (0, 0, 0));
+    assert_eq!(listed(&store), (Vec::new(), None));
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -113,7 +113,7 @@ pub(super) fn reopen(shared: &Shared) -> Result<(), StoreError> {
 
 /// Rebuilds the in-memory schedule from the database (a failed commit may have been
 /// durable after all), keeping the leases held now.
-pub(super) fn reload(shared: &Shared) -> Result<(), StoreError> {
+pub(in crate::store::embedded) fn reload(shared: &Shared) -> Result<(), StoreError> {
     let leased = shared.index.lock().leases();
     let fresh = {
         let db = shared.db.read();

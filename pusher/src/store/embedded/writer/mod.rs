@@ -33,11 +33,14 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::oneshot;
 
-use crate::store::embedded::schema::storage;
+use crate::store::embedded::schema::{MARK, SCHEDULE, UNSCHEDULED_FROM, storage, unscheduled_slot};
 use crate::store::embedded::shared::Shared;
 use crate::store::index::COUNT_EVERY_MS;
+use crate::store::index::IdMap;
 use crate::store::{StoreError, millis};
 use heal::Healing;
+#[cfg(test)]
+pub(super) use heal::reload;
 pub(super) use op::Op;
 use reply::{Answer, Change, Effect, Step, owe};
 use sweep::SWEEP_BATCH;
@@ -45,6 +48,59 @@ use txn::{Group, Tables};
 
 /// Most operations applied in one commit.
 const MAX_GROUP: usize = 8192;
+
+/// Pending messages without a `schedule` entry at most (they are all held in memory, about
+/// 80 bytes each); accepts beyond it write their entry.
+pub(in crate::store::embedded) const MAX_UNSCHEDULED: usize = 16_384;
+
+/// How long a message may stay pending without a `schedule` entry; then the next group writes
+/// it. This bounds how far back the walk of `messages` on open starts (`schema.rs`).
+const SPILL_AFTER_MS: u64 = 10_000;
+
+/// Writes the `schedule` entries of the messages pending without one for longer than
+/// [`SPILL_AFTER_MS`] (a send that hangs, a backlog that drains slowly).
+fn spill_old(t: &mut Tables<'_>, g: &mut Group) -> Result<(), StoreError> {
+    let cutoff = g.now_ms.saturating_sub(SPILL_AFTER_MS);
+    let old: Vec<u128> = {
+        let index = g.shared.index.lock();
+        index
+            .unscheduled_ids()
+            .take_while(|&id| unscheduled_slot(id) < cutoff)
+            .filter(|id| !g.unscheduled_ended.contains(id))
+            .collect()
+    };
+    for id in old {
+        t.schedule
+            .insert((unscheduled_slot(id), id), ())
+            .map_err(storage)?;
+        g.unscheduled_ended.push(id);
+    }
+    Ok(())
+}
+
+/// Writes the mark of the messages pending without a `schedule` entry when the group moved
+/// it: the lowest id of those left after the group. Returns the new mark when written.
+fn write_mark(txn: &redb::WriteTransaction, g: &Group) -> Result<Option<Option<u128>>, StoreError> {
+    let (left, written) = {
+        let index = g.shared.index.lock();
+        let ended: IdMap<()> = g.unscheduled_ended.iter().map(|&id| (id, ())).collect();
+        let left = index.unscheduled_ids().find(|id| !ended.contains_key(id));
+        (left, index.unscheduled_mark)
+    };
+    let mark = match (left, g.unscheduled_min) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if mark == written {
+        return Ok(None);
+    }
+    let mut marks = txn.open_table(UNSCHEDULED_FROM).map_err(storage)?;
+    match mark {
+        Some(m) => marks.insert(MARK, m).map(drop).map_err(storage)?,
+        None => marks.remove(MARK).map(drop).map_err(storage)?,
+    }
+    Ok(Some(mark))
+}
 
 /// How soon a retention sweep whose walk stopped early (it read its most entries) goes on.
 const SWEEP_AGAIN: Duration = Duration::from_secs(1);
@@ -58,6 +114,9 @@ pub(super) struct Writer {
     pub(super) default_callback: bool,
     /// See [`crate::store::embedded::EmbeddedOptions::event_indexes`].
     pub(super) event_indexes: bool,
+    /// Pending messages without a `schedule` entry at most ([`MAX_UNSCHEDULED`]; 0 in the
+    /// tests of the head, so that every accept writes its entry).
+    pub(super) max_unscheduled: usize,
 }
 
 impl Writer {
@@ -140,6 +199,7 @@ impl Writer {
                 if !rest.is_empty() {
                     self.apply(rest, &mut healing);
                 }
+                self.schedule_all(healing.as_ref());
                 tracing::info!("embedded queue closed");
                 return Some(reply);
             }
@@ -203,7 +263,20 @@ impl Writer {
             event_indexes: self.event_indexes,
             callbacks_added: false,
             over_budget: None,
+            unscheduled_room: 0,
+            unscheduled_min: None,
+            unscheduled_ended: Vec::new(),
+            shared: Arc::clone(&self.shared),
         };
+        {
+            let index = self.shared.index.lock();
+            // Only while no entry waits on disk beyond the head: the message is then due no
+            // earlier than any other, so leasing it from memory keeps the schedule's order.
+            if index.beyond() == 0 {
+                group.unscheduled_room = self.max_unscheduled.saturating_sub(index.unscheduled());
+            }
+        }
+        let mut mark = None;
         let adds = ops
             .iter()
             .any(|op| matches!(op, Op::Accept { .. } | Op::Replay { .. }));
@@ -218,14 +291,61 @@ impl Writer {
                 while let Some(op) = ops.pop_front() {
                     self.apply_op(&mut t, &mut group, op, &mut effects)?;
                 }
+                spill_old(&mut t, &mut group)?;
             }
+            mark = write_mark(&txn, &group)?;
             txn.commit().map_err(storage)?;
             Ok(())
         })();
         tracing::trace!(group = size, took = ?started.elapsed(), "group committed");
         // Operations not reached (the group failed part-way) are answered too.
         effects.extend(ops.into_iter().map(Op::abandon));
+        if result.is_ok() {
+            let mut index = self.shared.index.lock();
+            index.now_scheduled(&group.unscheduled_ended);
+            if let Some(mark) = mark {
+                index.unscheduled_mark = mark;
+            }
+        }
         self.settle(effects, result.err(), group.callbacks_added, healing);
+    }
+
+    /// Gives every message pending without a `schedule` entry its entry, and removes the
+    /// mark: what a clean close leaves, so that a version that does not know the mark reads
+    /// the store whole.
+    fn schedule_all(&self, healing: Option<&Healing>) {
+        if healing.is_some() {
+            return;
+        }
+        let entries: Vec<u128> = self.shared.index.lock().unscheduled_ids().collect();
+        if entries.is_empty() {
+            return;
+        }
+        let result = (|| -> Result<(), StoreError> {
+            let txn = self.shared.begin_write()?;
+            {
+                let mut schedule = txn.open_table(SCHEDULE).map_err(storage)?;
+                for &id in &entries {
+                    schedule
+                        .insert((unscheduled_slot(id), id), ())
+                        .map_err(storage)?;
+                }
+                let mut marks = txn.open_table(UNSCHEDULED_FROM).map_err(storage)?;
+                marks.remove(MARK).map_err(storage)?;
+            }
+            txn.commit().map_err(storage)
+        })();
+        match result {
+            Ok(()) => {
+                let mut index = self.shared.index.lock();
+                index.now_scheduled(&entries);
+                index.unscheduled_mark = None;
+            }
+            Err(e) => {
+                // The next open lists them from the mark.
+                tracing::warn!(error = %e, "cannot list the pending messages in the schedule at close");
+            }
+        }
     }
 
     /// The reply fan-out, for a committed group and a failed one alike.

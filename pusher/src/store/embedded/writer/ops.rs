@@ -12,7 +12,7 @@ use super::reply::{Change, Step};
 use super::txn::{Group, Tables, encode_cb};
 use crate::message::{MessageId, MessageRecord, Status};
 use crate::store::embedded::progress;
-use crate::store::embedded::schema::storage;
+use crate::store::embedded::schema::{storage, unscheduled_slot};
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
     StoreError, apply_event, digests_match, millis, reset_for_replay, wants_callback,
@@ -75,8 +75,13 @@ pub(super) fn accept(
                 });
             }
             None => {
-                let mut record =
-                    MessageRecord::new(MessageId::new(), item.message, item.idempotency_key, g.now);
+                // The id is made from the group's time, so that its time part is the
+                // message's slot ([`unscheduled_slot`]).
+                let id = ulid::Ulid::from_datetime(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(g.now_ms),
+                );
+                let id = MessageId::from_u128(id.0);
+                let mut record = MessageRecord::new(id, item.message, item.idempotency_key, g.now);
                 if record.idempotency_key.is_some() {
                     record.request_digest = item.request_digest;
                 }
@@ -101,21 +106,35 @@ pub(super) fn accept(
         }));
     }
     g.pending += adding;
+    // While the whole schedule is in memory, a fresh message needs no `schedule` entry: it
+    // is due now, held in memory until its first outcome, and a restart finds it from the
+    // mark (`schema.rs`). Most are finished by their first outcome, which then removes
+    // nothing from `schedule`.
+    let unscheduled = g.unscheduled_room >= fresh.len();
     let mut ids = Vec::with_capacity(fresh.len());
     for record in &fresh {
         let id = record.id.as_u128();
         t.put(record)?;
-        t.schedule.insert((g.now_ms, id), ()).map_err(storage)?;
+        if unscheduled {
+            debug_assert_eq!(unscheduled_slot(id), g.now_ms);
+            g.unscheduled_min = Some(g.unscheduled_min.map_or(id, |m| m.min(id)));
+        } else {
+            t.schedule.insert((g.now_ms, id), ()).map_err(storage)?;
+        }
         if let Some(k) = &record.idempotency_key {
             t.idem.insert(k.as_str(), id).map_err(storage)?;
         }
         ids.push(id);
+    }
+    if unscheduled {
+        g.unscheduled_room -= fresh.len();
     }
     Ok(Step::Done(
         Change::Scheduled {
             ids,
             due: g.now_ms,
             records: fresh,
+            unscheduled,
         },
         results,
     ))
@@ -143,7 +162,12 @@ pub(super) fn complete(
             record.next_attempt_at.unwrap_or(g.now),
         ))
     };
-    t.schedule.remove((slot, id)).map_err(storage)?;
+    if g.is_unscheduled(id) {
+        // It has no entry to remove; from now on it is final or listed like any other.
+        g.unscheduled_ended.push(id);
+    } else {
+        t.schedule.remove((slot, id)).map_err(storage)?;
+    }
     // A finished message needs no entry for retention: the sweep walks `progress`.
     match due {
         None => {

@@ -20,6 +20,8 @@ pub(super) enum Change {
         ids: Vec<u128>,
         due: u64,
         records: Vec<MessageRecord>,
+        /// Accepted without `schedule` entries (held in memory until their first outcome).
+        unscheduled: bool,
     },
     /// A completed attempt: the lease ends. `outcome` is the record as completed, kept only to
     /// be handed back when the write fails ([`super::Shared::unrecorded`]).
@@ -53,9 +55,18 @@ impl Change {
         let mut index = shared.index.lock();
         match self {
             Self::None => false,
-            Self::Scheduled { ids, due, records } => {
+            Self::Scheduled {
+                ids,
+                due,
+                records,
+                unscheduled,
+            } => {
                 for &id in ids.iter() {
-                    index.schedule(*due, id);
+                    if *unscheduled {
+                        index.schedule_unscheduled(*due, id);
+                    } else {
+                        index.schedule(*due, id);
+                    }
                 }
                 drop(index);
                 shared.keep_fresh(std::mem::take(records));

@@ -1,6 +1,8 @@
 //! One write transaction: its open tables, and what its group of operations has decided so
 //! far.
 
+use std::sync::Arc;
+
 use jiff::Timestamp;
 use redb::{Table, WriteTransaction};
 
@@ -10,6 +12,7 @@ use crate::store::embedded::schema::{
     AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, PROGRESS,
     SCHEDULE, encode, record_with_progress, storage,
 };
+use crate::store::embedded::shared::Shared;
 use crate::store::{PendingCallback, StoreError};
 
 /// The tables of one write transaction.
@@ -104,4 +107,21 @@ pub(super) struct Group {
     pub(super) callbacks_added: bool,
     /// `(used, max)` when the disk budget is spent: new messages are refused.
     pub(super) over_budget: Option<(u64, u64)>,
+    /// How many more accepted messages may go without a `schedule` entry in this group (0
+    /// while entries wait on disk beyond the in-memory head: see `MAX_UNSCHEDULED`).
+    pub(super) unscheduled_room: usize,
+    /// The lowest id this group accepted without a `schedule` entry.
+    pub(super) unscheduled_min: Option<u128>,
+    /// Messages without a `schedule` entry that this group finished, rescheduled (with an
+    /// entry) or spilled: they leave the in-memory set after the commit.
+    pub(super) unscheduled_ended: Vec<u128>,
+    /// The store's shared state (the in-memory schedule says which messages have no entry).
+    pub(super) shared: Arc<Shared>,
+}
+
+impl Group {
+    /// Whether the pending message `id` has no `schedule` entry.
+    pub(super) fn is_unscheduled(&self, id: u128) -> bool {
+        self.shared.index.lock().is_unscheduled(id)
+    }
 }
