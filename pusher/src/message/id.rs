@@ -15,6 +15,14 @@ impl MessageId {
         Self(ulid::Ulid::new())
     }
 
+    /// A new id whose time part is `ms` (milliseconds since the Unix epoch): the embedded
+    /// store files a message accepted without a schedule entry at that millisecond.
+    pub fn made_at(ms: u64) -> Self {
+        Self(ulid::Ulid::from_datetime(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
+        ))
+    }
+
     /// The id as the store's key.
     pub fn as_u128(self) -> u128 {
         self.0.0

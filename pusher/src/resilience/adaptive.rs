@@ -311,17 +311,8 @@ impl AdaptiveLimit {
         self.recent = [0.0; RECALL_WINDOWS];
         // The window under way mixes answers from before the opening: start a fresh one.
         self.window_start = None;
-        self.samples = 0;
-        self.failed = 0;
-        self.lowest = Duration::MAX;
-        self.lowest_net = Duration::MAX;
-        self.fresh_lowest = Duration::MAX;
-        self.fresh_net = Duration::MAX;
-        self.peak_in_flight = 0;
-        self.limit = self.limit.clamp(
-            f64::from(self.settings.min_limit),
-            f64::from(self.settings.max_limit),
-        );
+        self.clear_window();
+        self.clamp();
         let after = self.limit();
         (after != before).then_some(after)
     }
@@ -333,15 +324,9 @@ impl AdaptiveLimit {
         let mean = self.lowest;
         let net = self.lowest_net;
         let (fresh, fresh_net) = (self.fresh_lowest, self.fresh_net);
-        self.fresh_lowest = Duration::MAX;
-        self.fresh_net = Duration::MAX;
         let error_share = f64::from(self.failed) / f64::from(self.samples.max(1));
         let used = f64::from(self.peak_in_flight) >= self.limit * 0.5;
-        self.samples = 0;
-        self.failed = 0;
-        self.lowest = Duration::MAX;
-        self.lowest_net = Duration::MAX;
-        self.peak_in_flight = 0;
+        self.clear_window();
         if error_share > s.max_error_share {
             // The first cut of a run of them remembers where the limit was, and where to come
             // back to.
@@ -412,6 +397,23 @@ impl AdaptiveLimit {
                 }
             }
         }
+        self.clamp();
+    }
+
+    /// Empties the figures gathered over a window.
+    fn clear_window(&mut self) {
+        self.samples = 0;
+        self.failed = 0;
+        self.lowest = Duration::MAX;
+        self.lowest_net = Duration::MAX;
+        self.fresh_lowest = Duration::MAX;
+        self.fresh_net = Duration::MAX;
+        self.peak_in_flight = 0;
+    }
+
+    /// Keeps the limit within `[min_limit, max_limit]`.
+    fn clamp(&mut self) {
+        let s = self.settings;
         self.limit = self
             .limit
             .clamp(f64::from(s.min_limit), f64::from(s.max_limit));

@@ -154,7 +154,7 @@ fn schedule_unscheduled(txn: &redb::WriteTransaction) -> Result<(), StoreError> 
     };
     let messages = txn.open_table(MESSAGES).map_err(storage)?;
     let progress = txn.open_table(PROGRESS).map_err(storage)?;
-    let mut pending: IdMap<u64> = IdMap::default();
+    let mut pending: IdMap<()> = IdMap::default();
     for entry in messages.range(from..).map_err(storage)? {
         let id = entry.map_err(storage)?.0.value();
         let done = match progress.get(id).map_err(storage)? {
@@ -162,7 +162,7 @@ fn schedule_unscheduled(txn: &redb::WriteTransaction) -> Result<(), StoreError> 
             None => false,
         };
         if !done {
-            pending.insert(id, unscheduled_slot(id));
+            pending.insert(id, ());
         }
     }
     let mut schedule = txn.open_table(SCHEDULE).map_err(storage)?;
@@ -172,8 +172,8 @@ fn schedule_unscheduled(txn: &redb::WriteTransaction) -> Result<(), StoreError> 
         }
     }
     let found = pending.len();
-    for (id, slot) in pending {
-        schedule.insert((slot, id), ()).map_err(storage)?;
+    for id in pending.into_keys() {
+        schedule_at_slot(&mut schedule, id)?;
     }
     marks.remove(MARK).map_err(storage)?;
     tracing::info!(found, "pending messages without a schedule entry listed");
@@ -183,7 +183,18 @@ fn schedule_unscheduled(txn: &redb::WriteTransaction) -> Result<(), StoreError> 
 /// The slot of a message accepted without a `schedule` entry: the millisecond its id was
 /// made from (the accept time).
 pub(super) fn unscheduled_slot(id: u128) -> u64 {
-    u64::try_from(id >> 80).unwrap_or(u64::MAX)
+    ulid::Ulid(id).timestamp_ms()
+}
+
+/// Lists `id`, pending without a `schedule` entry, at its slot ([`unscheduled_slot`]).
+pub(super) fn schedule_at_slot(
+    schedule: &mut redb::Table<'_, (u64, u128), ()>,
+    id: u128,
+) -> Result<(), StoreError> {
+    schedule
+        .insert((unscheduled_slot(id), id), ())
+        .map(drop)
+        .map_err(storage)
 }
 
 /// Opens (or creates) the database file with the store's cache size.

@@ -33,7 +33,9 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::oneshot;
 
-use crate::store::embedded::schema::{MARK, SCHEDULE, UNSCHEDULED_FROM, storage, unscheduled_slot};
+use crate::store::embedded::schema::{
+    MARK, SCHEDULE, UNSCHEDULED_FROM, schedule_at_slot, storage, unscheduled_slot,
+};
 use crate::store::embedded::shared::Shared;
 use crate::store::index::COUNT_EVERY_MS;
 use crate::store::index::IdMap;
@@ -70,9 +72,7 @@ fn spill_old(t: &mut Tables<'_>, g: &mut Group) -> Result<(), StoreError> {
             .collect()
     };
     for id in old {
-        t.schedule
-            .insert((unscheduled_slot(id), id), ())
-            .map_err(storage)?;
+        schedule_at_slot(&mut t.schedule, id)?;
         g.unscheduled_ended.push(id);
     }
     Ok(())
@@ -326,9 +326,7 @@ impl Writer {
             {
                 let mut schedule = txn.open_table(SCHEDULE).map_err(storage)?;
                 for &id in &entries {
-                    schedule
-                        .insert((unscheduled_slot(id), id), ())
-                        .map_err(storage)?;
+                    schedule_at_slot(&mut schedule, id)?;
                 }
                 let mut marks = txn.open_table(UNSCHEDULED_FROM).map_err(storage)?;
                 marks.remove(MARK).map_err(storage)?;

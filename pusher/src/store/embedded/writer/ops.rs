@@ -77,10 +77,7 @@ pub(super) fn accept(
             None => {
                 // The id is made from the group's time, so that its time part is the
                 // message's slot ([`unscheduled_slot`]).
-                let id = ulid::Ulid::from_datetime(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis(g.now_ms),
-                );
-                let id = MessageId::from_u128(id.0);
+                let id = MessageId::made_at(g.now_ms);
                 let mut record = MessageRecord::new(id, item.message, item.idempotency_key, g.now);
                 if record.idempotency_key.is_some() {
                     record.request_digest = item.request_digest;
