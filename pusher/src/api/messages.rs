@@ -48,7 +48,13 @@ pub(super) async fn post_message<S: Store>(
     check_callback(&state.targets, &message).await?;
     check_template(&state, &mut message).await?;
     let warnings = message.template_notes.clone();
-    let kept = message.clone();
+    // Kept to give a subscription credit back (only a message that took one).
+    let kept: Vec<Message> = message
+        .subscription_credit
+        .then(|| message.clone())
+        .into_iter()
+        .collect();
+    let kept: Vec<&Message> = kept.iter().collect();
     let stored = state
         .store
         .accept(vec![AcceptItem {
@@ -61,12 +67,12 @@ pub(super) async fn post_message<S: Store>(
         Ok(r) => {
             if r.first().is_some_and(|a| a.duplicate) {
                 // A repeat of a stored message: its credit was taken the first time.
-                give_back_credits(&state, &[&kept]).await;
+                give_back_credits(&state, &kept).await;
             }
             r
         }
         Err(e) => {
-            give_back_credits(&state, &[&kept]).await;
+            give_back_credits(&state, &kept).await;
             return Err(e.into());
         }
     };
