@@ -47,8 +47,11 @@ mod progress;
 mod reads;
 mod schema;
 mod shared;
+mod stored;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_formats;
 mod writer;
 
 use reads::{read_leased, read_record, wait_for_work};
@@ -259,6 +262,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
+        // The records are encoded here, on the caller's thread, so that the one writer only
+        // sets their accept time and inserts them.
+        let items = items
+            .into_iter()
+            .map(|item| stored::encode(&item).map(|bytes| (item, bytes)))
+            .collect::<Result<Vec<_>, _>>()?;
         let (reply, rx) = oneshot::channel();
         self.send_bounded(Op::Accept { items, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
