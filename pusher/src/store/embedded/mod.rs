@@ -23,11 +23,13 @@
 //! the watermark is in memory, so none is stranded on disk) holds only if the thread that
 //! commits is also the one that reads the table and moves the watermark.
 //!
-//! Its parts: `schema.rs` (the tables, the record encoding, reading the schedule back on
-//! open), `progress.rs` (what changed in a record since its accept, written instead of the
-//! whole record), `shared.rs` (what the handles and the writer thread share), `budget.rs` (the disk
-//! budget), `writer/` (the one writer thread), and this file: the store's handle, its reads
-//! and leases, and the [`Store`] implementation.
+//! Its parts: `schema.rs` (the tables, reading the schedule back on open), `stored.rs` (the
+//! record as accepted, in its binary form, encoded by the caller of an accept), `progress.rs`
+//! (what changed in a record since its accept, written instead of the whole record),
+//! `rollback.rs` (the binary records rewritten as JSON, for a rollback), `shared.rs` (what the
+//! handles and the writer thread share), `budget.rs` (the disk budget), `writer/` (the one
+//! writer thread), and this file: the store's handle, its reads and leases, and the [`Store`]
+//! implementation.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,6 +47,7 @@ pub use budget::DiskBudget;
 mod credits;
 mod progress;
 mod reads;
+mod rollback;
 mod schema;
 mod shared;
 mod stored;

@@ -802,7 +802,7 @@ async fn a_store_that_lists_finished_messages_opens_delivers_and_is_swept() {
 }
 
 /// The `schedule` entries and the mark of messages pending without one, as on disk.
-fn listed(store: &EmbeddedStore) -> (Vec<(u64, u128)>, Option<u128>) {
+pub(super) fn listed(store: &EmbeddedStore) -> (Vec<(u64, u128)>, Option<u128>) {
     use super::schema::{MARK, SCHEDULE, UNSCHEDULED_FROM};
     use redb::ReadableTable;
     let txn = store.shared.begin_read().expect("reads");

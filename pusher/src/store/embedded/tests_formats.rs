@@ -189,3 +189,112 @@ async fn a_store_with_json_records_opens_reads_the_same_and_delivers() {
     store.close().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The way back: after a crash (messages pending without a `schedule` entry, their mark on
+/// disk), the rewrite leaves JSON records that the versions before decode as the records
+/// accepted, every pending message listed in `schedule` and no mark; this version still
+/// reads it all the same, and a second run has nothing left to rewrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rewrite_as_json_leaves_a_store_the_versions_before_read() {
+    use redb::ReadableTable;
+    let dir = temp();
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+    let item = |to: &str, key: Option<&str>| AcceptItem {
+        message: parse_message(
+            &json!({"touser": to, "template_id": "T", "data": {"k": {"value": "v"}}}),
+        )
+        .expect("valid"),
+        idempotency_key: key.map(str::to_owned),
+        request_digest: Some("digest".into()),
+    };
+    let ids: Vec<MessageId> = store
+        .accept(vec![
+            item("o-1", Some("key-1")),
+            item("o-2", None),
+            item("o-3", None),
+        ])
+        .await
+        .expect("accepts")
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let mut accepted = Vec::new();
+    for &id in &ids {
+        accepted.push(store.get(id).await.expect("reads").expect("kept"));
+    }
+    let leased = lease(&store, 2).await;
+    assert_eq!(leased.len(), 2);
+    deliver(&store, &leased[0]).await;
+    store
+        .start_attempt(&leased[1], Timestamp::now())
+        .await
+        .expect("records the start");
+    let (delivered, started) = (leased[0].record.id, leased[1].record.id);
+    let mark = super::tests::listed(&store).1;
+    assert!(mark.is_some(), "pending without an entry");
+    drop((store, leased));
+
+    // Killed: the rewrite waits for nothing but the file's release.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let written = loop {
+        match EmbeddedStore::write_records_as_json(&dir) {
+            Ok(n) => break n,
+            Err(e) if std::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "not yet released");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("cannot rewrite: {e}"),
+        }
+    };
+    assert_eq!(written, 3);
+    {
+        // What the versions before read: JSON records as accepted, and the schedule alone.
+        let db = redb::Database::create(EmbeddedStore::file_in(&dir)).expect("opens");
+        let txn = db.begin_read().expect("reads");
+        let messages = txn.open_table(MESSAGES).expect("table");
+        for want in &accepted {
+            let bytes = messages
+                .get(want.id.as_u128())
+                .expect("reads")
+                .expect("kept");
+            let got: MessageRecord = serde_json::from_slice(bytes.value()).expect("JSON");
+            assert_eq!(&got, want);
+        }
+        let marks = txn.open_table(UNSCHEDULED_FROM).expect("table");
+        assert!(marks.get(MARK).expect("reads").is_none(), "no mark");
+        let mut listed: Vec<u128> = txn
+            .open_table(SCHEDULE)
+            .expect("table")
+            .iter()
+            .expect("iter")
+            .map(|e| e.expect("entry").0.value().1)
+            .collect();
+        let mut pending: Vec<u128> = ids
+            .iter()
+            .filter(|&&id| id != delivered)
+            .map(|id| id.as_u128())
+            .collect();
+        pending.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(listed, pending, "every pending message is listed");
+    }
+    assert_eq!(
+        EmbeddedStore::write_records_as_json(&dir).expect("rewrites"),
+        0,
+        "nothing left"
+    );
+
+    let store = EmbeddedStore::open(&options(&dir)).expect("opens");
+    assert_eq!(counts(store.counts()), (2, 0, 0));
+    let got = store.get(delivered).await.expect("reads").expect("kept");
+    assert_eq!(got.status, Status::Delivered);
+    let got = store.get(started).await.expect("reads").expect("kept");
+    assert!(got.first_attempt_at.is_some(), "its start is kept");
+    assert_eq!(
+        formats(&store, &ids),
+        vec![b'{', b'{', b'{'],
+        "all JSON now"
+    );
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
