@@ -25,8 +25,9 @@
 //! they are kept as in memory ([`crate::message::TemplateData`]): the send embeds that text.
 //!
 //! Stores written before this form hold the record as JSON, whose first byte is `{`; those
-//! still read ([`decode`]). Fields are never moved or removed: a new one goes at the end, as
-//! an `Option`, and [`FORMAT`] moves on when a change cannot be read by the decoder before.
+//! still read ([`decode`]). `postcard` keeps no field names and no count of fields, so any
+//! change to [`Fields`] (a field added, moved or removed) needs a new [`FORMAT`] byte, and the
+//! decoder keeps reading the formats before it.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
