@@ -45,6 +45,23 @@ pub(super) fn counts(c: QueueCounts) -> (u64, u64, u64) {
     (c.ready, c.delayed, c.inflight)
 }
 
+/// A store's file with the tables as this version creates them, opened as a bare redb
+/// database (to write what a version before wrote).
+pub(super) async fn bare_database(dir: &std::path::Path) -> redb::Database {
+    let store = EmbeddedStore::open(&options(dir)).expect("opens");
+    store.close().await;
+    drop(store);
+    redb::Database::create(EmbeddedStore::file_in(dir)).expect("opens")
+}
+
+/// The end of a test that finished every message: nothing is left to send, and the store is
+/// closed and its folder removed.
+pub(super) async fn closed_empty(store: EmbeddedStore, dir: &std::path::Path) {
+    assert_eq!(counts(store.counts()), (0, 0, 0), "nothing left to send");
+    store.close().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Leases one message at a time until `want` (or 5 s passed).
 pub(super) async fn lease(store: &EmbeddedStore, want: usize) -> Vec<Leased> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -115,9 +132,7 @@ async fn a_backlog_larger_than_the_head_is_leased_in_due_order_and_a_far_retry_c
     assert_eq!(again[0].record.id, first.record.id);
     assert_eq!(again[0].record.attempts, 1);
     deliver(&store, &again[0]).await;
-    assert_eq!(counts(store.counts()), (0, 0, 0));
-    store.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    closed_empty(store, &dir).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -715,10 +730,7 @@ async fn a_store_that_lists_finished_messages_opens_delivers_and_is_swept() {
     let queued = MessageRecord::new(MessageId::new(), m, None, now);
     {
         // Create the tables as the store does, then write what the build before wrote.
-        let store = EmbeddedStore::open(&options(&dir)).expect("opens");
-        store.close().await;
-        drop(store);
-        let db = redb::Database::create(EmbeddedStore::file_in(&dir)).expect("opens");
+        let db = bare_database(&dir).await;
         let txn = db.begin_write().expect("writes");
         {
             let mut messages = txn.open_table(MESSAGES).expect("table");

@@ -8,7 +8,9 @@ use serde_json::json;
 
 use super::schema::{IDEMPOTENCY, MARK, MESSAGES, PROGRESS, SCHEDULE, UNSCHEDULED_FROM};
 use super::stored::FORMAT;
-use super::tests::{counts, deliver, lease, options, reopen_after_crash, temp};
+use super::tests::{
+    bare_database, closed_empty, counts, deliver, lease, options, reopen_after_crash, temp,
+};
 use super::{EmbeddedStore, progress};
 use crate::message::{MessageId, MessageRecord, Status, parse_message};
 use crate::store::{AcceptItem, Store, millis};
@@ -63,10 +65,7 @@ async fn a_store_with_json_records_opens_reads_the_same_and_delivers() {
     delivered.next_attempt_at = None;
     {
         // The tables as this version creates them, then what the version before wrote.
-        let store = EmbeddedStore::open(&options(&dir)).expect("opens");
-        store.close().await;
-        drop(store);
-        let db = redb::Database::create(EmbeddedStore::file_in(&dir)).expect("opens");
+        let db = bare_database(&dir).await;
         let txn = db.begin_write().expect("writes");
         {
             let mut messages = txn.open_table(MESSAGES).expect("table");
@@ -185,9 +184,7 @@ async fn a_store_with_json_records_opens_reads_the_same_and_delivers() {
     assert_eq!(leased.len(), 1);
     assert_eq!(leased[0].record, fresh_read);
     deliver(&store, &leased[0]).await;
-    assert_eq!(counts(store.counts()), (0, 0, 0));
-    store.close().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    closed_empty(store, &dir).await;
 }
 
 /// The way back: after a crash (messages pending without a `schedule` entry, their mark on
