@@ -33,6 +33,21 @@ def cpu(pid):
         return None
 
 
+def waited(pid):
+    """Seconds the process's threads spent runnable but waiting for a CPU (schedstat)."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    except OSError:
+        return None
+    return total / 1e9
+
+
 def get(url):
     with urllib.request.urlopen(url, timeout=2) as answer:
         return answer.read().decode()
@@ -45,6 +60,7 @@ def metrics(pusher):
             "wxpush_send_duration_seconds_sum",
             "wxpush_send_duration_seconds_count",
             "wxpush_concurrency_limit",
+            "wxpush_inflight_requests",
         ):
             if line.startswith(name):
                 out[name] = float(line.rsplit(" ", 1)[1])
@@ -66,7 +82,9 @@ def sample(pusher, sandbox, pids):
         "p_sum": m.get("wxpush_send_duration_seconds_sum", 0.0),
         "p_count": m.get("wxpush_send_duration_seconds_count", 0.0),
         "limit": m.get("wxpush_concurrency_limit", 0.0),
+        "ready": m.get("wxpush_inflight_requests", 0.0),
         "cpu": [cpu(p) for p in pids],
+        "wait": [waited(p) for p in pids[:2]],
     }
 
 
@@ -78,10 +96,16 @@ def between(a, b):
         (y - x) / dt if x is not None and y is not None else None
         for x, y in zip(a["cpu"], b["cpu"])
     ]
+    wait = [
+        (y - x) / dt if x is not None and y is not None else None
+        for x, y in zip(a["wait"], b["wait"])
+    ]
     return {
         "secs": dt,
         "rate": (b["delivered"] - a["delivered"]) / dt,
         "limit": b["limit"],
+        # Attempts in the sender at the end of the interval: in flight or waiting for the gate.
+        "ready": b["ready"],
         # Requests in flight on average, as the pusher's gate and as the sandbox saw them.
         "pusher_in_flight": (b["p_sum"] - a["p_sum"]) / dt,
         "sandbox_in_flight": (b["sb_busy"] - a["sb_busy"]) / dt,
@@ -92,6 +116,9 @@ def between(a, b):
         "cpu_pusher": used[0],
         "cpu_sandbox": used[1],
         "cpu_tool": used[2],
+        # Threads runnable but waiting for a CPU, on average (the OS's run queue).
+        "wait_pusher": wait[0],
+        "wait_sandbox": wait[1],
     }
 
 
@@ -119,16 +146,16 @@ def main():
     hi = next((s for s in samples if s["delivered"] - samples[0]["delivered"] >= 0.9 * total), None)
     steady = between(lo, hi) if lo and hi and hi["t"] > lo["t"] else None
     json.dump({"rows": rows, "steady": steady}, open(out, "w"), indent=1)
-    head = "   t  rate/s  limit  p_infl  s_infl  p_ms  s_ms  inj_ms  cpu_p  cpu_s  cpu_t"
+    head = "   t  rate/s  limit  ready  p_infl  s_infl  p_ms  s_ms  inj_ms  cpu_p  cpu_s  cpu_t wait_p wait_s"
     print(head)
     t = 0.0
     for r in rows:
         t += r["secs"]
         print(
-            f"{t:4.1f} {r['rate']:7.0f} {r['limit']:6.0f} {r['pusher_in_flight']:7.0f}"
+            f"{t:4.1f} {r['rate']:7.0f} {r['limit']:6.0f} {r['ready']:6.0f} {r['pusher_in_flight']:7.0f}"
             f" {r['sandbox_in_flight']:7.0f} {fmt(r['pusher_ms'], '5.1f')} {fmt(r['sandbox_ms'], '5.1f')}"
             f" {fmt(r['injected_ms'], '6.1f')} {fmt(r['cpu_pusher'], '6.2f')} {fmt(r['cpu_sandbox'], '6.2f')}"
-            f" {fmt(r['cpu_tool'], '6.2f')}"
+            f" {fmt(r['cpu_tool'], '6.2f')} {fmt(r['wait_pusher'], '6.2f')} {fmt(r['wait_sandbox'], '6.2f')}"
         )
     if steady:
         r = steady
@@ -137,7 +164,8 @@ def main():
             f" pusher {r['pusher_in_flight']:.0f} sandbox {r['sandbox_in_flight']:.0f}, latency pusher"
             f" {fmt(r['pusher_ms'], '.1f')} ms sandbox {fmt(r['sandbox_ms'], '.1f')} ms injected"
             f" {fmt(r['injected_ms'], '.1f')} ms, CPU pusher {fmt(r['cpu_pusher'], '.2f')} sandbox"
-            f" {fmt(r['cpu_sandbox'], '.2f')} tool {fmt(r['cpu_tool'], '.2f')}"
+            f" {fmt(r['cpu_sandbox'], '.2f')} tool {fmt(r['cpu_tool'], '.2f')}; waiting for a CPU:"
+            f" pusher {fmt(r['wait_pusher'], '.2f')} sandbox {fmt(r['wait_sandbox'], '.2f')}"
         )
 
 
