@@ -5,9 +5,8 @@
 
 use std::str::FromStr;
 
-use crate::api::json::from_slice_strict;
 use crate::events::{DeliveryEvent, is_template_event, parse_xml};
-use crate::message::{MAX_ECHOED_FIELD, batch_items, parse_message};
+use crate::message::{MAX_ECHOED_FIELD, batch_items, parse_json_message, parse_strict};
 use crate::policy::HumanDuration;
 
 /// The EncodingAESKey and appid the AES target decrypts with.
@@ -18,10 +17,10 @@ pub const AES_APPID: &str = "wxfuzz00000000000";
 /// A request body of `POST /v1/messages`: strict JSON, then the message's validation. An
 /// accepted message serialises, and an error's field is bounded.
 pub fn message(data: &[u8]) {
-    let Ok(value) = from_slice_strict(data) else {
+    let Ok(value) = parse_strict(data) else {
         return;
     };
-    match parse_message(&value) {
+    match parse_json_message(&value) {
         Ok(m) => {
             assert!(!m.touser.trim().is_empty(), "accepted a blank touser");
             assert!(
@@ -41,7 +40,7 @@ pub fn message(data: &[u8]) {
 
 /// A request body of `POST /v1/messages/batch`.
 pub fn batch(data: &[u8]) {
-    let Ok(value) = from_slice_strict(data) else {
+    let Ok(value) = parse_strict(data) else {
         return;
     };
     let Ok(items) = batch_items(value, 1000) else {
@@ -49,7 +48,7 @@ pub fn batch(data: &[u8]) {
     };
     assert!(!items.is_empty() && items.len() <= 1000);
     for (i, item) in items.iter().enumerate() {
-        if let Err(e) = parse_message(item) {
+        if let Err(e) = parse_json_message(item) {
             let e = e.in_item(i).bounded();
             assert!(e.field.starts_with("messages["), "{}", e.field);
         }

@@ -162,8 +162,8 @@ pub trait Sender: Send + Sync + std::fmt::Debug + 'static {
     }
     /// Checks a producer's message strictly at accept, each error naming its field. The
     /// default takes WeChat's template and subscribe messages.
-    fn accept(&self, value: &serde_json::Value) -> Result<Message, FieldError> {
-        crate::message::parse_message(value)
+    fn accept(&self, value: &crate::message::Json<'_>) -> Result<Message, FieldError> {
+        crate::message::parse_json_message(value)
     }
     /// Which WeChat template lists its messages are checked against at accept.
     fn template_lists(&self) -> TemplateLists {

@@ -1,10 +1,10 @@
 //! The message routes: accept one, accept a batch, read one's status.
 
+use crate::error_code::ErrorCode;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::schema;
@@ -38,13 +38,23 @@ pub(super) async fn post_message<S: Store>(
 ) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let key = idempotency_key(&headers)?;
-    let value = read_json(&headers, body, &state.limits).await?;
-    let request_digest = key.as_ref().map(|_| request_digest("/v1/messages", &value));
+    let bytes = read_body(&headers, body, &state.limits).await?;
+    let value = parse_json(&bytes)?;
+    let request_digest = key
+        .as_ref()
+        .map(|_| request_digest("/v1/messages", &value.to_value()));
     let mut message = state.sender.provider().accept(&value)?;
+    drop(value);
     check_callback(&state.targets, &message).await?;
     check_template(&state, &mut message).await?;
     let warnings = message.template_notes.clone();
-    let kept = message.clone();
+    // Kept to give a subscription credit back (only a message that took one).
+    let kept: Vec<Message> = message
+        .subscription_credit
+        .then(|| message.clone())
+        .into_iter()
+        .collect();
+    let kept: Vec<&Message> = kept.iter().collect();
     let stored = state
         .store
         .accept(vec![AcceptItem {
@@ -57,12 +67,12 @@ pub(super) async fn post_message<S: Store>(
         Ok(r) => {
             if r.first().is_some_and(|a| a.duplicate) {
                 // A repeat of a stored message: its credit was taken the first time.
-                give_back_credits(&state, &[&kept]).await;
+                give_back_credits(&state, &kept).await;
             }
             r
         }
         Err(e) => {
-            give_back_credits(&state, &[&kept]).await;
+            give_back_credits(&state, &kept).await;
             return Err(e.into());
         }
     };
@@ -104,11 +114,12 @@ pub(super) async fn post_batch<S: Store>(
 ) -> Result<Response, ApiError> {
     check_accepting(&state)?;
     let key = idempotency_key(&headers)?;
-    let value = read_json(&headers, body, &state.limits).await?;
+    let bytes = read_body(&headers, body, &state.limits).await?;
+    let value = parse_json(&bytes)?;
     // One digest for the whole body, kept with every item's key: any change refuses the batch.
     let digest = key
         .as_ref()
-        .map(|_| request_digest("/v1/messages/batch", &value));
+        .map(|_| request_digest("/v1/messages/batch", &value.to_value()));
     let items = batch_items(value, state.limits.max_batch as usize)?;
     // Validate everything first; the valid ones go to the store in one durable write.
     let mut slots: Vec<Result<usize, FieldError>> = Vec::with_capacity(items.len());
@@ -173,16 +184,21 @@ pub(super) async fn post_batch<S: Store>(
     state.metrics.accepted.inc_by(fresh as u64);
     let replayed = !stored.is_empty() && fresh == 0;
     let mut rejected = 0;
-    let results: Vec<Value> = slots
+    let results: Vec<ItemAnswer> = slots
         .into_iter()
         .map(|slot| match slot {
             Ok(j) => match stored.get(j) {
-                Some(a) => json!({"id": a.id, "status": a.status.as_str()}),
-                None => json!({"error": {"code": "internal", "message": "missing result"}}),
+                Some(a) => ItemAnswer::Accepted {
+                    id: a.id,
+                    status: a.status.as_str(),
+                },
+                None => ItemAnswer::Refused {
+                    error: FieldError::new(ErrorCode::Internal, "", "missing result"),
+                },
             },
             Err(e) => {
                 rejected += 1;
-                json!({"error": e.bounded()})
+                ItemAnswer::Refused { error: e.bounded() }
             }
         })
         .collect();
@@ -193,11 +209,11 @@ pub(super) async fn post_batch<S: Store>(
     };
     let mut resp = (
         status,
-        axum::Json(json!({
-            "accepted": stored.len(),
-            "rejected": rejected,
-            "results": results,
-        })),
+        axum::Json(BatchAnswer {
+            accepted: stored.len(),
+            rejected,
+            results,
+        }),
     )
         .into_response();
     if replayed {
@@ -205,6 +221,28 @@ pub(super) async fn post_batch<S: Store>(
             .insert(REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(resp)
+}
+
+/// The answer to a batch (`schema::BatchAnswer` documents it), written without a JSON tree
+/// per item; fields in the order a sorted map would give them.
+#[derive(serde::Serialize)]
+struct BatchAnswer {
+    accepted: usize,
+    rejected: usize,
+    results: Vec<ItemAnswer>,
+}
+
+/// One item of a [`BatchAnswer`].
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum ItemAnswer {
+    Accepted {
+        id: crate::message::MessageId,
+        status: &'static str,
+    },
+    Refused {
+        error: FieldError,
+    },
 }
 
 #[utoipa::path(get, path = "/v1/messages/{id}", tag = "messages",

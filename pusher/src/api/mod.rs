@@ -9,7 +9,6 @@ pub mod auth;
 mod dead_letters;
 mod error;
 mod health;
-pub mod json;
 mod messages;
 pub mod openapi;
 mod recall;

@@ -19,7 +19,9 @@ use crate::callbacks::target::TargetPolicy;
 use crate::config::ApiLimits;
 use crate::dispatch::DispatchState;
 use crate::error_code::ErrorCode;
-use crate::message::{FieldError, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord};
+use crate::message::{
+    FieldError, Json, MAX_IDEMPOTENCY_KEY, Message, MessageId, MessageRecord, parse_strict,
+};
 use crate::metrics::Metrics;
 use crate::store::Store;
 
@@ -87,12 +89,12 @@ pub(super) fn check_accepting<S>(state: &ApiState<S>) -> Result<(), ApiError> {
     }
 }
 
-/// Checks the content type and size, then parses JSON.
-pub(super) async fn read_json(
+/// Checks the content type and size, then reads the body (parse it with [`parse_json`]).
+pub(super) async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limits: &ApiLimits,
-) -> Result<Value, ApiError> {
+) -> Result<axum::body::Bytes, ApiError> {
     let is_json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -138,7 +140,13 @@ pub(super) async fn read_json(
             )
         }
     })?;
-    super::json::from_slice_strict(&bytes).map_err(|e| {
+    Ok(bytes)
+}
+
+/// Parses a body read by [`read_body`] as strict JSON (a duplicate key is refused), borrowing
+/// its strings.
+pub(super) fn parse_json(bytes: &[u8]) -> Result<Json<'_>, ApiError> {
+    parse_strict(bytes).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             ErrorCode::MalformedJson,

@@ -64,7 +64,8 @@ pub(super) async fn add_subscription<S: Store>(
     body: Body,
 ) -> Result<Response, ApiError> {
     check_accepting(&state)?;
-    let value = read_json(&headers, body, &state.limits).await?;
+    let bytes = read_body(&headers, body, &state.limits).await?;
+    let value = parse_json(&bytes)?.to_value();
     let Value::Object(obj) = value else {
         return Err(ApiError::from(FieldError {
             code: ErrorCode::InvalidField,

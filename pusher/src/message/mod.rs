@@ -2,6 +2,7 @@
 //!
 //! - this file: the model of an accepted message ([`Message`] and its parts);
 //! - `id`: the message's id, [`MessageId`];
+//! - `json`: a request body read strictly into a light tree that borrows from it ([`Json`]);
 //! - `validate`: a producer's request checked strictly, each error naming its field
 //!   ([`parse_message`]), and the limits;
 //! - `wire`: the body of a send as WeChat takes it ([`Message::wechat_body`]);
@@ -16,12 +17,14 @@ use serde_json::{Map, Value};
 
 pub mod attempt;
 pub mod id;
+pub mod json;
 pub mod record;
 pub mod validate;
 mod wire;
 
 pub use attempt::{ErrorKind, InvalidRecipients, MessageKind, Receipt, SendError};
 pub use id::MessageId;
+pub use json::{Json, parse_strict};
 pub use record::*;
 pub use validate::*;
 
@@ -119,6 +122,13 @@ impl TemplateData {
     pub fn from_map(map: &Map<String, Value>) -> Self {
         // A map of JSON values always encodes.
         Self(serde_json::value::to_raw_value(map).unwrap_or_else(|_| Self::default().0))
+    }
+
+    /// The fields of a validated object read from a request body (the same text as
+    /// [`TemplateData::from_map`] gives for the same fields).
+    pub fn from_object(object: &json::Object<'_>) -> Self {
+        // An object of JSON values always encodes.
+        Self(serde_json::value::to_raw_value(object).unwrap_or_else(|_| Self::default().0))
     }
 
     /// The JSON text of the object.

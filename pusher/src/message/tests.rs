@@ -100,3 +100,42 @@ fn default_client_msg_id_comes_from_the_id() {
     let parsed: MessageId = id.to_string().parse().expect("round trip");
     assert_eq!(parsed, id);
 }
+
+/// The accept route reads bodies into the light tree in the body's order; the answer must be
+/// the one a `Value` tree (keys sorted) gives: the same message, the same data text, the same
+/// first error when several fields are wrong.
+#[test]
+fn a_body_read_in_its_own_order_is_checked_as_a_sorted_tree() {
+    let bodies: [&[u8]; 7] = [
+        br##"{"touser": "o1", "template_id": "T", "data": {"z": {"value": "1"}, "a": {"color": "#fff", "value": "\u00e9\n"}}, "url": "https://a.example/x"}"##,
+        br#"{"zeta": 1, "touser": "o", "template_id": "T", "alpha": 2}"#,
+        br#"{"touser": "o", "template_id": "T", "data": {"b": {"value": 1}, "a": {"value": 2}}}"#,
+        br#"{"touser": "o", "template_id": "T", "data": {"b": {"valu": "x"}, "a": {"value": "y", "size": 1}}}"#,
+        br#"{"template_id": "", "touser": 7}"#,
+        br#"{"touser": "o", "template_id": "T", "miniprogram": {"pagepath": "p", "x": 1, "appid": "a"}}"#,
+        br#"{"kind": "subscribe", "touser": "o", "template_id": "T", "page": "p/q", "expires_at": "2026-11-28T12:00:00Z"}"#,
+    ];
+    for body in bodies {
+        let light = parse_json_message(&parse_strict(body).expect("JSON"));
+        let tree: Value = serde_json::from_slice(body).expect("JSON");
+        let sorted = parse_message(&tree);
+        assert_eq!(light, sorted, "{}", String::from_utf8_lossy(body));
+    }
+    let m = parse_json_message(&parse_strict(bodies[0]).expect("JSON")).expect("valid");
+    assert_eq!(
+        m.data.as_str(),
+        r##"{"a":{"color":"#fff","value":"é\n"},"z":{"value":"1"}}"##,
+        "canonical data text"
+    );
+}
+
+#[test]
+fn a_batch_names_its_first_unknown_key_in_sorted_order() {
+    let body = br#"{"zz": 1, "messages": [], "bb": 2}"#;
+    let err = batch_items(parse_strict(body).expect("JSON"), 10).expect_err("unknown");
+    assert_eq!(err.field, "bb");
+    let body = br#"{"messages": [{"touser": "o"}, 3]}"#;
+    let items = batch_items(parse_strict(body).expect("JSON"), 10).expect("items");
+    assert_eq!(items.len(), 2);
+    assert!(batch_items(parse_strict(body).expect("JSON"), 1).is_err());
+}

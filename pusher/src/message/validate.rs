@@ -2,7 +2,9 @@
 
 use jiff::Timestamp;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+
+use super::json::{Json, Object};
 
 use super::MessageKind;
 use super::{Message, MiniProgram, TemplateData};
@@ -106,14 +108,10 @@ const FIELDS: &[&str] = &[
     "callback_url",
 ];
 
-fn opt_str(
-    obj: &Map<String, Value>,
-    field: &str,
-    max: usize,
-) -> Result<Option<String>, FieldError> {
+fn opt_str(obj: &Object<'_>, field: &str, max: usize) -> Result<Option<String>, FieldError> {
     match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
+        None | Some(Json::Null) => Ok(None),
+        Some(Json::Str(s)) => {
             if s.chars().count() > max {
                 Err(FieldError::new(
                     ErrorCode::TooLong,
@@ -121,7 +119,7 @@ fn opt_str(
                     format!("at most {max} characters"),
                 ))
             } else {
-                Ok(Some(s.clone()))
+                Ok(Some(s.to_string()))
             }
         }
         Some(_) => Err(FieldError::new(
@@ -132,7 +130,7 @@ fn opt_str(
     }
 }
 
-fn required_str(obj: &Map<String, Value>, field: &str, max: usize) -> Result<String, FieldError> {
+fn required_str(obj: &Object<'_>, field: &str, max: usize) -> Result<String, FieldError> {
     match opt_str(obj, field, max)? {
         Some(s) if !s.trim().is_empty() => Ok(s),
         Some(_) => Err(FieldError::new(
@@ -173,23 +171,23 @@ fn no_control(field: &str, value: &str) -> Result<(), FieldError> {
 
 /// The items of a batch body `{"messages": [...]}`: an object with that one key holding 1 to
 /// `max` items (each still to be checked with [`parse_message`]).
-pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, FieldError> {
-    let Value::Object(mut obj) = value else {
+pub fn batch_items(value: Json<'_>, max: usize) -> Result<Vec<Json<'_>>, FieldError> {
+    let Json::Object(mut obj) = value else {
         return Err(FieldError::new(
             ErrorCode::InvalidField,
             "",
             "the body must be {\"messages\": [...]}",
         ));
     };
-    if let Some(unknown) = obj.keys().find(|k| k.as_str() != "messages") {
+    if let Some(unknown) = obj.first_unknown(|k| k == "messages") {
         return Err(FieldError::new(
             ErrorCode::UnknownField,
-            unknown.clone(),
+            unknown,
             "unknown field; expected messages",
         ));
     }
     let items = match obj.remove("messages") {
-        Some(Value::Array(items)) => items,
+        Some(Json::Array(items)) => items,
         Some(_) => {
             return Err(FieldError::new(
                 ErrorCode::InvalidField,
@@ -222,27 +220,32 @@ pub fn batch_items(value: Value, max: usize) -> Result<Vec<Value>, FieldError> {
     Ok(items)
 }
 
+/// [`parse_json_message`] of a `Value` tree (tests and tools).
+pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
+    parse_json_message(&Json::from(value))
+}
+
 /// Validates one message body (already parsed as JSON) strictly: unknown fields, missing
 /// `touser`/`template_id`, wrong types, over-long values and bad URLs are refused, naming the
 /// field.
-pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
-    let Value::Object(obj) = value else {
+pub fn parse_json_message(value: &Json<'_>) -> Result<Message, FieldError> {
+    let Json::Object(obj) = value else {
         return Err(FieldError::new(
             ErrorCode::InvalidField,
             "",
             "a message must be a JSON object",
         ));
     };
-    if let Some(unknown) = obj.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+    if let Some(unknown) = obj.first_unknown(|k| FIELDS.contains(&k)) {
         return Err(FieldError::new(
             ErrorCode::UnknownField,
-            unknown.clone(),
+            unknown,
             format!("unknown field; expected one of: {}", FIELDS.join(", ")),
         ));
     }
     let kind = match obj.get("kind") {
-        None | Some(Value::Null) => MessageKind::Template,
-        Some(v) => serde_json::from_value(v.clone()).map_err(|_| {
+        None | Some(Json::Null) => MessageKind::Template,
+        Some(v) => serde_json::from_value(v.to_value()).map_err(|_| {
             FieldError::new(
                 ErrorCode::InvalidField,
                 "kind",
@@ -298,14 +301,11 @@ pub fn parse_message(value: &Value) -> Result<Message, FieldError> {
 }
 
 /// `miniprogram`: `{appid, pagepath}` or absent.
-fn parse_miniprogram(value: Option<&Value>) -> Result<Option<MiniProgram>, FieldError> {
+fn parse_miniprogram(value: Option<&Json<'_>>) -> Result<Option<MiniProgram>, FieldError> {
     Ok(match value {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(mp)) => {
-            if let Some(unknown) = mp
-                .keys()
-                .find(|k| !matches!(k.as_str(), "appid" | "pagepath"))
-            {
+        None | Some(Json::Null) => None,
+        Some(Json::Object(mp)) => {
+            if let Some(unknown) = mp.first_unknown(|k| matches!(k, "appid" | "pagepath")) {
                 return Err(FieldError::new(
                     ErrorCode::UnknownField,
                     format!("miniprogram.{unknown}"),
@@ -329,7 +329,7 @@ fn parse_miniprogram(value: Option<&Value>) -> Result<Option<MiniProgram>, Field
 }
 
 /// `client_msg_id`: absent, or a non-empty id without control characters.
-fn parse_client_msg_id(obj: &Map<String, Value>) -> Result<Option<String>, FieldError> {
+fn parse_client_msg_id(obj: &Object<'_>) -> Result<Option<String>, FieldError> {
     let client_msg_id = opt_str(obj, "client_msg_id", MAX_CLIENT_MSG_ID)?;
     if let Some(c) = &client_msg_id {
         if c.is_empty() {
@@ -345,10 +345,10 @@ fn parse_client_msg_id(obj: &Map<String, Value>) -> Result<Option<String>, Field
 }
 
 /// `expires_at`: absent, or an RFC 3339 timestamp string.
-fn parse_expires_at(value: Option<&Value>) -> Result<Option<Timestamp>, FieldError> {
+fn parse_expires_at(value: Option<&Json<'_>>) -> Result<Option<Timestamp>, FieldError> {
     Ok(match value {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.parse::<Timestamp>().map_err(|_| {
+        None | Some(Json::Null) => None,
+        Some(Json::Str(s)) => Some(s.parse::<Timestamp>().map_err(|_| {
             FieldError::new(
                 ErrorCode::InvalidField,
                 "expires_at",
@@ -365,10 +365,10 @@ fn parse_expires_at(value: Option<&Value>) -> Result<Option<Timestamp>, FieldErr
     })
 }
 
-fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
+fn parse_data(value: Option<&Json<'_>>) -> Result<TemplateData, FieldError> {
     let obj = match value {
-        None | Some(Value::Null) => return Ok(TemplateData::default()),
-        Some(Value::Object(o)) => o,
+        None | Some(Json::Null) => return Ok(TemplateData::default()),
+        Some(Json::Object(o)) => o,
         Some(_) => {
             return Err(FieldError::new(
                 ErrorCode::InvalidField,
@@ -384,7 +384,9 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
             format!("at most {MAX_DATA_KEYS} keys"),
         ));
     }
-    for (key, item) in obj {
+    // In key order, as the first error found is the one answered.
+    let members = obj.sorted();
+    for &(key, item) in &members {
         let field = || format!("data.{key}");
         if key.is_empty() || key.chars().count() > MAX_DATA_KEY {
             return Err(FieldError::new(
@@ -393,17 +395,14 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
                 format!("keys must have 1 to {MAX_DATA_KEY} characters"),
             ));
         }
-        let Value::Object(item) = item else {
+        let Json::Object(item) = item else {
             return Err(FieldError::new(
                 ErrorCode::InvalidField,
                 field(),
                 "must be an object {\"value\": \"...\"}",
             ));
         };
-        if let Some(unknown) = item
-            .keys()
-            .find(|k| !matches!(k.as_str(), "value" | "color"))
-        {
+        if let Some(unknown) = item.first_unknown(|k| matches!(k, "value" | "color")) {
             return Err(FieldError::new(
                 ErrorCode::UnknownField,
                 format!("data.{key}.{unknown}"),
@@ -411,8 +410,8 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
             ));
         }
         match item.get("value") {
-            Some(Value::String(s)) if s.chars().count() <= MAX_DATA_VALUE => {}
-            Some(Value::String(_)) => {
+            Some(Json::Str(s)) if s.chars().count() <= MAX_DATA_VALUE => {}
+            Some(Json::Str(_)) => {
                 return Err(FieldError::new(
                     ErrorCode::TooLong,
                     format!("data.{key}.value"),
@@ -435,7 +434,7 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
             }
         }
         if let Some(color) = item.get("color")
-            && !matches!(color, Value::String(c) if c.len() <= 16)
+            && !matches!(color, Json::Str(c) if c.len() <= 16)
         {
             return Err(FieldError::new(
                 ErrorCode::InvalidField,
@@ -444,7 +443,7 @@ fn parse_data(value: Option<&Value>) -> Result<TemplateData, FieldError> {
             ));
         }
     }
-    Ok(TemplateData::from_map(obj))
+    Ok(TemplateData::from_object(obj))
 }
 
 /// The digest an `Idempotency-Key` is stored with: SHA-256, in hex, of the route and the

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 
 use super::wecom_errcode::classify_send;
 use super::wecom_message::{Audience, parse};
-use crate::message::{FieldError, Message};
+use crate::message::{FieldError, Json, Message};
 use crate::policy::Retry;
 use crate::send::{
     Answer, InvalidRecipients, Outgoing, Receipt, SendAction, SendError, SendRequest, Sender,
@@ -95,8 +95,10 @@ impl Sender for WeComApp {
         read_answer(body)
     }
 
-    fn accept(&self, value: &Value) -> Result<Message, FieldError> {
-        parse(value, Audience::App)
+    /// Checked on a `Value` tree: WeCom's bodies have many shapes, checked by
+    /// `wecom_message` on `serde_json`'s tree (the WeChat providers check the light one).
+    fn accept(&self, value: &Json<'_>) -> Result<Message, FieldError> {
+        parse(&value.to_value(), Audience::App)
     }
 
     fn template_lists(&self) -> TemplateLists {

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::wecom_errcode::classify_send;
 use super::wecom_message::{Audience, parse};
-use crate::message::{FieldError, Message};
+use crate::message::{FieldError, Json, Message};
 use crate::policy::Retry;
 use crate::policy::wecom::{ROBOT_MESSAGES_PER_WINDOW, ROBOT_WINDOW};
 use crate::send::{
@@ -63,8 +63,10 @@ impl Sender for WeComRobot {
         super::wecom_app::read_answer(body)
     }
 
-    fn accept(&self, value: &Value) -> Result<Message, FieldError> {
-        parse(value, Audience::Robot)
+    /// Checked on a `Value` tree: WeCom's bodies have many shapes, checked by
+    /// `wecom_message` on `serde_json`'s tree (the WeChat providers check the light one).
+    fn accept(&self, value: &Json<'_>) -> Result<Message, FieldError> {
+        parse(&value.to_value(), Audience::Robot)
     }
 
     fn template_lists(&self) -> TemplateLists {

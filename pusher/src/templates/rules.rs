@@ -286,7 +286,8 @@ pub fn check(
     fix: Fix,
 ) -> Result<Checked, Violation> {
     let mut out = Checked::default();
-    let mut fixed = data.clone();
+    // The data with cut values: copied only when a value is cut (most messages pass as sent).
+    let mut fixed: Option<Map<String, Value>> = None;
     for key in data.keys() {
         let field = format!("data.{key}");
         if list == List::Private && ignored_key(key) {
@@ -335,15 +336,13 @@ pub fn check(
             });
         };
         if let Some(cut) = check_value(template, list, key, value, fix, &field, &mut out.notes)? {
+            let fixed = fixed.get_or_insert_with(|| data.clone());
             if let Some(Value::Object(item)) = fixed.get_mut(key) {
                 item.insert("value".into(), Value::String(cut));
             }
-            out.data = Some(Map::new());
         }
     }
-    if out.data.is_some() {
-        out.data = Some(fixed);
-    }
+    out.data = fixed;
     Ok(out)
 }
 
