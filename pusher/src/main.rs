@@ -68,6 +68,14 @@ enum Command {
         #[arg(long)]
         online: bool,
     },
+    /// Rewrite a stopped embedded store's records in the JSON form that versions before the
+    /// binary record read, for a rollback to such a version (docs/reliability.md). Prints how
+    /// many records it rewrote.
+    StoreToJson {
+        /// The store's folder (`queue.embedded.path`, holding `wxpush-queue.redb`).
+        #[arg(long)]
+        path: PathBuf,
+    },
     /// Start the sandbox and a pusher in this process, send messages through the HTTP API,
     /// wait for delivery and report count, rate and latency.
     Demo(DemoArgs),
@@ -165,6 +173,13 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config, online } => check_config(&config, online),
+        Command::StoreToJson { path } => {
+            init_tracing("info", cli.log_json);
+            let written = wxpush_pusher::store::EmbeddedStore::write_records_as_json(&path)
+                .with_context(|| format!("rewriting the store in {}", path.display()))?;
+            println!("{written} records rewritten as JSON in {}", path.display());
+            Ok(())
+        }
         Command::Serve { config } => {
             init_tracing("info", cli.log_json);
             let config = wxpush_pusher::config::load(&config)

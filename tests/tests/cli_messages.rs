@@ -83,7 +83,13 @@ fn the_pusher_flags_and_defaults_are_the_documented_ones() {
     let mut wrong_defaults = Vec::new();
     let documented = docs::flags(&doc, false);
     let usage = docs::usage_defaults(commands);
-    for command in [&[][..], &["serve"], &["check-config"], &["demo"]] {
+    for command in [
+        &[][..],
+        &["serve"],
+        &["check-config"],
+        &["store-to-json"],
+        &["demo"],
+    ] {
         let help = docs::help("wxpush-pusher", command);
         for flag in docs::flags(&help, false) {
             if !documented.contains(&flag) {

@@ -23,11 +23,13 @@
 //! the watermark is in memory, so none is stranded on disk) holds only if the thread that
 //! commits is also the one that reads the table and moves the watermark.
 //!
-//! Its parts: `schema.rs` (the tables, the record encoding, reading the schedule back on
-//! open), `progress.rs` (what changed in a record since its accept, written instead of the
-//! whole record), `shared.rs` (what the handles and the writer thread share), `budget.rs` (the disk
-//! budget), `writer/` (the one writer thread), and this file: the store's handle, its reads
-//! and leases, and the [`Store`] implementation.
+//! Its parts: `schema.rs` (the tables, reading the schedule back on open), `stored.rs` (the
+//! record as accepted, in its binary form, encoded by the caller of an accept), `progress.rs`
+//! (what changed in a record since its accept, written instead of the whole record),
+//! `rollback.rs` (the binary records rewritten as JSON, for a rollback), `shared.rs` (what the
+//! handles and the writer thread share), `budget.rs` (the disk budget), `writer/` (the one
+//! writer thread), and this file: the store's handle, its reads and leases, and the [`Store`]
+//! implementation.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,10 +47,14 @@ pub use budget::DiskBudget;
 mod credits;
 mod progress;
 mod reads;
+mod rollback;
 mod schema;
 mod shared;
+mod stored;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_formats;
 mod writer;
 
 use reads::{read_leased, read_record, wait_for_work};
@@ -259,6 +265,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn accept(&self, items: Vec<AcceptItem>) -> Result<Vec<Accepted>, StoreError> {
+        // The records are encoded here, on the caller's thread, so that the one writer only
+        // sets their accept time and inserts them.
+        let items = items
+            .into_iter()
+            .map(|item| stored::encode(&item).map(|bytes| (item, bytes)))
+            .collect::<Result<Vec<_>, _>>()?;
         let (reply, rx) = oneshot::channel();
         self.send_bounded(Op::Accept { items, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?

@@ -1,7 +1,7 @@
 //! The embedded store's tables in redb, how records are encoded in them, and reading them
 //! back into the in-memory schedule when the database is opened.
 //!
-//! Tables: `messages` (id → JSON record, as accepted), `progress` (id → what changed since:
+//! Tables: `messages` (id → the record as accepted, [`super::stored`]), `progress` (id → what changed since:
 //! the "attempt started" mark, status, attempts, times, outcome; see [`super::progress`]),
 //! `schedule` ((due ms, id) for pending messages, except fresh ones held in memory: see
 //! [`UNSCHEDULED_FROM`]), `unscheduled_from` (the mark from which opening looks for them),
@@ -31,8 +31,9 @@ use crate::message::MessageRecord;
 use crate::store::index::{IdMap, Index};
 use crate::store::{StoreError, millis};
 
-/// Message id → its record as accepted (JSON; written once). Stores written before the
-/// `progress` table existed also rewrote it with each change, which still reads.
+/// Message id → its record as accepted, written once ([`super::stored`]: binary; JSON in the
+/// stores of the versions before, which still reads). Stores written before the `progress`
+/// table existed also rewrote it with each change, which still reads.
 pub(super) const MESSAGES: TableDefinition<u128, &[u8]> = TableDefinition::new("messages");
 /// Message id → its progress since the accept ([`super::progress`]), written by every change
 /// after the accept (outcome, event, replay, recall) instead of a rewrite of the record.
@@ -83,14 +84,6 @@ pub(super) fn storage<E: Into<redb::Error>>(e: E) -> StoreError {
     }
 }
 
-pub(super) fn encode(record: &MessageRecord) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(record).map_err(|e| StoreError::storage(format!("encode record: {e}"), e))
-}
-
-pub(super) fn decode(bytes: &[u8]) -> Result<MessageRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::storage(format!("decode record: {e}"), e))
-}
-
 /// The record of `id` with its progress laid over it, read from the tables of any
 /// transaction.
 pub(super) fn record_with_progress(
@@ -101,7 +94,7 @@ pub(super) fn record_with_progress(
     let Some(mut record) = messages
         .get(id)
         .map_err(storage)?
-        .map(|v| decode(v.value()))
+        .map(|v| super::stored::decode(id, v.value()))
         .transpose()?
     else {
         return Ok(None);

@@ -13,7 +13,7 @@ use crate::store::{AcceptItem, Leased, QueueCounts, Store};
 
 const HEAD: usize = 8;
 
-fn options(dir: &std::path::Path) -> EmbeddedOptions {
+pub(super) fn options(dir: &std::path::Path) -> EmbeddedOptions {
     EmbeddedOptions {
         path: dir.to_path_buf(),
         max_messages: 10_000,
@@ -25,7 +25,7 @@ fn options(dir: &std::path::Path) -> EmbeddedOptions {
     }
 }
 
-fn temp() -> std::path::PathBuf {
+pub(super) fn temp() -> std::path::PathBuf {
     std::env::temp_dir().join(format!("wxpush-head-{}", ulid::Ulid::new()))
 }
 
@@ -41,12 +41,12 @@ async fn accept(store: &EmbeddedStore, n: usize) {
     store.accept(items).await.expect("accepts");
 }
 
-fn counts(c: QueueCounts) -> (u64, u64, u64) {
+pub(super) fn counts(c: QueueCounts) -> (u64, u64, u64) {
     (c.ready, c.delayed, c.inflight)
 }
 
 /// Leases one message at a time until `want` (or 5 s passed).
-async fn lease(store: &EmbeddedStore, want: usize) -> Vec<Leased> {
+pub(super) async fn lease(store: &EmbeddedStore, want: usize) -> Vec<Leased> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let mut out = Vec::new();
     while out.len() < want && tokio::time::Instant::now() < deadline {
@@ -60,7 +60,7 @@ async fn lease(store: &EmbeddedStore, want: usize) -> Vec<Leased> {
     out
 }
 
-async fn deliver(store: &EmbeddedStore, l: &Leased) {
+pub(super) async fn deliver(store: &EmbeddedStore, l: &Leased) {
     let mut done = l.record.clone();
     done.status = Status::Delivered;
     done.finished_at = Some(Timestamp::now());
@@ -802,7 +802,7 @@ async fn a_store_that_lists_finished_messages_opens_delivers_and_is_swept() {
 }
 
 /// The `schedule` entries and the mark of messages pending without one, as on disk.
-fn listed(store: &EmbeddedStore) -> (Vec<(u64, u128)>, Option<u128>) {
+pub(super) fn listed(store: &EmbeddedStore) -> (Vec<(u64, u128)>, Option<u128>) {
     use super::schema::{MARK, SCHEDULE, UNSCHEDULED_FROM};
     use redb::ReadableTable;
     let txn = store.shared.begin_read().expect("reads");
@@ -824,7 +824,7 @@ fn listed(store: &EmbeddedStore) -> (Vec<(u64, u128)>, Option<u128>) {
 
 /// Opens the store again once the writer of a dropped handle let go of the file (a process
 /// killed without a close).
-async fn reopen_after_crash(
+pub(super) async fn reopen_after_crash(
     dir: &std::path::Path,
     head: usize,
     unscheduled: usize,

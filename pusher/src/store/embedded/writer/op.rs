@@ -10,8 +10,10 @@ use crate::store::{AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcom
 /// An operation for the writer.
 #[derive(Debug)]
 pub(in crate::store::embedded) enum Op {
+    /// Items with their records in stored form, encoded by the caller
+    /// ([`crate::store::embedded::stored::encode`]).
     Accept {
-        items: Vec<AcceptItem>,
+        items: Vec<(AcceptItem, Vec<u8>)>,
         reply: oneshot::Sender<Result<Vec<Accepted>, StoreError>>,
     },
     Complete {

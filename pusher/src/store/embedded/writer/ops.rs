@@ -11,8 +11,8 @@ use redb::ReadableTable;
 use super::reply::{Change, Step};
 use super::txn::{Group, Tables, encode_cb};
 use crate::message::{MessageId, MessageRecord, Status};
-use crate::store::embedded::progress;
 use crate::store::embedded::schema::{storage, unscheduled_slot};
+use crate::store::embedded::{progress, stored};
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
     StoreError, apply_event, digests_match, millis, reset_for_replay, wants_callback,
@@ -41,13 +41,13 @@ pub(super) fn complete_one(
 pub(super) fn accept(
     t: &mut Tables<'_>,
     g: &mut Group,
-    items: Vec<AcceptItem>,
+    items: Vec<(AcceptItem, Vec<u8>)>,
 ) -> Result<Step<Vec<Accepted>>, StoreError> {
     // First pass, read only: resolve idempotency keys and check room, so that a refused
     // request writes nothing.
     let mut results = Vec::with_capacity(items.len());
     let mut fresh = Vec::new();
-    for item in items {
+    for (item, bytes) in items {
         let seen = match &item.idempotency_key {
             Some(k) => match t.idem.get(k.as_str()) {
                 Ok(v) => v.map(|v| v.value()),
@@ -87,7 +87,7 @@ pub(super) fn accept(
                     status: Status::Queued,
                     duplicate: false,
                 });
-                fresh.push(record);
+                fresh.push((record, bytes));
             }
         }
     }
@@ -109,9 +109,11 @@ pub(super) fn accept(
     // nothing from `schedule`.
     let unscheduled = g.unscheduled_room >= fresh.len();
     let mut ids = Vec::with_capacity(fresh.len());
-    for record in &fresh {
+    let mut records = Vec::with_capacity(fresh.len());
+    for (record, mut bytes) in fresh {
         let id = record.id.as_u128();
-        t.put(record)?;
+        stored::set_accepted_at(&mut bytes, g.now);
+        t.put_stored(id, &bytes)?;
         if unscheduled {
             debug_assert_eq!(unscheduled_slot(id), g.now_ms);
             g.unscheduled_min = Some(g.unscheduled_min.map_or(id, |m| m.min(id)));
@@ -122,15 +124,16 @@ pub(super) fn accept(
             t.idem.insert(k.as_str(), id).map_err(storage)?;
         }
         ids.push(id);
+        records.push(record);
     }
     if unscheduled {
-        g.unscheduled_room -= fresh.len();
+        g.unscheduled_room -= records.len();
     }
     Ok(Step::Done(
         Change::Scheduled {
             ids,
             due: g.now_ms,
-            records: fresh,
+            records,
             unscheduled,
         },
         results,

@@ -10,7 +10,7 @@ use crate::message::MessageRecord;
 use crate::store::embedded::progress;
 use crate::store::embedded::schema::{
     AWAITING, CALLBACKS, DEAD, EVENTS_SEEN, FINISHED, IDEMPOTENCY, MESSAGES, MSGIDS, PROGRESS,
-    SCHEDULE, encode, record_with_progress, storage,
+    SCHEDULE, record_with_progress, storage,
 };
 use crate::store::embedded::shared::Shared;
 use crate::store::{PendingCallback, StoreError};
@@ -49,11 +49,9 @@ impl<'t> Tables<'t> {
         record_with_progress(&self.messages, &self.progress, id)
     }
 
-    /// Writes a new record whole (at accept).
-    pub(super) fn put(&mut self, record: &MessageRecord) -> Result<(), StoreError> {
-        self.messages
-            .insert(record.id.as_u128(), encode(record)?.as_slice())
-            .map_err(storage)?;
+    /// Writes a new record in its stored form (at accept; [`crate::store::embedded::stored`]).
+    pub(super) fn put_stored(&mut self, id: u128, bytes: &[u8]) -> Result<(), StoreError> {
+        self.messages.insert(id, bytes).map_err(storage)?;
         Ok(())
     }
 
