@@ -32,9 +32,24 @@ fn bad_request(message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-/// `GET /__stats`.
-pub(crate) async fn stats(State(state): State<Shared>) -> Json<StatsSnapshot> {
-    Json(state.stats.snapshot())
+/// The query of `GET /__stats`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct StatsQuery {
+    /// `false` leaves `per_openid` empty (a cheap poll of the counters).
+    #[serde(default = "yes")]
+    per_openid: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `GET /__stats` (`?per_openid=false`: without the per-openid counts).
+pub(crate) async fn stats(
+    State(state): State<Shared>,
+    axum::extract::Query(query): axum::extract::Query<StatsQuery>,
+) -> Json<StatsSnapshot> {
+    Json(state.stats.snapshot_with(query.per_openid))
 }
 
 /// `POST /__reset`: counters, tokens, quotas, de-duplication and faults back to start-up.

@@ -71,6 +71,9 @@ pub(crate) async fn fault_layer(
     let _send_guard = send.then(|| state.stats.send_in_flight());
     let in_flight = state.faults.enter();
     let latency = state.faults.latency() + state.faults.overload_latency(in_flight.ahead);
+    if send {
+        state.stats.send_latency_injected(latency);
+    }
     if !latency.is_zero() {
         state.stats.fault(FaultKind::Latency);
         tokio::select! {

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -223,6 +224,20 @@ pub struct StatsSnapshot {
     /// in flight at the sandbox at one time, from arrival to answer, injected latency included.
     #[serde(default)]
     pub sends_max_in_flight: u64,
+    /// Send requests answered (or dropped) since the last reset.
+    #[serde(default)]
+    pub sends_answered: u64,
+    /// The sum of those sends' times at the sandbox, from arrival at the API layer to the
+    /// answer, in microseconds: divided by `sends_answered`, the latency the sandbox itself
+    /// gives; its growth over an interval, divided by the interval, the mean number of sends in
+    /// flight at the sandbox (Little's law), which benchmarks set against the client's own view.
+    #[serde(default)]
+    pub sends_busy_us: u64,
+    /// The sum of the latencies injected into those sends (`latency`, `jitter`, overload), in
+    /// microseconds: `sends_busy_us` less this is the time the sandbox's own work and its
+    /// timers' lateness added.
+    #[serde(default)]
+    pub sends_injected_us: u64,
     /// WeCom's counters (its errcodes are counted here, not in `errcodes`).
     #[serde(default)]
     pub wecom: WeComSnapshot,
@@ -236,6 +251,28 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// A send request in flight; dropping it ends it and adds its time to `sends_busy_us`.
+#[derive(Debug)]
+pub struct SendInFlight<'a> {
+    stats: &'a Stats,
+    started: Instant,
+}
+
+impl Drop for SendInFlight<'_> {
+    fn drop(&mut self) {
+        let stats = self.stats;
+        stats.sends_in_flight.fetch_sub(1, Ordering::AcqRel);
+        add(&stats.sends_answered);
+        stats
+            .sends_busy_us
+            .fetch_add(micros(self.started.elapsed()), Ordering::Relaxed);
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// Live counters.
@@ -255,6 +292,9 @@ pub struct Stats {
     token_max_in_flight: AtomicU64,
     sends_in_flight: AtomicU64,
     sends_max_in_flight: AtomicU64,
+    sends_answered: AtomicU64,
+    sends_busy_us: AtomicU64,
+    sends_injected_us: AtomicU64,
     api_connections: AtomicU64,
     ev_generated: AtomicU64,
     ev_attempts: AtomicU64,
@@ -295,6 +335,9 @@ impl Default for Stats {
             token_max_in_flight: AtomicU64::new(0),
             sends_in_flight: AtomicU64::new(0),
             sends_max_in_flight: AtomicU64::new(0),
+            sends_answered: AtomicU64::new(0),
+            sends_busy_us: AtomicU64::new(0),
+            sends_injected_us: AtomicU64::new(0),
             api_connections: AtomicU64::new(0),
             ev_generated: AtomicU64::new(0),
             ev_attempts: AtomicU64::new(0),
@@ -333,11 +376,21 @@ impl Stats {
         InFlight(&self.token_in_flight)
     }
 
-    /// The same for a send request.
-    pub fn send_in_flight(&self) -> InFlight<'_> {
+    /// The same for a send request; the guard also adds the send's time at the sandbox to
+    /// `sends_busy_us` when dropped.
+    pub fn send_in_flight(&self) -> SendInFlight<'_> {
         let now = self.sends_in_flight.fetch_add(1, Ordering::AcqRel) + 1;
         self.sends_max_in_flight.fetch_max(now, Ordering::AcqRel);
-        InFlight(&self.sends_in_flight)
+        SendInFlight {
+            stats: self,
+            started: Instant::now(),
+        }
+    }
+
+    /// Adds the latency injected into one send.
+    pub fn send_latency_injected(&self, latency: Duration) {
+        self.sends_injected_us
+            .fetch_add(micros(latency), Ordering::Relaxed);
     }
 
     /// Counts a connection's first WeChat API request.
@@ -449,6 +502,12 @@ impl Stats {
 
     /// The JSON-ready view of every counter.
     pub fn snapshot(&self) -> StatsSnapshot {
+        self.snapshot_with(true)
+    }
+
+    /// The same, with `per_openid` left empty unless `per_openid` (a poll of the counters
+    /// during a benchmark: with tens of thousands of openids, the map is megabytes of JSON).
+    pub fn snapshot_with(&self, per_openid: bool) -> StatsSnapshot {
         let mut requests = BTreeMap::new();
         for e in Endpoint::ALL {
             requests.insert(e.name().to_string(), read(&self.requests[e.index()]));
@@ -467,10 +526,10 @@ impl Stats {
             .map(|(n, c)| (n.to_string(), read(c)))
             .collect();
         faults.extend(nonzero(&self.injected, "errcode:"));
-        let mut per_openid = BTreeMap::new();
-        for shard in &self.openids {
+        let mut openids = BTreeMap::new();
+        for shard in self.openids.iter().filter(|_| per_openid) {
             for (k, v) in shard.lock().iter() {
-                per_openid.insert(k.to_string(), *v);
+                openids.insert(k.to_string(), *v);
             }
         }
         StatsSnapshot {
@@ -498,9 +557,12 @@ impl Stats {
                     .map(|(s, c)| (s.to_string(), read(c)))
                     .collect(),
             },
-            per_openid,
+            per_openid: openids,
             api_connections: read(&self.api_connections),
             sends_max_in_flight: read(&self.sends_max_in_flight),
+            sends_answered: read(&self.sends_answered),
+            sends_busy_us: read(&self.sends_busy_us),
+            sends_injected_us: read(&self.sends_injected_us),
             wecom: self.wecom.snapshot(),
         }
     }
@@ -523,6 +585,9 @@ impl Stats {
                 &self.issued,
                 &self.token_max_in_flight,
                 &self.sends_max_in_flight,
+                &self.sends_answered,
+                &self.sends_busy_us,
+                &self.sends_injected_us,
                 &self.api_connections,
                 &self.ev_generated,
                 &self.ev_attempts,
@@ -564,8 +629,46 @@ mod tests {
         assert_eq!(snap.faults["reset"], 1);
         assert_eq!(snap.per_openid["o1"].requests, 3);
         assert_eq!(snap.per_openid["o1"].delivered, 1);
+        let brief = s.snapshot_with(false);
+        assert!(brief.per_openid.is_empty());
+        assert_eq!(brief.requests_total, 2);
         s.reset();
         assert_eq!(s.snapshot().requests_total, 0);
         assert!(s.snapshot().per_openid.is_empty());
+    }
+
+    #[test]
+    fn sends_in_flight_add_their_time_and_injected_latency() {
+        let s = Stats::default();
+        let outer = Instant::now();
+        let first = s.send_in_flight();
+        let second = s.send_in_flight();
+        s.send_latency_injected(Duration::from_millis(25));
+        s.send_latency_injected(Duration::from_micros(1500));
+        assert_eq!(s.snapshot().sends_max_in_flight, 2);
+        drop(first);
+        assert_eq!(s.snapshot().sends_answered, 1);
+        drop(second);
+        let bound = micros(outer.elapsed());
+        let snap = s.snapshot();
+        assert_eq!(snap.sends_answered, 2);
+        assert_eq!(snap.sends_injected_us, 26_500);
+        // Each guard's time lies within the outer one's.
+        assert!(
+            snap.sends_busy_us <= 2 * bound,
+            "{} > 2 × {bound}",
+            snap.sends_busy_us
+        );
+        assert_eq!(s.sends_in_flight.load(Ordering::Relaxed), 0);
+        s.reset();
+        let snap = s.snapshot();
+        assert_eq!(
+            (
+                snap.sends_answered,
+                snap.sends_busy_us,
+                snap.sends_injected_us
+            ),
+            (0, 0, 0)
+        );
     }
 }
