@@ -16,6 +16,9 @@
 //!   45009 pauses until midnight Beijing time, 45011 for `retry.throttledBackoff`. Other
 //!   failures (timeouts, transport, 5xx, -1) back off exponentially per `retry`, and callers
 //!   get an error at once meanwhile: a failing fetch never turns into a fetch per send.
+//! - **A hanging call is sent again**: a `stable_token` call (without `force_refresh`) not
+//!   answered within a second goes out a second time and the first answer wins, so one
+//!   request hanging until `timeouts.responseHeader` does not hold every send that long.
 //! - Neither the token nor the secret is ever logged, put in an error or a metric label.
 //! - **Shared across pods** (with the Redis queue, [`TokenManager::with_shared`]): a fetch first
 //!   looks at the token in Redis; only the pod that takes the refresher's lock calls WeChat and
@@ -23,7 +26,7 @@
 //!   drops the token in Redis only if it is still the refused one. A configuration fault or a
 //!   token quota seen by the refresher pauses every pod (a key with the pause as TTL).
 //!
-//! **Why one file of about 730 lines.** Every rule above acts on the same state under one lock
+//! **Why one file of about 770 lines.** Every rule above acts on the same state under one lock
 //! (the cached token, the fetch in flight, the block and its probe, the shared copy), and the
 //! single-flight and compare-and-swap guarantees hold only because one type owns it; the
 //! per-provider parts (WeChat's and WeCom's token APIs and errcodes) are in `providers/`, and
@@ -56,6 +59,11 @@ const FORCE_REFRESH_SPACING: Duration = Duration::from_secs(30);
 const WEBHOOK_KEY_REREAD: Duration = Duration::from_secs(60);
 /// Never plan a proactive refresh sooner than this after a fetch (tiny `expires_in` values).
 const MIN_REFRESH_AFTER: Duration = Duration::from_millis(500);
+/// A stable-token call still unanswered after this long is sent a second time, and the first
+/// answer of the two wins: one request hanging (up to `timeouts.responseHeader`) would
+/// otherwise hold every send for that long. Only the stable API without `force_refresh`:
+/// there a repeat hands back the same token, while a classic or forced call issues a new one.
+const STABLE_HEDGE_AFTER: Duration = Duration::from_secs(1);
 
 /// An access_token. Its `Debug` output never shows the value.
 #[derive(Clone, PartialEq, Eq)]
@@ -544,15 +552,21 @@ impl TokenManager {
                 self.http.get(&format!("/cgi-bin/token?{query}")).await
             }
             (TokenScope::WeChatApp, TokenApi::Stable) => {
-                let body = serde_json::json!({
-                    "grant_type": "client_credential",
-                    "appid": app_id,
-                    "secret": app_secret,
-                    "force_refresh": force,
-                });
-                self.http
-                    .post_json("/cgi-bin/stable_token", Bytes::from(body.to_string()))
-                    .await
+                let body = Bytes::from(
+                    serde_json::json!({
+                        "grant_type": "client_credential",
+                        "appid": app_id,
+                        "secret": app_secret,
+                        "force_refresh": force,
+                    })
+                    .to_string(),
+                );
+                let send = || self.http.post_json("/cgi-bin/stable_token", body.clone());
+                if force {
+                    send().await
+                } else {
+                    hedged(send, STABLE_HEDGE_AFTER).await
+                }
             }
         };
         let response = match answer {
@@ -726,6 +740,25 @@ impl Blocked {
                 error: self.error.clone(),
                 retry_after: Some(self.until.saturating_duration_since(now)),
             }
+        }
+    }
+}
+
+/// `send()`, and a second `send()` if the first is not answered within `after`: the first
+/// success of the two, or the last failure when both fail.
+async fn hedged<F, Fut>(send: F, after: Duration) -> Result<super::client::HttpResponse, HttpError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<super::client::HttpResponse, HttpError>>,
+{
+    let mut first = Box::pin(send());
+    match tokio::time::timeout(after, &mut first).await {
+        Ok(answer) => answer,
+        Err(_) => {
+            tracing::debug!(after = ?after, "token call unanswered: sending it again");
+            futures::future::select_ok([first, Box::pin(send())])
+                .await
+                .map(|(answer, _)| answer)
         }
     }
 }

@@ -221,3 +221,47 @@ async fn managers_sharing_a_coordinator_fetch_one_token() {
         "one fetch for the channel"
     );
 }
+
+/// A stable-token call that hangs is sent again after a second, and the second answer is
+/// used: the token arrives well before the first call's `response_header` timeout (2 s here),
+/// when the caller would otherwise get an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_stable_token_call_is_sent_again() {
+    let sandbox = Sandbox::start(SandboxConfig {
+        faults: FaultConfig {
+            hang_share: 1.0,
+            hang: Duration::from_secs(30),
+            ..FaultConfig::default()
+        },
+        ..SandboxConfig::new(APPID, SECRET)
+    })
+    .await
+    .expect("sandbox");
+    let (m, _) = manager(&sandbox.base_url(), TokenApi::Stable, SECRET);
+    let getter = {
+        let m = Arc::clone(&m);
+        tokio::spawn(async move { m.get().await })
+    };
+    // The first call reached the sandbox (and hangs there); the next one is answered.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sandbox.stats().token_calls.stable == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no token call arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    sandbox.set_faults(FaultConfig::default()).expect("faults");
+    let started = std::time::Instant::now();
+    let token = getter
+        .await
+        .expect("task")
+        .expect("a token from the second call");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sandbox.stats().token_calls.stable, 2, "one repeat");
+    assert_eq!(m.get().await.expect("cached"), token);
+}
