@@ -5,25 +5,8 @@ use std::time::{Duration, Instant};
 
 use wxpush_sandbox::{FaultConfig, Sandbox, SandboxConfig};
 
-async fn token(client: &reqwest::Client, base: &str) -> String {
-    let answer: serde_json::Value = client
-        .post(format!("{base}/cgi-bin/stable_token"))
-        .json(&serde_json::json!({
-            "grant_type": "client_credential",
-            "appid": "wxsandbox00000000",
-            "secret": "sandboxsecret",
-        }))
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token JSON");
-    answer["access_token"]
-        .as_str()
-        .expect("access_token")
-        .to_string()
-}
+mod common;
+use common::token;
 
 /// Sends `n` template messages at once; returns each one's latency, slowest last.
 async fn burst(client: &reqwest::Client, base: &str, token: &str, n: usize) -> Vec<Duration> {

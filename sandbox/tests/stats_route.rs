@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use wxpush_sandbox::{FaultConfig, Sandbox, SandboxConfig};
 
+mod common;
+use common::token;
+
 #[tokio::test]
 async fn stats_give_the_sends_time_and_can_leave_out_the_openids() {
     let latency = Duration::from_millis(20);
@@ -19,20 +22,7 @@ async fn stats_give_the_sends_time_and_can_leave_out_the_openids() {
     .expect("sandbox");
     let base = sb.base_url();
     let client = reqwest::Client::new();
-    let answer: serde_json::Value = client
-        .post(format!("{base}/cgi-bin/stable_token"))
-        .json(&serde_json::json!({
-            "grant_type": "client_credential",
-            "appid": "wxsandbox00000000",
-            "secret": "sandboxsecret",
-        }))
-        .send()
-        .await
-        .expect("token request")
-        .json()
-        .await
-        .expect("token JSON");
-    let token = answer["access_token"].as_str().expect("access_token");
+    let token = token(&client, &base).await;
     for i in 0..3 {
         let answer: serde_json::Value = client
             .post(format!(
