@@ -30,6 +30,66 @@ fn formats(store: &EmbeddedStore, ids: &[MessageId]) -> Vec<u8> {
         .collect()
 }
 
+/// `accepted` as delivered by one attempt at `at` (msgid 4242).
+fn delivered_at(accepted: &MessageRecord, at: Timestamp) -> MessageRecord {
+    let mut delivered = accepted.clone();
+    delivered.status = Status::Delivered;
+    delivered.attempts = 1;
+    delivered.msgid = Some(4242);
+    delivered.first_attempt_at = Some(at);
+    delivered.budget_from = at;
+    delivered.finished_at = Some(at);
+    delivered.updated_at = at;
+    delivered.next_attempt_at = None;
+    delivered
+}
+
+/// Writes into a fresh store's file what the version before wrote for these records: each
+/// JSON record as accepted in `messages`, the started one's mark and the delivered one's
+/// outcome in `progress`, a `schedule` entry for the started one, and for the first record
+/// (queued, without a `schedule` entry) its idempotency key and the unscheduled mark.
+async fn write_as_before(
+    dir: &std::path::Path,
+    accepted: &[&MessageRecord],
+    (started, started_at): (&MessageRecord, Timestamp),
+    delivered: &MessageRecord,
+) {
+    let queued = accepted[0];
+    let db = bare_database(dir).await;
+    let txn = db.begin_write().expect("writes");
+    {
+        let mut messages = txn.open_table(MESSAGES).expect("table");
+        for r in accepted {
+            let bytes = serde_json::to_vec(r).expect("JSON");
+            messages
+                .insert(r.id.as_u128(), bytes.as_slice())
+                .expect("puts");
+        }
+        let mut progress_table = txn.open_table(PROGRESS).expect("table");
+        let mark = progress::encode_started(started, started_at).expect("encodes");
+        progress_table
+            .insert(started.id.as_u128(), mark.as_slice())
+            .expect("puts");
+        let done = progress::encode(delivered).expect("encodes");
+        progress_table
+            .insert(delivered.id.as_u128(), done.as_slice())
+            .expect("puts");
+        let mut schedule = txn.open_table(SCHEDULE).expect("table");
+        schedule
+            .insert((millis(started.accepted_at), started.id.as_u128()), ())
+            .expect("puts");
+        let mut idem = txn.open_table(IDEMPOTENCY).expect("table");
+        idem.insert(
+            queued.idempotency_key.as_deref().expect("a key"),
+            queued.id.as_u128(),
+        )
+        .expect("puts");
+        let mut marks = txn.open_table(UNSCHEDULED_FROM).expect("table");
+        marks.insert(MARK, queued.id.as_u128()).expect("puts");
+    }
+    txn.commit().expect("commits");
+}
+
 /// Written as the version before wrote it, then killed (no clean close): a queued message
 /// without a `schedule` entry (only the mark) and with an idempotency key, one whose first
 /// attempt started, and a delivered one. This version reads each exactly as written, finds
@@ -53,48 +113,17 @@ async fn a_store_with_json_records_opens_reads_the_same_and_delivers() {
     queued.request_digest = Some("digest-q".into());
     let started_at = now + SignedDuration::from_millis(5);
     let started = MessageRecord::new(MessageId::new(), message("o-started"), None, now);
-    let mut delivered = MessageRecord::new(MessageId::new(), message("o-delivered"), None, now);
-    let accepted_delivered = delivered.clone();
-    delivered.status = Status::Delivered;
-    delivered.attempts = 1;
-    delivered.msgid = Some(4242);
-    delivered.first_attempt_at = Some(started_at);
-    delivered.budget_from = started_at;
-    delivered.finished_at = Some(started_at);
-    delivered.updated_at = started_at;
-    delivered.next_attempt_at = None;
-    {
-        // The tables as this version creates them, then what the version before wrote.
-        let db = bare_database(&dir).await;
-        let txn = db.begin_write().expect("writes");
-        {
-            let mut messages = txn.open_table(MESSAGES).expect("table");
-            for r in [&queued, &started, &accepted_delivered] {
-                let bytes = serde_json::to_vec(r).expect("JSON");
-                messages
-                    .insert(r.id.as_u128(), bytes.as_slice())
-                    .expect("puts");
-            }
-            let mut progress_table = txn.open_table(PROGRESS).expect("table");
-            let mark = progress::encode_started(&started, started_at).expect("encodes");
-            progress_table
-                .insert(started.id.as_u128(), mark.as_slice())
-                .expect("puts");
-            let done = progress::encode(&delivered).expect("encodes");
-            progress_table
-                .insert(delivered.id.as_u128(), done.as_slice())
-                .expect("puts");
-            let mut schedule = txn.open_table(SCHEDULE).expect("table");
-            schedule
-                .insert((millis(now), started.id.as_u128()), ())
-                .expect("puts");
-            let mut idem = txn.open_table(IDEMPOTENCY).expect("table");
-            idem.insert("key-q", queued.id.as_u128()).expect("puts");
-            let mut marks = txn.open_table(UNSCHEDULED_FROM).expect("table");
-            marks.insert(MARK, queued.id.as_u128()).expect("puts");
-        }
-        txn.commit().expect("commits");
-    }
+    let accepted_delivered =
+        MessageRecord::new(MessageId::new(), message("o-delivered"), None, now);
+    let delivered = delivered_at(&accepted_delivered, started_at);
+    // The tables as this version creates them, then what the version before wrote.
+    write_as_before(
+        &dir,
+        &[&queued, &started, &accepted_delivered],
+        (&started, started_at),
+        &delivered,
+    )
+    .await;
 
     let store = reopen_after_crash(&dir, super::HEAD, super::writer::MAX_UNSCHEDULED).await;
     assert_eq!(counts(store.counts()), (2, 0, 0), "both pending are found");

@@ -11,8 +11,9 @@ use redb::ReadableTable;
 use super::reply::{Change, Step};
 use super::txn::{Group, Tables, encode_cb};
 use crate::message::{MessageId, MessageRecord, Status};
+use crate::store::embedded::progress;
 use crate::store::embedded::schema::{storage, unscheduled_slot};
-use crate::store::embedded::{progress, stored};
+use crate::store::embedded::stored;
 use crate::store::{
     AcceptItem, Accepted, CallbackKey, DeliveryEvent, EventOutcome, MatchedBy, PendingCallback,
     StoreError, apply_event, digests_match, millis, reset_for_replay, wants_callback,
