@@ -3,10 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use wxpush_sandbox::{FaultConfig, Sandbox, SandboxConfig};
+use wxpush_sandbox::FaultConfig;
 
 mod common;
-use common::token;
+use common::started;
 
 /// Sends `n` template messages at once; returns each one's latency, slowest last.
 async fn burst(client: &reqwest::Client, base: &str, token: &str, n: usize) -> Vec<Duration> {
@@ -36,20 +36,13 @@ async fn burst(client: &reqwest::Client, base: &str, token: &str, n: usize) -> V
 #[tokio::test]
 async fn requests_beyond_the_capacity_are_slowed_down() {
     let per = Duration::from_millis(100);
-    let sb = Sandbox::start(SandboxConfig {
-        faults: FaultConfig {
-            latency: Duration::from_millis(50),
-            capacity: Some(2),
-            overload_latency_per_request: per,
-            ..FaultConfig::default()
-        },
-        ..SandboxConfig::default()
+    let (sb, base, client, token) = started(FaultConfig {
+        latency: Duration::from_millis(50),
+        capacity: Some(2),
+        overload_latency_per_request: per,
+        ..FaultConfig::default()
     })
-    .await
-    .expect("sandbox");
-    let base = sb.base_url();
-    let client = reqwest::Client::new();
-    let token = token(&client, &base).await;
+    .await;
     // Within the capacity: no added latency.
     let within = burst(&client, &base, &token, 2).await;
     assert!(within[1] < 3 * per, "{within:?}");

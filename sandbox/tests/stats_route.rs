@@ -3,26 +3,19 @@
 
 use std::time::Duration;
 
-use wxpush_sandbox::{FaultConfig, Sandbox, SandboxConfig};
+use wxpush_sandbox::FaultConfig;
 
 mod common;
-use common::token;
+use common::started;
 
 #[tokio::test]
 async fn stats_give_the_sends_time_and_can_leave_out_the_openids() {
     let latency = Duration::from_millis(20);
-    let sb = Sandbox::start(SandboxConfig {
-        faults: FaultConfig {
-            latency,
-            ..FaultConfig::default()
-        },
-        ..SandboxConfig::default()
+    let (_sandbox, base, client, token) = started(FaultConfig {
+        latency,
+        ..FaultConfig::default()
     })
-    .await
-    .expect("sandbox");
-    let base = sb.base_url();
-    let client = reqwest::Client::new();
-    let token = token(&client, &base).await;
+    .await;
     for i in 0..3 {
         let answer: serde_json::Value = client
             .post(format!(

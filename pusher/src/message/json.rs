@@ -53,7 +53,7 @@ impl<'a> Object<'a> {
     /// Takes the value of `key` out.
     pub fn remove(&mut self, key: &str) -> Option<Json<'a>> {
         let at = self.0.iter().position(|(k, _)| k == key)?;
-        Some(self.0.swap_remove(at).1)
+        Some(self.0.remove(at).1)
     }
 
     /// The keys, in the body's order.

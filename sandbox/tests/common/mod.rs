@@ -1,5 +1,22 @@
 //! Helpers shared by the sandbox's HTTP tests.
 
+use wxpush_sandbox::{FaultConfig, Sandbox, SandboxConfig, SandboxHandle};
+
+/// A sandbox started with `faults` and its defaults otherwise, its base URL, a client and an
+/// access_token.
+pub async fn started(faults: FaultConfig) -> (SandboxHandle, String, reqwest::Client, String) {
+    let sb = Sandbox::start(SandboxConfig {
+        faults,
+        ..SandboxConfig::default()
+    })
+    .await
+    .expect("sandbox");
+    let base = sb.base_url();
+    let client = reqwest::Client::new();
+    let token = token(&client, &base).await;
+    (sb, base, client, token)
+}
+
 /// A stable access_token from the sandbox at `base` (its default appid and secret).
 pub async fn token(client: &reqwest::Client, base: &str) -> String {
     let answer: serde_json::Value = client

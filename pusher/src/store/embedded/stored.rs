@@ -50,6 +50,8 @@ const KINDS: [MessageKind; 3] = [
     MessageKind::Bizsend,
 ];
 
+/// The code of `kind` (a `match`, so that a new kind cannot compile without one; its place
+/// in [`KINDS`], which decoding reads, is tested to agree).
 fn kind_code(kind: MessageKind) -> u8 {
     match kind {
         MessageKind::Template => 0,
@@ -317,6 +319,13 @@ mod tests {
         it.message.wecom =
             serde_json::from_str(r#"{"msgtype":"text","text":{"content":"hi"}}"#).expect("JSON");
         round_trip(it);
+    }
+
+    #[test]
+    fn each_kind_code_is_its_place_in_the_decoding_table() {
+        for (i, kind) in KINDS.iter().enumerate() {
+            assert_eq!(usize::from(kind_code(*kind)), i, "{kind:?}");
+        }
     }
 
     /// A JSON record (the versions before) reads; bytes of neither form are refused.
