@@ -6,27 +6,14 @@ use std::time::{Duration, Instant};
 use wxpush_sandbox::FaultConfig;
 
 mod common;
-use common::started;
+use common::{send, started};
 
 /// Sends `n` template messages at once; returns each one's latency, slowest last.
 async fn burst(client: &reqwest::Client, base: &str, token: &str, n: usize) -> Vec<Duration> {
-    let sends = (0..n).map(|i| {
-        let client = client.clone();
-        let url = format!("{base}/cgi-bin/message/template/send?access_token={token}");
-        async move {
-            let start = Instant::now();
-            let answer: serde_json::Value = client
-                .post(url)
-                .json(&serde_json::json!({"touser": format!("u{i}"), "template_id": "T"}))
-                .send()
-                .await
-                .expect("send")
-                .json()
-                .await
-                .expect("send JSON");
-            assert_eq!(answer["errcode"], 0, "{answer}");
-            start.elapsed()
-        }
+    let sends = (0..n).map(|i| async move {
+        let start = Instant::now();
+        send(client, base, token, i).await;
+        start.elapsed()
     });
     let mut took = futures::future::join_all(sends).await;
     took.sort();

@@ -6,7 +6,7 @@ use std::time::Duration;
 use wxpush_sandbox::FaultConfig;
 
 mod common;
-use common::started;
+use common::{send, started};
 
 #[tokio::test]
 async fn stats_give_the_sends_time_and_can_leave_out_the_openids() {
@@ -17,18 +17,7 @@ async fn stats_give_the_sends_time_and_can_leave_out_the_openids() {
     })
     .await;
     for i in 0..3 {
-        let answer: serde_json::Value = client
-            .post(format!(
-                "{base}/cgi-bin/message/template/send?access_token={token}"
-            ))
-            .json(&serde_json::json!({"touser": format!("u{i}"), "template_id": "T"}))
-            .send()
-            .await
-            .expect("send")
-            .json()
-            .await
-            .expect("send JSON");
-        assert_eq!(answer["errcode"], 0, "{answer}");
+        send(&client, &base, &token, i).await;
     }
     let get = |query: &'static str| {
         let client = client.clone();

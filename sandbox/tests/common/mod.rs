@@ -37,3 +37,19 @@ pub async fn token(client: &reqwest::Client, base: &str) -> String {
         .expect("access_token")
         .to_string()
 }
+
+/// Sends one template message to `u{i}` and checks that it was taken (errcode 0).
+pub async fn send(client: &reqwest::Client, base: &str, token: &str, i: usize) {
+    let answer: serde_json::Value = client
+        .post(format!(
+            "{base}/cgi-bin/message/template/send?access_token={token}"
+        ))
+        .json(&serde_json::json!({"touser": format!("u{i}"), "template_id": "T"}))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("send JSON");
+    assert_eq!(answer["errcode"], 0, "{answer}");
+}
