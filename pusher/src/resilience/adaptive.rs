@@ -19,6 +19,7 @@
 //! | lowest > floor × [`AdaptiveSettings::shrink_above`], and still so net of our own lag (below) | × max(0.5, floor × `grow_below` / net lowest): backing off in proportion to the queueing |
 //! | lowest > floor × `shrink_above`, but not net of our own lag | unchanged, and slow start goes on |
 //! | lowest > floor × `shrink_above`, but no answer to a request sent after the last latency cut, or those answers are not | unchanged: the last cut has not shown yet |
+//! | lowest between floor × `grow_below` and × `shrink_above`, after slow start | + [`PROBE_STEP`] of the limit, kept while the latency does not follow (below) |
 //! | otherwise | unchanged |
 //!
 //! **Our own lag.** An answer's latency is also the time it waited for the pusher's own CPU: a
@@ -28,8 +29,10 @@
 //! messages; a back-off there ends slow start, and the limit then climbs by eighths. Part of
 //! that rise is the pusher's own lag (9 to 43 ms in the traces of docs/performance.md, "Eighth
 //! round"); the rest comes from outside the pusher's runtime and still backs off. So each
-//! healthy answer also comes with the runtime's lag when it was read
-//! ([`crate::resilience::lag`]: how late a probe timer runs), and the window keeps a second
+//! healthy answer also comes with the runtime's lag when its request was sent plus the lag
+//! when the answer was read ([`crate::resilience::lag`]: how late a probe timer runs; the
+//! request is written and the answer read by tasks that wait as long for a worker), and the
+//! window keeps a second
 //! lowest, of the latencies less that lag. A rise that disappears net of the lag is ours: the
 //! window holds the limit, neither growing (a busy pusher gains nothing from more requests)
 //! nor ending slow start. A rise that remains net of the lag is the upstream's and is cut by its
@@ -37,6 +40,22 @@
 //! taken from the latencies as measured (a fast answer read late cannot drag it down), and the
 //! error share cuts the limit whatever the lag. An upstream that queues raises the latency of
 //! every answer by far more than the pusher's lag, so overload still backs off.
+//!
+//! **Probing in the band.** A window whose lowest latency sits between the two thresholds
+//! used to hold the limit. But latency can rise for a while for reasons that have nothing to
+//! do with how many requests are in flight: in the benchmark at 50 ± 25 ms, the stand-in
+//! WeChat shares the two cores with a pusher that accepts 30,000 messages, and its answers
+//! came 1.3 × the floor late until the accepting was over. A cut made at the start of that
+//! rise then held the limit at 792 instead of 1,024 for 0.9 s, with the latency just as high
+//! at 792 (docs/performance.md, "Eleventh round"). So, after slow start, a window in the band
+//! grows the limit by [`PROBE_STEP`] and remembers the window's lowest latency. The answers
+//! to requests sent after the growth tell whether it cost anything: when their lowest is
+//! within half the step of the one before (the latency did not follow the limit: the rise
+//! was not a queue of ours), the next band window grows again; when it followed, the growth
+//! is undone and no probe is made for [`PROBE_REST`] band windows. An upstream that queues
+//! raises its latency in proportion to the requests beyond its capacity (an eighth more
+//! requests, an eighth more latency), so the probe is undone there, and the limit still
+//! settles near the capacity.
 //!
 //! **One cut per round trip.** A cut shows only in the answers to requests sent after it: the
 //! others queued under the old limit. So after a latency cut, the next cut looks only at the
@@ -96,6 +115,24 @@ pub const FLOOR_WINDOWS: usize = 64;
 /// 50 ms a window): the limit from before the cuts at an outage's start.
 pub const RECALL_WINDOWS: usize = 16;
 
+/// A probe in the band grows the limit by this share of it.
+pub const PROBE_STEP: f64 = 0.125;
+
+/// Windows in the band without a probe after one whose growth the latency followed.
+pub const PROBE_REST: u32 = 8;
+
+/// A growth made in the band (see the module's doc), waiting for the answers to requests sent
+/// after it.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    /// When the limit grew.
+    at: Instant,
+    /// The limit before.
+    before: f64,
+    /// The lowest latency before.
+    base: Duration,
+}
+
 /// How one sample ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sample {
@@ -153,13 +190,20 @@ pub struct AdaptiveLimit {
     samples: u32,
     failed: u32,
     lowest: Duration,
-    /// The window's lowest latency less the runtime's lag when each answer was read.
+    /// The window's lowest latency less the runtime's lag when each request was sent and its
+    /// answer read.
     lowest_net: Duration,
     /// The same two lowests, of the answers to requests sent after the last latency cut.
     fresh_lowest: Duration,
     fresh_net: Duration,
     /// When the limit was last cut for latency.
     cut_at: Option<Instant>,
+    /// A growth in the band waiting to show, and the lowest latency of the answers to requests
+    /// sent after it (this window).
+    probe: Option<Probe>,
+    probe_lowest: Duration,
+    /// Band windows left before the next probe.
+    probe_rest: u32,
     /// Windows whose rise the runtime's lag explained (held instead of cut).
     excused: u64,
     /// Most requests in flight during the window (was the limit used?).
@@ -206,6 +250,9 @@ impl AdaptiveLimit {
             fresh_lowest: Duration::MAX,
             fresh_net: Duration::MAX,
             cut_at: None,
+            probe: None,
+            probe_lowest: Duration::MAX,
+            probe_rest: 0,
             excused: 0,
             peak_in_flight: 0,
             means: [Duration::ZERO; FLOOR_WINDOWS],
@@ -238,8 +285,8 @@ impl AdaptiveLimit {
     }
 
     /// Records one answered request: its latency, how it ended, how many requests were in
-    /// flight when it was sent, and the runtime's lag when its answer was read
-    /// ([`crate::resilience::lag`]). Returns the new limit when the window closed and it
+    /// flight when it was sent, and the runtime's lag when it was sent plus when its answer was
+    /// read ([`crate::resilience::lag`]). Returns the new limit when the window closed and it
     /// changed.
     pub fn record(
         &mut self,
@@ -272,6 +319,11 @@ impl AdaptiveLimit {
             {
                 self.fresh_lowest = self.fresh_lowest.min(latency);
                 self.fresh_net = self.fresh_net.min(latency.saturating_sub(own_lag));
+            }
+            if let (Some(probe), Some(sent)) = (self.probe, sent)
+                && sent >= probe.at
+            {
+                self.probe_lowest = self.probe_lowest.min(latency);
             }
         }
         self.peak_in_flight = self.peak_in_flight.max(in_flight);
@@ -307,6 +359,7 @@ impl AdaptiveLimit {
         self.recover_to = self.limit;
         self.before_errors = self.limit;
         self.outage_mark = true;
+        self.probe = None;
         // Recalled once: a later opening recalls the windows after this one.
         self.recent = [0.0; RECALL_WINDOWS];
         // The window under way mixes answers from before the opening: start a fresh one.
@@ -324,6 +377,7 @@ impl AdaptiveLimit {
         let mean = self.lowest;
         let net = self.lowest_net;
         let (fresh, fresh_net) = (self.fresh_lowest, self.fresh_net);
+        let probed = self.probe_lowest;
         let error_share = f64::from(self.failed) / f64::from(self.samples.max(1));
         let used = f64::from(self.peak_in_flight) >= self.limit * 0.5;
         self.clear_window();
@@ -336,6 +390,7 @@ impl AdaptiveLimit {
             }
             self.limit *= s.backoff;
             self.slow_start = false;
+            self.probe = None;
         } else if mean != Duration::MAX {
             // Only windows of mostly healthy answers set the floor, from their healthy answers.
             self.means[self.next] = mean;
@@ -353,6 +408,8 @@ impl AdaptiveLimit {
                 "adaptive window"
             );
             if ratio <= s.grow_below {
+                self.probe = None;
+                self.probe_rest = 0;
                 if used {
                     if self.slow_start {
                         self.limit *= 2.0;
@@ -386,6 +443,7 @@ impl AdaptiveLimit {
                         self.before_errors = 0.0;
                     }
                     self.cut_at = Some(now);
+                    self.probe = None;
                 } else {
                     self.excused += 1;
                     tracing::debug!(
@@ -395,9 +453,47 @@ impl AdaptiveLimit {
                         "latency rise explained by the runtime's own lag: limit held"
                     );
                 }
+            } else if ratio <= s.shrink_above && used && !self.slow_start {
+                self.probe_in_band(now, mean, probed);
             }
         }
         self.clamp();
+    }
+
+    /// A window in the band (latency above `grow_below`, not above `shrink_above` × the
+    /// floor), after slow start: grows the limit by [`PROBE_STEP`] and keeps the growth while
+    /// the latency does not follow it (see the module's doc).
+    fn probe_in_band(&mut self, now: Instant, lowest: Duration, probed: Duration) {
+        match self.probe {
+            // The growth has not shown yet: no answer to a request sent after it.
+            Some(_) if probed == Duration::MAX => {}
+            Some(probe) => {
+                let followed =
+                    probed.as_secs_f64() > probe.base.as_secs_f64() * (1.0 + PROBE_STEP / 2.0);
+                if followed {
+                    self.limit = probe.before;
+                    self.probe = None;
+                    self.probe_rest = PROBE_REST;
+                } else {
+                    self.grow_probe(now, probed);
+                }
+            }
+            None if self.probe_rest > 0 => self.probe_rest -= 1,
+            None => self.grow_probe(now, lowest),
+        }
+    }
+
+    fn grow_probe(&mut self, now: Instant, base: Duration) {
+        if self.limit >= f64::from(self.settings.max_limit) {
+            self.probe = None;
+            return;
+        }
+        self.probe = Some(Probe {
+            at: now,
+            before: self.limit,
+            base,
+        });
+        self.limit += (self.limit * PROBE_STEP).max(1.0);
     }
 
     /// Empties the figures gathered over a window.
@@ -408,6 +504,7 @@ impl AdaptiveLimit {
         self.lowest_net = Duration::MAX;
         self.fresh_lowest = Duration::MAX;
         self.fresh_net = Duration::MAX;
+        self.probe_lowest = Duration::MAX;
         self.peak_in_flight = 0;
     }
 

@@ -44,11 +44,11 @@ fn the_limit_rises_and_falls_with_latency() {
         ("latency at its floor: grow", 12, ms(2), 0, "up"),
         ("latency doubles: back off", 3, ms(4), 0, "down"),
         (
-            "latency 1.3× the floor: hold",
+            "latency 1.3× the floor, not following the limit: probe up",
             3,
             Duration::from_micros(2600),
             0,
-            "same",
+            "up",
         ),
         ("back at the floor: grow again", 6, ms(2), 0, "up"),
         ("a quarter of answers fail: cut", 3, ms(2), 8, "down"),
@@ -65,6 +65,68 @@ fn the_limit_rises_and_falls_with_latency() {
         }
     }
     assert_eq!(l.floor(), Some(ms(2)));
+}
+
+/// Grows a limit to `max` at a floor of 26 ms, then cuts it with one window at 45 ms (a
+/// passing slowdown; slow start is over).
+fn cut_once(max: u32, now: &mut Instant) -> AdaptiveLimit {
+    let mut l = limiter(max);
+    run(&mut l, now, 8, Duration::from_millis(26), 0);
+    assert_eq!(l.limit(), max);
+    run(&mut l, now, 1, Duration::from_millis(45), 0);
+    assert!(l.limit() < max * 3 / 4, "cut: {}", l.limit());
+    l
+}
+
+/// A slowdown that is not a queue of ours (the stand-in WeChat sharing the cores with a
+/// pusher that accepts a burst): after a cut, the latency stays 1.3 × the floor whatever the
+/// limit. The band's probes find that more requests cost nothing and bring the limit back
+/// to the ceiling; before them it held at the cut for as long as the slowdown lasted.
+#[test]
+fn a_limit_cut_by_a_passing_slowdown_climbs_back_in_the_band() {
+    let mut now = Instant::now();
+    let mut l = cut_once(1024, &mut now);
+    let limits = run(&mut l, &mut now, 12, Duration::from_millis(34), 0);
+    assert_eq!(limits.last(), Some(&1024), "{limits:?}");
+    // Each probe waited for the answers to requests sent after it: at most one growth a
+    // window, by an eighth.
+    for pair in limits.windows(2) {
+        assert!(
+            f64::from(pair[1]) <= f64::from(pair[0]) * 1.13 + 1.0,
+            "{limits:?}"
+        );
+    }
+}
+
+/// In the band, a latency that follows the limit (an upstream that queues what it cannot
+/// serve) undoes the probe's growth, and the next probe waits [`PROBE_REST`] band windows.
+#[test]
+fn a_probe_the_latency_follows_is_undone() {
+    let mut now = Instant::now();
+    let mut l = cut_once(1024, &mut now);
+    let settled = l.limit();
+    let mut limits = Vec::new();
+    for _ in 0..(PROBE_REST as usize + 6) {
+        // 1.3 × the floor at the settled limit, and in proportion above it.
+        let scale = f64::from(l.limit()) / f64::from(settled);
+        let latency = Duration::from_millis(34).mul_f64(scale.max(1.0));
+        limits.extend(run(&mut l, &mut now, 1, latency, 0));
+    }
+    let grown = limits.iter().filter(|&&x| x > settled).count();
+    assert!(grown >= 2, "probes made: {limits:?}");
+    assert!(
+        limits
+            .iter()
+            .all(|&x| f64::from(x) <= f64::from(settled) * 1.13 + 1.0),
+        "a probe the latency followed was kept: {limits:?}"
+    );
+    // Between two probes, the rest: PROBE_REST windows at the settled limit in a row.
+    let longest_rest = limits
+        .split(|&x| x != settled)
+        .map(<[u32]>::len)
+        .max()
+        .unwrap_or(0);
+    assert!(longest_rest >= PROBE_REST as usize, "{limits:?}");
 }
 
 /// At an outage's edge some answers are connection refusals that come back in 100 µs; below

@@ -5,7 +5,8 @@
 //! A probe task sleeps [`PROBE_EVERY`] at a time and notes how late each wake-up came. When the
 //! runtime's workers are busy (accepting a burst of messages on the same cores, say), a timer
 //! and a socket that became readable wait alike for a worker to poll the driver and run them,
-//! so the probe's delay is the delay with which answers are read. [`RuntimeLag::at`] gives the
+//! so the probe's delay is the delay with which answers are read (and, at a send, with which
+//! the request is written). [`RuntimeLag::at`] gives the
 //! lag at an instant: the last probe's delay, or, when the pending probe is already overdue, how
 //! overdue it is (a probe that waits 30 ms reports only when it finally runs). The timer's tick
 //! ([`TIMER_TICK`]) is taken off every figure, so an idle runtime reads zero and the lag is never

@@ -66,6 +66,9 @@ struct Slot {
     counted: Arc<AtomicU32>,
     started: Instant,
     in_flight: u32,
+    /// The runtime's lag when the slot was taken: the request is written by a task that waits
+    /// as long for a worker ([`RuntimeLag`]).
+    lag_at_send: Duration,
 }
 
 impl Drop for Slot {
@@ -137,11 +140,13 @@ impl Flow {
     async fn acquire(&self) -> Slot {
         let permit = Arc::clone(&self.permits).acquire_owned().await.ok();
         let in_flight = self.counted.fetch_add(1, Ordering::AcqRel) + 1;
+        let started = Instant::now();
         Slot {
             permit,
             counted: Arc::clone(&self.counted),
-            started: Instant::now(),
+            started,
             in_flight,
+            lag_at_send: self.lag.as_ref().map_or(Duration::ZERO, |l| l.at(started)),
         }
     }
 
@@ -161,7 +166,9 @@ impl Flow {
     fn finish(&self, mut slot: Slot, result: &Result<HttpResponse, HttpError>) {
         let now = Instant::now();
         let latency = now.saturating_duration_since(slot.started);
-        let own_lag = self.lag.as_ref().map_or(Duration::ZERO, |l| l.at(now));
+        // Both ends of the latency wait for our own CPU: the request's write when it was sent,
+        // the answer's read now.
+        let own_lag = slot.lag_at_send + self.lag.as_ref().map_or(Duration::ZERO, |l| l.at(now));
         let counted = slot.permit.is_some();
         self.release(&mut slot);
         let sample = match result {
