@@ -11,6 +11,9 @@
 #   PROFILE_REDIS=1 ROUNDS=1 bench/perf/redis.sh   # also `perf record` redis-server: OUT/*-perf.txt
 #   OLD_PUSHER=/tmp/old/wxpush-pusher bench/perf/redis.sh
 #                                         # each round also runs Redis with another build's pusher
+#   SCRIPTS=1 ROUNDS=1 bench/perf/redis.sh # also each script's share of Redis's time, from its
+#                                         # slow log with every command logged: OUT/*-scripts.txt
+#                                         # (the logging itself costs Redis time: shares, not rates)
 #
 # A benchmark reports; it asserts nothing.
 set -euo pipefail
@@ -38,8 +41,15 @@ run_redis() { # NAME: one Redis run of the pusher PUSHER_BIN (default: this tree
   REDIS_PID=$!
   for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
   faults "$base_faults"
-  QUEUE_JSON="{\"redis\": {\"url\": \"redis://127.0.0.1:$rport\"}}" start_pusher "$name" "$conc"
+  local log=${RUST_LOG:-warn}
+  [[ "${SCRIPTS:-0}" == 1 ]] && log="$log,wxpush_pusher::store::redis=debug"
+  RUST_LOG=$log QUEUE_JSON="{\"redis\": {\"url\": \"redis://127.0.0.1:$rport\"}}" start_pusher "$name" "$conc"
   redis-cli -p "$rport" config resetstat >/dev/null
+  if [[ "${SCRIPTS:-0}" == 1 ]]; then
+    redis-cli -p "$rport" config set slowlog-max-len 1000000 >/dev/null
+    redis-cli -p "$rport" slowlog reset >/dev/null
+    redis-cli -p "$rport" config set slowlog-log-slower-than 0 >/dev/null
+  fi
   cpu0=$(cpu_ticks "$REDIS_PID")
   PERF_PID=
   if [[ "${PROFILE_REDIS:-0}" == 1 ]]; then
@@ -57,6 +67,11 @@ run_redis() { # NAME: one Redis run of the pusher PUSHER_BIN (default: this tree
       grep -v '^$' >"$OUT/$name-perf.txt" || true
   fi
   redis-cli -p "$rport" info commandstats >"$OUT/$name-commandstats.txt"
+  if [[ "${SCRIPTS:-0}" == 1 ]]; then
+    redis-cli -p "$rport" config set slowlog-log-slower-than 10000 >/dev/null
+    python3 bench/perf/slowlog.py "$rport" "$N" "$work/$name/err" >"$OUT/$name-scripts.txt"
+    cat "$OUT/$name-scripts.txt" >&2
+  fi
   stop_pusher
   python3 - "$OUT/$name-cpu.json" "$cpu0" "$cpu1" "$TICK" "$N" <<'PY'
 import json, sys

@@ -55,6 +55,35 @@ pub(super) struct Scripts {
     pub(super) trim: Script,
 }
 
+impl Scripts {
+    /// `name=sha1 ...` of every script: logged at debug level when the store connects, so
+    /// that `bench/perf/redis.sh` (`SCRIPTS=1`) can name the scripts of Redis's slow log.
+    pub(super) fn hashes(&self) -> String {
+        [
+            ("accept", &self.accept),
+            ("lease_read", &self.lease_read),
+            ("lease_one", &self.lease_one),
+            ("lease_take", &self.lease_take),
+            ("claim_dead", &self.claim_dead),
+            ("hand_back", &self.hand_back),
+            ("take_credit", &self.take_credit),
+            ("complete", &self.complete),
+            ("replay", &self.replay),
+            ("recall", &self.recall),
+            ("event", &self.event),
+            ("lease_callbacks", &self.lease_callbacks),
+            ("finish_callback", &self.finish_callback),
+            ("keep_leases", &self.keep_leases),
+            ("start_attempt", &self.start_attempt),
+            ("trim", &self.trim),
+        ]
+        .iter()
+        .map(|(name, script)| format!("{name}={}", script.get_hash()))
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
+}
+
 /// A consumer's pending entries.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumerPending {

@@ -139,6 +139,7 @@ impl RedisStore {
             consumer = %store.inner.options.consumer,
             "redis queue connected"
         );
+        tracing::debug!(scripts = %store.inner.scripts.hashes(), "redis store scripts");
         tokio::spawn(refresher(Arc::downgrade(&store.inner)));
         tokio::spawn(lease_keeper(Arc::downgrade(&store.inner)));
         tokio::spawn(heartbeater(Arc::downgrade(&store.inner)));
