@@ -676,3 +676,73 @@ mod layout {
         }
     }
 }
+
+/// Outcomes handed over while a `complete` call is on its way go to Redis together (group
+/// commit, `pusher/src/store/redis/outcome.rs`): forty outcomes handed over at once take a
+/// couple of script calls, not forty, and each is answered and written.
+mod batching {
+    use std::time::Duration;
+
+    use wxpush_pusher::message::{Status, parse_message};
+    use wxpush_pusher::store::redis::{RedisOptions, RedisStore};
+    use wxpush_pusher::store::{AcceptItem, Store};
+    use wxpush_tests::redis::{RedisServer, store_options};
+
+    /// Script calls Redis has run so far.
+    fn script_calls(server: &RedisServer) -> u64 {
+        server
+            .cli(&["INFO", "commandstats"])
+            .lines()
+            .find_map(|line| line.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    #[tokio::test]
+    async fn outcomes_handed_over_together_go_to_redis_in_a_few_calls() {
+        let server = RedisServer::start().await;
+        let store = RedisStore::connect(RedisOptions {
+            max_messages: 100,
+            ..store_options(server.url(), "batching", "batch-test")
+        })
+        .await
+        .expect("connects");
+        let items = (0..40)
+            .map(|i| AcceptItem {
+                message: parse_message(
+                    &serde_json::json!({"touser": format!("o{i}"), "template_id": "T"}),
+                )
+                .expect("valid"),
+                idempotency_key: None,
+                request_digest: None,
+            })
+            .collect();
+        store.accept(items).await.expect("accepted");
+        let leased = store
+            .lease(40, Duration::from_secs(5))
+            .await
+            .expect("lease");
+        assert_eq!(leased.len(), 40);
+        let before = script_calls(&server);
+        let answers = futures::future::join_all(leased.iter().map(|lease| {
+            let mut done = lease.record.clone();
+            done.status = Status::Delivered;
+            done.attempts = 1;
+            store.complete(lease.slot, done)
+        }))
+        .await;
+        let calls = script_calls(&server) - before;
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        // One call, and room for the store's own timers (counts, keep-alive) in between.
+        assert!(calls <= 4, "{calls} script calls for 40 outcomes");
+        for lease in &leased {
+            let record = store
+                .get(lease.record.id)
+                .await
+                .expect("read")
+                .expect("kept");
+            assert_eq!(record.status, Status::Delivered, "{}", record.id);
+        }
+    }
+}
