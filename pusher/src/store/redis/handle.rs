@@ -129,8 +129,6 @@ pub(super) struct Inner {
     /// again, the lease carries the outcome, so that it is recorded instead of sent again. A
     /// copy that another pod claims is sent again under the same `client_msg_id`.
     pub(super) unrecorded: Mutex<std::collections::HashMap<MessageId, (Instant, MessageRecord)>>,
-    /// Outcomes waiting for the next `complete` call ([`super::outcome`]).
-    pub(super) outcomes: Mutex<super::outcome::Outcomes>,
 }
 
 /// How long an unrecorded outcome is kept for this pod to claim its entry again; older ones

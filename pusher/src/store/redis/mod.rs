@@ -124,7 +124,6 @@ impl RedisStore {
             claim_cursor: Mutex::new("0-0".into()),
             leases: Mutex::new(std::collections::HashMap::new()),
             unrecorded: Mutex::new(std::collections::HashMap::new()),
-            outcomes: Mutex::new(outcome::Outcomes::default()),
         });
         let store = Self { inner };
         store.create_group().await?;

@@ -5,15 +5,6 @@
 //! on the one multiplexed connection), not one round trip per message. Each message is still
 //! answered on its own.
 //!
-//! **Outcomes go together across leases.** The outcomes that end together in one lease were
-//! about 13 messages a call in the benchmark, and each call also costs Redis its own request,
-//! reply and append to the AOF: `bench/perf/complete_batch.py` put redis-server's CPU at about
-//! 15 µs per message at 13 a call against 11 at 64 (docs/performance.md, "Eleventh round").
-//! So outcomes wait in [`Outcomes`] while a `complete` call is on its way, and one writer task
-//! takes all that gathered meanwhile into the next call (or calls of [`BATCH_AT_MOST`]): under
-//! load the batches grow, and an outcome alone is written at once. This is group commit, the
-//! product's own write path, so it is written here rather than taken from a crate.
-//!
 //! [`scripts::complete`]: super::scripts::complete
 //! [`scripts::start_attempt`]: super::scripts::start_attempt
 
@@ -22,7 +13,6 @@ use std::time::Instant;
 use futures::future::join_all;
 use jiff::Timestamp;
 use redis::Value;
-use tokio::sync::oneshot;
 
 use super::handle::{RedisStore, UNRECORDED_KEPT, cb_args, encode, ms, strings};
 use crate::message::{MessageRecord, Status};
@@ -36,37 +26,6 @@ fn flag(b: bool) -> String {
     if b { "1" } else { "0" }.to_string()
 }
 
-/// An outcome waiting to be written, and where its answer goes.
-type Waiting = (MessageRecord, oneshot::Sender<Result<(), StoreError>>);
-
-/// Outcomes gathered while a `complete` call is on its way (see the module's doc).
-#[derive(Debug, Default)]
-pub(super) struct Outcomes {
-    queue: Vec<Waiting>,
-    /// A writer task is running: it takes the queue when its call returns.
-    writing: bool,
-}
-
-/// Ends a writer that stops before its queue is empty (a panic, or its runtime shutting
-/// down): the next outcome starts a new writer, and the outcomes it left are answered with an
-/// error rather than never.
-struct WriterGuard {
-    store: RedisStore,
-    finished: bool,
-}
-
-impl Drop for WriterGuard {
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        let mut outcomes = self.store.inner.outcomes.lock();
-        outcomes.writing = false;
-        // Dropping the senders answers their callers with an error.
-        outcomes.queue.clear();
-    }
-}
-
 impl RedisStore {
     /// Records the outcomes of `records` (leased by this process), one answer each, in order.
     pub(super) async fn complete_records(
@@ -76,63 +35,16 @@ impl RedisStore {
         if let Err(e) = self.check_open() {
             return each_failed(records.len(), e);
         }
-        let mut answers = Vec::with_capacity(records.len());
-        let start = {
-            let mut outcomes = self.inner.outcomes.lock();
-            for record in records {
-                let (tx, rx) = oneshot::channel();
-                outcomes.queue.push((record, tx));
-                answers.push(rx);
-            }
-            !std::mem::replace(&mut outcomes.writing, true)
-        };
-        if start {
-            tokio::spawn(self.clone().write_outcomes());
+        let mut chunks = Vec::new();
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            chunks.push(records.by_ref().take(BATCH_AT_MOST).collect::<Vec<_>>());
         }
-        join_all(answers)
+        join_all(chunks.into_iter().map(|c| self.complete_chunk(c)))
             .await
             .into_iter()
-            .map(|answer| {
-                answer.unwrap_or_else(|_| {
-                    Err(StoreError::Storage(
-                        "redis complete: the outcome writer stopped".into(),
-                    ))
-                })
-            })
+            .flatten()
             .collect()
-    }
-
-    /// The writer: takes every outcome gathered so far, writes them (chunks of
-    /// [`BATCH_AT_MOST`], concurrently), answers each, and goes on until none is left.
-    async fn write_outcomes(self) {
-        let mut guard = WriterGuard {
-            store: self,
-            finished: false,
-        };
-        loop {
-            let taken = {
-                let mut outcomes = guard.store.inner.outcomes.lock();
-                if outcomes.queue.is_empty() {
-                    // Under the lock that queueing takes: an outcome queued after this starts
-                    // a new writer.
-                    outcomes.writing = false;
-                    guard.finished = true;
-                    return;
-                }
-                std::mem::take(&mut outcomes.queue)
-            };
-            let (records, senders): (Vec<_>, Vec<_>) = taken.into_iter().unzip();
-            let mut chunks = Vec::new();
-            let mut records = records.into_iter().peekable();
-            while records.peek().is_some() {
-                chunks.push(records.by_ref().take(BATCH_AT_MOST).collect::<Vec<_>>());
-            }
-            let results = join_all(chunks.into_iter().map(|c| guard.store.complete_chunk(c))).await;
-            for (tx, result) in senders.into_iter().zip(results.into_iter().flatten()) {
-                // A caller that went away needs no answer; its outcome is written all the same.
-                let _ = tx.send(result);
-            }
-        }
     }
 
     /// The keys and arguments of one [`scripts::complete`](super::scripts::complete) call for
