@@ -11,6 +11,8 @@
 #   PROFILE_REDIS=1 ROUNDS=1 bench/perf/redis.sh   # also `perf record` redis-server: OUT/*-perf.txt
 #   OLD_PUSHER=/tmp/old/wxpush-pusher bench/perf/redis.sh
 #                                         # each round also runs Redis with another build's pusher
+#   AOF=no ROUNDS=1 bench/perf/redis.sh   # Redis without its append-only file: what the AOF costs
+#                                         # (production keeps it on: docs/scaling.md)
 #   SCRIPTS=1 ROUNDS=1 bench/perf/redis.sh # also each script's share of Redis's time, from its
 #                                         # slow log with every command logged: OUT/*-scripts.txt
 #                                         # (the logging itself costs Redis time: shares, not rates)
@@ -36,7 +38,7 @@ run_redis() { # NAME: one Redis run of the pusher PUSHER_BIN (default: this tree
   rport=$(free_port)
   rdir="$work/$name-data"
   mkdir -p "$rdir"
-  redis-server --port "$rport" --bind 127.0.0.1 --appendonly yes --appendfsync everysec \
+  redis-server --port "$rport" --bind 127.0.0.1 --appendonly "${AOF:-yes}" --appendfsync everysec \
     --save '' --dir "$rdir" >"$work/$name.log" 2>&1 &
   REDIS_PID=$!
   for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
