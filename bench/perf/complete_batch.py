@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from resp import Redis
+
 ROOT = Path(__file__).resolve().parents[2]
 N = int(os.environ.get("N", "20000"))
 
@@ -31,43 +33,6 @@ def script_text():
     pending = re.search(r'const PENDING_FN: &str = r#"(.*?)"#;', src, re.S).group(1)
     body = re.search(r'pub\(crate\) fn complete\(\) -> String \{.*?r"(.*?)"\n    \)', src, re.S)
     return pending + body.group(1)
-
-
-class Redis:
-    def __init__(self, port):
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.reader = self.sock.makefile("rb")
-
-    @staticmethod
-    def encode(args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        return b"".join(out)
-
-    def reply(self):
-        line = self.reader.readline()
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self.reply() for _ in range(n)]
-        if kind == b"$":
-            n = int(rest)
-            return None if n < 0 else self.reader.read(n + 2)[:-2]
-        if kind == b":":
-            return int(rest)
-        if kind == b"-":
-            raise RuntimeError(rest.decode())
-        return rest
-
-    def call(self, *args):
-        self.sock.sendall(self.encode(args))
-        return self.reply()
-
-    def pipeline(self, calls):
-        self.sock.sendall(b"".join(self.encode(c) for c in calls))
-        return [self.reply() for _ in calls]
 
 
 def free_port():

@@ -5,44 +5,15 @@ Redis's slow log with every command logged (bench/perf/redis.sh, SCRIPTS=1).
 
 The scripts are named from the pusher's debug line "redis store scripts" (name=sha1 pairs) in
 PUSHER_STDERR; a script it does not name is shown by its sha1. A script's time includes the
-commands it runs, which are also listed on their own. Speaks RESP over a plain socket (no
-client library needed). A benchmark reports; it asserts nothing.
+commands it runs, which are also listed on their own. Speaks RESP over a plain socket
+(bench/perf/resp.py: no client library needed). A benchmark reports; it asserts nothing.
 """
 
 import collections
 import re
-import socket
 import sys
 
-
-def connect(port):
-    sock = socket.create_connection(("127.0.0.1", port))
-    return sock, sock.makefile("rb")
-
-
-def command(sock, reader, *args):
-    parts = [b"*%d\r\n" % len(args)]
-    for a in args:
-        a = a.encode()
-        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
-    sock.sendall(b"".join(parts))
-    return reply(reader)
-
-
-def reply(reader):
-    line = reader.readline()
-    kind, rest = line[:1], line[1:-2]
-    if kind == b"*":
-        n = int(rest)
-        return None if n < 0 else [reply(reader) for _ in range(n)]
-    if kind == b"$":
-        n = int(rest)
-        return None if n < 0 else reader.read(n + 2)[:-2]
-    if kind == b":":
-        return int(rest)
-    if kind == b"-":
-        raise RuntimeError(rest.decode())
-    return rest
+from resp import Redis
 
 
 def main():
@@ -51,8 +22,7 @@ def main():
     for line in open(stderr, errors="replace"):
         if "redis store scripts" in line:
             names = {sha: name for name, sha in re.findall(r"(\w+)=([0-9a-f]{40})", line)}
-    sock, reader = connect(port)
-    entries = command(sock, reader, "SLOWLOG", "GET", "-1")
+    entries = Redis(port).call("SLOWLOG", "GET", "-1")
     per = collections.defaultdict(lambda: [0, 0])
     for entry in entries:
         usec, args = entry[2], entry[3]
