@@ -9,6 +9,16 @@ use wxpush_sandbox::{FaultConfig, Sandbox, SandboxConfig};
 const APPID: &str = "wxtokentest000001";
 const SECRET: &str = "token-test-secret";
 
+/// A sandbox of the test channel with `faults`.
+async fn sandbox_with(faults: FaultConfig) -> wxpush_sandbox::SandboxHandle {
+    Sandbox::start(SandboxConfig {
+        faults,
+        ..SandboxConfig::new(APPID, SECRET)
+    })
+    .await
+    .expect("sandbox")
+}
+
 fn manager(base: &str, api: TokenApi, secret: &str) -> (Arc<TokenManager>, Arc<Metrics>) {
     let timeouts = Timeouts {
         connect: HumanDuration::millis(500),
@@ -37,15 +47,11 @@ fn manager(base: &str, api: TokenApi, secret: &str) -> (Arc<TokenManager>, Arc<M
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_callers_share_one_fetch() {
-    let sandbox = Sandbox::start(SandboxConfig {
-        faults: FaultConfig {
-            latency: Duration::from_millis(100),
-            ..FaultConfig::default()
-        },
-        ..SandboxConfig::new(APPID, SECRET)
+    let sandbox = sandbox_with(FaultConfig {
+        latency: Duration::from_millis(100),
+        ..FaultConfig::default()
     })
-    .await
-    .expect("sandbox");
+    .await;
     let (m, _) = manager(&sandbox.base_url(), TokenApi::Classic, SECRET);
     let tasks: Vec<_> = (0..50)
         .map(|_| {
@@ -184,15 +190,11 @@ async fn transient_failures_back_off_instead_of_fetching_per_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn managers_sharing_a_coordinator_fetch_one_token() {
-    let sandbox = Sandbox::start(SandboxConfig {
-        faults: FaultConfig {
-            latency: Duration::from_millis(100),
-            ..FaultConfig::default()
-        },
-        ..SandboxConfig::new(APPID, SECRET)
+    let sandbox = sandbox_with(FaultConfig {
+        latency: Duration::from_millis(100),
+        ..FaultConfig::default()
     })
-    .await
-    .expect("sandbox");
+    .await;
     // Two pods of one channel, as two managers sharing one coordinator.
     let coord: Arc<dyn crate::coord::Coordinator> =
         Arc::new(crate::coord::EmbeddedCoordinator::new());
@@ -227,16 +229,12 @@ async fn managers_sharing_a_coordinator_fetch_one_token() {
 /// when the caller would otherwise get an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_stable_token_call_is_sent_again() {
-    let sandbox = Sandbox::start(SandboxConfig {
-        faults: FaultConfig {
-            hang_share: 1.0,
-            hang: Duration::from_secs(30),
-            ..FaultConfig::default()
-        },
-        ..SandboxConfig::new(APPID, SECRET)
+    let sandbox = sandbox_with(FaultConfig {
+        hang_share: 1.0,
+        hang: Duration::from_secs(30),
+        ..FaultConfig::default()
     })
-    .await
-    .expect("sandbox");
+    .await;
     let (m, _) = manager(&sandbox.base_url(), TokenApi::Stable, SECRET);
     let getter = {
         let m = Arc::clone(&m);
